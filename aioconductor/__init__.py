@@ -1,0 +1,1 @@
+"""aioconductor: an asyncio-native conductor framework."""

@@ -1,0 +1,76 @@
+"""Event names and the `Notifier` that delivers them to sync or async listeners.
+
+A listener that raises is logged and skipped: an observer can never break the conductor's loop or
+an engine's run.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+from collections.abc import Awaitable, Mapping
+from typing import Any, Protocol
+
+__all__ = ["Event", "Listener", "Notifier"]
+
+logger = logging.getLogger("aioconductor.events")
+
+
+class Event(enum.StrEnum):
+    """Every event the conductor and the engine emit (TaskFlow's names where they exist)."""
+
+    JOB_CLAIMED = "job_claimed"
+    JOB_CONSUMED = "job_consumed"
+    JOB_ABANDONED = "job_abandoned"
+    JOB_TRASHED = "job_trashed"
+    LEASE_LOST = "lease_lost"
+    COMPILATION_START = "compilation_start"
+    COMPILATION_END = "compilation_end"
+    PREPARATION_START = "preparation_start"
+    PREPARATION_END = "preparation_end"
+    VALIDATION_START = "validation_start"
+    VALIDATION_END = "validation_end"
+    RUNNING_START = "running_start"
+    RUNNING_END = "running_end"
+    #: A flow changed state; details hold ``flow``, ``state``, ``old_state``.
+    FLOW_STATE = "flow_state"
+    #: An atom changed state; details hold ``flow``, ``atom``, ``state``, ``old_state``.
+    ATOM_STATE = "atom_state"
+
+
+class Listener(Protocol):
+    """A callback for events: a plain function or an ``async def``."""
+
+    def __call__(self, event: str, details: Mapping[str, Any]) -> None | Awaitable[None]: ...
+
+
+class Notifier:
+    """Delivers events to the listeners registered for them (or for every event)."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[str | None, list[Listener]] = {}
+
+    def register(self, event: str | None, listener: Listener) -> None:
+        """Call ``listener(event, details)`` for ``event``, or for every event when it is None."""
+        self._listeners.setdefault(event, []).append(listener)
+
+    def deregister(self, event: str | None, listener: Listener) -> None:
+        """Stop calling ``listener`` for ``event``; unknown pairs are ignored."""
+        listeners = self._listeners.get(event, [])
+        if listener in listeners:
+            listeners.remove(listener)
+
+    def has_listeners(self, event: str) -> bool:
+        """Whether anything listens to ``event``: callers skip building details when not."""
+        return bool(self._listeners.get(event) or self._listeners.get(None))
+
+    async def notify(self, event: str, details: Mapping[str, Any]) -> None:
+        """Call every listener of ``event``; a listener's exception is logged, never raised."""
+        for listener in (*self._listeners.get(event, ()), *self._listeners.get(None, ())):
+            try:
+                outcome = listener(event, details)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                logger.exception("listener %r failed on event %s", listener, event)

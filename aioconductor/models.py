@@ -1,0 +1,145 @@
+"""The job model shared by every board: jobs, their states, claims and notifications.
+
+Times are seconds since the epoch (UTC) as floats, read from the board's clock: the process clock
+for the memory and SQLite boards, the server's clock for the server backends.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "Claim",
+    "ConductorInfo",
+    "Job",
+    "JobNotification",
+    "JobState",
+    "NotificationKind",
+    "Outcome",
+]
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life."""
+
+    #: Posted with a ``not_before`` in the future; claimable once that time has passed.
+    SCHEDULED = "SCHEDULED"
+    #: Waiting for a conductor.
+    UNCLAIMED = "UNCLAIMED"
+    #: Held by an owner until its lease expires (then claimable again).
+    CLAIMED = "CLAIMED"
+    #: Consumed: the flow ran to an end; ``outcome`` says which.
+    COMPLETE = "COMPLETE"
+    #: Given up: never offered again; ``trash_reason`` says why.
+    TRASHED = "TRASHED"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether a job in this state will never change again."""
+        return self in (JobState.COMPLETE, JobState.TRASHED)
+
+
+class Outcome(enum.StrEnum):
+    """How a consumed job's flow ended."""
+
+    SUCCESS = "SUCCESS"
+    #: A task failed and the flow was reverted cleanly.
+    REVERTED = "REVERTED"
+    #: A task failed and reverting it failed too.
+    FAILURE = "FAILURE"
+
+
+class Claim(BaseModel):
+    """Proof of ownership of one job, handed out by ``claim`` and checked by every verb after it.
+
+    ``token`` is the fencing token: strictly increasing per job, bumped on every claim. A board
+    refuses a verb whose token is not the job's current one with ``ClaimLost``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    owner: str
+    token: int
+    expires_at: float
+
+    def __repr__(self) -> str:
+        return f"Claim(job_id={self.job_id!r}, owner={self.owner!r}, token={self.token})"
+
+
+class Job(BaseModel):
+    """A unit of work on a board: which flow to run, with which arguments, and where it stands."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    flow: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    priority: int = 0
+    #: Post order on this board: a per-board sequence, used to break priority ties.
+    seq: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    not_before: float | None = None
+    #: How many times the job was claimed.
+    attempts: int = 0
+    max_attempts: int = 3
+    state: JobState = JobState.UNCLAIMED
+    claim: Claim | None = None
+    outcome: Outcome | None = None
+    result: dict[str, Any] | None = None
+    trash_reason: str | None = None
+
+    @property
+    def owner(self) -> str | None:
+        """The owner of the current claim, if any (expired or not)."""
+        return self.claim.owner if self.claim is not None else None
+
+    def is_claimable(self, now: float) -> bool:
+        """Whether ``claim`` could take this job at board time ``now``."""
+        if self.state is JobState.UNCLAIMED:
+            return True
+        if self.state is JobState.SCHEDULED:
+            return self.not_before is None or self.not_before <= now
+        if self.state is JobState.CLAIMED:
+            return self.claim is None or self.claim.expires_at <= now
+        return False
+
+
+class NotificationKind(enum.StrEnum):
+    """Why a job became claimable."""
+
+    POSTED = "posted"
+    ABANDONED = "abandoned"
+    EXPIRED = "expired"
+    DUE = "due"
+    #: Already claimable when the stream started, or found by a sweep.
+    WAITING = "waiting"
+
+
+class JobNotification(BaseModel):
+    """A board's word that a job became claimable."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    kind: NotificationKind
+    priority: int = 0
+
+
+class ConductorInfo(BaseModel):
+    """A conductor registered on a board, as ``board.conductors()`` reports it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    owner: str
+    name: str
+    started_at: float
+    heartbeat_at: float
+    expires_at: float
+    #: Free-form figures the conductor publishes (running jobs, capacity, ...).
+    meta: dict[str, Any] = Field(default_factory=dict)

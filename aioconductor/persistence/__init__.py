@@ -1,0 +1,17 @@
+"""Persistence: where engines save flow progress, so a job resumes where it stopped."""
+
+from __future__ import annotations
+
+from aioconductor.persistence.base import Store
+from aioconductor.persistence.models import AtomDetail, AtomState, FlowDetail, FlowState, LogBook
+from aioconductor.persistence.open import open_store
+
+__all__ = [
+    "AtomDetail",
+    "AtomState",
+    "FlowDetail",
+    "FlowState",
+    "LogBook",
+    "Store",
+    "open_store",
+]

@@ -1,0 +1,204 @@
+"""The `Store` contract: where engines save the progress of their flows.
+
+Every backend subclasses :class:`Store` and implements the ``_``-prefixed primitives; the public
+methods here check the store is open and validate input, so each backend stays small.
+
+Fencing: a write made for a claimed job carries the claim's ``token``. The store remembers the
+highest token that wrote to each logbook and refuses an older one with ``ClaimLost``, so an owner
+that lost its claim can never overwrite the progress of the owner that holds it now. Versions:
+every flow and atom detail carries the ``version`` it was read at; a write of an older version
+raises ``VersionConflict``, and a successful write returns the detail with its version bumped.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Self
+
+from aioconductor._urls import ParsedURL
+from aioconductor.errors import ClaimLost, StoreClosed, VersionConflict
+from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
+
+__all__ = ["Store", "check_token", "check_version"]
+
+
+class Store(abc.ABC):
+    """An async store of logbooks. Use it inside ``async with`` or call ``connect``/``aclose``."""
+
+    #: The namespace that isolates this application's logbooks from another's.
+    namespace: str
+
+    def __init__(self, *, namespace: str = "default") -> None:
+        self.namespace = namespace
+        self._connected = False
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
+        """Build the store for a parsed URL (``open_store`` calls this); not yet connected."""
+        return cls(namespace=parsed.namespace, **kwargs)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the store's connections (and create its schema where it has one)."""
+        if self._closed:
+            raise StoreClosed()
+        if not self._connected:
+            await self._connect()
+            self._connected = True
+
+    async def aclose(self) -> None:
+        """Close the store; later calls raise ``StoreClosed``. Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._connected:
+            await self._aclose()
+
+    close = aclose
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed()
+        if not self._connected:
+            raise StoreClosed("the store is not connected: use `async with` or await connect()")
+
+    # -- public verbs ------------------------------------------------------------------------
+
+    async def save_logbook(self, book: LogBook, *, token: int | None = None) -> LogBook:
+        """Create ``book``, or update a saved one's name and meta and add its new flow details.
+
+        Flow details already saved are left as they are (update them with
+        :meth:`update_flow_detail` and :meth:`update_atom_detail`).
+
+        Returns:
+            The logbook as saved.
+
+        Raises:
+            ClaimLost: ``token`` is older than a token that already wrote to this logbook.
+        """
+        self._check_open()
+        return await self._save_logbook(book, token)
+
+    async def get_logbook(self, book_uuid: str) -> LogBook:
+        """The saved logbook with all its flow and atom details.
+
+        Raises:
+            LogBookNotFound: no logbook has that uuid.
+        """
+        self._check_open()
+        return await self._get_logbook(book_uuid)
+
+    async def update_flow_detail(
+        self, book_uuid: str, flow: FlowDetail, *, token: int | None = None
+    ) -> FlowDetail:
+        """Save a flow detail's own fields (name, state, meta; not its atoms).
+
+        A flow detail the logbook does not hold yet is added (its version must be 0).
+
+        Returns:
+            The saved flow detail, version bumped, with its atoms as stored.
+
+        Raises:
+            LogBookNotFound: no logbook has that uuid.
+            VersionConflict: ``flow.version`` is not the stored version.
+            ClaimLost: ``token`` is older than a token that already wrote to this logbook.
+        """
+        self._check_open()
+        return await self._update_flow_detail(book_uuid, flow, token)
+
+    async def update_atom_detail(
+        self, book_uuid: str, flow_uuid: str, atom: AtomDetail, *, token: int | None = None
+    ) -> AtomDetail:
+        """Save one atom detail of a flow (added if the flow does not hold it yet).
+
+        Returns:
+            The saved atom detail, version bumped.
+
+        Raises:
+            LogBookNotFound: no logbook or flow detail has that uuid.
+            VersionConflict: ``atom.version`` is not the stored version.
+            ClaimLost: ``token`` is older than a token that already wrote to this logbook.
+        """
+        self._check_open()
+        return await self._update_atom_detail(book_uuid, flow_uuid, atom, token)
+
+    async def destroy_logbook(self, book_uuid: str) -> None:
+        """Delete a logbook and everything in it.
+
+        Raises:
+            LogBookNotFound: no logbook has that uuid.
+        """
+        self._check_open()
+        await self._destroy_logbook(book_uuid)
+
+    async def logbooks(self) -> AsyncIterator[LogBook]:
+        """Every logbook in this store's namespace, oldest first."""
+        self._check_open()
+        async for book in self._logbooks():
+            yield book
+
+    # -- backend primitives --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _aclose(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _save_logbook(self, book: LogBook, token: int | None) -> LogBook: ...
+
+    @abc.abstractmethod
+    async def _get_logbook(self, book_uuid: str) -> LogBook: ...
+
+    @abc.abstractmethod
+    async def _update_flow_detail(
+        self, book_uuid: str, flow: FlowDetail, token: int | None
+    ) -> FlowDetail: ...
+
+    @abc.abstractmethod
+    async def _update_atom_detail(
+        self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None
+    ) -> AtomDetail: ...
+
+    @abc.abstractmethod
+    async def _destroy_logbook(self, book_uuid: str) -> None: ...
+
+    @abc.abstractmethod
+    def _logbooks(self) -> AsyncIterator[LogBook]: ...
+
+
+def check_token(book_uuid: str, stored: int | None, token: int | None) -> int | None:
+    """The token to store after a write carrying ``token``; raise ``ClaimLost`` if stale."""
+    if token is None:
+        return stored
+    if stored is not None and token < stored:
+        raise ClaimLost(
+            f"logbook {book_uuid}: write with fencing token {token} refused, "
+            f"token {stored} already wrote to it"
+        )
+    return token if stored is None else max(stored, token)
+
+
+def check_version(what: str, stored: int, given: int) -> None:
+    """Raise ``VersionConflict`` unless a write of version ``given`` may replace ``stored``."""
+    if stored != given:
+        raise VersionConflict(
+            f"{what}: version {given} is stale, the store holds version {stored}"
+        )

@@ -1,0 +1,36 @@
+"""`open_store(url)`: pick a store backend by the URL's scheme, importing its driver lazily."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aioconductor._urls import load_backend, parse_url
+from aioconductor.persistence.base import Store
+
+__all__ = ["open_store"]
+
+#: scheme -> (module, class, extra to install)
+_BACKENDS: dict[str, tuple[str, str, str | None]] = {
+    "memory": ("aioconductor.persistence.memory", "MemoryStore", None),
+    "sqlite": ("aioconductor.persistence.sqlite", "SqliteStore", None),
+    "redis": ("aioconductor.persistence.redis", "RedisStore", "redis"),
+    "rediss": ("aioconductor.persistence.redis", "RedisStore", "redis"),
+    "postgresql": ("aioconductor.persistence.postgres", "PostgresStore", "postgres"),
+    "postgres": ("aioconductor.persistence.postgres", "PostgresStore", "postgres"),
+}
+
+
+def open_store(url: str, **kwargs: Any) -> Store:
+    """A store for ``url``, not yet connected: use it as ``async with open_store(url) as store``.
+
+    Schemes: ``memory://``, ``sqlite:///path/to/file.db``, ``redis://``, ``postgresql://``.
+    Every URL takes ``?namespace=NAME``.
+
+    Raises:
+        ConfigurationError: unknown scheme or bad option.
+        DependencyMissing: the backend's driver is not installed.
+    """
+    parsed = parse_url(url)
+    cls = load_backend(parsed.scheme, _BACKENDS, "store")
+    store: Store = cls.from_url(parsed, **kwargs)
+    return store
