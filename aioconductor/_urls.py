@@ -82,9 +82,7 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def load_backend(
-    scheme: str, table: Mapping[str, tuple[str, str, str | None]], what: str
-) -> Any:
+def load_backend(scheme: str, table: Mapping[str, tuple[str, str, str | None]], what: str) -> Any:
     """Import the class serving ``scheme`` from ``table`` (module, class, extra) on demand.
 
     Raises:

@@ -42,7 +42,7 @@ class Event(enum.StrEnum):
 class Listener(Protocol):
     """A callback for events: a plain function or an ``async def``."""
 
-    def __call__(self, event: str, details: Mapping[str, Any]) -> None | Awaitable[None]: ...
+    def __call__(self, event: str, details: Mapping[str, Any]) -> Awaitable[None] | None: ...
 
 
 class Notifier:

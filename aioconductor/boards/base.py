@@ -1,0 +1,616 @@
+"""The `JobBoard` contract that every backend keeps.
+
+The public verbs here validate their input, check that the board is open and call the backend's
+``_``-prefixed primitives, which do the one atomic change each verb stands for. Everything that
+does not need the backend (payload checks, ``stream``'s sweep loop, ``wait``, ``wait_for``) lives
+here once.
+
+Semantics every backend keeps (the conformance suite in ``tests/boards`` checks them):
+
+- One owner per claim. The fencing ``token`` is strictly increasing per job and bumped on every
+  claim. ``renew``, ``consume``, ``abandon`` and ``trash`` with a claim whose owner or token is not
+  the job's current one raise ``ClaimLost`` and change nothing. A claim whose lease expired stays
+  valid until another owner claims the job: its token is still the current one.
+- ``attempts`` counts claims. Claims and ``iterjobs`` follow one order: higher priority first,
+  then post order (a per-board sequence, never a timestamp).
+- A job is claimable when it is ``UNCLAIMED``, ``SCHEDULED`` with its ``not_before`` passed, or
+  ``CLAIMED`` with its lease expired.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from aioconductor._payload import decode_json, encode_json, finite_seconds, validate_name
+from aioconductor._urls import ParsedURL, float_option, int_option
+from aioconductor.errors import BoardClosed, ConfigurationError, PayloadError
+from aioconductor.models import (
+    Claim,
+    ConductorInfo,
+    Job,
+    JobNotification,
+    JobState,
+    Outcome,
+)
+
+__all__ = [
+    "DEFAULT_LEASE",
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "JobBoard",
+    "PostSpec",
+    "Subscription",
+    "lost_message",
+    "unclaimable_message",
+]
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
+DEFAULT_LEASE = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class PostSpec:
+    """A validated ``post``: what the backend writes, with the args already encoded."""
+
+    name: str
+    flow: str
+    args: dict[str, Any]
+    args_json: bytes
+    priority: int
+    max_attempts: int
+    #: Seconds to wait before the job becomes claimable (0 for none); backends add it to their
+    #: own clock, so a delay means the same on every machine.
+    delay: float
+    #: An absolute time (epoch seconds) before which the job is not claimable, if one was given.
+    not_before: float | None
+
+
+class Subscription:
+    """The receiving end of a board's push notifications, for one ``stream()``.
+
+    Backends push with :meth:`push`, which never blocks: when the buffer is full the notification
+    is dropped and :attr:`lost` is set, and the stream then re-reads every claimable job.
+    """
+
+    def __init__(self, max_buffer: int = 10_000) -> None:
+        send: MemoryObjectSendStream[JobNotification]
+        receive: MemoryObjectReceiveStream[JobNotification]
+        send, receive = anyio.create_memory_object_stream[JobNotification](max_buffer)
+        self._send = send
+        self._receive = receive
+        #: Whether a notification was dropped since the last full re-read.
+        self.lost = False
+
+    def push(self, note: JobNotification) -> None:
+        """Deliver ``note`` without blocking (dropped, and ``lost`` set, if the buffer is full)."""
+        try:
+            self._send.send_nowait(note)
+        except anyio.WouldBlock:
+            self.lost = True
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+    async def receive(self) -> JobNotification:
+        """The next notification; raises ``anyio.EndOfStream`` once closed and drained."""
+        return await self._receive.receive()
+
+    def close(self) -> None:
+        """Stop accepting notifications; ``receive`` ends the stream once drained."""
+        self._send.close()
+
+    def aclose_receiver(self) -> None:
+        """Release the receiving end."""
+        self._receive.close()
+
+
+class JobBoard(abc.ABC):
+    """An async job board. Open it with ``async with open_board(url) as board``.
+
+    Args:
+        namespace: isolates this application's jobs from another's on the same backend.
+        max_payload_bytes: the largest encoded ``args`` (or ``result``) the board accepts.
+        lease: the default lease of a claim, in seconds.
+        poll_interval: how often ``stream()`` sweeps for jobs that became claimable without a
+            push (expired leases, delays passed, posts from processes it cannot hear).
+    """
+
+    def __init__(
+        self,
+        *,
+        namespace: str = "default",
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        lease: float = DEFAULT_LEASE,
+        poll_interval: float = 1.0,
+    ) -> None:
+        if lease <= 0 or poll_interval <= 0 or max_payload_bytes <= 0:
+            raise ConfigurationError("lease, poll_interval and max_payload_bytes must be positive")
+        self.namespace = namespace
+        self.max_payload_bytes = max_payload_bytes
+        self.lease = float(lease)
+        self.poll_interval = float(poll_interval)
+        self._connected = False
+        self._closed = False
+        self._subscriptions: set[Subscription] = set()
+        self._final_waiters: dict[str, anyio.Event] = {}
+
+    #: The library's own URL options, removed before the URL reaches a driver.
+    url_options: frozenset[str] = frozenset({"max_payload_bytes", "lease", "poll_interval"})
+
+    @classmethod
+    def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
+        """Build the board for a parsed URL (``open_board`` calls this); not yet connected."""
+        kwargs.setdefault("namespace", parsed.namespace)
+        options = parsed.options
+        kwargs.setdefault(
+            "max_payload_bytes",
+            int_option(options, "max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES),
+        )
+        kwargs.setdefault("lease", float_option(options, "lease", DEFAULT_LEASE))
+        kwargs.setdefault("poll_interval", float_option(options, "poll_interval", 1.0))
+        return cls(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} namespace={self.namespace!r}>"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the board's connections (and create its schema where it has one)."""
+        if self._closed:
+            raise BoardClosed()
+        if not self._connected:
+            await self._connect()
+            self._connected = True
+
+    async def aclose(self) -> None:
+        """Close the board: open streams end and later calls raise ``BoardClosed``."""
+        if self._closed:
+            return
+        self._closed = True
+        for subscription in list(self._subscriptions):
+            subscription.close()
+        for event in self._final_waiters.values():
+            event.set()
+        if self._connected:
+            await self._aclose()
+
+    close = aclose
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BoardClosed()
+        if not self._connected:
+            raise BoardClosed("the board is not connected: use `async with` or await connect()")
+
+    # -- producing -----------------------------------------------------------------------------
+
+    async def post(
+        self,
+        name: str,
+        flow: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        priority: int = 0,
+        max_attempts: int = 3,
+        delay: float | None = None,
+        not_before: float | None = None,
+    ) -> Job:
+        """Post a job: the flow registered as ``flow``, to be built and run with ``args``.
+
+        Args:
+            name: a label for people (1 to 255 characters).
+            flow: the name the conductors' flow registry knows the flow by.
+            args: a JSON object; the flow factory and the flow's tasks receive it by name.
+            priority: higher runs first; equal priorities run in post order.
+            max_attempts: how many claims the job gets; the next claim trashes it.
+            delay: seconds from now before the job may be claimed.
+            not_before: epoch seconds before which the job may not be claimed.
+
+        Returns:
+            The job as stored (``UNCLAIMED``, or ``SCHEDULED`` when delayed).
+
+        Raises:
+            PayloadError: bad name, flow, args or option; nothing was written.
+        """
+        self._check_open()
+        spec = self._post_spec(name, flow, args, priority, max_attempts, delay, not_before)
+        job = await self._post(spec)
+        return job
+
+    def _post_spec(
+        self,
+        name: str,
+        flow: str,
+        args: Mapping[str, Any] | None,
+        priority: int,
+        max_attempts: int,
+        delay: float | None,
+        not_before: float | None,
+    ) -> PostSpec:
+        validate_name("name", name)
+        validate_name("flow name", flow)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise PayloadError(f"priority must be an int, got {priority!r:.80}")
+        if not -(2**31) <= priority < 2**31:
+            raise PayloadError(f"priority {priority} is out of range (a 32-bit signed int)")
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+            raise PayloadError(f"max_attempts must be an int, got {max_attempts!r:.80}")
+        if not 1 <= max_attempts <= 1_000_000:
+            raise PayloadError(f"max_attempts must be from 1 to 1,000,000, got {max_attempts}")
+        if delay is not None and not_before is not None:
+            raise PayloadError("give delay or not_before, not both")
+        delay_s = 0.0 if delay is None else finite_seconds("delay", delay)
+        at = None if not_before is None else finite_seconds("not_before", not_before)
+        data = encode_json("the job's args", args or {}, self.max_payload_bytes)
+        # Store what a reader will get back: decoding normalises tuples to lists and so on.
+        decoded: dict[str, Any] = decode_json(data)
+        return PostSpec(name, flow, decoded, data, priority, max_attempts, delay_s, at)
+
+    # -- claiming ------------------------------------------------------------------------------
+
+    def _lease(self, lease: float | None) -> float:
+        if lease is None:
+            return self.lease
+        seconds = float(lease)
+        if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+            raise ConfigurationError(f"lease must be a positive number of seconds, got {lease!r}")
+        return seconds
+
+    async def claim(self, job_id: str, owner: str, *, lease: float | None = None) -> Claim:
+        """Claim one job for ``owner`` for ``lease`` seconds.
+
+        Raises:
+            JobNotFound: no such job.
+            UnclaimableJob: another owner holds a live claim, the job is finished, or not due.
+        """
+        job = await self.claim_job(job_id, owner, lease=lease)
+        assert job.claim is not None
+        return job.claim
+
+    async def claim_job(self, job_id: str, owner: str, *, lease: float | None = None) -> Job:
+        """Like :meth:`claim`, returning the claimed job (its ``claim`` set)."""
+        self._check_open()
+        validate_name("owner", owner)
+        return await self._claim(str(job_id), owner, self._lease(lease))
+
+    async def claim_next(
+        self, owner: str, *, lease: float | None = None
+    ) -> tuple[Job, Claim] | None:
+        """Claim the best claimable job (priority, then post order), or return None if none is."""
+        self._check_open()
+        validate_name("owner", owner)
+        job = await self._claim_next(owner, self._lease(lease))
+        if job is None:
+            return None
+        assert job.claim is not None
+        return job, job.claim
+
+    async def renew(self, claim: Claim, *, lease: float | None = None) -> Claim:
+        """Extend the claim's lease to ``lease`` seconds from now (same token).
+
+        Raises:
+            ClaimLost: the claim is not the job's current one.
+        """
+        self._check_open()
+        return await self._renew(claim, self._lease(lease))
+
+    async def consume(
+        self,
+        claim: Claim,
+        *,
+        outcome: Outcome | str = Outcome.SUCCESS,
+        result: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Mark the claimed job ``COMPLETE`` with its outcome and result.
+
+        Raises:
+            ClaimLost: the claim is not the job's current one (nothing changed).
+            PayloadError: ``result`` is not a JSON object within ``max_payload_bytes``.
+        """
+        self._check_open()
+        try:
+            checked = Outcome(outcome)
+        except ValueError:
+            raise PayloadError(f"unknown outcome {outcome!r}") from None
+        data = encode_json("the job's result", result or {}, self.max_payload_bytes)
+        job = await self._consume(claim, checked, decode_json(data), data)
+        self._finished(job.id)
+        return job
+
+    async def abandon(self, claim: Claim) -> Job:
+        """Give the job back: ``UNCLAIMED`` again, offered to every conductor.
+
+        Raises:
+            ClaimLost: the claim is not the job's current one (nothing changed).
+        """
+        self._check_open()
+        return await self._abandon(claim)
+
+    async def trash(self, claim_or_id: Claim | str, *, reason: str) -> Job:
+        """Give the job up for good: ``TRASHED`` with ``reason``, never offered again.
+
+        With a claim, the claim must be current. With a job id (an operator's action), any job
+        that is not finished is trashed, and whoever holds it loses the claim.
+
+        Raises:
+            ClaimLost: the claim is not the job's current one.
+            JobNotFound: no such job.
+            UnclaimableJob: the job (given by id) is already finished.
+        """
+        self._check_open()
+        if not isinstance(reason, str):
+            raise PayloadError("the trash reason must be a string")
+        reason = reason[:4000]
+        if isinstance(claim_or_id, Claim):
+            job = await self._trash(claim_or_id.job_id, claim_or_id, reason)
+        else:
+            job = await self._trash(str(claim_or_id), None, reason)
+        self._finished(job.id)
+        return job
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job:
+        """The job with that id.
+
+        Raises:
+            JobNotFound: no such job.
+        """
+        self._check_open()
+        return await self._get(str(job_id))
+
+    async def iterjobs(self, *, state: JobState | None = None) -> AsyncGenerator[Job, None]:
+        """Every job (or every job in ``state``), higher priority first, then in post order.
+
+        ``state=UNCLAIMED`` includes scheduled jobs whose time has come.
+        """
+        self._check_open()
+        async for job in self._iterjobs(state):
+            yield job
+
+    async def job_count(self, *, state: JobState | None = None) -> int:
+        """How many jobs there are (in ``state``, counted as :meth:`iterjobs` would list them)."""
+        self._check_open()
+        return await self._job_count(state)
+
+    async def find_owner(self, job_id: str) -> str | None:
+        """The owner of the job's live claim, or None when nobody holds it."""
+        job = await self.get(job_id)
+        if job.state is JobState.CLAIMED and job.claim is not None:
+            if job.claim.expires_at > time.time():
+                return job.claim.owner
+        return None
+
+    # -- notifications -------------------------------------------------------------------------
+
+    async def stream(self) -> AsyncGenerator[JobNotification, None]:
+        """Notifications of jobs becoming claimable, for as long as the board is open.
+
+        The stream starts with every job already claimable, then pushes posts and abandons as
+        they happen, and sweeps every ``poll_interval`` for expired leases and delays that
+        passed. Each call is an independent subscription; close it with ``aclose()`` (or iterate
+        it inside ``contextlib.aclosing``).
+        """
+        self._check_open()
+        async with self._subscribe() as subscription:
+            notes, cursor = await self._sweep(None)
+            for note in notes:
+                yield note
+            while not self._closed:
+                pushed: JobNotification | None = None
+                with anyio.move_on_after(self._sweep_delay()):
+                    try:
+                        pushed = await subscription.receive()
+                    except anyio.EndOfStream:
+                        return
+                if pushed is not None:
+                    yield pushed
+                    continue
+                if subscription.lost:
+                    subscription.lost = False
+                    notes, cursor = await self._sweep(None)
+                else:
+                    notes, cursor = await self._sweep(cursor)
+                for note in notes:
+                    yield note
+
+    @contextlib.asynccontextmanager
+    async def _local_subscription(self) -> AsyncIterator[Subscription]:
+        """A subscription to the notifications this board object pushes itself."""
+        subscription = Subscription()
+        self._subscriptions.add(subscription)
+        try:
+            yield subscription
+        finally:
+            self._subscriptions.discard(subscription)
+            subscription.close()
+            subscription.aclose_receiver()
+
+    def _notify_local(self, note: JobNotification) -> None:
+        for subscription in self._subscriptions:
+            subscription.push(note)
+
+    def _sweep_delay(self) -> float:
+        """Seconds until ``stream()`` should sweep again."""
+        return self.poll_interval
+
+    # The timeout keywords are the public API DESIGN.md names; they wrap anyio.fail_after.
+    async def wait(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Return once at least one job is claimable.
+
+        Raises:
+            TimeoutError: none was within ``timeout`` seconds.
+        """
+        with anyio.fail_after(timeout):
+            async with contextlib.aclosing(self.stream()) as notes:
+                async for _ in notes:
+                    return
+            raise BoardClosed()
+
+    async def wait_for(self, job_id: str, *, timeout: float | None = None) -> Job:  # noqa: ASYNC109
+        """Return the job once it is ``COMPLETE`` or ``TRASHED``.
+
+        Raises:
+            TimeoutError: the job was not finished within ``timeout`` seconds.
+            JobNotFound: no such job.
+        """
+        job_id = str(job_id)
+        delay = 0.005
+        with anyio.fail_after(timeout):
+            while True:
+                job = await self.get(job_id)
+                if job.state.is_final:
+                    return job
+                event = self._final_waiters.setdefault(job_id, anyio.Event())
+                try:
+                    # Woken at once when this board object finishes the job; polled (backing
+                    # off to 250 ms) when another process or board object does.
+                    with anyio.move_on_after(delay):
+                        await event.wait()
+                finally:
+                    if event.is_set() or not event.statistics().tasks_waiting:
+                        self._final_waiters.pop(job_id, None)
+                delay = min(delay * 2, 0.25)
+
+    def _finished(self, job_id: str) -> None:
+        event = self._final_waiters.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    # -- conductors ------------------------------------------------------------------------------
+
+    async def register_conductor(
+        self,
+        owner: str,
+        name: str,
+        *,
+        ttl: float,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record (or refresh) that conductor ``owner`` is alive for ``ttl`` more seconds."""
+        self._check_open()
+        validate_name("owner", owner)
+        validate_name("conductor name", name)
+        encode_json("the conductor's meta", meta or {}, 64 * 1024)
+        await self._register_conductor(owner, name, float(ttl), dict(meta or {}))
+
+    async def unregister_conductor(self, owner: str) -> None:
+        """Forget conductor ``owner`` (it stopped)."""
+        self._check_open()
+        await self._unregister_conductor(owner)
+
+    async def conductors(self) -> list[ConductorInfo]:
+        """The conductors alive now (heartbeat within their ttl), by name."""
+        self._check_open()
+        infos = await self._conductors()
+        return sorted(infos, key=lambda info: (info.name, info.owner))
+
+    # -- backend primitives --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _aclose(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _post(self, spec: PostSpec) -> Job: ...
+
+    @abc.abstractmethod
+    async def _claim(self, job_id: str, owner: str, lease: float) -> Job: ...
+
+    @abc.abstractmethod
+    async def _claim_next(self, owner: str, lease: float) -> Job | None: ...
+
+    @abc.abstractmethod
+    async def _renew(self, claim: Claim, lease: float) -> Claim: ...
+
+    @abc.abstractmethod
+    async def _consume(
+        self, claim: Claim, outcome: Outcome, result: dict[str, Any], result_json: bytes
+    ) -> Job: ...
+
+    @abc.abstractmethod
+    async def _abandon(self, claim: Claim) -> Job: ...
+
+    @abc.abstractmethod
+    async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job: ...
+
+    @abc.abstractmethod
+    async def _get(self, job_id: str) -> Job: ...
+
+    @abc.abstractmethod
+    def _iterjobs(self, state: JobState | None) -> AsyncIterator[Job]: ...
+
+    @abc.abstractmethod
+    async def _job_count(self, state: JobState | None) -> int: ...
+
+    @abc.abstractmethod
+    def _subscribe(self) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        """A subscription to pushed notifications (for backends that cannot push across
+        processes, at least those this board object makes: ``_local_subscription``)."""
+
+    @abc.abstractmethod
+    async def _sweep(self, cursor: Any) -> tuple[list[JobNotification], Any]:
+        """Notifications for jobs that became claimable since ``cursor`` without a push, and
+        the next cursor. With ``cursor=None``: every job claimable now, in claim order."""
+
+    @abc.abstractmethod
+    async def _register_conductor(
+        self, owner: str, name: str, ttl: float, meta: dict[str, Any]
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def _unregister_conductor(self, owner: str) -> None: ...
+
+    @abc.abstractmethod
+    async def _conductors(self) -> list[ConductorInfo]: ...
+
+
+def lost_message(claim: Claim, verb: str, state: JobState, current: Claim | None) -> str:
+    """Why ``verb`` with ``claim`` was refused, for a ``ClaimLost`` message."""
+    if state is not JobState.CLAIMED or current is None:
+        why = f"the job is {state}"
+    elif current.owner != claim.owner:
+        why = f"it is now held by {current.owner!r} with token {current.token}"
+    else:
+        why = f"the current token is {current.token}"
+    return (
+        f"{verb} of job {claim.job_id} by {claim.owner!r} with token {claim.token} refused: {why}"
+    )
+
+
+def unclaimable_message(job: Job, now: float) -> str:
+    """Why ``job`` cannot be claimed at board time ``now``, for an ``UnclaimableJob`` message."""
+    if job.state is JobState.CLAIMED and job.claim is not None:
+        left = job.claim.expires_at - now
+        return f"job {job.id} is claimed by {job.claim.owner!r} for {left:.1f} s more"
+    if job.state is JobState.SCHEDULED:
+        left = (job.not_before or now) - now
+        return f"job {job.id} is scheduled: claimable in {left:.1f} s"
+    return f"job {job.id} is {job.state}: it cannot be claimed"

@@ -1,0 +1,435 @@
+"""`MemoryJobBoard`: jobs in this process's memory. The embedded default and the reference.
+
+``memory://`` opens a private board; ``memory://NAME`` opens the process-wide backend called NAME,
+shared by every board opened with that URL (each ``?namespace=`` its own space), so several
+conductors in one process can share jobs.
+
+Every verb starts with a checkpoint, so cancellation reaches it where it would reach a networked
+board, and never after its change was made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from anyio.lowlevel import checkpoint
+
+from aioconductor._urls import ParsedURL
+from aioconductor.boards.base import (
+    JobBoard,
+    PostSpec,
+    Subscription,
+    lost_message,
+    unclaimable_message,
+)
+from aioconductor.errors import ClaimLost, JobNotFound, UnclaimableJob
+from aioconductor.models import (
+    Claim,
+    ConductorInfo,
+    Job,
+    JobNotification,
+    JobState,
+    NotificationKind,
+    Outcome,
+)
+
+__all__ = ["MemoryJobBoard"]
+
+
+@dataclass(slots=True)
+class _Record:
+    """A job's mutable state inside the board (``Job`` objects handed out are frozen copies)."""
+
+    id: str
+    name: str
+    flow: str
+    args: dict[str, Any]
+    priority: int
+    seq: int
+    created_at: float
+    updated_at: float
+    not_before: float | None
+    max_attempts: int
+    attempts: int = 0
+    token: int = 0
+    state: JobState = JobState.UNCLAIMED
+    claim: Claim | None = None
+    outcome: Outcome | None = None
+    result: dict[str, Any] | None = None
+    trash_reason: str | None = None
+    #: Which entry of the ready heap is this record's live one (older entries are stale).
+    ready_version: int = 0
+
+    def to_job(self) -> Job:
+        return Job.model_construct(
+            id=self.id,
+            name=self.name,
+            flow=self.flow,
+            args=self.args,
+            priority=self.priority,
+            seq=self.seq,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            not_before=self.not_before,
+            attempts=self.attempts,
+            max_attempts=self.max_attempts,
+            state=self.state,
+            claim=self.claim,
+            outcome=self.outcome,
+            result=self.result,
+            trash_reason=self.trash_reason,
+        )
+
+    def claimable(self, now: float) -> bool:
+        if self.state is JobState.UNCLAIMED:
+            return True
+        if self.state is JobState.SCHEDULED:
+            return self.not_before is None or self.not_before <= now
+        if self.state is JobState.CLAIMED:
+            return self.claim is not None and self.claim.expires_at <= now
+        return False
+
+    def visible_state(self, now: float) -> JobState:
+        if self.state is JobState.SCHEDULED and self.claimable(now):
+            return JobState.UNCLAIMED
+        return self.state
+
+
+@dataclass
+class _Space:
+    """One namespace's jobs in a memory backend, with the heaps that make claims cheap."""
+
+    jobs: dict[str, _Record] = field(default_factory=dict)
+    seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    #: (-priority, seq, ready_version, id) of jobs that are (or were) claimable.
+    ready: list[tuple[int, int, int, str]] = field(default_factory=list)
+    #: (time, id) of scheduled jobs' not_before and claims' expiry: when each may turn claimable.
+    timers: list[tuple[float, str]] = field(default_factory=list)
+    conductors: dict[str, ConductorInfo] = field(default_factory=dict)
+    subscriptions: set[Subscription] = field(default_factory=set)
+
+    def make_ready(self, record: _Record) -> None:
+        record.ready_version += 1
+        heapq.heappush(self.ready, (-record.priority, record.seq, record.ready_version, record.id))
+
+    def promote(self, now: float) -> None:
+        """Move jobs whose timer has come into the ready heap, and announce them."""
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _, job_id = heapq.heappop(timers)
+            record = self.jobs.get(job_id)
+            if record is not None and record.state in _TIMED and record.claimable(now):
+                self.make_ready(record)
+                expired = record.state is JobState.CLAIMED
+                kind = NotificationKind.EXPIRED if expired else NotificationKind.DUE
+                self.notify(
+                    JobNotification.model_construct(
+                        job_id=record.id, kind=kind, priority=record.priority
+                    )
+                )
+
+    def next_timer(self) -> float | None:
+        return self.timers[0][0] if self.timers else None
+
+    def notify(self, note: JobNotification) -> None:
+        for subscription in self.subscriptions:
+            subscription.push(note)
+
+
+_TIMED = (JobState.SCHEDULED, JobState.CLAIMED)
+
+
+class _Backend:
+    """The shared state behind every board opened on one ``memory://NAME``."""
+
+    def __init__(self) -> None:
+        self.spaces: dict[str, _Space] = {}
+
+    def space(self, namespace: str) -> _Space:
+        space = self.spaces.get(namespace)
+        if space is None:
+            space = self.spaces[namespace] = _Space()
+        return space
+
+
+_NAMED_BACKENDS: dict[str, _Backend] = {}
+
+
+class MemoryJobBoard(JobBoard):
+    """A job board in this process's memory: no I/O, no durability, the reference semantics.
+
+    Args:
+        backend_name: share the backend of that name with every board opened with it; a
+            private backend when None.
+        clock: the board's clock (epoch seconds); tests may pass a fake one.
+        **kwargs: see :class:`~aioconductor.boards.base.JobBoard`.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend_name: str | None = None,
+        clock: Callable[[], float] = time.time,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if backend_name is None:
+            backend = _Backend()
+        else:
+            backend = _NAMED_BACKENDS.setdefault(backend_name, _Backend())
+        self._space = backend.space(self.namespace)
+        self._clock: Callable[[], float] = clock
+
+    @classmethod
+    def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
+        """``memory://`` is a private board; ``memory://NAME`` the shared backend NAME."""
+        name = parsed.driver_url.split("://", 1)[1].split("?", 1)[0].strip("/")
+        kwargs.setdefault("backend_name", name or None)
+        return super().from_url(parsed, **kwargs)
+
+    async def _connect(self) -> None:
+        await checkpoint()
+
+    async def _aclose(self) -> None:
+        await checkpoint()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _record(self, job_id: str) -> _Record:
+        try:
+            return self._space.jobs[job_id]
+        except KeyError:
+            raise JobNotFound(f"no job {job_id!r} on this board") from None
+
+    def _current(self, claim: Claim, verb: str) -> _Record:
+        record = self._record(claim.job_id)
+        current = record.claim
+        if (
+            record.state is not JobState.CLAIMED
+            or current is None
+            or current.owner != claim.owner
+            or current.token != claim.token
+        ):
+            raise ClaimLost(lost_message(claim, verb, record.state, current))
+        return record
+
+    def _take(self, record: _Record, owner: str, lease: float, now: float) -> Job:
+        record.attempts += 1
+        record.token += 1
+        record.state = JobState.CLAIMED
+        record.claim = Claim.model_construct(
+            job_id=record.id, owner=owner, token=record.token, expires_at=now + lease
+        )
+        record.updated_at = now
+        heapq.heappush(self._space.timers, (now + lease, record.id))
+        return record.to_job()
+
+    def _publish(self, record: _Record, kind: NotificationKind) -> None:
+        note = JobNotification.model_construct(
+            job_id=record.id, kind=kind, priority=record.priority
+        )
+        self._space.notify(note)
+
+    # -- primitives ----------------------------------------------------------------------------
+
+    async def _post(self, spec: PostSpec) -> Job:
+        await checkpoint()
+        space = self._space
+        now = self._clock()
+        not_before = spec.not_before
+        if spec.delay:
+            not_before = now + spec.delay
+        scheduled = not_before is not None and not_before > now
+        record = _Record(
+            id=str(uuid.uuid4()),
+            name=spec.name,
+            flow=spec.flow,
+            args=spec.args,
+            priority=spec.priority,
+            seq=next(space.seq),
+            created_at=now,
+            updated_at=now,
+            not_before=not_before,
+            max_attempts=spec.max_attempts,
+            state=JobState.SCHEDULED if scheduled else JobState.UNCLAIMED,
+        )
+        space.jobs[record.id] = record
+        if scheduled:
+            assert not_before is not None
+            heapq.heappush(space.timers, (not_before, record.id))
+        else:
+            space.make_ready(record)
+            self._publish(record, NotificationKind.POSTED)
+        return record.to_job()
+
+    async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
+        await checkpoint()
+        record = self._record(job_id)
+        now = self._clock()
+        if not record.claimable(now):
+            raise UnclaimableJob(unclaimable_message(record.to_job(), now))
+        return self._take(record, owner, lease, now)
+
+    async def _claim_next(self, owner: str, lease: float) -> Job | None:
+        await checkpoint()
+        space = self._space
+        now = self._clock()
+        space.promote(now)
+        ready = space.ready
+        while ready:
+            _, _, version, job_id = heapq.heappop(ready)
+            record = space.jobs.get(job_id)
+            if record is None or record.ready_version != version or not record.claimable(now):
+                continue
+            return self._take(record, owner, lease, now)
+        return None
+
+    async def _renew(self, claim: Claim, lease: float) -> Claim:
+        await checkpoint()
+        record = self._current(claim, "renew")
+        now = self._clock()
+        record.claim = Claim.model_construct(
+            job_id=record.id, owner=claim.owner, token=claim.token, expires_at=now + lease
+        )
+        record.updated_at = now
+        heapq.heappush(self._space.timers, (now + lease, record.id))
+        return record.claim
+
+    async def _consume(
+        self, claim: Claim, outcome: Outcome, result: dict[str, Any], result_json: bytes
+    ) -> Job:
+        await checkpoint()
+        record = self._current(claim, "consume")
+        record.state = JobState.COMPLETE
+        record.outcome = outcome
+        record.result = result
+        record.updated_at = self._clock()
+        return record.to_job()
+
+    async def _abandon(self, claim: Claim) -> Job:
+        await checkpoint()
+        record = self._current(claim, "abandon")
+        record.state = JobState.UNCLAIMED
+        record.claim = None
+        record.updated_at = self._clock()
+        self._space.make_ready(record)
+        self._publish(record, NotificationKind.ABANDONED)
+        return record.to_job()
+
+    async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job:
+        await checkpoint()
+        if claim is not None:
+            record = self._current(claim, "trash")
+        else:
+            record = self._record(job_id)
+            if record.state.is_final:
+                raise UnclaimableJob(
+                    f"job {job_id} is already {record.state}: it cannot be trashed"
+                )
+        record.state = JobState.TRASHED
+        record.trash_reason = reason
+        record.updated_at = self._clock()
+        return record.to_job()
+
+    async def _get(self, job_id: str) -> Job:
+        await checkpoint()
+        record = self._record(job_id)
+        job = record.to_job()
+        now = self._clock()
+        if record.visible_state(now) is not record.state:
+            job = job.model_copy(update={"state": record.visible_state(now)})
+        return job
+
+    def _select(self, state: JobState | None) -> list[_Record]:
+        now = self._clock()
+        records = [
+            r for r in self._space.jobs.values() if state is None or r.visible_state(now) is state
+        ]
+        records.sort(key=lambda r: (-r.priority, r.seq))
+        return records
+
+    async def _iterjobs(self, state: JobState | None) -> AsyncIterator[Job]:
+        now = self._clock()
+        for record in self._select(state):
+            await checkpoint()
+            job = record.to_job()
+            visible = record.visible_state(now)
+            yield job if visible is record.state else job.model_copy(update={"state": visible})
+
+    async def _job_count(self, state: JobState | None) -> int:
+        await checkpoint()
+        if state is None:
+            return len(self._space.jobs)
+        return len(self._select(state))
+
+    # -- notifications -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _subscribe(self) -> AsyncIterator[Subscription]:
+        async with self._local_subscription() as subscription:
+            # Pushes come from every board on this backend, not only this object.
+            self._subscriptions.discard(subscription)
+            self._space.subscriptions.add(subscription)
+            try:
+                yield subscription
+            finally:
+                self._space.subscriptions.discard(subscription)
+
+    async def _sweep(self, cursor: Any) -> tuple[list[JobNotification], Any]:
+        await checkpoint()
+        now = self._clock()
+        space = self._space
+        # Jobs whose timer came are announced to every subscriber, this stream included.
+        space.promote(now)
+        records: list[_Record] = []
+        if cursor is None:
+            records = [r for r in space.jobs.values() if r.claimable(now)]
+            records.sort(key=lambda r: (-r.priority, r.seq))
+        notes = [
+            JobNotification.model_construct(
+                job_id=r.id, kind=NotificationKind.WAITING, priority=r.priority
+            )
+            for r in records
+        ]
+        return notes, now
+
+    def _sweep_delay(self) -> float:
+        # The memory board knows its next deadline, so a delayed job or an expired lease is
+        # announced when it happens rather than at the next poll.
+        next_timer = self._space.next_timer()
+        if next_timer is None:
+            return self.poll_interval
+        return max(0.0, min(self.poll_interval, next_timer - self._clock()))
+
+    # -- conductors ----------------------------------------------------------------------------
+
+    async def _register_conductor(
+        self, owner: str, name: str, ttl: float, meta: dict[str, Any]
+    ) -> None:
+        await checkpoint()
+        now = self._clock()
+        previous = self._space.conductors.get(owner)
+        self._space.conductors[owner] = ConductorInfo(
+            owner=owner,
+            name=name,
+            started_at=previous.started_at if previous else now,
+            heartbeat_at=now,
+            expires_at=now + ttl,
+            meta=meta,
+        )
+
+    async def _unregister_conductor(self, owner: str) -> None:
+        await checkpoint()
+        self._space.conductors.pop(owner, None)
+
+    async def _conductors(self) -> list[ConductorInfo]:
+        await checkpoint()
+        now = self._clock()
+        return [info for info in self._space.conductors.values() if info.expires_at > now]

@@ -1,0 +1,67 @@
+"""Board backends for the conformance suite: a new backend joins by adding one entry here."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aioconductor.boards import JobBoard, open_board
+
+_names = itertools.count()
+
+
+class BoardBackend:
+    """Opens boards on one backend instance (same server or file), in any namespace."""
+
+    def __init__(self, name: str, make_url: Callable[[str], str]) -> None:
+        self.name = name
+        self._make_url = make_url
+        self._opened: list[JobBoard] = []
+
+    def open(self, namespace: str = "conformance", **kwargs: Any) -> JobBoard:
+        """A board (not yet connected) on this backend in ``namespace``."""
+        board = open_board(self._make_url(namespace), **kwargs)
+        self._opened.append(board)
+        return board
+
+    async def close_all(self) -> None:
+        for board in self._opened:
+            await board.aclose()
+
+
+def _memory(tmp_path: Path) -> BoardBackend:
+    shared = f"conformance-{uuid.uuid4().hex}"
+    return BoardBackend("memory", lambda ns: f"memory://{shared}?namespace={ns}")
+
+
+def _sqlite(tmp_path: Path) -> BoardBackend:
+    path = tmp_path / f"jobs-{next(_names)}.db"
+    return BoardBackend("sqlite", lambda ns: f"sqlite:///{path}?namespace={ns}")
+
+
+BACKENDS: dict[str, Callable[[Path], BoardBackend]] = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+}
+
+
+@pytest.fixture(params=list(BACKENDS))
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BoardBackend]:
+    """Every board backend in turn."""
+    instance = BACKENDS[request.param](tmp_path)
+    try:
+        yield instance
+    finally:
+        await instance.close_all()
+
+
+@pytest.fixture
+async def board(backend: BoardBackend) -> AsyncIterator[JobBoard]:
+    """A connected board with short leases and a fast sweep, for timing-dependent tests."""
+    async with backend.open(lease=5.0, poll_interval=0.05) as connected:
+        yield connected
