@@ -52,12 +52,13 @@ def parse_url(url: str, *, library_options: Collection[str] = ()) -> ParsedURL:
     """
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(f"not a board or store URL: {redact_url(str(url))!r}")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
+    base, _, query = url.partition("?")
+    query = query.split("#", 1)[0]
+    scheme = base.split("://", 1)[0].lower()
     namespace = "default"
     options: dict[str, str] = {}
     kept: list[tuple[str, str]] = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+    for key, value in parse_qsl(query, keep_blank_values=True):
         if key == "namespace":
             namespace = value
         elif key in library_options:
@@ -65,7 +66,9 @@ def parse_url(url: str, *, library_options: Collection[str] = ()) -> ParsedURL:
         else:
             kept.append((key, value))
     validate_namespace(namespace)
-    driver_url = urlunsplit(parts._replace(query=urlencode(kept)))
+    # The part before the query is kept as written: rebuilding it with urlunsplit would drop
+    # an empty host (sqlite:///rel.db would become sqlite:/rel.db).
+    driver_url = f"{base}?{urlencode(kept)}" if kept else base
     return ParsedURL(scheme=scheme, driver_url=driver_url, namespace=namespace, options=options)
 
 

@@ -184,6 +184,11 @@ class JobBoard(abc.ABC):
 
     close = aclose
 
+    @property
+    def connected(self) -> bool:
+        """Whether the board is connected and not closed."""
+        return self._connected and not self._closed
+
     async def __aenter__(self) -> Self:
         await self.connect()
         return self
@@ -390,13 +395,13 @@ class JobBoard(abc.ABC):
         ``state=UNCLAIMED`` includes scheduled jobs whose time has come.
         """
         self._check_open()
-        async for job in self._iterjobs(state):
+        async for job in self._iterjobs(None if state is None else JobState(state)):
             yield job
 
     async def job_count(self, *, state: JobState | None = None) -> int:
         """How many jobs there are (in ``state``, counted as :meth:`iterjobs` would list them)."""
         self._check_open()
-        return await self._job_count(state)
+        return await self._job_count(None if state is None else JobState(state))
 
     async def find_owner(self, job_id: str) -> str | None:
         """The owner of the job's live claim, or None when nobody holds it."""

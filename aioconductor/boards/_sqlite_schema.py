@@ -1,0 +1,171 @@
+"""The SQL of the SQLite board: its schema and the statements its transitions share.
+
+Named parameters: ``:ns`` the namespace, ``:now`` the board time, ``:id`` a job id, ``:owner``
+and ``:token`` a claim, ``:expires`` a new lease's end.
+"""
+
+from __future__ import annotations
+
+from aioconductor._sqlite import Migrations
+from aioconductor.models import JobState
+
+SCHEMA: Migrations = [
+    [
+        """CREATE TABLE IF NOT EXISTS jobs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            namespace TEXT NOT NULL,
+            id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            flow TEXT NOT NULL,
+            args TEXT NOT NULL,
+            priority INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            not_before REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL,
+            token INTEGER NOT NULL DEFAULT 0,
+            state TEXT NOT NULL,
+            owner TEXT,
+            expires_at REAL,
+            outcome TEXT,
+            result TEXT,
+            trash_reason TEXT,
+            ready_at REAL,
+            rev INTEGER NOT NULL,
+            UNIQUE (namespace, id)
+        )""",
+        # claim_next: the best claimable job, without wading through finished ones.
+        """CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (namespace, priority DESC, seq)
+            WHERE ready_at IS NOT NULL""",
+        # Sweeps: delays and leases that came due in a window.
+        """CREATE INDEX IF NOT EXISTS jobs_due ON jobs (namespace, ready_at)
+            WHERE ready_at IS NOT NULL""",
+        # Sweeps: jobs written since a cursor.
+        "CREATE INDEX IF NOT EXISTS jobs_rev ON jobs (namespace, rev)",
+        # iterjobs, page by page.
+        "CREATE INDEX IF NOT EXISTS jobs_order ON jobs (namespace, priority DESC, seq)",
+        # job_count and iterjobs by state.
+        "CREATE INDEX IF NOT EXISTS jobs_state ON jobs (namespace, state, priority DESC, seq)",
+        """CREATE TABLE IF NOT EXISTS board_revs (
+            namespace TEXT PRIMARY KEY,
+            rev INTEGER NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS conductors (
+            namespace TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            name TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            meta TEXT NOT NULL,
+            PRIMARY KEY (namespace, owner)
+        )""",
+    ],
+]
+
+#: Every column a ``Job`` is built from, then ``rev``.
+COLUMNS = (
+    "id, name, flow, args, priority, seq, created_at, updated_at, not_before, attempts,"
+    " max_attempts, token, state, owner, expires_at, outcome, result, trash_reason, rev"
+)
+#: Claimable now: UNCLAIMED, or SCHEDULED or CLAIMED with ``ready_at`` (not_before or the
+#: lease's end) passed. Finished jobs have no ``ready_at``.
+CLAIMABLE = "ready_at IS NOT NULL AND (state = 'UNCLAIMED' OR ready_at <= :now)"
+#: The namespace's change counter after this write; ``BUMP`` then moves the counter there.
+NEXT_REV = "(SELECT rev + 1 FROM board_revs WHERE namespace = :ns)"
+BUMP = "UPDATE board_revs SET rev = rev + 1 WHERE namespace = :ns"
+REV = "SELECT rev FROM board_revs WHERE namespace = :ns"
+ADD_NAMESPACE = "INSERT OR IGNORE INTO board_revs (namespace, rev) VALUES (:ns, 0)"
+
+FETCH = f"SELECT {COLUMNS} FROM jobs WHERE namespace = :ns AND id = :id"
+POST = f"""INSERT INTO jobs (namespace, id, name, flow, args, priority, created_at, updated_at,
+        not_before, max_attempts, state, ready_at, rev)
+    VALUES (:ns, :id, :name, :flow, :args, :priority, :now, :now,
+        :not_before, :max_attempts, :state, :ready_at, {NEXT_REV})
+    RETURNING seq, rev"""
+_TAKE = f"""UPDATE jobs SET attempts = attempts + 1, token = token + 1, state = 'CLAIMED',
+    owner = :owner, expires_at = :expires, ready_at = :expires, updated_at = :now,
+    rev = {NEXT_REV}"""
+CLAIM = f"{_TAKE} WHERE namespace = :ns AND id = :id AND {CLAIMABLE} RETURNING {COLUMNS}"
+# One statement picks and takes the job, so nobody can take it in between. The partial index
+# holds only unfinished jobs; without INDEXED BY the planner may take jobs_order (same columns)
+# and wade through every finished job.
+CLAIM_NEXT = f"""{_TAKE} WHERE seq = (
+        SELECT seq FROM jobs INDEXED BY jobs_ready
+        WHERE namespace = :ns AND {CLAIMABLE}
+        ORDER BY priority DESC, seq LIMIT 1)
+    RETURNING {COLUMNS}"""
+
+
+def update_current(sets: str) -> str:
+    """An UPDATE applying ``sets`` to the job if the claim (``:owner``, ``:token``) is current."""
+    return f"""UPDATE jobs SET {sets}, updated_at = :now, rev = {NEXT_REV}
+        WHERE namespace = :ns AND id = :id AND state = 'CLAIMED'
+            AND owner = :owner AND token = :token
+        RETURNING {COLUMNS}"""
+
+
+RENEW = update_current("expires_at = :expires, ready_at = :expires")
+CONSUME = update_current(
+    "state = 'COMPLETE', outcome = :outcome, result = :result, ready_at = NULL"
+)
+ABANDON = update_current("state = 'UNCLAIMED', owner = NULL, expires_at = NULL, ready_at = :now")
+_TRASHED = "state = 'TRASHED', trash_reason = :reason, ready_at = NULL"
+TRASH = update_current(_TRASHED)
+TRASH_BY_ID = f"""UPDATE jobs SET {_TRASHED}, updated_at = :now, rev = {NEXT_REV}
+    WHERE namespace = :ns AND id = :id AND state NOT IN ('COMPLETE', 'TRASHED')
+    RETURNING {COLUMNS}"""
+
+#: Which rows ``iterjobs`` and ``job_count`` take for a state, as readers see states (a
+#: SCHEDULED job whose time came counts as UNCLAIMED), and the index that lists them in order
+#: without reading finished jobs.
+_STATE_FILTERS: dict[JobState | None, tuple[str, str]] = {
+    None: ("", "1"),
+    JobState.UNCLAIMED: (
+        "INDEXED BY jobs_ready",
+        "ready_at IS NOT NULL AND state IN ('UNCLAIMED', 'SCHEDULED')"
+        " AND (state = 'UNCLAIMED' OR not_before IS NULL OR not_before <= :now)",
+    ),
+    JobState.SCHEDULED: ("", "state = 'SCHEDULED' AND not_before > :now"),
+}
+
+
+def page(state: JobState | None) -> str:
+    """A page of ``iterjobs``: the jobs in ``state`` after (``:p``, ``:s``) in claim order."""
+    index, where = _STATE_FILTERS.get(state, ("", "state = :state"))
+    return f"""SELECT {COLUMNS} FROM jobs {index}
+        WHERE namespace = :ns AND {where} AND (priority < :p OR (priority = :p AND seq > :s))
+        ORDER BY priority DESC, seq LIMIT :limit"""
+
+
+def count(state: JobState | None) -> str:
+    """How many jobs are in ``state``, as ``iterjobs`` would list them."""
+    _, where = _STATE_FILTERS.get(state, ("", "state = :state"))
+    return f"SELECT COUNT(*) FROM jobs WHERE namespace = :ns AND {where}"
+
+
+_NOTE = "SELECT id, priority, state, attempts, rev, seq FROM jobs"
+#: Every job claimable now, in claim order.
+SWEEP_ALL = f"""{_NOTE} INDEXED BY jobs_ready WHERE namespace = :ns AND {CLAIMABLE}
+    ORDER BY priority DESC, seq"""
+#: Jobs claimable now that were written since the cursor's ``:rev`` (posts and abandons), or
+#: whose delay or lease ended in its window (``:since``, ``:now``].
+SWEEP_SINCE = f"""{_NOTE} WHERE namespace = :ns AND rev > :rev AND {CLAIMABLE}
+    UNION
+    {_NOTE} WHERE namespace = :ns AND ready_at > :since AND ready_at <= :now
+        AND state != 'UNCLAIMED'
+    ORDER BY priority DESC, seq"""
+#: When the next delay or lease ends.
+NEXT_DUE = """SELECT MIN(ready_at) FROM jobs
+    WHERE namespace = :ns AND ready_at > :now AND state != 'UNCLAIMED'"""
+
+REGISTER = """INSERT INTO conductors
+        (namespace, owner, name, started_at, heartbeat_at, expires_at, meta)
+    VALUES (:ns, :owner, :name, :now, :now, :expires, :meta)
+    ON CONFLICT (namespace, owner) DO UPDATE SET name = excluded.name,
+        heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at,
+        meta = excluded.meta"""
+UNREGISTER = "DELETE FROM conductors WHERE namespace = :ns AND owner = :owner"
+ALIVE = """SELECT owner, name, started_at, heartbeat_at, expires_at, meta FROM conductors
+    WHERE namespace = :ns AND expires_at > :now"""

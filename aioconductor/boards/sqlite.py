@@ -1,0 +1,458 @@
+"""`SqliteJobBoard`: jobs in one SQLite file. Durable on one machine, no server.
+
+``sqlite:///relative/jobs.db`` or ``sqlite:////absolute/jobs.db`` (``?namespace=NAME`` as on
+every board). Several processes may share one file: every transition is one ``BEGIN IMMEDIATE``
+transaction that checks state, owner and token, so two processes never both win a job and a
+stale claim changes nothing. The board's clock is this process's ``time.time()``.
+
+Schema (in ``_sqlite_schema``; ``aioc_schema`` records its version, component ``board``):
+
+- ``jobs``: a row per job. ``seq`` (the INTEGER PRIMARY KEY, AUTOINCREMENT so never reused) is
+  the post order. ``ready_at`` is when the job is claimable from: its post (or abandon) time
+  when UNCLAIMED, ``not_before`` when SCHEDULED, the lease's ``expires_at`` when CLAIMED, NULL
+  once final. A job is claimable when ``ready_at`` is set and it is UNCLAIMED or ``ready_at`` has
+  passed. ``rev`` is the namespace's change counter at the job's last write.
+- ``board_revs``: the change counter of each namespace, bumped by every write to a job.
+- ``conductors``: live conductors, by namespace and owner.
+
+Notifications: this process cannot hear another's writes, so ``stream()`` pushes what this board
+object posts and abandons, and its sweep (``_sweep``) finds the rest. A sweep's cursor is
+``(rev, time)``: it returns jobs claimable now that were written since ``rev`` (posts and abandons
+by anyone) or whose ``ready_at`` fell in ``(time, now]`` (delays passed, leases expired). The
+counter and the jobs are read from one snapshot, and writers are serialised, so every write
+committed after the snapshot gets a higher ``rev``: a sweep never misses one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, Self
+
+from aioconductor._payload import decode_json, encode_json
+from aioconductor._sqlite import SqliteLink, sqlite_path
+from aioconductor._urls import ParsedURL
+from aioconductor.boards import _sqlite_schema as sql
+from aioconductor.boards.base import (
+    JobBoard,
+    PostSpec,
+    Subscription,
+    lost_message,
+    unclaimable_message,
+)
+from aioconductor.errors import BoardClosed, ClaimLost, JobNotFound, UnclaimableJob
+from aioconductor.models import (
+    Claim,
+    ConductorInfo,
+    Job,
+    JobNotification,
+    JobState,
+    NotificationKind,
+    Outcome,
+)
+
+__all__ = ["SqliteJobBoard"]
+
+_PAGE = 500
+#: Shortest wait between sweeps when a job is about to come due: the event loop may wake a
+#: timer a little early, and sweeping again at once would find nothing.
+_MIN_SWEEP_DELAY = 0.005
+#: How long a local push is remembered so that sweeps skip it; afterwards a stream that had not
+#: swept since may get the job twice, which is harmless.
+_PUSHED_TTL = 60.0
+
+
+def _job(row: Sequence[Any]) -> Job:
+    """A ``Job`` from a row of ``sql.COLUMNS``."""
+    job_id, owner, token, expires_at = row[0], row[13], row[11], row[14]
+    claim = None
+    if owner is not None:
+        claim = Claim.model_construct(
+            job_id=job_id, owner=owner, token=token, expires_at=expires_at
+        )
+    outcome, result = row[15], row[16]
+    return Job.model_construct(
+        id=job_id,
+        name=row[1],
+        flow=row[2],
+        args=decode_json(row[3]),
+        priority=row[4],
+        seq=row[5],
+        created_at=row[6],
+        updated_at=row[7],
+        not_before=row[8],
+        attempts=row[9],
+        max_attempts=row[10],
+        state=JobState(row[12]),
+        claim=claim,
+        outcome=None if outcome is None else Outcome(outcome),
+        result=None if result is None else decode_json(result),
+        trash_reason=row[17],
+    )
+
+
+def _visible(job: Job, now: float) -> Job:
+    """``job`` as readers see it at ``now``: a scheduled job whose time came is UNCLAIMED."""
+    if job.state is JobState.SCHEDULED and job.is_claimable(now):
+        return job.model_copy(update={"state": JobState.UNCLAIMED})
+    return job
+
+
+def _one(cursor: sqlite3.Cursor) -> Any:
+    # fetchall, not fetchone: an UPDATE ... RETURNING must run to its end before COMMIT.
+    rows = cursor.fetchall()
+    return rows[0] if rows else None
+
+
+def _query(statement: str, params: Mapping[str, Any]) -> Callable[[sqlite3.Connection], list[Any]]:
+    """A call that runs the query ``statement`` and returns its rows."""
+
+    def run(conn: sqlite3.Connection) -> list[Any]:
+        return conn.execute(statement, params).fetchall()
+
+    return run
+
+
+def _kind(state: str, attempts: int) -> NotificationKind:
+    """Why a job a sweep found became claimable, from its row."""
+    if state == JobState.SCHEDULED:
+        return NotificationKind.DUE
+    if state == JobState.CLAIMED:
+        return NotificationKind.EXPIRED
+    return NotificationKind.ABANDONED if attempts else NotificationKind.POSTED
+
+
+class SqliteJobBoard(JobBoard):
+    """A job board in a SQLite file, shared safely by the processes of one machine.
+
+    Open it with ``open_board("sqlite:///jobs.db")``. One connection per board object, used from
+    a worker thread, one call at a time; WAL mode, so readers never wait for writers.
+
+    Another process's posts and abandons reach this board's ``stream()`` through its sweep, every
+    ``poll_interval`` seconds (sooner when a delay or lease it knows of falls due first).
+
+    Args:
+        path: the database file (created with its schema if missing).
+        **kwargs: see :class:`~aioconductor.boards.base.JobBoard`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.path = os.fspath(path)
+        self._link = SqliteLink(self.path, closed=BoardClosed)
+        #: The earliest ``ready_at`` of a scheduled or claimed job after the last sweep.
+        self._next_due: float | None = None
+        #: rev -> monotonic time of the posts and abandons this object pushed to its streams.
+        self._pushed: dict[int, float] = {}
+
+    @classmethod
+    def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
+        """Build the board for ``sqlite:///relative.db`` or ``sqlite:////abs/path.db``."""
+        kwargs.setdefault("path", sqlite_path(parsed.driver_url))
+        return super().from_url(parsed, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<SqliteJobBoard {self.path!r} namespace={self.namespace!r}>"
+
+    async def _connect(self) -> None:
+        await self._link.connect(
+            "board", sql.SCHEMA, lambda conn: conn.execute(sql.ADD_NAMESPACE, self._params())
+        )
+
+    async def _aclose(self) -> None:
+        await self._link.aclose()
+
+    # -- helpers (run in the worker thread) ----------------------------------------------------
+
+    def _params(self, **params: Any) -> dict[str, Any]:
+        return {"ns": self.namespace, **params}
+
+    def _fetch(self, conn: sqlite3.Connection, job_id: str) -> Job:
+        row = conn.execute(sql.FETCH, self._params(id=job_id)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job {job_id!r} on this board")
+        return _job(row)
+
+    def _change(self, conn: sqlite3.Connection, statement: str, **params: Any) -> Any:
+        """Run a statement that writes one job and returns it; bump the counter if it did."""
+        row = _one(conn.execute(statement, self._params(**params)))
+        if row is not None:
+            conn.execute(sql.BUMP, self._params())
+        return row
+
+    def _with_claim(
+        self, conn: sqlite3.Connection, statement: str, claim: Claim, verb: str, **params: Any
+    ) -> Any:
+        """Run an ``sql.update_current`` statement; ``ClaimLost`` if the claim is not current."""
+        row = self._change(
+            conn,
+            statement,
+            id=claim.job_id,
+            owner=claim.owner,
+            token=claim.token,
+            now=time.time(),
+            **params,
+        )
+        if row is None:
+            job = self._fetch(conn, claim.job_id)
+            raise ClaimLost(lost_message(claim, verb, job.state, job.claim))
+        return row
+
+    # -- local notifications -------------------------------------------------------------------
+
+    def _push(self, job: Job, rev: int, kind: NotificationKind) -> None:
+        if self._subscriptions:
+            self._pushed[rev] = time.monotonic()
+        self._notify_local(
+            JobNotification.model_construct(job_id=job.id, kind=kind, priority=job.priority)
+        )
+
+    def _note_due(self, at: float) -> None:
+        if self._next_due is None or at < self._next_due:
+            self._next_due = at
+
+    # -- primitives ----------------------------------------------------------------------------
+
+    async def _post(self, spec: PostSpec) -> Job:
+        job_id = str(uuid.uuid4())
+        args_text = spec.args_json.decode("utf-8")
+
+        def post(conn: sqlite3.Connection) -> tuple[int, int, float, float | None, JobState]:
+            now = time.time()
+            not_before = spec.not_before
+            if spec.delay:
+                not_before = now + spec.delay
+            scheduled = not_before is not None and not_before > now
+            state = JobState.SCHEDULED if scheduled else JobState.UNCLAIMED
+            seq, rev = self._change(
+                conn,
+                sql.POST,
+                id=job_id,
+                name=spec.name,
+                flow=spec.flow,
+                args=args_text,
+                priority=spec.priority,
+                now=now,
+                not_before=not_before,
+                max_attempts=spec.max_attempts,
+                state=state.value,
+                ready_at=not_before if scheduled else now,
+            )
+            return seq, rev, now, not_before, state
+
+        seq, rev, now, not_before, state = await self._link.write("post", post)
+        job = Job.model_construct(
+            id=job_id,
+            name=spec.name,
+            flow=spec.flow,
+            args=spec.args,
+            priority=spec.priority,
+            seq=seq,
+            created_at=now,
+            updated_at=now,
+            not_before=not_before,
+            attempts=0,
+            max_attempts=spec.max_attempts,
+            state=state,
+            claim=None,
+            outcome=None,
+            result=None,
+            trash_reason=None,
+        )
+        if state is JobState.SCHEDULED:
+            assert not_before is not None
+            self._note_due(not_before)
+        else:
+            self._push(job, rev, NotificationKind.POSTED)
+        return job
+
+    async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
+        def claim(conn: sqlite3.Connection) -> Job:
+            now = time.time()
+            row = self._change(
+                conn, sql.CLAIM, id=job_id, owner=owner, expires=now + lease, now=now
+            )
+            if row is None:
+                raise UnclaimableJob(unclaimable_message(self._fetch(conn, job_id), now))
+            return _job(row)
+
+        job = await self._link.write("claim", claim)
+        assert job.claim is not None
+        self._note_due(job.claim.expires_at)
+        return job
+
+    async def _claim_next(self, owner: str, lease: float) -> Job | None:
+        def claim_next(conn: sqlite3.Connection) -> Job | None:
+            now = time.time()
+            row = self._change(conn, sql.CLAIM_NEXT, owner=owner, expires=now + lease, now=now)
+            return None if row is None else _job(row)
+
+        job = await self._link.write("claim_next", claim_next)
+        if job is not None and job.claim is not None:
+            self._note_due(job.claim.expires_at)
+        return job
+
+    async def _renew(self, claim: Claim, lease: float) -> Claim:
+        def renew(conn: sqlite3.Connection) -> Job:
+            expires = time.time() + lease
+            return _job(self._with_claim(conn, sql.RENEW, claim, "renew", expires=expires))
+
+        job = await self._link.write("renew", renew)
+        assert job.claim is not None
+        self._note_due(job.claim.expires_at)
+        return job.claim
+
+    async def _consume(
+        self, claim: Claim, outcome: Outcome, result: dict[str, Any], result_json: bytes
+    ) -> Job:
+        text = result_json.decode("utf-8")
+
+        def consume(conn: sqlite3.Connection) -> Job:
+            row = self._with_claim(
+                conn, sql.CONSUME, claim, "consume", outcome=outcome.value, result=text
+            )
+            return _job(row)
+
+        return await self._link.write("consume", consume)
+
+    async def _abandon(self, claim: Claim) -> Job:
+        def abandon(conn: sqlite3.Connection) -> tuple[Job, int]:
+            row = self._with_claim(conn, sql.ABANDON, claim, "abandon")
+            return _job(row), row[-1]
+
+        job, rev = await self._link.write("abandon", abandon)
+        self._push(job, rev, NotificationKind.ABANDONED)
+        return job
+
+    async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job:
+        def trash(conn: sqlite3.Connection) -> Job:
+            if claim is not None:
+                return _job(self._with_claim(conn, sql.TRASH, claim, "trash", reason=reason))
+            row = self._change(conn, sql.TRASH_BY_ID, id=job_id, reason=reason, now=time.time())
+            if row is None:
+                state = self._fetch(conn, job_id).state
+                raise UnclaimableJob(f"job {job_id} is already {state}: it cannot be trashed")
+            return _job(row)
+
+        return await self._link.write("trash", trash)
+
+    async def _get(self, job_id: str) -> Job:
+        job = await self._link.read("get", lambda conn: self._fetch(conn, job_id))
+        return _visible(job, time.time())
+
+    async def _iterjobs(self, state: JobState | None) -> AsyncIterator[Job]:
+        now = time.time()
+        state = None if state is None else JobState(state)
+        statement = sql.page(state)
+        value = None if state is None else state.value
+        # Page by (priority, seq), which never change: each page is one short call, so the
+        # connection is free while the caller handles a page, and no job is listed twice.
+        priority, seq = 2**31, 0
+        while True:
+            params = self._params(now=now, state=value, p=priority, s=seq, limit=_PAGE)
+            rows = await self._link.read("iterjobs", _query(statement, params))
+            for row in rows:
+                yield _visible(_job(row), now)
+            if len(rows) < _PAGE:
+                return
+            priority, seq = rows[-1][4], rows[-1][5]
+
+    async def _job_count(self, state: JobState | None) -> int:
+        state = None if state is None else JobState(state)
+        params = self._params(now=time.time(), state=None if state is None else state.value)
+        rows = await self._link.read("job_count", _query(sql.count(state), params))
+        return int(rows[0][0])
+
+    # -- notifications -------------------------------------------------------------------------
+
+    def _subscribe(self) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        return self._local_subscription()
+
+    async def _sweep(self, cursor: Any) -> tuple[list[JobNotification], Any]:
+        def sweep(conn: sqlite3.Connection) -> tuple[list[Any], int, float, float | None]:
+            now = time.time()
+            (rev,) = conn.execute(sql.REV, self._params()).fetchone()
+            if cursor is None:
+                rows = conn.execute(sql.SWEEP_ALL, self._params(now=now)).fetchall()
+            else:
+                since_rev, since = cursor
+                params = self._params(now=now, rev=since_rev, since=since)
+                rows = conn.execute(sql.SWEEP_SINCE, params).fetchall()
+            (next_due,) = conn.execute(sql.NEXT_DUE, self._params(now=now)).fetchone()
+            return rows, rev, now, next_due
+
+        try:
+            rows, rev, now, next_due = await self._link.snapshot("sweep", sweep)
+        except BoardClosed:
+            # The board closed while this sweep waited for the connection: the stream ends.
+            return [], cursor
+        self._next_due = next_due
+        self._forget_pushes()
+        notes = []
+        for job_id, priority, state, attempts, job_rev, _ in rows:
+            if cursor is None:
+                kind = NotificationKind.WAITING
+            elif state == JobState.UNCLAIMED and job_rev in self._pushed:
+                continue  # this object pushed it to its streams already
+            else:
+                kind = _kind(state, attempts)
+            notes.append(
+                JobNotification.model_construct(job_id=job_id, kind=kind, priority=priority)
+            )
+        return notes, (rev, now)
+
+    def _forget_pushes(self) -> None:
+        horizon = time.monotonic() - max(_PUSHED_TTL, 10 * self.poll_interval)
+        pushed = self._pushed
+        # Entries are in push order, so the old ones are at the front.
+        while pushed:
+            rev = next(iter(pushed))
+            if pushed[rev] > horizon:
+                break
+            del pushed[rev]
+
+    def _sweep_delay(self) -> float:
+        # Sweep when the next delay or lease falls due rather than at the next poll.
+        if self._next_due is None:
+            return self.poll_interval
+        left = self._next_due - time.time()
+        return min(self.poll_interval, max(_MIN_SWEEP_DELAY, left))
+
+    # -- conductors ----------------------------------------------------------------------------
+
+    async def _register_conductor(
+        self, owner: str, name: str, ttl: float, meta: dict[str, Any]
+    ) -> None:
+        meta_text = encode_json("the conductor's meta", meta, 64 * 1024).decode("utf-8")
+
+        def register(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            params = self._params(owner=owner, name=name, now=now, expires=now + ttl)
+            conn.execute(sql.REGISTER, {**params, "meta": meta_text})
+
+        await self._link.write("register_conductor", register)
+
+    async def _unregister_conductor(self, owner: str) -> None:
+        await self._link.write(
+            "unregister_conductor",
+            lambda conn: conn.execute(sql.UNREGISTER, self._params(owner=owner)),
+        )
+
+    async def _conductors(self) -> list[ConductorInfo]:
+        params = self._params(now=time.time())
+        rows = await self._link.read("conductors", _query(sql.ALIVE, params))
+        return [
+            ConductorInfo(
+                owner=owner,
+                name=name,
+                started_at=started_at,
+                heartbeat_at=heartbeat_at,
+                expires_at=expires_at,
+                meta=decode_json(meta),
+            )
+            for owner, name, started_at, heartbeat_at, expires_at, meta in rows
+        ]
