@@ -106,7 +106,7 @@ class Job(BaseModel):
         if self.state is JobState.SCHEDULED:
             return self.not_before is None or self.not_before <= now
         if self.state is JobState.CLAIMED:
-            return self.claim is None or self.claim.expires_at <= now
+            return self.claim is not None and self.claim.expires_at <= now
         return False
 
 

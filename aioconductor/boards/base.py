@@ -435,7 +435,10 @@ class JobBoard(abc.ABC):
                         return
                 if pushed is not None:
                     yield pushed
-                    continue
+                    if not subscription.lost:
+                        continue
+                # A timed-out wait sweeps for what no push announces; a lost push (a full
+                # buffer, a dropped connection) re-reads every claimable job at once.
                 if subscription.lost:
                     subscription.lost = False
                     notes, cursor = await self._sweep(None)
@@ -522,6 +525,9 @@ class JobBoard(abc.ABC):
         validate_name("owner", owner)
         validate_name("conductor name", name)
         encode_json("the conductor's meta", meta or {}, 64 * 1024)
+        ttl = finite_seconds("ttl", ttl)
+        if ttl <= 0:
+            raise PayloadError(f"ttl must be positive, got {ttl}")
         await self._register_conductor(owner, name, float(ttl), dict(meta or {}))
 
     async def unregister_conductor(self, owner: str) -> None:

@@ -60,6 +60,11 @@ class Store(abc.ABC):
 
     close = aclose
 
+    @property
+    def connected(self) -> bool:
+        """Whether the store is connected and not closed."""
+        return self._connected and not self._closed
+
     async def __aenter__(self) -> Self:
         await self.connect()
         return self
@@ -199,6 +204,4 @@ def check_token(book_uuid: str, stored: int | None, token: int | None) -> int | 
 def check_version(what: str, stored: int, given: int) -> None:
     """Raise ``VersionConflict`` unless a write of version ``given`` may replace ``stored``."""
     if stored != given:
-        raise VersionConflict(
-            f"{what}: version {given} is stale, the store holds version {stored}"
-        )
+        raise VersionConflict(f"{what}: version {given} is stale, the store holds version {stored}")

@@ -44,13 +44,46 @@ def _sqlite(tmp_path: Path) -> BoardBackend:
     return BoardBackend("sqlite", lambda ns: f"sqlite:///{path}?namespace={ns}")
 
 
+class _RedisBackend(BoardBackend):
+    """Redis DB 9, every namespace suffixed for this run; its keys are deleted afterwards."""
+
+    def __init__(self) -> None:
+        # Imported here: the redis driver is an extra, and memory/sqlite runs need none.
+        from tests.redis_helpers import redis_url, require_redis, unique
+
+        self._client = require_redis()
+        self._namespaces: dict[str, str] = {}
+
+        def make_url(ns: str) -> str:
+            suffixed = self._namespaces.setdefault(ns, unique(ns))
+            return f"{redis_url()}?namespace={suffixed}"
+
+        super().__init__("redis", make_url)
+
+    async def close_all(self) -> None:
+        from tests.redis_helpers import delete_namespaces
+
+        try:
+            await super().close_all()
+        finally:
+            delete_namespaces(self._client, list(self._namespaces.values()))
+            self._client.close()
+
+
+def _redis(tmp_path: Path) -> BoardBackend:
+    return _RedisBackend()
+
+
 BACKENDS: dict[str, Callable[[Path], BoardBackend]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "redis": _redis,
 }
+#: Marks of the backends that need a service.
+_MARKS = {"redis": [pytest.mark.redis]}
 
 
-@pytest.fixture(params=list(BACKENDS))
+@pytest.fixture(params=[pytest.param(name, marks=_MARKS.get(name, [])) for name in BACKENDS])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BoardBackend]:
     """Every board backend in turn."""
     instance = BACKENDS[request.param](tmp_path)

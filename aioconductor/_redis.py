@@ -1,0 +1,161 @@
+"""Plumbing shared by the Redis board and the Redis store: the client, errors, retries.
+
+Cancellation: redis-py 8 already drops a connection whose command was cancelled.
+``Connection.send_packed_command`` and ``Connection.read_response`` both catch
+``BaseException`` (``CancelledError`` included) and disconnect before re-raising, so a
+connection that may still owe a reply is closed before ``execute_command`` puts it back in the
+pool, and the pool reconnects it before its next use. A cancelled command therefore never hands
+its reply to the next caller; ``tests/boards/test_redis.py`` checks this rather than trusting it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import anyio
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from aioconductor._urls import redact_url
+from aioconductor.errors import BackendUnavailable, ConfigurationError
+
+__all__ = ["RedisLink", "hash_tag_prefix"]
+
+logger = logging.getLogger("aioconductor.redis")
+
+T = TypeVar("T")
+
+#: How long an idempotent read keeps retrying through connection errors (a Redis restart).
+READ_RETRY_SECONDS = 8.0
+#: Options the library sets itself: a URL may not override them.
+_RESERVED_QUERY = frozenset({"decode_responses", "encoding", "protocol"})
+
+
+def hash_tag_prefix(namespace: str) -> str:
+    """The prefix of every key of ``namespace``: one hash tag, so one Redis Cluster slot."""
+    return f"aioc:{{{namespace}}}:"
+
+
+class RedisLink:
+    """One connection pool to Redis, with the error translation every call goes through.
+
+    Args:
+        driver_url: the ``redis://`` or ``rediss://`` URL without the library's options.
+        closed_error: what a call made after :meth:`aclose` raises.
+    """
+
+    def __init__(
+        self, driver_url: str, closed_error: Callable[[], Exception] = BackendUnavailable
+    ) -> None:
+        self.url = redact_url(driver_url)
+        self._closed_error = closed_error
+        self.closed = False
+        password = urlsplit(driver_url).password
+        # Both forms: the URL's (percent-encoded) and the one redis-py sends.
+        self._secrets = {p for p in (password, unquote(password or "")) if p}
+        reserved = {k for k, _ in parse_qsl(urlsplit(driver_url).query)} & _RESERVED_QUERY
+        if reserved:
+            raise ConfigurationError(
+                f"{self.url}: option(s) {', '.join(sorted(reserved))} are set by aioconductor"
+            )
+        try:
+            # No retries inside redis-py: a script whose reply was lost must not run twice, so
+            # the board decides what to retry (idempotent reads only).
+            self.client: Redis = Redis.from_url(
+                driver_url, decode_responses=True, retry=Retry(NoBackoff(), 0)
+            )
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"bad Redis URL {self.url}: {self.scrub(exc)}") from None
+
+    def scrub(self, exc: BaseException | str) -> str:
+        """``exc`` as text, with the URL's password (should a driver echo it) masked."""
+        text = str(exc)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def unavailable(self, what: str, exc: BaseException) -> BackendUnavailable:
+        """The ``BackendUnavailable`` to raise for a driver error during ``what``."""
+        return BackendUnavailable(f"Redis at {self.url}: {what} failed: {self.scrub(exc)}")
+
+    @contextlib.contextmanager
+    def translate(self, what: str) -> Iterator[None]:
+        """Re-raise redis and socket errors as ``BackendUnavailable`` (never a driver error)."""
+        if self.closed:
+            raise self._closed_error()
+        try:
+            yield
+        except (rexc.RedisError, OSError) as exc:
+            raise self.unavailable(what, exc) from exc
+
+    async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run a non-idempotent call (a transition script) once: errors become unavailable."""
+        with self.translate(what):
+            return await fn()
+
+    async def read(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run an idempotent call, retrying connection errors with backoff for a few seconds.
+
+        A restarted Redis refuses connections for a moment: reads ride that out rather than
+        fail a conductor's sweep, and give up with ``BackendUnavailable`` after
+        ``READ_RETRY_SECONDS``.
+        """
+        delay = 0.05
+        deadline = anyio.current_time() + READ_RETRY_SECONDS
+        while True:
+            if self.closed:
+                # Checked on every attempt: a retry after aclose would open a connection
+                # that nothing closes any more.
+                raise self._closed_error()
+            try:
+                return await fn()
+            except rexc.AuthenticationError as exc:
+                raise self.unavailable(what, exc) from exc
+            except (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError) as exc:
+                if anyio.current_time() + delay > deadline:
+                    raise self.unavailable(what, exc) from exc
+                logger.debug("Redis at %s: %s failed (%s); retrying", self.url, what, exc)
+            except rexc.RedisError as exc:
+                raise self.unavailable(what, exc) from exc
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def connect(self) -> None:
+        """Check that Redis answers, and warn when it may evict keys (jobs) under memory load."""
+        await self.call("connect", self.client.ping)
+        try:
+            reply = await self.client.config_get("maxmemory-policy")
+        except rexc.ResponseError:
+            # CONFIG is often refused (ACLs, managed Redis): the check is advice, skip it.
+            return
+        except (rexc.RedisError, OSError) as exc:
+            raise self.unavailable("connect", exc) from exc
+        policy = reply.get("maxmemory-policy") if isinstance(reply, dict) else None
+        if policy and policy != "noeviction":
+            logger.warning(
+                "Redis at %s has maxmemory-policy %r: under memory pressure it may evict jobs "
+                "and logbooks; set maxmemory-policy noeviction",
+                self.url,
+                policy,
+            )
+
+    async def aclose(self) -> None:
+        """Close the pool and every connection in it."""
+        self.closed = True
+        # Shielded so a cancelled close still frees every socket; bounded in case one hangs.
+        with anyio.move_on_after(5, shield=True), contextlib.suppress(rexc.RedisError, OSError):
+            await self.client.aclose()
+
+
+def fmt_time(value: float) -> str:
+    """A time or a number of seconds as exact text for a script (``repr`` round-trips)."""
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{value!r} is not a finite number of seconds")
+    return repr(float(value))

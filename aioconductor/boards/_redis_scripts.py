@@ -1,0 +1,338 @@
+"""The Lua scripts of the Redis board: each one transition, atomic on the server.
+
+Every script gets the same KEYS (see ``KEY_NAMES``), all under the namespace's hash tag, and
+``ARGV[1]`` (the job key prefix) and ``ARGV[2]`` (the notification channel). Scripts that pick a
+job themselves (``claim_next``, promotions) build its key from the prefix: it carries the same
+hash tag, so it is in the same Redis Cluster slot. Times come from the server's ``TIME`` and are
+stored as text with microseconds, so every comparison is made on the same numbers.
+
+Every script answers ``{status, now, field, value, field, value, ...}`` (the job's hash) or
+``{status, now}``. Statuses: ``ok``, ``none``, ``notfound``, ``lost``, ``unclaimable``, ``final``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ABANDON",
+    "CLAIM",
+    "CLAIM_NEXT",
+    "CONSUME",
+    "COUNT",
+    "KEY_NAMES",
+    "POST",
+    "PROMOTE",
+    "PROMOTE_LIMIT",
+    "REGISTER",
+    "RENEW",
+    "TRASH",
+]
+
+#: The names of the board's shared keys, in the order scripts receive them as KEYS[1..10].
+KEY_NAMES = (
+    "ready",
+    "delayed",
+    "leases",
+    "all",
+    "state:SCHEDULED",
+    "state:UNCLAIMED",
+    "state:CLAIMED",
+    "state:COMPLETE",
+    "state:TRASHED",
+    "seq",
+)
+
+#: How many due jobs and how many expired leases one script promotes at most (bounds its run).
+PROMOTE_LIMIT = 500
+
+_PRELUDE = """
+local ready, delayed, leases, all = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local by_state = {SCHEDULED = KEYS[5], UNCLAIMED = KEYS[6], CLAIMED = KEYS[7],
+                  COMPLETE = KEYS[8], TRASHED = KEYS[9]}
+local seq_key = KEYS[10]
+local prefix, channel = ARGV[1], ARGV[2]
+local PROMOTE_LIMIT = @PROMOTE_LIMIT@
+
+local function num(x) return string.format('%.6f', x) end
+
+-- Server time, canonical: the number that reads back from its own text.
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(num(tonumber(t[1]) + tonumber(t[2]) / 1000000))
+end
+
+local function score(priority) return string.format('%d', -tonumber(priority)) end
+
+local function id_of(member) return string.sub(member, 18) end
+
+local function reply(status, now, job)
+  local out = {status, num(now)}
+  if job then
+    local fields = redis.call('HGETALL', job)
+    for i = 1, #fields do out[#out + 1] = fields[i] end
+  end
+  return out
+end
+
+local function announce(kind, priority, id)
+  redis.call('PUBLISH', channel, kind .. ' ' .. priority .. ' ' .. id)
+end
+
+local function set_state(job, member, priority, old, new)
+  if old ~= new then
+    redis.call('ZREM', by_state[old], member)
+    redis.call('ZADD', by_state[new], score(priority), member)
+  end
+  redis.call('HSET', job, 'state', new)
+end
+
+local function claimable(state, not_before, expires_at, now)
+  if state == 'UNCLAIMED' then return true end
+  if state == 'SCHEDULED' then return (not not_before) or tonumber(not_before) <= now end
+  if state == 'CLAIMED' then return (not expires_at) or tonumber(expires_at) <= now end
+  return false
+end
+
+local function take(job, member, priority, state, owner, lease, now)
+  redis.call('HINCRBY', job, 'token', 1)
+  redis.call('HINCRBY', job, 'attempts', 1)
+  local expires = num(now + lease)
+  redis.call('HSET', job, 'owner', owner, 'expires_at', expires, 'updated_at', num(now))
+  redis.call('ZREM', ready, member)
+  redis.call('ZREM', delayed, member)
+  redis.call('ZADD', leases, expires, member)
+  set_state(job, member, priority, state, 'CLAIMED')
+end
+
+-- Move due delayed jobs and expired leases into the ready set, announcing each one.
+local function promote(now)
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', num(now), 'LIMIT', 0, PROMOTE_LIMIT)
+  for _, member in ipairs(due) do
+    redis.call('ZREM', delayed, member)
+    local job = prefix .. id_of(member)
+    local f = redis.call('HMGET', job, 'state', 'priority', 'not_before')
+    if f[1] == 'SCHEDULED' then
+      if claimable(f[1], f[3], nil, now) then
+        set_state(job, member, f[2], 'SCHEDULED', 'UNCLAIMED')
+        redis.call('ZADD', ready, score(f[2]), member)
+        announce('due', f[2], id_of(member))
+      else
+        redis.call('ZADD', delayed, f[3], member)
+      end
+    end
+  end
+  local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', num(now), 'LIMIT', 0, PROMOTE_LIMIT)
+  for _, member in ipairs(expired) do
+    redis.call('ZREM', leases, member)
+    local job = prefix .. id_of(member)
+    local f = redis.call('HMGET', job, 'state', 'priority', 'expires_at')
+    if f[1] == 'CLAIMED' then
+      if claimable(f[1], nil, f[3], now) then
+        redis.call('ZADD', ready, score(f[2]), member)
+        announce('expired', f[2], id_of(member))
+      else
+        redis.call('ZADD', leases, f[3], member)
+      end
+    end
+  end
+  return #due + #expired
+end
+
+-- The job's hash fields for a verb with a claim, or nil and why not.
+local function current(job, owner, token)
+  local f = redis.call('HMGET', job, 'state', 'owner', 'token', 'member', 'priority')
+  if not f[1] then return nil, 'notfound' end
+  if f[1] ~= 'CLAIMED' or f[2] ~= owner or f[3] ~= token then return nil, 'lost' end
+  return f
+end
+""".replace("@PROMOTE_LIMIT@", str(PROMOTE_LIMIT))
+
+#: KEYS[11] = job; ARGV[3..] = id, name, flow, args, priority, max_attempts, delay, not_before.
+POST = (
+    _PRELUDE
+    + """
+local job = KEYS[11]
+if redis.call('EXISTS', job) == 1 then return reply('ok', clock(), job) end
+local now = clock()
+local id, priority = ARGV[3], ARGV[7]
+local seq = string.format('%d', redis.call('INCR', seq_key))
+local member = string.format('%016x', tonumber(seq)) .. ':' .. id
+local not_before = nil
+if tonumber(ARGV[9]) > 0 then
+  not_before = num(now + tonumber(ARGV[9]))
+elseif ARGV[10] ~= '' then
+  not_before = ARGV[10]
+end
+local state = 'UNCLAIMED'
+if not_before and tonumber(not_before) > now then state = 'SCHEDULED' end
+redis.call('HSET', job, 'id', id, 'name', ARGV[4], 'flow', ARGV[5], 'args', ARGV[6],
+  'priority', priority, 'seq', seq, 'member', member, 'created_at', num(now),
+  'updated_at', num(now), 'max_attempts', ARGV[8], 'attempts', '0', 'token', '0', 'state', state)
+if not_before then redis.call('HSET', job, 'not_before', not_before) end
+redis.call('ZADD', all, score(priority), member)
+redis.call('ZADD', by_state[state], score(priority), member)
+if state == 'SCHEDULED' then
+  redis.call('ZADD', delayed, not_before, member)
+else
+  redis.call('ZADD', ready, score(priority), member)
+  announce('posted', priority, id)
+end
+return reply('ok', now, job)
+"""
+)
+
+#: KEYS[11] = job; ARGV[3..] = owner, lease.
+CLAIM = (
+    _PRELUDE
+    + """
+local job = KEYS[11]
+local now = clock()
+local f = redis.call('HMGET', job, 'state', 'not_before', 'expires_at', 'member', 'priority')
+if not f[1] then return reply('notfound', now, nil) end
+if not claimable(f[1], f[2], f[3], now) then return reply('unclaimable', now, job) end
+take(job, f[4], f[5], f[1], ARGV[3], tonumber(ARGV[4]), now)
+return reply('ok', now, job)
+"""
+)
+
+#: ARGV[3..] = owner, lease.
+CLAIM_NEXT = (
+    _PRELUDE
+    + """
+local now = clock()
+promote(now)
+while true do
+  local popped = redis.call('ZPOPMIN', ready)
+  if #popped == 0 then return reply('none', now, nil) end
+  local member = popped[1]
+  local job = prefix .. id_of(member)
+  local f = redis.call('HMGET', job, 'state', 'not_before', 'expires_at', 'priority')
+  if f[1] and claimable(f[1], f[2], f[3], now) then
+    take(job, member, f[4], f[1], ARGV[3], tonumber(ARGV[4]), now)
+    return reply('ok', now, job)
+  end
+end
+"""
+)
+
+#: KEYS[11] = job; ARGV[3..] = owner, token, lease.
+RENEW = (
+    _PRELUDE
+    + """
+local job = KEYS[11]
+local now = clock()
+local f, why = current(job, ARGV[3], ARGV[4])
+if not f then return reply(why, now, why == 'lost' and job or nil) end
+local expires = num(now + tonumber(ARGV[5]))
+redis.call('HSET', job, 'expires_at', expires, 'updated_at', num(now))
+redis.call('ZADD', leases, expires, f[4])
+redis.call('ZREM', ready, f[4])
+return reply('ok', now, job)
+"""
+)
+
+#: KEYS[11] = job; ARGV[3..] = owner, token, outcome, result.
+CONSUME = (
+    _PRELUDE
+    + """
+local job = KEYS[11]
+local now = clock()
+local f, why = current(job, ARGV[3], ARGV[4])
+if not f then return reply(why, now, why == 'lost' and job or nil) end
+set_state(job, f[4], f[5], 'CLAIMED', 'COMPLETE')
+redis.call('HSET', job, 'outcome', ARGV[5], 'result', ARGV[6], 'updated_at', num(now))
+redis.call('ZREM', leases, f[4])
+redis.call('ZREM', ready, f[4])
+return reply('ok', now, job)
+"""
+)
+
+#: KEYS[11] = job; ARGV[3..] = owner, token.
+ABANDON = (
+    _PRELUDE
+    + """
+local job = KEYS[11]
+local now = clock()
+local f, why = current(job, ARGV[3], ARGV[4])
+if not f then return reply(why, now, why == 'lost' and job or nil) end
+set_state(job, f[4], f[5], 'CLAIMED', 'UNCLAIMED')
+redis.call('HDEL', job, 'owner', 'expires_at')
+redis.call('HSET', job, 'updated_at', num(now))
+redis.call('ZREM', leases, f[4])
+redis.call('ZADD', ready, score(f[5]), f[4])
+announce('abandoned', f[5], id_of(f[4]))
+return reply('ok', now, job)
+"""
+)
+
+#: KEYS[11] = job; ARGV[3..] = with_claim ('1' or '0'), owner, token, reason.
+TRASH = (
+    _PRELUDE
+    + """
+local job = KEYS[11]
+local now = clock()
+local state, member, priority
+if ARGV[3] == '1' then
+  local f, why = current(job, ARGV[4], ARGV[5])
+  if not f then return reply(why, now, why == 'lost' and job or nil) end
+  state, member, priority = f[1], f[4], f[5]
+else
+  local f = redis.call('HMGET', job, 'state', 'member', 'priority')
+  if not f[1] then return reply('notfound', now, nil) end
+  if f[1] == 'COMPLETE' or f[1] == 'TRASHED' then return reply('final', now, job) end
+  state, member, priority = f[1], f[2], f[3]
+end
+set_state(job, member, priority, state, 'TRASHED')
+redis.call('HSET', job, 'trash_reason', ARGV[6], 'updated_at', num(now))
+redis.call('ZREM', ready, member)
+redis.call('ZREM', delayed, member)
+redis.call('ZREM', leases, member)
+return reply('ok', now, job)
+"""
+)
+
+#: Promote what is due; answer {now, promoted, next due time or ''}.
+PROMOTE = (
+    _PRELUDE
+    + """
+local now = clock()
+local promoted = promote(now)
+local next_due = nil
+for _, key in ipairs({delayed, leases}) do
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #first > 0 and (next_due == nil or tonumber(first[2]) < next_due) then
+    next_due = tonumber(first[2])
+  end
+end
+return {num(now), promoted, next_due and num(next_due) or ''}
+"""
+)
+
+#: Read only. ARGV[3] = state; answers {now, count} as iterjobs would list them.
+COUNT = (
+    _PRELUDE
+    + """
+local now = clock()
+local due = redis.call('ZCOUNT', delayed, '-inf', num(now))
+local state = ARGV[3]
+local n = redis.call('ZCARD', by_state[state])
+if state == 'UNCLAIMED' then n = n + due elseif state == 'SCHEDULED' then n = n - due end
+return {num(now), n}
+"""
+)
+
+#: KEYS = conductors zset, conductor hash; ARGV = owner, name, ttl, meta.
+REGISTER = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function num(x) return string.format('%.6f', x) end
+local ttl = tonumber(ARGV[3])
+local started = redis.call('HGET', KEYS[2], 'started_at') or num(now)
+local expires = num(now + ttl)
+redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'name', ARGV[2], 'started_at', started,
+  'heartbeat_at', num(now), 'expires_at', expires, 'meta', ARGV[4])
+-- Forgotten an hour after it expired: it keeps its started_at across short outages only.
+redis.call('PEXPIRE', KEYS[2], math.floor((ttl + 3600) * 1000))
+redis.call('ZADD', KEYS[1], expires, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', num(now - 3600))
+return num(now)
+"""

@@ -1,0 +1,212 @@
+"""`RedisStore`: logbooks in Redis, with fenced writes checked on the server.
+
+``redis://[[user]:password@]host[:port][/db]?namespace=NAME`` (``rediss://`` for TLS). Every
+write is one Lua script that checks the logbook's fencing token and the detail's version before
+it changes anything, so a writer holding a stale token or version changes nothing. An atom write
+sends that one atom, never the whole logbook. Key layout: see
+:mod:`aioconductor.persistence._redis_scripts`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Self, cast
+
+from aioconductor._redis import RedisLink, fmt_time, hash_tag_prefix
+from aioconductor._urls import ParsedURL
+from aioconductor.errors import LogBookNotFound, StoreClosed, StoreError
+from aioconductor.persistence import _redis_scripts as lua
+from aioconductor.persistence.base import Store, check_token, check_version
+from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
+
+__all__ = ["RedisStore"]
+
+_CHUNK = 200
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _token(token: int | None) -> str:
+    return "" if token is None else str(int(token))
+
+
+def _atom_args(atoms: dict[str, AtomDetail]) -> list[str]:
+    args: list[str] = []
+    for name, atom in atoms.items():
+        args += [name, atom.model_dump_json(), str(atom.version)]
+    return args
+
+
+def _flow(fields: dict[str, str]) -> FlowDetail:
+    """A flow detail (with its atoms in the order they were added) from its hash."""
+    names = sorted(
+        (key[2:] for key in fields if key.startswith("i:")), key=lambda n: int(fields["i:" + n])
+    )
+    atoms = {name: AtomDetail.model_validate_json(fields["a:" + name]) for name in names}
+    data = json.loads(fields["detail"])
+    data.update(version=int(fields["version"]), atoms=atoms)
+    return FlowDetail.model_validate(data)
+
+
+def _book(dump: Sequence[Sequence[str]]) -> LogBook:
+    """A logbook from a script's dump: the logbook's hash, then its flows' hashes."""
+    fields = _pairs(dump[0])
+    order = {key[2:]: int(value) for key, value in fields.items() if key.startswith("f:")}
+    flows = sorted((_flow(_pairs(flat)) for flat in dump[1:]), key=lambda f: order[f.uuid])
+    data = json.loads(fields["detail"])
+    data.update(
+        uuid=fields["uuid"],
+        name=fields["name"],
+        created_at=float(fields["created_at"]),
+        token=int(fields["token"]) if "token" in fields else None,
+        flows={flow.uuid: flow for flow in flows},
+    )
+    return LogBook.model_validate(data)
+
+
+class RedisStore(Store):
+    """A store of logbooks on Redis: fenced, versioned writes, each one Lua script.
+
+    Open it with ``open_store("redis://host:6379/0?namespace=NAME")``; the URL's password is
+    never shown in reprs, logs or errors.
+
+    Args:
+        driver_url: the Redis URL without the library's options.
+        namespace: isolates this application's logbooks from another's on the same Redis.
+    """
+
+    def __init__(
+        self, *, driver_url: str = "redis://127.0.0.1:6379/0", namespace: str = "default"
+    ) -> None:
+        super().__init__(namespace=namespace)
+        self._link = RedisLink(driver_url, StoreClosed)
+        self._prefix = hash_tag_prefix(namespace)
+        client = self._link.client
+        self._scripts = {
+            name: client.register_script(getattr(lua, name))
+            for name in ("SAVE_LOGBOOK", "GET", "UPDATE_FLOW", "UPDATE_ATOM", "DESTROY")
+        }
+
+    @classmethod
+    def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
+        """Build the store for a parsed ``redis://`` or ``rediss://`` URL; not yet connected."""
+        kwargs.setdefault("driver_url", parsed.driver_url)
+        return super().from_url(parsed, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<RedisStore {self._link.url} namespace={self.namespace!r}>"
+
+    async def _connect(self) -> None:
+        await self._link.connect()
+
+    async def _aclose(self) -> None:
+        await self._link.aclose()
+
+    # -- keys and calls ------------------------------------------------------------------------
+
+    def _book_key(self, book_uuid: str) -> str:
+        return f"{self._prefix}book:{book_uuid}"
+
+    def _flow_prefix(self, book_uuid: str) -> str:
+        return f"{self._prefix}flow:{book_uuid}:"
+
+    async def _write(
+        self, name: str, what: str, keys: list[str], book_uuid: str, args: list[str]
+    ) -> list[Any]:
+        """Run write script ``name`` once: a lost reply is not retried (it may have written)."""
+        script = self._scripts[name]
+        argv = [self._flow_prefix(book_uuid), *args]
+        reply = await self._link.call(what, lambda: script(keys=keys, args=argv))
+        return cast(list[Any], reply)
+
+    def _refused(self, reply: Sequence[Any], book_uuid: str, token: int | None) -> None:
+        """Raise the error a script's refusal stands for (nothing if it said ``ok``)."""
+        status = reply[0]
+        if status == "notfound":
+            raise LogBookNotFound(f"no logbook {book_uuid!r} in this store")
+        if status == "lost":
+            check_token(book_uuid, int(reply[1]), token)  # raises ClaimLost
+        if status != "ok":
+            raise StoreError(f"unexpected reply {status!r} from Redis for logbook {book_uuid}")
+
+    # -- primitives ----------------------------------------------------------------------------
+
+    async def _save_logbook(self, book: LogBook, token: int | None) -> LogBook:
+        detail = book.model_dump_json(exclude={"uuid", "name", "created_at", "flows", "token"})
+        args = [_token(token), book.uuid, book.name, detail, fmt_time(book.created_at)]
+        args.append(str(len(book.flows)))
+        for flow in book.flows.values():
+            args += [flow.uuid, _flow_detail(flow), str(flow.version), str(len(flow.atoms))]
+            args += _atom_args(flow.atoms)
+        keys = [self._prefix + "books", self._book_key(book.uuid)]
+        reply = await self._write("SAVE_LOGBOOK", "save_logbook", keys, book.uuid, args)
+        self._refused(reply, book.uuid, token)
+        return _book(reply[1])
+
+    async def _get_logbook(self, book_uuid: str) -> LogBook:
+        book = await self._read_book(book_uuid)
+        if book is None:
+            raise LogBookNotFound(f"no logbook {book_uuid!r} in this store")
+        return book
+
+    async def _read_book(self, book_uuid: str) -> LogBook | None:
+        script = self._scripts["GET"]
+        keys = [self._book_key(book_uuid)]
+        argv = [self._flow_prefix(book_uuid)]
+        reply = await self._link.read("get_logbook", lambda: script(keys=keys, args=argv))
+        return _book(reply[1]) if reply[0] == "ok" else None
+
+    async def _update_flow_detail(
+        self, book_uuid: str, flow: FlowDetail, token: int | None
+    ) -> FlowDetail:
+        args = [_token(token), flow.uuid, _flow_detail(flow), str(flow.version)]
+        args += [str(len(flow.atoms)), *_atom_args(flow.atoms)]
+        keys = [self._book_key(book_uuid), self._flow_prefix(book_uuid) + flow.uuid]
+        reply = await self._write("UPDATE_FLOW", "update_flow_detail", keys, book_uuid, args)
+        if reply[0] == "conflict":
+            check_version(f"flow {flow.name!r}", int(reply[1]), flow.version)
+        self._refused(reply, book_uuid, token)
+        return _flow(_pairs(reply[1]))
+
+    async def _update_atom_detail(
+        self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None
+    ) -> AtomDetail:
+        saved = atom.model_copy(update={"version": atom.version + 1}, deep=True)
+        args = [_token(token), flow_uuid, atom.name, saved.model_dump_json(), str(atom.version)]
+        keys = [self._book_key(book_uuid), self._flow_prefix(book_uuid) + flow_uuid]
+        reply = await self._write("UPDATE_ATOM", "update_atom_detail", keys, book_uuid, args)
+        if reply[0] == "noflow":
+            raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}")
+        if reply[0] == "conflict":
+            check_version(f"atom {atom.name!r}", int(reply[1]), atom.version)
+        self._refused(reply, book_uuid, token)
+        return saved
+
+    async def _destroy_logbook(self, book_uuid: str) -> None:
+        keys = [self._prefix + "books", self._book_key(book_uuid)]
+        reply = await self._write("DESTROY", "destroy_logbook", keys, book_uuid, [book_uuid])
+        self._refused(reply, book_uuid, None)
+
+    async def _logbooks(self) -> AsyncIterator[LogBook]:
+        start = 0
+        while True:
+            chunk = await self._link.read("logbooks", functools.partial(self._uuids, start))
+            for book_uuid in chunk:
+                book = await self._read_book(book_uuid)
+                if book is not None:  # destroyed since the chunk was read
+                    yield book
+            if len(chunk) < _CHUNK:
+                return
+            start += _CHUNK
+
+    async def _uuids(self, start: int) -> list[str]:
+        key = self._prefix + "books"
+        return cast(list[str], await self._link.client.zrange(key, start, start + _CHUNK - 1))
+
+
+def _flow_detail(flow: FlowDetail) -> str:
+    return flow.model_dump_json(exclude={"atoms", "version"})

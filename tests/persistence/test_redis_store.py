@@ -1,0 +1,251 @@
+"""The Redis store: the memory store's semantics, fenced and versioned on the server."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+import redis
+
+from aioconductor.errors import (
+    BackendUnavailable,
+    ClaimLost,
+    LogBookNotFound,
+    StoreClosed,
+    VersionConflict,
+)
+from aioconductor.failure import Failure
+from aioconductor.persistence import open_store
+from aioconductor.persistence.base import Store
+from aioconductor.persistence.memory import MemoryStore
+from aioconductor.persistence.models import (
+    AtomDetail,
+    AtomState,
+    FlowDetail,
+    FlowState,
+    LogBook,
+)
+from tests.redis_helpers import delete_namespaces, redis_url, require_redis, unique
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def sync_redis() -> Iterator[redis.Redis]:
+    client = require_redis()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def store(sync_redis: redis.Redis) -> AsyncIterator[Store]:
+    namespace = unique("redis_store")
+    try:
+        async with open_store(f"{redis_url()}?namespace={namespace}") as opened:
+            yield opened
+    finally:
+        delete_namespaces(sync_redis, [namespace])
+
+
+def make_book(name: str = "job", flows: int = 1, atoms: int = 2) -> LogBook:
+    book = LogBook(name=name, meta={"k": [1, "two", None]})
+    for f in range(flows):
+        flow = FlowDetail(name=f"flow-{f}", meta={"f": f})
+        for a in range(atoms):
+            flow.atoms[f"atom-{a}"] = AtomDetail(name=f"atom-{a}", meta={"a": a})
+        book.flows[flow.uuid] = flow
+    return book
+
+
+Outcome = tuple[str, Any]
+
+
+async def outcome(call: Awaitable[Any]) -> Outcome:
+    """What a call did: its result, or the type of error it raised (compared across stores)."""
+    try:
+        return ("ok", await call)
+    except (ClaimLost, VersionConflict, LogBookNotFound) as exc:
+        return ("error", type(exc).__name__)
+
+
+async def scenario(store: Store, fixtures: dict[str, Any]) -> list[Outcome]:
+    """A run through every write and refusal; the same for every store."""
+    out: list[Outcome] = []
+    fixtures = {key: value.model_copy(deep=True) for key, value in fixtures.items()}
+    book, again, extra, failed, other = (
+        fixtures[key] for key in ("book", "again", "extra", "failed", "other")
+    )
+    flow_a, flow_b = list(book.flows.values())
+    ghost = "00000000-0000-4000-8000-000000000000"
+    out.append(await outcome(store.save_logbook(book, token=2)))
+    out.append(await outcome(store.get_logbook(book.uuid)))
+    out.append(await outcome(store.get_logbook(ghost)))
+    # Atoms: a first write, a stale version, a stale token, a new atom, unknown flow and book.
+    atom = flow_a.atoms["atom-0"].model_copy(
+        update={"state": AtomState.SUCCESS, "result": {"x": [1, 2.5]}}
+    )
+    out.append(await outcome(store.update_atom_detail(book.uuid, flow_a.uuid, atom, token=2)))
+    out.append(await outcome(store.update_atom_detail(book.uuid, flow_a.uuid, atom, token=2)))
+    bumped = atom.model_copy(update={"version": 1})
+    out.append(await outcome(store.update_atom_detail(book.uuid, flow_a.uuid, bumped, token=1)))
+    out.append(await outcome(store.update_atom_detail(book.uuid, flow_a.uuid, failed)))
+    out.append(await outcome(store.update_atom_detail(book.uuid, "no-flow", failed, token=3)))
+    out.append(await outcome(store.update_atom_detail(ghost, flow_a.uuid, failed)))
+    out.append(await outcome(store.get_logbook(book.uuid)))
+    # Flows: update an existing one (keeps its atoms), a stale version, add a new one.
+    running = flow_b.model_copy(update={"state": FlowState.RUNNING, "meta": {"m": 1}})
+    out.append(await outcome(store.update_flow_detail(book.uuid, running, token=3)))
+    out.append(await outcome(store.update_flow_detail(book.uuid, running, token=3)))
+    out.append(await outcome(store.update_flow_detail(book.uuid, running, token=2)))
+    out.append(await outcome(store.update_flow_detail(book.uuid, extra)))
+    stale_new = FlowDetail(name="stale", version=1)
+    out.append(await outcome(store.update_flow_detail(book.uuid, stale_new)))
+    out.append(await outcome(store.update_flow_detail(ghost, extra)))
+    # Saving again: name and meta replaced, saved flows kept as they are, new flows added.
+    out.append(await outcome(store.save_logbook(again, token=1)))
+    out.append(await outcome(store.save_logbook(again)))
+    out.append(await outcome(store.save_logbook(again, token=7)))
+    out.append(await outcome(store.update_atom_detail(book.uuid, flow_a.uuid, bumped, token=6)))
+    # A second logbook; listing is oldest first; destroy.
+    out.append(await outcome(store.save_logbook(other)))
+    out.append(("books", [b async for b in store.logbooks()]))
+    out.append(await outcome(store.destroy_logbook(book.uuid)))
+    out.append(await outcome(store.destroy_logbook(book.uuid)))
+    out.append(await outcome(store.get_logbook(book.uuid)))
+    out.append(("books", [b.uuid async for b in store.logbooks()]))
+    return out
+
+
+async def test_the_redis_store_keeps_the_memory_stores_semantics(store: Store) -> None:
+    book = make_book(flows=2)
+    again = make_book(flows=1).model_copy(update={"uuid": book.uuid, "name": "renamed"})
+    first_flow = next(iter(book.flows))
+    again.flows[first_flow] = FlowDetail(uuid=first_flow, name="ignored")
+    fixtures = {
+        "book": book,
+        "again": again,
+        "extra": FlowDetail(name="extra", atoms={"e": AtomDetail(name="e", version=4)}),
+        "failed": AtomDetail(
+            name="new-atom",
+            state=AtomState.FAILURE,
+            failure=Failure.from_exception(ValueError("boom")),
+        ),
+        "other": make_book("other", flows=0),
+    }
+    async with MemoryStore() as reference:
+        expected = await scenario(reference, fixtures)
+    got = await scenario(store, fixtures)
+    assert len(got) == len(expected)
+    for step, (mine, theirs) in enumerate(zip(got, expected, strict=True)):
+        assert mine == theirs, f"step {step}"
+
+
+async def test_flows_and_atoms_keep_their_order(store: Store) -> None:
+    book = make_book(flows=5, atoms=6)
+    await store.save_logbook(book)
+    flow = next(iter(book.flows.values()))
+    await store.update_atom_detail(book.uuid, flow.uuid, AtomDetail(name="0-last"))
+    got = await store.get_logbook(book.uuid)
+    assert list(got.flows) == list(book.flows)
+    assert list(got.flows[flow.uuid].atoms) == [*flow.atoms, "0-last"]
+
+
+StaleWrite = Callable[[Store, LogBook], Awaitable[Any]]
+
+STALE_WRITES: dict[str, StaleWrite] = {
+    "save_logbook": lambda s, b: s.save_logbook(b.model_copy(update={"name": "x"}), token=4),
+    "update_flow_detail": lambda s, b: s.update_flow_detail(
+        b.uuid,
+        next(iter(b.flows.values())).model_copy(update={"state": FlowState.FAILURE}),
+        token=4,
+    ),
+    "update_atom_detail": lambda s, b: s.update_atom_detail(
+        b.uuid, next(iter(b.flows.values())).uuid, AtomDetail(name="atom-0"), token=4
+    ),
+}
+
+
+@pytest.mark.parametrize("write", list(STALE_WRITES))
+async def test_a_stale_token_is_refused_and_changes_nothing(store: Store, write: str) -> None:
+    book = await store.save_logbook(make_book(), token=5)
+    before = await store.get_logbook(book.uuid)
+    with pytest.raises(ClaimLost, match="fencing token 4 refused"):
+        await STALE_WRITES[write](store, book)
+    assert await store.get_logbook(book.uuid) == before
+
+
+async def test_racing_owners_never_write_after_a_newer_token(store: Store) -> None:
+    book = await store.save_logbook(make_book(atoms=0))
+    flow_uuid = next(iter(book.flows))
+    newer_wrote = False
+    late_writes: list[str] = []
+    written: set[str] = set()
+
+    async def owner(token: int) -> None:
+        nonlocal newer_wrote
+        for i in range(40):
+            atom = AtomDetail(name=f"t{token}-{i}")
+            started_after_newer = newer_wrote
+            try:
+                await store.update_atom_detail(book.uuid, flow_uuid, atom, token=token)
+            except ClaimLost:
+                continue
+            finally:
+                await anyio.lowlevel.checkpoint()
+            written.add(atom.name)
+            if token == 2:
+                newer_wrote = True
+            elif started_after_newer:
+                late_writes.append(atom.name)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(owner, 1)
+        tg.start_soon(owner, 2)
+    saved = await store.get_logbook(book.uuid)
+    assert saved.token == 2
+    assert late_writes == []
+    assert set(saved.flows[flow_uuid].atoms) == written
+
+
+async def test_a_cancelled_write_either_happened_or_not(store: Store) -> None:
+    book = await store.save_logbook(make_book(atoms=0))
+    flow_uuid = next(iter(book.flows))
+    for i in range(100):
+        atom = AtomDetail(name=f"a{i}", result="x" * 50_000)
+        with anyio.move_on_after(0.0005 * (i % 7)):
+            await store.update_atom_detail(book.uuid, flow_uuid, atom, token=1)
+        # Whatever the cancelled call did, the next one gets its own reply.
+        got = await store.get_logbook(book.uuid)
+        assert got.uuid == book.uuid and got.token in (None, 1)
+    saved = await store.get_logbook(book.uuid)
+    assert all(atom.version == 1 for atom in saved.flows[flow_uuid].atoms.values())
+
+
+async def test_a_closed_store_refuses_calls(sync_redis: redis.Redis) -> None:
+    namespace = unique("redis_store")
+    store = open_store(f"{redis_url()}?namespace={namespace}")
+    async with store:
+        book = await store.save_logbook(make_book())
+    with pytest.raises(StoreClosed):
+        await store.get_logbook(book.uuid)
+    delete_namespaces(sync_redis, [namespace])
+
+
+async def test_the_stores_password_never_shows() -> None:
+    secret = "an0ther-s3cret"
+    store = open_store(f"redis://bob:{secret}@127.0.0.1:1/9?namespace=secret")
+    assert secret not in repr(store)
+    with pytest.raises(BackendUnavailable) as caught:
+        await store.connect()
+    error: BaseException | None = caught.value
+    while error is not None:
+        assert secret not in str(error) and secret not in repr(error)
+        error = error.__cause__ or error.__context__
+    with contextlib.suppress(Exception):
+        await store.aclose()

@@ -1,0 +1,75 @@
+"""Redis test support: an isolated database and namespaces per test run, cleaned up after."""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from tests.conftest import REDIS_URL, service_missing
+
+#: The database the tests use, so they never touch an application's keys in DB 0.
+TEST_DB = 9
+
+
+def redis_url(db: int = TEST_DB) -> str:
+    """The test server's URL on database ``db`` (``AIOCONDUCTOR_REDIS_URL`` or the default)."""
+    parts = urlsplit(REDIS_URL)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def require_redis() -> redis.Redis:
+    """A sync client on the test database; skips (fails under CI) when Redis is unreachable."""
+    client = redis.Redis.from_url(redis_url(), socket_connect_timeout=1, socket_timeout=5)
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        client.close()
+        service_missing(f"Redis at {urlsplit(REDIS_URL).hostname}")
+    return client
+
+
+def unique(namespace: str) -> str:
+    """``namespace`` with a suffix unique to this run, so parallel runs never share keys."""
+    return f"{namespace}_{uuid.uuid4().hex[:10]}"
+
+
+def delete_namespaces(client: redis.Redis, namespaces: list[str]) -> None:
+    """Delete every key of the given namespaces (both board and store keys)."""
+    for namespace in namespaces:
+        keys = list(client.scan_iter(match=f"aioc:{{{namespace}}}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+
+
+async def drain(url: str, owner: str, out: str, total: int) -> None:
+    """Claim and consume jobs until ``total`` are complete, writing each consumed id to ``out``.
+
+    Run in a separate process (``python -m tests.redis_helpers URL OWNER OUT TOTAL``).
+    """
+    import anyio
+
+    from aioconductor.boards import open_board
+    from aioconductor.models import JobState
+
+    consumed: list[str] = []
+    async with open_board(url) as board:
+        while True:
+            claimed = await board.claim_next(owner, lease=30)
+            if claimed is None:
+                if await board.job_count(state=JobState.COMPLETE) >= total:
+                    break
+                await anyio.sleep(0.01)
+                continue
+            await board.consume(claimed[1], result={"by": owner})
+            consumed.append(claimed[0].id)
+    await anyio.Path(out).write_text("".join(f"{job_id}\n" for job_id in consumed))
+
+
+if __name__ == "__main__":
+    import sys
+
+    import anyio
+
+    anyio.run(drain, sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
