@@ -23,15 +23,19 @@ import abc
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from aioconductor._payload import decode_json, encode_json, finite_seconds, validate_name
 from aioconductor._urls import ParsedURL, float_option, int_option
+from aioconductor.boards._support import (
+    PostSpec,
+    Subscription,
+    lost_message,
+    unclaimable_message,
+)
 from aioconductor.errors import BoardClosed, ConfigurationError, PayloadError
 from aioconductor.models import (
     Claim,
@@ -54,61 +58,6 @@ __all__ = [
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
 DEFAULT_LEASE = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class PostSpec:
-    """A validated ``post``: what the backend writes, with the args already encoded."""
-
-    name: str
-    flow: str
-    args: dict[str, Any]
-    args_json: bytes
-    priority: int
-    max_attempts: int
-    #: Seconds to wait before the job becomes claimable (0 for none); backends add it to their
-    #: own clock, so a delay means the same on every machine.
-    delay: float
-    #: An absolute time (epoch seconds) before which the job is not claimable, if one was given.
-    not_before: float | None
-
-
-class Subscription:
-    """The receiving end of a board's push notifications, for one ``stream()``.
-
-    Backends push with :meth:`push`, which never blocks: when the buffer is full the notification
-    is dropped and :attr:`lost` is set, and the stream then re-reads every claimable job.
-    """
-
-    def __init__(self, max_buffer: int = 10_000) -> None:
-        send: MemoryObjectSendStream[JobNotification]
-        receive: MemoryObjectReceiveStream[JobNotification]
-        send, receive = anyio.create_memory_object_stream[JobNotification](max_buffer)
-        self._send = send
-        self._receive = receive
-        #: Whether a notification was dropped since the last full re-read.
-        self.lost = False
-
-    def push(self, note: JobNotification) -> None:
-        """Deliver ``note`` without blocking (dropped, and ``lost`` set, if the buffer is full)."""
-        try:
-            self._send.send_nowait(note)
-        except anyio.WouldBlock:
-            self.lost = True
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
-
-    async def receive(self) -> JobNotification:
-        """The next notification; raises ``anyio.EndOfStream`` once closed and drained."""
-        return await self._receive.receive()
-
-    def close(self) -> None:
-        """Stop accepting notifications; ``receive`` ends the stream once drained."""
-        self._send.close()
-
-    def aclose_receiver(self) -> None:
-        """Release the receiving end."""
-        self._receive.close()
 
 
 class JobBoard(abc.ABC):
@@ -601,27 +550,3 @@ class JobBoard(abc.ABC):
 
     @abc.abstractmethod
     async def _conductors(self) -> list[ConductorInfo]: ...
-
-
-def lost_message(claim: Claim, verb: str, state: JobState, current: Claim | None) -> str:
-    """Why ``verb`` with ``claim`` was refused, for a ``ClaimLost`` message."""
-    if state is not JobState.CLAIMED or current is None:
-        why = f"the job is {state}"
-    elif current.owner != claim.owner:
-        why = f"it is now held by {current.owner!r} with token {current.token}"
-    else:
-        why = f"the current token is {current.token}"
-    return (
-        f"{verb} of job {claim.job_id} by {claim.owner!r} with token {claim.token} refused: {why}"
-    )
-
-
-def unclaimable_message(job: Job, now: float) -> str:
-    """Why ``job`` cannot be claimed at board time ``now``, for an ``UnclaimableJob`` message."""
-    if job.state is JobState.CLAIMED and job.claim is not None:
-        left = job.claim.expires_at - now
-        return f"job {job.id} is claimed by {job.claim.owner!r} for {left:.1f} s more"
-    if job.state is JobState.SCHEDULED:
-        left = (job.not_before or now) - now
-        return f"job {job.id} is scheduled: claimable in {left:.1f} s"
-    return f"job {job.id} is {job.state}: it cannot be claimed"
