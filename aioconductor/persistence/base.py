@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Self
 
-from aioconductor._urls import ParsedURL
-from aioconductor.errors import ClaimLost, StoreClosed, VersionConflict
+from aioconductor._urls import ParsedURL, validate_namespace
+from aioconductor.errors import ClaimLost, ConfigurationError, StoreClosed, VersionConflict
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
 __all__ = ["Store", "check_token", "check_version"]
@@ -31,14 +31,18 @@ class Store(abc.ABC):
     namespace: str
 
     def __init__(self, *, namespace: str = "default") -> None:
-        self.namespace = namespace
+        self.namespace = validate_namespace(namespace)
         self._connected = False
         self._closed = False
 
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
-        """Build the store for a parsed URL (``open_store`` calls this); not yet connected."""
-        return cls(namespace=parsed.namespace, **kwargs)
+        """Build the store for a parsed URL (``open_store`` calls this); not yet connected.
+
+        Keyword arguments are passed to the constructor and win over the URL's options.
+        """
+        kwargs.setdefault("namespace", parsed.namespace)
+        return cls(**kwargs)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -96,8 +100,13 @@ class Store(abc.ABC):
 
         Raises:
             ClaimLost: ``token`` is older than a token that already wrote to this logbook.
+            ConfigurationError: a flow or atom detail is filed under a key that is not its
+                ``uuid`` or ``name``.
         """
         self._check_open()
+        for flow in book.flows.values():
+            _check_keys(flow)
+        _check_keys(book)
         return await self._save_logbook(book, token)
 
     async def get_logbook(self, book_uuid: str) -> LogBook:
@@ -123,8 +132,10 @@ class Store(abc.ABC):
             LogBookNotFound: no logbook has that uuid.
             VersionConflict: ``flow.version`` is not the stored version.
             ClaimLost: ``token`` is older than a token that already wrote to this logbook.
+            ConfigurationError: an atom detail is filed under a key that is not its ``name``.
         """
         self._check_open()
+        _check_keys(flow)
         return await self._update_flow_detail(book_uuid, flow, token)
 
     async def update_atom_detail(
@@ -187,6 +198,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def _logbooks(self) -> AsyncIterator[LogBook]: ...
+
+
+def _check_keys(parent: LogBook | FlowDetail) -> None:
+    """Refuse details filed under a key that is not their own: backends key them by it."""
+    children: dict[str, FlowDetail] | dict[str, AtomDetail]
+    if isinstance(parent, LogBook):
+        children, field = parent.flows, "uuid"
+    else:
+        children, field = parent.atoms, "name"
+    for key, child in children.items():
+        own = getattr(child, field)
+        if key != own:
+            raise ConfigurationError(
+                f"{parent.name!r}: detail {own!r} is filed under key {key!r}; key it by its {field}"
+            )
 
 
 def check_token(book_uuid: str, stored: int | None, token: int | None) -> int | None:

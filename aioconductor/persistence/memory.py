@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
+from typing import Any, Self
 
 from anyio.lowlevel import checkpoint
 
+from aioconductor._urls import ParsedURL
 from aioconductor.errors import LogBookNotFound
 from aioconductor.persistence.base import Store, check_token, check_version
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
@@ -13,16 +16,37 @@ from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 __all__ = ["MemoryStore"]
 
 
+#: backend name -> namespace -> logbooks, for stores opened as ``memory://NAME``.
+_NAMED_BACKENDS: dict[str, dict[str, dict[str, LogBook]]] = {}
+
+
 class MemoryStore(Store):
     """A store that keeps logbooks in a dict. Nothing survives the process.
 
+    ``memory://`` is a private store; ``memory://NAME`` shares the process-wide backend NAME
+    with every store opened with that URL (each namespace its own space), like the memory board.
+
     Every verb starts with a checkpoint, so cancellation reaches it where it would reach a
     networked store, and never after its change was made.
+
+    Args:
+        namespace: isolates one application's logbooks from another's on a shared backend.
+        backend_name: share the backend of that name; a private one when None.
     """
 
-    def __init__(self, *, namespace: str = "default") -> None:
+    def __init__(self, *, namespace: str = "default", backend_name: str | None = None) -> None:
         super().__init__(namespace=namespace)
         self._books: dict[str, LogBook] = {}
+        if backend_name is not None:
+            spaces = _NAMED_BACKENDS.setdefault(backend_name, {})
+            self._books = spaces.setdefault(namespace, self._books)
+
+    @classmethod
+    def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
+        """``memory://`` is a private store; ``memory://NAME`` the shared backend NAME."""
+        name = parsed.driver_url.split("://", 1)[1].split("?", 1)[0].strip("/")
+        kwargs.setdefault("backend_name", name or None)
+        return super().from_url(parsed, **kwargs)
 
     async def _connect(self) -> None:
         await checkpoint()
@@ -46,7 +70,7 @@ class MemoryStore(Store):
         else:
             stored.token = check_token(book.uuid, stored.token, token)
             stored.name = book.name
-            stored.meta = dict(book.meta)
+            stored.meta = copy.deepcopy(book.meta)
             stored.updated_at = book.updated_at
             for flow_uuid, flow in book.flows.items():
                 stored.flows.setdefault(flow_uuid, flow.model_copy(deep=True))
@@ -66,7 +90,7 @@ class MemoryStore(Store):
         check_version(f"flow {flow.name!r}", stored.version if stored else 0, flow.version)
         atoms = stored.atoms if stored is not None else {}
         saved = flow.model_copy(
-            update={"version": flow.version + 1, "atoms": atoms, "meta": dict(flow.meta)},
+            update={"version": flow.version + 1, "atoms": atoms, "meta": copy.deepcopy(flow.meta)},
             deep=False,
         )
         if stored is None:

@@ -23,7 +23,8 @@ _BACKENDS: dict[str, tuple[str, str, str | None]] = {
 def open_store(url: str, **kwargs: Any) -> Store:
     """A store for ``url``, not yet connected: use it as ``async with open_store(url) as store``.
 
-    Schemes: ``memory://``, ``sqlite:///path/to/file.db``, ``redis://``, ``postgresql://``.
+    Schemes: ``memory://``, ``sqlite:///path/to/file.db`` (``sqlite://`` in memory), ``redis://``,
+    ``postgresql://``.
     Every URL takes ``?namespace=NAME``.
 
     Raises:

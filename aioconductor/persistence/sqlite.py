@@ -1,0 +1,473 @@
+"""`SqliteStore`: logbooks in one SQLite file. Durable on one machine, no server.
+
+``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, or ``sqlite://`` (also
+``sqlite:///:memory:``) for a private in-memory database that lives as long as the store object.
+Every URL takes ``?namespace=NAME``. The file may be the one a
+:class:`~aioconductor.boards.sqlite.SqliteJobBoard` uses: their tables do not overlap.
+
+Several processes (and several store objects) may share one file. Every write is one
+``BEGIN IMMEDIATE`` transaction that reads the logbook's fencing token and the detail's version
+before it changes anything, so a stale token or version changes nothing. The connection, its
+worker thread, WAL mode and busy timeout are :class:`aioconductor._sqlite.SqliteLink`'s: it runs
+each call in a worker thread (``sqlite3`` blocks) under a lock, because one connection holds one
+transaction, which two interleaved calls would otherwise share.
+
+Schema (``aioc_schema`` records its version, component ``store``):
+
+- ``logbooks``: a row per logbook; ``seq`` (the rowid) breaks ties of ``created_at``.
+- ``flow_details``: a row per flow detail; ``seq`` keeps the order flows were added in.
+- ``atom_details``: a row per atom; the atom (but its name and version) as JSON in ``detail``.
+  An atom write is one upsert of this row, never a rewrite of its flow or logbook.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, Self, TypeVar
+
+from aioconductor._sqlite import Migrations, SqliteLink, sqlite_path
+from aioconductor._urls import ParsedURL
+from aioconductor.errors import ConfigurationError, LogBookNotFound, StoreClosed, StoreError
+from aioconductor.persistence.base import Store, check_token, check_version
+from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
+
+__all__ = ["MEMORY", "SqliteStore"]
+
+T = TypeVar("T")
+
+#: The path of a private in-memory database.
+MEMORY = ":memory:"
+#: Logbooks read per snapshot by ``logbooks()``.
+_PAGE = 100
+
+_SCHEMA: Migrations = [
+    [
+        """CREATE TABLE IF NOT EXISTS logbooks (
+            seq INTEGER PRIMARY KEY,
+            namespace TEXT NOT NULL,
+            uuid TEXT NOT NULL,
+            name TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            meta TEXT NOT NULL,
+            token INTEGER,
+            UNIQUE (namespace, uuid)
+        )""",
+        "CREATE INDEX IF NOT EXISTS logbooks_age ON logbooks (namespace, created_at, seq)",
+        """CREATE TABLE IF NOT EXISTS flow_details (
+            seq INTEGER PRIMARY KEY,
+            namespace TEXT NOT NULL,
+            book_uuid TEXT NOT NULL,
+            uuid TEXT NOT NULL,
+            name TEXT NOT NULL,
+            state TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            meta TEXT NOT NULL,
+            UNIQUE (namespace, book_uuid, uuid)
+        )""",
+        """CREATE TABLE IF NOT EXISTS atom_details (
+            seq INTEGER PRIMARY KEY,
+            namespace TEXT NOT NULL,
+            book_uuid TEXT NOT NULL,
+            flow_uuid TEXT NOT NULL,
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            detail TEXT NOT NULL,
+            UNIQUE (namespace, book_uuid, flow_uuid, name)
+        )""",
+    ],
+]
+
+_BOOK_COLUMNS = "uuid, name, created_at, updated_at, meta, token"
+_FLOW_COLUMNS = "book_uuid, uuid, name, state, version, meta"
+_ATOM_COLUMNS = "book_uuid, flow_uuid, name, version, detail"
+
+_INSERT_BOOK = (
+    "INSERT INTO logbooks (namespace, uuid, name, created_at, updated_at, meta, token)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_FLOW = (
+    "INSERT INTO flow_details (namespace, book_uuid, uuid, name, state, version, meta)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_ATOM = (
+    "INSERT INTO atom_details (namespace, book_uuid, flow_uuid, name, version, detail)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (namespace, book_uuid, flow_uuid, name)"
+    " DO UPDATE SET version = excluded.version, detail = excluded.detail"
+)
+
+
+def _dumps(what: str, value: Any) -> str:
+    """``value`` as strict JSON text; ``StoreError`` if JSON cannot carry it."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise StoreError(f"{what} cannot be saved as JSON: {exc}") from None
+
+
+def _model_json(what: str, model: AtomDetail, exclude: set[str]) -> str:
+    """A model's fields as strict JSON text; ``StoreError`` if JSON cannot carry one."""
+    try:
+        # Python mode, not "json": that mode would quietly turn NaN into null and a set into a
+        # list, so what was read back would not be what was saved. Strict JSON refuses them.
+        data = model.model_dump(mode="python", exclude=exclude)
+    except ValueError as exc:  # pydantic's PydanticSerializationError
+        raise StoreError(f"{what} cannot be saved as JSON: {exc}") from None
+    return _dumps(what, data)
+
+
+class _Flow:
+    """A flow detail encoded for its row, with its atoms encoded for theirs."""
+
+    def __init__(self, flow: FlowDetail) -> None:
+        self.uuid = flow.uuid
+        self.name = flow.name
+        self.state = flow.state.value
+        self.version = flow.version
+        self.meta = _dumps(f"flow {flow.name!r} meta", flow.meta)
+        self.atoms = [_Atom(atom) for atom in flow.atoms.values()]
+
+
+class _Atom:
+    """An atom detail encoded for its row."""
+
+    def __init__(self, atom: AtomDetail) -> None:
+        self.name = atom.name
+        self.version = atom.version
+        self.detail = _model_json(f"atom {atom.name!r}", atom, {"name", "version"})
+
+
+class SqliteStore(Store):
+    """A store of logbooks in a SQLite file, shared safely by the processes of one machine.
+
+    Open it with ``open_store("sqlite:///progress.db?namespace=NAME")``. One connection per store
+    object, used from a worker thread, one call at a time; WAL mode, so readers never wait for
+    writers, and writers in other processes wait up to the busy timeout for each other.
+
+    Args:
+        path: the database file (created with its schema if missing), or ``":memory:"``.
+        namespace: isolates this application's logbooks from another's in the same file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, namespace: str = "default") -> None:
+        super().__init__(namespace=namespace)
+        self.path = os.fspath(path)
+        self._link = SqliteLink(self.path, closed=StoreClosed)
+
+    @classmethod
+    def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
+        """Build the store for a parsed ``sqlite://`` URL; not yet connected.
+
+        ``sqlite:///relative.db`` and ``sqlite:////abs/path.db`` name a file; ``sqlite://`` and
+        ``sqlite:///:memory:`` a private in-memory database. ``path=`` in ``kwargs`` wins.
+
+        Raises:
+            ConfigurationError: the URL has options SQLite does not take.
+        """
+        if "path" not in kwargs:
+            kwargs["path"] = _url_path(parsed.driver_url)
+        return super().from_url(parsed, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<SqliteStore {self.path!r} namespace={self.namespace!r}>"
+
+    async def _connect(self) -> None:
+        await self._link.connect("store", _SCHEMA)
+
+    async def _aclose(self) -> None:
+        await self._link.aclose()
+
+    # -- calls -------------------------------------------------------------------------------
+
+    async def _write(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction, committed unless it raises."""
+        try:
+            return await self._link.write(what, fn)
+        except (UnicodeEncodeError, OverflowError) as exc:
+            # Raised by sqlite3 while binding a value it cannot store (a lone surrogate in a
+            # name, an integer past 64 bits); the transaction was rolled back.
+            raise StoreError(f"{what}: a value cannot be stored in SQLite: {exc}") from None
+
+    async def _snapshot(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn``'s reads in one read transaction, so they all see one state of the file."""
+        try:
+            return await self._link.snapshot(what, fn)
+        except (UnicodeEncodeError, OverflowError) as exc:
+            raise StoreError(f"{what}: a value cannot be looked up in SQLite: {exc}") from None
+
+    # -- helpers (run in the worker thread) --------------------------------------------------
+
+    def _missing(self, book_uuid: str) -> LogBookNotFound:
+        return LogBookNotFound(f"no logbook {book_uuid!r} in this store")
+
+    def _set_token(
+        self, conn: sqlite3.Connection, book_uuid: str, stored: int | None, new: int | None
+    ) -> None:
+        if new != stored:
+            conn.execute(
+                "UPDATE logbooks SET token = ? WHERE namespace = ? AND uuid = ?",
+                (new, self.namespace, book_uuid),
+            )
+
+    def _insert_flow(self, conn: sqlite3.Connection, book_uuid: str, flow: _Flow) -> None:
+        ns = self.namespace
+        conn.execute(
+            _INSERT_FLOW, (ns, book_uuid, flow.uuid, flow.name, flow.state, flow.version, flow.meta)
+        )
+        conn.executemany(
+            _UPSERT_ATOM,
+            [(ns, book_uuid, flow.uuid, a.name, a.version, a.detail) for a in flow.atoms],
+        )
+
+    def _load(self, conn: sqlite3.Connection, books: Sequence[Sequence[Any]]) -> list[LogBook]:
+        """The logbooks of ``books`` (rows of ``_BOOK_COLUMNS``) with their flows and atoms."""
+        if not books:
+            return []
+        uuids = [row[0] for row in books]
+        marks = ", ".join("?" * len(uuids))
+        params = (self.namespace, *uuids)
+        flows = conn.execute(
+            f"SELECT {_FLOW_COLUMNS} FROM flow_details"
+            f" WHERE namespace = ? AND book_uuid IN ({marks}) ORDER BY seq",
+            params,
+        ).fetchall()
+        atoms = conn.execute(
+            f"SELECT {_ATOM_COLUMNS} FROM atom_details"
+            f" WHERE namespace = ? AND book_uuid IN ({marks}) ORDER BY seq",
+            params,
+        ).fetchall()
+        return _assemble(books, flows, atoms)
+
+    def _fetch(self, conn: sqlite3.Connection, book_uuid: str) -> LogBook:
+        row = conn.execute(
+            f"SELECT {_BOOK_COLUMNS} FROM logbooks WHERE namespace = ? AND uuid = ?",
+            (self.namespace, book_uuid),
+        ).fetchone()
+        if row is None:
+            raise self._missing(book_uuid)
+        return self._load(conn, [row])[0]
+
+    def _atoms_of(self, conn: sqlite3.Connection, book_uuid: str, flow_uuid: str) -> list[Any]:
+        return conn.execute(
+            f"SELECT {_ATOM_COLUMNS} FROM atom_details"
+            " WHERE namespace = ? AND book_uuid = ? AND flow_uuid = ? ORDER BY seq",
+            (self.namespace, book_uuid, flow_uuid),
+        ).fetchall()
+
+    # -- primitives --------------------------------------------------------------------------
+
+    async def _save_logbook(self, book: LogBook, token: int | None) -> LogBook:
+        meta = _dumps(f"logbook {book.uuid} meta", book.meta)
+        flows = [_Flow(flow) for flow in book.flows.values()]
+        ns = self.namespace
+
+        def save(conn: sqlite3.Connection) -> LogBook:
+            row = conn.execute(
+                "SELECT token FROM logbooks WHERE namespace = ? AND uuid = ?", (ns, book.uuid)
+            ).fetchone()
+            if row is None:
+                new_token = check_token(book.uuid, None, token)
+                conn.execute(
+                    _INSERT_BOOK,
+                    (ns, book.uuid, book.name, book.created_at, book.updated_at, meta, new_token),
+                )
+                known: set[str] = set()
+            else:
+                new_token = check_token(book.uuid, row[0], token)
+                conn.execute(
+                    "UPDATE logbooks SET name = ?, meta = ?, updated_at = ?, token = ?"
+                    " WHERE namespace = ? AND uuid = ?",
+                    (book.name, meta, book.updated_at, new_token, ns, book.uuid),
+                )
+                known = {
+                    uuid
+                    for (uuid,) in conn.execute(
+                        "SELECT uuid FROM flow_details WHERE namespace = ? AND book_uuid = ?",
+                        (ns, book.uuid),
+                    )
+                }
+            for flow in flows:
+                if flow.uuid not in known:
+                    self._insert_flow(conn, book.uuid, flow)
+                    known.add(flow.uuid)
+            return self._fetch(conn, book.uuid)
+
+        return await self._write("save_logbook", save)
+
+    async def _get_logbook(self, book_uuid: str) -> LogBook:
+        return await self._snapshot("get_logbook", lambda conn: self._fetch(conn, book_uuid))
+
+    async def _update_flow_detail(
+        self, book_uuid: str, flow: FlowDetail, token: int | None
+    ) -> FlowDetail:
+        encoded = _Flow(flow)
+        ns = self.namespace
+
+        def update(conn: sqlite3.Connection) -> FlowDetail:
+            row = conn.execute(
+                "SELECT b.token, f.version FROM logbooks AS b LEFT JOIN flow_details AS f"
+                " ON f.namespace = b.namespace AND f.book_uuid = b.uuid AND f.uuid = ?"
+                " WHERE b.namespace = ? AND b.uuid = ?",
+                (flow.uuid, ns, book_uuid),
+            ).fetchone()
+            if row is None:
+                raise self._missing(book_uuid)
+            stored_token, stored_version = row
+            new_token = check_token(book_uuid, stored_token, token)
+            check_version(f"flow {flow.name!r}", stored_version or 0, flow.version)
+            saved = flow.model_copy(update={"version": flow.version + 1}, deep=True)
+            if stored_version is None:
+                encoded.version = saved.version
+                self._insert_flow(conn, book_uuid, encoded)
+            else:
+                conn.execute(
+                    "UPDATE flow_details SET name = ?, state = ?, version = ?, meta = ?"
+                    " WHERE namespace = ? AND book_uuid = ? AND uuid = ?",
+                    (
+                        flow.name,
+                        encoded.state,
+                        saved.version,
+                        encoded.meta,
+                        ns,
+                        book_uuid,
+                        flow.uuid,
+                    ),
+                )
+                saved.atoms = {
+                    atom.name: atom
+                    for atom in map(_atom, self._atoms_of(conn, book_uuid, flow.uuid))
+                }
+            self._set_token(conn, book_uuid, stored_token, new_token)
+            return saved
+
+        return await self._write("update_flow_detail", update)
+
+    async def _update_atom_detail(
+        self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None
+    ) -> AtomDetail:
+        detail = _model_json(f"atom {atom.name!r}", atom, {"name", "version"})
+        ns = self.namespace
+
+        def update(conn: sqlite3.Connection) -> AtomDetail:
+            # One read for all three checks: the logbook (and its token), the flow, the atom.
+            row = conn.execute(
+                "SELECT b.token, f.seq, a.version FROM logbooks AS b"
+                " LEFT JOIN flow_details AS f"
+                " ON f.namespace = b.namespace AND f.book_uuid = b.uuid AND f.uuid = ?"
+                " LEFT JOIN atom_details AS a"
+                " ON a.namespace = b.namespace AND a.book_uuid = b.uuid"
+                " AND a.flow_uuid = f.uuid AND a.name = ?"
+                " WHERE b.namespace = ? AND b.uuid = ?",
+                (flow_uuid, atom.name, ns, book_uuid),
+            ).fetchone()
+            if row is None:
+                raise self._missing(book_uuid)
+            stored_token, flow_seq, stored_version = row
+            new_token = check_token(book_uuid, stored_token, token)
+            if flow_seq is None:
+                raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}")
+            check_version(f"atom {atom.name!r}", stored_version or 0, atom.version)
+            conn.execute(
+                _UPSERT_ATOM, (ns, book_uuid, flow_uuid, atom.name, atom.version + 1, detail)
+            )
+            self._set_token(conn, book_uuid, stored_token, new_token)
+            return atom.model_copy(update={"version": atom.version + 1}, deep=True)
+
+        return await self._write("update_atom_detail", update)
+
+    async def _destroy_logbook(self, book_uuid: str) -> None:
+        def destroy(conn: sqlite3.Connection) -> None:
+            key = (self.namespace, book_uuid)
+            if not conn.execute(
+                "DELETE FROM logbooks WHERE namespace = ? AND uuid = ?", key
+            ).rowcount:
+                raise self._missing(book_uuid)
+            conn.execute("DELETE FROM flow_details WHERE namespace = ? AND book_uuid = ?", key)
+            conn.execute("DELETE FROM atom_details WHERE namespace = ? AND book_uuid = ?", key)
+
+        await self._write("destroy_logbook", destroy)
+
+    async def _logbooks(self) -> AsyncIterator[LogBook]:
+        after: tuple[float, int] | None = None
+        while True:
+            page, after = await self._snapshot(
+                "logbooks", functools.partial(self._page, after=after)
+            )
+            for book in page:
+                yield book
+            if after is None:
+                return
+
+    def _page(
+        self, conn: sqlite3.Connection, *, after: tuple[float, int] | None
+    ) -> tuple[list[LogBook], tuple[float, int] | None]:
+        """One page of logbooks, oldest first, after the cursor; and the next cursor (or None)."""
+        keyset = ""
+        params: list[Any] = [self.namespace]
+        if after is not None:
+            keyset = " AND (created_at, seq) > (?, ?)"
+            params += after
+        rows = conn.execute(
+            f"SELECT {_BOOK_COLUMNS}, seq FROM logbooks WHERE namespace = ?{keyset}"
+            " ORDER BY created_at, seq LIMIT ?",
+            (*params, _PAGE),
+        ).fetchall()
+        cursor = (rows[-1][2], rows[-1][6]) if len(rows) == _PAGE else None
+        return self._load(conn, [row[:6] for row in rows]), cursor
+
+
+def _url_path(driver_url: str) -> str:
+    """The database path of a ``sqlite://`` URL as ``parse_url`` hands it on."""
+    scheme, _, rest = driver_url.partition(":")
+    base, _, query = rest.partition("?")
+    if scheme.lower() == "sqlite" and base.lstrip("/") in ("", MEMORY):
+        if query:
+            raise ConfigurationError(f"{driver_url!r}: unknown sqlite option(s) {query!r}")
+        return MEMORY
+    return sqlite_path(driver_url)
+
+
+def _atom(row: Sequence[Any]) -> AtomDetail:
+    """An atom detail from a row of ``_ATOM_COLUMNS``."""
+    data = json.loads(row[4])
+    data.update(name=row[2], version=row[3])
+    return AtomDetail.model_validate(data)
+
+
+def _assemble(
+    books: Iterable[Sequence[Any]], flows: Iterable[Sequence[Any]], atoms: Iterable[Sequence[Any]]
+) -> list[LogBook]:
+    """Logbooks from rows of ``_BOOK_COLUMNS``, ``_FLOW_COLUMNS`` and ``_ATOM_COLUMNS``."""
+    atoms_of: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in atoms:
+        atom = _atom(row)
+        atoms_of.setdefault((row[0], row[1]), {})[atom.name] = atom
+    flows_of: dict[str, dict[str, Any]] = {}
+    for book_uuid, uuid, name, state, version, meta in flows:
+        flows_of.setdefault(book_uuid, {})[uuid] = {
+            "uuid": uuid,
+            "name": name,
+            "state": state,
+            "version": version,
+            "meta": json.loads(meta),
+            "atoms": atoms_of.get((book_uuid, uuid), {}),
+        }
+    return [
+        LogBook.model_validate(
+            {
+                "uuid": uuid,
+                "name": name,
+                "created_at": created_at,
+                "updated_at": updated_at,
+                "meta": json.loads(meta),
+                "token": token,
+                "flows": flows_of.get(uuid, {}),
+            }
+        )
+        for uuid, name, created_at, updated_at, meta, token in books
+    ]
