@@ -1,0 +1,162 @@
+"""Cancellation suspends a flow with its progress saved; a new engine resumes it."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import anyio
+import pytest
+
+from aioconductor.engine import Engine, Task, linear
+from aioconductor.errors import ClaimLost
+from aioconductor.events import Event, Notifier
+from aioconductor.persistence.memory import MemoryStore
+from aioconductor.persistence.models import AtomState, FlowState
+
+
+class Counted(Task):
+    """Counts executions and reverts; waits for ``gates[name]`` while that gate is set up."""
+
+    def __init__(self, name: str, counts: collections.Counter[str], gates: dict[str, Any]) -> None:
+        super().__init__(name, provides=name)
+        self.counts = counts
+        self.gates = gates
+
+    async def execute(self, x: int) -> str:
+        self.counts[self.name] += 1
+        gate = self.gates.get(self.name)
+        if gate is not None:
+            gate["started"].set()
+            await gate["release"].wait()
+        if self.gates.get("fail") == self.name:
+            raise RuntimeError(f"{self.name} failed")
+        return f"{self.name}:{x}"
+
+    async def revert(self, **kwargs: Any) -> None:
+        self.counts[f"revert {self.name}"] += 1
+        gate = self.gates.get(f"revert {self.name}")
+        if gate is not None:
+            gate["started"].set()
+            await gate["release"].wait()
+
+
+def make_gate() -> dict[str, anyio.Event]:
+    return {"started": anyio.Event(), "release": anyio.Event()}
+
+
+def steps(counts: collections.Counter[str], gates: dict[str, Any]) -> Any:
+    return linear("f", *(Counted(n, counts, gates) for n in ("a", "b", "c", "d")))
+
+
+async def run_until_started_then_cancel(engine: Engine, started: anyio.Event) -> None:
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+
+            async def go() -> None:
+                await engine.run()
+                pytest.fail("the engine should have been cancelled")
+
+            tg.start_soon(go)
+            await started.wait()
+            tg.cancel_scope.cancel()
+
+
+async def test_cancel_then_resume_does_not_rerun_finished_tasks() -> None:
+    counts: collections.Counter[str] = collections.Counter()
+    gates: dict[str, Any] = {"c": make_gate()}
+    async with MemoryStore() as store:
+        first = Engine(steps(counts, gates), store=store, book_id="job", inputs={"x": 1})
+        await run_until_started_then_cancel(first, gates["c"]["started"])
+        (detail,) = (await store.get_logbook("job")).flows.values()
+        assert detail.state is FlowState.SUSPENDED
+        assert detail.atoms["b"].state is AtomState.SUCCESS
+        assert detail.atoms["c"].state is AtomState.RUNNING
+
+        gates.clear()
+        notifier = Notifier()
+        flow_states: list[str] = []
+        notifier.register(Event.FLOW_STATE, lambda e, d: flow_states.append(d["state"]))
+        second = Engine(
+            steps(counts, gates), store=store, book_id="job", inputs={"x": 1}, notifier=notifier
+        )
+        result = await second.run()
+    assert result.state is FlowState.SUCCESS
+    assert counts == {"a": 1, "b": 1, "c": 2, "d": 1}  # only the interrupted task ran again
+    assert flow_states == ["RESUMING", "RUNNING", "SUCCESS"]
+    uninterrupted = await Engine(steps(collections.Counter(), {}), inputs={"x": 1}).run()
+    assert result.results == uninterrupted.results
+    assert result.provided == {n: f"{n}:1" for n in "abcd"}
+
+
+async def test_resume_in_the_middle_of_a_revert_goes_on_reverting() -> None:
+    counts: collections.Counter[str] = collections.Counter()
+    gates: dict[str, Any] = {"fail": "c", "revert b": make_gate()}
+    async with MemoryStore() as store:
+        first = Engine(steps(counts, gates), store=store, book_id="job", inputs={"x": 1})
+        await run_until_started_then_cancel(first, gates["revert b"]["started"])
+        (detail,) = (await store.get_logbook("job")).flows.values()
+        assert detail.state is FlowState.SUSPENDED
+        assert detail.atoms["b"].state is AtomState.REVERTING
+        assert detail.atoms["a"].state is AtomState.SUCCESS  # not reverted yet
+
+        gates.pop("revert b")
+        result = await Engine(
+            steps(counts, gates), store=store, book_id="job", inputs={"x": 1}
+        ).run()
+        (detail,) = (await store.get_logbook("job")).flows.values()
+    assert result.state is FlowState.REVERTED
+    assert result.failure is not None and result.failure.message == "c failed"
+    # Nothing executed again; the revert went on from b, then a.
+    assert counts == {"a": 1, "b": 1, "c": 1, "revert c": 1, "revert b": 2, "revert a": 1}
+    assert {n: a.state for n, a in detail.atoms.items()} == dict.fromkeys("abc", AtomState.REVERTED)
+
+
+async def test_a_finished_flow_is_not_run_again() -> None:
+    counts: collections.Counter[str] = collections.Counter()
+    async with MemoryStore() as store:
+        first = await Engine(steps(counts, {}), store=store, book_id="j", inputs={"x": 2}).run()
+        again = await Engine(steps(counts, {}), store=store, book_id="j", inputs={"x": 2}).run()
+    assert again.state is FlowState.SUCCESS and again.provided == first.provided
+    assert counts == dict.fromkeys("abcd", 1)
+
+
+async def test_a_stale_token_gets_claim_lost_out_of_run() -> None:
+    counts: collections.Counter[str] = collections.Counter()
+    gates: dict[str, Any] = {"b": make_gate()}
+    async with MemoryStore() as store:
+        engine = Engine(steps(counts, gates), store=store, book_id="job", token=1, inputs={"x": 1})
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+
+                async def go() -> None:
+                    with pytest.raises(ClaimLost):
+                        await engine.run()
+
+                tg.start_soon(go)
+                await gates["b"]["started"].wait()
+                # A new owner writes with a newer token.
+                book = await store.get_logbook("job")
+                await store.save_logbook(book, token=2)
+                gates["b"]["release"].set()
+        (detail,) = (await store.get_logbook("job")).flows.values()
+    assert counts == {"a": 1, "b": 1}  # nothing ran after the lost claim, nothing reverted
+    assert detail.atoms["b"].state is AtomState.RUNNING
+
+
+async def test_resume_during_a_retry_revert() -> None:
+    from aioconductor.engine import Times
+
+    counts: collections.Counter[str] = collections.Counter()
+    gates: dict[str, Any] = {"fail": "b", "revert a": make_gate()}
+
+    def flow() -> Any:
+        return linear("f", *(Counted(n, counts, gates) for n in ("a", "b")), retry=Times(2))
+
+    async with MemoryStore() as store:
+        first = Engine(flow(), store=store, book_id="job", inputs={"x": 1})
+        await run_until_started_then_cancel(first, gates["revert a"]["started"])
+        gates.clear()  # the second attempt succeeds
+        result = await Engine(flow(), store=store, book_id="job", inputs={"x": 1}).run()
+    assert result.state is FlowState.SUCCESS
+    assert counts == {"a": 2, "b": 2, "revert b": 1, "revert a": 2}
