@@ -1,0 +1,7 @@
+"""``python -m aioconductor``: the same as the ``aioconductor`` command."""
+
+import sys
+
+from aioconductor.cli import main
+
+sys.exit(main())

@@ -1,0 +1,219 @@
+"""Running one claimed job: build its flow, run its engine under a lease keeper, finish it.
+
+Every way a job can end maps to one board verb:
+
+=================================================  =====================================
+what happened                                      what the board is told
+=================================================  =====================================
+the flow succeeded                                 ``consume`` (``SUCCESS``, provided values)
+a task failed and the flow was reverted            ``consume`` (``REVERTED``/``FAILURE``)
+claimed more than ``max_attempts`` times           ``trash`` without running
+unknown flow, factory raised, args do not fit      ``trash`` (it can never succeed)
+storage failure, internal error, shutdown          ``abandon`` (it may succeed later)
+the claim was lost (stolen, fenced out)            nothing: the new owner has it
+=================================================  =====================================
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from aioconductor.errors import (
+    AioconductorError,
+    BackendUnavailable,
+    ClaimLost,
+    CompilationError,
+    FlowNotFound,
+)
+from aioconductor.events import Event
+from aioconductor.models import Claim, Job, Outcome
+from aioconductor.persistence.models import FlowState
+
+if TYPE_CHECKING:
+    from aioconductor.conductor import Conductor
+
+__all__ = ["JobRun"]
+
+logger = logging.getLogger("aioconductor.conductor")
+
+#: How long cleanup may take when a job is cancelled (abandon under a shield).
+CLEANUP_TIMEOUT = 5.0
+
+_OUTCOMES = {
+    FlowState.SUCCESS: Outcome.SUCCESS,
+    FlowState.REVERTED: Outcome.REVERTED,
+    FlowState.FAILURE: Outcome.FAILURE,
+}
+
+
+class _Unrunnable(Exception):
+    """The job can never succeed: trash it with this reason."""
+
+
+@dataclass
+class JobRun:
+    """One claimed job on its way through a conductor."""
+
+    conductor: Conductor
+    job: Job
+    claim: Claim
+    started: float = field(default_factory=time.monotonic)
+    lease_lost: bool = False
+    #: The engine runs in this scope; only a lost claim cancels it.
+    engine_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job.id,
+            "job_name": self.job.name,
+            "flow": self.job.flow,
+            "owner": self.claim.owner,
+            "token": self.claim.token,
+            "attempt": self.job.attempts,
+            "conductor": self.conductor.name,
+        }
+
+    async def _emit(self, event: Event, **extra: Any) -> None:
+        notifier = self.conductor.notifier
+        if notifier.has_listeners(event):
+            details = self.details
+            details["duration"] = time.monotonic() - self.started
+            details.update(extra)
+            await notifier.notify(event, details)
+
+    # -- the run -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the job to one of its ends. Never raises but for cancellation."""
+        try:
+            await self._emit(Event.JOB_CLAIMED)
+            if self.job.attempts > self.job.max_attempts:
+                raise _Unrunnable(
+                    f"claimed {self.job.attempts} times, more than max_attempts="
+                    f"{self.job.max_attempts}: every earlier run ended without finishing "
+                    f"(a crash, a lost lease or a storage failure)"
+                )
+            flow = self._build_flow()
+            engine = self.conductor.make_engine(self.job, self.claim, flow)
+            self.conductor.running[self.job.id] = self
+            try:
+                with self.engine_scope:
+                    result = await engine.run()
+            finally:
+                del self.conductor.running[self.job.id]
+            if self.engine_scope.cancelled_caught:
+                # Only the lease keeper cancels this scope: the claim is gone, the flow was
+                # suspended with its progress saved, and the new owner finishes the job.
+                return
+            await self._consume(result.state, result.provided, result.failure)
+        except _Unrunnable as exc:
+            await self._trash(str(exc))
+        except CompilationError as exc:
+            await self._trash(f"the flow {self.job.flow!r} is not valid for this job: {exc}")
+        except ClaimLost as exc:
+            await self._lost(exc)
+        except Exception as exc:
+            # A storage failure or an internal error: the job may well succeed later.
+            if isinstance(exc, AioconductorError):
+                logger.warning("job %s (%s): %r; abandoning it", self.job.id, self.job.flow, exc)
+            else:
+                logger.exception(
+                    "job %s (%s): internal error; abandoning it", self.job.id, self.job.flow
+                )
+            await self._abandon(reason=repr(exc))
+        except BaseException:
+            # Cancelled from outside (shutdown past its drain, or the app cancelled us): the
+            # engine saved its progress; give the claim back so another owner starts at once.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
+                await self._abandon(reason="cancelled")
+            raise
+
+    def _build_flow(self) -> Any:
+        from aioconductor.engine import Task, linear
+
+        try:
+            factory = self.conductor.flows.get(self.job.flow)
+        except FlowNotFound as exc:
+            raise _Unrunnable(str(exc)) from None
+        try:
+            flow = factory(**self.job.args)
+        except TypeError as exc:
+            raise _Unrunnable(f"the args do not fit flow {self.job.flow!r}: {exc}") from None
+        except Exception as exc:
+            raise _Unrunnable(f"the factory of flow {self.job.flow!r} raised {exc!r}") from None
+        if isinstance(flow, Task):
+            flow = linear(self.job.flow, flow)
+        return flow
+
+    async def renew(self) -> None:
+        """Extend the lease (the conductor's lease keeper calls this); on a lost claim, stop
+        the engine so that no two owners ever run the job at once."""
+        conductor = self.conductor
+        try:
+            self.claim = await conductor.board.renew(self.claim, lease=conductor.lease)
+        except ClaimLost as exc:
+            await self._lose(exc)
+        except (BackendUnavailable, OSError) as exc:
+            left = self.claim.expires_at - time.time()
+            logger.warning(
+                "job %s: renewing its lease failed (%r), %.1f s left", self.job.id, exc, left
+            )
+            if left < conductor.lease / 3:
+                # We cannot prove we hold it by the time another owner may take it: stop.
+                await self._lose(exc)
+
+    async def _lose(self, exc: BaseException) -> None:
+        self.engine_scope.cancel()
+        await self._lost(exc)
+
+    # -- the ends ------------------------------------------------------------------------------
+
+    async def _consume(self, state: FlowState, provided: dict[str, Any], failure: Any) -> None:
+        outcome = _OUTCOMES.get(state, Outcome.FAILURE)
+        result: dict[str, Any] = provided
+        if failure is not None and outcome is not Outcome.SUCCESS:
+            result = {"failure": failure.model_dump(mode="json")}
+        try:
+            await self.conductor.board.consume(self.claim, outcome=outcome, result=result)
+        except ClaimLost as exc:
+            await self._lost(exc)
+            return
+        self.conductor.stats.count_outcome(outcome)
+        await self._emit(Event.JOB_CONSUMED, outcome=str(outcome))
+
+    async def _trash(self, reason: str) -> None:
+        logger.warning("job %s (%s): trashed: %s", self.job.id, self.job.flow, reason)
+        try:
+            await self.conductor.board.trash(self.claim, reason=reason)
+        except ClaimLost as exc:
+            await self._lost(exc)
+            return
+        self.conductor.stats.trashed += 1
+        await self._emit(Event.JOB_TRASHED, reason=reason)
+
+    async def _abandon(self, reason: str) -> None:
+        try:
+            await self.conductor.board.abandon(self.claim)
+        except ClaimLost as exc:
+            await self._lost(exc)
+            return
+        except Exception as exc:
+            # The claim will expire on its own; say so rather than hide it.
+            logger.warning("job %s: abandon failed (%r); its lease will expire", self.job.id, exc)
+            return
+        self.conductor.stats.abandoned += 1
+        await self._emit(Event.JOB_ABANDONED, reason=reason)
+
+    async def _lost(self, exc: BaseException) -> None:
+        if self.lease_lost:
+            return
+        self.lease_lost = True
+        self.conductor.stats.lease_lost += 1
+        logger.warning("job %s: claim lost (%s)", self.job.id, exc)
+        await self._emit(Event.LEASE_LOST, reason=str(exc))

@@ -1,0 +1,357 @@
+"""`Conductor`: claims jobs from a board and runs each as an engine, under a semaphore.
+
+All of a conductor's work lives in one task group: the dispatcher (notifications in, claims out),
+one task per running job, the lease keeper and the heartbeat. Capacity is taken before a claim
+(a slot of ``max_concurrency``) and given back in the job task's ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+
+from aioconductor._jobrun import CLEANUP_TIMEOUT, JobRun
+from aioconductor.boards.base import JobBoard
+from aioconductor.errors import AioconductorError, ConfigurationError
+from aioconductor.events import Notifier
+from aioconductor.models import Claim, Job, Outcome
+from aioconductor.persistence.base import Store
+from aioconductor.persistence.memory import MemoryStore
+from aioconductor.registry import FlowRegistry
+
+__all__ = ["Conductor", "ConductorStats"]
+
+logger = logging.getLogger("aioconductor.conductor")
+
+
+@dataclass
+class ConductorStats:
+    """What a conductor has done since it was made."""
+
+    claimed: int = 0
+    consumed: int = 0
+    succeeded: int = 0
+    reverted: int = 0
+    failed: int = 0
+    abandoned: int = 0
+    trashed: int = 0
+    lease_lost: int = 0
+    #: The most jobs that ran at once.
+    peak_running: int = 0
+
+    def count_outcome(self, outcome: Outcome) -> None:
+        """Count one consumed job with ``outcome``."""
+        self.consumed += 1
+        if outcome is Outcome.SUCCESS:
+            self.succeeded += 1
+        elif outcome is Outcome.REVERTED:
+            self.reverted += 1
+        else:
+            self.failed += 1
+
+
+class Conductor:
+    """Claims jobs from ``board`` and runs each job's flow, saving progress in ``store``.
+
+    Args:
+        name: a label for people; the owner id on the board is ``name`` plus a uuid, unique
+            per conductor object.
+        board: the job board (connected by ``async with`` here if it is not yet).
+        store: where engines save progress; a private in-memory store when None (then a job
+            whose conductor dies starts over).
+        flows: the registry that turns a job's ``flow`` name into a flow.
+        max_concurrency: how many jobs run at once.
+        lease: seconds a claim lasts unrenewed; renewed every ``lease / 3`` while a job runs.
+        drain_timeout: how long ``stop(drain=True)`` lets running jobs finish before it
+            suspends and abandons them.
+        sweep_interval: how often an idle conductor looks for claimable jobs that no
+            notification announced; at most ``min(lease, 5)`` seconds.
+
+    Example::
+
+        async with Conductor("worker-1", board, store=store, flows=flows) as conductor:
+            await conductor.run()  # until conductor.stop() or cancellation
+    """
+
+    def __init__(
+        self,
+        name: str,
+        board: JobBoard,
+        *,
+        store: Store | None = None,
+        flows: FlowRegistry,
+        max_concurrency: int = 64,
+        lease: float = 30.0,
+        drain_timeout: float = 30.0,
+        sweep_interval: float | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if not lease > 0 or not math.isfinite(lease):
+            raise ConfigurationError(f"lease must be a positive number of seconds, got {lease}")
+        self.name = name
+        self.owner = f"{name}-{uuid.uuid4().hex}"
+        self.board = board
+        self.store: Store = store if store is not None else MemoryStore()
+        self.flows = flows
+        self.max_concurrency = max_concurrency
+        self.lease = float(lease)
+        self.drain_timeout = float(drain_timeout)
+        ceiling = min(self.lease, 5.0)
+        self.sweep_interval = min(sweep_interval, ceiling) if sweep_interval else ceiling
+        #: Register listeners here (``conductor.notifier.register("job_consumed", fn)``).
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.stats = ConductorStats()
+        #: The jobs running now, by id.
+        self.running: dict[str, JobRun] = {}
+        self._opened: list[JobBoard | Store] = []
+        self._stop_requested = anyio.Event()
+        self._drain = True
+        self._stopped = anyio.Event()
+        self._stopped.set()
+        self._idle_scope: anyio.CancelScope | None = None
+        self._wakeup = anyio.Event()
+        #: Job tasks alive (claimed and not yet finished), and an event set when none is.
+        self._active = 0
+        self._none_active = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Conductor {self.name!r} owner={self.owner!r} running={len(self.running)}>"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self._open_resources()
+        return self
+
+    async def _open_resources(self) -> None:
+        # What the conductor opens (outside `async with conductor`, run() opens what is not
+        # open) stays open across runs, and is closed by aclose().
+        for resource in (self.board, self.store):
+            if not resource.connected:
+                await resource.connect()
+                self._opened.append(resource)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop (with a drain) and close the board and store if the conductor opened them."""
+        self.stop()
+        await self.wait()
+        for resource in reversed(self._opened):
+            await resource.aclose()
+        self._opened.clear()
+
+    def stop(self, *, drain: bool = True) -> None:
+        """Ask the conductor to stop claiming and return from :meth:`run`.
+
+        With ``drain`` the running jobs may finish within ``drain_timeout``; without it (or
+        past it) they are suspended, their progress saved, and their claims abandoned.
+        """
+        self._drain = self._drain and drain
+        self._stop_requested.set()
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
+    async def wait(self) -> None:
+        """Wait until the conductor is not running."""
+        await self._stopped.wait()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called and the conductor has not stopped yet."""
+        return self._stop_requested.is_set() and self.is_running
+
+    @property
+    def is_running(self) -> bool:
+        """Whether :meth:`run` is under way."""
+        return not self._stopped.is_set()
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        *,
+        max_dispatches: int | None = None,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Claim and run jobs until :meth:`stop` is called or the task is cancelled.
+
+        Start it with ``await task_group.start(conductor.run)`` to return once it runs.
+
+        Args:
+            max_dispatches: stop claiming after this many jobs, and return once they ended.
+            task_status: set by ``TaskGroup.start``.
+        """
+        if self.is_running:
+            raise RuntimeError(f"conductor {self.name!r} is already running")
+        self._stopped = anyio.Event()
+        self._stop_requested = anyio.Event()
+        self._drain = True
+        slots = anyio.Semaphore(self.max_concurrency)
+        try:
+            await self._open_resources()
+            async with anyio.create_task_group() as jobs:
+                async with anyio.create_task_group() as services:
+                    services.start_soon(self._listen)
+                    services.start_soon(self._keep_leases)
+                    services.start_soon(self._heartbeat)
+                    task_status.started()
+                    await self._dispatch(jobs, slots, max_dispatches)
+                    services.cancel_scope.cancel()
+                await self._finish_jobs(jobs)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
+                # Bounded: a dead board must not hold up shutdown.
+                with contextlib.suppress(Exception):
+                    await self.board.unregister_conductor(self.owner)
+            self._stopped.set()
+
+    async def _finish_jobs(self, jobs: anyio.abc.TaskGroup) -> None:
+        """Let running jobs end: all of them after ``max_dispatches``; within
+        ``drain_timeout`` after ``stop()``; none after ``stop(drain=False)``."""
+        stopping = self._stop_requested.is_set()
+        if self._active and (self._drain or not stopping):
+            with anyio.move_on_after(self.drain_timeout if stopping else math.inf):
+                await self._none_active.wait()
+        if self._active:
+            logger.info("conductor %s: suspending %d running jobs", self.name, self._active)
+        jobs.cancel_scope.cancel()
+
+    async def _dispatch(
+        self, jobs: anyio.abc.TaskGroup, slots: anyio.Semaphore, max_dispatches: int | None
+    ) -> None:
+        dispatched = 0
+        backoff = 0.05
+        while not self._stop_requested.is_set():
+            if max_dispatches is not None and dispatched >= max_dispatches:
+                return
+            # Capacity before claim: a claimed job never waits for a slot.
+            with self._idle() as idle:
+                await slots.acquire()
+            if idle.cancelled_caught or self._stop_requested.is_set():
+                if not idle.cancelled_caught:
+                    slots.release()
+                return
+            self._wakeup = anyio.Event()
+            try:
+                claimed = await self.board.claim_next(self.owner, lease=self.lease)
+            except AioconductorError as exc:
+                slots.release()
+                logger.warning("conductor %s: claim failed (%r); retrying", self.name, exc)
+                with self._idle():
+                    await anyio.sleep(backoff)
+                backoff = min(backoff * 2, self.sweep_interval)
+                continue
+            except BaseException:
+                slots.release()
+                raise
+            backoff = 0.05
+            if claimed is None:
+                slots.release()
+                with self._idle(), anyio.move_on_after(self.sweep_interval):
+                    await self._wakeup.wait()
+                continue
+            job, claim = claimed
+            dispatched += 1
+            self.stats.claimed += 1
+            # Counted here, not in the task: a job must be waited for from the moment it is
+            # claimed, even if its task has not started yet.
+            self._active += 1
+            if self._none_active.is_set():
+                self._none_active = anyio.Event()
+            self.stats.peak_running = max(self.stats.peak_running, self._active)
+            jobs.start_soon(self._run_job, job, claim, slots, name=f"job {job.id}")
+
+    @contextlib.contextmanager
+    def _idle(self) -> Any:
+        """A scope for the dispatcher's waits, which :meth:`stop` cancels (never a claim)."""
+        with anyio.CancelScope() as scope:
+            self._idle_scope = scope
+            if self._stop_requested.is_set():
+                scope.cancel()
+            try:
+                yield scope
+            finally:
+                self._idle_scope = None
+
+    async def _run_job(self, job: Job, claim: Claim, slots: anyio.Semaphore) -> None:
+        try:
+            await JobRun(self, job, claim).run()
+        finally:
+            slots.release()
+            self._active -= 1
+            if not self._active:
+                self._none_active.set()
+
+    def make_engine(self, job: Job, claim: Claim, flow: Any) -> Any:
+        """The engine that runs ``job``'s flow, saving progress under the claim's token."""
+        from aioconductor.engine import Engine
+
+        return Engine(
+            flow,
+            store=self.store,
+            book_id=job.id,
+            book_name=job.name,
+            token=claim.token,
+            inputs=job.args,
+            notifier=self.notifier,
+        )
+
+    # -- services ------------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Turn the board's notifications into wake-ups of the dispatcher."""
+        while True:
+            try:
+                async with contextlib.aclosing(self.board.stream()) as notes:
+                    async for _ in notes:
+                        self._wakeup.set()
+                return
+            except AioconductorError as exc:
+                logger.warning("conductor %s: notifications failed (%r)", self.name, exc)
+                await anyio.sleep(self.sweep_interval)
+
+    async def _keep_leases(self) -> None:
+        """Renew every running job's claim once a third of its lease has passed."""
+        interval = self.lease / 3
+        while True:
+            await anyio.sleep(interval / 2)
+            deadline = time.time() + 2 * interval
+            for run in list(self.running.values()):
+                if run.claim.expires_at < deadline:
+                    await run.renew()
+
+    async def _heartbeat(self) -> None:
+        """Keep this conductor listed in ``board.conductors()`` with its load."""
+        interval = min(self.lease / 3, 5.0)
+        while True:
+            try:
+                await self.board.register_conductor(
+                    self.owner,
+                    self.name,
+                    ttl=interval * 3,
+                    meta={
+                        "running": len(self.running),
+                        "capacity": self.max_concurrency,
+                        "jobs": sorted(self.running)[:100],
+                    },
+                )
+            except AioconductorError as exc:
+                logger.warning("conductor %s: heartbeat failed (%r)", self.name, exc)
+            await anyio.sleep(interval)

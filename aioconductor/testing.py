@@ -1,0 +1,92 @@
+"""Fakes for your own tests: an in-memory board and store you can look into, no server needed.
+
+Example::
+
+    from aioconductor.testing import InMemoryJobBoard, InMemoryStore, drain
+
+    async def test_my_flow():
+        async with InMemoryJobBoard() as board, InMemoryStore() as store:
+            job = await board.post("j", "my-flow", {"x": 1})
+            await drain(board, flows, store=store)
+            assert board.job(job.id).result == {"y": 2}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from aioconductor.boards.memory import MemoryJobBoard
+from aioconductor.conductor import Conductor, ConductorStats
+from aioconductor.models import Job, JobState
+from aioconductor.persistence.memory import MemoryStore
+from aioconductor.persistence.models import AtomState, LogBook
+from aioconductor.registry import FlowRegistry
+
+__all__ = ["InMemoryJobBoard", "InMemoryStore", "drain"]
+
+
+class InMemoryJobBoard(MemoryJobBoard):
+    """A private memory board with synchronous introspection for assertions."""
+
+    @property
+    def jobs(self) -> list[Job]:
+        """Every job, in board order (priority, then post order)."""
+        return [record.to_job() for record in self._select(None)]
+
+    def job(self, job_id: str) -> Job:
+        """The job with that id (raises ``JobNotFound``)."""
+        return self._record(job_id).to_job()
+
+    def counts(self) -> dict[JobState, int]:
+        """How many jobs are in each state (as stored: due scheduled jobs count as SCHEDULED)."""
+        counts = dict.fromkeys(JobState, 0)
+        for record in self._space.jobs.values():
+            counts[record.state] += 1
+        return counts
+
+
+class InMemoryStore(MemoryStore):
+    """A memory store with synchronous introspection for assertions."""
+
+    @property
+    def books(self) -> dict[str, LogBook]:
+        """Every logbook by uuid (copies)."""
+        return {uuid: book.model_copy(deep=True) for uuid, book in self._books.items()}
+
+    def atom_states(self, book_uuid: str) -> dict[str, AtomState]:
+        """The state of every atom of every flow in a logbook, by atom name."""
+        book = self._book(book_uuid)
+        return {
+            name: atom.state for flow in book.flows.values() for name, atom in flow.atoms.items()
+        }
+
+
+async def drain(
+    board: MemoryJobBoard,
+    flows: FlowRegistry,
+    *,
+    store: MemoryStore | None = None,
+    max_concurrency: int = 8,
+    **conductor_kwargs: Any,
+) -> ConductorStats:
+    """Run a conductor until every job on ``board`` is finished; return what it did.
+
+    Wrap it in ``anyio.fail_after(...)`` to bound it.
+    """
+    conductor = Conductor(
+        "test-conductor",
+        board,
+        store=store,
+        flows=flows,
+        max_concurrency=max_concurrency,
+        **conductor_kwargs,
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(conductor.run)
+        pending = [job.id async for job in board.iterjobs() if not job.state.is_final]
+        for job_id in pending:
+            await board.wait_for(job_id)
+        conductor.stop()
+    return conductor.stats

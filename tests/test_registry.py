@@ -1,0 +1,59 @@
+"""The flow registry: names to factories, loaded from an import string."""
+
+from __future__ import annotations
+
+import pytest
+
+from aioconductor.errors import ConfigurationError, FlowNotFound
+from aioconductor.registry import FlowRegistry
+
+
+def test_register_as_decorator_and_directly() -> None:
+    flows = FlowRegistry()
+
+    @flows.register("a")
+    def make_a(**args: object) -> str:
+        return "a"
+
+    flows.register("b", lambda **args: "b")
+    assert flows.get("a") is make_a and flows.get("b")() == "b"
+    assert "a" in flows and "c" not in flows
+    assert list(flows) == ["a", "b"] and len(flows) == 2
+
+
+def test_unknown_flow_names_the_known_ones() -> None:
+    flows = FlowRegistry()
+    flows.register("known", lambda **args: None)
+    with pytest.raises(FlowNotFound, match=r"'unknown' .*known: known"):
+        flows.get("unknown")
+
+
+def test_bad_registrations_are_refused() -> None:
+    flows = FlowRegistry()
+    flows.register("taken", lambda **args: None)
+    with pytest.raises(ConfigurationError, match="already registered"):
+        flows.register("taken", lambda **args: None)
+    with pytest.raises(ConfigurationError, match="non-empty"):
+        flows.register("", lambda **args: None)
+    with pytest.raises(ConfigurationError, match="not callable"):
+        flows.register("x", 42)  # type: ignore[call-overload]
+
+
+def test_load_from_an_import_string() -> None:
+    from tests.apps import flows
+
+    assert FlowRegistry.load("tests.apps:flows") is flows
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("tests.apps", "package.module:registry"),
+        ("no.such.module:flows", "cannot import"),
+        ("tests.apps:missing", "has no 'missing'"),
+        ("tests.apps:Step", "not a FlowRegistry"),
+    ],
+)
+def test_load_errors(spec: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        FlowRegistry.load(spec)
