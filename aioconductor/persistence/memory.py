@@ -64,21 +64,21 @@ class MemoryStore(Store):
         await checkpoint()
         stored = self._books.get(book.uuid)
         if stored is None:
-            stored = book.model_copy(deep=True)
+            stored = _copy_book(book)
             stored.token = check_token(book.uuid, None, token)
             self._books[book.uuid] = stored
         else:
             stored.token = check_token(book.uuid, stored.token, token)
             stored.name = book.name
-            stored.meta = copy.deepcopy(book.meta)
+            stored.meta = _copy_json(book.meta)
             stored.updated_at = book.updated_at
             for flow_uuid, flow in book.flows.items():
-                stored.flows.setdefault(flow_uuid, flow.model_copy(deep=True))
-        return stored.model_copy(deep=True)
+                stored.flows.setdefault(flow_uuid, _copy_flow(flow))
+        return _copy_book(stored)
 
     async def _get_logbook(self, book_uuid: str) -> LogBook:
         await checkpoint()
-        return self._book(book_uuid).model_copy(deep=True)
+        return _copy_book(self._book(book_uuid))
 
     async def _update_flow_detail(
         self, book_uuid: str, flow: FlowDetail, token: int | None
@@ -90,14 +90,14 @@ class MemoryStore(Store):
         check_version(f"flow {flow.name!r}", stored.version if stored else 0, flow.version)
         atoms = stored.atoms if stored is not None else {}
         saved = flow.model_copy(
-            update={"version": flow.version + 1, "atoms": atoms, "meta": copy.deepcopy(flow.meta)},
+            update={"version": flow.version + 1, "atoms": atoms, "meta": _copy_json(flow.meta)},
             deep=False,
         )
         if stored is None:
-            saved.atoms = {name: a.model_copy(deep=True) for name, a in flow.atoms.items()}
+            saved.atoms = {name: _copy_atom(a, a.version) for name, a in flow.atoms.items()}
         book.flows[flow.uuid] = saved
         book.token = new_token
-        return saved.model_copy(deep=True)
+        return _copy_flow(saved)
 
     async def _update_atom_detail(
         self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None
@@ -124,7 +124,7 @@ class MemoryStore(Store):
     async def _logbooks(self) -> AsyncIterator[LogBook]:
         for book in sorted(self._books.values(), key=lambda b: b.created_at):
             await checkpoint()
-            yield book.model_copy(deep=True)
+            yield _copy_book(book)
 
 
 def _copy_json(value: Any) -> Any:
@@ -152,3 +152,15 @@ def _copy_atom(atom: AtomDetail, version: int) -> AtomDetail:
             "meta": _copy_json(atom.meta),
         }
     )
+
+
+def _copy_flow(flow: FlowDetail) -> FlowDetail:
+    """A copy of ``flow`` and its atoms that shares nothing mutable with it."""
+    atoms = {name: _copy_atom(atom, atom.version) for name, atom in flow.atoms.items()}
+    return flow.model_copy(update={"meta": _copy_json(flow.meta), "atoms": atoms})
+
+
+def _copy_book(book: LogBook) -> LogBook:
+    """A copy of ``book`` and its flows that shares nothing mutable with it."""
+    flows = {flow_uuid: _copy_flow(flow) for flow_uuid, flow in book.flows.items()}
+    return book.model_copy(update={"meta": _copy_json(book.meta), "flows": flows})
