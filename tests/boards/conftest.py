@@ -74,13 +74,37 @@ def _redis(tmp_path: Path) -> BoardBackend:
     return _RedisBackend()
 
 
+class _PostgresBackend(BoardBackend):
+    """A schema of this test's own on the PostgreSQL server, dropped afterwards."""
+
+    def __init__(self) -> None:
+        from tests.postgres_helpers import require_postgres, unique_schema, url
+
+        require_postgres()
+        self._schema = unique_schema()
+        super().__init__("postgres", lambda ns: url(self._schema, ns))
+
+    async def close_all(self) -> None:
+        from tests.postgres_helpers import drop_schemas
+
+        try:
+            await super().close_all()
+        finally:
+            await drop_schemas(self._schema)
+
+
+def _postgres(tmp_path: Path) -> BoardBackend:
+    return _PostgresBackend()
+
+
 BACKENDS: dict[str, Callable[[Path], BoardBackend]] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "redis": _redis,
+    "postgres": _postgres,
 }
 #: Marks of the backends that need a service.
-_MARKS = {"redis": [pytest.mark.redis]}
+_MARKS = {"redis": [pytest.mark.redis], "postgres": [pytest.mark.postgres]}
 
 
 @pytest.fixture(params=[pytest.param(name, marks=_MARKS.get(name, [])) for name in BACKENDS])

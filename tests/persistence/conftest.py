@@ -87,10 +87,34 @@ def _redis(tmp_path: Path) -> StoreBackend:
     return _RedisStoreBackend()
 
 
+class _PostgresStoreBackend(StoreBackend):
+    """A schema of this test's own on the PostgreSQL server, dropped afterwards."""
+
+    def __init__(self) -> None:
+        from tests.postgres_helpers import require_postgres, unique_schema, url
+
+        require_postgres()
+        self._schema = unique_schema()
+        super().__init__("postgres", lambda ns: url(self._schema, ns))
+
+    async def close_all(self) -> None:
+        from tests.postgres_helpers import drop_schemas
+
+        try:
+            await super().close_all()
+        finally:
+            await drop_schemas(self._schema)
+
+
+def _postgres(tmp_path: Path) -> StoreBackend:
+    return _PostgresStoreBackend()
+
+
 BACKENDS = [
     pytest.param(_memory, id="memory"),
     pytest.param(_sqlite, id="sqlite"),
     pytest.param(_redis, id="redis", marks=pytest.mark.redis),
+    pytest.param(_postgres, id="postgres", marks=pytest.mark.postgres),
 ]
 
 

@@ -1,0 +1,331 @@
+"""Plumbing shared by the PostgreSQL board and store: the pool, schema migrations, errors.
+
+Connections: one asyncpg pool per board or store object, every connection tagged with
+``application_name`` (default ``aioconductor``) and given a ``statement_timeout`` and an
+``idle_in_transaction_session_timeout``, so a stuck statement or a transaction left open by a
+crashed client is ended by the server. The URL's own query options (``sslmode``, or any server
+setting such as ``statement_timeout=5000``) win over these defaults.
+
+Cancellation: asyncpg returns a connection to its pool under ``asyncio.shield``, and resets it
+there (``ROLLBACK`` if a transaction is open); a reset that fails terminates the connection. So a
+call cancelled mid-statement never leaves a connection idle in a transaction or a row locked;
+``tests/boards/test_postgres.py`` checks this in ``pg_stat_activity`` and ``pg_locks``.
+
+Identifiers: the schema name is checked against ``[a-z_][a-z0-9_]{0,47}`` and double-quoted
+wherever it appears in SQL; every value is a bind parameter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+import anyio
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+from asyncpg import exceptions as pgexc
+
+from aioconductor._urls import int_option, redact_url
+from aioconductor.errors import AioconductorError, BackendUnavailable, ConfigurationError
+
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "URL_OPTIONS",
+    "Migrations",
+    "PostgresLink",
+    "migrate",
+    "quote_schema",
+    "refuse_nul",
+    "split_options",
+]
+
+logger = logging.getLogger("aioconductor.postgres")
+
+T = TypeVar("T")
+#: A list of migrations; each is a list of statements with ``{s}`` for the quoted schema.
+Migrations = Sequence[Sequence[str]]
+
+DEFAULT_SCHEMA = "aioconductor"
+#: The library's own URL options for PostgreSQL (removed before the URL reaches asyncpg).
+URL_OPTIONS = frozenset({"schema", "pool_min", "pool_max"})
+#: How long an idempotent call keeps retrying through connection errors (a server restart).
+READ_RETRY_SECONDS = 8.0
+#: The first key of the advisory lock taken while migrating ("AIOC"); the second is the
+#: schema name's hash, so two schemas migrate independently.
+_MIGRATION_LOCK = 0x41494F43
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+_DEFAULT_SETTINGS = {
+    "application_name": "aioconductor",
+    "statement_timeout": "30000",
+    "idle_in_transaction_session_timeout": "60000",
+}
+#: Errors that mean "the server could not be reached or dropped us": worth a retry.
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    pgexc.PostgresConnectionError,
+    pgexc.InterfaceError,
+    pgexc.OperatorInterventionError,
+    pgexc.InsufficientResourcesError,
+    # Raised by asyncpg when a connection dropped mid-statement is reset on its way back to
+    # the pool (it is terminated then).
+    pgexc.InternalClientError,
+)
+#: Errors that mean "the server refused us": no retry helps.
+_REFUSALS: tuple[type[BaseException], ...] = (
+    pgexc.InvalidAuthorizationSpecificationError,
+    pgexc.InvalidCatalogNameError,
+    pgexc.InsufficientPrivilegeError,
+)
+
+
+def quote_schema(name: object) -> str:
+    """``name`` double-quoted for SQL, once checked against ``[a-z_][a-z0-9_]{0,47}``.
+
+    Raises:
+        ConfigurationError: the name is not a plain lower-case identifier, or is reserved.
+    """
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        raise ConfigurationError(
+            f"schema {name!r} is not valid: use 1 to 48 characters of [a-z0-9_], "
+            "not starting with a digit"
+        )
+    if name.startswith("pg_") or name == "information_schema":
+        raise ConfigurationError(f"schema {name!r} is reserved by PostgreSQL")
+    return f'"{name}"'
+
+
+def split_options(driver_url: str, names: Collection[str]) -> tuple[str, dict[str, str]]:
+    """Remove the options ``names`` from ``driver_url``'s query: (the URL left, the options)."""
+    base, _, query = driver_url.partition("?")
+    options: dict[str, str] = {}
+    kept: list[tuple[str, str]] = []
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key in names:
+            options[key] = value
+        else:
+            kept.append((key, value))
+    return (f"{base}?{urlencode(kept)}" if kept else base), options
+
+
+class PostgresLink:
+    """One asyncpg pool, the schema migrations, and the error translation every call uses.
+
+    Args:
+        driver_url: the ``postgresql://`` URL without the library's options.
+        options: the library's options from the URL (``schema``, ``pool_min``, ``pool_max``).
+        closed_error: what a call made after :meth:`aclose` raises.
+        error: what a server error that is not a connection problem becomes.
+        schema: the schema name; wins over ``options``.
+    """
+
+    def __init__(
+        self,
+        driver_url: str,
+        options: dict[str, str],
+        *,
+        closed_error: Callable[[], Exception],
+        error: type[AioconductorError],
+        schema: str | None = None,
+    ) -> None:
+        self.url = redact_url(driver_url)
+        self.schema = schema if schema is not None else options.get("schema", DEFAULT_SCHEMA)
+        #: The schema, quoted for SQL.
+        self.q = quote_schema(self.schema)
+        self.pool_min = int_option(options, "pool_min", 1)
+        self.pool_max = int_option(options, "pool_max", 10)
+        if self.pool_min > self.pool_max:
+            raise ConfigurationError(f"pool_min {self.pool_min} exceeds pool_max {self.pool_max}")
+        parts = urlsplit(driver_url)
+        if parts.scheme.lower() not in ("postgresql", "postgres"):
+            raise ConfigurationError(f"not a PostgreSQL URL: {self.url}")
+        self._dsn = driver_url
+        password = parts.password
+        self._secrets = {p for p in (password, unquote(password or "")) if p}
+        given = {key for key, _ in parse_qsl(parts.query)}
+        self._settings = {k: v for k, v in _DEFAULT_SETTINGS.items() if k not in given}
+        self._closed_error = closed_error
+        self._error = error
+        self._pool: Any = None
+        self._listeners: set[Any] = set()
+        self.closed = False
+
+    # -- errors ------------------------------------------------------------------------------
+
+    def scrub(self, exc: BaseException | str) -> str:
+        """``exc`` as text, with the URL's password (should a driver echo it) masked."""
+        text = str(exc) or type(exc).__name__
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def unavailable(self, what: str, exc: BaseException) -> BackendUnavailable:
+        """The ``BackendUnavailable`` to raise for a driver error during ``what``."""
+        return BackendUnavailable(f"PostgreSQL at {self.url}: {what} failed: {self.scrub(exc)}")
+
+    @contextlib.contextmanager
+    def translate(self, what: str) -> Iterator[None]:
+        """Re-raise driver and socket errors as the library's errors (never a driver error)."""
+        if self.closed:
+            raise self._closed_error()
+        try:
+            yield
+        except AioconductorError:
+            raise  # BackendUnavailable is an OSError: never wrap the library's own errors
+        except (*_CONNECTION_ERRORS, *_REFUSALS) as exc:
+            if self.closed:
+                raise self._closed_error() from None
+            raise self.unavailable(what, exc) from exc
+        except pgexc.PostgresError as exc:
+            raise self._error(f"PostgreSQL: {what} failed: {self.scrub(exc)}") from exc
+
+    # -- connections ---------------------------------------------------------------------------
+
+    async def connect(self, component: str, migrations: Migrations) -> None:
+        """Open the pool, then create or migrate the schema of ``component``.
+
+        Raises:
+            BackendUnavailable: the server could not be reached or refused the connection.
+            ConfigurationError: the schema is newer than this library knows.
+        """
+        with self.translate("connect"):
+            pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=self.pool_min,
+                max_size=self.pool_max,
+                server_settings=self._settings,
+            )
+        self._pool = pool
+        try:
+            await self.call("migrate", lambda conn: migrate(conn, self, component, migrations))
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def connect_one(self, what: str) -> Any:
+        """A connection of its own (not from the pool), closed by :meth:`aclose` at the latest."""
+        with self.translate(what):
+            conn = await asyncpg.connect(self._dsn, server_settings=self._settings)
+        if self.closed:
+            conn.terminate()
+            raise self._closed_error()
+        self._listeners.add(conn)
+        return conn
+
+    async def release_one(self, conn: Any) -> None:
+        """Close a connection from :meth:`connect_one`."""
+        self._listeners.discard(conn)
+        # Closing says goodbye to the server; shielded so a cancelled stream still does it, and
+        # bounded (then terminated) in case the server does not answer.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
+        if not conn.is_closed():
+            conn.terminate()
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, what: str) -> AsyncIterator[Any]:
+        """A pooled connection for one call, errors translated."""
+        with self.translate(what):
+            async with self._pool.acquire() as conn:
+                yield conn
+
+    async def call(self, what: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``fn`` on a pooled connection once (for calls that must not run twice)."""
+        async with self.acquire(what) as conn:
+            return await fn(conn)
+
+    async def read(self, what: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run an idempotent ``fn``, retrying connection errors with backoff for a few seconds.
+
+        A restarted server, or connections killed by ``pg_terminate_backend``, make the next
+        call on a pooled connection fail; reads ride that out rather than fail a conductor,
+        and give up with ``BackendUnavailable`` after ``READ_RETRY_SECONDS``.
+        """
+        delay = 0.02
+        deadline = anyio.current_time() + READ_RETRY_SECONDS
+        while True:
+            try:
+                return await self.call(what, fn)
+            except BackendUnavailable as exc:
+                cause = exc.__cause__
+                if isinstance(cause, _REFUSALS) or anyio.current_time() + delay > deadline:
+                    raise
+                logger.debug("PostgreSQL at %s: %s failed (%s); retrying", self.url, what, exc)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def aclose(self) -> None:
+        """Close the pool and every connection of this link."""
+        self.closed = True
+        pool, self._pool = self._pool, None
+        for conn in list(self._listeners):
+            conn.terminate()
+        self._listeners.clear()
+        if pool is None:
+            return
+        # Shielded so a cancelled close still frees every connection; a connection a caller
+        # still holds after the grace period is terminated rather than waited for.
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(5):
+                with contextlib.suppress(Exception):
+                    await pool.close()
+                    return
+            pool.terminate()
+
+
+async def migrate(conn: Any, link: PostgresLink, component: str, migrations: Migrations) -> None:
+    """Bring ``component``'s tables in ``link``'s schema to the newest version.
+
+    Runs in one transaction under an advisory lock on the schema, so two processes connecting
+    at once to a fresh database do not race: the second waits, then finds the work done.
+    """
+    q = link.q
+    latest = len(migrations)
+    try:
+        version = await conn.fetchval(
+            f"SELECT version FROM {q}.schema_version WHERE component = $1", component
+        )
+    except (pgexc.UndefinedTableError, pgexc.InvalidSchemaNameError):
+        version = None
+    if version == latest:
+        return
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _MIGRATION_LOCK, link.schema
+        )
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {q}")
+        await conn.execute(
+            f"""CREATE TABLE IF NOT EXISTS {q}.schema_version (
+                component text PRIMARY KEY,
+                version integer NOT NULL
+            )"""
+        )
+        version = await conn.fetchval(
+            f"SELECT version FROM {q}.schema_version WHERE component = $1", component
+        )
+        version = version or 0
+        if version > latest:
+            raise ConfigurationError(
+                f"schema {link.schema!r} holds {component} version {version}, newer than "
+                f"this aioconductor knows ({latest}): upgrade aioconductor"
+            )
+        for steps in migrations[version:]:
+            for step in steps:
+                await conn.execute(step.replace("{s}", q))
+        await conn.execute(
+            f"""INSERT INTO {q}.schema_version (component, version) VALUES ($1, $2)
+                ON CONFLICT (component) DO UPDATE SET version = excluded.version""",
+            component,
+            latest,
+        )
+    logger.info("PostgreSQL at %s: %s schema %r at version %d", link.url, component, q, latest)
+
+
+def refuse_nul(what: str, value: str, error: type[AioconductorError]) -> None:
+    """Refuse a string PostgreSQL's ``text`` cannot store (it holds a NUL character)."""
+    if "\x00" in value:
+        raise error(f"{what} contains a NUL character (\\x00), which PostgreSQL cannot store")

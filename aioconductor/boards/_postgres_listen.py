@@ -1,0 +1,150 @@
+"""Notifications of the PostgreSQL board: a subscription fed by LISTEN on its own connection."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+
+from aioconductor._postgres import PostgresLink
+from aioconductor.boards.base import Subscription
+from aioconductor.errors import BackendUnavailable
+from aioconductor.models import JobNotification, NotificationKind
+
+__all__ = ["ListenSubscription", "parse_note"]
+
+logger = logging.getLogger("aioconductor.boards.postgres")
+
+#: How long one wait for a notification lasts before the connection's health is checked.
+_LISTEN_POLL = 1.0
+#: A silent listening connection is pinged this often (TCP alone notices a dead peer late).
+_PING_EVERY = 10.0
+
+
+class ListenSubscription(Subscription):
+    """A subscription fed by ``LISTEN`` on a connection of its own (outside the pool).
+
+    asyncpg reads the connection in the event loop and calls :meth:`_heard` for each
+    notification, which pushes it without blocking; there is no reader task. (A task group held
+    by the subscription would hold a cancel scope across the stream's ``yield``.) ``receive``
+    runs in the stream's own task: it waits for a pushed notification and, between waits,
+    checks the connection, pings it when it was quiet, and reconnects with backoff when it was
+    lost, setting :attr:`lost` so the stream re-reads every claimable job (notifications sent
+    meanwhile are gone).
+    """
+
+    def __init__(self, link: PostgresLink, channel: str, poll_interval: float) -> None:
+        super().__init__()
+        self._link = link
+        self._channel = channel
+        self._poll_interval = poll_interval
+        self._conn: Any = None
+        self._ended = False
+        self._delay = 0.05
+        self._retry_at = 0.0
+        self._heard_at = 0.0
+
+    async def open(self) -> None:
+        """Connect and LISTEN; once this returns, no notification committed after is missed.
+
+        Raises:
+            BackendUnavailable: the server could not be reached.
+        """
+        conn = await self._link.connect_one("listen")
+        try:
+            conn.add_termination_listener(self._terminated)
+            with self._link.translate("listen"):
+                await conn.add_listener(self._channel, self._heard)
+        except BaseException:
+            await self._link.release_one(conn)
+            raise
+        self._conn = conn
+        self._heard_at = anyio.current_time()
+
+    def _heard(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        self._heard_at = anyio.current_time()
+        note = parse_note(payload)
+        if note is not None:
+            self.push(note)
+
+    def _terminated(self, conn: Any) -> None:
+        if conn is self._conn and not self._ended:
+            # Whatever was sent from now until LISTEN works again is lost.
+            self.lost = True
+
+    def close(self) -> None:
+        """End the subscription: :meth:`receive` raises ``anyio.EndOfStream`` from now on."""
+        self._ended = True
+        super().close()
+
+    async def aclose_connection(self) -> None:
+        """Release the listening connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._link.release_one(conn)
+
+    async def receive(self) -> JobNotification:
+        """The next notification (reconnecting first when the connection was lost)."""
+        while True:
+            if self._ended:
+                raise anyio.EndOfStream
+            conn = self._conn
+            if conn is None or conn.is_closed():
+                await self.aclose_connection()
+                await self._reconnect()
+                continue
+            with anyio.move_on_after(_LISTEN_POLL):
+                return await super().receive()
+            await self._keep_alive(conn)
+
+    async def _keep_alive(self, conn: Any) -> None:
+        now = anyio.current_time()
+        if now - self._heard_at < _PING_EVERY:
+            return
+        self._heard_at = now
+        alive = False
+        # Shielded and bounded: a ping cut short by the stream's deadline would leave the
+        # connection mid-query.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                await conn.fetchval("SELECT 1")
+                alive = True
+            except Exception as exc:
+                logger.warning("PostgreSQL at %s: %s", self._link.url, self._link.scrub(exc))
+        if not alive:
+            self.lost = True
+            await self.aclose_connection()
+
+    async def _reconnect(self) -> None:
+        # A fixed time, not a sleep per call: the stream cancels each receive at its own
+        # deadline, and a backoff restarted on every call would never end.
+        await anyio.sleep_until(self._retry_at)
+        try:
+            # Shielded (and bounded) so the stream's short deadlines cannot keep cutting a
+            # slow connect short for ever.
+            with anyio.CancelScope(shield=True), anyio.fail_after(10):
+                await self.open()
+        except (BackendUnavailable, TimeoutError) as exc:
+            self._retry_at = anyio.current_time() + self._delay
+            logger.warning("%s; retrying in %.2f s", exc, self._delay)
+            # Backoff: a restarting server refuses connections for a while.
+            self._delay = min(self._delay * 2, 2.0)
+            return
+        self._delay = 0.05
+        self.lost = True
+        logger.info("PostgreSQL at %s: notifications resumed", self._link.url)
+        # The stream re-reads every claimable job when a receive times out with `lost` set;
+        # wait here past its deadline (never longer than poll_interval) so that happens now.
+        await anyio.sleep(self._poll_interval)
+
+
+def parse_note(payload: str) -> JobNotification | None:
+    """A notification from a payload ``"<kind> <priority> <id>"``, or None if malformed."""
+    try:
+        kind, priority, job_id = payload.split(" ", 2)
+        return JobNotification.model_construct(
+            job_id=job_id, kind=NotificationKind(kind), priority=int(priority)
+        )
+    except ValueError:
+        return None

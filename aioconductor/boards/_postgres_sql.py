@@ -1,0 +1,200 @@
+"""The SQL of the PostgreSQL board: its schema and the statements of its transitions.
+
+``{s}`` stands for the quoted schema (validated by ``aioconductor._postgres.quote_schema``);
+everything else is a bind parameter: ``$1`` is always the namespace. The board's clock is the
+server's, read once per statement as ``c.now`` (epoch seconds, ``float8``).
+"""
+
+from __future__ import annotations
+
+from aioconductor._postgres import Migrations
+from aioconductor.models import JobState
+
+MIGRATIONS: Migrations = [
+    [
+        """CREATE TABLE IF NOT EXISTS {s}.jobs (
+            seq bigserial PRIMARY KEY,
+            namespace text NOT NULL,
+            id text NOT NULL,
+            name text NOT NULL,
+            flow text NOT NULL,
+            args json NOT NULL,
+            priority integer NOT NULL,
+            created_at float8 NOT NULL,
+            updated_at float8 NOT NULL,
+            not_before float8,
+            attempts integer NOT NULL DEFAULT 0,
+            max_attempts integer NOT NULL,
+            token bigint NOT NULL DEFAULT 0,
+            state text NOT NULL CHECK (state IN
+                ('SCHEDULED', 'UNCLAIMED', 'CLAIMED', 'COMPLETE', 'TRASHED')),
+            owner text,
+            expires_at float8,
+            outcome text,
+            result json,
+            trash_reason text,
+            ready_at float8,
+            UNIQUE (namespace, id)
+        )""",
+        # claim_next and full sweeps: the best claimable job without wading through finished
+        # ones (ready_at is NULL once a job is final).
+        """CREATE INDEX IF NOT EXISTS jobs_ready ON {s}.jobs (namespace, priority DESC, seq)
+            WHERE ready_at IS NOT NULL""",
+        # Sweeps: delays and leases that came due in a window.
+        """CREATE INDEX IF NOT EXISTS jobs_due ON {s}.jobs (namespace, ready_at)
+            WHERE ready_at IS NOT NULL AND state <> 'UNCLAIMED'""",
+        # iterjobs (page by page) and job_count by state.
+        "CREATE INDEX IF NOT EXISTS jobs_state ON {s}.jobs (namespace, state, priority DESC, seq)",
+        """CREATE TABLE IF NOT EXISTS {s}.conductors (
+            namespace text NOT NULL,
+            owner text NOT NULL,
+            name text NOT NULL,
+            started_at float8 NOT NULL,
+            heartbeat_at float8 NOT NULL,
+            expires_at float8 NOT NULL,
+            meta json NOT NULL,
+            PRIMARY KEY (namespace, owner)
+        )""",
+    ],
+]
+
+NOW = "extract(epoch from clock_timestamp())::float8"
+#: Every column a ``Job`` is built from, in ``_job``'s order.
+COLUMNS = (
+    "id, name, flow, args, priority, seq, created_at, updated_at, not_before, attempts,"
+    " max_attempts, token, state, owner, expires_at, outcome, result, trash_reason"
+)
+_CLOCK = f"WITH c AS (SELECT {NOW} AS now)"
+#: Claimable at ``c.now``: UNCLAIMED, or SCHEDULED or CLAIMED with ``ready_at`` (not_before or
+#: the lease's end) passed.
+_CLAIMABLE = "ready_at IS NOT NULL AND (state = 'UNCLAIMED' OR ready_at <= c.now)"
+#: A pg_notify of job row ``j`` on channel ``$2`` ("<kind> <priority> <id>").
+_NOTIFY = "pg_notify($2, {kind} || ' ' || j.priority || ' ' || j.id)"
+
+FETCH = f"SELECT {COLUMNS}, {NOW} FROM {{s}}.jobs WHERE namespace = $1 AND id = $2"
+NOW_QUERY = f"SELECT {NOW}"
+
+# $2 channel, $3 id, $4 name, $5 flow, $6 args, $7 priority, $8 max_attempts, $9 delay,
+# $10 not_before. A post retried after a lost reply finds its job already there (the id is the
+# client's) and writes nothing.
+POST = f"""{_CLOCK},
+    v AS (SELECT c.now, CASE WHEN $9::float8 > 0 THEN c.now + $9::float8
+            ELSE $10::float8 END AS nb FROM c),
+    j AS (
+        INSERT INTO {{s}}.jobs AS t (namespace, id, name, flow, args, priority, created_at,
+            updated_at, not_before, max_attempts, state, ready_at)
+        SELECT $1, $3, $4, $5, $6::json, $7, v.now, v.now, v.nb, $8,
+            CASE WHEN v.nb > v.now THEN 'SCHEDULED' ELSE 'UNCLAIMED' END,
+            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END
+        FROM v
+        ON CONFLICT (namespace, id) DO NOTHING
+        RETURNING {COLUMNS}),
+    n AS (SELECT {_NOTIFY.format(kind="'posted'")} FROM j WHERE j.state = 'UNCLAIMED')
+    SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
+
+
+def _take(owner: str, lease: str) -> str:
+    """The SET of a claim: owner ``owner``, a lease of ``lease`` seconds from ``c.now``."""
+    return f"""UPDATE {{s}}.jobs SET attempts = attempts + 1, token = token + 1,
+        state = 'CLAIMED', owner = {owner}, expires_at = c.now + {lease}::float8,
+        ready_at = c.now + {lease}::float8, updated_at = c.now"""
+
+
+# $2 id, $3 owner, $4 lease. Waits for a row lock another claim holds, then re-checks.
+CLAIM = f"""{_CLOCK} {_take("$3", "$4")} FROM c
+    WHERE namespace = $1 AND id = $2 AND {_CLAIMABLE}
+    RETURNING {COLUMNS}"""
+# $2 owner, $3 lease. SKIP LOCKED: concurrent claimers each take a different job at once.
+CLAIM_NEXT = f"""{_CLOCK},
+    picked AS MATERIALIZED (
+        SELECT j.seq AS picked_seq FROM {{s}}.jobs AS j, c
+        WHERE j.namespace = $1 AND j.ready_at IS NOT NULL
+            AND (j.state = 'UNCLAIMED' OR j.ready_at <= c.now)
+        ORDER BY j.priority DESC, j.seq
+        LIMIT 1
+        FOR UPDATE OF j SKIP LOCKED)
+    {_take("$2", "$3")} FROM c, picked
+    WHERE jobs.seq = picked.picked_seq
+    RETURNING {COLUMNS}"""
+
+#: The claim's job is $2, its owner $3 and token $4.
+_CURRENT = "namespace = $1 AND id = $2 AND state = 'CLAIMED' AND owner = $3 AND token = $4"
+
+
+def _with_claim(sets: str) -> str:
+    """An UPDATE applying ``sets`` if the claim ($2 id, $3 owner, $4 token) is current."""
+    return f"""{_CLOCK} UPDATE {{s}}.jobs SET {sets}, updated_at = c.now FROM c
+        WHERE {_CURRENT} RETURNING {COLUMNS}"""
+
+
+# $5 the new lease.
+RENEW = _with_claim("expires_at = c.now + $5::float8, ready_at = c.now + $5::float8")
+# $5 outcome, $6 result.
+CONSUME = _with_claim("state = 'COMPLETE', outcome = $5, result = $6::json, ready_at = NULL")
+# $5 reason.
+TRASH = _with_claim("state = 'TRASHED', trash_reason = $5, ready_at = NULL")
+# $5 the channel. The notification is sent when (and only if) the transaction commits.
+ABANDON = f"""{_CLOCK},
+    j AS (UPDATE {{s}}.jobs SET state = 'UNCLAIMED', owner = NULL, expires_at = NULL,
+            ready_at = c.now, updated_at = c.now FROM c
+        WHERE {_CURRENT} RETURNING {COLUMNS}),
+    n AS (SELECT {_NOTIFY.replace("$2", "$5").format(kind="'abandoned'")} FROM j)
+    SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
+# $2 id, $3 reason: an operator's trash of any job not finished yet.
+TRASH_BY_ID = f"""{_CLOCK} UPDATE {{s}}.jobs
+    SET state = 'TRASHED', trash_reason = $3, ready_at = NULL, updated_at = c.now FROM c
+    WHERE namespace = $1 AND id = $2 AND state NOT IN ('COMPLETE', 'TRASHED')
+    RETURNING {COLUMNS}"""
+
+
+def state_condition(state: JobState | None, param: str) -> str:
+    """The condition selecting jobs in ``state`` as readers see them, or ``TRUE`` for all.
+
+    ``param`` is the board time for UNCLAIMED and SCHEDULED (a SCHEDULED job whose time came
+    counts as UNCLAIMED), the state's name for the other states, unused for None.
+    """
+    if state is None:
+        return "TRUE"
+    if state is JobState.UNCLAIMED:
+        return f"(state = 'UNCLAIMED' OR (state = 'SCHEDULED' AND ready_at <= {param}))"
+    if state is JobState.SCHEDULED:
+        return f"state = 'SCHEDULED' AND ready_at > {param}"
+    return f"state = {param}"
+
+
+def page(state: JobState | None) -> str:
+    """A page of ``iterjobs``: jobs in ``state`` (``$5``) after (``$2``, ``$3``), ``$4`` rows."""
+    return f"""SELECT {COLUMNS} FROM {{s}}.jobs
+        WHERE namespace = $1 AND {state_condition(state, "$5")}
+            AND (priority < $2::bigint OR (priority = $2::bigint AND seq > $3))
+        ORDER BY priority DESC, seq LIMIT $4"""
+
+
+def count(state: JobState | None) -> str:
+    """How many jobs are in ``state`` (``$2``), as ``iterjobs`` would list them."""
+    return f"""SELECT count(*) FROM {{s}}.jobs
+        WHERE namespace = $1 AND {state_condition(state, "$2")}"""
+
+
+#: The board time, and when the next delay or lease ends after it.
+SWEEP_CLOCK = f"""{_CLOCK} SELECT c.now, (SELECT min(ready_at) FROM {{s}}.jobs
+        WHERE namespace = $1 AND ready_at > c.now AND state <> 'UNCLAIMED') FROM c"""
+#: Every job claimable at ``$2``, in claim order.
+SWEEP_ALL = """SELECT id, priority, state FROM {s}.jobs
+    WHERE namespace = $1 AND ready_at IS NOT NULL AND (state = 'UNCLAIMED' OR ready_at <= $2)
+    ORDER BY priority DESC, seq"""
+#: Delays and leases that ended in (``$3``, ``$2``]: jobs no notification announces.
+SWEEP_SINCE = """SELECT id, priority, state FROM {s}.jobs
+    WHERE namespace = $1 AND ready_at > $3 AND ready_at <= $2 AND state <> 'UNCLAIMED'
+    ORDER BY priority DESC, seq"""
+
+# $2 owner, $3 name, $4 ttl, $5 meta.
+REGISTER = f"""{_CLOCK} INSERT INTO {{s}}.conductors
+        (namespace, owner, name, started_at, heartbeat_at, expires_at, meta)
+    SELECT $1, $2, $3, c.now, c.now, c.now + $4::float8, $5::json FROM c
+    ON CONFLICT (namespace, owner) DO UPDATE SET name = excluded.name,
+        heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at,
+        meta = excluded.meta"""
+UNREGISTER = "DELETE FROM {s}.conductors WHERE namespace = $1 AND owner = $2"
+ALIVE = f"""{_CLOCK} SELECT owner, name, started_at, heartbeat_at, expires_at, meta
+    FROM {{s}}.conductors, c WHERE namespace = $1 AND expires_at > c.now"""

@@ -1,0 +1,447 @@
+"""`PostgresJobBoard`: jobs in PostgreSQL, shared by conductors on many machines.
+
+``postgresql://[user[:password]@]host[:port]/database?namespace=NAME`` (``postgres://`` too).
+The library's options: ``schema`` (default ``aioconductor``), ``pool_min`` and ``pool_max``
+(default 1 and 10), besides the board's ``lease``, ``poll_interval`` and ``max_payload_bytes``.
+Every other option goes to asyncpg: ``sslmode=require``, or a server setting such as
+``application_name=billing`` or ``statement_timeout=5000``.
+
+Every transition is one statement that checks state, owner and fencing token in its WHERE
+clause and reads the server's clock (``clock_timestamp()``), so two conductors never both win a
+job and a stale claim changes nothing; ``claim_next`` picks its job with ``FOR UPDATE SKIP
+LOCKED``, so concurrent claimers never wait for each other. No transaction stays open while a
+job runs.
+
+Schema (in ``_postgres_sql``; created and migrated at connect, recorded in ``schema_version``):
+``jobs`` (a row per job, every namespace in one table; ``seq`` is the post order; ``ready_at``
+is when an unfinished job is claimable from, NULL once final) and ``conductors``. ``args`` and
+``result`` are ``json``, not ``jsonb``: ``json`` keeps the text as written, so a ``\\u0000`` in
+a string, key order and numbers come back exactly as posted.
+
+Notifications: post and abandon ``pg_notify`` the namespace's channel in the same statement, so a
+notification goes out exactly when the change commits; each ``stream()`` LISTENs on a
+connection of its own. Delays and leases that fall due are found by the stream's sweep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Self
+
+import anyio
+
+from aioconductor._payload import decode_json, encode_json
+from aioconductor._postgres import URL_OPTIONS, PostgresLink, refuse_nul
+from aioconductor._urls import ParsedURL, validate_namespace
+from aioconductor.boards import _postgres_sql as sql
+from aioconductor.boards._postgres_listen import ListenSubscription
+from aioconductor.boards.base import (
+    JobBoard,
+    PostSpec,
+    Subscription,
+    lost_message,
+    unclaimable_message,
+)
+from aioconductor.errors import (
+    BoardClosed,
+    BoardError,
+    ClaimLost,
+    JobNotFound,
+    PayloadError,
+    UnclaimableJob,
+)
+from aioconductor.models import (
+    Claim,
+    ConductorInfo,
+    Job,
+    JobNotification,
+    JobState,
+    NotificationKind,
+    Outcome,
+)
+
+__all__ = ["PostgresJobBoard"]
+
+_PAGE = 500
+#: The longest lease, delay or ttl the board stores (a century): the server's float8 time
+#: arithmetic refuses to overflow, where Python's would quietly give infinity.
+_LONGEST = 100 * 365.25 * 86400
+
+
+def _job(row: Sequence[Any]) -> Job:
+    """A ``Job`` from a row of ``sql.COLUMNS``."""
+    job_id, owner = row[0], row[13]
+    claim = None
+    if owner is not None:
+        claim = Claim.model_construct(job_id=job_id, owner=owner, token=row[11], expires_at=row[14])
+    outcome, result = row[15], row[16]
+    return Job.model_construct(
+        id=job_id,
+        name=row[1],
+        flow=row[2],
+        args=decode_json(row[3]),
+        priority=row[4],
+        seq=row[5],
+        created_at=row[6],
+        updated_at=row[7],
+        not_before=row[8],
+        attempts=row[9],
+        max_attempts=row[10],
+        state=JobState(row[12]),
+        claim=claim,
+        outcome=None if outcome is None else Outcome(outcome),
+        result=None if result is None else decode_json(result),
+        trash_reason=row[17],
+    )
+
+
+def _visible(job: Job, now: float) -> Job:
+    """``job`` as readers see it at ``now``: a scheduled job whose time came is UNCLAIMED."""
+    if job.state is JobState.SCHEDULED and job.is_claimable(now):
+        return job.model_copy(update={"state": JobState.UNCLAIMED})
+    return job
+
+
+def _seconds(value: float) -> float:
+    return min(float(value), _LONGEST)
+
+
+def _kind(state: str) -> NotificationKind:
+    """Why a job a sweep found in a time window became claimable."""
+    return NotificationKind.DUE if state == JobState.SCHEDULED else NotificationKind.EXPIRED
+
+
+def channel_name(schema: str, namespace: str) -> str:
+    """The LISTEN/NOTIFY channel of ``namespace`` in ``schema`` (at most 62 characters)."""
+    return f"aioc_{namespace}_{zlib.crc32(schema.encode()):08x}"
+
+
+class PostgresJobBoard(JobBoard):
+    """A job board on PostgreSQL: SKIP LOCKED claims, LISTEN/NOTIFY pushes, server time.
+
+    Open it with ``open_board("postgresql://host/db?namespace=NAME")``; the URL's password is
+    never shown in reprs, logs or errors.
+
+    Args:
+        driver_url: the PostgreSQL URL without the library's options.
+        schema: the schema holding the board's tables (default ``aioconductor``, or the URL's
+            ``schema=`` option).
+        options: the library's PostgreSQL options from the URL (``pool_min``, ``pool_max``).
+        **kwargs: see :class:`~aioconductor.boards.base.JobBoard`.
+
+    Raises:
+        ConfigurationError: a bad namespace, schema or pool option.
+    """
+
+    url_options = JobBoard.url_options | URL_OPTIONS
+
+    def __init__(
+        self,
+        *,
+        driver_url: str = "postgresql://127.0.0.1:5432/postgres",
+        schema: str | None = None,
+        options: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        validate_namespace(self.namespace)
+        self._link = PostgresLink(
+            driver_url, options or {}, closed_error=BoardClosed, error=BoardError, schema=schema
+        )
+        self.schema = self._link.schema
+        #: The channel this board's posts and abandons are announced on.
+        self.channel = channel_name(self.schema, self.namespace)
+        self._sql = {
+            name: getattr(sql, name).replace("{s}", self._link.q)
+            for name in (
+                "FETCH",
+                "NOW_QUERY",
+                "POST",
+                "CLAIM",
+                "CLAIM_NEXT",
+                "RENEW",
+                "CONSUME",
+                "TRASH",
+                "ABANDON",
+                "TRASH_BY_ID",
+                "SWEEP_CLOCK",
+                "SWEEP_ALL",
+                "SWEEP_SINCE",
+                "REGISTER",
+                "UNREGISTER",
+                "ALIVE",
+            )
+        }
+        #: When (anyio clock) the earliest delayed job or lease falls due, as last seen.
+        self._next_due: float | None = None
+
+    @classmethod
+    def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
+        """Build the board for a parsed ``postgresql://`` URL; not yet connected."""
+        kwargs.setdefault("driver_url", parsed.driver_url)
+        kwargs.setdefault("options", {k: v for k, v in parsed.options.items() if k in URL_OPTIONS})
+        return super().from_url(parsed, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"<PostgresJobBoard {self._link.url} schema={self.schema!r}"
+            f" namespace={self.namespace!r}>"
+        )
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        await self._link.connect("board", sql.MIGRATIONS)
+
+    async def _aclose(self) -> None:
+        await self._link.aclose()
+
+    async def _fetch_row(self, what: str, statement: str, *args: Any) -> Any:
+        """Run a one-row statement once (a transition: never retried)."""
+        query = self._sql[statement]
+        return await self._link.call(what, lambda conn: conn.fetchrow(query, self.namespace, *args))
+
+    async def _read(self, what: str, statement: str, *args: Any) -> list[Any]:
+        """Run an idempotent query, retried through connection errors."""
+        query = self._sql.get(statement, statement)
+        rows: list[Any] = await self._link.read(
+            what, lambda conn: conn.fetch(query, self.namespace, *args)
+        )
+        return rows
+
+    async def _current(self, job_id: str) -> tuple[Job, float]:
+        """The job as stored and the board time; ``JobNotFound`` if there is none."""
+        rows = [] if "\x00" in job_id else await self._read("get", "FETCH", job_id)
+        if not rows:
+            raise JobNotFound(f"no job {job_id!r} on this board")
+        return _job(rows[0]), rows[0][18]
+
+    async def _checked(self, row: Any, claim: Claim, verb: str) -> Job:
+        """The job of a verb's updated row, or ``ClaimLost`` (``JobNotFound``) if none."""
+        if row is not None:
+            return _job(row)
+        job, _ = await self._current(claim.job_id)
+        raise ClaimLost(lost_message(claim, verb, job.state, job.claim))
+
+    def _note_due(self, due_at: float | None, now: float) -> None:
+        if due_at is None:
+            return
+        at = anyio.current_time() + max(0.0, due_at - now)
+        if self._next_due is None or at < self._next_due:
+            self._next_due = at
+
+    # -- transitions ---------------------------------------------------------------------------
+
+    async def _post(self, spec: PostSpec) -> Job:
+        refuse_nul("the job's name", spec.name, PayloadError)
+        refuse_nul("the job's flow name", spec.flow, PayloadError)
+        job_id = str(uuid.uuid4())
+        args = (
+            self.channel,
+            job_id,
+            spec.name,
+            spec.flow,
+            spec.args_json.decode("utf-8"),
+            spec.priority,
+            spec.max_attempts,
+            _seconds(spec.delay),
+            spec.not_before,
+        )
+        query = self._sql["POST"]
+        # The id is chosen here and a post of an existing id writes nothing, so a post whose
+        # reply was lost is retried like a read without posting twice.
+        rows = await self._link.read("post", lambda conn: conn.fetch(query, self.namespace, *args))
+        if rows:
+            job = _job(rows[0])
+            now = job.created_at
+        else:
+            job, now = await self._current(job_id)
+        if job.state is JobState.SCHEDULED:
+            self._note_due(job.not_before, now)
+        return job
+
+    async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
+        refuse_nul("the owner", owner, PayloadError)
+        if "\x00" in job_id:
+            raise JobNotFound(f"no job {job_id!r} on this board")
+        row = await self._fetch_row("claim", "CLAIM", job_id, owner, _seconds(lease))
+        if row is None:
+            job, now = await self._current(job_id)
+            raise UnclaimableJob(unclaimable_message(_visible(job, now), now))
+        job = _job(row)
+        assert job.claim is not None
+        self._note_due(job.claim.expires_at, job.updated_at)
+        return job
+
+    async def _claim_next(self, owner: str, lease: float) -> Job | None:
+        refuse_nul("the owner", owner, PayloadError)
+        row = await self._fetch_row("claim_next", "CLAIM_NEXT", owner, _seconds(lease))
+        if row is None:
+            return None
+        job = _job(row)
+        assert job.claim is not None
+        self._note_due(job.claim.expires_at, job.updated_at)
+        return job
+
+    async def _claim_args(self, claim: Claim, verb: str) -> tuple[str, str, int]:
+        """The claim as bind parameters; refused first if PostgreSQL could not even look it up."""
+        if "\x00" in claim.job_id or "\x00" in claim.owner:
+            job, _ = await self._current(claim.job_id)
+            raise ClaimLost(lost_message(claim, verb, job.state, job.claim))
+        return claim.job_id, claim.owner, claim.token
+
+    async def _renew(self, claim: Claim, lease: float) -> Claim:
+        args = (*await self._claim_args(claim, "renew"), _seconds(lease))
+        row = await self._fetch_row("renew", "RENEW", *args)
+        job = await self._checked(row, claim, "renew")
+        assert job.claim is not None
+        self._note_due(job.claim.expires_at, job.updated_at)
+        return job.claim
+
+    async def _consume(
+        self, claim: Claim, outcome: Outcome, result: dict[str, Any], result_json: bytes
+    ) -> Job:
+        args = (*await self._claim_args(claim, "consume"), outcome.value, result_json.decode())
+        row = await self._fetch_row("consume", "CONSUME", *args)
+        return await self._checked(row, claim, "consume")
+
+    async def _abandon(self, claim: Claim) -> Job:
+        args = (*await self._claim_args(claim, "abandon"), self.channel)
+        row = await self._fetch_row("abandon", "ABANDON", *args)
+        return await self._checked(row, claim, "abandon")
+
+    async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job:
+        refuse_nul("the trash reason", reason, PayloadError)
+        if claim is not None:
+            args = (*await self._claim_args(claim, "trash"), reason)
+            row = await self._fetch_row("trash", "TRASH", *args)
+            return await self._checked(row, claim, "trash")
+        row = None
+        if "\x00" not in job_id:
+            row = await self._fetch_row("trash", "TRASH_BY_ID", job_id, reason)
+        if row is None:
+            job, _ = await self._current(job_id)
+            raise UnclaimableJob(f"job {job_id} is already {job.state}: it cannot be trashed")
+        return _job(row)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def _get(self, job_id: str) -> Job:
+        job, now = await self._current(job_id)
+        return _visible(job, now)
+
+    async def _now(self) -> float:
+        now: float = await self._link.read(
+            "read the clock", lambda conn: conn.fetchval(self._sql["NOW_QUERY"])
+        )
+        return now
+
+    def _state_param(self, state: JobState | None, now: float) -> tuple[Any, ...]:
+        if state is None:
+            return ()
+        if state in (JobState.UNCLAIMED, JobState.SCHEDULED):
+            return (now,)
+        return (state.value,)
+
+    async def _iterjobs(self, state: JobState | None) -> AsyncIterator[Job]:
+        now = await self._now()
+        statement = sql.page(state).replace("{s}", self._link.q)
+        extra = self._state_param(state, now)
+        # Page by (priority, seq), which never change: each page is one short query, so no
+        # connection is held while the caller handles a page, and no job is listed twice.
+        priority, seq = 2**31, 0
+        while True:
+            rows = await self._read("iterjobs", statement, priority, seq, _PAGE, *extra)
+            for row in rows:
+                yield _visible(_job(row), now)
+            if len(rows) < _PAGE:
+                return
+            priority, seq = rows[-1][4], rows[-1][5]
+
+    async def _job_count(self, state: JobState | None) -> int:
+        now = await self._now() if state in (JobState.UNCLAIMED, JobState.SCHEDULED) else 0.0
+        statement = sql.count(state).replace("{s}", self._link.q)
+        rows = await self._read("job_count", statement, *self._state_param(state, now))
+        return int(rows[0][0])
+
+    # -- notifications -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _subscribe(self) -> AsyncIterator[Subscription]:
+        subscription = ListenSubscription(self._link, self.channel, self.poll_interval)
+        await subscription.open()
+        self._subscriptions.add(subscription)
+        try:
+            yield subscription
+        finally:
+            self._subscriptions.discard(subscription)
+            subscription.close()
+            subscription.aclose_receiver()
+            await subscription.aclose_connection()
+
+    async def _sweep(self, cursor: Any) -> tuple[list[JobNotification], Any]:
+        try:
+            return await self._link.read("sweep", lambda conn: self._sweep_on(conn, cursor))
+        except BoardClosed:
+            if not self.closed:
+                raise
+            # Closed while sweeping: the stream ends at its next check, quietly.
+            return [], cursor
+
+    async def _sweep_on(self, conn: Any, cursor: float | None) -> tuple[list[JobNotification], Any]:
+        now, due = await conn.fetchrow(self._sql["SWEEP_CLOCK"], self.namespace)
+        self._next_due = None
+        self._note_due(due, now)
+        if cursor is None:
+            rows = await conn.fetch(self._sql["SWEEP_ALL"], self.namespace, now)
+            kinds = [NotificationKind.WAITING] * len(rows)
+        else:
+            rows = await conn.fetch(self._sql["SWEEP_SINCE"], self.namespace, now, cursor)
+            kinds = [_kind(row[2]) for row in rows]
+        notes = [
+            JobNotification.model_construct(job_id=row[0], kind=kind, priority=row[1])
+            for row, kind in zip(rows, kinds, strict=True)
+        ]
+        return notes, now
+
+    def _sweep_delay(self) -> float:
+        # Sweep when the earliest delayed job or lease falls due, not only every poll_interval.
+        if self._next_due is None:
+            return self.poll_interval
+        left = self._next_due - anyio.current_time()
+        return max(0.005, min(self.poll_interval, left))
+
+    # -- conductors ----------------------------------------------------------------------------
+
+    async def _register_conductor(
+        self, owner: str, name: str, ttl: float, meta: dict[str, Any]
+    ) -> None:
+        refuse_nul("the owner", owner, PayloadError)
+        refuse_nul("the conductor's name", name, PayloadError)
+        data = encode_json("the conductor's meta", meta, 64 * 1024).decode("utf-8")
+        query = self._sql["REGISTER"]
+        # Registering again is harmless, so a lost reply is retried like a read.
+        await self._link.read(
+            "register_conductor",
+            lambda conn: conn.execute(query, self.namespace, owner, name, _seconds(ttl), data),
+        )
+
+    async def _unregister_conductor(self, owner: str) -> None:
+        await self._read("unregister_conductor", "UNREGISTER", owner)
+
+    async def _conductors(self) -> list[ConductorInfo]:
+        rows = await self._read("conductors", "ALIVE")
+        return [
+            ConductorInfo(
+                owner=owner,
+                name=name,
+                started_at=started_at,
+                heartbeat_at=heartbeat_at,
+                expires_at=expires_at,
+                meta=decode_json(meta),
+            )
+            for owner, name, started_at, heartbeat_at, expires_at, meta in rows
+        ]

@@ -1,0 +1,458 @@
+"""`PostgresStore`: logbooks in PostgreSQL, with fenced writes checked on the server.
+
+``postgresql://[user[:password]@]host[:port]/database?namespace=NAME`` (``postgres://`` too),
+with the board's PostgreSQL options: ``schema`` (default ``aioconductor``), ``pool_min``,
+``pool_max``; every other option goes to asyncpg. The store's tables sit beside the board's in
+the same schema and never overlap them.
+
+Every write checks the logbook's fencing token and the detail's version before it changes
+anything, under a lock on the logbook's row, so a writer holding a stale token or version
+changes nothing. An atom write (the engine's hot path) is one statement that upserts that one
+atom; ``save_logbook`` and ``update_flow_detail`` are one short transaction each. Details are
+``json`` (kept exactly as written, ``\\u0000`` included); names are ``text``, which cannot hold a
+NUL character: such a name is refused with ``StoreError``.
+
+Schema (``schema_version`` records its version, component ``store``):
+
+- ``logbooks``: a row per logbook, with the highest fencing token that wrote to it.
+- ``flow_details``: a row per flow detail; ``seq`` keeps the order flows were added in.
+- ``atom_details``: a row per atom: the atom (but its name and version) as JSON in ``detail``.
+  Deleting a logbook deletes its flows and atoms (foreign keys, ``ON DELETE CASCADE``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any, Self
+
+from aioconductor._postgres import (
+    URL_OPTIONS,
+    Migrations,
+    PostgresLink,
+    refuse_nul,
+    split_options,
+)
+from aioconductor._urls import ParsedURL
+from aioconductor.errors import LogBookNotFound, StoreClosed, StoreError, VersionConflict
+from aioconductor.persistence.base import Store, check_token, check_version
+from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
+
+__all__ = ["PostgresStore"]
+
+#: Logbooks read per statement by ``logbooks()``.
+_PAGE = 100
+
+MIGRATIONS: Migrations = [
+    [
+        """CREATE TABLE IF NOT EXISTS {s}.logbooks (
+            seq bigserial PRIMARY KEY,
+            namespace text NOT NULL,
+            uuid text NOT NULL,
+            name text NOT NULL,
+            created_at float8 NOT NULL,
+            updated_at float8 NOT NULL,
+            meta json NOT NULL,
+            token bigint,
+            UNIQUE (namespace, uuid)
+        )""",
+        "CREATE INDEX IF NOT EXISTS logbooks_age ON {s}.logbooks (namespace, created_at, seq)",
+        """CREATE TABLE IF NOT EXISTS {s}.flow_details (
+            seq bigserial PRIMARY KEY,
+            namespace text NOT NULL,
+            book_uuid text NOT NULL,
+            uuid text NOT NULL,
+            name text NOT NULL,
+            state text NOT NULL,
+            version integer NOT NULL,
+            meta json NOT NULL,
+            UNIQUE (namespace, book_uuid, uuid),
+            FOREIGN KEY (namespace, book_uuid) REFERENCES {s}.logbooks (namespace, uuid)
+                ON DELETE CASCADE
+        )""",
+        """CREATE TABLE IF NOT EXISTS {s}.atom_details (
+            seq bigserial PRIMARY KEY,
+            namespace text NOT NULL,
+            book_uuid text NOT NULL,
+            flow_uuid text NOT NULL,
+            name text NOT NULL,
+            version integer NOT NULL,
+            detail json NOT NULL,
+            UNIQUE (namespace, book_uuid, flow_uuid, name),
+            FOREIGN KEY (namespace, book_uuid, flow_uuid)
+                REFERENCES {s}.flow_details (namespace, book_uuid, uuid) ON DELETE CASCADE
+        )""",
+    ],
+]
+
+_INSERT_BOOK = """INSERT INTO {s}.logbooks
+        (namespace, uuid, name, created_at, updated_at, meta, token)
+    VALUES ($1, $2, $3, $4, $5, $6::json, $7) ON CONFLICT (namespace, uuid) DO NOTHING
+    RETURNING seq"""
+_LOCK_BOOK = "SELECT token FROM {s}.logbooks WHERE namespace = $1 AND uuid = $2 FOR UPDATE"
+_UPDATE_BOOK = """UPDATE {s}.logbooks SET name = $3, meta = $4::json, updated_at = $5, token = $6
+    WHERE namespace = $1 AND uuid = $2"""
+_SET_TOKEN = "UPDATE {s}.logbooks SET token = $3 WHERE namespace = $1 AND uuid = $2"
+_INSERT_FLOW = """INSERT INTO {s}.flow_details
+        (namespace, book_uuid, uuid, name, state, version, meta)
+    VALUES ($1, $2, $3, $4, $5, $6, $7::json)
+    ON CONFLICT (namespace, book_uuid, uuid) DO NOTHING RETURNING seq"""
+_INSERT_ATOM = """INSERT INTO {s}.atom_details
+        (namespace, book_uuid, flow_uuid, name, version, detail)
+    VALUES ($1, $2, $3, $4, $5, $6::json)"""
+_LOCK_FLOW = """SELECT b.token, f.version FROM {s}.logbooks AS b
+    LEFT JOIN {s}.flow_details AS f
+        ON f.namespace = b.namespace AND f.book_uuid = b.uuid AND f.uuid = $3
+    WHERE b.namespace = $1 AND b.uuid = $2 FOR UPDATE OF b"""
+_UPDATE_FLOW = """UPDATE {s}.flow_details SET name = $4, state = $5, version = $6, meta = $7::json
+    WHERE namespace = $1 AND book_uuid = $2 AND uuid = $3"""
+_ATOMS_OF = """SELECT name, version, detail::text FROM {s}.atom_details
+    WHERE namespace = $1 AND book_uuid = $2 AND flow_uuid = $3 ORDER BY seq"""
+# One statement: lock the logbook (its token is read after the lock, so it is current), check
+# token, flow and version, upsert the atom, then raise the logbook's token only if the atom was
+# written. The upsert re-checks the version on the row it conflicts with, so two writers of one
+# version cannot both win. $3 flow, $4 atom name, $5 version read, $6 token, $7 detail.
+_UPDATE_ATOM = """WITH book AS (
+        SELECT token FROM {s}.logbooks WHERE namespace = $1 AND uuid = $2 FOR UPDATE
+    ), flow AS (
+        SELECT 1 FROM {s}.flow_details WHERE namespace = $1 AND book_uuid = $2 AND uuid = $3
+    ), atom AS (
+        SELECT version FROM {s}.atom_details
+        WHERE namespace = $1 AND book_uuid = $2 AND flow_uuid = $3 AND name = $4
+    ), verdict AS (
+        SELECT CASE
+            WHEN NOT EXISTS (SELECT FROM book) THEN 'notfound'
+            WHEN $6::bigint < (SELECT token FROM book) THEN 'lost'
+            WHEN NOT EXISTS (SELECT FROM flow) THEN 'noflow'
+            WHEN coalesce((SELECT version FROM atom), 0) <> $5::integer THEN 'conflict'
+            ELSE 'ok' END AS status
+    ), written AS (
+        INSERT INTO {s}.atom_details AS a (namespace, book_uuid, flow_uuid, name, version, detail)
+        SELECT $1, $2, $3, $4, $5::integer + 1, $7::json FROM verdict WHERE status = 'ok'
+        ON CONFLICT (namespace, book_uuid, flow_uuid, name) DO UPDATE
+            SET version = excluded.version, detail = excluded.detail
+            WHERE a.version = $5::integer
+        RETURNING a.version
+    ), fenced AS (
+        UPDATE {s}.logbooks SET token = $6::bigint
+        WHERE namespace = $1 AND uuid = $2 AND EXISTS (SELECT FROM written)
+            AND (token IS NULL OR token < $6::bigint)
+    )
+    SELECT status, (SELECT token FROM book), (SELECT version FROM atom),
+        EXISTS (SELECT FROM written)
+    FROM verdict"""
+_DESTROY = "DELETE FROM {s}.logbooks WHERE namespace = $1 AND uuid = $2 RETURNING seq"
+# A logbook (or a page of them) with every flow and atom, in one statement, so one snapshot.
+# Rows: (kind, seq, key, parent, name, created_at, updated_at, data, token, state, version);
+# kind 0 a logbook (key: its uuid), 1 a flow (key: its uuid, parent: its logbook's), 2 an atom
+# (key: its flow's uuid, parent: its logbook's).
+_LOAD = """WITH b AS ({books})
+    SELECT 0, b.seq, b.uuid, NULL, b.name, b.created_at, b.updated_at, b.meta::text, b.token,
+        NULL, NULL FROM b
+    UNION ALL
+    SELECT 1, f.seq, f.uuid, f.book_uuid, f.name, NULL, NULL, f.meta::text, NULL, f.state,
+        f.version
+    FROM {s}.flow_details AS f JOIN b ON f.namespace = $1 AND f.book_uuid = b.uuid
+    UNION ALL
+    SELECT 2, a.seq, a.flow_uuid, a.book_uuid, a.name, NULL, NULL, a.detail::text, NULL, NULL,
+        a.version
+    FROM {s}.atom_details AS a JOIN b ON a.namespace = $1 AND a.book_uuid = b.uuid
+    ORDER BY 1, 6, 2"""
+_BOOK_COLUMNS = "seq, uuid, name, created_at, updated_at, meta, token"
+_GET = _LOAD.replace(
+    "{books}", f"SELECT {_BOOK_COLUMNS} FROM {{s}}.logbooks WHERE namespace = $1 AND uuid = $2"
+)
+_PAGE_QUERY = _LOAD.replace(
+    "{books}",
+    f"""SELECT {_BOOK_COLUMNS} FROM {{s}}.logbooks
+        WHERE namespace = $1 AND (created_at, seq) > ($2::float8, $3::bigint)
+        ORDER BY created_at, seq LIMIT $4""",
+)
+
+
+def _dumps(what: str, value: Any) -> str:
+    """``value`` as strict JSON text; ``StoreError`` if JSON cannot carry it."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise StoreError(f"{what} cannot be saved as JSON: {exc}") from None
+
+
+def _atom_json(atom: AtomDetail) -> str:
+    """An atom's fields but its name and version as strict JSON text."""
+    try:
+        data = atom.model_dump(mode="json", exclude={"name", "version"})
+    except ValueError as exc:  # pydantic's PydanticSerializationError is a ValueError
+        raise StoreError(f"atom {atom.name!r} cannot be saved as JSON: {exc}") from None
+    return _dumps(f"atom {atom.name!r}", data)
+
+
+def _names(book: LogBook | None, flow: FlowDetail | None = None) -> None:
+    """Refuse names PostgreSQL's ``text`` cannot hold (a NUL character)."""
+    if book is not None:
+        refuse_nul(f"logbook {book.uuid!r}", book.uuid + book.name, StoreError)
+        for each in book.flows.values():
+            _names(None, each)
+    if flow is not None:
+        refuse_nul(f"flow {flow.uuid!r}", flow.uuid + flow.name, StoreError)
+        for atom in flow.atoms.values():
+            refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
+
+
+def _assemble(rows: Iterable[Sequence[Any]]) -> list[LogBook]:
+    """Logbooks from the rows of ``_LOAD``, in its order."""
+    books: dict[str, dict[str, Any]] = {}
+    flows: dict[tuple[str, str], dict[str, Any]] = {}
+    for kind, _, key, parent, name, created_at, updated_at, data, token, state, version in rows:
+        if kind == 0:
+            books[key] = {
+                "uuid": key,
+                "name": name,
+                "created_at": created_at,
+                "updated_at": updated_at,
+                "meta": json.loads(data),
+                "token": token,
+                "flows": {},
+            }
+        elif kind == 1:
+            flow = {"uuid": key, "name": name, "state": state, "version": version}
+            flow.update(meta=json.loads(data), atoms={})
+            books[parent]["flows"][key] = flow
+            flows[(parent, key)] = flow
+        else:
+            atom = json.loads(data)
+            atom.update(name=name, version=version)
+            flows[(parent, key)]["atoms"][name] = atom
+    return [LogBook.model_validate(book) for book in books.values()]
+
+
+class PostgresStore(Store):
+    """A store of logbooks on PostgreSQL: fenced, versioned writes, each one short statement
+    or transaction.
+
+    Open it with ``open_store("postgresql://host/db?namespace=NAME")``; the URL's password is
+    never shown in reprs, logs or errors.
+
+    Args:
+        driver_url: the PostgreSQL URL (the library's options in it are taken out and read).
+        namespace: isolates this application's logbooks from another's in the same schema.
+        schema: the schema holding the tables; wins over the URL's ``schema=`` option.
+
+    Raises:
+        ConfigurationError: a bad namespace, schema or pool option.
+    """
+
+    def __init__(
+        self,
+        *,
+        driver_url: str = "postgresql://127.0.0.1:5432/postgres",
+        namespace: str = "default",
+        schema: str | None = None,
+    ) -> None:
+        super().__init__(namespace=namespace)
+        # open_store leaves the library's PostgreSQL options in the URL: take them out here.
+        driver_url, options = split_options(driver_url, URL_OPTIONS)
+        self._link = PostgresLink(
+            driver_url, options, closed_error=StoreClosed, error=StoreError, schema=schema
+        )
+        self.schema = self._link.schema
+        self._q = self._link.q
+
+    @classmethod
+    def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
+        """Build the store for a parsed ``postgresql://`` URL; not yet connected."""
+        kwargs.setdefault("driver_url", parsed.driver_url)
+        return super().from_url(parsed, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"<PostgresStore {self._link.url} schema={self.schema!r} namespace={self.namespace!r}>"
+        )
+
+    async def _connect(self) -> None:
+        await self._link.connect("store", MIGRATIONS)
+
+    async def _aclose(self) -> None:
+        await self._link.aclose()
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("{s}", self._q)
+
+    def _missing(self, book_uuid: str) -> LogBookNotFound:
+        return LogBookNotFound(f"no logbook {book_uuid!r} in this store")
+
+    async def _insert_flow(self, conn: Any, book_uuid: str, flow: FlowDetail, version: int) -> bool:
+        """Add a flow with its atoms (as given); False if the logbook holds it already."""
+        meta = _dumps(f"flow {flow.name!r} meta", flow.meta)
+        inserted = await conn.fetchval(
+            self._sql(_INSERT_FLOW),
+            self.namespace,
+            book_uuid,
+            flow.uuid,
+            flow.name,
+            flow.state.value,
+            version,
+            meta,
+        )
+        if inserted is None:
+            return False
+        atoms = [
+            (self.namespace, book_uuid, flow.uuid, a.name, a.version, _atom_json(a))
+            for a in flow.atoms.values()
+        ]
+        if atoms:
+            await conn.executemany(self._sql(_INSERT_ATOM), atoms)
+        return True
+
+    async def _load(self, conn: Any, statement: str, *args: Any) -> list[LogBook]:
+        rows = await conn.fetch(self._sql(statement), self.namespace, *args)
+        return _assemble(rows)
+
+    # -- primitives --------------------------------------------------------------------------
+
+    async def _save_logbook(self, book: LogBook, token: int | None) -> LogBook:
+        _names(book)
+        meta = _dumps(f"logbook {book.uuid} meta", book.meta)
+        for flow in book.flows.values():  # refuse what cannot be encoded before writing
+            _dumps(f"flow {flow.name!r} meta", flow.meta)
+            for atom in flow.atoms.values():
+                _atom_json(atom)
+        ns = self.namespace
+
+        async def save(conn: Any) -> LogBook:
+            async with conn.transaction():
+                created = await conn.fetchval(
+                    self._sql(_INSERT_BOOK),
+                    ns,
+                    book.uuid,
+                    book.name,
+                    book.created_at,
+                    book.updated_at,
+                    meta,
+                    check_token(book.uuid, None, token),
+                )
+                if created is None:
+                    stored = await conn.fetchval(self._sql(_LOCK_BOOK), ns, book.uuid)
+                    new_token = check_token(book.uuid, stored, token)
+                    await conn.execute(
+                        self._sql(_UPDATE_BOOK),
+                        ns,
+                        book.uuid,
+                        book.name,
+                        meta,
+                        book.updated_at,
+                        new_token,
+                    )
+                for flow in book.flows.values():
+                    await self._insert_flow(conn, book.uuid, flow, flow.version)
+                (saved,) = await self._load(conn, _GET, book.uuid)
+                return saved
+
+        return await self._link.call("save_logbook", save)
+
+    async def _get_logbook(self, book_uuid: str) -> LogBook:
+        if "\x00" in book_uuid:
+            raise self._missing(book_uuid)
+        books = await self._link.read("get_logbook", lambda conn: self._load(conn, _GET, book_uuid))
+        if not books:
+            raise self._missing(book_uuid)
+        return books[0]
+
+    async def _update_flow_detail(
+        self, book_uuid: str, flow: FlowDetail, token: int | None
+    ) -> FlowDetail:
+        if "\x00" in book_uuid:
+            raise self._missing(book_uuid)
+        _names(None, flow)
+        meta = _dumps(f"flow {flow.name!r} meta", flow.meta)
+        for atom in flow.atoms.values():
+            _atom_json(atom)
+        ns = self.namespace
+
+        async def update(conn: Any) -> FlowDetail:
+            async with conn.transaction():
+                row = await conn.fetchrow(self._sql(_LOCK_FLOW), ns, book_uuid, flow.uuid)
+                if row is None:
+                    raise self._missing(book_uuid)
+                stored_token, stored_version = row
+                new_token = check_token(book_uuid, stored_token, token)
+                check_version(f"flow {flow.name!r}", stored_version or 0, flow.version)
+                saved = flow.model_copy(update={"version": flow.version + 1}, deep=True)
+                if stored_version is None:
+                    await self._insert_flow(conn, book_uuid, flow, saved.version)
+                else:
+                    await conn.execute(
+                        self._sql(_UPDATE_FLOW),
+                        ns,
+                        book_uuid,
+                        flow.uuid,
+                        flow.name,
+                        flow.state.value,
+                        saved.version,
+                        meta,
+                    )
+                    rows = await conn.fetch(self._sql(_ATOMS_OF), ns, book_uuid, flow.uuid)
+                    saved.atoms = {
+                        name: AtomDetail.model_validate(
+                            {**json.loads(detail), "name": name, "version": version}
+                        )
+                        for name, version, detail in rows
+                    }
+                if new_token != stored_token:
+                    await conn.execute(self._sql(_SET_TOKEN), ns, book_uuid, new_token)
+                return saved
+
+        return await self._link.call("update_flow_detail", update)
+
+    async def _update_atom_detail(
+        self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None
+    ) -> AtomDetail:
+        if "\x00" in book_uuid:
+            raise self._missing(book_uuid)
+        if "\x00" in flow_uuid:
+            raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}")
+        refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
+        detail = _atom_json(atom)
+        statement = self._sql(_UPDATE_ATOM)
+        args = (self.namespace, book_uuid, flow_uuid, atom.name, atom.version, token, detail)
+        status, stored_token, stored_version, written = await self._link.call(
+            "update_atom_detail", lambda conn: conn.fetchrow(statement, *args)
+        )
+        if status == "notfound":
+            raise self._missing(book_uuid)
+        if status == "lost":
+            check_token(book_uuid, stored_token, token)  # raises ClaimLost
+        if status == "noflow":
+            raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}")
+        what = f"atom {atom.name!r}"
+        if status == "conflict":
+            check_version(what, stored_version or 0, atom.version)  # raises VersionConflict
+        if not written:
+            raise VersionConflict(f"{what}: version {atom.version} was written concurrently")
+        return atom.model_copy(update={"version": atom.version + 1}, deep=True)
+
+    async def _destroy_logbook(self, book_uuid: str) -> None:
+        if "\x00" in book_uuid:
+            raise self._missing(book_uuid)
+        statement = self._sql(_DESTROY)
+        deleted = await self._link.call(
+            "destroy_logbook", lambda conn: conn.fetchval(statement, self.namespace, book_uuid)
+        )
+        if deleted is None:
+            raise self._missing(book_uuid)
+
+    async def _page(self, after: tuple[float, int], conn: Any) -> list[Any]:
+        rows: list[Any] = await conn.fetch(self._sql(_PAGE_QUERY), self.namespace, *after, _PAGE)
+        return rows
+
+    async def _logbooks(self) -> AsyncIterator[LogBook]:
+        after: tuple[float, int] = (float("-inf"), 0)
+        while True:
+            rows = await self._link.read("logbooks", functools.partial(self._page, after))
+            books = [row for row in rows if row[0] == 0]
+            for book in _assemble(rows):
+                yield book
+            if len(books) < _PAGE:
+                return
+            after = (books[-1][5], books[-1][1])

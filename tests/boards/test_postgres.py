@@ -1,0 +1,433 @@
+"""What only the PostgreSQL board must show: identifiers, NUL, cancellation, recovery, secrets."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import random
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from aioconductor.boards import JobBoard, open_board
+from aioconductor.boards.postgres import PostgresJobBoard
+from aioconductor.errors import (
+    BackendUnavailable,
+    ClaimLost,
+    ConfigurationError,
+    JobNotFound,
+    PayloadError,
+)
+from aioconductor.models import Claim, JobNotification, JobState
+from aioconductor.persistence import Store, open_store
+from tests.conftest import POSTGRES_URL
+from tests.postgres_helpers import drop_schemas, require_postgres, unique_schema, url
+
+pytestmark = pytest.mark.postgres
+
+IDLE_OR_LOCKED = """SELECT
+    (SELECT count(*) FROM pg_stat_activity
+        WHERE application_name = $1 AND state LIKE 'idle in transaction%'),
+    (SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+        WHERE a.application_name = $1)"""
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    require_postgres()
+    name = unique_schema()
+    try:
+        yield name
+    finally:
+        await drop_schemas(name)
+
+
+@pytest.fixture
+def app_name() -> str:
+    """An application_name for the board's connections, so a test can find exactly those."""
+    return f"aioc_test_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def admin() -> AsyncIterator[Any]:
+    require_postgres()
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def board(schema: str, app_name: str) -> AsyncIterator[JobBoard]:
+    board_url = url(schema, "pg_board", application_name=app_name)
+    async with open_board(board_url, lease=5.0, poll_interval=0.05) as opened:
+        yield opened
+
+
+async def terminate(admin: Any, app_name: str, *, listeners_only: bool = False) -> int:
+    """Terminate the server side of the board's connections; how many were terminated."""
+    condition = "AND query LIKE 'LISTEN%'" if listeners_only else ""
+    return int(
+        await admin.fetchval(
+            f"""SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                WHERE application_name = $1 {condition}""",
+            app_name,
+        )
+    )
+
+
+# -- identifiers and data -------------------------------------------------------------------------
+
+HOSTILE = [
+    "x'; DROP TABLE jobs; --",
+    'a"b',
+    "jobs; DROP SCHEMA public CASCADE",
+    "Robert'); DROP TABLE students;--",
+    "UPPER",
+    "",
+    "x" * 49,
+]
+#: Fine as namespaces, not as schemas.
+BAD_SCHEMAS = ["1starts_with_digit", "pg_catalog", "information_schema"]
+
+
+@pytest.mark.parametrize("name", HOSTILE + BAD_SCHEMAS)
+async def test_hostile_schema_and_namespace_names_are_refused(
+    board: JobBoard, admin: Any, schema: str, name: str
+) -> None:
+    job = await board.post("kept", "f")
+    schemas_before = await admin.fetch("SELECT nspname FROM pg_namespace ORDER BY 1")
+    with pytest.raises(ConfigurationError):
+        open_board(url(name, "ns"))
+    with pytest.raises(ConfigurationError):
+        PostgresJobBoard(driver_url=POSTGRES_URL, schema=name)
+    with pytest.raises(ConfigurationError):
+        open_store(url(name, "ns"))
+    if name in HOSTILE:
+        with pytest.raises(ConfigurationError):
+            PostgresJobBoard(driver_url=POSTGRES_URL, namespace=name)
+        with pytest.raises(ConfigurationError):
+            open_board(url(schema, name))
+        with pytest.raises(ConfigurationError):
+            open_store(url(schema, name))
+    before = {row[0] for row in schemas_before}
+    after = {row[0] for row in await admin.fetch("SELECT nspname FROM pg_namespace")}
+    assert not {nsp for nsp in after if any(c in nsp for c in "'\";")}
+    assert (name in after) == (name in before)
+    assert {"public", schema} <= after
+    assert (await board.get(job.id)).name == "kept"
+    assert await admin.fetchval(f'SELECT count(*) FROM "{schema}".jobs') == 1
+
+
+async def test_user_data_is_data_not_code(board: JobBoard) -> None:
+    sneaky = "x'); DROP TABLE jobs; -- $1 \" \\ \n {s} %s"
+    job = await board.post(sneaky, sneaky, {sneaky: sneaky})
+    claim = await board.claim(job.id, sneaky)
+    got = await board.get(job.id)
+    assert got.name == sneaky and got.flow == sneaky and got.args == {sneaky: sneaky}
+    assert got.claim == claim and claim.owner == sneaky
+    await board.trash(claim, reason=sneaky)
+    assert (await board.get(job.id)).trash_reason == sneaky
+
+
+async def test_nul_in_json_is_kept_and_in_names_refused(board: JobBoard) -> None:
+    args = {"k\x00ey": "v\x00alue", "nested": ["\x00", {"\x00": 0}]}
+    job = await board.post("j", "f", args)
+    assert (await board.get(job.id)).args == args
+    claim = await board.claim(job.id, "owner")
+    done = await board.consume(claim, result={"out": "a\x00b"})
+    assert (await board.get(done.id)).result == {"out": "a\x00b"}
+    count = await board.job_count()
+    for name, flow in (("a\x00b", "f"), ("j", "f\x00")):
+        with pytest.raises(PayloadError, match="NUL"):
+            await board.post(name, flow)
+    assert await board.job_count() == count
+    other = await board.post("j", "f")
+    with pytest.raises(PayloadError, match="NUL"):
+        await board.claim(other.id, "own\x00er")
+    with pytest.raises(JobNotFound):
+        await board.get("a\x00b")
+    stale = claim.model_copy(update={"owner": "x\x00"})
+    with pytest.raises(ClaimLost):
+        await board.consume(stale)
+
+
+async def test_args_come_back_exactly_as_posted(board: JobBoard) -> None:
+    args = {"zeta": 1, "alpha": 2.0, "huge": 1e300, "tiny": 1e-7, "int": 2**62, "text": "✓"}
+    got = (await board.get((await board.post("j", "f", args)).id)).args
+    assert got == args and list(got) == list(args)
+    assert isinstance(got["alpha"], float) and isinstance(got["huge"], float)
+
+
+# -- claims -------------------------------------------------------------------------------------
+
+
+async def test_claim_next_skips_a_locked_job_without_waiting(
+    board: JobBoard, admin: Any, schema: str
+) -> None:
+    first = await board.post("first", "f", priority=5)
+    second = await board.post("second", "f")
+    async with admin.transaction():
+        await admin.execute(f'SELECT 1 FROM "{schema}".jobs WHERE id = $1 FOR UPDATE', first.id)
+        with anyio.fail_after(2):
+            claimed = await board.claim_next("owner")
+    assert claimed is not None and claimed[0].id == second.id
+    claimed = await board.claim_next("owner")
+    assert claimed is not None and claimed[0].id == first.id
+
+
+async def test_claim_next_reads_the_partial_index(board: JobBoard, admin: Any, schema: str) -> None:
+    plan = await admin.fetch(
+        f"""EXPLAIN SELECT seq FROM "{schema}".jobs WHERE namespace = 'x'
+            AND ready_at IS NOT NULL AND (state = 'UNCLAIMED' OR ready_at <= 0)
+            ORDER BY priority DESC, seq LIMIT 1 FOR UPDATE SKIP LOCKED"""
+    )
+    assert "jobs_ready" in "\n".join(row[0] for row in plan)
+
+
+# -- cancellation ---------------------------------------------------------------------------------
+
+
+async def test_cancelled_calls_leave_no_transaction_open_and_no_lock(
+    board: JobBoard, admin: Any, app_name: str
+) -> None:
+    for i in range(40):
+        await board.post(f"j{i}", "f", {"pad": "x" * 20_000})
+    rng = random.Random(6)
+    interrupted = 0
+    claims: list[Claim] = []
+    for _ in range(400):
+        with anyio.move_on_after(rng.uniform(0, 0.003)) as scope:
+            verb = rng.random()
+            if verb < 0.4 or not claims:
+                claimed = await board.claim_next("owner", lease=0.05)
+                if claimed is not None:
+                    claims.append(claimed[1])
+            elif verb < 0.7:
+                await board.consume(claims.pop(), result={"pad": "y" * 20_000})
+            else:
+                await board.abandon(claims.pop())
+        interrupted += scope.cancelled_caught
+    assert interrupted > 50
+    with anyio.fail_after(5):
+        while True:
+            idle, locks = await admin.fetchrow(IDLE_OR_LOCKED, app_name)
+            if idle == 0 and locks == 0:
+                break
+            await anyio.sleep(0.05)
+    # Every job is still whole: finished, or claimable again once its lease ran out.
+    await anyio.sleep(0.1)
+    states = {job.state async for job in board.iterjobs()}
+    assert states <= {JobState.UNCLAIMED, JobState.CLAIMED, JobState.COMPLETE}
+    while (claimed := await board.claim_next("finisher")) is not None:
+        await board.consume(claimed[1])
+    assert await board.job_count(state=JobState.COMPLETE) == 40
+
+
+# -- recovery -------------------------------------------------------------------------------------
+
+
+async def test_terminated_connections_lose_no_job_and_consume_none_twice(
+    board: JobBoard, admin: Any, app_name: str
+) -> None:
+    posted = {(await board.post(f"j{i}", "f")).id for i in range(300)}
+    consumed: list[str] = []
+
+    async def work() -> None:
+        while True:
+            try:
+                claimed = await board.claim_next("worker", lease=0.3)
+                if claimed is None:
+                    if await board.job_count(state=JobState.COMPLETE) == len(posted):
+                        return
+                    # A claim or consume whose reply was lost: its lease expires, then the
+                    # job is claimed again (or it was consumed after all).
+                    await anyio.sleep(0.05)
+                    continue
+                await board.consume(claimed[1])
+                consumed.append(claimed[0].id)
+            except (BackendUnavailable, ClaimLost):
+                await anyio.sleep(0.01)  # terminated mid-statement: the next call reconnects
+
+    terminated = 0
+
+    async def kill() -> None:
+        nonlocal terminated
+        while True:
+            await anyio.sleep(0.03)
+            terminated += await terminate(admin, app_name)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kill)
+            await work()
+            tg.cancel_scope.cancel()
+    assert terminated >= 3
+    assert len(consumed) == len(set(consumed))
+    assert set(consumed) <= posted
+    assert {job.state async for job in board.iterjobs()} == {JobState.COMPLETE}
+    assert await board.job_count() == len(posted)
+
+
+async def test_stream_recovers_when_its_listener_is_terminated(
+    board: JobBoard, admin: Any, app_name: str
+) -> None:
+    async with contextlib.aclosing(board.stream()) as stream:
+        iterator = aiter(stream)
+        first = await board.post("before", "f")
+        with anyio.fail_after(5):
+            assert (await anext(iterator)).job_id == first.id
+        assert await terminate(admin, app_name, listeners_only=True) == 1
+        # Posted while the listener is down: only the re-read after reconnecting finds it.
+        missed = await board.post("during", "f")
+        seen: list[JobNotification] = []
+        with anyio.fail_after(10):
+            while missed.id not in {note.job_id for note in seen}:
+                seen.append(await anext(iterator))
+        after = await board.post("after", "f")
+        with anyio.fail_after(5):
+            while after.id not in {note.job_id for note in seen}:
+                seen.append(await anext(iterator))
+
+
+# -- schema ---------------------------------------------------------------------------------------
+
+
+async def test_concurrent_connects_to_a_fresh_schema_all_succeed(schema: str, admin: Any) -> None:
+    boards = [open_board(url(schema, f"ns_{i % 3}")) for i in range(6)]
+    stores = [open_store(url(schema, f"ns_{i}")) for i in range(3)]
+    resources: list[JobBoard | Store] = [*boards, *stores]
+    try:
+        async with anyio.create_task_group() as tg:
+            for resource in resources:
+                tg.start_soon(resource.connect)
+        versions = await admin.fetch(
+            f'SELECT component, version FROM "{schema}".schema_version ORDER BY 1'
+        )
+        assert [tuple(row) for row in versions] == [("board", 1), ("store", 1)]
+        job = await boards[0].post("j", "f")
+        assert (await boards[3].get(job.id)).id == job.id
+    finally:
+        for resource in resources:
+            await resource.aclose()
+    # Connecting again migrates nothing and changes nothing.
+    async with open_board(url(schema, "ns_0")) as again:
+        assert await again.job_count() == 1
+
+
+async def test_a_schema_newer_than_the_library_is_refused(schema: str, admin: Any) -> None:
+    async with open_board(url(schema)):
+        pass
+    await admin.execute(
+        f"UPDATE \"{schema}\".schema_version SET version = 99 WHERE component = 'board'"
+    )
+    with pytest.raises(ConfigurationError, match="newer"):
+        async with open_board(url(schema)):
+            pass
+
+
+# -- connections, secrets -------------------------------------------------------------------------
+
+
+async def test_connections_carry_the_library_settings(
+    board: JobBoard, admin: Any, app_name: str
+) -> None:
+    rows = await admin.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1", app_name
+    )
+    assert rows
+    assert isinstance(board, PostgresJobBoard)
+    async with board._link.acquire("test") as conn:
+        assert await conn.fetchval("SHOW statement_timeout") == "30s"
+        assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "1min"
+
+
+async def test_url_options_reach_the_pool_and_the_server(schema: str) -> None:
+    board_url = url(schema, pool_min="2", pool_max="3", statement_timeout="1234")
+    async with open_board(board_url) as board:
+        assert isinstance(board, PostgresJobBoard)
+        assert (board._link.pool_min, board._link.pool_max) == (2, 3)
+        async with board._link.acquire("test") as conn:
+            assert await conn.fetchval("SHOW statement_timeout") == "1234ms"
+    for bad in ({"pool_min": "0"}, {"pool_min": "4", "pool_max": "2"}, {"pool_max": "x"}):
+        with pytest.raises(ConfigurationError):
+            open_board(url(schema, **bad))
+
+
+async def test_sslmode_is_passed_to_asyncpg(schema: str, admin: Any) -> None:
+    app = f"aioc_ssl_{uuid.uuid4().hex[:8]}"
+    board = open_board(url(schema, sslmode="require", application_name=app))
+    if await admin.fetchval("SHOW ssl") != "on":
+        # A server without TLS refuses a client that requires it.
+        with pytest.raises(BackendUnavailable):
+            await board.connect()
+        return
+    async with board:
+        used = await admin.fetch(
+            """SELECT s.ssl FROM pg_stat_ssl AS s JOIN pg_stat_activity AS a ON a.pid = s.pid
+                WHERE a.application_name = $1""",
+            app,
+        )
+    assert used and all(row[0] for row in used)
+
+
+SECRET = "s3cr3t-pa55word"
+
+
+async def test_the_password_never_shows(caplog: pytest.LogCaptureFixture, schema: str) -> None:
+    caplog.set_level(logging.DEBUG)
+    board = open_board(f"postgresql://alice:{SECRET}@127.0.0.1:1/test?namespace=secret")
+    assert SECRET not in repr(board) and "***" in repr(board)
+    with pytest.raises(BackendUnavailable) as caught:
+        await board.connect()
+    chain: list[BaseException] = []
+    error: BaseException | None = caught.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for error in chain:
+        assert SECRET not in str(error) and SECRET not in repr(error)
+    assert "127.0.0.1:1" in str(caught.value)
+    # Trust authentication ignores the password, so this one connects.
+    with_password = url(schema).replace(
+        "postgresql://postgres@", f"postgresql://postgres:{SECRET}@"
+    )
+    async with open_board(with_password) as connected:
+        assert SECRET not in repr(connected)
+        with pytest.raises(JobNotFound) as missing:
+            await connected.get("nope")
+        assert SECRET not in str(missing.value)
+    assert SECRET not in caplog.text
+
+
+# -- many processes -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_eight_processes_consume_each_of_5000_jobs_once(
+    board: JobBoard, schema: str, tmp_path: Path
+) -> None:
+    total = 5000
+    posted = {(await board.post(f"j{i}", "f", {"i": i})).id for i in range(total)}
+    board_url = url(schema, "pg_board")
+    outs = [tmp_path / f"worker-{n}.txt" for n in range(8)]
+    repo = Path(__file__).resolve().parents[2]
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            for n, out in enumerate(outs):
+                command = [sys.executable, "-m", "tests.postgres_helpers", board_url, f"w{n}"]
+                tg.start_soon(
+                    functools.partial(anyio.run_process, [*command, str(out), str(total)], cwd=repo)
+                )
+    consumed = [line for out in outs for line in out.read_text().splitlines()]
+    assert len(consumed) == total and set(consumed) == posted
+    assert sum(1 for out in outs if out.read_text()) > 1  # the work was shared
+    assert await board.job_count(state=JobState.COMPLETE) == total
