@@ -16,6 +16,8 @@ from aioconductor.errors import PayloadError
 __all__ = ["MAX_NAME_LENGTH", "encode_json", "validate_name"]
 
 MAX_NAME_LENGTH = 255
+#: The longest delay, lease or ttl accepted: a century, so no backend's time arithmetic overflows.
+MAX_SECONDS = 100 * 365.25 * 86400
 
 
 def validate_name(what: str, value: object) -> str:
@@ -30,6 +32,10 @@ def validate_name(what: str, value: object) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise PayloadError(f"the job's {what} is not valid unicode (lone surrogate)") from None
+    if "\x00" in value:
+        # Refused everywhere so that a board's data can move to any backend (PostgreSQL text
+        # cannot hold NUL).
+        raise PayloadError(f"the job's {what} contains a NUL character")
     return value
 
 
@@ -70,6 +76,8 @@ def finite_seconds(what: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PayloadError(f"{what} must be a number of seconds, got {value!r:.80}")
     seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0:
-        raise PayloadError(f"{what} must be a finite number of seconds >= 0, got {value!r}")
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
+        raise PayloadError(
+            f"{what} must be a number of seconds from 0 to {MAX_SECONDS:.0f}, got {value!r}"
+        )
     return seconds

@@ -122,3 +122,22 @@ def held_flow(**args: Any) -> Any:
         return key
 
     return linear("held", Step("first", provides="first"), hold, Step("third", provides="third"))
+
+
+@flows.register("tally")
+def tally_flow(**args: Any) -> Any:
+    """One task that appends ``<key> <pid>`` to the file ``record`` (one write, O_APPEND)."""
+    return linear("tally", _TALLY)
+
+
+class _Tally(Task):
+    async def execute(self, key: Any, record: str) -> int:
+        fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, f"{key} {os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+        return os.getpid()
+
+
+_TALLY = _Tally("tally", provides="pid")

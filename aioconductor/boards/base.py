@@ -29,7 +29,7 @@ from typing import Any, Self
 import anyio
 
 from aioconductor._payload import decode_json, encode_json, finite_seconds, validate_name
-from aioconductor._urls import ParsedURL, float_option, int_option
+from aioconductor._urls import ParsedURL, float_option, int_option, validate_namespace
 from aioconductor.boards._support import (
     PostSpec,
     Subscription,
@@ -81,7 +81,7 @@ class JobBoard(abc.ABC):
     ) -> None:
         if lease <= 0 or poll_interval <= 0 or max_payload_bytes <= 0:
             raise ConfigurationError("lease, poll_interval and max_payload_bytes must be positive")
-        self.namespace = namespace
+        self.namespace = validate_namespace(namespace)
         self.max_payload_bytes = max_payload_bytes
         self.lease = float(lease)
         self.poll_interval = float(poll_interval)
@@ -230,9 +230,12 @@ class JobBoard(abc.ABC):
     def _lease(self, lease: float | None) -> float:
         if lease is None:
             return self.lease
-        seconds = float(lease)
-        if not seconds > 0 or seconds != seconds or seconds == float("inf"):
-            raise ConfigurationError(f"lease must be a positive number of seconds, got {lease!r}")
+        try:
+            seconds = finite_seconds("lease", lease)
+        except PayloadError as exc:
+            raise ConfigurationError(str(exc)) from None
+        if seconds == 0:
+            raise ConfigurationError("lease must be a positive number of seconds, got 0")
         return seconds
 
     async def claim(self, job_id: str, owner: str, *, lease: float | None = None) -> Claim:
@@ -319,7 +322,9 @@ class JobBoard(abc.ABC):
         self._check_open()
         if not isinstance(reason, str):
             raise PayloadError("the trash reason must be a string")
-        reason = reason[:4000]
+        # Reasons often quote an exception's text: keep them, made safe for every backend.
+        reason = reason[:4000].replace("\x00", "\\x00")
+        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
         if isinstance(claim_or_id, Claim):
             job = await self._trash(claim_or_id.job_id, claim_or_id, reason)
         else:

@@ -338,6 +338,13 @@ async def test_trash_keeps_the_job_and_never_offers_it_again(board: JobBoard) ->
         await board.claim(job.id, "owner-2")
 
 
+async def test_a_trash_reason_is_kept_safely_whatever_it_quotes(board: JobBoard) -> None:
+    job = await board.post("j", "f")
+    trashed = await board.trash(job.id, reason="bad byte \x00 and \ud800 in an error")
+    assert trashed.trash_reason == "bad byte \\x00 and \\ud800 in an error"
+    assert (await board.get(job.id)).trash_reason == trashed.trash_reason
+
+
 async def test_trash_by_id_by_an_operator(board: JobBoard) -> None:
     waiting = await board.post("waiting", "f")
     held = await board.post("held", "f")
@@ -535,6 +542,9 @@ BAD_POSTS: list[tuple[str, dict[str, Any]]] = [
     ("bad attempts", {"name": "j", "flow": "f", "max_attempts": 0}),
     ("bad priority", {"name": "j", "flow": "f", "priority": "high"}),
     ("negative delay", {"name": "j", "flow": "f", "delay": -1}),
+    ("delay past a century", {"name": "j", "flow": "f", "delay": 1e300}),
+    ("nul in name", {"name": "a\x00b", "flow": "f"}),
+    ("nul in flow", {"name": "j", "flow": "f\x00"}),
     ("both delays", {"name": "j", "flow": "f", "delay": 1, "not_before": time.time()}),
 ]
 
