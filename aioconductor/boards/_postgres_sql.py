@@ -8,6 +8,7 @@ server's, read once per statement as ``c.now`` (epoch seconds, ``float8``).
 from __future__ import annotations
 
 from aioconductor._postgres import Migrations
+from aioconductor.boards._support import JOB_COLUMNS
 from aioconductor.models import JobState
 
 MIGRATIONS: Migrations = [
@@ -60,10 +61,7 @@ MIGRATIONS: Migrations = [
 
 NOW = "extract(epoch from clock_timestamp())::float8"
 #: Every column a ``Job`` is built from, in ``_job``'s order.
-COLUMNS = (
-    "id, name, flow, args, priority, seq, created_at, updated_at, not_before, attempts,"
-    " max_attempts, token, state, owner, expires_at, outcome, result, trash_reason"
-)
+COLUMNS = JOB_COLUMNS
 _CLOCK = f"WITH c AS (SELECT {NOW} AS now)"
 #: Claimable at ``c.now``: UNCLAIMED, or SCHEDULED or CLAIMED with ``ready_at`` (not_before or
 #: the lease's end) passed.

@@ -7,6 +7,7 @@ and ``:token`` a claim, ``:expires`` a new lease's end.
 from __future__ import annotations
 
 from aioconductor._sqlite import Migrations
+from aioconductor.boards._support import JOB_COLUMNS
 from aioconductor.models import JobState
 
 SCHEMA: Migrations = [
@@ -65,10 +66,7 @@ SCHEMA: Migrations = [
 ]
 
 #: Every column a ``Job`` is built from, then ``rev``.
-COLUMNS = (
-    "id, name, flow, args, priority, seq, created_at, updated_at, not_before, attempts,"
-    " max_attempts, token, state, owner, expires_at, outcome, result, trash_reason, rev"
-)
+COLUMNS = f"{JOB_COLUMNS}, rev"
 #: Claimable now: UNCLAIMED, or SCHEDULED or CLAIMED with ``ready_at`` (not_before or the
 #: lease's end) passed. Finished jobs have no ``ready_at``.
 CLAIMABLE = "ready_at IS NOT NULL AND (state = 'UNCLAIMED' OR ready_at <= :now)"

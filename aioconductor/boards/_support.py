@@ -6,15 +6,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from aioconductor.models import Claim, Job, JobNotification, JobState
+from aioconductor._payload import decode_json
+from aioconductor.models import Claim, Job, JobNotification, JobState, Outcome
 
-__all__ = ["PostSpec", "Subscription", "lost_message", "unclaimable_message"]
+__all__ = [
+    "JOB_COLUMNS",
+    "PostSpec",
+    "Subscription",
+    "job_from_row",
+    "lost_message",
+    "unclaimable_message",
+    "visible",
+]
+
+#: The columns a SQL backend selects to build a ``Job`` with :func:`job_from_row`, in order.
+JOB_COLUMNS = (
+    "id, name, flow, args, priority, seq, created_at, updated_at, not_before, attempts,"
+    " max_attempts, token, state, owner, expires_at, outcome, result, trash_reason"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,3 +110,37 @@ def unclaimable_message(job: Job, now: float) -> str:
         left = (job.not_before or now) - now
         return f"job {job.id} is scheduled: claimable in {left:.1f} s"
     return f"job {job.id} is {job.state}: it cannot be claimed"
+
+
+def job_from_row(row: Sequence[Any]) -> Job:
+    """A ``Job`` from a row of :data:`JOB_COLUMNS` (args and result as JSON text)."""
+    job_id, owner = row[0], row[13]
+    claim = None
+    if owner is not None:
+        claim = Claim.model_construct(job_id=job_id, owner=owner, token=row[11], expires_at=row[14])
+    outcome, result = row[15], row[16]
+    return Job.model_construct(
+        id=job_id,
+        name=row[1],
+        flow=row[2],
+        args=decode_json(row[3]),
+        priority=row[4],
+        seq=row[5],
+        created_at=row[6],
+        updated_at=row[7],
+        not_before=row[8],
+        attempts=row[9],
+        max_attempts=row[10],
+        state=JobState(row[12]),
+        claim=claim,
+        outcome=None if outcome is None else Outcome(outcome),
+        result=None if result is None else decode_json(result),
+        trash_reason=row[17],
+    )
+
+
+def visible(job: Job, now: float) -> Job:
+    """``job`` as readers see it at ``now``: a scheduled job whose time came is UNCLAIMED."""
+    if job.state is JobState.SCHEDULED and job.is_claimable(now):
+        return job.model_copy(update={"state": JobState.UNCLAIMED})
+    return job

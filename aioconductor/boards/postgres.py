@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any, Self
 
 import anyio
@@ -38,6 +38,7 @@ from aioconductor._postgres import URL_OPTIONS, PostgresLink, refuse_nul
 from aioconductor._urls import ParsedURL, validate_namespace
 from aioconductor.boards import _postgres_sql as sql
 from aioconductor.boards._postgres_listen import ListenSubscription
+from aioconductor.boards._support import job_from_row, visible
 from aioconductor.boards.base import (
     JobBoard,
     PostSpec,
@@ -69,40 +70,6 @@ _PAGE = 500
 #: The longest lease, delay or ttl the board stores (a century): the server's float8 time
 #: arithmetic refuses to overflow, where Python's would quietly give infinity.
 _LONGEST = 100 * 365.25 * 86400
-
-
-def _job(row: Sequence[Any]) -> Job:
-    """A ``Job`` from a row of ``sql.COLUMNS``."""
-    job_id, owner = row[0], row[13]
-    claim = None
-    if owner is not None:
-        claim = Claim.model_construct(job_id=job_id, owner=owner, token=row[11], expires_at=row[14])
-    outcome, result = row[15], row[16]
-    return Job.model_construct(
-        id=job_id,
-        name=row[1],
-        flow=row[2],
-        args=decode_json(row[3]),
-        priority=row[4],
-        seq=row[5],
-        created_at=row[6],
-        updated_at=row[7],
-        not_before=row[8],
-        attempts=row[9],
-        max_attempts=row[10],
-        state=JobState(row[12]),
-        claim=claim,
-        outcome=None if outcome is None else Outcome(outcome),
-        result=None if result is None else decode_json(result),
-        trash_reason=row[17],
-    )
-
-
-def _visible(job: Job, now: float) -> Job:
-    """``job`` as readers see it at ``now``: a scheduled job whose time came is UNCLAIMED."""
-    if job.state is JobState.SCHEDULED and job.is_claimable(now):
-        return job.model_copy(update={"state": JobState.UNCLAIMED})
-    return job
 
 
 def _seconds(value: float) -> float:
@@ -217,12 +184,12 @@ class PostgresJobBoard(JobBoard):
         rows = [] if "\x00" in job_id else await self._read("get", "FETCH", job_id)
         if not rows:
             raise JobNotFound(f"no job {job_id!r} on this board")
-        return _job(rows[0]), rows[0][18]
+        return job_from_row(rows[0]), rows[0][18]
 
     async def _checked(self, row: Any, claim: Claim, verb: str) -> Job:
         """The job of a verb's updated row, or ``ClaimLost`` (``JobNotFound``) if none."""
         if row is not None:
-            return _job(row)
+            return job_from_row(row)
         job, _ = await self._current(claim.job_id)
         raise ClaimLost(lost_message(claim, verb, job.state, job.claim))
 
@@ -255,7 +222,7 @@ class PostgresJobBoard(JobBoard):
         # reply was lost is retried like a read without posting twice.
         rows = await self._link.read("post", lambda conn: conn.fetch(query, self.namespace, *args))
         if rows:
-            job = _job(rows[0])
+            job = job_from_row(rows[0])
             now = job.created_at
         else:
             job, now = await self._current(job_id)
@@ -270,8 +237,8 @@ class PostgresJobBoard(JobBoard):
         row = await self._fetch_row("claim", "CLAIM", job_id, owner, _seconds(lease))
         if row is None:
             job, now = await self._current(job_id)
-            raise UnclaimableJob(unclaimable_message(_visible(job, now), now))
-        job = _job(row)
+            raise UnclaimableJob(unclaimable_message(visible(job, now), now))
+        job = job_from_row(row)
         assert job.claim is not None
         self._note_due(job.claim.expires_at, job.updated_at)
         return job
@@ -281,7 +248,7 @@ class PostgresJobBoard(JobBoard):
         row = await self._fetch_row("claim_next", "CLAIM_NEXT", owner, _seconds(lease))
         if row is None:
             return None
-        job = _job(row)
+        job = job_from_row(row)
         assert job.claim is not None
         self._note_due(job.claim.expires_at, job.updated_at)
         return job
@@ -325,13 +292,13 @@ class PostgresJobBoard(JobBoard):
         if row is None:
             job, _ = await self._current(job_id)
             raise UnclaimableJob(f"job {job_id} is already {job.state}: it cannot be trashed")
-        return _job(row)
+        return job_from_row(row)
 
     # -- reads ---------------------------------------------------------------------------------
 
     async def _get(self, job_id: str) -> Job:
         job, now = await self._current(job_id)
-        return _visible(job, now)
+        return visible(job, now)
 
     async def _now(self) -> float:
         now: float = await self._link.read(
@@ -356,7 +323,7 @@ class PostgresJobBoard(JobBoard):
         while True:
             rows = await self._read("iterjobs", statement, priority, seq, _PAGE, *extra)
             for row in rows:
-                yield _visible(_job(row), now)
+                yield visible(job_from_row(row), now)
             if len(rows) < _PAGE:
                 return
             priority, seq = rows[-1][4], rows[-1][5]

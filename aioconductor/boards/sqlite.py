@@ -30,13 +30,14 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Self
 
 from aioconductor._payload import decode_json, encode_json
 from aioconductor._sqlite import SqliteLink, sqlite_path
 from aioconductor._urls import ParsedURL
 from aioconductor.boards import _sqlite_schema as sql
+from aioconductor.boards._support import job_from_row, visible
 from aioconductor.boards.base import (
     JobBoard,
     PostSpec,
@@ -64,42 +65,6 @@ _MIN_SWEEP_DELAY = 0.005
 #: How long a local push is remembered so that sweeps skip it; afterwards a stream that had not
 #: swept since may get the job twice, which is harmless.
 _PUSHED_TTL = 60.0
-
-
-def _job(row: Sequence[Any]) -> Job:
-    """A ``Job`` from a row of ``sql.COLUMNS``."""
-    job_id, owner, token, expires_at = row[0], row[13], row[11], row[14]
-    claim = None
-    if owner is not None:
-        claim = Claim.model_construct(
-            job_id=job_id, owner=owner, token=token, expires_at=expires_at
-        )
-    outcome, result = row[15], row[16]
-    return Job.model_construct(
-        id=job_id,
-        name=row[1],
-        flow=row[2],
-        args=decode_json(row[3]),
-        priority=row[4],
-        seq=row[5],
-        created_at=row[6],
-        updated_at=row[7],
-        not_before=row[8],
-        attempts=row[9],
-        max_attempts=row[10],
-        state=JobState(row[12]),
-        claim=claim,
-        outcome=None if outcome is None else Outcome(outcome),
-        result=None if result is None else decode_json(result),
-        trash_reason=row[17],
-    )
-
-
-def _visible(job: Job, now: float) -> Job:
-    """``job`` as readers see it at ``now``: a scheduled job whose time came is UNCLAIMED."""
-    if job.state is JobState.SCHEDULED and job.is_claimable(now):
-        return job.model_copy(update={"state": JobState.UNCLAIMED})
-    return job
 
 
 def _one(cursor: sqlite3.Cursor) -> Any:
@@ -175,7 +140,7 @@ class SqliteJobBoard(JobBoard):
         row = conn.execute(sql.FETCH, self._params(id=job_id)).fetchone()
         if row is None:
             raise JobNotFound(f"no job {job_id!r} on this board")
-        return _job(row)
+        return job_from_row(row)
 
     def _change(self, conn: sqlite3.Connection, statement: str, **params: Any) -> Any:
         """Run a statement that writes one job and returns it; bump the counter if it did."""
@@ -278,7 +243,7 @@ class SqliteJobBoard(JobBoard):
             )
             if row is None:
                 raise UnclaimableJob(unclaimable_message(self._fetch(conn, job_id), now))
-            return _job(row)
+            return job_from_row(row)
 
         job = await self._link.write("claim", claim)
         assert job.claim is not None
@@ -289,7 +254,7 @@ class SqliteJobBoard(JobBoard):
         def claim_next(conn: sqlite3.Connection) -> Job | None:
             now = time.time()
             row = self._change(conn, sql.CLAIM_NEXT, owner=owner, expires=now + lease, now=now)
-            return None if row is None else _job(row)
+            return None if row is None else job_from_row(row)
 
         job = await self._link.write("claim_next", claim_next)
         if job is not None and job.claim is not None:
@@ -299,7 +264,7 @@ class SqliteJobBoard(JobBoard):
     async def _renew(self, claim: Claim, lease: float) -> Claim:
         def renew(conn: sqlite3.Connection) -> Job:
             expires = time.time() + lease
-            return _job(self._with_claim(conn, sql.RENEW, claim, "renew", expires=expires))
+            return job_from_row(self._with_claim(conn, sql.RENEW, claim, "renew", expires=expires))
 
         job = await self._link.write("renew", renew)
         assert job.claim is not None
@@ -315,14 +280,14 @@ class SqliteJobBoard(JobBoard):
             row = self._with_claim(
                 conn, sql.CONSUME, claim, "consume", outcome=outcome.value, result=text
             )
-            return _job(row)
+            return job_from_row(row)
 
         return await self._link.write("consume", consume)
 
     async def _abandon(self, claim: Claim) -> Job:
         def abandon(conn: sqlite3.Connection) -> tuple[Job, int]:
             row = self._with_claim(conn, sql.ABANDON, claim, "abandon")
-            return _job(row), row[-1]
+            return job_from_row(row), row[-1]
 
         job, rev = await self._link.write("abandon", abandon)
         self._push(job, rev, NotificationKind.ABANDONED)
@@ -331,18 +296,20 @@ class SqliteJobBoard(JobBoard):
     async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job:
         def trash(conn: sqlite3.Connection) -> Job:
             if claim is not None:
-                return _job(self._with_claim(conn, sql.TRASH, claim, "trash", reason=reason))
+                return job_from_row(
+                    self._with_claim(conn, sql.TRASH, claim, "trash", reason=reason)
+                )
             row = self._change(conn, sql.TRASH_BY_ID, id=job_id, reason=reason, now=time.time())
             if row is None:
                 state = self._fetch(conn, job_id).state
                 raise UnclaimableJob(f"job {job_id} is already {state}: it cannot be trashed")
-            return _job(row)
+            return job_from_row(row)
 
         return await self._link.write("trash", trash)
 
     async def _get(self, job_id: str) -> Job:
         job = await self._link.read("get", lambda conn: self._fetch(conn, job_id))
-        return _visible(job, time.time())
+        return visible(job, time.time())
 
     async def _iterjobs(self, state: JobState | None) -> AsyncIterator[Job]:
         now = time.time()
@@ -356,7 +323,7 @@ class SqliteJobBoard(JobBoard):
             params = self._params(now=now, state=value, p=priority, s=seq, limit=_PAGE)
             rows = await self._link.read("iterjobs", _query(statement, params))
             for row in rows:
-                yield _visible(_job(row), now)
+                yield visible(job_from_row(row), now)
             if len(rows) < _PAGE:
                 return
             priority, seq = rows[-1][4], rows[-1][5]
