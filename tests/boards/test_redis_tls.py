@@ -49,33 +49,14 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, P
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    command = [
+        "redis-server", "--port", "0", "--bind", "127.0.0.1", "--tls-port", str(port),
+        "--tls-cert-file", "server.crt", "--tls-key-file", "server.key",
+        "--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no",
+        "--save", "", "--appendonly", "no", "--dir", str(folder),
+    ]  # fmt: skip
     server = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--tls-port",
-            str(port),
-            "--tls-cert-file",
-            "server.crt",
-            "--tls-key-file",
-            "server.key",
-            "--tls-ca-cert-file",
-            "ca.crt",
-            "--tls-auth-clients",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-        ],  # fmt: skip
-        cwd=folder,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         for _ in range(100):
