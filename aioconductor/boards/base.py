@@ -23,11 +23,11 @@ import abc
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from types import TracebackType
 from typing import Any, Self
 
 import anyio
 
+from aioconductor._lifecycle import Lifecycle
 from aioconductor._payload import decode_json, encode_json, finite_seconds, validate_name
 from aioconductor._urls import ParsedURL, float_option, int_option, validate_namespace
 from aioconductor.boards._support import (
@@ -60,7 +60,7 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
 DEFAULT_LEASE = 30.0
 
 
-class JobBoard(abc.ABC):
+class JobBoard(Lifecycle):
     """An async job board. Open it with ``async with open_board(url) as board``.
 
     Args:
@@ -79,16 +79,18 @@ class JobBoard(abc.ABC):
         lease: float = DEFAULT_LEASE,
         poll_interval: float = 1.0,
     ) -> None:
+        super().__init__()
         if lease <= 0 or poll_interval <= 0 or max_payload_bytes <= 0:
             raise ConfigurationError("lease, poll_interval and max_payload_bytes must be positive")
         self.namespace = validate_namespace(namespace)
         self.max_payload_bytes = max_payload_bytes
         self.lease = float(lease)
         self.poll_interval = float(poll_interval)
-        self._connected = False
-        self._closed = False
         self._subscriptions: set[Subscription] = set()
         self._final_waiters: dict[str, anyio.Event] = {}
+
+    closed_error = BoardClosed
+    kind = "board"
 
     #: The library's own URL options, removed before the URL reaches a driver.
     url_options: frozenset[str] = frozenset({"max_payload_bytes", "lease", "poll_interval"})
@@ -109,57 +111,12 @@ class JobBoard(abc.ABC):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} namespace={self.namespace!r}>"
 
-    # -- lifecycle -----------------------------------------------------------------------------
-
-    async def connect(self) -> None:
-        """Open the board's connections (and create its schema where it has one)."""
-        if self._closed:
-            raise BoardClosed()
-        if not self._connected:
-            await self._connect()
-            self._connected = True
-
-    async def aclose(self) -> None:
-        """Close the board: open streams end and later calls raise ``BoardClosed``."""
-        if self._closed:
-            return
-        self._closed = True
+    def _closing(self) -> None:
+        # Open streams end and wait_for callers wake (to find the board closed).
         for subscription in list(self._subscriptions):
             subscription.close()
         for event in self._final_waiters.values():
             event.set()
-        if self._connected:
-            await self._aclose()
-
-    close = aclose
-
-    @property
-    def connected(self) -> bool:
-        """Whether the board is connected and not closed."""
-        return self._connected and not self._closed
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`aclose` was called."""
-        return self._closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise BoardClosed()
-        if not self._connected:
-            raise BoardClosed("the board is not connected: use `async with` or await connect()")
 
     # -- producing -----------------------------------------------------------------------------
 
@@ -496,12 +453,6 @@ class JobBoard(abc.ABC):
         return sorted(infos, key=lambda info: (info.name, info.owner))
 
     # -- backend primitives --------------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def _connect(self) -> None: ...
-
-    @abc.abstractmethod
-    async def _aclose(self) -> None: ...
 
     @abc.abstractmethod
     async def _post(self, spec: PostSpec) -> Job: ...

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from types import TracebackType
 from typing import Any, Self
 
+from aioconductor._lifecycle import Lifecycle
 from aioconductor._urls import ParsedURL, validate_namespace
 from aioconductor.errors import ClaimLost, ConfigurationError, StoreClosed, VersionConflict
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
@@ -24,16 +24,18 @@ from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 __all__ = ["Store", "check_token", "check_version"]
 
 
-class Store(abc.ABC):
+class Store(Lifecycle):
     """An async store of logbooks. Use it inside ``async with`` or call ``connect``/``aclose``."""
 
     #: The namespace that isolates this application's logbooks from another's.
     namespace: str
 
+    closed_error = StoreClosed
+    kind = "store"
+
     def __init__(self, *, namespace: str = "default") -> None:
+        super().__init__()
         self.namespace = validate_namespace(namespace)
-        self._connected = False
-        self._closed = False
 
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
@@ -43,49 +45,6 @@ class Store(abc.ABC):
         """
         kwargs.setdefault("namespace", parsed.namespace)
         return cls(**kwargs)
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    async def connect(self) -> None:
-        """Open the store's connections (and create its schema where it has one)."""
-        if self._closed:
-            raise StoreClosed()
-        if not self._connected:
-            await self._connect()
-            self._connected = True
-
-    async def aclose(self) -> None:
-        """Close the store; later calls raise ``StoreClosed``. Closing twice is harmless."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._connected:
-            await self._aclose()
-
-    close = aclose
-
-    @property
-    def connected(self) -> bool:
-        """Whether the store is connected and not closed."""
-        return self._connected and not self._closed
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreClosed()
-        if not self._connected:
-            raise StoreClosed("the store is not connected: use `async with` or await connect()")
 
     # -- public verbs ------------------------------------------------------------------------
 
@@ -170,12 +129,6 @@ class Store(abc.ABC):
             yield book
 
     # -- backend primitives --------------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def _connect(self) -> None: ...
-
-    @abc.abstractmethod
-    async def _aclose(self) -> None: ...
 
     @abc.abstractmethod
     async def _save_logbook(self, book: LogBook, token: int | None) -> LogBook: ...

@@ -1,0 +1,87 @@
+"""`Lifecycle`: connect, close and ``async with`` for every board and store."""
+
+from __future__ import annotations
+
+import abc
+from types import TracebackType
+from typing import ClassVar, Self
+
+from aioconductor.errors import AioconductorError
+
+__all__ = ["Lifecycle"]
+
+
+class Lifecycle(abc.ABC):
+    """Opened once by :meth:`connect` (or ``async with``), closed for good by :meth:`aclose`.
+
+    Subclasses name the error raised once closed, and implement ``_connect`` and ``_aclose``.
+    """
+
+    #: What a call on a closed (or never connected) resource raises.
+    closed_error: ClassVar[type[AioconductorError]]
+    #: "board" or "store", for messages.
+    kind: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._connected = False
+        self._closed = False
+
+    async def connect(self) -> None:
+        """Open the connections (and create the schema where there is one); idempotent."""
+        if self._closed:
+            raise self.closed_error()
+        if not self._connected:
+            await self._connect()
+            self._connected = True
+
+    async def aclose(self) -> None:
+        """Close for good: later calls raise the closed error. Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closing()
+        if self._connected:
+            await self._aclose()
+
+    async def close(self) -> None:
+        """The same as :meth:`aclose`."""
+        await self.aclose()
+
+    @property
+    def connected(self) -> bool:
+        """Whether it is connected and not closed."""
+        return self._connected and not self._closed
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise self.closed_error()
+        if not self._connected:
+            raise self.closed_error(
+                f"the {self.kind} is not connected: use `async with` or await connect()"
+            )
+
+    def _closing(self) -> None:  # noqa: B027 - a hook: most subclasses have nothing to do
+        """Called once when closing starts, before the backend's ``_aclose``."""
+
+    @abc.abstractmethod
+    async def _connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _aclose(self) -> None: ...
