@@ -9,7 +9,9 @@ setting such as ``statement_timeout=5000``) win over these defaults.
 Cancellation: asyncpg returns a connection to its pool under ``asyncio.shield``, and resets it
 there (``ROLLBACK`` if a transaction is open); a reset that fails terminates the connection. So a
 call cancelled mid-statement never leaves a connection idle in a transaction or a row locked;
-``tests/boards/test_postgres.py`` checks this in ``pg_stat_activity`` and ``pg_locks``.
+``tests/boards/test_postgres.py`` checks this in ``pg_stat_activity`` and ``pg_locks``. A reset
+that fails after the call had its reply (the server ended the session meanwhile) does not fail
+the call: its work was done (see :meth:`PostgresLink.acquire`).
 
 Identifiers: the schema name is checked against ``[a-z_][a-z0-9_]{0,47}`` and double-quoted
 wherever it appears in SQL; every value is a bind parameter.
@@ -70,8 +72,8 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     pgexc.InterfaceError,
     pgexc.OperatorInterventionError,
     pgexc.InsufficientResourcesError,
-    # Raised by asyncpg when a connection dropped mid-statement is reset on its way back to
-    # the pool (it is terminated then).
+    # Raised by asyncpg for the next statement on a connection whose session the server ended
+    # while it was idle, until asyncpg has seen the socket close (see PostgresLink._lost).
     pgexc.InternalClientError,
 )
 #: Errors that mean "the server refused us": no retry helps.
@@ -164,7 +166,21 @@ class PostgresLink:
 
     def unavailable(self, what: str, exc: BaseException) -> BackendUnavailable:
         """The ``BackendUnavailable`` to raise for a driver error during ``what``."""
-        return BackendUnavailable(f"PostgreSQL at {self.url}: {what} failed: {self.scrub(exc)}")
+        return BackendUnavailable(f"PostgreSQL at {self.url}: {what} failed: {self._lost(exc)}")
+
+    def _lost(self, exc: BaseException) -> str:
+        """What a connection error means, where asyncpg's own words mislead."""
+        context = exc.__context__
+        if type(exc) is pgexc.InterfaceError and isinstance(context, _CONNECTION_ERRORS):
+            # Transaction.__aexit__ refusing a closed connection hides the error that closed it.
+            return self._lost(context)
+        if isinstance(exc, pgexc.InternalClientError) and "another operation (2)" in str(exc):
+            # The server ended the session (pg_terminate_backend, a restart, an idle timeout)
+            # while the connection was idle: asyncpg read the server's error outside any
+            # operation (its state 2, "error consume") and refuses the next statement before
+            # sending it, before it has seen the socket close. No other operation was running.
+            return "the server had ended the session; the statement was not sent"
+        return self.scrub(exc)
 
     @contextlib.contextmanager
     def translate(self, what: str) -> Iterator[None]:
@@ -228,10 +244,40 @@ class PostgresLink:
 
     @contextlib.asynccontextmanager
     async def acquire(self, what: str) -> AsyncIterator[Any]:
-        """A pooled connection for one call, errors translated."""
+        """A pooled connection for one call, errors translated.
+
+        The call's outcome is what its statements got from the server, never what returning
+        the connection to the pool did: asyncpg resets the connection there (``RESET ALL``,
+        ``ROLLBACK`` if needed), and when the server ended the session meanwhile (a restart,
+        ``pg_terminate_backend``) that reset fails, terminates the connection and raises. A
+        call that had its reply has done its work (committed, or rolled back by the server),
+        so that late error is only logged; raised, it would report a committed transition as
+        failed. A call that failed keeps its own error.
+        """
         with self.translate(what):
-            async with self._pool.acquire() as conn:
+            pool = self._pool
+            conn = await pool.acquire()
+        try:
+            with self.translate(what):
                 yield conn
+        finally:
+            await self._release(pool, conn, what)
+
+    async def _release(self, pool: Any, conn: Any, what: str) -> None:
+        """Give ``conn`` back to ``pool``; a reset that failed is logged, not raised.
+
+        asyncpg shields the release, so it completes even if this task is cancelled, and
+        terminates a connection whose reset failed (the pool opens a new one when needed).
+        """
+        try:
+            await pool.release(conn)
+        except Exception as exc:
+            logger.debug(
+                "PostgreSQL at %s: %s: the connection could not be reset (%s); it was closed",
+                self.url,
+                what,
+                self.scrub(exc),
+            )
 
     async def call(self, what: str, fn: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``fn`` on a pooled connection once (for calls that must not run twice)."""

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import random
+import select
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -275,6 +276,66 @@ async def test_terminated_connections_lose_no_job_and_consume_none_twice(
     assert set(consumed) <= posted
     assert {job.state async for job in board.iterjobs()} == {JobState.COMPLETE}
     assert await board.job_count() == len(posted)
+
+
+async def test_a_transition_whose_session_ends_after_its_reply_succeeds(
+    board: JobBoard, admin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server ends the session after a claim's reply, before the connection is back in the
+    pool. asyncpg's reset on the way back then fails ("cannot switch to state 15; another
+    operation (2) is in progress": it read the server's FATAL message while idle); the claim
+    committed, so it must not be reported as failed (the conductor would lose the job until its
+    lease ran out, and a store write would be retried against a token it had already bumped).
+    """
+    assert isinstance(board, PostgresJobBoard)
+    link = board._link
+    call = link.call
+    ended: list[int] = []
+
+    async def die_after(conn: Any, fn: Any) -> Any:
+        result = await fn(conn)
+        pid = conn.get_server_pid()
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        ended.append(pid)
+        # Block the event loop until the server's goodbye has reached the socket, so asyncpg
+        # has not seen it yet when the connection is released.
+        sock = conn._transport.get_extra_info("socket")
+        readable, _, _ = select.select([sock], [], [], 5)
+        assert readable
+        return result
+
+    async def dying_call(what: str, fn: Any) -> Any:
+        return await call(what, functools.partial(die_after, fn=fn))
+
+    job = await board.post("j", "f")
+    monkeypatch.setattr(link, "call", dying_call)
+    claim = await board.claim(job.id, "me", lease=30)  # no BackendUnavailable
+    monkeypatch.undo()
+    assert ended
+    assert (await board.get(job.id)).claim == claim
+    # The pool replaced the dead connection.
+    assert (await board.consume(claim)).state is JobState.COMPLETE
+
+
+async def test_asyncpg_errors_of_an_ended_session_are_described_plainly(board: JobBoard) -> None:
+    assert isinstance(board, PostgresJobBoard)
+    link = board._link
+    idle = asyncpg.InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"
+    )
+    with pytest.raises(
+        BackendUnavailable, match="abandon failed: the server had ended the session"
+    ):
+        with link.translate("abandon"):
+            raise idle
+    with pytest.raises(BackendUnavailable, match="save failed: connection was closed in the mid"):
+        with link.translate("save"):
+            try:
+                raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
+            except asyncpg.ConnectionDoesNotExistError:
+                raise asyncpg.InterfaceError(
+                    "cannot call Transaction.__aexit__(): the underlying connection is closed"
+                ) from None
 
 
 async def test_stream_recovers_when_its_listener_is_terminated(
