@@ -32,9 +32,11 @@ def types(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmarks (for now the engine overhead; the peer harness is issue #8)."""
+    """The benchmark harness: aioconductor and its peers side by side (``-- --quick`` for a
+    short run). Peers are installed by the harness into their own venvs, never here."""
     session.install("-e", ".[dev]")
-    session.run("python", "benchmarks/engine_overhead.py", *session.posargs)
+    session.run("python", "benchmarks/engine_overhead.py")
+    session.run("python", "-m", "benchmarks", *session.posargs)
 
 
 @nox.session

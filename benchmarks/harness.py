@@ -1,0 +1,305 @@
+"""The workloads, run for every system, repetition-major (so slow drifts hit every system alike).
+
+Each workload starts from a freshly provisioned, empty space. A (system, workload) that fails
+once is reported with its error and not retried in later repetitions.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.procs import DriverError, run_driver, serving
+from benchmarks.systems import System
+
+__all__ = ["Measure", "Settings", "run_all"]
+
+
+@dataclass
+class Settings:
+    """What one run measures."""
+
+    jobs: int = 20_000
+    latency_jobs: int = 500
+    inflight_jobs: int = 10_000
+    repeat: int = 3
+    concurrencies: tuple[int, ...] = (1, 64)
+    durable_concurrency: int = 64
+    latency_concurrency: int = 64
+    quick: bool = False
+
+    #: Seconds a drain may take before it is killed (None: scaled to ``jobs``).
+    drain_limit: float | None = None
+    #: Seconds of latency probing before the producer stops early (reporting what it got).
+    latency_deadline: float = 120.0
+    #: Seconds after which no further repetition starts (None: no budget).
+    budget: float | None = None
+
+    def post_timeout(self) -> float:
+        """Seconds a ``post`` of ``jobs`` may take (a floor of 50 jobs/s)."""
+        return 60 + self.jobs / 50
+
+    def drain_timeout(self) -> float:
+        """Seconds a ``drain`` may take (a floor of 25 jobs/s unless ``drain_limit``)."""
+        return self.drain_limit or 60 + self.jobs / 25
+
+    def latency_timeout(self) -> float:
+        """Seconds the latency producer may take."""
+        return self.latency_deadline + 60
+
+
+@dataclass
+class Measure:
+    """One figure of one system, with every repetition."""
+
+    system: str
+    backend: str
+    metric: str
+    unit: str
+    #: "higher" or "lower" is better.
+    better: str
+    values: list[float] = field(default_factory=list)
+    details: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    #: For a run cut by its time limit: the bound it shows (``< 44`` jobs/s).
+    bound: str | None = None
+
+    @property
+    def median(self) -> float | None:
+        """The median of the repetitions (None when there is none)."""
+        return statistics.median(self.values) if self.values else None
+
+    def as_json(self) -> dict[str, Any]:
+        """The measure with its median and spread, for the results file."""
+        data = asdict(self)
+        data["median"] = self.median
+        data["min"] = min(self.values) if self.values else None
+        data["max"] = max(self.values) if self.values else None
+        return data
+
+
+UNITS: dict[str, tuple[str, str]] = {
+    "post": ("jobs/s", "higher"),
+    "drain": ("jobs/s", "higher"),
+    "rss": ("MiB", "lower"),
+    "latency": ("ms", "lower"),
+    "durable": ("flows/s", "higher"),
+    "inflight": ("KiB/job", "lower"),
+}
+
+
+class Results:
+    """Every measure of the run, by (system, backend, metric)."""
+
+    def __init__(self) -> None:
+        self.measures: dict[tuple[str, str, str], Measure] = {}
+        self.failed: dict[tuple[str, str, str], str] = {}
+        #: Repetitions completed.
+        self.repetitions = 0
+
+    def get(self, system: System, metric: str) -> Measure:
+        """The measure ``metric`` of ``system`` (made on first use)."""
+        key = (system.name, system.backend, metric)
+        if key not in self.measures:
+            unit, better = UNITS[metric.split("_")[0]]
+            self.measures[key] = Measure(system.name, system.backend, metric, unit, better)
+        return self.measures[key]
+
+    def add(self, system: System, metric: str, value: float | None, detail: Any = None) -> None:
+        """Record one repetition's value of ``metric``."""
+        measure = self.get(system, metric)
+        if value is not None:
+            measure.values.append(float(value))
+        if detail is not None:
+            measure.details.append(detail)
+
+    def fail(self, system: System, workload: str, metrics: list[str], error: str) -> None:
+        """Record that ``workload`` failed; it is skipped from now on."""
+        self.failed[(system.name, system.backend, workload)] = error
+        for metric in metrics:
+            self.get(system, metric).error = error
+
+    def has_failed(self, system: System, workload: str) -> bool:
+        """Whether ``workload`` failed on ``system`` already."""
+        return (system.name, system.backend, workload) in self.failed
+
+
+def _drain(
+    system: System, settings: Settings, concurrency: int, flow: str | None, log: Path
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Post ``jobs`` then drain them with one worker; (post result, drain result)."""
+    flow_opts = ["--flow", flow] if flow else []
+    with system.provision() as (target, _work):
+        if system.inproc:
+            drain = run_driver(
+                system.argv(
+                    "drain", target, "--post", "--n", settings.jobs,
+                    "--concurrency", concurrency, *flow_opts,
+                ),
+                timeout=settings.post_timeout() + settings.drain_timeout(),
+                log=log,
+            )  # fmt: skip
+            post = None if drain.get("post_rate") is None else {"rate": drain["post_rate"]}
+            return post, drain
+        post = run_driver(
+            system.argv("post", target, "--n", settings.jobs, *flow_opts),
+            timeout=settings.post_timeout(),
+            log=log,
+        )
+        drain = run_driver(
+            system.argv(
+                "drain", target, "--n", settings.jobs, "--concurrency", concurrency, *flow_opts
+            ),
+            timeout=settings.drain_timeout(),
+            log=log,
+        )
+        return post, drain
+
+
+def _latency(system: System, settings: Settings, log: Path) -> dict[str, Any]:
+    with system.provision() as (target, work):
+        if system.latency_inproc:
+            return run_driver(
+                system.argv(
+                    "latency", target, "--inproc", "--n", settings.latency_jobs,
+                    "--concurrency", settings.latency_concurrency,
+                    "--deadline", settings.latency_deadline,
+                ),
+                timeout=settings.latency_timeout(),
+                log=log,
+            )  # fmt: skip
+        record = work / "starts.txt"
+        serve = system.argv(
+            "serve", target, "--concurrency", settings.latency_concurrency, "--record", record
+        )
+        with serving(serve, log=log):
+            return run_driver(
+                system.argv(
+                    "latency",
+                    target,
+                    "--n",
+                    settings.latency_jobs,
+                    "--record",
+                    record,
+                    "--deadline",
+                    settings.latency_deadline,
+                ),
+                timeout=settings.latency_timeout(),
+                log=log,
+            )
+
+
+def _inflight(system: System, settings: Settings, log: Path) -> dict[str, Any]:
+    with system.provision() as (target, _work):
+        return run_driver(
+            system.argv("inflight", target, "--n", settings.inflight_jobs),
+            timeout=120 + settings.inflight_jobs / 100,
+            log=log,
+        )
+
+
+def _attempt(
+    results: Results,
+    system: System,
+    workload: str,
+    metrics: list[str],
+    say: Callable[[str], None],
+    body: Callable[[], None],
+) -> None:
+    if results.has_failed(system, workload):
+        return
+    started = time.monotonic()
+    try:
+        body()
+    except DriverError as exc:
+        results.fail(system, workload, metrics, str(exc))
+        say(f"  {system.label} {workload}: FAILED: {exc}")
+    except Exception as exc:
+        results.fail(system, workload, metrics, f"{type(exc).__name__}: {exc}")
+        say(f"  {system.label} {workload}: FAILED: {type(exc).__name__}: {exc}")
+    else:
+        say(f"  {system.label} {workload}: {time.monotonic() - started:.1f} s")
+
+
+def run_system_once(
+    system: System, settings: Settings, results: Results, log: Path, say: Callable[[str], None]
+) -> None:
+    """One repetition of every workload of ``system``."""
+    if "drain" in system.workloads:
+        for concurrency in settings.concurrencies:
+            metrics = [f"drain_c{concurrency}", f"rss_c{concurrency}"]
+
+            def drain_body(concurrency: int = concurrency) -> None:
+                try:
+                    post, drain = _drain(system, settings, concurrency, None, log)
+                except DriverError as exc:
+                    if "timed out" in str(exc):
+                        limit = settings.drain_timeout()
+                        measure = results.get(system, f"drain_c{concurrency}")
+                        measure.bound = f"< {settings.jobs / limit:,.0f}"
+                    raise
+                if post is not None:
+                    results.add(system, "post", post["rate"], post)
+                results.add(system, f"drain_c{concurrency}", drain["rate"], drain)
+                hwm = drain.get("vmhwm_kib")
+                results.add(system, f"rss_c{concurrency}", hwm / 1024 if hwm else None)
+
+            _attempt(results, system, f"drain c={concurrency}", metrics, say, drain_body)
+    if "latency" in system.workloads:
+
+        def latency_body() -> None:
+            latency = _latency(system, settings, log)
+            for q in ("p50", "p95", "p99"):
+                results.add(system, f"latency_{q}", latency[f"{q}_ms"])
+            results.get(system, "latency_p50").details.append(latency)
+
+        _attempt(
+            results,
+            system,
+            "latency",
+            ["latency_p50", "latency_p95", "latency_p99"],
+            say,
+            latency_body,
+        )
+    if "durable" in system.workloads:
+        concurrency = settings.durable_concurrency
+
+        def durable_body() -> None:
+            _, drain = _drain(system, settings, concurrency, "durable", log)
+            results.add(system, "durable", drain["rate"], drain)
+
+        _attempt(results, system, "durable", ["durable"], say, durable_body)
+    if "inflight" in system.workloads:
+
+        def inflight_body() -> None:
+            result = _inflight(system, settings, log)
+            results.add(system, "inflight", result["kib_per_job"], result)
+
+        _attempt(results, system, "inflight", ["inflight"], say, inflight_body)
+
+
+def run_all(
+    systems: list[System], settings: Settings, log: Path, say: Callable[[str], None]
+) -> Results:
+    """Every workload of every system, ``settings.repeat`` times, repetition-major."""
+    results = Results()
+    started = time.monotonic()
+    last = 0.0
+    for rep in range(1, settings.repeat + 1):
+        elapsed = time.monotonic() - started
+        if settings.budget is not None and rep > 1 and elapsed + last > settings.budget:
+            say(
+                f"stopping after {rep - 1} repetition(s): another would pass the "
+                f"{settings.budget:.0f} s budget"
+            )
+            break
+        say(f"repetition {rep}/{settings.repeat}")
+        for system in systems:
+            run_system_once(system, settings, results, log, say)
+        results.repetitions = rep
+        last = time.monotonic() - started - elapsed
+    return results
