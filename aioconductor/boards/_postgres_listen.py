@@ -78,7 +78,7 @@ class ListenSubscription(Subscription):
         self._ended = True
         super().close()
 
-    async def aclose_connection(self) -> None:
+    async def aclose_transport(self) -> None:
         """Release the listening connection."""
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -91,7 +91,7 @@ class ListenSubscription(Subscription):
                 raise anyio.EndOfStream
             conn = self._conn
             if conn is None or conn.is_closed():
-                await self.aclose_connection()
+                await self.aclose_transport()
                 await self._reconnect()
                 continue
             with anyio.move_on_after(_LISTEN_POLL):
@@ -114,7 +114,7 @@ class ListenSubscription(Subscription):
                 logger.warning("PostgreSQL at %s: %s", self._link.url, self._link.scrub(exc))
         if not alive:
             self.lost = True
-            await self.aclose_connection()
+            await self.aclose_transport()
 
     async def _reconnect(self) -> None:
         # A fixed time, not a sleep per call: the stream cancels each receive at its own

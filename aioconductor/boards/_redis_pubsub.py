@@ -77,7 +77,7 @@ class PubSubSubscription(Subscription):
         self._ended = True
         super().close()
 
-    async def aclose_pubsub(self) -> None:
+    async def aclose_transport(self) -> None:
         """Release the pub/sub connection."""
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
@@ -110,7 +110,7 @@ class PubSubSubscription(Subscription):
                     self._link.url,
                     self._link.scrub(exc),
                 )
-                await self.aclose_pubsub()
+                await self.aclose_transport()
 
     def _heard(self, message: dict[str, Any] | None) -> JobNotification | None:
         if message is None:

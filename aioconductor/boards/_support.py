@@ -87,6 +87,12 @@ class Subscription:
         """Release the receiving end."""
         self._receive.close()
 
+    async def open(self) -> None:
+        """Open what feeds the subscription (a connection); nothing for in-process pushes."""
+
+    async def aclose_transport(self) -> None:
+        """Release what :meth:`open` opened; nothing for in-process pushes."""
+
 
 def lost_message(claim: Claim, verb: str, state: JobState, current: Claim | None) -> str:
     """Why ``verb`` with ``claim`` was refused, for a ``ClaimLost`` message."""

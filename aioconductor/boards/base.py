@@ -359,9 +359,9 @@ class JobBoard(Lifecycle):
                     yield note
 
     @contextlib.asynccontextmanager
-    async def _local_subscription(self) -> AsyncIterator[Subscription]:
-        """A subscription to the notifications this board object pushes itself."""
-        subscription = Subscription()
+    async def _registered(self, subscription: Subscription) -> AsyncIterator[Subscription]:
+        """``subscription`` opened, ended when the board closes, and released after use."""
+        await subscription.open()
         self._subscriptions.add(subscription)
         try:
             yield subscription
@@ -369,6 +369,11 @@ class JobBoard(Lifecycle):
             self._subscriptions.discard(subscription)
             subscription.close()
             subscription.aclose_receiver()
+            await subscription.aclose_transport()
+
+    def _local_subscription(self) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        """A subscription to the notifications this board object pushes itself."""
+        return self._registered(Subscription())
 
     def _notify_local(self, note: JobNotification) -> None:
         for subscription in self._subscriptions:

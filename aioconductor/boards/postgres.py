@@ -336,18 +336,8 @@ class PostgresJobBoard(JobBoard):
 
     # -- notifications -------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _subscribe(self) -> AsyncIterator[Subscription]:
-        subscription = ListenSubscription(self._link, self.channel, self.poll_interval)
-        await subscription.open()
-        self._subscriptions.add(subscription)
-        try:
-            yield subscription
-        finally:
-            self._subscriptions.discard(subscription)
-            subscription.close()
-            subscription.aclose_receiver()
-            await subscription.aclose_connection()
+    def _subscribe(self) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        return self._registered(ListenSubscription(self._link, self.channel, self.poll_interval))
 
     async def _sweep(self, cursor: Any) -> tuple[list[JobNotification], Any]:
         try:

@@ -346,18 +346,8 @@ class RedisJobBoard(JobBoard):
 
     # -- notifications -------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _subscribe(self) -> AsyncIterator[Subscription]:
-        subscription = PubSubSubscription(self._link, self._channel, self.poll_interval)
-        await subscription.open()
-        self._subscriptions.add(subscription)
-        try:
-            yield subscription
-        finally:
-            self._subscriptions.discard(subscription)
-            subscription.close()
-            subscription.aclose_receiver()
-            await subscription.aclose_pubsub()
+    def _subscribe(self) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        return self._registered(PubSubSubscription(self._link, self._channel, self.poll_interval))
 
     async def _sweep(self, cursor: Any) -> tuple[list[JobNotification], Any]:
         try:
