@@ -360,10 +360,11 @@ class JobBoard(Lifecycle):
 
     @contextlib.asynccontextmanager
     async def _registered(self, subscription: Subscription) -> AsyncIterator[Subscription]:
-        """``subscription`` opened, ended when the board closes, and released after use."""
-        await subscription.open()
-        self._subscriptions.add(subscription)
+        """``subscription`` opened, ended when the board closes, and released after use
+        (also when opening it failed)."""
         try:
+            await subscription.open()
+            self._subscriptions.add(subscription)
             yield subscription
         finally:
             self._subscriptions.discard(subscription)
