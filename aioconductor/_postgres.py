@@ -44,6 +44,9 @@ __all__ = [
     "split_options",
 ]
 
+#: How long cleanup after a failed open may take, shielded from cancellation.
+_CLEANUP_TIMEOUT = 5.0
+
 logger = logging.getLogger("aioconductor.postgres")
 
 T = TypeVar("T")
@@ -218,7 +221,9 @@ class PostgresLink:
         try:
             await self.call("migrate", lambda conn: migrate(conn, self, component, migrations))
         except BaseException:
-            await self.aclose()
+            # Shielded and bounded: a cancelled connect must still close the pool it opened.
+            with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+                await self.aclose()
             raise
 
     async def connect_one(self, what: str) -> Any:

@@ -14,6 +14,9 @@ from aioconductor.models import JobNotification, NotificationKind
 
 __all__ = ["ListenSubscription", "parse_note"]
 
+#: How long cleanup after a failed open may take, shielded from cancellation.
+_CLEANUP_TIMEOUT = 5.0
+
 logger = logging.getLogger("aioconductor.boards.postgres")
 
 #: How long one wait for a notification lasts before the connection's health is checked.
@@ -57,7 +60,9 @@ class ListenSubscription(Subscription):
             with self._link.translate("listen"):
                 await conn.add_listener(self._channel, self._heard)
         except BaseException:
-            await self._link.release_one(conn)
+            # Shielded and bounded: a cancelled LISTEN must still give its connection back.
+            with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+                await self._link.release_one(conn)
             raise
         self._conn = conn
         self._heard_at = anyio.current_time()

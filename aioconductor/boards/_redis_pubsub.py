@@ -17,6 +17,9 @@ from aioconductor.models import JobNotification, NotificationKind
 
 __all__ = ["PubSubSubscription"]
 
+#: How long cleanup after a failed open may take, shielded from cancellation.
+_CLEANUP_TIMEOUT = 5.0
+
 logger = logging.getLogger("aioconductor.boards.redis")
 
 #: How long one read waits for a message: well under redis-py's 5 s socket timeout, so an idle
@@ -67,7 +70,9 @@ class PubSubSubscription(Subscription):
                     if message is not None and message["type"] == "subscribe":
                         break
         except BaseException:
-            await _close_pubsub(pubsub)
+            # Shielded and bounded: a cancelled subscribe must still give its connection back.
+            with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+                await _close_pubsub(pubsub)
             raise
         self._pubsub = pubsub
         self._heard_at = self._pinged_at = anyio.current_time()
