@@ -14,12 +14,13 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from aioconductor._payload import decode_json
-from aioconductor.models import Claim, Job, JobNotification, JobState, Outcome
+from aioconductor.models import Claim, ConductorInfo, Job, JobNotification, JobState, Outcome
 
 __all__ = [
     "JOB_COLUMNS",
     "PostSpec",
     "Subscription",
+    "conductor_from_row",
     "job_from_row",
     "lost_message",
     "unclaimable_message",
@@ -150,3 +151,17 @@ def visible(job: Job, now: float) -> Job:
     if job.state is JobState.SCHEDULED and job.is_claimable(now):
         return job.model_copy(update={"state": JobState.UNCLAIMED})
     return job
+
+
+def conductor_from_row(row: Sequence[Any]) -> ConductorInfo:
+    """A ``ConductorInfo`` from a row of (owner, name, started_at, heartbeat_at, expires_at,
+    meta as JSON text)."""
+    owner, name, started_at, heartbeat_at, expires_at, meta = row
+    return ConductorInfo(
+        owner=owner,
+        name=name,
+        started_at=started_at,
+        heartbeat_at=heartbeat_at,
+        expires_at=expires_at,
+        meta=decode_json(meta),
+    )

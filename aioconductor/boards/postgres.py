@@ -33,12 +33,12 @@ from typing import Any, Self
 
 import anyio
 
-from aioconductor._payload import decode_json, encode_json
+from aioconductor._payload import encode_json
 from aioconductor._postgres import URL_OPTIONS, PostgresLink, refuse_nul
 from aioconductor._urls import ParsedURL, validate_namespace
 from aioconductor.boards import _postgres_sql as sql
 from aioconductor.boards._postgres_listen import ListenSubscription
-from aioconductor.boards._support import job_from_row, visible
+from aioconductor.boards._support import conductor_from_row, job_from_row, visible
 from aioconductor.boards.base import (
     JobBoard,
     PostSpec,
@@ -391,14 +391,4 @@ class PostgresJobBoard(JobBoard):
 
     async def _conductors(self) -> list[ConductorInfo]:
         rows = await self._read("conductors", "ALIVE")
-        return [
-            ConductorInfo(
-                owner=owner,
-                name=name,
-                started_at=started_at,
-                heartbeat_at=heartbeat_at,
-                expires_at=expires_at,
-                meta=decode_json(meta),
-            )
-            for owner, name, started_at, heartbeat_at, expires_at, meta in rows
-        ]
+        return [conductor_from_row(row) for row in rows]

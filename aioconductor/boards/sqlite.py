@@ -33,11 +33,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Self
 
-from aioconductor._payload import decode_json, encode_json
+from aioconductor._payload import encode_json
 from aioconductor._sqlite import SqliteLink, sqlite_path
 from aioconductor._urls import ParsedURL
 from aioconductor.boards import _sqlite_schema as sql
-from aioconductor.boards._support import job_from_row, visible
+from aioconductor.boards._support import conductor_from_row, job_from_row, visible
 from aioconductor.boards.base import (
     JobBoard,
     PostSpec,
@@ -412,14 +412,4 @@ class SqliteJobBoard(JobBoard):
     async def _conductors(self) -> list[ConductorInfo]:
         params = self._params(now=time.time())
         rows = await self._link.read("conductors", _query(sql.ALIVE, params))
-        return [
-            ConductorInfo(
-                owner=owner,
-                name=name,
-                started_at=started_at,
-                heartbeat_at=heartbeat_at,
-                expires_at=expires_at,
-                meta=decode_json(meta),
-            )
-            for owner, name, started_at, heartbeat_at, expires_at, meta in rows
-        ]
+        return [conductor_from_row(row) for row in rows]

@@ -484,7 +484,7 @@ async def test_eight_processes_consume_each_of_5000_jobs_once(
     with anyio.fail_after(120):
         async with anyio.create_task_group() as tg:
             for n, out in enumerate(outs):
-                command = [sys.executable, "-m", "tests.postgres_helpers", board_url, f"w{n}"]
+                command = [sys.executable, "-m", "tests.board_drainer", board_url, f"w{n}"]
                 tg.start_soon(
                     functools.partial(anyio.run_process, [*command, str(out), str(total)], cwd=repo)
                 )

@@ -363,7 +363,7 @@ async def test_eight_processes_consume_each_of_5000_jobs_once(
     with anyio.fail_after(120):
         async with anyio.create_task_group() as tg:
             for n, out in enumerate(outs):
-                command = [sys.executable, "-m", "tests.redis_helpers", url, f"w{n}", str(out)]
+                command = [sys.executable, "-m", "tests.board_drainer", url, f"w{n}", str(out)]
                 tg.start_soon(
                     functools.partial(anyio.run_process, [*command, str(total)], cwd=repo)
                 )
