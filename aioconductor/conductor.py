@@ -58,6 +58,11 @@ class ConductorStats:
             self.failed += 1
 
 
+def _release(slots: anyio.Semaphore, count: int) -> None:
+    for _ in range(count):
+        slots.release()
+
+
 class Conductor:
     """Claims jobs from ``board`` and runs each job's flow, saving progress in ``store``.
 
@@ -74,6 +79,8 @@ class Conductor:
             suspends and abandons them.
         sweep_interval: how often an idle conductor looks for claimable jobs that no
             notification announced; at most ``min(lease, 5)`` seconds.
+        claim_batch_size: the most jobs one claim call takes when several slots are free.
+        notifier: where events go; a private ``Notifier`` when None.
 
     Example::
 
@@ -92,12 +99,15 @@ class Conductor:
         lease: float = 30.0,
         drain_timeout: float = 30.0,
         sweep_interval: float | None = None,
+        claim_batch_size: int = 16,
         notifier: Notifier | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if not lease > 0 or not math.isfinite(lease):
             raise ConfigurationError(f"lease must be a positive number of seconds, got {lease}")
+        if claim_batch_size < 1:
+            raise ConfigurationError(f"claim_batch_size must be >= 1, got {claim_batch_size}")
         self.name = name
         self.owner = f"{name}-{uuid.uuid4().hex}"
         self.board = board
@@ -106,6 +116,7 @@ class Conductor:
         self.max_concurrency = max_concurrency
         self.lease = float(lease)
         self.drain_timeout = float(drain_timeout)
+        self.claim_batch_size = claim_batch_size
         ceiling = min(self.lease, 5.0)
         self.sweep_interval = min(sweep_interval, ceiling) if sweep_interval else ceiling
         #: Register listeners here (``conductor.notifier.register("job_consumed", fn)``).
@@ -248,35 +259,49 @@ class Conductor:
                 if not idle.cancelled_caught:
                     slots.release()
                 return
+            # Every free slot is filled by one claim call (one round trip on most boards).
+            wanted = self.claim_batch_size
+            if max_dispatches is not None:
+                wanted = min(wanted, max_dispatches - dispatched)
+            held = 1 + self._take_free_slots(slots, wanted - 1)
             self._wakeup = anyio.Event()
             try:
-                claimed = await self.board.claim_next(self.owner, lease=self.lease)
+                claimed = await self.board.claim_batch(self.owner, held, lease=self.lease)
             except AioconductorError as exc:
-                slots.release()
+                _release(slots, held)
                 logger.warning("conductor %s: claim failed (%r); retrying", self.name, exc)
                 with self._idle():
                     await anyio.sleep(backoff)
                 backoff = min(backoff * 2, self.sweep_interval)
                 continue
             except BaseException:
-                slots.release()
+                _release(slots, held)
                 raise
             backoff = 0.05
-            if claimed is None:
-                slots.release()
+            _release(slots, held - len(claimed))
+            if not claimed:
                 with self._idle(), anyio.move_on_after(self.sweep_interval):
                     await self._wakeup.wait()
                 continue
-            job, claim = claimed
-            dispatched += 1
-            self.stats.claimed += 1
+            dispatched += len(claimed)
+            self.stats.claimed += len(claimed)
             # Counted here, not in the task: a job must be waited for from the moment it is
             # claimed, even if its task has not started yet.
-            self._active += 1
+            self._active += len(claimed)
             if self._none_active.is_set():
                 self._none_active = anyio.Event()
             self.stats.peak_running = max(self.stats.peak_running, self._active)
-            jobs.start_soon(self._run_job, job, claim, slots, name=f"job {job.id}")
+            for job, claim in claimed:
+                jobs.start_soon(self._run_job, job, claim, slots, name=f"job {job.id}")
+
+    @staticmethod
+    def _take_free_slots(slots: anyio.Semaphore, most: int) -> int:
+        """Take up to ``most`` slots that are free right now, without waiting."""
+        taken = 0
+        while taken < most and slots.value > 0:
+            slots.acquire_nowait()
+            taken += 1
+        return taken
 
     @contextlib.contextmanager
     def _idle(self) -> Any:
@@ -311,6 +336,8 @@ class Conductor:
             token=claim.token,
             inputs=job.args,
             notifier=self.notifier,
+            # The first claim: no earlier run can have saved progress (writes need a token).
+            fresh=job.attempts == 1,
         )
 
     # -- services ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 from aioconductor import (
     BackendUnavailable,
     Conductor,
+    ConfigurationError,
     JobBoard,
     JobState,
     Outcome,
@@ -361,10 +362,39 @@ class CountingBoard(MemoryJobBoard):
     """Counts claim attempts, to measure what an idle conductor costs."""
 
     claim_calls = 0
+    batch_sizes: list[int]
 
     async def _claim_next(self, owner: str, lease: float) -> Any:
         self.claim_calls += 1
         return await super()._claim_next(owner, lease)
+
+    async def _claim_batch(self, owner: str, lease: float, limit: int) -> Any:
+        self.batch_sizes = [*getattr(self, "batch_sizes", []), limit]
+        return await super()._claim_batch(owner, lease, limit)
+
+
+async def test_free_slots_are_filled_by_one_claim_call() -> None:
+    async with CountingBoard() as board:
+        for n in range(40):
+            await board.post(f"j{n}", "noop", {"key": n})
+        conductor = Conductor("batch", board, flows=flows, max_concurrency=8)
+        await conductor.run(max_dispatches=40)
+        assert conductor.stats.consumed == 40 and conductor.stats.peak_running <= 8
+        # The first call fills all 8 slots at once; in all, far fewer calls than jobs.
+        assert board.batch_sizes[0] == 8 and len(board.batch_sizes) <= 20
+
+
+async def test_batch_claims_never_exceed_max_dispatches_or_batch_size() -> None:
+    async with CountingBoard() as board:
+        for n in range(40):
+            await board.post(f"j{n}", "noop", {"key": n})
+        conductor = Conductor("batch", board, flows=flows, max_concurrency=64, claim_batch_size=4)
+        await conductor.run(max_dispatches=10)
+        assert conductor.stats.claimed == 10
+        assert max(board.batch_sizes) <= 4
+        assert await board.job_count(state=JobState.UNCLAIMED) == 30
+        with pytest.raises(ConfigurationError):
+            Conductor("bad", board, flows=flows, claim_batch_size=0)
 
 
 async def test_an_idle_conductor_does_not_hammer_jobs_claimed_by_others() -> None:

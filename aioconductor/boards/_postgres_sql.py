@@ -102,18 +102,31 @@ def _take(owner: str, lease: str) -> str:
 CLAIM = f"""{_CLOCK} {_take("$3", "$4")} FROM c
     WHERE namespace = $1 AND id = $2 AND {_CLAIMABLE}
     RETURNING {COLUMNS}"""
-# $2 owner, $3 lease. SKIP LOCKED: concurrent claimers each take a different job at once.
-CLAIM_NEXT = f"""{_CLOCK},
+
+
+def _claim_best(limit: str) -> str:
+    """Claim the ``limit`` best claimable jobs for owner $2 with lease $3, in claim order.
+
+    SKIP LOCKED: concurrent claimers each take different jobs at once. The picked rows are
+    locked by the MATERIALIZED CTE, so the UPDATE takes exactly those.
+    """
+    return f"""{_CLOCK},
     picked AS MATERIALIZED (
         SELECT j.seq AS picked_seq FROM {{s}}.jobs AS j, c
         WHERE j.namespace = $1 AND j.ready_at IS NOT NULL
             AND (j.state = 'UNCLAIMED' OR j.ready_at <= c.now)
         ORDER BY j.priority DESC, j.seq
-        LIMIT 1
-        FOR UPDATE OF j SKIP LOCKED)
-    {_take("$2", "$3")} FROM c, picked
-    WHERE jobs.seq = picked.picked_seq
-    RETURNING {COLUMNS}"""
+        LIMIT {limit}
+        FOR UPDATE OF j SKIP LOCKED),
+    taken AS ({_take("$2", "$3")} FROM c, picked
+        WHERE jobs.seq = picked.picked_seq
+        RETURNING {COLUMNS})
+    SELECT * FROM taken ORDER BY priority DESC, seq"""
+
+
+CLAIM_NEXT = _claim_best("1")
+# $4 how many at most.
+CLAIM_BATCH = _claim_best("$4")
 
 #: The claim's job is $2, its owner $3 and token $4.
 _CURRENT = "namespace = $1 AND id = $2 AND state = 'CLAIMED' AND owner = $3 AND token = $4"

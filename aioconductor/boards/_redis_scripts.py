@@ -15,6 +15,7 @@ from __future__ import annotations
 __all__ = [
     "ABANDON",
     "CLAIM",
+    "CLAIM_BATCH",
     "CLAIM_NEXT",
     "CONSUME",
     "COUNT",
@@ -211,6 +212,34 @@ while true do
     return reply('ok', now, job)
   end
 end
+"""
+)
+
+#: ARGV[3..] = owner, lease, limit. Replies status, time, then per job its field count and
+#: fields.
+CLAIM_BATCH = (
+    _PRELUDE
+    + """
+local now = clock()
+promote(now)
+local out = {'ok', num(now)}
+local limit = tonumber(ARGV[5])
+local taken = 0
+while taken < limit do
+  local popped = redis.call('ZPOPMIN', ready)
+  if #popped == 0 then break end
+  local member = popped[1]
+  local job = prefix .. id_of(member)
+  local f = redis.call('HMGET', job, 'state', 'not_before', 'expires_at', 'priority')
+  if f[1] and claimable(f[1], f[2], f[3], now) then
+    take(job, member, f[4], f[1], ARGV[3], tonumber(ARGV[4]), now)
+    taken = taken + 1
+    local fields = redis.call('HGETALL', job)
+    out[#out + 1] = #fields
+    for i = 1, #fields do out[#out + 1] = fields[i] end
+  end
+end
+return out
 """
 )
 

@@ -95,6 +95,13 @@ CLAIM_NEXT = f"""{_TAKE} WHERE seq = (
         ORDER BY priority DESC, seq LIMIT 1)
     RETURNING {COLUMNS}"""
 
+# The same for up to :limit jobs. SQLite runs the subquery before the UPDATE writes a row.
+CLAIM_BATCH = f"""{_TAKE} WHERE seq IN (
+        SELECT seq FROM jobs INDEXED BY jobs_ready
+        WHERE namespace = :ns AND {CLAIMABLE}
+        ORDER BY priority DESC, seq LIMIT :limit)
+    RETURNING {COLUMNS}"""
+
 
 def update_current(sets: str) -> str:
     """An UPDATE applying ``sets`` to the job if the claim (``:owner``, ``:token``) is current."""

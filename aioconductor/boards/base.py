@@ -49,6 +49,7 @@ from aioconductor.models import (
 __all__ = [
     "DEFAULT_LEASE",
     "DEFAULT_MAX_PAYLOAD_BYTES",
+    "MAX_BATCH",
     "JobBoard",
     "PostSpec",
     "Subscription",
@@ -58,6 +59,8 @@ __all__ = [
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
 DEFAULT_LEASE = 30.0
+#: The most jobs one ``claim_batch`` takes (bounds one statement's or script's work).
+MAX_BATCH = 256
 
 
 class JobBoard(Lifecycle):
@@ -223,6 +226,26 @@ class JobBoard(Lifecycle):
             return None
         assert job.claim is not None
         return job, job.claim
+
+    async def claim_batch(
+        self, owner: str, limit: int, *, lease: float | None = None
+    ) -> list[tuple[Job, Claim]]:
+        """Claim up to ``limit`` of the best claimable jobs at once (in one round trip where
+        the backend can), in claim order; an empty list if none is claimable.
+
+        A conductor with several free slots fills them with one call instead of one each.
+        """
+        self._check_open()
+        validate_name("owner", owner)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(f"limit must be a positive integer, got {limit!r}")
+        seconds = self._lease(lease)
+        jobs = await self._claim_batch(owner, seconds, min(limit, MAX_BATCH))
+        claimed: list[tuple[Job, Claim]] = []
+        for job in jobs:
+            assert job.claim is not None
+            claimed.append((job, job.claim))
+        return claimed
 
     async def renew(self, claim: Claim, *, lease: float | None = None) -> Claim:
         """Extend the claim's lease to ``lease`` seconds from now (same token).
@@ -468,6 +491,16 @@ class JobBoard(Lifecycle):
 
     @abc.abstractmethod
     async def _claim_next(self, owner: str, lease: float) -> Job | None: ...
+
+    async def _claim_batch(self, owner: str, lease: float, limit: int) -> list[Job]:
+        """Up to ``limit`` claims; one ``_claim_next`` each unless a backend does better."""
+        jobs: list[Job] = []
+        while len(jobs) < limit:
+            job = await self._claim_next(owner, lease)
+            if job is None:
+                break
+            jobs.append(job)
+        return jobs
 
     @abc.abstractmethod
     async def _renew(self, claim: Claim, lease: float) -> Claim: ...

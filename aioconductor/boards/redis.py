@@ -132,6 +132,7 @@ class RedisJobBoard(JobBoard):
             for name in (
                 "POST",
                 "CLAIM",
+                "CLAIM_BATCH",
                 "CLAIM_NEXT",
                 "RENEW",
                 "CONSUME",
@@ -236,6 +237,16 @@ class RedisJobBoard(JobBoard):
         reply = await self._run("CLAIM_NEXT", "claim_next", [owner, fmt_time(lease)])
         status, _, job = self._reply(reply)
         return None if status == "none" else job
+
+    async def _claim_batch(self, owner: str, lease: float, limit: int) -> list[Job]:
+        reply = await self._run("CLAIM_BATCH", "claim_batch", [owner, fmt_time(lease), limit])
+        jobs: list[Job] = []
+        at = 2
+        while at < len(reply):
+            count = int(reply[at])
+            jobs.append(_job(_pairs(reply[at + 1 : at + 1 + count])))
+            at += 1 + count
+        return jobs
 
     async def _renew(self, claim: Claim, lease: float) -> Claim:
         args = [claim.owner, str(claim.token), fmt_time(lease)]

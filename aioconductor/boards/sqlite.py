@@ -261,6 +261,22 @@ class SqliteJobBoard(JobBoard):
             self._note_due(job.claim.expires_at)
         return job
 
+    async def _claim_batch(self, owner: str, lease: float, limit: int) -> list[Job]:
+        def claim_batch(conn: sqlite3.Connection) -> list[Job]:
+            now = time.time()
+            params = self._params(owner=owner, expires=now + lease, now=now, limit=limit)
+            rows = conn.execute(sql.CLAIM_BATCH, params).fetchall()
+            if rows:
+                conn.execute(sql.BUMP, self._params())
+            # RETURNING gives rows in the order they were written, not the claim order.
+            return sorted(map(job_from_row, rows), key=lambda job: (-job.priority, job.seq))
+
+        jobs = await self._link.write("claim_batch", claim_batch)
+        if jobs:
+            assert jobs[0].claim is not None
+            self._note_due(jobs[0].claim.expires_at)
+        return jobs
+
     async def _renew(self, claim: Claim, lease: float) -> Claim:
         def renew(conn: sqlite3.Connection) -> Job:
             expires = time.time() + lease

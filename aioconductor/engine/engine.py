@@ -65,6 +65,8 @@ class Engine:
         token: the claim's fencing token, carried by every write to the store.
         inputs: the flow's inputs, bound to task parameters by name.
         notifier: receives the engine's events; a private one when None.
+        fresh: the logbook ``book_id`` cannot exist yet (the conductor knows this on a job's
+            first claim): it is created without being read first.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class Engine:
         token: int | None = None,
         inputs: Mapping[str, Any] | None = None,
         notifier: Notifier | None = None,
+        fresh: bool = False,
     ) -> None:
         self.flow: Flow = linear(flow.name, flow) if isinstance(flow, Task) else flow
         self.store: Store = store if store is not None else MemoryStore()
@@ -89,6 +92,9 @@ class Engine:
         self._compiled: CompiledFlow | None = None
         self._detail: FlowDetail | None = None
         self._validated = False
+        self.fresh = fresh
+        #: Whether the detail was created as RUNNING, so the run need not save that again.
+        self._running_saved = False
 
     async def _emit(self, event: Event, **details: Any) -> None:
         if self.notifier.has_listeners(event):
@@ -114,24 +120,41 @@ class Engine:
         store = self.store
         if self._own_store and not store.connected:
             await store.connect()
-        try:
-            book: LogBook | None = await store.get_logbook(self.book_id)
-        except LogBookNotFound:
-            book = None
-        if book is None:
-            detail = FlowDetail(name=self.flow.name)
-            book = LogBook(uuid=self.book_id, name=self.book_name, flows={detail.uuid: detail})
-            book = await store.save_logbook(book, token=self.token)
-            self._detail = book.flows[detail.uuid]
+        if self.fresh:
+            self._detail = await self._create_book()
         else:
-            found = [f for f in book.flows.values() if f.name == self.flow.name]
-            if found:
-                self._detail = found[0]
+            try:
+                book = await store.get_logbook(self.book_id)
+            except LogBookNotFound:
+                self._detail = await self._create_book()
             else:
-                self._detail = await store.update_flow_detail(
-                    self.book_id, FlowDetail(name=self.flow.name), token=self.token
-                )
+                found = [f for f in book.flows.values() if f.name == self.flow.name]
+                if found:
+                    self._detail = found[0]
+                else:
+                    self._detail = await store.update_flow_detail(
+                        self.book_id, FlowDetail(name=self.flow.name), token=self.token
+                    )
         await self._emit(Event.PREPARATION_END)
+
+    async def _create_book(self) -> FlowDetail:
+        """Save a new logbook holding this flow's detail, already ``RUNNING`` (one write for
+        two), and return the detail to run with.
+
+        Should the logbook exist after all (``fresh`` was wrong), the store merges in the new
+        detail and returns the whole book: the detail saved earlier for this flow wins, and the
+        run resumes from it as if the book had been read first.
+        """
+        detail = FlowDetail(name=self.flow.name, state=FlowState.RUNNING)
+        book = LogBook(uuid=self.book_id, name=self.book_name, flows={detail.uuid: detail})
+        book = await self.store.save_logbook(book, token=self.token)
+        earlier = [
+            f for f in book.flows.values() if f.name == self.flow.name and f.uuid != detail.uuid
+        ]
+        if earlier:
+            return earlier[0]
+        self._running_saved = True
+        return book.flows[detail.uuid]
 
     async def validate(self) -> None:
         """Check that every atom's requirements are met by the inputs or earlier atoms.
@@ -178,9 +201,15 @@ class Engine:
             return self._result(self._detail.state, runner)
         await self._emit(Event.RUNNING_START)
         try:
-            if self._detail.state is not FlowState.PENDING:
-                await self._set_state(FlowState.RESUMING)
-            await self._set_state(FlowState.RUNNING)
+            if self._running_saved:
+                self._running_saved = False
+                await self._emit(
+                    Event.FLOW_STATE, state=FlowState.RUNNING, old_state=FlowState.PENDING
+                )
+            else:
+                if self._detail.state is not FlowState.PENDING:
+                    await self._set_state(FlowState.RESUMING)
+                await self._set_state(FlowState.RUNNING)
             state = await runner.run()
             await self._set_state(state)
         except anyio.get_cancelled_exc_class():

@@ -16,6 +16,7 @@ from aioconductor.boards import JobBoard
 from aioconductor.errors import (
     BoardClosed,
     ClaimLost,
+    ConfigurationError,
     JobNotFound,
     PayloadError,
     UnclaimableJob,
@@ -180,6 +181,63 @@ async def test_claim_next_follows_priority_then_post_order(board: JobBoard) -> N
 
 async def test_claim_next_on_empty_board(board: JobBoard) -> None:
     assert await board.claim_next("o") is None
+
+
+async def test_claim_batch_takes_the_best_jobs_in_claim_order(board: JobBoard) -> None:
+    posted = [await board.post(f"j{i}", "f", priority=i % 3) for i in range(7)]
+    expected = sorted(posted, key=lambda job: (-job.priority, job.seq))
+    first = await board.claim_batch("o", 4, lease=5.0)
+    assert [job.id for job, _ in first] == [job.id for job in expected[:4]]
+    for job, claim in first:
+        assert job.claim == claim and claim.owner == "o" and claim.job_id == job.id
+        assert job.state is JobState.CLAIMED and job.attempts == 1
+        assert (await board.get(job.id)).claim == claim
+    rest = await board.claim_batch("o", 10)
+    assert [job.id for job, _ in rest] == [job.id for job in expected[4:]]
+    assert await board.claim_batch("o", 10) == []
+    # Each claim is a claim like any other: consumed one by one.
+    for _, claim in first + rest:
+        await board.consume(claim)
+    assert await board.job_count(state=JobState.COMPLETE) == 7
+
+
+async def test_claim_batch_races_take_each_job_once(backend: BoardBackend, board: JobBoard) -> None:
+    posted = {(await board.post(f"j{i}", "f")).id for i in range(60)}
+    others = [backend.open(lease=5.0) for _ in range(3)]
+    for other in others:
+        await other.connect()
+    taken: list[str] = []
+
+    async def drain(b: JobBoard, owner: str) -> None:
+        while batch := await b.claim_batch(owner, 7):
+            taken.extend(job.id for job, _ in batch)
+
+    async with anyio.create_task_group() as tg:
+        for i, b in enumerate([board, *others, board]):
+            tg.start_soon(drain, b, f"owner-{i}")
+    assert sorted(taken) == sorted(posted)
+
+
+async def test_claim_batch_takes_expired_and_skips_held_and_scheduled(board: JobBoard) -> None:
+    held = await board.post("held", "f")
+    await board.claim(held.id, "other", lease=30.0)
+    lapsed = await board.post("lapsed", "f")
+    old = await board.claim(lapsed.id, "other", lease=SHORT_LEASE)
+    later = await board.post("later", "f", delay=30.0)
+    await anyio.sleep(SHORT_LEASE + 0.2)
+    batch = await board.claim_batch("o", 10)
+    assert [job.id for job, _ in batch] == [lapsed.id]
+    assert batch[0][1].token > old.token and batch[0][0].attempts == 2
+    assert (await board.get(held.id)).owner == "other"
+    assert (await board.get(later.id)).state is JobState.SCHEDULED
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5, True, "3"])
+async def test_claim_batch_refuses_a_bad_limit(board: JobBoard, limit: Any) -> None:
+    await board.post("j", "f")
+    with pytest.raises(ConfigurationError):
+        await board.claim_batch("o", limit)
+    assert await board.job_count(state=JobState.UNCLAIMED) == 1
 
 
 # -- stale claims change nothing ----------------------------------------------------------------

@@ -89,6 +89,47 @@ async def test_cancel_then_resume_does_not_rerun_finished_tasks() -> None:
     assert result.provided == {n: f"{n}:1" for n in "abcd"}
 
 
+async def test_a_fresh_engine_saves_its_book_running_in_one_write() -> None:
+    counts: collections.Counter[str] = collections.Counter()
+    notifier = Notifier()
+    flow_states: list[tuple[str, str]] = []
+    notifier.register(
+        Event.FLOW_STATE, lambda e, d: flow_states.append((d["old_state"], d["state"]))
+    )
+    async with MemoryStore() as store:
+        engine = Engine(
+            steps(counts, {}), store=store, book_id="job", inputs={"x": 1}, notifier=notifier
+        )
+        engine.fresh = True
+        await engine.prepare()
+        (detail,) = (await store.get_logbook("job")).flows.values()
+        # Created RUNNING: no update of the flow detail was needed (its version is unbumped).
+        assert detail.state is FlowState.RUNNING and detail.version == 0
+        result = await engine.run()
+        (detail,) = (await store.get_logbook("job")).flows.values()
+    assert result.state is FlowState.SUCCESS and detail.state is FlowState.SUCCESS
+    # Observers see the same transitions as when RUNNING is saved on its own.
+    assert flow_states == [("PENDING", "RUNNING"), ("RUNNING", "SUCCESS")]
+
+
+async def test_a_fresh_engine_that_finds_a_book_resumes_from_it() -> None:
+    counts: collections.Counter[str] = collections.Counter()
+    gates: dict[str, Any] = {"c": make_gate()}
+    async with MemoryStore() as store:
+        first = Engine(steps(counts, gates), store=store, book_id="job", inputs={"x": 1})
+        await run_until_started_then_cancel(first, gates["c"]["started"])
+        gates.clear()
+        # Told (wrongly) that no book exists: the saved progress still wins.
+        second = Engine(steps(counts, gates), store=store, book_id="job", inputs={"x": 1})
+        second.fresh = True
+        result = await second.run()
+        book = await store.get_logbook("job")
+    assert result.state is FlowState.SUCCESS
+    assert counts == {"a": 1, "b": 1, "c": 2, "d": 1}
+    resumed = [f for f in book.flows.values() if f.state is FlowState.SUCCESS]
+    assert len(resumed) == 1 and resumed[0].atoms["b"].state is AtomState.SUCCESS
+
+
 async def test_resume_in_the_middle_of_a_revert_goes_on_reverting() -> None:
     counts: collections.Counter[str] = collections.Counter()
     gates: dict[str, Any] = {"fail": "c", "revert b": make_gate()}
