@@ -13,7 +13,7 @@ call cancelled mid-statement never leaves a connection idle in a transaction or 
 that fails after the call had its reply (the server ended the session meanwhile) does not fail
 the call: its work was done (see :meth:`PostgresLink.acquire`).
 
-Identifiers: the schema name is checked against ``[a-z_][a-z0-9_]{0,47}`` and double-quoted
+Identifiers: the schema name is checked against ``[a-z_][a-z0-9_]{0,62}`` and double-quoted
 wherever it appears in SQL; every value is a bind parameter.
 """
 
@@ -34,10 +34,11 @@ from aioconductor._urls import int_option, redact_url
 from aioconductor.errors import AioconductorError, BackendUnavailable, ConfigurationError
 
 __all__ = [
-    "DEFAULT_SCHEMA",
+    "SCHEMA_PREFIX",
     "URL_OPTIONS",
     "Migrations",
     "PostgresLink",
+    "default_schema",
     "migrate",
     "quote_schema",
     "refuse_nul",
@@ -53,7 +54,8 @@ T = TypeVar("T")
 #: A list of migrations; each is a list of statements with ``{s}`` for the quoted schema.
 Migrations = Sequence[Sequence[str]]
 
-DEFAULT_SCHEMA = "aioconductor"
+#: A namespace's tables live in schema ``aioc_<namespace>`` unless the URL names a schema.
+SCHEMA_PREFIX = "aioc_"
 #: The library's own URL options for PostgreSQL (removed before the URL reaches asyncpg).
 URL_OPTIONS = frozenset({"schema", "pool_min", "pool_max"})
 #: How long an idempotent call keeps retrying through connection errors (a server restart).
@@ -61,7 +63,7 @@ READ_RETRY_SECONDS = 8.0
 #: The first key of the advisory lock taken while migrating ("AIOC"); the second is the
 #: schema name's hash, so two schemas migrate independently.
 _MIGRATION_LOCK = 0x41494F43
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _DEFAULT_SETTINGS = {
     "application_name": "aioconductor",
     "statement_timeout": "30000",
@@ -87,15 +89,21 @@ _REFUSALS: tuple[type[BaseException], ...] = (
 )
 
 
+def default_schema(namespace: str) -> str:
+    """The schema of ``namespace``'s tables when the URL names none: one schema a namespace,
+    so a namespace's data can be granted, dumped or dropped on its own."""
+    return SCHEMA_PREFIX + namespace
+
+
 def quote_schema(name: object) -> str:
-    """``name`` double-quoted for SQL, once checked against ``[a-z_][a-z0-9_]{0,47}``.
+    """``name`` double-quoted for SQL, once checked against ``[a-z_][a-z0-9_]{0,62}``.
 
     Raises:
         ConfigurationError: the name is not a plain lower-case identifier, or is reserved.
     """
     if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
         raise ConfigurationError(
-            f"schema {name!r} is not valid: use 1 to 48 characters of [a-z0-9_], "
+            f"schema {name!r} is not valid: use 1 to 63 characters of [a-z0-9_], "
             "not starting with a digit"
         )
     if name.startswith("pg_") or name == "information_schema":
@@ -125,6 +133,7 @@ class PostgresLink:
         closed_error: what a call made after :meth:`aclose` raises.
         error: what a server error that is not a connection problem becomes.
         schema: the schema name; wins over ``options``.
+        namespace: the namespace whose default schema is used when neither names one.
     """
 
     def __init__(
@@ -135,9 +144,12 @@ class PostgresLink:
         closed_error: Callable[[], Exception],
         error: type[AioconductorError],
         schema: str | None = None,
+        namespace: str,
     ) -> None:
         self.url = redact_url(driver_url)
-        self.schema = schema if schema is not None else options.get("schema", DEFAULT_SCHEMA)
+        if schema is None:
+            schema = options["schema"] if "schema" in options else default_schema(namespace)
+        self.schema = schema
         #: The schema, quoted for SQL.
         self.q = quote_schema(self.schema)
         self.pool_min = int_option(options, "pool_min", 1)

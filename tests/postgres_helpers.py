@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import uuid
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from tests.conftest import POSTGRES_URL, service_missing
@@ -41,3 +43,76 @@ async def drop_schemas(*schemas: str) -> None:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (initdb in a temporary folder, a free loopback
+    port), which the test may restart or stop at will without disturbing anyone else."""
+
+    def __init__(self, folder: str, port: int, bin_dir: str) -> None:
+        self.folder = folder
+        self.port = port
+        self._bin = bin_dir
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def _as_postgres(self, *argv: str) -> None:
+        import os
+        import subprocess
+
+        command = [f"{self._bin}/{argv[0]}", *argv[1:]]
+        if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder}"
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        self._as_postgres(
+            "pg_ctl", "-D", f"{self.folder}/data", "-l", f"{self.folder}/log", "-w", "-o",
+            options, "start",
+        )  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``fast`` ends every session at once, as a restart does)."""
+        self._as_postgres("pg_ctl", "-D", f"{self.folder}/data", "-m", mode, "-w", "stop")
+
+    def restart(self) -> None:
+        """Stop the server, ending every session, and start it again."""
+        self.stop()
+        self.start()
+
+
+def private_postgres() -> contextlib.AbstractContextManager[PrivatePostgres]:
+    """Make, start and finally remove a private server; skips (fails under CI) without the
+    PostgreSQL server binaries."""
+    return _private_postgres()
+
+
+@contextlib.contextmanager
+def _private_postgres() -> Iterator[PrivatePostgres]:
+    import glob
+    import os
+    import shutil
+    import tempfile
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        service_missing("the PostgreSQL server binaries (initdb)")
+    bin_dir = os.path.dirname(found[-1])
+    folder = tempfile.mkdtemp(prefix="aioc-pg-")
+    os.chmod(folder, 0o777)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = PrivatePostgres(folder, port, bin_dir)
+    try:
+        server._as_postgres("initdb", "-D", f"{folder}/data", "-A", "trust", "-U", "postgres")
+        server.start()
+        yield server
+    finally:
+        with contextlib.suppress(Exception):
+            server.stop("immediate")
+        shutil.rmtree(folder, ignore_errors=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -47,6 +50,7 @@ class ListenSubscription(Subscription):
         self._delay = 0.05
         self._retry_at = 0.0
         self._heard_at = 0.0
+        self._loop_time: Callable[[], float] = time.monotonic
 
     async def open(self) -> None:
         """Connect and LISTEN; once this returns, no notification committed after is missed.
@@ -65,10 +69,14 @@ class ListenSubscription(Subscription):
                 await self._link.release_one(conn)
             raise
         self._conn = conn
+        self._loop_time = asyncio.get_running_loop().time
         self._heard_at = anyio.current_time()
 
     def _heard(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        self._heard_at = anyio.current_time()
+        # asyncpg calls this from a bare event-loop callback, outside any task, where anyio
+        # cannot tell which loop runs (anyio.current_time() raises there). asyncpg is
+        # asyncio-only, and anyio's clock on asyncio is the loop's.
+        self._heard_at = self._loop_time()
         note = parse_note(payload)
         if note is not None:
             self.push(note)

@@ -1,8 +1,9 @@
 """`PostgresJobBoard`: jobs in PostgreSQL, shared by conductors on many machines.
 
 ``postgresql://[user[:password]@]host[:port]/database?namespace=NAME`` (``postgres://`` too).
-The library's options: ``schema`` (default ``aioconductor``), ``pool_min`` and ``pool_max``
-(default 1 and 10), besides the board's ``lease``, ``poll_interval`` and ``max_payload_bytes``.
+The library's options: ``schema`` (default ``aioc_<namespace>``: one schema a namespace),
+``pool_min`` and ``pool_max`` (default 1 and 10), besides the board's ``lease``,
+``poll_interval`` and ``max_payload_bytes``.
 Every other option goes to asyncpg: ``sslmode=require``, or a server setting such as
 ``application_name=billing`` or ``statement_timeout=5000``.
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Self
 
 import anyio
@@ -94,8 +95,8 @@ class PostgresJobBoard(JobBoard):
 
     Args:
         driver_url: the PostgreSQL URL without the library's options.
-        schema: the schema holding the board's tables (default ``aioconductor``, or the URL's
-            ``schema=`` option).
+        schema: the schema holding the board's tables (default the URL's ``schema=`` option,
+            else ``aioc_<namespace>``).
         options: the library's PostgreSQL options from the URL (``pool_min``, ``pool_max``).
         **kwargs: see :class:`~aioconductor.boards.base.JobBoard`.
 
@@ -116,7 +117,12 @@ class PostgresJobBoard(JobBoard):
         super().__init__(**kwargs)
         validate_namespace(self.namespace)
         self._link = PostgresLink(
-            driver_url, options or {}, closed_error=BoardClosed, error=BoardError, schema=schema
+            driver_url,
+            options or {},
+            closed_error=BoardClosed,
+            error=BoardError,
+            schema=schema,
+            namespace=self.namespace,
         )
         self.schema = self._link.schema
         #: The channel this board's posts and abandons are announced on.
@@ -128,6 +134,7 @@ class PostgresJobBoard(JobBoard):
                 "NOW_QUERY",
                 "POST",
                 "CLAIM",
+                "CLAIM_BATCH",
                 "CLAIM_NEXT",
                 "RENEW",
                 "CONSUME",
@@ -202,13 +209,52 @@ class PostgresJobBoard(JobBoard):
 
     # -- transitions ---------------------------------------------------------------------------
 
-    async def _post(self, spec: PostSpec) -> Job:
+    async def post_in_transaction(
+        self,
+        connection: Any,
+        name: str,
+        flow: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        priority: int = 0,
+        max_attempts: int = 3,
+        delay: float | None = None,
+        not_before: float | None = None,
+    ) -> Job:
+        """Post a job on the caller's own asyncpg ``connection``, inside its transaction.
+
+        The job exists (and conductors hear of it) only if that transaction commits; a
+        rollback leaves no trace: the transactional-outbox pattern, for jobs that must exist
+        exactly when the application's own rows do. The options are those of :meth:`post`.
+
+        Example::
+
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("INSERT INTO orders ...")
+                await board.post_in_transaction(conn, "ship", "ship-order", {"order": 7})
+
+        Raises:
+            PayloadError: bad name, flow, args or option; nothing was written.
+            BoardError: the statement failed; the caller's transaction is then aborted, as
+                with any failed statement.
+        """
+        self._check_open()
+        spec = self._post_spec(name, flow, args, priority, max_attempts, delay, not_before)
+        query, params = self._post_statement(spec)
+        with self._link.translate("post"):
+            rows = await connection.fetch(query, self.namespace, *params)
+        job = job_from_row(rows[0])
+        if job.state is JobState.SCHEDULED:
+            self._note_due(job.not_before, job.created_at)
+        return job
+
+    def _post_statement(self, spec: PostSpec) -> tuple[str, tuple[Any, ...]]:
+        """The POST statement and its parameters after the namespace (a new job id)."""
         refuse_nul("the job's name", spec.name, PayloadError)
         refuse_nul("the job's flow name", spec.flow, PayloadError)
-        job_id = str(uuid.uuid4())
-        args = (
+        params = (
             self.channel,
-            job_id,
+            str(uuid.uuid4()),
             spec.name,
             spec.flow,
             spec.args_json.decode("utf-8"),
@@ -217,7 +263,11 @@ class PostgresJobBoard(JobBoard):
             _seconds(spec.delay),
             spec.not_before,
         )
-        query = self._sql["POST"]
+        return self._sql["POST"], params
+
+    async def _post(self, spec: PostSpec) -> Job:
+        query, args = self._post_statement(spec)
+        job_id = args[1]
         # The id is chosen here and a post of an existing id writes nothing, so a post whose
         # reply was lost is retried like a read without posting twice.
         rows = await self._link.read("post", lambda conn: conn.fetch(query, self.namespace, *args))
@@ -252,6 +302,17 @@ class PostgresJobBoard(JobBoard):
         assert job.claim is not None
         self._note_due(job.claim.expires_at, job.updated_at)
         return job
+
+    async def _claim_batch(self, owner: str, lease: float, limit: int) -> list[Job]:
+        refuse_nul("the owner", owner, PayloadError)
+        query = self._sql["CLAIM_BATCH"]
+        args = (self.namespace, owner, _seconds(lease), limit)
+        rows = await self._link.call("claim_batch", lambda conn: conn.fetch(query, *args))
+        jobs = [job_from_row(row) for row in rows]
+        if jobs:
+            assert jobs[0].claim is not None
+            self._note_due(jobs[0].claim.expires_at, jobs[0].updated_at)
+        return jobs
 
     async def _claim_args(self, claim: Claim, verb: str) -> tuple[str, str, int]:
         """The claim as bind parameters; refused first if PostgreSQL could not even look it up."""

@@ -1,9 +1,9 @@
 """`PostgresStore`: logbooks in PostgreSQL, with fenced writes checked on the server.
 
 ``postgresql://[user[:password]@]host[:port]/database?namespace=NAME`` (``postgres://`` too),
-with the board's PostgreSQL options: ``schema`` (default ``aioconductor``), ``pool_min``,
-``pool_max``; every other option goes to asyncpg. The store's tables sit beside the board's in
-the same schema and never overlap them.
+with the board's PostgreSQL options: ``schema`` (default ``aioc_<namespace>``: one schema a
+namespace), ``pool_min``, ``pool_max``; every other option goes to asyncpg. The store's
+tables sit beside the board's in the same schema and never overlap them.
 
 Every write checks the logbook's fencing token and the detail's version before it changes
 anything, under a lock on the logbook's row, so a writer holding a stale token or version
@@ -254,7 +254,12 @@ class PostgresStore(Store):
         # open_store leaves the library's PostgreSQL options in the URL: take them out here.
         driver_url, options = split_options(driver_url, URL_OPTIONS)
         self._link = PostgresLink(
-            driver_url, options, closed_error=StoreClosed, error=StoreError, schema=schema
+            driver_url,
+            options,
+            closed_error=StoreClosed,
+            error=StoreError,
+            schema=schema,
+            namespace=self.namespace,
         )
         self.schema = self._link.schema
         self._q = self._link.q

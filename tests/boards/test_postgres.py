@@ -94,25 +94,28 @@ HOSTILE = [
     "Robert'); DROP TABLE students;--",
     "UPPER",
     "",
-    "x" * 49,
+    "x" * 64,
 ]
 #: Fine as namespaces, not as schemas.
 BAD_SCHEMAS = ["1starts_with_digit", "pg_catalog", "information_schema"]
+#: Fine as schemas, not as namespaces (which also name a channel and the default schema).
+BAD_NAMESPACES = ["x" * 49]
 
 
-@pytest.mark.parametrize("name", HOSTILE + BAD_SCHEMAS)
+@pytest.mark.parametrize("name", HOSTILE + BAD_SCHEMAS + BAD_NAMESPACES)
 async def test_hostile_schema_and_namespace_names_are_refused(
     board: JobBoard, admin: Any, schema: str, name: str
 ) -> None:
     job = await board.post("kept", "f")
     schemas_before = await admin.fetch("SELECT nspname FROM pg_namespace ORDER BY 1")
-    with pytest.raises(ConfigurationError):
-        open_board(url(name, "ns"))
-    with pytest.raises(ConfigurationError):
-        PostgresJobBoard(driver_url=POSTGRES_URL, schema=name)
-    with pytest.raises(ConfigurationError):
-        open_store(url(name, "ns"))
-    if name in HOSTILE:
+    if name not in BAD_NAMESPACES:
+        with pytest.raises(ConfigurationError):
+            open_board(url(name, "ns"))
+        with pytest.raises(ConfigurationError):
+            PostgresJobBoard(driver_url=POSTGRES_URL, schema=name)
+        with pytest.raises(ConfigurationError):
+            open_store(url(name, "ns"))
+    if name not in BAD_SCHEMAS:
         with pytest.raises(ConfigurationError):
             PostgresJobBoard(driver_url=POSTGRES_URL, namespace=name)
         with pytest.raises(ConfigurationError):
@@ -382,6 +385,69 @@ async def test_concurrent_connects_to_a_fresh_schema_all_succeed(schema: str, ad
     # Connecting again migrates nothing and changes nothing.
     async with open_board(url(schema, "ns_0")) as again:
         assert await again.job_count() == 1
+
+
+async def test_each_namespace_has_a_schema_of_its_own(admin: Any) -> None:
+    namespaces = [f"t{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    try:
+        async with (
+            open_board(f"{POSTGRES_URL}?namespace={namespaces[0]}") as first,
+            open_store(f"{POSTGRES_URL}?namespace={namespaces[0]}") as store,
+            open_board(f"{POSTGRES_URL}?namespace={namespaces[1]}") as second,
+        ):
+            assert isinstance(first, PostgresJobBoard)
+            assert first.schema == f"aioc_{namespaces[0]}" == store.schema  # type: ignore[attr-defined]
+            job = await first.post("j", "f")
+            with pytest.raises(JobNotFound):
+                await second.get(job.id)
+            for ns in namespaces:
+                tables = await admin.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = $1", f"aioc_{ns}"
+                )
+                assert "jobs" in {row[0] for row in tables}
+            counted = await admin.fetchval(f'SELECT count(*) FROM "aioc_{namespaces[0]}".jobs')
+            assert counted == 1
+    finally:
+        await drop_schemas(*(f"aioc_{ns}" for ns in namespaces))
+
+
+async def test_a_job_posted_in_a_transaction_exists_only_if_it_commits(
+    board: JobBoard, admin: Any
+) -> None:
+    assert isinstance(board, PostgresJobBoard)
+    with pytest.raises(ZeroDivisionError):
+        async with admin.transaction():
+            rolled_back = await board.post_in_transaction(admin, "ship", "f", {"order": 1})
+            assert rolled_back.state is JobState.UNCLAIMED
+            with pytest.raises(JobNotFound):  # not visible outside the transaction yet
+                await board.get(rolled_back.id)
+            raise ZeroDivisionError  # the application's transaction fails
+    with pytest.raises(JobNotFound):
+        await board.get(rolled_back.id)
+
+    notes: list[JobNotification] = []
+
+    async def listen(task_status: Any) -> None:
+        async with contextlib.aclosing(board.stream()) as stream:
+            task_status.started()
+            async for note in stream:
+                notes.append(note)
+                return
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(listen)
+        async with admin.transaction():
+            kept = await board.post_in_transaction(admin, "ship", "f", {"order": 3}, priority=4)
+            await anyio.sleep(0.2)
+            assert notes == []  # announced on commit, not before
+        with anyio.fail_after(5):
+            while not notes:
+                await anyio.sleep(0.01)
+    assert [note.job_id for note in notes] == [kept.id]  # nothing of the rolled-back post
+    got = await board.get(kept.id)
+    assert got.args == {"order": 3} and got.priority == 4
+    with pytest.raises(PayloadError):
+        await board.post_in_transaction(admin, "", "f")
 
 
 async def test_a_schema_newer_than_the_library_is_refused(schema: str, admin: Any) -> None:
