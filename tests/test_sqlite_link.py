@@ -1,0 +1,119 @@
+"""SqliteLink's group commit: concurrent writes share a transaction, each keeps its own fate."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from aioconductor._sqlite import SqliteLink
+from aioconductor.errors import BackendUnavailable, BoardClosed
+
+MIGRATIONS = [["CREATE TABLE items (name TEXT PRIMARY KEY, n INTEGER NOT NULL)"]]
+
+
+@pytest.fixture
+async def link(tmp_path: Path) -> Any:
+    opened = SqliteLink(str(tmp_path / "link.db"), closed=BoardClosed)
+    await opened.connect("test", MIGRATIONS)
+    yield opened
+    await opened.aclose()
+
+
+def insert(name: str, n: int = 1) -> Any:
+    def run(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO items (name, n) VALUES (?, ?)", (name, n))
+        return name
+
+    return run
+
+
+async def names(link: SqliteLink) -> set[str]:
+    rows = await link.read("list", lambda c: c.execute("SELECT name FROM items").fetchall())
+    return {row[0] for row in rows}
+
+
+async def concurrently(*calls: Any) -> list[Any]:
+    """Run the calls at once; each one's result, or the exception it raised."""
+    outcomes: list[Any] = [None] * len(calls)
+
+    async def one(i: int) -> None:
+        try:
+            outcomes[i] = await calls[i]()
+        except Exception as exc:
+            outcomes[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(calls)):
+            tg.start_soon(one, i)
+    return outcomes
+
+
+async def test_concurrent_writes_share_few_commits_and_get_their_own_results(
+    link: SqliteLink,
+) -> None:
+    commits: list[str] = []
+    conn = link._conn
+    assert conn is not None
+    conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    results = await concurrently(*(lambda i=i: link.write("w", insert(f"n{i}")) for i in range(50)))
+    conn.set_trace_callback(None)
+    assert results == [f"n{i}" for i in range(50)]
+    assert await names(link) == {f"n{i}" for i in range(50)}
+    assert len(commits) < 10, "the writes did not share commits"
+
+
+async def test_a_failing_write_is_undone_alone(link: SqliteLink) -> None:
+    def half_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO items (name, n) VALUES ('half', 1)")
+        raise LookupError("refused")
+
+    def duplicate(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO items (name, n) VALUES ('a', 2)")  # a sqlite3 error
+
+    results = await concurrently(
+        lambda: link.write("a", insert("a")),
+        lambda: link.write("half", half_then_fail),
+        lambda: link.write("dup", duplicate),
+        lambda: link.write("b", insert("b")),
+    )
+    assert results[0] == "a" and results[3] == "b"
+    assert isinstance(results[1], LookupError)
+    assert isinstance(results[2], BackendUnavailable) and "dup failed" in str(results[2])
+    assert await names(link) == {"a", "b"}
+
+
+async def test_a_write_cancelled_in_the_queue_never_runs(link: SqliteLink) -> None:
+    ran: list[str] = []
+    gate = anyio.Event()
+
+    def slow(conn: sqlite3.Connection) -> None:
+        anyio.from_thread.run_sync(gate.set)
+        conn.execute("INSERT INTO items (name, n) VALUES ('slow', 1)")
+        import time
+
+        time.sleep(0.2)
+
+    def queued(conn: sqlite3.Connection) -> None:
+        ran.append("queued")
+        conn.execute("INSERT INTO items (name, n) VALUES ('queued', 1)")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(link.write, "slow", slow)
+        await gate.wait()  # the first group is in its thread; the next write must queue
+        with anyio.CancelScope() as scope:
+            tg.start_soon(lambda: link.write("late", insert("late")))
+            await anyio.sleep(0.01)
+            scope.cancel()
+            await link.write("queued", queued)
+    assert ran == []
+    assert "queued" not in await names(link) and "slow" in await names(link)
+
+
+async def test_a_write_after_close_is_refused(link: SqliteLink) -> None:
+    await link.aclose()
+    with pytest.raises(BoardClosed):
+        await link.write("w", insert("x"))
