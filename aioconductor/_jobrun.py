@@ -31,6 +31,7 @@ from aioconductor.errors import (
     FlowNotFound,
 )
 from aioconductor.events import Event
+from aioconductor.logs import job_context
 from aioconductor.models import Claim, Job, Outcome
 from aioconductor.persistence.models import FlowState
 
@@ -91,6 +92,12 @@ class JobRun:
 
     async def run(self) -> None:
         """Run the job to one of its ends. Never raises but for cancellation."""
+        job, owner = self.job, self.claim.owner
+        # Every log record of this run (and of the tasks it starts) names the job.
+        with job_context(job.id, job.flow, owner, job_name=job.name, attempt=job.attempts):
+            await self._run()
+
+    async def _run(self) -> None:
         try:
             await self._emit(Event.JOB_CLAIMED)
             if self.job.attempts > self.job.max_attempts:

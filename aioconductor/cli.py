@@ -6,18 +6,20 @@ Errors are one clear line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from aioconductor.errors import AioconductorError, ConfigurationError
+from aioconductor.errors import AioconductorError, ConfigurationError, DependencyMissing
 from aioconductor.models import Job, JobState
 
 __all__ = ["main"]
@@ -48,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--lease", type=float, default=30.0, help="lease in seconds")
     run.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to drain")
     run.add_argument("--max-dispatches", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log lines at this level and above (one line per finished job at INFO)",
+    )
 
     post = with_board(sub.add_parser("post", help="post a job"))
     post.add_argument("name", help="the job's name")
@@ -69,6 +78,23 @@ def _parser() -> argparse.ArgumentParser:
     trash.add_argument("--reason", default="trashed by an operator")
 
     with_board(sub.add_parser("conductors", help="list the conductors alive"))
+
+    dashboard = with_board(sub.add_parser("dashboard", help="serve the web dashboard"))
+    dashboard.add_argument("--store", default=os.environ.get(STORE_ENV), help="the store URL")
+    dashboard.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    dashboard.add_argument("--port", type=int, default=8000, help="the port to listen on")
+    dashboard.add_argument(
+        "--allow-actions", action="store_true", help="allow trashing and re-posting jobs"
+    )
+
+    migrate = with_board(
+        sub.add_parser("migrate", help="create or upgrade the board's and store's tables")
+    )
+    migrate.add_argument(
+        "--store",
+        default=os.environ.get(STORE_ENV),
+        help=f"the store URL (default: ${STORE_ENV}, else the board URL)",
+    )
 
     demo = sub.add_parser("demo", help="the order-saga demo on a SQLite board (no server)")
     demo.add_argument("--jobs", type=int, default=200, help="orders to post")
@@ -99,12 +125,31 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if not args.board:
         raise ConfigurationError(f"give the board URL with --board or ${BOARD_ENV}")
+    if args.command == "migrate":
+        return await _cmd_migrate(args)
     from aioconductor.boards import open_board
 
     async with open_board(args.board) as board:
         command: Any = globals()[f"_cmd_{args.command}"]
         status: int = await command(board, args)
         return status
+
+
+async def _cmd_migrate(args: argparse.Namespace) -> int:
+    """Connect the board and the store, which creates or upgrades their tables.
+
+    Migrations are idempotent and take a lock, so running this while conductors start is safe.
+    """
+    from aioconductor.boards import open_board
+    from aioconductor.persistence import open_store
+
+    for what, opener, url in (
+        ("board", open_board, args.board),
+        ("store", open_store, args.store or args.board),
+    ):
+        async with opener(url) as resource:
+            print(f"{what}: {resource!r} is up to date")
+    return 0
 
 
 async def _cmd_run(board: Any, args: argparse.Namespace) -> int:
@@ -126,7 +171,9 @@ async def _cmd_run(board: Any, args: argparse.Namespace) -> int:
     async with conductor, anyio.create_task_group() as tg:
         tg.start_soon(_stop_on_signals, conductor, tg.cancel_scope)
         print(f"conductor {args.name} ({conductor.owner}) running on {board!r}", flush=True)
-        await conductor.run(max_dispatches=args.max_dispatches)
+        with _run_display(conductor, args.log_level) as display:
+            tg.start_soon(display)
+            await conductor.run(max_dispatches=args.max_dispatches)
         tg.cancel_scope.cancel()
     stats = conductor.stats
     print(
@@ -171,20 +218,28 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _row(job: Job) -> str:
+def _row(job: Job) -> list[str]:
     outcome = job.outcome or job.trash_reason or ""
-    return (
-        f"{job.id}  {job.state.value:<9}  {job.priority:>4}  {job.attempts}/{job.max_attempts}"
-        f"  {job.flow[:20]:<20}  {job.name[:30]:<30}  {str(outcome)[:40]}"
-    )
+    return [
+        job.id,
+        job.state.value,
+        str(job.priority),
+        f"{job.attempts}/{job.max_attempts}",
+        job.flow[:30],
+        job.name[:40],
+        str(outcome)[:60],
+    ]
 
 
 async def _cmd_jobs(board: Any, args: argparse.Namespace) -> int:
     state = JobState(args.state) if args.state else None
-    if not args.json:
-        print(f"{'id':<36}  {'state':<9}  {'prio':>4}  try  {'flow':<20}  {'name':<30}  outcome")
-    async for job in board.iterjobs(state=state):
-        print(job.model_dump_json() if args.json else _row(job))
+    if args.json:
+        async for job in board.iterjobs(state=state):
+            print(job.model_dump_json())
+        return 0
+    rows = [_row(job) async for job in board.iterjobs(state=state)]
+    headers = ["id", "state", "prio", "try", "flow", "name", "outcome"]
+    _table(headers, rows, right={2, 3})
     return 0
 
 
@@ -201,15 +256,153 @@ async def _cmd_trash(board: Any, args: argparse.Namespace) -> int:
 
 
 async def _cmd_conductors(board: Any, args: argparse.Namespace) -> int:
-    infos = await board.conductors()
-    print(f"{'name':<24}  {'owner':<58}  running  heartbeat")
-    for info in infos:
+    rows = []
+    for info in await board.conductors():
         running = info.meta.get("running", "?")
         capacity = info.meta.get("capacity", "?")
-        print(
-            f"{info.name:<24}  {info.owner:<58}  {running}/{capacity}  {_when(info.heartbeat_at)}"
-        )
+        rows.append([info.name, info.owner, f"{running}/{capacity}", _when(info.heartbeat_at)])
+    _table(["name", "owner", "running", "heartbeat"], rows, right={2})
     return 0
+
+
+async def _cmd_dashboard(board: Any, args: argparse.Namespace) -> int:
+    """Serve the dashboard until SIGINT/SIGTERM."""
+    from aioconductor.dashboard import create_app
+    from aioconductor.persistence import open_store
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise DependencyMissing(
+            "the dashboard server needs uvicorn: pip install 'aioconductor[dashboard]'"
+        ) from None
+    store = open_store(args.store) if args.store else None
+    app = create_app(board, store, allow_actions=args.allow_actions)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
+    actions = "on" if args.allow_actions else "off"
+    print(f"dashboard of {board!r} on http://{args.host}:{args.port}/ (actions {actions})")
+    sys.stdout.flush()
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        await app.state.dashboard.aclose()
+    return 0
+
+
+# -- output: tables and the run's status line ----------------------------------------------------
+# rich (the ``cli`` extra) draws them on a terminal; piped output, and machines without rich,
+# get plain aligned columns that scripts can cut.
+
+
+def _rich_console(stream: Any) -> Any:
+    """A rich console on ``stream`` if it is a terminal and rich is installed, else None."""
+    if not stream.isatty():
+        return None
+    try:
+        from rich.console import Console
+    except ImportError:
+        return None
+    return Console(file=stream)
+
+
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: set[int] | None = None
+) -> None:
+    """Print ``rows`` under ``headers`` in aligned columns (right-aligned: ``right``)."""
+    right = right or set()
+    console = _rich_console(sys.stdout)
+    if console is not None:
+        from rich import box
+        from rich.table import Table
+
+        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+        for index, header in enumerate(headers):
+            table.add_column(header, justify="right" if index in right else "left")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.rjust(width) if index in right else cell.ljust(width)
+            for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    print(line(headers))
+    for row in rows:
+        print(line(row))
+
+
+def _status_text(conductor: Any) -> str:
+    stats = conductor.stats
+    return (
+        f"{conductor.name}: running {len(conductor.running)}/{conductor.max_concurrency}"
+        f" | claimed {stats.claimed} | consumed {stats.consumed} (ok {stats.succeeded},"
+        f" reverted {stats.reverted}, failed {stats.failed}) | abandoned {stats.abandoned}"
+        f" | trashed {stats.trashed} | lease lost {stats.lease_lost}"
+    )
+
+
+@contextlib.contextmanager
+def _run_display(conductor: Any, level: str) -> Iterator[Callable[[], Coroutine[Any, Any, None]]]:
+    """Log lines (one per finished job) to stderr and, on a terminal, a live status line.
+
+    Yields the coroutine function that keeps the status line current (start it in a task).
+    """
+    from aioconductor.events import Event
+    from aioconductor.logs import FORMAT, JobContextFilter
+
+    console = _rich_console(sys.stderr)
+    handler: logging.Handler
+    if console is not None:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=console, show_path=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(JobContextFilter(missing="-"))
+    package = logging.getLogger("aioconductor")
+    old_level = package.level
+    package.addHandler(handler)
+    package.setLevel(level)
+    log = logging.getLogger("aioconductor.cli")
+
+    def on_end(event: str, details: Mapping[str, Any]) -> None:
+        how = f"{event.removeprefix('job_')} {details.get('outcome') or ''}".strip()
+        log.info(
+            "job %s (%s): %s after %.3f s",
+            details["job_name"],
+            details["flow"],
+            how,
+            details.get("duration", 0.0),
+        )
+
+    ends = (Event.JOB_CONSUMED, Event.JOB_ABANDONED, Event.JOB_TRASHED, Event.LEASE_LOST)
+    for event in ends:
+        conductor.notifier.register(event, on_end)
+
+    async def keep_status() -> None:
+        if console is None:
+            return
+        with console.status(_status_text(conductor)) as status:
+            try:
+                while True:
+                    await anyio.sleep(0.25)
+                    status.update(_status_text(conductor))
+            finally:
+                # The last figures, drawn once more as the line goes away.
+                status.update(_status_text(conductor))
+
+    try:
+        yield keep_status
+    finally:
+        for event in ends:
+            conductor.notifier.deregister(event, on_end)
+        package.removeHandler(handler)
+        package.setLevel(old_level)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,6 +44,9 @@ class ConductorStats:
     abandoned: int = 0
     trashed: int = 0
     lease_lost: int = 0
+    #: Claims made because a job was announced that came back empty: another conductor was
+    #: first (many mean more conductors wake per job than there are jobs).
+    claim_conflicts: int = 0
     #: The most jobs that ran at once.
     peak_running: int = 0
 
@@ -249,6 +252,7 @@ class Conductor:
     ) -> None:
         dispatched = 0
         backoff = 0.05
+        announced = False
         while not self._stop_requested.is_set():
             if max_dispatches is not None and dispatched >= max_dispatches:
                 return
@@ -280,9 +284,13 @@ class Conductor:
             backoff = 0.05
             _release(slots, held - len(claimed))
             if not claimed:
+                if announced:
+                    self.stats.claim_conflicts += 1
                 with self._idle(), anyio.move_on_after(self.sweep_interval):
                     await self._wakeup.wait()
+                announced = self._wakeup.is_set()
                 continue
+            announced = False
             dispatched += len(claimed)
             self.stats.claimed += len(claimed)
             # Counted here, not in the task: a job must be waited for from the moment it is

@@ -103,3 +103,172 @@ def test_demo_runs_and_prints_its_summary(tmp_path: Path) -> None:
     assert any(line.startswith("consumed 40 (") for line in summary)
     assert any("trashed 1" in line and "jobs/s" in line for line in summary)
     assert (tmp_path / "demo.db").exists()
+
+
+def test_migrate_creates_the_tables_of_a_sqlite_board_and_store(
+    capsys: pytest.CaptureFixture[str], board_url: str
+) -> None:
+    status, out, _ = run_cli(capsys, "migrate", "--board", board_url)
+    assert status == 0
+    assert out.splitlines()[0].startswith("board: <SqliteJobBoard")
+    assert out.splitlines()[1].startswith("store: <SqliteStore")
+    status, out, _ = run_cli(capsys, "post", "j", "noop", "--board", board_url)
+    assert status == 0
+
+
+@pytest.mark.postgres
+def test_two_migrate_commands_at_once_on_a_fresh_postgres_schema(tmp_path: Path) -> None:
+    import anyio
+    import asyncpg  # type: ignore[import-untyped]
+
+    from tests.postgres_helpers import drop_schemas, require_postgres, unique_schema, url
+
+    require_postgres()
+    schema = unique_schema()
+    board = url(schema, "cli")
+    try:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "aioconductor", "migrate", "--board", board],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        for proc in procs:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            assert f"schema='{schema}'" in out and "up to date" in out
+
+        async def versions() -> list[tuple[str, int]]:
+            conn = await asyncpg.connect(board.split("?")[0])
+            try:
+                rows = await conn.fetch(
+                    f'SELECT component, version FROM "{schema}".schema_version ORDER BY 1'
+                )
+            finally:
+                await conn.close()
+            return [tuple(row) for row in rows]
+
+        assert anyio.run(versions) == [("board", 1), ("store", 1)]
+    finally:
+        anyio.run(drop_schemas, schema)
+
+
+# -- tables, the run's output and the dashboard command ------------------------------------------
+
+
+def test_jobs_and_conductors_print_aligned_columns(
+    capsys: pytest.CaptureFixture[str], board_url: str
+) -> None:
+    run_cli(capsys, "post", "a", "noop", '{"key": 1}', "--board", board_url)
+    run_cli(capsys, "post", "a-much-longer-job-name", "noop", "--board", board_url)
+    status, out, _ = run_cli(capsys, "jobs", "--board", board_url)
+    header, *rows = out.splitlines()
+    assert status == 0 and len(rows) == 2
+    # Piped (not a terminal): plain columns, each starting where its header starts.
+    for column in ("state", "flow", "name"):
+        start = header.index(column)
+        assert all(row[start - 2 : start] == "  " and row[start] != " " for row in rows)
+    assert [row.split()[1] for row in rows] == ["UNCLAIMED", "UNCLAIMED"]
+    status, out, _ = run_cli(capsys, "conductors", "--board", board_url)
+    assert out.split() == ["name", "owner", "running", "heartbeat"]
+
+
+def test_on_a_terminal_tables_are_drawn_with_rich(
+    capsys: pytest.CaptureFixture[str], board_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    import aioconductor.cli as cli
+
+    monkeypatch.setattr(cli, "_rich_console", lambda stream: Console(file=stream, width=200))
+    run_cli(capsys, "post", "drawn", "noop", "--board", board_url)
+    status, out, _ = run_cli(capsys, "jobs", "--board", board_url)
+    assert status == 0 and "drawn" in out and "UNCLAIMED" in out
+    assert "───" in out  # rich's rule under the header
+
+
+def test_run_logs_a_line_per_finished_job_when_not_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], board_url: str
+) -> None:
+    ids = [
+        run_cli(
+            capsys, "post", f"job-{key}", "noop", json.dumps({"key": key}), "--board", board_url
+        )[1].strip()
+        for key in range(2)
+    ]
+    status, out, err = run_cli(
+        capsys, "run", "--board", board_url, "--app", "tests.apps:flows", "--max-dispatches", "2",
+    )  # fmt: skip
+    assert status == 0 and "2 consumed" in out
+    lines = [line for line in err.splitlines() if "consumed SUCCESS" in line]
+    assert len(lines) == 2
+    for job_id in ids:
+        # Each line carries its job's context (aioconductor.logs.FORMAT).
+        assert sum(f"[job={job_id} flow=noop owner=conductor-" in line for line in lines) == 1
+
+
+def test_run_shows_a_live_status_line_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], board_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    import aioconductor.cli as cli
+
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=200)
+    monkeypatch.setattr(cli, "_rich_console", lambda stream: terminal)
+    run_cli(capsys, "post", "j", "sleepy", '{"key": 1, "seconds": 0.6}', "--board", board_url)
+    status, out, _ = run_cli(
+        capsys, "run", "--board", board_url, "--app", "tests.apps:flows", "--max-dispatches", "1",
+        "--name", "tty",
+    )  # fmt: skip
+    drawn = screen.getvalue()
+    assert status == 0 and "1 consumed" in out
+    assert "tty: running 1/64 | claimed 1 | consumed 0" in drawn  # while the job ran
+    assert "claimed 1 | consumed 1 (ok 1" in drawn  # its last figures
+    assert "consumed SUCCESS" in drawn  # the log line, printed above the status line
+
+
+def test_dashboard_serves_the_board_until_interrupted(tmp_path: Path) -> None:
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    board = f"sqlite:///{tmp_path / 'jobs.db'}"
+    assert main(["post", "seen", "noop", "--board", board]) == 0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aioconductor", "dashboard", "--board", board, "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                url = f"http://127.0.0.1:{port}/api/summary"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    summary = json.load(response)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+                time.sleep(0.1)
+        assert summary["counts"]["UNCLAIMED"] == 1 and summary["jobs"][0]["name"] == "seen"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert f"on http://127.0.0.1:{port}/ (actions off)" in out
+    assert "Traceback" not in err

@@ -373,6 +373,30 @@ class CountingBoard(MemoryJobBoard):
         return await super()._claim_batch(owner, lease, limit)
 
 
+class ThiefBoard(MemoryJobBoard):
+    """Lets a thief take every claimable job just before the conductor's claim runs."""
+
+    async def _claim_batch(self, owner: str, lease: float, limit: int) -> Any:
+        while await super()._claim_next("thief", lease) is not None:
+            pass
+        return await super()._claim_batch(owner, lease, limit)
+
+
+async def test_a_claim_for_an_announced_job_taken_by_another_is_a_conflict() -> None:
+    async with ThiefBoard() as board:
+        conductor = Conductor("late", board, flows=flows, sweep_interval=30)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conductor.run)
+            await anyio.sleep(0.05)  # idle, after its first (empty) claim
+            assert conductor.stats.claim_conflicts == 0
+            await board.post("j", "noop", {"key": 1})
+            with anyio.fail_after(5):
+                while conductor.stats.claim_conflicts == 0:
+                    await anyio.sleep(0.01)
+            conductor.stop()
+        assert conductor.stats.claim_conflicts == 1 and conductor.stats.claimed == 0
+
+
 async def test_free_slots_are_filled_by_one_claim_call() -> None:
     async with CountingBoard() as board:
         for n in range(40):

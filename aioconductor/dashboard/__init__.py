@@ -1,0 +1,25 @@
+"""A web dashboard for a job board (``pip install 'aioconductor[dashboard]'``).
+
+Jobs by state with live counts, each job's page (args, attempts, claim, outcome, result, and
+the flow's task states and failure traceback when a store is given), the conductors alive with
+their load, and (only when enabled) actions to trash or re-post a job.
+
+Serve it from the command line::
+
+    aioconductor dashboard --board sqlite:///jobs.db --store sqlite:///jobs.db --port 8080
+
+or mount it in your own FastAPI / Starlette app::
+
+    from aioconductor.dashboard import create_app
+
+    app.mount("/jobs", create_app(board, store=store))
+
+Everything it renders is escaped: job names, args and results are untrusted. It loads nothing
+from the internet (its script and stylesheet are served by the app itself).
+"""
+
+from __future__ import annotations
+
+from aioconductor.dashboard.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,143 @@
+"""The dashboard in a real headless Chromium: live counts, a failed job's page, actions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from aioconductor import Conductor, JobState, open_board, open_store
+from aioconductor.dashboard import create_app
+
+from .. import apps
+from ..apps import flows
+from .conftest import serve
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(60)]
+
+EVIL = '<img src=x onerror="window.pwned=1">'
+SCREENSHOT = "/tmp/dashboard.png"
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Blocking WebDriver calls run in a thread, so the server in this loop can answer."""
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+def wait_text(driver: Any, element_id: str, expected: str, timeout: float = 15) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout, poll_frequency=0.1).until(
+        lambda d: d.find_element(By.ID, element_id).text.strip() == expected,
+        message=f"#{element_id} never read {expected!r}",
+    )
+
+
+def wait_contains(driver: Any, element_id: str, expected: str, timeout: float = 15) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout, poll_frequency=0.1).until(
+        lambda d: expected in d.find_element(By.ID, element_id).text,
+        message=f"#{element_id} never showed {expected!r}",
+    )
+
+
+def text_of(driver: Any, element_id: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return str(driver.find_element(By.ID, element_id).text.strip())
+
+
+async def test_counts_change_live_as_jobs_complete_and_a_failure_shows(browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    apps.GATE.clear()
+    release = apps.GATE["dash"] = anyio.Event()
+    async with (
+        open_board(f"memory://{uuid.uuid4().hex}") as board,
+        open_store("memory://") as store,
+    ):
+        held = [
+            await board.post(f"order-{n}", "steps", {"key": n, "gate": "dash"}) for n in range(3)
+        ]
+        failing = await board.post("charge-card", "fails", {"key": "card-42"})
+        evil = await board.post(EVIL, "noop", {"key": EVIL})
+        await board.post("nightly-report", "noop", {"key": 0}, delay=3600)
+        conductor = Conductor("web-1", board, store=store, flows=flows, max_concurrency=8)
+        async with serve(create_app(board, store)) as url, anyio.create_task_group() as tg:
+            await in_thread(browser.get, url + "/")
+            assert await in_thread(text_of, browser, "count-UNCLAIMED") == "5"
+            assert await in_thread(text_of, browser, "count-SCHEDULED") == "1"
+            assert await in_thread(text_of, browser, "count-COMPLETE") == "0"
+            # The job named like markup shows as text and runs nothing.
+            assert EVIL in await in_thread(lambda: browser.find_element(By.ID, "jobs").text)
+            assert await in_thread(browser.execute_script, "return window.pwned") is None
+
+            tg.start_soon(conductor.run)
+            # Without a reload: the page polls and redraws its counts and conductors.
+            await in_thread(wait_text, browser, "count-CLAIMED", "3")
+            await in_thread(wait_text, browser, "count-COMPLETE", "2")
+            # The conductor's load: its live claims on the board.
+            await in_thread(wait_contains, browser, "conductors", "3 / 8")
+            await in_thread(browser.save_screenshot, "/tmp/dashboard-running.png")
+            await in_thread(wait_text, browser, "conductor-count", "1 alive")
+            assert "web-1" in await in_thread(
+                lambda: browser.find_element(By.ID, "conductors").text
+            )
+            release.set()
+            await in_thread(wait_text, browser, "count-COMPLETE", "5")
+            await in_thread(wait_text, browser, "count-CLAIMED", "0")
+            await in_thread(browser.save_screenshot, SCREENSHOT)
+
+            await in_thread(browser.get, f"{url}/jobs/{failing.id}")
+            tracebacks = await in_thread(
+                lambda: [e.text for e in browser.find_elements(By.CSS_SELECTOR, "pre.traceback")]
+            )
+            assert len(tracebacks) == 1 and "RuntimeError: boom card-42" in tracebacks[0]
+            assert "Traceback (most recent call last)" in tracebacks[0]
+            assert await in_thread(text_of, browser, "job-outcome") == "REVERTED"
+            failure = await in_thread(text_of, browser, "job-failure")
+            assert failure == "builtins.RuntimeError: boom card-42"
+            assert "card-42" in await in_thread(text_of, browser, "job-args")
+            await in_thread(browser.save_screenshot, "/tmp/dashboard-job.png")
+
+            await in_thread(browser.get, f"{url}/jobs/{evil.id}")
+            assert await in_thread(text_of, browser, "job-name") == EVIL
+            assert await in_thread(browser.execute_script, "return window.pwned") is None
+            conductor.stop()
+        states = [(await board.get(job.id)).state for job in held]
+    assert states == [JobState.COMPLETE] * 3
+
+
+async def test_trash_and_repost_from_a_jobs_page(browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    async with open_board(f"memory://{uuid.uuid4().hex}") as board:
+        job = await board.post("stuck", "noop", {"key": 1})
+        async with serve(create_app(board, allow_actions=True)) as url:
+            await in_thread(browser.get, f"{url}/jobs/{job.id}")
+
+            def click_trash() -> None:
+                browser.find_element(By.CSS_SELECTOR, 'button[data-action="trash"]').click()
+                WebDriverWait(browser, 5).until(lambda d: d.switch_to.alert).accept()
+
+            await in_thread(click_trash)
+            await in_thread(wait_text, browser, "job-state", "TRASHED")
+            assert await in_thread(text_of, browser, "trash-reason") == "trashed from the dashboard"
+
+            def click_repost() -> None:
+                browser.find_element(By.CSS_SELECTOR, 'button[data-action="repost"]').click()
+                WebDriverWait(browser, 5).until(lambda d: job.id not in d.current_url)
+
+            await in_thread(click_repost)
+            await in_thread(wait_text, browser, "job-state", "UNCLAIMED")
+            new_id = (await in_thread(lambda: browser.current_url)).rsplit("/", 1)[1]
+        assert (await board.get(job.id)).state is JobState.TRASHED
+        reposted = await board.get(new_id)
+    assert reposted.name == "stuck" and reposted.args == {"key": 1}
