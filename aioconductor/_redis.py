@@ -6,6 +6,9 @@ Cancellation: redis-py 8 already drops a connection whose command was cancelled.
 connection that may still owe a reply is closed before ``execute_command`` puts it back in the
 pool, and the pool reconnects it before its next use. A cancelled command therefore never hands
 its reply to the next caller; ``tests/boards/test_redis.py`` checks this rather than trusting it.
+Transition and store scripts go through :meth:`RedisLink.script`, which pipelines the calls of
+one event-loop turn (:mod:`aioconductor._redis_batch`): there a pipeline once sent is finished
+under a shield, so a cancelled caller sees its cancellation after the reply came.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
@@ -22,7 +25,9 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 
+from aioconductor._redis_batch import ScriptBatcher
 from aioconductor._urls import redact_url
 from aioconductor.errors import BackendUnavailable, ConfigurationError
 
@@ -73,6 +78,7 @@ class RedisLink:
             )
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"bad Redis URL {self.url}: {self.scrub(exc)}") from None
+        self._batcher = ScriptBatcher(self.client)
 
     def scrub(self, exc: BaseException | str) -> str:
         """``exc`` as text, with the URL's password (should a driver echo it) masked."""
@@ -99,6 +105,11 @@ class RedisLink:
         """Run a non-idempotent call (a transition script) once: errors become unavailable."""
         with self.translate(what):
             return await fn()
+
+    async def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a Lua script, pipelined with the scripts other tasks run in the same turn (see
+        :mod:`aioconductor._redis_batch`); use inside :meth:`call` or :meth:`read`."""
+        return await self._batcher.run(script, keys, args)
 
     async def read(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run an idempotent call, retrying connection errors with backoff for a few seconds.

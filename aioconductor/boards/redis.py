@@ -173,7 +173,7 @@ class RedisJobBoard(JobBoard):
         keys = self._keys if job_id is None else [*self._keys, self._job_key(job_id)]
         script = self._scripts[name]
         argv = [self._job_prefix, self._channel, *args]
-        return await self._link.call(what, lambda: script(keys=keys, args=argv))
+        return await self._link.call(what, lambda: self._link.script(script, keys, argv))
 
     def _reply(self, reply: Sequence[str]) -> tuple[str, float, Job | None]:
         status, now = reply[0], float(reply[1])
@@ -222,7 +222,7 @@ class RedisJobBoard(JobBoard):
         argv = [self._job_prefix, self._channel, *args]
         # The job id is chosen here and the script returns an existing job unchanged, so a
         # post whose reply was lost can be retried without posting twice.
-        reply = await self._link.read("post", lambda: script(keys=keys, args=argv))
+        reply = await self._link.read("post", lambda: self._link.script(script, keys, argv))
         status, now, job = self._reply(reply)
         assert status == "ok" and job is not None
         if job.state is JobState.SCHEDULED and job.not_before is not None:

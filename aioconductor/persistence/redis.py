@@ -120,7 +120,7 @@ class RedisStore(Store):
         """Run write script ``name`` once: a lost reply is not retried (it may have written)."""
         script = self._scripts[name]
         argv = [self._flow_prefix(book_uuid), *args]
-        reply = await self._link.call(what, lambda: script(keys=keys, args=argv))
+        reply = await self._link.call(what, lambda: self._link.script(script, keys, argv))
         return cast(list[Any], reply)
 
     def _refused(self, reply: Sequence[Any], book_uuid: str, token: int | None) -> None:
@@ -157,7 +157,7 @@ class RedisStore(Store):
         script = self._scripts["GET"]
         keys = [self._book_key(book_uuid)]
         argv = [self._flow_prefix(book_uuid)]
-        reply = await self._link.read("get_logbook", lambda: script(keys=keys, args=argv))
+        reply = await self._link.read("get_logbook", lambda: self._link.script(script, keys, argv))
         return _book(reply[1]) if reply[0] == "ok" else None
 
     async def _update_flow_detail(

@@ -1,0 +1,129 @@
+"""Auto-pipelining: the scripts that concurrent callers run in one event-loop turn are sent to
+Redis together, as one pipeline (one write, one read, one pooled connection).
+
+A conductor running 64 jobs makes several script calls per job (claim, store writes, consume);
+sent one by one, each pays redis-py's per-command costs (a connection from the pool, a socket
+write and read, a timeout) and a round trip. Batched, they pay once per turn.
+
+The first caller of a turn leads: it yields once so that the other ready tasks can queue their
+calls, takes the queue, and sends it, shielded from cancellation so that the calls of others
+riding on its pipeline are never dropped half sent. A follower waits for its own reply. A call
+cancelled while still queued is taken off the queue and never sent; one already sent is waited
+for before the cancellation lands (its effect on Redis is then known to have happened or not).
+
+Every call keeps its own outcome: an error reply (``ResponseError``) fails that call alone. A
+connection error fails every call of the pipeline, each with an exception object of its own; like
+any lost reply, the script may or may not have run, and callers treat it so. ``EVALSHA`` of a
+script Redis does not know (after a restart or ``SCRIPT FLUSH``) ran nothing, so those calls
+are loaded and sent again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+__all__ = ["ScriptBatcher"]
+
+
+class _Call:
+    def __init__(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> None:
+        self.script = script
+        self.keys = keys
+        self.args = args
+        self.done = anyio.Event()
+        self.reply: Any = None
+        self.error: BaseException | None = None
+        self.settled = False
+
+    def settle(self, reply: Any = None, *, error: BaseException | None = None) -> None:
+        if isinstance(reply, _Failed):
+            reply, error = None, reply.error
+        self.reply, self.error, self.settled = reply, error, True
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.reply
+
+
+class ScriptBatcher:
+    """Runs Lua scripts for concurrent callers, a pipeline per event-loop turn."""
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+        self._queue: list[_Call] = []
+
+    async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run ``script`` with ``keys`` and ``args``; its reply, or the error it got."""
+        call = _Call(script, keys, args)
+        self._queue.append(call)
+        if len(self._queue) == 1:
+            with anyio.CancelScope(shield=True):
+                await anyio.lowlevel.checkpoint()  # the other ready callers queue meanwhile
+                batch, self._queue = self._queue, []
+                await self._send(batch)
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            return call.outcome()
+        try:
+            await call.done.wait()
+        except BaseException:
+            if call in self._queue:
+                self._queue.remove(call)  # never sent
+            else:
+                with anyio.CancelScope(shield=True):
+                    await call.done.wait()
+            raise
+        return call.outcome()
+
+    async def _send(self, batch: list[_Call]) -> None:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for call in batch:
+                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            replies = await pipe.execute(raise_on_error=False)
+            for call, reply in zip(batch, replies, strict=True):
+                if isinstance(reply, rexc.NoScriptError):
+                    # Nothing ran. The script object loads the script and runs it again.
+                    call.settle(await _unbatched(call))
+                elif isinstance(reply, BaseException):
+                    call.settle(error=reply)
+                else:
+                    call.settle(reply)
+        except Exception as exc:
+            for call in batch:
+                if not call.settled:
+                    call.settle(error=_own_copy(exc))
+        finally:
+            for call in batch:
+                if not call.settled:  # only if the leader itself was stopped, say by SystemExit
+                    call.settle(error=rexc.ConnectionError("the pipeline was not sent"))
+                call.done.set()
+
+
+async def _unbatched(call: _Call) -> Any:
+    try:
+        return await call.script(keys=call.keys, args=call.args)
+    except (rexc.RedisError, OSError) as exc:
+        return _Failed(exc)
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _own_copy(exc: Exception) -> Exception:
+    """An exception like ``exc`` for one caller (one object raised in many tasks would collect
+    all their tracebacks), caused by ``exc``."""
+    try:
+        copy = type(exc)(*exc.args)
+    except Exception:
+        copy = rexc.ConnectionError(str(exc))
+    copy.__cause__ = exc
+    return copy

@@ -1,0 +1,118 @@
+"""Auto-pipelining of Lua scripts: concurrent calls share a pipeline, each keeps its outcome."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+
+from aioconductor._redis_batch import ScriptBatcher
+from tests.redis_helpers import redis_url, require_redis, unique
+
+pytestmark = pytest.mark.redis
+
+INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+FAIL = "return redis.error_reply('refused ' .. ARGV[1])"
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Redis]:
+    sync = require_redis()
+    sync.close()
+    opened = Redis.from_url(redis_url(), decode_responses=True)
+    yield opened
+    await opened.aclose()
+
+
+@pytest.fixture
+def key(client: Redis) -> str:
+    return f"aioc:{{{unique('batch')}}}:n"
+
+
+class CountingClient:
+    """Counts the pipelines a batcher opens on the client it wraps."""
+
+    def __init__(self, client: Redis) -> None:
+        self.client = client
+        self.pipelines = 0
+
+    def pipeline(self, **kwargs: Any) -> Any:
+        self.pipelines += 1
+        return self.client.pipeline(**kwargs)
+
+
+async def gather(*calls: Any) -> list[Any]:
+    outcomes: list[Any] = [None] * len(calls)
+
+    async def one(i: int) -> None:
+        try:
+            outcomes[i] = await calls[i]()
+        except Exception as exc:
+            outcomes[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(calls)):
+            tg.start_soon(one, i)
+    return outcomes
+
+
+async def test_concurrent_calls_share_one_pipeline_and_keep_their_replies(
+    client: Redis, key: str
+) -> None:
+    counting = CountingClient(client)
+    batcher = ScriptBatcher(counting)  # type: ignore[arg-type]
+    incr, fail = client.register_script(INCR), client.register_script(FAIL)
+    await incr(keys=[key], args=[0])  # loaded once, so EVALSHA finds it
+    calls = [lambda i=i: batcher.run(incr, [key], [1]) for i in range(50)]
+    calls.insert(7, lambda: batcher.run(fail, [key], ["seven"]))
+    try:
+        outcomes = await gather(*calls)
+    finally:
+        await client.delete(key)
+    replies = [o for i, o in enumerate(outcomes) if i != 7]
+    assert sorted(replies) == list(range(1, 51))  # every increment ran once, in some order
+    assert isinstance(outcomes[7], rexc.ResponseError) and "refused seven" in str(outcomes[7])
+    assert counting.pipelines == 1
+
+
+async def test_scripts_redis_forgot_are_loaded_and_run(client: Redis, key: str) -> None:
+    batcher = ScriptBatcher(client)
+    incr = client.register_script(INCR)
+    await client.script_flush()
+    try:
+        outcomes = await gather(*(lambda: batcher.run(incr, [key], [2]) for _ in range(5)))
+        assert sorted(outcomes) == [2, 4, 6, 8, 10]
+    finally:
+        await client.delete(key)
+
+
+async def test_a_call_cancelled_in_the_queue_is_never_sent(client: Redis, key: str) -> None:
+    from aioconductor._redis_batch import _Call
+
+    batcher = ScriptBatcher(client)
+    incr = client.register_script(INCR)
+    # A leader is about to send: its call heads the queue, so the next caller follows it.
+    leading = _Call(incr, [key], [1])
+    batcher._queue.append(leading)
+    with anyio.move_on_after(0.05):
+        await batcher.run(incr, [key], [100])
+    assert batcher._queue == [leading]  # the cancelled call left the queue: never sent
+    batcher._queue.clear()
+    assert await client.get(key) is None
+
+
+async def test_a_connection_error_fails_every_call_with_its_own_error() -> None:
+    require_redis().close()
+    dead = Redis.from_url("redis://127.0.0.1:1/0", decode_responses=True)
+    batcher = ScriptBatcher(dead)
+    incr = dead.register_script(INCR)
+    try:
+        outcomes = await gather(*(lambda: batcher.run(incr, ["k"], [1]) for _ in range(3)))
+    finally:
+        await dead.aclose()
+    assert all(isinstance(o, rexc.ConnectionError) for o in outcomes)
+    assert len({id(o) for o in outcomes}) == 3
