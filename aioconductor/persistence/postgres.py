@@ -142,6 +142,56 @@ _UPDATE_ATOM = """WITH book AS (
     SELECT status, (SELECT token FROM book), (SELECT version FROM atom),
         EXISTS (SELECT FROM written)
     FROM verdict"""
+# The engine's first write of a job, in one statement: a new logbook with its flows (no atoms
+# yet). Nothing is written if the logbook exists ($7 token; $8.. the flows' uuids, names,
+# states, versions and metas); the caller then takes the general path.
+_CREATE_BOOK = """WITH b AS (
+        INSERT INTO {s}.logbooks (namespace, uuid, name, created_at, updated_at, meta, token)
+        VALUES ($1, $2, $3, $4, $5, $6::json, $7) ON CONFLICT (namespace, uuid) DO NOTHING
+        RETURNING seq
+    ), f AS (
+        INSERT INTO {s}.flow_details (namespace, book_uuid, uuid, name, state, version, meta)
+        SELECT $1, $2, x.uuid, x.name, x.state, x.version, x.meta::json
+        FROM b, unnest($8::text[], $9::text[], $10::text[], $11::integer[], $12::text[])
+            WITH ORDINALITY AS x(uuid, name, state, version, meta, n)
+        ORDER BY x.n
+        RETURNING 1
+    )
+    SELECT (SELECT seq FROM b), (SELECT count(*) FROM f)"""
+# A flow's own fields in one statement, when the token and version allow it: the same checks as
+# _UPDATE_ATOM, then the flow's atoms as arrays. A status other than 'ok', or no row written,
+# sends the caller to the general path, which raises the right error. $3 flow, $4 name, $5
+# state, $6 version read, $7 token, $8 meta.
+_UPDATE_FLOW_FAST = """WITH book AS (
+        SELECT token FROM {s}.logbooks WHERE namespace = $1 AND uuid = $2 FOR UPDATE
+    ), flow AS (
+        SELECT version FROM {s}.flow_details
+        WHERE namespace = $1 AND book_uuid = $2 AND uuid = $3
+    ), verdict AS (
+        SELECT CASE
+            WHEN NOT EXISTS (SELECT FROM book) THEN 'notfound'
+            WHEN $7::bigint < (SELECT token FROM book) THEN 'lost'
+            WHEN NOT EXISTS (SELECT FROM flow) THEN 'noflow'
+            WHEN (SELECT version FROM flow) <> $6::integer THEN 'conflict'
+            ELSE 'ok' END AS status
+    ), written AS (
+        UPDATE {s}.flow_details SET name = $4, state = $5, version = $6::integer + 1,
+            meta = $8::json
+        WHERE namespace = $1 AND book_uuid = $2 AND uuid = $3 AND version = $6::integer
+            AND (SELECT status FROM verdict) = 'ok'
+        RETURNING version
+    ), fenced AS (
+        UPDATE {s}.logbooks SET token = $7::bigint
+        WHERE namespace = $1 AND uuid = $2 AND EXISTS (SELECT FROM written)
+            AND (token IS NULL OR token < $7::bigint)
+    ), atoms AS (
+        SELECT name, version, detail::text AS detail, seq FROM {s}.atom_details
+        WHERE namespace = $1 AND book_uuid = $2 AND flow_uuid = $3
+    )
+    SELECT EXISTS (SELECT FROM written),
+        (SELECT array_agg(name ORDER BY seq) FROM atoms),
+        (SELECT array_agg(version ORDER BY seq) FROM atoms),
+        (SELECT array_agg(detail ORDER BY seq) FROM atoms)"""
 _DESTROY = "DELETE FROM {s}.logbooks WHERE namespace = $1 AND uuid = $2 RETURNING seq"
 # A logbook (or a page of them) with every flow and atom, in one statement, so one snapshot.
 # Rows: (kind, seq, key, parent, name, created_at, updated_at, data, token, state, version);
@@ -324,6 +374,10 @@ class PostgresStore(Store):
             for atom in flow.atoms.values():
                 _atom_json(atom)
         ns = self.namespace
+        if not any(flow.atoms for flow in book.flows.values()):
+            created = await self._create_book(book, meta, token)
+            if created is not None:
+                return created
 
         async def save(conn: Any) -> LogBook:
             async with conn.transaction():
@@ -356,6 +410,40 @@ class PostgresStore(Store):
 
         return await self._link.call("save_logbook", save)
 
+    async def _create_book(self, book: LogBook, meta: str, token: int | None) -> LogBook | None:
+        """Create ``book`` (its flows have no atoms) in one statement; None if it exists."""
+        flows = list(book.flows.values())
+        metas = [_dumps(f"flow {f.name!r} meta", f.meta) for f in flows]
+        args = (
+            self.namespace,
+            book.uuid,
+            book.name,
+            book.created_at,
+            book.updated_at,
+            meta,
+            check_token(book.uuid, None, token),
+            [f.uuid for f in flows],
+            [f.name for f in flows],
+            [f.state.value for f in flows],
+            [f.version for f in flows],
+            metas,
+        )
+        statement = self._sql(_CREATE_BOOK)
+        row = await self._link.call("save_logbook", lambda conn: conn.fetchrow(statement, *args))
+        if row[0] is None:
+            return None
+        # What a read would return: the JSON as stored, read back.
+        return book.model_copy(
+            update={
+                "meta": json.loads(meta),
+                "token": args[6],
+                "flows": {
+                    f.uuid: f.model_copy(update={"meta": json.loads(m), "atoms": {}})
+                    for f, m in zip(flows, metas, strict=True)
+                },
+            }
+        )
+
     async def _get_logbook(self, book_uuid: str) -> LogBook:
         if "\x00" in book_uuid:
             raise self._missing(book_uuid)
@@ -374,6 +462,9 @@ class PostgresStore(Store):
         for atom in flow.atoms.values():
             _atom_json(atom)
         ns = self.namespace
+        fast = await self._update_flow_fast(book_uuid, flow, meta, token)
+        if fast is not None:
+            return fast
 
         async def update(conn: Any) -> FlowDetail:
             async with conn.transaction():
@@ -409,6 +500,40 @@ class PostgresStore(Store):
                 return saved
 
         return await self._link.call("update_flow_detail", update)
+
+    async def _update_flow_fast(
+        self, book_uuid: str, flow: FlowDetail, meta: str, token: int | None
+    ) -> FlowDetail | None:
+        """Update an existing flow's own fields in one statement; None when the checks do not
+        pass (the general path then raises what fits, or adds the flow)."""
+        args = (
+            self.namespace,
+            book_uuid,
+            flow.uuid,
+            flow.name,
+            flow.state.value,
+            flow.version,
+            token,
+            meta,
+        )
+        statement = self._sql(_UPDATE_FLOW_FAST)
+        row = await self._link.call(
+            "update_flow_detail", lambda conn: conn.fetchrow(statement, *args)
+        )
+        written, names, versions, details = row
+        if not written:
+            return None
+        atoms = {
+            name: AtomDetail.model_validate(
+                {**json.loads(detail), "name": name, "version": version}
+            )
+            for name, version, detail in zip(
+                names or (), versions or (), details or (), strict=True
+            )
+        }
+        return flow.model_copy(
+            update={"version": flow.version + 1, "meta": json.loads(meta), "atoms": atoms}
+        )
 
     async def _update_atom_detail(
         self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None
