@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log lines at this level and above (one line per finished job at INFO)",
     )
+    run.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="the event loop (uvloop: pip install 'aioconductor[uvloop]')",
+    )
 
     post = with_board(sub.add_parser("post", help="post a job"))
     post.add_argument("name", help="the job's name")
@@ -107,12 +113,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        return anyio.run(_dispatch, args)
+        return anyio.run(_dispatch, args, backend_options=_loop_options(args))
     except KeyboardInterrupt:
         return 130
     except (AioconductorError, OSError, ValueError) as exc:
         print(f"aioconductor {args.command}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _loop_options(args: argparse.Namespace) -> dict[str, Any]:
+    """anyio's options for the event loop ``--loop`` asks for."""
+    if getattr(args, "loop", "asyncio") != "uvloop":
+        return {}
+    try:
+        import uvloop  # noqa: F401  # anyio imports it; checked here for a clear error
+    except ImportError:
+        raise DependencyMissing(
+            "--loop uvloop needs uvloop: pip install 'aioconductor[uvloop]'"
+        ) from None
+    return {"use_uvloop": True}
 
 
 async def _dispatch(args: argparse.Namespace) -> int:

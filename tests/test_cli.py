@@ -272,3 +272,26 @@ def test_dashboard_serves_the_board_until_interrupted(tmp_path: Path) -> None:
         proc.wait()
     assert f"on http://127.0.0.1:{port}/ (actions off)" in out
     assert "Traceback" not in err
+
+
+def test_run_on_uvloop(capsys: pytest.CaptureFixture[str], board_url: str) -> None:
+    import asyncio
+    import uuid
+
+    from tests import apps
+
+    loops: list[str] = []
+    flow = f"which-loop-{uuid.uuid4().hex}"  # the registry is the module's: a name of our own
+
+    @apps.flows.register(flow)
+    def which_loop(**args: object) -> object:
+        loops.append(type(asyncio.get_running_loop()).__module__)
+        return apps.flows.get("noop")(**args)
+
+    run_cli(capsys, "post", "k", flow, '{"key": 2}', "--board", board_url)
+    status, out, _ = run_cli(
+        capsys, "run", "--board", board_url, "--app", "tests.apps:flows", "--loop", "uvloop",
+        "--max-dispatches", "1",
+    )  # fmt: skip
+    assert status == 0 and "1 consumed" in out
+    assert loops and loops[0].startswith("uvloop")
