@@ -27,7 +27,8 @@ from benchmarks.peers import _common
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "command", choices=["post", "drain", "serve", "latency", "inflight", "version"]
+        "command",
+        choices=["post", "drain", "serve", "latency", "inflight", "share", "hold", "version"],
     )
     parser.add_argument("--board", default="memory://")
     parser.add_argument("--store", default="memory://")
@@ -38,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--post", action="store_true", help="drain: post the jobs first, here")
     parser.add_argument("--inproc", action="store_true", help="latency: conductor in-process")
     parser.add_argument("--deadline", type=float, default=0.0, help="latency: stop after (s)")
+    parser.add_argument("--barrier", default=None, help="share: start once this file exists")
+    parser.add_argument("--lease", type=float, default=30.0, help="the conductor's lease (s)")
     return parser
 
 
@@ -49,9 +52,14 @@ async def post_jobs(board: JobBoard, n: int, flow: str) -> dict[str, Any]:
     return _common.post_result(n, time.perf_counter() - started)
 
 
-def _conductor(board: JobBoard, store: Any, concurrency: int) -> Conductor:
+def _conductor(board: JobBoard, store: Any, concurrency: int, lease: float = 30.0) -> Conductor:
     return Conductor(
-        "bench", board, store=store, flows=aioc_flows.flows, max_concurrency=concurrency
+        "bench",
+        board,
+        store=store,
+        flows=aioc_flows.flows,
+        max_concurrency=concurrency,
+        lease=lease,
     )
 
 
@@ -188,6 +196,39 @@ async def cmd_inflight(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def cmd_share(args: argparse.Namespace) -> dict[str, Any]:
+    """One of several conductor processes draining one board (scale-out): from the barrier
+    until the board holds ``n`` complete jobs."""
+    barrier = anyio.Path(args.barrier)
+    async with open_board(args.board) as board, open_store(args.store) as store:
+        conductor = _conductor(board, store, args.concurrency, args.lease)
+        async with conductor, anyio.create_task_group() as tg:
+            _common.ready()
+            # Polling: the other processes and the board are outside this one's events.
+            while not await barrier.exists():  # noqa: ASYNC110
+                await anyio.sleep(0.005)
+            started = time.time()
+            await tg.start(conductor.run)
+            while await board.job_count(state=JobState.COMPLETE) < args.n:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+            finished = time.time()
+            conductor.stop()
+    return {"started": started, "finished": finished, "consumed": conductor.stats.consumed}
+
+
+async def cmd_hold(args: argparse.Namespace) -> dict[str, Any]:
+    """Claim ``n`` hold jobs and keep them running, until killed (recovery's victim)."""
+    async with open_board(args.board) as board, open_store(args.store) as store:
+        aioc_flows.HOLD.update(event=anyio.Event(), started=0)  # never set: they never end
+        conductor = _conductor(board, store, args.concurrency, args.lease)
+        async with conductor, anyio.create_task_group() as tg:
+            await tg.start(conductor.run)
+            await _until(lambda: aioc_flows.HOLD["started"] >= args.n)
+            _common.ready()
+            await anyio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "version":
         return _common.version_of("aioconductor", "anyio", "pydantic", "redis", "asyncpg")
@@ -197,6 +238,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         "serve": cmd_serve,
         "latency": cmd_latency,
         "inflight": cmd_inflight,
+        "share": cmd_share,
+        "hold": cmd_hold,
     }[args.command]
     return await command(args)
 

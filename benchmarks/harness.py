@@ -6,14 +6,17 @@ once is reported with its error and not retried in later repetitions.
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.procs import DriverError, run_driver, serving
+from benchmarks.procs import DriverError, run_driver, run_together, serving
 from benchmarks.systems import System
 
 __all__ = ["Measure", "Settings", "run_all"]
@@ -30,6 +33,11 @@ class Settings:
     concurrencies: tuple[int, ...] = (1, 64)
     durable_concurrency: int = 64
     latency_concurrency: int = 64
+    #: Conductor processes of the scale-out workload (jobs: ``jobs``, concurrency 64 each).
+    scaleout_processes: tuple[int, ...] = (1, 2, 4)
+    #: Jobs a killed conductor holds in the recovery workload, and the lease it holds them by.
+    recovery_jobs: int = 100
+    recovery_lease: float = 5.0
     quick: bool = False
 
     #: Seconds a drain may take before it is killed (None: scaled to ``jobs``).
@@ -89,6 +97,8 @@ UNITS: dict[str, tuple[str, str]] = {
     "latency": ("ms", "lower"),
     "durable": ("flows/s", "higher"),
     "inflight": ("KiB/job", "lower"),
+    "scaleout": ("jobs/s", "higher"),
+    "recovery": ("s", "lower"),
 }
 
 
@@ -202,6 +212,64 @@ def _inflight(system: System, settings: Settings, log: Path) -> dict[str, Any]:
         )
 
 
+def _scaleout(system: System, settings: Settings, processes: int, log: Path) -> dict[str, Any]:
+    """``processes`` conductors drain ``jobs`` posted up front; jobs/s from the common start
+    (a barrier file) to the last one seeing every job complete."""
+    with system.provision() as (target, work):
+        run_driver(
+            system.argv("post", target, "--n", settings.jobs),
+            timeout=settings.post_timeout(),
+            log=log,
+        )
+        barrier = work / "go"
+        argv = system.argv(
+            "share", target, "--n", settings.jobs, "--concurrency", 64, "--barrier", barrier
+        )
+        results = run_together(
+            [argv] * processes, barrier, timeout=settings.drain_timeout(), log=log
+        )
+    started = min(r["started"] for r in results)
+    finished = max(r["finished"] for r in results)
+    consumed = [r["consumed"] for r in results]
+    return {"rate": settings.jobs / (finished - started), "consumed": consumed}
+
+
+def _recovery(system: System, settings: Settings, log: Path) -> dict[str, Any]:
+    """A conductor holding ``recovery_jobs`` running jobs is SIGKILLed; seconds until an idle
+    conductor (same lease) has completed them all."""
+    n, lease = settings.recovery_jobs, settings.recovery_lease
+    with system.provision() as (target, work):
+        run_driver(system.argv("post", target, "--n", n, "--flow", "hold"), timeout=60, log=log)
+        victim = system.argv("hold", target, "--n", n, "--concurrency", n, "--lease", lease)
+        barrier = work / "go"
+        heir = system.argv(
+            "share", target, "--n", n, "--concurrency", n, "--lease", lease,
+            "--barrier", barrier,
+        )  # fmt: skip
+        with serving(victim, log=log) as held:
+            killed: list[float] = []
+
+            def kill_victim() -> None:
+                time.sleep(0.5)  # the heir is running (idle: every job is held)
+                killed.append(time.time())
+                os.killpg(held.pid, signal.SIGKILL)
+
+            killer = threading.Thread(target=kill_victim)
+            killer_started = False
+
+            def start_killer() -> None:
+                nonlocal killer_started
+                killer.start()
+                killer_started = True
+
+            (result,) = run_together(
+                [heir], barrier, timeout=lease + 120, log=log, on_start=start_killer
+            )
+            if killer_started:
+                killer.join()
+    return {"seconds": result["finished"] - killed[0], "lease": lease, "jobs": n}
+
+
 def _attempt(
     results: Results,
     system: System,
@@ -273,6 +341,28 @@ def run_system_once(
             results.add(system, "durable", drain["rate"], drain)
 
         _attempt(results, system, "durable", ["durable"], say, durable_body)
+    if "scaleout" in system.workloads:
+        for processes in settings.scaleout_processes:
+
+            def scaleout_body(processes: int = processes) -> None:
+                result = _scaleout(system, settings, processes, log)
+                results.add(system, f"scaleout_p{processes}", result["rate"], result)
+
+            _attempt(
+                results,
+                system,
+                f"scale-out x{processes}",
+                [f"scaleout_p{processes}"],
+                say,
+                scaleout_body,
+            )
+    if "recovery" in system.workloads:
+
+        def recovery_body() -> None:
+            result = _recovery(system, settings, log)
+            results.add(system, "recovery", result["seconds"], result)
+
+        _attempt(results, system, "recovery", ["recovery"], say, recovery_body)
     if "inflight" in system.workloads:
 
         def inflight_body() -> None:

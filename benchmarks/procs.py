@@ -13,13 +13,13 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from benchmarks.peers._common import READY_MARK, RESULT_MARK
 
-__all__ = ["DriverError", "run_driver", "serving"]
+__all__ = ["DriverError", "run_driver", "run_together", "serving"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,3 +158,64 @@ def serving(
                 os.killpg(proc.pid, signal.SIGKILL)
         pump.join(5)
         _log(log, argv, "".join(lines), "")
+
+
+def run_together(
+    argvs: Sequence[Sequence[str]],
+    barrier: Path,
+    *,
+    timeout: float,
+    ready_timeout: float = 60.0,
+    log: Path | None = None,
+    on_start: Callable[[], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Start every ``argv``; once all printed ``BENCH-READY``, create ``barrier`` (they start
+    work when it exists), call ``on_start``, and return each one's result line, in order.
+
+    Raises:
+        DriverError: one did not get ready, timed out or failed (all are then killed).
+    """
+    with contextlib.ExitStack() as stack:
+        procs = []
+        pumps: list[tuple[list[str], threading.Event]] = []
+        for argv in argvs:
+            proc = subprocess.Popen(
+                list(argv),
+                cwd=REPO,
+                env=_env(None),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            stack.callback(_kill_group, proc)
+            lines: list[str] = []
+            ready = threading.Event()
+            assert proc.stdout is not None
+            threading.Thread(target=_pump, args=(proc.stdout, lines, ready), daemon=True).start()
+            procs.append(proc)
+            pumps.append((lines, ready))
+        deadline = time.monotonic() + ready_timeout
+        for proc, (lines, ready) in zip(procs, pumps, strict=True):
+            if not ready.wait(max(0.0, deadline - time.monotonic())) or proc.poll() is not None:
+                raise DriverError(f"a worker did not get ready: {_tail(''.join(lines))}")
+        barrier.touch()
+        if on_start is not None:
+            on_start()
+        results = []
+        deadline = time.monotonic() + timeout
+        for argv, proc, (lines, _) in zip(argvs, procs, pumps, strict=True):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise DriverError(f"timed out after {timeout:.0f} s (killed)") from None
+            time.sleep(0.05)  # let the pump read the last lines
+            _log(log, argv, "".join(lines), "")
+            found = [line for line in lines if line.startswith(RESULT_MARK)]
+            if proc.returncode != 0 or not found:
+                raise DriverError(
+                    f"exit status {proc.returncode}: {_tail(''.join(lines)) or 'no output'}"
+                )
+            results.append(json.loads(found[-1][len(RESULT_MARK) :]))
+        return results

@@ -108,6 +108,7 @@ def markdown(
             f"Memory per in-flight job ({measure.system}, {measure.backend} board, "
             f"{settings['inflight_jobs']:,} jobs in flight at once): {cell(measure)} KiB.",
         ]
+    text += _scaleout_table(rows, settings)
     failures = [m for m in measures if m.error]
     seen: set[tuple[str, str, str]] = set()
     if failures:
@@ -126,6 +127,34 @@ def markdown(
         text += ["", "Notes:", ""]
         text += [f"- {note}" for note in notes]
     return "\n".join(text) + "\n"
+
+
+def _scaleout_table(
+    rows: dict[tuple[str, str], dict[str, Measure]], settings: dict[str, Any]
+) -> list[str]:
+    """Scale-out (1, 2, 4 conductor processes on one board) and recovery after a kill -9."""
+    processes = settings.get("scaleout_processes", ())
+    columns = [(f"scaleout_p{p}", f"{p} process{'es' if p > 1 else ''} jobs/s") for p in processes]
+    columns.append(("recovery", "recovery s"))
+    found = [(key, by) for key, by in rows.items() if any(m in by for m, _ in columns)]
+    if not found:
+        return []
+    lines = [
+        "",
+        f"Scale-out: {settings['jobs']:,} jobs drained by 1, 2 and 4 conductor processes "
+        "(concurrency 64 each) on one board, from a common start to the last job complete; "
+        f"this machine has {os.cpu_count()} cores. Recovery: a conductor holding "
+        f"{settings.get('recovery_jobs')} running jobs is killed with SIGKILL; seconds until "
+        f"an idle conductor has completed them all (lease {settings.get('recovery_lease')} s, "
+        "so at most the lease plus one sweep is expected).",
+        "",
+        "| system | backend | " + " | ".join(title for _, title in columns) + " |",
+        "|" + "---|" * (len(columns) + 2),
+    ]
+    for (system, backend), by_metric in found:
+        cells = [cell(by_metric.get(metric)) for metric, _ in columns]
+        lines.append("| " + " | ".join([f"**{system}**", backend, *cells]) + " |")
+    return lines
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

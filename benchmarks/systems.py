@@ -80,6 +80,8 @@ def _aioc_provision(backend: str) -> Provision:
 def aioc_system(backend: str) -> System:
     """aioconductor on ``backend``, driven by ``benchmarks.aioc_driver`` in this interpreter."""
     workloads = {"drain", "latency", "durable"}
+    if backend != "memory":  # one process only: the memory board is not shared
+        workloads |= {"scaleout", "recovery"}
     notes = []
     if backend == "memory":
         workloads.add("inflight")
