@@ -111,6 +111,12 @@ class RedisLink:
         :mod:`aioconductor._redis_batch`); use inside :meth:`call` or :meth:`read`."""
         return await self._batcher.run(script, keys, args)
 
+    async def scripts(
+        self, calls: Sequence[tuple[AsyncScript, Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """Run several Lua scripts in order, as one pipeline; their replies in order."""
+        return await self._batcher.run_all(calls)
+
     async def read(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run an idempotent call, retrying connection errors with backoff for a few seconds.
 

@@ -81,6 +81,20 @@ class ScriptBatcher:
             raise
         return call.outcome()
 
+    async def run_all(
+        self, calls: Sequence[tuple[AsyncScript, Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """Run ``calls`` in order as one pipeline of their own; their replies, in order.
+
+        Raises:
+            Exception: the first call's error, if any failed (the others may have run).
+        """
+        batch = [_Call(script, keys, args) for script, keys, args in calls]
+        with anyio.CancelScope(shield=True):
+            await self._send(batch)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        return [call.outcome() for call in batch]
+
     async def _send(self, batch: list[_Call]) -> None:
         try:
             pipe = self._client.pipeline(transaction=False)

@@ -40,15 +40,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--inproc", action="store_true", help="latency: conductor in-process")
     parser.add_argument("--deadline", type=float, default=0.0, help="latency: stop after (s)")
     parser.add_argument("--barrier", default=None, help="share: start once this file exists")
+    parser.add_argument("--batch", type=int, default=0, help="post: jobs per post_many call")
     parser.add_argument("--lease", type=float, default=30.0, help="the conductor's lease (s)")
     return parser
 
 
-async def post_jobs(board: JobBoard, n: int, flow: str) -> dict[str, Any]:
-    """Post ``n`` jobs of ``flow`` one at a time; the post result line's fields."""
+async def post_jobs(board: JobBoard, n: int, flow: str, batch: int = 0) -> dict[str, Any]:
+    """Post ``n`` jobs of ``flow`` one at a time, or ``batch`` a call with ``post_many``; the
+    post result line's fields."""
     started = time.perf_counter()
-    for i in range(n):
-        await board.post(f"j{i}", flow, {"key": i})
+    if batch:
+        for first in range(0, n, batch):
+            keys = range(first, min(n, first + batch))
+            await board.post_many(flow, [{"key": i} for i in keys])
+    else:
+        for i in range(n):
+            await board.post(f"j{i}", flow, {"key": i})
     return _common.post_result(n, time.perf_counter() - started)
 
 
@@ -66,7 +73,7 @@ def _conductor(board: JobBoard, store: Any, concurrency: int, lease: float = 30.
 async def cmd_post(args: argparse.Namespace) -> dict[str, Any]:
     """Post the jobs (server and file boards)."""
     async with open_board(args.board) as board:
-        return await post_jobs(board, args.n, args.flow)
+        return await post_jobs(board, args.n, args.flow, args.batch)
 
 
 async def cmd_drain(args: argparse.Namespace) -> dict[str, Any]:

@@ -90,6 +90,9 @@ class Measure:
         return data
 
 
+#: Jobs per batched post call.
+POST_BATCH = 500
+
 UNITS: dict[str, tuple[str, str]] = {
     "post": ("jobs/s", "higher"),
     "drain": ("jobs/s", "higher"),
@@ -341,6 +344,18 @@ def run_system_once(
             results.add(system, "durable", drain["rate"], drain)
 
         _attempt(results, system, "durable", ["durable"], say, durable_body)
+    if "post_batch" in system.workloads:
+
+        def post_batch_body() -> None:
+            with system.provision() as (target, _work):
+                result = run_driver(
+                    system.argv("post", target, "--n", settings.jobs, "--batch", POST_BATCH),
+                    timeout=settings.post_timeout(),
+                    log=log,
+                )
+            results.add(system, "post_batch", result["rate"], result)
+
+        _attempt(results, system, "post batched", ["post_batch"], say, post_batch_body)
     if "scaleout" in system.workloads:
         for processes in settings.scaleout_processes:
 

@@ -20,6 +20,7 @@ PLOT_SCRIPT = Path(__file__).resolve().parent / "plot.py"
 #: (metric, column title), in table order.
 COLUMNS: list[tuple[str, str]] = [
     ("post", "post jobs/s"),
+    ("post_batch", "batched post jobs/s"),
     ("drain_c1", "drain c=1 jobs/s"),
     ("drain_c64", "drain c=64 jobs/s"),
     ("rss_c64", "peak RSS c=64 MiB"),

@@ -90,6 +90,26 @@ POST = f"""{_CLOCK},
     n AS (SELECT {_NOTIFY.format(kind="'posted'")} FROM j WHERE j.state = 'UNCLAIMED')
     SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
 
+# The same for many jobs in one statement, in the order given (their seq follows it): $3..$10
+# are arrays of ids, names, flows, args, priorities, max_attempts, delays and not_befores.
+POST_MANY = f"""{_CLOCK},
+    v AS (SELECT c.now, x.*, CASE WHEN x.delay > 0 THEN c.now + x.delay ELSE x.at END AS nb
+        FROM c, unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::integer[],
+            $8::integer[], $9::float8[], $10::float8[])
+            WITH ORDINALITY AS x(id, name, flow, args, priority, max_attempts, delay, at, n)),
+    j AS (
+        INSERT INTO {{s}}.jobs AS t (namespace, id, name, flow, args, priority, created_at,
+            updated_at, not_before, max_attempts, state, ready_at)
+        SELECT $1, v.id, v.name, v.flow, v.args::json, v.priority, v.now, v.now, v.nb,
+            v.max_attempts,
+            CASE WHEN v.nb > v.now THEN 'SCHEDULED' ELSE 'UNCLAIMED' END,
+            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END
+        FROM v ORDER BY v.n
+        ON CONFLICT (namespace, id) DO NOTHING
+        RETURNING {COLUMNS}),
+    n AS (SELECT {_NOTIFY.format(kind="'posted'")} FROM j WHERE j.state = 'UNCLAIMED')
+    SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
+
 
 def _take(owner: str, lease: str) -> str:
     """The SET of a claim: owner ``owner``, a lease of ``lease`` seconds from ``c.now``."""

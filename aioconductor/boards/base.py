@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import itertools
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from typing import Any, Self
 
 import anyio
@@ -50,6 +51,7 @@ __all__ = [
     "DEFAULT_LEASE",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "MAX_BATCH",
+    "MAX_POST_BATCH",
     "JobBoard",
     "PostSpec",
     "Subscription",
@@ -61,6 +63,8 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
 DEFAULT_LEASE = 30.0
 #: The most jobs one ``claim_batch`` takes (bounds one statement's or script's work).
 MAX_BATCH = 256
+#: The most jobs one ``post_many`` takes (bounds one transaction, pipeline or statement).
+MAX_POST_BATCH = 10_000
 
 
 class JobBoard(Lifecycle):
@@ -155,6 +159,42 @@ class JobBoard(Lifecycle):
         spec = self._post_spec(name, flow, args, priority, max_attempts, delay, not_before)
         job = await self._post(spec)
         return job
+
+    async def post_many(
+        self,
+        flow: str,
+        args: Iterable[Mapping[str, Any] | None],
+        *,
+        name: str | None = None,
+        priority: int = 0,
+        max_attempts: int = 3,
+        delay: float | None = None,
+        not_before: float | None = None,
+    ) -> list[Job]:
+        """Post one job of ``flow`` for each item of ``args``, in order (their ``seq`` follows
+        it), in one round trip on the SQLite, Redis and PostgreSQL boards.
+
+        Every item is checked before anything is written: one bad item and nothing is posted.
+        The options are those of :meth:`post`, for every job; ``name`` defaults to ``flow``.
+
+        Returns:
+            The jobs as stored, in the order of ``args``.
+
+        Raises:
+            PayloadError: a bad item or option; nothing was written.
+            BackendUnavailable: the backend failed; on Redis some of the jobs may exist (each
+                is posted under an id of its own, so nothing is posted twice).
+        """
+        self._check_open()
+        label = flow if name is None else name
+        items = list(itertools.islice(args, MAX_POST_BATCH + 1))
+        if len(items) > MAX_POST_BATCH:
+            raise PayloadError(f"post_many takes at most {MAX_POST_BATCH:,} jobs a call")
+        specs = [
+            self._post_spec(label, flow, item, priority, max_attempts, delay, not_before)
+            for item in items
+        ]
+        return await self._post_many(specs) if specs else []
 
     def _post_spec(
         self,
@@ -491,6 +531,10 @@ class JobBoard(Lifecycle):
 
     @abc.abstractmethod
     async def _claim_next(self, owner: str, lease: float) -> Job | None: ...
+
+    async def _post_many(self, specs: list[PostSpec]) -> list[Job]:
+        """The jobs of ``specs`` in order; one ``_post`` each unless a backend does better."""
+        return [await self._post(spec) for spec in specs]
 
     async def _claim_batch(self, owner: str, lease: float, limit: int) -> list[Job]:
         """Up to ``limit`` claims; one ``_claim_next`` each unless a backend does better."""

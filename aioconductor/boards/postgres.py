@@ -133,6 +133,7 @@ class PostgresJobBoard(JobBoard):
                 "FETCH",
                 "NOW_QUERY",
                 "POST",
+                "POST_MANY",
                 "CLAIM",
                 "CLAIM_BATCH",
                 "CLAIM_NEXT",
@@ -279,6 +280,39 @@ class PostgresJobBoard(JobBoard):
         if job.state is JobState.SCHEDULED:
             self._note_due(job.not_before, now)
         return job
+
+    async def _post_many(self, specs: list[PostSpec]) -> list[Job]:
+        if len(specs) == 1:
+            return [await self._post(specs[0])]
+        for spec in specs:
+            refuse_nul("the job's name", spec.name, PayloadError)
+            refuse_nul("the job's flow name", spec.flow, PayloadError)
+        ids = [str(uuid.uuid4()) for _ in specs]
+        args = (
+            self.namespace,
+            self.channel,
+            ids,
+            [spec.name for spec in specs],
+            [spec.flow for spec in specs],
+            [spec.args_json.decode("utf-8") for spec in specs],
+            [spec.priority for spec in specs],
+            [spec.max_attempts for spec in specs],
+            [_seconds(spec.delay) for spec in specs],
+            [spec.not_before for spec in specs],
+        )
+        query = self._sql["POST_MANY"]
+        # Ids chosen here, and a post of an existing id writes nothing: retried like a read.
+        rows = await self._link.read("post", lambda conn: conn.fetch(query, *args))
+        by_id = {job.id: job for job in map(job_from_row, rows)}
+        if len(by_id) < len(ids):  # a retry after a lost reply: read what the first one wrote
+            for job_id in ids:
+                if job_id not in by_id:
+                    by_id[job_id] = (await self._current(job_id))[0]
+        jobs = [by_id[job_id] for job_id in ids]
+        for job in jobs:
+            if job.state is JobState.SCHEDULED:
+                self._note_due(job.not_before, job.created_at)
+        return jobs
 
     async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
         refuse_nul("the owner", owner, PayloadError)

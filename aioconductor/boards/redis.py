@@ -205,29 +205,43 @@ class RedisJobBoard(JobBoard):
     # -- transitions ---------------------------------------------------------------------------
 
     async def _post(self, spec: PostSpec) -> Job:
-        job_id = str(uuid.uuid4())
-        not_before = "" if spec.not_before is None else fmt_time(spec.not_before)
-        args = [
-            job_id,
-            spec.name,
-            spec.flow,
-            spec.args_json.decode("utf-8"),
-            str(spec.priority),
-            str(spec.max_attempts),
-            fmt_time(spec.delay),
-            not_before,
-        ]
-        keys = [*self._keys, self._job_key(job_id)]
-        script = self._scripts["POST"]
-        argv = [self._job_prefix, self._channel, *args]
-        # The job id is chosen here and the script returns an existing job unchanged, so a
-        # post whose reply was lost can be retried without posting twice.
-        reply = await self._link.read("post", lambda: self._link.script(script, keys, argv))
-        status, now, job = self._reply(reply)
-        assert status == "ok" and job is not None
-        if job.state is JobState.SCHEDULED and job.not_before is not None:
-            self._note_due(job.not_before, now)
+        (job,) = await self._post_many([spec])
         return job
+
+    async def _post_many(self, specs: list[PostSpec]) -> list[Job]:
+        script = self._scripts["POST"]
+        calls = []
+        for spec in specs:
+            job_id = str(uuid.uuid4())
+            not_before = "" if spec.not_before is None else fmt_time(spec.not_before)
+            argv = [
+                self._job_prefix,
+                self._channel,
+                job_id,
+                spec.name,
+                spec.flow,
+                spec.args_json.decode("utf-8"),
+                str(spec.priority),
+                str(spec.max_attempts),
+                fmt_time(spec.delay),
+                not_before,
+            ]
+            calls.append((script, [*self._keys, self._job_key(job_id)], argv))
+        # The ids are chosen here and the script returns an existing job unchanged, so posts
+        # whose replies were lost can be retried without posting twice. One post alone rides
+        # in the pipeline of its event-loop turn; several go as one pipeline of their own.
+        if len(calls) == 1:
+            replies = [await self._link.read("post", lambda: self._link.script(*calls[0]))]
+        else:
+            replies = await self._link.read("post", lambda: self._link.scripts(calls))
+        jobs = []
+        for reply in replies:
+            status, now, job = self._reply(reply)
+            assert status == "ok" and job is not None
+            if job.state is JobState.SCHEDULED and job.not_before is not None:
+                self._note_due(job.not_before, now)
+            jobs.append(job)
+        return jobs
 
     async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
         reply = await self._run("CLAIM", "claim", [owner, fmt_time(lease)], job_id)

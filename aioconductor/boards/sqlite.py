@@ -183,57 +183,66 @@ class SqliteJobBoard(JobBoard):
     # -- primitives ----------------------------------------------------------------------------
 
     async def _post(self, spec: PostSpec) -> Job:
-        job_id = str(uuid.uuid4())
-        args_text = spec.args_json.decode("utf-8")
+        (job,) = await self._post_many([spec])
+        return job
 
-        def post(conn: sqlite3.Connection) -> tuple[int, int, float, float | None, JobState]:
+    async def _post_many(self, specs: list[PostSpec]) -> list[Job]:
+        ids = [str(uuid.uuid4()) for _ in specs]
+
+        def post(conn: sqlite3.Connection) -> list[tuple[int, int, float, float | None]]:
             now = time.time()
-            not_before = spec.not_before
-            if spec.delay:
-                not_before = now + spec.delay
+            written = []
+            for job_id, spec in zip(ids, specs, strict=True):
+                not_before = spec.not_before
+                if spec.delay:
+                    not_before = now + spec.delay
+                scheduled = not_before is not None and not_before > now
+                seq, rev = self._change(
+                    conn,
+                    sql.POST,
+                    id=job_id,
+                    name=spec.name,
+                    flow=spec.flow,
+                    args=spec.args_json.decode("utf-8"),
+                    priority=spec.priority,
+                    now=now,
+                    not_before=not_before,
+                    max_attempts=spec.max_attempts,
+                    state=(JobState.SCHEDULED if scheduled else JobState.UNCLAIMED).value,
+                    ready_at=not_before if scheduled else now,
+                )
+                written.append((seq, rev, now, not_before))
+            return written
+
+        jobs = []
+        rows = await self._link.write("post", post)
+        for job_id, spec, (seq, rev, now, not_before) in zip(ids, specs, rows, strict=True):
             scheduled = not_before is not None and not_before > now
-            state = JobState.SCHEDULED if scheduled else JobState.UNCLAIMED
-            seq, rev = self._change(
-                conn,
-                sql.POST,
+            job = Job.model_construct(
                 id=job_id,
                 name=spec.name,
                 flow=spec.flow,
-                args=args_text,
+                args=spec.args,
                 priority=spec.priority,
-                now=now,
+                seq=seq,
+                created_at=now,
+                updated_at=now,
                 not_before=not_before,
+                attempts=0,
                 max_attempts=spec.max_attempts,
-                state=state.value,
-                ready_at=not_before if scheduled else now,
+                state=JobState.SCHEDULED if scheduled else JobState.UNCLAIMED,
+                claim=None,
+                outcome=None,
+                result=None,
+                trash_reason=None,
             )
-            return seq, rev, now, not_before, state
-
-        seq, rev, now, not_before, state = await self._link.write("post", post)
-        job = Job.model_construct(
-            id=job_id,
-            name=spec.name,
-            flow=spec.flow,
-            args=spec.args,
-            priority=spec.priority,
-            seq=seq,
-            created_at=now,
-            updated_at=now,
-            not_before=not_before,
-            attempts=0,
-            max_attempts=spec.max_attempts,
-            state=state,
-            claim=None,
-            outcome=None,
-            result=None,
-            trash_reason=None,
-        )
-        if state is JobState.SCHEDULED:
-            assert not_before is not None
-            self._note_due(not_before)
-        else:
-            self._push(job, rev, NotificationKind.POSTED)
-        return job
+            if scheduled:
+                assert not_before is not None
+                self._note_due(not_before)
+            else:
+                self._push(job, rev, NotificationKind.POSTED)
+            jobs.append(job)
+        return jobs
 
     async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
         def claim(conn: sqlite3.Connection) -> Job:

@@ -240,6 +240,52 @@ async def test_claim_batch_refuses_a_bad_limit(board: JobBoard, limit: Any) -> N
     assert await board.job_count(state=JobState.UNCLAIMED) == 1
 
 
+async def test_post_many_posts_in_order_in_one_call(board: JobBoard) -> None:
+    args = [{"n": i, "text": "x" * i} for i in range(25)]
+    jobs = await board.post_many("f", args, priority=3, max_attempts=4)
+    assert [job.args for job in jobs] == args
+    assert [job.seq for job in jobs] == sorted(job.seq for job in jobs)
+    assert len({job.id for job in jobs}) == 25
+    for job in jobs:
+        assert job.name == "f" and job.flow == "f" and job.priority == 3
+        assert job.max_attempts == 4 and job.state is JobState.UNCLAIMED
+        assert await board.get(job.id) == job
+    claimed = await board.claim_batch("o", 100)
+    assert [job.id for job, _ in claimed] == [job.id for job in jobs]  # post order
+    assert await board.post_many("f", []) == []
+
+
+async def test_post_many_with_a_delay_and_a_name(board: JobBoard) -> None:
+    jobs = await board.post_many("f", [{"a": 1}, None], name="later", delay=30.0)
+    assert [job.state for job in jobs] == [JobState.SCHEDULED] * 2
+    assert [job.args for job in jobs] == [{"a": 1}, {}]
+    assert all(job.name == "later" for job in jobs)
+    assert await board.claim_batch("o", 10) == []
+
+
+@pytest.mark.parametrize(
+    "bad", [{"x": float("nan")}, ["not", "an", "object"], {"x": object()}, "text"]
+)
+async def test_post_many_with_one_bad_item_posts_nothing(board: JobBoard, bad: Any) -> None:
+    with pytest.raises(PayloadError):
+        await board.post_many("f", [{"ok": 1}, bad, {"ok": 2}])
+    with pytest.raises(PayloadError):
+        await board.post_many("", [{"ok": 1}])
+    assert await board.job_count() == 0
+
+
+async def test_post_many_announces_every_job(board: JobBoard) -> None:
+    async def post_later() -> None:
+        await anyio.sleep(0.1)
+        await board.post_many("f", [{"i": i} for i in range(5)])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(post_later)
+        notes = await collect(board, 5)
+    assert all(note.kind is NotificationKind.POSTED for note in notes)
+    assert len({note.job_id for note in notes}) == 5
+
+
 # -- stale claims change nothing ----------------------------------------------------------------
 
 
