@@ -78,6 +78,7 @@ class JobRun:
             "token": self.claim.token,
             "attempt": self.job.attempts,
             "conductor": self.conductor.name,
+            "headers": self.job.headers,
         }
 
     async def _emit(self, event: Event, **extra: Any) -> None:

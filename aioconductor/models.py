@@ -93,6 +93,9 @@ class Job(BaseModel):
     outcome: Outcome | None = None
     result: dict[str, Any] | None = None
     trash_reason: str | None = None
+    #: Metadata carried with the job but not given to its flow: a trace context
+    #: (``traceparent``), a correlation id, a tenant. Set at ``post``; strings only.
+    headers: dict[str, str] = Field(default_factory=dict)
 
     @property
     def owner(self) -> str | None:

@@ -16,6 +16,10 @@ Each claimed job gives one trace tree::
 
 An engine run without a conductor (``run_flow`` with a notifier passed to :meth:`instrument`)
 gives the ``run`` span as a child of whatever span is current when the run starts.
+
+A trace goes from the producer to the tasks when the producer posts the job with the current
+trace context in its headers (``board.post(..., headers=trace_headers())``): the ``claim`` span
+is then a child of the producer's span, in whatever process and machine it ran.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ if TYPE_CHECKING:
 
     from aioconductor.conductor import Conductor
 
-__all__ = ["ConductorTracer"]
+__all__ = ["ConductorTracer", "trace_headers"]
 
 _PREFIX = "aioconductor"
 #: Atom states that end a task span, and those that end a revert span.
@@ -48,6 +52,21 @@ def _otel() -> Any:
             "traces need opentelemetry-api: pip install 'aioconductor[otel]'"
         ) from exc
     return trace
+
+
+def trace_headers() -> dict[str, str]:
+    """The current trace context as job headers (W3C ``traceparent``/``tracestate`` with the
+    default propagator), for ``board.post(..., headers=trace_headers())``.
+
+    Raises:
+        DependencyMissing: opentelemetry-api is not installed.
+    """
+    _otel()
+    from opentelemetry import propagate
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
 
 
 class ConductorTracer:
@@ -124,8 +143,14 @@ class ConductorTracer:
         if stale is not None:
             # This process claimed the job again and never heard how the last claim ended.
             stale.end()
+        from opentelemetry import propagate
+
+        # The producer's context when it posted with trace_headers(); a new trace otherwise.
+        headers = details.get("headers") or {}
+        context = propagate.extract(headers) if headers else None
         self._claims[job_id] = self.tracer.start_span(
             f"claim {details['flow']}",
+            context=context,
             kind=self._trace.SpanKind.CONSUMER,
             attributes={
                 f"{_PREFIX}.job.id": job_id,

@@ -143,3 +143,31 @@ async def test_a_lost_claim_ends_its_spans_as_errors(
     assert run.attributes["aioconductor.flow.state"] == "SUSPENDED"  # type: ignore[index]
     # The task that was running when the claim went is ended too, not left open.
     assert spans["task second"].end_time is not None
+
+
+async def test_a_trace_goes_from_the_producer_to_the_tasks_through_the_headers(
+    tracer: ConductorTracer, exporter: InMemorySpanExporter
+) -> None:
+    from aioconductor.tracing import trace_headers
+
+    producer = tracer.tracer
+    async with open_board(f"memory://{uuid.uuid4().hex}") as board:
+        with producer.start_as_current_span("handle request") as request:
+            headers = trace_headers()
+            job = await board.post("traced", "noop", {"key": 1}, headers=headers)
+        assert job.headers == headers and "traceparent" in headers
+        conductor = Conductor("tracer", board, flows=flows)
+        tracer.attach(conductor)
+        with anyio.fail_after(10):
+            async with conductor, anyio.create_task_group() as tg:
+                tg.start_soon(conductor.run)
+                await board.wait_for(job.id)
+                conductor.stop()
+        tracer.detach(conductor)
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    trace_id = request.get_span_context().trace_id
+    claim = spans["claim noop"]
+    assert claim.context is not None and claim.context.trace_id == trace_id
+    assert claim.parent is not None and claim.parent.span_id == request.get_span_context().span_id
+    task = next(span for name, span in spans.items() if name.startswith("task "))
+    assert task.context is not None and task.context.trace_id == trace_id

@@ -57,6 +57,8 @@ MIGRATIONS: Migrations = [
             PRIMARY KEY (namespace, owner)
         )""",
     ],
+    # 2: headers, metadata carried with a job (a trace context), not given to its flow.
+    ["ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS headers json NOT NULL DEFAULT '{}'"],
 ]
 
 NOW = "extract(epoch from clock_timestamp())::float8"
@@ -73,17 +75,17 @@ FETCH = f"SELECT {COLUMNS}, {NOW} FROM {{s}}.jobs WHERE namespace = $1 AND id = 
 NOW_QUERY = f"SELECT {NOW}"
 
 # $2 channel, $3 id, $4 name, $5 flow, $6 args, $7 priority, $8 max_attempts, $9 delay,
-# $10 not_before. A post retried after a lost reply finds its job already there (the id is the
-# client's) and writes nothing.
+# $10 not_before, $11 headers. A post retried after a lost reply finds its job already there
+# (the id is the client's) and writes nothing.
 POST = f"""{_CLOCK},
     v AS (SELECT c.now, CASE WHEN $9::float8 > 0 THEN c.now + $9::float8
             ELSE $10::float8 END AS nb FROM c),
     j AS (
         INSERT INTO {{s}}.jobs AS t (namespace, id, name, flow, args, priority, created_at,
-            updated_at, not_before, max_attempts, state, ready_at)
+            updated_at, not_before, max_attempts, state, ready_at, headers)
         SELECT $1, $3, $4, $5, $6::json, $7, v.now, v.now, v.nb, $8,
             CASE WHEN v.nb > v.now THEN 'SCHEDULED' ELSE 'UNCLAIMED' END,
-            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END
+            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END, $11::json
         FROM v
         ON CONFLICT (namespace, id) DO NOTHING
         RETURNING {COLUMNS}),
@@ -91,7 +93,8 @@ POST = f"""{_CLOCK},
     SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
 
 # The same for many jobs in one statement, in the order given (their seq follows it): $3..$10
-# are arrays of ids, names, flows, args, priorities, max_attempts, delays and not_befores.
+# are arrays of ids, names, flows, args, priorities, max_attempts, delays and not_befores;
+# $11 the headers of every job.
 POST_MANY = f"""{_CLOCK},
     v AS (SELECT c.now, x.*, CASE WHEN x.delay > 0 THEN c.now + x.delay ELSE x.at END AS nb
         FROM c, unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::integer[],
@@ -99,11 +102,11 @@ POST_MANY = f"""{_CLOCK},
             WITH ORDINALITY AS x(id, name, flow, args, priority, max_attempts, delay, at, n)),
     j AS (
         INSERT INTO {{s}}.jobs AS t (namespace, id, name, flow, args, priority, created_at,
-            updated_at, not_before, max_attempts, state, ready_at)
+            updated_at, not_before, max_attempts, state, ready_at, headers)
         SELECT $1, v.id, v.name, v.flow, v.args::json, v.priority, v.now, v.now, v.nb,
             v.max_attempts,
             CASE WHEN v.nb > v.now THEN 'SCHEDULED' ELSE 'UNCLAIMED' END,
-            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END
+            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END, $11::json
         FROM v ORDER BY v.n
         ON CONFLICT (namespace, id) DO NOTHING
         RETURNING {COLUMNS}),

@@ -147,7 +147,8 @@ local function current(job, owner, token)
 end
 """.replace("@PROMOTE_LIMIT@", str(PROMOTE_LIMIT))
 
-#: KEYS[11] = job; ARGV[3..] = id, name, flow, args, priority, max_attempts, delay, not_before.
+#: KEYS[11] = job; ARGV[3..] = id, name, flow, args, priority, max_attempts, delay, not_before,
+#: headers.
 POST = (
     _PRELUDE
     + """
@@ -169,6 +170,7 @@ redis.call('HSET', job, 'id', id, 'name', ARGV[4], 'flow', ARGV[5], 'args', ARGV
   'priority', priority, 'seq', seq, 'member', member, 'created_at', num(now),
   'updated_at', num(now), 'max_attempts', ARGV[8], 'attempts', '0', 'token', '0', 'state', state)
 if not_before then redis.call('HSET', job, 'not_before', not_before) end
+if ARGV[11] ~= '{}' then redis.call('HSET', job, 'headers', ARGV[11]) end
 redis.call('ZADD', all, score(priority), member)
 redis.call('ZADD', by_state[state], score(priority), member)
 if state == 'SCHEDULED' then

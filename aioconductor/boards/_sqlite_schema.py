@@ -63,6 +63,8 @@ SCHEMA: Migrations = [
             PRIMARY KEY (namespace, owner)
         )""",
     ],
+    # 2: headers, metadata carried with a job (a trace context), not given to its flow.
+    ["ALTER TABLE jobs ADD COLUMN headers TEXT NOT NULL DEFAULT '{}'"],
 ]
 
 #: Every column a ``Job`` is built from, then ``rev``.
@@ -78,9 +80,9 @@ ADD_NAMESPACE = "INSERT OR IGNORE INTO board_revs (namespace, rev) VALUES (:ns, 
 
 FETCH = f"SELECT {COLUMNS} FROM jobs WHERE namespace = :ns AND id = :id"
 POST = f"""INSERT INTO jobs (namespace, id, name, flow, args, priority, created_at, updated_at,
-        not_before, max_attempts, state, ready_at, rev)
+        not_before, max_attempts, state, ready_at, rev, headers)
     VALUES (:ns, :id, :name, :flow, :args, :priority, :now, :now,
-        :not_before, :max_attempts, :state, :ready_at, {NEXT_REV})
+        :not_before, :max_attempts, :state, :ready_at, {NEXT_REV}, :headers)
     RETURNING seq, rev"""
 _TAKE = f"""UPDATE jobs SET attempts = attempts + 1, token = token + 1, state = 'CLAIMED',
     owner = :owner, expires_at = :expires, ready_at = :expires, updated_at = :now,

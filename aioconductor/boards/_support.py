@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -30,7 +30,7 @@ __all__ = [
 #: The columns a SQL backend selects to build a ``Job`` with :func:`job_from_row`, in order.
 JOB_COLUMNS = (
     "id, name, flow, args, priority, seq, created_at, updated_at, not_before, attempts,"
-    " max_attempts, token, state, owner, expires_at, outcome, result, trash_reason"
+    " max_attempts, token, state, owner, expires_at, outcome, result, trash_reason, headers"
 )
 
 
@@ -49,6 +49,9 @@ class PostSpec:
     delay: float
     #: An absolute time (epoch seconds) before which the job is not claimable, if one was given.
     not_before: float | None
+    #: The job's headers, checked, and as JSON text.
+    headers: dict[str, str] = field(default_factory=dict)
+    headers_json: bytes = b"{}"
 
 
 class Subscription:
@@ -143,6 +146,7 @@ def job_from_row(row: Sequence[Any]) -> Job:
         outcome=None if outcome is None else Outcome(outcome),
         result=None if result is None else decode_json(result),
         trash_reason=row[17],
+        headers=decode_json(row[18]),
     )
 
 

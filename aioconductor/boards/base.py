@@ -65,6 +65,8 @@ DEFAULT_LEASE = 30.0
 MAX_BATCH = 256
 #: The most jobs one ``post_many`` takes (bounds one transaction, pipeline or statement).
 MAX_POST_BATCH = 10_000
+#: The most a job's headers may weigh, as JSON.
+MAX_HEADERS_BYTES = 8192
 
 
 class JobBoard(Lifecycle):
@@ -137,6 +139,7 @@ class JobBoard(Lifecycle):
         max_attempts: int = 3,
         delay: float | None = None,
         not_before: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Job:
         """Post a job: the flow registered as ``flow``, to be built and run with ``args``.
 
@@ -148,6 +151,8 @@ class JobBoard(Lifecycle):
             max_attempts: how many claims the job gets; the next claim trashes it.
             delay: seconds from now before the job may be claimed.
             not_before: epoch seconds before which the job may not be claimed.
+            headers: strings carried with the job but not given to its flow (a trace
+                context, a correlation id); at most 8 KiB as JSON.
 
         Returns:
             The job as stored (``UNCLAIMED``, or ``SCHEDULED`` when delayed).
@@ -156,7 +161,7 @@ class JobBoard(Lifecycle):
             PayloadError: bad name, flow, args or option; nothing was written.
         """
         self._check_open()
-        spec = self._post_spec(name, flow, args, priority, max_attempts, delay, not_before)
+        spec = self._post_spec(name, flow, args, priority, max_attempts, delay, not_before, headers)
         job = await self._post(spec)
         return job
 
@@ -170,6 +175,7 @@ class JobBoard(Lifecycle):
         max_attempts: int = 3,
         delay: float | None = None,
         not_before: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> list[Job]:
         """Post one job of ``flow`` for each item of ``args``, in order (their ``seq`` follows
         it), in one round trip on the SQLite, Redis and PostgreSQL boards.
@@ -191,7 +197,7 @@ class JobBoard(Lifecycle):
         if len(items) > MAX_POST_BATCH:
             raise PayloadError(f"post_many takes at most {MAX_POST_BATCH:,} jobs a call")
         specs = [
-            self._post_spec(label, flow, item, priority, max_attempts, delay, not_before)
+            self._post_spec(label, flow, item, priority, max_attempts, delay, not_before, headers)
             for item in items
         ]
         return await self._post_many(specs) if specs else []
@@ -205,6 +211,7 @@ class JobBoard(Lifecycle):
         max_attempts: int,
         delay: float | None,
         not_before: float | None,
+        headers: Mapping[str, str] | None = None,
     ) -> PostSpec:
         validate_name("name", name)
         validate_name("flow name", flow)
@@ -223,7 +230,10 @@ class JobBoard(Lifecycle):
         data = encode_json("the job's args", args or {}, self.max_payload_bytes)
         # Store what a reader will get back: decoding normalises tuples to lists and so on.
         decoded: dict[str, Any] = decode_json(data)
-        return PostSpec(name, flow, decoded, data, priority, max_attempts, delay_s, at)
+        checked, headers_json = _check_headers(headers)
+        return PostSpec(
+            name, flow, decoded, data, priority, max_attempts, delay_s, at, checked, headers_json
+        )
 
     # -- claiming ------------------------------------------------------------------------------
 
@@ -589,3 +599,21 @@ class JobBoard(Lifecycle):
 
     @abc.abstractmethod
     async def _conductors(self) -> list[ConductorInfo]: ...
+
+
+def _check_headers(headers: Mapping[str, str] | None) -> tuple[dict[str, str], bytes]:
+    """The headers as a plain dict and as JSON, or ``PayloadError`` naming what is wrong."""
+    if headers is None:
+        return {}, b"{}"
+    if not isinstance(headers, Mapping):
+        raise PayloadError(f"headers must be a mapping of strings, got {type(headers).__name__}")
+    checked: dict[str, str] = {}
+    for key, value in headers.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise PayloadError(f"headers must map strings to strings, got {key!r}: {value!r:.80}")
+        validate_name("header name", key)
+        if "\x00" in value:
+            raise PayloadError(f"header {key!r} contains a NUL character")
+        checked[key] = value
+    data = encode_json("the job's headers", checked, MAX_HEADERS_BYTES)
+    return checked, data

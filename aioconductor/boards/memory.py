@@ -64,6 +64,7 @@ class _Record:
     outcome: Outcome | None = None
     result: dict[str, Any] | None = None
     trash_reason: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
     #: Which entry of the ready heap is this record's live one (older entries are stale).
     ready_version: int = 0
 
@@ -85,6 +86,7 @@ class _Record:
             outcome=self.outcome,
             result=self.result,
             trash_reason=self.trash_reason,
+            headers=dict(self.headers),
         )
 
     def claimable(self, now: float) -> bool:
@@ -259,6 +261,7 @@ class MemoryJobBoard(JobBoard):
             not_before=not_before,
             max_attempts=spec.max_attempts,
             state=JobState.SCHEDULED if scheduled else JobState.UNCLAIMED,
+            headers=spec.headers,
         )
         space.jobs[record.id] = record
         if scheduled:

@@ -192,7 +192,7 @@ class PostgresJobBoard(JobBoard):
         rows = [] if "\x00" in job_id else await self._read("get", "FETCH", job_id)
         if not rows:
             raise JobNotFound(f"no job {job_id!r} on this board")
-        return job_from_row(rows[0]), rows[0][18]
+        return job_from_row(rows[0]), rows[0][-1]
 
     async def _checked(self, row: Any, claim: Claim, verb: str) -> Job:
         """The job of a verb's updated row, or ``ClaimLost`` (``JobNotFound``) if none."""
@@ -221,6 +221,7 @@ class PostgresJobBoard(JobBoard):
         max_attempts: int = 3,
         delay: float | None = None,
         not_before: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Job:
         """Post a job on the caller's own asyncpg ``connection``, inside its transaction.
 
@@ -240,7 +241,7 @@ class PostgresJobBoard(JobBoard):
                 with any failed statement.
         """
         self._check_open()
-        spec = self._post_spec(name, flow, args, priority, max_attempts, delay, not_before)
+        spec = self._post_spec(name, flow, args, priority, max_attempts, delay, not_before, headers)
         query, params = self._post_statement(spec)
         with self._link.translate("post"):
             rows = await connection.fetch(query, self.namespace, *params)
@@ -263,6 +264,7 @@ class PostgresJobBoard(JobBoard):
             spec.max_attempts,
             _seconds(spec.delay),
             spec.not_before,
+            spec.headers_json.decode("utf-8"),
         )
         return self._sql["POST"], params
 
@@ -299,6 +301,7 @@ class PostgresJobBoard(JobBoard):
             [spec.max_attempts for spec in specs],
             [_seconds(spec.delay) for spec in specs],
             [spec.not_before for spec in specs],
+            specs[0].headers_json.decode("utf-8"),
         )
         query = self._sql["POST_MANY"]
         # Ids chosen here, and a post of an existing id writes nothing: retried like a read.

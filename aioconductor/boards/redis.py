@@ -93,6 +93,7 @@ def _job(fields: dict[str, str]) -> Job:
         outcome=None if outcome is None else Outcome(outcome),
         result=None if result is None else decode_json(result),
         trash_reason=fields.get("trash_reason"),
+        headers=decode_json(fields.get("headers", "{}")),
     )
 
 
@@ -225,6 +226,7 @@ class RedisJobBoard(JobBoard):
                 str(spec.max_attempts),
                 fmt_time(spec.delay),
                 not_before,
+                spec.headers_json.decode("utf-8"),
             ]
             calls.append((script, [*self._keys, self._job_key(job_id)], argv))
         # The ids are chosen here and the script returns an existing job unchanged, so posts

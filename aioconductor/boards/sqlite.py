@@ -210,6 +210,7 @@ class SqliteJobBoard(JobBoard):
                     max_attempts=spec.max_attempts,
                     state=(JobState.SCHEDULED if scheduled else JobState.UNCLAIMED).value,
                     ready_at=not_before if scheduled else now,
+                    headers=spec.headers_json.decode("utf-8"),
                 )
                 written.append((seq, rev, now, not_before))
             return written
@@ -235,6 +236,7 @@ class SqliteJobBoard(JobBoard):
                 outcome=None,
                 result=None,
                 trash_reason=None,
+                headers=spec.headers,
             )
             if scheduled:
                 assert not_before is not None

@@ -691,3 +691,32 @@ async def test_conductors_register_heartbeat_and_expire(board: JobBoard) -> None
     assert again.started_at == alive[1].started_at and again.heartbeat_at >= alive[1].heartbeat_at
     await board.unregister_conductor("owner-b")
     assert await board.conductors() == []
+
+
+# -- headers ---------------------------------------------------------------------------------------
+
+
+async def test_headers_travel_with_the_job_and_not_into_its_args(board: JobBoard) -> None:
+    headers = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "é": "ü"}
+    job = await board.post("j", "f", {"a": 1}, headers=headers)
+    assert job.headers == headers and job.args == {"a": 1}
+    assert (await board.get(job.id)).headers == headers
+    (claimed, claim), *_ = await board.claim_batch("o", 1)
+    assert claimed.headers == headers
+    assert (await board.consume(claim)).headers == headers
+    plain = await board.post("k", "f")
+    assert plain.headers == {} and (await board.get(plain.id)).headers == {}
+    many = await board.post_many("f", [{}, {}], headers={"tenant": "t1"})
+    assert [(await board.get(j.id)).headers for j in many] == [{"tenant": "t1"}] * 2
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"k": 1}, {1: "v"}, {"": "v"}, {"k": "a\x00b"}, {"k": "x" * 9000}, ["k"], {"k": "\ud800"}],
+)
+async def test_bad_headers_are_refused_and_nothing_is_posted(board: JobBoard, headers: Any) -> None:
+    with pytest.raises(PayloadError):
+        await board.post("j", "f", headers=headers)
+    with pytest.raises(PayloadError):
+        await board.post_many("f", [{}], headers=headers)
+    assert await board.job_count() == 0

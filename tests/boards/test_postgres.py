@@ -376,7 +376,7 @@ async def test_concurrent_connects_to_a_fresh_schema_all_succeed(schema: str, ad
         versions = await admin.fetch(
             f'SELECT component, version FROM "{schema}".schema_version ORDER BY 1'
         )
-        assert [tuple(row) for row in versions] == [("board", 1), ("store", 1)]
+        assert [tuple(row) for row in versions] == [("board", 2), ("store", 1)]
         job = await boards[0].post("j", "f")
         assert (await boards[3].get(job.id)).id == job.id
     finally:
@@ -448,6 +448,24 @@ async def test_a_job_posted_in_a_transaction_exists_only_if_it_commits(
     assert got.args == {"order": 3} and got.priority == 4
     with pytest.raises(PayloadError):
         await board.post_in_transaction(admin, "", "f")
+
+
+async def test_a_version_1_schema_gains_headers_and_keeps_its_jobs(schema: str, admin: Any) -> None:
+    async with open_board(url(schema)) as board:
+        job = await board.post("old", "f", {"a": 1})
+    await admin.execute(f'ALTER TABLE "{schema}".jobs DROP COLUMN headers')
+    await admin.execute(
+        f"UPDATE \"{schema}\".schema_version SET version = 1 WHERE component = 'board'"
+    )
+    async with open_board(url(schema)) as board:
+        old = await board.get(job.id)
+        assert old.headers == {} and old.args == {"a": 1}
+        new = await board.post("new", "f", headers={"h": "v"})
+        assert (await board.get(new.id)).headers == {"h": "v"}
+    version = await admin.fetchval(
+        f"SELECT version FROM \"{schema}\".schema_version WHERE component = 'board'"
+    )
+    assert version == 2
 
 
 async def test_a_schema_newer_than_the_library_is_refused(schema: str, admin: Any) -> None:

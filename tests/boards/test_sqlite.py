@@ -126,6 +126,27 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         await open_board(url(path)).connect()
 
 
+async def test_a_version_1_file_gains_headers_and_keeps_its_jobs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    async with open_board(url) as board:
+        job = await board.post("old", "f", {"a": 1})
+    # Back to the first schema: no headers column, version 1.
+    with contextlib.closing(sqlite3.connect(tmp_path / "old.db")) as conn:
+        conn.execute("ALTER TABLE jobs DROP COLUMN headers")
+        conn.execute("UPDATE aioc_schema SET version = 1 WHERE component = 'board'")
+        conn.commit()
+    async with open_board(url) as board:
+        old = await board.get(job.id)
+        assert old.headers == {} and old.args == {"a": 1}
+        new = await board.post("new", "f", headers={"h": "v"})
+        assert (await board.get(new.id)).headers == {"h": "v"}
+    with contextlib.closing(sqlite3.connect(tmp_path / "old.db")) as conn:
+        (version,) = conn.execute(
+            "SELECT version FROM aioc_schema WHERE component = 'board'"
+        ).fetchone()
+    assert version == 2
+
+
 async def test_file_uses_wal(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     async with open_board(url(path)):
