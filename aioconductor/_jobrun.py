@@ -162,19 +162,23 @@ class JobRun:
     async def renew(self) -> None:
         """Extend the lease (the conductor's lease keeper calls this); on a lost claim, stop
         the engine so that no two owners ever run the job at once."""
-        conductor = self.conductor
-        try:
-            self.claim = await conductor.board.renew(self.claim, lease=conductor.lease)
-        except ClaimLost as exc:
-            await self._lose(exc)
-        except (BackendUnavailable, OSError) as exc:
-            left = self.claim.expires_at - time.time()
-            logger.warning(
-                "job %s: renewing its lease failed (%r), %.1f s left", self.job.id, exc, left
-            )
-            if left < conductor.lease / 3:
-                # We cannot prove we hold it by the time another owner may take it: stop.
+        conductor, job = self.conductor, self.job
+        # The lease keeper is a task of the conductor's: name the job in what it logs here.
+        with job_context(
+            job.id, job.flow, self.claim.owner, job_name=job.name, attempt=job.attempts
+        ):
+            try:
+                self.claim = await conductor.board.renew(self.claim, lease=conductor.lease)
+            except ClaimLost as exc:
                 await self._lose(exc)
+            except (BackendUnavailable, OSError) as exc:
+                left = self.claim.expires_at - time.time()
+                logger.warning(
+                    "job %s: renewing its lease failed (%r), %.1f s left", job.id, exc, left
+                )
+                if left < conductor.lease / 3:
+                    # We cannot prove we hold it by the time another owner may take it: stop.
+                    await self._lose(exc)
 
     async def _lose(self, exc: BaseException) -> None:
         self.engine_scope.cancel()
