@@ -20,7 +20,8 @@ are loaded and sent again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import anyio
@@ -28,7 +29,12 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-__all__ = ["ScriptBatcher"]
+__all__ = ["SEND_TIMEOUT", "ScriptBatcher"]
+
+#: Seconds a pipeline may take, reply included, before its calls fail with ``TimeoutError``
+#: (a Redis that stopped answering must not hold its callers, shielded, for ever).
+SEND_TIMEOUT = 10.0
+_NO_REPLY = "no reply: the script may or may not have run"
 
 
 class _Call:
@@ -64,10 +70,14 @@ class ScriptBatcher:
         call = _Call(script, keys, args)
         self._queue.append(call)
         if len(self._queue) == 1:
-            with anyio.CancelScope(shield=True):
-                await anyio.lowlevel.checkpoint()  # the other ready callers queue meanwhile
+            try:
+                with anyio.CancelScope(shield=True):
+                    await anyio.lowlevel.checkpoint()  # the other ready callers queue meanwhile
+            finally:
+                # Even when a plain asyncio cancel got through the shield: the calls queued
+                # behind this one have no other leader.
                 batch, self._queue = self._queue, []
-                await self._send(batch)
+                await _uncancelled(self._send(batch))
             await anyio.lowlevel.checkpoint_if_cancelled()
             return call.outcome()
         try:
@@ -76,8 +86,7 @@ class ScriptBatcher:
             if call in self._queue:
                 self._queue.remove(call)  # never sent
             else:
-                with anyio.CancelScope(shield=True):
-                    await call.done.wait()
+                await _uncancelled(call.done.wait())
             raise
         return call.outcome()
 
@@ -86,44 +95,79 @@ class ScriptBatcher:
     ) -> list[Any]:
         """Run ``calls`` in order as one pipeline of their own; their replies, in order.
 
+        Calls of one script keep their order even when Redis had forgotten it (all of them are
+        then sent again, in order); calls of several scripts may not.
+
         Raises:
             Exception: the first call's error, if any failed (the others may have run).
         """
         batch = [_Call(script, keys, args) for script, keys, args in calls]
-        with anyio.CancelScope(shield=True):
-            await self._send(batch)
+        await _uncancelled(self._send(batch))
         await anyio.lowlevel.checkpoint_if_cancelled()
         return [call.outcome() for call in batch]
 
     async def _send(self, batch: list[_Call]) -> None:
+        """Send ``batch`` and settle every call of it, whatever happens (bounded in time)."""
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for call in batch:
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            replies = await pipe.execute(raise_on_error=False)
-            for call, reply in zip(batch, replies, strict=True):
-                if isinstance(reply, rexc.NoScriptError):
-                    # Nothing ran. The script object loads the script and runs it again.
-                    call.settle(await _unbatched(call))
-                elif isinstance(reply, BaseException):
-                    call.settle(error=reply)
-                else:
-                    call.settle(reply)
+            with anyio.move_on_after(SEND_TIMEOUT) as deadline:
+                await self._exchange(batch)
+            if deadline.cancelled_caught:
+                # redis-py dropped the connection the pipeline was on (cancelled mid-read).
+                for call in batch:
+                    if not call.settled:
+                        call.settle(error=rexc.TimeoutError(_NO_REPLY))
         except Exception as exc:
             for call in batch:
                 if not call.settled:
                     call.settle(error=_own_copy(exc))
         finally:
             for call in batch:
-                if not call.settled:  # only if the leader itself was stopped, say by SystemExit
-                    call.settle(error=rexc.ConnectionError("the pipeline was not sent"))
+                if not call.settled:  # a BaseException (a plain asyncio cancel) stopped it
+                    call.settle(error=rexc.ConnectionError(_NO_REPLY))
                 call.done.set()
+
+    async def _exchange(self, batch: list[_Call]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for call in batch:
+            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except (rexc.DataError, TypeError, ValueError):
+            # An argument that cannot be encoded: nothing was sent (a pipeline is packed
+            # whole before it is written). Send the calls one by one, so that only the bad
+            # one fails.
+            for call in batch:
+                call.settle(await _unbatched(call))
+            return
+        for call, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, rexc.NoScriptError):
+                # Nothing ran. The script object loads the script and runs it again.
+                call.settle(await _unbatched(call))
+            elif isinstance(reply, BaseException):
+                call.settle(error=reply)
+            else:
+                call.settle(reply)
+
+
+async def _uncancelled(work: Awaitable[None]) -> None:
+    """Await ``work`` to its end: shielded from anyio's cancellation, and from a plain asyncio
+    cancel, which passes through shields, by waiting again (the caller re-raises later)."""
+    task = asyncio.ensure_future(work)
+    while True:
+        try:
+            with anyio.CancelScope(shield=True):
+                await asyncio.shield(task)
+            return
+        except asyncio.CancelledError:
+            if task.done():
+                return
+            continue
 
 
 async def _unbatched(call: _Call) -> Any:
     try:
         return await call.script(keys=call.keys, args=call.args)
-    except (rexc.RedisError, OSError) as exc:
+    except Exception as exc:
         return _Failed(exc)
 
 

@@ -21,19 +21,20 @@ gets the error; the others commit together, and each caller gets its own result 
 commit is done. So every write still commits or rolls back as a whole, as if it ran alone, and
 64 concurrent jobs pay for one commit and one thread hop instead of 64.
 
-Cancellation: ``to_thread.run_sync`` does not abandon its thread when the caller is cancelled.
-The call runs to its end, so its transaction is committed or rolled back as a whole, and the
-cancellation lands at the caller's next checkpoint after the call returned. A write cancelled
-while still queued is taken off the queue and never runs; one already taken into a group is
-waited for (shielded), so its caller sees the cancellation only after the commit. A cancelled
-caller never leaves a transaction half done, nor one open on the connection for the next call.
+Cancellation: a call's worker thread is never abandoned. The call runs to its end, so its
+transaction is committed or rolled back as a whole, and the cancellation (anyio's, or a plain
+asyncio ``task.cancel()``, which passes through shields) lands after the call returned. A write
+cancelled while still queued is taken off the queue and never runs; one already taken into a
+group runs, and its caller sees the cancellation only after the commit. A cancelled caller
+never leaves a transaction half done, nor one open on the connection for the next call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar, cast
 from urllib.parse import unquote
 
@@ -101,6 +102,8 @@ class SqliteLink:
         self._lock = anyio.Lock()
         #: Writes waiting for the next group commit.
         self._queue: list[_Write] = []
+        #: One worker thread at a time for this connection, never waiting on others' threads.
+        self._limiter = anyio.CapacityLimiter(1)
 
     def unavailable(self, what: str, exc: BaseException) -> BackendUnavailable:
         """The ``BackendUnavailable`` to raise for a ``sqlite3`` error during ``what``."""
@@ -171,20 +174,21 @@ class SqliteLink:
         """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction, committed unless ``fn`` raises.
 
         Writes queued meanwhile share one transaction (see the module docstring): ``fn`` runs
-        in a savepoint of its own, so what it did is undone alone if it raises.
+        in a savepoint of its own, so what it did is undone alone if it raises. ``fn`` must
+        read every row of the statements it runs (a statement left in progress would keep the
+        savepoint from being released).
         """
         pending = _Write(what, fn)
         self._queue.append(pending)
         try:
             async with self._lock:
-                if not pending.done.is_set():
+                while not pending.done.is_set():
                     await self._commit_group()
         except BaseException:
             if pending in self._queue:
                 self._queue.remove(pending)  # never taken: nothing was written
-            elif not pending.done.is_set():
-                with anyio.CancelScope(shield=True):
-                    await pending.done.wait()  # taken into a group: let it commit first
+            else:
+                await _wait_uncancelled(pending.done.wait)  # taken: it commits first
             raise
         return cast(T, pending.outcome())
 
@@ -197,14 +201,38 @@ class SqliteLink:
                 for pending in group:
                     pending.fail(self._closed())
                 return
-            # Not abandoned on cancellation: see the module docstring. The group's outcome
-            # is settled in the thread, so a cancel of this caller changes no one's result.
-            await anyio.to_thread.run_sync(self._run_group, group, conn)
+            # The group's outcome is settled in the thread, whatever becomes of this caller.
+            await self._in_thread(self._run_group, group, conn)
         finally:
             for pending in group:
-                if not pending.settled:  # only if the thread never ran
-                    pending.fail(self._closed())
+                if not pending.settled:  # the thread raised before settling it
+                    pending.fail(self.unavailable(pending.what, RuntimeError("not run")))
                 pending.done.set()
+
+    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` in this link's worker thread, and not a moment less.
+
+        The thread is never abandoned: an anyio cancellation waits for it (shielded), and a
+        plain asyncio ``task.cancel()``, which passes through shields, is held back until the
+        thread is done, then raised; until then the caller keeps the lock, so no other call
+        uses the connection while the thread does.
+        """
+        finished = threading.Event()
+
+        def run() -> T:
+            try:
+                return fn(*args)
+            finally:
+                finished.set()
+
+        try:
+            with anyio.CancelScope(shield=True):
+                result = await anyio.to_thread.run_sync(run, limiter=self._limiter)
+        except BaseException:
+            if not finished.is_set():
+                await _wait_uncancelled(lambda: _thread_done(finished))
+            raise
+        return result
 
     def _run_group(self, group: list[_Write], conn: sqlite3.Connection) -> None:
         """In the worker thread: every write of ``group`` in one transaction."""
@@ -229,15 +257,18 @@ class SqliteLink:
                     conn.execute("RELEASE aioc_write")
                     outcomes.append((pending, value, None))
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            # Each caller gets an error of its own (an exception object is not to be shared).
+            # Nothing of the group was committed. Each caller gets an error of its own (an
+            # exception object is not to be shared between tasks).
             for pending in group:
                 unavailable = self.unavailable(pending.what, exc)
                 unavailable.__cause__ = exc
                 pending.fail(unavailable)
+            if not isinstance(exc, sqlite3.Error):
+                raise  # not the database's doing (a KeyboardInterrupt, a bug): let it show
             return
         for pending, value, error in outcomes:
             if error is not None:
@@ -250,8 +281,7 @@ class SqliteLink:
             conn = self._conn
             if conn is None:
                 raise self._closed()
-            # Not abandoned on cancellation: see the module docstring.
-            return await anyio.to_thread.run_sync(self._call, what, fn, conn)
+            return await self._in_thread(self._call, what, fn, conn)
 
     def _call(
         self, what: str, fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection
@@ -271,6 +301,25 @@ class SqliteLink:
                 if conn is not None:
                     with contextlib.suppress(sqlite3.Error):
                         await anyio.to_thread.run_sync(conn.close)
+
+
+async def _wait_uncancelled(wait: Callable[[], Awaitable[object]]) -> None:
+    """``await wait()`` through any cancellation (anyio's, shielded; asyncio's, caught and
+    waited on again): for work that is under way and must be seen to its end."""
+    while True:
+        try:
+            with anyio.CancelScope(shield=True):
+                await wait()
+            return
+        except anyio.get_cancelled_exc_class():
+            continue  # a plain task.cancel(): the caller re-raises its own cancellation later
+
+
+async def _thread_done(finished: threading.Event) -> None:
+    """Wait until a worker thread has set ``finished`` (only after a plain asyncio cancel left
+    a thread running: rare, and short, so a poll will do)."""
+    while not finished.is_set():  # noqa: ASYNC110
+        await anyio.sleep(0.001)
 
 
 class _Write:

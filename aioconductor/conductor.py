@@ -61,6 +61,10 @@ class ConductorStats:
             self.failed += 1
 
 
+#: The longest a claim call may take (it is shielded from cancellation while it runs).
+CLAIM_TIMEOUT = 60.0
+
+
 def _release(slots: anyio.Semaphore, count: int) -> None:
     for _ in range(count):
         slots.release()
@@ -270,7 +274,15 @@ class Conductor:
             held = 1 + self._take_free_slots(slots, wanted - 1)
             self._wakeup = anyio.Event()
             try:
-                claimed = await self.board.claim_batch(self.owner, held, lease=self.lease)
+                # Shielded (and bounded): jobs claimed must reach a task, which abandons them
+                # if the conductor is being cancelled, rather than sit claimed until their
+                # lease runs out with an attempt spent.
+                with anyio.CancelScope(shield=True), anyio.fail_after(CLAIM_TIMEOUT):
+                    claimed = await self.board.claim_batch(self.owner, held, lease=self.lease)
+            except TimeoutError as exc:
+                _release(slots, held)
+                logger.warning("conductor %s: claim timed out (%r); retrying", self.name, exc)
+                continue
             except AioconductorError as exc:
                 _release(slots, held)
                 logger.warning("conductor %s: claim failed (%r); retrying", self.name, exc)

@@ -397,6 +397,35 @@ async def test_a_claim_for_an_announced_job_taken_by_another_is_a_conflict() -> 
         assert conductor.stats.claim_conflicts == 1 and conductor.stats.claimed == 0
 
 
+class SlowClaimBoard(MemoryJobBoard):
+    """A claim that takes a while: long enough to cancel the conductor while it is in flight."""
+
+    in_flight = anyio.Event()
+
+    async def _claim_batch(self, owner: str, lease: float, limit: int) -> Any:
+        jobs = await super()._claim_batch(owner, lease, limit)
+        if jobs:
+            self.in_flight.set()
+            await anyio.sleep(0.2)
+        return jobs
+
+
+async def test_cancelling_run_while_a_claim_is_in_flight_gives_the_jobs_back() -> None:
+    async with SlowClaimBoard() as board:
+        board.in_flight = anyio.Event()
+        for n in range(5):
+            await board.post(f"j{n}", "noop", {"key": n})
+        conductor = Conductor("c", board, flows=flows, max_concurrency=8)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conductor.run)
+            await board.in_flight.wait()
+            tg.cancel_scope.cancel()
+        jobs = [job async for job in board.iterjobs()]
+    # Not left claimed until their lease ran out: handed to tasks, which gave them back.
+    assert {job.state for job in jobs} == {JobState.UNCLAIMED}
+    assert conductor.stats.claimed == 5 and conductor.stats.abandoned == 5
+
+
 async def test_free_slots_are_filled_by_one_claim_call() -> None:
     async with CountingBoard() as board:
         for n in range(40):

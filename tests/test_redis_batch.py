@@ -116,3 +116,42 @@ async def test_a_connection_error_fails_every_call_with_its_own_error() -> None:
         await dead.aclose()
     assert all(isinstance(o, rexc.ConnectionError) for o in outcomes)
     assert len({id(o) for o in outcomes}) == 3
+
+
+async def test_a_leader_cancelled_by_asyncio_leaves_no_caller_without_a_leader(
+    client: Redis, key: str
+) -> None:
+    import asyncio
+
+    batcher = ScriptBatcher(client)
+    incr = client.register_script(INCR)
+    await incr(keys=[key], args=[0])
+    try:
+        leader = asyncio.ensure_future(batcher.run(incr, [key], [1]))
+        await asyncio.sleep(0)  # the leader is at its checkpoint, letting others queue
+        leader.cancel()  # asyncio.wait_for, asyncio.timeout: shields do not stop these
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        assert batcher._queue == []
+        with anyio.fail_after(5):
+            assert await batcher.run(incr, [key], [1]) == 2  # the leader's call ran
+    finally:
+        await client.delete(key)
+
+
+async def test_an_argument_that_cannot_be_sent_fails_its_call_alone(
+    client: Redis, key: str
+) -> None:
+    batcher = ScriptBatcher(client)
+    incr = client.register_script(INCR)
+    await incr(keys=[key], args=[0])
+    try:
+        outcomes = await gather(
+            lambda: batcher.run(incr, [key], [1]),
+            lambda: batcher.run(incr, [key], [{"not": "sendable"}]),
+            lambda: batcher.run(incr, [key], [1]),
+        )
+        assert sorted(o for o in outcomes if isinstance(o, int)) == [1, 2]
+        assert isinstance(outcomes[1], rexc.DataError)
+    finally:
+        await client.delete(key)

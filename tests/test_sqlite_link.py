@@ -117,3 +117,60 @@ async def test_a_write_after_close_is_refused(link: SqliteLink) -> None:
     await link.aclose()
     with pytest.raises(BoardClosed):
         await link.write("w", insert("x"))
+
+
+async def test_a_leader_cancelled_before_its_thread_still_commits_the_others(
+    link: SqliteLink,
+) -> None:
+    outcomes: dict[str, Any] = {}
+    leader = anyio.CancelScope()
+
+    async def write(name: str, scope: anyio.CancelScope | None = None) -> None:
+        with scope or anyio.CancelScope():
+            outcomes[name] = await link.write(name, insert(name))
+
+    async def cancel_leader() -> None:
+        leader.cancel()  # lands as the leader heads for the thread
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(write, "leader", leader)
+        tg.start_soon(write, "f1")
+        tg.start_soon(write, "f2")
+        tg.start_soon(cancel_leader)
+    assert outcomes.get("f1") == "f1" and outcomes.get("f2") == "f2"
+    assert {"f1", "f2"} <= await names(link)
+    assert await link.write("later", insert("later")) == "later"
+
+
+async def test_a_plain_asyncio_cancel_waits_for_the_thread(link: SqliteLink) -> None:
+    import asyncio
+    import time
+
+    def slow(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO items (name, n) VALUES ('slow', 1)")
+        time.sleep(0.3)
+        return "slow"
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(link.write("slow", slow), 0.05)  # cancels the task natively
+    # The cancel landed only once the transaction was over: nothing is left open.
+    assert time.monotonic() - started >= 0.3
+    assert link._conn is not None and not link._conn.in_transaction
+    assert await link.write("next", insert("next")) == "next"
+    assert await names(link) == {"slow", "next"}
+
+
+async def test_a_base_exception_in_a_write_rolls_the_group_back(link: SqliteLink) -> None:
+    class Stop(BaseException):
+        pass
+
+    def stop(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO items (name, n) VALUES ('stop', 1)")
+        raise Stop
+
+    with pytest.raises(Stop):
+        await link.write("stop", stop)
+    assert link._conn is not None and not link._conn.in_transaction
+    assert await names(link) == set()
+    assert await link.write("after", insert("after")) == "after"

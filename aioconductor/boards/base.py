@@ -37,7 +37,7 @@ from aioconductor.boards._support import (
     lost_message,
     unclaimable_message,
 )
-from aioconductor.errors import BoardClosed, ConfigurationError, PayloadError
+from aioconductor.errors import BoardClosed, BoardError, ConfigurationError, PayloadError
 from aioconductor.models import (
     Claim,
     ConductorInfo,
@@ -290,7 +290,10 @@ class JobBoard(Lifecycle):
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigurationError(f"limit must be a positive integer, got {limit!r}")
         seconds = self._lease(lease)
-        jobs = await self._claim_batch(owner, seconds, min(limit, MAX_BATCH))
+        limit = min(limit, MAX_BATCH)
+        jobs = await self._claim_batch(owner, seconds, limit)
+        if len(jobs) > limit:  # a backend's bug: callers size their slots by the limit
+            raise BoardError(f"{type(self).__name__} claimed {len(jobs)} jobs, asked for {limit}")
         claimed: list[tuple[Job, Claim]] = []
         for job in jobs:
             assert job.claim is not None
