@@ -97,14 +97,28 @@ def _postgres(tmp_path: Path) -> BoardBackend:
     return _PostgresBackend()
 
 
+def _kafka(tmp_path: Path) -> BoardBackend:
+    # Topics of this test's own on the test broker (started on first use); nothing to drop.
+    from tests.kafka_helpers import kafka_url, require_kafka, unique_topic
+
+    require_kafka()
+    topic = unique_topic("conformance")
+    return BoardBackend("kafka", lambda ns: kafka_url(topic, ns))
+
+
 BACKENDS: dict[str, Callable[[Path], BoardBackend]] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "redis": _redis,
     "postgres": _postgres,
+    "kafka": _kafka,
 }
 #: Marks of the backends that need a service.
-_MARKS = {"redis": [pytest.mark.redis], "postgres": [pytest.mark.postgres]}
+_MARKS = {
+    "redis": [pytest.mark.redis],
+    "postgres": [pytest.mark.postgres],
+    "kafka": [pytest.mark.kafka],
+}
 
 
 @pytest.fixture(params=[pytest.param(name, marks=_MARKS.get(name, [])) for name in BACKENDS])

@@ -1,0 +1,205 @@
+"""The Kafka board's consumer-group member: partition assignment and committed offsets.
+
+The conductors of one board form a consumer group on the jobs topic. The partitions assigned to
+a member are its coarse claim: ``claim_next`` takes jobs from them first (and takes from other
+partitions only when its own have nothing claimable). The fine claim is the token on the state
+topic, so a rebalance never lets two owners run one job.
+
+The member reads the jobs records of its partitions and tracks them as in flight. An offset is
+committed only when every job at or below it is finished (``COMPLETE`` or ``TRASHED`` in the
+view), so the group's lag is the number of jobs not yet finished, and a member that takes over a
+partition starts at the oldest unfinished job. Commits happen at most every
+``COMMIT_INTERVAL`` seconds, when the partitions are revoked, and when the member stops.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+from typing import Any
+
+import anyio
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
+from aiokafka.errors import ConsumerStoppedError, KafkaError  # type: ignore[import-untyped]
+from aiokafka.structs import OffsetAndMetadata, TopicPartition  # type: ignore[import-untyped]
+
+from aioconductor.boards._kafka_view import JobView
+
+__all__ = ["COMMIT_INTERVAL", "GroupMember"]
+
+logger = logging.getLogger("aioconductor.boards.kafka")
+
+COMMIT_INTERVAL = 1.0
+#: How often a skipped offset of the jobs topic is fetched again before it is let go.
+_GAP_RETRIES = 200
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
+    def __init__(self, member: GroupMember) -> None:
+        self._member = member
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        # Commit what is finished before another member takes the partitions over.
+        await self._member.commit(force=True)
+        for tp in revoked:
+            self._member.forget(tp.partition)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        for tp in assigned:
+            self._member.forget(tp.partition)
+
+
+class GroupMember:
+    """This board instance's member of the jobs topic's consumer group.
+
+    Args:
+        view: the state view, which says whether a job is finished.
+        topic: the jobs topic.
+        url: the broker URL, for messages.
+        consumer_config: keyword arguments for ``AIOKafkaConsumer`` (with ``group_id``).
+    """
+
+    def __init__(
+        self, view: JobView, topic: str, url: str, consumer_config: dict[str, Any]
+    ) -> None:
+        self._view = view
+        self._topic = topic
+        self._url = url
+        self._config = consumer_config
+        self._consumer: AIOKafkaConsumer | None = None
+        #: partition -> (offset, job id) of jobs records read and not yet committed past.
+        self._in_flight: dict[int, collections.deque[tuple[int, str]]] = {}
+        #: partition -> the offset after the last record read.
+        self._read_to: dict[int, int] = {}
+        #: partition -> the offset last committed by this member.
+        self._committed: dict[int, int] = {}
+        self._commit_at = 0.0
+        self._lock = anyio.Lock()
+        self._gaps: dict[tuple[int, int], int] = {}
+        self._stopped = False
+
+    async def start(self) -> None:
+        """Join the group; the assignment arrives later, in the background (a join takes
+        seconds: Tansu waits half the session timeout for more members)."""
+        consumer = AIOKafkaConsumer(**self._config)
+        try:
+            # Started before it subscribes, so start() does not wait for the first assignment.
+            await consumer.start()
+            consumer.subscribe([self._topic], listener=_Listener(self))
+        except BaseException as exc:
+            # Shielded and bounded: a failed or cancelled join must still close its connections.
+            with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
+                await consumer.stop()
+            if isinstance(exc, KafkaError):
+                logger.warning("Kafka at %s: joining the group failed: %r", self._url, exc)
+                return
+            raise
+        if self._stopped:
+            # The board closed while this member joined.
+            with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
+                await consumer.stop()
+            return
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        """Commit what is finished and leave the group."""
+        self._stopped = True
+        consumer = self._consumer
+        if consumer is None:
+            return
+        # Shielded and bounded: leaving the group promptly hands the partitions over at once.
+        with anyio.move_on_after(5, shield=True):
+            with contextlib.suppress(Exception):
+                await self.commit(force=True)
+            self._consumer = None
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    def assigned(self) -> frozenset[int]:
+        """The jobs-topic partitions this member holds now."""
+        consumer = self._consumer
+        if consumer is None:
+            return frozenset()
+        return frozenset(tp.partition for tp in consumer.assignment())
+
+    def forget(self, partition: int) -> None:
+        """Drop the tracking of a partition (revoked, or assigned afresh)."""
+        self._in_flight.pop(partition, None)
+        self._read_to.pop(partition, None)
+        self._committed.pop(partition, None)
+
+    async def poll(self) -> None:
+        """Read the jobs records fetched so far and commit what is finished, when due."""
+        consumer = self._consumer
+        # getmany() waits for an assignment; claim_next must not.
+        if consumer is None or not consumer.assignment():
+            return
+        try:
+            batch = await consumer.getmany(timeout_ms=0, max_records=10_000)
+        except ConsumerStoppedError:
+            return
+        except KafkaError as exc:
+            logger.warning("Kafka at %s: reading the jobs topic failed: %r", self._url, exc)
+            return
+        for tp, records in batch.items():
+            queue = self._in_flight.setdefault(tp.partition, collections.deque())
+            for record in records:
+                expected = self._read_to.get(tp.partition)
+                if expected is not None and record.offset < expected:
+                    continue  # fetched again after a seek back
+                if expected is not None and record.offset > expected and self._gap(tp, expected):
+                    # A broker that shows a newer batch before an older one (Tansu does):
+                    # read the skipped records before counting past them.
+                    consumer.seek(tp, expected)
+                    break
+                if record.key is not None:
+                    queue.append((record.offset, record.key.decode("utf-8", "replace")))
+                self._read_to[tp.partition] = record.offset + 1
+        await self.commit()
+
+    def _gap(self, tp: Any, expected: int) -> bool:
+        retries = self._gaps.get((tp.partition, expected), 0)
+        if retries >= _GAP_RETRIES:
+            return False
+        self._gaps = {(tp.partition, expected): retries + 1}
+        return True
+
+    def _committable(self) -> dict[int, int]:
+        offsets: dict[int, int] = {}
+        for partition, queue in self._in_flight.items():
+            while queue:
+                final = self._view.is_final(queue[0][1])
+                if not final:
+                    break
+                queue.popleft()
+            offset = queue[0][0] if queue else self._read_to.get(partition)
+            if offset is not None and offset != self._committed.get(partition):
+                offsets[partition] = offset
+        return offsets
+
+    async def commit(self, *, force: bool = False) -> None:
+        """Commit, for each partition held, the offset of its oldest unfinished job."""
+        consumer = self._consumer
+        now = anyio.current_time()
+        if consumer is None or (not force and now < self._commit_at):
+            return
+        self._commit_at = now + COMMIT_INTERVAL
+        async with self._lock:
+            held = self.assigned()
+            offsets = {p: o for p, o in self._committable().items() if p in held}
+            if not offsets:
+                return
+            try:
+                await consumer.commit(
+                    {
+                        TopicPartition(self._topic, p): OffsetAndMetadata(o, "")
+                        for p, o in offsets.items()
+                    }
+                )
+            except KafkaError as exc:
+                # A rebalance in progress: the next member commits from the view just the same.
+                logger.info("Kafka at %s: offset commit skipped: %r", self._url, exc)
+                return
+            self._committed.update(offsets)

@@ -1,0 +1,336 @@
+"""The Kafka board's state log: write a transition, wait until the view folded it, read.
+
+One producer writes every record (``acks="all"``); one consumer, manually assigned the state
+topic's only partition, feeds the :class:`JobView`. There is no reader task: whoever needs the
+view to reach an offset pulls records under a lock (``catch_up``), and a ``stream()`` waiting for
+notifications pulls too. A linearizable read appends a ``sync`` record and waits until the view
+applied it (``sync``): it sees every record acknowledged before it started. Concurrent reads
+share one sync record.
+
+Tansu's ListOffsets answers the base offset of the newest batch plus one, not the end of the
+log, so end offsets are not used as a read barrier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.errors import ConsumerStoppedError, KafkaError  # type: ignore[import-untyped]
+from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
+from anyio.lowlevel import checkpoint
+
+from aioconductor.boards._kafka_view import SYNC_KEY, Applied, JobView
+from aioconductor.boards._support import Subscription
+from aioconductor.errors import BackendUnavailable, BoardClosed
+from aioconductor.models import JobNotification
+
+__all__ = ["LogSubscription", "StateLog", "Write", "clock_ms", "translate"]
+
+logger = logging.getLogger("aioconductor.boards.kafka")
+
+#: How long a write or read waits for the view to reach its record before giving up.
+CATCH_UP_TIMEOUT = 30.0
+#: How long a dirty job waits before anyone restates it (its loser restates it sooner).
+RESTATE_GRACE = 5.0
+RESTATE_GRACE_MINE = 0.2
+#: The state topic's ``min.compaction.lag.ms``: a gap among younger records is no compaction.
+COMPACTION_LAG_MS = 3_600_000
+GAP_AGE_MS = COMPACTION_LAG_MS // 2
+GAP_RETRIES = 200
+
+
+@contextlib.contextmanager
+def translate(what: str, url: str) -> Any:
+    """Turn aiokafka's errors into ``BackendUnavailable`` (``raise ... from``)."""
+    try:
+        yield
+    except KafkaError as exc:
+        raise BackendUnavailable(f"Kafka at {url}: {what} failed: {exc!r}") from exc
+
+
+def clock_ms() -> int:
+    """Now, in whole milliseconds since the epoch (the resolution of Kafka timestamps)."""
+    return int(time.time() * 1000)
+
+
+class Write:
+    """One record for :meth:`StateLog.write_many`: a key, its JSON value, its timestamp."""
+
+    __slots__ = ("key", "ts_ms", "value")
+
+    def __init__(self, key: str, value: dict[str, Any], ts_ms: int) -> None:
+        self.key = key
+        self.value = value
+        self.ts_ms = ts_ms
+
+
+class _Ticket:
+    """One sync record, shared by the reads that started before it was sent."""
+
+    def __init__(self) -> None:
+        self.sent = False
+        self.ok = False
+        self.done = anyio.Event()
+
+
+class StateLog:
+    """The producer, the state-topic reader and the view of one board instance.
+
+    Args:
+        view: the fold the records go into.
+        topic: the state topic (one partition).
+        url: the broker URL for messages.
+        producer: a started producer (shared with the board's other topics).
+        consumer_config: keyword arguments for the reader's ``AIOKafkaConsumer``.
+    """
+
+    def __init__(
+        self,
+        view: JobView,
+        topic: str,
+        url: str,
+        producer: AIOKafkaProducer,
+        consumer_config: dict[str, Any],
+    ) -> None:
+        self.view = view
+        self.topic = topic
+        self.url = url
+        self._producer = producer
+        self._consumer_config = consumer_config
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tp = TopicPartition(topic, 0)
+        self._lock = anyio.Lock()
+        self._next_sync: _Ticket | None = None
+        #: expected offset -> how often a fetch skipped past it (see ``_gap``).
+        self._gap_retries: dict[int, int] = {}
+        self.closed = False
+
+    async def start(self) -> None:
+        """Start the reader at the beginning of the state topic (the view is rebuilt)."""
+        consumer = AIOKafkaConsumer(**self._consumer_config)
+        with translate("starting the state reader", self.url):
+            await consumer.start()
+        try:
+            consumer.assign([self._tp])
+            with translate("reading the state topic", self.url):
+                await consumer.seek_to_beginning(self._tp)
+        except BaseException:
+            with anyio.move_on_after(5, shield=True):
+                await consumer.stop()
+            raise
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        """Stop the reader."""
+        self.closed = True
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            # Stopping only closes sockets; shielded so a cancelled close still frees them.
+            with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
+                await consumer.stop()
+
+    # -- reading the log -----------------------------------------------------------------------
+
+    async def pull(self, wait: float, *, until: int | None = None) -> bool:
+        """Fold what the reader fetched (waiting up to ``wait`` s for some); True if any.
+
+        With ``until``, return at once if the view got past that offset while this call
+        waited for the reader.
+        """
+        async with self._lock:
+            if until is not None and self.view.next_offset > until:
+                return False
+            consumer = self._consumer
+            if consumer is None:
+                raise BoardClosed()
+            try:
+                with translate("reading the state topic", self.url):
+                    batch = await consumer.getmany(self._tp, timeout_ms=int(wait * 1000))
+            except ConsumerStoppedError:
+                # The board closed while this call waited for records.
+                raise BoardClosed() from None
+            records = batch.get(self._tp, ())
+            # No await between records: the fold of one fetch is atomic for this process.
+            for record in records:
+                expected = self.view.next_offset
+                if record.offset < expected:
+                    continue  # fetched again after a seek back
+                if record.offset > expected and self._gap(expected, record.timestamp):
+                    consumer.seek(self._tp, expected)
+                    break
+                self.view.apply(record.offset, record.key, record.value, record.timestamp)
+            return bool(records)
+
+    def _gap(self, expected: int, ts_ms: int) -> bool:
+        """Whether a fetch that skipped from ``expected`` to a record stamped ``ts_ms`` must be
+        read again.
+
+        Compaction leaves gaps, but never among records younger than the topic's
+        ``min.compaction.lag.ms`` (the board sets an hour). A gap there is a broker that
+        answered a fetch with a newer batch before an older one was visible (Tansu 0.6 does,
+        under concurrent producers): seek back and fetch again, a bounded number of times.
+        """
+        if clock_ms() - ts_ms > GAP_AGE_MS:
+            return False
+        retries = self._gap_retries.get(expected, 0)
+        if retries >= GAP_RETRIES:
+            logger.warning(
+                "Kafka at %s: offsets from %d of %s never arrived; going on without them",
+                self.url,
+                expected,
+                self.topic,
+            )
+            return False
+        self._gap_retries = {expected: retries + 1}
+        return True
+
+    async def catch_up(self, offset: int) -> None:
+        """Return once the view has applied the record at ``offset``.
+
+        Raises:
+            BackendUnavailable: it did not get there within ``CATCH_UP_TIMEOUT``.
+        """
+        if self.view.next_offset > offset:
+            return
+        with anyio.move_on_after(CATCH_UP_TIMEOUT):
+            while self.view.next_offset <= offset:
+                await self.pull(0.2, until=offset)
+            return
+        raise BackendUnavailable(
+            f"Kafka at {self.url}: the state topic did not deliver offset {offset} within "
+            f"{CATCH_UP_TIMEOUT:.0f} s"
+        )
+
+    async def sync(self) -> None:
+        """Return once the view holds every record acknowledged before this call started."""
+        while True:
+            ticket = self._next_sync
+            if ticket is None or ticket.sent:
+                ticket = self._next_sync = _Ticket()
+                # Let the reads that start meanwhile share this sync record.
+                await checkpoint()
+                ticket.sent = True
+                if self._next_sync is ticket:
+                    self._next_sync = None
+                try:
+                    offsets = await self._send([Write(SYNC_KEY, {"op": "sync"}, clock_ms())])
+                    await self.catch_up(offsets[0])
+                    ticket.ok = True
+                finally:
+                    ticket.done.set()
+                return
+            await ticket.done.wait()
+            if ticket.ok:
+                return
+            # Its sender failed or was cancelled: try with a record of our own.
+
+    # -- writing -------------------------------------------------------------------------------
+
+    async def _send(self, writes: Sequence[Write]) -> list[int]:
+        """Produce ``writes`` to the state topic; their offsets, once all are acknowledged."""
+        with translate("writing to the state topic", self.url):
+            futures = [
+                await self._producer.send(
+                    self.topic,
+                    value=json.dumps(w.value, separators=(",", ":")).encode("utf-8"),
+                    key=w.key.encode("utf-8"),
+                    partition=0,
+                    timestamp_ms=w.ts_ms,
+                )
+                for w in writes
+            ]
+            return [(await future).offset for future in futures]
+
+    async def write_many(self, writes: Sequence[Write]) -> list[Applied]:
+        """Append ``writes`` and return what the fold made of each (accepted or not).
+
+        A write whose reply is lost may still have been applied: it is never retried here.
+        """
+        rids = []
+        for w in writes:
+            rid = uuid.uuid4().hex
+            w.value["rid"] = rid
+            rids.append(rid)
+            self.view.mine[rid] = None
+        try:
+            offsets = await self._send(writes)
+            await self.catch_up(max(offsets))
+            results: list[Applied] = []
+            for rid in rids:
+                applied = self.view.mine.get(rid)
+                # A record the fold could not parse counts as rejected (never happens for ours).
+                results.append(applied if applied is not None else Applied(False, None))
+            return results
+        finally:
+            for rid in rids:
+                self.view.mine.pop(rid, None)
+
+    async def write(self, write: Write) -> Applied:
+        """Append one record; what the fold made of it."""
+        return (await self.write_many([write]))[0]
+
+    async def restate_dirty(self) -> None:
+        """Re-publish the state of jobs whose newest record was rejected (see the view)."""
+        now = time.monotonic()
+        due = [
+            job_id
+            for job_id, (since, mine) in self.view.dirty.items()
+            if now - since >= (RESTATE_GRACE_MINE if mine else RESTATE_GRACE)
+        ]
+        if not due:
+            return
+        ts = clock_ms()
+        writes = []
+        for job_id in due[:256]:
+            data = self.view.jobs[job_id]
+            # Restarted grace: a restate that loses a race marks it dirty again.
+            self.view.dirty[job_id] = (now, False)
+            value = {"op": "restate", "base": data["version"], "job": data}
+            writes.append(Write(job_id, value, ts))
+        await self._send(writes)
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the reader (nothing is folded meanwhile)."""
+        async with self._lock:
+            yield
+
+
+class LogSubscription(Subscription):
+    """A ``stream()``'s notifications: waiting for one pulls the state topic."""
+
+    def __init__(self, log: StateLog) -> None:
+        super().__init__()
+        self._log = log
+        self._ended = False
+
+    def close(self) -> None:
+        """End the subscription: :meth:`receive` raises ``anyio.EndOfStream`` once drained."""
+        self._ended = True
+        super().close()
+
+    async def receive(self) -> JobNotification:
+        """The next notification, folding the state topic while there is none."""
+        while True:
+            try:
+                return self._receive.receive_nowait()
+            except anyio.WouldBlock:
+                pass
+            if self._ended or self._log.closed:
+                raise anyio.EndOfStream
+            try:
+                await self._log.pull(0.25)
+            except BoardClosed:
+                raise anyio.EndOfStream from None
+            except BackendUnavailable as exc:
+                logger.warning("%s; retrying", exc)
+                self.lost = True
+                await anyio.sleep(0.5)

@@ -1,0 +1,134 @@
+"""Connecting the Kafka board: its URL's options, its topics and its producer.
+
+Topics are created when missing, with the replication factor asked for (or the number of
+brokers, at most 3); a broker that refuses gets a ``BackendUnavailable`` naming the topic and the
+broker's error, so an operator can create it by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import anyio
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+
+from aioconductor.boards._kafka_log import translate
+from aioconductor.errors import BackendUnavailable, ConfigurationError
+
+__all__ = ["TopicSpec", "bool_option", "bootstrap_servers", "ensure_topics", "start_producer"]
+
+_CLEANUP_TIMEOUT = 5.0
+#: CreateTopics' "already exists": another board instance created it meanwhile.
+_TOPIC_EXISTS = 36
+
+
+def bool_option(options: dict[str, str], name: str, default: bool) -> bool:
+    """Read a boolean library option (``true``/``false``, ``1``/``0``, ``yes``/``no``)."""
+    raw = options.get(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"option {name}={raw!r} is not a boolean")
+
+
+def bootstrap_servers(driver_url: str) -> str:
+    """``host:port,...`` from a ``kafka://`` URL (port 9092 where none is given)."""
+    rest = driver_url.split("://", 1)[1]
+    hosts = rest.split("?", 1)[0].split("/", 1)[0]
+    if not hosts:
+        raise ConfigurationError("a kafka:// URL needs a host: kafka://host:9092")
+    return ",".join(h if ":" in h else f"{h}:9092" for h in hosts.split(","))
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic the board needs: its name, partitions and settings."""
+
+    name: str
+    partitions: int
+    configs: dict[str, str]
+
+
+async def ensure_topics(
+    bootstrap: str, url: str, topics: Sequence[TopicSpec], replication: int | None
+) -> int:
+    """Create the missing ``topics``; the partition count of the first one as it exists.
+
+    Raises:
+        BackendUnavailable: the broker is unreachable or refused to create a topic.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    with translate("connecting", url):
+        await admin.start()
+    try:
+        with translate("reading the topics", url):
+            existing = set(await admin.list_topics())
+            brokers = len((await admin.describe_cluster())["brokers"])
+        factor = replication or max(1, min(3, brokers))
+        missing = [
+            NewTopic(t.name, t.partitions, factor, topic_configs=t.configs)
+            for t in topics
+            if t.name not in existing
+        ]
+        if missing:
+            with translate("creating the topics", url):
+                response = await admin.create_topics(missing)
+            for name, code, message in (error[:3] for error in response.topic_errors):
+                if code not in (0, _TOPIC_EXISTS):
+                    raise BackendUnavailable(
+                        f"Kafka at {url} refused to create topic {name!r} (error {code}: "
+                        f"{message}); create it yourself or fix the broker's settings "
+                        "(replication, partitions)"
+                    )
+        with translate("reading the topics", url):
+            described = await admin.describe_topics([topics[0].name])
+        count = len(described[0]["partitions"]) if described else 0
+        if count < 1:
+            raise BackendUnavailable(f"Kafka at {url}: topic {topics[0].name} is missing")
+        return count
+    finally:
+        # Closing only drops sockets; shielded so a cancelled connect still frees them.
+        with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+
+async def start_producer(
+    bootstrap: str, url: str, idempotence: bool, max_request_size: int
+) -> AIOKafkaProducer:
+    """A started producer: ``acks="all"``, idempotent unless told otherwise.
+
+    Raises:
+        BackendUnavailable: the broker is unreachable, or refused an idempotent producer (the
+            message says to add ``?idempotence=false``).
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=idempotence,
+        max_request_size=max_request_size,
+        linger_ms=0,
+    )
+    try:
+        await producer.start()
+    except BaseException as exc:
+        # Shielded and bounded: a failed or cancelled start must still close its sockets.
+        with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+            with contextlib.suppress(Exception):
+                await producer.stop()
+        if not isinstance(exc, KafkaError):
+            raise
+        if idempotence:
+            raise BackendUnavailable(
+                f"Kafka at {url} refused an idempotent producer ({exc!r}); if the broker does "
+                "not support them (Tansu does not), add ?idempotence=false"
+            ) from exc
+        raise BackendUnavailable(f"Kafka at {url}: {exc!r}") from exc
+    return producer

@@ -1,0 +1,264 @@
+"""What only the Kafka board does: its URL, its topics, offsets, dead letters and the log fold.
+
+The shared semantics are in ``test_conformance.py``; these run against the Tansu test broker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
+
+from aioconductor.boards import open_board
+from aioconductor.boards._kafka_log import StateLog, Write
+from aioconductor.boards._kafka_view import JobView
+from aioconductor.boards.kafka import KafkaJobBoard
+from aioconductor.errors import BackendUnavailable, ConfigurationError
+from aioconductor.models import JobState
+from tests.kafka_helpers import kafka_url, require_kafka, unique_topic
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def topic() -> str:
+    require_kafka()
+    return unique_topic("kafka")
+
+
+def _board(url: str, **kwargs: Any) -> KafkaJobBoard:
+    board = open_board(url, **kwargs)
+    assert isinstance(board, KafkaJobBoard)
+    return board
+
+
+async def _read_all(topic: str, partition: int = 0) -> list[Any]:
+    """Every record of one partition, from the start."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=require_kafka(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        found: list[Any] = []
+        while batch := await consumer.getmany(tp, timeout_ms=1000):
+            found.extend(batch[tp])
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def _committed(group: str, topic: str, partition: int = 0) -> int | None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=require_kafka(), group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        committed: int | None = await consumer.committed(TopicPartition(topic, partition))
+        return committed
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+async def board(topic: str) -> AsyncIterator[KafkaJobBoard]:
+    async with _board(kafka_url(topic, "tests")) as connected:
+        yield connected
+
+
+def test_url_options_name_the_topics_and_stay_away_from_the_driver() -> None:
+    board = _board(
+        "kafka://broker-a,broker-b:9093?topic=orders&namespace=shop&partitions=6"
+        "&replication=2&idempotence=false&fetch_wait_ms=5&lease=7"
+    )
+    assert board.bootstrap == "broker-a:9092,broker-b:9093"
+    assert (board.jobs_topic, board.state_topic, board.dead_topic) == (
+        "orders.shop.jobs",
+        "orders.shop.state",
+        "orders.shop.dead",
+    )
+    assert board.group_id == "orders.shop.conductors" and board.lease == 7.0
+    assert "topic" not in repr(board) and board.url == "kafka://broker-a:9092,broker-b:9093"
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["topic=bad%20name", "partitions=0", "replication=-1", "idempotence=maybe", "partitions=x"],
+)
+def test_bad_url_options_are_refused(query: str) -> None:
+    with pytest.raises(ConfigurationError):
+        open_board(f"kafka://localhost:9092?{query}")
+
+
+async def test_topics_are_created_as_configured(topic: str) -> None:
+    async with _board(kafka_url(topic, "tests", partitions=3)) as board:
+        assert board.partitions == 3
+        names = (board.jobs_topic, board.state_topic, board.dead_topic)
+    admin = AIOKafkaAdminClient(bootstrap_servers=require_kafka())
+    await admin.start()
+    try:
+        described = {t["topic"]: t for t in await admin.describe_topics(list(names))}
+    finally:
+        await admin.close()
+    assert [len(described[name]["partitions"]) for name in names] == [3, 1, 1]
+    # A second board on the same topics reads the partition count from the broker.
+    async with _board(kafka_url(topic, "tests", partitions=9)) as again:
+        assert again.partitions == 3
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("AIOCONDUCTOR_KAFKA_URL")), reason="Tansu refuses idempotence"
+)
+async def test_a_broker_refusing_idempotent_producers_gets_a_clear_error(topic: str) -> None:
+    board = _board(kafka_url(topic, "tests", idempotence="true"))
+    with pytest.raises(BackendUnavailable, match=r"idempotence=false"):
+        await board.connect()
+    await board.aclose()
+
+
+async def test_an_unreachable_broker_is_backend_unavailable() -> None:
+    board = _board("kafka://127.0.0.1:1?idempotence=false")
+    with anyio.fail_after(60), pytest.raises(BackendUnavailable):
+        await board.connect()
+    await board.aclose()
+
+
+async def test_a_new_instance_replays_the_same_jobs(board: KafkaJobBoard, topic: str) -> None:
+    jobs = [await board.post(f"j{n}", "f", {"n": n}, priority=n % 2) for n in range(6)]
+    claim = await board.claim(jobs[0].id, "o")
+    await board.consume(claim, result={"ok": 1})
+    await board.trash(jobs[1].id, reason="no")
+    renewed = await board.renew(await board.claim(jobs[2].id, "o", lease=60))
+    before = [job async for job in board.iterjobs()]
+    async with _board(kafka_url(topic, "tests")) as replayed:
+        assert [job async for job in replayed.iterjobs()] == before
+        assert (await replayed.get(jobs[2].id)).claim == renewed
+
+
+async def test_trash_writes_the_job_and_reason_to_the_dead_letter_topic(
+    board: KafkaJobBoard,
+) -> None:
+    kept = await board.post("kept", "f")
+    job = await board.post("bad", "f", {"x": 1})
+    await board.trash(job.id, reason="operator: bad input")
+    letters = await _read_all(board.dead_topic)
+    assert [r.key.decode() for r in letters] == [job.id]
+    letter = json.loads(letters[0].value)
+    assert letter["reason"] == "operator: bad input" and letter["job"]["args"] == {"x": 1}
+    assert (await board.get(kept.id)).state is JobState.UNCLAIMED
+
+
+async def test_offsets_are_committed_only_past_finished_jobs(topic: str) -> None:
+    async with _board(kafka_url(topic, "tests", partitions=1)) as board:
+        posted = [await board.post(f"j{n}", "f") for n in range(3)]
+        claims = [(await board.claim_next("o"))[1] for _ in posted]  # type: ignore[index]
+        member = board._member
+        assert member is not None
+        with anyio.fail_after(20):
+            while member.assigned() != {0} or member._read_to.get(0) != 3:
+                await member.poll()
+                await anyio.sleep(0.05)
+        # The second and third jobs are done, the first is not: nothing can be committed.
+        for claim in claims[1:]:
+            await board.consume(claim)
+        await member.commit(force=True)
+        assert await _committed(board.group_id, board.jobs_topic) in (None, 0)
+        await board.abandon(claims[0])
+        await member.commit(force=True)
+        assert await _committed(board.group_id, board.jobs_topic) in (None, 0)
+        # Finished at last: the commit passes all three.
+        job, claim = await board.claim_next("o")  # type: ignore[misc]
+        assert job.id == posted[0].id
+        await board.consume(claim)
+        await member.commit(force=True)
+        assert await _committed(board.group_id, board.jobs_topic) == 3
+
+
+async def test_the_last_record_of_every_job_is_accepted_so_compaction_keeps_its_state(
+    board: KafkaJobBoard,
+) -> None:
+    job = await board.post("j", "f")
+    claim = await board.claim(job.id, "o", lease=60)
+    log = board._log
+    assert log is not None
+    current = board._view.jobs[job.id]
+    # A record that loses a race (its base version is stale) and is the job's newest record:
+    stale = {**current, "state": "COMPLETE", "version": current["version"]}
+    lost = await log.write(
+        Write(job.id, {"op": "consume", "base": current["version"] - 1, "job": stale}, 1)
+    )
+    assert not lost.accepted and job.id in board._view.dirty
+    # The board restates the job (claim_next and the stream's sweeps do it when due).
+    with anyio.fail_after(10):
+        while job.id in board._view.dirty:
+            await anyio.sleep(0.1)
+            await board.claim_next("other")
+    await board.get(job.id)
+    # Compaction keeps the last record of each key: fold only those, as a new instance would.
+    records = await _read_all(board.state_topic)
+    last = {r.key: r for r in records}
+    compacted = JobView(lambda note: None)
+    for r in sorted(last.values(), key=lambda r: r.offset):
+        compacted.apply(r.offset, r.key, r.value, r.timestamp)
+    assert compacted.jobs[job.id] == board._view.jobs[job.id]
+    assert (await board.get(job.id)).claim == claim
+
+
+async def test_a_cancelled_claim_either_happened_or_not_and_leaves_nothing_behind(
+    board: KafkaJobBoard,
+) -> None:
+    for delay in (0, 0.001, 0.003, 0.01):
+        job = await board.post("j", "f")
+        with anyio.move_on_after(delay):
+            await board.claim(job.id, "o")
+        got = await board.get(job.id)
+        assert got.state in (JobState.UNCLAIMED, JobState.CLAIMED)
+        assert got.attempts == (1 if got.state is JobState.CLAIMED else 0)
+        assert board._view.mine == {}  # no write left waiting for its record
+    # The board goes on working.
+    fresh = await board.post("fresh", "f")
+    assert (await board.claim(fresh.id, "o")).owner == "o"
+
+
+class _Record:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self.key = b"~sync"
+        self.value = b'{"op":"sync"}'
+        self.timestamp = int(time.time() * 1000)
+
+
+class _GappyConsumer:
+    """Answers the first fetch with offsets 0, 1, 3 (2 not yet visible, as Tansu does under
+    concurrent producers), and every fetch after a seek from the offset sought."""
+
+    def __init__(self) -> None:
+        self.position = 0
+        self.seeks: list[int] = []
+        self.fetches = 0
+
+    async def getmany(self, tp: Any, timeout_ms: int = 0) -> dict[Any, list[_Record]]:
+        self.fetches += 1
+        offsets = [0, 1, 3] if self.fetches == 1 else list(range(self.position, 5))
+        self.position = 5
+        return {tp: [_Record(o) for o in offsets]}
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append(offset)
+        self.position = offset
+
+
+async def test_the_reader_fetches_a_skipped_offset_again_instead_of_losing_it() -> None:
+    view = JobView(lambda note: None)
+    log = StateLog(view, "t", "kafka://x", producer=None, consumer_config={})
+    consumer = _GappyConsumer()
+    log._consumer = consumer
+    await log.catch_up(4)
+    assert consumer.seeks == [2] and view.next_offset == 5

