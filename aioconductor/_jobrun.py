@@ -67,6 +67,8 @@ class JobRun:
     lease_lost: bool = False
     #: The engine runs in this scope; only a lost claim cancels it.
     engine_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    #: Whether the engine's run is over (the claim is being, or was, given its end).
+    ended: bool = False
 
     @property
     def details(self) -> dict[str, Any]:
@@ -109,12 +111,20 @@ class JobRun:
                 )
             flow = self._build_flow()
             engine = self.conductor.make_engine(self.job, self.claim, flow)
-            self.conductor.running[self.job.id] = self
+            running = self.conductor.running
+            earlier = running.get(self.job.id)
+            if earlier is not None:
+                # This conductor claimed the job again while a run of its own (whose lease ran
+                # out) still winds down: that run is a zombie; stop it.
+                earlier.engine_scope.cancel()
+            running[self.job.id] = self
             try:
                 with self.engine_scope:
                     result = await engine.run()
             finally:
-                del self.conductor.running[self.job.id]
+                self.ended = True
+                if running.get(self.job.id) is self:
+                    del running[self.job.id]
             if self.engine_scope.cancelled_caught:
                 # Only the lease keeper cancels this scope: the claim is gone, the flow was
                 # suspended with its progress saved, and the new owner finishes the job.
@@ -163,22 +173,33 @@ class JobRun:
         """Extend the lease (the conductor's lease keeper calls this); on a lost claim, stop
         the engine so that no two owners ever run the job at once."""
         conductor, job = self.conductor, self.job
+        # Stop before the lease ends, with a margin for clocks and for the stop itself: past
+        # it, another owner may hold the job, and it must never run twice at once.
+        margin = min(conductor.lease / 6, 2.0)
         # The lease keeper is a task of the conductor's: name the job in what it logs here.
         with job_context(
             job.id, job.flow, self.claim.owner, job_name=job.name, attempt=job.attempts
         ):
             try:
-                self.claim = await conductor.board.renew(self.claim, lease=conductor.lease)
+                with anyio.fail_after(max(0.0, self.claim.expires_at - time.time() - margin)):
+                    claim = await conductor.board.renew(self.claim, lease=conductor.lease)
             except ClaimLost as exc:
-                await self._lose(exc)
+                if not self.ended:  # else consumed (or given up) meanwhile: nothing was lost
+                    await self._lose(exc)
+            except TimeoutError as exc:
+                if not self.ended:
+                    logger.warning("job %s: renewing its lease got no answer in time", job.id)
+                    await self._lose(exc)
             except (BackendUnavailable, OSError) as exc:
                 left = self.claim.expires_at - time.time()
                 logger.warning(
                     "job %s: renewing its lease failed (%r), %.1f s left", job.id, exc, left
                 )
-                if left < conductor.lease / 3:
+                if left < conductor.lease / 3 and not self.ended:
                     # We cannot prove we hold it by the time another owner may take it: stop.
                     await self._lose(exc)
+            else:
+                self.claim = claim
 
     async def _lose(self, exc: BaseException) -> None:
         self.engine_scope.cancel()

@@ -375,14 +375,22 @@ class Conductor:
                 await anyio.sleep(self.sweep_interval)
 
     async def _keep_leases(self) -> None:
-        """Renew every running job's claim once a third of its lease has passed."""
+        """Renew every running job's claim once a third of its lease has passed.
+
+        Renewals run side by side, each bounded by the time its lease has left: one that
+        hangs (a silent connection) neither delays the others nor outlives its lease; the run
+        is stopped before another owner may take the job.
+        """
         interval = self.lease / 3
         while True:
             await anyio.sleep(interval / 2)
             deadline = time.time() + 2 * interval
-            for run in list(self.running.values()):
-                if run.claim.expires_at < deadline:
-                    await run.renew()
+            due = [run for run in self.running.values() if run.claim.expires_at < deadline]
+            if not due:
+                continue
+            async with anyio.create_task_group() as renewals:
+                for run in due:
+                    renewals.start_soon(run.renew)
 
     async def _heartbeat(self) -> None:
         """Keep this conductor listed in ``board.conductors()`` with its load."""

@@ -227,7 +227,7 @@ class JobBoard(Lifecycle):
             raise PayloadError("give delay or not_before, not both")
         delay_s = 0.0 if delay is None else finite_seconds("delay", delay)
         at = None if not_before is None else finite_seconds("not_before", not_before)
-        data = encode_json("the job's args", args or {}, self.max_payload_bytes)
+        data = encode_json("the job's args", {} if args is None else args, self.max_payload_bytes)
         # Store what a reader will get back: decoding normalises tuples to lists and so on.
         decoded: dict[str, Any] = decode_json(data)
         checked, headers_json = _check_headers(headers)

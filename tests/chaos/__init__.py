@@ -1,0 +1,1 @@
+"""Chaos tests: conductors in processes under faults, checked against their history."""
