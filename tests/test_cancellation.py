@@ -41,8 +41,13 @@ class Trap:
         self.count += 1
         hit = self.count == self.at
         if hit and not self.after:
-            operation.close()  # never started: the cancellation comes first
-            await self._spring(name)
+            try:
+                await self._spring(name)
+            except BaseException:
+                operation.close()  # never started: the cancellation came first
+                raise
+            # The caller shields this operation (a claim): it runs, and the cancellation
+            # lands once it returned.
         try:
             return await operation
         finally:
