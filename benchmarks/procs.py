@@ -51,6 +51,22 @@ def _env(extra: dict[str, str] | None) -> dict[str, str]:
     return env
 
 
+def _spawn(
+    argv: Sequence[str], env: dict[str, str] | None, *, stderr: int
+) -> subprocess.Popen[str]:
+    """A driver in a session of its own (killed with its children by process group)."""
+    return subprocess.Popen(
+        list(argv),
+        cwd=REPO,
+        env=_env(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def _log(log: Path | None, argv: Sequence[str], out: str, err: str) -> None:
     if log is None:
         return
@@ -71,16 +87,7 @@ def run_driver(
     Raises:
         DriverError: it timed out (and was killed), failed, or printed no result line.
     """
-    proc = subprocess.Popen(
-        list(argv),
-        cwd=REPO,
-        env=_env(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _spawn(argv, env, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -122,16 +129,7 @@ def serving(
     Raises:
         DriverError: it exited or did not get ready in time.
     """
-    proc = subprocess.Popen(
-        list(argv),
-        cwd=REPO,
-        env=_env(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _spawn(argv, env, stderr=subprocess.STDOUT)
     lines: list[str] = []
     ready = threading.Event()
     assert proc.stdout is not None
@@ -179,16 +177,7 @@ def run_together(
         procs = []
         pumps: list[tuple[list[str], threading.Event]] = []
         for argv in argvs:
-            proc = subprocess.Popen(
-                list(argv),
-                cwd=REPO,
-                env=_env(None),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )
+            proc = _spawn(argv, None, stderr=subprocess.STDOUT)
             stack.callback(_kill_group, proc)
             lines: list[str] = []
             ready = threading.Event()

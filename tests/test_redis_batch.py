@@ -11,6 +11,7 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 
 from aioconductor._redis_batch import ScriptBatcher
+from tests.concurrency import outcomes_of
 from tests.redis_helpers import redis_url, require_redis, unique
 
 pytestmark = pytest.mark.redis
@@ -45,21 +46,6 @@ class CountingClient:
         return self.client.pipeline(**kwargs)
 
 
-async def gather(*calls: Any) -> list[Any]:
-    outcomes: list[Any] = [None] * len(calls)
-
-    async def one(i: int) -> None:
-        try:
-            outcomes[i] = await calls[i]()
-        except Exception as exc:
-            outcomes[i] = exc
-
-    async with anyio.create_task_group() as tg:
-        for i in range(len(calls)):
-            tg.start_soon(one, i)
-    return outcomes
-
-
 async def test_concurrent_calls_share_one_pipeline_and_keep_their_replies(
     client: Redis, key: str
 ) -> None:
@@ -70,7 +56,7 @@ async def test_concurrent_calls_share_one_pipeline_and_keep_their_replies(
     calls = [lambda i=i: batcher.run(incr, [key], [1]) for i in range(50)]
     calls.insert(7, lambda: batcher.run(fail, [key], ["seven"]))
     try:
-        outcomes = await gather(*calls)
+        outcomes = await outcomes_of(*calls)
     finally:
         await client.delete(key)
     replies = [o for i, o in enumerate(outcomes) if i != 7]
@@ -84,7 +70,7 @@ async def test_scripts_redis_forgot_are_loaded_and_run(client: Redis, key: str) 
     incr = client.register_script(INCR)
     await client.script_flush()
     try:
-        outcomes = await gather(*(lambda: batcher.run(incr, [key], [2]) for _ in range(5)))
+        outcomes = await outcomes_of(*(lambda: batcher.run(incr, [key], [2]) for _ in range(5)))
         assert sorted(outcomes) == [2, 4, 6, 8, 10]
     finally:
         await client.delete(key)
@@ -111,7 +97,7 @@ async def test_a_connection_error_fails_every_call_with_its_own_error() -> None:
     batcher = ScriptBatcher(dead)
     incr = dead.register_script(INCR)
     try:
-        outcomes = await gather(*(lambda: batcher.run(incr, ["k"], [1]) for _ in range(3)))
+        outcomes = await outcomes_of(*(lambda: batcher.run(incr, ["k"], [1]) for _ in range(3)))
     finally:
         await dead.aclose()
     assert all(isinstance(o, rexc.ConnectionError) for o in outcomes)
@@ -146,7 +132,7 @@ async def test_an_argument_that_cannot_be_sent_fails_its_call_alone(
     incr = client.register_script(INCR)
     await incr(keys=[key], args=[0])
     try:
-        outcomes = await gather(
+        outcomes = await outcomes_of(
             lambda: batcher.run(incr, [key], [1]),
             lambda: batcher.run(incr, [key], [{"not": "sendable"}]),
             lambda: batcher.run(incr, [key], [1]),

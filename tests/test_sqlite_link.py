@@ -11,6 +11,7 @@ import pytest
 
 from aioconductor._sqlite import SqliteLink
 from aioconductor.errors import BackendUnavailable, BoardClosed
+from tests.concurrency import outcomes_of
 
 MIGRATIONS = [["CREATE TABLE items (name TEXT PRIMARY KEY, n INTEGER NOT NULL)"]]
 
@@ -36,22 +37,6 @@ async def names(link: SqliteLink) -> set[str]:
     return {row[0] for row in rows}
 
 
-async def concurrently(*calls: Any) -> list[Any]:
-    """Run the calls at once; each one's result, or the exception it raised."""
-    outcomes: list[Any] = [None] * len(calls)
-
-    async def one(i: int) -> None:
-        try:
-            outcomes[i] = await calls[i]()
-        except Exception as exc:
-            outcomes[i] = exc
-
-    async with anyio.create_task_group() as tg:
-        for i in range(len(calls)):
-            tg.start_soon(one, i)
-    return outcomes
-
-
 async def test_concurrent_writes_share_few_commits_and_get_their_own_results(
     link: SqliteLink,
 ) -> None:
@@ -59,7 +44,7 @@ async def test_concurrent_writes_share_few_commits_and_get_their_own_results(
     conn = link._conn
     assert conn is not None
     conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
-    results = await concurrently(*(lambda i=i: link.write("w", insert(f"n{i}")) for i in range(50)))
+    results = await outcomes_of(*(lambda i=i: link.write("w", insert(f"n{i}")) for i in range(50)))
     conn.set_trace_callback(None)
     assert results == [f"n{i}" for i in range(50)]
     assert await names(link) == {f"n{i}" for i in range(50)}
@@ -74,7 +59,7 @@ async def test_a_failing_write_is_undone_alone(link: SqliteLink) -> None:
     def duplicate(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO items (name, n) VALUES ('a', 2)")  # a sqlite3 error
 
-    results = await concurrently(
+    results = await outcomes_of(
         lambda: link.write("a", insert("a")),
         lambda: link.write("half", half_then_fail),
         lambda: link.write("dup", duplicate),
