@@ -79,7 +79,7 @@ async def cmd_post(args: argparse.Namespace) -> dict[str, Any]:
 async def cmd_drain(args: argparse.Namespace) -> dict[str, Any]:
     """Run one conductor until the ``n`` posted jobs are done; time it."""
     async with open_board(args.board) as board, open_store(args.store) as store:
-        posted = await post_jobs(board, args.n, args.flow) if args.post else None
+        posted = await post_jobs(board, args.n, args.flow, args.batch) if args.post else None
         conductor = _conductor(board, store, args.concurrency)
         async with conductor:
             started = time.perf_counter()

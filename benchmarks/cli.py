@@ -167,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(repeat=args.repeat, quick=args.quick)
     if args.quick:
         settings.jobs, settings.latency_jobs, settings.inflight_jobs = 2_000, 200, 2_000
+        settings.scaleout_processes = (1, 4)
         # Bounded so that the whole quick run stays under 10 minutes: a slow drain is
         # killed at 30 s (and shown as a bound), latency probing stops after 10 s.
         settings.drain_limit, settings.latency_deadline = 30.0, 10.0

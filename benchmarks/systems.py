@@ -18,7 +18,7 @@ from benchmarks import services
 
 __all__ = ["AIOC_BACKENDS", "PEERS", "PeerSpec", "System", "aioc_system", "peer_system"]
 
-AIOC_BACKENDS = ("memory", "sqlite", "redis", "postgres")
+AIOC_BACKENDS = ("memory", "sqlite", "redis", "postgres", "kafka")
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 
 Provision = Callable[[], contextlib.AbstractContextManager[tuple[list[str], Path]]]
