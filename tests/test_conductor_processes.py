@@ -18,11 +18,29 @@ from .apps import flows
 REPO = Path(__file__).resolve().parent.parent
 
 
-def conductor_command(url: str, *extra: str) -> list[str]:
+def conductor_command(url: str, *extra: str, store: str | None = None) -> list[str]:
+    """``aioconductor run`` on board ``url`` with the store at ``store`` (default: ``url``)."""
     return [
-        sys.executable, "-m", "aioconductor", "run", "--board", url, "--store", url,
+        sys.executable, "-m", "aioconductor", "run", "--board", url, "--store", store or url,
         "--app", "tests.apps:flows", *extra,
     ]  # fmt: skip
+
+
+def _sqlite_urls(tmp_path: Path) -> tuple[str, str]:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    return url, url
+
+
+def _kafka_urls(tmp_path: Path) -> tuple[str, str]:
+    # Kafka keeps no flow progress: the store is a SQLite file.
+    from tests.kafka_helpers import kafka_url, require_kafka, unique_topic
+
+    require_kafka()
+    return kafka_url(unique_topic("resume"), "procs"), f"sqlite:///{tmp_path / 'store.db'}"
+
+
+#: (board URL, store URL) makers of the backends a killed conductor's heir is tested on.
+RESUME_BACKENDS = {"sqlite": _sqlite_urls, "kafka": _kafka_urls}
 
 
 def lines(path: Path) -> list[str]:
@@ -35,15 +53,23 @@ async def wait_for_line(path: Path, line: str, within: float = 20) -> None:
             await anyio.sleep(0.02)
 
 
-async def test_a_killed_conductor_is_taken_over_and_its_flow_resumed(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "backend", [pytest.param("sqlite"), pytest.param("kafka", marks=pytest.mark.kafka)]
+)
+async def test_a_killed_conductor_is_taken_over_and_its_flow_resumed(
+    tmp_path: Path, backend: str
+) -> None:
+    url, store_url = RESUME_BACKENDS[backend](tmp_path)
     record, release = tmp_path / "record.txt", tmp_path / "release"
-    async with open_board(url, poll_interval=0.05) as board, open_store(url) as store:
+    async with open_board(url, poll_interval=0.05) as board, open_store(store_url) as store:
         job = await board.post(
             "j", "held", {"key": 1, "record": str(record), "release": str(release)}
         )
         process = await anyio.open_process(
-            conductor_command(url, "--lease", "1"), cwd=REPO, stderr=subprocess.DEVNULL
+            conductor_command(url, "--lease", "1", store=store_url),
+            cwd=REPO,
+            stderr=subprocess.DEVNULL,
         )
         try:
             await wait_for_line(record, "hold-start 1")
@@ -54,7 +80,7 @@ async def test_a_killed_conductor_is_taken_over_and_its_flow_resumed(tmp_path: P
         assert victim.state is JobState.CLAIMED and victim.attempts == 1
         release.touch()
         heir = Conductor("heir", board, store=store, flows=flows, lease=5)
-        with anyio.fail_after(20):
+        with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(heir.run)
                 done = await board.wait_for(job.id)

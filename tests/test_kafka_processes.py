@@ -1,8 +1,9 @@
 """Conductors in real processes on a Kafka board (the Tansu test broker).
 
-Four conductors share 20,000 jobs (each runs exactly once); a conductor stopped mid-run hands
-its jobs over; a conductor killed after its flow ran but before it consumed the job resumes from
-the SQLite store on another conductor; a poison job ends on the dead-letter topic.
+Four conductors share 5,000 jobs (each runs exactly once); a conductor stopped mid-run hands
+its jobs over; a poison job ends on the dead-letter topic. (A conductor killed after its flow
+ran but before it consumed the job, resumed from the store by another: the Kafka case of
+``tests/test_conductor_processes.py``.)
 """
 
 from __future__ import annotations
@@ -10,17 +11,17 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import anyio
 import pytest
 
-from aioconductor import Conductor, Job, JobState, open_board, open_store
+from aioconductor import Job, JobState, open_board
 from aioconductor.boards import JobBoard
 from aioconductor.boards.kafka import KafkaJobBoard
 
-from .apps import flows
+from .test_conductor_processes import conductor_command as shared_command
+from .test_conductor_processes import lines
 
 pytestmark = pytest.mark.kafka
 
@@ -28,20 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def conductor_command(board: str, store: str, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "aioconductor", "run", "--board", board, "--store", store,
-        "--app", "tests.apps:flows", *extra,
-    ]  # fmt: skip
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
-async def wait_for_line(path: Path, line: str, within: float = 20) -> None:
-    with anyio.fail_after(within):
-        while line not in lines(path):
-            await anyio.sleep(0.02)
+    return shared_command(board, *extra, store=store)
 
 
 def board_url(prefix: str) -> str:
@@ -149,43 +137,6 @@ async def _held_by(board: JobBoard, prefix: str) -> list[Job]:
         async for job in board.iterjobs(state=JobState.CLAIMED)
         if job.owner is not None and job.owner.startswith(prefix)
     ]
-
-
-@pytest.mark.timeout(120)
-async def test_a_conductor_killed_before_it_consumed_is_resumed_from_the_store(
-    tmp_path: Path,
-) -> None:
-    url = board_url("resume")
-    store_url = f"sqlite:///{tmp_path / 'store.db'}"
-    record, release = tmp_path / "record.txt", tmp_path / "release"
-    async with open_board(url, poll_interval=0.05) as board, open_store(store_url) as store:
-        job = await board.post(
-            "j", "held", {"key": 1, "record": str(record), "release": str(release)}
-        )
-        process = await anyio.open_process(
-            conductor_command(url, store_url, "--lease", "1"), cwd=REPO, stderr=subprocess.DEVNULL
-        )
-        try:
-            await wait_for_line(record, "hold-start 1")
-        finally:
-            # Killed after "first" ran and was saved, before the job was consumed or any
-            # offset committed past it.
-            process.send_signal(signal.SIGKILL)
-            await process.wait()
-        victim = await board.get(job.id)
-        assert victim.state is JobState.CLAIMED and victim.attempts == 1
-        release.touch()
-        heir = Conductor("heir", board, store=store, flows=flows, lease=5)
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(heir.run)
-                done = await board.wait_for(job.id)
-                heir.stop()
-    assert done.state is JobState.COMPLETE and done.attempts == 2
-    assert done.claim is not None and done.claim.owner == heir.owner
-    assert done.result == {"first": "first:1", "held": 1, "third": "third:1"}
-    # "first" finished in the killed process and was not run again; "hold" ran again, once.
-    assert lines(record) == ["first 1", "hold-start 1", "hold-start 1", "hold-end 1", "third 1"]
 
 
 @pytest.mark.timeout(120)
