@@ -6,6 +6,7 @@ import contextlib
 import socket
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from tests.conftest import POSTGRES_URL, service_missing
@@ -116,3 +117,14 @@ def _private_postgres() -> Iterator[PrivatePostgres]:
         with contextlib.suppress(Exception):
             server.stop("immediate")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+async def terminate_backends(admin: Any, application_name: str) -> int:
+    """End the server side of every connection tagged ``application_name``; how many."""
+    return int(
+        await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = $1",
+            application_name,
+        )
+    )

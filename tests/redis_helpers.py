@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,3 +42,13 @@ def delete_namespaces(client: redis.Redis, namespaces: list[str]) -> None:
         keys = list(client.scan_iter(match=f"aioc:{{{namespace}}}:*", count=1000))
         for start in range(0, len(keys), 500):
             client.delete(*keys[start : start + 500])
+
+
+def kill_clients(client: redis.Redis, name: str) -> int:
+    """Kill the server side of every connection named ``name`` (``CLIENT KILL``); how many."""
+    killed = 0
+    for info in client.client_list():
+        if info["name"] == name:
+            with contextlib.suppress(Exception):  # it may have gone already
+                killed += client.client_kill_filter(_id=info["id"])
+    return killed

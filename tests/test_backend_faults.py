@@ -32,18 +32,19 @@ class Server:
 
 @contextlib.asynccontextmanager
 async def redis_server() -> AsyncIterator[Server]:
-    from tests.redis_helpers import delete_namespaces, redis_url, require_redis, unique
+    from tests.redis_helpers import (
+        delete_namespaces,
+        kill_clients,
+        redis_url,
+        require_redis,
+        unique,
+    )
 
     client = require_redis()
     namespace, name = unique("faults"), f"aioc-faults-{uuid.uuid4().hex[:8]}"
 
     async def kill() -> int:
-        killed = 0
-        for info in client.client_list():
-            if info["name"] == name:
-                with contextlib.suppress(Exception):  # it may have gone already
-                    killed += client.client_kill_filter(_id=info["id"])
-        return killed
+        return kill_clients(client, name)
 
     try:
         yield Server(f"{redis_url()}?namespace={namespace}&client_name={name}", kill)
@@ -57,20 +58,20 @@ async def postgres_server() -> AsyncIterator[Server]:
     import asyncpg  # type: ignore[import-untyped]
 
     from tests.conftest import POSTGRES_URL
-    from tests.postgres_helpers import drop_schemas, require_postgres, unique_schema, url
+    from tests.postgres_helpers import (
+        drop_schemas,
+        require_postgres,
+        terminate_backends,
+        unique_schema,
+        url,
+    )
 
     require_postgres()
     schema, name = unique_schema(), f"aioc-faults-{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(POSTGRES_URL)
 
     async def kill() -> int:
-        return int(
-            await admin.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE application_name = $1",
-                name,
-            )
-        )
+        return await terminate_backends(admin, name)
 
     try:
         yield Server(url(schema, "faults", application_name=name), kill)

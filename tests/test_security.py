@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import pytest
@@ -261,7 +262,7 @@ async def test_passwords_stay_out_of_logs_reprs_and_errors_while_conductors_run(
             jobs = [await board.post(f"j{n}", "noop", {"key": n}) for n in range(20)]
             async with anyio.create_task_group() as tg:
                 await tg.start(conductor.run)
-                await _kill_connections(server)
+                await _kill_connections(server, url)
                 with anyio.fail_after(30):
                     for job in jobs:
                         await board.wait_for(job.id)
@@ -285,16 +286,18 @@ async def test_passwords_stay_out_of_logs_reprs_and_errors_while_conductors_run(
         assert SECRET not in text
 
 
-async def _kill_connections(server: str) -> None:
-    # Every connection of the test database's clients that is not an admin's: the library's.
+async def _kill_connections(server: str, url: str) -> None:
+    # Every connection of this test's library objects: its Redis user's, or those tagged with
+    # its PostgreSQL application_name (never another test's).
     await anyio.sleep(0.2)
+    parts = urlsplit(url)
     if server == "redis":
         from tests.redis_helpers import require_redis
 
         client = require_redis()
         try:
             for info in client.client_list():
-                if info.get("user", "").startswith("aioc_sec_"):
+                if info.get("user") == parts.username:
                     with contextlib.suppress(Exception):
                         client.client_kill_filter(_id=info["id"])
         finally:
@@ -303,13 +306,11 @@ async def _kill_connections(server: str) -> None:
         import asyncpg
 
         from tests.conftest import POSTGRES_URL
+        from tests.postgres_helpers import terminate_backends
 
         conn = await asyncpg.connect(POSTGRES_URL)
         try:
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name LIKE 'aioc_test_%' AND pid <> pg_backend_pid()"
-            )
+            await terminate_backends(conn, parse_qs(parts.query)["application_name"][0])
         finally:
             await conn.close()
 

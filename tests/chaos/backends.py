@@ -68,18 +68,19 @@ async def _sqlite(tmp_path: Path) -> AsyncIterator[Target]:
 
 @contextlib.asynccontextmanager
 async def _redis(tmp_path: Path) -> AsyncIterator[Target]:
-    from tests.redis_helpers import delete_namespaces, redis_url, require_redis, unique
+    from tests.redis_helpers import (
+        delete_namespaces,
+        kill_clients,
+        redis_url,
+        require_redis,
+        unique,
+    )
 
     client = require_redis()
     namespace, name = unique("chaos"), f"aioc-chaos-{uuid.uuid4().hex[:8]}"
 
     async def kill() -> int:
-        killed = 0
-        for info in client.client_list():
-            if info["name"] == name:
-                with contextlib.suppress(Exception):  # it may have gone already
-                    killed += client.client_kill_filter(_id=info["id"])
-        return killed
+        return kill_clients(client, name)
 
     parts = urlsplit(redis_url())
     url = f"{redis_url()}?namespace={namespace}&client_name={name}"
@@ -95,20 +96,20 @@ async def _postgres(tmp_path: Path) -> AsyncIterator[Target]:
     import asyncpg  # type: ignore[import-untyped]
 
     from tests.conftest import POSTGRES_URL
-    from tests.postgres_helpers import drop_schemas, require_postgres, unique_schema, url
+    from tests.postgres_helpers import (
+        drop_schemas,
+        require_postgres,
+        terminate_backends,
+        unique_schema,
+        url,
+    )
 
     require_postgres()
     schema, name = unique_schema(), f"aioc-chaos-{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(POSTGRES_URL)
 
     async def kill() -> int:
-        return int(
-            await admin.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE application_name = $1",
-                name,
-            )
-        )
+        return await terminate_backends(admin, name)
 
     # Small pools: several conductor processes (board, store, listener each) must stay well
     # within the server's max_connections, which other test runs share.
