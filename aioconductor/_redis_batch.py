@@ -48,8 +48,6 @@ class _Call:
         self.settled = False
 
     def settle(self, reply: Any = None, *, error: BaseException | None = None) -> None:
-        if isinstance(reply, _Failed):
-            reply, error = None, reply.error
         self.reply, self.error, self.settled = reply, error, True
 
     def outcome(self) -> Any:
@@ -137,12 +135,12 @@ class ScriptBatcher:
             # whole before it is written). Send the calls one by one, so that only the bad
             # one fails.
             for call in batch:
-                call.settle(await _unbatched(call))
+                await _run_alone(call)
             return
         for call, reply in zip(batch, replies, strict=True):
             if isinstance(reply, rexc.NoScriptError):
                 # Nothing ran. The script object loads the script and runs it again.
-                call.settle(await _unbatched(call))
+                await _run_alone(call)
             elif isinstance(reply, BaseException):
                 call.settle(error=reply)
             else:
@@ -164,16 +162,12 @@ async def _uncancelled(work: Awaitable[None]) -> None:
             continue
 
 
-async def _unbatched(call: _Call) -> Any:
+async def _run_alone(call: _Call) -> None:
+    """Send ``call`` on its own and settle it with its reply or its error."""
     try:
-        return await call.script(keys=call.keys, args=call.args)
+        call.settle(await call.script(keys=call.keys, args=call.args))
     except Exception as exc:
-        return _Failed(exc)
-
-
-class _Failed:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+        call.settle(error=exc)
 
 
 def _own_copy(exc: Exception) -> Exception:
