@@ -29,6 +29,8 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from aioconductor._pending import Pending
+
 __all__ = ["SEND_TIMEOUT", "ScriptBatcher"]
 
 #: Seconds a pipeline may take, reply included, before its calls fail with ``TimeoutError``
@@ -37,23 +39,12 @@ SEND_TIMEOUT = 10.0
 _NO_REPLY = "no reply: the script may or may not have run"
 
 
-class _Call:
+class _Call(Pending):
     def __init__(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> None:
+        super().__init__()
         self.script = script
         self.keys = keys
         self.args = args
-        self.done = anyio.Event()
-        self.reply: Any = None
-        self.error: BaseException | None = None
-        self.settled = False
-
-    def settle(self, reply: Any = None, *, error: BaseException | None = None) -> None:
-        self.reply, self.error, self.settled = reply, error, True
-
-    def outcome(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.reply
 
 
 class ScriptBatcher:

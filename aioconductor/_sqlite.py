@@ -40,6 +40,7 @@ from urllib.parse import unquote
 
 import anyio
 
+from aioconductor._pending import Pending
 from aioconductor.errors import BackendUnavailable, ConfigurationError
 
 __all__ = ["BUSY_TIMEOUT_MS", "Migrations", "SqliteLink", "sqlite_path"]
@@ -199,14 +200,14 @@ class SqliteLink:
             conn = self._conn
             if conn is None:
                 for pending in group:
-                    pending.fail(self._closed())
+                    pending.settle(error=self._closed())
                 return
             # The group's outcome is settled in the thread, whatever becomes of this caller.
             await self._in_thread(self._run_group, group, conn)
         finally:
             for pending in group:
                 if not pending.settled:  # the thread raised before settling it
-                    pending.fail(self.unavailable(pending.what, RuntimeError("not run")))
+                    pending.settle(error=self.unavailable(pending.what, RuntimeError("not run")))
                 pending.done.set()
 
     async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
@@ -266,15 +267,15 @@ class SqliteLink:
             for pending in group:
                 unavailable = self.unavailable(pending.what, exc)
                 unavailable.__cause__ = exc
-                pending.fail(unavailable)
+                pending.settle(error=unavailable)
             if not isinstance(exc, sqlite3.Error):
                 raise  # not the database's doing (a KeyboardInterrupt, a bug): let it show
             return
         for pending, value, error in outcomes:
             if error is not None:
-                pending.fail(error)
+                pending.settle(error=error)
             else:
-                pending.succeed(value)
+                pending.settle(value)
 
     async def _run(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         async with self._lock:
@@ -322,33 +323,13 @@ async def _thread_done(finished: threading.Event) -> None:
         await anyio.sleep(0.001)
 
 
-class _Write:
-    """One caller's write, queued for a group commit, and what became of it."""
+class _Write(Pending):
+    """One caller's write, queued for a group commit."""
 
     def __init__(self, what: str, fn: Callable[[sqlite3.Connection], object]) -> None:
+        super().__init__()
         self.what = what
         self.fn = fn
-        self.done = anyio.Event()
-        self._value: object = None
-        self._error: BaseException | None = None
-        self._settled = False
-
-    @property
-    def settled(self) -> bool:
-        """Whether the write has its outcome."""
-        return self._settled
-
-    def succeed(self, value: object) -> None:
-        self._value, self._settled = value, True
-
-    def fail(self, error: BaseException) -> None:
-        self._error, self._settled = error, True
-
-    def outcome(self) -> object:
-        """The write's result, or its error raised (a group's error, if the group failed)."""
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 def _transaction(
