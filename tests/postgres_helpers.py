@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tests.conftest import POSTGRES_URL, service_missing
+from tests.tls_helpers import Certificates, make_certificates
 
 
 def require_postgres() -> str:
@@ -48,13 +49,33 @@ async def drop_schemas(*schemas: str) -> None:
 
 class PrivatePostgres:
     """A PostgreSQL server of the test's own (initdb in a temporary folder, a free loopback
-    port), which the test may restart or stop at will without disturbing anyone else."""
+    port), which the test may restart or stop at will without disturbing anyone else.
+
+    With ``ssl=True`` (see :func:`private_postgres`) it accepts TCP connections over TLS only,
+    with a password: ``certificates`` are its CA's, ``password`` the ``postgres`` role's, and
+    :meth:`connect_admin` reaches it over its Unix socket (trusted, no TLS) for checks.
+    """
 
     def __init__(self, folder: str, port: int, bin_dir: str) -> None:
         self.folder = folder
         self.port = port
         self._bin = bin_dir
-        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        self.certificates: Certificates | None = None
+        self.password: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's URL (with the password, if it has one), no query options."""
+        user = f"postgres:{self.password}" if self.password else "postgres"
+        return f"postgresql://{user}@127.0.0.1:{self.port}/postgres"
+
+    async def connect_admin(self) -> Any:
+        """An asyncpg connection as ``postgres`` over the server's Unix socket."""
+        import asyncpg
+
+        return await asyncpg.connect(
+            host=self.folder, port=self.port, user="postgres", database="postgres"
+        )
 
     def _as_postgres(self, *argv: str) -> None:
         import os
@@ -86,18 +107,51 @@ class PrivatePostgres:
         self.start()
 
 
-def private_postgres() -> contextlib.AbstractContextManager[PrivatePostgres]:
+def private_postgres(*, ssl: bool = False) -> contextlib.AbstractContextManager[PrivatePostgres]:
     """Make, start and finally remove a private server; skips (fails under CI) without the
-    PostgreSQL server binaries."""
-    return _private_postgres()
+    PostgreSQL server binaries.
+
+    ``ssl=True``: the server gets a certificate signed by a test CA (``server.certificates``),
+    ``ssl=on``, and a ``pg_hba.conf`` that takes TCP connections over TLS only (``hostssl``,
+    with the ``postgres`` role's password, ``server.password``) and rejects every other one.
+    """
+    return _private_postgres(ssl)
+
+
+#: pg_hba.conf of a TLS-only server: Unix socket trusted (for the test's own checks), TCP over
+#: TLS with a password, TCP without TLS rejected (so the refusal says "no encryption").
+_TLS_ONLY_HBA = """\
+local     all all              trust
+hostssl   all all 127.0.0.1/32 scram-sha-256
+hostnossl all all all          reject
+"""
+
+
+def _enable_tls(server: PrivatePostgres, certificates: Certificates) -> None:
+    """Give ``server`` (initdb'd, not started) its certificate, ``ssl=on`` and TLS-only access."""
+    import os
+    import shutil
+
+    data = f"{server.folder}/data"
+    copies = {"server.crt": certificates.server_cert, "server.key": certificates.server_key}
+    for name, source in copies.items():
+        shutil.copy(source, f"{data}/{name}")
+        if os.geteuid() == 0:  # the server runs as postgres and refuses a key others can read
+            shutil.chown(f"{data}/{name}", "postgres", "postgres")
+    os.chmod(f"{data}/server.key", 0o600)
+    with open(f"{data}/postgresql.conf", "a") as conf:
+        conf.write("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+    with open(f"{data}/pg_hba.conf", "w") as hba:
+        hba.write(_TLS_ONLY_HBA)
 
 
 @contextlib.contextmanager
-def _private_postgres() -> Iterator[PrivatePostgres]:
+def _private_postgres(ssl: bool) -> Iterator[PrivatePostgres]:
     import glob
     import os
     import shutil
     import tempfile
+    from pathlib import Path
 
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
@@ -110,7 +164,15 @@ def _private_postgres() -> Iterator[PrivatePostgres]:
         port = probe.getsockname()[1]
     server = PrivatePostgres(folder, port, bin_dir)
     try:
-        server._as_postgres("initdb", "-D", f"{folder}/data", "-A", "trust", "-U", "postgres")
+        initdb = ["initdb", "-D", f"{folder}/data", "-A", "trust", "-U", "postgres"]
+        if ssl:
+            server.certificates = make_certificates(Path(folder) / "certs")
+            server.password = f"tls-{uuid.uuid4().hex[:12]}"
+            Path(folder, "password").write_text(server.password + "\n")
+            initdb.append(f"--pwfile={folder}/password")
+        server._as_postgres(*initdb)
+        if server.certificates is not None:
+            _enable_tls(server, server.certificates)
         server.start()
         yield server
     finally:
