@@ -107,7 +107,9 @@ return {'ok', dump(KEYS[1])}
 )
 
 #: KEYS = book, flow. ARGV = flow prefix, token, flow uuid, detail, version, atom count, then
-#: per atom (for a flow the logbook does not hold yet): name, json, version.
+#: per atom (for a flow the logbook does not hold yet): name, json, version; then the count of
+#: atoms to update in the same write (of a flow it holds), then per atom: name, json, version
+#: read. Replies as above, or ``{'atomconflict', name, stored version}``.
 UPDATE_FLOW = (
     _PRELUDE
     + """
@@ -118,6 +120,21 @@ if not token then return {'lost', stored} end
 local known = redis.call('HEXISTS', book, 'f:' .. ARGV[3]) == 1
 local version = known and tonumber(redis.call('HGET', flow, 'version')) or 0
 if version ~= tonumber(ARGV[5]) then return {'conflict', tostring(version)} end
+local at = 7 + 3 * tonumber(ARGV[6])
+local updates = tonumber(ARGV[at] or '0')
+if updates > 0 and not known then return {'noflow'} end
+-- Every check before any write: a refused update changes nothing.
+for i = 0, updates - 1 do
+  local name = ARGV[at + 1 + 3 * i]
+  local current = tonumber(redis.call('HGET', flow, 'v:' .. name) or '0')
+  if current ~= tonumber(ARGV[at + 3 + 3 * i]) then
+    return {'atomconflict', name, tostring(current)}
+  end
+end
+for i = 0, updates - 1 do
+  local name, read = ARGV[at + 1 + 3 * i], tonumber(ARGV[at + 3 + 3 * i])
+  put_atom(flow, name, ARGV[at + 2 + 3 * i], tostring(read + 1))
+end
 redis.call('HSET', flow, 'detail', ARGV[4], 'version', version + 1)
 if not known then
   redis.call('HSET', flow, 'natoms', 0)

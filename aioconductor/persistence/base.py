@@ -13,7 +13,7 @@ raises ``VersionConflict``, and a successful write returns the detail with its v
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self
 
 from aioconductor._lifecycle import Lifecycle
@@ -78,24 +78,39 @@ class Store(Lifecycle):
         return await self._get_logbook(book_uuid)
 
     async def update_flow_detail(
-        self, book_uuid: str, flow: FlowDetail, *, token: int | None = None
+        self,
+        book_uuid: str,
+        flow: FlowDetail,
+        *,
+        token: int | None = None,
+        atoms: Sequence[AtomDetail] = (),
     ) -> FlowDetail:
         """Save a flow detail's own fields (name, state, meta; not its atoms).
 
         A flow detail the logbook does not hold yet is added (its version must be 0).
 
+        ``atoms`` are atom details of this (saved) flow to write in the same atomic write,
+        each checked as :meth:`update_atom_detail` checks it: the engine saves a flow's last
+        task and the flow's end together, one round trip instead of two. If any check fails,
+        nothing is written.
+
         Returns:
-            The saved flow detail, version bumped, with its atoms as stored.
+            The saved flow detail, version bumped, with its atoms as stored (``atoms``
+            included, their versions bumped).
 
         Raises:
-            LogBookNotFound: no logbook has that uuid.
-            VersionConflict: ``flow.version`` is not the stored version.
+            LogBookNotFound: no logbook has that uuid, or ``atoms`` are given for a flow the
+                logbook does not hold.
+            VersionConflict: ``flow.version`` (or an atom's version) is not the stored version.
             ClaimLost: ``token`` is older than a token that already wrote to this logbook.
-            ConfigurationError: an atom detail is filed under a key that is not its ``name``.
+            ConfigurationError: an atom detail is filed under a key that is not its ``name``,
+                or ``atoms`` names one atom twice.
         """
         self._check_open()
         _check_keys(flow)
-        return await self._update_flow_detail(book_uuid, flow, token)
+        if len({atom.name for atom in atoms}) != len(atoms):
+            raise ConfigurationError(f"{flow.name!r}: atoms to save name one atom twice")
+        return await self._update_flow_detail(book_uuid, flow, token, tuple(atoms))
 
     async def update_atom_detail(
         self, book_uuid: str, flow_uuid: str, atom: AtomDetail, *, token: int | None = None
@@ -138,7 +153,11 @@ class Store(Lifecycle):
 
     @abc.abstractmethod
     async def _update_flow_detail(
-        self, book_uuid: str, flow: FlowDetail, token: int | None
+        self,
+        book_uuid: str,
+        flow: FlowDetail,
+        token: int | None,
+        atoms: tuple[AtomDetail, ...] = (),
     ) -> FlowDetail: ...
 
     @abc.abstractmethod

@@ -81,16 +81,31 @@ class MemoryStore(Store):
         return _copy_book(self._book(book_uuid))
 
     async def _update_flow_detail(
-        self, book_uuid: str, flow: FlowDetail, token: int | None
+        self,
+        book_uuid: str,
+        flow: FlowDetail,
+        token: int | None,
+        atoms: tuple[AtomDetail, ...] = (),
     ) -> FlowDetail:
         await checkpoint()
         book = self._book(book_uuid)
         new_token = check_token(book_uuid, book.token, token)
         stored = book.flows.get(flow.uuid)
         check_version(f"flow {flow.name!r}", stored.version if stored else 0, flow.version)
-        atoms = stored.atoms if stored is not None else {}
+        if atoms:
+            if stored is None:
+                raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow.uuid!r}")
+            for atom in atoms:
+                _check_atom_version(stored, atom)
+        saved_atoms = stored.atoms if stored is not None else {}
+        for atom in atoms:
+            saved_atoms[atom.name] = _copy_atom(atom, atom.version + 1)
         saved = flow.model_copy(
-            update={"version": flow.version + 1, "atoms": atoms, "meta": _copy_json(flow.meta)},
+            update={
+                "version": flow.version + 1,
+                "atoms": saved_atoms,
+                "meta": _copy_json(flow.meta),
+            },
             deep=False,
         )
         if stored is None:
@@ -109,8 +124,7 @@ class MemoryStore(Store):
             flow = book.flows[flow_uuid]
         except KeyError:
             raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}") from None
-        stored = flow.atoms.get(atom.name)
-        check_version(f"atom {atom.name!r}", stored.version if stored else 0, atom.version)
+        _check_atom_version(flow, atom)
         saved = _copy_atom(atom, atom.version + 1)
         flow.atoms[atom.name] = saved
         book.token = new_token
@@ -125,6 +139,11 @@ class MemoryStore(Store):
         for book in sorted(self._books.values(), key=lambda b: b.created_at):
             await checkpoint()
             yield _copy_book(book)
+
+
+def _check_atom_version(flow: FlowDetail, atom: AtomDetail) -> None:
+    stored = flow.atoms.get(atom.name)
+    check_version(f"atom {atom.name!r}", stored.version if stored else 0, atom.version)
 
 
 def _copy_json(value: Any) -> Any:

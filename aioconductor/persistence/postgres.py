@@ -142,9 +142,11 @@ _UPDATE_ATOM = """WITH book AS (
     SELECT status, (SELECT token FROM book), (SELECT version FROM atom),
         EXISTS (SELECT FROM written)
     FROM verdict"""
-# The engine's first write of a job, in one statement: a new logbook with its flows (no atoms
-# yet). Nothing is written if the logbook exists ($7 token; $8.. the flows' uuids, names,
-# states, versions and metas); the caller then takes the general path.
+# The engine's first write of a job, in one statement: a new logbook with its flows and their
+# atoms. Nothing is written if the logbook exists ($7 token; $8-$12 the flows' uuids, names,
+# states, versions and metas; $13-$16 the atoms' flow uuids, names, versions and details); the
+# caller then takes the general path. (Foreign keys are checked at the statement's end, once
+# every row is in.)
 _CREATE_BOOK = """WITH b AS (
         INSERT INTO {s}.logbooks (namespace, uuid, name, created_at, updated_at, meta, token)
         VALUES ($1, $2, $3, $4, $5, $6::json, $7) ON CONFLICT (namespace, uuid) DO NOTHING
@@ -156,24 +158,53 @@ _CREATE_BOOK = """WITH b AS (
             WITH ORDINALITY AS x(uuid, name, state, version, meta, n)
         ORDER BY x.n
         RETURNING 1
+    ), a AS (
+        INSERT INTO {s}.atom_details (namespace, book_uuid, flow_uuid, name, version, detail)
+        SELECT $1, $2, x.flow_uuid, x.name, x.version, x.detail::json
+        FROM b, unnest($13::text[], $14::text[], $15::integer[], $16::text[])
+            WITH ORDINALITY AS x(flow_uuid, name, version, detail, n)
+        ORDER BY x.n
+        RETURNING 1
     )
     SELECT (SELECT seq FROM b), (SELECT count(*) FROM f)"""
 # A flow's own fields in one statement, when the token and version allow it: the same checks as
 # _UPDATE_ATOM, then the flow's atoms as arrays. A status other than 'ok', or no row written,
 # sends the caller to the general path, which raises the right error. $3 flow, $4 name, $5
-# state, $6 version read, $7 token, $8 meta.
+# state, $6 version read, $7 token, $8 meta. $9-$11: atoms to write in the same statement
+# (names, versions read, details; empty arrays for none), all checked before anything is
+# written: a stale one is reported as 'atomconflict' with its name and stored version.
 _UPDATE_FLOW_FAST = """WITH book AS (
         SELECT token FROM {s}.logbooks WHERE namespace = $1 AND uuid = $2 FOR UPDATE
     ), flow AS (
         SELECT version FROM {s}.flow_details
         WHERE namespace = $1 AND book_uuid = $2 AND uuid = $3
+    ), given AS (
+        SELECT x.name, x.version, x.detail, x.n
+        FROM unnest($9::text[], $10::integer[], $11::text[])
+            WITH ORDINALITY AS x(name, version, detail, n)
+    ), stale AS (
+        SELECT g.name, coalesce(a.version, 0) AS stored FROM given AS g
+        LEFT JOIN {s}.atom_details AS a ON a.namespace = $1 AND a.book_uuid = $2
+            AND a.flow_uuid = $3 AND a.name = g.name
+        WHERE coalesce(a.version, 0) <> g.version
+        ORDER BY g.n LIMIT 1
     ), verdict AS (
         SELECT CASE
             WHEN NOT EXISTS (SELECT FROM book) THEN 'notfound'
             WHEN $7::bigint < (SELECT token FROM book) THEN 'lost'
             WHEN NOT EXISTS (SELECT FROM flow) THEN 'noflow'
             WHEN (SELECT version FROM flow) <> $6::integer THEN 'conflict'
+            WHEN EXISTS (SELECT FROM stale) THEN 'atomconflict'
             ELSE 'ok' END AS status
+    ), atoms_written AS (
+        INSERT INTO {s}.atom_details AS a (namespace, book_uuid, flow_uuid, name, version, detail)
+        SELECT $1, $2, $3, g.name, g.version + 1, g.detail::json FROM given AS g
+        WHERE (SELECT status FROM verdict) = 'ok'
+        ORDER BY g.n
+        ON CONFLICT (namespace, book_uuid, flow_uuid, name) DO UPDATE
+            SET version = excluded.version, detail = excluded.detail
+            WHERE a.version = excluded.version - 1
+        RETURNING 1
     ), written AS (
         UPDATE {s}.flow_details SET name = $4, state = $5, version = $6::integer + 1,
             meta = $8::json
@@ -191,7 +222,10 @@ _UPDATE_FLOW_FAST = """WITH book AS (
     SELECT EXISTS (SELECT FROM written),
         (SELECT array_agg(name ORDER BY seq) FROM atoms),
         (SELECT array_agg(version ORDER BY seq) FROM atoms),
-        (SELECT array_agg(detail ORDER BY seq) FROM atoms)"""
+        (SELECT array_agg(detail ORDER BY seq) FROM atoms),
+        (SELECT status FROM verdict), (SELECT token FROM book), (SELECT version FROM flow),
+        (SELECT name FROM stale), (SELECT stored FROM stale),
+        (SELECT count(*) FROM atoms_written)"""
 _DESTROY = "DELETE FROM {s}.logbooks WHERE namespace = $1 AND uuid = $2 RETURNING seq"
 # A logbook (or a page of them) with every flow and atom, in one statement, so one snapshot.
 # Rows: (kind, seq, key, parent, name, created_at, updated_at, data, token, state, version);
@@ -374,10 +408,9 @@ class PostgresStore(Store):
             for atom in flow.atoms.values():
                 _atom_json(atom)
         ns = self.namespace
-        if not any(flow.atoms for flow in book.flows.values()):
-            created = await self._create_book(book, meta, token)
-            if created is not None:
-                return created
+        created = await self._create_book(book, meta, token)
+        if created is not None:
+            return created
 
         async def save(conn: Any) -> LogBook:
             async with conn.transaction():
@@ -411,9 +444,11 @@ class PostgresStore(Store):
         return await self._link.call("save_logbook", save)
 
     async def _create_book(self, book: LogBook, meta: str, token: int | None) -> LogBook | None:
-        """Create ``book`` (its flows have no atoms) in one statement; None if it exists."""
+        """Create ``book`` with its flows and atoms in one statement; None if it exists."""
         flows = list(book.flows.values())
         metas = [_dumps(f"flow {f.name!r} meta", f.meta) for f in flows]
+        atoms = [(f.uuid, atom) for f in flows for atom in f.atoms.values()]
+        details = [_atom_json(atom) for _, atom in atoms]
         args = (
             self.namespace,
             book.uuid,
@@ -427,18 +462,27 @@ class PostgresStore(Store):
             [f.state.value for f in flows],
             [f.version for f in flows],
             metas,
+            [flow_uuid for flow_uuid, _ in atoms],
+            [atom.name for _, atom in atoms],
+            [atom.version for _, atom in atoms],
+            details,
         )
         statement = self._sql(_CREATE_BOOK)
         row = await self._link.call("save_logbook", lambda conn: conn.fetchrow(statement, *args))
         if row[0] is None:
             return None
         # What a read would return: the JSON as stored, read back.
+        stored: dict[str, dict[str, AtomDetail]] = {f.uuid: {} for f in flows}
+        for (flow_uuid, atom), detail in zip(atoms, details, strict=True):
+            stored[flow_uuid][atom.name] = AtomDetail.model_validate(
+                {**json.loads(detail), "name": atom.name, "version": atom.version}
+            )
         return book.model_copy(
             update={
                 "meta": json.loads(meta),
                 "token": args[6],
                 "flows": {
-                    f.uuid: f.model_copy(update={"meta": json.loads(m), "atoms": {}})
+                    f.uuid: f.model_copy(update={"meta": json.loads(m), "atoms": stored[f.uuid]})
                     for f, m in zip(flows, metas, strict=True)
                 },
             }
@@ -453,7 +497,11 @@ class PostgresStore(Store):
         return books[0]
 
     async def _update_flow_detail(
-        self, book_uuid: str, flow: FlowDetail, token: int | None
+        self,
+        book_uuid: str,
+        flow: FlowDetail,
+        token: int | None,
+        atoms: tuple[AtomDetail, ...] = (),
     ) -> FlowDetail:
         if "\x00" in book_uuid:
             raise self._missing(book_uuid)
@@ -461,8 +509,10 @@ class PostgresStore(Store):
         meta = _dumps(f"flow {flow.name!r} meta", flow.meta)
         for atom in flow.atoms.values():
             _atom_json(atom)
+        for atom in atoms:
+            refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
         ns = self.namespace
-        fast = await self._update_flow_fast(book_uuid, flow, meta, token)
+        fast = await self._update_flow_fast(book_uuid, flow, meta, token, atoms)
         if fast is not None:
             return fast
 
@@ -502,10 +552,17 @@ class PostgresStore(Store):
         return await self._link.call("update_flow_detail", update)
 
     async def _update_flow_fast(
-        self, book_uuid: str, flow: FlowDetail, meta: str, token: int | None
+        self,
+        book_uuid: str,
+        flow: FlowDetail,
+        meta: str,
+        token: int | None,
+        atoms: tuple[AtomDetail, ...],
     ) -> FlowDetail | None:
-        """Update an existing flow's own fields in one statement; None when the checks do not
-        pass (the general path then raises what fits, or adds the flow)."""
+        """Update an existing flow's own fields (and ``atoms``) in one statement; None when
+        the checks do not pass and no atoms were given (the general path then raises what
+        fits, or adds the flow). With atoms, a refusal is raised here."""
+        details = [_atom_json(atom) for atom in atoms]
         args = (
             self.namespace,
             book_uuid,
@@ -515,24 +572,46 @@ class PostgresStore(Store):
             flow.version,
             token,
             meta,
+            [atom.name for atom in atoms],
+            [atom.version for atom in atoms],
+            details,
         )
         statement = self._sql(_UPDATE_FLOW_FAST)
         row = await self._link.call(
             "update_flow_detail", lambda conn: conn.fetchrow(statement, *args)
         )
-        written, names, versions, details = row
+        written, names, versions, texts, status, stored_token, stored_version = row[:7]
+        stale_name, stale_version, atoms_written = row[7:]
+        if atoms and not (written and atoms_written == len(atoms)):
+            if status == "notfound":
+                raise self._missing(book_uuid)
+            if status == "lost":
+                check_token(book_uuid, stored_token, token)  # raises ClaimLost
+            if status == "noflow":
+                raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow.uuid!r}")
+            if status == "conflict":
+                check_version(f"flow {flow.name!r}", stored_version, flow.version)
+            if status == "atomconflict":
+                given = next(atom.version for atom in atoms if atom.name == stale_name)
+                check_version(f"atom {stale_name!r}", stale_version, given)
+            # Only two writers holding one token can race past the checks (the engine never
+            # does): say so rather than return what may not be stored.
+            raise VersionConflict(f"flow {flow.name!r}: written concurrently")
         if not written:
             return None
-        atoms = {
+        saved_atoms = {
             name: AtomDetail.model_validate(
                 {**json.loads(detail), "name": name, "version": version}
             )
-            for name, version, detail in zip(
-                names or (), versions or (), details or (), strict=True
-            )
+            for name, version, detail in zip(names or (), versions or (), texts or (), strict=True)
         }
+        # The statement's snapshot predates its own writes: the atoms it wrote, as written.
+        for atom, detail in zip(atoms, details, strict=True):
+            saved_atoms[atom.name] = AtomDetail.model_validate(
+                {**json.loads(detail), "name": atom.name, "version": atom.version + 1}
+            )
         return flow.model_copy(
-            update={"version": flow.version + 1, "meta": json.loads(meta), "atoms": atoms}
+            update={"version": flow.version + 1, "meta": json.loads(meta), "atoms": saved_atoms}
         )
 
     async def _update_atom_detail(

@@ -161,14 +161,26 @@ class RedisStore(Store):
         return _book(reply[1]) if reply[0] == "ok" else None
 
     async def _update_flow_detail(
-        self, book_uuid: str, flow: FlowDetail, token: int | None
+        self,
+        book_uuid: str,
+        flow: FlowDetail,
+        token: int | None,
+        atoms: tuple[AtomDetail, ...] = (),
     ) -> FlowDetail:
         args = [_token(token), flow.uuid, _flow_detail(flow), str(flow.version)]
-        args += [str(len(flow.atoms)), *_atom_args(flow.atoms)]
+        args += [str(len(flow.atoms)), *_atom_args(flow.atoms), str(len(atoms))]
+        for atom in atoms:
+            saved = atom.model_copy(update={"version": atom.version + 1})
+            args += [atom.name, saved.model_dump_json(), str(atom.version)]
         keys = [self._book_key(book_uuid), self._flow_prefix(book_uuid) + flow.uuid]
         reply = await self._write("UPDATE_FLOW", "update_flow_detail", keys, book_uuid, args)
         if reply[0] == "conflict":
             check_version(f"flow {flow.name!r}", int(reply[1]), flow.version)
+        if reply[0] == "noflow":
+            raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow.uuid!r}")
+        if reply[0] == "atomconflict":
+            given = next(atom.version for atom in atoms if atom.name == reply[1])
+            check_version(f"atom {reply[1]!r}", int(reply[2]), given)
         self._refused(reply, book_uuid, token)
         return _flow(_pairs(reply[1]))
 

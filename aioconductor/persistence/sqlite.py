@@ -303,9 +303,14 @@ class SqliteStore(Store):
         return await self._snapshot("get_logbook", lambda conn: self._fetch(conn, book_uuid))
 
     async def _update_flow_detail(
-        self, book_uuid: str, flow: FlowDetail, token: int | None
+        self,
+        book_uuid: str,
+        flow: FlowDetail,
+        token: int | None,
+        atoms: tuple[AtomDetail, ...] = (),
     ) -> FlowDetail:
         encoded = _Flow(flow)
+        details = [_Atom(atom) for atom in atoms]
         ns = self.namespace
 
         def update(conn: sqlite3.Connection) -> FlowDetail:
@@ -322,9 +327,14 @@ class SqliteStore(Store):
             check_version(f"flow {flow.name!r}", stored_version or 0, flow.version)
             saved = flow.model_copy(update={"version": flow.version + 1}, deep=True)
             if stored_version is None:
+                if details:
+                    raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow.uuid!r}")
                 encoded.version = saved.version
                 self._insert_flow(conn, book_uuid, encoded)
             else:
+                # In this transaction: a failed check below rolls back every atom written.
+                for detail in details:
+                    self._put_atom(conn, book_uuid, flow.uuid, detail)
                 conn.execute(
                     "UPDATE flow_details SET name = ?, state = ?, version = ?, meta = ?"
                     " WHERE namespace = ? AND book_uuid = ? AND uuid = ?",
@@ -346,6 +356,21 @@ class SqliteStore(Store):
             return saved
 
         return await self._write("update_flow_detail", update)
+
+    def _put_atom(
+        self, conn: sqlite3.Connection, book_uuid: str, flow_uuid: str, atom: _Atom
+    ) -> None:
+        """Write an atom of a flow known to exist, if its version is the stored one."""
+        row = conn.execute(
+            "SELECT version FROM atom_details"
+            " WHERE namespace = ? AND book_uuid = ? AND flow_uuid = ? AND name = ?",
+            (self.namespace, book_uuid, flow_uuid, atom.name),
+        ).fetchone()
+        check_version(f"atom {atom.name!r}", row[0] if row else 0, atom.version)
+        conn.execute(
+            _UPSERT_ATOM,
+            (self.namespace, book_uuid, flow_uuid, atom.name, atom.version + 1, atom.detail),
+        )
 
     async def _update_atom_detail(
         self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None

@@ -287,6 +287,61 @@ async def test_a_stale_atom_version_changes_nothing(store: Store) -> None:
     assert await store.get_logbook(book.uuid) == before
 
 
+async def test_a_flow_and_its_atoms_are_saved_in_one_write(store: Store) -> None:
+    book = await store.save_logbook(make_book())
+    flow = first_flow(book)
+    done = flow.atoms["atom-1"].model_copy(update={"state": AtomState.SUCCESS, "result": [1]})
+    new = AtomDetail(name="new", state=AtomState.RUNNING)
+    ended = flow.model_copy(update={"state": FlowState.SUCCESS, "atoms": {}})
+
+    saved = await store.update_flow_detail(book.uuid, ended, token=4, atoms=[done, new])
+
+    assert (saved.version, saved.state) == (1, FlowState.SUCCESS)
+    assert list(saved.atoms) == ["atom-0", "atom-1", "new"]
+    assert saved.atoms["atom-1"] == done.model_copy(update={"version": 1})
+    assert saved.atoms["new"] == new.model_copy(update={"version": 1})
+    stored = await store.get_logbook(book.uuid)
+    assert stored.flows == {flow.uuid: saved}
+    assert stored.token == 4
+
+
+async def test_a_flow_write_with_a_stale_atom_changes_nothing(store: Store) -> None:
+    book = await store.save_logbook(make_book())
+    flow = first_flow(book)
+    await store.update_atom_detail(book.uuid, flow.uuid, flow.atoms["atom-0"])
+    before = await store.get_logbook(book.uuid)
+    fresh = flow.atoms["atom-1"].model_copy(update={"result": "fresh"})
+    stale = flow.atoms["atom-0"].model_copy(update={"result": "stale"})
+    ended = flow.model_copy(update={"state": FlowState.SUCCESS})
+
+    with pytest.raises(VersionConflict, match="atom-0"):
+        await store.update_flow_detail(book.uuid, ended, token=7, atoms=[fresh, stale])
+    with pytest.raises(VersionConflict):
+        await store.update_flow_detail(
+            book.uuid, ended.model_copy(update={"version": 5}), atoms=[fresh]
+        )
+    with pytest.raises(ConfigurationError):
+        await store.update_flow_detail(book.uuid, ended, atoms=[fresh, fresh])
+
+    assert await store.get_logbook(book.uuid) == before
+
+
+async def test_a_flow_write_with_atoms_is_fenced_and_needs_a_saved_flow(store: Store) -> None:
+    book = await store.save_logbook(make_book(), token=5)
+    flow = first_flow(book)
+    before = await store.get_logbook(book.uuid)
+    atom = flow.atoms["atom-0"].model_copy(update={"state": AtomState.SUCCESS})
+
+    with pytest.raises(ClaimLost):
+        await store.update_flow_detail(book.uuid, flow, token=4, atoms=[atom])
+    with pytest.raises(LogBookNotFound):
+        await store.update_flow_detail(book.uuid, FlowDetail(name="unsaved"), atoms=[atom])
+    with pytest.raises(LogBookNotFound):
+        await store.update_flow_detail("no-such-book", flow, atoms=[atom])
+
+    assert await store.get_logbook(book.uuid) == before
+
+
 # -- missing logbooks -----------------------------------------------------------------------------
 
 
