@@ -24,7 +24,7 @@ from aioconductor.events import Event, Notifier
 from aioconductor.failure import Failure
 from aioconductor.persistence.base import Store
 from aioconductor.persistence.memory import MemoryStore
-from aioconductor.persistence.models import FlowDetail, FlowState, LogBook
+from aioconductor.persistence.models import AtomDetail, AtomState, FlowDetail, FlowState, LogBook
 
 __all__ = ["Engine", "EngineResult", "run_flow"]
 
@@ -95,6 +95,8 @@ class Engine:
         self.fresh = fresh
         #: Whether the detail was created as RUNNING, so the run need not save that again.
         self._running_saved = False
+        #: The node saved as RUNNING with the new logbook, whose step need not save that.
+        self._started: int | None = None
 
     async def _emit(self, event: Event, **details: Any) -> None:
         if self.notifier.has_listeners(event):
@@ -146,6 +148,12 @@ class Engine:
         run resumes from it as if the book had been read first.
         """
         detail = FlowDetail(name=self.flow.name, state=FlowState.RUNNING)
+        first = self._first_task()
+        if first is not None:
+            # The flow's only first step is certain to start now: save it RUNNING in the same
+            # write (a crash before it starts leaves it RUNNING, which a resume runs again).
+            name = self._compiled.nodes[first].name  # type: ignore[union-attr]
+            detail.atoms[name] = AtomDetail(name=name, state=AtomState.RUNNING)
         book = LogBook(uuid=self.book_id, name=self.book_name, flows={detail.uuid: detail})
         book = await self.store.save_logbook(book, token=self.token)
         earlier = [
@@ -154,7 +162,16 @@ class Engine:
         if earlier:
             return earlier[0]
         self._running_saved = True
+        self._started = first
         return book.flows[detail.uuid]
+
+    def _first_task(self) -> int | None:
+        """The node a new run starts with, if it is the only one and a task."""
+        assert self._compiled is not None
+        roots = [i for i, node in enumerate(self._compiled.nodes) if not node.preds]
+        if len(roots) != 1 or self._compiled.nodes[roots[0]].is_retry:
+            return None
+        return roots[0]
 
     async def validate(self) -> None:
         """Check that every atom's requirements are met by the inputs or earlier atoms.
@@ -196,7 +213,9 @@ class Engine:
             flow_uuid=self._detail.uuid,
             token=self.token,
             notifier=self.notifier,
+            started=self._started,
         )
+        self._started = None
         if self._detail.state in _FINAL:
             return self._result(self._detail.state, runner)
         await self._emit(Event.RUNNING_START)
@@ -211,7 +230,7 @@ class Engine:
                     await self._set_state(FlowState.RESUMING)
                 await self._set_state(FlowState.RUNNING)
             state = await runner.run()
-            await self._set_state(state)
+            await self._set_state(state, runner)
         except anyio.get_cancelled_exc_class():
             # Cancelled from outside: save the suspension even so, then let the cancel go on.
             with anyio.move_on_after(SUSPEND_TIMEOUT, shield=True):
@@ -237,13 +256,17 @@ class Engine:
         failure = None if state is FlowState.SUCCESS else runner.failure
         return EngineResult(state, dict(results), provided, failure)
 
-    async def _set_state(self, state: FlowState) -> None:
+    async def _set_state(self, state: FlowState, runner: Runner | None = None) -> None:
+        """Save the flow in ``state``, with the atoms ``runner`` left for its end."""
         assert self._detail is not None
         old = self._detail.state
         self._detail.state = state
+        atoms = runner.unsaved() if runner is not None else []
         self._detail = await self.store.update_flow_detail(
-            self.book_id, self._detail, token=self.token
+            self.book_id, self._detail, token=self.token, atoms=atoms
         )
+        if runner is not None:
+            await runner.saved_with_flow(self._detail.atoms)
         await self._emit(Event.FLOW_STATE, state=state, old_state=old)
 
     async def _suspend(self) -> None:

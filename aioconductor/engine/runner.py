@@ -58,6 +58,7 @@ class Runner:
         flow_uuid: str,
         token: int | None,
         notifier: Notifier,
+        started: int | None = None,
     ) -> None:
         self.flow_name = compiled.name
         self.nodes = compiled.nodes
@@ -83,6 +84,12 @@ class Runner:
         self._revert_failed = False
         self._error: Exception | None = None
         self._tg: TaskGroup | None = None
+        #: The node whose RUNNING state the engine saved with the flow's start (one write for
+        #: two): its first step does not write it again.
+        self._started = started
+        #: The node that ended the flow: its SUCCESS is saved with the flow's end, by the
+        #: engine (see :meth:`unsaved` and :meth:`saved_with_flow`).
+        self._final: int | None = None
         self._load(saved)
 
     # -- loading saved progress --------------------------------------------------------------
@@ -204,7 +211,8 @@ class Runner:
         detail.result = detail.failure = detail.revert_failure = detail.revert_result = None
         detail.meta.pop("seq", None)
         self._active.add(index)
-        await self._write(index, AtomState.RUNNING)
+        saved, self._started = index == self._started, None
+        await self._write(index, AtomState.RUNNING, saved=saved)
         storage = self.storage
         kwargs = {param: storage[key] for param, key in node.args}
         failure: Failure | None = None
@@ -231,9 +239,36 @@ class Runner:
         detail.result = result
         self._seq += 1
         detail.meta["seq"] = self._seq
-        await self._write(index, AtomState.SUCCESS)
+        if self._ends_flow(index):
+            # Saved by the engine with the flow's end, in one write: until then a crash
+            # leaves it RUNNING, and a resume runs it again, as after a crash mid-task.
+            detail.state = AtomState.SUCCESS
+            self._final = index
+        else:
+            await self._write(index, AtomState.SUCCESS)
         self._done(index)
         return self._release(index)
+
+    def _ends_flow(self, index: int) -> bool:
+        """Whether ``index`` succeeding ends the flow: nothing else runs, fails or waits."""
+        if self._reverting_all or self._blocked or self._error is not None:
+            return False
+        if len(self._active) != 1:
+            return False
+        success = AtomState.SUCCESS
+        return all(d.state is success for i, d in enumerate(self.details) if i != index)
+
+    def unsaved(self) -> list[AtomDetail]:
+        """The atom details the engine must save with the flow's end (the flow's last task)."""
+        return [] if self._final is None else [self.details[self._final]]
+
+    async def saved_with_flow(self, atoms: dict[str, AtomDetail]) -> None:
+        """Take the versions the store gave :meth:`unsaved` details, and tell listeners."""
+        if self._final is None:
+            return
+        index, self._final = self._final, None
+        self.details[index] = atoms[self.nodes[index].name]
+        await self._emit_atom_state(self.details[index].name, AtomState.SUCCESS, AtomState.RUNNING)
 
     async def _step_retry(self, index: int) -> int | None:
         node = self.nodes[index]
@@ -418,20 +453,26 @@ class Runner:
 
     # -- saving ------------------------------------------------------------------------------
 
-    async def _write(self, index: int, state: AtomState) -> None:
+    async def _write(self, index: int, state: AtomState, *, saved: bool = False) -> None:
+        """Save atom ``index`` in ``state`` (unless the engine ``saved`` it so already)."""
         detail = self.details[index]
-        old = detail.state
+        old = AtomState.PENDING if saved else detail.state
         detail.state = state
-        self.details[index] = await self.store.update_atom_detail(
-            self.book_id, self.flow_uuid, detail, token=self.token
-        )
-        if old is not state and self.notifier.has_listeners(Event.ATOM_STATE):
+        if not saved:
+            self.details[index] = await self.store.update_atom_detail(
+                self.book_id, self.flow_uuid, detail, token=self.token
+            )
+        if old is not state:
+            await self._emit_atom_state(detail.name, state, old)
+
+    async def _emit_atom_state(self, atom: str, state: AtomState, old: AtomState) -> None:
+        if self.notifier.has_listeners(Event.ATOM_STATE):
             await self.notifier.notify(
                 Event.ATOM_STATE,
                 {
                     "flow": self.flow_name,
                     "book_id": self.book_id,
-                    "atom": detail.name,
+                    "atom": atom,
                     "state": state,
                     "old_state": old,
                 },

@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aioconductor.engine import Engine, Task, linear
+from aioconductor.engine import Engine, Task, linear, unordered
 from aioconductor.errors import ClaimLost
 from aioconductor.events import Event, Notifier
 from aioconductor.persistence.memory import MemoryStore
@@ -110,6 +110,102 @@ async def test_a_fresh_engine_saves_its_book_running_in_one_write() -> None:
     assert result.state is FlowState.SUCCESS and detail.state is FlowState.SUCCESS
     # Observers see the same transitions as when RUNNING is saved on its own.
     assert flow_states == [("PENDING", "RUNNING"), ("RUNNING", "SUCCESS")]
+
+
+class CountingStore(MemoryStore):
+    """Counts writes; fails the flow's end (the write that carries atoms) while ``fail_end``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.fail_end = False
+
+    async def _save_logbook(self, book: Any, token: int | None) -> Any:
+        self.writes += 1
+        return await super()._save_logbook(book, token)
+
+    async def _update_flow_detail(
+        self, book_uuid: str, flow: Any, token: int | None, atoms: tuple[Any, ...] = ()
+    ) -> Any:
+        self.writes += 1
+        if atoms and self.fail_end:
+            raise ClaimLost("refused for the test")
+        return await super()._update_flow_detail(book_uuid, flow, token, atoms)
+
+    async def _update_atom_detail(
+        self, book_uuid: str, flow_uuid: str, atom: Any, token: int | None
+    ) -> Any:
+        self.writes += 1
+        return await super()._update_atom_detail(book_uuid, flow_uuid, atom, token)
+
+
+async def test_a_fresh_run_saves_its_first_task_with_its_start_and_its_last_with_its_end() -> None:
+    counts: collections.Counter[str] = collections.Counter()
+    notifier = Notifier()
+    seen: list[tuple[str, str, str]] = []
+    notifier.register(
+        Event.ATOM_STATE, lambda e, d: seen.append((d["atom"], d["old_state"], d["state"]))
+    )
+    notifier.register(
+        Event.FLOW_STATE, lambda e, d: seen.append(("flow", d["old_state"], d["state"]))
+    )
+    store = CountingStore()
+    async with store:
+        engine = Engine(
+            steps(counts, {}), store=store, book_id="job", inputs={"x": 1}, notifier=notifier
+        )
+        engine.fresh = True
+        await engine.prepare()
+        (started,) = (await store.get_logbook("job")).flows.values()
+        assert started.atoms["a"].state is AtomState.RUNNING
+        result = await engine.run()
+        (ended,) = (await store.get_logbook("job")).flows.values()
+    assert result.state is FlowState.SUCCESS and ended.state is FlowState.SUCCESS
+    assert {name: atom.state for name, atom in ended.atoms.items()} == dict.fromkeys(
+        "abcd", AtomState.SUCCESS
+    )
+    assert ended.atoms["d"].result == "d:1" and ended.atoms["d"].version == 2
+    # 10 writes saved one by one; 8 with the first and last tasks riding on the flow's writes.
+    assert store.writes == 8
+    # Observers see every transition, in the order of a run that saves them one by one.
+    steps_of = [
+        (n, old, new)
+        for n in "abcd"
+        for old, new in [("PENDING", "RUNNING"), ("RUNNING", "SUCCESS")]
+    ]
+    assert seen == [("flow", "PENDING", "RUNNING"), *steps_of, ("flow", "RUNNING", "SUCCESS")]
+
+
+async def test_a_last_task_whose_end_was_not_saved_runs_again_on_resume() -> None:
+    counts: collections.Counter[str] = collections.Counter()
+    store = CountingStore()
+    async with store:
+        store.fail_end = True
+        first = Engine(steps(counts, {}), store=store, book_id="job", inputs={"x": 1}, fresh=True)
+        with pytest.raises(ClaimLost):
+            await first.run()
+        (detail,) = (await store.get_logbook("job")).flows.values()
+        assert detail.state is FlowState.RUNNING
+        assert detail.atoms["c"].state is AtomState.SUCCESS
+        assert detail.atoms["d"].state is AtomState.RUNNING, "its end was refused with the flow's"
+
+        store.fail_end = False
+        result = await Engine(steps(counts, {}), store=store, book_id="job", inputs={"x": 1}).run()
+    assert result.state is FlowState.SUCCESS
+    assert counts == {"a": 1, "b": 1, "c": 1, "d": 2}
+
+
+async def test_a_flow_with_several_first_tasks_saves_none_with_its_start() -> None:
+    counts: collections.Counter[str] = collections.Counter()
+    flow = unordered("f", Counted("a", counts, {}), Counted("b", counts, {}))
+    async with MemoryStore() as store:
+        engine = Engine(flow, store=store, book_id="job", inputs={"x": 1}, fresh=True)
+        await engine.prepare()
+        (started,) = (await store.get_logbook("job")).flows.values()
+        # Either may be reverted before the other starts: neither is RUNNING before it runs.
+        assert started.atoms == {}
+        result = await engine.run()
+    assert result.state is FlowState.SUCCESS and counts == {"a": 1, "b": 1}
 
 
 async def test_a_fresh_engine_that_finds_a_book_resumes_from_it() -> None:
