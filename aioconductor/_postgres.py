@@ -168,6 +168,8 @@ class PostgresLink:
         self._error = error
         self._pool: Any = None
         self._listeners: set[Any] = set()
+        #: Server pids of pooled connections whose last call failed or was cancelled.
+        self._unsettled: set[int] = set()
         self.closed = False
 
     # -- errors ------------------------------------------------------------------------------
@@ -228,6 +230,7 @@ class PostgresLink:
                 min_size=self.pool_min,
                 max_size=self.pool_max,
                 server_settings=self._settings,
+                reset=self._reset_connection,
             )
         self._pool = pool
         try:
@@ -264,30 +267,55 @@ class PostgresLink:
         """A pooled connection for one call, errors translated.
 
         The call's outcome is what its statements got from the server, never what returning
-        the connection to the pool did: asyncpg resets the connection there (``RESET ALL``,
-        ``ROLLBACK`` if needed), and when the server ended the session meanwhile (a restart,
-        ``pg_terminate_backend``) that reset fails, terminates the connection and raises. A
-        call that had its reply has done its work (committed, or rolled back by the server),
-        so that late error is only logged; raised, it would report a committed transition as
-        failed. A call that failed keeps its own error.
+        the connection to the pool did: asyncpg resets the connection there (``ROLLBACK`` if
+        a transaction is open; see :func:`_keep_session`), and when the server ended the
+        session meanwhile (a restart, ``pg_terminate_backend``) that reset fails, terminates
+        the connection and raises. A call that had its reply has done its work (committed,
+        or rolled back by the server), so that late error is only logged; raised, it would
+        report a committed transition as failed. A call that failed keeps its own error.
         """
         with self.translate(what):
             pool = self._pool
             conn = await pool.acquire()
+        pid = conn.get_server_pid()
         try:
             with self.translate(what):
                 yield conn
+        except BaseException:
+            self._unsettled.add(pid)
+            raise
         finally:
             await self._release(pool, conn, what)
+
+    async def _reset_connection(self, conn: Any) -> None:
+        """The pool's reset of a connection given back, after asyncpg's own ``ROLLBACK`` of an
+        open transaction: nothing after a call that ended well, asyncpg's full reset after one
+        that did not.
+
+        asyncpg's default reset sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+        RESET ALL`` on every release, a round trip per call. The library leaves no session
+        state on pooled connections (no SET, LISTEN, cursor or session lock: LISTEN has its
+        own connection, the migration lock is a transaction's), so a call that ended well
+        needs none. A call that failed or was cancelled may have left a statement running on
+        the server: the reset's round trip waits for it, so its effect is settled before the
+        connection serves anyone else.
+        """
+        if conn.get_server_pid() in self._unsettled:
+            self._unsettled.discard(conn.get_server_pid())
+            await conn.reset()
 
     async def _release(self, pool: Any, conn: Any, what: str) -> None:
         """Give ``conn`` back to ``pool``; a reset that failed is logged, not raised.
 
         asyncpg shields the release, so it completes even if this task is cancelled, and
         terminates a connection whose reset failed (the pool opens a new one when needed).
+        The caller waits for it, shielded (and bounded): a cancelled call's statement has
+        ended (its effect happened or not) by the time the call returns, so the caller's next
+        read sees it and its next write does not race it.
         """
         try:
-            await pool.release(conn)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_TIMEOUT):
+                await pool.release(conn)
         except Exception as exc:
             logger.debug(
                 "PostgreSQL at %s: %s: the connection could not be reset (%s); it was closed",
