@@ -314,8 +314,8 @@ class PostgresLink:
         read sees it and its next write does not race it.
         """
         try:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_TIMEOUT):
-                await pool.release(conn)
+            with anyio.CancelScope(shield=True):
+                await pool.release(conn, timeout=_CLEANUP_TIMEOUT)
         except Exception as exc:
             logger.debug(
                 "PostgreSQL at %s: %s: the connection could not be reset (%s); it was closed",

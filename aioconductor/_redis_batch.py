@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import anyio
+import hiredis
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -116,18 +117,22 @@ class ScriptBatcher:
                 call.done.set()
 
     async def _exchange(self, batch: list[_Call]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for call in batch:
-            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         try:
-            replies = await pipe.execute(raise_on_error=False)
-        except (rexc.DataError, TypeError, ValueError):
-            # An argument that cannot be encoded: nothing was sent (a pipeline is packed
-            # whole before it is written). Send the calls one by one, so that only the bad
-            # one fails.
+            # hiredis packs in C: redis-py's pure-Python packing was the largest single cost
+            # of a conductor on Redis (about a sixth of its CPU).
+            packed = b"".join(
+                hiredis.pack_command(
+                    ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+                )
+                for call in batch
+            )
+        except (TypeError, ValueError):
+            # An argument that cannot be encoded: nothing was sent. Send the calls one by
+            # one, so that only the bad one fails (with redis-py's own error).
             for call in batch:
                 await _run_alone(call)
             return
+        replies = await self._send_packed(packed, len(batch))
         for call, reply in zip(batch, replies, strict=True):
             if isinstance(reply, rexc.NoScriptError):
                 # Nothing ran. The script object loads the script and runs it again.
@@ -136,6 +141,27 @@ class ScriptBatcher:
                 call.settle(error=reply)
             else:
                 call.settle(reply)
+
+    async def _send_packed(self, packed: bytes, count: int) -> list[Any]:
+        """Write ``packed`` (``count`` commands) on a pooled connection and read every reply;
+        an error reply is returned in its place, as an exception."""
+        pool = self._client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            replies: list[Any] = []
+            for _ in range(count):
+                try:
+                    replies.append(await conn.read_response())
+                except rexc.ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            # Replies may be left unread on it: never hand it to anyone else.
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
 
 
 async def _uncancelled(work: Awaitable[None]) -> None:

@@ -35,15 +35,20 @@ def key(client: Redis) -> str:
 
 
 class CountingClient:
-    """Counts the pipelines a batcher opens on the client it wraps."""
+    """Counts the pipelines a batcher sends on the client it wraps (a pooled connection
+    taken for each)."""
 
     def __init__(self, client: Redis) -> None:
         self.client = client
+        self.connection_pool = self
         self.pipelines = 0
 
-    def pipeline(self, **kwargs: Any) -> Any:
+    async def get_connection(self) -> Any:
         self.pipelines += 1
-        return self.client.pipeline(**kwargs)
+        return await self.client.connection_pool.get_connection()
+
+    async def release(self, connection: Any) -> None:
+        await self.client.connection_pool.release(connection)
 
 
 async def test_concurrent_calls_share_one_pipeline_and_keep_their_replies(
