@@ -167,7 +167,10 @@ class Runner:
             for i, d in enumerate(self.details)
             if d.state is not AtomState.SUCCESS and not self._waiting[i]
         ]
-        if ready:
+        if len(ready) == 1 and self._is_chain():
+            # One node at a time, ever: its worker needs no task group to share with others.
+            await self._drive(ready[0])
+        elif ready:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 for index in ready[1:]:
@@ -195,6 +198,14 @@ class Runner:
                 self._error = exc
             self._cancel_all()
 
+    def _is_chain(self) -> bool:
+        """Whether the flow is a line of tasks (no retry controller): then no two nodes can
+        ever run at once, and a failure has nothing else to stop."""
+        return all(
+            len(node.succs) <= 1 and len(node.preds) <= 1 and not node.is_retry
+            for node in self.nodes
+        )
+
     def _cancel_all(self) -> None:
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
@@ -215,22 +226,21 @@ class Runner:
         await self._write(index, AtomState.RUNNING, saved=saved)
         storage = self.storage
         kwargs = {param: storage[key] for param, key in node.args}
-        failure: Failure | None = None
-        published: dict[str, Any] = {}
-        result: Any = None
-        scope = self._scopes[index] = anyio.CancelScope()
-        try:
-            with scope:
-                try:
-                    result = await task.run_execute(kwargs)
-                    published = task.published(result)
-                except Exception as exc:
-                    failure = Failure.from_exception(exc)
-        finally:
-            del self._scopes[index]
+        if node.scopes:
+            # A retry of an enclosing pattern may stop it (see _retry).
+            scope = self._scopes[index] = anyio.CancelScope()
+            try:
+                with scope:
+                    result, published, failure = await self._execute(task, kwargs)
+            finally:
+                del self._scopes[index]
+            stopped = scope.cancelled_caught
+        else:
+            result, published, failure = await self._execute(task, kwargs)
+            stopped = False
         if failure is not None:
             return await self._on_failure(index, failure)
-        if scope.cancelled_caught:
+        if stopped:
             # Stopped because its pattern is being retried: the retry reverts it.
             self._done(index)
             return None
@@ -248,6 +258,17 @@ class Runner:
             await self._write(index, AtomState.SUCCESS)
         self._done(index)
         return self._release(index)
+
+    @staticmethod
+    async def _execute(
+        task: Task, kwargs: dict[str, Any]
+    ) -> tuple[Any, dict[str, Any], Failure | None]:
+        """Run ``task``: its result and what it publishes, or the failure it raised."""
+        try:
+            result = await task.run_execute(kwargs)
+            return result, task.published(result), None
+        except Exception as exc:
+            return None, {}, Failure.from_exception(exc)
 
     def _ends_flow(self, index: int) -> bool:
         """Whether ``index`` succeeding ends the flow: nothing else runs, fails or waits."""
