@@ -119,8 +119,11 @@ class JobRun:
                 earlier.engine_scope.cancel()
             running[self.job.id] = self
             try:
+                # Inside the engine's scope, and listed as running, while it waits for the
+                # gate: its lease is renewed meanwhile, and a lost claim stops the wait.
                 with self.engine_scope:
-                    result = await engine.run()
+                    async with self.conductor.gate.hold(self.conductor.runs_alone(self.job)):
+                        result = await engine.run()
             finally:
                 self.ended = True
                 if running.get(self.job.id) is self:

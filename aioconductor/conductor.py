@@ -19,6 +19,7 @@ from typing import Any, Self
 import anyio
 
 from aioconductor._jobrun import CLEANUP_TIMEOUT, JobRun
+from aioconductor._solo import SoloGate
 from aioconductor.boards.base import JobBoard
 from aioconductor.errors import AioconductorError, ConfigurationError
 from aioconductor.events import Notifier
@@ -88,6 +89,9 @@ class Conductor:
             notification announced; at most ``min(lease, 5)`` seconds.
         claim_batch_size: the most jobs one claim call takes when several slots are free.
         notifier: where events go; a private ``Notifier`` when None.
+        isolate_last_attempts: run a job alone when it is on its last attempt after earlier
+            ones ended unfinished (see :meth:`runs_alone`): a neighbour that crashes the
+            process cannot spend it, and if it is the one that crashes, it harms no other.
 
     Example::
 
@@ -108,6 +112,7 @@ class Conductor:
         sweep_interval: float | None = None,
         claim_batch_size: int = 16,
         notifier: Notifier | None = None,
+        isolate_last_attempts: bool = True,
     ) -> None:
         if max_concurrency < 1:
             raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
@@ -126,6 +131,9 @@ class Conductor:
         self.claim_batch_size = claim_batch_size
         ceiling = min(self.lease, 5.0)
         self.sweep_interval = min(sweep_interval, ceiling) if sweep_interval else ceiling
+        self.isolate_last_attempts = isolate_last_attempts
+        #: Jobs run under a shared hold of this gate, or alone (:meth:`runs_alone`).
+        self.gate = SoloGate()
         #: Register listeners here (``conductor.notifier.register("job_consumed", fn)``).
         self.notifier = notifier if notifier is not None else Notifier()
         self.stats = ConductorStats()
@@ -343,6 +351,16 @@ class Conductor:
             self._active -= 1
             if not self._active:
                 self._none_active.set()
+
+    def runs_alone(self, job: Job) -> bool:
+        """Whether ``job`` runs with no other job of this conductor beside it: it is on its
+        last attempt, and an earlier one ended unfinished (the process may have crashed).
+
+        Jobs running when it is claimed finish first, and jobs claimed while it waits or
+        runs wait for it. A job posted with ``max_attempts=1`` never waits: its first attempt
+        says nothing against it.
+        """
+        return self.isolate_last_attempts and 1 < job.attempts == job.max_attempts
 
     def make_engine(self, job: Job, claim: Claim, flow: Any) -> Any:
         """The engine that runs ``job``'s flow, saving progress under the claim's token."""

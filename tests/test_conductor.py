@@ -140,6 +140,58 @@ async def test_a_job_past_max_attempts_is_trashed_without_running(
     assert not apps.EXECUTIONS
 
 
+async def _until(condition: Any) -> None:
+    with anyio.fail_after(10):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+def _started(key: str) -> bool:
+    return apps.EXECUTIONS[("first", key)] > 0
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "not-isolated"])
+async def test_a_job_on_its_last_attempt_after_an_unfinished_one_runs_alone(
+    isolate: bool,
+) -> None:
+    async with MemoryJobBoard() as board:
+        for gate in ("a", "last", "late"):
+            apps.GATE[gate] = anyio.Event()
+        early = [await board.post(f"e{n}", "steps", {"key": f"e{n}", "gate": "a"}) for n in (1, 2)]
+        conductor = Conductor(
+            "c", board, flows=flows, max_concurrency=8, isolate_last_attempts=isolate
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conductor.run)
+            await _until(lambda: _started("e1") and _started("e2"))
+            # A job whose first run never ended (its conductor died), on its last attempt.
+            last = await board.post(
+                "last", "steps", {"key": "last", "gate": "last"}, max_attempts=2
+            )
+            await board.abandon(await board.claim(last.id, "crashed-owner"))
+            await _until(lambda: last.id in conductor.running)
+            late = await board.post("late", "steps", {"key": "late", "gate": "late"})
+            await _until(lambda: late.id in conductor.running)
+            if not isolate:
+                await _until(lambda: _started("last") and _started("late"))
+            else:
+                # Claimed, its lease kept, but it waits for the jobs already running; the
+                # job claimed after it waits for it.
+                await anyio.sleep(0.1)
+                assert not _started("last") and not _started("late")
+                apps.GATE["a"].set()
+                await _until(lambda: _started("last"))
+                await anyio.sleep(0.1)
+                assert not _started("late"), "a job ran beside the one running alone"
+                assert [(await board.get(j.id)).state for j in early] == [JobState.COMPLETE] * 2
+            for gate in ("a", "last", "late"):
+                apps.GATE[gate].set()
+            done = [await board.wait_for(job.id) for job in (*early, last, late)]
+            conductor.stop()
+    assert all(job.state is JobState.COMPLETE for job in done)
+    assert done[2].attempts == 2
+
+
 class FailingStore(MemoryStore):
     """A store whose atom writes fail, like a database that went away."""
 

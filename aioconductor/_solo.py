@@ -1,0 +1,72 @@
+"""`SoloGate`: lets a conductor's jobs run side by side, or one job alone.
+
+A job that already failed to finish (its conductor crashed, or lost its claim) and is on its
+last attempt runs alone: if a neighbour kills the process (a poison job), that must not spend
+the last attempt of a job that did nothing wrong; and if the job itself is the poison, it takes
+no neighbour down with it. Jobs asking to run alone wait for the running ones to end, and hold
+off new ones meanwhile (so a steady stream of jobs cannot starve them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import anyio
+
+__all__ = ["SoloGate"]
+
+
+class SoloGate:
+    """Shared holds for ordinary jobs; an exclusive hold for a job that must run alone."""
+
+    def __init__(self) -> None:
+        self._shared = 0
+        self._solo_waiting = 0
+        self._solo = False
+        self._changed = anyio.Event()
+
+    @property
+    def solo_waiting(self) -> int:
+        """How many jobs wait to run alone."""
+        return self._solo_waiting
+
+    @contextlib.asynccontextmanager
+    async def hold(self, alone: bool) -> AsyncIterator[None]:
+        """Hold the gate for one job's run: shared, or ``alone``."""
+        if alone:
+            await self._enter_alone()
+            try:
+                yield
+            finally:
+                self._solo = False
+                self._notify()
+        else:
+            while self._solo or self._solo_waiting:
+                await self._wait()
+            self._shared += 1
+            try:
+                yield
+            finally:
+                self._shared -= 1
+                if self._solo_waiting and not self._shared:
+                    self._notify()
+
+    async def _enter_alone(self) -> None:
+        self._solo_waiting += 1
+        try:
+            while self._solo or self._shared:
+                await self._wait()
+            self._solo = True
+        finally:
+            self._solo_waiting -= 1
+            if not self._solo and not self._solo_waiting:
+                # Cancelled while waiting: the shared holds it held off may go.
+                self._notify()
+
+    async def _wait(self) -> None:
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
