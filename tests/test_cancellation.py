@@ -105,6 +105,12 @@ class TrappedStore(InMemoryStore):
         operation = super()._update_atom_detail(book_uuid, flow_uuid, atom, token)
         return await self.trap.around("update_atom_detail", operation)
 
+    async def _update_atom_details(
+        self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None
+    ) -> list[AtomDetail]:
+        operation = super()._update_atom_details(book_uuid, flow_uuid, atoms, token)
+        return await self.trap.around("update_atom_details", operation)
+
 
 async def run_trapped(at: int | None, after: bool) -> tuple[Trap, TrappedBoard, TrappedStore, Job]:
     apps.EXECUTIONS.clear()
@@ -133,9 +139,9 @@ async def count_operations() -> int:
 @pytest.mark.parametrize("after", [False, True], ids=["before", "in-flight"])
 async def test_cancel_at_every_operation(after: bool) -> None:
     total = await count_operations()
-    # claim; the logbook with the first task RUNNING; SUCCESS of the first two tasks and
-    # RUNNING of the next; the last task's SUCCESS with the flow's; consume.
-    assert total == 8
+    # claim; the logbook with the first task RUNNING; each of the first two tasks' SUCCESS
+    # with the next one's RUNNING; the last task's SUCCESS with the flow's; consume.
+    assert total == 6
     seen: set[str] = set()
     for at in range(1, total + 1):
         trap, board, store, job = await run_trapped(at, after)
@@ -167,4 +173,4 @@ async def test_cancel_at_every_operation(after: bool) -> None:
         assert done.result == {"first": "first:1", "second": "second:1", "third": "third:1"}
         for name in finished_before:
             assert apps.EXECUTIONS[(name, 1)] == executions_before.get((name, 1)), (at, name)
-    assert {"claim_next", "update_atom_detail", "consume"} <= seen
+    assert {"claim_next", "update_atom_details", "update_flow_detail", "consume"} <= seen

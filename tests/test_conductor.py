@@ -200,6 +200,11 @@ class FailingStore(MemoryStore):
     ) -> AtomDetail:
         raise BackendUnavailable("the store is down")
 
+    async def _update_atom_details(
+        self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None
+    ) -> list[AtomDetail]:
+        raise BackendUnavailable("the store is down")
+
 
 async def test_a_storage_failure_abandons_the_job() -> None:
     async with MemoryJobBoard() as board, FailingStore() as store:

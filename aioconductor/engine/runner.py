@@ -84,9 +84,11 @@ class Runner:
         self._revert_failed = False
         self._error: Exception | None = None
         self._tg: TaskGroup | None = None
-        #: The node whose RUNNING state the engine saved with the flow's start (one write for
-        #: two): its first step does not write it again.
-        self._started = started
+        #: The node whose RUNNING state was saved ahead (with the flow's start by the engine,
+        #: or with the previous node's end in a chain) and its state before: its step does
+        #: not write it again.
+        self._started = None if started is None else (started, AtomState.PENDING)
+        self._chain = False
         #: The node that ended the flow: its SUCCESS is saved with the flow's end, by the
         #: engine (see :meth:`unsaved` and :meth:`saved_with_flow`).
         self._final: int | None = None
@@ -167,7 +169,8 @@ class Runner:
             for i, d in enumerate(self.details)
             if d.state is not AtomState.SUCCESS and not self._waiting[i]
         ]
-        if len(ready) == 1 and self._is_chain():
+        self._chain = self._is_chain()
+        if len(ready) == 1 and self._chain:
             # One node at a time, ever: its worker needs no task group to share with others.
             await self._drive(ready[0])
         elif ready:
@@ -222,8 +225,11 @@ class Runner:
         detail.result = detail.failure = detail.revert_failure = detail.revert_result = None
         detail.meta.pop("seq", None)
         self._active.add(index)
-        saved, self._started = index == self._started, None
-        await self._write(index, AtomState.RUNNING, saved=saved)
+        ahead, self._started = self._started, None
+        if ahead is not None and ahead[0] == index:
+            await self._write(index, AtomState.RUNNING, saved=ahead[1])
+        else:
+            await self._write(index, AtomState.RUNNING)
         storage = self.storage
         kwargs = {param: storage[key] for param, key in node.args}
         if node.scopes:
@@ -254,10 +260,41 @@ class Runner:
             # leaves it RUNNING, and a resume runs it again, as after a crash mid-task.
             detail.state = AtomState.SUCCESS
             self._final = index
+        elif (following := self._next_in_chain(index)) is not None:
+            await self._write_with_next(index, following)
         else:
             await self._write(index, AtomState.SUCCESS)
         self._done(index)
         return self._release(index)
+
+    def _next_in_chain(self, index: int) -> int | None:
+        """In a chain, the node that runs right after ``index`` (nothing can come between)."""
+        if not self._chain or self._reverting_all or self._error is not None:
+            return None
+        (following,) = self.nodes[index].succs or (None,)
+        if following is None or self._waiting[following] != 1:
+            return None
+        if self.details[following].state is AtomState.SUCCESS:
+            return None
+        return following
+
+    async def _write_with_next(self, index: int, following: int) -> None:
+        """Save ``index`` SUCCESS and ``following`` RUNNING in one write: in a chain the next
+        step starts at once (a crash between leaves it RUNNING, run again on resume)."""
+        done, starting = self.details[index], self.details[following]
+        old, old_next = done.state, starting.state
+        done.state = AtomState.SUCCESS
+        starting.intention = Intention.EXECUTE
+        starting.result = starting.failure = None
+        starting.revert_failure = starting.revert_result = None
+        starting.meta.pop("seq", None)
+        starting.state = AtomState.RUNNING
+        self.details[index], self.details[following] = await self.store.update_atom_details(
+            self.book_id, self.flow_uuid, [done, starting], token=self.token
+        )
+        self._started = (following, old_next)
+        if old is not AtomState.SUCCESS:
+            await self._emit_atom_state(done.name, AtomState.SUCCESS, old)
 
     @staticmethod
     async def _execute(
@@ -474,12 +511,13 @@ class Runner:
 
     # -- saving ------------------------------------------------------------------------------
 
-    async def _write(self, index: int, state: AtomState, *, saved: bool = False) -> None:
-        """Save atom ``index`` in ``state`` (unless the engine ``saved`` it so already)."""
+    async def _write(self, index: int, state: AtomState, *, saved: AtomState | None = None) -> None:
+        """Save atom ``index`` in ``state``; if it was ``saved`` so ahead, only tell listeners
+        (``saved`` is then the state it had before)."""
         detail = self.details[index]
-        old = AtomState.PENDING if saved else detail.state
+        old = detail.state if saved is None else saved
         detail.state = state
-        if not saved:
+        if saved is None:
             self.details[index] = await self.store.update_atom_detail(
                 self.book_id, self.flow_uuid, detail, token=self.token
             )

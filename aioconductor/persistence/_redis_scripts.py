@@ -17,7 +17,7 @@ Replies: ``{'ok', ...}``, ``{'notfound'}``, ``{'noflow'}``, ``{'lost', stored to
 
 from __future__ import annotations
 
-__all__ = ["DESTROY", "GET", "SAVE_LOGBOOK", "UPDATE_ATOM", "UPDATE_FLOW"]
+__all__ = ["DESTROY", "GET", "SAVE_LOGBOOK", "UPDATE_ATOM", "UPDATE_ATOMS", "UPDATE_FLOW"]
 
 _PRELUDE = """
 local flow_prefix = ARGV[1]
@@ -158,6 +158,31 @@ if redis.call('HEXISTS', book, 'f:' .. ARGV[3]) == 0 then return {'noflow'} end
 local version = tonumber(redis.call('HGET', flow, 'v:' .. ARGV[4]) or '0')
 if version ~= tonumber(ARGV[6]) then return {'conflict', tostring(version)} end
 put_atom(flow, ARGV[4], ARGV[5], tostring(version + 1))
+store_token(book, token)
+return {'ok'}
+"""
+)
+
+#: KEYS = book, flow. ARGV = flow prefix, token, flow uuid, atom count, then per atom: name,
+#: json, version read. Every version is checked before any atom is written. Replies as above,
+#: ``{'conflict', name, stored version}`` naming the stale atom.
+UPDATE_ATOMS = (
+    _PRELUDE
+    + """
+local book, flow = KEYS[1], KEYS[2]
+if redis.call('EXISTS', book) == 0 then return {'notfound'} end
+local token, stored = fenced(book, ARGV[2])
+if not token then return {'lost', stored} end
+if redis.call('HEXISTS', book, 'f:' .. ARGV[3]) == 0 then return {'noflow'} end
+local count = tonumber(ARGV[4])
+for i = 0, count - 1 do
+  local name = ARGV[5 + 3 * i]
+  local current = tonumber(redis.call('HGET', flow, 'v:' .. name) or '0')
+  if current ~= tonumber(ARGV[7 + 3 * i]) then return {'conflict', name, tostring(current)} end
+end
+for i = 0, count - 1 do
+  put_atom(flow, ARGV[5 + 3 * i], ARGV[6 + 3 * i], tostring(tonumber(ARGV[7 + 3 * i]) + 1))
+end
 store_token(book, token)
 return {'ok'}
 """

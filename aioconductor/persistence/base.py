@@ -128,6 +128,36 @@ class Store(Lifecycle):
         self._check_open()
         return await self._update_atom_detail(book_uuid, flow_uuid, atom, token)
 
+    async def update_atom_details(
+        self,
+        book_uuid: str,
+        flow_uuid: str,
+        atoms: Sequence[AtomDetail],
+        *,
+        token: int | None = None,
+    ) -> list[AtomDetail]:
+        """Save several atom details of one flow in one atomic write (the engine saves a
+        task's end and the next task's start together).
+
+        Each is checked as :meth:`update_atom_detail` checks it; if any check fails, nothing
+        is written.
+
+        Returns:
+            The saved atom details, versions bumped, in the order given.
+
+        Raises:
+            LogBookNotFound: no logbook or flow detail has that uuid.
+            VersionConflict: an atom's version is not the stored version.
+            ClaimLost: ``token`` is older than a token that already wrote to this logbook.
+            ConfigurationError: ``atoms`` is empty or names one atom twice.
+        """
+        self._check_open()
+        if not atoms or len({atom.name for atom in atoms}) != len(atoms):
+            raise ConfigurationError("atoms to save must be one or more distinct atoms")
+        if len(atoms) == 1:
+            return [await self._update_atom_detail(book_uuid, flow_uuid, atoms[0], token)]
+        return await self._update_atom_details(book_uuid, flow_uuid, tuple(atoms), token)
+
     async def destroy_logbook(self, book_uuid: str) -> None:
         """Delete a logbook and everything in it.
 
@@ -164,6 +194,11 @@ class Store(Lifecycle):
     async def _update_atom_detail(
         self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None
     ) -> AtomDetail: ...
+
+    @abc.abstractmethod
+    async def _update_atom_details(
+        self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None
+    ) -> list[AtomDetail]: ...
 
     @abc.abstractmethod
     async def _destroy_logbook(self, book_uuid: str) -> None: ...

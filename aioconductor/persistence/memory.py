@@ -130,6 +130,25 @@ class MemoryStore(Store):
         book.token = new_token
         return _copy_atom(saved, saved.version)
 
+    async def _update_atom_details(
+        self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None
+    ) -> list[AtomDetail]:
+        await checkpoint()
+        book = self._book(book_uuid)
+        new_token = check_token(book_uuid, book.token, token)
+        try:
+            flow = book.flows[flow_uuid]
+        except KeyError:
+            raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}") from None
+        for atom in atoms:
+            _check_atom_version(flow, atom)
+        saved = []
+        for atom in atoms:
+            flow.atoms[atom.name] = stored = _copy_atom(atom, atom.version + 1)
+            saved.append(_copy_atom(stored, stored.version))
+        book.token = new_token
+        return saved
+
     async def _destroy_logbook(self, book_uuid: str) -> None:
         await checkpoint()
         self._book(book_uuid)

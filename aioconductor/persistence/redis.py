@@ -88,7 +88,14 @@ class RedisStore(Store):
         client = self._link.client
         self._scripts = {
             name: client.register_script(getattr(lua, name))
-            for name in ("SAVE_LOGBOOK", "GET", "UPDATE_FLOW", "UPDATE_ATOM", "DESTROY")
+            for name in (
+                "SAVE_LOGBOOK",
+                "GET",
+                "UPDATE_FLOW",
+                "UPDATE_ATOM",
+                "UPDATE_ATOMS",
+                "DESTROY",
+            )
         }
 
     @classmethod
@@ -195,6 +202,23 @@ class RedisStore(Store):
             raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}")
         if reply[0] == "conflict":
             check_version(f"atom {atom.name!r}", int(reply[1]), atom.version)
+        self._refused(reply, book_uuid, token)
+        return saved
+
+    async def _update_atom_details(
+        self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None
+    ) -> list[AtomDetail]:
+        saved = [atom.model_copy(update={"version": atom.version + 1}, deep=True) for atom in atoms]
+        args = [_token(token), flow_uuid, str(len(atoms))]
+        for atom, new in zip(atoms, saved, strict=True):
+            args += [atom.name, new.model_dump_json(), str(atom.version)]
+        keys = [self._book_key(book_uuid), self._flow_prefix(book_uuid) + flow_uuid]
+        reply = await self._write("UPDATE_ATOMS", "update_atom_details", keys, book_uuid, args)
+        if reply[0] == "noflow":
+            raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}")
+        if reply[0] == "conflict":
+            given = next(atom.version for atom in atoms if atom.name == reply[1])
+            check_version(f"atom {reply[1]!r}", int(reply[2]), given)
         self._refused(reply, book_uuid, token)
         return saved
 

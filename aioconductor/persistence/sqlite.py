@@ -405,6 +405,35 @@ class SqliteStore(Store):
 
         return await self._write("update_atom_detail", update)
 
+    async def _update_atom_details(
+        self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None
+    ) -> list[AtomDetail]:
+        encoded = [_Atom(atom) for atom in atoms]
+        ns = self.namespace
+
+        def update(conn: sqlite3.Connection) -> list[AtomDetail]:
+            row = conn.execute(
+                "SELECT b.token, f.seq FROM logbooks AS b LEFT JOIN flow_details AS f"
+                " ON f.namespace = b.namespace AND f.book_uuid = b.uuid AND f.uuid = ?"
+                " WHERE b.namespace = ? AND b.uuid = ?",
+                (flow_uuid, ns, book_uuid),
+            ).fetchone()
+            if row is None:
+                raise self._missing(book_uuid)
+            stored_token, flow_seq = row
+            new_token = check_token(book_uuid, stored_token, token)
+            if flow_seq is None:
+                raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}")
+            # In this transaction: a failed check rolls back the atoms written before it.
+            for atom in encoded:
+                self._put_atom(conn, book_uuid, flow_uuid, atom)
+            self._set_token(conn, book_uuid, stored_token, new_token)
+            return [
+                atom.model_copy(update={"version": atom.version + 1}, deep=True) for atom in atoms
+            ]
+
+        return await self._write("update_atom_details", update)
+
     async def _destroy_logbook(self, book_uuid: str) -> None:
         def destroy(conn: sqlite3.Connection) -> None:
             key = (self.namespace, book_uuid)

@@ -117,7 +117,7 @@ def _wrap_store(store: Store, owner: str, writer: HistoryWriter, tokens: dict[st
 
         setattr(store, op, wrapper)
 
-    for op in ("save_logbook", "update_flow_detail", "update_atom_detail"):
+    for op in ("save_logbook", "update_flow_detail", "update_atom_detail", "update_atom_details"):
         wrap(op)
 
 

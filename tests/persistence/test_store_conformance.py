@@ -342,6 +342,48 @@ async def test_a_flow_write_with_atoms_is_fenced_and_needs_a_saved_flow(store: S
     assert await store.get_logbook(book.uuid) == before
 
 
+async def test_several_atoms_are_saved_in_one_write(store: Store) -> None:
+    book = await store.save_logbook(make_book())
+    flow = first_flow(book)
+    done = flow.atoms["atom-0"].model_copy(update={"state": AtomState.SUCCESS, "result": {"r": 1}})
+    new = AtomDetail(name="new", state=AtomState.RUNNING)
+
+    saved = await store.update_atom_details(book.uuid, flow.uuid, [done, new], token=2)
+
+    assert saved == [done.model_copy(update={"version": 1}), new.model_copy(update={"version": 1})]
+    stored = await store.get_logbook(book.uuid)
+    assert list(first_flow(stored).atoms) == ["atom-0", "atom-1", "new"]
+    assert first_flow(stored).atoms["atom-0"] == saved[0]
+    assert first_flow(stored).atoms["new"] == saved[1]
+    assert first_flow(stored).version == 0 and stored.token == 2
+
+
+async def test_several_atoms_with_one_stale_or_a_stale_token_change_nothing(store: Store) -> None:
+    book = await store.save_logbook(make_book(), token=3)
+    flow = first_flow(book)
+    await store.update_atom_detail(book.uuid, flow.uuid, flow.atoms["atom-1"], token=3)
+    before = await store.get_logbook(book.uuid)
+    fresh = flow.atoms["atom-0"].model_copy(update={"result": "fresh"})
+    stale = flow.atoms["atom-1"].model_copy(update={"result": "stale"})
+
+    with pytest.raises(VersionConflict, match="atom-1"):
+        await store.update_atom_details(book.uuid, flow.uuid, [fresh, stale], token=3)
+    with pytest.raises(ClaimLost):
+        await store.update_atom_details(
+            book.uuid, flow.uuid, [fresh, AtomDetail(name="x")], token=2
+        )
+    with pytest.raises(LogBookNotFound):
+        await store.update_atom_details(book.uuid, "no-such-flow", [fresh, AtomDetail(name="x")])
+    with pytest.raises(LogBookNotFound):
+        await store.update_atom_details("no-such-book", flow.uuid, [fresh, AtomDetail(name="x")])
+    with pytest.raises(ConfigurationError):
+        await store.update_atom_details(book.uuid, flow.uuid, [fresh, fresh])
+    with pytest.raises(ConfigurationError):
+        await store.update_atom_details(book.uuid, flow.uuid, [])
+
+    assert await store.get_logbook(book.uuid) == before
+
+
 # -- missing logbooks -----------------------------------------------------------------------------
 
 
@@ -504,6 +546,10 @@ CALLS: list[tuple[str, Callable[[Store], Awaitable[object]]]] = [
     ("get", lambda s: s.get_logbook("x")),
     ("flow", lambda s: s.update_flow_detail("x", FlowDetail(name="f"))),
     ("atom", lambda s: s.update_atom_detail("x", "f", AtomDetail(name="a"))),
+    (
+        "atoms",
+        lambda s: s.update_atom_details("x", "f", [AtomDetail(name="a"), AtomDetail(name="b")]),
+    ),
     ("destroy", lambda s: s.destroy_logbook("x")),
     ("list", lambda s: anext(aiter(s.logbooks()), None)),
 ]
