@@ -17,7 +17,7 @@ Replies: ``{'ok', ...}``, ``{'notfound'}``, ``{'noflow'}``, ``{'lost', stored to
 
 from __future__ import annotations
 
-__all__ = ["DESTROY", "GET", "SAVE_LOGBOOK", "UPDATE_ATOM", "UPDATE_ATOMS", "UPDATE_FLOW"]
+__all__ = ["DESTROY", "GET", "SAVE_LOGBOOK", "UPDATE_ATOMS", "UPDATE_FLOW"]
 
 _PRELUDE = """
 local flow_prefix = ARGV[1]
@@ -45,6 +45,25 @@ end
 local function put_atoms(flow, at, count)
   for i = 0, count - 1 do
     put_atom(flow, ARGV[at + 3 * i], ARGV[at + 3 * i + 1], ARGV[at + 3 * i + 2])
+  end
+end
+
+-- The first of `count` atoms in ARGV from `at` (name, json, version read) whose version read
+-- is not the one stored in flow hash `flow`: its name and stored version; nil if none is.
+local function stale_atom(flow, at, count)
+  for i = 0, count - 1 do
+    local name = ARGV[at + 3 * i]
+    local current = tonumber(redis.call('HGET', flow, 'v:' .. name) or '0')
+    if current ~= tonumber(ARGV[at + 2 + 3 * i]) then return name, tostring(current) end
+  end
+  return nil
+end
+
+-- Write `count` atoms from ARGV at `at` (name, json, version read), each one version up.
+local function put_read_atoms(flow, at, count)
+  for i = 0, count - 1 do
+    local read = tonumber(ARGV[at + 2 + 3 * i])
+    put_atom(flow, ARGV[at + 3 * i], ARGV[at + 1 + 3 * i], tostring(read + 1))
   end
 end
 
@@ -124,17 +143,9 @@ local at = 7 + 3 * tonumber(ARGV[6])
 local updates = tonumber(ARGV[at] or '0')
 if updates > 0 and not known then return {'noflow'} end
 -- Every check before any write: a refused update changes nothing.
-for i = 0, updates - 1 do
-  local name = ARGV[at + 1 + 3 * i]
-  local current = tonumber(redis.call('HGET', flow, 'v:' .. name) or '0')
-  if current ~= tonumber(ARGV[at + 3 + 3 * i]) then
-    return {'atomconflict', name, tostring(current)}
-  end
-end
-for i = 0, updates - 1 do
-  local name, read = ARGV[at + 1 + 3 * i], tonumber(ARGV[at + 3 + 3 * i])
-  put_atom(flow, name, ARGV[at + 2 + 3 * i], tostring(read + 1))
-end
+local stale, current = stale_atom(flow, at + 1, updates)
+if stale then return {'atomconflict', stale, current} end
+put_read_atoms(flow, at + 1, updates)
 redis.call('HSET', flow, 'detail', ARGV[4], 'version', version + 1)
 if not known then
   redis.call('HSET', flow, 'natoms', 0)
@@ -143,23 +154,6 @@ if not known then
 end
 store_token(book, token)
 return {'ok', redis.call('HGETALL', flow)}
-"""
-)
-
-#: KEYS = book, flow. ARGV = flow prefix, token, flow uuid, atom name, json, version read.
-UPDATE_ATOM = (
-    _PRELUDE
-    + """
-local book, flow = KEYS[1], KEYS[2]
-if redis.call('EXISTS', book) == 0 then return {'notfound'} end
-local token, stored = fenced(book, ARGV[2])
-if not token then return {'lost', stored} end
-if redis.call('HEXISTS', book, 'f:' .. ARGV[3]) == 0 then return {'noflow'} end
-local version = tonumber(redis.call('HGET', flow, 'v:' .. ARGV[4]) or '0')
-if version ~= tonumber(ARGV[6]) then return {'conflict', tostring(version)} end
-put_atom(flow, ARGV[4], ARGV[5], tostring(version + 1))
-store_token(book, token)
-return {'ok'}
 """
 )
 
@@ -175,14 +169,9 @@ local token, stored = fenced(book, ARGV[2])
 if not token then return {'lost', stored} end
 if redis.call('HEXISTS', book, 'f:' .. ARGV[3]) == 0 then return {'noflow'} end
 local count = tonumber(ARGV[4])
-for i = 0, count - 1 do
-  local name = ARGV[5 + 3 * i]
-  local current = tonumber(redis.call('HGET', flow, 'v:' .. name) or '0')
-  if current ~= tonumber(ARGV[7 + 3 * i]) then return {'conflict', name, tostring(current)} end
-end
-for i = 0, count - 1 do
-  put_atom(flow, ARGV[5 + 3 * i], ARGV[6 + 3 * i], tostring(tonumber(ARGV[7 + 3 * i]) + 1))
-end
+local stale, current = stale_atom(flow, 5, count)
+if stale then return {'conflict', stale, current} end
+put_read_atoms(flow, 5, count)
 store_token(book, token)
 return {'ok'}
 """

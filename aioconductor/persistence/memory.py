@@ -117,18 +117,8 @@ class MemoryStore(Store):
     async def _update_atom_detail(
         self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None
     ) -> AtomDetail:
-        await checkpoint()
-        book = self._book(book_uuid)
-        new_token = check_token(book_uuid, book.token, token)
-        try:
-            flow = book.flows[flow_uuid]
-        except KeyError:
-            raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}") from None
-        _check_atom_version(flow, atom)
-        saved = _copy_atom(atom, atom.version + 1)
-        flow.atoms[atom.name] = saved
-        book.token = new_token
-        return _copy_atom(saved, saved.version)
+        (saved,) = await self._update_atom_details(book_uuid, flow_uuid, (atom,), token)
+        return saved
 
     async def _update_atom_details(
         self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None

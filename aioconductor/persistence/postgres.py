@@ -109,39 +109,33 @@ _UPDATE_FLOW = """UPDATE {s}.flow_details SET name = $4, state = $5, version = $
     WHERE namespace = $1 AND book_uuid = $2 AND uuid = $3"""
 _ATOMS_OF = """SELECT name, version, detail::text FROM {s}.atom_details
     WHERE namespace = $1 AND book_uuid = $2 AND flow_uuid = $3 ORDER BY seq"""
-# One statement: lock the logbook (its token is read after the lock, so it is current), check
-# token, flow and version, upsert the atom, then raise the logbook's token only if the atom was
-# written. The upsert re-checks the version on the row it conflicts with, so two writers of one
-# version cannot both win. $3 flow, $4 atom name, $5 version read, $6 token, $7 detail.
-_UPDATE_ATOM = """WITH book AS (
-        SELECT token FROM {s}.logbooks WHERE namespace = $1 AND uuid = $2 FOR UPDATE
-    ), flow AS (
-        SELECT 1 FROM {s}.flow_details WHERE namespace = $1 AND book_uuid = $2 AND uuid = $3
-    ), atom AS (
-        SELECT version FROM {s}.atom_details
-        WHERE namespace = $1 AND book_uuid = $2 AND flow_uuid = $3 AND name = $4
-    ), verdict AS (
-        SELECT CASE
-            WHEN NOT EXISTS (SELECT FROM book) THEN 'notfound'
-            WHEN $6::bigint < (SELECT token FROM book) THEN 'lost'
-            WHEN NOT EXISTS (SELECT FROM flow) THEN 'noflow'
-            WHEN coalesce((SELECT version FROM atom), 0) <> $5::integer THEN 'conflict'
-            ELSE 'ok' END AS status
-    ), written AS (
+# Atoms given as three arrays (names, versions read, details; at the parameters each statement
+# names with `_with_atoms`), checked and written by the statements below: `stale` is the first
+# whose version read is not the stored one; the upsert writes them only when the statement's
+# verdict is 'ok', and re-checks the version on the row it conflicts with, so two writers of
+# one version cannot both win. The logbook row is locked first (FOR UPDATE), so the token
+# read is current.
+_GIVEN_ATOMS = """given AS (
+        SELECT x.name, x.version, x.detail, x.n
+        FROM unnest($NAMES::text[], $VERSIONS::integer[], $DETAILS::text[])
+            WITH ORDINALITY AS x(name, version, detail, n)
+    ), stale AS (
+        SELECT g.name, coalesce(a.version, 0) AS stored FROM given AS g
+        LEFT JOIN {s}.atom_details AS a ON a.namespace = $1 AND a.book_uuid = $2
+            AND a.flow_uuid = $3 AND a.name = g.name
+        WHERE coalesce(a.version, 0) <> g.version
+        ORDER BY g.n LIMIT 1
+    )"""
+_WRITE_ATOMS = """atoms_written AS (
         INSERT INTO {s}.atom_details AS a (namespace, book_uuid, flow_uuid, name, version, detail)
-        SELECT $1, $2, $3, $4, $5::integer + 1, $7::json FROM verdict WHERE status = 'ok'
+        SELECT $1, $2, $3, g.name, g.version + 1, g.detail::json FROM given AS g
+        WHERE (SELECT status FROM verdict) = 'ok'
+        ORDER BY g.n
         ON CONFLICT (namespace, book_uuid, flow_uuid, name) DO UPDATE
             SET version = excluded.version, detail = excluded.detail
-            WHERE a.version = $5::integer
-        RETURNING a.version
-    ), fenced AS (
-        UPDATE {s}.logbooks SET token = $6::bigint
-        WHERE namespace = $1 AND uuid = $2 AND EXISTS (SELECT FROM written)
-            AND (token IS NULL OR token < $6::bigint)
-    )
-    SELECT status, (SELECT token FROM book), (SELECT version FROM atom),
-        EXISTS (SELECT FROM written)
-    FROM verdict"""
+            WHERE a.version = excluded.version - 1
+        RETURNING 1
+    )"""
 # The engine's first write of a job, in one statement: a new logbook with its flows and their
 # atoms. Nothing is written if the logbook exists ($7 token; $8-$12 the flows' uuids, names,
 # states, versions and metas; $13-$16 the atoms' flow uuids, names, versions and details); the
@@ -167,28 +161,17 @@ _CREATE_BOOK = """WITH b AS (
         RETURNING 1
     )
     SELECT (SELECT seq FROM b), (SELECT count(*) FROM f)"""
-# A flow's own fields in one statement, when the token and version allow it: the same checks as
-# _UPDATE_ATOM, then the flow's atoms as arrays. A status other than 'ok', or no row written,
-# sends the caller to the general path, which raises the right error. $3 flow, $4 name, $5
-# state, $6 version read, $7 token, $8 meta. $9-$11: atoms to write in the same statement
-# (names, versions read, details; empty arrays for none), all checked before anything is
-# written: a stale one is reported as 'atomconflict' with its name and stored version.
+# A flow's own fields in one statement, when the token and version allow it, then the flow's
+# atoms as arrays. A status other than 'ok', or no row written, sends the caller to the general
+# path, which raises the right error. $3 flow, $4 name, $5 state, $6 version read, $7 token, $8
+# meta; $9-$11 atoms to write in the same statement (empty arrays for none), all checked before
+# anything is written: a stale one is reported as 'atomconflict' with its name and version.
 _UPDATE_FLOW_FAST = """WITH book AS (
         SELECT token FROM {s}.logbooks WHERE namespace = $1 AND uuid = $2 FOR UPDATE
     ), flow AS (
         SELECT version FROM {s}.flow_details
         WHERE namespace = $1 AND book_uuid = $2 AND uuid = $3
-    ), given AS (
-        SELECT x.name, x.version, x.detail, x.n
-        FROM unnest($9::text[], $10::integer[], $11::text[])
-            WITH ORDINALITY AS x(name, version, detail, n)
-    ), stale AS (
-        SELECT g.name, coalesce(a.version, 0) AS stored FROM given AS g
-        LEFT JOIN {s}.atom_details AS a ON a.namespace = $1 AND a.book_uuid = $2
-            AND a.flow_uuid = $3 AND a.name = g.name
-        WHERE coalesce(a.version, 0) <> g.version
-        ORDER BY g.n LIMIT 1
-    ), verdict AS (
+    ), {given}, verdict AS (
         SELECT CASE
             WHEN NOT EXISTS (SELECT FROM book) THEN 'notfound'
             WHEN $7::bigint < (SELECT token FROM book) THEN 'lost'
@@ -196,16 +179,7 @@ _UPDATE_FLOW_FAST = """WITH book AS (
             WHEN (SELECT version FROM flow) <> $6::integer THEN 'conflict'
             WHEN EXISTS (SELECT FROM stale) THEN 'atomconflict'
             ELSE 'ok' END AS status
-    ), atoms_written AS (
-        INSERT INTO {s}.atom_details AS a (namespace, book_uuid, flow_uuid, name, version, detail)
-        SELECT $1, $2, $3, g.name, g.version + 1, g.detail::json FROM given AS g
-        WHERE (SELECT status FROM verdict) = 'ok'
-        ORDER BY g.n
-        ON CONFLICT (namespace, book_uuid, flow_uuid, name) DO UPDATE
-            SET version = excluded.version, detail = excluded.detail
-            WHERE a.version = excluded.version - 1
-        RETURNING 1
-    ), written AS (
+    ), {write}, written AS (
         UPDATE {s}.flow_details SET name = $4, state = $5, version = $6::integer + 1,
             meta = $8::json
         WHERE namespace = $1 AND book_uuid = $2 AND uuid = $3 AND version = $6::integer
@@ -226,45 +200,37 @@ _UPDATE_FLOW_FAST = """WITH book AS (
         (SELECT status FROM verdict), (SELECT token FROM book), (SELECT version FROM flow),
         (SELECT name FROM stale), (SELECT stored FROM stale),
         (SELECT count(*) FROM atoms_written)"""
-# Several atoms of one flow in one statement: the checks of _UPDATE_ATOM for every atom before
-# any is written. $3 flow, $4 token, $5-$7 the atoms' names, versions read and details.
+
+
+def _with_atoms(statement: str, first: int) -> str:
+    """``statement`` with the atom CTEs in, their arrays at parameters ``first`` and on."""
+    given = _GIVEN_ATOMS.replace("$NAMES", f"${first}").replace("$VERSIONS", f"${first + 1}")
+    given = given.replace("$DETAILS", f"${first + 2}")
+    return statement.replace("{given}", given).replace("{write}", _WRITE_ATOMS)
+
+
+_UPDATE_FLOW_FAST = _with_atoms(_UPDATE_FLOW_FAST, 9)
+# Several atoms of one flow in one statement, every one checked before any is written. $3 flow,
+# $4 token, $5-$7 the atoms.
 _UPDATE_ATOMS = """WITH book AS (
         SELECT token FROM {s}.logbooks WHERE namespace = $1 AND uuid = $2 FOR UPDATE
     ), flow AS (
         SELECT 1 FROM {s}.flow_details WHERE namespace = $1 AND book_uuid = $2 AND uuid = $3
-    ), given AS (
-        SELECT x.name, x.version, x.detail, x.n
-        FROM unnest($5::text[], $6::integer[], $7::text[])
-            WITH ORDINALITY AS x(name, version, detail, n)
-    ), stale AS (
-        SELECT g.name, coalesce(a.version, 0) AS stored FROM given AS g
-        LEFT JOIN {s}.atom_details AS a ON a.namespace = $1 AND a.book_uuid = $2
-            AND a.flow_uuid = $3 AND a.name = g.name
-        WHERE coalesce(a.version, 0) <> g.version
-        ORDER BY g.n LIMIT 1
-    ), verdict AS (
+    ), {given}, verdict AS (
         SELECT CASE
             WHEN NOT EXISTS (SELECT FROM book) THEN 'notfound'
             WHEN $4::bigint < (SELECT token FROM book) THEN 'lost'
             WHEN NOT EXISTS (SELECT FROM flow) THEN 'noflow'
-            WHEN EXISTS (SELECT FROM stale) THEN 'conflict'
+            WHEN EXISTS (SELECT FROM stale) THEN 'atomconflict'
             ELSE 'ok' END AS status
-    ), written AS (
-        INSERT INTO {s}.atom_details AS a (namespace, book_uuid, flow_uuid, name, version, detail)
-        SELECT $1, $2, $3, g.name, g.version + 1, g.detail::json FROM given AS g
-        WHERE (SELECT status FROM verdict) = 'ok'
-        ORDER BY g.n
-        ON CONFLICT (namespace, book_uuid, flow_uuid, name) DO UPDATE
-            SET version = excluded.version, detail = excluded.detail
-            WHERE a.version = excluded.version - 1
-        RETURNING 1
-    ), fenced AS (
+    ), {write}, fenced AS (
         UPDATE {s}.logbooks SET token = $4::bigint
-        WHERE namespace = $1 AND uuid = $2 AND EXISTS (SELECT FROM written)
+        WHERE namespace = $1 AND uuid = $2 AND EXISTS (SELECT FROM atoms_written)
             AND (token IS NULL OR token < $4::bigint)
     )
     SELECT (SELECT status FROM verdict), (SELECT token FROM book), (SELECT name FROM stale),
-        (SELECT stored FROM stale), (SELECT count(*) FROM written)"""
+        (SELECT stored FROM stale), (SELECT count(*) FROM atoms_written)"""
+_UPDATE_ATOMS = _with_atoms(_UPDATE_ATOMS, 5)
 _DESTROY = "DELETE FROM {s}.logbooks WHERE namespace = $1 AND uuid = $2 RETURNING seq"
 # A logbook (or a page of them) with every flow and atom, in one statement, so one snapshot.
 # Rows: (kind, seq, key, parent, name, created_at, updated_at, data, token, state, version);
@@ -622,17 +588,10 @@ class PostgresStore(Store):
         written, names, versions, texts, status, stored_token, stored_version = row[:7]
         stale_name, stale_version, atoms_written = row[7:]
         if atoms and not (written and atoms_written == len(atoms)):
-            if status == "notfound":
-                raise self._missing(book_uuid)
-            if status == "lost":
-                check_token(book_uuid, stored_token, token)  # raises ClaimLost
-            if status == "noflow":
-                raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow.uuid!r}")
             if status == "conflict":
                 check_version(f"flow {flow.name!r}", stored_version, flow.version)
-            if status == "atomconflict":
-                given = next(atom.version for atom in atoms if atom.name == stale_name)
-                check_version(f"atom {stale_name!r}", stale_version, given)
+            refusal = (status, stored_token, stale_name, stale_version)
+            self._refused(refusal, book_uuid, flow.uuid, token, atoms)
             # Only two writers holding one token can race past the checks (the engine never
             # does): say so rather than return what may not be stored.
             raise VersionConflict(f"flow {flow.name!r}: written concurrently")
@@ -656,29 +615,8 @@ class PostgresStore(Store):
     async def _update_atom_detail(
         self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None
     ) -> AtomDetail:
-        if "\x00" in book_uuid:
-            raise self._missing(book_uuid)
-        if "\x00" in flow_uuid:
-            raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}")
-        refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
-        detail = _atom_json(atom)
-        statement = self._sql(_UPDATE_ATOM)
-        args = (self.namespace, book_uuid, flow_uuid, atom.name, atom.version, token, detail)
-        status, stored_token, stored_version, written = await self._link.call(
-            "update_atom_detail", lambda conn: conn.fetchrow(statement, *args)
-        )
-        if status == "notfound":
-            raise self._missing(book_uuid)
-        if status == "lost":
-            check_token(book_uuid, stored_token, token)  # raises ClaimLost
-        if status == "noflow":
-            raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}")
-        what = f"atom {atom.name!r}"
-        if status == "conflict":
-            check_version(what, stored_version or 0, atom.version)  # raises VersionConflict
-        if not written:
-            raise VersionConflict(f"{what}: version {atom.version} was written concurrently")
-        return atom.model_copy(update={"version": atom.version + 1}, deep=True)
+        (saved,) = await self._update_atom_details(book_uuid, flow_uuid, (atom,), token)
+        return saved
 
     async def _update_atom_details(
         self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None
@@ -699,23 +637,36 @@ class PostgresStore(Store):
             [_atom_json(atom) for atom in atoms],
         )
         statement = self._sql(_UPDATE_ATOMS)
-        status, stored_token, stale_name, stale_version, written = await self._link.call(
+        row = await self._link.call(
             "update_atom_details", lambda conn: conn.fetchrow(statement, *args)
         )
+        self._refused(row[:4], book_uuid, flow_uuid, token, atoms)
+        if row[4] != len(atoms):
+            # Only two writers holding one token can race past the checks (the engine never
+            # does): say so rather than report what may not be stored.
+            raise VersionConflict(f"atoms of flow {flow_uuid!r}: written concurrently")
+        return [atom.model_copy(update={"version": atom.version + 1}, deep=True) for atom in atoms]
+
+    def _refused(
+        self,
+        refusal: Sequence[Any],
+        book_uuid: str,
+        flow_uuid: str,
+        token: int | None,
+        atoms: Sequence[AtomDetail],
+    ) -> None:
+        """Raise what a statement's verdict on writing ``atoms`` stands for (nothing when
+        it said 'ok'): ``refusal`` is (status, stored token, stale atom, its stored version)."""
+        status, stored_token, stale_name, stale_version = refusal
         if status == "notfound":
             raise self._missing(book_uuid)
         if status == "lost":
             check_token(book_uuid, stored_token, token)  # raises ClaimLost
         if status == "noflow":
             raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}")
-        if status == "conflict":
+        if status == "atomconflict":
             given = next(atom.version for atom in atoms if atom.name == stale_name)
             check_version(f"atom {stale_name!r}", stale_version, given)
-        if written != len(atoms):
-            # Only two writers holding one token can race past the checks (the engine never
-            # does): say so rather than report what may not be stored.
-            raise VersionConflict(f"atoms of flow {flow_uuid!r}: written concurrently")
-        return [atom.model_copy(update={"version": atom.version + 1}, deep=True) for atom in atoms]
 
     async def _destroy_logbook(self, book_uuid: str) -> None:
         if "\x00" in book_uuid:

@@ -92,7 +92,6 @@ class RedisStore(Store):
                 "SAVE_LOGBOOK",
                 "GET",
                 "UPDATE_FLOW",
-                "UPDATE_ATOM",
                 "UPDATE_ATOMS",
                 "DESTROY",
             )
@@ -183,26 +182,14 @@ class RedisStore(Store):
         reply = await self._write("UPDATE_FLOW", "update_flow_detail", keys, book_uuid, args)
         if reply[0] == "conflict":
             check_version(f"flow {flow.name!r}", int(reply[1]), flow.version)
-        if reply[0] == "noflow":
-            raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow.uuid!r}")
-        if reply[0] == "atomconflict":
-            given = next(atom.version for atom in atoms if atom.name == reply[1])
-            check_version(f"atom {reply[1]!r}", int(reply[2]), given)
+        _refused_atoms(reply, book_uuid, flow.uuid, atoms, stale="atomconflict")
         self._refused(reply, book_uuid, token)
         return _flow(_pairs(reply[1]))
 
     async def _update_atom_detail(
         self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None
     ) -> AtomDetail:
-        saved = atom.model_copy(update={"version": atom.version + 1}, deep=True)
-        args = [_token(token), flow_uuid, atom.name, saved.model_dump_json(), str(atom.version)]
-        keys = [self._book_key(book_uuid), self._flow_prefix(book_uuid) + flow_uuid]
-        reply = await self._write("UPDATE_ATOM", "update_atom_detail", keys, book_uuid, args)
-        if reply[0] == "noflow":
-            raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}")
-        if reply[0] == "conflict":
-            check_version(f"atom {atom.name!r}", int(reply[1]), atom.version)
-        self._refused(reply, book_uuid, token)
+        (saved,) = await self._update_atom_details(book_uuid, flow_uuid, (atom,), token)
         return saved
 
     async def _update_atom_details(
@@ -214,11 +201,7 @@ class RedisStore(Store):
             args += [atom.name, new.model_dump_json(), str(atom.version)]
         keys = [self._book_key(book_uuid), self._flow_prefix(book_uuid) + flow_uuid]
         reply = await self._write("UPDATE_ATOMS", "update_atom_details", keys, book_uuid, args)
-        if reply[0] == "noflow":
-            raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}")
-        if reply[0] == "conflict":
-            given = next(atom.version for atom in atoms if atom.name == reply[1])
-            check_version(f"atom {reply[1]!r}", int(reply[2]), given)
+        _refused_atoms(reply, book_uuid, flow_uuid, atoms, stale="conflict")
         self._refused(reply, book_uuid, token)
         return saved
 
@@ -242,6 +225,23 @@ class RedisStore(Store):
     async def _uuids(self, start: int) -> list[str]:
         key = self._prefix + "books"
         return cast(list[str], await self._link.client.zrange(key, start, start + _CHUNK - 1))
+
+
+def _refused_atoms(
+    reply: Sequence[Any],
+    book_uuid: str,
+    flow_uuid: str,
+    atoms: Sequence[AtomDetail],
+    *,
+    stale: str,
+) -> None:
+    """Raise what a script's refusal of ``atoms`` stands for: no such flow, or the atom it
+    names (reply ``{stale, name, stored version}``) was stale."""
+    if reply[0] == "noflow":
+        raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}")
+    if reply[0] == stale:
+        given = next(atom.version for atom in atoms if atom.name == reply[1])
+        check_version(f"atom {reply[1]!r}", int(reply[2]), given)
 
 
 def _flow_detail(flow: FlowDetail) -> str:
