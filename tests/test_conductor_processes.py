@@ -1,4 +1,5 @@
-"""Conductors in real processes on a SQLite board: killed mid-flow, and killed by poison jobs."""
+"""Conductors in real processes: killed mid-flow (SQLite, Kafka), killed by poison jobs (SQLite),
+and many sharing one board, each job run exactly once (Redis, PostgreSQL, Kafka)."""
 
 from __future__ import annotations
 
@@ -163,31 +164,51 @@ def _postgres_url() -> tuple[str, Callable[[], Awaitable[None]]]:
     return url(schema, "procs", pool_max="4"), lambda: drop_schemas(schema)
 
 
-#: Server backends on which board and store share one URL, with a cleanup of their data.
-SERVER_BACKENDS = {"redis": _redis_url, "postgres": _postgres_url}
+def _kafka_url() -> tuple[str, Callable[[], Awaitable[None]]]:
+    from tests.kafka_helpers import kafka_url, require_kafka, unique_topic
+
+    require_kafka()
+
+    async def cleanup() -> None:
+        """Every test has topics of its own on a broker that keeps them in memory."""
+
+    return kafka_url(unique_topic("procs"), "procs"), cleanup
+
+
+#: Server backends whose board is shared by the processes, with a cleanup of their data.
+SERVER_BACKENDS = {"redis": _redis_url, "postgres": _postgres_url, "kafka": _kafka_url}
+#: Where a board keeps no flow progress, each process has a memory store (the flow needs none).
+_STORES = {"kafka": "memory://"}
+#: Every Kafka process folds the whole state log: four of them are enough on a small machine.
+_PROCESSES = {"kafka": 4}
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     "backend", [pytest.param(name, marks=getattr(pytest.mark, name)) for name in SERVER_BACKENDS]
 )
-async def test_eight_conductor_processes_run_each_job_exactly_once(
+async def test_conductor_processes_share_a_board_and_run_each_job_exactly_once(
     backend: str, tmp_path: Path
 ) -> None:
     board_url, cleanup = SERVER_BACKENDS[backend]()
+    store_url = _STORES.get(backend)
+    count = _PROCESSES.get(backend, 8)
     record = tmp_path / "record.txt"
     jobs = 5000
     try:
         async with open_board(board_url) as board:
-            for key in range(jobs):
-                await board.post(f"t{key}", "tally", {"key": key, "record": str(record)})
+            for first in range(0, jobs, 500):
+                keys = range(first, min(jobs, first + 500))
+                await board.post_many("tally", [{"key": k, "record": str(record)} for k in keys])
             processes = [
                 await anyio.open_process(
-                    conductor_command(board_url, "--concurrency", "16", "--name", f"proc-{n}"),
+                    conductor_command(
+                        board_url, "--concurrency", "16", "--name", f"proc-{n}", store=store_url
+                    ),
                     cwd=REPO,
                     stderr=subprocess.DEVNULL,
                 )
-                for n in range(8)
+                for n in range(count)
             ]
             try:
                 with anyio.fail_after(240):
@@ -202,7 +223,7 @@ async def test_eight_conductor_processes_run_each_job_exactly_once(
             finished = [job async for job in board.iterjobs()]
     finally:
         await cleanup()
-    assert [p.returncode for p in processes] == [0] * 8  # SIGTERM drains, then exits 0
+    assert [p.returncode for p in processes] == [0] * count  # SIGTERM drains, then exits 0
     assert len(finished) == jobs
     assert all(job.state is JobState.COMPLETE and job.attempts == 1 for job in finished)
     executions = lines(record)

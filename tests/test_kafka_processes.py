@@ -1,9 +1,9 @@
 """Conductors in real processes on a Kafka board (the Tansu test broker).
 
-Four conductors share 5,000 jobs (each runs exactly once); a conductor stopped mid-run hands
-its jobs over; a poison job ends on the dead-letter topic. (A conductor killed after its flow
-ran but before it consumed the job, resumed from the store by another: the Kafka case of
-``tests/test_conductor_processes.py``.)
+A conductor stopped mid-run hands its jobs over; a poison job ends on the dead-letter topic. The
+Kafka cases of ``tests/test_conductor_processes.py`` cover the rest: conductor processes sharing
+5,000 jobs (each runs exactly once), and a conductor killed after its flow ran but before it
+consumed the job, resumed from the store by another.
 """
 
 from __future__ import annotations
@@ -38,61 +38,15 @@ def board_url(prefix: str) -> str:
     return kafka_url(unique_topic(prefix), "procs")
 
 
-async def post_many(board: object, count: int, flow: str, args: dict[str, object]) -> None:
-    """Post ``count`` jobs, 200 at a time (a post waits for the log; many share a round trip)."""
-    assert hasattr(board, "post")
-
-    async def post_range(start: int, stop: int) -> None:
-        for key in range(start, stop):
-            await board.post(f"t{key}", flow, {**args, "key": key})
-
-    step = count // 200 or 1
-    async with anyio.create_task_group() as tg:
-        for start in range(0, count, step):
-            tg.start_soon(post_range, start, min(count, start + step))
-
-
-@pytest.mark.timeout(120)
-async def test_four_conductor_processes_run_each_job_exactly_once(tmp_path: Path) -> None:
-    url = board_url("procs")
-    record = tmp_path / "record.txt"
-    jobs = 5000
-    async with open_board(url) as board:
-        await post_many(board, jobs, "tally", {"record": str(record)})
-        processes = [
-            await anyio.open_process(
-                conductor_command(url, "memory://", "--concurrency", "64", "--name", f"p{n}"),
-                cwd=REPO,
-                stderr=subprocess.DEVNULL,
-            )
-            for n in range(4)
-        ]
-        try:
-            with anyio.fail_after(60):
-                while await board.job_count(state=JobState.COMPLETE) < jobs:
-                    await anyio.sleep(0.2)
-        finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                with anyio.fail_after(30):
-                    await process.wait()
-        finished = [job async for job in board.iterjobs()]
-    assert [p.returncode for p in processes] == [0] * 4  # SIGTERM drains, then exits 0
-    assert len(finished) == jobs
-    assert all(job.state is JobState.COMPLETE and job.attempts == 1 for job in finished)
-    keys = [int(line.split()[0]) for line in lines(record)]
-    assert sorted(keys) == list(range(jobs))  # each job's task ran exactly once
-    assert len({line.split()[1] for line in lines(record)}) >= 2  # the work was shared
-
-
 @pytest.mark.timeout(120)
 async def test_a_conductor_killed_mid_run_hands_its_jobs_to_the_others(tmp_path: Path) -> None:
     url = board_url("handover")
     record = tmp_path / "record.txt"
     jobs = 400
     async with open_board(url) as board:
-        await post_many(board, jobs, "sleepy", {"record": str(record), "seconds": 0.05})
+        await board.post_many(
+            "sleepy", [{"record": str(record), "seconds": 0.05, "key": k} for k in range(jobs)]
+        )
         processes = [
             await anyio.open_process(
                 conductor_command(

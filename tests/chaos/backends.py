@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -17,6 +20,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
+from .proxy import ChaosProxy, KafkaChaosProxy
 
 T = TypeVar("T")
 
@@ -41,12 +46,17 @@ class Target:
     #: Kills the server side of the library's connections; returns how many.
     kill_connections: Callable[[], Awaitable[int]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The proxy that can sit in front of the server (Kafka's rewrites advertised addresses).
+    proxy: type[ChaosProxy] = ChaosProxy
 
     def through(self, host: str, port: int) -> Target:
-        """This target reached through ``host:port`` (a proxy) instead of the server."""
+        """This target reached through ``host:port`` (a proxy) instead of the server (a URL
+        without a host, such as a SQLite store's, stays as it is)."""
 
         def swap(url: str) -> str:
             parts = urlsplit(url)
+            if not parts.hostname:
+                return url
             netloc = parts.netloc.rsplit("@", 1)
             userinfo = f"{netloc[0]}@" if len(netloc) == 2 else ""
             return urlunsplit(parts._replace(netloc=f"{userinfo}{host}:{port}"))
@@ -128,6 +138,84 @@ async def _postgres(tmp_path: Path) -> AsyncIterator[Target]:
         await drop_schemas(schema)
 
 
+def _children_connections(server: tuple[str, int]) -> list[int]:
+    """The local ports of the TCP connections to ``server``'s port made by this process's child
+    processes (the conductors; not this process's own board)."""
+    listing = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( dport = :{server[1]} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    ports = []
+    for line in listing.splitlines():
+        fields = line.split()
+        pids = {int(pid) for pid in re.findall(r"pid=(\d+)", line)}
+        if len(fields) >= 3 and any(_parent(pid) == os.getpid() for pid in pids):
+            ports.append(int(fields[2].rsplit(":", 1)[1]))
+    return ports
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+async def kill_server_sockets(server: tuple[str, int]) -> int:
+    """Reset the conductor processes' connections to ``server`` as if the server dropped them;
+    how many were reset.
+
+    ``ss -K`` makes the kernel destroy a socket (and send a reset to its peer). The server's side
+    is destroyed when the server runs on this machine, else the conductors' side.
+    """
+    import anyio
+
+    from tests.conftest import service_missing
+
+    if shutil.which("ss") is None:
+        service_missing("the ss command (iproute2), to kill connections to Kafka")
+    ports = await anyio.to_thread.run_sync(_children_connections, server)
+    if not ports:
+        return 0
+    clients = " or ".join(f"{{side}} = :{port}" for port in ports)
+    killed = 0
+    for here, there in (("sport", "dport"), ("dport", "sport")):
+        expression = f"( {here} = :{server[1]} ) and ( {clients.format(side=there)} )"
+        done = await anyio.run_process(["ss", "-K", "-Htn", expression])
+        # ss prints the sockets it destroyed, and skips silently those it could not.
+        killed = len(done.stdout.decode().splitlines())
+        if killed:
+            break
+    return killed
+
+
+@contextlib.asynccontextmanager
+async def _kafka(tmp_path: Path) -> AsyncIterator[Target]:
+    from tests.kafka_helpers import kafka_url, require_kafka, unique_topic
+
+    # Topics of this scenario's own on the test broker (started once per test process).
+    host, _, port = require_kafka().split(",")[0].rpartition(":")
+    server = (host, int(port))
+    # Kafka has no store: the conductors (all on this machine) share a SQLite file. So the chaos
+    # proxy and the connection kills reach the board's traffic only, not the store's.
+    store_url = f"sqlite:///{tmp_path / f'chaos-store-{uuid.uuid4().hex[:8]}.db'}?namespace=chaos"
+
+    async def kill() -> int:
+        return await kill_server_sockets(server)
+
+    yield Target(
+        "kafka",
+        kafka_url(unique_topic("chaos"), "chaos"),
+        store_url,
+        server,
+        kill,
+        proxy=KafkaChaosProxy,
+    )
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -144,11 +232,7 @@ BACKENDS = [
     Backend("sqlite", _sqlite, processes=True, network=False),
     Backend("redis", _redis, processes=True, network=True, marks=(pytest.mark.redis,)),
     Backend("postgres", _postgres, processes=True, network=True, marks=(pytest.mark.postgres,)),
-    # Kafka joins here: Backend("kafka", _kafka, processes=True, network=True,
-    # marks=(pytest.mark.kafka,)), where _kafka yields a Target with the test broker's board URL
-    # (tests/kafka_helpers.py), a store URL of another backend (Kafka has no store: a SQLite
-    # file under tmp_path will do), the broker's address for the proxy and, if it can, a hook
-    # that kills the library's connections.
+    Backend("kafka", _kafka, processes=True, network=True, marks=(pytest.mark.kafka,)),
 ]
 BY_NAME = {backend.name: backend for backend in BACKENDS}
 

@@ -2,10 +2,12 @@
 
 - A private ``redis-server`` (AOF, ``appendfsync always``) on a free loopback port, SIGKILLed
   and restarted mid-run.
-- The library's server connections killed mid-run (``pg_terminate_backend``, ``CLIENT KILL``).
+- The library's server connections killed mid-run (``pg_terminate_backend``, ``CLIENT KILL``;
+  for Kafka, whose broker cannot drop a client, ``ss -K`` of the broker's sockets).
 - Network faults through :class:`tests.chaos.proxy.ChaosProxy`: latency, reset, half-close and a
   blackhole longer than the lease, between one conductor and its server while another conductor
-  reaches the server directly.
+  reaches the server directly (for Kafka, a proxy that rewrites the broker's advertised address,
+  so the conductor stays behind it).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .cluster import (
     wait_finished,
 )
 from .history import load
-from .proxy import ChaosProxy
+from .proxy import KafkaChaosProxy
 
 pytestmark = [pytest.mark.chaos]
 
@@ -186,6 +188,28 @@ async def test_killed_server_connections_lose_no_job(backend: str, tmp_path: Pat
 # -- network faults through the proxy -------------------------------------------------------------
 
 
+@pytest.mark.kafka
+@pytest.mark.timeout(60)
+async def test_the_kafka_proxy_keeps_a_client_behind_it(tmp_path: Path) -> None:
+    """A Kafka client connects to the broker addresses it is told: the proxy must rewrite them,
+    or its faults would miss every connection but the bootstrap one."""
+    async with BY_NAME["kafka"].open(tmp_path) as target:
+        assert target.server is not None
+        async with KafkaChaosProxy(target.server) as proxy:
+            behind = target.through("127.0.0.1", proxy.port)
+            async with open_board(behind.board_url) as board:
+                await post_jobs(board, 1, prefix="proxied")
+                assert await board.claim_next("me") is not None
+                assert proxy.rewritten > 0 and proxy.leaks == 0
+                proxy.blackhole()
+                with anyio.move_on_after(1.5) as cut_off:
+                    await board.job_count()  # a sync record: a produce and a fetch
+                assert cut_off.cancelled_caught, "the board reached the broker around the proxy"
+                proxy.heal()
+                with anyio.fail_after(10):
+                    assert await board.job_count() == 1
+
+
 @pytest.mark.timeout(scale(120, 600))
 @pytest.mark.parametrize("backend", backend_params(processes=True, network=True))
 async def test_network_faults_lose_no_job_and_fence_the_partitioned(
@@ -195,7 +219,7 @@ async def test_network_faults_lose_no_job_and_fence_the_partitioned(
     folder = history_folder(tmp_path)
     async with BY_NAME[backend].open(tmp_path) as target:
         assert target.server is not None
-        async with ChaosProxy(target.server) as proxy, open_board(target.board_url) as board:
+        async with target.proxy(target.server) as proxy, open_board(target.board_url) as board:
             await post_jobs(board, jobs, prefix="net", args={"work": 0.05}, max_attempts=30)
             # p0 reaches the server through the proxy, p1 directly: while p0 is cut off, p1
             # takes over its jobs; when p0 is back, its writes must be refused.
@@ -243,6 +267,7 @@ async def test_network_faults_lose_no_job_and_fence_the_partitioned(
     assert result.figures["lost"] == 0 and result.figures["consumed"] == jobs
     assert result.figures["stale_accepted"] == 0 and result.figures["consumed_twice"] == 0
     assert proxy.resets > 0
+    assert proxy.leaks == 0, "the proxy let the conductor reach the server around it"
     assert codes == [0, 0], "a conductor did not drain and exit after the faults"
     if left_at_heal > 40:
         # Recovery without human action: the partitioned conductor works again.

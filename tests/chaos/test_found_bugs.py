@@ -4,7 +4,9 @@ The first two come from one shape of fault the network scenarios produce: a rene
 neither succeeds nor fails for a while, because its connection went silent (a partition; the
 PostgreSQL pool sets no client-side ``command_timeout``, so a renewal can wait for as long as the
 partition lasts). Another showed up as ``lease_lost`` events for jobs their own run consumed;
-and the last came from the payload fuzz.
+another came from the payload fuzz. The Kafka one (a board that stops reading its state topic
+once it holds a few thousand batches) came from the full SIGKILL scenario on Kafka, run on a
+faster reader that is not on main; it guards the next one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ from typing import Any
 import anyio
 import pytest
 
-from aioconductor import Conductor, FlowRegistry, JobState, PayloadError, linear, task
+from aioconductor import (
+    Conductor,
+    FlowRegistry,
+    JobState,
+    PayloadError,
+    linear,
+    open_board,
+    task,
+)
 from aioconductor.boards.memory import MemoryJobBoard
 from aioconductor.models import Claim
 from aioconductor.persistence.memory import MemoryStore
@@ -180,3 +190,36 @@ async def test_a_job_consumed_by_its_run_is_never_reported_as_a_lost_lease() -> 
                 conductor.stop()
     assert conductor.stats.consumed == 2
     assert lost == [] and conductor.stats.lease_lost == 0
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+async def test_a_kafka_board_keeps_reading_its_state_topic_past_a_few_thousand_batches() -> None:
+    """Found by the full SIGKILL scenario on Kafka, in a faster reader of the state topic (kept
+    off main, on the ``kafka-fetch-reader`` branch): the harness's board stalled while posting
+    its 5,000 jobs one by one, with ``the state topic did not deliver offset 2800 within 30 s``.
+
+    That reader's catch-up fetch asked the broker to wait 1 ms. Tansu (0.6, memory storage)
+    takes longer to find a fetch's records the more batches the partition holds (about 0.5 ms
+    per 1,000 batches here), and answers empty when the wait ends first: past about 2,000
+    batches every 1 ms fetch came back empty, and a verb waiting for its own record never saw
+    it. Main's reader (the consumer, ``fetch_wait_ms=10`` in the tests) passes; this guards
+    whichever reader comes next.
+    """
+    from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+
+    from tests.kafka_helpers import kafka_url, require_kafka, unique_topic
+
+    async with open_board(kafka_url(unique_topic("bigstate"), "bugs")) as board:
+        producer = AIOKafkaProducer(bootstrap_servers=require_kafka(), enable_idempotence=False)
+        await producer.start()
+        try:
+            # 3,000 batches of one record each (the fold skips sync records), as 3,000 verbs
+            # of a busy board would write.
+            for _ in range(3000):
+                await producer.send_and_wait(board.state_topic, b'{"op":"sync"}', key=b"~sync")
+        finally:
+            await producer.stop()
+        with anyio.fail_after(10):
+            await board.post("after", "f")
+            assert await board.job_count() == 1
