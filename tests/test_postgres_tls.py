@@ -110,35 +110,47 @@ def _refusal_text(error: BaseException, caplog: pytest.LogCaptureFixture) -> str
     return "".join(traceback.format_exception(error)) + repr(error) + caplog.text
 
 
+async def _refused_open(
+    server: PrivatePostgres,
+    kind: str,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
+    **options: str,
+) -> BackendUnavailable:
+    """Open a board or store on ``server`` with ``options``: the refusal, checked to have come
+    promptly, leak no password, and leave nothing behind."""
+    caplog.set_level(logging.DEBUG)
+    url = _url(server, namespace, **options)
+    with anyio.fail_after(15), pytest.raises(BackendUnavailable) as refused:
+        async with OPENERS[kind](url):
+            pytest.fail(f"opened a connection with {options}")
+    assert server.password and server.password not in _refusal_text(refused.value, caplog)
+    assert await _footprint(server, namespace) == (0, 0)
+    return refused.value
+
+
 @pytest.mark.parametrize("kind", OPENERS)
 async def test_a_server_signed_by_another_ca_is_refused(
     tls_server: PrivatePostgres, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)
-    namespace = f"tls_other_ca_{kind}"
-    url = _url(
-        tls_server, namespace, sslmode="verify-full", sslrootcert=_ca(tls_server, "other_ca")
+    other_ca = _ca(tls_server, "other_ca")
+    refused = await _refused_open(
+        tls_server,
+        kind,
+        f"tls_other_ca_{kind}",
+        caplog,
+        sslmode="verify-full",
+        sslrootcert=other_ca,
     )
-    with anyio.fail_after(15), pytest.raises(BackendUnavailable) as refused:
-        async with OPENERS[kind](url):
-            pytest.fail("opened a connection to a server no trusted CA signed")
-    message = str(refused.value)
-    assert "certificate verify failed" in message
-    assert f"postgres:***@127.0.0.1:{tls_server.port}" in message  # names the server, redacted
-    assert tls_server.password and tls_server.password not in _refusal_text(refused.value, caplog)
-    assert await _footprint(tls_server, namespace) == (0, 0)
+    assert "certificate verify failed" in str(refused)
+    assert f"postgres:***@127.0.0.1:{tls_server.port}" in str(refused)  # the server, redacted
 
 
 @pytest.mark.parametrize("kind", OPENERS)
 async def test_a_connection_without_tls_is_refused(
     tls_server: PrivatePostgres, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)
-    namespace = f"tls_disabled_{kind}"
-    url = _url(tls_server, namespace, sslmode="disable")
-    with anyio.fail_after(15), pytest.raises(BackendUnavailable) as refused:
-        async with OPENERS[kind](url):
-            pytest.fail("opened a connection without TLS to a TLS-only server")
-    assert "no encryption" in str(refused.value)  # the server's pg_hba.conf refusal
-    assert tls_server.password and tls_server.password not in _refusal_text(refused.value, caplog)
-    assert await _footprint(tls_server, namespace) == (0, 0)
+    refused = await _refused_open(
+        tls_server, kind, f"tls_disabled_{kind}", caplog, sslmode="disable"
+    )
+    assert "no encryption" in str(refused)  # the server's pg_hba.conf refusal
