@@ -268,7 +268,7 @@ class PostgresLink:
 
         The call's outcome is what its statements got from the server, never what returning
         the connection to the pool did: asyncpg resets the connection there (``ROLLBACK`` if
-        a transaction is open; see :func:`_keep_session`), and when the server ended the
+        a transaction is open; see :meth:`_reset_connection`), and when the server ended the
         session meanwhile (a restart, ``pg_terminate_backend``) that reset fails, terminates
         the connection and raises. A call that had its reply has done its work (committed,
         or rolled back by the server), so that late error is only logged; raised, it would
