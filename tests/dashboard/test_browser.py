@@ -27,11 +27,20 @@ async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     return await anyio.to_thread.run_sync(fn, *args)
 
 
-def wait_text(driver: Any, element_id: str, expected: str, timeout: float = 15) -> None:
-    from selenium.webdriver.common.by import By
+def _wait(driver: Any, timeout: float) -> Any:
+    """A wait that polls through a live update replacing the element it read (stale)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, timeout, poll_frequency=0.1).until(
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    )
+
+
+def wait_text(driver: Any, element_id: str, expected: str, timeout: float = 15) -> None:
+    from selenium.webdriver.common.by import By
+
+    _wait(driver, timeout).until(
         lambda d: d.find_element(By.ID, element_id).text.strip() == expected,
         message=f"#{element_id} never read {expected!r}",
     )
@@ -39,9 +48,8 @@ def wait_text(driver: Any, element_id: str, expected: str, timeout: float = 15) 
 
 def wait_contains(driver: Any, element_id: str, expected: str, timeout: float = 15) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, timeout, poll_frequency=0.1).until(
+    _wait(driver, timeout).until(
         lambda d: expected in d.find_element(By.ID, element_id).text,
         message=f"#{element_id} never showed {expected!r}",
     )
