@@ -220,10 +220,7 @@ class Runner:
         node = self.nodes[index]
         task = node.atom
         assert isinstance(task, Task)
-        detail = self.details[index]
-        detail.intention = Intention.EXECUTE
-        detail.result = detail.failure = detail.revert_failure = detail.revert_result = None
-        detail.meta.pop("seq", None)
+        _ready_to_run(self.details[index])
         self._active.add(index)
         ahead, self._started = self._started, None
         if ahead is not None and ahead[0] == index:
@@ -284,10 +281,7 @@ class Runner:
         done, starting = self.details[index], self.details[following]
         old, old_next = done.state, starting.state
         done.state = AtomState.SUCCESS
-        starting.intention = Intention.EXECUTE
-        starting.result = starting.failure = None
-        starting.revert_failure = starting.revert_result = None
-        starting.meta.pop("seq", None)
+        _ready_to_run(starting)
         starting.state = AtomState.RUNNING
         self.details[index], self.details[following] = await self.store.update_atom_details(
             self.book_id, self.flow_uuid, [done, starting], token=self.token
@@ -536,6 +530,13 @@ class Runner:
                     "old_state": old,
                 },
             )
+
+
+def _ready_to_run(detail: AtomDetail) -> None:
+    """Clear what an earlier run of the atom left, before it runs (again)."""
+    detail.intention = Intention.EXECUTE
+    detail.result = detail.failure = detail.revert_failure = detail.revert_result = None
+    detail.meta.pop("seq", None)
 
 
 def _is_json(value: Any) -> bool:

@@ -154,8 +154,6 @@ class Store(Lifecycle):
         self._check_open()
         if not atoms or len({atom.name for atom in atoms}) != len(atoms):
             raise ConfigurationError("atoms to save must be one or more distinct atoms")
-        if len(atoms) == 1:
-            return [await self._update_atom_detail(book_uuid, flow_uuid, atoms[0], token)]
         return await self._update_atom_details(book_uuid, flow_uuid, tuple(atoms), token)
 
     async def destroy_logbook(self, book_uuid: str) -> None:
@@ -190,10 +188,13 @@ class Store(Lifecycle):
         atoms: tuple[AtomDetail, ...] = (),
     ) -> FlowDetail: ...
 
-    @abc.abstractmethod
     async def _update_atom_detail(
         self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None
-    ) -> AtomDetail: ...
+    ) -> AtomDetail:
+        """One atom's write: the many-atom write of one (a backend may override it with a
+        cheaper one)."""
+        (saved,) = await self._update_atom_details(book_uuid, flow_uuid, (atom,), token)
+        return saved
 
     @abc.abstractmethod
     async def _update_atom_details(

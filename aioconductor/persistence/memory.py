@@ -114,12 +114,6 @@ class MemoryStore(Store):
         book.token = new_token
         return _copy_flow(saved)
 
-    async def _update_atom_detail(
-        self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None
-    ) -> AtomDetail:
-        (saved,) = await self._update_atom_details(book_uuid, flow_uuid, (atom,), token)
-        return saved
-
     async def _update_atom_details(
         self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None
     ) -> list[AtomDetail]:

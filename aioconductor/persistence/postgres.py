@@ -268,6 +268,11 @@ def _dumps(what: str, value: Any) -> str:
         raise StoreError(f"{what} cannot be saved as JSON: {exc}") from None
 
 
+def _atom_read(name: str, version: int, detail: str) -> AtomDetail:
+    """An atom as a read returns it: its ``detail`` JSON (as stored), name and version."""
+    return AtomDetail.model_validate({**json.loads(detail), "name": name, "version": version})
+
+
 def _atom_json(atom: AtomDetail) -> str:
     """An atom's fields but its name and version as strict JSON text."""
     try:
@@ -479,9 +484,7 @@ class PostgresStore(Store):
         # What a read would return: the JSON as stored, read back.
         stored: dict[str, dict[str, AtomDetail]] = {f.uuid: {} for f in flows}
         for (flow_uuid, atom), detail in zip(atoms, details, strict=True):
-            stored[flow_uuid][atom.name] = AtomDetail.model_validate(
-                {**json.loads(detail), "name": atom.name, "version": atom.version}
-            )
+            stored[flow_uuid][atom.name] = _atom_read(atom.name, atom.version, detail)
         return book.model_copy(
             update={
                 "meta": json.loads(meta),
@@ -544,12 +547,7 @@ class PostgresStore(Store):
                         meta,
                     )
                     rows = await conn.fetch(self._sql(_ATOMS_OF), ns, book_uuid, flow.uuid)
-                    saved.atoms = {
-                        name: AtomDetail.model_validate(
-                            {**json.loads(detail), "name": name, "version": version}
-                        )
-                        for name, version, detail in rows
-                    }
+                    saved.atoms = {row[0]: _atom_read(*row) for row in rows}
                 if new_token != stored_token:
                     await conn.execute(self._sql(_SET_TOKEN), ns, book_uuid, new_token)
                 return saved
@@ -598,25 +596,15 @@ class PostgresStore(Store):
         if not written:
             return None
         saved_atoms = {
-            name: AtomDetail.model_validate(
-                {**json.loads(detail), "name": name, "version": version}
-            )
-            for name, version, detail in zip(names or (), versions or (), texts or (), strict=True)
+            name: _atom_read(name, version, text)
+            for name, version, text in zip(names or (), versions or (), texts or (), strict=True)
         }
         # The statement's snapshot predates its own writes: the atoms it wrote, as written.
         for atom, detail in zip(atoms, details, strict=True):
-            saved_atoms[atom.name] = AtomDetail.model_validate(
-                {**json.loads(detail), "name": atom.name, "version": atom.version + 1}
-            )
+            saved_atoms[atom.name] = _atom_read(atom.name, atom.version + 1, detail)
         return flow.model_copy(
             update={"version": flow.version + 1, "meta": json.loads(meta), "atoms": saved_atoms}
         )
-
-    async def _update_atom_detail(
-        self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None
-    ) -> AtomDetail:
-        (saved,) = await self._update_atom_details(book_uuid, flow_uuid, (atom,), token)
-        return saved
 
     async def _update_atom_details(
         self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None

@@ -174,10 +174,8 @@ class RedisStore(Store):
         atoms: tuple[AtomDetail, ...] = (),
     ) -> FlowDetail:
         args = [_token(token), flow.uuid, _flow_detail(flow), str(flow.version)]
-        args += [str(len(flow.atoms)), *_atom_args(flow.atoms), str(len(atoms))]
-        for atom in atoms:
-            saved = atom.model_copy(update={"version": atom.version + 1})
-            args += [atom.name, saved.model_dump_json(), str(atom.version)]
+        args += [str(len(flow.atoms)), *_atom_args(flow.atoms)]
+        args += _updates(atoms)[1]
         keys = [self._book_key(book_uuid), self._flow_prefix(book_uuid) + flow.uuid]
         reply = await self._write("UPDATE_FLOW", "update_flow_detail", keys, book_uuid, args)
         if reply[0] == "conflict":
@@ -186,19 +184,11 @@ class RedisStore(Store):
         self._refused(reply, book_uuid, token)
         return _flow(_pairs(reply[1]))
 
-    async def _update_atom_detail(
-        self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None
-    ) -> AtomDetail:
-        (saved,) = await self._update_atom_details(book_uuid, flow_uuid, (atom,), token)
-        return saved
-
     async def _update_atom_details(
         self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None
     ) -> list[AtomDetail]:
-        saved = [atom.model_copy(update={"version": atom.version + 1}, deep=True) for atom in atoms]
-        args = [_token(token), flow_uuid, str(len(atoms))]
-        for atom, new in zip(atoms, saved, strict=True):
-            args += [atom.name, new.model_dump_json(), str(atom.version)]
+        saved, updates = _updates(atoms)
+        args = [_token(token), flow_uuid, *updates]
         keys = [self._book_key(book_uuid), self._flow_prefix(book_uuid) + flow_uuid]
         reply = await self._write("UPDATE_ATOMS", "update_atom_details", keys, book_uuid, args)
         _refused_atoms(reply, book_uuid, flow_uuid, atoms, stale="conflict")
@@ -225,6 +215,16 @@ class RedisStore(Store):
     async def _uuids(self, start: int) -> list[str]:
         key = self._prefix + "books"
         return cast(list[str], await self._link.client.zrange(key, start, start + _CHUNK - 1))
+
+
+def _updates(atoms: Sequence[AtomDetail]) -> tuple[list[AtomDetail], list[str]]:
+    """``atoms`` as their writes will save them (versions bumped), and the script arguments
+    that write them: their count, then per atom its name, JSON and the version read."""
+    saved = [atom.model_copy(update={"version": atom.version + 1}, deep=True) for atom in atoms]
+    args = [str(len(atoms))]
+    for atom, new in zip(atoms, saved, strict=True):
+        args += [atom.name, new.model_dump_json(), str(atom.version)]
+    return saved, args
 
 
 def _refused_atoms(
