@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
+from aioconductor._models import build
 from aioconductor.models import (
     Claim,
     ConductorInfo,
@@ -78,12 +79,17 @@ def to_job(data: dict[str, Any], now: float | None = None) -> Job:
     owner = data["owner"]
     claim = None
     if owner is not None:
-        claim = Claim.model_construct(
-            job_id=data["id"], owner=owner, token=data["token"], expires_at=data["expires_at"]
+        claim = build(
+            Claim,
+            job_id=data["id"],
+            owner=owner,
+            token=data["token"],
+            expires_at=data["expires_at"],
         )
     outcome = data["outcome"]
     state = data["state"] if now is None else visible_state(data, now)
-    return Job.model_construct(
+    return build(
+        Job,
         id=data["id"],
         name=data["name"],
         flow=data["flow"],
@@ -211,9 +217,7 @@ class JobView:
             kind = NotificationKind.ABANDONED if op == "abandon" else NotificationKind.POSTED
             if op in ("post", "abandon"):
                 self._notify(
-                    JobNotification.model_construct(
-                        job_id=data["id"], kind=kind, priority=data["priority"]
-                    )
+                    build(JobNotification, job_id=data["id"], kind=kind, priority=data["priority"])
                 )
         elif state == "SCHEDULED" and data["not_before"] is not None:
             heapq.heappush(self._timers, (data["not_before"], data["id"]))
@@ -238,7 +242,8 @@ class JobView:
             self._make_ready(data)
             expired = data["state"] == "CLAIMED"
             self._notify(
-                JobNotification.model_construct(
+                build(
+                    JobNotification,
                     job_id=job_id,
                     kind=NotificationKind.EXPIRED if expired else NotificationKind.DUE,
                     priority=data["priority"],

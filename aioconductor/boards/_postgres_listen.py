@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 
+from aioconductor._models import build
 from aioconductor._postgres import PostgresLink
 from aioconductor.boards.base import Subscription
 from aioconductor.errors import BackendUnavailable
@@ -156,8 +157,8 @@ def parse_note(payload: str) -> JobNotification | None:
     """A notification from a payload ``"<kind> <priority> <id>"``, or None if malformed."""
     try:
         kind, priority, job_id = payload.split(" ", 2)
-        return JobNotification.model_construct(
-            job_id=job_id, kind=NotificationKind(kind), priority=int(priority)
+        return build(
+            JobNotification, job_id=job_id, kind=NotificationKind(kind), priority=int(priority)
         )
     except ValueError:
         return None

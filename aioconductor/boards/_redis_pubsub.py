@@ -10,6 +10,7 @@ import anyio
 from redis import exceptions as rexc
 from redis.asyncio.client import PubSub
 
+from aioconductor._models import build
 from aioconductor._redis import RedisLink
 from aioconductor.boards.base import Subscription
 from aioconductor.errors import BackendUnavailable
@@ -164,8 +165,8 @@ def _parse_note(data: str) -> JobNotification | None:
     """A notification from a published ``"<kind> <priority> <id>"``, or None if malformed."""
     try:
         kind, priority, job_id = data.split(" ", 2)
-        return JobNotification.model_construct(
-            job_id=job_id, kind=NotificationKind(kind), priority=int(priority)
+        return build(
+            JobNotification, job_id=job_id, kind=NotificationKind(kind), priority=int(priority)
         )
     except ValueError:
         return None

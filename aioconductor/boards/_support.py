@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from aioconductor._models import build, evolve
 from aioconductor._payload import decode_json
 from aioconductor.models import Claim, ConductorInfo, Job, JobNotification, JobState, Outcome
 
@@ -127,9 +128,10 @@ def job_from_row(row: Sequence[Any]) -> Job:
     job_id, owner = row[0], row[13]
     claim = None
     if owner is not None:
-        claim = Claim.model_construct(job_id=job_id, owner=owner, token=row[11], expires_at=row[14])
+        claim = build(Claim, job_id=job_id, owner=owner, token=row[11], expires_at=row[14])
     outcome, result = row[15], row[16]
-    return Job.model_construct(
+    return build(
+        Job,
         id=job_id,
         name=row[1],
         flow=row[2],
@@ -153,7 +155,7 @@ def job_from_row(row: Sequence[Any]) -> Job:
 def visible(job: Job, now: float) -> Job:
     """``job`` as readers see it at ``now``: a scheduled job whose time came is UNCLAIMED."""
     if job.state is JobState.SCHEDULED and job.is_claimable(now):
-        return job.model_copy(update={"state": JobState.UNCLAIMED})
+        return evolve(job, state=JobState.UNCLAIMED)
     return job
 
 

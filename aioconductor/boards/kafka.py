@@ -39,6 +39,7 @@ import anyio
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from anyio.lowlevel import checkpoint
 
+from aioconductor._models import build
 from aioconductor._urls import ParsedURL, int_option
 from aioconductor.boards._kafka_group import GroupMember
 from aioconductor.boards._kafka_log import (
@@ -480,8 +481,12 @@ class KafkaJobBoard(JobBoard):
         new = await self._change(
             claim.job_id, "renew", lambda: self._check_claim(claim, "renew"), make
         )
-        return Claim.model_construct(
-            job_id=claim.job_id, owner=claim.owner, token=claim.token, expires_at=new["expires_at"]
+        return build(
+            Claim,
+            job_id=claim.job_id,
+            owner=claim.owner,
+            token=claim.token,
+            expires_at=new["expires_at"],
         )
 
     async def _consume(
@@ -597,8 +602,11 @@ class KafkaJobBoard(JobBoard):
         if cursor is not None:
             return [], now
         notes = [
-            JobNotification.model_construct(
-                job_id=data["id"], kind=NotificationKind.WAITING, priority=data["priority"]
+            build(
+                JobNotification,
+                job_id=data["id"],
+                kind=NotificationKind.WAITING,
+                priority=data["priority"],
             )
             for data in self._view.claimable_now(now)
         ]

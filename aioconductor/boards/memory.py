@@ -21,6 +21,7 @@ from typing import Any, Self
 
 from anyio.lowlevel import checkpoint
 
+from aioconductor._models import build, evolve
 from aioconductor._urls import ParsedURL
 from aioconductor.boards.base import (
     JobBoard,
@@ -69,7 +70,8 @@ class _Record:
     ready_version: int = 0
 
     def to_job(self) -> Job:
-        return Job.model_construct(
+        return build(
+            Job,
             id=self.id,
             name=self.name,
             flow=self.flow,
@@ -132,9 +134,7 @@ class _Space:
                 expired = record.state is JobState.CLAIMED
                 kind = NotificationKind.EXPIRED if expired else NotificationKind.DUE
                 self.notify(
-                    JobNotification.model_construct(
-                        job_id=record.id, kind=kind, priority=record.priority
-                    )
+                    build(JobNotification, job_id=record.id, kind=kind, priority=record.priority)
                 )
 
     def next_timer(self) -> float | None:
@@ -226,17 +226,15 @@ class MemoryJobBoard(JobBoard):
         record.attempts += 1
         record.token += 1
         record.state = JobState.CLAIMED
-        record.claim = Claim.model_construct(
-            job_id=record.id, owner=owner, token=record.token, expires_at=now + lease
+        record.claim = build(
+            Claim, job_id=record.id, owner=owner, token=record.token, expires_at=now + lease
         )
         record.updated_at = now
         heapq.heappush(self._space.timers, (now + lease, record.id))
         return record.to_job()
 
     def _publish(self, record: _Record, kind: NotificationKind) -> None:
-        note = JobNotification.model_construct(
-            job_id=record.id, kind=kind, priority=record.priority
-        )
+        note = build(JobNotification, job_id=record.id, kind=kind, priority=record.priority)
         self._space.notify(note)
 
     # -- primitives ----------------------------------------------------------------------------
@@ -298,8 +296,8 @@ class MemoryJobBoard(JobBoard):
         await checkpoint()
         record = self._current(claim, "renew")
         now = self._clock()
-        record.claim = Claim.model_construct(
-            job_id=record.id, owner=claim.owner, token=claim.token, expires_at=now + lease
+        record.claim = build(
+            Claim, job_id=record.id, owner=claim.owner, token=claim.token, expires_at=now + lease
         )
         record.updated_at = now
         heapq.heappush(self._space.timers, (now + lease, record.id))
@@ -347,7 +345,7 @@ class MemoryJobBoard(JobBoard):
         job = record.to_job()
         now = self._clock()
         if record.visible_state(now) is not record.state:
-            job = job.model_copy(update={"state": record.visible_state(now)})
+            job = evolve(job, state=record.visible_state(now))
         return job
 
     def _select(self, state: JobState | None) -> list[_Record]:
@@ -364,7 +362,7 @@ class MemoryJobBoard(JobBoard):
             await checkpoint()
             job = record.to_job()
             visible = record.visible_state(now)
-            yield job if visible is record.state else job.model_copy(update={"state": visible})
+            yield job if visible is record.state else evolve(job, state=visible)
 
     async def _job_count(self, state: JobState | None) -> int:
         await checkpoint()
@@ -396,9 +394,7 @@ class MemoryJobBoard(JobBoard):
             records = [r for r in space.jobs.values() if r.claimable(now)]
             records.sort(key=lambda r: (-r.priority, r.seq))
         notes = [
-            JobNotification.model_construct(
-                job_id=r.id, kind=NotificationKind.WAITING, priority=r.priority
-            )
+            build(JobNotification, job_id=r.id, kind=NotificationKind.WAITING, priority=r.priority)
             for r in records
         ]
         return notes, now

@@ -34,6 +34,7 @@ from typing import Any, Self
 
 import anyio
 
+from aioconductor._models import build
 from aioconductor._payload import encode_json
 from aioconductor._postgres import URL_OPTIONS, PostgresLink, refuse_nul
 from aioconductor._urls import ParsedURL, validate_namespace
@@ -457,7 +458,7 @@ class PostgresJobBoard(JobBoard):
             rows = await conn.fetch(self._sql["SWEEP_SINCE"], self.namespace, now, cursor)
             kinds = [_kind(row[2]) for row in rows]
         notes = [
-            JobNotification.model_construct(job_id=row[0], kind=kind, priority=row[1])
+            build(JobNotification, job_id=row[0], kind=kind, priority=row[1])
             for row, kind in zip(rows, kinds, strict=True)
         ]
         return notes, now

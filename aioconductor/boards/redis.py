@@ -28,6 +28,7 @@ from typing import Any, Self, cast
 
 import anyio
 
+from aioconductor._models import build, evolve
 from aioconductor._payload import decode_json, encode_json
 from aioconductor._redis import RedisLink, fmt_time, hash_tag_prefix
 from aioconductor._urls import ParsedURL
@@ -67,7 +68,8 @@ def _job(fields: dict[str, str]) -> Job:
     state = JobState(fields["state"])
     claim = None
     if "owner" in fields:
-        claim = Claim.model_construct(
+        claim = build(
+            Claim,
             job_id=fields["id"],
             owner=fields["owner"],
             token=int(fields["token"]),
@@ -76,7 +78,8 @@ def _job(fields: dict[str, str]) -> Job:
     not_before = fields.get("not_before")
     result = fields.get("result")
     outcome = fields.get("outcome")
-    return Job.model_construct(
+    return build(
+        Job,
         id=fields["id"],
         name=fields["name"],
         flow=fields["flow"],
@@ -100,7 +103,7 @@ def _job(fields: dict[str, str]) -> Job:
 def _visible(job: Job, now: float) -> Job:
     """``job`` as readers see it at ``now``: a scheduled job whose time came is UNCLAIMED."""
     if job.state is JobState.SCHEDULED and job.is_claimable(now):
-        return job.model_copy(update={"state": JobState.UNCLAIMED})
+        return evolve(job, state=JobState.UNCLAIMED)
     return job
 
 
@@ -406,8 +409,11 @@ class RedisJobBoard(JobBoard):
                 "sweep", functools.partial(self._scored, self._prefix + "ready", start)
             )
             notes.extend(
-                JobNotification.model_construct(
-                    job_id=member[17:], kind=NotificationKind.WAITING, priority=-int(score)
+                build(
+                    JobNotification,
+                    job_id=member[17:],
+                    kind=NotificationKind.WAITING,
+                    priority=-int(score),
                 )
                 for member, score in chunk
             )

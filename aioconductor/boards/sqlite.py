@@ -33,6 +33,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Self
 
+from aioconductor._models import build
 from aioconductor._payload import encode_json
 from aioconductor._sqlite import SqliteLink, sqlite_path
 from aioconductor._urls import ParsedURL
@@ -172,9 +173,7 @@ class SqliteJobBoard(JobBoard):
     def _push(self, job: Job, rev: int, kind: NotificationKind) -> None:
         if self._subscriptions:
             self._pushed[rev] = time.monotonic()
-        self._notify_local(
-            JobNotification.model_construct(job_id=job.id, kind=kind, priority=job.priority)
-        )
+        self._notify_local(build(JobNotification, job_id=job.id, kind=kind, priority=job.priority))
 
     def _note_due(self, at: float) -> None:
         if self._next_due is None or at < self._next_due:
@@ -219,7 +218,8 @@ class SqliteJobBoard(JobBoard):
         rows = await self._link.write("post", post)
         for job_id, spec, (seq, rev, now, not_before) in zip(ids, specs, rows, strict=True):
             scheduled = not_before is not None and not_before > now
-            job = Job.model_construct(
+            job = build(
+                Job,
                 id=job_id,
                 name=spec.name,
                 flow=spec.flow,
@@ -394,9 +394,7 @@ class SqliteJobBoard(JobBoard):
                 continue  # this object pushed it to its streams already
             else:
                 kind = _kind(state, attempts)
-            notes.append(
-                JobNotification.model_construct(job_id=job_id, kind=kind, priority=priority)
-            )
+            notes.append(build(JobNotification, job_id=job_id, kind=kind, priority=priority))
         return notes, (rev, now)
 
     def _forget_pushes(self) -> None:

@@ -36,6 +36,7 @@ from aioconductor._postgres import (
 )
 from aioconductor._urls import ParsedURL
 from aioconductor.errors import LogBookNotFound, StoreClosed, StoreError, VersionConflict
+from aioconductor.persistence._copy import copy_atom, copy_flow
 from aioconductor.persistence.base import Store, check_token, check_version
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
@@ -532,7 +533,7 @@ class PostgresStore(Store):
                 stored_token, stored_version = row
                 new_token = check_token(book_uuid, stored_token, token)
                 check_version(f"flow {flow.name!r}", stored_version or 0, flow.version)
-                saved = flow.model_copy(update={"version": flow.version + 1}, deep=True)
+                saved = copy_flow(flow, flow.version + 1)
                 if stored_version is None:
                     await self._insert_flow(conn, book_uuid, flow, saved.version)
                 else:
@@ -633,7 +634,7 @@ class PostgresStore(Store):
             # Only two writers holding one token can race past the checks (the engine never
             # does): say so rather than report what may not be stored.
             raise VersionConflict(f"atoms of flow {flow_uuid!r}: written concurrently")
-        return [atom.model_copy(update={"version": atom.version + 1}, deep=True) for atom in atoms]
+        return [copy_atom(atom, atom.version + 1) for atom in atoms]
 
     def _refused(
         self,

@@ -18,6 +18,7 @@ from aioconductor._redis import RedisLink, fmt_time, hash_tag_prefix
 from aioconductor._urls import ParsedURL
 from aioconductor.errors import LogBookNotFound, StoreClosed, StoreError
 from aioconductor.persistence import _redis_scripts as lua
+from aioconductor.persistence._copy import copy_atom
 from aioconductor.persistence.base import Store, check_token, check_version
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
@@ -220,7 +221,7 @@ class RedisStore(Store):
 def _updates(atoms: Sequence[AtomDetail]) -> tuple[list[AtomDetail], list[str]]:
     """``atoms`` as their writes will save them (versions bumped), and the script arguments
     that write them: their count, then per atom its name, JSON and the version read."""
-    saved = [atom.model_copy(update={"version": atom.version + 1}, deep=True) for atom in atoms]
+    saved = [copy_atom(atom, atom.version + 1) for atom in atoms]
     args = [str(len(atoms))]
     for atom, new in zip(atoms, saved, strict=True):
         args += [atom.name, new.model_dump_json(), str(atom.version)]

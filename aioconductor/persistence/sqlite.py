@@ -32,6 +32,7 @@ from typing import Any, Self, TypeVar
 from aioconductor._sqlite import Migrations, SqliteLink, sqlite_path
 from aioconductor._urls import ParsedURL
 from aioconductor.errors import ConfigurationError, LogBookNotFound, StoreClosed, StoreError
+from aioconductor.persistence._copy import copy_atom, copy_flow
 from aioconductor.persistence.base import Store, check_token, check_version
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
@@ -325,7 +326,7 @@ class SqliteStore(Store):
             stored_token, stored_version = row
             new_token = check_token(book_uuid, stored_token, token)
             check_version(f"flow {flow.name!r}", stored_version or 0, flow.version)
-            saved = flow.model_copy(update={"version": flow.version + 1}, deep=True)
+            saved = copy_flow(flow, flow.version + 1)
             if stored_version is None:
                 if details:
                     raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow.uuid!r}")
@@ -401,7 +402,7 @@ class SqliteStore(Store):
                 _UPSERT_ATOM, (ns, book_uuid, flow_uuid, atom.name, atom.version + 1, detail)
             )
             self._set_token(conn, book_uuid, stored_token, new_token)
-            return atom.model_copy(update={"version": atom.version + 1}, deep=True)
+            return copy_atom(atom, atom.version + 1)
 
         return await self._write("update_atom_detail", update)
 
@@ -428,9 +429,7 @@ class SqliteStore(Store):
             for atom in encoded:
                 self._put_atom(conn, book_uuid, flow_uuid, atom)
             self._set_token(conn, book_uuid, stored_token, new_token)
-            return [
-                atom.model_copy(update={"version": atom.version + 1}, deep=True) for atom in atoms
-            ]
+            return [copy_atom(atom, atom.version + 1) for atom in atoms]
 
         return await self._write("update_atom_details", update)
 

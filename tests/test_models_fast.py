@@ -1,0 +1,99 @@
+"""``aioconductor._models``: unvalidated building and copying of the library's own models."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel, PrivateAttr
+
+from aioconductor._models import build, copy_json, evolve
+from aioconductor.models import Claim, Job, JobState
+from aioconductor.persistence._copy import copy_atom, copy_book, copy_flow
+from aioconductor.persistence.models import AtomDetail, AtomState, FlowDetail, LogBook
+
+_JOB = {
+    "id": "j1",
+    "name": "j1",
+    "flow": "f",
+    "args": {"k": [1, {"x": 2}]},
+    "priority": 3,
+    "seq": 7,
+    "created_at": 1.5,
+    "updated_at": 2.5,
+    "not_before": None,
+    "attempts": 1,
+    "max_attempts": 3,
+    "state": JobState.CLAIMED,
+    "claim": Claim(job_id="j1", owner="o", token=4, expires_at=9.0),
+    "outcome": None,
+    "result": None,
+    "trash_reason": None,
+    "headers": {"h": "v"},
+}
+
+
+def test_build_equals_the_validated_model() -> None:
+    built = build(Job, **_JOB)
+    assert built == Job(**_JOB)
+    assert built.model_fields_set == set(_JOB)
+    assert built.model_dump() == Job(**_JOB).model_dump()
+    with pytest.raises(Exception, match="frozen"):
+        built.name = "other"  # type: ignore[misc]
+
+
+def test_build_refuses_missing_and_unknown_fields() -> None:
+    values = dict(_JOB)
+    del values["headers"]
+    with pytest.raises(TypeError, match=r"missing fields \['headers'\]"):
+        build(Job, **values)
+    with pytest.raises(TypeError, match=r"unknown fields \['extra'\]"):
+        build(Job, **_JOB, extra=1)
+
+
+def test_build_refuses_models_with_private_state() -> None:
+    class Private(BaseModel):
+        a: int
+        _hidden: int = PrivateAttr(default=0)
+
+    with pytest.raises(TypeError, match="private attributes"):
+        build(Private, a=1)
+
+
+def test_evolve_copies_with_changes_and_leaves_the_original() -> None:
+    job = Job(**_JOB)
+    changed = evolve(job, state=JobState.UNCLAIMED)
+    assert changed.state is JobState.UNCLAIMED
+    assert job.state is JobState.CLAIMED
+    assert changed.model_dump(exclude={"state"}) == job.model_dump(exclude={"state"})
+    with pytest.raises(TypeError, match="unknown fields"):
+        evolve(job, nope=1)
+
+
+def test_copy_json_shares_nothing_mutable() -> None:
+    value = {"a": [1, {"b": "c"}], "d": None, "e": 1.5, "f": True}
+    copied = copy_json(value)
+    assert copied == value
+    copied["a"][1]["b"] = "changed"
+    assert value["a"][1]["b"] == "c"
+    assert copy_json((1, [2])) == (1, [2])  # not JSON: deep-copied the slow way
+
+
+def test_store_copies_share_nothing_mutable() -> None:
+    atom = AtomDetail(name="t", state=AtomState.SUCCESS, result={"r": [1]}, meta={"m": {}})
+    flow = FlowDetail(name="f", meta={"x": [1]}, atoms={"t": atom})
+    book = LogBook(name="b", meta={"y": {}}, flows={flow.uuid: flow})
+
+    bumped = copy_atom(atom, atom.version + 1)
+    assert bumped.version == 1 and atom.version == 0
+    bumped.result["r"].append(2)
+    assert atom.result == {"r": [1]}
+
+    flow_copy = copy_flow(flow, 5)
+    assert flow_copy.version == 5 and flow_copy.atoms["t"] == atom
+    flow_copy.atoms["t"].meta["m"]["k"] = 1
+    flow_copy.meta["x"].append(2)
+    assert atom.meta == {"m": {}} and flow.meta == {"x": [1]}
+
+    book_copy = copy_book(book)
+    assert book_copy == book
+    book_copy.flows[flow.uuid].atoms.clear()
+    assert book.flows[flow.uuid].atoms == {"t": atom}
