@@ -97,3 +97,15 @@ def test_store_copies_share_nothing_mutable() -> None:
     assert book_copy == book
     book_copy.flows[flow.uuid].atoms.clear()
     assert book.flows[flow.uuid].atoms == {"t": atom}
+
+
+def test_built_models_share_one_field_set_that_assignment_cannot_change() -> None:
+    first = build(AtomDetail, **AtomDetail(name="a").model_dump())
+    second = evolve(first, name="b")
+    assert first.model_fields_set is second.model_fields_set  # one set: no memory per instance
+    first.state = AtomState.SUCCESS  # pydantic records the assignment in the shared set
+    assert second.model_fields_set == set(AtomDetail.model_fields)
+    assert second.state is AtomState.PENDING
+    copied = first.model_copy()
+    assert copied.model_fields_set == first.model_fields_set
+    assert copied.model_fields_set is not first.model_fields_set  # pydantic copies it
