@@ -112,6 +112,8 @@ for _ = 1, tonumber(ARGV[7]) do
   end
   at = at + 4 + 3 * atoms
 end
+-- A new logbook holds exactly what was given: the caller builds the reply itself.
+if created then return {'created'} end
 return {'ok', dump(book)}
 """
 )

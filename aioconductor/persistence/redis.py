@@ -14,11 +14,12 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self, cast
 
+from aioconductor._models import evolve
 from aioconductor._redis import RedisLink, fmt_time, hash_tag_prefix
 from aioconductor._urls import ParsedURL
 from aioconductor.errors import LogBookNotFound, StoreClosed, StoreError
 from aioconductor.persistence import _redis_scripts as lua
-from aioconductor.persistence._copy import copy_atom
+from aioconductor.persistence._copy import copy_atom, copy_book
 from aioconductor.persistence.base import Store, check_token, check_version
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
@@ -151,6 +152,8 @@ class RedisStore(Store):
             args += _atom_args(flow.atoms)
         keys = [self._prefix + "books", self._book_key(book.uuid)]
         reply = await self._write("SAVE_LOGBOOK", "save_logbook", keys, book.uuid, args)
+        if reply[0] == "created":
+            return evolve(copy_book(book), token=token)
         self._refused(reply, book.uuid, token)
         return _book(reply[1])
 
@@ -175,7 +178,10 @@ class RedisStore(Store):
         atoms: tuple[AtomDetail, ...] = (),
     ) -> FlowDetail:
         args = [_token(token), flow.uuid, _flow_detail(flow), str(flow.version)]
-        args += [str(len(flow.atoms)), *_atom_args(flow.atoms)]
+        # The script saves a flow's own atoms only when it creates the flow, which a write
+        # of version > 0 never does (it would be refused as stale): skip encoding them.
+        new_atoms = flow.atoms if flow.version == 0 else {}
+        args += [str(len(new_atoms)), *_atom_args(new_atoms)]
         args += _updates(atoms)[1]
         keys = [self._book_key(book_uuid), self._flow_prefix(book_uuid) + flow.uuid]
         reply = await self._write("UPDATE_FLOW", "update_flow_detail", keys, book_uuid, args)
