@@ -1,4 +1,4 @@
-"""``aioconductor._models``: unvalidated building and copying of the library's own models."""
+"""``aioconductor._models``: building and copying the library's own models without validation."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pydantic import BaseModel, PrivateAttr
 
 from aioconductor._models import build, copy_json, evolve
 from aioconductor.models import Claim, Job, JobState
-from aioconductor.persistence._copy import copy_atom, copy_book, copy_flow
-from aioconductor.persistence.models import AtomDetail, AtomState, FlowDetail, LogBook
+from aioconductor.persistence.models import AtomDetail, AtomState
 
 _JOB = {
     "id": "j1",
@@ -75,28 +74,6 @@ def test_copy_json_shares_nothing_mutable() -> None:
     copied["a"][1]["b"] = "changed"
     assert value["a"][1]["b"] == "c"
     assert copy_json((1, [2])) == (1, [2])  # not JSON: deep-copied the slow way
-
-
-def test_store_copies_share_nothing_mutable() -> None:
-    atom = AtomDetail(name="t", state=AtomState.SUCCESS, result={"r": [1]}, meta={"m": {}})
-    flow = FlowDetail(name="f", meta={"x": [1]}, atoms={"t": atom})
-    book = LogBook(name="b", meta={"y": {}}, flows={flow.uuid: flow})
-
-    bumped = copy_atom(atom, atom.version + 1)
-    assert bumped.version == 1 and atom.version == 0
-    bumped.result["r"].append(2)
-    assert atom.result == {"r": [1]}
-
-    flow_copy = copy_flow(flow, 5)
-    assert flow_copy.version == 5 and flow_copy.atoms["t"] == atom
-    flow_copy.atoms["t"].meta["m"]["k"] = 1
-    flow_copy.meta["x"].append(2)
-    assert atom.meta == {"m": {}} and flow.meta == {"x": [1]}
-
-    book_copy = copy_book(book)
-    assert book_copy == book
-    book_copy.flows[flow.uuid].atoms.clear()
-    assert book.flows[flow.uuid].atoms == {"t": atom}
 
 
 def test_built_models_share_one_field_set_that_assignment_cannot_change() -> None:
