@@ -10,7 +10,7 @@ from __future__ import annotations
 from aioconductor._models import copy_json, evolve
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
-__all__ = ["copy_atom", "copy_book", "copy_flow"]
+__all__ = ["copy_atom", "copy_book", "copy_flow", "created_book"]
 
 
 def copy_atom(atom: AtomDetail, version: int | None = None) -> AtomDetail:
@@ -39,3 +39,9 @@ def copy_book(book: LogBook) -> LogBook:
     """A copy of ``book`` and its flows."""
     flows = {flow_uuid: copy_flow(flow) for flow_uuid, flow in book.flows.items()}
     return evolve(book, meta=copy_json(book.meta), flows=flows)
+
+
+def created_book(book: LogBook, token: int | None) -> LogBook:
+    """``book`` as a store holds it right after creating it (with the token it stored): a new
+    logbook holds exactly what was given, so a store need not read it back."""
+    return evolve(copy_book(book), token=token)

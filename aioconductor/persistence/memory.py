@@ -10,7 +10,7 @@ from anyio.lowlevel import checkpoint
 from aioconductor._models import copy_json, evolve
 from aioconductor._urls import ParsedURL
 from aioconductor.errors import LogBookNotFound
-from aioconductor.persistence._copy import copy_atom, copy_book, copy_flow
+from aioconductor.persistence._copy import copy_atom, copy_book, copy_flow, created_book
 from aioconductor.persistence.base import Store, check_token, check_version
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
@@ -65,8 +65,7 @@ class MemoryStore(Store):
         await checkpoint()
         stored = self._books.get(book.uuid)
         if stored is None:
-            stored = copy_book(book)
-            stored.token = check_token(book.uuid, None, token)
+            stored = created_book(book, check_token(book.uuid, None, token))
             self._books[book.uuid] = stored
         else:
             stored.token = check_token(book.uuid, stored.token, token)
@@ -123,7 +122,7 @@ class MemoryStore(Store):
         saved = []
         for atom in atoms:
             flow.atoms[atom.name] = stored = copy_atom(atom, atom.version + 1)
-            saved.append(copy_atom(stored, stored.version))
+            saved.append(copy_atom(stored))
         book.token = new_token
         return saved
 

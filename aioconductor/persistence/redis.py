@@ -14,12 +14,11 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self, cast
 
-from aioconductor._models import evolve
 from aioconductor._redis import RedisLink, fmt_time, hash_tag_prefix
 from aioconductor._urls import ParsedURL
 from aioconductor.errors import LogBookNotFound, StoreClosed, StoreError
 from aioconductor.persistence import _redis_scripts as lua
-from aioconductor.persistence._copy import copy_atom, copy_book
+from aioconductor.persistence._copy import copy_atom, created_book
 from aioconductor.persistence.base import Store, check_token, check_version
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
@@ -153,7 +152,7 @@ class RedisStore(Store):
         keys = [self._prefix + "books", self._book_key(book.uuid)]
         reply = await self._write("SAVE_LOGBOOK", "save_logbook", keys, book.uuid, args)
         if reply[0] == "created":
-            return evolve(copy_book(book), token=token)
+            return created_book(book, token)
         self._refused(reply, book.uuid, token)
         return _book(reply[1])
 

@@ -29,11 +29,10 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Self, TypeVar
 
-from aioconductor._models import evolve
 from aioconductor._sqlite import Migrations, SqliteLink, sqlite_path
 from aioconductor._urls import ParsedURL
 from aioconductor.errors import ConfigurationError, LogBookNotFound, StoreClosed, StoreError
-from aioconductor.persistence._copy import copy_atom, copy_book, copy_flow
+from aioconductor.persistence._copy import copy_atom, copy_flow, created_book
 from aioconductor.persistence.base import Store, check_token, check_version
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
@@ -298,8 +297,7 @@ class SqliteStore(Store):
                     self._insert_flow(conn, book.uuid, flow)
                     known.add(flow.uuid)
             if row is None:
-                # A new logbook holds exactly what was given: no need to read it back.
-                return evolve(copy_book(book), token=new_token)
+                return created_book(book, new_token)
             return self._fetch(conn, book.uuid)
 
         return await self._write("save_logbook", save)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aioconductor.persistence._copy import copy_atom, copy_book, copy_flow
+from aioconductor.persistence._copy import copy_atom, copy_book, copy_flow, created_book
 from aioconductor.persistence.models import AtomDetail, AtomState, FlowDetail, LogBook
 
 
@@ -26,3 +26,12 @@ def test_store_copies_share_nothing_mutable() -> None:
     assert book_copy == book
     book_copy.flows[flow.uuid].atoms.clear()
     assert book.flows[flow.uuid].atoms == {"t": atom}
+
+
+def test_created_book_is_a_copy_carrying_the_stored_token() -> None:
+    book = LogBook(name="b", meta={"y": []}, token=None)
+    created = created_book(book, 7)
+    assert created.token == 7 and book.token is None
+    assert created.model_dump(exclude={"token"}) == book.model_dump(exclude={"token"})
+    created.meta["y"].append(1)
+    assert book.meta == {"y": []}
