@@ -19,8 +19,8 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff lint and format check."""
-    session.install("ruff")
+    """ruff lint and format check (ruff as pinned in the ``dev`` extra)."""
+    session.install("-e", ".[dev]")
     session.run("ruff", "check", "aioconductor", "tests", "benchmarks")
     session.run("ruff", "format", "--check", "aioconductor", "tests", "benchmarks")
 

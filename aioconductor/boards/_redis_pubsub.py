@@ -158,7 +158,7 @@ class PubSubSubscription(Subscription):
 async def _close_pubsub(pubsub: PubSub) -> None:
     # Closing only drops a socket; shielded so a cancelled stream still frees its connection.
     with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
-        await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+        await pubsub.aclose()
 
 
 def _parse_note(data: str) -> JobNotification | None:
