@@ -18,6 +18,7 @@ from typing import Any, Self
 
 import anyio
 
+from aioconductor._checks import check_lease
 from aioconductor._jobrun import CLEANUP_TIMEOUT, JobRun
 from aioconductor._solo import SoloGate
 from aioconductor.boards.base import JobBoard
@@ -116,8 +117,6 @@ class Conductor:
     ) -> None:
         if max_concurrency < 1:
             raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if not lease > 0 or not math.isfinite(lease):
-            raise ConfigurationError(f"lease must be a positive number of seconds, got {lease}")
         if claim_batch_size < 1:
             raise ConfigurationError(f"claim_batch_size must be >= 1, got {claim_batch_size}")
         self.name = name
@@ -126,7 +125,7 @@ class Conductor:
         self.store: Store = store if store is not None else MemoryStore()
         self.flows = flows
         self.max_concurrency = max_concurrency
-        self.lease = float(lease)
+        self.lease = check_lease(lease)
         self.drain_timeout = float(drain_timeout)
         self.claim_batch_size = claim_batch_size
         ceiling = min(self.lease, 5.0)

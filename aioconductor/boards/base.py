@@ -28,6 +28,7 @@ from typing import Any, Self
 
 import anyio
 
+from aioconductor._checks import check_lease
 from aioconductor._lifecycle import Lifecycle
 from aioconductor._payload import decode_json, encode_json, finite_seconds, validate_name
 from aioconductor._urls import ParsedURL, float_option, int_option, validate_namespace
@@ -89,11 +90,11 @@ class JobBoard(Lifecycle):
         poll_interval: float = 1.0,
     ) -> None:
         super().__init__()
-        if lease <= 0 or poll_interval <= 0 or max_payload_bytes <= 0:
-            raise ConfigurationError("lease, poll_interval and max_payload_bytes must be positive")
+        if poll_interval <= 0 or max_payload_bytes <= 0:
+            raise ConfigurationError("poll_interval and max_payload_bytes must be positive")
         self.namespace = validate_namespace(namespace)
         self.max_payload_bytes = max_payload_bytes
-        self.lease = float(lease)
+        self.lease = check_lease(lease)
         self.poll_interval = float(poll_interval)
         self._subscriptions: set[Subscription] = set()
         self._final_waiters: dict[str, anyio.Event] = {}
