@@ -67,6 +67,10 @@ class Engine:
         notifier: receives the engine's events; a private one when None.
         fresh: the logbook ``book_id`` cannot exist yet (the conductor knows this on a job's
             first claim): it is created without being read first.
+
+    Raises:
+        TypeError: ``flow`` is neither a ``Flow`` nor a ``Task`` (a retry controller alone is
+            not a flow: give it to a pattern, ``linear("f", task, retry=Times(3))``).
     """
 
     def __init__(
@@ -81,7 +85,11 @@ class Engine:
         notifier: Notifier | None = None,
         fresh: bool = False,
     ) -> None:
-        self.flow: Flow = linear(flow.name, flow) if isinstance(flow, Task) else flow
+        if isinstance(flow, Task):
+            flow = linear(flow.name, flow)
+        elif not isinstance(flow, Flow):
+            raise TypeError(f"an engine runs a Flow or a Task, not {_describe(flow)}")
+        self.flow: Flow = flow
         self.store: Store = store if store is not None else MemoryStore()
         self._own_store = store is None
         self.book_id = book_id or str(uuid.uuid4())
@@ -290,6 +298,11 @@ class Engine:
         await self._emit(Event.FLOW_STATE, state=FlowState.SUSPENDED, old_state=old)
 
 
+def _describe(value: object) -> str:
+    """``value`` as an error message names it: its type, and a short repr."""
+    return f"{type(value).__name__} {value!r:.60}"
+
+
 async def run_flow(
     flow: Flow | Task,
     inputs: Mapping[str, Any] | None = None,
@@ -310,6 +323,7 @@ async def run_flow(
     Raises:
         FlowFailed: a task failed and the flow was reverted; ``.failure`` says what failed.
         CompilationError: the flow is not valid.
+        TypeError: ``flow`` is neither a ``Flow`` nor a ``Task``.
     """
     engine = Engine(flow, store=store, inputs=inputs, **engine_kwargs)
     result = await engine.run()

@@ -67,7 +67,8 @@ class Runner:
         self.flow_uuid = flow_uuid
         self.token = token
         self.notifier = notifier
-        #: Inputs plus every value provided so far.
+        self._inputs = inputs
+        #: Inputs plus every value provided (and not reverted) so far.
         self.storage: dict[str, Any] = dict(inputs)
         #: Atom name -> the failure it raised in this flow run.
         self.failures: dict[str, Failure] = {}
@@ -111,6 +112,7 @@ class Runner:
                 detail.state is AtomState.REVERTING and detail.failure is None
             ):
                 self._publish(node, detail.result)
+        self._succeeded = sum(1 for d in self.details if d.state is AtomState.SUCCESS)
         self._recount()
         triggers = [
             d for d in self.details if d.intention is Intention.REVERT and d.failure is not None
@@ -125,12 +127,26 @@ class Runner:
         elif atom.provides:
             self.storage[atom.provides[0]] = result
 
+    def _unpublish(self, node: Node) -> None:
+        """Forget what ``node`` provided (it was reverted): an input of that name shows again."""
+        for key in node.atom.provides:
+            if key in self._inputs:
+                self.storage[key] = self._inputs[key]
+            else:
+                self.storage.pop(key, None)
+
     def _recount(self) -> None:
         success = AtomState.SUCCESS
         self._waiting = [
             sum(1 for p in node.preds if self.details[p].state is not success)
             for node in self.nodes
         ]
+
+    def _set_state(self, index: int, state: AtomState) -> None:
+        """Set atom ``index``'s state, keeping the count of succeeded atoms."""
+        detail = self.details[index]
+        self._succeeded += (state is AtomState.SUCCESS) - (detail.state is AtomState.SUCCESS)
+        detail.state = state
 
     def _must_revert_all(self) -> bool:
         retrying = {
@@ -156,6 +172,7 @@ class Runner:
         Raises:
             Exception: whatever the store raised; nothing is reverted then.
         """
+        await self._redecide()
         if self._must_revert_all():
             return await self._revert_all()
         for r, node in enumerate(self.nodes):
@@ -232,21 +249,21 @@ class Runner:
         if node.scopes:
             # A retry of an enclosing pattern may stop it (see _retry).
             scope = self._scopes[index] = anyio.CancelScope()
+            outcome = None
             try:
                 with scope:
-                    result, published, failure = await self._execute(task, kwargs)
+                    outcome = await self._execute(task, kwargs)
             finally:
                 del self._scopes[index]
-            stopped = scope.cancelled_caught
+            if outcome is None:
+                # Stopped because its pattern is being retried: the retry reverts it.
+                self._done(index)
+                return None
+            result, published, failure = outcome
         else:
             result, published, failure = await self._execute(task, kwargs)
-            stopped = False
         if failure is not None:
             return await self._on_failure(index, failure)
-        if stopped:
-            # Stopped because its pattern is being retried: the retry reverts it.
-            self._done(index)
-            return None
         storage.update(published)
         detail = self.details[index]
         detail.result = result
@@ -255,7 +272,7 @@ class Runner:
         if self._ends_flow(index):
             # Saved by the engine with the flow's end, in one write: until then a crash
             # leaves it RUNNING, and a resume runs it again, as after a crash mid-task.
-            detail.state = AtomState.SUCCESS
+            self._set_state(index, AtomState.SUCCESS)
             self._final = index
         elif (following := self._next_in_chain(index)) is not None:
             await self._write_with_next(index, following)
@@ -280,9 +297,9 @@ class Runner:
         step starts at once (a crash between leaves it RUNNING, run again on resume)."""
         done, starting = self.details[index], self.details[following]
         old, old_next = done.state, starting.state
-        done.state = AtomState.SUCCESS
+        self._set_state(index, AtomState.SUCCESS)
         _ready_to_run(starting)
-        starting.state = AtomState.RUNNING
+        self._set_state(following, AtomState.RUNNING)
         self.details[index], self.details[following] = await self.store.update_atom_details(
             self.book_id, self.flow_uuid, [done, starting], token=self.token
         )
@@ -307,8 +324,8 @@ class Runner:
             return False
         if len(self._active) != 1:
             return False
-        success = AtomState.SUCCESS
-        return all(d.state is success for i, d in enumerate(self.details) if i != index)
+        # ``index`` itself is not SUCCESS yet: every other atom is.
+        return self._succeeded == len(self.details) - 1
 
     def unsaved(self) -> list[AtomDetail]:
         """The atom details the engine must save with the flow's end (the flow's last task)."""
@@ -397,6 +414,42 @@ class Runner:
         self._done(index)
         return await self._retry(retry_index, failure)
 
+    async def _redecide(self) -> None:
+        """Decide again on failures saved for a retry whose decision was not saved: the run
+        stopped (a crash, a cancel) between the two writes. Their controllers are asked again
+        (with the attempts they saved), so the pattern is retried, not the flow reverted."""
+        undecided = [
+            i
+            for i, d in enumerate(self.details)
+            if d.state is AtomState.FAILURE
+            and d.intention is Intention.RETRY
+            and d.failure is not None
+            and d.revert_failure is None
+        ]
+        undecided.sort(key=lambda i: self.details[i].meta.get("seq", 0))
+        for index in undecided:
+            scopes = self.nodes[index].scopes
+            if any(self.details[r].intention is Intention.RETRY for r in scopes):
+                continue  # its pattern's retry was saved: run() finishes it
+            detail = self.details[index]
+            failure = detail.failure
+            assert failure is not None
+            retry_index = self._decide(self.nodes[index], failure)
+            if retry_index is None:
+                detail.intention = Intention.REVERT
+                await self._write(index, AtomState.FAILURE)
+                if self.failure is None:
+                    self.failure = failure
+            else:
+                await self._mark_retry(retry_index)
+
+    async def _mark_retry(self, r: int) -> None:
+        """Save that retry ``r``'s pattern is to be reverted and run again, with its attempts."""
+        detail = self.details[r]
+        detail.intention = Intention.RETRY
+        detail.meta["history"] = [_attempt_to_json(a) for a in self.histories[r]]
+        await self._write(r, detail.state)
+
     def _decide(self, node: Node, failure: Failure) -> int | None:
         """The retry node whose pattern is to run again, or None to revert the whole flow."""
         for r in node.scopes:
@@ -421,10 +474,7 @@ class Runner:
         assert isinstance(retry, Retry)
         self._blocked.add(r)
         self._active.add(r)
-        detail = self.details[r]
-        detail.intention = Intention.RETRY
-        detail.meta["history"] = [_attempt_to_json(a) for a in self.histories[r]]
-        await self._write(r, detail.state)
+        await self._mark_retry(r)
         members = node.members
         for member in members:
             scope = self._scopes.get(member)
@@ -449,7 +499,7 @@ class Runner:
 
     def _reset_region(self, r: int) -> None:
         for index in (r, *self.nodes[r].members):
-            self.details[index].state = AtomState.PENDING
+            self._set_state(index, AtomState.PENDING)
             if index != r and self.nodes[index].is_retry:
                 self.histories[index] = []
         self._blocked.discard(r)
@@ -484,6 +534,7 @@ class Runner:
             self.histories[index] = []
             detail.meta.pop("history", None)
             await self._write(index, AtomState.REVERTED)
+            self._unpublish(node)
             return True
         task = node.atom
         assert isinstance(task, Task)
@@ -501,6 +552,7 @@ class Runner:
         detail = self.details[index]
         detail.revert_result = outcome if _is_json(outcome) else None
         await self._write(index, AtomState.REVERTED)
+        self._unpublish(node)
         return True
 
     # -- saving ------------------------------------------------------------------------------
@@ -510,7 +562,7 @@ class Runner:
         (``saved`` is then the state it had before)."""
         detail = self.details[index]
         old = detail.state if saved is None else saved
-        detail.state = state
+        self._set_state(index, state)
         if saved is None:
             self.details[index] = await self.store.update_atom_detail(
                 self.book_id, self.flow_uuid, detail, token=self.token

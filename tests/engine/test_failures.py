@@ -150,3 +150,27 @@ async def test_events_report_every_phase_and_state_change(log: Log) -> None:
     assert atoms == [("a", "PENDING", "RUNNING"), ("a", "RUNNING", "SUCCESS")]
     flows = [(d["old_state"], d["state"]) for e, d in events if e == Event.FLOW_STATE]
     assert flows == [("PENDING", "RUNNING"), ("RUNNING", "SUCCESS")]
+
+
+async def test_a_reverted_flow_reports_no_value_of_a_reverted_task(log: Log) -> None:
+    # What a reverted task provided is undone with it: neither the run's result nor a later
+    # read of the ended flow reports it; inputs stay.
+    flow = linear("f", Step("a", log), Step("b", log), Step("c", log, fail=True))
+    async with MemoryStore() as store:
+        result = await Engine(flow, store=store, book_id="job", inputs={"x": 1}).run()
+        assert result.state is FlowState.REVERTED
+        assert result.provided == {}
+        assert result.results == {"x": 1}
+        again = await Engine(flow, store=store, book_id="job", inputs={"x": 1}).run()
+    assert (again.state, again.provided, again.results) == (FlowState.REVERTED, {}, {"x": 1})
+
+
+async def test_a_failed_revert_keeps_the_values_of_what_was_not_reverted(log: Log) -> None:
+    class Stuck(Step):
+        async def revert(self, **kwargs: Any) -> None:
+            raise RuntimeError("cannot undo")
+
+    flow = linear("f", Step("a", log), Stuck("b", log), Step("c", log, fail=True))
+    result = await Engine(flow).run()
+    assert result.state is FlowState.FAILURE
+    assert result.provided == {"b": "b-done"}

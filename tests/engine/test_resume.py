@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 from typing import Any
 
 import anyio
@@ -12,7 +13,10 @@ from aioconductor.engine import Engine, Task, linear, unordered
 from aioconductor.errors import ClaimLost
 from aioconductor.events import Event, Notifier
 from aioconductor.persistence.memory import MemoryStore
-from aioconductor.persistence.models import AtomState, FlowState
+from aioconductor.persistence.models import AtomDetail, AtomState, FlowState, Intention
+from tests.persistence.conftest import StoreBackend, store_backend
+
+__all__ = ["store_backend"]  # the fixture: every store backend in turn
 
 
 class Counted(Task):
@@ -304,3 +308,56 @@ async def test_resume_during_a_retry_revert() -> None:
         result = await Engine(flow(), store=store, book_id="job", inputs={"x": 1}).run()
     assert result.state is FlowState.SUCCESS
     assert counts == {"a": 2, "b": 2, "revert b": 1, "revert a": 2}
+
+
+class _Stop(Exception):
+    """The process died here."""
+
+
+@pytest.mark.parametrize("how", ["crash", "cancel"])
+async def test_a_failure_saved_for_a_retry_is_retried_on_resume(
+    store_backend: StoreBackend, how: str
+) -> None:
+    # The run stops after b's FAILURE (intention RETRY) is saved but before its retry
+    # controller's decision is: the resumed run reverts and retries the pattern as the saved
+    # intention says, and the flow succeeds.
+    from aioconductor.engine import Times
+
+    counts: collections.Counter[str] = collections.Counter()
+    gates: dict[str, Any] = {"fail": "b"}
+
+    def flow() -> Any:
+        return linear("f", *(Counted(n, counts, gates) for n in ("a", "b")), retry=Times(3))
+
+    store = await store_backend.open()
+    save = store.update_atom_detail
+    scope = anyio.CancelScope()
+
+    async def stop_before_the_decision(
+        book_uuid: str, flow_uuid: str, atom: AtomDetail, *, token: int | None = None
+    ) -> AtomDetail:
+        if atom.kind == "retry" and atom.intention is Intention.RETRY:
+            if how == "crash":
+                raise _Stop
+            scope.cancel()
+            await anyio.lowlevel.checkpoint()
+        return await save(book_uuid, flow_uuid, atom, token=token)
+
+    store.update_atom_detail = stop_before_the_decision  # type: ignore[method-assign]
+    first = Engine(flow(), store=store, book_id="job", inputs={"x": 1})
+    with anyio.fail_after(10), scope:
+        with pytest.raises(_Stop) if how == "crash" else contextlib.nullcontext():
+            await first.run()
+    assert scope.cancelled_caught is (how == "cancel")
+    (detail,) = (await store.get_logbook("job")).flows.values()
+    assert detail.atoms["b"].state is AtomState.FAILURE
+    assert detail.atoms["b"].intention is Intention.RETRY
+
+    gates.clear()  # the second attempt succeeds
+    resumed = await store_backend.open()
+    result = await Engine(flow(), store=resumed, book_id="job", inputs={"x": 1}).run()
+    assert result.state is FlowState.SUCCESS, result.failure
+    assert result.provided == {"a": "a:1", "b": "b:1"}
+    assert counts == {"a": 2, "b": 2, "revert b": 1, "revert a": 1}
+    (detail,) = (await resumed.get_logbook("job")).flows.values()
+    assert len(detail.atoms["f.retry"].meta["history"]) == 1  # the failed attempt counts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
 import pytest
 
 from aioconductor.engine import (
@@ -19,6 +20,7 @@ from aioconductor.engine import (
     Times,
     linear,
     run_flow,
+    unordered,
 )
 from aioconductor.persistence.memory import MemoryStore
 from aioconductor.persistence.models import FlowState
@@ -171,3 +173,38 @@ async def test_retry_history_is_saved(log: Log) -> None:
         "attempt 1 failed",
         "attempt 2 failed",
     ]
+
+
+async def test_a_retry_stops_a_running_sibling_reverts_it_and_runs_the_pattern_again(
+    log: Log,
+) -> None:
+    # A sibling still running when the pattern is retried is stopped (never ends RUNNING or
+    # half-saved), reverted with the rest, and run again; the retried flow then succeeds.
+    class Slow(Task):
+        def __init__(self) -> None:
+            super().__init__("slow", provides="slow")
+            self.stopped = 0
+
+        async def execute(self) -> str:
+            log.executed.append(self.name)
+            if log.executed.count(self.name) == 1:
+                try:
+                    await anyio.sleep(30)
+                except anyio.get_cancelled_exc_class():
+                    self.stopped += 1
+                    raise
+            return "slow-done"
+
+        async def revert(self, **kwargs: Any) -> None:
+            log.reverted.append(self.name)
+
+    slow = Slow()
+    flow = unordered("pair", Flaky("flaky", log, 2, provides="n"), slow, retry=Times(3))
+    with anyio.fail_after(10):
+        result = await Engine(flow).run()
+    assert result.state is FlowState.SUCCESS, result.failure
+    assert result.provided == {"n": 2, "slow": "slow-done"}
+    assert slow.stopped == 1
+    assert sorted(log.executed) == ["flaky", "flaky", "slow", "slow"]
+    # The failed task is reverted too (it may have done part of its work).
+    assert sorted(log.reverted) == ["flaky", "slow"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aioconductor.engine import Engine, Task, graph, linear, run_flow, task, unordered
+from aioconductor.engine import Engine, Task, Times, graph, linear, run_flow, task, unordered
 from aioconductor.errors import CompilationError
 
 from .conftest import Log, Step
@@ -83,3 +83,11 @@ async def test_links_to_strangers_are_refused(log: Log) -> None:
 def test_a_task_must_override_execute() -> None:
     with pytest.raises(TypeError, match="override execute"):
         Task()
+
+
+@pytest.mark.parametrize("flow", ["hello", Times(3), None, 42, [linear("f")]])
+async def test_an_engine_refuses_what_is_not_a_flow_with_a_type_error(flow: object) -> None:
+    with pytest.raises(TypeError, match="an engine runs a Flow or a Task, not"):
+        Engine(flow)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="an engine runs a Flow or a Task, not"):
+        await run_flow(flow)  # type: ignore[arg-type]
