@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
@@ -117,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (AioconductorError, OSError, ValueError) as exc:
-        print(f"aioconductor {args.command}: error: {exc}", file=sys.stderr)
+        _echo(f"aioconductor {args.command}: error: {exc}", err=True)
         return 1
 
 
@@ -167,7 +169,7 @@ async def _cmd_migrate(args: argparse.Namespace) -> int:
         ("store", open_store, args.store or args.board),
     ):
         async with opener(url) as resource:
-            print(f"{what}: {resource!r} is up to date")
+            _echo(f"{what}: {resource!r} is up to date")
     return 0
 
 
@@ -189,16 +191,15 @@ async def _cmd_run(board: Any, args: argparse.Namespace) -> int:
     )
     async with conductor, anyio.create_task_group() as tg:
         tg.start_soon(_stop_on_signals, conductor, tg.cancel_scope)
-        print(f"conductor {args.name} ({conductor.owner}) running on {board!r}", flush=True)
+        _echo(f"conductor {args.name} ({conductor.owner}) running on {board!r}")
         with _run_display(conductor, args.log_level) as display:
             tg.start_soon(display)
             await conductor.run(max_dispatches=args.max_dispatches)
         tg.cancel_scope.cancel()
     stats = conductor.stats
-    print(
+    _echo(
         f"conductor {args.name} stopped: {stats.consumed} consumed, {stats.abandoned} "
-        f"abandoned, {stats.trashed} trashed",
-        flush=True,
+        f"abandoned, {stats.trashed} trashed"
     )
     return 0
 
@@ -210,7 +211,7 @@ async def _stop_on_signals(conductor: Any, scope: anyio.CancelScope) -> None:
                 # A second signal: stop at once, abandoning what runs.
                 conductor.stop(drain=False)
             else:
-                print(f"{signal.Signals(signum).name}: draining", file=sys.stderr, flush=True)
+                _echo(f"{signal.Signals(signum).name}: draining", err=True)
                 conductor.stop()
 
 
@@ -227,7 +228,7 @@ async def _cmd_post(board: Any, args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         delay=args.delay,
     )
-    print(job.id)
+    _echo(job.id)
     return 0
 
 
@@ -254,7 +255,7 @@ async def _cmd_jobs(board: Any, args: argparse.Namespace) -> int:
     state = JobState(args.state) if args.state else None
     if args.json:
         async for job in board.iterjobs(state=state):
-            print(job.model_dump_json())
+            _echo_json(job.model_dump_json())
         return 0
     rows = [_row(job) async for job in board.iterjobs(state=state)]
     headers = ["id", "state", "prio", "try", "flow", "name", "outcome"]
@@ -264,13 +265,13 @@ async def _cmd_jobs(board: Any, args: argparse.Namespace) -> int:
 
 async def _cmd_show(board: Any, args: argparse.Namespace) -> int:
     job = await board.get(args.job_id)
-    print(json.dumps(job.model_dump(mode="json"), indent=2, sort_keys=True))
+    _echo_json(json.dumps(job.model_dump(mode="json"), indent=2, sort_keys=True))
     return 0
 
 
 async def _cmd_trash(board: Any, args: argparse.Namespace) -> int:
     job = await board.trash(args.job_id, reason=args.reason)
-    print(f"{job.id} trashed: {job.trash_reason}")
+    _echo(f"{job.id} trashed: {job.trash_reason}")
     return 0
 
 
@@ -299,8 +300,7 @@ async def _cmd_dashboard(board: Any, args: argparse.Namespace) -> int:
     app = create_app(board, store, allow_actions=args.allow_actions)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
     actions = "on" if args.allow_actions else "off"
-    print(f"dashboard of {board!r} on http://{args.host}:{args.port}/ (actions {actions})")
-    sys.stdout.flush()
+    _echo(f"dashboard of {board!r} on http://{args.host}:{args.port}/ (actions {actions})")
     try:
         await uvicorn.Server(config).serve()
     finally:
@@ -308,9 +308,66 @@ async def _cmd_dashboard(board: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-# -- output: tables and the run's status line ----------------------------------------------------
-# rich (the ``cli`` extra) draws them on a terminal; piped output, and machines without rich,
-# get plain aligned columns that scripts can cut.
+# -- output: every line the command prints -------------------------------------------------------
+# Job names, flows, owners, reasons, results and conductor names are anyone's data. They leave
+# through the helpers below only, which print them as text (never rich markup: ``[/]`` would
+# crash rich, ``[link=...]`` would draw a link) with their control characters written as
+# escapes (``\x1b``): a name cannot clear the screen, set a hyperlink or forge a line.
+# rich (the ``cli`` extra) draws tables and the status line on a terminal; piped output, and
+# machines without rich, get plain aligned columns that scripts can cut.
+
+#: C0, DEL and C1: what a terminal may act on instead of showing.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _visible(value: object) -> str:
+    """``str(value)`` with every control character written as an escape (``\\x1b``, ``\\n``)."""
+    return _CONTROL.sub(lambda m: _NAMED_ESCAPES.get(m[0]) or f"\\x{ord(m[0]):02x}", str(value))
+
+
+def _echo(line: object, *, err: bool = False) -> None:
+    """Print ``line`` as text on stdout (stderr with ``err``), control characters escaped."""
+    print(_visible(line), file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _echo_json(text: str) -> None:
+    """Print JSON text, with the control characters JSON leaves raw (DEL, C1) as ``\\u`` escapes.
+
+    JSON escapes C0 inside strings already, so a raw newline here is the layout's own.
+    """
+    lines = text.split("\n")
+    escaped = (_CONTROL.sub(lambda m: f"\\u{ord(m[0]):04x}", line) for line in lines)
+    print("\n".join(escaped), flush=True)
+
+
+def _rich_text(value: object) -> Any:
+    """``value`` as a rich ``Text``: shown as it is, never parsed as markup or emoji codes."""
+    from rich.text import Text
+
+    return Text(_visible(value))
+
+
+class _VisibleFormatter(logging.Formatter):
+    """A log formatter whose output is text: a record's line escaped whole (a newline in a job
+    name cannot forge a line), a traceback line by line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        # A copy: the record is shared with other handlers, and a traceback another handler
+        # cached on it raw must not be printed here.
+        record = copy.copy(record)
+        record.exc_text = None
+        return super().format(record)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return _visible(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        # split, not splitlines: that would also break lines at \x1c-\x1e and \x85, unshown.
+        return "\n".join(map(_visible, super().formatException(ei).split("\n")))
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join(map(_visible, super().formatStack(stack_info).split("\n")))
 
 
 def _rich_console(stream: Any) -> Any:
@@ -329,16 +386,19 @@ def _table(
 ) -> None:
     """Print ``rows`` under ``headers`` in aligned columns (right-aligned: ``right``)."""
     right = right or set()
+    headers = [_visible(header) for header in headers]
+    rows = [[_visible(cell) for cell in row] for row in rows]
     console = _rich_console(sys.stdout)
     if console is not None:
         from rich import box
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
         for index, header in enumerate(headers):
-            table.add_column(header, justify="right" if index in right else "left")
+            table.add_column(Text(header), justify="right" if index in right else "left")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*map(Text, row))
         console.print(table)
         return
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
@@ -379,9 +439,10 @@ def _run_display(conductor: Any, level: str) -> Iterator[Callable[[], Coroutine[
         from rich.logging import RichHandler
 
         handler = RichHandler(console=console, show_path=False)
+        handler.setFormatter(_VisibleFormatter())
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.setFormatter(_VisibleFormatter(FORMAT))
     handler.addFilter(JobContextFilter(missing="-"))
     package = logging.getLogger("aioconductor")
     old_level = package.level
@@ -406,14 +467,14 @@ def _run_display(conductor: Any, level: str) -> Iterator[Callable[[], Coroutine[
     async def keep_status() -> None:
         if console is None:
             return
-        with console.status(_status_text(conductor)) as status:
+        with console.status(_rich_text(_status_text(conductor))) as status:
             try:
                 while True:
                     await anyio.sleep(0.25)
-                    status.update(_status_text(conductor))
+                    status.update(_rich_text(_status_text(conductor)))
             finally:
                 # The last figures, drawn once more as the line goes away.
-                status.update(_status_text(conductor))
+                status.update(_rich_text(_status_text(conductor)))
 
     try:
         yield keep_status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -295,3 +296,130 @@ def test_run_on_uvloop(capsys: pytest.CaptureFixture[str], board_url: str) -> No
     )  # fmt: skip
     assert status == 0 and "1 consumed" in out
     assert loops and loops[0].startswith("uvloop")
+
+
+# -- user data is printed as text: no markup, no control characters -----------------------------
+
+#: Names a terminal would act on: clear the screen, an OSC 8 hyperlink, CSI in C1, DEL.
+CLEAR = "\x1b[2J"
+HYPERLINK = "\x1b]8;;https://evil.example\x07click\x1b]8;;\x07"
+RAW = ("\x1b", "\x07", "\x9b", "\x7f")
+#: Names rich would parse as markup: a crash, a clickable link, bold.
+MARKUP = ("[/]", "[link=https://e.io]x[/link]", "[bold]b[/bold]")
+
+
+def _register_conductor(board_url: str, owner: str, name: str) -> None:
+    import anyio
+
+    from aioconductor import open_board
+
+    async def register() -> None:
+        async with open_board(board_url) as board:
+            await board.register_conductor(owner, name, ttl=60, meta={"running": 0})
+
+    anyio.run(register)
+
+
+def _terminal(monkeypatch: pytest.MonkeyPatch) -> object:
+    """Send every rich console the CLI makes to a forced terminal; returns its screen."""
+    import io
+
+    from rich.console import Console
+
+    import aioconductor.cli as cli
+
+    screen = io.StringIO()
+    # Colours on whatever $TERM says: rich draws links only where it draws styles.
+    terminal = Console(file=screen, force_terminal=True, color_system="truecolor", width=250)
+    monkeypatch.setattr(cli, "_rich_console", lambda stream: terminal)
+    return screen
+
+
+def _unstyled(drawn: str) -> str:
+    """``drawn`` less rich's own colours (SGR sequences), which split highlighted words."""
+    return re.sub("\x1b\\[[0-9;]*m", "", drawn)
+
+
+def test_on_a_terminal_names_like_markup_are_shown_as_they_are(
+    capsys: pytest.CaptureFixture[str], board_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (*MARKUP, CLEAR):
+        run_cli(capsys, "post", name, name, "--board", board_url)
+    _register_conductor(board_url, "[link=https://evil.example]o[/link]", f"[/]{CLEAR}")
+    screen = _terminal(monkeypatch)
+    assert run_cli(capsys, "jobs", "--board", board_url)[0] == 0
+    jobs = screen.getvalue()  # type: ignore[attr-defined]
+    assert run_cli(capsys, "conductors", "--board", board_url)[0] == 0
+    drawn = screen.getvalue()  # type: ignore[attr-defined]
+    conductors = drawn[len(jobs) :]
+    assert "───" in jobs and "───" in conductors  # drawn by rich
+    for name in MARKUP:
+        assert jobs.count(name) == 2  # as flow and as name, each as it was posted
+    assert jobs.count("\\x1b[2J") == 2
+    assert "[link=https://evil.example]o[/link]" in conductors and "[/]\\x1b[2J" in conductors
+    assert "\x1b]8;" not in drawn  # no hyperlink was drawn
+    assert CLEAR not in drawn
+
+
+def test_on_a_terminal_the_status_and_log_lines_show_names_as_they_are(
+    capsys: pytest.CaptureFixture[str], board_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_cli(capsys, "post", f"[bold]{HYPERLINK}", "noop", '{"key": 1}', "--board", board_url)
+    screen = _terminal(monkeypatch)
+    status, out, _ = run_cli(
+        capsys, "run", "--board", board_url, "--app", "tests.apps:flows", "--max-dispatches", "1",
+        "--name", f"[/]{CLEAR}",
+    )  # fmt: skip
+    drawn = screen.getvalue()  # type: ignore[attr-defined]
+    assert status == 0 and "1 consumed" in out
+    assert "[/]\\x1b[2J: running" in drawn  # the status line
+    visible = "[bold]\\x1b]8;;https://evil.example\\x07click\\x1b]8;;\\x07"
+    assert f"job {visible} (noop): consumed SUCCESS" in _unstyled(drawn)  # the log line
+    assert CLEAR not in drawn and "\x1b]8;" not in drawn and "\x07" not in drawn
+    assert "\x1b" not in out and "conductor [/]\\x1b[2J stopped" in out
+
+
+def test_piped_output_shows_control_characters_as_escapes(
+    capsys: pytest.CaptureFixture[str], board_url: str
+) -> None:
+    reason = "bad\x9b31m\x7f"
+    outputs: list[str] = []
+
+    def cli(*argv: str) -> str:
+        _, out, err = run_cli(capsys, *argv, "--board", board_url)
+        outputs.extend((out, err))
+        return out
+
+    job_id = cli("post", CLEAR, HYPERLINK).strip()
+    assert cli("trash", job_id, "--reason", reason).endswith("trashed: bad\\x9b31m\\x7f\n")
+    _register_conductor(board_url, "owner\x1b[2J", f"name{HYPERLINK}")
+    listed = cli("jobs")
+    # The flow, cut to 30 characters before they were escaped.
+    assert "\\x1b[2J" in listed and "\\x1b]8;;https://evil.example\\x07clic" in listed
+    conductors = cli("conductors")
+    assert "name\\x1b]8;;https://evil.example\\x07click" in conductors
+    assert "owner\\x1b[2J" in conductors
+    # JSON stays JSON: a script reads back exactly what was posted.
+    for shown in (cli("jobs", "--json"), cli("show", job_id)):
+        job = json.loads(shown)
+        assert (job["name"], job["flow"], job["trash_reason"]) == (CLEAR, HYPERLINK, reason)
+    cli("show", f"no-such-{CLEAR}")  # the error line
+    assert "no-such-\\x1b[2J" in outputs[-1]
+    for text in outputs:
+        assert not any(char in text for char in RAW), repr(text)
+
+
+def test_piped_run_logs_one_line_per_job_whatever_its_name(
+    capsys: pytest.CaptureFixture[str], board_url: str
+) -> None:
+    name = f"{CLEAR}two\nlines"
+    run_cli(capsys, "post", name, "noop", '{"key": 1}', "--board", board_url)
+    status, out, err = run_cli(
+        capsys, "run", "--board", board_url, "--app", "tests.apps:flows", "--max-dispatches", "1",
+        "--name", f"c{HYPERLINK}",
+    )  # fmt: skip
+    assert status == 0 and "1 consumed" in out
+    assert "conductor c\\x1b]8;;https://evil.example\\x07click" in out
+    [line] = [line for line in err.splitlines() if "consumed SUCCESS" in line]
+    assert "job \\x1b[2Jtwo\\nlines (noop): consumed SUCCESS" in line
+    assert not any(char in out + err for char in RAW)
