@@ -16,6 +16,7 @@ the claim was lost (stolen, fenced out)            nothing: the new owner has it
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from aioconductor.persistence.models import FlowState
 
 if TYPE_CHECKING:
     from aioconductor.conductor import Conductor
+    from aioconductor.engine import Flow
 
 __all__ = ["JobRun"]
 
@@ -69,6 +71,8 @@ class JobRun:
     engine_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     #: Whether the engine's run is over (the claim is being, or was, given its end).
     ended: bool = False
+    #: Whether the board took the job's end (consumed or trashed).
+    final: bool = False
 
     @property
     def details(self) -> dict[str, Any]:
@@ -99,6 +103,9 @@ class JobRun:
         # Every log record of this run (and of the tasks it starts) names the job.
         with job_context(job.id, job.flow, owner, job_name=job.name, attempt=job.attempts):
             await self._run()
+            if self.final or self.lease_lost:
+                # Its progress is of use to nobody now (a lost job's new owner reads its own).
+                await self.conductor.forget_progress(job.id)
 
     async def _run(self) -> None:
         try:
@@ -155,8 +162,8 @@ class JobRun:
                 await self._abandon(reason="cancelled")
             raise
 
-    def _build_flow(self) -> Any:
-        from aioconductor.engine import Task, linear
+    def _build_flow(self) -> Flow:
+        from aioconductor.engine import Flow, Task, linear
 
         try:
             factory = self.conductor.flows.get(self.job.flow)
@@ -169,8 +176,19 @@ class JobRun:
         except Exception as exc:
             raise _Unrunnable(f"the factory of flow {self.job.flow!r} raised {exc!r}") from None
         if isinstance(flow, Task):
-            flow = linear(self.job.flow, flow)
-        return flow
+            return linear(self.job.flow, flow)
+        if isinstance(flow, Flow):
+            return flow
+        if inspect.iscoroutine(flow):
+            flow.close()  # never awaited: close it, or Python warns about it when it is freed
+            raise _Unrunnable(
+                f"the factory of flow {self.job.flow!r} is an async function; a factory must "
+                f"return its flow directly (a plain def)"
+            )
+        raise _Unrunnable(
+            f"the factory of flow {self.job.flow!r} returned {type(flow).__name__} "
+            f"{flow!r:.80}, not a Flow or a Task"
+        )
 
     async def renew(self) -> None:
         """Extend the lease (the conductor's lease keeper calls this); on a lost claim, stop
@@ -220,6 +238,7 @@ class JobRun:
         except ClaimLost as exc:
             await self._lost(exc)
             return
+        self.final = True
         self.conductor.stats.count_outcome(outcome)
         await self._emit(Event.JOB_CONSUMED, outcome=str(outcome))
 
@@ -230,6 +249,7 @@ class JobRun:
         except ClaimLost as exc:
             await self._lost(exc)
             return
+        self.final = True
         self.conductor.stats.trashed += 1
         await self._emit(Event.JOB_TRASHED, reason=reason)
 

@@ -20,9 +20,15 @@ import anyio
 
 from aioconductor._checks import check_lease
 from aioconductor._jobrun import CLEANUP_TIMEOUT, JobRun
+from aioconductor._payload import MAX_NAME_LENGTH, validate_name
 from aioconductor._solo import SoloGate
 from aioconductor.boards.base import JobBoard
-from aioconductor.errors import AioconductorError, ConfigurationError
+from aioconductor.errors import (
+    AioconductorError,
+    ConfigurationError,
+    LogBookNotFound,
+    PayloadError,
+)
 from aioconductor.events import Notifier
 from aioconductor.models import Claim, Job, Outcome
 from aioconductor.persistence.base import Store
@@ -67,6 +73,34 @@ class ConductorStats:
 CLAIM_TIMEOUT = 60.0
 
 
+#: The longest conductor name: the owner id on the board (name, "-", 32 hex digits) must fit
+#: the boards' limit of MAX_NAME_LENGTH characters.
+MAX_CONDUCTOR_NAME = MAX_NAME_LENGTH - 33
+
+
+def _check_name(name: object) -> str:
+    """``name`` if a board will take the owner id made from it, else ``ConfigurationError``."""
+    if isinstance(name, str) and len(name) > MAX_CONDUCTOR_NAME:
+        raise ConfigurationError(
+            f"a conductor name is at most {MAX_CONDUCTOR_NAME} characters, got {len(name)}"
+        )
+    try:
+        return validate_name("conductor name", name)
+    except PayloadError as exc:
+        raise ConfigurationError(str(exc).replace("the job's ", "the ")) from None
+
+
+def _check_count(what: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{what} must be a whole number >= 1, got {value!r}")
+
+
+def _check_drain_timeout(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ConfigurationError(f"drain_timeout must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
 def _release(slots: anyio.Semaphore, count: int) -> None:
     for _ in range(count):
         slots.release()
@@ -80,7 +114,7 @@ class Conductor:
             per conductor object.
         board: the job board (connected by ``async with`` here if it is not yet).
         store: where engines save progress; a private in-memory store when None (then a job
-            whose conductor dies starts over).
+            whose conductor dies starts over, and a job's logbook is dropped when it ends).
         flows: the registry that turns a job's ``flow`` name into a flow.
         max_concurrency: how many jobs run at once.
         lease: seconds a claim lasts unrenewed; renewed every ``lease / 3`` while a job runs.
@@ -93,6 +127,11 @@ class Conductor:
         isolate_last_attempts: run a job alone when it is on its last attempt after earlier
             ones ended unfinished (see :meth:`runs_alone`): a neighbour that crashes the
             process cannot spend it, and if it is the one that crashes, it harms no other.
+
+    Raises:
+        ConfigurationError: an option no claim could work with (a name that is empty, holds a
+            NUL or is too long for an owner id, a lease out of (0, 86,400] seconds, a
+            ``max_concurrency`` that is not a whole number >= 1, ...).
 
     Example::
 
@@ -115,18 +154,19 @@ class Conductor:
         notifier: Notifier | None = None,
         isolate_last_attempts: bool = True,
     ) -> None:
-        if max_concurrency < 1:
-            raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if claim_batch_size < 1:
-            raise ConfigurationError(f"claim_batch_size must be >= 1, got {claim_batch_size}")
-        self.name = name
+        self.name = _check_name(name)
         self.owner = f"{name}-{uuid.uuid4().hex}"
+        _check_count("max_concurrency", max_concurrency)
+        _check_count("claim_batch_size", claim_batch_size)
+        if sweep_interval is not None:
+            sweep_interval = check_lease(sweep_interval, "sweep_interval")
         self.board = board
         self.store: Store = store if store is not None else MemoryStore()
+        self._private_store = store is None
         self.flows = flows
         self.max_concurrency = max_concurrency
         self.lease = check_lease(lease)
-        self.drain_timeout = float(drain_timeout)
+        self.drain_timeout = _check_drain_timeout(drain_timeout)
         self.claim_batch_size = claim_batch_size
         ceiling = min(self.lease, 5.0)
         self.sweep_interval = min(sweep_interval, ceiling) if sweep_interval else ceiling
@@ -360,6 +400,13 @@ class Conductor:
         says nothing against it.
         """
         return self.isolate_last_attempts and 1 < job.attempts == job.max_attempts
+
+    async def forget_progress(self, job_id: str) -> None:
+        """Drop a job's logbook from the conductor's private store, once no run of the job
+        here needs it: nobody else can read that store, and it would grow for ever."""
+        if self._private_store and job_id not in self.running:
+            with contextlib.suppress(LogBookNotFound):
+                await self.store.destroy_logbook(job_id)
 
     def make_engine(self, job: Job, claim: Claim, flow: Any) -> Any:
         """The engine that runs ``job``'s flow, saving progress under the claim's token."""

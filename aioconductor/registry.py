@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, overload
 
@@ -44,7 +45,8 @@ class FlowRegistry:
         """Register ``factory`` under ``name``; without a factory, return a decorator.
 
         Raises:
-            ConfigurationError: the name is empty or already taken.
+            ConfigurationError: the name is empty or already taken, or the factory is not a
+                plain callable (an ``async def`` cannot build a flow).
         """
         if not isinstance(name, str) or not name.strip():
             raise ConfigurationError(f"a flow name must be a non-empty string, got {name!r}")
@@ -54,6 +56,11 @@ class FlowRegistry:
                 raise ConfigurationError(f"a flow is already registered as {name!r}")
             if not callable(fn):
                 raise ConfigurationError(f"the factory of flow {name!r} is not callable")
+            if inspect.iscoroutinefunction(fn):
+                raise ConfigurationError(
+                    f"the factory of flow {name!r} is an async function; a factory must "
+                    f"return its flow directly (a plain def)"
+                )
             self._factories[name] = fn
             return fn
 

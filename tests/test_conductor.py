@@ -15,10 +15,12 @@ from aioconductor import (
     BackendUnavailable,
     Conductor,
     ConfigurationError,
+    FlowRegistry,
     JobBoard,
     JobState,
     Outcome,
     Store,
+    linear,
     open_board,
     open_store,
 )
@@ -518,3 +520,100 @@ async def test_an_idle_conductor_does_not_hammer_jobs_claimed_by_others() -> Non
         # One claim attempt on start, then one per sweep (every min(lease, 5 s) = 1 s).
         assert board.claim_calls <= 3
         assert conductor.stats.claimed == 0
+
+
+class _AsyncCallable:
+    """A factory whose ``__call__`` is an ``async def``: registered, it returns a coroutine."""
+
+    async def __call__(self, **args: Any) -> Any:
+        return None
+
+
+def _not_flows() -> FlowRegistry:
+    registry = FlowRegistry()
+    registry.register("none", lambda **args: None)
+    registry.register("number", lambda **args: 42)
+    registry.register("list", lambda **args: [linear("f")])
+    registry.register("coroutine", _AsyncCallable())
+    return registry
+
+
+@pytest.mark.parametrize(
+    ("flow", "reason"),
+    [
+        ("none", "returned NoneType None, not a Flow or a Task"),
+        ("number", "returned int 42, not a Flow or a Task"),
+        ("list", "returned list [<LinearFlow"),
+        ("coroutine", "is an async function; a factory must return its flow directly"),
+    ],
+)
+async def test_a_factory_that_returns_no_flow_trashes_its_job_at_once(
+    board_and_store: tuple[JobBoard, Store], flow: str, reason: str
+) -> None:
+    # It can never succeed: trashed on its first claim, saying what the factory returned.
+    board, store = board_and_store
+    job = await board.post("bad", flow, {})
+    conductor = Conductor("c", board, store=store, flows=_not_flows())
+    [done] = await run_until_finished([conductor], board, [job.id])
+    assert done.state is JobState.TRASHED and done.attempts == 1
+    assert reason in (done.trash_reason or "")
+
+
+def test_an_async_factory_is_refused_when_registered() -> None:
+    async def build(**args: Any) -> Any:
+        return linear("f")
+
+    with pytest.raises(ConfigurationError, match="is an async function"):
+        FlowRegistry().register("f", build)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"name": "x" * 223}, "at most 222 characters"),
+        ({"name": "a\x00b"}, "NUL"),
+        ({"name": ""}, "non-empty string"),
+        ({"name": "   "}, "non-empty string"),
+        ({"name": 42}, "non-empty string"),
+        ({"lease": 1e12}, "lease must be more than 0 and at most 86400 seconds"),
+        ({"lease": float("inf")}, "lease must be"),
+        ({"lease": 0}, "lease must be"),
+        ({"max_concurrency": 1.5}, "max_concurrency must be a whole number"),
+        ({"max_concurrency": 0}, "max_concurrency must be a whole number"),
+        ({"claim_batch_size": True}, "claim_batch_size must be a whole number"),
+        ({"drain_timeout": float("nan")}, "drain_timeout must be"),
+        ({"sweep_interval": -1}, "sweep_interval must be"),
+    ],
+)
+def test_options_no_claim_could_work_with_are_refused_at_construction(
+    options: dict[str, Any], message: str
+) -> None:
+    kwargs: dict[str, Any] = {"name": "c", **options}
+    with pytest.raises(ConfigurationError, match=message):
+        Conductor(board=MemoryJobBoard(), flows=flows, **kwargs)
+
+
+async def test_the_longest_name_allowed_claims_jobs() -> None:
+    async with MemoryJobBoard() as board:
+        job = await board.post("j", "noop", {"key": 1})
+        conductor = Conductor("x" * 222, board, flows=flows)
+        [done] = await run_until_finished([conductor], board, [job.id])
+    assert done.state is JobState.COMPLETE
+
+
+async def test_without_a_store_a_finished_job_leaves_no_logbook(tmp_path: Path) -> None:
+    # The private store is read by this conductor alone: what it kept of a job that ended would
+    # only grow. With a store of the user's, the logbooks stay.
+    async with open_board(f"sqlite:///{tmp_path / 'jobs.db'}", poll_interval=0.05) as board:
+        jobs = [await board.post(f"j{n}", "steps", {"key": n}) for n in range(50)]
+        jobs += [await board.post("bad", "fails", {"key": 50})]
+        private = Conductor("c", board, flows=flows)
+        done = await run_until_finished([private], board, [job.id for job in jobs])
+        assert all(job.state is JobState.COMPLETE for job in done)
+        assert [book async for book in private.store.logbooks()] == []
+
+        more = [await board.post(f"k{n}", "steps", {"key": f"k{n}"}) for n in range(5)]
+        async with MemoryStore() as store:
+            shared = Conductor("d", board, store=store, flows=flows)
+            await run_until_finished([shared], board, [job.id for job in more])
+            assert len([book async for book in store.logbooks()]) == 5
