@@ -94,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     dashboard.add_argument(
         "--allow-actions", action="store_true", help="allow trashing and re-posting jobs"
     )
+    dashboard.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="answer requests for this host name too, NAME or NAME:PORT (repeatable); others "
+        "than the address served on (and localhost on a loopback address) get 400",
+    )
 
     migrate = with_board(
         sub.add_parser("migrate", help="create or upgrade the board's and store's tables")
@@ -297,7 +305,9 @@ async def _cmd_dashboard(board: Any, args: argparse.Namespace) -> int:
             "the dashboard server needs uvicorn: pip install 'aioconductor[dashboard]'"
         ) from None
     store = open_store(args.store) if args.store else None
-    app = create_app(board, store, allow_actions=args.allow_actions)
+    # The --host given is a name the dashboard is served on, even when it is not an address.
+    hosts = [*filter(None, [args.host]), *args.allow_host]
+    app = create_app(board, store, allow_actions=args.allow_actions, allowed_hosts=hosts)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
     actions = "on" if args.allow_actions else "off"
     _echo(f"dashboard of {board!r} on http://{args.host}:{args.port}/ (actions {actions})")

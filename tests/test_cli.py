@@ -78,6 +78,7 @@ def test_run_processes_jobs_and_conductors_lists_nobody_after(
         (["run", "--board", "BOARD", "--app", "no.such.module:flows"], "cannot import"),
         (["run", "--board", "BOARD", "--app", "tests.apps"], "module:registry"),
         (["demo", "--jobs", "0"], "--jobs"),
+        (["dashboard", "--board", "BOARD", "--allow-host", "http://ops"], "not a host name"),
     ],
 )
 def test_errors_are_one_line_and_a_non_zero_exit(
@@ -237,6 +238,7 @@ def test_run_shows_a_live_status_line_on_a_terminal(
 
 
 def test_dashboard_serves_the_board_until_interrupted(tmp_path: Path) -> None:
+    import http.client
     import signal
     import socket
     import time
@@ -247,8 +249,10 @@ def test_dashboard_serves_the_board_until_interrupted(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    argv = ["dashboard", "--board", board, "--port", str(port)]
+    argv += ["--allow-host", "ops.example", "--allow-host", "admin.example:8443"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aioconductor", "dashboard", "--board", board, "--port", str(port)],
+        [sys.executable, "-m", "aioconductor", *argv],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -266,6 +270,20 @@ def test_dashboard_serves_the_board_until_interrupted(tmp_path: Path) -> None:
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
                 time.sleep(0.1)
         assert summary["counts"]["UNCLAIMED"] == 1 and summary["jobs"][0]["name"] == "seen"
+
+        def status_for(host: str) -> int:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                connection.request("GET", "/api/summary", headers={"Host": host})
+                return connection.getresponse().status
+            finally:
+                connection.close()
+
+        # A name rebound to this address is refused; loopback names and --allow-host answered.
+        assert status_for(f"evil.example:{port}") == 400
+        assert status_for("admin.example") == 400  # allowed on port 8443 only
+        for host in (f"localhost:{port}", f"[::1]:{port}", "ops.example", "admin.example:8443"):
+            assert status_for(host) == 200, host
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=15)
     finally:

@@ -12,7 +12,10 @@ or mount it in your own FastAPI / Starlette app::
 
     from aioconductor.dashboard import create_app
 
-    app.mount("/jobs", create_app(board, store=store))
+    app.mount("/jobs", create_app(board, store=store, allowed_hosts=["ops.example.com"]))
+
+It answers only requests whose ``Host`` is the address they came in on (``localhost`` too on a
+loopback address) or one of ``allowed_hosts``: a DNS-rebinding page gets 400.
 
 Everything it renders is escaped: job names, args and results are untrusted. It loads nothing
 from the internet (its script and stylesheet are served by the app itself).

@@ -6,7 +6,7 @@ import collections
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from aioconductor.models import ConductorInfo, Job, JobState
 try:
     import jinja2
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Mount, Route
@@ -35,6 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra onl
     ) from exc
 
 from aioconductor.boards.base import JobBoard
+from aioconductor.dashboard._hosts import AllowedHosts, HostGuard
 from aioconductor.persistence.base import Store
 
 __all__ = ["create_app"]
@@ -46,6 +48,8 @@ LIST_LIMIT = 200
 CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'self'"
 #: Actions need this header: a cross-site form cannot send it without a CORS preflight.
 ACTION_HEADER = "x-aioconductor-action"
+#: The actions on a job (``POST /api/jobs/{id}/{action}``), each behind that header.
+ACTIONS = ("trash", "repost")
 
 
 def _when(ts: float | None) -> str | None:
@@ -241,10 +245,12 @@ class _Dashboard:
             return JSONResponse({"error": f"an action needs the {ACTION_HEADER} header"}, 403)
         await self.ready()
         job_id, action = request.path_params["job_id"], request.path_params["action"]
+        if action not in ACTIONS:
+            return JSONResponse({"error": f"no action {action!r}"}, status_code=404)
         try:
             if action == "trash":
                 job = await self.board.trash(job_id, reason="trashed from the dashboard")
-            elif action == "repost":
+            else:  # repost
                 old = await self.board.get(job_id)
                 job = await self.board.post(
                     old.name,
@@ -253,8 +259,6 @@ class _Dashboard:
                     priority=old.priority,
                     max_attempts=old.max_attempts,
                 )
-            else:
-                return JSONResponse({"error": f"no action {action!r}"}, status_code=404)
         except JobNotFound as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
         except UnclaimableJob as exc:
@@ -269,11 +273,22 @@ def _state_param(request: Request) -> JobState | None:
     return JobState(value) if value in JobState.__members__ else None
 
 
-def create_app(board: JobBoard, store: Store | None = None, allow_actions: bool = False) -> Any:
+def create_app(
+    board: JobBoard,
+    store: Store | None = None,
+    allow_actions: bool = False,
+    *,
+    allowed_hosts: Iterable[str] = (),
+) -> Any:
     """The dashboard as an ASGI app (Starlette), to serve or to mount in another app.
 
     The board and store are connected on the first request if they are not yet (a mounted app
     gets no lifespan); when the app is served on its own, its lifespan closes what it opened.
+
+    A request is answered only if its ``Host`` header names the address it came in on (for a
+    loopback address also ``localhost``, ``127.0.0.1`` and ``[::1]``) or one of
+    ``allowed_hosts``; any other gets 400 before a handler runs, so a page whose DNS name was
+    rebound to the dashboard's address can neither read it nor use its actions.
 
     Args:
         board: the job board to show.
@@ -281,10 +296,17 @@ def create_app(board: JobBoard, store: Store | None = None, allow_actions: bool 
             task states or tracebacks.
         allow_actions: show and accept the trash and re-post actions (off by default: anyone
             who can reach the dashboard could use them).
+        allowed_hosts: more names the dashboard answers to, such as the name a reverse proxy
+            forwards: ``"ops.example.com"`` (any port) or ``"ops.example.com:8443"`` (that
+            port only); ``"*"`` answers every Host (only behind a proxy that checks it).
 
     Returns:
         A ``starlette.applications.Starlette`` app.
+
+    Raises:
+        ConfigurationError: an entry of ``allowed_hosts`` is not a host name.
     """
+    hosts = AllowedHosts(allowed_hosts)
     dashboard = _Dashboard(board, store, allow_actions)
 
     @contextlib.asynccontextmanager
@@ -310,6 +332,7 @@ def create_app(board: JobBoard, store: Store | None = None, allow_actions: bool 
             ),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
+        middleware=[Middleware(HostGuard, hosts=hosts)],
         lifespan=lifespan,
     )
     app.state.dashboard = dashboard

@@ -12,6 +12,7 @@ import pytest
 
 from aioconductor import Conductor, JobBoard, JobState, Store, open_board, open_store
 from aioconductor.dashboard import create_app
+from aioconductor.dashboard.app import ACTIONS
 
 from ..apps import flows
 
@@ -147,3 +148,154 @@ async def test_an_unconnected_board_is_connected_on_the_first_request() -> None:
     assert board.connected
     await app.state.dashboard.aclose()
     assert not board.connected
+
+
+# -- who may ask: the Host header (DNS rebinding) and cross-site actions -------------------------
+
+FOREIGN = ("evil.example", "evil.example:8000", "localhost.evil.example:8000", "127.0.0.1.evil")
+
+
+def served_on(app: Any, address: str = "127.0.0.1:8000") -> httpx.AsyncClient:
+    """A client whose requests come in on ``address``, as uvicorn tells the app (scope server)."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{address}")
+
+
+@pytest.mark.parametrize("host", FOREIGN)
+async def test_a_foreign_host_can_neither_read_the_dashboard_nor_trash_a_job(
+    board_and_store: tuple[JobBoard, Store], host: str
+) -> None:
+    board, store = board_and_store
+    job = await board.post("secret-job", "noop", {"key": "secret-arg"})
+    foreign = {"Host": host}
+    async with served_on(create_app(board, store, allow_actions=True)) as http:
+        for path in ("/", "/api/summary", f"/jobs/{job.id}", f"/api/jobs/{job.id}"):
+            refused = await http.get(path, headers=foreign)
+            assert refused.status_code == 400, path
+            assert "secret" not in refused.text and "--allow-host" in refused.text
+        assert (await http.get("/static/dashboard.js", headers=foreign)).status_code == 400
+        for action in ACTIONS:
+            # With the action header: under rebinding the page is same-origin and can send it.
+            headers = {**foreign, "X-Aioconductor-Action": "1", "Origin": f"http://{host}"}
+            refused = await http.post(f"/api/jobs/{job.id}/{action}", headers=headers)
+            assert refused.status_code == 400
+        # The same requests with the address the dashboard is served on are answered.
+        assert (await http.get(f"/api/jobs/{job.id}")).json()["args"] == {"key": "secret-arg"}
+    unchanged = await board.get(job.id)
+    assert unchanged.state is JobState.UNCLAIMED and unchanged.updated_at == job.updated_at
+    assert await board.job_count() == 1  # nothing re-posted
+
+
+@pytest.mark.parametrize(
+    ("address", "host", "status"),
+    [
+        ("127.0.0.1:8000", "127.0.0.1:8000", 200),
+        ("127.0.0.1:8000", "localhost:8000", 200),
+        ("127.0.0.1:8000", "LocalHost.:8000", 200),
+        ("127.0.0.1:8000", "[::1]:8000", 200),
+        ("127.0.0.1:8000", "localhost:9000", 200),  # ssh -L 9000:127.0.0.1:8000
+        ("127.0.0.1:8000", "[::1", 400),
+        ("127.0.0.1:8000", "localhost:80x", 400),
+        ("127.0.0.1:8000", "", 400),
+        ("[::1]:8000", "[0:0::1]:8000", 200),
+        ("[::1]:8000", "localhost:8000", 200),
+        ("10.1.2.3:8000", "10.1.2.3:8000", 200),
+        ("10.1.2.3:8000", "localhost:8000", 400),  # not a loopback address: its own only
+        ("10.1.2.3:8000", "ops.example:8000", 400),
+    ],
+)
+async def test_the_address_served_on_is_answered_under_its_names(
+    board_and_store: tuple[JobBoard, Store], address: str, host: str, status: int
+) -> None:
+    board, _ = board_and_store
+    async with served_on(create_app(board), address) as http:
+        assert (await http.get("/api/summary", headers={"Host": host})).status_code == status
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("ops.example.com", 200),
+        ("ops.example.com:1234", 200),  # a name without a port: any port
+        ("OPS.example.com.", 200),
+        ("admin.example.com:8443", 200),
+        ("admin.example.com", 400),  # a name with a port: that port only
+        ("admin.example.com:8000", 400),
+        ("evil.ops.example.com", 400),
+        ("[fd00::5]:8000", 200),
+        ("localhost:8000", 400),
+    ],
+)
+async def test_allowed_hosts_add_names(
+    board_and_store: tuple[JobBoard, Store], host: str, status: int
+) -> None:
+    board, _ = board_and_store
+    app = create_app(board, allowed_hosts=["ops.example.com", "admin.example.com:8443", "fd00::5"])
+    async with served_on(app, "10.1.2.3:8000") as http:
+        assert (await http.get("/api/summary", headers={"Host": host})).status_code == status
+
+
+async def test_any_host_only_when_asked_and_bad_names_refused_at_once(
+    board_and_store: tuple[JobBoard, Store],
+) -> None:
+    from aioconductor.errors import ConfigurationError
+
+    board, _ = board_and_store
+    async with served_on(create_app(board, allowed_hosts=["*"]), "10.1.2.3:8000") as http:
+        assert (await http.get("/", headers={"Host": "anything.example"})).status_code == 200
+    for bad in (["http://ops.example.com"], ["ops:x"], [""], "ops.example.com"):
+        with pytest.raises(ConfigurationError, match="allowed hosts are"):
+            create_app(board, allowed_hosts=bad)
+
+
+@pytest.mark.parametrize("hosts", [[], [b"127.0.0.1:8000", b"evil.example"]])
+async def test_a_request_without_exactly_one_host_header_is_refused(
+    board_and_store: tuple[JobBoard, Store], hosts: list[bytes]
+) -> None:
+    board, _ = board_and_store
+    app = create_app(board)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/api/summary", "raw_path": b"/api/summary",
+        "root_path": "", "query_string": b"", "headers": [(b"host", h) for h in hosts],
+        "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000),
+    }  # fmt: skip
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+
+
+async def test_the_job_page_offers_exactly_the_actions_the_api_knows(
+    board_and_store: tuple[JobBoard, Store],
+) -> None:
+    import re
+
+    board, _ = board_and_store
+    job = await board.post("j", "noop", {"key": 1})
+    async with client(create_app(board, allow_actions=True)) as http:
+        page = (await http.get(f"/jobs/{job.id}")).text
+    assert sorted(re.findall(r'data-action="([a-z]+)"', page)) == sorted(ACTIONS)
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "multipart/form-data", "text/plain"]
+)
+async def test_every_action_is_refused_to_a_cross_site_post(
+    board_and_store: tuple[JobBoard, Store], action: str, content_type: str
+) -> None:
+    """What a form or a no-cors fetch on another site can send: no custom header."""
+    board, _ = board_and_store
+    job = await board.post("j", "noop", {"key": 1})
+    headers = {"Origin": "https://evil.example", "Content-Type": content_type}
+    async with client(create_app(board, allow_actions=True)) as http:
+        refused = await http.post(f"/api/jobs/{job.id}/{action}", headers=headers, content=b"a=1")
+    assert refused.status_code == 403 and "x-aioconductor-action" in refused.json()["error"]
+    assert (await board.get(job.id)).state is JobState.UNCLAIMED
+    assert await board.job_count() == 1
