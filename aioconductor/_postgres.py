@@ -24,13 +24,13 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 from asyncpg import exceptions as pgexc
 
-from aioconductor._urls import int_option, redact_url
+from aioconductor._urls import int_option, redact_url, url_secrets
 from aioconductor.errors import AioconductorError, BackendUnavailable, ConfigurationError
 
 __all__ = [
@@ -124,6 +124,30 @@ def split_options(driver_url: str, names: Collection[str]) -> tuple[str, dict[st
     return (f"{base}?{urlencode(kept)}" if kept else base), options
 
 
+def _check_ports(netloc: str, query: str, shown: str) -> None:
+    """Refuse a port that is not a number from 1 to 65535, in the host list or in ``?port=``.
+
+    asyncpg takes ``host:port`` lists (``h1:5432,h2:5433``) and checks a port only when it
+    connects, where one past 65535 raises a bare ``OverflowError``.
+
+    Raises:
+        ConfigurationError: such a port, naming it and the URL (``shown``, redacted).
+    """
+    # "[v6 address]:port" or "host:port", split as asyncpg splits them.
+    ports = [
+        spec.rpartition("]")[2][1:] if spec.startswith("[") else spec.partition(":")[2]
+        for spec in netloc.rpartition("@")[2].split(",")
+    ]
+    for key, value in parse_qsl(query):
+        if key == "port":
+            ports += value.split(",")
+    for port in ports:
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigurationError(
+                f"bad PostgreSQL URL {shown}: port {port!r} is not a number from 1 to 65535"
+            )
+
+
 class PostgresLink:
     """One asyncpg pool, the schema migrations, and the error translation every call uses.
 
@@ -156,12 +180,15 @@ class PostgresLink:
         self.pool_max = int_option(options, "pool_max", 10)
         if self.pool_min > self.pool_max:
             raise ConfigurationError(f"pool_min {self.pool_min} exceeds pool_max {self.pool_max}")
-        parts = urlsplit(driver_url)
+        try:
+            parts = urlsplit(driver_url)
+        except ValueError as exc:
+            raise ConfigurationError(f"bad PostgreSQL URL {self.url}: {exc}") from None
         if parts.scheme.lower() not in ("postgresql", "postgres"):
             raise ConfigurationError(f"not a PostgreSQL URL: {self.url}")
+        _check_ports(parts.netloc, parts.query, self.url)
         self._dsn = driver_url
-        password = parts.password
-        self._secrets = {p for p in (password, unquote(password or "")) if p}
+        self._secrets = url_secrets(driver_url)
         given = {key for key, _ in parse_qsl(parts.query)}
         self._settings = {k: v for k, v in _DEFAULT_SETTINGS.items() if k not in given}
         self._closed_error = closed_error
@@ -215,6 +242,20 @@ class PostgresLink:
         except pgexc.PostgresError as exc:
             raise self._error(f"PostgreSQL: {what} failed: {self.scrub(exc)}") from exc
 
+    @contextlib.contextmanager
+    def _url_refused(self) -> Iterator[None]:
+        """asyncpg reads parts of the URL only when it connects, and refuses them with a
+        ``ValueError`` (a port that is no number, a bad ``sslmode``) or an ``OverflowError``
+        (a port past 65535 that :func:`_check_ports` did not see): a ``ConfigurationError``,
+        which the command line prints as one line."""
+        try:
+            yield
+        except (AioconductorError, OSError):
+            # Ours, or the server's (a refused certificate is an ssl error and a ValueError).
+            raise
+        except (ValueError, OverflowError) as exc:
+            raise ConfigurationError(f"bad PostgreSQL URL {self.url}: {self.scrub(exc)}") from None
+
     # -- connections ---------------------------------------------------------------------------
 
     async def connect(self, component: str, migrations: Migrations) -> None:
@@ -224,7 +265,7 @@ class PostgresLink:
             BackendUnavailable: the server could not be reached or refused the connection.
             ConfigurationError: the schema is newer than this library knows.
         """
-        with self.translate("connect"):
+        with self.translate("connect"), self._url_refused():
             pool = await asyncpg.create_pool(
                 self._dsn,
                 min_size=self.pool_min,
@@ -243,7 +284,7 @@ class PostgresLink:
 
     async def connect_one(self, what: str) -> Any:
         """A connection of its own (not from the pool), closed by :meth:`aclose` at the latest."""
-        with self.translate(what):
+        with self.translate(what), self._url_refused():
             conn = await asyncpg.connect(self._dsn, server_settings=self._settings)
         if self.closed:
             conn.terminate()

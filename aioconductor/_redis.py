@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -28,7 +29,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from aioconductor._redis_batch import ScriptBatcher
-from aioconductor._urls import redact_url
+from aioconductor._urls import redact_url, url_secrets
 from aioconductor.errors import BackendUnavailable, ConfigurationError
 
 __all__ = ["RedisLink", "hash_tag_prefix"]
@@ -41,6 +42,10 @@ T = TypeVar("T")
 READ_RETRY_SECONDS = 8.0
 #: Options the library sets itself: a URL may not override them.
 _RESERVED_QUERY = frozenset({"decode_responses", "encoding", "protocol"})
+#: The path of a Redis URL: none, or the database number.
+_DB_PATH = re.compile(r"/?|/\d+/?")
+#: How Python names the keyword argument a class does not take.
+_UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
 
 
 def hash_tag_prefix(namespace: str) -> str:
@@ -62,13 +67,21 @@ class RedisLink:
         self.url = redact_url(driver_url)
         self._closed_error = closed_error
         self.closed = False
-        password = urlsplit(driver_url).password
-        # Both forms: the URL's (percent-encoded) and the one redis-py sends.
-        self._secrets = {p for p in (password, unquote(password or "")) if p}
-        reserved = {k for k, _ in parse_qsl(urlsplit(driver_url).query)} & _RESERVED_QUERY
+        # Every secret in both forms: as the URL has it (percent-encoded), and as redis-py sends.
+        self._secrets = url_secrets(driver_url)
+        try:
+            parts = urlsplit(driver_url)
+        except ValueError as exc:
+            raise ConfigurationError(f"bad Redis URL {self.url}: {self.scrub(exc)}") from None
+        reserved = {k for k, _ in parse_qsl(parts.query)} & _RESERVED_QUERY
         if reserved:
             raise ConfigurationError(
                 f"{self.url}: option(s) {', '.join(sorted(reserved))} are set by aioconductor"
+            )
+        if not _DB_PATH.fullmatch(unquote(parts.path)):
+            # redis-py would silently use database 0 for a path that is not a number.
+            raise ConfigurationError(
+                f"bad Redis URL {self.url}: the path must be a database number (redis://host/0)"
             )
         try:
             # No retries inside redis-py: a script whose reply was lost must not run twice, so
@@ -76,9 +89,34 @@ class RedisLink:
             self.client: Redis = Redis.from_url(
                 driver_url, decode_responses=True, retry=Retry(NoBackoff(), 0)
             )
-        except (ValueError, TypeError) as exc:
+            self._check_options()
+        except (ValueError, TypeError, rexc.RedisError) as exc:
             raise ConfigurationError(f"bad Redis URL {self.url}: {self.scrub(exc)}") from None
         self._batcher = ScriptBatcher(self.client)
+
+    def _check_options(self) -> None:
+        """Refuse what redis-py would refuse only at the first command: a query option that
+        its connection class does not take (redis-py hands it over as a keyword argument),
+        or a negative database number.
+
+        The check builds one connection object, as the pool will, without connecting it.
+
+        Raises:
+            ValueError: a negative database number, or an option redis-py does not take.
+        """
+        pool = self.client.connection_pool
+        try:
+            pool.connection_class(**pool.connection_kwargs)
+        except TypeError as exc:
+            unknown = _UNEXPECTED.search(str(exc))
+            if unknown is None:
+                raise
+            raise ValueError(
+                f"unknown option {unknown[1]!r}: neither aioconductor nor redis-py takes it"
+            ) from None
+        db = pool.connection_kwargs.get("db", 0)
+        if not isinstance(db, int) or db < 0:
+            raise ValueError(f"database {db!r} is not a number of 0 or more")
 
     def scrub(self, exc: BaseException | str) -> str:
         """``exc`` as text, with the URL's password (should a driver echo it) masked."""

@@ -41,6 +41,7 @@ from urllib.parse import unquote
 import anyio
 
 from aioconductor._pending import Pending
+from aioconductor._urls import redact_url
 from aioconductor.errors import BackendUnavailable, ConfigurationError
 
 __all__ = ["BUSY_TIMEOUT_MS", "Migrations", "SqliteLink", "sqlite_path"]
@@ -64,21 +65,22 @@ def sqlite_path(driver_url: str) -> str:
     Raises:
         ConfigurationError: the URL has a host, options SQLite does not take, or no path.
     """
+    shown = repr(redact_url(driver_url))
     scheme, _, rest = driver_url.partition("://")
     if scheme.lower() != "sqlite":
-        raise ConfigurationError(f"{driver_url!r} is not a sqlite:// URL")
+        raise ConfigurationError(f"{shown} is not a sqlite:// URL")
     rest, _, query = rest.partition("?")
     if query:
-        raise ConfigurationError(f"{driver_url!r}: unknown sqlite option(s) {query!r}")
+        raise ConfigurationError(f"{shown}: SQLite takes no driver options")
     rest = rest.partition("#")[0]
     if rest and not rest.startswith("/"):
         raise ConfigurationError(
-            f"{driver_url!r} names a host; use sqlite:///relative.db or sqlite:////abs/path.db"
+            f"{shown} names a host; use sqlite:///relative.db or sqlite:////abs/path.db"
         )
     path = unquote(rest[1:])
     if not path:
         raise ConfigurationError(
-            f"{driver_url!r} names no file; use sqlite:///relative.db or sqlite:////abs/path.db"
+            f"{shown} names no file; use sqlite:///relative.db or sqlite:////abs/path.db"
         )
     return path
 

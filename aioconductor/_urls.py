@@ -1,7 +1,12 @@
 """Parsing of board and store URLs: the scheme, the namespace and the library's own options.
 
 The library's options (``namespace``, ``max_payload_bytes``, ...) are removed from the URL before
-it reaches a driver, so a driver never sees, or chokes on, an option that is not its own.
+it reaches a driver, so a driver never sees, or chokes on, an option that is not its own. One URL
+serves a board and a store of the same backend: each takes its own options and drops the other's
+(``ignored_options``), so ``aioconductor migrate --board URL`` can open the store on the board's
+URL. A URL is shown only through :func:`redact_url`, which masks the password of the user part and
+the value of every query option that carries a credential (``password``, ``sslpassword``,
+``token``, ...).
 """
 
 from __future__ import annotations
@@ -11,13 +16,50 @@ import importlib
 import re
 from collections.abc import Collection, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
+from aioconductor._checks import check_lease
 from aioconductor.errors import ConfigurationError, DependencyMissing
 
-__all__ = ["ParsedURL", "load_backend", "parse_url", "redact_url", "validate_namespace"]
+__all__ = [
+    "BOARD_OPTIONS",
+    "ParsedURL",
+    "is_secret_option",
+    "load_backend",
+    "parse_url",
+    "redact_url",
+    "refuse_options",
+    "url_secrets",
+    "validate_namespace",
+]
 
 _NAMESPACE = re.compile(r"[a-z0-9_]{1,48}")
+
+#: The URL options every board reads (``JobBoard.from_url``). A store of the same backend
+#: accepts and ignores them, so one URL serves both.
+BOARD_OPTIONS = frozenset({"max_payload_bytes", "lease", "poll_interval"})
+
+#: A query option whose name, lower-cased and without ``_``, ``-`` and ``.``, contains one of
+#: these carries a credential (redis-py's ``password`` and ``ssl_password``, asyncpg's
+#: ``password`` and ``sslpassword``, and the usual names of tokens and keys).
+_SECRET_WORDS = (
+    "password",
+    "passwd",
+    "passphrase",
+    "pwd",
+    "secret",
+    "token",
+    "credential",
+    "apikey",
+    "accesskey",
+    "authkey",
+    "privatekey",
+)
+#: ... or is one of these. Not a substring match: ``passfile`` or ``author`` name no secret.
+_SECRET_NAMES = frozenset({"pass", "auth"})
+_NOT_IN_NAMES = re.compile(r"[-_.]")
+#: How a masked value is shown.
+MASK = "***"
 
 
 def validate_namespace(namespace: str) -> str:
@@ -44,8 +86,16 @@ class ParsedURL:
         return f"ParsedURL(scheme={self.scheme!r}, driver_url={redact_url(self.driver_url)!r})"
 
 
-def parse_url(url: str, *, library_options: Collection[str] = ()) -> ParsedURL:
+def parse_url(
+    url: str, *, library_options: Collection[str] = (), ignored_options: Collection[str] = ()
+) -> ParsedURL:
     """Split ``url`` into scheme, namespace, the library's options and the driver's URL.
+
+    Args:
+        url: the board or store URL.
+        library_options: the options read by the caller: returned in ``options``.
+        ignored_options: options of the library that the caller does not read (a store's URL
+            may hold its board's options): removed, so they never reach the driver.
 
     Raises:
         ConfigurationError: the URL has no scheme, or a bad namespace.
@@ -63,7 +113,7 @@ def parse_url(url: str, *, library_options: Collection[str] = ()) -> ParsedURL:
             namespace = value
         elif key in library_options:
             options[key] = value
-        else:
+        elif key not in ignored_options:
             kept.append((key, value))
     validate_namespace(namespace)
     # The part before the query is kept as written: rebuilding it with urlunsplit would drop
@@ -72,17 +122,78 @@ def parse_url(url: str, *, library_options: Collection[str] = ()) -> ParsedURL:
     return ParsedURL(scheme=scheme, driver_url=driver_url, namespace=namespace, options=options)
 
 
+def is_secret_option(name: str) -> bool:
+    """Whether the query option ``name`` carries a credential (case-insensitive)."""
+    key = _NOT_IN_NAMES.sub("", name.lower())
+    return key in _SECRET_NAMES or any(word in key for word in _SECRET_WORDS)
+
+
+def _split(url: str) -> tuple[str, str, str]:
+    """``url`` as (the part before the query, ``?`` and the query, ``#`` and the fragment),
+    split where :func:`urllib.parse.urlsplit`, and so every driver, splits it."""
+    rest, hash_, fragment = url.partition("#")
+    base, question, query = rest.partition("?")
+    return base, question + query, hash_ + fragment
+
+
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, safe for logs and error messages."""
+    """``url`` with its secrets replaced by ``***``, safe for logs, reprs and error messages.
+
+    The password of the user part and the value of every credential query option
+    (:func:`is_secret_option`: ``password``, ``sslpassword``, ``token``, ...) are masked, and
+    so is a fragment: no driver reads one, and a ``#`` in a password written unencoded would
+    otherwise show the rest of it.
+    """
     try:
-        parts = urlsplit(url)
+        base, query, fragment = _split(url)
+        parts = urlsplit(base)
     except ValueError:
         return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        base = urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{netloc}"))
+    if query:
+        fields = []
+        for field in query[1:].split("&"):
+            name, equals, _ = field.partition("=")
+            secret = equals and is_secret_option(unquote_plus(name))
+            fields.append(f"{name}={MASK}" if secret else field)
+        query = "?" + "&".join(fields)
+    return base + query + ("#" + MASK if fragment else "")
+
+
+def url_secrets(url: str) -> set[str]:
+    """Every secret ``url`` holds, as written and decoded: what a driver's error message that
+    echoes one must have masked (see :func:`redact_url` for which values are secrets)."""
+    try:
+        base, query, _ = _split(url)
+        password = urlsplit(base).password
+    except ValueError:
+        return set()
+    found = {password, unquote(password)} if password else set()
+    for field in query[1:].split("&"):
+        name, equals, value = field.partition("=")
+        if equals and is_secret_option(unquote_plus(name)):
+            found |= {value, unquote_plus(value)}
+    return {secret for secret in found if secret}
+
+
+def refuse_options(driver_url: str, what: str, known: Collection[str]) -> None:
+    """Refuse the options left in ``driver_url`` where no driver takes options (memory,
+    SQLite, Kafka): each is named, with the options ``what`` does take.
+
+    Raises:
+        ConfigurationError: ``driver_url`` holds an option.
+    """
+    query = _split(driver_url)[1][1:]
+    names = sorted({key for key, _ in parse_qsl(query, keep_blank_values=True)})
+    if names:
+        takes = ", ".join(sorted({"namespace", *known}))
+        raise ConfigurationError(
+            f"{redact_url(driver_url)}: unknown option(s) {', '.join(names)}; "
+            f"the {what} takes {takes}"
+        )
 
 
 def load_backend(scheme: str, table: Mapping[str, tuple[str, str, str | None]], what: str) -> Any:
@@ -121,6 +232,18 @@ def int_option(options: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise ConfigurationError(f"option {name}={raw!r} must be positive")
     return value
+
+
+def lease_option(options: Mapping[str, str], name: str, default: float) -> float:
+    """Read a lease (seconds in (0, 86,400]) library option, with a clear error naming it."""
+    raw = options.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"option {name}={raw!r} is not a number of seconds") from None
+    return check_lease(value, f"option {name}={raw!r}")
 
 
 def float_option(options: Mapping[str, str], name: str, default: float) -> float:

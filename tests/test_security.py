@@ -23,6 +23,7 @@ import pytest
 
 import aioconductor
 from aioconductor import (
+    BackendUnavailable,
     ClaimLost,
     Conductor,
     ConfigurationError,
@@ -31,6 +32,7 @@ from aioconductor import (
     open_board,
     open_store,
 )
+from aioconductor._urls import redact_url
 from aioconductor.persistence.models import LogBook
 
 from .boards.conftest import _MARKS, BACKENDS, BoardBackend
@@ -321,6 +323,160 @@ def _chain(error: BaseException | None) -> list[str]:
         texts += [str(error), repr(error)]
         error = error.__cause__ or error.__context__
     return texts
+
+
+# -- secrets in the query string (#16, item 11) ------------------------------------------------
+
+#: Credential options as redis-py (``password``, ``ssl_password``), asyncpg (``password``,
+#: ``sslpassword``) and services commonly spell them: masked whatever their case or separators.
+SECRET_OPTIONS = [
+    "password",
+    "PASSWORD",
+    "Password",
+    "sslpassword",
+    "ssl_password",
+    "sslPassword",
+    "pass%77ord",  # percent-encoded: "password"
+    "passwd",
+    "pwd",
+    "pass",
+    "passphrase",
+    "ssl-key-passphrase",
+    "token",
+    "access_token",
+    "auth",
+    "auth_token",
+    "secret",
+    "client_secret",
+    "api_key",
+    "apikey",
+    "API-Key",
+    "credentials",
+    "private_key",
+]
+#: Options that name no secret: shown as they are.
+PLAIN_OPTIONS = "namespace=app&passfile=/home/app/.pgpass&sslkey=/etc/key.pem&author=me&pool_max=4"
+
+
+@pytest.mark.parametrize("name", SECRET_OPTIONS)
+def test_every_credential_query_option_is_masked(name: str) -> None:
+    for value in ("hunter2", "hun%74er2", "a%26b=c"):
+        url = f"postgresql://app:pw@db:5432/prod?sslmode=require&{name}={value}&{PLAIN_OPTIONS}"
+        shown = redact_url(url)
+        assert shown == (
+            f"postgresql://app:***@db:5432/prod?sslmode=require&{name}=***&{PLAIN_OPTIONS}"
+        )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://127.0.0.1:1/0?{PLAIN_OPTIONS}",
+        "sqlite:///rel/jobs.db?namespace=a",
+        "postgresql://u@[::1]:5432/db?application_name=x&password",  # no value: nothing to mask
+        "memory://",
+    ],
+)
+def test_a_url_without_secrets_is_shown_as_written(url: str) -> None:
+    assert redact_url(url) == url
+
+
+REFUSED_URLS = [
+    "memory://?password=hunter2&bogus=1",
+    "sqlite:///jobs.db?password=hunter2",
+    "kafka://127.0.0.1:1?password=hunter2",
+    "redis://127.0.0.1:1/0?password=hunter2&bogus=1",
+    "redis://127.0.0.1:1/x?password=hunter2",
+    "postgresql://u@127.0.0.1:99999/test?password=hunter2",
+    "postgresql://u@127.0.0.1:1/test?password=hunter2&namespace=Bad",
+]
+
+
+@pytest.mark.parametrize(
+    ("opener", "url"),
+    [(open_board, url) for url in REFUSED_URLS]
+    + [(open_store, url) for url in REFUSED_URLS if not url.startswith("kafka")],  # no such store
+)
+def test_a_query_password_stays_out_of_refusals(opener: Any, url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        opener(url)
+    for text in _chain(caught.value):
+        assert "hunter2" not in text
+
+
+@contextlib.asynccontextmanager
+async def _redis_query_password() -> AsyncIterator[str]:
+    """The test database's URL with an ACL user and SECRET given as ``?username=&password=``."""
+    from tests.redis_helpers import redis_url
+
+    async with _redis_user() as with_userinfo:
+        user = urlsplit(with_userinfo).username
+        yield f"{redis_url()}?username={user}&password={SECRET}"
+
+
+@contextlib.asynccontextmanager
+async def _postgres_query_password() -> AsyncIterator[str]:
+    """The test server's URL with SECRET as ``?password=`` and ``?sslpassword=`` (trust
+    authentication ignores them; there is no client key for the latter to unlock)."""
+    from tests.conftest import POSTGRES_URL
+    from tests.postgres_helpers import drop_schemas, require_postgres, unique_schema
+
+    require_postgres()
+    schema = unique_schema()
+    try:
+        yield f"{POSTGRES_URL}?password={SECRET}&sslpassword={SECRET}&schema={schema}"
+    finally:
+        await drop_schemas(schema)
+
+
+QUERY_SERVERS = {"redis": _redis_query_password, "postgres": _postgres_query_password}
+
+
+@pytest.mark.parametrize(
+    "server", [pytest.param(name, marks=getattr(pytest.mark, name)) for name in QUERY_SERVERS]
+)
+async def test_a_query_string_password_never_shows(
+    server: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``?password=`` (both drivers take it) stays out of reprs, the dashboard's header, the
+    errors of a failed connect, the logs (PostgreSQL's migration line shows the URL) and the
+    command line's output, as the password of the user part does."""
+    import httpx
+
+    from aioconductor import cli
+    from aioconductor.dashboard import create_app
+
+    caplog.set_level(logging.DEBUG)
+    seen: list[str] = []
+    async with QUERY_SERVERS[server]() as base:
+        url = f"{base}&namespace=sec_{uuid.uuid4().hex[:8]}"
+        async with open_board(url) as board, open_store(url) as store:
+            seen += [repr(board), repr(store), str(board), str(store)]
+            await board.post("j", "noop", {"key": 1})
+            transport = httpx.ASGITransport(app=create_app(board, store))
+            async with httpx.AsyncClient(transport=transport, base_url="http://dash") as http:
+                page = (await http.get("/")).text
+            assert "password=***" in page, "the dashboard's header shows no board URL"
+            seen.append(page)
+        unreachable = url.replace("127.0.0.1:", "127.0.0.1:1", 1)
+        for opener in (open_board, open_store):
+            resource = opener(unreachable)
+            seen.append(repr(resource))
+            with pytest.raises(BackendUnavailable) as caught:
+                await resource.connect()
+            seen += _chain(caught.value)
+            assert "password=***" in str(caught.value)
+        for argv in (["jobs", "--board", url], ["jobs", "--board", unreachable]):
+            await anyio.to_thread.run_sync(cli.main, argv)
+            captured = capsys.readouterr()
+            seen += [captured.out, captured.err]
+    assert "password=***" in captured.err  # the unreachable server's error, on one line
+    if server == "postgres":
+        migrated = [r.getMessage() for r in caplog.records if r.name == "aioconductor.postgres"]
+        assert any("password=***" in line for line in migrated), "no INFO line showed the URL"
+    assert SECRET not in caplog.text
+    for text in seen:
+        assert SECRET not in text
 
 
 # -- tenants ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
+from aioconductor._urls import redact_url
 from aioconductor.boards._kafka_log import translate
 from aioconductor.errors import BackendUnavailable, ConfigurationError
 
@@ -39,11 +40,21 @@ def bool_option(options: dict[str, str], name: str, default: bool) -> bool:
 
 
 def bootstrap_servers(driver_url: str) -> str:
-    """``host:port,...`` from a ``kafka://`` URL (port 9092 where none is given)."""
+    """``host:port,...`` from a ``kafka://`` URL (port 9092 where none is given).
+
+    Raises:
+        ConfigurationError: no host, or a user or password (SASL is not supported).
+    """
     rest = driver_url.split("://", 1)[1]
     hosts = rest.split("?", 1)[0].split("/", 1)[0]
     if not hosts:
         raise ConfigurationError("a kafka:// URL needs a host: kafka://host:9092")
+    if "@" in hosts:
+        # Else the user part would be taken for a host, and shown wherever the brokers are.
+        raise ConfigurationError(
+            f"{redact_url(driver_url)}: a kafka:// URL takes no user or password "
+            "(SASL is not supported)"
+        )
     return ",".join(h if ":" in h else f"{h}:9092" for h in hosts.split(","))
 
 

@@ -31,7 +31,14 @@ import anyio
 from aioconductor._checks import check_lease
 from aioconductor._lifecycle import Lifecycle
 from aioconductor._payload import decode_json, encode_json, finite_seconds, validate_name
-from aioconductor._urls import ParsedURL, float_option, int_option, validate_namespace
+from aioconductor._urls import (
+    BOARD_OPTIONS,
+    ParsedURL,
+    float_option,
+    int_option,
+    lease_option,
+    validate_namespace,
+)
 from aioconductor.boards._support import (
     PostSpec,
     Subscription,
@@ -103,7 +110,10 @@ class JobBoard(Lifecycle):
     kind = "board"
 
     #: The library's own URL options, removed before the URL reaches a driver.
-    url_options: frozenset[str] = frozenset({"max_payload_bytes", "lease", "poll_interval"})
+    url_options: frozenset[str] = BOARD_OPTIONS
+    #: The store's URL options on this backend that the board does not read: accepted and
+    #: ignored, so one URL serves both (none so far: a store's options are its board's too).
+    ignored_url_options: frozenset[str] = frozenset()
 
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
@@ -114,7 +124,7 @@ class JobBoard(Lifecycle):
             "max_payload_bytes",
             int_option(options, "max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES),
         )
-        kwargs.setdefault("lease", float_option(options, "lease", DEFAULT_LEASE))
+        kwargs.setdefault("lease", lease_option(options, "lease", DEFAULT_LEASE))
         kwargs.setdefault("poll_interval", float_option(options, "poll_interval", 1.0))
         return cls(**kwargs)
 

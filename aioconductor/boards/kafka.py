@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from anyio.lowlevel import checkpoint
 
 from aioconductor._models import build
-from aioconductor._urls import ParsedURL, int_option
+from aioconductor._urls import ParsedURL, int_option, refuse_options
 from aioconductor.boards._kafka_group import GroupMember
 from aioconductor.boards._kafka_log import (
     COMPACTION_LAG_MS,
@@ -164,7 +164,13 @@ class KafkaJobBoard(JobBoard):
 
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
-        """Build the board for a parsed ``kafka://`` URL; not yet connected."""
+        """Build the board for a parsed ``kafka://`` URL; not yet connected.
+
+        Raises:
+            ConfigurationError: a bad option, or one the board does not take (TLS and SASL
+                options included: they are not supported).
+        """
+        refuse_options(parsed.driver_url, "Kafka board", cls.url_options | cls.ignored_url_options)
         options = parsed.options
         kwargs.setdefault("driver_url", parsed.driver_url)
         kwargs.setdefault("topic", options.get("topic", "aioconductor"))

@@ -22,7 +22,7 @@ from typing import Any, Self
 from anyio.lowlevel import checkpoint
 
 from aioconductor._models import build, evolve
-from aioconductor._urls import ParsedURL
+from aioconductor._urls import ParsedURL, refuse_options
 from aioconductor.boards.base import (
     JobBoard,
     PostSpec,
@@ -192,6 +192,7 @@ class MemoryJobBoard(JobBoard):
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
         """``memory://`` is a private board; ``memory://NAME`` the shared backend NAME."""
+        refuse_options(parsed.driver_url, "memory board", cls.url_options | cls.ignored_url_options)
         name = parsed.driver_url.split("://", 1)[1].split("?", 1)[0].strip("/")
         kwargs.setdefault("backend_name", name or None)
         return super().from_url(parsed, **kwargs)

@@ -28,7 +28,8 @@ def open_board(url: str, **kwargs: Any) -> JobBoard:
     Schemes: ``memory://`` (private) or ``memory://NAME`` (shared in this process),
     ``sqlite:///path/to/jobs.db``, ``redis://``, ``postgresql://``, ``kafka://``. Every URL takes
     ``?namespace=NAME``; the board's own options (``max_payload_bytes``, ``lease``,
-    ``poll_interval``, ...) are removed before the URL reaches the driver.
+    ``poll_interval``, ...) are removed before the URL reaches the driver, and so are its store's
+    options on the same backend: one URL serves a board and a store.
 
     Raises:
         ConfigurationError: unknown scheme or bad option.
@@ -37,5 +38,7 @@ def open_board(url: str, **kwargs: Any) -> JobBoard:
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(f"not a board or store URL: {redact_url(str(url))!r}")
     cls: type[JobBoard] = load_backend(url.split("://", 1)[0].lower(), _BACKENDS, "board")
-    parsed = parse_url(url, library_options=cls.url_options)
+    parsed = parse_url(
+        url, library_options=cls.url_options, ignored_options=cls.ignored_url_options
+    )
     return cls.from_url(parsed, **kwargs)

@@ -36,7 +36,7 @@ from typing import Any, Self
 from aioconductor._models import build
 from aioconductor._payload import encode_json
 from aioconductor._sqlite import SqliteLink, sqlite_path
-from aioconductor._urls import ParsedURL
+from aioconductor._urls import ParsedURL, refuse_options
 from aioconductor.boards import _sqlite_schema as sql
 from aioconductor.boards._support import conductor_from_row, job_from_row, visible
 from aioconductor.boards.base import (
@@ -118,6 +118,7 @@ class SqliteJobBoard(JobBoard):
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
         """Build the board for ``sqlite:///relative.db`` or ``sqlite:////abs/path.db``."""
+        refuse_options(parsed.driver_url, "SQLite board", cls.url_options | cls.ignored_url_options)
         kwargs.setdefault("path", sqlite_path(parsed.driver_url))
         return super().from_url(parsed, **kwargs)
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self
 
 from aioconductor._lifecycle import Lifecycle
-from aioconductor._urls import ParsedURL, validate_namespace
+from aioconductor._urls import BOARD_OPTIONS, ParsedURL, validate_namespace
 from aioconductor.errors import ClaimLost, ConfigurationError, StoreClosed, VersionConflict
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
@@ -32,6 +32,12 @@ class Store(Lifecycle):
 
     closed_error = StoreClosed
     kind = "store"
+
+    #: The library's own URL options the store reads, removed before the URL reaches a driver.
+    url_options: frozenset[str] = frozenset()
+    #: The board's URL options on this backend, which the store does not read: accepted and
+    #: ignored (never passed to the driver), so one URL serves a board and a store.
+    ignored_url_options: frozenset[str] = BOARD_OPTIONS
 
     def __init__(self, *, namespace: str = "default") -> None:
         super().__init__()

@@ -8,7 +8,7 @@ from typing import Any, Self
 from anyio.lowlevel import checkpoint
 
 from aioconductor._models import copy_json, evolve
-from aioconductor._urls import ParsedURL
+from aioconductor._urls import ParsedURL, refuse_options
 from aioconductor.errors import LogBookNotFound
 from aioconductor.persistence._copy import copy_atom, copy_book, copy_flow, created_book
 from aioconductor.persistence.base import Store, check_token, check_version
@@ -45,6 +45,7 @@ class MemoryStore(Store):
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
         """``memory://`` is a private store; ``memory://NAME`` the shared backend NAME."""
+        refuse_options(parsed.driver_url, "memory store", cls.url_options | cls.ignored_url_options)
         name = parsed.driver_url.split("://", 1)[1].split("?", 1)[0].strip("/")
         kwargs.setdefault("backend_name", name or None)
         return super().from_url(parsed, **kwargs)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aioconductor._urls import load_backend, parse_url
+from aioconductor._urls import load_backend, parse_url, redact_url
+from aioconductor.errors import ConfigurationError
 from aioconductor.persistence.base import Store
 
 __all__ = ["open_store"]
@@ -25,13 +26,19 @@ def open_store(url: str, **kwargs: Any) -> Store:
 
     Schemes: ``memory://``, ``sqlite:///path/to/file.db`` (``sqlite://`` in memory), ``redis://``,
     ``postgresql://``.
-    Every URL takes ``?namespace=NAME``.
+    Every URL takes ``?namespace=NAME``; the store's own options are removed before the URL
+    reaches the driver, and so are the board's options on the same backend (``lease``,
+    ``poll_interval``, ...): one URL serves a board and a store.
 
     Raises:
         ConfigurationError: unknown scheme or bad option.
         DependencyMissing: the backend's driver is not installed.
     """
-    parsed = parse_url(url)
-    cls = load_backend(parsed.scheme, _BACKENDS, "store")
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(f"not a board or store URL: {redact_url(str(url))!r}")
+    cls: type[Store] = load_backend(url.split("://", 1)[0].lower(), _BACKENDS, "store")
+    parsed = parse_url(
+        url, library_options=cls.url_options, ignored_options=cls.ignored_url_options
+    )
     store: Store = cls.from_url(parsed, **kwargs)
     return store

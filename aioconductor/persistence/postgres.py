@@ -34,7 +34,7 @@ from aioconductor._postgres import (
     refuse_nul,
     split_options,
 )
-from aioconductor._urls import ParsedURL
+from aioconductor._urls import BOARD_OPTIONS, ParsedURL
 from aioconductor.errors import LogBookNotFound, StoreClosed, StoreError, VersionConflict
 from aioconductor.persistence._copy import copy_atom, copy_flow
 from aioconductor.persistence.base import Store, check_token, check_version
@@ -330,13 +330,18 @@ class PostgresStore(Store):
     never shown in reprs, logs or errors.
 
     Args:
-        driver_url: the PostgreSQL URL (the library's options in it are taken out and read).
+        driver_url: the PostgreSQL URL (library options still in it are taken out: the
+            store's are read, the board's ignored).
         namespace: isolates this application's logbooks from another's in the same schema.
         schema: the schema holding the tables; wins over the URL's ``schema=`` option.
+        options: the store's options from the URL (``schema``, ``pool_min``, ``pool_max``), as
+            ``open_store`` found them; they win over those left in ``driver_url``.
 
     Raises:
-        ConfigurationError: a bad namespace, schema or pool option.
+        ConfigurationError: a bad namespace, schema, port or pool option.
     """
+
+    url_options = URL_OPTIONS
 
     def __init__(
         self,
@@ -344,13 +349,16 @@ class PostgresStore(Store):
         driver_url: str = "postgresql://127.0.0.1:5432/postgres",
         namespace: str = "default",
         schema: str | None = None,
+        options: dict[str, str] | None = None,
     ) -> None:
         super().__init__(namespace=namespace)
-        # open_store leaves the library's PostgreSQL options in the URL: take them out here.
-        driver_url, options = split_options(driver_url, URL_OPTIONS)
+        # A URL given here directly (not through open_store) may still hold the library's
+        # options: asyncpg would send each to the server as a setting, which it refuses.
+        driver_url, found = split_options(driver_url, URL_OPTIONS | BOARD_OPTIONS)
+        found = {key: value for key, value in found.items() if key in URL_OPTIONS}
         self._link = PostgresLink(
             driver_url,
-            options,
+            found | (options or {}),
             closed_error=StoreClosed,
             error=StoreError,
             schema=schema,
@@ -363,6 +371,7 @@ class PostgresStore(Store):
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
         """Build the store for a parsed ``postgresql://`` URL; not yet connected."""
         kwargs.setdefault("driver_url", parsed.driver_url)
+        kwargs.setdefault("options", dict(parsed.options))
         return super().from_url(parsed, **kwargs)
 
     def __repr__(self) -> str:

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Self, TypeVar
 
 from aioconductor._sqlite import Migrations, SqliteLink, sqlite_path
-from aioconductor._urls import ParsedURL
+from aioconductor._urls import ParsedURL, redact_url, refuse_options
 from aioconductor.errors import ConfigurationError, LogBookNotFound, StoreClosed, StoreError
 from aioconductor.persistence._copy import copy_atom, copy_flow, created_book
 from aioconductor.persistence.base import Store, check_token, check_version
@@ -168,8 +168,10 @@ class SqliteStore(Store):
         ``sqlite:///:memory:`` a private in-memory database. ``path=`` in ``kwargs`` wins.
 
         Raises:
-            ConfigurationError: the URL has options SQLite does not take.
+            ConfigurationError: the URL has options SQLite does not take (the board's options
+                are taken, and ignored, so one URL serves both).
         """
+        refuse_options(parsed.driver_url, "SQLite store", cls.url_options | cls.ignored_url_options)
         if "path" not in kwargs:
             kwargs["path"] = _url_path(parsed.driver_url)
         return super().from_url(parsed, **kwargs)
@@ -482,7 +484,7 @@ def _url_path(driver_url: str) -> str:
     base, _, query = rest.partition("?")
     if scheme.lower() == "sqlite" and base.lstrip("/") in ("", MEMORY):
         if query:
-            raise ConfigurationError(f"{driver_url!r}: unknown sqlite option(s) {query!r}")
+            raise ConfigurationError(f"{redact_url(driver_url)!r}: SQLite takes no driver options")
         return MEMORY
     return sqlite_path(driver_url)
 

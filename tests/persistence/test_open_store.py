@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from aioconductor import open_board
+from aioconductor.boards import open as board_open
 from aioconductor.errors import ConfigurationError, DependencyMissing
 from aioconductor.persistence import open as open_module
 from aioconductor.persistence import open_store
@@ -107,3 +112,104 @@ def test_a_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> No
 
     with pytest.raises(DependencyMissing, match=r"pip install 'aioconductor\[fakedb\]'"):
         open_store("fakedb://localhost/x")
+
+
+# -- one URL for a board and a store (#16, item 10) ----------------------------------------------
+
+
+def _class(table: dict[str, tuple[str, str, str | None]], scheme: str) -> type:
+    import importlib
+
+    module, name, _ = table[scheme]
+    cls: type = getattr(importlib.import_module(module), name)
+    return cls
+
+
+@pytest.mark.parametrize("scheme", sorted(open_module._BACKENDS))
+def test_every_store_option_is_a_board_option_and_back(scheme: str) -> None:
+    """What one of them reads, the other reads or ignores: neither refuses nor passes to its
+    driver an option of the other, so one URL serves both."""
+    board = _class(board_open._BACKENDS, scheme)
+    store = _class(open_module._BACKENDS, scheme)
+    assert store.url_options <= board.url_options | board.ignored_url_options
+    assert board.url_options <= store.url_options | store.ignored_url_options
+
+
+#: A valid value for every option a board or store reads (a new option needs one here).
+OPTION_VALUES = {
+    "lease": "7",
+    "poll_interval": "0.5",
+    "max_payload_bytes": "4096",
+    "pool_min": "1",
+    "pool_max": "2",
+}
+
+
+@contextlib.asynccontextmanager
+async def _server_url(scheme: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A URL of ``scheme`` with a namespace (and schema) of this test's own, cleaned after."""
+    namespace = f"one_url_{uuid.uuid4().hex[:8]}"
+    if scheme == "memory":
+        yield f"memory://{namespace}?namespace={namespace}"
+    elif scheme == "sqlite":
+        yield f"sqlite:///{tmp_path}/one.db?namespace={namespace}"
+    elif scheme == "redis":
+        from tests.redis_helpers import delete_namespaces, redis_url, require_redis
+
+        client = require_redis()
+        try:
+            yield f"{redis_url()}?namespace={namespace}"
+        finally:
+            delete_namespaces(client, [namespace])
+            client.close()
+    else:
+        from tests.postgres_helpers import drop_schemas, require_postgres, unique_schema
+
+        schema = unique_schema()
+        yield f"{require_postgres()}?namespace={namespace}&schema={schema}"
+        await drop_schemas(schema)
+
+
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        "memory",
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+    ],
+)
+async def test_one_url_with_every_option_serves_the_board_and_the_store(
+    scheme: str, tmp_path: Path
+) -> None:
+    """``aioconductor migrate`` opens the store on the board's URL: every store takes the
+    board's options and ignores them (Redis raised redis-py's TypeError, PostgreSQL sent
+    ``lease`` to the server, SQLite refused ``poll_interval``), and every board takes the
+    store's."""
+    board_cls = _class(board_open._BACKENDS, scheme)
+    store_cls = _class(open_module._BACKENDS, scheme)
+    async with _server_url(scheme, tmp_path) as base:
+        names = (board_cls.url_options | store_cls.url_options) - {"schema"}
+        url = base + "".join(f"&{name}={OPTION_VALUES[name]}" for name in sorted(names))
+        async with open_board(url) as board, open_store(url) as store:
+            assert (board.lease, board.poll_interval, board.max_payload_bytes) == (7, 0.5, 4096)
+            job = await board.post("j", "f")
+            book = await store.save_logbook(LogBook(name=job.id))
+            assert (await store.get_logbook(book.uuid)).name == job.id
+            if scheme == "postgresql":
+                assert store.schema == board.schema and store._link.pool_max == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "option"),
+    [
+        ("memory://?bogus=1", "bogus"),
+        ("memory://shared?topic=t", "topic"),  # a Kafka board's option: no memory store takes it
+        ("sqlite:///x.db?timeout=3", "timeout"),
+        ("sqlite://?schema=s", "schema"),  # PostgreSQL's, not SQLite's
+        ("redis://127.0.0.1:1/0?bogus=1", "bogus"),
+    ],
+)
+def test_an_unknown_option_is_refused_by_name(url: str, option: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"unknown option.*{option}"):
+        open_store(url)
