@@ -78,6 +78,8 @@ def test_run_processes_jobs_and_conductors_lists_nobody_after(
         (["run", "--board", "BOARD", "--app", "no.such.module:flows"], "cannot import"),
         (["run", "--board", "BOARD", "--app", "tests.apps"], "module:registry"),
         (["demo", "--jobs", "0"], "--jobs"),
+        (["run", "--board", "BOARD", "--app", "tests.apps:flows", "--name", "x" * 230], "222"),
+        (["run", "--board", "BOARD", "--app", "tests.apps:flows", "--name", ""], "non-empty"),
         (["dashboard", "--board", "BOARD", "--allow-host", "http://ops"], "not a host name"),
     ],
 )
