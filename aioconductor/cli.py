@@ -326,14 +326,21 @@ async def _cmd_dashboard(board: Any, args: argparse.Namespace) -> int:
 # rich (the ``cli`` extra) draws tables and the status line on a terminal; piped output, and
 # machines without rich, get plain aligned columns that scripts can cut.
 
-#: C0, DEL and C1: what a terminal may act on instead of showing.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: C0, DEL and C1 controls, and the bidirectional controls that reorder what a terminal shows
+#: (a name could otherwise display as something it is not).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
+def _escape(char: str) -> str:
+    code = ord(char)
+    return _NAMED_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
 def _visible(value: object) -> str:
-    """``str(value)`` with every control character written as an escape (``\\x1b``, ``\\n``)."""
-    return _CONTROL.sub(lambda m: _NAMED_ESCAPES.get(m[0]) or f"\\x{ord(m[0]):02x}", str(value))
+    """``str(value)`` with every control character written as an escape (``\\x1b``, ``\\n``,
+    ``\\u202e``)."""
+    return _CONTROL.sub(lambda m: _escape(m[0]), str(value))
 
 
 def _echo(line: object, *, err: bool = False) -> None:

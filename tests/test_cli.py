@@ -323,7 +323,7 @@ def test_run_on_uvloop(capsys: pytest.CaptureFixture[str], board_url: str) -> No
 #: Names a terminal would act on: clear the screen, an OSC 8 hyperlink, CSI in C1, DEL.
 CLEAR = "\x1b[2J"
 HYPERLINK = "\x1b]8;;https://evil.example\x07click\x1b]8;;\x07"
-RAW = ("\x1b", "\x07", "\x9b", "\x7f")
+RAW = ("\x1b", "\x07", "\x9b", "\x7f", "\u202e")
 #: Names rich would parse as markup: a crash, a clickable link, bold.
 MARKUP = ("[/]", "[link=https://e.io]x[/link]", "[bold]b[/bold]")
 
@@ -402,7 +402,7 @@ def test_on_a_terminal_the_status_and_log_lines_show_names_as_they_are(
 def test_piped_output_shows_control_characters_as_escapes(
     capsys: pytest.CaptureFixture[str], board_url: str
 ) -> None:
-    reason = "bad\x9b31m\x7f"
+    reason = "bad\x9b31m\x7f\u202egnp.exe"
     outputs: list[str] = []
 
     def cli(*argv: str) -> str:
@@ -411,7 +411,9 @@ def test_piped_output_shows_control_characters_as_escapes(
         return out
 
     job_id = cli("post", CLEAR, HYPERLINK).strip()
-    assert cli("trash", job_id, "--reason", reason).endswith("trashed: bad\\x9b31m\\x7f\n")
+    assert cli("trash", job_id, "--reason", reason).endswith(
+        "trashed: bad\\x9b31m\\x7f\\u202egnp.exe\n"
+    )
     _register_conductor(board_url, "owner\x1b[2J", f"name{HYPERLINK}")
     listed = cli("jobs")
     # The flow, cut to 30 characters before they were escaped.
