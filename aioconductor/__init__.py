@@ -46,7 +46,15 @@ from aioconductor.errors import (
 )
 from aioconductor.events import Event, Notifier
 from aioconductor.failure import Failure
-from aioconductor.models import Claim, ConductorInfo, Job, JobNotification, JobState, Outcome
+from aioconductor.models import (
+    Claim,
+    ConductorInfo,
+    Job,
+    JobNotification,
+    JobState,
+    Outcome,
+    RetryPolicy,
+)
 from aioconductor.persistence import (
     AtomDetail,
     AtomState,
@@ -99,6 +107,7 @@ __all__ = [
     "Outcome",
     "ParameterizedForEach",
     "PayloadError",
+    "RetryPolicy",
     "Store",
     "StoreClosed",
     "StoreError",

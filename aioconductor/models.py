@@ -7,6 +7,8 @@ for the memory and SQLite boards, the server's clock for the server backends.
 from __future__ import annotations
 
 import enum
+import math
+import random
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,7 +21,11 @@ __all__ = [
     "JobState",
     "NotificationKind",
     "Outcome",
+    "RetryPolicy",
 ]
+
+#: How many of its retried runs' failures a job keeps (the latest ones).
+MAX_KEPT_FAILURES = 5
 
 
 class JobState(enum.StrEnum):
@@ -50,6 +56,50 @@ class Outcome(enum.StrEnum):
     REVERTED = "REVERTED"
     #: A task failed and reverting it failed too.
     FAILURE = "FAILURE"
+
+
+class RetryPolicy(BaseModel):
+    """Run a job again, later, when its flow ends ``REVERTED`` or ``FAILURE``.
+
+    Retry ``k`` (1 for the first) is scheduled ``min(max_delay, base * factor ** (k - 1))``
+    seconds after the run ended, scaled by a random factor in ``1 ± jitter``. ``retries=N``
+    means at most ``N + 1`` runs in all (unlike the engine's ``Times(n)``, which counts every
+    attempt: ``Times(3)`` is three in all). When the retries are spent the job is consumed
+    with its last outcome.
+
+    Attributes:
+        retries: how many times the job may run again after its first run (0 to 1,000).
+        base: the first retry's delay, in seconds.
+        factor: how much each delay grows over the one before (1 keeps it constant).
+        max_delay: the longest delay, in seconds.
+        jitter: the spread of the random scaling, from 0 (none) to under 1.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    retries: int = Field(ge=0, le=1000)
+    base: float = Field(default=1.0, ge=0, le=86_400 * 365, allow_inf_nan=False)
+    factor: float = Field(default=2.0, ge=1, le=1000, allow_inf_nan=False)
+    max_delay: float = Field(default=600.0, ge=0, le=86_400 * 365, allow_inf_nan=False)
+    jitter: float = Field(default=0.1, ge=0, lt=1, allow_inf_nan=False)
+
+    def delay(self, retry: int, rand: float | None = None) -> float:
+        """The delay in seconds before retry number ``retry`` (1 for the first).
+
+        Args:
+            retry: the retry's number, from 1.
+            rand: a number in [0, 1) choosing the jitter; a random one when None.
+        """
+        exponent = max(0, retry - 1)
+        # Compared in logs: factor ** exponent overflows a float long before retries run out.
+        if self.base == 0:
+            raw = 0.0
+        elif exponent * math.log(self.factor) >= math.log(self.max_delay / self.base or 1e-300):
+            raw = self.max_delay
+        else:
+            raw = min(self.max_delay, self.base * self.factor**exponent)
+        spread = (2 * (random.random() if rand is None else rand) - 1) * self.jitter
+        return raw * (1 + spread)
 
 
 class Claim(BaseModel):
@@ -85,9 +135,22 @@ class Job(BaseModel):
     created_at: float = 0.0
     updated_at: float = 0.0
     not_before: float | None = None
-    #: How many times the job was claimed.
+    #: How many claims the job had, less those given back (released by their owner on
+    #: purpose, or retried under its retry policy): the runs that ended without a word, plus
+    #: the current one.
     attempts: int = 0
     max_attempts: int = 3
+    #: How many claims were given back by their owner on purpose (at most ``max_attempts``
+    #: count; later ones spend their attempt).
+    releases: int = 0
+    #: How many runs were abandoned after a storage or internal failure (each spent an attempt).
+    abandons: int = 0
+    #: How many times a run ended ``REVERTED``/``FAILURE`` and was scheduled again.
+    retries: int = 0
+    #: The job's retry policy, if it has one.
+    retry: RetryPolicy | None = None
+    #: The failures of the latest retried runs, oldest first (at most ``MAX_KEPT_FAILURES``).
+    failures: list[dict[str, Any]] = Field(default_factory=list)
     state: JobState = JobState.UNCLAIMED
     claim: Claim | None = None
     outcome: Outcome | None = None

@@ -107,6 +107,11 @@ def to_job(data: dict[str, Any], now: float | None = None) -> Job:
         outcome=None if outcome is None else Outcome(outcome),
         result=data["result"],
         trash_reason=data["trash_reason"],
+        releases=0,
+        abandons=0,
+        retries=0,
+        retry=None,
+        failures=[],
     )
 
 

@@ -15,7 +15,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from aioconductor._models import build, evolve
 from aioconductor._payload import decode_json
-from aioconductor.models import Claim, ConductorInfo, Job, JobNotification, JobState, Outcome
+from aioconductor.models import (
+    Claim,
+    ConductorInfo,
+    Job,
+    JobNotification,
+    JobState,
+    Outcome,
+    RetryPolicy,
+)
 
 __all__ = [
     "JOB_COLUMNS",
@@ -53,6 +61,9 @@ class PostSpec:
     #: The job's headers, checked, and as JSON text.
     headers: dict[str, str] = field(default_factory=dict)
     headers_json: bytes = b"{}"
+    #: The job's retry policy, and as JSON text.
+    retry: RetryPolicy | None = None
+    retry_json: bytes | None = None
 
 
 class Subscription:
@@ -149,6 +160,11 @@ def job_from_row(row: Sequence[Any]) -> Job:
         result=None if result is None else decode_json(result),
         trash_reason=row[17],
         headers=decode_json(row[18]),
+        releases=0,
+        abandons=0,
+        retries=0,
+        retry=None,
+        failures=[],
     )
 
 

@@ -53,6 +53,7 @@ from aioconductor.models import (
     JobNotification,
     JobState,
     Outcome,
+    RetryPolicy,
 )
 
 __all__ = [
@@ -151,6 +152,7 @@ class JobBoard(Lifecycle):
         delay: float | None = None,
         not_before: float | None = None,
         headers: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Job:
         """Post a job: the flow registered as ``flow``, to be built and run with ``args``.
 
@@ -164,6 +166,8 @@ class JobBoard(Lifecycle):
             not_before: epoch seconds before which the job may not be claimed.
             headers: strings carried with the job but not given to its flow (a trace
                 context, a correlation id); at most 8 KiB as JSON.
+            retry: run the job again, later, when its flow ends ``REVERTED`` or ``FAILURE``
+                (it wins over the policy its flow was registered with).
 
         Returns:
             The job as stored (``UNCLAIMED``, or ``SCHEDULED`` when delayed).
@@ -172,7 +176,9 @@ class JobBoard(Lifecycle):
             PayloadError: bad name, flow, args or option; nothing was written.
         """
         self._check_open()
-        spec = self._post_spec(name, flow, args, priority, max_attempts, delay, not_before, headers)
+        spec = self._post_spec(
+            name, flow, args, priority, max_attempts, delay, not_before, headers, retry
+        )
         job = await self._post(spec)
         return job
 
@@ -187,6 +193,7 @@ class JobBoard(Lifecycle):
         delay: float | None = None,
         not_before: float | None = None,
         headers: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> list[Job]:
         """Post one job of ``flow`` for each item of ``args``, in order (their ``seq`` follows
         it), in one round trip on the SQLite, Redis and PostgreSQL boards.
@@ -208,7 +215,9 @@ class JobBoard(Lifecycle):
         if len(items) > MAX_POST_BATCH:
             raise PayloadError(f"post_many takes at most {MAX_POST_BATCH:,} jobs a call")
         specs = [
-            self._post_spec(label, flow, item, priority, max_attempts, delay, not_before, headers)
+            self._post_spec(
+                label, flow, item, priority, max_attempts, delay, not_before, headers, retry
+            )
             for item in items
         ]
         return await self._post_many(specs) if specs else []
@@ -223,6 +232,7 @@ class JobBoard(Lifecycle):
         delay: float | None,
         not_before: float | None,
         headers: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> PostSpec:
         validate_name("name", name)
         validate_name("flow name", flow)
@@ -242,8 +252,21 @@ class JobBoard(Lifecycle):
         # Store what a reader will get back: decoding normalises tuples to lists and so on.
         decoded: dict[str, Any] = decode_json(data)
         checked, headers_json = _check_headers(headers)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise PayloadError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
         return PostSpec(
-            name, flow, decoded, data, priority, max_attempts, delay_s, at, checked, headers_json
+            name,
+            flow,
+            decoded,
+            data,
+            priority,
+            max_attempts,
+            delay_s,
+            at,
+            checked,
+            headers_json,
+            retry,
+            None if retry is None else retry.model_dump_json().encode(),
         )
 
     # -- claiming ------------------------------------------------------------------------------
@@ -344,13 +367,52 @@ class JobBoard(Lifecycle):
         return job
 
     async def abandon(self, claim: Claim) -> Job:
-        """Give the job back: ``UNCLAIMED`` again, offered to every conductor.
+        """Give the job back: ``UNCLAIMED`` again, offered to every conductor. The run spent
+        its attempt (a storage or internal failure): ``abandons`` counts it.
 
         Raises:
             ClaimLost: the claim is not the job's current one (nothing changed).
         """
         self._check_open()
         return await self._abandon(claim)
+
+    async def release(self, claim: Claim) -> Job:
+        """Give the job back without spending its attempt: its owner let go of it on purpose
+        (a graceful stop past its drain timeout, a cancelled conductor).
+
+        The job is ``UNCLAIMED`` at once, with ``attempts`` as before the claim and
+        ``releases`` one more. Give-backs are capped: once a job had ``max_attempts`` of them,
+        a release spends the attempt as :meth:`abandon` does (``abandons`` one more), so a job
+        that keeps causing its own shutdown is still trashed in the end. One fenced step.
+
+        Raises:
+            ClaimLost: the claim is not the job's current one (nothing changed).
+        """
+        self._check_open()
+        return await self._release(claim)
+
+    async def retry(
+        self, claim: Claim, *, delay: float, failure: Mapping[str, Any] | None = None
+    ) -> Job:
+        """Schedule the claimed job to run again in ``delay`` seconds: its run ended
+        ``REVERTED`` or ``FAILURE`` and its retry policy has retries left.
+
+        The job is ``SCHEDULED`` (``not_before`` is the board's now plus ``delay``), with
+        ``attempts`` as before the claim, ``retries`` one more, and ``failure`` (the run's, as
+        JSON) added to ``failures``, of which the latest ``MAX_KEPT_FAILURES`` are kept. One
+        fenced step.
+
+        Raises:
+            ClaimLost: the claim is not the job's current one (nothing changed).
+            PayloadError: a bad delay, or a failure that is not a JSON object within
+                ``max_payload_bytes``; nothing changed.
+        """
+        self._check_open()
+        seconds = finite_seconds("delay", delay)
+        data = None
+        if failure is not None:
+            data = encode_json("the run's failure", failure, self.max_payload_bytes)
+        return await self._retry(claim, seconds, None if data is None else decode_json(data), data)
 
     async def trash(self, claim_or_id: Claim | str, *, reason: str) -> Job:
         """Give the job up for good: ``TRASHED`` with ``reason``, never offered again.
@@ -580,6 +642,18 @@ class JobBoard(Lifecycle):
 
     @abc.abstractmethod
     async def _abandon(self, claim: Claim) -> Job: ...
+
+    async def _release(self, claim: Claim) -> Job:
+        raise BoardError(f"{type(self).__name__} cannot release a claim yet")
+
+    async def _retry(
+        self,
+        claim: Claim,
+        delay: float,
+        failure: dict[str, Any] | None,
+        failure_json: bytes | None,
+    ) -> Job:
+        raise BoardError(f"{type(self).__name__} cannot retry a job yet")
 
     @abc.abstractmethod
     async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job: ...

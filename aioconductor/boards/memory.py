@@ -32,6 +32,7 @@ from aioconductor.boards.base import (
 )
 from aioconductor.errors import ClaimLost, JobNotFound, UnclaimableJob
 from aioconductor.models import (
+    MAX_KEPT_FAILURES,
     Claim,
     ConductorInfo,
     Job,
@@ -39,6 +40,7 @@ from aioconductor.models import (
     JobState,
     NotificationKind,
     Outcome,
+    RetryPolicy,
 )
 
 __all__ = ["MemoryJobBoard"]
@@ -66,6 +68,11 @@ class _Record:
     result: dict[str, Any] | None = None
     trash_reason: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    releases: int = 0
+    abandons: int = 0
+    retries: int = 0
+    retry: RetryPolicy | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
     #: Which entry of the ready heap is this record's live one (older entries are stale).
     ready_version: int = 0
 
@@ -89,6 +96,11 @@ class _Record:
             result=self.result,
             trash_reason=self.trash_reason,
             headers=dict(self.headers),
+            releases=self.releases,
+            abandons=self.abandons,
+            retries=self.retries,
+            retry=self.retry,
+            failures=list(self.failures),
         )
 
     def claimable(self, now: float) -> bool:
@@ -261,6 +273,7 @@ class MemoryJobBoard(JobBoard):
             max_attempts=spec.max_attempts,
             state=JobState.SCHEDULED if scheduled else JobState.UNCLAIMED,
             headers=spec.headers,
+            retry=spec.retry,
         )
         space.jobs[record.id] = record
         if scheduled:
@@ -318,11 +331,46 @@ class MemoryJobBoard(JobBoard):
     async def _abandon(self, claim: Claim) -> Job:
         await checkpoint()
         record = self._current(claim, "abandon")
+        record.abandons += 1
+        return self._give_back(record)
+
+    async def _release(self, claim: Claim) -> Job:
+        await checkpoint()
+        record = self._current(claim, "release")
+        if record.releases < record.max_attempts:
+            record.releases += 1
+            record.attempts -= 1
+        else:
+            record.abandons += 1
+        return self._give_back(record)
+
+    def _give_back(self, record: _Record) -> Job:
         record.state = JobState.UNCLAIMED
         record.claim = None
         record.updated_at = self._clock()
         self._space.make_ready(record)
         self._publish(record, NotificationKind.ABANDONED)
+        return record.to_job()
+
+    async def _retry(
+        self,
+        claim: Claim,
+        delay: float,
+        failure: dict[str, Any] | None,
+        failure_json: bytes | None,
+    ) -> Job:
+        await checkpoint()
+        record = self._current(claim, "retry")
+        now = self._clock()
+        record.attempts -= 1
+        record.retries += 1
+        if failure is not None:
+            record.failures = [*record.failures, failure][-MAX_KEPT_FAILURES:]
+        record.state = JobState.SCHEDULED
+        record.claim = None
+        record.not_before = now + delay
+        record.updated_at = now
+        heapq.heappush(self._space.timers, (record.not_before, record.id))
         return record.to_job()
 
     async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job:

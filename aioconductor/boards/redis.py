@@ -97,6 +97,11 @@ def _job(fields: dict[str, str]) -> Job:
         result=None if result is None else decode_json(result),
         trash_reason=fields.get("trash_reason"),
         headers=decode_json(fields.get("headers", "{}")),
+        releases=0,
+        abandons=0,
+        retries=0,
+        retry=None,
+        failures=[],
     )
 
 

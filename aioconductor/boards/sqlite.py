@@ -238,6 +238,11 @@ class SqliteJobBoard(JobBoard):
                 result=None,
                 trash_reason=None,
                 headers=spec.headers,
+                releases=0,
+                abandons=0,
+                retries=0,
+                retry=spec.retry,
+                failures=[],
             )
             if scheduled:
                 assert not_before is not None

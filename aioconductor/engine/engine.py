@@ -67,6 +67,9 @@ class Engine:
         notifier: receives the engine's events; a private one when None.
         fresh: the logbook ``book_id`` cannot exist yet (the conductor knows this on a job's
             first claim): it is created without being read first.
+        detail_name: the name of the flow's detail in the logbook, which a run resumes from:
+            the flow's name when None. A job retried under its retry policy runs each retry
+            under a name of its own, so each is a fresh run.
 
     Raises:
         TypeError: ``flow`` is neither a ``Flow`` nor a ``Task`` (a retry controller alone is
@@ -84,6 +87,7 @@ class Engine:
         inputs: Mapping[str, Any] | None = None,
         notifier: Notifier | None = None,
         fresh: bool = False,
+        detail_name: str | None = None,
     ) -> None:
         if isinstance(flow, Task):
             flow = linear(flow.name, flow)
@@ -94,6 +98,7 @@ class Engine:
         self._own_store = store is None
         self.book_id = book_id or str(uuid.uuid4())
         self.book_name = book_name or self.flow.name
+        self.detail_name = detail_name or self.flow.name
         self.token = token
         self.inputs: dict[str, Any] = dict(inputs or {})
         self.notifier = notifier if notifier is not None else Notifier()
@@ -138,12 +143,12 @@ class Engine:
             except LogBookNotFound:
                 self._detail = await self._create_book()
             else:
-                found = [f for f in book.flows.values() if f.name == self.flow.name]
+                found = [f for f in book.flows.values() if f.name == self.detail_name]
                 if found:
                     self._detail = found[0]
                 else:
                     self._detail = await store.update_flow_detail(
-                        self.book_id, FlowDetail(name=self.flow.name), token=self.token
+                        self.book_id, FlowDetail(name=self.detail_name), token=self.token
                     )
         await self._emit(Event.PREPARATION_END)
 
@@ -155,7 +160,7 @@ class Engine:
         detail and returns the whole book: the detail saved earlier for this flow wins, and the
         run resumes from it as if the book had been read first.
         """
-        detail = FlowDetail(name=self.flow.name, state=FlowState.RUNNING)
+        detail = FlowDetail(name=self.detail_name, state=FlowState.RUNNING)
         first = self._first_task()
         if first is not None:
             # The flow's only first step is certain to start now: save it RUNNING in the same
@@ -165,7 +170,7 @@ class Engine:
         book = LogBook(uuid=self.book_id, name=self.book_name, flows={detail.uuid: detail})
         book = await self.store.save_logbook(book, token=self.token)
         earlier = [
-            f for f in book.flows.values() if f.name == self.flow.name and f.uuid != detail.uuid
+            f for f in book.flows.values() if f.name == self.detail_name and f.uuid != detail.uuid
         ]
         if earlier:
             return earlier[0]
