@@ -19,6 +19,7 @@ wherever it appears in SQL; every value is a bind parameter.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -47,6 +48,8 @@ __all__ = [
 
 #: How long cleanup after a failed open may take, shielded from cancellation.
 _CLEANUP_TIMEOUT = 5.0
+#: How long a connect whose caller was cancelled may go on to finish (see :func:`_connect`).
+_CONNECT_GRACE = 2.0
 
 logger = logging.getLogger("aioconductor.postgres")
 
@@ -272,6 +275,7 @@ class PostgresLink:
                 max_size=self.pool_max,
                 server_settings=self._settings,
                 reset=self._reset_connection,
+                connect=_connect,
             )
         self._pool = pool
         try:
@@ -285,7 +289,7 @@ class PostgresLink:
     async def connect_one(self, what: str) -> Any:
         """A connection of its own (not from the pool), closed by :meth:`aclose` at the latest."""
         with self.translate(what), self._url_refused():
-            conn = await asyncpg.connect(self._dsn, server_settings=self._settings)
+            conn = await _connect(self._dsn, server_settings=self._settings)
         if self.closed:
             conn.terminate()
             raise self._closed_error()
@@ -461,3 +465,48 @@ def refuse_nul(what: str, value: str, error: type[AioconductorError]) -> None:
     """Refuse a string PostgreSQL's ``text`` cannot store (it holds a NUL character)."""
     if "\x00" in value:
         raise error(f"{what} contains a NUL character (\\x00), which PostgreSQL cannot store")
+
+
+async def _connect(*args: Any, **kwargs: Any) -> Any:
+    """``asyncpg.connect``, which a cancellation never cuts in the middle of its handshake.
+
+    Every connection of a link is opened here: its own (:meth:`PostgresLink.connect_one`) and
+    its pool's (asyncpg calls this for each). A cancellation that reaches ``asyncpg.connect``
+    while the TCP connection is being set up, before asyncpg sends its SSL request, makes the
+    event loop close the transport; asyncpg's ``TLSUpgradeProto.connection_lost`` then sets
+    ``ConnectionError('unexpected connection_lost() call')`` on a future (``on_data``) that no
+    one will ever await, and the loop reports "Future exception was never retrieved" once the
+    future is collected (asyncpg 0.32). A conductor cancelled as it starts hit that 8 times in
+    30. So the connect runs in a task of its own, out of the cancellation's reach; a caller
+    that is cancelled (or fails) meanwhile lets it finish, for at most ``_CONNECT_GRACE``
+    seconds, closes the connection it made, and then re-raises.
+    """
+    connecting = asyncio.ensure_future(asyncpg.connect(*args, **kwargs))
+    try:
+        return await asyncio.shield(connecting)
+    except BaseException:
+        # Shielded so the cancellation being raised cannot cut this cleanup short; bounded by
+        # the grace and the close's own timeouts.
+        with anyio.CancelScope(shield=True):
+            await _abandon(connecting)
+        raise
+
+
+async def _abandon(connecting: asyncio.Future[Any]) -> None:
+    """Let a connect its caller gave up on end, then close the connection it made."""
+    await asyncio.wait([connecting], timeout=_CONNECT_GRACE)
+    if not connecting.done():
+        # Past the grace the connect is most likely still waiting for the server to accept
+        # the TCP connection, where asyncpg has no protocol yet and a cut leaves nothing.
+        connecting.cancel()
+        await asyncio.wait([connecting], timeout=_CLEANUP_TIMEOUT)
+        if not connecting.done():
+            return
+    if connecting.cancelled() or connecting.exception() is not None:
+        return  # nothing was opened (and the exception is now retrieved)
+    conn = connecting.result()
+    # Closing says goodbye to the server; bounded, then terminated, in case it does not answer.
+    with anyio.move_on_after(2), contextlib.suppress(Exception):
+        await conn.close(timeout=2)
+    if not conn.is_closed():
+        conn.terminate()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import random
 import select
@@ -17,6 +19,7 @@ import anyio
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
+from aioconductor import Conductor
 from aioconductor.boards import JobBoard, open_board
 from aioconductor.boards.postgres import PostgresJobBoard
 from aioconductor.errors import (
@@ -28,6 +31,7 @@ from aioconductor.errors import (
 )
 from aioconductor.models import Claim, JobNotification, JobState
 from aioconductor.persistence import Store, open_store
+from tests.apps import flows
 from tests.conftest import POSTGRES_URL
 from tests.postgres_helpers import drop_schemas, require_postgres, unique_schema, url
 
@@ -236,6 +240,45 @@ async def test_cancelled_calls_leave_no_transaction_open_and_no_lock(
     while (claimed := await board.claim_next("finisher")) is not None:
         await board.consume(claimed[1])
     assert await board.job_count(state=JobState.COMPLETE) == 40
+
+
+async def test_a_conductor_cancelled_as_it_starts_leaves_no_noise_and_no_connection(
+    schema: str, admin: Any, app_name: str
+) -> None:
+    """Cancelled within its first 30 ms, a conductor is often cut in the middle of opening a
+    connection (the pools' and the listener's): nothing of it may reach the event loop's
+    exception handler ("Future exception was never retrieved"), and no connection may stay."""
+    shared = url(schema, "pg_cancel", application_name=app_name)
+    async with open_board(shared) as board, open_store(shared):
+        for i in range(5):
+            await board.post(f"j{i}", "noop", {"key": i})
+    reports: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reports.append(context))
+    try:
+        rng = random.Random(14)
+        for _ in range(30):
+            board, store = open_board(shared), open_store(shared)
+            conductor = Conductor("c", board, store=store, flows=flows, lease=5.0)
+            with anyio.move_on_after(rng.uniform(0, 0.03)):
+                async with board, store, conductor:
+                    await conductor.run()
+            await board.aclose()
+            await store.aclose()
+            # An exception set on a future nobody awaited is reported when the future is
+            # collected: collect now, so each round's leftovers are seen.
+            gc.collect()
+        await anyio.sleep(0.05)
+        gc.collect()
+    finally:
+        loop.set_exception_handler(handler)
+    assert [str(r.get("exception") or r.get("message")) for r in reports] == []
+    with anyio.fail_after(5):
+        while await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app_name
+        ):
+            await anyio.sleep(0.05)
 
 
 # -- recovery -------------------------------------------------------------------------------------
