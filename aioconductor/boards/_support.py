@@ -39,7 +39,8 @@ __all__ = [
 #: The columns a SQL backend selects to build a ``Job`` with :func:`job_from_row`, in order.
 JOB_COLUMNS = (
     "id, name, flow, args, priority, seq, created_at, updated_at, not_before, attempts,"
-    " max_attempts, token, state, owner, expires_at, outcome, result, trash_reason, headers"
+    " max_attempts, token, state, owner, expires_at, outcome, result, trash_reason, headers,"
+    " releases, abandons, retries, retry, failures"
 )
 
 
@@ -135,7 +136,8 @@ def unclaimable_message(job: Job, now: float) -> str:
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
-    """A ``Job`` from a row of :data:`JOB_COLUMNS` (args and result as JSON text)."""
+    """A ``Job`` from a row of :data:`JOB_COLUMNS` (args, result, headers, retry and failures
+    as JSON text)."""
     job_id, owner = row[0], row[13]
     claim = None
     if owner is not None:
@@ -160,11 +162,11 @@ def job_from_row(row: Sequence[Any]) -> Job:
         result=None if result is None else decode_json(result),
         trash_reason=row[17],
         headers=decode_json(row[18]),
-        releases=0,
-        abandons=0,
-        retries=0,
-        retry=None,
-        failures=[],
+        releases=row[19],
+        abandons=row[20],
+        retries=row[21],
+        retry=None if row[22] is None else RetryPolicy.model_validate_json(row[22]),
+        failures=decode_json(row[23]),
     )
 
 
