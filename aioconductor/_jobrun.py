@@ -7,9 +7,11 @@ what happened                                      what the board is told
 =================================================  =====================================
 the flow succeeded                                 ``consume`` (``SUCCESS``, provided values)
 a task failed and the flow was reverted            ``consume`` (``REVERTED``/``FAILURE``)
+... and the job's retry policy has retries left    ``retry`` (scheduled after the backoff)
 claimed more than ``max_attempts`` times           ``trash`` without running
 unknown flow, factory raised, args do not fit      ``trash`` (it can never succeed)
-storage failure, internal error, shutdown          ``abandon`` (it may succeed later)
+storage failure, internal error                    ``abandon`` (the attempt is spent)
+shutdown, cancellation                             ``release`` (the attempt is given back)
 the claim was lost (stolen, fenced out)            nothing: the new owner has it
 =================================================  =====================================
 """
@@ -32,8 +34,9 @@ from aioconductor.errors import (
     FlowNotFound,
 )
 from aioconductor.events import Event
+from aioconductor.failure import Failure
 from aioconductor.logs import job_context
-from aioconductor.models import Claim, Job, Outcome
+from aioconductor.models import Claim, Job, Outcome, RetryPolicy
 from aioconductor.persistence.models import FlowState
 
 if TYPE_CHECKING:
@@ -111,11 +114,7 @@ class JobRun:
         try:
             await self._emit(Event.JOB_CLAIMED)
             if self.job.attempts > self.job.max_attempts:
-                raise _Unrunnable(
-                    f"claimed {self.job.attempts} times, more than max_attempts="
-                    f"{self.job.max_attempts}: every earlier run ended without finishing "
-                    f"(a crash, a lost lease or a storage failure)"
-                )
+                raise _Unrunnable(exhausted_reason(self.job))
             flow = self._build_flow()
             engine = self.conductor.make_engine(self.job, self.claim, flow)
             running = self.conductor.running
@@ -139,7 +138,7 @@ class JobRun:
                 # Only the lease keeper cancels this scope: the claim is gone, the flow was
                 # suspended with its progress saved, and the new owner finishes the job.
                 return
-            await self._consume(result.state, result.provided, result.failure)
+            await self._end(result.state, result.provided, result.failure)
         except _Unrunnable as exc:
             await self._trash(str(exc))
         except CompilationError as exc:
@@ -157,9 +156,10 @@ class JobRun:
             await self._abandon(reason=repr(exc))
         except BaseException:
             # Cancelled from outside (shutdown past its drain, or the app cancelled us): the
-            # engine saved its progress; give the claim back so another owner starts at once.
+            # engine saved its progress; give the claim back, its attempt unspent, so another
+            # owner starts at once.
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
-                await self._abandon(reason="cancelled")
+                await self._release()
             raise
 
     def _build_flow(self) -> Flow:
@@ -228,6 +228,30 @@ class JobRun:
 
     # -- the ends ------------------------------------------------------------------------------
 
+    async def _end(self, state: FlowState, provided: dict[str, Any], failure: Any) -> None:
+        """Consume the job, or schedule it again if it failed and has retries left."""
+        if state is not FlowState.SUCCESS:
+            job = self.job
+            policy = job.retry or self.conductor.flows.retry_policy(job.flow)
+            if policy is not None and job.retries < policy.retries:
+                await self._retry(policy, state, failure)
+                return
+        await self._consume(state, provided, failure)
+
+    async def _retry(self, policy: RetryPolicy, state: FlowState, failure: Any) -> None:
+        number = self.job.retries + 1
+        delay = policy.delay(number)
+        saved = None if failure is None else _kept_failure(failure)
+        try:
+            await self.conductor.board.retry(self.claim, delay=delay, failure=saved)
+        except ClaimLost as exc:
+            await self._lost(exc)
+            return
+        self.final = True  # this run's progress is of no use: a retry runs afresh
+        self.conductor.stats.retried += 1
+        outcome = _OUTCOMES.get(state, Outcome.FAILURE)
+        await self._emit(Event.JOB_RETRIED, retry=number, delay=delay, outcome=str(outcome))
+
     async def _consume(self, state: FlowState, provided: dict[str, Any], failure: Any) -> None:
         outcome = _OUTCOMES.get(state, Outcome.FAILURE)
         result: dict[str, Any] = provided
@@ -253,6 +277,18 @@ class JobRun:
         self.conductor.stats.trashed += 1
         await self._emit(Event.JOB_TRASHED, reason=reason)
 
+    async def _release(self) -> None:
+        try:
+            await self.conductor.board.release(self.claim)
+        except ClaimLost as exc:
+            await self._lost(exc)
+            return
+        except Exception as exc:
+            logger.warning("job %s: release failed (%r); its lease will expire", self.job.id, exc)
+            return
+        self.conductor.stats.released += 1
+        await self._emit(Event.JOB_RELEASED, reason="cancelled")
+
     async def _abandon(self, reason: str) -> None:
         try:
             await self.conductor.board.abandon(self.claim)
@@ -273,3 +309,42 @@ class JobRun:
         self.conductor.stats.lease_lost += 1
         logger.warning("job %s: claim lost (%s)", self.job.id, exc)
         await self._emit(Event.LEASE_LOST, reason=str(exc))
+
+
+#: How much of a retried run's failure a job keeps: the message's start, the traceback's end.
+_KEPT_MESSAGE, _KEPT_TRACEBACK = 2_000, 8_000
+
+
+def _kept_failure(failure: Failure) -> dict[str, Any]:
+    """A run's failure as the job keeps it: JSON, its long texts cut to a bounded size (a
+    board refuses a payload over its limit, and a failure must never stop a retry)."""
+    data = failure.model_dump(mode="json")
+    data["message"] = data["message"][:_KEPT_MESSAGE]
+    data["traceback"] = data["traceback"][-_KEPT_TRACEBACK:]
+    return data
+
+
+def exhausted_reason(job: Job) -> str:
+    """Why ``job`` is trashed on a claim past ``max_attempts``: how its earlier runs ended."""
+    spent = job.attempts - 1
+    abandoned = min(job.abandons, spent)
+    silent = spent - abandoned
+    ends = []
+    if silent:
+        ends.append(
+            f"{silent} ended without a word (the process died, or its lease expired or was lost)"
+        )
+    if abandoned:
+        ends.append(
+            f"{abandoned} abandoned (a storage or internal failure, or a release past "
+            f"the cap of {job.max_attempts} give-backs)"
+        )
+    reason = (
+        f"claimed {job.attempts} times, more than max_attempts={job.max_attempts}; "
+        f"of the {spent} runs before: {', '.join(ends) or 'none spent an attempt'}"
+    )
+    if job.releases:
+        reason += f"; {job.releases} claims given back on shutdown were not counted"
+    if job.retries:
+        reason += f"; {job.retries} failed runs were retried"
+    return reason

@@ -206,8 +206,8 @@ async def _cmd_run(board: Any, args: argparse.Namespace) -> int:
         tg.cancel_scope.cancel()
     stats = conductor.stats
     _echo(
-        f"conductor {args.name} stopped: {stats.consumed} consumed, {stats.abandoned} "
-        f"abandoned, {stats.trashed} trashed"
+        f"conductor {args.name} stopped: {stats.consumed} consumed, {stats.retried} retried, "
+        f"{stats.released} released, {stats.abandoned} abandoned, {stats.trashed} trashed"
     )
     return 0
 
@@ -436,7 +436,8 @@ def _status_text(conductor: Any) -> str:
     return (
         f"{conductor.name}: running {len(conductor.running)}/{conductor.max_concurrency}"
         f" | claimed {stats.claimed} | consumed {stats.consumed} (ok {stats.succeeded},"
-        f" reverted {stats.reverted}, failed {stats.failed}) | abandoned {stats.abandoned}"
+        f" reverted {stats.reverted}, failed {stats.failed}) | retried {stats.retried}"
+        f" | released {stats.released} | abandoned {stats.abandoned}"
         f" | trashed {stats.trashed} | lease lost {stats.lease_lost}"
     )
 
@@ -477,7 +478,14 @@ def _run_display(conductor: Any, level: str) -> Iterator[Callable[[], Coroutine[
             details.get("duration", 0.0),
         )
 
-    ends = (Event.JOB_CONSUMED, Event.JOB_ABANDONED, Event.JOB_TRASHED, Event.LEASE_LOST)
+    ends = (
+        Event.JOB_CONSUMED,
+        Event.JOB_RETRIED,
+        Event.JOB_RELEASED,
+        Event.JOB_ABANDONED,
+        Event.JOB_TRASHED,
+        Event.LEASE_LOST,
+    )
     for event in ends:
         conductor.notifier.register(event, on_end)
 

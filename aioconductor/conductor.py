@@ -50,6 +50,10 @@ class ConductorStats:
     reverted: int = 0
     failed: int = 0
     abandoned: int = 0
+    #: Claims given back on purpose (a graceful stop): their attempts were not spent.
+    released: int = 0
+    #: Failed runs scheduled to run again under their job's retry policy.
+    retried: int = 0
     trashed: int = 0
     lease_lost: int = 0
     #: Claims made because a job was announced that came back empty: another conductor was
@@ -420,8 +424,11 @@ class Conductor:
             token=claim.token,
             inputs=job.args,
             notifier=self.notifier,
-            # The first claim: no earlier run can have saved progress (writes need a token).
-            fresh=job.attempts == 1,
+            # The first claim (token 1): no earlier run can have saved progress, as every
+            # write carries a token. Counting attempts would not do: a release gives one back.
+            fresh=claim.token == 1,
+            # Each retry is a fresh run of the flow, under a detail of its own.
+            detail_name=None if job.retries == 0 else f"{flow.name} (retry {job.retries})",
         )
 
     # -- services ------------------------------------------------------------------------------

@@ -23,6 +23,11 @@ class Event(enum.StrEnum):
     JOB_CLAIMED = "job_claimed"
     JOB_CONSUMED = "job_consumed"
     JOB_ABANDONED = "job_abandoned"
+    #: The owner gave the claim back on purpose (a graceful stop): the attempt is not spent.
+    JOB_RELEASED = "job_released"
+    #: The flow ended ``REVERTED``/``FAILURE`` and the job was scheduled to run again
+    #: (details hold ``retry``, its number, and ``delay``).
+    JOB_RETRIED = "job_retried"
     JOB_TRASHED = "job_trashed"
     LEASE_LOST = "lease_lost"
     COMPILATION_START = "compilation_start"

@@ -235,7 +235,15 @@ class ConductorMetrics:
         consumed = family(
             counter, "jobs_consumed", "Jobs consumed, by outcome.", ["conductor", "outcome"]
         )
-        abandoned = family(counter, "jobs_abandoned", "Claims given back.", ["conductor"])
+        abandoned = family(
+            counter, "jobs_abandoned", "Claims given back after a failure.", ["conductor"]
+        )
+        released = family(
+            counter, "jobs_released", "Claims given back on purpose (shutdown).", ["conductor"]
+        )
+        retried = family(
+            counter, "jobs_retried", "Failed runs scheduled to run again.", ["conductor"]
+        )
         trashed = family(counter, "jobs_trashed", "Jobs trashed.", ["conductor"])
         lost = family(counter, "lease_losses", "Claims lost while running.", ["conductor"])
         conflicts = family(
@@ -253,13 +261,16 @@ class ConductorMetrics:
             consumed.add_metric([name, "REVERTED"], stats.reverted)
             consumed.add_metric([name, "FAILURE"], stats.failed)
             abandoned.add_metric([name], stats.abandoned)
+            released.add_metric([name], stats.released)
+            retried.add_metric([name], stats.retried)
             trashed.add_metric([name], stats.trashed)
             lost.add_metric([name], stats.lease_lost)
             conflicts.add_metric([name], stats.claim_conflicts)
             running = len(conductor.running)
             in_flight.add_metric([name], running)
             free.add_metric([name], max(0, conductor.max_concurrency - running))
-        yield from (claimed, consumed, abandoned, trashed, lost, conflicts, in_flight, free)
+        yield from (claimed, consumed, abandoned, released, retried, trashed, lost, conflicts)
+        yield from (in_flight, free)
         board_jobs = family(gauge, "board_jobs", "Jobs on the watched board, by state.", ["state"])
         for state, count in self._board_jobs.items():
             board_jobs.add_metric([state], count)

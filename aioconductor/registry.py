@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol, overload
 
 from aioconductor.errors import ConfigurationError, FlowNotFound
+from aioconductor.models import RetryPolicy
 
 __all__ = ["FlowFactory", "FlowRegistry"]
 
@@ -32,17 +33,28 @@ class FlowRegistry:
 
     def __init__(self) -> None:
         self._factories: dict[str, FlowFactory] = {}
+        self._retry: dict[str, RetryPolicy] = {}
 
     @overload
-    def register(self, name: str) -> Callable[[FlowFactory], FlowFactory]: ...
+    def register(
+        self, name: str, *, retry: RetryPolicy | None = None
+    ) -> Callable[[FlowFactory], FlowFactory]: ...
 
     @overload
-    def register(self, name: str, factory: FlowFactory) -> FlowFactory: ...
+    def register(
+        self, name: str, factory: FlowFactory, *, retry: RetryPolicy | None = None
+    ) -> FlowFactory: ...
 
     def register(
-        self, name: str, factory: FlowFactory | None = None
+        self, name: str, factory: FlowFactory | None = None, *, retry: RetryPolicy | None = None
     ) -> FlowFactory | Callable[[FlowFactory], FlowFactory]:
         """Register ``factory`` under ``name``; without a factory, return a decorator.
+
+        Args:
+            name: the name jobs give as their ``flow``.
+            factory: builds the flow from a job's args.
+            retry: run a job of this flow again, later, when its flow ends ``REVERTED`` or
+                ``FAILURE``; a policy given at ``post`` wins over this one.
 
         Raises:
             ConfigurationError: the name is empty or already taken, or the factory is not a
@@ -50,6 +62,8 @@ class FlowRegistry:
         """
         if not isinstance(name, str) or not name.strip():
             raise ConfigurationError(f"a flow name must be a non-empty string, got {name!r}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
 
         def add(fn: FlowFactory) -> FlowFactory:
             if name in self._factories:
@@ -62,6 +76,8 @@ class FlowRegistry:
                     f"return its flow directly (a plain def)"
                 )
             self._factories[name] = fn
+            if retry is not None:
+                self._retry[name] = retry
             return fn
 
         return add(factory) if factory is not None else add
@@ -77,6 +93,10 @@ class FlowRegistry:
         except KeyError:
             known = ", ".join(sorted(self._factories)) or "none"
             raise FlowNotFound(f"no flow is registered as {name!r} (known: {known})") from None
+
+    def retry_policy(self, name: str) -> RetryPolicy | None:
+        """The retry policy flow ``name`` was registered with, if any."""
+        return self._retry.get(name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._factories

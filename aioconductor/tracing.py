@@ -9,7 +9,8 @@ The tracer listens to a conductor's events and turns them into spans; it needs o
 
 Each claimed job gives one trace tree::
 
-    claim <flow>                 JOB_CLAIMED -> consumed / abandoned / trashed / lease lost
+    claim <flow>                 JOB_CLAIMED -> consumed / retried / released / abandoned /
+                                 trashed / lease lost
     └── run <flow>               RUNNING_START -> RUNNING_END (one per engine run)
         ├── task <atom>          ATOM_STATE RUNNING -> SUCCESS / FAILURE / IGNORE
         └── revert <atom>        ATOM_STATE REVERTING -> REVERTED / FAILURE
@@ -42,6 +43,17 @@ _PREFIX = "aioconductor"
 #: Atom states that end a task span, and those that end a revert span.
 _TASK_ENDS = {AtomState.SUCCESS, AtomState.FAILURE, AtomState.IGNORE, AtomState.PENDING}
 _REVERT_ENDS = {AtomState.REVERTED, AtomState.FAILURE, AtomState.IGNORE, AtomState.PENDING}
+#: The events that end a claim's span.
+_CLAIM_ENDS = frozenset(
+    {
+        Event.JOB_CONSUMED,
+        Event.JOB_ABANDONED,
+        Event.JOB_RELEASED,
+        Event.JOB_RETRIED,
+        Event.JOB_TRASHED,
+        Event.LEASE_LOST,
+    }
+)
 
 
 def _otel() -> Any:
@@ -122,9 +134,7 @@ class ConductorTracer:
     def _on_event(self, event: str, details: Mapping[str, Any]) -> None:
         if event == Event.JOB_CLAIMED:
             self._claimed(details)
-        elif event in (Event.JOB_CONSUMED, Event.JOB_ABANDONED, Event.JOB_TRASHED):
-            self._claim_ended(event, details)
-        elif event == Event.LEASE_LOST:
+        elif event in _CLAIM_ENDS:
             self._claim_ended(event, details)
         elif event == Event.RUNNING_START:
             self._run_started(details)

@@ -305,7 +305,7 @@ async def test_stop_with_drain_lets_running_jobs_finish() -> None:
         assert (await board.get(waiting.id)).attempts == 0
 
 
-async def test_stop_without_drain_suspends_and_abandons() -> None:
+async def test_stop_without_drain_suspends_and_releases() -> None:
     async with MemoryJobBoard() as board:
         store = MemoryStore()
         await store.connect()
@@ -321,12 +321,13 @@ async def test_stop_without_drain_suspends_and_abandons() -> None:
             with anyio.fail_after(5):
                 await conductor.wait()
         got = await board.get(job.id)
-        assert got.state is JobState.UNCLAIMED and got.attempts == 1
+        # Released on purpose: the attempt is given back.
+        assert got.state is JobState.UNCLAIMED and (got.attempts, got.releases) == (0, 1)
         book = await store.get_logbook(job.id)
         [flow] = book.flows.values()
         assert flow.state == "SUSPENDED"
         assert flow.atoms["first"].state == "SUCCESS"
-        assert conductor.stats.abandoned == 1 and not conductor.running
+        assert conductor.stats.released == 1 and not conductor.running
 
 
 async def test_drain_timeout_suspends_what_is_still_running() -> None:
@@ -353,7 +354,7 @@ async def test_cancelling_run_releases_claims() -> None:
         assert not conductor.is_running and not conductor.running
         for job in jobs:
             got = await board.get(job.id)
-            assert got.state is JobState.UNCLAIMED and got.attempts == 1
+            assert got.state is JobState.UNCLAIMED and (got.attempts, got.releases) == (0, 1)
         assert await board.conductors() == []
 
 
@@ -482,7 +483,8 @@ async def test_cancelling_run_while_a_claim_is_in_flight_gives_the_jobs_back() -
         jobs = [job async for job in board.iterjobs()]
     # Not left claimed until their lease ran out: handed to tasks, which gave them back.
     assert {job.state for job in jobs} == {JobState.UNCLAIMED}
-    assert conductor.stats.claimed == 5 and conductor.stats.abandoned == 5
+    assert conductor.stats.claimed == 5 and conductor.stats.released == 5
+    assert {(job.attempts, job.releases) for job in jobs} == {(0, 1)}
 
 
 async def test_free_slots_are_filled_by_one_claim_call() -> None:

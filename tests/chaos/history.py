@@ -8,8 +8,9 @@ own. After a scenario, :func:`check` merges the files, reads the board's final s
 - **nothing lost**: every job ends ``COMPLETE`` or ``TRASHED`` on the board;
 - **consumed once**: no job has two accepted consumes, and the board's final claim is the one
   whose consume was accepted;
-- **fenced**: no consume, trash or abandon accepted from a token older than a claim of that
-  job made before it was sent (a consume or trash ends the job, so no claim may follow it);
+- **fenced**: no consume, trash, abandon, release or retry accepted from a token older than a
+  claim of that job made before it was sent (a consume or trash ends the job, so no claim may
+  follow it);
 - **no overlapping completion**: no two owners both ran the same job to a completed consume;
 - **no re-run after resume**: a task whose ``SUCCESS`` was saved before the job was claimed
   again never ran again under a later token.
@@ -21,11 +22,15 @@ Events (``ev``), each with ``t`` (epoch seconds), ``proc``, ``pid`` and ``owner`
 ``claimed``             ``job``, ``token``, ``attempt`` (from ``Event.JOB_CLAIMED``)
 ``refused``             ``job``, ``token``, ``op``: a board verb or store write refused with
                         ``ClaimLost``
-``consume_try``,        ``job``, ``token``: a consume or abandon about to be sent
-``abandon_try``
+``consume_try``,        ``job``, ``token``: a consume, abandon, release or retry about to be sent
+``abandon_try``,
+``release_try``,
+``retry_try``
 ``consumed``            ``job``, ``token``, ``outcome`` (from ``Event.JOB_CONSUMED``)
 ``trashed``             ``job``, ``token``, ``reason`` (from ``Event.JOB_TRASHED``)
 ``abandoned``           ``job``, ``token`` (from ``Event.JOB_ABANDONED``)
+``released``            ``job``, ``token`` (from ``Event.JOB_RELEASED``)
+``retried``             ``job``, ``token`` (from ``Event.JOB_RETRIED``)
 ``lease_lost``          ``job``, ``token`` (from ``Event.LEASE_LOST``)
 ``effect``              ``job``, ``task``, ``token``: a task's side effect happened
 ``atom``                ``job``, ``atom``, ``state``, ``token`` (from ``Event.ATOM_STATE``)
@@ -50,6 +55,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["HistoryWriter", "Report", "check", "load"]
+
+#: The verbs that end a claim but not its job, each with the event written before it is sent.
+_GIVE_BACKS = {"abandoned": "abandon_try", "released": "release_try", "retried": "retry_try"}
 
 
 class HistoryWriter:
@@ -177,11 +185,11 @@ def check(
         for event in history:
             if event["ev"] in ("consumed", "trashed"):
                 newer = [c for c in claims if c["token"] > event["token"]]
-            elif event["ev"] == "abandoned":
+            elif event["ev"] in _GIVE_BACKS:
                 sent = [
                     e["t"]
                     for e in history
-                    if e["ev"] == "abandon_try"
+                    if e["ev"] == _GIVE_BACKS[event["ev"]]
                     and e["token"] == event["token"]
                     and e["owner"] == event["owner"]
                     and e["t"] <= event["t"]
@@ -247,7 +255,7 @@ def check(
                 continue
             if event["ev"] == "claimed":
                 held[event["job"]] = event["token"]
-            elif event["ev"] in ("consumed", "trashed", "abandoned", "lease_lost"):
+            elif event["ev"] in ("consumed", "trashed", "lease_lost", *_GIVE_BACKS):
                 held.pop(event["job"], None)
         for job_id, token in held.items():
             heirs = [

@@ -32,6 +32,8 @@ _ENDS = {
     Event.JOB_CONSUMED: "consumed",
     Event.JOB_TRASHED: "trashed",
     Event.JOB_ABANDONED: "abandoned",
+    Event.JOB_RELEASED: "released",
+    Event.JOB_RETRIED: "retried",
     Event.LEASE_LOST: "lease_lost",
 }
 
@@ -97,7 +99,7 @@ def _wrap_board(board: JobBoard, owner: str, writer: HistoryWriter) -> None:
 
         setattr(board, op, wrapper)
 
-    for op in ("consume", "renew", "abandon"):
+    for op in ("consume", "renew", "abandon", "release", "retry"):
         wrap(op)
 
 

@@ -1,0 +1,212 @@
+"""How a conductor ends a run on every board: retries with backoff, releases on shutdown, and
+the trash reason of a job whose attempts ran out."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import anyio
+import pytest
+
+from aioconductor import (
+    Conductor,
+    FlowRegistry,
+    Job,
+    JobBoard,
+    JobState,
+    Outcome,
+    RetryPolicy,
+    linear,
+    task,
+)
+from aioconductor.boards.memory import MemoryJobBoard
+from aioconductor.events import Event
+from aioconductor.persistence.memory import MemoryStore
+from aioconductor.persistence.models import FlowState
+from tests.boards.conftest import BoardBackend, backend
+
+__all__ = ["backend"]  # the fixture: every board backend in turn
+
+RUNS: collections.Counter[str] = collections.Counter()
+
+
+def _flows(**register: Any) -> FlowRegistry:
+    flows = FlowRegistry()
+
+    @task(provides="done")
+    async def flaky(key: str, fail_times: int) -> str:
+        RUNS[key] += 1
+        if RUNS[key] <= fail_times:
+            raise RuntimeError(f"run {RUNS[key]} of {key} failed")
+        return f"done after {RUNS[key]} runs"
+
+    @flows.register("flaky", **register)
+    def flaky_flow(**args: Any) -> Any:
+        return linear("flaky", flaky)
+
+    @task
+    async def slow(key: str) -> None:
+        RUNS[key] += 1
+        await anyio.sleep(3600)
+
+    @flows.register("slow")
+    def slow_flow(**args: Any) -> Any:
+        return linear("slow", slow)
+
+    return flows
+
+
+@pytest.fixture(autouse=True)
+def _reset_runs() -> None:
+    RUNS.clear()
+
+
+async def _until_final(board: JobBoard, job_id: str, conductor: Conductor) -> Job:
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conductor.run)
+            done = await board.wait_for(job_id)
+            conductor.stop()
+    return done
+
+
+POLICY = RetryPolicy(retries=3, base=0.2, factor=2.0, max_delay=10.0, jitter=0.1)
+
+
+async def test_a_job_that_fails_twice_then_succeeds_is_retried_with_backoff(
+    backend: BoardBackend,
+) -> None:
+    async with backend.open(lease=5.0, poll_interval=0.05) as board, MemoryStore() as store:
+        job = await board.post("j", "flaky", {"key": "a", "fail_times": 2}, retry=POLICY)
+        conductor = Conductor("c", board, store=store, flows=_flows(), lease=5.0)
+        between: list[tuple[float, Job]] = []
+
+        async def on_retried(event: str, details: dict[str, Any]) -> None:
+            between.append((details["delay"], await board.get(job.id)))
+
+        conductor.notifier.register(Event.JOB_RETRIED, on_retried)
+        done = await _until_final(board, job.id, conductor)
+        book = await store.get_logbook(job.id)
+
+    assert done.state is JobState.COMPLETE and done.outcome is Outcome.SUCCESS
+    assert done.result == {"done": "done after 3 runs"}
+    assert RUNS["a"] == 3 and done.retries == 2 and done.attempts == 1
+    assert [f["message"] for f in done.failures] == ["run 1 of a failed", "run 2 of a failed"]
+    for number, (delay, scheduled) in enumerate(between, start=1):
+        low, high = POLICY.base * 2 ** (number - 1) * 0.9, POLICY.base * 2 ** (number - 1) * 1.1
+        assert low <= delay <= high
+        assert scheduled.state is JobState.SCHEDULED and scheduled.retries == number
+        assert scheduled.not_before is not None
+        assert scheduled.not_before - scheduled.updated_at == pytest.approx(delay, abs=0.05)
+    assert len(between) == 2
+    # Each run was a fresh run of the flow, under a detail of its own.
+    details = sorted((f.name, f.state) for f in book.flows.values())
+    assert details == [
+        ("flaky", FlowState.REVERTED),
+        ("flaky (retry 1)", FlowState.REVERTED),
+        ("flaky (retry 2)", FlowState.SUCCESS),
+    ]
+
+
+async def test_when_the_retries_run_out_the_job_is_consumed_with_its_last_outcome(
+    backend: BoardBackend,
+) -> None:
+    one = RetryPolicy(retries=1, base=0.05)
+    async with backend.open(lease=5.0, poll_interval=0.05) as board:
+        job = await board.post("j", "flaky", {"key": "b", "fail_times": 5}, retry=one)
+        done = await _until_final(board, job.id, Conductor("c", board, flows=_flows()))
+    assert done.state is JobState.COMPLETE and done.outcome is Outcome.REVERTED
+    assert RUNS["b"] == 2 and done.retries == 1
+    assert done.result is not None and done.result["failure"]["message"] == "run 2 of b failed"
+
+
+async def test_the_flow_s_registered_policy_applies_and_a_posted_one_wins() -> None:
+    flows = _flows(retry=RetryPolicy(retries=2, base=0.01))
+    async with MemoryJobBoard(poll_interval=0.05) as board:
+        registered = await board.post("j", "flaky", {"key": "r", "fail_times": 9})
+        done = await _until_final(board, registered.id, Conductor("c", board, flows=flows))
+        assert (RUNS["r"], done.retries, done.outcome) == (3, 2, Outcome.REVERTED)
+        posted = await board.post(
+            "j", "flaky", {"key": "p", "fail_times": 9}, retry=RetryPolicy(retries=0)
+        )
+        done = await _until_final(board, posted.id, Conductor("c", board, flows=flows))
+        assert (RUNS["p"], done.retries, done.outcome) == (1, 0, Outcome.REVERTED)
+
+
+async def test_a_job_without_a_policy_is_consumed_after_one_failed_run() -> None:
+    async with MemoryJobBoard(poll_interval=0.05) as board:
+        job = await board.post("j", "flaky", {"key": "n", "fail_times": 1})
+        done = await _until_final(board, job.id, Conductor("c", board, flows=_flows()))
+    assert (RUNS["n"], done.retries, done.outcome) == (1, 0, Outcome.REVERTED)
+
+
+async def _run_until_started_then_stop(conductor: Conductor, key: str, runs: int) -> None:
+    """Run ``conductor`` until its slow job started its ``runs``-th run, then stop it with
+    a drain that times out (the job is suspended and its claim given back)."""
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conductor.run)
+            while RUNS[key] < runs:
+                await anyio.sleep(0.01)
+            conductor.stop()
+
+
+async def test_a_graceful_stop_past_its_drain_gives_the_attempt_back(
+    backend: BoardBackend,
+) -> None:
+    async with backend.open(lease=5.0, poll_interval=0.05) as board, MemoryStore() as store:
+        job = await board.post("j", "slow", {"key": "s"}, max_attempts=2)
+        for restart in range(1, 5):
+            conductor = Conductor(
+                f"c{restart}", board, store=store, flows=_flows(), drain_timeout=0.05
+            )
+            await _run_until_started_then_stop(conductor, "s", restart)
+            assert conductor.stats.released == 1 and conductor.stats.abandoned == 0
+            released = await board.get(job.id)
+            assert released.state is JobState.UNCLAIMED
+            # Two give-backs; past that cap, a release spends the attempt.
+            spent = max(0, restart - 2)
+            assert (released.attempts, released.releases, released.abandons) == (
+                spent,
+                min(restart, 2),
+                spent,
+            )
+        # Two give-backs, then two spent: the next claim is its third, past max_attempts.
+        final = await _until_final(board, job.id, Conductor("c", board, flows=_flows()))
+    assert final.state is JobState.TRASHED and RUNS["s"] == 4
+    assert "2 abandoned" in (final.trash_reason or "")
+    assert "2 claims given back on shutdown were not counted" in (final.trash_reason or "")
+
+
+async def test_cancelling_the_conductor_releases_its_jobs() -> None:
+    async with MemoryJobBoard(poll_interval=0.05) as board:
+        job = await board.post("j", "slow", {"key": "x"})
+        conductor = Conductor("c", board, flows=_flows())
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conductor.run)
+                while not RUNS["x"]:
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+        released = await board.get(job.id)
+    assert released.state is JobState.UNCLAIMED
+    assert (released.attempts, released.releases, released.abandons) == (0, 1, 0)
+
+
+async def test_the_trash_reason_says_how_the_earlier_runs_ended() -> None:
+    async with MemoryJobBoard(poll_interval=0.05) as board:
+        job = await board.post("j", "flaky", {"key": "t", "fail_times": 0}, max_attempts=3)
+        await board.abandon(await board.claim(job.id, "storage-failed"))
+        await board.release(await board.claim(job.id, "shut-down"))
+        for _ in range(2):  # two owners died: their leases ran out
+            await board.claim(job.id, "dead", lease=0.05)
+            await anyio.sleep(0.1)
+        done = await _until_final(board, job.id, Conductor("c", board, flows=_flows()))
+    assert done.state is JobState.TRASHED and not RUNS["t"]
+    assert done.trash_reason == (
+        "claimed 4 times, more than max_attempts=3; of the 3 runs before: 2 ended without a "
+        "word (the process died, or its lease expired or was lost), 1 abandoned (a storage or "
+        "internal failure, or a release past the cap of 3 give-backs); 1 claims given back on "
+        "shutdown were not counted"
+    )
