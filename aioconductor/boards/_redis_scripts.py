@@ -8,9 +8,16 @@ stored as text with microseconds, so every comparison is made on the same number
 
 Every script answers ``{status, now, field, value, field, value, ...}`` (the job's hash) or
 ``{status, now}``. Statuses: ``ok``, ``none``, ``notfound``, ``lost``, ``unclaimable``, ``final``.
+
+Fields written only once they are set (absent reads as 0, none or empty): ``releases``,
+``abandons``, ``retries``, ``retry`` (the policy as JSON), ``failures`` (a JSON array, see
+``RETRY``), ``not_before``, ``headers``, ``owner``/``expires_at`` (while claimed) and the
+outcome's fields.
 """
 
 from __future__ import annotations
+
+from aioconductor.models import MAX_KEPT_FAILURES
 
 __all__ = [
     "ABANDON",
@@ -24,7 +31,9 @@ __all__ = [
     "PROMOTE",
     "PROMOTE_LIMIT",
     "REGISTER",
+    "RELEASE",
     "RENEW",
+    "RETRY",
     "TRASH",
 ]
 
@@ -148,7 +157,7 @@ end
 """.replace("@PROMOTE_LIMIT@", str(PROMOTE_LIMIT))
 
 #: KEYS[11] = job; ARGV[3..] = id, name, flow, args, priority, max_attempts, delay, not_before,
-#: headers.
+#: headers, retry policy ('' for none).
 POST = (
     _PRELUDE
     + """
@@ -171,6 +180,7 @@ redis.call('HSET', job, 'id', id, 'name', ARGV[4], 'flow', ARGV[5], 'args', ARGV
   'updated_at', num(now), 'max_attempts', ARGV[8], 'attempts', '0', 'token', '0', 'state', state)
 if not_before then redis.call('HSET', job, 'not_before', not_before) end
 if ARGV[11] ~= '{}' then redis.call('HSET', job, 'headers', ARGV[11]) end
+if ARGV[12] ~= '' then redis.call('HSET', job, 'retry', ARGV[12]) end
 redis.call('ZADD', all, score(priority), member)
 redis.call('ZADD', by_state[state], score(priority), member)
 if state == 'SCHEDULED' then
@@ -277,23 +287,94 @@ return reply('ok', now, job)
 """
 )
 
-#: KEYS[11] = job; ARGV[3..] = owner, token.
+# The claimed job back to UNCLAIMED, offered to every conductor (abandon and release).
+_GIVE_BACK = """
+local function give_back(job, member, priority, now)
+  set_state(job, member, priority, 'CLAIMED', 'UNCLAIMED')
+  redis.call('HDEL', job, 'owner', 'expires_at')
+  redis.call('HSET', job, 'updated_at', num(now))
+  redis.call('ZREM', leases, member)
+  redis.call('ZADD', ready, score(priority), member)
+  announce('abandoned', priority, id_of(member))
+end
+"""
+
+#: KEYS[11] = job; ARGV[3..] = owner, token. The run spent its attempt.
 ABANDON = (
+    _PRELUDE
+    + _GIVE_BACK
+    + """
+local job = KEYS[11]
+local now = clock()
+local f, why = current(job, ARGV[3], ARGV[4])
+if not f then return reply(why, now, why == 'lost' and job or nil) end
+redis.call('HINCRBY', job, 'abandons', 1)
+give_back(job, f[4], f[5], now)
+return reply('ok', now, job)
+"""
+)
+
+#: KEYS[11] = job; ARGV[3..] = owner, token. The attempt is given back, at most max_attempts
+#: times a job; later releases spend it as abandon does.
+RELEASE = (
+    _PRELUDE
+    + _GIVE_BACK
+    + """
+local job = KEYS[11]
+local now = clock()
+local f, why = current(job, ARGV[3], ARGV[4])
+if not f then return reply(why, now, why == 'lost' and job or nil) end
+local counts = redis.call('HMGET', job, 'releases', 'max_attempts')
+if tonumber(counts[1] or '0') < tonumber(counts[2]) then
+  redis.call('HINCRBY', job, 'releases', 1)
+  redis.call('HINCRBY', job, 'attempts', -1)
+else
+  redis.call('HINCRBY', job, 'abandons', 1)
+end
+give_back(job, f[4], f[5], now)
+return reply('ok', now, job)
+"""
+)
+
+#: KEYS[11] = job; ARGV[3..] = owner, token, delay, the run's failure as JSON ('' for none).
+#:
+#: ``failures`` is a JSON array whose items are the failures exactly as the board encoded
+#: them, one a line: compact JSON never holds a raw newline (inside strings it is escaped), so
+#: the script keeps the latest ones by splitting lines, with no JSON decoding (cjson would
+#: round floats and turn empty arrays into objects).
+RETRY = (
     _PRELUDE
     + """
 local job = KEYS[11]
 local now = clock()
 local f, why = current(job, ARGV[3], ARGV[4])
 if not f then return reply(why, now, why == 'lost' and job or nil) end
-set_state(job, f[4], f[5], 'CLAIMED', 'UNCLAIMED')
+local member, priority = f[4], f[5]
+local not_before = num(now + tonumber(ARGV[5]))
+redis.call('HINCRBY', job, 'attempts', -1)
+redis.call('HINCRBY', job, 'retries', 1)
+if ARGV[6] ~= '' then
+  local kept = {}
+  local old = redis.call('HGET', job, 'failures')
+  if old then
+    for line in string.gmatch(string.sub(old, 2, -2), '[^\\n]+') do
+      if string.sub(line, -1) == ',' then line = string.sub(line, 1, -2) end
+      kept[#kept + 1] = line
+    end
+  end
+  kept[#kept + 1] = ARGV[6]
+  local first = math.max(1, #kept - @MAX_KEPT_FAILURES@ + 1)
+  redis.call('HSET', job, 'failures', '[' .. table.concat(kept, ',\\n', first, #kept) .. ']')
+end
+set_state(job, member, priority, 'CLAIMED', 'SCHEDULED')
 redis.call('HDEL', job, 'owner', 'expires_at')
-redis.call('HSET', job, 'updated_at', num(now))
-redis.call('ZREM', leases, f[4])
-redis.call('ZADD', ready, score(f[5]), f[4])
-announce('abandoned', f[5], id_of(f[4]))
+redis.call('HSET', job, 'not_before', not_before, 'updated_at', num(now))
+redis.call('ZREM', leases, member)
+redis.call('ZREM', ready, member)
+redis.call('ZADD', delayed, not_before, member)
 return reply('ok', now, job)
 """
-)
+).replace("@MAX_KEPT_FAILURES@", str(MAX_KEPT_FAILURES))
 
 #: KEYS[11] = job; ARGV[3..] = with_claim ('1' or '0'), owner, token, reason.
 TRASH = (

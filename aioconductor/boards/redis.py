@@ -1,9 +1,10 @@
 """`RedisJobBoard`: jobs in Redis, shared by conductors on many machines.
 
 ``redis://[[user]:password@]host[:port][/db]?namespace=NAME`` (``rediss://`` for TLS). Every
-transition (post, claim, claim_next, renew, consume, abandon, trash, promotion of due jobs and
-expired leases) is one Lua script that checks owner and fencing token on the server and reads
-the server's clock, so two conductors never both win a job and a stale claim changes nothing.
+transition (post, claim, claim_next, renew, consume, abandon, release, retry, trash, promotion of
+due jobs and expired leases) is one Lua script that checks owner and fencing token on the server
+and reads the server's clock, so two conductors never both win a job and a stale claim changes
+nothing.
 
 Key layout (all under the namespace's hash tag ``aioc:{NAME}:``, one Redis Cluster slot):
 
@@ -14,7 +15,8 @@ Key layout (all under the namespace's hash tag ``aioc:{NAME}:``, one Redis Clust
   ``expires_at``; a script moves those that are due into ``ready`` and announces them.
 - ``all`` and ``state:<STATE>``: the same members, for ``iterjobs`` and ``job_count``.
 - ``seq``: the post-order counter; ``conductors`` and ``conductor:<owner>``: live conductors.
-- ``events``: the pub/sub channel every post, abandon and promotion publishes to.
+- ``events``: the pub/sub channel every post, abandon, release and promotion publishes to (a
+  retried job is announced by the promotion that makes it claimable).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from aioconductor.models import (
     JobState,
     NotificationKind,
     Outcome,
+    RetryPolicy,
 )
 
 __all__ = ["RedisJobBoard"]
@@ -97,12 +100,20 @@ def _job(fields: dict[str, str]) -> Job:
         result=None if result is None else decode_json(result),
         trash_reason=fields.get("trash_reason"),
         headers=decode_json(fields.get("headers", "{}")),
-        releases=0,
-        abandons=0,
-        retries=0,
-        retry=None,
-        failures=[],
+        # Absent on jobs that never had them (and on jobs written before they existed).
+        releases=int(fields.get("releases", 0)),
+        abandons=int(fields.get("abandons", 0)),
+        retries=int(fields.get("retries", 0)),
+        retry=_policy(retry) if (retry := fields.get("retry")) else None,
+        failures=decode_json(failures) if (failures := fields.get("failures")) else [],
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _policy(text: str) -> RetryPolicy:
+    """The retry policy stored as ``text``; cached, as jobs of one flow share a few policies
+    and a claim reads its job's every time (the policy is frozen, so sharing it is safe)."""
+    return RetryPolicy.model_validate_json(text)
 
 
 def _visible(job: Job, now: float) -> Job:
@@ -146,6 +157,8 @@ class RedisJobBoard(JobBoard):
                 "RENEW",
                 "CONSUME",
                 "ABANDON",
+                "RELEASE",
+                "RETRY",
                 "TRASH",
                 "PROMOTE",
                 "COUNT",
@@ -235,6 +248,7 @@ class RedisJobBoard(JobBoard):
                 fmt_time(spec.delay),
                 not_before,
                 spec.headers_json.decode("utf-8"),
+                "" if spec.retry_json is None else spec.retry_json.decode("utf-8"),
             ]
             calls.append((script, [*self._keys, self._job_key(job_id)], argv))
         # The ids are chosen here and the script returns an existing job unchanged, so posts
@@ -290,6 +304,26 @@ class RedisJobBoard(JobBoard):
         args = [claim.owner, str(claim.token)]
         reply = await self._run("ABANDON", "abandon", args, claim.job_id)
         return self._checked(reply, claim.job_id, "abandon", claim)
+
+    async def _release(self, claim: Claim) -> Job:
+        args = [claim.owner, str(claim.token)]
+        reply = await self._run("RELEASE", "release", args, claim.job_id)
+        return self._checked(reply, claim.job_id, "release", claim)
+
+    async def _retry(
+        self,
+        claim: Claim,
+        delay: float,
+        failure: dict[str, Any] | None,
+        failure_json: bytes | None,
+    ) -> Job:
+        failure_text = "" if failure_json is None else failure_json.decode("utf-8")
+        args = [claim.owner, str(claim.token), fmt_time(delay), failure_text]
+        reply = await self._run("RETRY", "retry", args, claim.job_id)
+        job = self._checked(reply, claim.job_id, "retry", claim)
+        # This board's sweep then announces the job when it is due (as for a delayed post).
+        self._note_due(job.not_before, float(reply[1]))
+        return job
 
     async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job:
         if claim is None:

@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -28,7 +29,7 @@ from aioconductor.errors import (
     ConfigurationError,
     UnclaimableJob,
 )
-from aioconductor.models import JobNotification, JobState
+from aioconductor.models import MAX_KEPT_FAILURES, JobNotification, JobState, RetryPolicy
 from tests.conftest import service_missing
 from tests.redis_helpers import delete_namespaces, redis_url, require_redis, unique
 
@@ -156,6 +157,65 @@ async def test_claim_takes_an_expired_lease_without_a_sweep(board: JobBoard) -> 
     with pytest.raises(UnclaimableJob):
         await board.claim(job.id, "owner-2")
     assert renewed.token == first.token
+
+
+async def test_failures_are_kept_exactly_as_given(board: JobBoard) -> None:
+    # The script keeps the latest failures without decoding them: nothing is rounded or
+    # retyped on the way (cjson would round the float and make the empty list an object).
+    def failure(n: int) -> dict[str, Any]:
+        return {
+            "n": n,
+            "ratio": 0.1 + 0.2,
+            "big": 2**62 + 1,
+            "empty": [],
+            "nested": {"": {}},
+            "message": 'line one\nline two,\n]\u2028 "quoted" é 💥',
+        }
+
+    job = await board.post("j", "f")
+    for n in range(MAX_KEPT_FAILURES + 3):
+        retried = await board.retry(await board.claim(job.id, "o"), delay=0, failure=failure(n))
+    expected = [failure(n) for n in range(3, MAX_KEPT_FAILURES + 3)]
+    assert retried.failures == expected
+    assert (await board.get(job.id)).failures == expected
+    claimed = await board.claim_next("o")
+    assert claimed is not None and claimed[0].failures == expected
+
+
+async def test_a_retried_job_leaves_the_ready_set_its_expired_lease_put_it_in(
+    board: JobBoard, namespace: str, sync_redis: redis.Redis
+) -> None:
+    job = await board.post("j", "f")
+    claim = await board.claim(job.id, "owner-1", lease=0.2)
+    await anyio.sleep(0.3)
+    async with contextlib.aclosing(board.stream()) as stream:
+        with anyio.fail_after(5):
+            note = await anext(stream)  # the sweep put the expired lease in the ready set
+    assert note.job_id == job.id
+    # Nobody took the job over, so the expired claim is still its current one.
+    retried = await board.retry(claim, delay=60)
+    assert retried.state is JobState.SCHEDULED
+    prefix = f"aioc:{{{namespace}}}:"
+    assert sync_redis.zcard(prefix + "ready") == sync_redis.zcard(prefix + "leases") == 0
+    assert sync_redis.zcard(prefix + "delayed") == 1
+    assert await board.claim_next("owner-2") is None
+    assert await board.job_count(state=JobState.SCHEDULED) == 1
+
+
+async def test_jobs_written_before_releases_and_retries_existed_still_read(
+    board: JobBoard, namespace: str, sync_redis: redis.Redis
+) -> None:
+    job = await board.post("j", "f", retry=RetryPolicy(retries=2))
+    await board.retry(await board.claim(job.id, "o"), delay=0, failure={"message": "boom"})
+    await board.release(await board.claim(job.id, "o"))
+    await board.abandon(await board.claim(job.id, "o"))
+    key = f"aioc:{{{namespace}}}:job:{job.id}"
+    new_fields = ("releases", "abandons", "retries", "retry", "failures")
+    assert sync_redis.hdel(key, *new_fields) == len(new_fields)
+    old = await board.get(job.id)
+    assert (old.releases, old.abandons, old.retries, old.retry, old.failures) == (0, 0, 0, None, [])
+    released = await board.release(await board.claim(job.id, "o"))
+    assert (released.releases, released.abandons) == (1, 0)
 
 
 # -- cancellation ---------------------------------------------------------------------------------
