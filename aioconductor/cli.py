@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pydantic
 
 from aioconductor.errors import AioconductorError, ConfigurationError, DependencyMissing
-from aioconductor.models import Job, JobState
+from aioconductor.models import Job, JobState, RetryPolicy
 
 __all__ = ["main"]
 
@@ -73,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     post.add_argument("--priority", type=int, default=0)
     post.add_argument("--max-attempts", type=int, default=3)
     post.add_argument("--delay", type=float, default=None, help="seconds before it may run")
+    post.add_argument(
+        "--retries", type=int, default=None, help="run it again up to N times if its flow fails"
+    )
+    post.add_argument(
+        "--retry-base", type=float, default=1.0, help="the first retry's delay in seconds"
+    )
 
     jobs = with_board(sub.add_parser("jobs", help="list jobs"))
     jobs.add_argument("--state", choices=[s.value for s in JobState], type=str.upper)
@@ -223,6 +230,17 @@ async def _stop_on_signals(conductor: Any, scope: anyio.CancelScope) -> None:
                 conductor.stop()
 
 
+def _retry_policy(args: argparse.Namespace) -> RetryPolicy | None:
+    if args.retries is None:
+        return None
+    try:
+        return RetryPolicy(retries=args.retries, base=args.retry_base)
+    except ValueError as exc:
+        first = exc.errors()[0] if isinstance(exc, pydantic.ValidationError) else None
+        what = f"{first['loc'][0]}: {first['msg']}" if first else str(exc)
+        raise ConfigurationError(f"--retries/--retry-base: {what}") from None
+
+
 async def _cmd_post(board: Any, args: argparse.Namespace) -> int:
     try:
         job_args = json.loads(args.args)
@@ -235,6 +253,7 @@ async def _cmd_post(board: Any, args: argparse.Namespace) -> int:
         priority=args.priority,
         max_attempts=args.max_attempts,
         delay=args.delay,
+        retry=_retry_policy(args),
     )
     _echo(job.id)
     return 0

@@ -48,6 +48,18 @@ def test_post_jobs_show_trash(capsys: pytest.CaptureFixture[str], board_url: str
     assert json.loads(out.splitlines()[0])["state"] == "TRASHED"
 
 
+def test_post_with_retries_gives_the_job_a_retry_policy(
+    capsys: pytest.CaptureFixture[str], board_url: str
+) -> None:
+    argv = ["post", "j", "noop", "{}", "--retries", "4", "--retry-base", "0.5"]
+    status, out, _ = run_cli(capsys, *argv, "--board", board_url)
+    assert status == 0
+    status, out, _ = run_cli(capsys, "show", out.strip(), "--board", board_url)
+    assert json.loads(out)["retry"] == {
+        "retries": 4, "base": 0.5, "factor": 2.0, "max_delay": 600.0, "jitter": 0.1,
+    }  # fmt: skip
+
+
 def test_run_processes_jobs_and_conductors_lists_nobody_after(
     capsys: pytest.CaptureFixture[str], board_url: str
 ) -> None:
@@ -78,6 +90,8 @@ def test_run_processes_jobs_and_conductors_lists_nobody_after(
         (["run", "--board", "BOARD", "--app", "no.such.module:flows"], "cannot import"),
         (["run", "--board", "BOARD", "--app", "tests.apps"], "module:registry"),
         (["demo", "--jobs", "0"], "--jobs"),
+        (["post", "j", "f", "--retries", "-1", "--board", "BOARD"], "--retries"),
+        (["post", "j", "f", "--retries", "2", "--retry-base", "nan", "--board", "BOARD"], "base"),
         (["run", "--board", "BOARD", "--app", "tests.apps:flows", "--name", "x" * 230], "222"),
         (["run", "--board", "BOARD", "--app", "tests.apps:flows", "--name", ""], "non-empty"),
         (["dashboard", "--board", "BOARD", "--allow-host", "http://ops"], "not a host name"),

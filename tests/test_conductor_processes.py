@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -230,3 +231,90 @@ async def test_conductor_processes_share_a_board_and_run_each_job_exactly_once(
     keys = [int(line.split()[0]) for line in executions]
     assert sorted(keys) == list(range(jobs))  # each job's task ran exactly once
     assert len({line.split()[1] for line in executions}) >= 2  # the work was shared
+
+
+def _same_url(make: Callable[[], tuple[str, Callable[[], Awaitable[None]]]]) -> Any:
+    def urls(tmp_path: Path) -> tuple[str, str, Callable[[], Awaitable[None]]]:
+        url, cleanup = make()
+        return url, url, cleanup
+
+    return urls
+
+
+def _with_no_cleanup(make: Callable[[Path], tuple[str, str]]) -> Any:
+    def urls(tmp_path: Path) -> tuple[str, str, Callable[[], Awaitable[None]]]:
+        async def nothing() -> None:
+            """Files go with tmp_path; Kafka topics are the test's own."""
+
+        return (*make(tmp_path), nothing)
+
+    return urls
+
+
+#: (board URL, store URL, cleanup) makers of every backend that outlives a process.
+DURABLE_BACKENDS = {
+    "sqlite": _with_no_cleanup(_sqlite_urls),
+    "redis": _same_url(_redis_url),
+    "postgres": _same_url(_postgres_url),
+    "kafka": _with_no_cleanup(_kafka_urls),
+}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param(name, marks=[getattr(pytest.mark, name)] if name != "sqlite" else [])
+        for name in DURABLE_BACKENDS
+    ],
+)
+async def test_graceful_restarts_under_a_long_job_spend_no_attempt(
+    tmp_path: Path, backend: str
+) -> None:
+    # A rolling deploy: SIGTERM, a drain that times out, the claim given back; ten times over.
+    url, store_url, cleanup = DURABLE_BACKENDS[backend](tmp_path)
+    record, release = tmp_path / "record.txt", tmp_path / "release"
+    restarts = 10
+    try:
+        async with open_board(url, poll_interval=0.05) as board:
+            job = await board.post(
+                "deploy-proof",
+                "held",
+                {"key": 1, "record": str(record), "release": str(release)},
+                max_attempts=restarts,
+            )
+            command = conductor_command(
+                url, "--drain-timeout", "0.1", "--lease", "5", store=store_url
+            )
+            for restart in range(1, restarts + 2):
+                if restart > restarts:
+                    release.touch()  # the last run may finish
+                process = await anyio.open_process(command, cwd=REPO, stderr=subprocess.DEVNULL)
+                try:
+                    if restart > restarts:
+                        done = await board.wait_for(job.id, timeout=60)
+                    else:
+                        await wait_for_count(record, "hold-start 1", restart)
+                        seen = await board.get(job.id)
+                        assert seen.state is JobState.CLAIMED and seen.attempts == 1
+                finally:
+                    process.send_signal(signal.SIGTERM)
+                    with anyio.fail_after(30):
+                        await process.wait()
+                assert process.returncode == 0
+                if restart <= restarts:
+                    given_back = await board.get(job.id)
+                    assert given_back.state is JobState.UNCLAIMED
+                    assert (given_back.attempts, given_back.releases) == (0, restart)
+    finally:
+        await cleanup()
+    assert done.state is JobState.COMPLETE and done.attempts == 1
+    assert done.result == {"first": "first:1", "held": 1, "third": "third:1"}
+    # "first" ran once: every later run resumed after it.
+    assert lines(record) == ["first 1", *["hold-start 1"] * (restarts + 1), "hold-end 1", "third 1"]
+
+
+async def wait_for_count(path: Path, line: str, count: int, within: float = 30) -> None:
+    with anyio.fail_after(within):
+        while lines(path).count(line) < count:
+            await anyio.sleep(0.02)
