@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aioconductor._sqlite import Migrations
 from aioconductor.boards._support import JOB_COLUMNS
-from aioconductor.models import JobState
+from aioconductor.models import MAX_KEPT_FAILURES, JobState
 
 SCHEMA: Migrations = [
     [
@@ -65,6 +65,15 @@ SCHEMA: Migrations = [
     ],
     # 2: headers, metadata carried with a job (a trace context), not given to its flow.
     ["ALTER TABLE jobs ADD COLUMN headers TEXT NOT NULL DEFAULT '{}'"],
+    # 3: how runs ended (releases, abandons, retries), the retry policy (JSON, or NULL) and
+    # the latest retried runs' failures (a JSON list).
+    [
+        "ALTER TABLE jobs ADD COLUMN releases INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN abandons INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN retry TEXT",
+        "ALTER TABLE jobs ADD COLUMN failures TEXT NOT NULL DEFAULT '[]'",
+    ],
 ]
 
 #: Every column a ``Job`` is built from, then ``rev``.
@@ -80,9 +89,9 @@ ADD_NAMESPACE = "INSERT OR IGNORE INTO board_revs (namespace, rev) VALUES (:ns, 
 
 FETCH = f"SELECT {COLUMNS} FROM jobs WHERE namespace = :ns AND id = :id"
 POST = f"""INSERT INTO jobs (namespace, id, name, flow, args, priority, created_at, updated_at,
-        not_before, max_attempts, state, ready_at, rev, headers)
+        not_before, max_attempts, state, ready_at, rev, headers, retry)
     VALUES (:ns, :id, :name, :flow, :args, :priority, :now, :now,
-        :not_before, :max_attempts, :state, :ready_at, {NEXT_REV}, :headers)
+        :not_before, :max_attempts, :state, :ready_at, {NEXT_REV}, :headers, :retry)
     RETURNING seq, rev"""
 _TAKE = f"""UPDATE jobs SET attempts = attempts + 1, token = token + 1, state = 'CLAIMED',
     owner = :owner, expires_at = :expires, ready_at = :expires, updated_at = :now,
@@ -117,7 +126,27 @@ RENEW = update_current("expires_at = :expires, ready_at = :expires")
 CONSUME = update_current(
     "state = 'COMPLETE', outcome = :outcome, result = :result, ready_at = NULL"
 )
-ABANDON = update_current("state = 'UNCLAIMED', owner = NULL, expires_at = NULL, ready_at = :now")
+_GIVE_BACK = "state = 'UNCLAIMED', owner = NULL, expires_at = NULL, ready_at = :now"
+ABANDON = update_current(f"{_GIVE_BACK}, abandons = abandons + 1")
+# Every right-hand side sees the row as it was before the UPDATE, so the three counters test
+# the same ``releases``. A comparison is 0 or 1 in SQLite.
+RELEASE = update_current(
+    f"""{_GIVE_BACK},
+    attempts = attempts - (releases < max_attempts),
+    releases = releases + (releases < max_attempts),
+    abandons = abandons + (releases >= max_attempts)"""
+)
+# ``:failure`` (JSON text, or NULL for none) joins the list, whose oldest entry makes room once
+# it holds MAX_KEPT_FAILURES: in the UPDATE itself, so the step stays one statement.
+RETRY = update_current(
+    f"""state = 'SCHEDULED', owner = NULL, expires_at = NULL,
+    not_before = :now + :delay, ready_at = :now + :delay,
+    attempts = attempts - 1, retries = retries + 1,
+    failures = CASE WHEN :failure IS NULL THEN failures ELSE json_insert(
+        CASE WHEN json_array_length(failures) < {MAX_KEPT_FAILURES} THEN failures
+            ELSE json_remove(failures, '$[0]') END,
+        '$[#]', json(:failure)) END"""
+)
 _TRASHED = "state = 'TRASHED', trash_reason = :reason, ready_at = NULL"
 TRASH = update_current(_TRASHED)
 TRASH_BY_ID = f"""UPDATE jobs SET {_TRASHED}, updated_at = :now, rev = {NEXT_REV}
@@ -152,7 +181,7 @@ def count(state: JobState | None) -> str:
     return f"SELECT COUNT(*) FROM jobs WHERE namespace = :ns AND {where}"
 
 
-_NOTE = "SELECT id, priority, state, attempts, rev, seq FROM jobs"
+_NOTE = "SELECT id, priority, state, token, rev, seq FROM jobs"
 #: Every job claimable now, in claim order.
 SWEEP_ALL = f"""{_NOTE} INDEXED BY jobs_ready WHERE namespace = :ns AND {CLAIMABLE}
     ORDER BY priority DESC, seq"""

@@ -11,14 +11,16 @@ Schema (in ``_sqlite_schema``; ``aioc_schema`` records its version, component ``
   the post order. ``ready_at`` is when the job is claimable from: its post (or abandon) time
   when UNCLAIMED, ``not_before`` when SCHEDULED, the lease's ``expires_at`` when CLAIMED, NULL
   once final. A job is claimable when ``ready_at`` is set and it is UNCLAIMED or ``ready_at`` has
-  passed. ``rev`` is the namespace's change counter at the job's last write.
+  passed. ``rev`` is the namespace's change counter at the job's last write. ``retry`` (the
+  policy) and ``failures`` (the latest retried runs') are JSON text.
 - ``board_revs``: the change counter of each namespace, bumped by every write to a job.
 - ``conductors``: live conductors, by namespace and owner.
 
 Notifications: this process cannot hear another's writes, so ``stream()`` pushes what this board
-object posts and abandons, and its sweep (``_sweep``) finds the rest. A sweep's cursor is
-``(rev, time)``: it returns jobs claimable now that were written since ``rev`` (posts and abandons
-by anyone) or whose ``ready_at`` fell in ``(time, now]`` (delays passed, leases expired). The
+object makes claimable at once (posts, abandons, releases, retries without a delay), and its
+sweep (``_sweep``) finds the rest. A sweep's cursor is ``(rev, time)``: it returns jobs claimable
+now that were written since ``rev`` (by anyone) or whose ``ready_at`` fell in ``(time, now]``
+(delays passed, leases expired). The
 counter and the jobs are read from one snapshot, and writers are serialised, so every write
 committed after the snapshot gets a higher ``rev``: a sweep never misses one.
 """
@@ -83,13 +85,14 @@ def _query(statement: str, params: Mapping[str, Any]) -> Callable[[sqlite3.Conne
     return run
 
 
-def _kind(state: str, attempts: int) -> NotificationKind:
+def _kind(state: str, token: int) -> NotificationKind:
     """Why a job a sweep found became claimable, from its row."""
     if state == JobState.SCHEDULED:
         return NotificationKind.DUE
     if state == JobState.CLAIMED:
         return NotificationKind.EXPIRED
-    return NotificationKind.ABANDONED if attempts else NotificationKind.POSTED
+    # From the token, not attempts: a released job gave its attempt back, yet was claimed.
+    return NotificationKind.ABANDONED if token else NotificationKind.POSTED
 
 
 class SqliteJobBoard(JobBoard):
@@ -112,7 +115,8 @@ class SqliteJobBoard(JobBoard):
         self._link = SqliteLink(self.path, closed=BoardClosed)
         #: The earliest ``ready_at`` of a scheduled or claimed job after the last sweep.
         self._next_due: float | None = None
-        #: rev -> monotonic time of the posts and abandons this object pushed to its streams.
+        #: rev -> monotonic time of the writes this object pushed to its streams (posts,
+        #: abandons, releases, retries due at once).
         self._pushed: dict[int, float] = {}
 
     @classmethod
@@ -211,6 +215,7 @@ class SqliteJobBoard(JobBoard):
                     state=(JobState.SCHEDULED if scheduled else JobState.UNCLAIMED).value,
                     ready_at=not_before if scheduled else now,
                     headers=spec.headers_json.decode("utf-8"),
+                    retry=None if spec.retry_json is None else spec.retry_json.decode("utf-8"),
                 )
                 written.append((seq, rev, now, not_before))
             return written
@@ -318,12 +323,41 @@ class SqliteJobBoard(JobBoard):
         return await self._link.write("consume", consume)
 
     async def _abandon(self, claim: Claim) -> Job:
-        def abandon(conn: sqlite3.Connection) -> tuple[Job, int]:
-            row = self._with_claim(conn, sql.ABANDON, claim, "abandon")
+        return await self._give_back(claim, sql.ABANDON, "abandon")
+
+    async def _release(self, claim: Claim) -> Job:
+        return await self._give_back(claim, sql.RELEASE, "release")
+
+    async def _give_back(self, claim: Claim, statement: str, verb: str) -> Job:
+        """Run ``statement`` (abandon or release): the job UNCLAIMED, pushed to the streams."""
+
+        def give_back(conn: sqlite3.Connection) -> tuple[Job, int]:
+            row = self._with_claim(conn, statement, claim, verb)
             return job_from_row(row), row[-1]
 
-        job, rev = await self._link.write("abandon", abandon)
+        job, rev = await self._link.write(verb, give_back)
         self._push(job, rev, NotificationKind.ABANDONED)
+        return job
+
+    async def _retry(
+        self,
+        claim: Claim,
+        delay: float,
+        failure: dict[str, Any] | None,
+        failure_json: bytes | None,
+    ) -> Job:
+        text = None if failure_json is None else failure_json.decode("utf-8")
+
+        def retry(conn: sqlite3.Connection) -> tuple[Job, int]:
+            row = self._with_claim(conn, sql.RETRY, claim, "retry", delay=delay, failure=text)
+            return job_from_row(row), row[-1]
+
+        job, rev = await self._link.write("retry", retry)
+        assert job.not_before is not None
+        if delay > 0:
+            self._note_due(job.not_before)  # the sweep announces it then, as a delayed post
+        else:
+            self._push(job, rev, NotificationKind.DUE)
         return job
 
     async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job:
@@ -393,13 +427,15 @@ class SqliteJobBoard(JobBoard):
         self._next_due = next_due
         self._forget_pushes()
         notes = []
-        for job_id, priority, state, attempts, job_rev, _ in rows:
+        for job_id, priority, state, token, job_rev, _ in rows:
             if cursor is None:
                 kind = NotificationKind.WAITING
-            elif state == JobState.UNCLAIMED and job_rev in self._pushed:
-                continue  # this object pushed it to its streams already
+            elif job_rev in self._pushed:
+                # This object pushed it to its streams already (a claim since would have
+                # given the row a new rev).
+                continue
             else:
-                kind = _kind(state, attempts)
+                kind = _kind(state, token)
             notes.append(build(JobNotification, job_id=job_id, kind=kind, priority=priority))
         return notes, (rev, now)
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,10 +19,10 @@ import anyio.lowlevel
 import pytest
 
 from aioconductor import _sqlite
-from aioconductor.boards import JobBoard, open_board
+from aioconductor.boards import JobBoard, _sqlite_schema, open_board
 from aioconductor.boards.sqlite import SqliteJobBoard
 from aioconductor.errors import BackendUnavailable, ConfigurationError
-from aioconductor.models import JobNotification, JobState, NotificationKind
+from aioconductor.models import JobNotification, JobState, NotificationKind, RetryPolicy
 
 
 def url(path: Path, **options: object) -> str:
@@ -126,25 +127,106 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         await open_board(url(path)).connect()
 
 
-async def test_a_version_1_file_gains_headers_and_keeps_its_jobs(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    async with open_board(url) as board:
-        job = await board.post("old", "f", {"a": 1})
-    # Back to the first schema: no headers column, version 1.
-    with contextlib.closing(sqlite3.connect(tmp_path / "old.db")) as conn:
-        conn.execute("ALTER TABLE jobs DROP COLUMN headers")
-        conn.execute("UPDATE aioc_schema SET version = 1 WHERE component = 'board'")
-        conn.commit()
-    async with open_board(url) as board:
-        old = await board.get(job.id)
-        assert old.headers == {} and old.args == {"a": 1}
-        new = await board.post("new", "f", headers={"h": "v"})
+def old_file(path: Path, version: int) -> tuple[str, str]:
+    """A board file as schema ``version`` made it, holding a waiting job and a claimed one
+    (their ids), written with the columns that version had."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        _sqlite._migrate(conn, "board", _sqlite_schema.SCHEMA[:version])
+        now = time.time()
+        conn.execute("INSERT INTO board_revs (namespace, rev) VALUES ('default', 2)")
+        insert = """INSERT INTO jobs (namespace, id, name, flow, args, priority, created_at,
+                updated_at, attempts, max_attempts, token, state, owner, expires_at, ready_at, rev)
+            VALUES ('default', ?, ?, 'f', ?, 0, ?, ?, ?, 3, ?, ?, ?, ?, ?, ?)"""
+        waiting, held = str(uuid.uuid4()), str(uuid.uuid4())
+        conn.execute(
+            insert, (waiting, "old", '{"a": 1}', now, now, 0, 0, "UNCLAIMED", None, None, now, 1)
+        )
+        conn.execute(
+            insert,
+            (held, "held", "{}", now, now, 1, 1, "CLAIMED", "owner-1", now + 60, now + 60, 2),
+        )
+        conn.execute("COMMIT")
+    return waiting, held
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_an_older_file_is_upgraded_in_place_and_keeps_its_jobs(
+    tmp_path: Path, version: int
+) -> None:
+    path = tmp_path / "old.db"
+    waiting, held = old_file(path, version)
+    policy = RetryPolicy(retries=2)
+    async with open_board(url(path)) as board:
+        old = await board.get(waiting)
+        assert old.args == {"a": 1} and old.headers == {} and old.state is JobState.UNCLAIMED
+        assert (old.releases, old.abandons, old.retries, old.retry, old.failures) == (
+            0,
+            0,
+            0,
+            None,
+            [],
+        )
+        # A claim taken before the upgrade is still current, and can be given back.
+        claim = (await board.get(held)).claim
+        assert claim is not None and claim.owner == "owner-1"
+        released = await board.release(claim)
+        assert (released.attempts, released.releases, released.state) == (0, 1, JobState.UNCLAIMED)
+        retried = await board.retry(await board.claim(waiting, "o"), delay=0, failure={"n": 1})
+        assert (retried.retries, retried.failures) == (1, [{"n": 1}])
+        new = await board.post("new", "f", headers={"h": "v"}, retry=policy)
         assert (await board.get(new.id)).headers == {"h": "v"}
-    with contextlib.closing(sqlite3.connect(tmp_path / "old.db")) as conn:
-        (version,) = conn.execute(
+        assert (await board.get(new.id)).retry == policy
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        (now_version,) = conn.execute(
             "SELECT version FROM aioc_schema WHERE component = 'board'"
         ).fetchone()
-    assert version == 2
+    assert now_version == len(_sqlite_schema.SCHEMA) == 3
+
+
+async def test_the_retry_policy_and_failures_are_json_text_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    policy = RetryPolicy(retries=2, base=0.5)
+    async with open_board(url(path)) as board:
+        job = await board.post("j", "f", retry=policy)
+        await board.retry(await board.claim(job.id, "o"), delay=0, failure={"m": "wörld"})
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        retry, failures = conn.execute(
+            "SELECT retry, failures FROM jobs WHERE id = ?", (job.id,)
+        ).fetchone()
+    assert RetryPolicy.model_validate_json(retry) == policy
+    assert json.loads(failures) == [{"m": "wörld"}]
+
+
+async def test_a_release_by_another_board_object_reaches_the_stream(tmp_path: Path) -> None:
+    # Swept, not pushed: a job whose first claim was released has no attempts, yet it was
+    # claimed, so it comes back as ABANDONED, not as a new post.
+    path = tmp_path / "jobs.db"
+    async with (
+        open_board(url(path, poll_interval=0.05)) as here,
+        open_board(url(path)) as there,
+    ):
+        job = await there.post("j", "f")
+        claim = await there.claim(job.id, "owner-1")
+        async with started_stream(here) as iterator:
+            released = await there.release(claim)
+            assert released.attempts == 0
+            with anyio.fail_after(2):
+                while (note := await anext(iterator)).job_id != job.id:
+                    pass
+        assert note.kind is NotificationKind.ABANDONED
+
+
+async def test_a_job_retried_at_once_is_pushed(tmp_path: Path) -> None:
+    # A long poll interval: only a push can announce the job in time.
+    async with open_board(url(tmp_path / "jobs.db", poll_interval=30)) as board:
+        job = await board.post("j", "f")
+        claim = await board.claim(job.id, "o")
+        async with started_stream(board) as iterator:
+            await board.retry(claim, delay=0)
+            with anyio.fail_after(2):
+                note = await anext(iterator)
+        assert (note.job_id, note.kind) == (job.id, NotificationKind.DUE)
 
 
 async def test_file_uses_wal(tmp_path: Path) -> None:
@@ -199,7 +281,7 @@ async def test_two_board_objects_racing_claim_next_take_each_job_once(tmp_path: 
 
 CLAIMER = """
 import sys, anyio
-from aioconductor.boards import JobBoard, open_board
+from aioconductor.boards import JobBoard, _sqlite_schema, open_board
 
 async def main(url, owner):
     async with open_board(url) as board:
@@ -236,7 +318,7 @@ async def test_processes_racing_claim_next_take_each_job_once(tmp_path: Path) ->
 
 POSTER = """
 import sys, anyio
-from aioconductor.boards import JobBoard, open_board
+from aioconductor.boards import JobBoard, _sqlite_schema, open_board
 
 async def main(url, count):
     async with open_board(url) as board:
@@ -286,9 +368,17 @@ async def test_sweeps_do_not_repeat_local_pushes(tmp_path: Path) -> None:
         async with started_stream(board) as iterator:
             job = await board.post("j", "f")
             notes.append(await anext(iterator))
+            await board.release(await board.claim(job.id, "o"))
+            notes.append(await anext(iterator))
+            await board.retry(await board.claim(job.id, "o"), delay=0)
+            notes.append(await anext(iterator))
             with anyio.move_on_after(0.2):  # ten sweeps
                 notes.append(await anext(iterator))
-        assert [(n.job_id, n.kind) for n in notes] == [(job.id, NotificationKind.POSTED)]
+        assert [(n.job_id, n.kind) for n in notes] == [
+            (job.id, NotificationKind.POSTED),
+            (job.id, NotificationKind.ABANDONED),
+            (job.id, NotificationKind.DUE),
+        ]
 
 
 # -- cancellation ---------------------------------------------------------------------------------
