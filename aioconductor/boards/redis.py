@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -318,6 +319,10 @@ class RedisJobBoard(JobBoard):
         failure_json: bytes | None,
     ) -> Job:
         failure_text = "" if failure_json is None else failure_json.decode("utf-8")
+        if failure is not None and "\n" in failure_text:
+            # The script keeps one failure a line (see RETRY): compact JSON has no raw newline,
+            # but an encoder that indents would, so such text is written again compactly.
+            failure_text = json.dumps(failure, ensure_ascii=False, separators=(",", ":"))
         args = [claim.owner, str(claim.token), fmt_time(delay), failure_text]
         reply = await self._run("RETRY", "retry", args, claim.job_id)
         job = self._checked(reply, claim.job_id, "retry", claim)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import random
 import shutil
@@ -180,6 +181,20 @@ async def test_failures_are_kept_exactly_as_given(board: JobBoard) -> None:
     assert (await board.get(job.id)).failures == expected
     claimed = await board.claim_next("o")
     assert claimed is not None and claimed[0].failures == expected
+
+
+async def test_failures_encoded_with_newlines_are_kept_whole(board: JobBoard) -> None:
+    # The base class hands over compact JSON; text from an indenting encoder must not be
+    # split into several failures by the script's one-a-line store.
+    assert isinstance(board, RedisJobBoard)
+    job = await board.post("j", "f")
+    failures = [{"n": n, "lines": ["a", "b"]} for n in range(2)]
+    for failure in failures:
+        claim = await board.claim(job.id, "o")
+        text = json.dumps(failure, indent=2).encode()
+        retried = await board._retry(claim, 0.0, failure, text)
+    assert retried.failures == failures
+    assert (await board.get(job.id)).failures == failures
 
 
 async def test_a_retried_job_leaves_the_ready_set_its_expired_lease_put_it_in(
