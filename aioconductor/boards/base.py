@@ -30,7 +30,7 @@ import anyio
 
 from aioconductor._checks import check_lease
 from aioconductor._lifecycle import Lifecycle
-from aioconductor._payload import decode_json, encode_json, finite_seconds, validate_name
+from aioconductor._payload import encode_json, encode_object, finite_seconds, validate_name
 from aioconductor._urls import (
     BOARD_OPTIONS,
     ParsedURL,
@@ -248,9 +248,10 @@ class JobBoard(Lifecycle):
             raise PayloadError("give delay or not_before, not both")
         delay_s = 0.0 if delay is None else finite_seconds("delay", delay)
         at = None if not_before is None else finite_seconds("not_before", not_before)
-        data = encode_json("the job's args", {} if args is None else args, self.max_payload_bytes)
         # Store what a reader will get back: decoding normalises tuples to lists and so on.
-        decoded: dict[str, Any] = decode_json(data)
+        data, decoded = encode_object(
+            "the job's args", {} if args is None else args, self.max_payload_bytes
+        )
         checked, headers_json = _check_headers(headers)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise PayloadError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
@@ -361,8 +362,8 @@ class JobBoard(Lifecycle):
             checked = Outcome(outcome)
         except ValueError:
             raise PayloadError(f"unknown outcome {outcome!r}") from None
-        data = encode_json("the job's result", result or {}, self.max_payload_bytes)
-        job = await self._consume(claim, checked, decode_json(data), data)
+        data, decoded = encode_object("the job's result", result or {}, self.max_payload_bytes)
+        job = await self._consume(claim, checked, decoded, data)
         self._finished(job.id)
         return job
 
@@ -409,10 +410,10 @@ class JobBoard(Lifecycle):
         """
         self._check_open()
         seconds = finite_seconds("delay", delay)
-        data = None
-        if failure is not None:
-            data = encode_json("the run's failure", failure, self.max_payload_bytes)
-        return await self._retry(claim, seconds, None if data is None else decode_json(data), data)
+        if failure is None:
+            return await self._retry(claim, seconds, None, None)
+        data, decoded = encode_object("the run's failure", failure, self.max_payload_bytes)
+        return await self._retry(claim, seconds, decoded, data)
 
     async def trash(self, claim_or_id: Claim | str, *, reason: str) -> Job:
         """Give the job up for good: ``TRASHED`` with ``reason``, never offered again.

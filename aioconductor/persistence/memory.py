@@ -11,6 +11,7 @@ from aioconductor._models import copy_json, evolve
 from aioconductor._urls import ParsedURL, refuse_options
 from aioconductor.errors import LogBookNotFound
 from aioconductor.persistence._copy import copy_atom, copy_book, copy_flow, created_book
+from aioconductor.persistence._json import check_atoms, check_meta
 from aioconductor.persistence.base import Store, check_token, check_version
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
@@ -64,6 +65,10 @@ class MemoryStore(Store):
 
     async def _save_logbook(self, book: LogBook, token: int | None) -> LogBook:
         await checkpoint()
+        check_meta(f"logbook {book.uuid} meta", book.meta)
+        for flow in book.flows.values():
+            check_meta(f"flow {flow.name!r} meta", flow.meta)
+            check_atoms(flow.atoms.values())
         stored = self._books.get(book.uuid)
         if stored is None:
             stored = created_book(book, check_token(book.uuid, None, token))
@@ -98,6 +103,8 @@ class MemoryStore(Store):
                 raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow.uuid!r}")
             for atom in atoms:
                 _check_atom_version(stored, atom)
+        check_meta(f"flow {flow.name!r} meta", flow.meta)
+        check_atoms(atoms if stored is not None else flow.atoms.values())  # what is saved
         saved_atoms = stored.atoms if stored is not None else {}
         for atom in atoms:
             saved_atoms[atom.name] = copy_atom(atom, atom.version + 1)
@@ -120,6 +127,7 @@ class MemoryStore(Store):
             raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}") from None
         for atom in atoms:
             _check_atom_version(flow, atom)
+        check_atoms(atoms)
         saved = []
         for atom in atoms:
             flow.atoms[atom.name] = stored = copy_atom(atom, atom.version + 1)

@@ -37,6 +37,7 @@ from aioconductor._postgres import (
 from aioconductor._urls import BOARD_OPTIONS, ParsedURL
 from aioconductor.errors import LogBookNotFound, StoreClosed, StoreError, VersionConflict
 from aioconductor.persistence._copy import copy_atom, copy_flow
+from aioconductor.persistence._json import atom_json, dumps
 from aioconductor.persistence.base import Store, check_token, check_version
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
@@ -261,26 +262,9 @@ _PAGE_QUERY = _LOAD.replace(
 )
 
 
-def _dumps(what: str, value: Any) -> str:
-    """``value`` as strict JSON text; ``StoreError`` if JSON cannot carry it."""
-    try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise StoreError(f"{what} cannot be saved as JSON: {exc}") from None
-
-
 def _atom_read(name: str, version: int, detail: str) -> AtomDetail:
     """An atom as a read returns it: its ``detail`` JSON (as stored), name and version."""
     return AtomDetail.model_validate({**json.loads(detail), "name": name, "version": version})
-
-
-def _atom_json(atom: AtomDetail) -> str:
-    """An atom's fields but its name and version as strict JSON text."""
-    try:
-        data = atom.model_dump(mode="json", exclude={"name", "version"})
-    except ValueError as exc:  # pydantic's PydanticSerializationError is a ValueError
-        raise StoreError(f"atom {atom.name!r} cannot be saved as JSON: {exc}") from None
-    return _dumps(f"atom {atom.name!r}", data)
 
 
 def _names(book: LogBook | None, flow: FlowDetail | None = None) -> None:
@@ -393,7 +377,7 @@ class PostgresStore(Store):
 
     async def _insert_flow(self, conn: Any, book_uuid: str, flow: FlowDetail, version: int) -> bool:
         """Add a flow with its atoms (as given); False if the logbook holds it already."""
-        meta = _dumps(f"flow {flow.name!r} meta", flow.meta)
+        meta = dumps(f"flow {flow.name!r} meta", flow.meta)
         inserted = await conn.fetchval(
             self._sql(_INSERT_FLOW),
             self.namespace,
@@ -407,7 +391,7 @@ class PostgresStore(Store):
         if inserted is None:
             return False
         atoms = [
-            (self.namespace, book_uuid, flow.uuid, a.name, a.version, _atom_json(a))
+            (self.namespace, book_uuid, flow.uuid, a.name, a.version, atom_json(a))
             for a in flow.atoms.values()
         ]
         if atoms:
@@ -422,11 +406,11 @@ class PostgresStore(Store):
 
     async def _save_logbook(self, book: LogBook, token: int | None) -> LogBook:
         _names(book)
-        meta = _dumps(f"logbook {book.uuid} meta", book.meta)
+        meta = dumps(f"logbook {book.uuid} meta", book.meta)
         for flow in book.flows.values():  # refuse what cannot be encoded before writing
-            _dumps(f"flow {flow.name!r} meta", flow.meta)
+            dumps(f"flow {flow.name!r} meta", flow.meta)
             for atom in flow.atoms.values():
-                _atom_json(atom)
+                atom_json(atom)
         ns = self.namespace
         created = await self._create_book(book, meta, token)
         if created is not None:
@@ -466,9 +450,9 @@ class PostgresStore(Store):
     async def _create_book(self, book: LogBook, meta: str, token: int | None) -> LogBook | None:
         """Create ``book`` with its flows and atoms in one statement; None if it exists."""
         flows = list(book.flows.values())
-        metas = [_dumps(f"flow {f.name!r} meta", f.meta) for f in flows]
+        metas = [dumps(f"flow {f.name!r} meta", f.meta) for f in flows]
         atoms = [(f.uuid, atom) for f in flows for atom in f.atoms.values()]
-        details = [_atom_json(atom) for _, atom in atoms]
+        details = [atom_json(atom) for _, atom in atoms]
         args = (
             self.namespace,
             book.uuid,
@@ -524,9 +508,9 @@ class PostgresStore(Store):
         if "\x00" in book_uuid:
             raise self._missing(book_uuid)
         _names(None, flow)
-        meta = _dumps(f"flow {flow.name!r} meta", flow.meta)
+        meta = dumps(f"flow {flow.name!r} meta", flow.meta)
         for atom in flow.atoms.values():
-            _atom_json(atom)
+            atom_json(atom)
         for atom in atoms:
             refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
         ns = self.namespace
@@ -575,7 +559,7 @@ class PostgresStore(Store):
         """Update an existing flow's own fields (and ``atoms``) in one statement; None when
         the checks do not pass and no atoms were given (the general path then raises what
         fits, or adds the flow). With atoms, a refusal is raised here."""
-        details = [_atom_json(atom) for atom in atoms]
+        details = [atom_json(atom) for atom in atoms]
         args = (
             self.namespace,
             book_uuid,
@@ -632,7 +616,7 @@ class PostgresStore(Store):
             token,
             [atom.name for atom in atoms],
             [atom.version for atom in atoms],
-            [_atom_json(atom) for atom in atoms],
+            [atom_json(atom) for atom in atoms],
         )
         statement = self._sql(_UPDATE_ATOMS)
         row = await self._link.call(

@@ -19,6 +19,7 @@ from aioconductor._urls import ParsedURL
 from aioconductor.errors import LogBookNotFound, StoreClosed, StoreError
 from aioconductor.persistence import _redis_scripts as lua
 from aioconductor.persistence._copy import copy_atom, created_book
+from aioconductor.persistence._json import check_atoms, check_meta
 from aioconductor.persistence.base import Store, check_token, check_version
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
@@ -36,6 +37,7 @@ def _token(token: int | None) -> str:
 
 
 def _atom_args(atoms: dict[str, AtomDetail]) -> list[str]:
+    check_atoms(atoms.values())
     args: list[str] = []
     for name, atom in atoms.items():
         args += [name, atom.model_dump_json(), str(atom.version)]
@@ -143,6 +145,7 @@ class RedisStore(Store):
     # -- primitives ----------------------------------------------------------------------------
 
     async def _save_logbook(self, book: LogBook, token: int | None) -> LogBook:
+        check_meta(f"logbook {book.uuid} meta", book.meta)
         detail = book.model_dump_json(exclude={"uuid", "name", "created_at", "flows", "token"})
         args = [_token(token), book.uuid, book.name, detail, fmt_time(book.created_at)]
         args.append(str(len(book.flows)))
@@ -226,6 +229,7 @@ class RedisStore(Store):
 def _updates(atoms: Sequence[AtomDetail]) -> tuple[list[AtomDetail], list[str]]:
     """``atoms`` as their writes will save them (versions bumped), and the script arguments
     that write them: their count, then per atom its name, JSON and the version read."""
+    check_atoms(atoms)
     saved = [copy_atom(atom, atom.version + 1) for atom in atoms]
     args = [str(len(atoms))]
     for atom, new in zip(atoms, saved, strict=True):
@@ -251,4 +255,5 @@ def _refused_atoms(
 
 
 def _flow_detail(flow: FlowDetail) -> str:
+    check_meta(f"flow {flow.name!r} meta", flow.meta)
     return flow.model_dump_json(exclude={"atoms", "version"})

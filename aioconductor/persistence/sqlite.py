@@ -33,6 +33,7 @@ from aioconductor._sqlite import Migrations, SqliteLink, sqlite_path
 from aioconductor._urls import ParsedURL, redact_url, refuse_options
 from aioconductor.errors import ConfigurationError, LogBookNotFound, StoreClosed, StoreError
 from aioconductor.persistence._copy import copy_atom, copy_flow, created_book
+from aioconductor.persistence._json import atom_json, dumps
 from aioconductor.persistence.base import Store, check_token, check_version
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
@@ -103,25 +104,6 @@ _UPSERT_ATOM = (
 )
 
 
-def _dumps(what: str, value: Any) -> str:
-    """``value`` as strict JSON text; ``StoreError`` if JSON cannot carry it."""
-    try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise StoreError(f"{what} cannot be saved as JSON: {exc}") from None
-
-
-def _model_json(what: str, model: AtomDetail, exclude: set[str]) -> str:
-    """A model's fields as strict JSON text; ``StoreError`` if JSON cannot carry one."""
-    try:
-        # Python mode, not "json": that mode would quietly turn NaN into null and a set into a
-        # list, so what was read back would not be what was saved. Strict JSON refuses them.
-        data = model.model_dump(mode="python", exclude=exclude)
-    except ValueError as exc:  # pydantic's PydanticSerializationError
-        raise StoreError(f"{what} cannot be saved as JSON: {exc}") from None
-    return _dumps(what, data)
-
-
 class _Flow:
     """A flow detail encoded for its row, with its atoms encoded for theirs."""
 
@@ -130,7 +112,7 @@ class _Flow:
         self.name = flow.name
         self.state = flow.state.value
         self.version = flow.version
-        self.meta = _dumps(f"flow {flow.name!r} meta", flow.meta)
+        self.meta = dumps(f"flow {flow.name!r} meta", flow.meta)
         self.atoms = [_Atom(atom) for atom in flow.atoms.values()]
 
 
@@ -140,7 +122,7 @@ class _Atom:
     def __init__(self, atom: AtomDetail) -> None:
         self.name = atom.name
         self.version = atom.version
-        self.detail = _model_json(f"atom {atom.name!r}", atom, {"name", "version"})
+        self.detail = atom_json(atom)
 
 
 class SqliteStore(Store):
@@ -265,7 +247,7 @@ class SqliteStore(Store):
     # -- primitives --------------------------------------------------------------------------
 
     async def _save_logbook(self, book: LogBook, token: int | None) -> LogBook:
-        meta = _dumps(f"logbook {book.uuid} meta", book.meta)
+        meta = dumps(f"logbook {book.uuid} meta", book.meta)
         flows = [_Flow(flow) for flow in book.flows.values()]
         ns = self.namespace
 
@@ -380,7 +362,7 @@ class SqliteStore(Store):
     async def _update_atom_detail(
         self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None
     ) -> AtomDetail:
-        detail = _model_json(f"atom {atom.name!r}", atom, {"name", "version"})
+        detail = atom_json(atom)
         ns = self.namespace
 
         def update(conn: sqlite3.Connection) -> AtomDetail:

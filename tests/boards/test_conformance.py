@@ -6,6 +6,7 @@ A backend joins by adding one entry to ``BACKENDS`` in ``conftest.py``.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from typing import Any
 
@@ -665,6 +666,40 @@ async def test_bad_posts_are_refused_and_change_nothing(
         await board.post(name, flow, **post)
     assert await snapshot(board) == before
     assert [n.job_id for n in await collect(board, 1)] == [existing.id]
+
+
+#: Payloads holding a dict key that is not a str (JSON would turn 1 into "1", and lose "a" in
+#: the first), and what the refusal names: the key and the path to the dict holding it.
+NON_STR_KEYS: list[tuple[dict[Any, Any], str]] = [
+    ({1: "a", "1": "b"}, "key 1 (int) is not a string"),
+    ({"a": {1: "x"}}, "key 1 (int) in ['a'] is not a string"),
+    ({"rows": [{"ok": 1}, {"ok": 2, 3: "x"}]}, "key 3 (int) in ['rows'][1] is not a string"),
+    ({"t": {(1, 2): "x"}}, "key (1, 2) (tuple) in ['t'] is not a string"),
+    ({"deep": [({"b": {None: 0}},)]}, "key None (NoneType) in ['deep'][0][0]['b'] is not"),
+    ({"f": {2.5: 1, True: 2}}, "key 2.5 (float) in ['f'] is not a string"),
+]
+
+
+async def test_keys_that_are_not_strings_are_refused_at_any_depth(board: JobBoard) -> None:
+    existing = await board.post("existing", "f", {"ok": {"nested": [{"k": 1}]}})
+    claim = await board.claim(existing.id, "owner-1")
+    before, count = await snapshot(board), await board.job_count()
+    for payload, refusal in NON_STR_KEYS:
+        where = re.escape(refusal)
+        with pytest.raises(PayloadError, match=f"the job's args.*{where}"):
+            await board.post("j", "f", payload)
+        with pytest.raises(PayloadError, match=where):
+            await board.post_many("f", [{"fine": 1}, payload])
+        with pytest.raises(PayloadError, match=f"the job's result.*{where}"):
+            await board.consume(claim, result=payload)
+        with pytest.raises(PayloadError, match=where):
+            await board.register_conductor("owner-2", "worker-2", ttl=30, meta=payload)
+    # Nothing was written: no job posted, the claimed job not consumed, no conductor.
+    assert await board.job_count() == count
+    assert await snapshot(board) == before
+    assert await board.conductors() == []
+    done = await board.consume(claim, result={"ok": {"1": "a", "2": [{"3": None}]}})
+    assert (await board.get(done.id)).result == {"ok": {"1": "a", "2": [{"3": None}]}}
 
 
 async def test_max_payload_bytes_is_a_board_setting(backend: BoardBackend) -> None:

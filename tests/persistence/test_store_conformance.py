@@ -6,6 +6,7 @@ changes nothing; namespaces never see each other; a closed store refuses every c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from aioconductor.errors import (
     ConfigurationError,
     LogBookNotFound,
     StoreClosed,
+    StoreError,
     VersionConflict,
 )
 from aioconductor.failure import Failure
@@ -169,6 +171,44 @@ async def test_a_store_keeps_no_reference_to_what_it_was_given_or_gave(store: St
     assert got.meta == {"m": [1]}
     assert first_flow(got).meta == {"l": [2]}
     assert first_flow(got).atoms["atom-0"].result == {"r": [3]}
+
+
+async def test_keys_that_are_not_strings_are_refused_and_change_nothing(store: Store) -> None:
+    """JSON would read ``{1: "a", "1": "b"}`` back as ``{"1": "b"}``: every store refuses a key
+    that is not a str, at any depth, as boards do, naming the detail and where the key is."""
+    book = await store.save_logbook(make_book())
+    flow = first_flow(book)
+    before = await store.get_logbook(book.uuid)
+    bad_atoms = [
+        (AtomDetail(name="a", result={1: "a", "1": "b"}), "key 1 (int) in ['result']"),
+        (AtomDetail(name="a", result=[{"k": {2: 0}}]), "key 2 (int) in ['result'][0]['k']"),
+        (AtomDetail(name="a", revert_result={(1, 2): 0}), "key (1, 2) (tuple) in ['revert_"),
+        (AtomDetail(name="a", meta={"history": [{None: 1}]}), "key None (NoneType) in ['meta']"),
+    ]
+    for atom, where in bad_atoms:
+        refusal = f"atom 'a' cannot be saved as JSON: {re.escape(where)}"
+        with pytest.raises(StoreError, match=refusal):
+            await store.update_atom_detail(book.uuid, flow.uuid, atom)
+        with pytest.raises(StoreError, match=refusal):
+            await store.update_atom_details(book.uuid, flow.uuid, [AtomDetail(name="b"), atom])
+        with pytest.raises(StoreError, match=refusal):
+            await store.update_flow_detail(book.uuid, flow, atoms=[atom])
+        new_flow = FlowDetail(name="new", atoms={"a": atom})
+        with pytest.raises(StoreError, match=refusal):
+            await store.update_flow_detail(book.uuid, new_flow)
+        with pytest.raises(StoreError, match=refusal):
+            await store.save_logbook(
+                make_book(name="other", flows=0).model_copy(
+                    update={"flows": {new_flow.uuid: new_flow}}
+                )
+            )
+    with pytest.raises(StoreError, match=re.escape("meta cannot be saved as JSON: key 1 (int)")):
+        await store.update_flow_detail(book.uuid, flow.model_copy(update={"meta": {1: 0}}))
+    with pytest.raises(StoreError, match=re.escape("key 1 (int) in ['x'] is not a string")):
+        await store.save_logbook(book.model_copy(update={"meta": {"x": {1: 0}}}))
+
+    assert await store.get_logbook(book.uuid) == before
+    assert [b.uuid async for b in store.logbooks()] == [book.uuid]
 
 
 # -- save_logbook ---------------------------------------------------------------------------------

@@ -1,0 +1,70 @@
+"""What every store saves as JSON is read back as it was saved, or refused.
+
+JSON object keys are strings: a result, revert result or meta holding a dict with a key that is
+not a str (``{1: "a"}``) would come back changed (``{"1": "a"}``), and ``{1: "a", "1": "b"}``
+would lose a value. Every store refuses such a detail with ``StoreError``, nothing written, as a
+board refuses such a payload: the memory store too, although it encodes nothing, so that a flow
+that runs on it runs on every store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from aioconductor._payload import non_str_key
+from aioconductor.errors import StoreError
+from aioconductor.persistence.models import AtomDetail
+
+__all__ = ["atom_json", "check_atoms", "check_meta", "dumps"]
+
+
+def dumps(what: str, value: Any) -> str:
+    """``value`` as strict JSON text; ``StoreError`` if JSON cannot carry it as it is."""
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        # After json.dumps, which refused cycles and nesting deeper than this walk can go.
+        problem = non_str_key(value)
+    except TypeError as exc:
+        problem = str(exc)
+        # json refuses some keys itself (a tuple): say where the key is.
+        with contextlib.suppress(RecursionError):  # a value holding itself: json's word
+            problem = non_str_key(value) or problem
+    except (ValueError, RecursionError) as exc:
+        problem = str(exc) or type(exc).__name__
+    if problem is not None:
+        raise StoreError(f"{what} cannot be saved as JSON: {problem}")
+    return text
+
+
+def atom_json(atom: AtomDetail) -> str:
+    """An atom's fields but its name and version as strict JSON text; ``StoreError`` if JSON
+    cannot carry one as it is."""
+    what = f"atom {atom.name!r}"
+    try:
+        # Python mode, not "json": that mode would quietly turn NaN into null, a set into a
+        # list and the key 1 into "1", so what was read back would not be what was saved.
+        data = atom.model_dump(mode="python", exclude={"name", "version"})
+    except ValueError as exc:  # pydantic's PydanticSerializationError
+        raise StoreError(f"{what} cannot be saved as JSON: {exc}") from None
+    return dumps(what, data)
+
+
+def check_meta(what: str, value: Any) -> None:
+    """Refuse ``value`` (``StoreError``) if it holds a key that is not a str, at any depth."""
+    try:
+        problem = non_str_key(value)
+    except RecursionError:
+        problem = "it is nested too deeply (or holds itself)"
+    if problem is not None:
+        raise StoreError(f"{what} cannot be saved as JSON: {problem}")
+
+
+def check_atoms(atoms: Iterable[AtomDetail]) -> None:
+    """Refuse (``StoreError``) an atom whose result, revert result or meta holds a key that
+    is not a str, at any depth; the error names the atom and where the key is."""
+    for atom in atoms:
+        fields = {"result": atom.result, "revert_result": atom.revert_result, "meta": atom.meta}
+        check_meta(f"atom {atom.name!r}", fields)
