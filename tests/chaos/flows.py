@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from aioconductor import FlowRegistry, Task, linear
+from aioconductor import FlowRegistry, RetryPolicy, Task, linear
 
 from .history import HistoryWriter
 
@@ -63,6 +63,18 @@ class Block(Task):
         return job
 
 
+class FailOnce(Task):
+    """Fails the first time it runs for a job (a marker file in ``markers`` says it did)."""
+
+    async def execute(self, job: str, markers: str) -> str:
+        record_effect(job, self.name)
+        marker = Path(markers) / job
+        if not marker.exists():
+            marker.touch()
+            raise RuntimeError(f"{job}: the first run fails")
+        return job
+
+
 class Die(Task):
     """Kills its process at once, every time."""
 
@@ -76,6 +88,14 @@ def chaos3(**args: Any) -> Any:
     """Three tasks in order, each recording its effect."""
     return linear(
         "chaos3", Effect("a", provides="a"), Effect("b", provides="b"), Effect("c", provides="c")
+    )
+
+
+@flows.register("flaky3", retry=RetryPolicy(retries=2, base=0.05, jitter=0.0))
+def flaky3(**args: Any) -> Any:
+    """A task, one that fails the job's first run (retried by the job's policy), a last task."""
+    return linear(
+        "flaky3", Effect("a", provides="a"), FailOnce("b", provides="b"), Effect("c", provides="c")
     )
 
 

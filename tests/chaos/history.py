@@ -13,7 +13,8 @@ own. After a scenario, :func:`check` merges the files, reads the board's final s
   follow it);
 - **no overlapping completion**: no two owners both ran the same job to a completed consume;
 - **no re-run after resume**: a task whose ``SUCCESS`` was saved before the job was claimed
-  again never ran again under a later token.
+  again never ran again under a later token (until the job was retried: a retry runs the flow
+  afresh).
 
 Events (``ev``), each with ``t`` (epoch seconds), ``proc``, ``pid`` and ``owner``:
 
@@ -225,10 +226,18 @@ def check(
                     stale_effects += 1
         if job_id not in poison_ids:
             duplicate_effects += sum(n - 1 for n in effects.values() if n > 1)
-        # A task whose SUCCESS was saved before a later claim must not run under that claim.
+        # A task whose SUCCESS was saved before a later claim must not run under that claim,
+        # until the job is retried: a retry is a fresh run of the flow, which runs it again.
+        retried = [e for e in history if e["ev"] == "retried"]
         for saved in (e for e in history if e["ev"] == "atom" and e["state"] == "SUCCESS"):
+            fresh_at = min(
+                (r["t"] for r in retried if r["token"] >= saved["token"] and r["t"] > saved["t"]),
+                default=float("inf"),
+            )
             later_claims = {
-                c["token"] for c in claims if c["token"] > saved["token"] and c["t"] > saved["t"]
+                c["token"]
+                for c in claims
+                if c["token"] > saved["token"] and saved["t"] < c["t"] < fresh_at
             }
             rerun = [
                 e

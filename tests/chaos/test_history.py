@@ -82,3 +82,34 @@ def test_poison_jobs_must_be_trashed() -> None:
     assert report.violations == []
     assert report.figures["poison_attempts"] == [4] and report.figures["poison_runs"] == [3]
     assert check(events, {"j1": job()}, poison=["j1"]).violations
+
+
+def test_a_retry_runs_the_flow_afresh_but_a_stale_retry_or_release_is_caught() -> None:
+    events = [
+        ev(1, "claimed", token=1),
+        ev(2, "atom", atom="a", state="SUCCESS", token=1),
+        ev(3, "retry_try", token=1),
+        ev(3.1, "retried", token=1),
+        ev(4, "claimed", B, token=2),
+        ev(5, "effect", B, task="a", token=2),  # a retry runs every task again: allowed
+        ev(6, "release_try", B, token=2),
+        ev(6.1, "released", B, token=2),
+        ev(7, "claimed", A, token=3),
+        ev(8, "consumed", A, token=3),
+    ]
+    assert check(events, {"j1": job(token=3)}).violations == []
+    stale = [
+        ev(1, "claimed", token=1),
+        ev(2, "claimed", B, token=2),
+        ev(3, "release_try", token=1),
+        ev(3.1, "released", token=1),  # accepted from a token older than a claim before it
+        ev(4, "retry_try", B, token=2),
+        ev(4.1, "retried", B, token=2),
+        ev(5, "claimed", token=3),
+        ev(6, "retry_try", B, token=2),
+        ev(6.1, "retried", B, token=2),  # and again, after token 3 was claimed
+        ev(7, "consumed", token=3),
+    ]
+    text = "\n".join(check(stale, {"j1": job(token=3)}).violations)
+    assert "released accepted from token 1 although token 2 was claimed" in text
+    assert "retried accepted from token 2 although token 3 was claimed" in text

@@ -95,8 +95,16 @@ async def test_sigkilled_conductors_lose_nothing_and_rerun_no_finished_task(
     done_kills = 0
     async with BY_NAME[backend].open(tmp_path) as target:
         async with open_board(target.board_url) as board:
-            # Every kill spends an attempt of each job its victim held: allow for many.
+            # Every kill spends an attempt of each job its victim held: allow for many. A tenth
+            # of the jobs fail their first run and are retried by their flow's policy.
             await post_jobs(board, jobs, prefix="kill", args={"work": 0.05}, max_attempts=20)
+            markers = tmp_path / "markers"
+            markers.mkdir()
+            retried = await post_jobs(
+                board, jobs // 10, prefix="retry", flow="flaky3", args={"markers": str(markers)},
+                max_attempts=20,
+            )  # fmt: skip
+            jobs += len(retried)
             cluster = Cluster(target, folder, concurrency=4, lease=LEASE, sweep=SWEEP)
             try:
                 names = [f"p{n}" for n in range(procs)]
@@ -124,6 +132,11 @@ async def test_sigkilled_conductors_lose_nothing_and_rerun_no_finished_task(
     assert done_kills == kills, f"only {done_kills} of {kills} kills happened before the end"
     assert result.figures["lost"] == 0 and result.figures["consumed"] == jobs
     assert result.figures["completed_task_reruns"] == 0
+    # A retried job failed its first run and succeeded later (a kill between the marker and the
+    # failure makes a first run that did not fail: then no retry).
+    assert all(final[job_id].outcome == "SUCCESS" for job_id in retried)
+    assert {final[job_id].retries for job_id in retried} <= {0, 1}
+    assert sum(final[job_id].retries for job_id in retried) >= len(retried) // 2
     assert result.reclaim_latencies, "no kill left a job to re-claim: the test proved nothing"
     assert result.figures["reclaim_p99_s"] <= LEASE + SWEEP + 1.0, result.figures
 
