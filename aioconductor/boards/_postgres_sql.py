@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aioconductor._postgres import Migrations
 from aioconductor.boards._support import JOB_COLUMNS
-from aioconductor.models import JobState
+from aioconductor.models import MAX_KEPT_FAILURES, JobState
 
 MIGRATIONS: Migrations = [
     [
@@ -59,6 +59,16 @@ MIGRATIONS: Migrations = [
     ],
     # 2: headers, metadata carried with a job (a trace context), not given to its flow.
     ["ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS headers json NOT NULL DEFAULT '{}'"],
+    # 3: how runs ended (releases, abandons, retries), the retry policy (NULL for none) and the
+    # latest retried runs' failures. Constant defaults: no table rewrite, old rows read as new.
+    [
+        """ALTER TABLE {s}.jobs
+            ADD COLUMN IF NOT EXISTS releases integer NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS abandons integer NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS retries integer NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS retry json,
+            ADD COLUMN IF NOT EXISTS failures json NOT NULL DEFAULT '[]'"""
+    ],
 ]
 
 NOW = "extract(epoch from clock_timestamp())::float8"
@@ -75,17 +85,17 @@ FETCH = f"SELECT {COLUMNS}, {NOW} FROM {{s}}.jobs WHERE namespace = $1 AND id = 
 NOW_QUERY = f"SELECT {NOW}"
 
 # $2 channel, $3 id, $4 name, $5 flow, $6 args, $7 priority, $8 max_attempts, $9 delay,
-# $10 not_before, $11 headers. A post retried after a lost reply finds its job already there
-# (the id is the client's) and writes nothing.
+# $10 not_before, $11 headers, $12 the retry policy (or NULL). A post retried after a lost
+# reply finds its job already there (the id is the client's) and writes nothing.
 POST = f"""{_CLOCK},
     v AS (SELECT c.now, CASE WHEN $9::float8 > 0 THEN c.now + $9::float8
             ELSE $10::float8 END AS nb FROM c),
     j AS (
         INSERT INTO {{s}}.jobs AS t (namespace, id, name, flow, args, priority, created_at,
-            updated_at, not_before, max_attempts, state, ready_at, headers)
+            updated_at, not_before, max_attempts, state, ready_at, headers, retry)
         SELECT $1, $3, $4, $5, $6::json, $7, v.now, v.now, v.nb, $8,
             CASE WHEN v.nb > v.now THEN 'SCHEDULED' ELSE 'UNCLAIMED' END,
-            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END, $11::json
+            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END, $11::json, $12::json
         FROM v
         ON CONFLICT (namespace, id) DO NOTHING
         RETURNING {COLUMNS}),
@@ -94,7 +104,7 @@ POST = f"""{_CLOCK},
 
 # The same for many jobs in one statement, in the order given (their seq follows it): $3..$10
 # are arrays of ids, names, flows, args, priorities, max_attempts, delays and not_befores;
-# $11 the headers of every job.
+# $11 the headers and $12 the retry policy (or NULL) of every job.
 POST_MANY = f"""{_CLOCK},
     v AS (SELECT c.now, x.*, CASE WHEN x.delay > 0 THEN c.now + x.delay ELSE x.at END AS nb
         FROM c, unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::integer[],
@@ -102,11 +112,11 @@ POST_MANY = f"""{_CLOCK},
             WITH ORDINALITY AS x(id, name, flow, args, priority, max_attempts, delay, at, n)),
     j AS (
         INSERT INTO {{s}}.jobs AS t (namespace, id, name, flow, args, priority, created_at,
-            updated_at, not_before, max_attempts, state, ready_at, headers)
+            updated_at, not_before, max_attempts, state, ready_at, headers, retry)
         SELECT $1, v.id, v.name, v.flow, v.args::json, v.priority, v.now, v.now, v.nb,
             v.max_attempts,
             CASE WHEN v.nb > v.now THEN 'SCHEDULED' ELSE 'UNCLAIMED' END,
-            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END, $11::json
+            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END, $11::json, $12::json
         FROM v ORDER BY v.n
         ON CONFLICT (namespace, id) DO NOTHING
         RETURNING {COLUMNS}),
@@ -167,12 +177,41 @@ RENEW = _with_claim("expires_at = c.now + $5::float8, ready_at = c.now + $5::flo
 CONSUME = _with_claim("state = 'COMPLETE', outcome = $5, result = $6::json, ready_at = NULL")
 # $5 reason.
 TRASH = _with_claim("state = 'TRASHED', trash_reason = $5, ready_at = NULL")
-# $5 the channel. The notification is sent when (and only if) the transaction commits.
-ABANDON = f"""{_CLOCK},
-    j AS (UPDATE {{s}}.jobs SET state = 'UNCLAIMED', owner = NULL, expires_at = NULL,
+
+
+def _give_back(sets: str) -> str:
+    """Apply ``sets`` and make the job UNCLAIMED at once if the claim ($2 id, $3 owner, $4 token)
+    is current; $5 is the channel, notified when (and only if) the transaction commits."""
+    return f"""{_CLOCK},
+    j AS (UPDATE {{s}}.jobs SET {sets}, state = 'UNCLAIMED', owner = NULL, expires_at = NULL,
             ready_at = c.now, updated_at = c.now FROM c
         WHERE {_CURRENT} RETURNING {COLUMNS}),
     n AS (SELECT {_NOTIFY.replace("$2", "$5").format(kind="'abandoned'")} FROM j)
+    SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
+
+
+ABANDON = _give_back("abandons = abandons + 1")
+# The attempt given back while the job had fewer than max_attempts give-backs, else spent as by
+# ABANDON (every SET expression reads the row as it was before the update).
+RELEASE = _give_back(
+    """releases = releases + (releases < max_attempts)::integer,
+        attempts = attempts - (releases < max_attempts)::integer,
+        abandons = abandons + (releases >= max_attempts)::integer"""
+)
+# $5 the delay, $6 the run's failure (JSON, or NULL: none to add), $7 the channel. SCHEDULED,
+# the attempt given back; of the failures, the latest MAX_KEPT_FAILURES are kept. A retry due at
+# once is notified on commit: a sweep that read its clock before this commit would miss it.
+RETRY = f"""{_CLOCK},
+    j AS (UPDATE {{s}}.jobs SET state = 'SCHEDULED', owner = NULL, expires_at = NULL,
+            attempts = attempts - 1, retries = retries + 1, not_before = c.now + $5::float8,
+            ready_at = c.now + $5::float8, updated_at = c.now,
+            failures = CASE WHEN $6::json IS NULL THEN failures ELSE (
+                SELECT json_agg(k.e ORDER BY k.n) FROM (
+                    SELECT a.e, a.n FROM json_array_elements(failures) WITH ORDINALITY AS a(e, n)
+                    UNION ALL SELECT $6::json, json_array_length(failures) + 1
+                    ORDER BY 2 DESC LIMIT {MAX_KEPT_FAILURES}) AS k) END
+        FROM c WHERE {_CURRENT} RETURNING {COLUMNS}),
+    n AS (SELECT {_NOTIFY.replace("$2", "$7").format(kind="'due'")} FROM j WHERE $5::float8 = 0)
     SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
 # $2 id, $3 reason: an operator's trash of any job not finished yet.
 TRASH_BY_ID = f"""{_CLOCK} UPDATE {{s}}.jobs

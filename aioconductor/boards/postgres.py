@@ -19,9 +19,10 @@ is when an unfinished job is claimable from, NULL once final) and ``conductors``
 ``result`` are ``json``, not ``jsonb``: ``json`` keeps the text as written, so a ``\\u0000`` in
 a string, key order and numbers come back exactly as posted.
 
-Notifications: post and abandon ``pg_notify`` the namespace's channel in the same statement, so a
-notification goes out exactly when the change commits; each ``stream()`` LISTENs on a
-connection of its own. Delays and leases that fall due are found by the stream's sweep.
+Notifications: post, abandon and release (and a retry due at once) ``pg_notify`` the
+namespace's channel in the same statement, so a notification goes out exactly when the change
+commits; each ``stream()`` LISTENs on a connection of its own. Delays, retries and leases that
+fall due are found by the stream's sweep.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from aioconductor.models import (
     JobState,
     NotificationKind,
     Outcome,
+    RetryPolicy,
 )
 
 __all__ = ["PostgresJobBoard"]
@@ -76,6 +78,11 @@ _LONGEST = 100 * 365.25 * 86400
 
 def _seconds(value: float) -> float:
     return min(float(value), _LONGEST)
+
+
+def _text(data: bytes | None) -> str | None:
+    """JSON bytes as the text asyncpg binds to a ``json`` parameter (None stays NULL)."""
+    return None if data is None else data.decode("utf-8")
 
 
 def _kind(state: str) -> NotificationKind:
@@ -142,6 +149,8 @@ class PostgresJobBoard(JobBoard):
                 "CONSUME",
                 "TRASH",
                 "ABANDON",
+                "RELEASE",
+                "RETRY",
                 "TRASH_BY_ID",
                 "SWEEP_CLOCK",
                 "SWEEP_ALL",
@@ -223,6 +232,7 @@ class PostgresJobBoard(JobBoard):
         delay: float | None = None,
         not_before: float | None = None,
         headers: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Job:
         """Post a job on the caller's own asyncpg ``connection``, inside its transaction.
 
@@ -242,7 +252,9 @@ class PostgresJobBoard(JobBoard):
                 with any failed statement.
         """
         self._check_open()
-        spec = self._post_spec(name, flow, args, priority, max_attempts, delay, not_before, headers)
+        spec = self._post_spec(
+            name, flow, args, priority, max_attempts, delay, not_before, headers, retry
+        )
         query, params = self._post_statement(spec)
         with self._link.translate("post"):
             rows = await connection.fetch(query, self.namespace, *params)
@@ -266,6 +278,7 @@ class PostgresJobBoard(JobBoard):
             _seconds(spec.delay),
             spec.not_before,
             spec.headers_json.decode("utf-8"),
+            _text(spec.retry_json),
         )
         return self._sql["POST"], params
 
@@ -303,6 +316,7 @@ class PostgresJobBoard(JobBoard):
             [_seconds(spec.delay) for spec in specs],
             [spec.not_before for spec in specs],
             specs[0].headers_json.decode("utf-8"),
+            _text(specs[0].retry_json),
         )
         query = self._sql["POST_MANY"]
         # Ids chosen here, and a post of an existing id writes nothing: retried like a read.
@@ -378,6 +392,26 @@ class PostgresJobBoard(JobBoard):
         args = (*await self._claim_args(claim, "abandon"), self.channel)
         row = await self._fetch_row("abandon", "ABANDON", *args)
         return await self._checked(row, claim, "abandon")
+
+    async def _release(self, claim: Claim) -> Job:
+        args = (*await self._claim_args(claim, "release"), self.channel)
+        row = await self._fetch_row("release", "RELEASE", *args)
+        return await self._checked(row, claim, "release")
+
+    async def _retry(
+        self,
+        claim: Claim,
+        delay: float,
+        failure: dict[str, Any] | None,
+        failure_json: bytes | None,
+    ) -> Job:
+        args = await self._claim_args(claim, "retry")
+        row = await self._fetch_row(
+            "retry", "RETRY", *args, _seconds(delay), _text(failure_json), self.channel
+        )
+        job = await self._checked(row, claim, "retry")
+        self._note_due(job.not_before, job.updated_at)
+        return job
 
     async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job:
         refuse_nul("the trash reason", reason, PayloadError)

@@ -20,8 +20,11 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from aioconductor import Conductor
+from aioconductor._postgres import migrate
 from aioconductor.boards import JobBoard, open_board
+from aioconductor.boards import _postgres_sql as sql
 from aioconductor.boards.postgres import PostgresJobBoard
+from aioconductor.cli import main
 from aioconductor.errors import (
     BackendUnavailable,
     ClaimLost,
@@ -29,7 +32,14 @@ from aioconductor.errors import (
     JobNotFound,
     PayloadError,
 )
-from aioconductor.models import Claim, JobNotification, JobState
+from aioconductor.models import (
+    MAX_KEPT_FAILURES,
+    Claim,
+    JobNotification,
+    JobState,
+    NotificationKind,
+    RetryPolicy,
+)
 from aioconductor.persistence import Store, open_store
 from tests.apps import flows
 from tests.conftest import POSTGRES_URL
@@ -173,6 +183,16 @@ async def test_args_come_back_exactly_as_posted(board: JobBoard) -> None:
     got = (await board.get((await board.post("j", "f", args)).id)).args
     assert got == args and list(got) == list(args)
     assert isinstance(got["alpha"], float) and isinstance(got["huge"], float)
+
+
+async def test_failures_come_back_exactly_as_given(board: JobBoard) -> None:
+    job = await board.post("j", "f")
+    failures = [{"zeta": n, "alpha": "a\x00b", "text": "✓", "huge": 1e300} for n in range(7)]
+    for failure in failures:
+        retried = await board.retry(await board.claim(job.id, "o"), delay=0, failure=failure)
+    kept = failures[-MAX_KEPT_FAILURES:]
+    for got in (retried.failures, (await board.get(job.id)).failures):
+        assert got == kept and [list(f) for f in got] == [list(f) for f in kept]
 
 
 # -- claims -------------------------------------------------------------------------------------
@@ -407,6 +427,29 @@ async def test_stream_recovers_when_its_listener_is_terminated(
                 seen.append(await anext(iterator))
 
 
+async def test_a_release_and_a_retry_due_at_once_are_pushed_to_every_board(
+    board: JobBoard, schema: str
+) -> None:
+    """Another process's board hears them by LISTEN, long before its next sweep."""
+    marker = await board.post("marker", "f")
+    jobs = [await board.post(name, "f") for name in ("released", "retried")]
+    # Long leases: the other board sweeps when the earliest one ends, and must not before.
+    claims = [await board.claim(job.id, "o", lease=600) for job in jobs]
+    async with (
+        open_board(url(schema, "pg_board"), poll_interval=60) as other,
+        contextlib.aclosing(other.stream()) as stream,
+    ):
+        iterator = aiter(stream)
+        with anyio.fail_after(5):
+            assert (await anext(iterator)).job_id == marker.id  # listening from here on
+            await board.release(claims[0])
+            note = await anext(iterator)
+            assert (note.job_id, note.kind) == (jobs[0].id, NotificationKind.ABANDONED)
+            await board.retry(claims[1], delay=0)
+            note = await anext(iterator)
+            assert (note.job_id, note.kind) == (jobs[1].id, NotificationKind.DUE)
+
+
 # -- schema ---------------------------------------------------------------------------------------
 
 
@@ -421,7 +464,7 @@ async def test_concurrent_connects_to_a_fresh_schema_all_succeed(schema: str, ad
         versions = await admin.fetch(
             f'SELECT component, version FROM "{schema}".schema_version ORDER BY 1'
         )
-        assert [tuple(row) for row in versions] == [("board", 2), ("store", 1)]
+        assert [tuple(row) for row in versions] == [("board", len(sql.MIGRATIONS)), ("store", 1)]
         job = await boards[0].post("j", "f")
         assert (await boards[3].get(job.id)).id == job.id
     finally:
@@ -482,7 +525,9 @@ async def test_a_job_posted_in_a_transaction_exists_only_if_it_commits(
     async with anyio.create_task_group() as tg:
         await tg.start(listen)
         async with admin.transaction():
-            kept = await board.post_in_transaction(admin, "ship", "f", {"order": 3}, priority=4)
+            kept = await board.post_in_transaction(
+                admin, "ship", "f", {"order": 3}, priority=4, retry=RetryPolicy(retries=2)
+            )
             await anyio.sleep(0.2)
             assert notes == []  # announced on commit, not before
         with anyio.fail_after(5):
@@ -490,27 +535,82 @@ async def test_a_job_posted_in_a_transaction_exists_only_if_it_commits(
                 await anyio.sleep(0.01)
     assert [note.job_id for note in notes] == [kept.id]  # nothing of the rolled-back post
     got = await board.get(kept.id)
-    assert got.args == {"order": 3} and got.priority == 4
+    assert got.args == {"order": 3} and got.priority == 4 and got.retry == RetryPolicy(retries=2)
     with pytest.raises(PayloadError):
         await board.post_in_transaction(admin, "", "f")
 
 
-async def test_a_version_1_schema_gains_headers_and_keeps_its_jobs(schema: str, admin: Any) -> None:
-    async with open_board(url(schema)) as board:
-        job = await board.post("old", "f", {"a": 1})
-    await admin.execute(f'ALTER TABLE "{schema}".jobs DROP COLUMN headers')
+async def old_schema(admin: Any, schema: str, version: int) -> tuple[str, str]:
+    """A board schema as ``version`` made it (the library's first ``version`` migrations),
+    holding a waiting job and a claimed one (their ids), written with the columns it had."""
+    link = PostgresJobBoard(driver_url=POSTGRES_URL, schema=schema)._link
+    await migrate(admin, link, "board", sql.MIGRATIONS[:version])
+    now = await admin.fetchval(sql.NOW_QUERY)
+    insert = f"""INSERT INTO "{schema}".jobs (namespace, id, name, flow, args, priority,
+            created_at, updated_at, attempts, max_attempts, token, state, owner, expires_at,
+            ready_at)
+        VALUES ('default', $1, $2, 'f', $3::json, 0, $4, $4, $5::integer, 3, $5::integer, $6,
+            $7, $8, $9)"""
+    waiting, held = str(uuid.uuid4()), str(uuid.uuid4())
+    await admin.execute(insert, waiting, "old", '{"a": 1}', now, 0, "UNCLAIMED", None, None, now)
     await admin.execute(
-        f"UPDATE \"{schema}\".schema_version SET version = 1 WHERE component = 'board'"
+        insert, held, "held", "{}", now, 1, "CLAIMED", "owner-1", now + 60, now + 60
     )
+    return waiting, held
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_an_older_schema_is_upgraded_in_place_and_keeps_its_jobs(
+    schema: str, admin: Any, version: int
+) -> None:
+    waiting, held = await old_schema(admin, schema, version)
+    policy = RetryPolicy(retries=2)
     async with open_board(url(schema)) as board:
-        old = await board.get(job.id)
-        assert old.headers == {} and old.args == {"a": 1}
-        new = await board.post("new", "f", headers={"h": "v"})
-        assert (await board.get(new.id)).headers == {"h": "v"}
+        old = await board.get(waiting)
+        assert old.args == {"a": 1} and old.headers == {}
+        assert (old.releases, old.abandons, old.retries, old.retry, old.failures) == (
+            0,
+            0,
+            0,
+            None,
+            [],
+        )
+        # The claim taken before the upgrade still holds, and the new verbs work on old jobs.
+        claim = (await board.get(held)).claim
+        assert claim is not None and claim.owner == "owner-1" and claim.token == 1
+        retried = await board.retry(claim, delay=0, failure={"message": "boom"})
+        assert (retried.attempts, retried.retries, retried.failures) == (
+            0,
+            1,
+            [{"message": "boom"}],
+        )
+        released = await board.release(await board.claim(waiting, "o"))
+        assert (released.attempts, released.releases, released.state) == (0, 1, JobState.UNCLAIMED)
+        new = await board.post("new", "f", headers={"h": "v"}, retry=policy)
+        got = await board.get(new.id)
+        assert got.headers == {"h": "v"} and got.retry == policy
     version = await admin.fetchval(
         f"SELECT version FROM \"{schema}\".schema_version WHERE component = 'board'"
     )
-    assert version == 2
+    assert version == len(sql.MIGRATIONS) == 3
+
+
+async def test_aioconductor_migrate_upgrades_an_older_schema_in_place(
+    schema: str, admin: Any
+) -> None:
+    waiting, held = await old_schema(admin, schema, 2)
+    status = await anyio.to_thread.run_sync(main, ["migrate", "--board", url(schema)])
+    assert status == 0
+    version = await admin.fetchval(
+        f"SELECT version FROM \"{schema}\".schema_version WHERE component = 'board'"
+    )
+    assert version == len(sql.MIGRATIONS)
+    # Upgraded before any board of this version connected: the board only reads.
+    async with open_board(url(schema)) as board:
+        jobs = {job.id: job async for job in board.iterjobs()}
+    assert set(jobs) == {waiting, held}
+    assert all(job.failures == [] and job.retry is None for job in jobs.values())
+    assert jobs[held].claim is not None and jobs[held].attempts == 1
 
 
 async def test_a_schema_newer_than_the_library_is_refused(schema: str, admin: Any) -> None:
