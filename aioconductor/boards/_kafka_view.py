@@ -32,6 +32,7 @@ from aioconductor.models import (
     JobState,
     NotificationKind,
     Outcome,
+    RetryPolicy,
 )
 
 __all__ = [
@@ -75,7 +76,11 @@ def visible_state(data: dict[str, Any], now: float) -> str:
 
 
 def to_job(data: dict[str, Any], now: float | None = None) -> Job:
-    """A ``Job`` from a state dict (its state as seen at ``now``, when given)."""
+    """A ``Job`` from a state dict (its state as seen at ``now``, when given).
+
+    The counters, retry policy and failures default to a fresh job's: state records written
+    before the board kept them have none.
+    """
     owner = data["owner"]
     claim = None
     if owner is not None:
@@ -87,6 +92,7 @@ def to_job(data: dict[str, Any], now: float | None = None) -> Job:
             expires_at=data["expires_at"],
         )
     outcome = data["outcome"]
+    retry = data.get("retry")
     state = data["state"] if now is None else visible_state(data, now)
     return build(
         Job,
@@ -107,11 +113,11 @@ def to_job(data: dict[str, Any], now: float | None = None) -> Job:
         outcome=None if outcome is None else Outcome(outcome),
         result=data["result"],
         trash_reason=data["trash_reason"],
-        releases=0,
-        abandons=0,
-        retries=0,
-        retry=None,
-        failures=[],
+        releases=data.get("releases", 0),
+        abandons=data.get("abandons", 0),
+        retries=data.get("retries", 0),
+        retry=None if retry is None else RetryPolicy.model_validate(retry),
+        failures=list(data.get("failures", ())),
     )
 
 
@@ -219,8 +225,8 @@ class JobView:
         state = data["state"]
         if state == "UNCLAIMED":
             self._make_ready(data)
-            kind = NotificationKind.ABANDONED if op == "abandon" else NotificationKind.POSTED
-            if op in ("post", "abandon"):
+            kind = NotificationKind.POSTED if op == "post" else NotificationKind.ABANDONED
+            if op in ("post", "abandon", "release"):
                 self._notify(
                     build(JobNotification, job_id=data["id"], kind=kind, priority=data["priority"])
                 )
@@ -240,9 +246,14 @@ class JobView:
         """Make jobs whose delay passed or lease expired ready, and announce them."""
         timers = self._timers
         while timers and timers[0][0] <= now:
-            _, job_id = heapq.heappop(timers)
+            when, job_id = heapq.heappop(timers)
             data = self.jobs.get(job_id)
             if data is None or data["state"] not in _TIMED or not claimable(data, now):
+                continue
+            deadline = data["expires_at"] if data["state"] == "CLAIMED" else data["not_before"]
+            if when != deadline:
+                # A timer of an earlier state (the lease of a claim that was retried): the
+                # current deadline has a timer of its own, which announces the job once.
                 continue
             self._make_ready(data)
             expired = data["state"] == "CLAIMED"

@@ -8,15 +8,16 @@ given), ``idempotence`` (``true``; Tansu needs ``false``), ``fetch_wait_ms`` (50
 Topics, created by the board when missing (``NAME`` defaults to ``aioconductor``):
 
 - ``NAME.NS.state``: one partition, compacted. Every transition (post, claim, renew, consume,
-  abandon, trash) is one record: the job id as key, the job version it was computed from and
-  the job's full resulting state. Every board instance folds the whole topic into a view
-  (:mod:`~aioconductor.boards._kafka_view`); first writer wins in log order, so exactly one of
-  two racing claims is accepted, everywhere. Reads append a small ``sync`` record and wait until
-  the view applied it, so ``get`` sees every write acknowledged before it.
+  abandon, release, retry, trash) is one record: the job id as key, the job version it was
+  computed from and the job's full resulting state. Every board instance folds the whole topic
+  into a view (:mod:`~aioconductor.boards._kafka_view`); first writer wins in log order, so
+  exactly one of two racing claims is accepted, everywhere. Reads append a small ``sync`` record
+  and wait until the view applied it, so ``get`` sees every write acknowledged before it.
 - ``NAME.NS.jobs``: ``partitions`` partitions, one record per posted job (key = job id). The
   board's conductors form the consumer group ``NAME.NS.conductors``: a member takes jobs of the
   partitions assigned to it first, and commits an offset only once every job at or below it is
-  finished (:mod:`~aioconductor.boards._kafka_group`).
+  finished (:mod:`~aioconductor.boards._kafka_group`); a job scheduled again by ``retry`` is
+  not.
 - ``NAME.NS.dead``: the dead-letter topic; every trashed job is written there with its reason.
 
 Cross-partition priority is best effort: a conductor prefers the best job of its own
@@ -75,6 +76,7 @@ from aioconductor.errors import (
     UnclaimableJob,
 )
 from aioconductor.models import (
+    MAX_KEPT_FAILURES,
     Claim,
     ConductorInfo,
     Job,
@@ -313,6 +315,11 @@ class KafkaJobBoard(JobBoard):
             "not_before": not_before,
             "attempts": 0,
             "max_attempts": spec.max_attempts,
+            "releases": 0,
+            "abandons": 0,
+            "retries": 0,
+            "retry": None if spec.retry_json is None else json.loads(spec.retry_json),
+            "failures": [],
             "token": 0,
             "state": "SCHEDULED" if scheduled else "UNCLAIMED",
             "owner": None,
@@ -348,7 +355,7 @@ class KafkaJobBoard(JobBoard):
     async def _send_job(self, data: dict[str, Any], ts: int) -> Any:
         """Queue the jobs record of a posted job; the future of its acknowledgement."""
         assert self._producer is not None
-        fields = ("id", "name", "flow", "args", "priority", "max_attempts", "not_before")
+        fields = ("id", "name", "flow", "args", "priority", "max_attempts", "retry", "not_before")
         value = {key: data[key] for key in fields}
         value["created_at"] = data["created_at"]
         return await self._producer.send(
@@ -514,15 +521,72 @@ class KafkaJobBoard(JobBoard):
         )
         return to_job(new)
 
+    @staticmethod
+    def _give_back(data: dict[str, Any], now: float, spent: bool) -> dict[str, Any]:
+        """``data`` unclaimed at ``now``; its attempt ``spent`` (counted in ``abandons``) or
+        given back (counted in ``releases``). Counters default for records of older boards."""
+        new = {**data, "state": "UNCLAIMED", "owner": None, "expires_at": None,
+               "updated_at": now}  # fmt: skip
+        if spent:
+            new["abandons"] = data.get("abandons", 0) + 1
+        else:
+            new["releases"] = data.get("releases", 0) + 1
+            new["attempts"] = data["attempts"] - 1
+        return new
+
     async def _abandon(self, claim: Claim) -> Job:
+        await self._fresh(claim.job_id, lambda d: self._holds(d, claim))
+        new = await self._change(
+            claim.job_id,
+            "abandon",
+            lambda: self._check_claim(claim, "abandon"),
+            lambda data, now: self._give_back(data, now, spent=True),
+        )
+        return to_job(new)
+
+    async def _release(self, claim: Claim) -> Job:
         await self._fresh(claim.job_id, lambda d: self._holds(d, claim))
 
         def make(data: dict[str, Any], now: float) -> dict[str, Any]:
-            return {**data, "state": "UNCLAIMED", "owner": None, "expires_at": None,
-                    "updated_at": now}  # fmt: skip
+            # Decided from the state the record is based on: the fold accepts it only if that
+            # is still the job's state, so racing give-backs cannot pass the cap.
+            spent = data.get("releases", 0) >= data["max_attempts"]
+            return self._give_back(data, now, spent)
 
         new = await self._change(
-            claim.job_id, "abandon", lambda: self._check_claim(claim, "abandon"), make
+            claim.job_id, "release", lambda: self._check_claim(claim, "release"), make
+        )
+        return to_job(new)
+
+    async def _retry(
+        self,
+        claim: Claim,
+        delay: float,
+        failure: dict[str, Any] | None,
+        failure_json: bytes | None,
+    ) -> Job:
+        await self._fresh(claim.job_id, lambda d: self._holds(d, claim))
+
+        def make(data: dict[str, Any], now: float) -> dict[str, Any]:
+            failures = data.get("failures", [])
+            if failure is not None:
+                failures = [*failures, failure][-MAX_KEPT_FAILURES:]
+            return {
+                **data,
+                "state": "SCHEDULED",
+                "owner": None,
+                "expires_at": None,
+                "not_before": now + delay,
+                "attempts": data["attempts"] - 1,
+                "retries": data.get("retries", 0) + 1,
+                "failures": failures,
+                "updated_at": now,
+            }
+
+        # Every instance's fold sets a timer for the job's not_before: it is announced (DUE)
+        # and claimable then, like a delayed post, and it is not finished for offset commits.
+        new = await self._change(
+            claim.job_id, "retry", lambda: self._check_claim(claim, "retry"), make
         )
         return to_job(new)
 

@@ -5,6 +5,7 @@ The shared semantics are in ``test_conformance.py``; these run against the Tansu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -21,7 +22,7 @@ from aioconductor.boards._kafka_log import StateLog, Write
 from aioconductor.boards._kafka_view import JobView
 from aioconductor.boards.kafka import KafkaJobBoard
 from aioconductor.errors import BackendUnavailable, ConfigurationError
-from aioconductor.models import JobState
+from aioconductor.models import JobState, NotificationKind, RetryPolicy
 from tests.kafka_helpers import kafka_url, require_kafka, unique_topic
 
 pytestmark = pytest.mark.kafka
@@ -142,6 +143,61 @@ async def test_a_new_instance_replays_the_same_jobs(board: KafkaJobBoard, topic:
         assert (await replayed.get(jobs[2].id)).claim == renewed
 
 
+async def test_a_new_instance_replays_releases_abandons_and_retries(
+    board: KafkaJobBoard, topic: str
+) -> None:
+    policy = RetryPolicy(retries=2, base=30.0)
+    job = await board.post("j", "f", retry=policy)
+    await board.release(await board.claim(job.id, "o"))
+    await board.abandon(await board.claim(job.id, "o"))
+    retried = await board.retry(await board.claim(job.id, "o"), delay=30, failure={"n": 1})
+    assert (retried.releases, retried.abandons, retried.retries, retried.attempts) == (1, 1, 1, 1)
+    async with _board(kafka_url(topic, "tests")) as replayed:
+        again = await replayed.get(job.id)
+        assert again == await board.get(job.id)
+        assert again.retry == policy and again.failures == [{"n": 1}]
+        assert again.state is JobState.SCHEDULED and again.not_before == retried.not_before
+    # The jobs record carries the policy too, for whoever reads the jobs topic.
+    records = [r for p in range(board.partitions) for r in await _read_all(board.jobs_topic, p)]
+    assert [json.loads(r.value)["retry"] for r in records] == [policy.model_dump()]
+
+
+async def test_jobs_written_before_the_board_kept_the_counters_still_read_and_run(
+    board: KafkaJobBoard,
+) -> None:
+    log = board._log
+    assert log is not None
+    fresh = await board.post("new", "f")
+    old = dict(board._view.jobs[fresh.id], id="00000000-0000-4000-8000-000000000001")
+    for field in ("releases", "abandons", "retries", "retry", "failures"):
+        del old[field]
+    assert (await log.write(Write(old["id"], {"op": "post", "base": None, "job": old}, 1))).accepted
+    job = await board.get(old["id"])
+    assert (job.releases, job.abandons, job.retries, job.retry, job.failures) == (0, 0, 0, None, [])
+    released = await board.release(await board.claim(job.id, "o"))
+    abandoned = await board.abandon(await board.claim(job.id, "o"))
+    retried = await board.retry(await board.claim(job.id, "o"), delay=0, failure={"n": 1})
+    assert (released.releases, abandoned.abandons) == (1, 1)
+    assert (retried.retries, retried.failures, retried.attempts) == (1, [{"n": 1}], 1)
+
+
+async def test_a_retried_job_is_announced_once_when_due_even_past_its_old_lease(
+    board: KafkaJobBoard,
+) -> None:
+    job = await board.post("j", "f")
+    claim = await board.claim(job.id, "o", lease=0.4)
+    seen: list[NotificationKind] = []
+    async with contextlib.aclosing(board.stream()) as stream:
+        await board.retry(claim, delay=0.1)
+        # A loop, not a comprehension: it is cancelled, and must keep what it saw till then.
+        with anyio.move_on_after(1.5):
+            async for note in stream:
+                if note.job_id == job.id:
+                    seen.append(note.kind)  # noqa: PERF401
+    # Due at 0.1 s; the lease's timer at 0.4 s belongs to the claim that is gone.
+    assert seen == [NotificationKind.DUE]
+
+
 async def test_trash_writes_the_job_and_reason_to_the_dead_letter_topic(
     board: KafkaJobBoard,
 ) -> None:
@@ -179,6 +235,31 @@ async def test_offsets_are_committed_only_past_finished_jobs(topic: str) -> None
         await board.consume(claim)
         await member.commit(force=True)
         assert await _committed(board.group_id, board.jobs_topic) == 3
+
+
+async def test_a_retried_job_holds_the_committed_offset_until_it_is_finished(
+    topic: str,
+) -> None:
+    async with _board(kafka_url(topic, "tests", partitions=1)) as board:
+        job = await board.post("j", "f")
+        claimed = await board.claim_next("o")
+        assert claimed is not None
+        member = board._member
+        assert member is not None
+        with anyio.fail_after(20):
+            while member.assigned() != {0} or member._read_to.get(0) != 1:
+                await member.poll()
+                await anyio.sleep(0.05)
+        await board.retry(claimed[1], delay=0.2)
+        await member.commit(force=True)
+        assert await _committed(board.group_id, board.jobs_topic) in (None, 0)
+        with anyio.fail_after(5):
+            while (again := await board.claim_next("o")) is None:
+                await anyio.sleep(0.05)
+        assert again[0].id == job.id
+        await board.consume(again[1])
+        await member.commit(force=True)
+        assert await _committed(board.group_id, board.jobs_topic) == 1
 
 
 async def test_the_last_record_of_every_job_is_accepted_so_compaction_keeps_its_state(
