@@ -199,7 +199,13 @@ class Conductor:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        await self._open_resources()
+        try:
+            await self._open_resources()
+        except BaseException:
+            # Cancelled (or failed) between opening the board and the store: close what
+            # was opened, or nobody will.
+            await self._close_resources()
+            raise
         return self
 
     async def _open_resources(self) -> None:
@@ -221,10 +227,21 @@ class Conductor:
     async def aclose(self) -> None:
         """Stop (with a drain) and close the board and store if the conductor opened them."""
         self.stop()
-        await self.wait()
-        for resource in reversed(self._opened):
-            await resource.aclose()
-        self._opened.clear()
+        try:
+            await self.wait()
+        finally:
+            await self._close_resources()
+
+    async def _close_resources(self) -> None:
+        # Shielded so that a cancelled close still frees connections; bounded so that a dead
+        # server cannot hold up shutdown.
+        opened, self._opened = self._opened, []
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
+            for resource in reversed(opened):
+                try:
+                    await resource.aclose()
+                except Exception as exc:
+                    logger.warning("conductor %s: closing %r failed: %r", self.name, resource, exc)
 
     def stop(self, *, drain: bool = True) -> None:
         """Ask the conductor to stop claiming and return from :meth:`run`.

@@ -619,3 +619,25 @@ async def test_without_a_store_a_finished_job_leaves_no_logbook(tmp_path: Path) 
             shared = Conductor("d", board, store=store, flows=flows)
             await run_until_finished([shared], board, [job.id for job in more])
             assert len([book async for book in store.logbooks()]) == 5
+
+
+async def test_a_cancelled_close_still_closes_what_the_conductor_opened() -> None:
+    board, store = MemoryJobBoard(), MemoryStore()
+    with anyio.CancelScope() as scope:
+        async with Conductor("c", board, store=store, flows=flows):
+            assert board.connected and store.connected
+            scope.cancel()
+            await anyio.sleep(1)
+    assert not board.connected and not store.connected
+
+
+async def test_a_store_that_fails_to_open_leaves_no_board_open() -> None:
+    class Down(MemoryStore):
+        async def _connect(self) -> None:
+            raise BackendUnavailable("the store is down")
+
+    board = MemoryJobBoard()
+    with pytest.raises(BackendUnavailable):
+        async with Conductor("c", board, store=Down(), flows=flows):
+            pytest.fail("entered")
+    assert not board.connected
