@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from aioconductor._payload import non_str_key
 from aioconductor.engine.compiler import CompiledFlow, Node
 from aioconductor.engine.retry import Attempt, Decision, Retry
 from aioconductor.engine.task import Task
@@ -594,9 +595,9 @@ def _ready_to_run(detail: AtomDetail) -> None:
 def _is_json(value: Any) -> bool:
     try:
         json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
+        return non_str_key(value) is None
+    except (TypeError, ValueError, RecursionError):
         return False
-    return True
 
 
 def _attempt_to_json(attempt: Attempt) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any, overload
 import anyio
 import anyio.to_thread
 
+from aioconductor._payload import non_str_key
 from aioconductor.errors import CompilationError, TaskTimeout
 from aioconductor.failure import Failure
 
@@ -182,7 +183,8 @@ class Task:
 
         Raises:
             TaskTimeout: ``execute`` ran past ``timeout``.
-            TypeError: the result is not JSON-serialisable.
+            TypeError: the result is not JSON-serialisable (a dict key that is not a str
+                included: it would not read back as it was).
         """
         if self.inject:
             kwargs.update(self.inject)
@@ -195,10 +197,15 @@ class Task:
                 raise TaskTimeout(f"task {self.name!r} ran past its timeout of {self.timeout} s")
         try:
             json.dumps(result, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+            problem = non_str_key(result)
+        except (TypeError, ValueError, RecursionError) as exc:
+            problem = str(exc)
+        if problem is not None:
+            # Failed here, as the task's own failure: the store would refuse the result later,
+            # and the job would be abandoned on every attempt instead of reverted once.
             raise TypeError(
                 f"task {self.name!r} returned a {type(result).__name__}, which is not "
-                f"JSON-serialisable: {exc}"
+                f"JSON-serialisable: {problem}"
             ) from None
         return result
 

@@ -138,6 +138,23 @@ async def test_a_non_json_result_fails_the_task_clearly(log: Log) -> None:
     assert log.reverted == ["a"]
 
 
+@pytest.mark.parametrize("result", [{1: "a", "1": "b"}, [{"ok": {2.5: "x"}}]])
+async def test_a_result_with_a_key_that_is_not_a_str_fails_the_task(
+    log: Log, result: object
+) -> None:
+    # The store would refuse it (it would not read back as it was): the task fails and the
+    # flow is reverted, rather than every write of the job failing.
+    @task(provides="thing")
+    async def keyed() -> object:
+        return result
+
+    with pytest.raises(FlowFailed) as caught:
+        await run_flow(linear("f", Step("a", log), keyed))
+    failure = caught.value.failure
+    assert failure is not None and "is not a string" in failure.message
+    assert log.reverted == ["a"]
+
+
 async def test_events_report_every_phase_and_state_change(log: Log) -> None:
     notifier = Notifier()
     events: list[tuple[str, dict[str, Any]]] = []
