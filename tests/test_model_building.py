@@ -6,7 +6,7 @@ import pytest
 from pydantic import BaseModel, PrivateAttr
 
 from aioconductor._models import build, copy_json, evolve
-from aioconductor.models import Claim, Job, JobState
+from aioconductor.models import Claim, Job, JobState, RetryPolicy
 from aioconductor.persistence.models import AtomDetail, AtomState
 
 _JOB = {
@@ -27,6 +27,11 @@ _JOB = {
     "result": None,
     "trash_reason": None,
     "headers": {"h": "v"},
+    "releases": 1,
+    "abandons": 0,
+    "retries": 2,
+    "retry": RetryPolicy(retries=3),
+    "failures": [{"message": "boom"}],
 }
 
 

@@ -644,17 +644,17 @@ class JobBoard(Lifecycle):
     @abc.abstractmethod
     async def _abandon(self, claim: Claim) -> Job: ...
 
-    async def _release(self, claim: Claim) -> Job:
-        raise BoardError(f"{type(self).__name__} cannot release a claim yet")
+    @abc.abstractmethod
+    async def _release(self, claim: Claim) -> Job: ...
 
+    @abc.abstractmethod
     async def _retry(
         self,
         claim: Claim,
         delay: float,
         failure: dict[str, Any] | None,
         failure_json: bytes | None,
-    ) -> Job:
-        raise BoardError(f"{type(self).__name__} cannot retry a job yet")
+    ) -> Job: ...
 
     @abc.abstractmethod
     async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job: ...
