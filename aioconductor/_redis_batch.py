@@ -30,7 +30,7 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from aioconductor._pending import Pending
+from aioconductor._backends.base import Pending
 
 __all__ = ["SEND_TIMEOUT", "ScriptBatcher"]
 

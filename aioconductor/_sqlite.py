@@ -40,7 +40,7 @@ from urllib.parse import unquote
 
 import anyio
 
-from aioconductor._pending import Pending
+from aioconductor._backends.base import Pending
 from aioconductor._urls import redact_url
 from aioconductor.errors import BackendUnavailable, ConfigurationError
 

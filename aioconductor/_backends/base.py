@@ -1,0 +1,122 @@
+"""What every backend's plumbing shares: the link interface, one table-driven translation of
+driver errors, the backoff of reconnects and read retries, and batched calls (``Pending``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+import anyio
+
+from aioconductor.errors import AioconductorError, BackendUnavailable
+
+__all__ = ["Backoff", "ErrorTable", "Link", "Pending", "map_exceptions", "scrub"]
+
+#: Driver exceptions, most specific first, each with the library error it becomes.
+ErrorTable = Sequence[
+    tuple[
+        type[BaseException] | tuple[type[BaseException], ...], Callable[[BaseException], Exception]
+    ]
+]
+
+
+@contextlib.contextmanager
+def map_exceptions(table: ErrorTable) -> Iterator[None]:
+    """Re-raise a driver exception as the library error the first matching row of ``table``
+    makes of it (chained: ``raise ... from exc``); the library's own errors, and exceptions no
+    row matches, pass as they are.
+
+    The one place a backend says how its driver fails, instead of a hand-written ``try`` per
+    call (httpcore's ``map_exceptions`` is the model).
+    """
+    try:
+        yield
+    except AioconductorError:
+        # Never wrap our own: BackendUnavailable is an OSError, which tables often list.
+        raise
+    except Exception as exc:
+        for types, make in table:
+            if isinstance(exc, types):
+                raise make(exc) from exc
+        raise
+
+
+def scrub(exc: BaseException | str, secrets: Iterable[str]) -> str:
+    """``exc`` as text (its type's name when it has none), with each secret masked: a driver
+    may echo a password from its URL in an error."""
+    text = str(exc) or (type(exc).__name__ if isinstance(exc, BaseException) else "")
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+class Link(Protocol):
+    """A backend's connection to its server, as boards and stores on it use it.
+
+    Each backend's link adds its own ways to run a call (a script, a statement in a pooled
+    connection, a function in the database thread); these are what they all have.
+    """
+
+    #: The server's URL with its secrets masked, for messages and logs.
+    url: str
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called: every later call raises the closed error."""
+
+    def unavailable(self, what: str, exc: BaseException) -> BackendUnavailable:
+        """The ``BackendUnavailable`` to raise for a driver error during ``what``."""
+
+    async def aclose(self) -> None:
+        """Close every connection, shielded and time-bounded."""
+
+
+class Backoff:
+    """Waits that double from ``first`` up to ``most``, until :meth:`reset`.
+
+    Used for reconnecting a notification channel and for retrying idempotent reads while a
+    server restarts.
+    """
+
+    def __init__(self, first: float = 0.05, most: float = 1.0) -> None:
+        self.first = first
+        self.most = most
+        self.delay = first
+
+    def next(self) -> float:
+        """The wait to use now; the next one doubles (up to ``most``)."""
+        delay = self.delay
+        self.delay = min(self.delay * 2, self.most)
+        return delay
+
+    def reset(self) -> None:
+        """Start again from ``first`` (the last try worked)."""
+        self.delay = self.first
+
+    async def sleep(self) -> None:
+        """Sleep for :meth:`next`."""
+        await anyio.sleep(self.next())
+
+
+class Pending:
+    """One caller's call in a batch (the SQLite group commit, the Redis pipelining): whoever
+    runs the batch settles it, and its caller awaits ``done``."""
+
+    def __init__(self) -> None:
+        #: Set once the batch that took this call is over (settled or not).
+        self.done = anyio.Event()
+        self.reply: Any = None
+        self.error: BaseException | None = None
+        #: Whether the call has its outcome.
+        self.settled = False
+
+    def settle(self, reply: Any = None, *, error: BaseException | None = None) -> None:
+        """Give the call its reply, or its error."""
+        self.reply, self.error, self.settled = reply, error, True
+
+    def outcome(self) -> Any:
+        """The call's reply, or its error raised."""
+        if self.error is not None:
+            raise self.error
+        return self.reply
