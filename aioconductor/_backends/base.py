@@ -11,7 +11,19 @@ import anyio
 
 from aioconductor.errors import AioconductorError, BackendUnavailable
 
-__all__ = ["Backoff", "ErrorTable", "Link", "Pending", "map_exceptions", "scrub"]
+__all__ = [
+    "Backoff",
+    "DueTimer",
+    "ErrorTable",
+    "Link",
+    "Pending",
+    "map_exceptions",
+    "scrub",
+    "sweep_delay",
+]
+
+#: The shortest wait before a sweep for something that fell due: never a busy loop.
+MIN_SWEEP_DELAY = 0.005
 
 #: Driver exceptions, most specific first, each with the library error it becomes.
 ErrorTable = Sequence[
@@ -97,6 +109,41 @@ class Backoff:
     async def sleep(self) -> None:
         """Sleep for :meth:`next`."""
         await anyio.sleep(self.next())
+
+
+def sweep_delay(poll_interval: float, next_due: float | None, now: float) -> float:
+    """Seconds until a board's stream should sweep: when the next thing it knows of falls due
+    (a delayed job, a retried job, a lease), and at least every ``poll_interval``.
+
+    ``next_due`` and ``now`` are on one clock, whichever the board keeps its deadlines on.
+    """
+    if next_due is None:
+        return poll_interval
+    return max(MIN_SWEEP_DELAY, min(poll_interval, next_due - now))
+
+
+class DueTimer:
+    """The earliest deadline a board has heard of (its own delayed posts, retries, leases), on
+    this process's monotonic clock, so that its stream sweeps then and not at the next poll."""
+
+    def __init__(self) -> None:
+        self.next_due: float | None = None
+
+    def note(self, due_at: float | None, now: float) -> None:
+        """Note a deadline ``due_at`` given on the board's clock, which reads ``now``."""
+        if due_at is None:
+            return
+        at = anyio.current_time() + max(0.0, due_at - now)
+        if self.next_due is None or at < self.next_due:
+            self.next_due = at
+
+    def clear(self) -> None:
+        """Forget the noted deadline (a sweep ran: it found what was due)."""
+        self.next_due = None
+
+    def delay(self, poll_interval: float) -> float:
+        """Seconds until the stream should sweep (see :func:`sweep_delay`)."""
+        return sweep_delay(poll_interval, self.next_due, anyio.current_time())
 
 
 class Pending:
