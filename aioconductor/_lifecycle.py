@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import warnings
 from types import TracebackType
 from typing import ClassVar, Self
 
@@ -44,7 +45,13 @@ class Lifecycle(abc.ABC):
             await self._aclose()
 
     async def close(self) -> None:
-        """The same as :meth:`aclose`."""
+        """Deprecated: use :meth:`aclose` (every async resource in this library closes with
+        ``aclose``, as anyio's and the standard library's do). Removed in the next release."""
+        warnings.warn(
+            f"{type(self).__name__}.close() is deprecated: use aclose()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         await self.aclose()
 
     @property

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
+
 import aioconductor
 from aioconductor import errors
 
@@ -38,3 +40,31 @@ def test_design_names_are_there() -> None:
 
 def test_errors_default_message_is_the_docstring() -> None:
     assert str(errors.ClaimLost()) == errors.ClaimLost.__doc__
+
+
+def test_what_a_retry_controller_is_written_with_is_public() -> None:
+    for name in ("Retry", "Decision", "Attempt"):
+        assert name in aioconductor.__all__
+
+
+async def test_close_is_a_deprecated_alias_of_aclose() -> None:
+    board = aioconductor.open_board("memory://")
+    await board.connect()
+    with pytest.warns(DeprecationWarning, match=r"close\(\) is deprecated: use aclose\(\)"):
+        await board.close()
+    assert board.closed
+
+
+async def test_the_claim_verbs_have_two_shapes() -> None:
+    # claim(id) gives the claim; claim_next and claim_batch give (job, claim) pairs.
+    async with aioconductor.open_board("memory://") as board:
+        first = await board.post("a", "f")
+        await board.post("b", "f")
+        await board.post("c", "f")
+        claim = await board.claim(first.id, "o")
+        assert isinstance(claim, aioconductor.Claim) and claim.job_id == first.id
+        pair = await board.claim_next("o")
+        assert pair is not None and pair[0].claim == pair[1]
+        [(job, batch_claim)] = await board.claim_batch("o", 5)
+        assert job.claim == batch_claim
+        assert not hasattr(board, "claim_job")

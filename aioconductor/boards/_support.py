@@ -44,7 +44,7 @@ JOB_COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PostSpec:
     """A validated ``post``: what the backend writes, with the args already encoded."""
 

@@ -1,18 +1,23 @@
 """The `JobBoard` contract that every backend keeps.
 
-The public verbs here validate their input, check that the board is open and call the backend's
-``_``-prefixed primitives, which do the one atomic change each verb stands for. Everything that
-does not need the backend (payload checks, ``stream``'s sweep loop, ``wait``, ``wait_for``) lives
-here once.
+The public verbs validate their input, check that the board is open and call the backend's
+``_``-prefixed primitives, which do the one atomic change each verb stands for. What does not
+need the backend lives once, in this class and the parts it is made of: posting
+(:mod:`~aioconductor.boards._posting`: payload and option checks), the verbs that end a claim
+(:mod:`~aioconductor.boards._endings`), notifications and waits
+(:mod:`~aioconductor.boards._notifications`) and the conductor registry
+(:mod:`~aioconductor.boards._conductors`).
 
 Semantics every backend keeps (the conformance suite in ``tests/boards`` checks them):
 
-- One owner per claim. The fencing ``token`` is strictly increasing per job and bumped on every
-  claim. ``renew``, ``consume``, ``abandon`` and ``trash`` with a claim whose owner or token is not
-  the job's current one raise ``ClaimLost`` and change nothing. A claim whose lease expired stays
-  valid until another owner claims the job: its token is still the current one.
-- ``attempts`` counts claims. Claims and ``iterjobs`` follow one order: higher priority first,
-  then post order (a per-board sequence, never a timestamp).
+- One owner per claim. The fencing ``token`` is strictly increasing per job, bumped on every
+  claim, and 1 on a job's first claim. ``renew``, ``consume``, ``retry``, ``release``,
+  ``abandon`` and ``trash`` with a claim whose owner or token is not the job's current one raise
+  ``ClaimLost`` and change nothing. A claim whose lease expired stays valid until another owner
+  claims the job: its token is still the current one.
+- ``attempts`` counts claims less those given back (``release``, ``retry``). Claims and
+  ``iterjobs`` follow one order: higher priority first, then post order (a per-board sequence,
+  never a timestamp).
 - A job is claimable when it is ``UNCLAIMED``, ``SCHEDULED`` with its ``not_before`` passed, or
   ``CLAIMED`` with its lease expired.
 """
@@ -20,17 +25,14 @@ Semantics every backend keeps (the conformance suite in ``tests/boards`` checks 
 from __future__ import annotations
 
 import abc
-import contextlib
 import itertools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from typing import Any, Self
 
-import anyio
-
 from aioconductor._checks import check_lease
 from aioconductor._lifecycle import Lifecycle
-from aioconductor._payload import encode_json, encode_object, finite_seconds, validate_name
+from aioconductor._payload import validate_name
 from aioconductor._urls import (
     BOARD_OPTIONS,
     ParsedURL,
@@ -39,6 +41,10 @@ from aioconductor._urls import (
     lease_option,
     validate_namespace,
 )
+from aioconductor.boards._conductors import ConductorRegistry
+from aioconductor.boards._endings import ClaimEndings
+from aioconductor.boards._notifications import Notifications
+from aioconductor.boards._posting import post_spec
 from aioconductor.boards._support import (
     PostSpec,
     Subscription,
@@ -48,11 +54,8 @@ from aioconductor.boards._support import (
 from aioconductor.errors import BoardClosed, BoardError, ConfigurationError, PayloadError
 from aioconductor.models import (
     Claim,
-    ConductorInfo,
     Job,
-    JobNotification,
     JobState,
-    Outcome,
     RetryPolicy,
 )
 
@@ -74,11 +77,9 @@ DEFAULT_LEASE = 30.0
 MAX_BATCH = 256
 #: The most jobs one ``post_many`` takes (bounds one transaction, pipeline or statement).
 MAX_POST_BATCH = 10_000
-#: The most a job's headers may weigh, as JSON.
-MAX_HEADERS_BYTES = 8192
 
 
-class JobBoard(Lifecycle):
+class JobBoard(Lifecycle, Notifications, ClaimEndings, ConductorRegistry):
     """An async job board. Open it with ``async with open_board(url) as board``.
 
     Args:
@@ -97,15 +98,14 @@ class JobBoard(Lifecycle):
         lease: float = DEFAULT_LEASE,
         poll_interval: float = 1.0,
     ) -> None:
-        super().__init__()
+        Lifecycle.__init__(self)
+        Notifications.__init__(self)
         if poll_interval <= 0 or max_payload_bytes <= 0:
             raise ConfigurationError("poll_interval and max_payload_bytes must be positive")
         self.namespace = validate_namespace(namespace)
         self.max_payload_bytes = max_payload_bytes
         self.lease = check_lease(lease)
         self.poll_interval = float(poll_interval)
-        self._subscriptions: set[Subscription] = set()
-        self._final_waiters: dict[str, anyio.Event] = {}
 
     closed_error = BoardClosed
     kind = "board"
@@ -133,11 +133,7 @@ class JobBoard(Lifecycle):
         return f"<{type(self).__name__} namespace={self.namespace!r}>"
 
     def _closing(self) -> None:
-        # Open streams end and wait_for callers wake (to find the board closed).
-        for subscription in list(self._subscriptions):
-            subscription.close()
-        for event in self._final_waiters.values():
-            event.set()
+        self._end_waits()
 
     # -- producing -----------------------------------------------------------------------------
 
@@ -179,8 +175,7 @@ class JobBoard(Lifecycle):
         spec = self._post_spec(
             name, flow, args, priority, max_attempts, delay, not_before, headers, retry
         )
-        job = await self._post(spec)
-        return job
+        return await self._post(spec)
 
     async def post_many(
         self,
@@ -234,54 +229,24 @@ class JobBoard(Lifecycle):
         headers: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
     ) -> PostSpec:
-        validate_name("name", name)
-        validate_name("flow name", flow)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise PayloadError(f"priority must be an int, got {priority!r:.80}")
-        if not -(2**31) <= priority < 2**31:
-            raise PayloadError(f"priority {priority} is out of range (a 32-bit signed int)")
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
-            raise PayloadError(f"max_attempts must be an int, got {max_attempts!r:.80}")
-        if not 1 <= max_attempts <= 1_000_000:
-            raise PayloadError(f"max_attempts must be from 1 to 1,000,000, got {max_attempts}")
-        if delay is not None and not_before is not None:
-            raise PayloadError("give delay or not_before, not both")
-        delay_s = 0.0 if delay is None else finite_seconds("delay", delay)
-        at = None if not_before is None else finite_seconds("not_before", not_before)
-        # Store what a reader will get back: decoding normalises tuples to lists and so on.
-        data, decoded = encode_object(
-            "the job's args", {} if args is None else args, self.max_payload_bytes
-        )
-        checked, headers_json = _check_headers(headers)
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise PayloadError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
-        return PostSpec(
+        """A post's options checked (``PayloadError`` if bad), for this board's payload limit."""
+        return post_spec(
             name,
             flow,
-            decoded,
-            data,
-            priority,
-            max_attempts,
-            delay_s,
-            at,
-            checked,
-            headers_json,
-            retry,
-            None if retry is None else retry.model_dump_json().encode(),
+            args,
+            priority=priority,
+            max_attempts=max_attempts,
+            delay=delay,
+            not_before=not_before,
+            headers=headers,
+            retry=retry,
+            max_payload_bytes=self.max_payload_bytes,
         )
 
     # -- claiming ------------------------------------------------------------------------------
 
     def _lease(self, lease: float | None) -> float:
-        if lease is None:
-            return self.lease
-        try:
-            seconds = finite_seconds("lease", lease)
-        except PayloadError as exc:
-            raise ConfigurationError(str(exc)) from None
-        if seconds == 0:
-            raise ConfigurationError("lease must be a positive number of seconds, got 0")
-        return seconds
+        return self.lease if lease is None else check_lease(lease)
 
     async def claim(self, job_id: str, owner: str, *, lease: float | None = None) -> Claim:
         """Claim one job for ``owner`` for ``lease`` seconds.
@@ -290,15 +255,11 @@ class JobBoard(Lifecycle):
             JobNotFound: no such job.
             UnclaimableJob: another owner holds a live claim, the job is finished, or not due.
         """
-        job = await self.claim_job(job_id, owner, lease=lease)
-        assert job.claim is not None
-        return job.claim
-
-    async def claim_job(self, job_id: str, owner: str, *, lease: float | None = None) -> Job:
-        """Like :meth:`claim`, returning the claimed job (its ``claim`` set)."""
         self._check_open()
         validate_name("owner", owner)
-        return await self._claim(str(job_id), owner, self._lease(lease))
+        job = await self._claim(str(job_id), owner, self._lease(lease))
+        assert job.claim is not None
+        return job.claim
 
     async def claim_next(
         self, owner: str, *, lease: float | None = None
@@ -344,101 +305,6 @@ class JobBoard(Lifecycle):
         self._check_open()
         return await self._renew(claim, self._lease(lease))
 
-    async def consume(
-        self,
-        claim: Claim,
-        *,
-        outcome: Outcome | str = Outcome.SUCCESS,
-        result: Mapping[str, Any] | None = None,
-    ) -> Job:
-        """Mark the claimed job ``COMPLETE`` with its outcome and result.
-
-        Raises:
-            ClaimLost: the claim is not the job's current one (nothing changed).
-            PayloadError: ``result`` is not a JSON object within ``max_payload_bytes``.
-        """
-        self._check_open()
-        try:
-            checked = Outcome(outcome)
-        except ValueError:
-            raise PayloadError(f"unknown outcome {outcome!r}") from None
-        data, decoded = encode_object("the job's result", result or {}, self.max_payload_bytes)
-        job = await self._consume(claim, checked, decoded, data)
-        self._finished(job.id)
-        return job
-
-    async def abandon(self, claim: Claim) -> Job:
-        """Give the job back: ``UNCLAIMED`` again, offered to every conductor. The run spent
-        its attempt (a storage or internal failure): ``abandons`` counts it.
-
-        Raises:
-            ClaimLost: the claim is not the job's current one (nothing changed).
-        """
-        self._check_open()
-        return await self._abandon(claim)
-
-    async def release(self, claim: Claim) -> Job:
-        """Give the job back without spending its attempt: its owner let go of it on purpose
-        (a graceful stop past its drain timeout, a cancelled conductor).
-
-        The job is ``UNCLAIMED`` at once, with ``attempts`` as before the claim and
-        ``releases`` one more. Give-backs are capped: once a job had ``max_attempts`` of them,
-        a release spends the attempt as :meth:`abandon` does (``abandons`` one more), so a job
-        that keeps causing its own shutdown is still trashed in the end. One fenced step.
-
-        Raises:
-            ClaimLost: the claim is not the job's current one (nothing changed).
-        """
-        self._check_open()
-        return await self._release(claim)
-
-    async def retry(
-        self, claim: Claim, *, delay: float, failure: Mapping[str, Any] | None = None
-    ) -> Job:
-        """Schedule the claimed job to run again in ``delay`` seconds: its run ended
-        ``REVERTED`` or ``FAILURE`` and its retry policy has retries left.
-
-        The job is ``SCHEDULED`` (``not_before`` is the board's now plus ``delay``), with
-        ``attempts`` as before the claim, ``retries`` one more, and ``failure`` (the run's, as
-        JSON) added to ``failures``, of which the latest ``MAX_KEPT_FAILURES`` are kept. One
-        fenced step.
-
-        Raises:
-            ClaimLost: the claim is not the job's current one (nothing changed).
-            PayloadError: a bad delay, or a failure that is not a JSON object within
-                ``max_payload_bytes``; nothing changed.
-        """
-        self._check_open()
-        seconds = finite_seconds("delay", delay)
-        if failure is None:
-            return await self._retry(claim, seconds, None, None)
-        data, decoded = encode_object("the run's failure", failure, self.max_payload_bytes)
-        return await self._retry(claim, seconds, decoded, data)
-
-    async def trash(self, claim_or_id: Claim | str, *, reason: str) -> Job:
-        """Give the job up for good: ``TRASHED`` with ``reason``, never offered again.
-
-        With a claim, the claim must be current. With a job id (an operator's action), any job
-        that is not finished is trashed, and whoever holds it loses the claim.
-
-        Raises:
-            ClaimLost: the claim is not the job's current one.
-            JobNotFound: no such job.
-            UnclaimableJob: the job (given by id) is already finished.
-        """
-        self._check_open()
-        if not isinstance(reason, str):
-            raise PayloadError("the trash reason must be a string")
-        # Reasons often quote an exception's text: keep them, made safe for every backend.
-        reason = reason[:4000].replace("\x00", "\\x00")
-        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
-        if isinstance(claim_or_id, Claim):
-            job = await self._trash(claim_or_id.job_id, claim_or_id, reason)
-        else:
-            job = await self._trash(str(claim_or_id), None, reason)
-        self._finished(job.id)
-        return job
-
     # -- reading -------------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> Job:
@@ -472,142 +338,6 @@ class JobBoard(Lifecycle):
                 return job.claim.owner
         return None
 
-    # -- notifications -------------------------------------------------------------------------
-
-    async def stream(self) -> AsyncGenerator[JobNotification, None]:
-        """Notifications of jobs becoming claimable, for as long as the board is open.
-
-        The stream starts with every job already claimable, then pushes posts and abandons as
-        they happen, and sweeps every ``poll_interval`` for expired leases and delays that
-        passed. Each call is an independent subscription; close it with ``aclose()`` (or iterate
-        it inside ``contextlib.aclosing``).
-        """
-        self._check_open()
-        async with self._subscribe() as subscription:
-            notes, cursor = await self._sweep(None)
-            for note in notes:
-                yield note
-            while not self._closed:
-                pushed: JobNotification | None = None
-                with anyio.move_on_after(self._sweep_delay()):
-                    try:
-                        pushed = await subscription.receive()
-                    except anyio.EndOfStream:
-                        return
-                if pushed is not None:
-                    yield pushed
-                    if not subscription.lost:
-                        continue
-                # A timed-out wait sweeps for what no push announces; a lost push (a full
-                # buffer, a dropped connection) re-reads every claimable job at once.
-                if subscription.lost:
-                    subscription.lost = False
-                    notes, cursor = await self._sweep(None)
-                else:
-                    notes, cursor = await self._sweep(cursor)
-                for note in notes:
-                    yield note
-
-    @contextlib.asynccontextmanager
-    async def _registered(self, subscription: Subscription) -> AsyncIterator[Subscription]:
-        """``subscription`` opened, ended when the board closes, and released after use
-        (also when opening it failed)."""
-        try:
-            await subscription.open()
-            self._subscriptions.add(subscription)
-            yield subscription
-        finally:
-            self._subscriptions.discard(subscription)
-            subscription.close()
-            subscription.aclose_receiver()
-            await subscription.aclose_transport()
-
-    def _local_subscription(self) -> contextlib.AbstractAsyncContextManager[Subscription]:
-        """A subscription to the notifications this board object pushes itself."""
-        return self._registered(Subscription())
-
-    def _notify_local(self, note: JobNotification) -> None:
-        for subscription in self._subscriptions:
-            subscription.push(note)
-
-    def _sweep_delay(self) -> float:
-        """Seconds until ``stream()`` should sweep again."""
-        return self.poll_interval
-
-    # The timeout keywords are the public API DESIGN.md names; they wrap anyio.fail_after.
-    async def wait(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        """Return once at least one job is claimable.
-
-        Raises:
-            TimeoutError: none was within ``timeout`` seconds.
-        """
-        with anyio.fail_after(timeout):
-            async with contextlib.aclosing(self.stream()) as notes:
-                async for _ in notes:
-                    return
-            raise BoardClosed()
-
-    async def wait_for(self, job_id: str, *, timeout: float | None = None) -> Job:  # noqa: ASYNC109
-        """Return the job once it is ``COMPLETE`` or ``TRASHED``.
-
-        Raises:
-            TimeoutError: the job was not finished within ``timeout`` seconds.
-            JobNotFound: no such job.
-        """
-        job_id = str(job_id)
-        delay = 0.005
-        with anyio.fail_after(timeout):
-            while True:
-                job = await self.get(job_id)
-                if job.state.is_final:
-                    return job
-                event = self._final_waiters.setdefault(job_id, anyio.Event())
-                try:
-                    # Woken at once when this board object finishes the job; polled (backing
-                    # off to 250 ms) when another process or board object does.
-                    with anyio.move_on_after(delay):
-                        await event.wait()
-                finally:
-                    if event.is_set() or not event.statistics().tasks_waiting:
-                        self._final_waiters.pop(job_id, None)
-                delay = min(delay * 2, 0.25)
-
-    def _finished(self, job_id: str) -> None:
-        event = self._final_waiters.pop(job_id, None)
-        if event is not None:
-            event.set()
-
-    # -- conductors ------------------------------------------------------------------------------
-
-    async def register_conductor(
-        self,
-        owner: str,
-        name: str,
-        *,
-        ttl: float,
-        meta: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Record (or refresh) that conductor ``owner`` is alive for ``ttl`` more seconds."""
-        self._check_open()
-        validate_name("owner", owner)
-        validate_name("conductor name", name)
-        encode_json("the conductor's meta", meta or {}, 64 * 1024)
-        ttl = finite_seconds("ttl", ttl)
-        if ttl <= 0:
-            raise PayloadError(f"ttl must be positive, got {ttl}")
-        await self._register_conductor(owner, name, float(ttl), dict(meta or {}))
-
-    async def unregister_conductor(self, owner: str) -> None:
-        """Forget conductor ``owner`` (it stopped)."""
-        self._check_open()
-        await self._unregister_conductor(owner)
-
-    async def conductors(self) -> list[ConductorInfo]:
-        """The conductors alive now (heartbeat within their ttl), by name."""
-        self._check_open()
-        infos = await self._conductors()
-        return sorted(infos, key=lambda info: (info.name, info.owner))
-
     # -- backend primitives --------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -637,29 +367,6 @@ class JobBoard(Lifecycle):
     async def _renew(self, claim: Claim, lease: float) -> Claim: ...
 
     @abc.abstractmethod
-    async def _consume(
-        self, claim: Claim, outcome: Outcome, result: dict[str, Any], result_json: bytes
-    ) -> Job: ...
-
-    @abc.abstractmethod
-    async def _abandon(self, claim: Claim) -> Job: ...
-
-    @abc.abstractmethod
-    async def _release(self, claim: Claim) -> Job: ...
-
-    @abc.abstractmethod
-    async def _retry(
-        self,
-        claim: Claim,
-        delay: float,
-        failure: dict[str, Any] | None,
-        failure_json: bytes | None,
-    ) -> Job: ...
-
-    @abc.abstractmethod
-    async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job: ...
-
-    @abc.abstractmethod
     async def _get(self, job_id: str) -> Job: ...
 
     @abc.abstractmethod
@@ -667,42 +374,3 @@ class JobBoard(Lifecycle):
 
     @abc.abstractmethod
     async def _job_count(self, state: JobState | None) -> int: ...
-
-    @abc.abstractmethod
-    def _subscribe(self) -> contextlib.AbstractAsyncContextManager[Subscription]:
-        """A subscription to pushed notifications (for backends that cannot push across
-        processes, at least those this board object makes: ``_local_subscription``)."""
-
-    @abc.abstractmethod
-    async def _sweep(self, cursor: Any) -> tuple[list[JobNotification], Any]:
-        """Notifications for jobs that became claimable since ``cursor`` without a push, and
-        the next cursor. With ``cursor=None``: every job claimable now, in claim order."""
-
-    @abc.abstractmethod
-    async def _register_conductor(
-        self, owner: str, name: str, ttl: float, meta: dict[str, Any]
-    ) -> None: ...
-
-    @abc.abstractmethod
-    async def _unregister_conductor(self, owner: str) -> None: ...
-
-    @abc.abstractmethod
-    async def _conductors(self) -> list[ConductorInfo]: ...
-
-
-def _check_headers(headers: Mapping[str, str] | None) -> tuple[dict[str, str], bytes]:
-    """The headers as a plain dict and as JSON, or ``PayloadError`` naming what is wrong."""
-    if headers is None:
-        return {}, b"{}"
-    if not isinstance(headers, Mapping):
-        raise PayloadError(f"headers must be a mapping of strings, got {type(headers).__name__}")
-    checked: dict[str, str] = {}
-    for key, value in headers.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise PayloadError(f"headers must map strings to strings, got {key!r}: {value!r:.80}")
-        validate_name("header name", key)
-        if "\x00" in value:
-            raise PayloadError(f"header {key!r} contains a NUL character")
-        checked[key] = value
-    data = encode_json("the job's headers", checked, MAX_HEADERS_BYTES)
-    return checked, data

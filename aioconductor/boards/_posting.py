@@ -1,0 +1,88 @@
+"""What a ``post`` is checked for, before any backend sees it: the job's name and flow, its
+options, its args, headers and retry policy, each refused with a clear ``PayloadError``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aioconductor._payload import encode_json, encode_object, finite_seconds, validate_name
+from aioconductor.boards._support import PostSpec
+from aioconductor.errors import PayloadError
+from aioconductor.models import RetryPolicy
+
+__all__ = ["MAX_HEADERS_BYTES", "post_spec"]
+
+#: The most a job's headers may weigh, as JSON.
+MAX_HEADERS_BYTES = 8192
+
+
+def post_spec(
+    name: str,
+    flow: str,
+    args: Mapping[str, Any] | None,
+    *,
+    priority: int,
+    max_attempts: int,
+    delay: float | None,
+    not_before: float | None,
+    headers: Mapping[str, str] | None,
+    retry: RetryPolicy | None,
+    max_payload_bytes: int,
+) -> PostSpec:
+    """The validated post, its payloads encoded, for a backend's ``_post``.
+
+    Raises:
+        PayloadError: a bad name, flow, option, args, headers or retry policy.
+    """
+    validate_name("name", name)
+    validate_name("flow name", flow)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise PayloadError(f"priority must be an int, got {priority!r:.80}")
+    if not -(2**31) <= priority < 2**31:
+        raise PayloadError(f"priority {priority} is out of range (a 32-bit signed int)")
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+        raise PayloadError(f"max_attempts must be an int, got {max_attempts!r:.80}")
+    if not 1 <= max_attempts <= 1_000_000:
+        raise PayloadError(f"max_attempts must be from 1 to 1,000,000, got {max_attempts}")
+    if delay is not None and not_before is not None:
+        raise PayloadError("give delay or not_before, not both")
+    delay_s = 0.0 if delay is None else finite_seconds("delay", delay)
+    at = None if not_before is None else finite_seconds("not_before", not_before)
+    # Store what a reader will get back: decoding normalises tuples to lists and so on.
+    data, decoded = encode_object("the job's args", {} if args is None else args, max_payload_bytes)
+    checked, headers_json = _check_headers(headers)
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise PayloadError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+    return PostSpec(
+        name=name,
+        flow=flow,
+        args=decoded,
+        args_json=data,
+        priority=priority,
+        max_attempts=max_attempts,
+        delay=delay_s,
+        not_before=at,
+        headers=checked,
+        headers_json=headers_json,
+        retry=retry,
+        retry_json=None if retry is None else retry.model_dump_json().encode(),
+    )
+
+
+def _check_headers(headers: Mapping[str, str] | None) -> tuple[dict[str, str], bytes]:
+    """The headers as a plain dict and as JSON, or ``PayloadError`` naming what is wrong."""
+    if headers is None:
+        return {}, b"{}"
+    if not isinstance(headers, Mapping):
+        raise PayloadError(f"headers must be a mapping of strings, got {type(headers).__name__}")
+    checked: dict[str, str] = {}
+    for key, value in headers.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise PayloadError(f"headers must map strings to strings, got {key!r}: {value!r:.80}")
+        validate_name("header name", key)
+        if "\x00" in value:
+            raise PayloadError(f"header {key!r} contains a NUL character")
+        checked[key] = value
+    data = encode_json("the job's headers", checked, MAX_HEADERS_BYTES)
+    return checked, data
