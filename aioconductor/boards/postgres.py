@@ -13,11 +13,11 @@ job and a stale claim changes nothing; ``claim_next`` picks its job with ``FOR U
 LOCKED``, so concurrent claimers never wait for each other. No transaction stays open while a
 job runs.
 
-Schema (in ``_postgres_sql``; created and migrated at connect, recorded in ``schema_version``):
-``jobs`` (a row per job, every namespace in one table; ``seq`` is the post order; ``ready_at``
-is when an unfinished job is claimable from, NULL once final) and ``conductors``. ``args`` and
-``result`` are ``json``, not ``jsonb``: ``json`` keeps the text as written, so a ``\\u0000`` in
-a string, key order and numbers come back exactly as posted.
+Schema (in ``aioconductor._backends.postgres.board_sql``; created and migrated at connect,
+recorded in ``schema_version``): ``jobs`` (a row per job, every namespace in one table; ``seq``
+is the post order; ``ready_at`` is when an unfinished job is claimable from, NULL once final)
+and ``conductors``. ``args`` and ``result`` are ``json``, not ``jsonb``: ``json`` keeps the text
+as written, so a ``\\u0000`` in a string, key order and numbers come back exactly as posted.
 
 Notifications: post, abandon and release (and a retry due at once) ``pg_notify`` the
 namespace's channel in the same statement, so a notification goes out exactly when the change
@@ -35,12 +35,12 @@ from typing import Any, Self
 
 import anyio
 
+from aioconductor._backends.postgres import board_sql as sql
+from aioconductor._backends.postgres.link import URL_OPTIONS, PostgresLink, refuse_nul
+from aioconductor._backends.postgres.listen import ListenSubscription
 from aioconductor._models import build
 from aioconductor._payload import encode_json
-from aioconductor._postgres import URL_OPTIONS, PostgresLink, refuse_nul
 from aioconductor._urls import ParsedURL, validate_namespace
-from aioconductor.boards import _postgres_sql as sql
-from aioconductor.boards._postgres_listen import ListenSubscription
 from aioconductor.boards._support import conductor_from_row, job_from_row, visible
 from aioconductor.boards.base import (
     JobBoard,

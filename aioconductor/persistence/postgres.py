@@ -27,7 +27,7 @@ import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, Self
 
-from aioconductor._postgres import (
+from aioconductor._backends.postgres.link import (
     URL_OPTIONS,
     Migrations,
     PostgresLink,

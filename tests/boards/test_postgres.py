@@ -20,9 +20,9 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from aioconductor import Conductor
-from aioconductor._postgres import migrate
+from aioconductor._backends.postgres import board_sql as sql
+from aioconductor._backends.postgres.link import migrate
 from aioconductor.boards import JobBoard, open_board
-from aioconductor.boards import _postgres_sql as sql
 from aioconductor.boards.postgres import PostgresJobBoard
 from aioconductor.cli import main
 from aioconductor.errors import (

@@ -10,8 +10,8 @@ from typing import Any
 
 import anyio
 
+from aioconductor._backends.postgres.link import PostgresLink
 from aioconductor._models import build
-from aioconductor._postgres import PostgresLink
 from aioconductor.boards.base import Subscription
 from aioconductor.errors import BackendUnavailable
 from aioconductor.models import JobNotification, NotificationKind
