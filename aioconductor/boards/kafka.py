@@ -10,13 +10,13 @@ Topics, created by the board when missing (``NAME`` defaults to ``aioconductor``
 - ``NAME.NS.state``: one partition, compacted. Every transition (post, claim, renew, consume,
   abandon, release, retry, trash) is one record: the job id as key, the job version it was
   computed from and the job's full resulting state. Every board instance folds the whole topic
-  into a view (:mod:`~aioconductor.boards._kafka_view`); first writer wins in log order, so
+  into a view (:mod:`~aioconductor._backends.kafka.view`); first writer wins in log order, so
   exactly one of two racing claims is accepted, everywhere. Reads append a small ``sync`` record
   and wait until the view applied it, so ``get`` sees every write acknowledged before it.
 - ``NAME.NS.jobs``: ``partitions`` partitions, one record per posted job (key = job id). The
   board's conductors form the consumer group ``NAME.NS.conductors``: a member takes jobs of the
   partitions assigned to it first, and commits an offset only once every job at or below it is
-  finished (:mod:`~aioconductor.boards._kafka_group`); a job scheduled again by ``retry`` is
+  finished (:mod:`~aioconductor._backends.kafka.group`); a job scheduled again by ``retry`` is
   not.
 - ``NAME.NS.dead``: the dead-letter topic; every trashed job is written there with its reason.
 
@@ -40,10 +40,8 @@ import anyio
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from anyio.lowlevel import checkpoint
 
-from aioconductor._models import build
-from aioconductor._urls import ParsedURL, int_option, refuse_options
-from aioconductor.boards._kafka_group import GroupMember
-from aioconductor.boards._kafka_log import (
+from aioconductor._backends.kafka.group import GroupMember
+from aioconductor._backends.kafka.log import (
     COMPACTION_LAG_MS,
     LogSubscription,
     StateLog,
@@ -51,14 +49,16 @@ from aioconductor.boards._kafka_log import (
     clock_ms,
     translate,
 )
-from aioconductor.boards._kafka_setup import (
+from aioconductor._backends.kafka.setup import (
     TopicSpec,
     bool_option,
     bootstrap_servers,
     ensure_topics,
     start_producer,
 )
-from aioconductor.boards._kafka_view import CONDUCTOR_PREFIX, JobView, claimable, to_job
+from aioconductor._backends.kafka.view import CONDUCTOR_PREFIX, JobView, claimable, to_job
+from aioconductor._models import build
+from aioconductor._urls import ParsedURL, int_option, refuse_options
 from aioconductor.boards.base import (
     JobBoard,
     PostSpec,

@@ -17,9 +17,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
+from aioconductor._backends.kafka.log import StateLog, Write
+from aioconductor._backends.kafka.view import JobView
 from aioconductor.boards import open_board
-from aioconductor.boards._kafka_log import StateLog, Write
-from aioconductor.boards._kafka_view import JobView
 from aioconductor.boards.kafka import KafkaJobBoard
 from aioconductor.errors import BackendUnavailable, ConfigurationError
 from aioconductor.models import JobState, NotificationKind, RetryPolicy

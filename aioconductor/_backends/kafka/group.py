@@ -25,7 +25,7 @@ from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untype
 from aiokafka.errors import ConsumerStoppedError, KafkaError  # type: ignore[import-untyped]
 from aiokafka.structs import OffsetAndMetadata, TopicPartition  # type: ignore[import-untyped]
 
-from aioconductor.boards._kafka_view import JobView
+from aioconductor._backends.kafka.view import JobView
 
 __all__ = ["COMMIT_INTERVAL", "GroupMember"]
 

@@ -16,8 +16,8 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
+from aioconductor._backends.kafka.log import translate
 from aioconductor._urls import redact_url
-from aioconductor.boards._kafka_log import translate
 from aioconductor.errors import BackendUnavailable, ConfigurationError
 
 __all__ = ["TopicSpec", "bool_option", "bootstrap_servers", "ensure_topics", "start_producer"]

@@ -27,7 +27,7 @@ from aiokafka.errors import ConsumerStoppedError, KafkaError  # type: ignore[imp
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from anyio.lowlevel import checkpoint
 
-from aioconductor.boards._kafka_view import SYNC_KEY, Applied, JobView
+from aioconductor._backends.kafka.view import SYNC_KEY, Applied, JobView
 from aioconductor.boards._support import Subscription
 from aioconductor.errors import BackendUnavailable, BoardClosed
 from aioconductor.models import JobNotification
