@@ -36,8 +36,10 @@ from typing import Any, Self
 import anyio
 
 from aioconductor._backends.postgres import board_sql as sql
-from aioconductor._backends.postgres.link import URL_OPTIONS, PostgresLink, refuse_nul
+from aioconductor._backends.postgres.link import PostgresLink
 from aioconductor._backends.postgres.listen import ListenSubscription
+from aioconductor._backends.postgres.schema import refuse_nul
+from aioconductor._backends.postgres.urls import URL_OPTIONS
 from aioconductor._models import build
 from aioconductor._payload import encode_json
 from aioconductor._urls import ParsedURL, validate_namespace

@@ -27,13 +27,9 @@ import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, Self
 
-from aioconductor._backends.postgres.link import (
-    URL_OPTIONS,
-    Migrations,
-    PostgresLink,
-    refuse_nul,
-    split_options,
-)
+from aioconductor._backends.postgres.link import PostgresLink
+from aioconductor._backends.postgres.schema import Migrations, refuse_nul
+from aioconductor._backends.postgres.urls import URL_OPTIONS, split_options
 from aioconductor._urls import BOARD_OPTIONS, ParsedURL
 from aioconductor.errors import LogBookNotFound, StoreClosed, StoreError, VersionConflict
 from aioconductor.persistence._copy import copy_atom, copy_flow

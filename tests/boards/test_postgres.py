@@ -21,7 +21,7 @@ import pytest
 
 from aioconductor import Conductor
 from aioconductor._backends.postgres import board_sql as sql
-from aioconductor._backends.postgres.link import migrate
+from aioconductor._backends.postgres.schema import migrate
 from aioconductor.boards import JobBoard, open_board
 from aioconductor.boards.postgres import PostgresJobBoard
 from aioconductor.cli import main

@@ -1,13 +1,13 @@
 """The SQL of the PostgreSQL board: its schema and the statements of its transitions.
 
-``{s}`` stands for the quoted schema (validated by ``link.quote_schema``); everything else is a
+``{s}`` stands for the quoted schema (validated by ``schema.quote_schema``); everything else is a
 bind parameter: ``$1`` is always the namespace. The board's clock is the server's, read once per
 statement as ``c.now`` (epoch seconds, ``float8``).
 """
 
 from __future__ import annotations
 
-from aioconductor._backends.postgres.link import Migrations
+from aioconductor._backends.postgres.schema import Migrations
 from aioconductor.boards._support import JOB_COLUMNS
 from aioconductor.models import MAX_KEPT_FAILURES, JobState
 

@@ -1,10 +1,8 @@
-"""Plumbing shared by the PostgreSQL board and store: the pool, schema migrations, errors.
+"""The link of a PostgreSQL board or store to its server: the pool, the retries, the errors.
 
-Connections: one asyncpg pool per board or store object, every connection tagged with
-``application_name`` (default ``aioconductor``) and given a ``statement_timeout`` and an
-``idle_in_transaction_session_timeout``, so a stuck statement or a transaction left open by a
-crashed client is ended by the server. The URL's own query options (``sslmode``, or any server
-setting such as ``statement_timeout=5000``) win over these defaults.
+Connections: one asyncpg pool per board or store object, every connection opened by
+:func:`~aioconductor._backends.postgres.connect.safe_connect` with the server settings of
+:mod:`~aioconductor._backends.postgres.urls`.
 
 Cancellation: asyncpg returns a connection to its pool under ``asyncio.shield``, and resets it
 there (``ROLLBACK`` if a transaction is open); a reset that fails terminates the connection. So a
@@ -13,65 +11,44 @@ call cancelled mid-statement never leaves a connection idle in a transaction or 
 that fails after the call had its reply (the server ended the session meanwhile) does not fail
 the call: its work was done (see :meth:`PostgresLink.acquire`).
 
-Identifiers: the schema name is checked against ``[a-z_][a-z0-9_]{0,62}`` and double-quoted
-wherever it appears in SQL; every value is a bind parameter.
+Errors: one table (:meth:`PostgresLink.errors`, for ``map_exceptions``) turns every driver and
+socket error into the library's: connection problems and refusals into ``BackendUnavailable``
+(the closed error once the link is closed), other server errors into the link's ``error``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import logging
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 from asyncpg import exceptions as pgexc
 
+from aioconductor._backends.base import Backoff, ErrorTable, map_exceptions, scrub
+from aioconductor._backends.postgres.connect import CLEANUP_TIMEOUT, safe_connect
+from aioconductor._backends.postgres.schema import (
+    Migrations,
+    default_schema,
+    migrate,
+    quote_schema,
+)
+from aioconductor._backends.postgres.urls import check_ports, server_settings
 from aioconductor._urls import int_option, redact_url, url_secrets
 from aioconductor.errors import AioconductorError, BackendUnavailable, ConfigurationError
 
-__all__ = [
-    "SCHEMA_PREFIX",
-    "URL_OPTIONS",
-    "Migrations",
-    "PostgresLink",
-    "default_schema",
-    "migrate",
-    "quote_schema",
-    "refuse_nul",
-    "split_options",
-]
-
-#: How long cleanup after a failed open may take, shielded from cancellation.
-_CLEANUP_TIMEOUT = 5.0
-#: How long a connect whose caller was cancelled may go on to finish (see :func:`_connect`).
-_CONNECT_GRACE = 2.0
+__all__ = ["READ_RETRY_SECONDS", "PostgresLink"]
 
 logger = logging.getLogger("aioconductor.postgres")
 
 T = TypeVar("T")
-#: A list of migrations; each is a list of statements with ``{s}`` for the quoted schema.
-Migrations = Sequence[Sequence[str]]
 
-#: A namespace's tables live in schema ``aioc_<namespace>`` unless the URL names a schema.
-SCHEMA_PREFIX = "aioc_"
-#: The library's own URL options for PostgreSQL (removed before the URL reaches asyncpg).
-URL_OPTIONS = frozenset({"schema", "pool_min", "pool_max"})
 #: How long an idempotent call keeps retrying through connection errors (a server restart).
 READ_RETRY_SECONDS = 8.0
-#: The first key of the advisory lock taken while migrating ("AIOC"); the second is the
-#: schema name's hash, so two schemas migrate independently.
-_MIGRATION_LOCK = 0x41494F43
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_DEFAULT_SETTINGS = {
-    "application_name": "aioconductor",
-    "statement_timeout": "30000",
-    "idle_in_transaction_session_timeout": "60000",
-}
 #: Errors that mean "the server could not be reached or dropped us": worth a retry.
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -92,67 +69,10 @@ _REFUSALS: tuple[type[BaseException], ...] = (
 )
 
 
-def default_schema(namespace: str) -> str:
-    """The schema of ``namespace``'s tables when the URL names none: one schema a namespace,
-    so a namespace's data can be granted, dumped or dropped on its own."""
-    return SCHEMA_PREFIX + namespace
-
-
-def quote_schema(name: object) -> str:
-    """``name`` double-quoted for SQL, once checked against ``[a-z_][a-z0-9_]{0,62}``.
-
-    Raises:
-        ConfigurationError: the name is not a plain lower-case identifier, or is reserved.
-    """
-    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
-        raise ConfigurationError(
-            f"schema {name!r} is not valid: use 1 to 63 characters of [a-z0-9_], "
-            "not starting with a digit"
-        )
-    if name.startswith("pg_") or name == "information_schema":
-        raise ConfigurationError(f"schema {name!r} is reserved by PostgreSQL")
-    return f'"{name}"'
-
-
-def split_options(driver_url: str, names: Collection[str]) -> tuple[str, dict[str, str]]:
-    """Remove the options ``names`` from ``driver_url``'s query: (the URL left, the options)."""
-    base, _, query = driver_url.partition("?")
-    options: dict[str, str] = {}
-    kept: list[tuple[str, str]] = []
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key in names:
-            options[key] = value
-        else:
-            kept.append((key, value))
-    return (f"{base}?{urlencode(kept)}" if kept else base), options
-
-
-def _check_ports(netloc: str, query: str, shown: str) -> None:
-    """Refuse a port that is not a number from 1 to 65535, in the host list or in ``?port=``.
-
-    asyncpg takes ``host:port`` lists (``h1:5432,h2:5433``) and checks a port only when it
-    connects, where one past 65535 raises a bare ``OverflowError``.
-
-    Raises:
-        ConfigurationError: such a port, naming it and the URL (``shown``, redacted).
-    """
-    # "[v6 address]:port" or "host:port", split as asyncpg splits them.
-    ports = [
-        spec.rpartition("]")[2][1:] if spec.startswith("[") else spec.partition(":")[2]
-        for spec in netloc.rpartition("@")[2].split(",")
-    ]
-    for key, value in parse_qsl(query):
-        if key == "port":
-            ports += value.split(",")
-    for port in ports:
-        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-            raise ConfigurationError(
-                f"bad PostgreSQL URL {shown}: port {port!r} is not a number from 1 to 65535"
-            )
-
-
 class PostgresLink:
     """One asyncpg pool, the schema migrations, and the error translation every call uses.
+
+    A :class:`~aioconductor._backends.base.Link`.
 
     Args:
         driver_url: the ``postgresql://`` URL without the library's options.
@@ -189,13 +109,13 @@ class PostgresLink:
             raise ConfigurationError(f"bad PostgreSQL URL {self.url}: {exc}") from None
         if parts.scheme.lower() not in ("postgresql", "postgres"):
             raise ConfigurationError(f"not a PostgreSQL URL: {self.url}")
-        _check_ports(parts.netloc, parts.query, self.url)
+        check_ports(parts.netloc, parts.query, self.url)
         self._dsn = driver_url
         self._secrets = url_secrets(driver_url)
-        given = {key for key, _ in parse_qsl(parts.query)}
-        self._settings = {k: v for k, v in _DEFAULT_SETTINGS.items() if k not in given}
+        self._settings = server_settings(parts.query)
         self._closed_error = closed_error
         self._error = error
+        self._tables: dict[str, ErrorTable] = {}
         self._pool: Any = None
         self._listeners: set[Any] = set()
         #: Server pids of pooled connections whose last call failed or was cancelled.
@@ -206,10 +126,7 @@ class PostgresLink:
 
     def scrub(self, exc: BaseException | str) -> str:
         """``exc`` as text, with the URL's password (should a driver echo it) masked."""
-        text = str(exc) or type(exc).__name__
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrub(exc, self._secrets)
 
     def unavailable(self, what: str, exc: BaseException) -> BackendUnavailable:
         """The ``BackendUnavailable`` to raise for a driver error during ``what``."""
@@ -229,27 +146,44 @@ class PostgresLink:
             return "the server had ended the session; the statement was not sent"
         return self.scrub(exc)
 
-    @contextlib.contextmanager
-    def translate(self, what: str) -> Iterator[None]:
-        """Re-raise driver and socket errors as the library's errors (never a driver error)."""
+    def _dropped(self, what: str, exc: BaseException) -> Exception:
+        """A connection error or refusal during ``what``: the closed error once the link is
+        closed (closing drops its connections under running calls), else unavailable."""
+        return self._closed_error() if self.closed else self.unavailable(what, exc)
+
+    def _failed(self, what: str, exc: BaseException) -> Exception:
+        """A server error that no retry or reconnect helps (a constraint, a bad statement)."""
+        return self._error(f"PostgreSQL: {what} failed: {self.scrub(exc)}")
+
+    def errors(self, what: str) -> ErrorTable:
+        """The table (for :func:`~aioconductor._backends.base.map_exceptions`) that makes a
+        driver or socket error during ``what`` the library's: never a driver error.
+
+        Kept per ``what`` (a handful of verbs), so a call does not build one.
+        """
+        table = self._tables.get(what)
+        if table is None:
+            table = self._tables[what] = [
+                (_CONNECTION_ERRORS + _REFUSALS, functools.partial(self._dropped, what)),
+                (pgexc.PostgresError, functools.partial(self._failed, what)),
+            ]
+        return table
+
+    def translate(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """Re-raise driver and socket errors during ``what`` as the library's errors.
+
+        Raises:
+            Exception: the closed error (given at construction) once the link is closed.
+        """
         if self.closed:
             raise self._closed_error()
-        try:
-            yield
-        except AioconductorError:
-            raise  # BackendUnavailable is an OSError: never wrap the library's own errors
-        except (*_CONNECTION_ERRORS, *_REFUSALS) as exc:
-            if self.closed:
-                raise self._closed_error() from None
-            raise self.unavailable(what, exc) from exc
-        except pgexc.PostgresError as exc:
-            raise self._error(f"PostgreSQL: {what} failed: {self.scrub(exc)}") from exc
+        return map_exceptions(self.errors(what))
 
     @contextlib.contextmanager
     def _url_refused(self) -> Iterator[None]:
         """asyncpg reads parts of the URL only when it connects, and refuses them with a
         ``ValueError`` (a port that is no number, a bad ``sslmode``) or an ``OverflowError``
-        (a port past 65535 that :func:`_check_ports` did not see): a ``ConfigurationError``,
+        (a port past 65535 that :func:`.urls.check_ports` did not see): a ``ConfigurationError``,
         which the command line prints as one line."""
         try:
             yield
@@ -275,21 +209,21 @@ class PostgresLink:
                 max_size=self.pool_max,
                 server_settings=self._settings,
                 reset=self._reset_connection,
-                connect=_connect,
+                connect=safe_connect,
             )
         self._pool = pool
         try:
             await self.call("migrate", lambda conn: migrate(conn, self, component, migrations))
         except BaseException:
             # Shielded and bounded: a cancelled connect must still close the pool it opened.
-            with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+            with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
                 await self.aclose()
             raise
 
     async def connect_one(self, what: str) -> Any:
         """A connection of its own (not from the pool), closed by :meth:`aclose` at the latest."""
         with self.translate(what), self._url_refused():
-            conn = await _connect(self._dsn, server_settings=self._settings)
+            conn = await safe_connect(self._dsn, server_settings=self._settings)
         if self.closed:
             conn.terminate()
             raise self._closed_error()
@@ -360,7 +294,7 @@ class PostgresLink:
         """
         try:
             with anyio.CancelScope(shield=True):
-                await pool.release(conn, timeout=_CLEANUP_TIMEOUT)
+                await pool.release(conn, timeout=CLEANUP_TIMEOUT)
         except Exception as exc:
             logger.debug(
                 "PostgreSQL at %s: %s: the connection could not be reset (%s); it was closed",
@@ -381,18 +315,17 @@ class PostgresLink:
         call on a pooled connection fail; reads ride that out rather than fail a conductor,
         and give up with ``BackendUnavailable`` after ``READ_RETRY_SECONDS``.
         """
-        delay = 0.02
+        backoff = Backoff(first=0.02, most=1.0)
         deadline = anyio.current_time() + READ_RETRY_SECONDS
         while True:
             try:
                 return await self.call(what, fn)
             except BackendUnavailable as exc:
                 cause = exc.__cause__
-                if isinstance(cause, _REFUSALS) or anyio.current_time() + delay > deadline:
+                if isinstance(cause, _REFUSALS) or anyio.current_time() + backoff.delay > deadline:
                     raise
                 logger.debug("PostgreSQL at %s: %s failed (%s); retrying", self.url, what, exc)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            await backoff.sleep()
 
     async def aclose(self) -> None:
         """Close the pool and every connection of this link."""
@@ -411,102 +344,3 @@ class PostgresLink:
                     await pool.close()
                     return
             pool.terminate()
-
-
-async def migrate(conn: Any, link: PostgresLink, component: str, migrations: Migrations) -> None:
-    """Bring ``component``'s tables in ``link``'s schema to the newest version.
-
-    Runs in one transaction under an advisory lock on the schema, so two processes connecting
-    at once to a fresh database do not race: the second waits, then finds the work done.
-    """
-    q = link.q
-    latest = len(migrations)
-    try:
-        version = await conn.fetchval(
-            f"SELECT version FROM {q}.schema_version WHERE component = $1", component
-        )
-    except (pgexc.UndefinedTableError, pgexc.InvalidSchemaNameError):
-        version = None
-    if version == latest:
-        return
-    async with conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _MIGRATION_LOCK, link.schema
-        )
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {q}")
-        await conn.execute(
-            f"""CREATE TABLE IF NOT EXISTS {q}.schema_version (
-                component text PRIMARY KEY,
-                version integer NOT NULL
-            )"""
-        )
-        version = await conn.fetchval(
-            f"SELECT version FROM {q}.schema_version WHERE component = $1", component
-        )
-        version = version or 0
-        if version > latest:
-            raise ConfigurationError(
-                f"schema {link.schema!r} holds {component} version {version}, newer than "
-                f"this aioconductor knows ({latest}): upgrade aioconductor"
-            )
-        for steps in migrations[version:]:
-            for step in steps:
-                await conn.execute(step.replace("{s}", q))
-        await conn.execute(
-            f"""INSERT INTO {q}.schema_version (component, version) VALUES ($1, $2)
-                ON CONFLICT (component) DO UPDATE SET version = excluded.version""",
-            component,
-            latest,
-        )
-    logger.info("PostgreSQL at %s: %s schema %r at version %d", link.url, component, q, latest)
-
-
-def refuse_nul(what: str, value: str, error: type[AioconductorError]) -> None:
-    """Refuse a string PostgreSQL's ``text`` cannot store (it holds a NUL character)."""
-    if "\x00" in value:
-        raise error(f"{what} contains a NUL character (\\x00), which PostgreSQL cannot store")
-
-
-async def _connect(*args: Any, **kwargs: Any) -> Any:
-    """``asyncpg.connect``, which a cancellation never cuts in the middle of its handshake.
-
-    Every connection of a link is opened here: its own (:meth:`PostgresLink.connect_one`) and
-    its pool's (asyncpg calls this for each). A cancellation that reaches ``asyncpg.connect``
-    while the TCP connection is being set up, before asyncpg sends its SSL request, makes the
-    event loop close the transport; asyncpg's ``TLSUpgradeProto.connection_lost`` then sets
-    ``ConnectionError('unexpected connection_lost() call')`` on a future (``on_data``) that no
-    one will ever await, and the loop reports "Future exception was never retrieved" once the
-    future is collected (asyncpg 0.32). A conductor cancelled as it starts hit that 8 times in
-    30. So the connect runs in a task of its own, out of the cancellation's reach; a caller
-    that is cancelled (or fails) meanwhile lets it finish, for at most ``_CONNECT_GRACE``
-    seconds, closes the connection it made, and then re-raises.
-    """
-    connecting = asyncio.ensure_future(asyncpg.connect(*args, **kwargs))
-    try:
-        return await asyncio.shield(connecting)
-    except BaseException:
-        # Shielded so the cancellation being raised cannot cut this cleanup short; bounded by
-        # the grace and the close's own timeouts.
-        with anyio.CancelScope(shield=True):
-            await _abandon(connecting)
-        raise
-
-
-async def _abandon(connecting: asyncio.Future[Any]) -> None:
-    """Let a connect its caller gave up on end, then close the connection it made."""
-    await asyncio.wait([connecting], timeout=_CONNECT_GRACE)
-    if not connecting.done():
-        # Past the grace the connect is most likely still waiting for the server to accept
-        # the TCP connection, where asyncpg has no protocol yet and a cut leaves nothing.
-        connecting.cancel()
-        await asyncio.wait([connecting], timeout=_CLEANUP_TIMEOUT)
-        if not connecting.done():
-            return
-    if connecting.cancelled() or connecting.exception() is not None:
-        return  # nothing was opened (and the exception is now retrieved)
-    conn = connecting.result()
-    # Closing says goodbye to the server; bounded, then terminated, in case it does not answer.
-    with anyio.move_on_after(2), contextlib.suppress(Exception):
-        await conn.close(timeout=2)
-    if not conn.is_closed():
-        conn.terminate()

@@ -10,6 +10,8 @@ from typing import Any
 
 import anyio
 
+from aioconductor._backends.base import Backoff
+from aioconductor._backends.postgres.connect import CLEANUP_TIMEOUT
 from aioconductor._backends.postgres.link import PostgresLink
 from aioconductor._models import build
 from aioconductor.boards.base import Subscription
@@ -17,9 +19,6 @@ from aioconductor.errors import BackendUnavailable
 from aioconductor.models import JobNotification, NotificationKind
 
 __all__ = ["ListenSubscription", "parse_note"]
-
-#: How long cleanup after a failed open may take, shielded from cancellation.
-_CLEANUP_TIMEOUT = 5.0
 
 logger = logging.getLogger("aioconductor.boards.postgres")
 
@@ -48,7 +47,8 @@ class ListenSubscription(Subscription):
         self._poll_interval = poll_interval
         self._conn: Any = None
         self._ended = False
-        self._delay = 0.05
+        # Backoff: a restarting server refuses connections for a while.
+        self._backoff = Backoff(first=0.05, most=2.0)
         self._retry_at = 0.0
         self._heard_at = 0.0
         self._loop_time: Callable[[], float] = time.monotonic
@@ -66,7 +66,7 @@ class ListenSubscription(Subscription):
                 await conn.add_listener(self._channel, self._heard)
         except BaseException:
             # Shielded and bounded: a cancelled LISTEN must still give its connection back.
-            with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+            with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
                 await self._link.release_one(conn)
             raise
         self._conn = conn
@@ -140,12 +140,11 @@ class ListenSubscription(Subscription):
             with anyio.CancelScope(shield=True), anyio.fail_after(10):
                 await self.open()
         except (BackendUnavailable, TimeoutError) as exc:
-            self._retry_at = anyio.current_time() + self._delay
-            logger.warning("%s; retrying in %.2f s", exc, self._delay)
-            # Backoff: a restarting server refuses connections for a while.
-            self._delay = min(self._delay * 2, 2.0)
+            delay = self._backoff.next()
+            self._retry_at = anyio.current_time() + delay
+            logger.warning("%s; retrying in %.2f s", exc, delay)
             return
-        self._delay = 0.05
+        self._backoff.reset()
         self.lost = True
         logger.info("PostgreSQL at %s: notifications resumed", self._link.url)
         # The stream re-reads every claimable job when a receive times out with `lost` set;
