@@ -165,7 +165,7 @@ async def test_a_new_instance_replays_releases_abandons_and_retries(
 async def test_jobs_written_before_the_board_kept_the_counters_still_read_and_run(
     board: KafkaJobBoard,
 ) -> None:
-    log = board._log
+    log = board._link.log
     assert log is not None
     fresh = await board.post("new", "f")
     old = dict(board._view.jobs[fresh.id], id="00000000-0000-4000-8000-000000000001")
@@ -215,7 +215,7 @@ async def test_offsets_are_committed_only_past_finished_jobs(topic: str) -> None
     async with _board(kafka_url(topic, "tests", partitions=1)) as board:
         posted = [await board.post(f"j{n}", "f") for n in range(3)]
         claims = [(await board.claim_next("o"))[1] for _ in posted]  # type: ignore[index]
-        member = board._member
+        member = board._link.member
         assert member is not None
         with anyio.fail_after(20):
             while member.assigned() != {0} or member._read_to.get(0) != 3:
@@ -244,7 +244,7 @@ async def test_a_retried_job_holds_the_committed_offset_until_it_is_finished(
         job = await board.post("j", "f")
         claimed = await board.claim_next("o")
         assert claimed is not None
-        member = board._member
+        member = board._link.member
         assert member is not None
         with anyio.fail_after(20):
             while member.assigned() != {0} or member._read_to.get(0) != 1:
@@ -267,7 +267,7 @@ async def test_the_last_record_of_every_job_is_accepted_so_compaction_keeps_its_
 ) -> None:
     job = await board.post("j", "f")
     claim = await board.claim(job.id, "o", lease=60)
-    log = board._log
+    log = board._link.log
     assert log is not None
     current = board._view.jobs[job.id]
     # A record that loses a race (its base version is stale) and is the job's newest record:

@@ -7,6 +7,10 @@ notifications pulls too. A linearizable read appends a ``sync`` record and waits
 applied it (``sync``): it sees every record acknowledged before it started. Concurrent reads
 share one sync record.
 
+A transition is written by :meth:`StateLog.change`: the job's new state, computed from the
+version the view holds, with that version as the record's ``base``; a record that lost a race is
+computed again from the winner's state.
+
 Tansu's ListOffsets answers the base offset of the newest batch plus one, not the end of the
 log, so end offsets are not used as a read barrier.
 """
@@ -14,25 +18,27 @@ log, so end offsets are not used as a read barrier.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
-from aiokafka.errors import ConsumerStoppedError, KafkaError  # type: ignore[import-untyped]
+from aiokafka.errors import ConsumerStoppedError  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from anyio.lowlevel import checkpoint
 
+from aioconductor._backends.base import Backoff, map_exceptions
+from aioconductor._backends.kafka.records import encode
+from aioconductor._backends.kafka.setup import errors
 from aioconductor._backends.kafka.view import SYNC_KEY, Applied, JobView
 from aioconductor.boards._support import Subscription
-from aioconductor.errors import BackendUnavailable, BoardClosed
+from aioconductor.errors import BackendUnavailable, BoardClosed, BoardError
 from aioconductor.models import JobNotification
 
-__all__ = ["LogSubscription", "StateLog", "Write", "clock_ms", "translate"]
+__all__ = ["RETRIES", "LogSubscription", "Make", "StateLog", "Write", "clock_ms", "transition"]
 
 logger = logging.getLogger("aioconductor.boards.kafka")
 
@@ -45,15 +51,11 @@ RESTATE_GRACE_MINE = 0.2
 COMPACTION_LAG_MS = 3_600_000
 GAP_AGE_MS = COMPACTION_LAG_MS // 2
 GAP_RETRIES = 200
+#: How often one verb re-reads and retries after its record lost a race.
+RETRIES = 50
 
-
-@contextlib.contextmanager
-def translate(what: str, url: str) -> Any:
-    """Turn aiokafka's errors into ``BackendUnavailable`` (``raise ... from``)."""
-    try:
-        yield
-    except KafkaError as exc:
-        raise BackendUnavailable(f"Kafka at {url}: {what} failed: {exc!r}") from exc
+#: A transition: the job's new state from its current one and the time (epoch seconds).
+Make = Callable[[dict[str, Any], float], dict[str, Any]]
 
 
 def clock_ms() -> int:
@@ -70,6 +72,13 @@ class Write:
         self.key = key
         self.value = value
         self.ts_ms = ts_ms
+
+
+def transition(op: str, data: dict[str, Any], new: dict[str, Any], ts_ms: int) -> Write:
+    """The record of the transition ``op`` of the job state ``data`` to ``new`` (whose version
+    it sets: one past ``data``'s, which is the record's base)."""
+    new["version"] = data["version"] + 1
+    return Write(data["id"], {"op": op, "base": data["version"], "job": new}, ts_ms)
 
 
 class _Ticket:
@@ -116,11 +125,11 @@ class StateLog:
     async def start(self) -> None:
         """Start the reader at the beginning of the state topic (the view is rebuilt)."""
         consumer = AIOKafkaConsumer(**self._consumer_config)
-        with translate("starting the state reader", self.url):
+        with map_exceptions(errors(self.url, "starting the state reader")):
             await consumer.start()
         try:
             consumer.assign([self._tp])
-            with translate("reading the state topic", self.url):
+            with map_exceptions(errors(self.url, "reading the state topic")):
                 await consumer.seek_to_beginning(self._tp)
         except BaseException:
             with anyio.move_on_after(5, shield=True):
@@ -152,7 +161,7 @@ class StateLog:
             if consumer is None:
                 raise BoardClosed()
             try:
-                with translate("reading the state topic", self.url):
+                with map_exceptions(errors(self.url, "reading the state topic")):
                     batch = await consumer.getmany(self._tp, timeout_ms=int(wait * 1000))
             except ConsumerStoppedError:
                 # The board closed while this call waited for records.
@@ -236,11 +245,11 @@ class StateLog:
 
     async def _send(self, writes: Sequence[Write]) -> list[int]:
         """Produce ``writes`` to the state topic; their offsets, once all are acknowledged."""
-        with translate("writing to the state topic", self.url):
+        with map_exceptions(errors(self.url, "writing to the state topic")):
             futures = [
                 await self._producer.send(
                     self.topic,
-                    value=json.dumps(w.value, separators=(",", ":")).encode("utf-8"),
+                    value=encode(w.value),
                     key=w.key.encode("utf-8"),
                     partition=0,
                     timestamp_ms=w.ts_ms,
@@ -277,6 +286,54 @@ class StateLog:
         """Append one record; what the fold made of it."""
         return (await self.write_many([write]))[0]
 
+    async def post(self, jobs: Sequence[dict[str, Any]], ts_ms: int) -> list[dict[str, Any]]:
+        """Write the post records of the new jobs ``jobs``; their states as the fold made them.
+
+        Raises:
+            BoardError: the fold refused a post (never happens: a job id is a new uuid).
+        """
+        # One producer, one partition: the records land, and get their seq, in this order.
+        results = await self.write_many(
+            [Write(d["id"], {"op": "post", "base": None, "job": d}, ts_ms) for d in jobs]
+        )
+        posted: list[dict[str, Any]] = []
+        for d, applied in zip(jobs, results, strict=True):
+            if not applied.accepted or applied.data is None:
+                raise BoardError(f"the post of job {d['id']} was not applied")
+            posted.append(applied.data)
+        return posted
+
+    async def fresh(self, job_id: str, check: Callable[[dict[str, Any] | None], bool]) -> None:
+        """Read the log up to now unless the view's state of the job already passes ``check``.
+
+        A stale view can only be wrong towards refusing (a write is checked by the log), so
+        only a refusal needs the round trip.
+        """
+        if not check(self.view.jobs.get(job_id)):
+            await self.sync()
+
+    async def change(
+        self,
+        job_id: str,
+        op: str,
+        prepare: Callable[[], dict[str, Any]],
+        make: Make,
+    ) -> dict[str, Any]:
+        """Write the transition ``make(current, now)`` of the job state ``prepare()`` checked,
+        again after each lost race, until the log accepts it (or ``prepare`` raises); the job's
+        new state.
+
+        Raises:
+            BoardError: it lost ``RETRIES`` races in a row.
+        """
+        for _ in range(RETRIES):
+            data = prepare()
+            ts = clock_ms()
+            applied = await self.write(transition(op, data, make(data, ts / 1000), ts))
+            if applied.accepted and applied.data is not None:
+                return applied.data
+        raise BoardError(f"{op} of job {job_id} lost {RETRIES} races in a row")
+
     async def restate_dirty(self) -> None:
         """Re-publish the state of jobs whose newest record was rejected (see the view)."""
         now = time.monotonic()
@@ -311,6 +368,8 @@ class LogSubscription(Subscription):
         super().__init__()
         self._log = log
         self._ended = False
+        # Kept across calls: the stream cancels each receive at its own deadline.
+        self._backoff = Backoff(first=0.5, most=5.0)
 
     def close(self) -> None:
         """End the subscription: :meth:`receive` raises ``anyio.EndOfStream`` once drained."""
@@ -333,4 +392,7 @@ class LogSubscription(Subscription):
             except BackendUnavailable as exc:
                 logger.warning("%s; retrying", exc)
                 self.lost = True
-                await anyio.sleep(0.5)
+                # Backoff: a broker that keeps failing is not asked again at once.
+                await self._backoff.sleep()
+            else:
+                self._backoff.reset()

@@ -3,11 +3,16 @@
 Topics are created when missing, with the replication factor asked for (or the number of
 brokers, at most 3); a broker that refuses gets a ``BackendUnavailable`` naming the topic and the
 broker's error, so an operator can create it by hand.
+
+Every aiokafka error becomes ``BackendUnavailable`` naming the broker and the call that failed:
+:func:`errors` is the table every Kafka module hands to
+:func:`~aioconductor._backends.base.map_exceptions`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,15 +21,38 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
-from aioconductor._backends.kafka.log import translate
+from aioconductor._backends.base import ErrorTable, map_exceptions
 from aioconductor._urls import redact_url
 from aioconductor.errors import BackendUnavailable, ConfigurationError
 
-__all__ = ["TopicSpec", "bool_option", "bootstrap_servers", "ensure_topics", "start_producer"]
+__all__ = [
+    "TopicSpec",
+    "bool_option",
+    "bootstrap_servers",
+    "ensure_topics",
+    "errors",
+    "start_producer",
+    "unavailable",
+]
 
 _CLEANUP_TIMEOUT = 5.0
 #: CreateTopics' "already exists": another board instance created it meanwhile.
 _TOPIC_EXISTS = 36
+
+
+def unavailable(url: str, what: str, exc: BaseException) -> BackendUnavailable:
+    """The ``BackendUnavailable`` to raise for an aiokafka error during ``what``."""
+    return BackendUnavailable(f"Kafka at {url}: {what} failed: {exc!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def errors(url: str, what: str) -> ErrorTable:
+    """The table (for :func:`~aioconductor._backends.base.map_exceptions`) that makes an
+    aiokafka error during ``what`` on the Kafka at ``url`` :func:`unavailable`.
+
+    Cached: a board asks for a handful of tables, on every write, and need not build one.
+    """
+    return ((KafkaError, functools.partial(unavailable, url, what)),)
 
 
 def bool_option(options: dict[str, str], name: str, default: bool) -> bool:
@@ -76,10 +104,10 @@ async def ensure_topics(
         BackendUnavailable: the broker is unreachable or refused to create a topic.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    with translate("connecting", url):
+    with map_exceptions(errors(url, "connecting")):
         await admin.start()
     try:
-        with translate("reading the topics", url):
+        with map_exceptions(errors(url, "reading the topics")):
             existing = set(await admin.list_topics())
             brokers = len((await admin.describe_cluster())["brokers"])
         factor = replication or max(1, min(3, brokers))
@@ -89,7 +117,7 @@ async def ensure_topics(
             if t.name not in existing
         ]
         if missing:
-            with translate("creating the topics", url):
+            with map_exceptions(errors(url, "creating the topics")):
                 response = await admin.create_topics(missing)
             for name, code, message in (error[:3] for error in response.topic_errors):
                 if code not in (0, _TOPIC_EXISTS):
@@ -98,7 +126,7 @@ async def ensure_topics(
                         f"{message}); create it yourself or fix the broker's settings "
                         "(replication, partitions)"
                     )
-        with translate("reading the topics", url):
+        with map_exceptions(errors(url, "reading the topics")):
             described = await admin.describe_topics([topics[0].name])
         count = len(described[0]["partitions"]) if described else 0
         if count < 1:
@@ -127,19 +155,24 @@ async def start_producer(
         max_request_size=max_request_size,
         linger_ms=0,
     )
+    table = _refused_idempotence(url) if idempotence else errors(url, "starting the producer")
     try:
-        await producer.start()
-    except BaseException as exc:
+        with map_exceptions(table):
+            await producer.start()
+    except BaseException:
         # Shielded and bounded: a failed or cancelled start must still close its sockets.
         with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
             with contextlib.suppress(Exception):
                 await producer.stop()
-        if not isinstance(exc, KafkaError):
-            raise
-        if idempotence:
-            raise BackendUnavailable(
-                f"Kafka at {url} refused an idempotent producer ({exc!r}); if the broker does "
-                "not support them (Tansu does not), add ?idempotence=false"
-            ) from exc
-        raise BackendUnavailable(f"Kafka at {url}: {exc!r}") from exc
+        raise
     return producer
+
+
+def _refused_idempotence(url: str) -> ErrorTable:
+    def refused(exc: BaseException) -> BackendUnavailable:
+        return BackendUnavailable(
+            f"Kafka at {url} refused an idempotent producer ({exc!r}); if the broker does "
+            "not support them (Tansu does not), add ?idempotence=false"
+        )
+
+    return ((KafkaError, refused),)

@@ -23,7 +23,10 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
+from aioconductor._backends.kafka.records import holds
 from aioconductor._models import build
+from aioconductor.boards._support import lost_message
+from aioconductor.errors import ClaimLost, JobNotFound
 from aioconductor.models import (
     Claim,
     ConductorInfo,
@@ -346,11 +349,39 @@ class JobView:
         found.sort(key=lambda data: (-data["priority"], data["seq"]))
         return found
 
-    def claimable_now(self, now: float) -> list[dict[str, Any]]:
-        """Every job claimable at ``now``, in claim order."""
+    def waiting(self, now: float) -> list[JobNotification]:
+        """A ``WAITING`` notification of every job claimable at ``now``, in claim order."""
         found = [data for data in self.jobs.values() if claimable(data, now)]
         found.sort(key=lambda data: (-data["priority"], data["seq"]))
-        return found
+        kind = NotificationKind.WAITING
+        return [
+            build(JobNotification, job_id=data["id"], kind=kind, priority=data["priority"])
+            for data in found
+        ]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """The job's state.
+
+        Raises:
+            JobNotFound: the view does not know it.
+        """
+        data = self.jobs.get(job_id)
+        if data is None:
+            raise JobNotFound(f"no job {job_id!r} on this board")
+        return data
+
+    def held(self, claim: Claim, verb: str) -> dict[str, Any]:
+        """The state of the job ``claim`` holds, for ``verb`` to change.
+
+        Raises:
+            JobNotFound: the view does not know the job.
+            ClaimLost: ``claim`` is not the job's current claim.
+        """
+        data = self.job(claim.job_id)
+        if not holds(data, claim):
+            job = to_job(data)
+            raise ClaimLost(lost_message(claim, verb, job.state, job.claim))
+        return data
 
     def is_final(self, job_id: str) -> bool | None:
         """Whether the job is finished (None if this view does not know it)."""
