@@ -29,16 +29,15 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-import zlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Self
 
-import anyio
-
+from aioconductor._backends.base import DueTimer
 from aioconductor._backends.postgres import board_sql as sql
+from aioconductor._backends.postgres.board_sql import channel_name, json_text, seconds
 from aioconductor._backends.postgres.link import PostgresLink
 from aioconductor._backends.postgres.listen import ListenSubscription
-from aioconductor._backends.postgres.schema import refuse_nul
+from aioconductor._backends.postgres.schema import refuse_nul, with_schema
 from aioconductor._backends.postgres.urls import URL_OPTIONS
 from aioconductor._models import build
 from aioconductor._payload import encode_json
@@ -72,29 +71,8 @@ from aioconductor.models import (
 
 __all__ = ["PostgresJobBoard"]
 
+#: Jobs read per statement by ``iterjobs()``.
 _PAGE = 500
-#: The longest lease, delay or ttl the board stores (a century): the server's float8 time
-#: arithmetic refuses to overflow, where Python's would quietly give infinity.
-_LONGEST = 100 * 365.25 * 86400
-
-
-def _seconds(value: float) -> float:
-    return min(float(value), _LONGEST)
-
-
-def _text(data: bytes | None) -> str | None:
-    """JSON bytes as the text asyncpg binds to a ``json`` parameter (None stays NULL)."""
-    return None if data is None else data.decode("utf-8")
-
-
-def _kind(state: str) -> NotificationKind:
-    """Why a job a sweep found in a time window became claimable."""
-    return NotificationKind.DUE if state == JobState.SCHEDULED else NotificationKind.EXPIRED
-
-
-def channel_name(schema: str, namespace: str) -> str:
-    """The LISTEN/NOTIFY channel of ``namespace`` in ``schema`` (at most 62 characters)."""
-    return f"aioc_{namespace}_{zlib.crc32(schema.encode()):08x}"
 
 
 class PostgresJobBoard(JobBoard):
@@ -137,33 +115,9 @@ class PostgresJobBoard(JobBoard):
         self.schema = self._link.schema
         #: The channel this board's posts and abandons are announced on.
         self.channel = channel_name(self.schema, self.namespace)
-        self._sql = {
-            name: getattr(sql, name).replace("{s}", self._link.q)
-            for name in (
-                "FETCH",
-                "NOW_QUERY",
-                "POST",
-                "POST_MANY",
-                "CLAIM",
-                "CLAIM_BATCH",
-                "CLAIM_NEXT",
-                "RENEW",
-                "CONSUME",
-                "TRASH",
-                "ABANDON",
-                "RELEASE",
-                "RETRY",
-                "TRASH_BY_ID",
-                "SWEEP_CLOCK",
-                "SWEEP_ALL",
-                "SWEEP_SINCE",
-                "REGISTER",
-                "UNREGISTER",
-                "ALIVE",
-            )
-        }
-        #: When (anyio clock) the earliest delayed job or lease falls due, as last seen.
-        self._next_due: float | None = None
+        self._sql = with_schema(sql.BoardStatements(), self._link.q)
+        #: When the earliest delayed job, retry or lease this board knows of falls due.
+        self._due = DueTimer()
 
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
@@ -186,14 +140,12 @@ class PostgresJobBoard(JobBoard):
     async def _aclose(self) -> None:
         await self._link.aclose()
 
-    async def _fetch_row(self, what: str, statement: str, *args: Any) -> Any:
+    async def _fetch_row(self, what: str, query: str, *args: Any) -> Any:
         """Run a one-row statement once (a transition: never retried)."""
-        query = self._sql[statement]
         return await self._link.call(what, lambda conn: conn.fetchrow(query, self.namespace, *args))
 
-    async def _read(self, what: str, statement: str, *args: Any) -> list[Any]:
+    async def _read(self, what: str, query: str, *args: Any) -> list[Any]:
         """Run an idempotent query, retried through connection errors."""
-        query = self._sql.get(statement, statement)
         rows: list[Any] = await self._link.read(
             what, lambda conn: conn.fetch(query, self.namespace, *args)
         )
@@ -201,7 +153,7 @@ class PostgresJobBoard(JobBoard):
 
     async def _current(self, job_id: str) -> tuple[Job, float]:
         """The job as stored and the board time; ``JobNotFound`` if there is none."""
-        rows = [] if "\x00" in job_id else await self._read("get", "FETCH", job_id)
+        rows = [] if "\x00" in job_id else await self._read("get", self._sql.fetch, job_id)
         if not rows:
             raise JobNotFound(f"no job {job_id!r} on this board")
         return job_from_row(rows[0]), rows[0][-1]
@@ -212,13 +164,6 @@ class PostgresJobBoard(JobBoard):
             return job_from_row(row)
         job, _ = await self._current(claim.job_id)
         raise ClaimLost(lost_message(claim, verb, job.state, job.claim))
-
-    def _note_due(self, due_at: float | None, now: float) -> None:
-        if due_at is None:
-            return
-        at = anyio.current_time() + max(0.0, due_at - now)
-        if self._next_due is None or at < self._next_due:
-            self._next_due = at
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -262,27 +207,14 @@ class PostgresJobBoard(JobBoard):
             rows = await connection.fetch(query, self.namespace, *params)
         job = job_from_row(rows[0])
         if job.state is JobState.SCHEDULED:
-            self._note_due(job.not_before, job.created_at)
+            self._due.note(job.not_before, job.created_at)
         return job
 
     def _post_statement(self, spec: PostSpec) -> tuple[str, tuple[Any, ...]]:
         """The POST statement and its parameters after the namespace (a new job id)."""
         refuse_nul("the job's name", spec.name, PayloadError)
         refuse_nul("the job's flow name", spec.flow, PayloadError)
-        params = (
-            self.channel,
-            str(uuid.uuid4()),
-            spec.name,
-            spec.flow,
-            spec.args_json.decode("utf-8"),
-            spec.priority,
-            spec.max_attempts,
-            _seconds(spec.delay),
-            spec.not_before,
-            spec.headers_json.decode("utf-8"),
-            _text(spec.retry_json),
-        )
-        return self._sql["POST"], params
+        return self._sql.post, sql.post_args(self.channel, str(uuid.uuid4()), spec)
 
     async def _post(self, spec: PostSpec) -> Job:
         query, args = self._post_statement(spec)
@@ -296,7 +228,7 @@ class PostgresJobBoard(JobBoard):
         else:
             job, now = await self._current(job_id)
         if job.state is JobState.SCHEDULED:
-            self._note_due(job.not_before, now)
+            self._due.note(job.not_before, now)
         return job
 
     async def _post_many(self, specs: list[PostSpec]) -> list[Job]:
@@ -306,21 +238,8 @@ class PostgresJobBoard(JobBoard):
             refuse_nul("the job's name", spec.name, PayloadError)
             refuse_nul("the job's flow name", spec.flow, PayloadError)
         ids = [str(uuid.uuid4()) for _ in specs]
-        args = (
-            self.namespace,
-            self.channel,
-            ids,
-            [spec.name for spec in specs],
-            [spec.flow for spec in specs],
-            [spec.args_json.decode("utf-8") for spec in specs],
-            [spec.priority for spec in specs],
-            [spec.max_attempts for spec in specs],
-            [_seconds(spec.delay) for spec in specs],
-            [spec.not_before for spec in specs],
-            specs[0].headers_json.decode("utf-8"),
-            _text(specs[0].retry_json),
-        )
-        query = self._sql["POST_MANY"]
+        args = sql.post_many_args(self.namespace, self.channel, ids, specs)
+        query = self._sql.post_many
         # Ids chosen here, and a post of an existing id writes nothing: retried like a read.
         rows = await self._link.read("post", lambda conn: conn.fetch(query, *args))
         by_id = {job.id: job for job in map(job_from_row, rows)}
@@ -331,41 +250,41 @@ class PostgresJobBoard(JobBoard):
         jobs = [by_id[job_id] for job_id in ids]
         for job in jobs:
             if job.state is JobState.SCHEDULED:
-                self._note_due(job.not_before, job.created_at)
+                self._due.note(job.not_before, job.created_at)
         return jobs
 
     async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
         refuse_nul("the owner", owner, PayloadError)
         if "\x00" in job_id:
             raise JobNotFound(f"no job {job_id!r} on this board")
-        row = await self._fetch_row("claim", "CLAIM", job_id, owner, _seconds(lease))
+        row = await self._fetch_row("claim", self._sql.claim, job_id, owner, seconds(lease))
         if row is None:
             job, now = await self._current(job_id)
             raise UnclaimableJob(unclaimable_message(visible(job, now), now))
         job = job_from_row(row)
         assert job.claim is not None
-        self._note_due(job.claim.expires_at, job.updated_at)
+        self._due.note(job.claim.expires_at, job.updated_at)
         return job
 
     async def _claim_next(self, owner: str, lease: float) -> Job | None:
         refuse_nul("the owner", owner, PayloadError)
-        row = await self._fetch_row("claim_next", "CLAIM_NEXT", owner, _seconds(lease))
+        row = await self._fetch_row("claim_next", self._sql.claim_next, owner, seconds(lease))
         if row is None:
             return None
         job = job_from_row(row)
         assert job.claim is not None
-        self._note_due(job.claim.expires_at, job.updated_at)
+        self._due.note(job.claim.expires_at, job.updated_at)
         return job
 
     async def _claim_batch(self, owner: str, lease: float, limit: int) -> list[Job]:
         refuse_nul("the owner", owner, PayloadError)
-        query = self._sql["CLAIM_BATCH"]
-        args = (self.namespace, owner, _seconds(lease), limit)
+        query = self._sql.claim_batch
+        args = (self.namespace, owner, seconds(lease), limit)
         rows = await self._link.call("claim_batch", lambda conn: conn.fetch(query, *args))
         jobs = [job_from_row(row) for row in rows]
         if jobs:
             assert jobs[0].claim is not None
-            self._note_due(jobs[0].claim.expires_at, jobs[0].updated_at)
+            self._due.note(jobs[0].claim.expires_at, jobs[0].updated_at)
         return jobs
 
     async def _claim_args(self, claim: Claim, verb: str) -> tuple[str, str, int]:
@@ -376,28 +295,28 @@ class PostgresJobBoard(JobBoard):
         return claim.job_id, claim.owner, claim.token
 
     async def _renew(self, claim: Claim, lease: float) -> Claim:
-        args = (*await self._claim_args(claim, "renew"), _seconds(lease))
-        row = await self._fetch_row("renew", "RENEW", *args)
+        args = (*await self._claim_args(claim, "renew"), seconds(lease))
+        row = await self._fetch_row("renew", self._sql.renew, *args)
         job = await self._checked(row, claim, "renew")
         assert job.claim is not None
-        self._note_due(job.claim.expires_at, job.updated_at)
+        self._due.note(job.claim.expires_at, job.updated_at)
         return job.claim
 
     async def _consume(
         self, claim: Claim, outcome: Outcome, result: dict[str, Any], result_json: bytes
     ) -> Job:
         args = (*await self._claim_args(claim, "consume"), outcome.value, result_json.decode())
-        row = await self._fetch_row("consume", "CONSUME", *args)
+        row = await self._fetch_row("consume", self._sql.consume, *args)
         return await self._checked(row, claim, "consume")
 
     async def _abandon(self, claim: Claim) -> Job:
         args = (*await self._claim_args(claim, "abandon"), self.channel)
-        row = await self._fetch_row("abandon", "ABANDON", *args)
+        row = await self._fetch_row("abandon", self._sql.abandon, *args)
         return await self._checked(row, claim, "abandon")
 
     async def _release(self, claim: Claim) -> Job:
         args = (*await self._claim_args(claim, "release"), self.channel)
-        row = await self._fetch_row("release", "RELEASE", *args)
+        row = await self._fetch_row("release", self._sql.release, *args)
         return await self._checked(row, claim, "release")
 
     async def _retry(
@@ -409,21 +328,21 @@ class PostgresJobBoard(JobBoard):
     ) -> Job:
         args = await self._claim_args(claim, "retry")
         row = await self._fetch_row(
-            "retry", "RETRY", *args, _seconds(delay), _text(failure_json), self.channel
+            "retry", self._sql.retry, *args, seconds(delay), json_text(failure_json), self.channel
         )
         job = await self._checked(row, claim, "retry")
-        self._note_due(job.not_before, job.updated_at)
+        self._due.note(job.not_before, job.updated_at)
         return job
 
     async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job:
         refuse_nul("the trash reason", reason, PayloadError)
         if claim is not None:
             args = (*await self._claim_args(claim, "trash"), reason)
-            row = await self._fetch_row("trash", "TRASH", *args)
+            row = await self._fetch_row("trash", self._sql.trash, *args)
             return await self._checked(row, claim, "trash")
         row = None
         if "\x00" not in job_id:
-            row = await self._fetch_row("trash", "TRASH_BY_ID", job_id, reason)
+            row = await self._fetch_row("trash", self._sql.trash_by_id, job_id, reason)
         if row is None:
             job, _ = await self._current(job_id)
             raise UnclaimableJob(f"job {job_id} is already {job.state}: it cannot be trashed")
@@ -437,7 +356,7 @@ class PostgresJobBoard(JobBoard):
 
     async def _now(self) -> float:
         now: float = await self._link.read(
-            "read the clock", lambda conn: conn.fetchval(self._sql["NOW_QUERY"])
+            "read the clock", lambda conn: conn.fetchval(self._sql.now)
         )
         return now
 
@@ -484,15 +403,15 @@ class PostgresJobBoard(JobBoard):
             return [], cursor
 
     async def _sweep_on(self, conn: Any, cursor: float | None) -> tuple[list[JobNotification], Any]:
-        now, due = await conn.fetchrow(self._sql["SWEEP_CLOCK"], self.namespace)
-        self._next_due = None
-        self._note_due(due, now)
+        now, due = await conn.fetchrow(self._sql.sweep_clock, self.namespace)
+        self._due.clear()
+        self._due.note(due, now)
         if cursor is None:
-            rows = await conn.fetch(self._sql["SWEEP_ALL"], self.namespace, now)
+            rows = await conn.fetch(self._sql.sweep_all, self.namespace, now)
             kinds = [NotificationKind.WAITING] * len(rows)
         else:
-            rows = await conn.fetch(self._sql["SWEEP_SINCE"], self.namespace, now, cursor)
-            kinds = [_kind(row[2]) for row in rows]
+            rows = await conn.fetch(self._sql.sweep_since, self.namespace, now, cursor)
+            kinds = [sql.sweep_kind(row[2]) for row in rows]
         notes = [
             build(JobNotification, job_id=row[0], kind=kind, priority=row[1])
             for row, kind in zip(rows, kinds, strict=True)
@@ -501,10 +420,7 @@ class PostgresJobBoard(JobBoard):
 
     def _sweep_delay(self) -> float:
         # Sweep when the earliest delayed job or lease falls due, not only every poll_interval.
-        if self._next_due is None:
-            return self.poll_interval
-        left = self._next_due - anyio.current_time()
-        return max(0.005, min(self.poll_interval, left))
+        return self._due.delay(self.poll_interval)
 
     # -- conductors ----------------------------------------------------------------------------
 
@@ -514,16 +430,16 @@ class PostgresJobBoard(JobBoard):
         refuse_nul("the owner", owner, PayloadError)
         refuse_nul("the conductor's name", name, PayloadError)
         data = encode_json("the conductor's meta", meta, 64 * 1024).decode("utf-8")
-        query = self._sql["REGISTER"]
+        query = self._sql.register
         # Registering again is harmless, so a lost reply is retried like a read.
         await self._link.read(
             "register_conductor",
-            lambda conn: conn.execute(query, self.namespace, owner, name, _seconds(ttl), data),
+            lambda conn: conn.execute(query, self.namespace, owner, name, seconds(ttl), data),
         )
 
     async def _unregister_conductor(self, owner: str) -> None:
-        await self._read("unregister_conductor", "UNREGISTER", owner)
+        await self._read("unregister_conductor", self._sql.unregister, owner)
 
     async def _conductors(self) -> list[ConductorInfo]:
-        rows = await self._read("conductors", "ALIVE")
+        rows = await self._read("conductors", self._sql.alive)
         return [conductor_from_row(row) for row in rows]

@@ -3,13 +3,25 @@
 ``{s}`` stands for the quoted schema (validated by ``schema.quote_schema``); everything else is a
 bind parameter: ``$1`` is always the namespace. The board's clock is the server's, read once per
 statement as ``c.now`` (epoch seconds, ``float8``).
+
+The board looks its statements up as attributes of :class:`BoardStatements` (the schema put in
+once), and builds the parameters of its posts with :func:`post_args` and :func:`post_many_args`.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
 from aioconductor._backends.postgres.schema import Migrations
-from aioconductor.boards._support import JOB_COLUMNS
-from aioconductor.models import MAX_KEPT_FAILURES, JobState
+from aioconductor.boards._support import JOB_COLUMNS, PostSpec
+from aioconductor.models import MAX_KEPT_FAILURES, JobState, NotificationKind
+
+#: The longest lease, delay or ttl the board stores (a century): the server's float8 time
+#: arithmetic refuses to overflow, where Python's would quietly give infinity.
+LONGEST = 100 * 365.25 * 86400
 
 MIGRATIONS: Migrations = [
     [
@@ -271,3 +283,88 @@ REGISTER = f"""{_CLOCK} INSERT INTO {{s}}.conductors
 UNREGISTER = "DELETE FROM {s}.conductors WHERE namespace = $1 AND owner = $2"
 ALIVE = f"""{_CLOCK} SELECT owner, name, started_at, heartbeat_at, expires_at, meta
     FROM {{s}}.conductors, c WHERE namespace = $1 AND expires_at > c.now"""
+
+
+@dataclass(frozen=True, slots=True)
+class BoardStatements:
+    """The board's statements, looked up as attributes (a misspelt one is a type error, not a
+    ``KeyError`` at run time); :func:`~.schema.with_schema` puts the schema in."""
+
+    fetch: str = FETCH
+    now: str = NOW_QUERY
+    post: str = POST
+    post_many: str = POST_MANY
+    claim: str = CLAIM
+    claim_next: str = CLAIM_NEXT
+    claim_batch: str = CLAIM_BATCH
+    renew: str = RENEW
+    consume: str = CONSUME
+    trash: str = TRASH
+    abandon: str = ABANDON
+    release: str = RELEASE
+    retry: str = RETRY
+    trash_by_id: str = TRASH_BY_ID
+    sweep_clock: str = SWEEP_CLOCK
+    sweep_all: str = SWEEP_ALL
+    sweep_since: str = SWEEP_SINCE
+    register: str = REGISTER
+    unregister: str = UNREGISTER
+    alive: str = ALIVE
+
+
+def channel_name(schema: str, namespace: str) -> str:
+    """The LISTEN/NOTIFY channel of ``namespace`` in ``schema`` (at most 62 characters)."""
+    return f"aioc_{namespace}_{zlib.crc32(schema.encode()):08x}"
+
+
+def seconds(value: float) -> float:
+    """A lease, delay or ttl as the board stores it: at most :data:`LONGEST`."""
+    return min(float(value), LONGEST)
+
+
+def json_text(data: bytes | None) -> str | None:
+    """JSON bytes as the text asyncpg binds to a ``json`` parameter (None stays NULL)."""
+    return None if data is None else data.decode("utf-8")
+
+
+def sweep_kind(state: str) -> NotificationKind:
+    """Why a job a sweep found in a time window (``SWEEP_SINCE``) became claimable."""
+    return NotificationKind.DUE if state == JobState.SCHEDULED else NotificationKind.EXPIRED
+
+
+def post_args(channel: str, job_id: str, spec: PostSpec) -> tuple[Any, ...]:
+    """The parameters of ``POST`` after the namespace ($2 to $12)."""
+    return (
+        channel,
+        job_id,
+        spec.name,
+        spec.flow,
+        spec.args_json.decode("utf-8"),
+        spec.priority,
+        spec.max_attempts,
+        seconds(spec.delay),
+        spec.not_before,
+        spec.headers_json.decode("utf-8"),
+        json_text(spec.retry_json),
+    )
+
+
+def post_many_args(
+    namespace: str, channel: str, ids: Sequence[str], specs: Sequence[PostSpec]
+) -> tuple[Any, ...]:
+    """The parameters of ``POST_MANY``, the namespace first; the headers and retry policy are
+    the first spec's (a batch shares them)."""
+    return (
+        namespace,
+        channel,
+        ids,
+        [spec.name for spec in specs],
+        [spec.flow for spec in specs],
+        [spec.args_json.decode("utf-8") for spec in specs],
+        [spec.priority for spec in specs],
+        [spec.max_attempts for spec in specs],
+        [seconds(spec.delay) for spec in specs],
+        [spec.not_before for spec in specs],
+        specs[0].headers_json.decode("utf-8"),
+        json_text(specs[0].retry_json),
+    )

@@ -6,16 +6,19 @@ wherever it appears in SQL; every value is a bind parameter.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from asyncpg import exceptions as pgexc  # type: ignore[import-untyped]
 
 from aioconductor.errors import AioconductorError, ConfigurationError
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     from aioconductor._backends.postgres.link import PostgresLink
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "migrate",
     "quote_schema",
     "refuse_nul",
+    "with_schema",
 ]
 
 logger = logging.getLogger("aioconductor.postgres")
@@ -38,6 +42,8 @@ SCHEMA_PREFIX = "aioc_"
 #: schema name's hash, so two schemas migrate independently.
 _MIGRATION_LOCK = 0x41494F43
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+S = TypeVar("S", bound="DataclassInstance")
 
 
 def default_schema(namespace: str) -> str:
@@ -60,6 +66,13 @@ def quote_schema(name: object) -> str:
     if name.startswith("pg_") or name == "information_schema":
         raise ConfigurationError(f"schema {name!r} is reserved by PostgreSQL")
     return f'"{name}"'
+
+
+def with_schema(statements: S, q: str) -> S:
+    """``statements`` (a dataclass of SQL texts, ``{s}`` standing for the schema) with the
+    quoted schema ``q`` put in: done once per board or store, not once per call."""
+    texts = {f.name: getattr(statements, f.name) for f in dataclasses.fields(statements)}
+    return dataclasses.replace(statements, **{k: v.replace("{s}", q) for k, v in texts.items()})
 
 
 def refuse_nul(what: str, value: str, error: type[AioconductorError]) -> None:
