@@ -10,7 +10,7 @@ import pytest
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from aioconductor._redis_batch import ScriptBatcher
+from aioconductor._backends.redis.batch import ScriptBatcher
 from tests.concurrency import outcomes_of
 from tests.redis_helpers import redis_url, require_redis, unique
 
@@ -82,7 +82,7 @@ async def test_scripts_redis_forgot_are_loaded_and_run(client: Redis, key: str) 
 
 
 async def test_a_call_cancelled_in_the_queue_is_never_sent(client: Redis, key: str) -> None:
-    from aioconductor._redis_batch import _Call
+    from aioconductor._backends.redis.batch import _Call
 
     batcher = ScriptBatcher(client)
     incr = client.register_script(INCR)

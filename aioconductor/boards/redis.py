@@ -31,12 +31,12 @@ from typing import Any, Self, cast
 
 import anyio
 
+from aioconductor._backends.redis import board_scripts as lua
+from aioconductor._backends.redis.link import RedisLink, fmt_time, hash_tag_prefix
+from aioconductor._backends.redis.pubsub import PubSubSubscription
 from aioconductor._models import build, evolve
 from aioconductor._payload import decode_json, encode_json
-from aioconductor._redis import RedisLink, fmt_time, hash_tag_prefix
 from aioconductor._urls import ParsedURL
-from aioconductor.boards import _redis_scripts as lua
-from aioconductor.boards._redis_pubsub import PubSubSubscription
 from aioconductor.boards.base import (
     JobBoard,
     PostSpec,

@@ -4,7 +4,7 @@
 write is one Lua script that checks the logbook's fencing token and the detail's version before
 it changes anything, so a writer holding a stale token or version changes nothing. An atom write
 sends that one atom, never the whole logbook. Key layout: see
-:mod:`aioconductor.persistence._redis_scripts`.
+:mod:`aioconductor._backends.redis.store_scripts`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self, cast
 
-from aioconductor._redis import RedisLink, fmt_time, hash_tag_prefix
+from aioconductor._backends.redis import store_scripts as lua
+from aioconductor._backends.redis.link import RedisLink, fmt_time, hash_tag_prefix
 from aioconductor._urls import ParsedURL
 from aioconductor.errors import LogBookNotFound, StoreClosed, StoreError
-from aioconductor.persistence import _redis_scripts as lua
 from aioconductor.persistence._copy import copy_atom, created_book
 from aioconductor.persistence._json import check_atoms, check_meta
 from aioconductor.persistence.base import Store, check_token, check_version

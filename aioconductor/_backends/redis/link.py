@@ -7,8 +7,8 @@ connection that may still owe a reply is closed before ``execute_command`` puts 
 pool, and the pool reconnects it before its next use. A cancelled command therefore never hands
 its reply to the next caller; ``tests/boards/test_redis.py`` checks this rather than trusting it.
 Transition and store scripts go through :meth:`RedisLink.script`, which pipelines the calls of
-one event-loop turn (:mod:`aioconductor._redis_batch`): there a pipeline once sent is finished
-under a shield, so a cancelled caller sees its cancellation after the reply came.
+one event-loop turn (:mod:`aioconductor._backends.redis.batch`): there a pipeline once sent is
+finished under a shield, so a cancelled caller sees its cancellation after the reply came.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
-from aioconductor._redis_batch import ScriptBatcher
+from aioconductor._backends.redis.batch import ScriptBatcher
 from aioconductor._urls import redact_url, url_secrets
 from aioconductor.errors import BackendUnavailable, ConfigurationError
 
@@ -146,7 +146,7 @@ class RedisLink:
 
     async def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a Lua script, pipelined with the scripts other tasks run in the same turn (see
-        :mod:`aioconductor._redis_batch`); use inside :meth:`call` or :meth:`read`."""
+        :mod:`aioconductor._backends.redis.batch`); use inside :meth:`call` or :meth:`read`."""
         return await self._batcher.run(script, keys, args)
 
     async def scripts(

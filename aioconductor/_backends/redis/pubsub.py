@@ -10,8 +10,8 @@ import anyio
 from redis import exceptions as rexc
 from redis.asyncio.client import PubSub
 
+from aioconductor._backends.redis.link import RedisLink
 from aioconductor._models import build
-from aioconductor._redis import RedisLink
 from aioconductor.boards.base import Subscription
 from aioconductor.errors import BackendUnavailable
 from aioconductor.models import JobNotification, NotificationKind
