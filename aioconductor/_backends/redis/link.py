@@ -1,4 +1,5 @@
-"""Plumbing shared by the Redis board and the Redis store: the client, errors, retries.
+"""The link to Redis, shared by the Redis board and the Redis store: the client, the
+translation of its errors, the retries of idempotent reads.
 
 Cancellation: redis-py 8 already drops a connection whose command was cancelled.
 ``Connection.send_packed_command`` and ``Connection.read_response`` both catch
@@ -14,10 +15,11 @@ finished under a shield, so a cancelled caller sees its cancellation after the r
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -28,11 +30,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
+from aioconductor._backends.base import Backoff, ErrorTable, map_exceptions, scrub
 from aioconductor._backends.redis.batch import ScriptBatcher
 from aioconductor._urls import redact_url, url_secrets
 from aioconductor.errors import BackendUnavailable, ConfigurationError
 
-__all__ = ["RedisLink", "hash_tag_prefix"]
+__all__ = ["RedisLink", "fmt_time", "hash_tag_prefix", "pairs"]
 
 logger = logging.getLogger("aioconductor.redis")
 
@@ -46,6 +49,10 @@ _RESERVED_QUERY = frozenset({"decode_responses", "encoding", "protocol"})
 _DB_PATH = re.compile(r"/?|/\d+/?")
 #: How Python names the keyword argument a class does not take.
 _UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
+#: Every error of the driver: a call that raised one may or may not have run on the server.
+_DRIVER_ERRORS = (rexc.RedisError, OSError)
+#: The errors an idempotent read retries: Redis is restarting, or loading its data.
+_TRANSIENT = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError)
 
 
 def hash_tag_prefix(namespace: str) -> str:
@@ -69,6 +76,8 @@ class RedisLink:
         self.closed = False
         # Every secret in both forms: as the URL has it (percent-encoded), and as redis-py sends.
         self._secrets = url_secrets(driver_url)
+        #: what -> the error table of a call named so (see :meth:`errors`).
+        self._tables: dict[str, ErrorTable] = {}
         try:
             parts = urlsplit(driver_url)
         except ValueError as exc:
@@ -120,28 +129,33 @@ class RedisLink:
 
     def scrub(self, exc: BaseException | str) -> str:
         """``exc`` as text, with the URL's password (should a driver echo it) masked."""
-        text = str(exc)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrub(exc, self._secrets)
 
     def unavailable(self, what: str, exc: BaseException) -> BackendUnavailable:
         """The ``BackendUnavailable`` to raise for a driver error during ``what``."""
         return BackendUnavailable(f"Redis at {self.url}: {what} failed: {self.scrub(exc)}")
 
-    @contextlib.contextmanager
-    def translate(self, what: str) -> Iterator[None]:
-        """Re-raise redis and socket errors as ``BackendUnavailable`` (never a driver error)."""
+    def errors(self, what: str) -> ErrorTable:
+        """The table (for :func:`~aioconductor._backends.base.map_exceptions`) that makes a
+        redis or socket error during ``what`` :meth:`unavailable`: never a driver error.
+
+        Kept per ``what`` (a handful of verbs), so a call does not build one.
+        """
+        table = self._tables.get(what)
+        if table is None:
+            unavailable = functools.partial(self.unavailable, what)
+            table = self._tables[what] = [(_DRIVER_ERRORS, unavailable)]
+        return table
+
+    def check_open(self) -> None:
+        """Raise the closed error once :meth:`aclose` was called."""
         if self.closed:
             raise self._closed_error()
-        try:
-            yield
-        except (rexc.RedisError, OSError) as exc:
-            raise self.unavailable(what, exc) from exc
 
     async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run a non-idempotent call (a transition script) once: errors become unavailable."""
-        with self.translate(what):
+        self.check_open()
+        with map_exceptions(self.errors(what)):
             return await fn()
 
     async def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -162,36 +176,35 @@ class RedisLink:
         fail a conductor's sweep, and give up with ``BackendUnavailable`` after
         ``READ_RETRY_SECONDS``.
         """
-        delay = 0.05
+        backoff = Backoff(first=0.05, most=1.0)
         deadline = anyio.current_time() + READ_RETRY_SECONDS
+        errors = self.errors(what)
         while True:
-            if self.closed:
-                # Checked on every attempt: a retry after aclose would open a connection
-                # that nothing closes any more.
-                raise self._closed_error()
-            try:
-                return await fn()
-            except rexc.AuthenticationError as exc:
-                raise self.unavailable(what, exc) from exc
-            except (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError) as exc:
-                if anyio.current_time() + delay > deadline:
-                    raise self.unavailable(what, exc) from exc
-                logger.debug("Redis at %s: %s failed (%s); retrying", self.url, what, exc)
-            except rexc.RedisError as exc:
-                raise self.unavailable(what, exc) from exc
+            # Checked on every attempt: a retry after aclose would open a connection that
+            # nothing closes any more.
+            self.check_open()
+            with map_exceptions(errors):
+                try:
+                    return await fn()
+                except _TRANSIENT as exc:
+                    delay = backoff.next()
+                    # A refused password is no restart (redis-py's is a ConnectionError).
+                    if isinstance(exc, rexc.AuthenticationError):
+                        raise
+                    if anyio.current_time() + delay > deadline:
+                        raise
+                    logger.debug("Redis at %s: %s failed (%s); retrying", self.url, what, exc)
             await anyio.sleep(delay)
-            delay = min(delay * 2, 1.0)
 
     async def connect(self) -> None:
         """Check that Redis answers, and warn when it may evict keys (jobs) under memory load."""
         await self.call("connect", self.client.ping)
-        try:
-            reply = await self.client.config_get("maxmemory-policy")
-        except rexc.ResponseError:
-            # CONFIG is often refused (ACLs, managed Redis): the check is advice, skip it.
-            return
-        except (rexc.RedisError, OSError) as exc:
-            raise self.unavailable("connect", exc) from exc
+        with map_exceptions(self.errors("connect")):
+            try:
+                reply = await self.client.config_get("maxmemory-policy")
+            except rexc.ResponseError:
+                # CONFIG is often refused (ACLs, managed Redis): the check is advice, skip it.
+                return
         policy = reply.get("maxmemory-policy") if isinstance(reply, dict) else None
         if policy and policy != "noeviction":
             logger.warning(
@@ -214,3 +227,8 @@ def fmt_time(value: float) -> str:
     if not math.isfinite(value):
         raise ConfigurationError(f"{value!r} is not a finite number of seconds")
     return repr(float(value))
+
+
+def pairs(flat: Sequence[str]) -> dict[str, str]:
+    """A flat ``field, value, field, value, ...`` reply (``HGETALL`` in a script) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))

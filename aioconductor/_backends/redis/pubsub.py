@@ -10,6 +10,7 @@ import anyio
 from redis import exceptions as rexc
 from redis.asyncio.client import PubSub
 
+from aioconductor._backends.base import Backoff, map_exceptions
 from aioconductor._backends.redis.link import RedisLink
 from aioconductor._models import build
 from aioconductor.boards.base import Subscription
@@ -51,7 +52,8 @@ class PubSubSubscription(Subscription):
         self._poll_interval = poll_interval
         self._pubsub: PubSub | None = None
         self._ended = False
-        self._delay = 0.05
+        # A restarting Redis refuses connections for a while.
+        self._backoff = Backoff(first=0.05, most=2.0)
         self._retry_at = 0.0
         self._heard_at = 0.0
         self._pinged_at = 0.0
@@ -64,7 +66,8 @@ class PubSubSubscription(Subscription):
         """
         pubsub = self._link.client.pubsub()
         try:
-            with self._link.translate("subscribe"), anyio.fail_after(10):
+            self._link.check_open()
+            with map_exceptions(self._link.errors("subscribe")), anyio.fail_after(10):
                 await pubsub.subscribe(self._channel)
                 while True:
                     message = await pubsub.get_message(timeout=_LISTEN_POLL)
@@ -142,12 +145,11 @@ class PubSubSubscription(Subscription):
         try:
             await self.open()
         except BackendUnavailable as exc:
-            self._retry_at = anyio.current_time() + self._delay
-            logger.warning("%s; retrying in %.2f s", exc, self._delay)
-            # Backoff: a restarting Redis refuses connections for a while.
-            self._delay = min(self._delay * 2, 2.0)
+            delay = self._backoff.next()
+            self._retry_at = anyio.current_time() + delay
+            logger.warning("%s; retrying in %.2f s", exc, delay)
             return
-        self._delay = 0.05
+        self._backoff.reset()
         self.lost = True
         logger.info("Redis at %s: notifications resumed", self._link.url)
         # The stream re-reads every claimable job when a receive times out with `lost` set;
