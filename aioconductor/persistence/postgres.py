@@ -160,22 +160,14 @@ class PostgresStore(Store):
             for atom in flow.atoms.values():
                 atom_json(atom)
         ns = self.namespace
-        created = await self._create_book(book, meta, token)
+        book_row = self._book_row(book, meta, token)
+        created = await self._create_book(book, book_row)
         if created is not None:
             return created
 
         async def save(conn: Any) -> LogBook:
             async with conn.transaction():
-                created = await conn.fetchval(
-                    self._sql.insert_book,
-                    ns,
-                    book.uuid,
-                    book.name,
-                    book.created_at,
-                    book.updated_at,
-                    meta,
-                    check_token(book.uuid, None, token),
-                )
+                created = await conn.fetchval(self._sql.insert_book, *book_row)
                 if created is None:
                     stored = await conn.fetchval(self._sql.lock_book, ns, book.uuid)
                     new_token = check_token(book.uuid, stored, token)
@@ -195,20 +187,20 @@ class PostgresStore(Store):
 
         return await self._link.call("save_logbook", save)
 
-    async def _create_book(self, book: LogBook, meta: str, token: int | None) -> LogBook | None:
-        """Create ``book`` with its flows and atoms in one statement; None if it exists."""
+    def _book_row(self, book: LogBook, meta: str, token: int | None) -> tuple[Any, ...]:
+        """A new logbook's row, as ``INSERT_BOOK`` and ``CREATE_BOOK`` take it ($1 to $7)."""
+        token = check_token(book.uuid, None, token)
+        return (self.namespace, book.uuid, book.name, book.created_at, book.updated_at, meta, token)
+
+    async def _create_book(self, book: LogBook, book_row: tuple[Any, ...]) -> LogBook | None:
+        """Create ``book`` (its row: :meth:`_book_row`) with its flows and atoms in one
+        statement; None if it exists."""
         flows = list(book.flows.values())
         metas = [dumps(f"flow {f.name!r} meta", f.meta) for f in flows]
         atoms = [(f.uuid, atom) for f in flows for atom in f.atoms.values()]
         details = [atom_json(atom) for _, atom in atoms]
         args = (
-            self.namespace,
-            book.uuid,
-            book.name,
-            book.created_at,
-            book.updated_at,
-            meta,
-            check_token(book.uuid, None, token),
+            *book_row,
             [f.uuid for f in flows],
             [f.name for f in flows],
             [f.state.value for f in flows],
@@ -223,6 +215,7 @@ class PostgresStore(Store):
         row = await self._link.call("save_logbook", lambda conn: conn.fetchrow(statement, *args))
         if row[0] is None:
             return None
+        meta = book_row[5]
         # What a read would return: the JSON as stored, read back.
         stored: dict[str, dict[str, AtomDetail]] = {f.uuid: {} for f in flows}
         for (flow_uuid, atom), detail in zip(atoms, details, strict=True):
