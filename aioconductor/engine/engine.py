@@ -1,13 +1,14 @@
 """`Engine`: compiles a flow, loads or creates its logbook, validates it and runs it.
 
-Every state change is saved to the store (carrying the claim's fencing ``token``), so a new
-engine on the same store and logbook resumes a flow that stopped: finished tasks are not run
-again, and a revert under way goes on reverting.
+Every state change is saved to the store by the run's journal (:mod:`.journal`, carrying the
+claim's fencing ``token``), so a new engine on the same store and logbook resumes a flow that
+stopped: finished tasks are not run again, and a revert under way goes on reverting. The
+runner (:mod:`.runner`) schedules the atoms, its completer (:mod:`.completer`) handles their
+failures.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,25 +16,22 @@ from typing import Any
 
 import anyio
 
-from aioconductor.engine.compiler import CompiledFlow, compile_flow
+from aioconductor.engine.compiler import CompiledFlow, Node, compile_flow
+from aioconductor.engine.journal import FINAL, Journal
 from aioconductor.engine.patterns import Flow, linear
 from aioconductor.engine.runner import Runner
 from aioconductor.engine.task import Task
-from aioconductor.errors import FlowFailed, LogBookNotFound
+from aioconductor.errors import FlowFailed
 from aioconductor.events import Event, Notifier
 from aioconductor.failure import Failure
 from aioconductor.persistence.base import Store
 from aioconductor.persistence.memory import MemoryStore
-from aioconductor.persistence.models import AtomDetail, AtomState, FlowDetail, FlowState, LogBook
+from aioconductor.persistence.models import FlowState
 
 __all__ = ["Engine", "EngineResult", "run_flow"]
 
-logger = logging.getLogger("aioconductor.engine")
-
 #: Seconds a cancelled engine may spend saving its suspension.
 SUSPEND_TIMEOUT = 5.0
-
-_FINAL = frozenset({FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE})
 
 
 @dataclass
@@ -103,13 +101,10 @@ class Engine:
         self.inputs: dict[str, Any] = dict(inputs or {})
         self.notifier = notifier if notifier is not None else Notifier()
         self._compiled: CompiledFlow | None = None
-        self._detail: FlowDetail | None = None
+        #: What is saved of the run, once prepared: all the engine's reads and writes.
+        self._journal: Journal | None = None
         self._validated = False
         self.fresh = fresh
-        #: Whether the detail was created as RUNNING, so the run need not save that again.
-        self._running_saved = False
-        #: The node saved as RUNNING with the new logbook, whose step need not save that.
-        self._started: int | None = None
 
     async def _emit(self, event: Event, **details: Any) -> None:
         if self.notifier.has_listeners(event):
@@ -132,57 +127,26 @@ class Engine:
         if self._compiled is None:
             await self.compile()
         await self._emit(Event.PREPARATION_START)
-        store = self.store
-        if self._own_store and not store.connected:
-            await store.connect()
-        if self.fresh:
-            self._detail = await self._create_book()
-        else:
-            try:
-                book = await store.get_logbook(self.book_id)
-            except LogBookNotFound:
-                self._detail = await self._create_book()
-            else:
-                found = [f for f in book.flows.values() if f.name == self.detail_name]
-                if found:
-                    self._detail = found[0]
-                else:
-                    self._detail = await store.update_flow_detail(
-                        self.book_id, FlowDetail(name=self.detail_name), token=self.token
-                    )
+        if self._own_store and not self.store.connected:
+            await self.store.connect()
+        self._journal = await Journal.open(
+            self.store,
+            book_id=self.book_id,
+            book_name=self.book_name,
+            detail_name=self.detail_name,
+            token=self.token,
+            notifier=self.notifier,
+            flow_name=self.flow.name,
+            fresh=self.fresh,
+            first=self._first_task(),
+        )
         await self._emit(Event.PREPARATION_END)
 
-    async def _create_book(self) -> FlowDetail:
-        """Save a new logbook holding this flow's detail, already ``RUNNING`` (one write for
-        two), and return the detail to run with.
-
-        Should the logbook exist after all (``fresh`` was wrong), the store merges in the new
-        detail and returns the whole book: the detail saved earlier for this flow wins, and the
-        run resumes from it as if the book had been read first.
-        """
-        detail = FlowDetail(name=self.detail_name, state=FlowState.RUNNING)
-        first = self._first_task()
-        if first is not None:
-            # The flow's only first step is certain to start now: save it RUNNING in the same
-            # write (a crash before it starts leaves it RUNNING, which a resume runs again).
-            name = self._compiled.nodes[first].name  # type: ignore[union-attr]
-            detail.atoms[name] = AtomDetail(name=name, state=AtomState.RUNNING)
-        book = LogBook(uuid=self.book_id, name=self.book_name, flows={detail.uuid: detail})
-        book = await self.store.save_logbook(book, token=self.token)
-        earlier = [
-            f for f in book.flows.values() if f.name == self.detail_name and f.uuid != detail.uuid
-        ]
-        if earlier:
-            return earlier[0]
-        self._running_saved = True
-        self._started = first
-        return book.flows[detail.uuid]
-
-    def _first_task(self) -> int | None:
+    def _first_task(self) -> Node | None:
         """The node a new run starts with, if it is the only one and a task."""
         assert self._compiled is not None
-        roots = [i for i, node in enumerate(self._compiled.nodes) if not node.preds]
-        if len(roots) != 1 or self._compiled.nodes[roots[0]].is_retry:
+        roots = [node for node in self._compiled.nodes if not node.preds]
+        if len(roots) != 1 or roots[0].is_retry:
             return None
         return roots[0]
 
@@ -192,7 +156,7 @@ class Engine:
         Raises:
             CompilationError: naming each atom and the names it misses.
         """
-        if self._detail is None:
+        if self._journal is None:
             await self.prepare()
         assert self._compiled is not None
         await self._emit(Event.VALIDATION_START)
@@ -216,38 +180,20 @@ class Engine:
         """
         if not self._validated:
             await self.validate()
-        assert self._compiled is not None and self._detail is not None
-        runner = Runner(
-            self._compiled,
-            self._detail.atoms,
-            self.inputs,
-            store=self.store,
-            book_id=self.book_id,
-            flow_uuid=self._detail.uuid,
-            token=self.token,
-            notifier=self.notifier,
-            started=self._started,
-        )
-        self._started = None
-        if self._detail.state in _FINAL:
-            return self._result(self._detail.state, runner)
+        journal = self._journal
+        assert self._compiled is not None and journal is not None
+        runner = Runner(self._compiled, journal, self.inputs)
+        if journal.flow.state in FINAL:
+            return self._result(journal.flow.state, runner)
         await self._emit(Event.RUNNING_START)
         try:
-            if self._running_saved:
-                self._running_saved = False
-                await self._emit(
-                    Event.FLOW_STATE, state=FlowState.RUNNING, old_state=FlowState.PENDING
-                )
-            else:
-                if self._detail.state is not FlowState.PENDING:
-                    await self._set_state(FlowState.RESUMING)
-                await self._set_state(FlowState.RUNNING)
+            await journal.start_flow()
             state = await runner.run()
-            await self._set_state(state, runner)
+            await journal.end_flow(state)
         except anyio.get_cancelled_exc_class():
             # Cancelled from outside: save the suspension even so, then let the cancel go on.
             with anyio.move_on_after(SUSPEND_TIMEOUT, shield=True):
-                await self._suspend()
+                await journal.suspend()
                 await self._emit(Event.RUNNING_END, state=FlowState.SUSPENDED)
             raise
         except BaseException:
@@ -268,39 +214,6 @@ class Engine:
         }
         failure = None if state is FlowState.SUCCESS else runner.failure
         return EngineResult(state, dict(results), provided, failure)
-
-    async def _set_state(self, state: FlowState, runner: Runner | None = None) -> None:
-        """Save the flow in ``state``, with the atoms ``runner`` left for its end."""
-        assert self._detail is not None
-        old = self._detail.state
-        self._detail.state = state
-        atoms = runner.unsaved() if runner is not None else []
-        self._detail = await self.store.update_flow_detail(
-            self.book_id, self._detail, token=self.token, atoms=atoms
-        )
-        if runner is not None:
-            await runner.saved_with_flow(self._detail.atoms)
-        await self._emit(Event.FLOW_STATE, state=state, old_state=old)
-
-    async def _suspend(self) -> None:
-        """Save the flow as ``SUSPENDED`` (atoms are saved as they change already)."""
-        assert self._detail is not None
-        try:
-            # Re-read: the write that the cancel interrupted may have reached the store.
-            book = await self.store.get_logbook(self.book_id)
-            current = book.flows.get(self._detail.uuid)
-            if current is None or current.state in _FINAL:
-                return
-            old = current.state
-            current.state = FlowState.SUSPENDED
-            self._detail = await self.store.update_flow_detail(
-                self.book_id, current, token=self.token
-            )
-        except Exception as exc:
-            # The cancel is what the caller must see; the saved states still allow a resume.
-            logger.warning("flow %r: could not save its suspension: %r", self.flow.name, exc)
-            return
-        await self._emit(Event.FLOW_STATE, state=FlowState.SUSPENDED, old_state=old)
 
 
 def _describe(value: object) -> str:

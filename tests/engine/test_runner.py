@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from aioconductor.engine import Engine, linear, task
-from aioconductor.engine import runner as runner_module
-from aioconductor.persistence.models import FlowState
+from aioconductor.engine import engine as engine_module
+from aioconductor.engine.compiler import CompiledFlow, compile_flow
+from aioconductor.engine.journal import Journal
+from aioconductor.persistence.models import AtomDetail, FlowState
 
 
 class _CountedList(list[Any]):
@@ -23,15 +25,22 @@ class _CountedList(list[Any]):
 
 @pytest.fixture
 def walks(monkeypatch: pytest.MonkeyPatch) -> type[_CountedList]:
-    """Count every walk over a runner's atoms and nodes."""
-    load = runner_module.Runner._load
+    """Count every walk over a run's atoms (as its journal holds them) and nodes, by whoever
+    walks them: runner, completer or journal."""
+    load = Journal.load
 
-    def counted_load(self: runner_module.Runner, saved: Any) -> None:
-        load(self, saved)
-        self.nodes = _CountedList(self.nodes)
+    def counted_load(self: Journal, nodes: Any) -> list[AtomDetail]:
+        load(self, nodes)
         self.details = _CountedList(self.details)
+        return self.details
 
-    monkeypatch.setattr(runner_module.Runner, "_load", counted_load)
+    def counted_compile(flow: Any) -> CompiledFlow:
+        compiled = compile_flow(flow)
+        compiled.nodes = _CountedList(compiled.nodes)
+        return compiled
+
+    monkeypatch.setattr(Journal, "load", counted_load)
+    monkeypatch.setattr(engine_module, "compile_flow", counted_compile)
     _CountedList.walks = 0
     return _CountedList
 

@@ -1,0 +1,183 @@
+"""The journal: the one writer of a run's saved atoms, and what it saves together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aioconductor.engine import Engine, Task, Times, linear
+from aioconductor.engine.compiler import compile_flow
+from aioconductor.engine.journal import Journal
+from aioconductor.events import Event, Notifier
+from aioconductor.failure import Failure
+from aioconductor.persistence.memory import MemoryStore
+from aioconductor.persistence.models import AtomDetail, AtomState, FlowState, Intention
+
+from .conftest import Log, Step
+
+
+class RecordingStore(MemoryStore):
+    """Records every write: which atoms it saved (name, state, intention), and the flow's
+    state when the write saved the flow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[str | None, list[tuple[str, str, str]]]] = []
+
+    def _record(self, flow: str | None, atoms: Any) -> None:
+        self.writes.append((flow, [(a.name, a.state, a.intention) for a in atoms]))
+
+    async def save_logbook(self, book: Any, *, token: int | None = None) -> Any:
+        for flow in book.flows.values():
+            self._record(flow.state, flow.atoms.values())
+        return await super().save_logbook(book, token=token)
+
+    async def update_flow_detail(
+        self, book_uuid: str, flow: Any, *, token: int | None = None, atoms: Any = ()
+    ) -> Any:
+        self._record(flow.state, atoms)
+        return await super().update_flow_detail(book_uuid, flow, token=token, atoms=atoms)
+
+    async def update_atom_detail(
+        self, book_uuid: str, flow_uuid: str, atom: Any, *, token: int | None = None
+    ) -> Any:
+        self._record(None, [atom])
+        return await super().update_atom_detail(book_uuid, flow_uuid, atom, token=token)
+
+    async def update_atom_details(
+        self, book_uuid: str, flow_uuid: str, atoms: Any, *, token: int | None = None
+    ) -> Any:
+        self._record(None, atoms)
+        return await super().update_atom_details(book_uuid, flow_uuid, atoms, token=token)
+
+
+async def _open(store: MemoryStore, flow: Any, notifier: Notifier) -> Journal:
+    compiled = compile_flow(flow)
+    compiled.validate(())
+    journal = await Journal.open(
+        store,
+        book_id="job",
+        book_name="job",
+        detail_name=flow.name,
+        token=None,
+        notifier=notifier,
+        flow_name=flow.name,
+        fresh=True,
+        first=compiled.nodes[0],
+    )
+    journal.load(compiled.nodes)
+    return journal
+
+
+async def _saved(store: MemoryStore) -> dict[str, AtomDetail]:
+    (flow,) = (await store.get_logbook("job")).flows.values()
+    return flow.atoms
+
+
+async def test_a_change_saved_ahead_is_reported_when_it_happens_not_saved_again(
+    log: Log,
+) -> None:
+    notifier = Notifier()
+    seen: list[tuple[str, str, str]] = []
+    notifier.register(
+        Event.ATOM_STATE, lambda e, d: seen.append((d["atom"], d["old_state"], d["state"]))
+    )
+    notifier.register(
+        Event.FLOW_STATE, lambda e, d: seen.append(("flow", d["old_state"], d["state"]))
+    )
+    store = RecordingStore()
+    async with store:
+        journal = await _open(store, linear("f", Step("a", log), Step("b", log)), notifier)
+        assert len(store.writes) == 1  # the logbook, with the flow and a RUNNING
+        await journal.start_flow()
+        await journal.start(0)
+        await journal.succeed(0, "a-done", then=1)
+        await journal.start(1)
+        journal.succeed_last(1, "b-done")
+        assert (await _saved(store))["b"].state is AtomState.RUNNING
+        await journal.end_flow(FlowState.SUCCESS)
+        saved = await _saved(store)
+    assert store.writes == [
+        ("RUNNING", [("a", "RUNNING", "EXECUTE")]),
+        (None, [("a", "SUCCESS", "EXECUTE"), ("b", "RUNNING", "EXECUTE")]),
+        ("SUCCESS", [("b", "SUCCESS", "EXECUTE")]),
+    ]
+    assert saved["b"].result == "b-done" and saved["b"].meta["seq"] == 2
+    assert seen == [
+        ("flow", "PENDING", "RUNNING"),
+        ("a", "PENDING", "RUNNING"),
+        ("a", "RUNNING", "SUCCESS"),
+        ("b", "PENDING", "RUNNING"),
+        ("b", "RUNNING", "SUCCESS"),
+        ("flow", "RUNNING", "SUCCESS"),
+    ]
+    assert journal.details == [saved["a"], saved["b"]]  # the store's copies, versions too
+
+
+async def test_after_every_write_the_journal_holds_the_stores_copy(log: Log) -> None:
+    # What the runner and the completer read is never older than what was saved: a write
+    # made with it would be refused as a version conflict.
+    async with MemoryStore() as store:
+        journal = await _open(store, linear("f", Step("a", log), Step("b", log)), Notifier())
+        failure = Failure.from_exception(RuntimeError("b failed"))
+        steps = [
+            lambda: journal.start(0),
+            lambda: journal.succeed(0, "a-done"),
+            lambda: journal.start(1),
+            lambda: journal.fail(1, failure, Intention.REVERT),
+            lambda: journal.reverting(1, Intention.REVERT),
+            lambda: journal.reverted(1, object()),  # not JSON: not saved
+            lambda: journal.reverting(0, Intention.REVERT),
+            lambda: journal.revert_failed(0, failure),
+        ]
+        for step in steps:
+            await step()
+            saved = await _saved(store)
+            held = [d for d in journal.details if d.name in saved]
+            assert held == [saved[d.name] for d in held]
+    assert saved["b"].state is AtomState.REVERTED and saved["b"].revert_result is None
+    assert saved["a"].state is AtomState.FAILURE and saved["a"].revert_failure == failure
+    assert journal.succeeded == 0
+
+
+class Flaky(Task):
+    """Fails its first ``failures`` runs."""
+
+    def __init__(self, name: str, failures: int) -> None:
+        super().__init__(name, provides=name)
+        self.failures = failures
+        self.runs = 0
+
+    async def execute(self) -> int:
+        self.runs += 1
+        if self.runs <= self.failures:
+            raise RuntimeError(f"{self.name} failed")
+        return self.runs
+
+
+async def test_a_retried_pattern_saves_each_change_once_in_order(log: Log) -> None:
+    retried = linear("sub", Step("inner", log), Flaky("flaky", 1), retry=Times(2))
+    flow = linear("f", Step("before", log), retried)
+    store = RecordingStore()
+    async with store:
+        result = await Engine(flow, store=store, book_id="job").run()
+    assert result.state is FlowState.SUCCESS
+    assert store.writes == [
+        ("RUNNING", [("before", "RUNNING", "EXECUTE")]),
+        (None, [("before", "SUCCESS", "EXECUTE")]),
+        (None, [("sub.retry", "SUCCESS", "EXECUTE")]),
+        (None, [("inner", "RUNNING", "EXECUTE")]),
+        (None, [("inner", "SUCCESS", "EXECUTE")]),
+        (None, [("flaky", "RUNNING", "EXECUTE")]),
+        (None, [("flaky", "FAILURE", "RETRY")]),
+        # The controller's decision, then the pattern's revert, newest first.
+        (None, [("sub.retry", "SUCCESS", "RETRY")]),
+        (None, [("flaky", "REVERTING", "RETRY")]),
+        (None, [("flaky", "REVERTED", "RETRY")]),
+        (None, [("inner", "REVERTING", "RETRY")]),
+        (None, [("inner", "REVERTED", "RETRY")]),
+        (None, [("sub.retry", "SUCCESS", "EXECUTE")]),
+        (None, [("inner", "RUNNING", "EXECUTE")]),
+        (None, [("inner", "SUCCESS", "EXECUTE")]),
+        (None, [("flaky", "RUNNING", "EXECUTE")]),
+        ("SUCCESS", [("flaky", "SUCCESS", "EXECUTE")]),
+    ]
