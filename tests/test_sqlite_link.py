@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aioconductor._sqlite import SqliteLink
+from aioconductor._backends.sqlite.link import SqliteLink
 from aioconductor.errors import BackendUnavailable, BoardClosed
 from tests.concurrency import outcomes_of
 
@@ -18,7 +18,7 @@ MIGRATIONS = [["CREATE TABLE items (name TEXT PRIMARY KEY, n INTEGER NOT NULL)"]
 
 @pytest.fixture
 async def link(tmp_path: Path) -> Any:
-    opened = SqliteLink(str(tmp_path / "link.db"), closed=BoardClosed)
+    opened = SqliteLink(str(tmp_path / "link.db"), closed_error=BoardClosed)
     await opened.connect("test", MIGRATIONS)
     yield opened
     await opened.aclose()

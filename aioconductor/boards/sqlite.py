@@ -3,26 +3,17 @@
 ``sqlite:///relative/jobs.db`` or ``sqlite:////absolute/jobs.db`` (``?namespace=NAME`` as on
 every board). Several processes may share one file: every transition is one ``BEGIN IMMEDIATE``
 transaction that checks state, owner and token, so two processes never both win a job and a
-stale claim changes nothing. The board's clock is this process's ``time.time()``.
-
-Schema (in ``_sqlite_schema``; ``aioc_schema`` records its version, component ``board``):
-
-- ``jobs``: a row per job. ``seq`` (the INTEGER PRIMARY KEY, AUTOINCREMENT so never reused) is
-  the post order. ``ready_at`` is when the job is claimable from: its post (or abandon) time
-  when UNCLAIMED, ``not_before`` when SCHEDULED, the lease's ``expires_at`` when CLAIMED, NULL
-  once final. A job is claimable when ``ready_at`` is set and it is UNCLAIMED or ``ready_at`` has
-  passed. ``rev`` is the namespace's change counter at the job's last write. ``retry`` (the
-  policy) and ``failures`` (the latest retried runs') are JSON text.
-- ``board_revs``: the change counter of each namespace, bumped by every write to a job.
-- ``conductors``: live conductors, by namespace and owner.
+stale claim changes nothing. The board's clock is this process's ``time.time()``. The schema
+and the statements are in :mod:`aioconductor._backends.sqlite.board_schema`, the connection in
+:mod:`aioconductor._backends.sqlite.link`.
 
 Notifications: this process cannot hear another's writes, so ``stream()`` pushes what this board
 object makes claimable at once (posts, abandons, releases, retries without a delay), and its
 sweep (``_sweep``) finds the rest. A sweep's cursor is ``(rev, time)``: it returns jobs claimable
 now that were written since ``rev`` (by anyone) or whose ``ready_at`` fell in ``(time, now]``
-(delays passed, leases expired). The
-counter and the jobs are read from one snapshot, and writers are serialised, so every write
-committed after the snapshot gets a higher ``rev``: a sweep never misses one.
+(delays passed, leases expired). The counter and the jobs are read from one snapshot, and
+writers are serialised, so every write committed after the snapshot gets a higher ``rev``: a
+sweep never misses one.
 """
 
 from __future__ import annotations
@@ -32,14 +23,15 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator
 from typing import Any, Self
 
+from aioconductor._backends.base import DueTimer
+from aioconductor._backends.sqlite import board_schema as sql
+from aioconductor._backends.sqlite.link import SqliteLink, first_row, query, sqlite_path
 from aioconductor._models import build
 from aioconductor._payload import encode_json
-from aioconductor._sqlite import SqliteLink, sqlite_path
 from aioconductor._urls import ParsedURL, refuse_options
-from aioconductor.boards import _sqlite_schema as sql
 from aioconductor.boards._support import conductor_from_row, job_from_row, visible
 from aioconductor.boards.base import (
     JobBoard,
@@ -62,37 +54,9 @@ from aioconductor.models import (
 __all__ = ["SqliteJobBoard"]
 
 _PAGE = 500
-#: Shortest wait between sweeps when a job is about to come due: the event loop may wake a
-#: timer a little early, and sweeping again at once would find nothing.
-_MIN_SWEEP_DELAY = 0.005
 #: How long a local push is remembered so that sweeps skip it; afterwards a stream that had not
 #: swept since may get the job twice, which is harmless.
 _PUSHED_TTL = 60.0
-
-
-def _one(cursor: sqlite3.Cursor) -> Any:
-    # fetchall, not fetchone: an UPDATE ... RETURNING must run to its end before COMMIT.
-    rows = cursor.fetchall()
-    return rows[0] if rows else None
-
-
-def _query(statement: str, params: Mapping[str, Any]) -> Callable[[sqlite3.Connection], list[Any]]:
-    """A call that runs the query ``statement`` and returns its rows."""
-
-    def run(conn: sqlite3.Connection) -> list[Any]:
-        return conn.execute(statement, params).fetchall()
-
-    return run
-
-
-def _kind(state: str, token: int) -> NotificationKind:
-    """Why a job a sweep found became claimable, from its row."""
-    if state == JobState.SCHEDULED:
-        return NotificationKind.DUE
-    if state == JobState.CLAIMED:
-        return NotificationKind.EXPIRED
-    # From the token, not attempts: a released job gave its attempt back, yet was claimed.
-    return NotificationKind.ABANDONED if token else NotificationKind.POSTED
 
 
 class SqliteJobBoard(JobBoard):
@@ -112,9 +76,9 @@ class SqliteJobBoard(JobBoard):
     def __init__(self, path: str | os.PathLike[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.path = os.fspath(path)
-        self._link = SqliteLink(self.path, closed=BoardClosed)
+        self._link = SqliteLink(self.path, closed_error=BoardClosed)
         #: The earliest ``ready_at`` of a scheduled or claimed job after the last sweep.
-        self._next_due: float | None = None
+        self._due = DueTimer()
         #: rev -> monotonic time of the writes this object pushed to its streams (posts,
         #: abandons, releases, retries due at once).
         self._pushed: dict[int, float] = {}
@@ -150,7 +114,7 @@ class SqliteJobBoard(JobBoard):
 
     def _change(self, conn: sqlite3.Connection, statement: str, **params: Any) -> Any:
         """Run a statement that writes one job and returns it; bump the counter if it did."""
-        row = _one(conn.execute(statement, self._params(**params)))
+        row = first_row(conn.execute(statement, self._params(**params)))
         if row is not None:
             conn.execute(sql.BUMP, self._params())
         return row
@@ -179,10 +143,6 @@ class SqliteJobBoard(JobBoard):
         if self._subscriptions:
             self._pushed[rev] = time.monotonic()
         self._notify_local(build(JobNotification, job_id=job.id, kind=kind, priority=job.priority))
-
-    def _note_due(self, at: float) -> None:
-        if self._next_due is None or at < self._next_due:
-            self._next_due = at
 
     # -- primitives ----------------------------------------------------------------------------
 
@@ -251,7 +211,7 @@ class SqliteJobBoard(JobBoard):
             )
             if scheduled:
                 assert not_before is not None
-                self._note_due(not_before)
+                self._due.note(not_before, time.time())
             else:
                 self._push(job, rev, NotificationKind.POSTED)
             jobs.append(job)
@@ -269,7 +229,7 @@ class SqliteJobBoard(JobBoard):
 
         job = await self._link.write("claim", claim)
         assert job.claim is not None
-        self._note_due(job.claim.expires_at)
+        self._due.note(job.claim.expires_at, time.time())
         return job
 
     async def _claim_next(self, owner: str, lease: float) -> Job | None:
@@ -280,7 +240,7 @@ class SqliteJobBoard(JobBoard):
 
         job = await self._link.write("claim_next", claim_next)
         if job is not None and job.claim is not None:
-            self._note_due(job.claim.expires_at)
+            self._due.note(job.claim.expires_at, time.time())
         return job
 
     async def _claim_batch(self, owner: str, lease: float, limit: int) -> list[Job]:
@@ -296,7 +256,7 @@ class SqliteJobBoard(JobBoard):
         jobs = await self._link.write("claim_batch", claim_batch)
         if jobs:
             assert jobs[0].claim is not None
-            self._note_due(jobs[0].claim.expires_at)
+            self._due.note(jobs[0].claim.expires_at, time.time())
         return jobs
 
     async def _renew(self, claim: Claim, lease: float) -> Claim:
@@ -306,7 +266,7 @@ class SqliteJobBoard(JobBoard):
 
         job = await self._link.write("renew", renew)
         assert job.claim is not None
-        self._note_due(job.claim.expires_at)
+        self._due.note(job.claim.expires_at, time.time())
         return job.claim
 
     async def _consume(
@@ -355,7 +315,8 @@ class SqliteJobBoard(JobBoard):
         job, rev = await self._link.write("retry", retry)
         assert job.not_before is not None
         if delay > 0:
-            self._note_due(job.not_before)  # the sweep announces it then, as a delayed post
+            # The sweep announces it then, as a delayed post.
+            self._due.note(job.not_before, time.time())
         else:
             self._push(job, rev, NotificationKind.DUE)
         return job
@@ -388,7 +349,7 @@ class SqliteJobBoard(JobBoard):
         priority, seq = 2**31, 0
         while True:
             params = self._params(now=now, state=value, p=priority, s=seq, limit=_PAGE)
-            rows = await self._link.read("iterjobs", _query(statement, params))
+            rows = await self._link.read("iterjobs", query(statement, params))
             for row in rows:
                 yield visible(job_from_row(row), now)
             if len(rows) < _PAGE:
@@ -398,7 +359,7 @@ class SqliteJobBoard(JobBoard):
     async def _job_count(self, state: JobState | None) -> int:
         state = None if state is None else JobState(state)
         params = self._params(now=time.time(), state=None if state is None else state.value)
-        rows = await self._link.read("job_count", _query(sql.count(state), params))
+        rows = await self._link.read("job_count", query(sql.count(state), params))
         return int(rows[0][0])
 
     # -- notifications -------------------------------------------------------------------------
@@ -424,7 +385,8 @@ class SqliteJobBoard(JobBoard):
         except BoardClosed:
             # The board closed while this sweep waited for the connection: the stream ends.
             return [], cursor
-        self._next_due = next_due
+        self._due.clear()
+        self._due.note(next_due, now)
         self._forget_pushes()
         notes = []
         for job_id, priority, state, token, job_rev, _ in rows:
@@ -435,7 +397,7 @@ class SqliteJobBoard(JobBoard):
                 # given the row a new rev).
                 continue
             else:
-                kind = _kind(state, token)
+                kind = sql.sweep_kind(state, token)
             notes.append(build(JobNotification, job_id=job_id, kind=kind, priority=priority))
         return notes, (rev, now)
 
@@ -451,10 +413,7 @@ class SqliteJobBoard(JobBoard):
 
     def _sweep_delay(self) -> float:
         # Sweep when the next delay or lease falls due rather than at the next poll.
-        if self._next_due is None:
-            return self.poll_interval
-        left = self._next_due - time.time()
-        return min(self.poll_interval, max(_MIN_SWEEP_DELAY, left))
+        return self._due.delay(self.poll_interval)
 
     # -- conductors ----------------------------------------------------------------------------
 
@@ -478,5 +437,5 @@ class SqliteJobBoard(JobBoard):
 
     async def _conductors(self) -> list[ConductorInfo]:
         params = self._params(now=time.time())
-        rows = await self._link.read("conductors", _query(sql.ALIVE, params))
+        rows = await self._link.read("conductors", query(sql.ALIVE, params))
         return [conductor_from_row(row) for row in rows]

@@ -8,16 +8,11 @@ Every URL takes ``?namespace=NAME``. The file may be the one a
 Several processes (and several store objects) may share one file. Every write is one
 ``BEGIN IMMEDIATE`` transaction that reads the logbook's fencing token and the detail's version
 before it changes anything, so a stale token or version changes nothing. The connection, its
-worker thread, WAL mode and busy timeout are :class:`aioconductor._sqlite.SqliteLink`'s: it runs
-each call in a worker thread (``sqlite3`` blocks) under a lock, because one connection holds one
-transaction, which two interleaved calls would otherwise share.
-
-Schema (``aioc_schema`` records its version, component ``store``):
-
-- ``logbooks``: a row per logbook; ``seq`` (the rowid) breaks ties of ``created_at``.
-- ``flow_details``: a row per flow detail; ``seq`` keeps the order flows were added in.
-- ``atom_details``: a row per atom; the atom (but its name and version) as JSON in ``detail``.
-  An atom write is one upsert of this row, never a rewrite of its flow or logbook.
+worker thread, WAL mode and busy timeout are
+:class:`aioconductor._backends.sqlite.link.SqliteLink`'s: it runs each call in a worker thread
+(``sqlite3`` blocks) under a lock, because one connection holds one transaction, which two
+interleaved calls would otherwise share. The schema and the statements are in
+:mod:`aioconductor._backends.sqlite.store_schema`.
 """
 
 from __future__ import annotations
@@ -29,7 +24,8 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Self, TypeVar
 
-from aioconductor._sqlite import Migrations, SqliteLink, sqlite_path
+from aioconductor._backends.sqlite import store_schema as sql
+from aioconductor._backends.sqlite.link import SqliteLink, sqlite_path
 from aioconductor._urls import ParsedURL, redact_url, refuse_options
 from aioconductor.errors import ConfigurationError, LogBookNotFound, StoreClosed, StoreError
 from aioconductor.persistence._copy import copy_atom, copy_flow, created_book
@@ -45,63 +41,6 @@ T = TypeVar("T")
 MEMORY = ":memory:"
 #: Logbooks read per snapshot by ``logbooks()``.
 _PAGE = 100
-
-_SCHEMA: Migrations = [
-    [
-        """CREATE TABLE IF NOT EXISTS logbooks (
-            seq INTEGER PRIMARY KEY,
-            namespace TEXT NOT NULL,
-            uuid TEXT NOT NULL,
-            name TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            meta TEXT NOT NULL,
-            token INTEGER,
-            UNIQUE (namespace, uuid)
-        )""",
-        "CREATE INDEX IF NOT EXISTS logbooks_age ON logbooks (namespace, created_at, seq)",
-        """CREATE TABLE IF NOT EXISTS flow_details (
-            seq INTEGER PRIMARY KEY,
-            namespace TEXT NOT NULL,
-            book_uuid TEXT NOT NULL,
-            uuid TEXT NOT NULL,
-            name TEXT NOT NULL,
-            state TEXT NOT NULL,
-            version INTEGER NOT NULL,
-            meta TEXT NOT NULL,
-            UNIQUE (namespace, book_uuid, uuid)
-        )""",
-        """CREATE TABLE IF NOT EXISTS atom_details (
-            seq INTEGER PRIMARY KEY,
-            namespace TEXT NOT NULL,
-            book_uuid TEXT NOT NULL,
-            flow_uuid TEXT NOT NULL,
-            name TEXT NOT NULL,
-            version INTEGER NOT NULL,
-            detail TEXT NOT NULL,
-            UNIQUE (namespace, book_uuid, flow_uuid, name)
-        )""",
-    ],
-]
-
-_BOOK_COLUMNS = "uuid, name, created_at, updated_at, meta, token"
-_FLOW_COLUMNS = "book_uuid, uuid, name, state, version, meta"
-_ATOM_COLUMNS = "book_uuid, flow_uuid, name, version, detail"
-
-_INSERT_BOOK = (
-    "INSERT INTO logbooks (namespace, uuid, name, created_at, updated_at, meta, token)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_FLOW = (
-    "INSERT INTO flow_details (namespace, book_uuid, uuid, name, state, version, meta)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_UPSERT_ATOM = (
-    "INSERT INTO atom_details (namespace, book_uuid, flow_uuid, name, version, detail)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (namespace, book_uuid, flow_uuid, name)"
-    " DO UPDATE SET version = excluded.version, detail = excluded.detail"
-)
 
 
 class _Flow:
@@ -140,7 +79,7 @@ class SqliteStore(Store):
     def __init__(self, path: str | os.PathLike[str], *, namespace: str = "default") -> None:
         super().__init__(namespace=namespace)
         self.path = os.fspath(path)
-        self._link = SqliteLink(self.path, closed=StoreClosed)
+        self._link = SqliteLink(self.path, closed_error=StoreClosed)
 
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
@@ -162,7 +101,7 @@ class SqliteStore(Store):
         return f"<SqliteStore {self.path!r} namespace={self.namespace!r}>"
 
     async def _connect(self) -> None:
-        await self._link.connect("store", _SCHEMA)
+        await self._link.connect("store", sql.SCHEMA)
 
     async def _aclose(self) -> None:
         await self._link.aclose()
@@ -194,55 +133,36 @@ class SqliteStore(Store):
         self, conn: sqlite3.Connection, book_uuid: str, stored: int | None, new: int | None
     ) -> None:
         if new != stored:
-            conn.execute(
-                "UPDATE logbooks SET token = ? WHERE namespace = ? AND uuid = ?",
-                (new, self.namespace, book_uuid),
-            )
+            conn.execute(sql.SET_TOKEN, (new, self.namespace, book_uuid))
 
     def _insert_flow(self, conn: sqlite3.Connection, book_uuid: str, flow: _Flow) -> None:
         ns = self.namespace
         conn.execute(
-            _INSERT_FLOW, (ns, book_uuid, flow.uuid, flow.name, flow.state, flow.version, flow.meta)
+            sql.INSERT_FLOW,
+            (ns, book_uuid, flow.uuid, flow.name, flow.state, flow.version, flow.meta),
         )
         conn.executemany(
-            _UPSERT_ATOM,
+            sql.UPSERT_ATOM,
             [(ns, book_uuid, flow.uuid, a.name, a.version, a.detail) for a in flow.atoms],
         )
 
     def _load(self, conn: sqlite3.Connection, books: Sequence[Sequence[Any]]) -> list[LogBook]:
-        """The logbooks of ``books`` (rows of ``_BOOK_COLUMNS``) with their flows and atoms."""
+        """The logbooks of ``books`` (rows of ``BOOK_COLUMNS``) with their flows and atoms."""
         if not books:
             return []
-        uuids = [row[0] for row in books]
-        marks = ", ".join("?" * len(uuids))
-        params = (self.namespace, *uuids)
-        flows = conn.execute(
-            f"SELECT {_FLOW_COLUMNS} FROM flow_details"
-            f" WHERE namespace = ? AND book_uuid IN ({marks}) ORDER BY seq",
-            params,
-        ).fetchall()
-        atoms = conn.execute(
-            f"SELECT {_ATOM_COLUMNS} FROM atom_details"
-            f" WHERE namespace = ? AND book_uuid IN ({marks}) ORDER BY seq",
-            params,
-        ).fetchall()
+        params = (self.namespace, *(row[0] for row in books))
+        flows = conn.execute(sql.flows_of(len(books)), params).fetchall()
+        atoms = conn.execute(sql.atoms_of(len(books)), params).fetchall()
         return _assemble(books, flows, atoms)
 
     def _fetch(self, conn: sqlite3.Connection, book_uuid: str) -> LogBook:
-        row = conn.execute(
-            f"SELECT {_BOOK_COLUMNS} FROM logbooks WHERE namespace = ? AND uuid = ?",
-            (self.namespace, book_uuid),
-        ).fetchone()
+        row = conn.execute(sql.BOOK, (self.namespace, book_uuid)).fetchone()
         if row is None:
             raise self._missing(book_uuid)
         return self._load(conn, [row])[0]
 
     def _atoms_of(self, conn: sqlite3.Connection, book_uuid: str, flow_uuid: str) -> list[Any]:
-        return conn.execute(
-            f"SELECT {_ATOM_COLUMNS} FROM atom_details"
-            " WHERE namespace = ? AND book_uuid = ? AND flow_uuid = ? ORDER BY seq",
-            (self.namespace, book_uuid, flow_uuid),
-        ).fetchall()
+        return conn.execute(sql.ATOMS_OF_FLOW, (self.namespace, book_uuid, flow_uuid)).fetchall()
 
     # -- primitives --------------------------------------------------------------------------
 
@@ -252,30 +172,20 @@ class SqliteStore(Store):
         ns = self.namespace
 
         def save(conn: sqlite3.Connection) -> LogBook:
-            row = conn.execute(
-                "SELECT token FROM logbooks WHERE namespace = ? AND uuid = ?", (ns, book.uuid)
-            ).fetchone()
+            row = conn.execute(sql.BOOK_TOKEN, (ns, book.uuid)).fetchone()
             if row is None:
                 new_token = check_token(book.uuid, None, token)
                 conn.execute(
-                    _INSERT_BOOK,
+                    sql.INSERT_BOOK,
                     (ns, book.uuid, book.name, book.created_at, book.updated_at, meta, new_token),
                 )
                 known: set[str] = set()
             else:
                 new_token = check_token(book.uuid, row[0], token)
                 conn.execute(
-                    "UPDATE logbooks SET name = ?, meta = ?, updated_at = ?, token = ?"
-                    " WHERE namespace = ? AND uuid = ?",
-                    (book.name, meta, book.updated_at, new_token, ns, book.uuid),
+                    sql.UPDATE_BOOK, (book.name, meta, book.updated_at, new_token, ns, book.uuid)
                 )
-                known = {
-                    uuid
-                    for (uuid,) in conn.execute(
-                        "SELECT uuid FROM flow_details WHERE namespace = ? AND book_uuid = ?",
-                        (ns, book.uuid),
-                    )
-                }
+                known = {uuid for (uuid,) in conn.execute(sql.FLOW_UUIDS, (ns, book.uuid))}
             for flow in flows:
                 if flow.uuid not in known:
                     self._insert_flow(conn, book.uuid, flow)
@@ -301,12 +211,7 @@ class SqliteStore(Store):
         ns = self.namespace
 
         def update(conn: sqlite3.Connection) -> FlowDetail:
-            row = conn.execute(
-                "SELECT b.token, f.version FROM logbooks AS b LEFT JOIN flow_details AS f"
-                " ON f.namespace = b.namespace AND f.book_uuid = b.uuid AND f.uuid = ?"
-                " WHERE b.namespace = ? AND b.uuid = ?",
-                (flow.uuid, ns, book_uuid),
-            ).fetchone()
+            row = conn.execute(sql.FLOW_CHECK, (flow.uuid, ns, book_uuid)).fetchone()
             if row is None:
                 raise self._missing(book_uuid)
             stored_token, stored_version = row
@@ -323,8 +228,7 @@ class SqliteStore(Store):
                 for detail in details:
                     self._put_atom(conn, book_uuid, flow.uuid, detail)
                 conn.execute(
-                    "UPDATE flow_details SET name = ?, state = ?, version = ?, meta = ?"
-                    " WHERE namespace = ? AND book_uuid = ? AND uuid = ?",
+                    sql.UPDATE_FLOW,
                     (
                         flow.name,
                         encoded.state,
@@ -349,13 +253,11 @@ class SqliteStore(Store):
     ) -> None:
         """Write an atom of a flow known to exist, if its version is the stored one."""
         row = conn.execute(
-            "SELECT version FROM atom_details"
-            " WHERE namespace = ? AND book_uuid = ? AND flow_uuid = ? AND name = ?",
-            (self.namespace, book_uuid, flow_uuid, atom.name),
+            sql.ATOM_VERSION, (self.namespace, book_uuid, flow_uuid, atom.name)
         ).fetchone()
         check_version(f"atom {atom.name!r}", row[0] if row else 0, atom.version)
         conn.execute(
-            _UPSERT_ATOM,
+            sql.UPSERT_ATOM,
             (self.namespace, book_uuid, flow_uuid, atom.name, atom.version + 1, atom.detail),
         )
 
@@ -367,16 +269,7 @@ class SqliteStore(Store):
 
         def update(conn: sqlite3.Connection) -> AtomDetail:
             # One read for all three checks: the logbook (and its token), the flow, the atom.
-            row = conn.execute(
-                "SELECT b.token, f.seq, a.version FROM logbooks AS b"
-                " LEFT JOIN flow_details AS f"
-                " ON f.namespace = b.namespace AND f.book_uuid = b.uuid AND f.uuid = ?"
-                " LEFT JOIN atom_details AS a"
-                " ON a.namespace = b.namespace AND a.book_uuid = b.uuid"
-                " AND a.flow_uuid = f.uuid AND a.name = ?"
-                " WHERE b.namespace = ? AND b.uuid = ?",
-                (flow_uuid, atom.name, ns, book_uuid),
-            ).fetchone()
+            row = conn.execute(sql.ATOM_CHECK, (flow_uuid, atom.name, ns, book_uuid)).fetchone()
             if row is None:
                 raise self._missing(book_uuid)
             stored_token, flow_seq, stored_version = row
@@ -385,7 +278,7 @@ class SqliteStore(Store):
                 raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}")
             check_version(f"atom {atom.name!r}", stored_version or 0, atom.version)
             conn.execute(
-                _UPSERT_ATOM, (ns, book_uuid, flow_uuid, atom.name, atom.version + 1, detail)
+                sql.UPSERT_ATOM, (ns, book_uuid, flow_uuid, atom.name, atom.version + 1, detail)
             )
             self._set_token(conn, book_uuid, stored_token, new_token)
             return copy_atom(atom, atom.version + 1)
@@ -399,12 +292,7 @@ class SqliteStore(Store):
         ns = self.namespace
 
         def update(conn: sqlite3.Connection) -> list[AtomDetail]:
-            row = conn.execute(
-                "SELECT b.token, f.seq FROM logbooks AS b LEFT JOIN flow_details AS f"
-                " ON f.namespace = b.namespace AND f.book_uuid = b.uuid AND f.uuid = ?"
-                " WHERE b.namespace = ? AND b.uuid = ?",
-                (flow_uuid, ns, book_uuid),
-            ).fetchone()
+            row = conn.execute(sql.FLOW_EXISTS, (flow_uuid, ns, book_uuid)).fetchone()
             if row is None:
                 raise self._missing(book_uuid)
             stored_token, flow_seq = row
@@ -422,12 +310,10 @@ class SqliteStore(Store):
     async def _destroy_logbook(self, book_uuid: str) -> None:
         def destroy(conn: sqlite3.Connection) -> None:
             key = (self.namespace, book_uuid)
-            if not conn.execute(
-                "DELETE FROM logbooks WHERE namespace = ? AND uuid = ?", key
-            ).rowcount:
+            if not conn.execute(sql.DELETE_BOOK, key).rowcount:
                 raise self._missing(book_uuid)
-            conn.execute("DELETE FROM flow_details WHERE namespace = ? AND book_uuid = ?", key)
-            conn.execute("DELETE FROM atom_details WHERE namespace = ? AND book_uuid = ?", key)
+            conn.execute(sql.DELETE_FLOWS, key)
+            conn.execute(sql.DELETE_ATOMS, key)
 
         await self._write("destroy_logbook", destroy)
 
@@ -446,16 +332,10 @@ class SqliteStore(Store):
         self, conn: sqlite3.Connection, *, after: tuple[float, int] | None
     ) -> tuple[list[LogBook], tuple[float, int] | None]:
         """One page of logbooks, oldest first, after the cursor; and the next cursor (or None)."""
-        keyset = ""
-        params: list[Any] = [self.namespace]
-        if after is not None:
-            keyset = " AND (created_at, seq) > (?, ?)"
-            params += after
-        rows = conn.execute(
-            f"SELECT {_BOOK_COLUMNS}, seq FROM logbooks WHERE namespace = ?{keyset}"
-            " ORDER BY created_at, seq LIMIT ?",
-            (*params, _PAGE),
-        ).fetchall()
+        if after is None:
+            rows = conn.execute(sql.FIRST_PAGE, (self.namespace, _PAGE)).fetchall()
+        else:
+            rows = conn.execute(sql.NEXT_PAGE, (self.namespace, *after, _PAGE)).fetchall()
         cursor = (rows[-1][2], rows[-1][6]) if len(rows) == _PAGE else None
         return self._load(conn, [row[:6] for row in rows]), cursor
 
@@ -472,7 +352,7 @@ def _url_path(driver_url: str) -> str:
 
 
 def _atom(row: Sequence[Any]) -> AtomDetail:
-    """An atom detail from a row of ``_ATOM_COLUMNS``."""
+    """An atom detail from a row of ``ATOM_COLUMNS``."""
     data = json.loads(row[4])
     data.update(name=row[2], version=row[3])
     return AtomDetail.model_validate(data)
@@ -481,7 +361,7 @@ def _atom(row: Sequence[Any]) -> AtomDetail:
 def _assemble(
     books: Iterable[Sequence[Any]], flows: Iterable[Sequence[Any]], atoms: Iterable[Sequence[Any]]
 ) -> list[LogBook]:
-    """Logbooks from rows of ``_BOOK_COLUMNS``, ``_FLOW_COLUMNS`` and ``_ATOM_COLUMNS``."""
+    """Logbooks from rows of ``BOOK_COLUMNS``, ``FLOW_COLUMNS`` and ``ATOM_COLUMNS``."""
     atoms_of: dict[tuple[str, str], dict[str, Any]] = {}
     for row in atoms:
         atom = _atom(row)

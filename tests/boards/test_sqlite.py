@@ -18,8 +18,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from aioconductor import _sqlite
-from aioconductor.boards import JobBoard, _sqlite_schema, open_board
+from aioconductor._backends.sqlite import board_schema
+from aioconductor._backends.sqlite import link as sqlite_link
+from aioconductor.boards import JobBoard, open_board
 from aioconductor.boards.sqlite import SqliteJobBoard
 from aioconductor.errors import BackendUnavailable, ConfigurationError
 from aioconductor.models import JobNotification, JobState, NotificationKind, RetryPolicy
@@ -132,7 +133,7 @@ def old_file(path: Path, version: int) -> tuple[str, str]:
     (their ids), written with the columns that version had."""
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute("BEGIN IMMEDIATE")
-        _sqlite._migrate(conn, "board", _sqlite_schema.SCHEMA[:version])
+        sqlite_link._migrate(conn, "board", board_schema.SCHEMA[:version])
         now = time.time()
         conn.execute("INSERT INTO board_revs (namespace, rev) VALUES ('default', 2)")
         insert = """INSERT INTO jobs (namespace, id, name, flow, args, priority, created_at,
@@ -181,7 +182,7 @@ async def test_an_older_file_is_upgraded_in_place_and_keeps_its_jobs(
         (now_version,) = conn.execute(
             "SELECT version FROM aioc_schema WHERE component = 'board'"
         ).fetchone()
-    assert now_version == len(_sqlite_schema.SCHEMA) == 3
+    assert now_version == len(board_schema.SCHEMA) == 3
 
 
 async def test_the_retry_policy_and_failures_are_json_text_in_the_file(tmp_path: Path) -> None:
@@ -240,7 +241,7 @@ async def test_file_uses_wal(tmp_path: Path) -> None:
 async def test_a_locked_file_is_backend_unavailable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_sqlite, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(sqlite_link, "BUSY_TIMEOUT_MS", 200)
     path = tmp_path / "jobs.db"
     async with open_board(url(path)) as board:
         job = await board.post("j", "f")
@@ -281,7 +282,7 @@ async def test_two_board_objects_racing_claim_next_take_each_job_once(tmp_path: 
 
 CLAIMER = """
 import sys, anyio
-from aioconductor.boards import JobBoard, _sqlite_schema, open_board
+from aioconductor.boards import JobBoard, open_board
 
 async def main(url, owner):
     async with open_board(url) as board:
@@ -318,7 +319,7 @@ async def test_processes_racing_claim_next_take_each_job_once(tmp_path: Path) ->
 
 POSTER = """
 import sys, anyio
-from aioconductor.boards import JobBoard, _sqlite_schema, open_board
+from aioconductor.boards import JobBoard, open_board
 
 async def main(url, count):
     async with open_board(url) as board:

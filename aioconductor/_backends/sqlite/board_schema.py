@@ -1,14 +1,25 @@
 """The SQL of the SQLite board: its schema and the statements its transitions share.
 
+Schema (``aioc_schema`` records its version, component ``board``):
+
+- ``jobs``: a row per job. ``seq`` (the INTEGER PRIMARY KEY, AUTOINCREMENT so never reused) is
+  the post order. ``ready_at`` is when the job is claimable from: its post (or abandon) time
+  when UNCLAIMED, ``not_before`` when SCHEDULED, the lease's ``expires_at`` when CLAIMED, NULL
+  once final. A job is claimable when ``ready_at`` is set and it is UNCLAIMED or ``ready_at`` has
+  passed. ``rev`` is the namespace's change counter at the job's last write. ``retry`` (the
+  policy) and ``failures`` (the latest retried runs') are JSON text.
+- ``board_revs``: the change counter of each namespace, bumped by every write to a job.
+- ``conductors``: live conductors, by namespace and owner.
+
 Named parameters: ``:ns`` the namespace, ``:now`` the board time, ``:id`` a job id, ``:owner``
 and ``:token`` a claim, ``:expires`` a new lease's end.
 """
 
 from __future__ import annotations
 
-from aioconductor._sqlite import Migrations
+from aioconductor._backends.sqlite.link import Migrations
 from aioconductor.boards._support import JOB_COLUMNS
-from aioconductor.models import MAX_KEPT_FAILURES, JobState
+from aioconductor.models import MAX_KEPT_FAILURES, JobState, NotificationKind
 
 SCHEMA: Migrations = [
     [
@@ -192,6 +203,18 @@ SWEEP_SINCE = f"""{_NOTE} WHERE namespace = :ns AND rev > :rev AND {CLAIMABLE}
     {_NOTE} WHERE namespace = :ns AND ready_at > :since AND ready_at <= :now
         AND state != 'UNCLAIMED'
     ORDER BY priority DESC, seq"""
+
+
+def sweep_kind(state: str, token: int) -> NotificationKind:
+    """Why a job ``SWEEP_SINCE`` found became claimable, from its row's state and token."""
+    if state == JobState.SCHEDULED:
+        return NotificationKind.DUE
+    if state == JobState.CLAIMED:
+        return NotificationKind.EXPIRED
+    # From the token, not attempts: a released job gave its attempt back, yet was claimed.
+    return NotificationKind.ABANDONED if token else NotificationKind.POSTED
+
+
 #: When the next delay or lease ends.
 NEXT_DUE = """SELECT MIN(ready_at) FROM jobs
     WHERE namespace = :ns AND ready_at > :now AND state != 'UNCLAIMED'"""

@@ -32,19 +32,20 @@ never leaves a transaction half done, nor one open on the connection for the nex
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar, cast
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote
 
 import anyio
 
-from aioconductor._backends.base import Pending
+from aioconductor._backends.base import ErrorTable, Pending, map_exceptions
 from aioconductor._urls import redact_url
 from aioconductor.errors import BackendUnavailable, ConfigurationError
 
-__all__ = ["BUSY_TIMEOUT_MS", "Migrations", "SqliteLink", "sqlite_path"]
+__all__ = ["BUSY_TIMEOUT_MS", "Migrations", "SqliteLink", "first_row", "query", "sqlite_path"]
 
 T = TypeVar("T")
 
@@ -85,21 +86,45 @@ def sqlite_path(driver_url: str) -> str:
     return path
 
 
+def first_row(cursor: sqlite3.Cursor) -> Any:
+    """The first row ``cursor`` gives, or None; every row is read (see :meth:`SqliteLink.write`)."""
+    # fetchall, not fetchone: an UPDATE ... RETURNING must run to its end before COMMIT.
+    rows = cursor.fetchall()
+    return rows[0] if rows else None
+
+
+def query(statement: str, params: Mapping[str, Any]) -> Callable[[sqlite3.Connection], list[Any]]:
+    """A call for :meth:`SqliteLink.read` that runs the query ``statement`` and returns its rows."""
+
+    def run(conn: sqlite3.Connection) -> list[Any]:
+        return conn.execute(statement, params).fetchall()
+
+    return run
+
+
 class SqliteLink:
     """One ``sqlite3`` connection, used by one call at a time from a worker thread.
 
     Every ``sqlite3`` error becomes :class:`~aioconductor.errors.BackendUnavailable` naming the
-    file, so callers never see a driver exception.
+    file (through :func:`~aioconductor._backends.base.map_exceptions`), so callers never see a
+    driver exception.
 
     Args:
         path: the database file.
-        closed: builds the error raised by a call that reaches the link after :meth:`aclose`.
+        closed_error: builds the error raised by a call that reaches the link after
+            :meth:`aclose`.
     """
 
-    def __init__(self, path: str, *, closed: Callable[[], Exception]) -> None:
+    def __init__(self, path: str, *, closed_error: Callable[[], Exception]) -> None:
         self.path = path
-        self._closed = closed
+        #: The file, as messages name it (a path holds no secret).
+        self.url = path
+        #: Whether :meth:`aclose` was called.
+        self.closed = False
+        self._closed_error = closed_error
         self._conn: sqlite3.Connection | None = None
+        #: what -> the error table of a call named so (see :meth:`_errors`).
+        self._tables: dict[str, ErrorTable] = {}
         # One call at a time: a sqlite3 connection is not safe for concurrent use, and it holds
         # one transaction, which two interleaved calls would share.
         self._lock = anyio.Lock()
@@ -111,6 +136,18 @@ class SqliteLink:
     def unavailable(self, what: str, exc: BaseException) -> BackendUnavailable:
         """The ``BackendUnavailable`` to raise for a ``sqlite3`` error during ``what``."""
         return BackendUnavailable(f"SQLite database {self.path!r}: {what} failed: {exc}")
+
+    def _errors(self, what: str) -> ErrorTable:
+        """The table that makes a ``sqlite3`` error during ``what`` :meth:`unavailable`.
+
+        Kept per ``what`` (a handful of verbs), so a call does not build one.
+        """
+        table = self._tables.get(what)
+        if table is None:
+            table = self._tables[what] = [
+                (sqlite3.Error, functools.partial(self.unavailable, what))
+            ]
+        return table
 
     async def connect(
         self,
@@ -138,7 +175,7 @@ class SqliteLink:
         migrations: Migrations,
         setup: Callable[[sqlite3.Connection], object] | None,
     ) -> sqlite3.Connection:
-        try:
+        with map_exceptions(self._errors("open")):
             conn = sqlite3.connect(
                 self.path,
                 timeout=BUSY_TIMEOUT_MS / 1000,
@@ -146,23 +183,18 @@ class SqliteLink:
                 isolation_level=None,
                 check_same_thread=False,
             )
-        except sqlite3.Error as exc:
-            raise self.unavailable("open", exc) from exc
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
 
-            def migrate(c: sqlite3.Connection) -> None:
-                _migrate(c, component, migrations, setup)
+                def migrate(c: sqlite3.Connection) -> None:
+                    _migrate(c, component, migrations, setup)
 
-            _transaction("BEGIN IMMEDIATE", migrate)(conn)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise self.unavailable("open", exc) from exc
-        except BaseException:
-            conn.close()
-            raise
+                _transaction("BEGIN IMMEDIATE", migrate)(conn)
+            except BaseException:
+                conn.close()
+                raise
         return conn
 
     async def read(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -202,7 +234,7 @@ class SqliteLink:
             conn = self._conn
             if conn is None:
                 for pending in group:
-                    pending.settle(error=self._closed())
+                    pending.settle(error=self._closed_error())
                 return
             # The group's outcome is settled in the thread, whatever becomes of this caller.
             await self._in_thread(self._run_group, group, conn)
@@ -251,11 +283,7 @@ class SqliteLink:
                     # back (a full disk, an I/O error), this fails and so does the group.
                     conn.execute("ROLLBACK TO aioc_write")
                     conn.execute("RELEASE aioc_write")
-                    if isinstance(exc, sqlite3.Error):
-                        unavailable = self.unavailable(pending.what, exc)
-                        unavailable.__cause__ = exc
-                        exc = unavailable
-                    outcomes.append((pending, None, exc))
+                    outcomes.append((pending, None, self._translate(pending.what, exc)))
                 else:
                     conn.execute("RELEASE aioc_write")
                     outcomes.append((pending, value, None))
@@ -279,25 +307,38 @@ class SqliteLink:
             else:
                 pending.settle(value)
 
+    def _translate(self, what: str, exc: Exception) -> Exception:
+        """``exc`` as the caller of ``what`` is to get it, by the same table as every call.
+
+        For an error caught in the thread and handed on (one write of a group), not raised
+        there: a ``with map_exceptions`` around every write would cost each write, failed or
+        not, a generator's worth of time.
+        """
+        try:
+            with map_exceptions(self._errors(what)):
+                raise exc
+        except Exception as mapped:
+            return mapped
+
     async def _run(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         async with self._lock:
             conn = self._conn
             if conn is None:
-                raise self._closed()
+                raise self._closed_error()
             return await self._in_thread(self._call, what, fn, conn)
 
     def _call(
         self, what: str, fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection
     ) -> T:
-        try:
-            return fn(conn)
-        except sqlite3.Error as exc:
-            raise self.unavailable(what, exc) from exc
+        with map_exceptions(self._errors(what)):
+            result = fn(conn)
+        return result
 
     async def aclose(self) -> None:
         """Close the connection once the calls already queued on it are done."""
         # Shielded so that a cancelled close still closes; bounded, because every queued call
         # is bounded by the busy timeout, so a longer wait means something is stuck.
+        self.closed = True
         with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
             async with self._lock:
                 conn, self._conn = self._conn, None
