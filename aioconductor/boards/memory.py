@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any, Self
 
 from anyio.lowlevel import checkpoint
 
+from aioconductor._backends.base import sweep_delay
+from aioconductor._backends.memory.backend import open_backend, url_backend_name
+from aioconductor._backends.memory.jobs import Record
 from aioconductor._models import build, evolve
-from aioconductor._urls import ParsedURL, refuse_options
+from aioconductor._urls import ParsedURL
 from aioconductor.boards.base import (
     JobBoard,
     PostSpec,
@@ -40,140 +41,9 @@ from aioconductor.models import (
     JobState,
     NotificationKind,
     Outcome,
-    RetryPolicy,
 )
 
 __all__ = ["MemoryJobBoard"]
-
-
-@dataclass(slots=True)
-class _Record:
-    """A job's mutable state inside the board (``Job`` objects handed out are frozen copies)."""
-
-    id: str
-    name: str
-    flow: str
-    args: dict[str, Any]
-    priority: int
-    seq: int
-    created_at: float
-    updated_at: float
-    not_before: float | None
-    max_attempts: int
-    attempts: int = 0
-    token: int = 0
-    state: JobState = JobState.UNCLAIMED
-    claim: Claim | None = None
-    outcome: Outcome | None = None
-    result: dict[str, Any] | None = None
-    trash_reason: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    releases: int = 0
-    abandons: int = 0
-    retries: int = 0
-    retry: RetryPolicy | None = None
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    #: Which entry of the ready heap is this record's live one (older entries are stale).
-    ready_version: int = 0
-
-    def to_job(self) -> Job:
-        return build(
-            Job,
-            id=self.id,
-            name=self.name,
-            flow=self.flow,
-            args=self.args,
-            priority=self.priority,
-            seq=self.seq,
-            created_at=self.created_at,
-            updated_at=self.updated_at,
-            not_before=self.not_before,
-            attempts=self.attempts,
-            max_attempts=self.max_attempts,
-            state=self.state,
-            claim=self.claim,
-            outcome=self.outcome,
-            result=self.result,
-            trash_reason=self.trash_reason,
-            headers=dict(self.headers),
-            releases=self.releases,
-            abandons=self.abandons,
-            retries=self.retries,
-            retry=self.retry,
-            failures=list(self.failures),
-        )
-
-    def claimable(self, now: float) -> bool:
-        if self.state is JobState.UNCLAIMED:
-            return True
-        if self.state is JobState.SCHEDULED:
-            return self.not_before is None or self.not_before <= now
-        if self.state is JobState.CLAIMED:
-            return self.claim is not None and self.claim.expires_at <= now
-        return False
-
-    def visible_state(self, now: float) -> JobState:
-        if self.state is JobState.SCHEDULED and self.claimable(now):
-            return JobState.UNCLAIMED
-        return self.state
-
-
-@dataclass
-class _Space:
-    """One namespace's jobs in a memory backend, with the heaps that make claims cheap."""
-
-    jobs: dict[str, _Record] = field(default_factory=dict)
-    seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    #: (-priority, seq, ready_version, id) of jobs that are (or were) claimable.
-    ready: list[tuple[int, int, int, str]] = field(default_factory=list)
-    #: (time, id) of scheduled jobs' not_before and claims' expiry: when each may turn claimable.
-    timers: list[tuple[float, str]] = field(default_factory=list)
-    conductors: dict[str, ConductorInfo] = field(default_factory=dict)
-    subscriptions: set[Subscription] = field(default_factory=set)
-
-    def make_ready(self, record: _Record) -> None:
-        record.ready_version += 1
-        heapq.heappush(self.ready, (-record.priority, record.seq, record.ready_version, record.id))
-
-    def promote(self, now: float) -> None:
-        """Move jobs whose timer has come into the ready heap, and announce them."""
-        timers = self.timers
-        while timers and timers[0][0] <= now:
-            _, job_id = heapq.heappop(timers)
-            record = self.jobs.get(job_id)
-            if record is not None and record.state in _TIMED and record.claimable(now):
-                self.make_ready(record)
-                expired = record.state is JobState.CLAIMED
-                kind = NotificationKind.EXPIRED if expired else NotificationKind.DUE
-                self.notify(
-                    build(JobNotification, job_id=record.id, kind=kind, priority=record.priority)
-                )
-
-    def next_timer(self) -> float | None:
-        return self.timers[0][0] if self.timers else None
-
-    def notify(self, note: JobNotification) -> None:
-        for subscription in self.subscriptions:
-            subscription.push(note)
-
-
-_TIMED = (JobState.SCHEDULED, JobState.CLAIMED)
-
-
-class _Backend:
-    """The shared state behind every board opened on one ``memory://NAME``."""
-
-    def __init__(self) -> None:
-        self.spaces: dict[str, _Space] = {}
-
-    def space(self, namespace: str) -> _Space:
-        space = self.spaces.get(namespace)
-        if space is None:
-            space = self.spaces[namespace] = _Space()
-        return space
-
-
-_NAMED_BACKENDS: dict[str, _Backend] = {}
 
 
 class MemoryJobBoard(JobBoard):
@@ -194,19 +64,14 @@ class MemoryJobBoard(JobBoard):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if backend_name is None:
-            backend = _Backend()
-        else:
-            backend = _NAMED_BACKENDS.setdefault(backend_name, _Backend())
-        self._space = backend.space(self.namespace)
+        self._space = open_backend(backend_name).space(self.namespace)
         self._clock: Callable[[], float] = clock
 
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
         """``memory://`` is a private board; ``memory://NAME`` the shared backend NAME."""
-        refuse_options(parsed.driver_url, "memory board", cls.url_options | cls.ignored_url_options)
-        name = parsed.driver_url.split("://", 1)[1].split("?", 1)[0].strip("/")
-        kwargs.setdefault("backend_name", name or None)
+        options = cls.url_options | cls.ignored_url_options
+        kwargs.setdefault("backend_name", url_backend_name(parsed, "memory board", options))
         return super().from_url(parsed, **kwargs)
 
     async def _connect(self) -> None:
@@ -217,13 +82,13 @@ class MemoryJobBoard(JobBoard):
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _record(self, job_id: str) -> _Record:
+    def _record(self, job_id: str) -> Record:
         try:
             return self._space.jobs[job_id]
         except KeyError:
             raise JobNotFound(f"no job {job_id!r} on this board") from None
 
-    def _current(self, claim: Claim, verb: str) -> _Record:
+    def _current(self, claim: Claim, verb: str) -> Record:
         record = self._record(claim.job_id)
         current = record.claim
         if (
@@ -235,7 +100,7 @@ class MemoryJobBoard(JobBoard):
             raise ClaimLost(lost_message(claim, verb, record.state, current))
         return record
 
-    def _take(self, record: _Record, owner: str, lease: float, now: float) -> Job:
+    def _take(self, record: Record, owner: str, lease: float, now: float) -> Job:
         record.attempts += 1
         record.token += 1
         record.state = JobState.CLAIMED
@@ -246,7 +111,7 @@ class MemoryJobBoard(JobBoard):
         heapq.heappush(self._space.timers, (now + lease, record.id))
         return record.to_job()
 
-    def _publish(self, record: _Record, kind: NotificationKind) -> None:
+    def _publish(self, record: Record, kind: NotificationKind) -> None:
         note = build(JobNotification, job_id=record.id, kind=kind, priority=record.priority)
         self._space.notify(note)
 
@@ -260,7 +125,7 @@ class MemoryJobBoard(JobBoard):
         if spec.delay:
             not_before = now + spec.delay
         scheduled = not_before is not None and not_before > now
-        record = _Record(
+        record = Record(
             id=str(uuid.uuid4()),
             name=spec.name,
             flow=spec.flow,
@@ -344,7 +209,7 @@ class MemoryJobBoard(JobBoard):
             record.abandons += 1
         return self._give_back(record)
 
-    def _give_back(self, record: _Record) -> Job:
+    def _give_back(self, record: Record) -> Job:
         record.state = JobState.UNCLAIMED
         record.claim = None
         record.updated_at = self._clock()
@@ -397,7 +262,7 @@ class MemoryJobBoard(JobBoard):
             job = evolve(job, state=record.visible_state(now))
         return job
 
-    def _select(self, state: JobState | None) -> list[_Record]:
+    def _select(self, state: JobState | None) -> list[Record]:
         now = self._clock()
         records = [
             r for r in self._space.jobs.values() if state is None or r.visible_state(now) is state
@@ -438,7 +303,7 @@ class MemoryJobBoard(JobBoard):
         space = self._space
         # Jobs whose timer came are announced to every subscriber, this stream included.
         space.promote(now)
-        records: list[_Record] = []
+        records: list[Record] = []
         if cursor is None:
             records = [r for r in space.jobs.values() if r.claimable(now)]
             records.sort(key=lambda r: (-r.priority, r.seq))
@@ -451,10 +316,7 @@ class MemoryJobBoard(JobBoard):
     def _sweep_delay(self) -> float:
         # The memory board knows its next deadline, so a delayed job or an expired lease is
         # announced when it happens rather than at the next poll.
-        next_timer = self._space.next_timer()
-        if next_timer is None:
-            return self.poll_interval
-        return max(0.0, min(self.poll_interval, next_timer - self._clock()))
+        return sweep_delay(self.poll_interval, self._space.next_timer(), self._clock())
 
     # -- conductors ----------------------------------------------------------------------------
 

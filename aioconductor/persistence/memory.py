@@ -7,8 +7,9 @@ from typing import Any, Self
 
 from anyio.lowlevel import checkpoint
 
+from aioconductor._backends.memory.backend import open_backend, url_backend_name
 from aioconductor._models import copy_json, evolve
-from aioconductor._urls import ParsedURL, refuse_options
+from aioconductor._urls import ParsedURL
 from aioconductor.errors import LogBookNotFound
 from aioconductor.persistence._copy import copy_atom, copy_book, copy_flow, created_book
 from aioconductor.persistence._json import check_atoms, check_meta
@@ -16,10 +17,6 @@ from aioconductor.persistence.base import Store, check_token, check_version
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
 __all__ = ["MemoryStore"]
-
-
-#: backend name -> namespace -> logbooks, for stores opened as ``memory://NAME``.
-_NAMED_BACKENDS: dict[str, dict[str, dict[str, LogBook]]] = {}
 
 
 class MemoryStore(Store):
@@ -38,17 +35,13 @@ class MemoryStore(Store):
 
     def __init__(self, *, namespace: str = "default", backend_name: str | None = None) -> None:
         super().__init__(namespace=namespace)
-        self._books: dict[str, LogBook] = {}
-        if backend_name is not None:
-            spaces = _NAMED_BACKENDS.setdefault(backend_name, {})
-            self._books = spaces.setdefault(namespace, self._books)
+        self._books = open_backend(backend_name).logbooks(namespace)
 
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
         """``memory://`` is a private store; ``memory://NAME`` the shared backend NAME."""
-        refuse_options(parsed.driver_url, "memory store", cls.url_options | cls.ignored_url_options)
-        name = parsed.driver_url.split("://", 1)[1].split("?", 1)[0].strip("/")
-        kwargs.setdefault("backend_name", name or None)
+        options = cls.url_options | cls.ignored_url_options
+        kwargs.setdefault("backend_name", url_backend_name(parsed, "memory store", options))
         return super().from_url(parsed, **kwargs)
 
     async def _connect(self) -> None:

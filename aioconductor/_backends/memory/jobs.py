@@ -1,0 +1,144 @@
+"""The memory board's jobs: a mutable record per job, and a space per namespace with the heaps
+that make claims cheap. Boards hand out frozen ``Job`` copies, never these."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from aioconductor._models import build
+from aioconductor.boards._support import Subscription
+from aioconductor.models import (
+    Claim,
+    ConductorInfo,
+    Job,
+    JobNotification,
+    JobState,
+    NotificationKind,
+    Outcome,
+    RetryPolicy,
+)
+
+__all__ = ["Record", "Space"]
+
+
+@dataclass(slots=True)
+class Record:
+    """A job's mutable state inside the board (``Job`` objects handed out are frozen copies)."""
+
+    id: str
+    name: str
+    flow: str
+    args: dict[str, Any]
+    priority: int
+    seq: int
+    created_at: float
+    updated_at: float
+    not_before: float | None
+    max_attempts: int
+    attempts: int = 0
+    token: int = 0
+    state: JobState = JobState.UNCLAIMED
+    claim: Claim | None = None
+    outcome: Outcome | None = None
+    result: dict[str, Any] | None = None
+    trash_reason: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    releases: int = 0
+    abandons: int = 0
+    retries: int = 0
+    retry: RetryPolicy | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    #: Which entry of the ready heap is this record's live one (older entries are stale).
+    ready_version: int = 0
+
+    def to_job(self) -> Job:
+        """The job as it is now, a frozen copy."""
+        return build(
+            Job,
+            id=self.id,
+            name=self.name,
+            flow=self.flow,
+            args=self.args,
+            priority=self.priority,
+            seq=self.seq,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            not_before=self.not_before,
+            attempts=self.attempts,
+            max_attempts=self.max_attempts,
+            state=self.state,
+            claim=self.claim,
+            outcome=self.outcome,
+            result=self.result,
+            trash_reason=self.trash_reason,
+            headers=dict(self.headers),
+            releases=self.releases,
+            abandons=self.abandons,
+            retries=self.retries,
+            retry=self.retry,
+            failures=list(self.failures),
+        )
+
+    def claimable(self, now: float) -> bool:
+        """Whether a claim could take the job at board time ``now``."""
+        if self.state is JobState.UNCLAIMED:
+            return True
+        if self.state is JobState.SCHEDULED:
+            return self.not_before is None or self.not_before <= now
+        if self.state is JobState.CLAIMED:
+            return self.claim is not None and self.claim.expires_at <= now
+        return False
+
+    def visible_state(self, now: float) -> JobState:
+        """The state readers see at ``now``: a scheduled job whose time came is UNCLAIMED."""
+        if self.state is JobState.SCHEDULED and self.claimable(now):
+            return JobState.UNCLAIMED
+        return self.state
+
+
+@dataclass
+class Space:
+    """One namespace's jobs in a memory backend, with the heaps that make claims cheap."""
+
+    jobs: dict[str, Record] = field(default_factory=dict)
+    seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    #: (-priority, seq, ready_version, id) of jobs that are (or were) claimable.
+    ready: list[tuple[int, int, int, str]] = field(default_factory=list)
+    #: (time, id) of scheduled jobs' not_before and claims' expiry: when each may turn claimable.
+    timers: list[tuple[float, str]] = field(default_factory=list)
+    conductors: dict[str, ConductorInfo] = field(default_factory=dict)
+    subscriptions: set[Subscription] = field(default_factory=set)
+
+    def make_ready(self, record: Record) -> None:
+        """Put ``record`` on the ready heap (its older entries there go stale)."""
+        record.ready_version += 1
+        heapq.heappush(self.ready, (-record.priority, record.seq, record.ready_version, record.id))
+
+    def promote(self, now: float) -> None:
+        """Move jobs whose timer has come into the ready heap, and announce them."""
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _, job_id = heapq.heappop(timers)
+            record = self.jobs.get(job_id)
+            if record is not None and record.state in _TIMED and record.claimable(now):
+                self.make_ready(record)
+                expired = record.state is JobState.CLAIMED
+                kind = NotificationKind.EXPIRED if expired else NotificationKind.DUE
+                self.notify(
+                    build(JobNotification, job_id=record.id, kind=kind, priority=record.priority)
+                )
+
+    def next_timer(self) -> float | None:
+        """When the earliest timer falls due (board time), or None."""
+        return self.timers[0][0] if self.timers else None
+
+    def notify(self, note: JobNotification) -> None:
+        """Push ``note`` to every stream on this namespace, whichever board object opened it."""
+        for subscription in self.subscriptions:
+            subscription.push(note)
+
+
+_TIMED = (JobState.SCHEDULED, JobState.CLAIMED)
