@@ -177,7 +177,8 @@ class PostgresLink:
         """
         if self.closed:
             raise self._closed_error()
-        return map_exceptions(self.errors(what))
+        # The table looked up here, not through errors(): this runs twice per call.
+        return map_exceptions(self._tables.get(what) or self.errors(what))
 
     @contextlib.contextmanager
     def _url_refused(self) -> Iterator[None]:
