@@ -29,103 +29,25 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self, cast
 
-import anyio
+from redis.commands.core import AsyncScript
 
-from aioconductor._backends.redis import board_scripts as lua
+from aioconductor._backends.base import DueTimer
+from aioconductor._backends.redis import board_records as records
+from aioconductor._backends.redis import scripts
+from aioconductor._backends.redis.board_prelude import KEY_NAMES, PROMOTE_LIMIT, member_id
+from aioconductor._backends.redis.board_scripts import BoardScripts
 from aioconductor._backends.redis.link import RedisLink, fmt_time, hash_tag_prefix
 from aioconductor._backends.redis.pubsub import PubSubSubscription
-from aioconductor._models import build, evolve
-from aioconductor._payload import decode_json, encode_json
+from aioconductor._payload import encode_json
 from aioconductor._urls import ParsedURL
-from aioconductor.boards.base import (
-    JobBoard,
-    PostSpec,
-    Subscription,
-    lost_message,
-    unclaimable_message,
-)
-from aioconductor.errors import (
-    BoardClosed,
-    BoardError,
-    ClaimLost,
-    JobNotFound,
-    UnclaimableJob,
-)
-from aioconductor.models import (
-    Claim,
-    ConductorInfo,
-    Job,
-    JobNotification,
-    JobState,
-    NotificationKind,
-    Outcome,
-    RetryPolicy,
-)
+from aioconductor.boards._support import visible
+from aioconductor.boards.base import JobBoard, PostSpec, Subscription
+from aioconductor.errors import BoardClosed, JobNotFound
+from aioconductor.models import Claim, ConductorInfo, Job, JobNotification, JobState, Outcome
 
 __all__ = ["RedisJobBoard"]
 
 _CHUNK = 500
-
-
-def _job(fields: dict[str, str]) -> Job:
-    """A ``Job`` from its hash fields as the scripts store them."""
-    state = JobState(fields["state"])
-    claim = None
-    if "owner" in fields:
-        claim = build(
-            Claim,
-            job_id=fields["id"],
-            owner=fields["owner"],
-            token=int(fields["token"]),
-            expires_at=float(fields["expires_at"]),
-        )
-    not_before = fields.get("not_before")
-    result = fields.get("result")
-    outcome = fields.get("outcome")
-    return build(
-        Job,
-        id=fields["id"],
-        name=fields["name"],
-        flow=fields["flow"],
-        args=decode_json(fields["args"]),
-        priority=int(fields["priority"]),
-        seq=int(fields["seq"]),
-        created_at=float(fields["created_at"]),
-        updated_at=float(fields["updated_at"]),
-        not_before=None if not_before is None else float(not_before),
-        attempts=int(fields["attempts"]),
-        max_attempts=int(fields["max_attempts"]),
-        state=state,
-        claim=claim,
-        outcome=None if outcome is None else Outcome(outcome),
-        result=None if result is None else decode_json(result),
-        trash_reason=fields.get("trash_reason"),
-        headers=decode_json(fields.get("headers", "{}")),
-        # Absent on jobs that never had them (and on jobs written before they existed).
-        releases=int(fields.get("releases", 0)),
-        abandons=int(fields.get("abandons", 0)),
-        retries=int(fields.get("retries", 0)),
-        retry=_policy(retry) if (retry := fields.get("retry")) else None,
-        failures=decode_json(failures) if (failures := fields.get("failures")) else [],
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _policy(text: str) -> RetryPolicy:
-    """The retry policy stored as ``text``; cached, as jobs of one flow share a few policies
-    and a claim reads its job's every time (the policy is frozen, so sharing it is safe)."""
-    return RetryPolicy.model_validate_json(text)
-
-
-def _visible(job: Job, now: float) -> Job:
-    """``job`` as readers see it at ``now``: a scheduled job whose time came is UNCLAIMED."""
-    if job.state is JobState.SCHEDULED and job.is_claimable(now):
-        return evolve(job, state=JobState.UNCLAIMED)
-    return job
-
-
-def _pairs(flat: Sequence[str]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 class RedisJobBoard(JobBoard):
@@ -146,28 +68,10 @@ class RedisJobBoard(JobBoard):
         self._prefix = hash_tag_prefix(self.namespace)
         self._job_prefix = f"{self._prefix}job:"
         self._channel = f"{self._prefix}events"
-        self._keys = [self._prefix + name for name in lua.KEY_NAMES]
-        client = self._link.client
-        self._scripts = {
-            name: client.register_script(getattr(lua, name))
-            for name in (
-                "POST",
-                "CLAIM",
-                "CLAIM_BATCH",
-                "CLAIM_NEXT",
-                "RENEW",
-                "CONSUME",
-                "ABANDON",
-                "RELEASE",
-                "RETRY",
-                "TRASH",
-                "PROMOTE",
-                "COUNT",
-                "REGISTER",
-            )
-        }
-        #: When (anyio clock) the earliest delayed job or lease falls due, as last seen.
-        self._next_due: float | None = None
+        self._keys = [self._prefix + name for name in KEY_NAMES]
+        self._scripts = scripts.load(BoardScripts, self._link.client)
+        #: When the earliest delayed job or lease falls due, as last seen.
+        self._due = DueTimer()
 
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
@@ -190,40 +94,12 @@ class RedisJobBoard(JobBoard):
         return self._job_prefix + job_id
 
     async def _run(
-        self, name: str, what: str, args: Sequence[str | int], job_id: str | None = None
+        self, script: AsyncScript, what: str, args: Sequence[str | int], job_id: str | None = None
     ) -> Any:
-        """Run transition script ``name`` once (its reply may be lost, so never retried)."""
+        """Run transition ``script`` once (its reply may be lost, so never retried)."""
         keys = self._keys if job_id is None else [*self._keys, self._job_key(job_id)]
-        script = self._scripts[name]
         argv = [self._job_prefix, self._channel, *args]
         return await self._link.call(what, lambda: self._link.script(script, keys, argv))
-
-    def _reply(self, reply: Sequence[str]) -> tuple[str, float, Job | None]:
-        status, now = reply[0], float(reply[1])
-        return status, now, (_job(_pairs(reply[2:])) if len(reply) > 2 else None)
-
-    def _checked(self, reply: Sequence[str], job_id: str, verb: str, claim: Claim | None) -> Job:
-        """The job of a verb's reply, or the error its status stands for."""
-        status, now, job = self._reply(reply)
-        if status == "ok" and job is not None:
-            return job
-        if status == "notfound":
-            raise JobNotFound(f"no job {job_id!r} on this board")
-        if job is not None:
-            if status == "lost" and claim is not None:
-                raise ClaimLost(lost_message(claim, verb, job.state, job.claim))
-            if status == "unclaimable":
-                raise UnclaimableJob(unclaimable_message(_visible(job, now), now))
-            if status == "final":
-                raise UnclaimableJob(f"job {job_id} is already {job.state}: it cannot be trashed")
-        raise BoardError(f"unexpected reply {status!r} to {verb} of job {job_id}")
-
-    def _note_due(self, due_at: float | None, now: float) -> None:
-        if due_at is None:
-            return
-        at = anyio.current_time() + max(0.0, due_at - now)
-        if self._next_due is None or at < self._next_due:
-            self._next_due = at
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -232,7 +108,7 @@ class RedisJobBoard(JobBoard):
         return job
 
     async def _post_many(self, specs: list[PostSpec]) -> list[Job]:
-        script = self._scripts["POST"]
+        script = self._scripts.post
         calls = []
         for spec in specs:
             job_id = str(uuid.uuid4())
@@ -261,36 +137,31 @@ class RedisJobBoard(JobBoard):
             replies = await self._link.read("post", lambda: self._link.scripts(calls))
         jobs = []
         for reply in replies:
-            status, now, job = self._reply(reply)
+            status, now, job = records.parse_reply(reply)
             assert status == "ok" and job is not None
             if job.state is JobState.SCHEDULED and job.not_before is not None:
-                self._note_due(job.not_before, now)
+                self._due.note(job.not_before, now)
             jobs.append(job)
         return jobs
 
     async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
-        reply = await self._run("CLAIM", "claim", [owner, fmt_time(lease)], job_id)
-        return self._checked(reply, job_id, "claim", None)
+        reply = await self._run(self._scripts.claim, "claim", [owner, fmt_time(lease)], job_id)
+        return records.checked_job(reply, job_id, "claim", None)
 
     async def _claim_next(self, owner: str, lease: float) -> Job | None:
-        reply = await self._run("CLAIM_NEXT", "claim_next", [owner, fmt_time(lease)])
-        status, _, job = self._reply(reply)
+        reply = await self._run(self._scripts.claim_next, "claim_next", [owner, fmt_time(lease)])
+        status, _, job = records.parse_reply(reply)
         return None if status == "none" else job
 
     async def _claim_batch(self, owner: str, lease: float, limit: int) -> list[Job]:
-        reply = await self._run("CLAIM_BATCH", "claim_batch", [owner, fmt_time(lease), limit])
-        jobs: list[Job] = []
-        at = 2
-        while at < len(reply):
-            count = int(reply[at])
-            jobs.append(_job(_pairs(reply[at + 1 : at + 1 + count])))
-            at += 1 + count
-        return jobs
+        args: list[str | int] = [owner, fmt_time(lease), limit]
+        reply = await self._run(self._scripts.claim_batch, "claim_batch", args)
+        return records.claimed_jobs(reply)
 
     async def _renew(self, claim: Claim, lease: float) -> Claim:
         args = [claim.owner, str(claim.token), fmt_time(lease)]
-        reply = await self._run("RENEW", "renew", args, claim.job_id)
-        job = self._checked(reply, claim.job_id, "renew", claim)
+        reply = await self._run(self._scripts.renew, "renew", args, claim.job_id)
+        job = records.checked_job(reply, claim.job_id, "renew", claim)
         assert job.claim is not None
         return job.claim
 
@@ -298,18 +169,18 @@ class RedisJobBoard(JobBoard):
         self, claim: Claim, outcome: Outcome, result: dict[str, Any], result_json: bytes
     ) -> Job:
         args = [claim.owner, str(claim.token), outcome.value, result_json.decode("utf-8")]
-        reply = await self._run("CONSUME", "consume", args, claim.job_id)
-        return self._checked(reply, claim.job_id, "consume", claim)
+        reply = await self._run(self._scripts.consume, "consume", args, claim.job_id)
+        return records.checked_job(reply, claim.job_id, "consume", claim)
 
     async def _abandon(self, claim: Claim) -> Job:
         args = [claim.owner, str(claim.token)]
-        reply = await self._run("ABANDON", "abandon", args, claim.job_id)
-        return self._checked(reply, claim.job_id, "abandon", claim)
+        reply = await self._run(self._scripts.abandon, "abandon", args, claim.job_id)
+        return records.checked_job(reply, claim.job_id, "abandon", claim)
 
     async def _release(self, claim: Claim) -> Job:
         args = [claim.owner, str(claim.token)]
-        reply = await self._run("RELEASE", "release", args, claim.job_id)
-        return self._checked(reply, claim.job_id, "release", claim)
+        reply = await self._run(self._scripts.release, "release", args, claim.job_id)
+        return records.checked_job(reply, claim.job_id, "release", claim)
 
     async def _retry(
         self,
@@ -324,10 +195,10 @@ class RedisJobBoard(JobBoard):
             # but an encoder that indents would, so such text is written again compactly.
             failure_text = json.dumps(failure, ensure_ascii=False, separators=(",", ":"))
         args = [claim.owner, str(claim.token), fmt_time(delay), failure_text]
-        reply = await self._run("RETRY", "retry", args, claim.job_id)
-        job = self._checked(reply, claim.job_id, "retry", claim)
+        reply = await self._run(self._scripts.retry, "retry", args, claim.job_id)
+        job = records.checked_job(reply, claim.job_id, "retry", claim)
         # This board's sweep then announces the job when it is due (as for a delayed post).
-        self._note_due(job.not_before, float(reply[1]))
+        self._due.note(job.not_before, float(reply[1]))
         return job
 
     async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job:
@@ -335,8 +206,8 @@ class RedisJobBoard(JobBoard):
             args = ["0", "", "", reason]
         else:
             args = ["1", claim.owner, str(claim.token), reason]
-        reply = await self._run("TRASH", "trash", args, job_id)
-        return self._checked(reply, job_id, "trash", claim)
+        reply = await self._run(self._scripts.trash, "trash", args, job_id)
+        return records.checked_job(reply, job_id, "trash", claim)
 
     # -- reads (idempotent: retried through a restart) -----------------------------------------
 
@@ -354,7 +225,7 @@ class RedisJobBoard(JobBoard):
         (seconds, micros), fields = await self._link.read("get", fetch)
         if not fields:
             raise JobNotFound(f"no job {job_id!r} on this board")
-        return _visible(_job(fields), float(seconds) + micros / 1_000_000)
+        return visible(records.job_from_hash(fields), float(seconds) + micros / 1_000_000)
 
     async def _scored(self, key: str, start: int) -> list[tuple[str, float]]:
         """One chunk of (member, score) of sorted set ``key`` from rank ``start``."""
@@ -376,10 +247,11 @@ class RedisJobBoard(JobBoard):
         async def fetch() -> list[Any]:
             async with self._link.client.pipeline(transaction=False) as pipe:
                 for member in members:
-                    pipe.hgetall(self._job_key(member[17:]))
+                    pipe.hgetall(self._job_key(member_id(member)))
                 return await pipe.execute()
 
-        return [_job(fields) for fields in await self._link.read("iterjobs", fetch) if fields]
+        found = await self._link.read("iterjobs", fetch)
+        return [records.job_from_hash(fields) for fields in found if fields]
 
     async def _iterjobs(self, state: JobState | None) -> AsyncIterator[Job]:
         now = await self._server_time()
@@ -388,7 +260,7 @@ class RedisJobBoard(JobBoard):
         elif state is JobState.UNCLAIMED:
             # Unclaimed as readers see it: the unclaimed set plus scheduled jobs whose time
             # came (filtered below), merged in claim order.
-            members = _merge(
+            members = records.merge(
                 self._members(self._prefix + "state:UNCLAIMED"),
                 self._members(self._prefix + "state:SCHEDULED"),
             )
@@ -400,12 +272,12 @@ class RedisJobBoard(JobBoard):
             if len(batch) < _CHUNK:
                 continue
             for job in await self._jobs(batch):
-                if state is None or _visible(job, now).state is state:
-                    yield _visible(job, now)
+                if state is None or visible(job, now).state is state:
+                    yield visible(job, now)
             batch = []
         for job in await self._jobs(batch) if batch else []:
-            if state is None or _visible(job, now).state is state:
-                yield _visible(job, now)
+            if state is None or visible(job, now).state is state:
+                yield visible(job, now)
 
     async def _job_count(self, state: JobState | None) -> int:
         if state is None:
@@ -413,7 +285,7 @@ class RedisJobBoard(JobBoard):
                 "job_count", lambda: self._link.client.zcard(self._prefix + "all")
             )
             return count
-        script = self._scripts["COUNT"]
+        script = self._scripts.count
         argv = [self._job_prefix, self._channel, state.value]
         reply = await self._link.read("job_count", lambda: script(keys=self._keys, args=argv))
         return int(reply[1])
@@ -434,16 +306,16 @@ class RedisJobBoard(JobBoard):
 
     async def _sweep_open(self, cursor: Any) -> tuple[list[JobNotification], Any]:
         # Promotions publish to every subscriber, this stream's too, like the memory board's.
-        script = self._scripts["PROMOTE"]
+        script = self._scripts.promote
         argv = [self._job_prefix, self._channel]
         for _ in range(100):
             # Promoting twice changes nothing, so a lost reply is retried like a read.
             reply = await self._link.read("sweep", lambda: script(keys=self._keys, args=argv))
             now, promoted, due = float(reply[0]), int(reply[1]), reply[2]
-            if promoted < lua.PROMOTE_LIMIT:
+            if promoted < PROMOTE_LIMIT:
                 break
-        self._next_due = None
-        self._note_due(float(due) if due else None, now)
+        self._due.clear()
+        self._due.note(float(due) if due else None, now)
         if cursor is not None:
             return [], now
         notes: list[JobNotification] = []
@@ -452,25 +324,14 @@ class RedisJobBoard(JobBoard):
             chunk = await self._link.read(
                 "sweep", functools.partial(self._scored, self._prefix + "ready", start)
             )
-            notes.extend(
-                build(
-                    JobNotification,
-                    job_id=member[17:],
-                    kind=NotificationKind.WAITING,
-                    priority=-int(score),
-                )
-                for member, score in chunk
-            )
+            notes.extend(records.waiting(chunk))
             if len(chunk) < _CHUNK:
                 return notes, now
             start += _CHUNK
 
     def _sweep_delay(self) -> float:
         # Sweep when the earliest delayed job or lease falls due, not only every poll_interval.
-        if self._next_due is None:
-            return self.poll_interval
-        left = self._next_due - anyio.current_time()
-        return max(0.005, min(self.poll_interval, left))
+        return self._due.delay(self.poll_interval)
 
     # -- conductors ----------------------------------------------------------------------------
 
@@ -480,7 +341,7 @@ class RedisJobBoard(JobBoard):
         ttl = min(max(ttl, 0.0), 10 * 365 * 86400.0) if math.isfinite(ttl) else 0.0
         keys = [self._prefix + "conductors", f"{self._prefix}conductor:{owner}"]
         data = encode_json("the conductor's meta", meta, 64 * 1024).decode("utf-8")
-        script = self._scripts["REGISTER"]
+        script = self._scripts.register
         args = [owner, name, fmt_time(ttl), data]
         # Registering again is harmless, so a lost reply is retried like a read.
         await self._link.read("register_conductor", lambda: script(keys=keys, args=args))
@@ -512,30 +373,7 @@ class RedisJobBoard(JobBoard):
 
         found = await self._link.read("conductors", fetch) if owners else []
         return [
-            ConductorInfo(
-                owner=fields["owner"],
-                name=fields["name"],
-                started_at=float(fields["started_at"]),
-                heartbeat_at=float(fields["heartbeat_at"]),
-                expires_at=float(fields["expires_at"]),
-                meta=decode_json(fields["meta"]),
-            )
+            records.conductor_from_hash(fields)
             for fields in found
             if fields and float(fields["expires_at"]) > now
         ]
-
-
-async def _merge(
-    a: AsyncIterator[tuple[float, str]], b: AsyncIterator[tuple[float, str]]
-) -> AsyncIterator[tuple[float, str]]:
-    """Merge two (score, member) streams that are each in claim order into one."""
-    head_a = await anext(a, None)
-    head_b = await anext(b, None)
-    while head_a is not None or head_b is not None:
-        if head_b is None or (head_a is not None and head_a <= head_b):
-            assert head_a is not None
-            yield head_a
-            head_a = await anext(a, None)
-        else:
-            yield head_b
-            head_b = await anext(b, None)

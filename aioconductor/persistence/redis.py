@@ -10,65 +10,25 @@ sends that one atom, never the whole logbook. Key layout: see
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self, cast
 
-from aioconductor._backends.redis import store_scripts as lua
-from aioconductor._backends.redis.link import RedisLink, fmt_time, hash_tag_prefix
+from redis.commands.core import AsyncScript
+
+from aioconductor._backends.redis import scripts
+from aioconductor._backends.redis import store_records as records
+from aioconductor._backends.redis.link import RedisLink, fmt_time, hash_tag_prefix, pairs
+from aioconductor._backends.redis.store_scripts import StoreScripts
 from aioconductor._urls import ParsedURL
 from aioconductor.errors import LogBookNotFound, StoreClosed, StoreError
-from aioconductor.persistence._copy import copy_atom, created_book
-from aioconductor.persistence._json import check_atoms, check_meta
+from aioconductor.persistence._copy import created_book
+from aioconductor.persistence._json import check_meta
 from aioconductor.persistence.base import Store, check_token, check_version
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
 __all__ = ["RedisStore"]
 
 _CHUNK = 200
-
-
-def _pairs(flat: Sequence[str]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _token(token: int | None) -> str:
-    return "" if token is None else str(int(token))
-
-
-def _atom_args(atoms: dict[str, AtomDetail]) -> list[str]:
-    check_atoms(atoms.values())
-    args: list[str] = []
-    for name, atom in atoms.items():
-        args += [name, atom.model_dump_json(), str(atom.version)]
-    return args
-
-
-def _flow(fields: dict[str, str]) -> FlowDetail:
-    """A flow detail (with its atoms in the order they were added) from its hash."""
-    names = sorted(
-        (key[2:] for key in fields if key.startswith("i:")), key=lambda n: int(fields["i:" + n])
-    )
-    atoms = {name: AtomDetail.model_validate_json(fields["a:" + name]) for name in names}
-    data = json.loads(fields["detail"])
-    data.update(version=int(fields["version"]), atoms=atoms)
-    return FlowDetail.model_validate(data)
-
-
-def _book(dump: Sequence[Sequence[str]]) -> LogBook:
-    """A logbook from a script's dump: the logbook's hash, then its flows' hashes."""
-    fields = _pairs(dump[0])
-    order = {key[2:]: int(value) for key, value in fields.items() if key.startswith("f:")}
-    flows = sorted((_flow(_pairs(flat)) for flat in dump[1:]), key=lambda f: order[f.uuid])
-    data = json.loads(fields["detail"])
-    data.update(
-        uuid=fields["uuid"],
-        name=fields["name"],
-        created_at=float(fields["created_at"]),
-        token=int(fields["token"]) if "token" in fields else None,
-        flows={flow.uuid: flow for flow in flows},
-    )
-    return LogBook.model_validate(data)
 
 
 class RedisStore(Store):
@@ -88,17 +48,7 @@ class RedisStore(Store):
         super().__init__(namespace=namespace)
         self._link = RedisLink(driver_url, StoreClosed)
         self._prefix = hash_tag_prefix(namespace)
-        client = self._link.client
-        self._scripts = {
-            name: client.register_script(getattr(lua, name))
-            for name in (
-                "SAVE_LOGBOOK",
-                "GET",
-                "UPDATE_FLOW",
-                "UPDATE_ATOMS",
-                "DESTROY",
-            )
-        }
+        self._scripts = scripts.load(StoreScripts, self._link.client)
 
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
@@ -124,10 +74,9 @@ class RedisStore(Store):
         return f"{self._prefix}flow:{book_uuid}:"
 
     async def _write(
-        self, name: str, what: str, keys: list[str], book_uuid: str, args: list[str]
+        self, script: AsyncScript, what: str, keys: list[str], book_uuid: str, args: list[str]
     ) -> list[Any]:
-        """Run write script ``name`` once: a lost reply is not retried (it may have written)."""
-        script = self._scripts[name]
+        """Run write ``script`` once: a lost reply is not retried (it may have written)."""
         argv = [self._flow_prefix(book_uuid), *args]
         reply = await self._link.call(what, lambda: self._link.script(script, keys, argv))
         return cast(list[Any], reply)
@@ -147,17 +96,19 @@ class RedisStore(Store):
     async def _save_logbook(self, book: LogBook, token: int | None) -> LogBook:
         check_meta(f"logbook {book.uuid} meta", book.meta)
         detail = book.model_dump_json(exclude={"uuid", "name", "created_at", "flows", "token"})
-        args = [_token(token), book.uuid, book.name, detail, fmt_time(book.created_at)]
+        args = [records.token_arg(token), book.uuid, book.name, detail, fmt_time(book.created_at)]
         args.append(str(len(book.flows)))
         for flow in book.flows.values():
-            args += [flow.uuid, _flow_detail(flow), str(flow.version), str(len(flow.atoms))]
-            args += _atom_args(flow.atoms)
+            flow_detail = records.flow_detail_arg(flow)
+            args += [flow.uuid, flow_detail, str(flow.version), str(len(flow.atoms))]
+            args += records.atom_args(flow.atoms)
         keys = [self._prefix + "books", self._book_key(book.uuid)]
-        reply = await self._write("SAVE_LOGBOOK", "save_logbook", keys, book.uuid, args)
+        script = self._scripts.save_logbook
+        reply = await self._write(script, "save_logbook", keys, book.uuid, args)
         if reply[0] == "created":
             return created_book(book, token)
         self._refused(reply, book.uuid, token)
-        return _book(reply[1])
+        return records.book_from_dump(reply[1])
 
     async def _get_logbook(self, book_uuid: str) -> LogBook:
         book = await self._read_book(book_uuid)
@@ -166,11 +117,11 @@ class RedisStore(Store):
         return book
 
     async def _read_book(self, book_uuid: str) -> LogBook | None:
-        script = self._scripts["GET"]
+        script = self._scripts.get
         keys = [self._book_key(book_uuid)]
         argv = [self._flow_prefix(book_uuid)]
         reply = await self._link.read("get_logbook", lambda: self._link.script(script, keys, argv))
-        return _book(reply[1]) if reply[0] == "ok" else None
+        return records.book_from_dump(reply[1]) if reply[0] == "ok" else None
 
     async def _update_flow_detail(
         self,
@@ -179,34 +130,38 @@ class RedisStore(Store):
         token: int | None,
         atoms: tuple[AtomDetail, ...] = (),
     ) -> FlowDetail:
-        args = [_token(token), flow.uuid, _flow_detail(flow), str(flow.version)]
+        args = [records.token_arg(token), flow.uuid, records.flow_detail_arg(flow)]
+        args.append(str(flow.version))
         # The script saves a flow's own atoms only when it creates the flow, which a write
         # of version > 0 never does (it would be refused as stale): skip encoding them.
         new_atoms = flow.atoms if flow.version == 0 else {}
-        args += [str(len(new_atoms)), *_atom_args(new_atoms)]
-        args += _updates(atoms)[1]
+        args += [str(len(new_atoms)), *records.atom_args(new_atoms)]
+        args += records.updates(atoms)[1]
         keys = [self._book_key(book_uuid), self._flow_prefix(book_uuid) + flow.uuid]
-        reply = await self._write("UPDATE_FLOW", "update_flow_detail", keys, book_uuid, args)
+        script = self._scripts.update_flow
+        reply = await self._write(script, "update_flow_detail", keys, book_uuid, args)
         if reply[0] == "conflict":
             check_version(f"flow {flow.name!r}", int(reply[1]), flow.version)
-        _refused_atoms(reply, book_uuid, flow.uuid, atoms, stale="atomconflict")
+        records.refused_atoms(reply, book_uuid, flow.uuid, atoms, stale="atomconflict")
         self._refused(reply, book_uuid, token)
-        return _flow(_pairs(reply[1]))
+        return records.flow_from_hash(pairs(reply[1]))
 
     async def _update_atom_details(
         self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None
     ) -> list[AtomDetail]:
-        saved, updates = _updates(atoms)
-        args = [_token(token), flow_uuid, *updates]
+        saved, updates = records.updates(atoms)
+        args = [records.token_arg(token), flow_uuid, *updates]
         keys = [self._book_key(book_uuid), self._flow_prefix(book_uuid) + flow_uuid]
-        reply = await self._write("UPDATE_ATOMS", "update_atom_details", keys, book_uuid, args)
-        _refused_atoms(reply, book_uuid, flow_uuid, atoms, stale="conflict")
+        script = self._scripts.update_atoms
+        reply = await self._write(script, "update_atom_details", keys, book_uuid, args)
+        records.refused_atoms(reply, book_uuid, flow_uuid, atoms, stale="conflict")
         self._refused(reply, book_uuid, token)
         return saved
 
     async def _destroy_logbook(self, book_uuid: str) -> None:
         keys = [self._prefix + "books", self._book_key(book_uuid)]
-        reply = await self._write("DESTROY", "destroy_logbook", keys, book_uuid, [book_uuid])
+        script = self._scripts.destroy
+        reply = await self._write(script, "destroy_logbook", keys, book_uuid, [book_uuid])
         self._refused(reply, book_uuid, None)
 
     async def _logbooks(self) -> AsyncIterator[LogBook]:
@@ -224,36 +179,3 @@ class RedisStore(Store):
     async def _uuids(self, start: int) -> list[str]:
         key = self._prefix + "books"
         return cast(list[str], await self._link.client.zrange(key, start, start + _CHUNK - 1))
-
-
-def _updates(atoms: Sequence[AtomDetail]) -> tuple[list[AtomDetail], list[str]]:
-    """``atoms`` as their writes will save them (versions bumped), and the script arguments
-    that write them: their count, then per atom its name, JSON and the version read."""
-    check_atoms(atoms)
-    saved = [copy_atom(atom, atom.version + 1) for atom in atoms]
-    args = [str(len(atoms))]
-    for atom, new in zip(atoms, saved, strict=True):
-        args += [atom.name, new.model_dump_json(), str(atom.version)]
-    return saved, args
-
-
-def _refused_atoms(
-    reply: Sequence[Any],
-    book_uuid: str,
-    flow_uuid: str,
-    atoms: Sequence[AtomDetail],
-    *,
-    stale: str,
-) -> None:
-    """Raise what a script's refusal of ``atoms`` stands for: no such flow, or the atom it
-    names (reply ``{stale, name, stored version}``) was stale."""
-    if reply[0] == "noflow":
-        raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}")
-    if reply[0] == stale:
-        given = next(atom.version for atom in atoms if atom.name == reply[1])
-        check_version(f"atom {reply[1]!r}", int(reply[2]), given)
-
-
-def _flow_detail(flow: FlowDetail) -> str:
-    check_meta(f"flow {flow.name!r} meta", flow.meta)
-    return flow.model_dump_json(exclude={"atoms", "version"})

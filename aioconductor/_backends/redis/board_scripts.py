@@ -1,10 +1,7 @@
 """The Lua scripts of the Redis board: each one transition, atomic on the server.
 
-Every script gets the same KEYS (see ``KEY_NAMES``), all under the namespace's hash tag, and
-``ARGV[1]`` (the job key prefix) and ``ARGV[2]`` (the notification channel). Scripts that pick a
-job themselves (``claim_next``, promotions) build its key from the prefix: it carries the same
-hash tag, so it is in the same Redis Cluster slot. Times come from the server's ``TIME`` and are
-stored as text with microseconds, so every comparison is made on the same numbers.
+Each starts with the prelude of :mod:`aioconductor._backends.redis.board_prelude` (its KEYS and
+ARGV, the server's clock, the functions the transitions share).
 
 Every script answers ``{status, now, field, value, field, value, ...}`` (the job's hash) or
 ``{status, now}``. Statuses: ``ok``, ``none``, ``notfound``, ``lost``, ``unclaimable``, ``final``.
@@ -13,10 +10,18 @@ Fields written only once they are set (absent reads as 0, none or empty): ``rele
 ``abandons``, ``retries``, ``retry`` (the policy as JSON), ``failures`` (a JSON array, see
 ``RETRY``), ``not_before``, ``headers``, ``owner``/``expires_at`` (while claimed) and the
 outcome's fields.
+
+:class:`BoardScripts` holds them loaded on a client, one attribute a script.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from redis.commands.core import AsyncScript
+
+from aioconductor._backends.redis.board_prelude import CLAIMED, GIVE_BACK, PRELUDE
+from aioconductor._backends.redis.scripts import lua
 from aioconductor.models import MAX_KEPT_FAILURES
 
 __all__ = [
@@ -26,140 +31,20 @@ __all__ = [
     "CLAIM_NEXT",
     "CONSUME",
     "COUNT",
-    "KEY_NAMES",
     "POST",
     "PROMOTE",
-    "PROMOTE_LIMIT",
     "REGISTER",
     "RELEASE",
     "RENEW",
     "RETRY",
     "TRASH",
+    "BoardScripts",
 ]
-
-#: The names of the board's shared keys, in the order scripts receive them as KEYS[1..10].
-KEY_NAMES = (
-    "ready",
-    "delayed",
-    "leases",
-    "all",
-    "state:SCHEDULED",
-    "state:UNCLAIMED",
-    "state:CLAIMED",
-    "state:COMPLETE",
-    "state:TRASHED",
-    "seq",
-)
-
-#: How many due jobs and how many expired leases one script promotes at most (bounds its run).
-PROMOTE_LIMIT = 500
-
-_PRELUDE = """
-local ready, delayed, leases, all = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local by_state = {SCHEDULED = KEYS[5], UNCLAIMED = KEYS[6], CLAIMED = KEYS[7],
-                  COMPLETE = KEYS[8], TRASHED = KEYS[9]}
-local seq_key = KEYS[10]
-local prefix, channel = ARGV[1], ARGV[2]
-local PROMOTE_LIMIT = @PROMOTE_LIMIT@
-
-local function num(x) return string.format('%.6f', x) end
-
--- Server time, canonical: the number that reads back from its own text.
-local function clock()
-  local t = redis.call('TIME')
-  return tonumber(num(tonumber(t[1]) + tonumber(t[2]) / 1000000))
-end
-
-local function score(priority) return string.format('%d', -tonumber(priority)) end
-
-local function id_of(member) return string.sub(member, 18) end
-
-local function reply(status, now, job)
-  local out = {status, num(now)}
-  if job then
-    local fields = redis.call('HGETALL', job)
-    for i = 1, #fields do out[#out + 1] = fields[i] end
-  end
-  return out
-end
-
-local function announce(kind, priority, id)
-  redis.call('PUBLISH', channel, kind .. ' ' .. priority .. ' ' .. id)
-end
-
-local function set_state(job, member, priority, old, new)
-  if old ~= new then
-    redis.call('ZREM', by_state[old], member)
-    redis.call('ZADD', by_state[new], score(priority), member)
-  end
-  redis.call('HSET', job, 'state', new)
-end
-
-local function claimable(state, not_before, expires_at, now)
-  if state == 'UNCLAIMED' then return true end
-  if state == 'SCHEDULED' then return (not not_before) or tonumber(not_before) <= now end
-  if state == 'CLAIMED' then return (not expires_at) or tonumber(expires_at) <= now end
-  return false
-end
-
-local function take(job, member, priority, state, owner, lease, now)
-  redis.call('HINCRBY', job, 'token', 1)
-  redis.call('HINCRBY', job, 'attempts', 1)
-  local expires = num(now + lease)
-  redis.call('HSET', job, 'owner', owner, 'expires_at', expires, 'updated_at', num(now))
-  redis.call('ZREM', ready, member)
-  redis.call('ZREM', delayed, member)
-  redis.call('ZADD', leases, expires, member)
-  set_state(job, member, priority, state, 'CLAIMED')
-end
-
--- Move due delayed jobs and expired leases into the ready set, announcing each one.
-local function promote(now)
-  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', num(now), 'LIMIT', 0, PROMOTE_LIMIT)
-  for _, member in ipairs(due) do
-    redis.call('ZREM', delayed, member)
-    local job = prefix .. id_of(member)
-    local f = redis.call('HMGET', job, 'state', 'priority', 'not_before')
-    if f[1] == 'SCHEDULED' then
-      if claimable(f[1], f[3], nil, now) then
-        set_state(job, member, f[2], 'SCHEDULED', 'UNCLAIMED')
-        redis.call('ZADD', ready, score(f[2]), member)
-        announce('due', f[2], id_of(member))
-      else
-        redis.call('ZADD', delayed, f[3], member)
-      end
-    end
-  end
-  local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', num(now), 'LIMIT', 0, PROMOTE_LIMIT)
-  for _, member in ipairs(expired) do
-    redis.call('ZREM', leases, member)
-    local job = prefix .. id_of(member)
-    local f = redis.call('HMGET', job, 'state', 'priority', 'expires_at')
-    if f[1] == 'CLAIMED' then
-      if claimable(f[1], nil, f[3], now) then
-        redis.call('ZADD', ready, score(f[2]), member)
-        announce('expired', f[2], id_of(member))
-      else
-        redis.call('ZADD', leases, f[3], member)
-      end
-    end
-  end
-  return #due + #expired
-end
-
--- The job's hash fields for a verb with a claim, or nil and why not.
-local function current(job, owner, token)
-  local f = redis.call('HMGET', job, 'state', 'owner', 'token', 'member', 'priority')
-  if not f[1] then return nil, 'notfound' end
-  if f[1] ~= 'CLAIMED' or f[2] ~= owner or f[3] ~= token then return nil, 'lost' end
-  return f
-end
-""".replace("@PROMOTE_LIMIT@", str(PROMOTE_LIMIT))
 
 #: KEYS[11] = job; ARGV[3..] = id, name, flow, args, priority, max_attempts, delay, not_before,
 #: headers, retry policy ('' for none).
 POST = (
-    _PRELUDE
+    PRELUDE
     + """
 local job = KEYS[11]
 if redis.call('EXISTS', job) == 1 then return reply('ok', clock(), job) end
@@ -195,7 +80,7 @@ return reply('ok', now, job)
 
 #: KEYS[11] = job; ARGV[3..] = owner, lease.
 CLAIM = (
-    _PRELUDE
+    PRELUDE
     + """
 local job = KEYS[11]
 local now = clock()
@@ -209,7 +94,7 @@ return reply('ok', now, job)
 
 #: ARGV[3..] = owner, lease.
 CLAIM_NEXT = (
-    _PRELUDE
+    PRELUDE
     + """
 local now = clock()
 promote(now)
@@ -230,7 +115,7 @@ end
 #: ARGV[3..] = owner, lease, limit. Replies status, time, then per job its field count and
 #: fields.
 CLAIM_BATCH = (
-    _PRELUDE
+    PRELUDE
     + """
 local now = clock()
 promote(now)
@@ -257,12 +142,9 @@ return out
 
 #: KEYS[11] = job; ARGV[3..] = owner, token, lease.
 RENEW = (
-    _PRELUDE
+    PRELUDE
+    + CLAIMED
     + """
-local job = KEYS[11]
-local now = clock()
-local f, why = current(job, ARGV[3], ARGV[4])
-if not f then return reply(why, now, why == 'lost' and job or nil) end
 local expires = num(now + tonumber(ARGV[5]))
 redis.call('HSET', job, 'expires_at', expires, 'updated_at', num(now))
 redis.call('ZADD', leases, expires, f[4])
@@ -273,12 +155,9 @@ return reply('ok', now, job)
 
 #: KEYS[11] = job; ARGV[3..] = owner, token, outcome, result.
 CONSUME = (
-    _PRELUDE
+    PRELUDE
+    + CLAIMED
     + """
-local job = KEYS[11]
-local now = clock()
-local f, why = current(job, ARGV[3], ARGV[4])
-if not f then return reply(why, now, why == 'lost' and job or nil) end
 set_state(job, f[4], f[5], 'CLAIMED', 'COMPLETE')
 redis.call('HSET', job, 'outcome', ARGV[5], 'result', ARGV[6], 'updated_at', num(now))
 redis.call('ZREM', leases, f[4])
@@ -287,27 +166,12 @@ return reply('ok', now, job)
 """
 )
 
-# The claimed job back to UNCLAIMED, offered to every conductor (abandon and release).
-_GIVE_BACK = """
-local function give_back(job, member, priority, now)
-  set_state(job, member, priority, 'CLAIMED', 'UNCLAIMED')
-  redis.call('HDEL', job, 'owner', 'expires_at')
-  redis.call('HSET', job, 'updated_at', num(now))
-  redis.call('ZREM', leases, member)
-  redis.call('ZADD', ready, score(priority), member)
-  announce('abandoned', priority, id_of(member))
-end
-"""
-
 #: KEYS[11] = job; ARGV[3..] = owner, token. The run spent its attempt.
 ABANDON = (
-    _PRELUDE
-    + _GIVE_BACK
+    PRELUDE
+    + GIVE_BACK
+    + CLAIMED
     + """
-local job = KEYS[11]
-local now = clock()
-local f, why = current(job, ARGV[3], ARGV[4])
-if not f then return reply(why, now, why == 'lost' and job or nil) end
 redis.call('HINCRBY', job, 'abandons', 1)
 give_back(job, f[4], f[5], now)
 return reply('ok', now, job)
@@ -317,13 +181,10 @@ return reply('ok', now, job)
 #: KEYS[11] = job; ARGV[3..] = owner, token. The attempt is given back, at most max_attempts
 #: times a job; later releases spend it as abandon does.
 RELEASE = (
-    _PRELUDE
-    + _GIVE_BACK
+    PRELUDE
+    + GIVE_BACK
+    + CLAIMED
     + """
-local job = KEYS[11]
-local now = clock()
-local f, why = current(job, ARGV[3], ARGV[4])
-if not f then return reply(why, now, why == 'lost' and job or nil) end
 local counts = redis.call('HMGET', job, 'releases', 'max_attempts')
 if tonumber(counts[1] or '0') < tonumber(counts[2]) then
   redis.call('HINCRBY', job, 'releases', 1)
@@ -343,12 +204,9 @@ return reply('ok', now, job)
 #: the script keeps the latest ones by splitting lines, with no JSON decoding (cjson would
 #: round floats and turn empty arrays into objects).
 RETRY = (
-    _PRELUDE
+    PRELUDE
+    + CLAIMED
     + """
-local job = KEYS[11]
-local now = clock()
-local f, why = current(job, ARGV[3], ARGV[4])
-if not f then return reply(why, now, why == 'lost' and job or nil) end
 local member, priority = f[4], f[5]
 local not_before = num(now + tonumber(ARGV[5]))
 redis.call('HINCRBY', job, 'attempts', -1)
@@ -378,7 +236,7 @@ return reply('ok', now, job)
 
 #: KEYS[11] = job; ARGV[3..] = with_claim ('1' or '0'), owner, token, reason.
 TRASH = (
-    _PRELUDE
+    PRELUDE
     + """
 local job = KEYS[11]
 local now = clock()
@@ -404,7 +262,7 @@ return reply('ok', now, job)
 
 #: Promote what is due; answer {now, promoted, next due time or ''}.
 PROMOTE = (
-    _PRELUDE
+    PRELUDE
     + """
 local now = clock()
 local promoted = promote(now)
@@ -421,7 +279,7 @@ return {num(now), promoted, next_due and num(next_due) or ''}
 
 #: Read only. ARGV[3] = state; answers {now, count} as iterjobs would list them.
 COUNT = (
-    _PRELUDE
+    PRELUDE
     + """
 local now = clock()
 local due = redis.call('ZCOUNT', delayed, '-inf', num(now))
@@ -448,3 +306,23 @@ redis.call('ZADD', KEYS[1], expires, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', num(now - 3600))
 return num(now)
 """
+
+
+@dataclass(frozen=True, slots=True)
+class BoardScripts:
+    """The board's scripts, loaded on a client by :func:`~aioconductor._backends.redis.scripts.load`
+    (an attribute a script: a misspelt name fails the type check, not a call)."""
+
+    post: AsyncScript = field(metadata=lua(POST))
+    claim: AsyncScript = field(metadata=lua(CLAIM))
+    claim_batch: AsyncScript = field(metadata=lua(CLAIM_BATCH))
+    claim_next: AsyncScript = field(metadata=lua(CLAIM_NEXT))
+    renew: AsyncScript = field(metadata=lua(RENEW))
+    consume: AsyncScript = field(metadata=lua(CONSUME))
+    abandon: AsyncScript = field(metadata=lua(ABANDON))
+    release: AsyncScript = field(metadata=lua(RELEASE))
+    retry: AsyncScript = field(metadata=lua(RETRY))
+    trash: AsyncScript = field(metadata=lua(TRASH))
+    promote: AsyncScript = field(metadata=lua(PROMOTE))
+    count: AsyncScript = field(metadata=lua(COUNT))
+    register: AsyncScript = field(metadata=lua(REGISTER))

@@ -13,11 +13,19 @@ logbook: it carries the namespace's hash tag, so it is in the same Redis Cluster
 
 Replies: ``{'ok', ...}``, ``{'notfound'}``, ``{'noflow'}``, ``{'lost', stored token}`` or
 ``{'conflict', stored version}``.
+
+:class:`StoreScripts` holds them loaded on a client, one attribute a script.
 """
 
 from __future__ import annotations
 
-__all__ = ["DESTROY", "GET", "SAVE_LOGBOOK", "UPDATE_ATOMS", "UPDATE_FLOW"]
+from dataclasses import dataclass, field
+
+from redis.commands.core import AsyncScript
+
+from aioconductor._backends.redis.scripts import lua
+
+__all__ = ["DESTROY", "GET", "SAVE_LOGBOOK", "UPDATE_ATOMS", "UPDATE_FLOW", "StoreScripts"]
 
 _PRELUDE = """
 local flow_prefix = ARGV[1]
@@ -85,6 +93,14 @@ local function dump(book)
 end
 """
 
+# The start of a write to a flow (KEYS = book, flow; ARGV[2] = token): `book`, `flow`, and
+# `token` to store, or the refusal answered.
+_FENCED_FLOW = """
+local book, flow = KEYS[1], KEYS[2]
+if redis.call('EXISTS', book) == 0 then return {'notfound'} end
+local token, stored = fenced(book, ARGV[2])
+if not token then return {'lost', stored} end"""
+
 #: KEYS = books, book. ARGV = flow prefix, token, uuid, name, detail, created_at, flow count,
 #: then per flow: uuid, detail, version, atom count, then per atom: name, json, version.
 SAVE_LOGBOOK = (
@@ -133,11 +149,8 @@ return {'ok', dump(KEYS[1])}
 #: read. Replies as above, or ``{'atomconflict', name, stored version}``.
 UPDATE_FLOW = (
     _PRELUDE
+    + _FENCED_FLOW
     + """
-local book, flow = KEYS[1], KEYS[2]
-if redis.call('EXISTS', book) == 0 then return {'notfound'} end
-local token, stored = fenced(book, ARGV[2])
-if not token then return {'lost', stored} end
 local known = redis.call('HEXISTS', book, 'f:' .. ARGV[3]) == 1
 local version = known and tonumber(redis.call('HGET', flow, 'version')) or 0
 if version ~= tonumber(ARGV[5]) then return {'conflict', tostring(version)} end
@@ -164,11 +177,8 @@ return {'ok', redis.call('HGETALL', flow)}
 #: ``{'conflict', name, stored version}`` naming the stale atom.
 UPDATE_ATOMS = (
     _PRELUDE
+    + _FENCED_FLOW
     + """
-local book, flow = KEYS[1], KEYS[2]
-if redis.call('EXISTS', book) == 0 then return {'notfound'} end
-local token, stored = fenced(book, ARGV[2])
-if not token then return {'lost', stored} end
 if redis.call('HEXISTS', book, 'f:' .. ARGV[3]) == 0 then return {'noflow'} end
 local count = tonumber(ARGV[4])
 local stale, current = stale_atom(flow, 5, count)
@@ -194,3 +204,15 @@ redis.call('ZREM', KEYS[1], ARGV[2])
 return {'ok'}
 """
 )
+
+
+@dataclass(frozen=True, slots=True)
+class StoreScripts:
+    """The store's scripts, loaded on a client by :func:`~aioconductor._backends.redis.scripts.load`
+    (an attribute a script: a misspelt name fails the type check, not a call)."""
+
+    save_logbook: AsyncScript = field(metadata=lua(SAVE_LOGBOOK))
+    get: AsyncScript = field(metadata=lua(GET))
+    update_flow: AsyncScript = field(metadata=lua(UPDATE_FLOW))
+    update_atoms: AsyncScript = field(metadata=lua(UPDATE_ATOMS))
+    destroy: AsyncScript = field(metadata=lua(DESTROY))

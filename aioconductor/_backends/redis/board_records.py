@@ -1,0 +1,162 @@
+"""The Redis board's records read back: a job or a conductor from its hash, a notification from
+a member of the ``ready`` set, the replies of the board's scripts (see
+:mod:`aioconductor._backends.redis.board_scripts`) and the errors their statuses stand for."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+
+from aioconductor._backends.redis.board_prelude import member_id
+from aioconductor._backends.redis.link import pairs
+from aioconductor._models import build
+from aioconductor._payload import decode_json
+from aioconductor.boards._support import conductor_from_row, visible
+from aioconductor.boards.base import lost_message, unclaimable_message
+from aioconductor.errors import BoardError, ClaimLost, JobNotFound, UnclaimableJob
+from aioconductor.models import (
+    Claim,
+    ConductorInfo,
+    Job,
+    JobNotification,
+    JobState,
+    NotificationKind,
+    Outcome,
+    RetryPolicy,
+)
+
+__all__ = [
+    "checked_job",
+    "claimed_jobs",
+    "conductor_from_hash",
+    "job_from_hash",
+    "merge",
+    "parse_reply",
+    "waiting",
+]
+
+
+def job_from_hash(fields: dict[str, str]) -> Job:
+    """A ``Job`` from its hash fields as the scripts store them."""
+    state = JobState(fields["state"])
+    claim = None
+    if "owner" in fields:
+        claim = build(
+            Claim,
+            job_id=fields["id"],
+            owner=fields["owner"],
+            token=int(fields["token"]),
+            expires_at=float(fields["expires_at"]),
+        )
+    not_before = fields.get("not_before")
+    result = fields.get("result")
+    outcome = fields.get("outcome")
+    return build(
+        Job,
+        id=fields["id"],
+        name=fields["name"],
+        flow=fields["flow"],
+        args=decode_json(fields["args"]),
+        priority=int(fields["priority"]),
+        seq=int(fields["seq"]),
+        created_at=float(fields["created_at"]),
+        updated_at=float(fields["updated_at"]),
+        not_before=None if not_before is None else float(not_before),
+        attempts=int(fields["attempts"]),
+        max_attempts=int(fields["max_attempts"]),
+        state=state,
+        claim=claim,
+        outcome=None if outcome is None else Outcome(outcome),
+        result=None if result is None else decode_json(result),
+        trash_reason=fields.get("trash_reason"),
+        headers=decode_json(fields.get("headers", "{}")),
+        # Absent on jobs that never had them (and on jobs written before they existed).
+        releases=int(fields.get("releases", 0)),
+        abandons=int(fields.get("abandons", 0)),
+        retries=int(fields.get("retries", 0)),
+        retry=_policy(retry) if (retry := fields.get("retry")) else None,
+        failures=decode_json(failures) if (failures := fields.get("failures")) else [],
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _policy(text: str) -> RetryPolicy:
+    """The retry policy stored as ``text``; cached, as jobs of one flow share a few policies
+    and a claim reads its job's every time (the policy is frozen, so sharing it is safe)."""
+    return RetryPolicy.model_validate_json(text)
+
+
+def conductor_from_hash(fields: dict[str, str]) -> ConductorInfo:
+    """A ``ConductorInfo`` from its hash fields as the ``REGISTER`` script stores them."""
+    times = (float(fields[name]) for name in ("started_at", "heartbeat_at", "expires_at"))
+    return conductor_from_row((fields["owner"], fields["name"], *times, fields["meta"]))
+
+
+def parse_reply(reply: Sequence[str]) -> tuple[str, float, Job | None]:
+    """A verb's reply ``{status, now, field, value, ...}``: its status, the server's time and
+    the job (None when the reply holds none)."""
+    status, now = reply[0], float(reply[1])
+    return status, now, (job_from_hash(pairs(reply[2:])) if len(reply) > 2 else None)
+
+
+def checked_job(reply: Sequence[str], job_id: str, verb: str, claim: Claim | None) -> Job:
+    """The job of a verb's reply, or the error its status stands for.
+
+    Raises:
+        JobNotFound: no such job.
+        ClaimLost: ``claim`` is no longer the job's.
+        UnclaimableJob: the job cannot be claimed, or is final and cannot be trashed.
+        BoardError: a status no verb answers.
+    """
+    status, now, job = parse_reply(reply)
+    if status == "ok" and job is not None:
+        return job
+    if status == "notfound":
+        raise JobNotFound(f"no job {job_id!r} on this board")
+    if job is not None:
+        if status == "lost" and claim is not None:
+            raise ClaimLost(lost_message(claim, verb, job.state, job.claim))
+        if status == "unclaimable":
+            raise UnclaimableJob(unclaimable_message(visible(job, now), now))
+        if status == "final":
+            raise UnclaimableJob(f"job {job_id} is already {job.state}: it cannot be trashed")
+    raise BoardError(f"unexpected reply {status!r} to {verb} of job {job_id}")
+
+
+def claimed_jobs(reply: Sequence[str]) -> list[Job]:
+    """The jobs of a ``CLAIM_BATCH`` reply: after status and time, per job its field count
+    and its fields."""
+    jobs: list[Job] = []
+    at = 2
+    while at < len(reply):
+        count = int(reply[at])
+        jobs.append(job_from_hash(pairs(reply[at + 1 : at + 1 + count])))
+        at += 1 + count
+    return jobs
+
+
+def waiting(members: Iterable[tuple[str, float]]) -> Iterator[JobNotification]:
+    """A ``WAITING`` notification for each (member, score) of the ``ready`` set."""
+    for member, score in members:
+        yield build(
+            JobNotification,
+            job_id=member_id(member),
+            kind=NotificationKind.WAITING,
+            priority=-int(score),
+        )
+
+
+async def merge(
+    a: AsyncIterator[tuple[float, str]], b: AsyncIterator[tuple[float, str]]
+) -> AsyncIterator[tuple[float, str]]:
+    """Merge two (score, member) streams that are each in claim order into one."""
+    head_a = await anext(a, None)
+    head_b = await anext(b, None)
+    while head_a is not None or head_b is not None:
+        if head_b is None or (head_a is not None and head_a <= head_b):
+            assert head_a is not None
+            yield head_a
+            head_a = await anext(a, None)
+        else:
+            yield head_b
+            head_b = await anext(b, None)
