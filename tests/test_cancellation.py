@@ -126,7 +126,8 @@ async def run_trapped(at: int | None, after: bool) -> tuple[Trap, TrappedBoard, 
             trap.scope = scope
             await conductor.run(max_dispatches=1)
     # Nothing leaked: no job task, no slot, no running engine.
-    assert not conductor.is_running and not conductor.running and conductor._active == 0
+    assert not conductor.is_running and not conductor.running
+    assert conductor._dispatcher is not None and conductor._dispatcher.active == 0
     return trap, board, store, job
 
 

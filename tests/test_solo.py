@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anyio
 
-from aioconductor._solo import SoloGate
+from aioconductor.conductor.solo import SoloGate
 
 
 async def test_an_alone_hold_waits_for_shared_ones_and_holds_off_new_ones() -> None:

@@ -1,5 +1,9 @@
 """Running one claimed job: build its flow, run its engine under a lease keeper, finish it.
 
+A :class:`JobRun` reads what it needs from a :class:`RunContext`, which names each thing one
+by one (the board, the lease, the flows, the notifier, the stats, the gate, the engine
+factory, ...): it never sees the conductor, and a test can run one without a conductor.
+
 Every way a job can end maps to one board verb:
 
 =================================================  =====================================
@@ -18,43 +22,81 @@ the claim was lost (stolen, fenced out)            nothing: the new owner has it
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
+from aioconductor.boards.base import JobBoard
+from aioconductor.conductor.solo import SoloGate, last_attempt_after_unfinished
+from aioconductor.conductor.stats import ConductorStats
+from aioconductor.engine import Engine, Flow, Task, linear
 from aioconductor.errors import (
     AioconductorError,
     BackendUnavailable,
     ClaimLost,
     CompilationError,
     FlowNotFound,
+    LogBookNotFound,
 )
-from aioconductor.events import Event
+from aioconductor.events import Event, Notifier
 from aioconductor.failure import Failure
 from aioconductor.logs import job_context
 from aioconductor.models import Claim, Job, Outcome, RetryPolicy
+from aioconductor.persistence.base import Store
 from aioconductor.persistence.models import FlowState
+from aioconductor.registry import FlowRegistry
 
-if TYPE_CHECKING:
-    from aioconductor.conductor import Conductor
-    from aioconductor.engine import Flow
-
-__all__ = ["JobRun"]
+__all__ = ["CLEANUP_TIMEOUT", "EngineFactory", "JobRun", "RunContext", "exhausted_reason"]
 
 logger = logging.getLogger("aioconductor.conductor")
 
 #: How long cleanup may take when a job is cancelled (abandon under a shield).
 CLEANUP_TIMEOUT = 5.0
 
+#: Makes the engine that runs a job's flow, saving progress under the claim's token.
+EngineFactory = Callable[[Job, Claim, Flow], Engine]
+
 _OUTCOMES = {
     FlowState.SUCCESS: Outcome.SUCCESS,
     FlowState.REVERTED: Outcome.REVERTED,
     FlowState.FAILURE: Outcome.FAILURE,
 }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunContext:
+    """What every run of one conductor's jobs shares, named one by one.
+
+    Made once per :meth:`Conductor.run`, so starting a job costs no more than making a
+    :class:`JobRun` of three fields.
+    """
+
+    #: The conductor's name, given in every event's details.
+    conductor: str
+    board: JobBoard
+    #: Seconds each renewal extends a claim by.
+    lease: float
+    flows: FlowRegistry
+    notifier: Notifier
+    stats: ConductorStats
+    #: Jobs run under a shared hold of it, or alone.
+    gate: SoloGate
+    make_engine: EngineFactory
+    #: The runs under way, by job id: a run lists itself while its engine runs (the lease
+    #: keeper renews what is listed here).
+    running: dict[str, JobRun]
+    #: Whether a job on its last attempt after an unfinished one runs alone
+    #: (:func:`~aioconductor.conductor.solo.last_attempt_after_unfinished`).
+    isolate_last_attempts: bool
+    #: The store to drop an ended job's logbook from: the conductor's private store (nobody
+    #: else can read it, and it would grow for ever); None when the store is the user's.
+    private_store: Store | None
 
 
 class _Unrunnable(Exception):
@@ -65,7 +107,7 @@ class _Unrunnable(Exception):
 class JobRun:
     """One claimed job on its way through a conductor."""
 
-    conductor: Conductor
+    context: RunContext
     job: Job
     claim: Claim
     started: float = field(default_factory=time.monotonic)
@@ -79,6 +121,7 @@ class JobRun:
 
     @property
     def details(self) -> dict[str, Any]:
+        """What every event of this run says about it (a fresh dict each time)."""
         return {
             "job_id": self.job.id,
             "job_name": self.job.name,
@@ -86,12 +129,12 @@ class JobRun:
             "owner": self.claim.owner,
             "token": self.claim.token,
             "attempt": self.job.attempts,
-            "conductor": self.conductor.name,
+            "conductor": self.context.conductor,
             "headers": self.job.headers,
         }
 
     async def _emit(self, event: Event, **extra: Any) -> None:
-        notifier = self.conductor.notifier
+        notifier = self.context.notifier
         if notifier.has_listeners(event):
             details = self.details
             details["duration"] = time.monotonic() - self.started
@@ -105,54 +148,54 @@ class JobRun:
         job, owner = self.job, self.claim.owner
         # Every log record of this run (and of the tasks it starts) names the job.
         with job_context(job.id, job.flow, owner, job_name=job.name, attempt=job.attempts):
-            await self._run()
+            await self._run_to_an_end()
             if self.final or self.lease_lost:
                 # Its progress is of use to nobody now (a lost job's new owner reads its own).
-                await self.conductor.forget_progress(job.id)
+                await self._forget_progress()
 
-    async def _run(self) -> None:
+    async def _run_to_an_end(self) -> None:
+        context, job = self.context, self.job
         try:
             await self._emit(Event.JOB_CLAIMED)
-            if self.job.attempts > self.job.max_attempts:
-                raise _Unrunnable(exhausted_reason(self.job))
+            if job.attempts > job.max_attempts:
+                raise _Unrunnable(exhausted_reason(job))
             flow = self._build_flow()
-            engine = self.conductor.make_engine(self.job, self.claim, flow)
-            running = self.conductor.running
-            earlier = running.get(self.job.id)
+            engine = context.make_engine(job, self.claim, flow)
+            running = context.running
+            earlier = running.get(job.id)
             if earlier is not None:
                 # This conductor claimed the job again while a run of its own (whose lease ran
                 # out) still winds down: that run is a zombie; stop it.
                 earlier.engine_scope.cancel()
-            running[self.job.id] = self
+            running[job.id] = self
+            alone = context.isolate_last_attempts and last_attempt_after_unfinished(job)
             try:
                 # Inside the engine's scope, and listed as running, while it waits for the
                 # gate: its lease is renewed meanwhile, and a lost claim stops the wait.
                 with self.engine_scope:
-                    async with self.conductor.gate.hold(self.conductor.runs_alone(self.job)):
+                    async with context.gate.hold(alone):
                         result = await engine.run()
             finally:
                 self.ended = True
-                if running.get(self.job.id) is self:
-                    del running[self.job.id]
+                if running.get(job.id) is self:
+                    del running[job.id]
             if self.engine_scope.cancelled_caught:
                 # Only the lease keeper cancels this scope: the claim is gone, the flow was
                 # suspended with its progress saved, and the new owner finishes the job.
                 return
-            await self._end(result.state, result.provided, result.failure)
+            await self._consume_or_retry(result.state, result.provided, result.failure)
         except _Unrunnable as exc:
             await self._trash(str(exc))
         except CompilationError as exc:
-            await self._trash(f"the flow {self.job.flow!r} is not valid for this job: {exc}")
+            await self._trash(f"the flow {job.flow!r} is not valid for this job: {exc}")
         except ClaimLost as exc:
-            await self._lost(exc)
+            await self._report_lost_claim(exc)
         except Exception as exc:
             # A storage failure or an internal error: the job may well succeed later.
             if isinstance(exc, AioconductorError):
-                logger.warning("job %s (%s): %r; abandoning it", self.job.id, self.job.flow, exc)
+                logger.warning("job %s (%s): %r; abandoning it", job.id, job.flow, exc)
             else:
-                logger.exception(
-                    "job %s (%s): internal error; abandoning it", self.job.id, self.job.flow
-                )
+                logger.exception("job %s (%s): internal error; abandoning it", job.id, job.flow)
             await self._abandon(reason=repr(exc))
         except BaseException:
             # Cancelled from outside (shutdown past its drain, or the app cancelled us): the
@@ -163,150 +206,163 @@ class JobRun:
             raise
 
     def _build_flow(self) -> Flow:
-        from aioconductor.engine import Flow, Task, linear
-
+        name = self.job.flow
         try:
-            factory = self.conductor.flows.get(self.job.flow)
+            factory = self.context.flows.get(name)
         except FlowNotFound as exc:
             raise _Unrunnable(str(exc)) from None
         try:
             flow = factory(**self.job.args)
         except TypeError as exc:
-            raise _Unrunnable(f"the args do not fit flow {self.job.flow!r}: {exc}") from None
+            raise _Unrunnable(f"the args do not fit flow {name!r}: {exc}") from None
         except Exception as exc:
-            raise _Unrunnable(f"the factory of flow {self.job.flow!r} raised {exc!r}") from None
+            raise _Unrunnable(f"the factory of flow {name!r} raised {exc!r}") from None
         if isinstance(flow, Task):
-            return linear(self.job.flow, flow)
+            return linear(name, flow)
         if isinstance(flow, Flow):
             return flow
         if inspect.iscoroutine(flow):
             flow.close()  # never awaited: close it, or Python warns about it when it is freed
             raise _Unrunnable(
-                f"the factory of flow {self.job.flow!r} is an async function; a factory must "
+                f"the factory of flow {name!r} is an async function; a factory must "
                 f"return its flow directly (a plain def)"
             )
         raise _Unrunnable(
-            f"the factory of flow {self.job.flow!r} returned {type(flow).__name__} "
+            f"the factory of flow {name!r} returned {type(flow).__name__} "
             f"{flow!r:.80}, not a Flow or a Task"
         )
 
-    async def renew(self) -> None:
-        """Extend the lease (the conductor's lease keeper calls this); on a lost claim, stop
-        the engine so that no two owners ever run the job at once."""
-        conductor, job = self.conductor, self.job
+    async def _forget_progress(self) -> None:
+        """Drop the job's logbook from the private store, unless a newer run of it here
+        (which claimed it again) still needs it."""
+        store = self.context.private_store
+        if store is not None and self.job.id not in self.context.running:
+            with contextlib.suppress(LogBookNotFound):
+                await store.destroy_logbook(self.job.id)
+
+    async def renew_lease(self) -> None:
+        """Extend the claim's lease (the conductor's lease keeper calls this); if the claim
+        is lost, stop the engine so that no two owners ever run the job at once."""
+        context, job = self.context, self.job
         # Stop before the lease ends, with a margin for clocks and for the stop itself: past
         # it, another owner may hold the job, and it must never run twice at once.
-        margin = min(conductor.lease / 6, 2.0)
+        margin = min(context.lease / 6, 2.0)
         # The lease keeper is a task of the conductor's: name the job in what it logs here.
         with job_context(
             job.id, job.flow, self.claim.owner, job_name=job.name, attempt=job.attempts
         ):
             try:
                 with anyio.fail_after(max(0.0, self.claim.expires_at - time.time() - margin)):
-                    claim = await conductor.board.renew(self.claim, lease=conductor.lease)
+                    claim = await context.board.renew(self.claim, lease=context.lease)
             except ClaimLost as exc:
                 if not self.ended:  # else consumed (or given up) meanwhile: nothing was lost
-                    await self._lose(exc)
+                    await self._stop_for_lost_claim(exc)
             except TimeoutError as exc:
                 if not self.ended:
                     logger.warning("job %s: renewing its lease got no answer in time", job.id)
-                    await self._lose(exc)
+                    await self._stop_for_lost_claim(exc)
             except (BackendUnavailable, OSError) as exc:
                 left = self.claim.expires_at - time.time()
                 logger.warning(
                     "job %s: renewing its lease failed (%r), %.1f s left", job.id, exc, left
                 )
-                if left < conductor.lease / 3 and not self.ended:
+                if left < context.lease / 3 and not self.ended:
                     # We cannot prove we hold it by the time another owner may take it: stop.
-                    await self._lose(exc)
+                    await self._stop_for_lost_claim(exc)
             else:
                 self.claim = claim
 
-    async def _lose(self, exc: BaseException) -> None:
+    async def _stop_for_lost_claim(self, exc: BaseException) -> None:
+        """Cancel the engine (it suspends, its progress saved), then report the lost claim."""
         self.engine_scope.cancel()
-        await self._lost(exc)
+        await self._report_lost_claim(exc)
 
     # -- the ends ------------------------------------------------------------------------------
 
-    async def _end(self, state: FlowState, provided: dict[str, Any], failure: Any) -> None:
+    async def _consume_or_retry(
+        self, state: FlowState, provided: dict[str, Any], failure: Failure | None
+    ) -> None:
         """Consume the job, or schedule it again if it failed and has retries left."""
         if state is not FlowState.SUCCESS:
             job = self.job
-            policy = job.retry or self.conductor.flows.retry_policy(job.flow)
+            policy = job.retry or self.context.flows.retry_policy(job.flow)
             if policy is not None and job.retries < policy.retries:
                 await self._retry(policy, state, failure)
                 return
         await self._consume(state, provided, failure)
 
-    async def _retry(self, policy: RetryPolicy, state: FlowState, failure: Any) -> None:
+    async def _retry(self, policy: RetryPolicy, state: FlowState, failure: Failure | None) -> None:
         number = self.job.retries + 1
         delay = policy.delay(number)
         saved = None if failure is None else _kept_failure(failure)
         try:
-            await self.conductor.board.retry(self.claim, delay=delay, failure=saved)
+            await self.context.board.retry(self.claim, delay=delay, failure=saved)
         except ClaimLost as exc:
-            await self._lost(exc)
+            await self._report_lost_claim(exc)
             return
         self.final = True  # this run's progress is of no use: a retry runs afresh
-        self.conductor.stats.retried += 1
+        self.context.stats.retried += 1
         outcome = _OUTCOMES.get(state, Outcome.FAILURE)
         await self._emit(Event.JOB_RETRIED, retry=number, delay=delay, outcome=str(outcome))
 
-    async def _consume(self, state: FlowState, provided: dict[str, Any], failure: Any) -> None:
+    async def _consume(
+        self, state: FlowState, provided: dict[str, Any], failure: Failure | None
+    ) -> None:
         outcome = _OUTCOMES.get(state, Outcome.FAILURE)
         result: dict[str, Any] = provided
         if failure is not None and outcome is not Outcome.SUCCESS:
             result = {"failure": failure.model_dump(mode="json")}
         try:
-            await self.conductor.board.consume(self.claim, outcome=outcome, result=result)
+            await self.context.board.consume(self.claim, outcome=outcome, result=result)
         except ClaimLost as exc:
-            await self._lost(exc)
+            await self._report_lost_claim(exc)
             return
         self.final = True
-        self.conductor.stats.count_outcome(outcome)
+        self.context.stats.count_outcome(outcome)
         await self._emit(Event.JOB_CONSUMED, outcome=str(outcome))
 
     async def _trash(self, reason: str) -> None:
         logger.warning("job %s (%s): trashed: %s", self.job.id, self.job.flow, reason)
         try:
-            await self.conductor.board.trash(self.claim, reason=reason)
+            await self.context.board.trash(self.claim, reason=reason)
         except ClaimLost as exc:
-            await self._lost(exc)
+            await self._report_lost_claim(exc)
             return
         self.final = True
-        self.conductor.stats.trashed += 1
+        self.context.stats.trashed += 1
         await self._emit(Event.JOB_TRASHED, reason=reason)
 
     async def _release(self) -> None:
         try:
-            await self.conductor.board.release(self.claim)
+            await self.context.board.release(self.claim)
         except ClaimLost as exc:
-            await self._lost(exc)
+            await self._report_lost_claim(exc)
             return
         except Exception as exc:
             logger.warning("job %s: release failed (%r); its lease will expire", self.job.id, exc)
             return
-        self.conductor.stats.released += 1
+        self.context.stats.released += 1
         await self._emit(Event.JOB_RELEASED, reason="cancelled")
 
     async def _abandon(self, reason: str) -> None:
         try:
-            await self.conductor.board.abandon(self.claim)
+            await self.context.board.abandon(self.claim)
         except ClaimLost as exc:
-            await self._lost(exc)
+            await self._report_lost_claim(exc)
             return
         except Exception as exc:
             # The claim will expire on its own; say so rather than hide it.
             logger.warning("job %s: abandon failed (%r); its lease will expire", self.job.id, exc)
             return
-        self.conductor.stats.abandoned += 1
+        self.context.stats.abandoned += 1
         await self._emit(Event.JOB_ABANDONED, reason=reason)
 
-    async def _lost(self, exc: BaseException) -> None:
+    async def _report_lost_claim(self, exc: BaseException) -> None:
+        """Count, log and announce (``lease_lost``) the lost claim, once per run."""
         if self.lease_lost:
             return
         self.lease_lost = True
-        self.conductor.stats.lease_lost += 1
+        self.context.stats.lease_lost += 1
         logger.warning("job %s: claim lost (%s)", self.job.id, exc)
         await self._emit(Event.LEASE_LOST, reason=str(exc))
 

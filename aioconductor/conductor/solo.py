@@ -14,7 +14,18 @@ from collections.abc import AsyncIterator
 
 import anyio
 
-__all__ = ["SoloGate"]
+from aioconductor.models import Job
+
+__all__ = ["SoloGate", "last_attempt_after_unfinished"]
+
+
+def last_attempt_after_unfinished(job: Job) -> bool:
+    """Whether ``job`` should run with no other job beside it: it is on its last attempt,
+    and an earlier one ended unfinished (the process may have crashed).
+
+    A job posted with ``max_attempts=1`` never does: its first attempt says nothing against it.
+    """
+    return 1 < job.attempts == job.max_attempts
 
 
 class SoloGate:

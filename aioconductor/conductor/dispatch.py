@@ -1,0 +1,213 @@
+"""`Dispatcher`: notifications in, claims out, one task per claimed job.
+
+Capacity before claim: the dispatcher takes a free slot of ``max_concurrency`` (and every other
+slot free at that moment, up to ``claim_batch_size``), then claims as many jobs in one call, so a
+claimed job never waits for a slot; each job's task gives its slot back in its ``finally``.
+Claiming and starting are two steps: :meth:`Dispatcher._claim` ends with jobs held (or none),
+:meth:`Dispatcher._start` turns each into a task running a :class:`JobRun`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import anyio
+import anyio.abc
+
+from aioconductor.conductor.jobrun import JobRun, RunContext
+from aioconductor.errors import AioconductorError
+from aioconductor.models import Claim, Job
+
+__all__ = ["CLAIM_TIMEOUT", "Dispatcher"]
+
+logger = logging.getLogger("aioconductor.conductor")
+
+#: The longest a claim call may take (it is shielded from cancellation while it runs).
+CLAIM_TIMEOUT = 60.0
+
+#: The first pause after a failed claim call; it doubles up to the sweep interval.
+_FIRST_BACKOFF = 0.05
+
+
+class Dispatcher:
+    """Claims jobs for one run of a conductor and starts a task for each.
+
+    Args:
+        context: what the job runs share (the board and the lease come from it too).
+        owner: the owner id claims are made under.
+        max_concurrency: how many jobs run at once.
+        claim_batch_size: the most jobs one claim call takes.
+        sweep_interval: the longest wait for a notification before claiming again.
+        stop_requested: set when the conductor is asked to stop: claiming ends.
+    """
+
+    def __init__(
+        self,
+        context: RunContext,
+        *,
+        owner: str,
+        max_concurrency: int,
+        claim_batch_size: int,
+        sweep_interval: float,
+        stop_requested: anyio.Event,
+    ) -> None:
+        self._context = context
+        self._owner = owner
+        self._claim_batch_size = claim_batch_size
+        self._sweep_interval = sweep_interval
+        self._stop_requested = stop_requested
+        self._slots = anyio.Semaphore(max_concurrency)
+        self._wakeup = anyio.Event()
+        #: Whether the last wait for work ended with a notification (not the sweep interval).
+        self._announced = False
+        self._backoff = _FIRST_BACKOFF
+        self._wait_scope: anyio.CancelScope | None = None
+        #: Job tasks alive (claimed and not yet finished).
+        self.active = 0
+        self._none_active = anyio.Event()
+
+    def interrupt(self) -> None:
+        """Cut short the wait under way, if any (for a slot, for work, after a failure), so
+        that a stop is seen at once; never a claim call."""
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    async def all_ended(self) -> None:
+        """Wait until no job task is alive."""
+        if self.active:
+            await self._none_active.wait()
+
+    async def listen(self) -> None:
+        """Turn the board's notifications into wake-ups of the dispatcher, until cancelled."""
+        board = self._context.board
+        while True:
+            try:
+                async with contextlib.aclosing(board.stream()) as notes:
+                    async for _ in notes:
+                        self._wakeup.set()
+                return
+            except AioconductorError as exc:
+                logger.warning(
+                    "conductor %s: notifications failed (%r)", self._context.conductor, exc
+                )
+                await anyio.sleep(self._sweep_interval)
+
+    async def run(self, jobs: anyio.abc.TaskGroup, max_dispatches: int | None) -> None:
+        """Claim jobs and start each in ``jobs`` until a stop is requested, or
+        ``max_dispatches`` jobs were claimed."""
+        dispatched = 0
+        while not self._stop_requested.is_set():
+            wanted = self._claim_batch_size
+            if max_dispatches is not None:
+                if dispatched >= max_dispatches:
+                    return
+                wanted = min(wanted, max_dispatches - dispatched)
+            held = await self._take_slots(wanted)
+            if held is None:
+                return
+            claimed = await self._claim(held)
+            if claimed is None:
+                continue
+            if not claimed:
+                await self._wait_for_work()
+                continue
+            self._announced = False
+            dispatched += len(claimed)
+            self._start(jobs, claimed)
+
+    # -- claiming ------------------------------------------------------------------------------
+
+    async def _take_slots(self, most: int) -> int | None:
+        """Wait for a free slot, then take every other one free now, up to ``most`` in all;
+        None if a stop came first (no slot held)."""
+        # Capacity before claim: a claimed job never waits for a slot.
+        with self._stoppable() as wait:
+            await self._slots.acquire()
+        if wait.cancelled_caught or self._stop_requested.is_set():
+            if not wait.cancelled_caught:
+                self._slots.release()
+            return None
+        taken = 1
+        while taken < most and self._slots.value > 0:
+            self._slots.acquire_nowait()
+            taken += 1
+        return taken
+
+    async def _claim(self, held: int) -> list[tuple[Job, Claim]] | None:
+        """Claim up to ``held`` jobs in one call, and give back the slots left unused; None
+        if the call failed (after a pause that grows while failures go on)."""
+        context = self._context
+        self._wakeup = anyio.Event()
+        try:
+            # Shielded (and bounded): jobs claimed must reach a task, which abandons them if
+            # the conductor is being cancelled, rather than sit claimed until their lease
+            # runs out with an attempt spent.
+            with anyio.CancelScope(shield=True), anyio.fail_after(CLAIM_TIMEOUT):
+                claimed = await context.board.claim_batch(self._owner, held, lease=context.lease)
+        except TimeoutError as exc:
+            self._give_back(held)
+            logger.warning("conductor %s: claim timed out (%r); retrying", context.conductor, exc)
+            return None
+        except AioconductorError as exc:
+            self._give_back(held)
+            logger.warning("conductor %s: claim failed (%r); retrying", context.conductor, exc)
+            with self._stoppable():
+                await anyio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, self._sweep_interval)
+            return None
+        except BaseException:
+            self._give_back(held)
+            raise
+        self._backoff = _FIRST_BACKOFF
+        self._give_back(held - len(claimed))
+        return claimed
+
+    async def _wait_for_work(self) -> None:
+        """After a claim that came back empty: wait for a notification, or for the sweep."""
+        if self._announced:
+            self._context.stats.claim_conflicts += 1
+        with self._stoppable(), anyio.move_on_after(self._sweep_interval):
+            await self._wakeup.wait()
+        self._announced = self._wakeup.is_set()
+
+    def _give_back(self, slots: int) -> None:
+        for _ in range(slots):
+            self._slots.release()
+
+    @contextlib.contextmanager
+    def _stoppable(self) -> Iterator[anyio.CancelScope]:
+        """A scope for the dispatcher's waits, which :meth:`interrupt` cancels."""
+        with anyio.CancelScope() as scope:
+            self._wait_scope = scope
+            if self._stop_requested.is_set():
+                scope.cancel()
+            try:
+                yield scope
+            finally:
+                self._wait_scope = None
+
+    # -- starting ------------------------------------------------------------------------------
+
+    def _start(self, jobs: anyio.abc.TaskGroup, claimed: list[tuple[Job, Claim]]) -> None:
+        """Start a task in ``jobs`` for each claimed job (each holds one slot already)."""
+        stats = self._context.stats
+        stats.claimed += len(claimed)
+        # Counted here, not in the task: a job must be waited for from the moment it is
+        # claimed, even if its task has not started yet.
+        self.active += len(claimed)
+        if self._none_active.is_set():
+            self._none_active = anyio.Event()
+        stats.peak_running = max(stats.peak_running, self.active)
+        for job, claim in claimed:
+            jobs.start_soon(self._run_job, job, claim, name=f"job {job.id}")
+
+    async def _run_job(self, job: Job, claim: Claim) -> None:
+        try:
+            await JobRun(self._context, job, claim).run()
+        finally:
+            self._slots.release()
+            self.active -= 1
+            if not self.active:
+                self._none_active.set()
