@@ -3,9 +3,10 @@ driver errors, the backoff of reconnects and read retries, and batched calls (``
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol
+import time
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, Literal, Protocol
 
 import anyio
 
@@ -20,6 +21,7 @@ __all__ = [
     "map_exceptions",
     "scrub",
     "sweep_delay",
+    "translate",
 ]
 
 #: The shortest wait before a sweep for something that fell due: never a busy loop.
@@ -33,25 +35,47 @@ ErrorTable = Sequence[
 ]
 
 
-@contextlib.contextmanager
-def map_exceptions(table: ErrorTable) -> Iterator[None]:
+class map_exceptions:  # a context manager, named and used like a function
     """Re-raise a driver exception as the library error the first matching row of ``table``
     makes of it (chained: ``raise ... from exc``); the library's own errors, and exceptions no
     row matches, pass as they are.
 
     The one place a backend says how its driver fails, instead of a hand-written ``try`` per
-    call (httpcore's ``map_exceptions`` is the model).
+    call (httpcore's ``map_exceptions`` is the model). A class rather than a generator-based
+    context manager: it wraps every call to a server, and costs a third as much.
     """
-    try:
-        yield
-    except AioconductorError:
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: ErrorTable) -> None:
+        self.table = table
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        if isinstance(exc, Exception):
+            mapped = translate(self.table, exc)
+            if mapped is not None:
+                raise mapped from exc
+        return False
+
+
+def translate(table: ErrorTable, exc: BaseException) -> Exception | None:
+    """The library error the first matching row of ``table`` makes of ``exc``, or None when
+    ``exc`` is the library's own or no row matches (for an error caught and handed on)."""
+    if isinstance(exc, AioconductorError):
         # Never wrap our own: BackendUnavailable is an OSError, which tables often list.
-        raise
-    except Exception as exc:
-        for types, make in table:
-            if isinstance(exc, types):
-                raise make(exc) from exc
-        raise
+        return None
+    for types, make in table:
+        if isinstance(exc, types):
+            return make(exc)
+    return None
 
 
 def scrub(exc: BaseException | str, secrets: Iterable[str]) -> str:
@@ -124,7 +148,11 @@ def sweep_delay(poll_interval: float, next_due: float | None, now: float) -> flo
 
 class DueTimer:
     """The earliest deadline a board has heard of (its own delayed posts, retries, leases), on
-    this process's monotonic clock, so that its stream sweeps then and not at the next poll."""
+    this process's monotonic clock, so that its stream sweeps then and not at the next poll.
+
+    ``time.monotonic`` is the clock of asyncio's loop, and a tenth of the cost of asking anyio
+    for it: :meth:`note` runs on every claim and renewal.
+    """
 
     def __init__(self) -> None:
         self.next_due: float | None = None
@@ -133,7 +161,7 @@ class DueTimer:
         """Note a deadline ``due_at`` given on the board's clock, which reads ``now``."""
         if due_at is None:
             return
-        at = anyio.current_time() + max(0.0, due_at - now)
+        at = time.monotonic() + max(0.0, due_at - now)
         if self.next_due is None or at < self.next_due:
             self.next_due = at
 
@@ -143,7 +171,7 @@ class DueTimer:
 
     def delay(self, poll_interval: float) -> float:
         """Seconds until the stream should sweep (see :func:`sweep_delay`)."""
-        return sweep_delay(poll_interval, self.next_due, anyio.current_time())
+        return sweep_delay(poll_interval, self.next_due, time.monotonic())
 
 
 class Pending:
