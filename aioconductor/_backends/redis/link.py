@@ -154,7 +154,8 @@ class RedisLink:
 
     async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run a non-idempotent call (a transition script) once: errors become unavailable."""
-        self.check_open()
+        if self.closed:
+            raise self._closed_error()
         with map_exceptions(self.errors(what)):
             return await fn()
 
@@ -176,24 +177,26 @@ class RedisLink:
         fail a conductor's sweep, and give up with ``BackendUnavailable`` after
         ``READ_RETRY_SECONDS``.
         """
-        backoff = Backoff(first=0.05, most=1.0)
         deadline = anyio.current_time() + READ_RETRY_SECONDS
-        errors = self.errors(what)
+        backoff: Backoff | None = None
         while True:
             # Checked on every attempt: a retry after aclose would open a connection that
             # nothing closes any more.
-            self.check_open()
-            with map_exceptions(errors):
-                try:
-                    return await fn()
-                except _TRANSIENT as exc:
-                    delay = backoff.next()
-                    # A refused password is no restart (redis-py's is a ConnectionError).
-                    if isinstance(exc, rexc.AuthenticationError):
+            if self.closed:
+                raise self._closed_error()
+            try:
+                return await fn()
+            except Exception as exc:
+                backoff = backoff or Backoff(first=0.05, most=1.0)
+                delay = backoff.next()
+                # A refused password is no restart (redis-py's is a ConnectionError).
+                fatal = isinstance(exc, rexc.AuthenticationError) or not isinstance(exc, _TRANSIENT)
+                if fatal or anyio.current_time() + delay > deadline:
+                    # Translated once it failed: a ``with`` around every read would nearly
+                    # double the Python a read runs.
+                    with map_exceptions(self.errors(what)):
                         raise
-                    if anyio.current_time() + delay > deadline:
-                        raise
-                    logger.debug("Redis at %s: %s failed (%s); retrying", self.url, what, exc)
+                logger.debug("Redis at %s: %s failed (%s); retrying", self.url, what, exc)
             await anyio.sleep(delay)
 
     async def connect(self) -> None:
