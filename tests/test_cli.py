@@ -200,9 +200,9 @@ def test_on_a_terminal_tables_are_drawn_with_rich(
 ) -> None:
     from rich.console import Console
 
-    import aioconductor.cli as cli
+    from aioconductor.cli import output
 
-    monkeypatch.setattr(cli, "_rich_console", lambda stream: Console(file=stream, width=200))
+    monkeypatch.setattr(output, "rich_console", lambda stream: Console(file=stream, width=200))
     run_cli(capsys, "post", "drawn", "noop", "--board", board_url)
     status, out, _ = run_cli(capsys, "jobs", "--board", board_url)
     assert status == 0 and "drawn" in out and "UNCLAIMED" in out
@@ -236,11 +236,11 @@ def test_run_shows_a_live_status_line_on_a_terminal(
 
     from rich.console import Console
 
-    import aioconductor.cli as cli
+    from aioconductor.cli import output
 
     screen = io.StringIO()
     terminal = Console(file=screen, force_terminal=True, width=200)
-    monkeypatch.setattr(cli, "_rich_console", lambda stream: terminal)
+    monkeypatch.setattr(output, "rich_console", lambda stream: terminal)
     run_cli(capsys, "post", "j", "sleepy", '{"key": 1, "seconds": 0.6}', "--board", board_url)
     status, out, _ = run_cli(
         capsys, "run", "--board", board_url, "--app", "tests.apps:flows", "--max-dispatches", "1",
@@ -360,12 +360,12 @@ def _terminal(monkeypatch: pytest.MonkeyPatch) -> object:
 
     from rich.console import Console
 
-    import aioconductor.cli as cli
+    from aioconductor.cli import output
 
     screen = io.StringIO()
     # Colours on whatever $TERM says: rich draws links only where it draws styles.
     terminal = Console(file=screen, force_terminal=True, color_system="truecolor", width=250)
-    monkeypatch.setattr(cli, "_rich_console", lambda stream: terminal)
+    monkeypatch.setattr(output, "rich_console", lambda stream: terminal)
     return screen
 
 

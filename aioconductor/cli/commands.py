@@ -1,0 +1,210 @@
+"""What each subcommand does (the ones on a board get it open, and close it after)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import anyio
+import pydantic
+
+from aioconductor.boards import JobBoard, open_board
+from aioconductor.cli.output import echo, echo_json, run_display, table
+from aioconductor.cli.parser import BOARD_ENV
+from aioconductor.conductor import Conductor
+from aioconductor.errors import ConfigurationError, DependencyMissing
+from aioconductor.models import Job, JobState, RetryPolicy
+from aioconductor.persistence import open_store
+from aioconductor.registry import FlowRegistry
+
+__all__ = ["run_command"]
+
+
+async def run_command(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names; returns the exit status."""
+    if args.command == "demo":
+        from aioconductor.demo import run_demo
+
+        if args.jobs < 1:
+            raise ConfigurationError("--jobs must be at least 1")
+        await run_demo(jobs=args.jobs, concurrency=args.concurrency, folder=args.folder)
+        return 0
+    if not args.board:
+        raise ConfigurationError(f"give the board URL with --board or ${BOARD_ENV}")
+    if args.command == "migrate":
+        return await _cmd_migrate(args)
+    async with open_board(args.board) as board:
+        return await _BOARD_COMMANDS[args.command](board, args)
+
+
+async def _cmd_migrate(args: argparse.Namespace) -> int:
+    """Connect the board and the store, which creates or upgrades their tables.
+
+    Migrations are idempotent and take a lock, so running this while conductors start is safe.
+    """
+    for what, opener, url in (
+        ("board", open_board, args.board),
+        ("store", open_store, args.store or args.board),
+    ):
+        async with opener(url) as resource:
+            echo(f"{what}: {resource!r} is up to date")
+    return 0
+
+
+async def _cmd_run(board: JobBoard, args: argparse.Namespace) -> int:
+    flows = FlowRegistry.load(args.app)
+    store = open_store(args.store) if args.store else None
+    conductor = Conductor(
+        args.name,
+        board,
+        store=store,
+        flows=flows,
+        max_concurrency=args.concurrency,
+        lease=args.lease,
+        drain_timeout=args.drain_timeout,
+    )
+    async with conductor, anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_signals, conductor, tg.cancel_scope)
+        echo(f"conductor {args.name} ({conductor.owner}) running on {board!r}")
+        with run_display(conductor, args.log_level) as display:
+            tg.start_soon(display)
+            await conductor.run(max_dispatches=args.max_dispatches)
+        tg.cancel_scope.cancel()
+    stats = conductor.stats
+    echo(
+        f"conductor {args.name} stopped: {stats.consumed} consumed, {stats.retried} retried, "
+        f"{stats.released} released, {stats.abandoned} abandoned, {stats.trashed} trashed"
+    )
+    return 0
+
+
+async def _stop_on_signals(conductor: Conductor, scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if conductor.stopping:
+                # A second signal: stop at once, abandoning what runs.
+                conductor.stop(drain=False)
+            else:
+                echo(f"{signal.Signals(signum).name}: draining", err=True)
+                conductor.stop()
+
+
+def _retry_policy(args: argparse.Namespace) -> RetryPolicy | None:
+    if args.retries is None:
+        return None
+    try:
+        return RetryPolicy(retries=args.retries, base=args.retry_base)
+    except ValueError as exc:
+        first = exc.errors()[0] if isinstance(exc, pydantic.ValidationError) else None
+        what = f"{first['loc'][0]}: {first['msg']}" if first else str(exc)
+        raise ConfigurationError(f"--retries/--retry-base: {what}") from None
+
+
+async def _cmd_post(board: JobBoard, args: argparse.Namespace) -> int:
+    try:
+        job_args = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"the args are not valid JSON: {exc}") from None
+    job = await board.post(
+        args.name,
+        args.flow,
+        job_args,
+        priority=args.priority,
+        max_attempts=args.max_attempts,
+        delay=args.delay,
+        retry=_retry_policy(args),
+    )
+    echo(job.id)
+    return 0
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _row(job: Job) -> list[str]:
+    outcome = job.outcome or job.trash_reason or ""
+    return [
+        job.id,
+        job.state.value,
+        str(job.priority),
+        f"{job.attempts}/{job.max_attempts}",
+        job.flow[:30],
+        job.name[:40],
+        str(outcome)[:60],
+    ]
+
+
+async def _cmd_jobs(board: JobBoard, args: argparse.Namespace) -> int:
+    state = JobState(args.state) if args.state else None
+    if args.json:
+        async for job in board.iterjobs(state=state):
+            echo_json(job.model_dump_json())
+        return 0
+    rows = [_row(job) async for job in board.iterjobs(state=state)]
+    headers = ["id", "state", "prio", "try", "flow", "name", "outcome"]
+    table(headers, rows, right={2, 3})
+    return 0
+
+
+async def _cmd_show(board: JobBoard, args: argparse.Namespace) -> int:
+    job = await board.get(args.job_id)
+    echo_json(json.dumps(job.model_dump(mode="json"), indent=2, sort_keys=True))
+    return 0
+
+
+async def _cmd_trash(board: JobBoard, args: argparse.Namespace) -> int:
+    job = await board.trash(args.job_id, reason=args.reason)
+    echo(f"{job.id} trashed: {job.trash_reason}")
+    return 0
+
+
+async def _cmd_conductors(board: JobBoard, args: argparse.Namespace) -> int:
+    rows = []
+    for info in await board.conductors():
+        running = info.meta.get("running", "?")
+        capacity = info.meta.get("capacity", "?")
+        rows.append([info.name, info.owner, f"{running}/{capacity}", _when(info.heartbeat_at)])
+    table(["name", "owner", "running", "heartbeat"], rows, right={2})
+    return 0
+
+
+async def _cmd_dashboard(board: JobBoard, args: argparse.Namespace) -> int:
+    """Serve the dashboard until SIGINT/SIGTERM."""
+    from aioconductor.dashboard import create_app
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise DependencyMissing(
+            "the dashboard server needs uvicorn: pip install 'aioconductor[dashboard]'"
+        ) from None
+    store = open_store(args.store) if args.store else None
+    # The --host given is a name the dashboard is served on, even when it is not an address.
+    hosts = [*filter(None, [args.host]), *args.allow_host]
+    app = create_app(board, store, allow_actions=args.allow_actions, allowed_hosts=hosts)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
+    actions = "on" if args.allow_actions else "off"
+    echo(f"dashboard of {board!r} on http://{args.host}:{args.port}/ (actions {actions})")
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        await app.state.dashboard.aclose()
+    return 0
+
+
+#: The subcommands that work on a board, by name.
+_BOARD_COMMANDS: dict[str, Callable[[JobBoard, argparse.Namespace], Awaitable[int]]] = {
+    "run": _cmd_run,
+    "post": _cmd_post,
+    "jobs": _cmd_jobs,
+    "show": _cmd_show,
+    "trash": _cmd_trash,
+    "conductors": _cmd_conductors,
+    "dashboard": _cmd_dashboard,
+}
