@@ -543,8 +543,13 @@ async def test_a_job_posted_in_a_transaction_exists_only_if_it_commits(
 async def old_schema(admin: Any, schema: str, version: int) -> tuple[str, str]:
     """A board schema as ``version`` made it (the library's first ``version`` migrations),
     holding a waiting job and a claimed one (their ids), written with the columns it had."""
-    link = PostgresJobBoard(driver_url=POSTGRES_URL, schema=schema)._link
-    await migrate(admin, link, "board", sql.MIGRATIONS[:version])
+    await migrate(
+        admin,
+        schema=schema,
+        url=POSTGRES_URL,
+        component="board",
+        migrations=sql.MIGRATIONS[:version],
+    )
     now = await admin.fetchval(sql.NOW_QUERY)
     insert = f"""INSERT INTO "{schema}".jobs (namespace, id, name, flow, args, priority,
             created_at, updated_at, attempts, max_attempts, token, state, owner, expires_at,

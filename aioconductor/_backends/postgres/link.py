@@ -214,7 +214,16 @@ class PostgresLink:
             )
         self._pool = pool
         try:
-            await self.call("migrate", lambda conn: migrate(conn, self, component, migrations))
+            await self.call(
+                "migrate",
+                lambda conn: migrate(
+                    conn,
+                    schema=self.schema,
+                    url=self.url,
+                    component=component,
+                    migrations=migrations,
+                ),
+            )
         except BaseException:
             # Shielded and bounded: a cancelled connect must still close the pool it opened.
             with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):

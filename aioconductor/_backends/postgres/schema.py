@@ -19,8 +19,6 @@ from aioconductor.errors import AioconductorError, ConfigurationError
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-    from aioconductor._backends.postgres.link import PostgresLink
-
 __all__ = [
     "SCHEMA_PREFIX",
     "Migrations",
@@ -81,8 +79,11 @@ def refuse_nul(what: str, value: str, error: type[AioconductorError]) -> None:
         raise error(f"{what} contains a NUL character (\\x00), which PostgreSQL cannot store")
 
 
-async def migrate(conn: Any, link: PostgresLink, component: str, migrations: Migrations) -> None:
-    """Bring ``component``'s tables in ``link``'s schema to the newest version.
+async def migrate(
+    conn: Any, *, schema: str, url: str, component: str, migrations: Migrations
+) -> None:
+    """Bring ``component``'s tables in ``schema`` to the newest version (``url``, with its
+    secrets masked, names the server in the log).
 
     Runs in one transaction under an advisory lock on the schema, so two processes connecting
     at once to a fresh database do not race: the second waits, then finds the work done.
@@ -90,7 +91,7 @@ async def migrate(conn: Any, link: PostgresLink, component: str, migrations: Mig
     Raises:
         ConfigurationError: the schema is newer than this library knows.
     """
-    q = link.q
+    q = quote_schema(schema)
     latest = len(migrations)
     try:
         version = await conn.fetchval(
@@ -102,7 +103,7 @@ async def migrate(conn: Any, link: PostgresLink, component: str, migrations: Mig
         return
     async with conn.transaction():
         await conn.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _MIGRATION_LOCK, link.schema
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _MIGRATION_LOCK, schema
         )
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {q}")
         await conn.execute(
@@ -117,7 +118,7 @@ async def migrate(conn: Any, link: PostgresLink, component: str, migrations: Mig
         version = version or 0
         if version > latest:
             raise ConfigurationError(
-                f"schema {link.schema!r} holds {component} version {version}, newer than "
+                f"schema {schema!r} holds {component} version {version}, newer than "
                 f"this aioconductor knows ({latest}): upgrade aioconductor"
             )
         for steps in migrations[version:]:
@@ -129,4 +130,4 @@ async def migrate(conn: Any, link: PostgresLink, component: str, migrations: Mig
             component,
             latest,
         )
-    logger.info("PostgreSQL at %s: %s schema %r at version %d", link.url, component, q, latest)
+    logger.info("PostgreSQL at %s: %s schema %r at version %d", url, component, q, latest)
