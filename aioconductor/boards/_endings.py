@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aioconductor._payload import encode_object, finite_seconds
+from aioconductor.boards._support import EncodedObject
 from aioconductor.errors import PayloadError
 from aioconductor.models import Claim, Job, Outcome
 
@@ -87,9 +88,9 @@ class ClaimEndings(abc.ABC):
         self._check_open()
         seconds = finite_seconds("delay", delay)
         if failure is None:
-            return await self._retry(claim, seconds, None, None)
+            return await self._retry(claim, seconds, None)
         data, decoded = encode_object("the run's failure", failure, self.max_payload_bytes)
-        return await self._retry(claim, seconds, decoded, data)
+        return await self._retry(claim, seconds, EncodedObject(decoded, data))
 
     async def trash(self, claim_or_id: Claim | str, *, reason: str) -> Job:
         """Give the job up for good: ``TRASHED`` with ``reason``, never offered again.
@@ -135,13 +136,7 @@ class ClaimEndings(abc.ABC):
     async def _release(self, claim: Claim) -> Job: ...
 
     @abc.abstractmethod
-    async def _retry(
-        self,
-        claim: Claim,
-        delay: float,
-        failure: dict[str, Any] | None,
-        failure_json: bytes | None,
-    ) -> Job: ...
+    async def _retry(self, claim: Claim, delay: float, failure: EncodedObject | None) -> Job: ...
 
     @abc.abstractmethod
     async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job: ...

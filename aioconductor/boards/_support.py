@@ -1,6 +1,7 @@
 """What a board backend is handed and hands back, beside the job model itself.
 
-``PostSpec`` is a validated ``post``; ``Subscription`` carries pushed notifications to one
+``PostSpec`` is a validated ``post``; ``EncodedObject`` a JSON object checked and encoded once
+for every backend (a failed run's ``failure``); ``Subscription`` carries pushed notifications to one
 ``stream()``; the message helpers keep every backend's refusals worded alike.
 """
 
@@ -27,6 +28,7 @@ from aioconductor.models import (
 
 __all__ = [
     "JOB_COLUMNS",
+    "EncodedObject",
     "PostSpec",
     "Subscription",
     "conductor_from_row",
@@ -65,6 +67,16 @@ class PostSpec:
     #: The job's retry policy, and as JSON text.
     retry: RetryPolicy | None = None
     retry_json: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedObject:
+    """A JSON object checked by the board: as a reader will get it back, and as JSON."""
+
+    #: The object decoded from :attr:`json` (a tuple is a list here, and so on).
+    value: dict[str, Any]
+    #: Its compact JSON text, UTF-8 encoded.
+    json: bytes
 
 
 class Subscription:

@@ -46,6 +46,7 @@ from aioconductor.boards._endings import ClaimEndings
 from aioconductor.boards._notifications import Notifications
 from aioconductor.boards._posting import post_spec
 from aioconductor.boards._support import (
+    EncodedObject,
     PostSpec,
     Subscription,
     lost_message,
@@ -64,6 +65,7 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "MAX_BATCH",
     "MAX_POST_BATCH",
+    "EncodedObject",
     "JobBoard",
     "PostSpec",
     "Subscription",

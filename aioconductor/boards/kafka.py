@@ -55,7 +55,13 @@ from aioconductor._backends.kafka.setup import bool_option, bootstrap_servers
 from aioconductor._backends.kafka.view import CONDUCTOR_PREFIX, JobView, claimable, to_job
 from aioconductor._models import build
 from aioconductor._urls import ParsedURL, int_option, refuse_options
-from aioconductor.boards.base import JobBoard, PostSpec, Subscription, unclaimable_message
+from aioconductor.boards.base import (
+    EncodedObject,
+    JobBoard,
+    PostSpec,
+    Subscription,
+    unclaimable_message,
+)
 from aioconductor.errors import BoardClosed, ConfigurationError, UnclaimableJob
 from aioconductor.models import Claim, ConductorInfo, Job, JobNotification, JobState, Outcome
 
@@ -260,12 +266,11 @@ class KafkaJobBoard(JobBoard):
     async def _release(self, claim: Claim) -> Job:
         return to_job(await self._held(claim, "release", records.released))
 
-    async def _retry(
-        self, claim: Claim, delay: float, failure: dict[str, Any] | None, failure_json: bytes | None
-    ) -> Job:
+    async def _retry(self, claim: Claim, delay: float, failure: EncodedObject | None) -> Job:
         # Every instance's fold sets a timer for the job's not_before: it is announced (DUE)
         # and claimable then, like a delayed post, and it is not finished for offset commits.
-        retry = functools.partial(records.retried, delay=delay, failure=failure)
+        value = None if failure is None else failure.value
+        retry = functools.partial(records.retried, delay=delay, failure=value)
         return to_job(await self._held(claim, "retry", retry))
 
     async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job:

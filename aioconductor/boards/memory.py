@@ -25,6 +25,7 @@ from aioconductor._backends.memory.jobs import Record
 from aioconductor._models import build, evolve
 from aioconductor._urls import ParsedURL
 from aioconductor.boards.base import (
+    EncodedObject,
     JobBoard,
     PostSpec,
     Subscription,
@@ -217,20 +218,14 @@ class MemoryJobBoard(JobBoard):
         self._publish(record, NotificationKind.ABANDONED)
         return record.to_job()
 
-    async def _retry(
-        self,
-        claim: Claim,
-        delay: float,
-        failure: dict[str, Any] | None,
-        failure_json: bytes | None,
-    ) -> Job:
+    async def _retry(self, claim: Claim, delay: float, failure: EncodedObject | None) -> Job:
         await checkpoint()
         record = self._current(claim, "retry")
         now = self._clock()
         record.attempts -= 1
         record.retries += 1
         if failure is not None:
-            record.failures = [*record.failures, failure][-MAX_KEPT_FAILURES:]
+            record.failures = [*record.failures, failure.value][-MAX_KEPT_FAILURES:]
         record.state = JobState.SCHEDULED
         record.claim = None
         record.not_before = now + delay

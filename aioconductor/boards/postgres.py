@@ -44,6 +44,7 @@ from aioconductor._payload import encode_json
 from aioconductor._urls import ParsedURL, validate_namespace
 from aioconductor.boards._support import conductor_from_row, job_from_row, visible
 from aioconductor.boards.base import (
+    EncodedObject,
     JobBoard,
     PostSpec,
     Subscription,
@@ -319,16 +320,11 @@ class PostgresJobBoard(JobBoard):
         row = await self._fetch_row("release", self._sql.release, *args)
         return await self._checked(row, claim, "release")
 
-    async def _retry(
-        self,
-        claim: Claim,
-        delay: float,
-        failure: dict[str, Any] | None,
-        failure_json: bytes | None,
-    ) -> Job:
+    async def _retry(self, claim: Claim, delay: float, failure: EncodedObject | None) -> Job:
         args = await self._claim_args(claim, "retry")
+        text = None if failure is None else json_text(failure.json)
         row = await self._fetch_row(
-            "retry", self._sql.retry, *args, seconds(delay), json_text(failure_json), self.channel
+            "retry", self._sql.retry, *args, seconds(delay), text, self.channel
         )
         job = await self._checked(row, claim, "retry")
         self._due.note(job.not_before, job.updated_at)

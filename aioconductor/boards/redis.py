@@ -41,7 +41,7 @@ from aioconductor._backends.redis.pubsub import PubSubSubscription
 from aioconductor._payload import encode_json
 from aioconductor._urls import ParsedURL
 from aioconductor.boards._support import visible
-from aioconductor.boards.base import JobBoard, PostSpec, Subscription
+from aioconductor.boards.base import EncodedObject, JobBoard, PostSpec, Subscription
 from aioconductor.errors import BoardClosed, JobNotFound
 from aioconductor.models import Claim, ConductorInfo, Job, JobNotification, JobState, Outcome
 
@@ -182,18 +182,12 @@ class RedisJobBoard(JobBoard):
         reply = await self._run(self._scripts.release, "release", args, claim.job_id)
         return records.checked_job(reply, claim.job_id, "release", claim)
 
-    async def _retry(
-        self,
-        claim: Claim,
-        delay: float,
-        failure: dict[str, Any] | None,
-        failure_json: bytes | None,
-    ) -> Job:
-        failure_text = "" if failure_json is None else failure_json.decode("utf-8")
+    async def _retry(self, claim: Claim, delay: float, failure: EncodedObject | None) -> Job:
+        failure_text = "" if failure is None else failure.json.decode("utf-8")
         if failure is not None and "\n" in failure_text:
             # The script keeps one failure a line (see RETRY): compact JSON has no raw newline,
             # but an encoder that indents would, so such text is written again compactly.
-            failure_text = json.dumps(failure, ensure_ascii=False, separators=(",", ":"))
+            failure_text = json.dumps(failure.value, ensure_ascii=False, separators=(",", ":"))
         args = [claim.owner, str(claim.token), fmt_time(delay), failure_text]
         reply = await self._run(self._scripts.retry, "retry", args, claim.job_id)
         job = records.checked_job(reply, claim.job_id, "retry", claim)

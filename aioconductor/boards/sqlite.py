@@ -34,6 +34,7 @@ from aioconductor._payload import encode_json
 from aioconductor._urls import ParsedURL, refuse_options
 from aioconductor.boards._support import conductor_from_row, job_from_row, visible
 from aioconductor.boards.base import (
+    EncodedObject,
     JobBoard,
     PostSpec,
     Subscription,
@@ -299,14 +300,8 @@ class SqliteJobBoard(JobBoard):
         self._push(job, rev, NotificationKind.ABANDONED)
         return job
 
-    async def _retry(
-        self,
-        claim: Claim,
-        delay: float,
-        failure: dict[str, Any] | None,
-        failure_json: bytes | None,
-    ) -> Job:
-        text = None if failure_json is None else failure_json.decode("utf-8")
+    async def _retry(self, claim: Claim, delay: float, failure: EncodedObject | None) -> Job:
+        text = None if failure is None else failure.json.decode("utf-8")
 
         def retry(conn: sqlite3.Connection) -> tuple[Job, int]:
             row = self._with_claim(conn, sql.RETRY, claim, "retry", delay=delay, failure=text)

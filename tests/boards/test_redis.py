@@ -23,6 +23,7 @@ from redis.asyncio.connection import SSLConnection
 from redis.crc import key_slot
 
 from aioconductor.boards import JobBoard, open_board
+from aioconductor.boards.base import EncodedObject
 from aioconductor.boards.redis import RedisJobBoard
 from aioconductor.errors import (
     BackendUnavailable,
@@ -192,7 +193,7 @@ async def test_failures_encoded_with_newlines_are_kept_whole(board: JobBoard) ->
     for failure in failures:
         claim = await board.claim(job.id, "o")
         text = json.dumps(failure, indent=2).encode()
-        retried = await board._retry(claim, 0.0, failure, text)
+        retried = await board._retry(claim, 0.0, EncodedObject(failure, text))
     assert retried.failures == failures
     assert (await board.get(job.id)).failures == failures
 
