@@ -90,11 +90,7 @@ class TrappedStore(InMemoryStore):
         return await self.trap.around("get_logbook", super()._get_logbook(book_uuid))
 
     async def _update_flow_detail(
-        self,
-        book_uuid: str,
-        flow: FlowDetail,
-        token: int | None,
-        atoms: tuple[AtomDetail, ...] = (),
+        self, book_uuid: str, flow: FlowDetail, token: int | None, atoms: tuple[AtomDetail, ...]
     ) -> FlowDetail:
         operation = super()._update_flow_detail(book_uuid, flow, token, atoms)
         return await self.trap.around("update_flow_detail", operation)

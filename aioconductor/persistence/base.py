@@ -187,11 +187,7 @@ class Store(Lifecycle):
 
     @abc.abstractmethod
     async def _update_flow_detail(
-        self,
-        book_uuid: str,
-        flow: FlowDetail,
-        token: int | None,
-        atoms: tuple[AtomDetail, ...] = (),
+        self, book_uuid: str, flow: FlowDetail, token: int | None, atoms: tuple[AtomDetail, ...]
     ) -> FlowDetail: ...
 
     async def _update_atom_detail(

@@ -80,11 +80,7 @@ class MemoryStore(Store):
         return copy_book(self._book(book_uuid))
 
     async def _update_flow_detail(
-        self,
-        book_uuid: str,
-        flow: FlowDetail,
-        token: int | None,
-        atoms: tuple[AtomDetail, ...] = (),
+        self, book_uuid: str, flow: FlowDetail, token: int | None, atoms: tuple[AtomDetail, ...]
     ) -> FlowDetail:
         await checkpoint()
         book = self._book(book_uuid)

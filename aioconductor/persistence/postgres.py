@@ -242,11 +242,7 @@ class PostgresStore(Store):
         return books[0]
 
     async def _update_flow_detail(
-        self,
-        book_uuid: str,
-        flow: FlowDetail,
-        token: int | None,
-        atoms: tuple[AtomDetail, ...] = (),
+        self, book_uuid: str, flow: FlowDetail, token: int | None, atoms: tuple[AtomDetail, ...]
     ) -> FlowDetail:
         if "\x00" in book_uuid:
             raise self._missing(book_uuid)

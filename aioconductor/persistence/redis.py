@@ -124,11 +124,7 @@ class RedisStore(Store):
         return records.book_from_dump(reply[1]) if reply[0] == "ok" else None
 
     async def _update_flow_detail(
-        self,
-        book_uuid: str,
-        flow: FlowDetail,
-        token: int | None,
-        atoms: tuple[AtomDetail, ...] = (),
+        self, book_uuid: str, flow: FlowDetail, token: int | None, atoms: tuple[AtomDetail, ...]
     ) -> FlowDetail:
         args = [records.token_arg(token), flow.uuid, records.flow_detail_arg(flow)]
         args.append(str(flow.version))

@@ -200,11 +200,7 @@ class SqliteStore(Store):
         return await self._snapshot("get_logbook", lambda conn: self._fetch(conn, book_uuid))
 
     async def _update_flow_detail(
-        self,
-        book_uuid: str,
-        flow: FlowDetail,
-        token: int | None,
-        atoms: tuple[AtomDetail, ...] = (),
+        self, book_uuid: str, flow: FlowDetail, token: int | None, atoms: tuple[AtomDetail, ...]
     ) -> FlowDetail:
         encoded = _Flow(flow)
         details = [_Atom(atom) for atom in atoms]

@@ -129,7 +129,7 @@ class CountingStore(MemoryStore):
         return await super()._save_logbook(book, token)
 
     async def _update_flow_detail(
-        self, book_uuid: str, flow: Any, token: int | None, atoms: tuple[Any, ...] = ()
+        self, book_uuid: str, flow: Any, token: int | None, atoms: tuple[Any, ...]
     ) -> Any:
         self.writes += 1
         if atoms and self.fail_end:
