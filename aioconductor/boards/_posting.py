@@ -1,36 +1,52 @@
 """What a ``post`` is checked for, before any backend sees it: the job's name and flow, its
-options, its args, headers and retry policy, each refused with a clear ``PayloadError``."""
+options, its args, headers and retry policy, each refused with a clear ``PayloadError``.
+
+The options are written once, as :class:`PostOptions`: ``post``, ``post_many`` and
+``PostgresJobBoard.post_in_transaction`` take them as keywords and hand them to
+:func:`post_spec`, which gives each its default."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 from aioconductor._payload import encode_json, encode_object, finite_seconds, validate_name
 from aioconductor.boards._support import PostSpec
 from aioconductor.errors import PayloadError
 from aioconductor.models import RetryPolicy
 
-__all__ = ["MAX_HEADERS_BYTES", "post_spec"]
+__all__ = ["MAX_HEADERS_BYTES", "PostOptions", "post_spec"]
 
 #: The most a job's headers may weigh, as JSON.
 MAX_HEADERS_BYTES = 8192
+
+
+class PostOptions(TypedDict, total=False):
+    """The options of a post, each optional (:meth:`JobBoard.post` describes them)."""
+
+    priority: int
+    max_attempts: int
+    delay: float | None
+    not_before: float | None
+    headers: Mapping[str, str] | None
+    retry: RetryPolicy | None
 
 
 def post_spec(
     name: str,
     flow: str,
     args: Mapping[str, Any] | None,
-    *,
-    priority: int,
-    max_attempts: int,
-    delay: float | None,
-    not_before: float | None,
-    headers: Mapping[str, str] | None,
-    retry: RetryPolicy | None,
     max_payload_bytes: int,
+    *,
+    priority: int = 0,
+    max_attempts: int = 3,
+    delay: float | None = None,
+    not_before: float | None = None,
+    headers: Mapping[str, str] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> PostSpec:
-    """The validated post, its payloads encoded, for a backend's ``_post``.
+    """The validated post, its payloads encoded, for a backend's ``_post``; the options
+    (:class:`PostOptions`) not given take their defaults here.
 
     Raises:
         PayloadError: a bad name, flow, option, args, headers or retry policy.

@@ -28,7 +28,7 @@ import abc
 import itertools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 from aioconductor._checks import check_lease
 from aioconductor._lifecycle import Lifecycle
@@ -44,7 +44,7 @@ from aioconductor._urls import (
 from aioconductor.boards._conductors import ConductorRegistry
 from aioconductor.boards._endings import ClaimEndings
 from aioconductor.boards._notifications import Notifications
-from aioconductor.boards._posting import post_spec
+from aioconductor.boards._posting import PostOptions, post_spec
 from aioconductor.boards._support import (
     EncodedObject,
     PostSpec,
@@ -53,12 +53,7 @@ from aioconductor.boards._support import (
     unclaimable_message,
 )
 from aioconductor.errors import BoardClosed, BoardError, ConfigurationError, PayloadError
-from aioconductor.models import (
-    Claim,
-    Job,
-    JobState,
-    RetryPolicy,
-)
+from aioconductor.models import Claim, Job, JobState
 
 __all__ = [
     "DEFAULT_LEASE",
@@ -67,6 +62,7 @@ __all__ = [
     "MAX_POST_BATCH",
     "EncodedObject",
     "JobBoard",
+    "PostOptions",
     "PostSpec",
     "Subscription",
     "lost_message",
@@ -144,13 +140,7 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, ConductorRegistry):
         name: str,
         flow: str,
         args: Mapping[str, Any] | None = None,
-        *,
-        priority: int = 0,
-        max_attempts: int = 3,
-        delay: float | None = None,
-        not_before: float | None = None,
-        headers: Mapping[str, str] | None = None,
-        retry: RetryPolicy | None = None,
+        **options: Unpack[PostOptions],
     ) -> Job:
         """Post a job: the flow registered as ``flow``, to be built and run with ``args``.
 
@@ -158,14 +148,19 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, ConductorRegistry):
             name: a label for people (1 to 255 characters).
             flow: the name the conductors' flow registry knows the flow by.
             args: a JSON object; the flow factory and the flow's tasks receive it by name.
-            priority: higher runs first; equal priorities run in post order.
-            max_attempts: how many claims the job gets; the next claim trashes it.
-            delay: seconds from now before the job may be claimed.
-            not_before: epoch seconds before which the job may not be claimed.
-            headers: strings carried with the job but not given to its flow (a trace
-                context, a correlation id); at most 8 KiB as JSON.
-            retry: run the job again, later, when its flow ends ``REVERTED`` or ``FAILURE``
-                (it wins over the policy its flow was registered with).
+            **options: the post's options (:class:`PostOptions`), below; all keywords.
+
+        Keyword Args:
+            priority (int): higher runs first; equal priorities run in post order. Default 0.
+            max_attempts (int): how many claims the job gets; the next claim trashes it.
+                Default 3.
+            delay (float | None): seconds from now before the job may be claimed.
+            not_before (float | None): epoch seconds before which the job may not be claimed.
+            headers (Mapping[str, str] | None): strings carried with the job but not given to
+                its flow (a trace context, a correlation id); at most 8 KiB as JSON.
+            retry (RetryPolicy | None): run the job again, later, when its flow ends
+                ``REVERTED`` or ``FAILURE`` (it wins over the policy its flow was registered
+                with).
 
         Returns:
             The job as stored (``UNCLAIMED``, or ``SCHEDULED`` when delayed).
@@ -174,10 +169,7 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, ConductorRegistry):
             PayloadError: bad name, flow, args or option; nothing was written.
         """
         self._check_open()
-        spec = self._post_spec(
-            name, flow, args, priority, max_attempts, delay, not_before, headers, retry
-        )
-        return await self._post(spec)
+        return await self._post(post_spec(name, flow, args, self.max_payload_bytes, **options))
 
     async def post_many(
         self,
@@ -185,12 +177,7 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, ConductorRegistry):
         args: Iterable[Mapping[str, Any] | None],
         *,
         name: str | None = None,
-        priority: int = 0,
-        max_attempts: int = 3,
-        delay: float | None = None,
-        not_before: float | None = None,
-        headers: Mapping[str, str] | None = None,
-        retry: RetryPolicy | None = None,
+        **options: Unpack[PostOptions],
     ) -> list[Job]:
         """Post one job of ``flow`` for each item of ``args``, in order (their ``seq`` follows
         it), in one round trip on the SQLite, Redis and PostgreSQL boards.
@@ -211,39 +198,9 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, ConductorRegistry):
         items = list(itertools.islice(args, MAX_POST_BATCH + 1))
         if len(items) > MAX_POST_BATCH:
             raise PayloadError(f"post_many takes at most {MAX_POST_BATCH:,} jobs a call")
-        specs = [
-            self._post_spec(
-                label, flow, item, priority, max_attempts, delay, not_before, headers, retry
-            )
-            for item in items
-        ]
+        limit = self.max_payload_bytes
+        specs = [post_spec(label, flow, item, limit, **options) for item in items]
         return await self._post_many(specs) if specs else []
-
-    def _post_spec(
-        self,
-        name: str,
-        flow: str,
-        args: Mapping[str, Any] | None,
-        priority: int,
-        max_attempts: int,
-        delay: float | None,
-        not_before: float | None,
-        headers: Mapping[str, str] | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> PostSpec:
-        """A post's options checked (``PayloadError`` if bad), for this board's payload limit."""
-        return post_spec(
-            name,
-            flow,
-            args,
-            priority=priority,
-            max_attempts=max_attempts,
-            delay=delay,
-            not_before=not_before,
-            headers=headers,
-            retry=retry,
-            max_payload_bytes=self.max_payload_bytes,
-        )
 
     # -- claiming ------------------------------------------------------------------------------
 

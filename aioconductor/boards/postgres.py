@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 from aioconductor._backends.base import DueTimer
 from aioconductor._backends.postgres import board_sql as sql
@@ -42,6 +42,7 @@ from aioconductor._backends.postgres.urls import URL_OPTIONS
 from aioconductor._models import build
 from aioconductor._payload import encode_json
 from aioconductor._urls import ParsedURL, validate_namespace
+from aioconductor.boards._posting import PostOptions, post_spec
 from aioconductor.boards._support import conductor_from_row, job_from_row, visible
 from aioconductor.boards.base import (
     EncodedObject,
@@ -67,7 +68,6 @@ from aioconductor.models import (
     JobState,
     NotificationKind,
     Outcome,
-    RetryPolicy,
 )
 
 __all__ = ["PostgresJobBoard"]
@@ -174,13 +174,7 @@ class PostgresJobBoard(JobBoard):
         name: str,
         flow: str,
         args: Mapping[str, Any] | None = None,
-        *,
-        priority: int = 0,
-        max_attempts: int = 3,
-        delay: float | None = None,
-        not_before: float | None = None,
-        headers: Mapping[str, str] | None = None,
-        retry: RetryPolicy | None = None,
+        **options: Unpack[PostOptions],
     ) -> Job:
         """Post a job on the caller's own asyncpg ``connection``, inside its transaction.
 
@@ -200,9 +194,7 @@ class PostgresJobBoard(JobBoard):
                 with any failed statement.
         """
         self._check_open()
-        spec = self._post_spec(
-            name, flow, args, priority, max_attempts, delay, not_before, headers, retry
-        )
+        spec = post_spec(name, flow, args, self.max_payload_bytes, **options)
         query, params = self._post_statement(spec)
         with self._link.translate("post"):
             rows = await connection.fetch(query, self.namespace, *params)
