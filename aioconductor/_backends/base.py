@@ -1,16 +1,20 @@
 """What every backend's plumbing shares: the link interface, one table-driven translation of
-driver errors, the backoff of reconnects and read retries, and batched calls (``Pending``)."""
+driver errors, the backoff of reconnects and read retries, the reconnect of a notification channel
+(``Redial``) and the parse of its messages, and batched calls (``Pending``)."""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
 import anyio
 
+from aioconductor._models import build
 from aioconductor.errors import AioconductorError, BackendUnavailable
+from aioconductor.models import JobNotification, NotificationKind
 
 __all__ = [
     "Backoff",
@@ -18,7 +22,9 @@ __all__ = [
     "ErrorTable",
     "Link",
     "Pending",
+    "Redial",
     "map_exceptions",
+    "parse_note",
     "scrub",
     "sweep_delay",
     "translate",
@@ -133,6 +139,57 @@ class Backoff:
     async def sleep(self) -> None:
         """Sleep for :meth:`next`."""
         await anyio.sleep(self.next())
+
+
+class Redial:
+    """The reconnects of a notification channel that was lost: each tried no sooner than the
+    backoff allows, and logged.
+
+    A time to retry at, not a sleep per try: the stream cancels each receive at its own
+    deadline, and a backoff restarted on every call would never end.
+    """
+
+    def __init__(self, logger: logging.Logger, server: str) -> None:
+        self._logger = logger
+        self._server = server
+        # A restarting server refuses connections for a while.
+        self._backoff = Backoff(first=0.05, most=2.0)
+        self._retry_at = 0.0
+
+    async def attempt(
+        self,
+        connect: Callable[[], Awaitable[None]],
+        errors: type[Exception] | tuple[type[Exception], ...],
+    ) -> bool:
+        """Wait until the retry time, then ``connect()``.
+
+        Returns:
+            True once it reconnected; False when it raised one of ``errors``: the error is
+            logged, and the next try put off.
+        """
+        await anyio.sleep_until(self._retry_at)
+        try:
+            await connect()
+        except errors as exc:
+            delay = self._backoff.next()
+            self._retry_at = anyio.current_time() + delay
+            self._logger.warning("%s; retrying in %.2f s", exc, delay)
+            return False
+        self._backoff.reset()
+        self._logger.info("%s: notifications resumed", self._server)
+        return True
+
+
+def parse_note(payload: str) -> JobNotification | None:
+    """A notification from a channel's message ``"<kind> <priority> <id>"`` (as the PostgreSQL
+    and Redis boards publish them), or None if malformed."""
+    try:
+        kind, priority, job_id = payload.split(" ", 2)
+        return build(
+            JobNotification, job_id=job_id, kind=NotificationKind(kind), priority=int(priority)
+        )
+    except ValueError:
+        return None
 
 
 def sweep_delay(poll_interval: float, next_due: float | None, now: float) -> float:

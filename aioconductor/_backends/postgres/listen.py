@@ -10,15 +10,14 @@ from typing import Any
 
 import anyio
 
-from aioconductor._backends.base import Backoff
+from aioconductor._backends.base import Redial, parse_note
 from aioconductor._backends.postgres.connect import CLEANUP_TIMEOUT
 from aioconductor._backends.postgres.link import PostgresLink
-from aioconductor._models import build
 from aioconductor.boards.base import Subscription
 from aioconductor.errors import BackendUnavailable
-from aioconductor.models import JobNotification, NotificationKind
+from aioconductor.models import JobNotification
 
-__all__ = ["ListenSubscription", "parse_note"]
+__all__ = ["ListenSubscription"]
 
 logger = logging.getLogger("aioconductor.boards.postgres")
 
@@ -47,9 +46,7 @@ class ListenSubscription(Subscription):
         self._poll_interval = poll_interval
         self._conn: Any = None
         self._ended = False
-        # Backoff: a restarting server refuses connections for a while.
-        self._backoff = Backoff(first=0.05, most=2.0)
-        self._retry_at = 0.0
+        self._redial = Redial(logger, f"PostgreSQL at {link.url}")
         self._heard_at = 0.0
         self._loop_time: Callable[[], float] = time.monotonic
 
@@ -131,33 +128,15 @@ class ListenSubscription(Subscription):
             await self.aclose_transport()
 
     async def _reconnect(self) -> None:
-        # A fixed time, not a sleep per call: the stream cancels each receive at its own
-        # deadline, and a backoff restarted on every call would never end.
-        await anyio.sleep_until(self._retry_at)
-        try:
-            # Shielded (and bounded) so the stream's short deadlines cannot keep cutting a
-            # slow connect short for ever.
-            with anyio.CancelScope(shield=True), anyio.fail_after(10):
-                await self.open()
-        except (BackendUnavailable, TimeoutError) as exc:
-            delay = self._backoff.next()
-            self._retry_at = anyio.current_time() + delay
-            logger.warning("%s; retrying in %.2f s", exc, delay)
-            return
-        self._backoff.reset()
-        self.lost = True
-        logger.info("PostgreSQL at %s: notifications resumed", self._link.url)
-        # The stream re-reads every claimable job when a receive times out with `lost` set;
-        # wait here past its deadline (never longer than poll_interval) so that happens now.
-        await anyio.sleep(self._poll_interval)
+        if await self._redial.attempt(self._open_bounded, (BackendUnavailable, TimeoutError)):
+            self.lost = True
+            # The stream re-reads every claimable job when a receive times out with `lost`
+            # set; wait here past its deadline (never longer than poll_interval) so that
+            # happens now.
+            await anyio.sleep(self._poll_interval)
 
-
-def parse_note(payload: str) -> JobNotification | None:
-    """A notification from a payload ``"<kind> <priority> <id>"``, or None if malformed."""
-    try:
-        kind, priority, job_id = payload.split(" ", 2)
-        return build(
-            JobNotification, job_id=job_id, kind=NotificationKind(kind), priority=int(priority)
-        )
-    except ValueError:
-        return None
+    async def _open_bounded(self) -> None:
+        # Shielded (and bounded) so the stream's short deadlines cannot keep cutting a slow
+        # connect short for ever.
+        with anyio.CancelScope(shield=True), anyio.fail_after(10):
+            await self.open()

@@ -10,12 +10,11 @@ import anyio
 from redis import exceptions as rexc
 from redis.asyncio.client import PubSub
 
-from aioconductor._backends.base import Backoff, map_exceptions
+from aioconductor._backends.base import Redial, map_exceptions, parse_note
 from aioconductor._backends.redis.link import RedisLink
-from aioconductor._models import build
 from aioconductor.boards.base import Subscription
 from aioconductor.errors import BackendUnavailable
-from aioconductor.models import JobNotification, NotificationKind
+from aioconductor.models import JobNotification
 
 __all__ = ["PubSubSubscription"]
 
@@ -52,9 +51,7 @@ class PubSubSubscription(Subscription):
         self._poll_interval = poll_interval
         self._pubsub: PubSub | None = None
         self._ended = False
-        # A restarting Redis refuses connections for a while.
-        self._backoff = Backoff(first=0.05, most=2.0)
-        self._retry_at = 0.0
+        self._redial = Redial(logger, f"Redis at {link.url}")
         self._heard_at = 0.0
         self._pinged_at = 0.0
 
@@ -127,7 +124,7 @@ class PubSubSubscription(Subscription):
         self._heard_at = anyio.current_time()
         if message["type"] != "message":
             return None
-        return _parse_note(message["data"])
+        return parse_note(message["data"])
 
     async def _keep_alive(self, pubsub: PubSub) -> None:
         now = anyio.current_time()
@@ -139,36 +136,15 @@ class PubSubSubscription(Subscription):
             await pubsub.ping()
 
     async def _reconnect(self) -> None:
-        # A fixed time, not a sleep per call: the stream cancels each receive at its own
-        # deadline, and a backoff restarted on every call would never end.
-        await anyio.sleep_until(self._retry_at)
-        try:
-            await self.open()
-        except BackendUnavailable as exc:
-            delay = self._backoff.next()
-            self._retry_at = anyio.current_time() + delay
-            logger.warning("%s; retrying in %.2f s", exc, delay)
-            return
-        self._backoff.reset()
-        self.lost = True
-        logger.info("Redis at %s: notifications resumed", self._link.url)
-        # The stream re-reads every claimable job when a receive times out with `lost` set;
-        # wait here past its deadline (never longer than poll_interval) so that happens now.
-        await anyio.sleep(self._poll_interval)
+        if await self._redial.attempt(self.open, BackendUnavailable):
+            self.lost = True
+            # The stream re-reads every claimable job when a receive times out with `lost`
+            # set; wait here past its deadline (never longer than poll_interval) so that
+            # happens now.
+            await anyio.sleep(self._poll_interval)
 
 
 async def _close_pubsub(pubsub: PubSub) -> None:
     # Closing only drops a socket; shielded so a cancelled stream still frees its connection.
     with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
         await pubsub.aclose()
-
-
-def _parse_note(data: str) -> JobNotification | None:
-    """A notification from a published ``"<kind> <priority> <id>"``, or None if malformed."""
-    try:
-        kind, priority, job_id = data.split(" ", 2)
-        return build(
-            JobNotification, job_id=job_id, kind=NotificationKind(kind), priority=int(priority)
-        )
-    except ValueError:
-        return None
