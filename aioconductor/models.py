@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import math
 import random
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,7 @@ __all__ = [
     "NotificationKind",
     "Outcome",
     "RetryPolicy",
+    "claimable",
 ]
 
 #: How many of its retried runs' failures a job keeps (the latest ones).
@@ -167,13 +168,32 @@ class Job(BaseModel):
 
     def is_claimable(self, now: float) -> bool:
         """Whether ``claim`` could take this job at board time ``now``."""
-        if self.state is JobState.UNCLAIMED:
-            return True
-        if self.state is JobState.SCHEDULED:
-            return self.not_before is None or self.not_before <= now
-        if self.state is JobState.CLAIMED:
-            return self.claim is not None and self.claim.expires_at <= now
-        return False
+        return claimable(self, now)
+
+
+class ClaimState(Protocol):
+    """What decides whether a job is claimable: a ``Job``, or a board's own record of one."""
+
+    @property
+    def state(self) -> JobState: ...
+
+    @property
+    def not_before(self) -> float | None: ...
+
+    @property
+    def claim(self) -> Claim | None: ...
+
+
+def claimable(job: ClaimState, now: float) -> bool:
+    """Whether a claim could take ``job`` at board time ``now``: it is ``UNCLAIMED``,
+    ``SCHEDULED`` with its ``not_before`` passed, or ``CLAIMED`` with its lease expired."""
+    if job.state is JobState.UNCLAIMED:
+        return True
+    if job.state is JobState.SCHEDULED:
+        return job.not_before is None or job.not_before <= now
+    if job.state is JobState.CLAIMED:
+        return job.claim is not None and job.claim.expires_at <= now
+    return False
 
 
 class NotificationKind(enum.StrEnum):

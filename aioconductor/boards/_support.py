@@ -24,6 +24,7 @@ from aioconductor.models import (
     JobState,
     Outcome,
     RetryPolicy,
+    claimable,
 )
 
 __all__ = [
@@ -184,7 +185,7 @@ def job_from_row(row: Sequence[Any]) -> Job:
 
 def visible(job: Job, now: float) -> Job:
     """``job`` as readers see it at ``now``: a scheduled job whose time came is UNCLAIMED."""
-    if job.state is JobState.SCHEDULED and job.is_claimable(now):
+    if job.state is JobState.SCHEDULED and claimable(job, now):
         return evolve(job, state=JobState.UNCLAIMED)
     return job
 

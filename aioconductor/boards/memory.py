@@ -42,6 +42,7 @@ from aioconductor.models import (
     JobState,
     NotificationKind,
     Outcome,
+    claimable,
 )
 
 __all__ = ["MemoryJobBoard"]
@@ -154,7 +155,7 @@ class MemoryJobBoard(JobBoard):
         await checkpoint()
         record = self._record(job_id)
         now = self._clock()
-        if not record.claimable(now):
+        if not claimable(record, now):
             raise UnclaimableJob(unclaimable_message(record.to_job(), now))
         return self._take(record, owner, lease, now)
 
@@ -167,7 +168,7 @@ class MemoryJobBoard(JobBoard):
         while ready:
             _, _, version, job_id = heapq.heappop(ready)
             record = space.jobs.get(job_id)
-            if record is None or record.ready_version != version or not record.claimable(now):
+            if record is None or record.ready_version != version or not claimable(record, now):
                 continue
             return self._take(record, owner, lease, now)
         return None
@@ -300,7 +301,7 @@ class MemoryJobBoard(JobBoard):
         space.promote(now)
         records: list[Record] = []
         if cursor is None:
-            records = [r for r in space.jobs.values() if r.claimable(now)]
+            records = [r for r in space.jobs.values() if claimable(r, now)]
             records.sort(key=lambda r: (-r.priority, r.seq))
         notes = [
             build(JobNotification, job_id=r.id, kind=NotificationKind.WAITING, priority=r.priority)

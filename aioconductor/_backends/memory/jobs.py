@@ -19,6 +19,7 @@ from aioconductor.models import (
     NotificationKind,
     Outcome,
     RetryPolicy,
+    claimable,
 )
 
 __all__ = ["Record", "Space"]
@@ -82,19 +83,9 @@ class Record:
             failures=list(self.failures),
         )
 
-    def claimable(self, now: float) -> bool:
-        """Whether a claim could take the job at board time ``now``."""
-        if self.state is JobState.UNCLAIMED:
-            return True
-        if self.state is JobState.SCHEDULED:
-            return self.not_before is None or self.not_before <= now
-        if self.state is JobState.CLAIMED:
-            return self.claim is not None and self.claim.expires_at <= now
-        return False
-
     def visible_state(self, now: float) -> JobState:
         """The state readers see at ``now``: a scheduled job whose time came is UNCLAIMED."""
-        if self.state is JobState.SCHEDULED and self.claimable(now):
+        if self.state is JobState.SCHEDULED and claimable(self, now):
             return JobState.UNCLAIMED
         return self.state
 
@@ -123,7 +114,7 @@ class Space:
         while timers and timers[0][0] <= now:
             _, job_id = heapq.heappop(timers)
             record = self.jobs.get(job_id)
-            if record is not None and record.state in _TIMED and record.claimable(now):
+            if record is not None and record.state in _TIMED and claimable(record, now):
                 self.make_ready(record)
                 expired = record.state is JobState.CLAIMED
                 kind = NotificationKind.EXPIRED if expired else NotificationKind.DUE
