@@ -1,10 +1,15 @@
-"""Shared test configuration: service URLs, and skip-or-fail when a service is missing."""
+"""Shared test configuration: service URLs, skip-or-fail when a service is missing, and a
+fresh space on any backend."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+
+from tests.backends import BY_NAME, Space
 
 REDIS_URL = os.environ.get("AIOCONDUCTOR_REDIS_URL", "redis://127.0.0.1:6379")
 POSTGRES_URL = os.environ.get(
@@ -18,3 +23,11 @@ def service_missing(what: str) -> None:
     if IN_CI:
         pytest.fail(f"{what} is not available, and CI=true forbids skipping", pytrace=False)
     pytest.skip(f"{what} is not available")
+
+
+@pytest.fixture
+async def space(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Space]:
+    """A fresh space (``tests/backends.py``) on the backend the test is parametrised with,
+    removed after it: ``@pytest.mark.parametrize("space", params(...), indirect=True)``."""
+    async with BY_NAME[request.param].open(tmp_path) as opened:
+        yield opened

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
+import shutil
 import socket
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 from tests.conftest import service_missing
 
@@ -98,3 +101,55 @@ def kafka_url(topic: str, namespace: str = "default", **options: object) -> str:
     query.update(partitions=4, session_timeout_ms=2000, fetch_wait_ms=10)
     query.update(options)
     return f"kafka://{address}?" + "&".join(f"{k}={v}" for k, v in query.items())
+
+
+def _children_connections(server: tuple[str, int]) -> list[int]:
+    """The local ports of the TCP connections to ``server``'s port made by this process's child
+    processes (the conductors; not this process's own board)."""
+    listing = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( dport = :{server[1]} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    ports = []
+    for line in listing.splitlines():
+        fields = line.split()
+        pids = {int(pid) for pid in re.findall(r"pid=(\d+)", line)}
+        if len(fields) >= 3 and any(_parent(pid) == os.getpid() for pid in pids):
+            ports.append(int(fields[2].rsplit(":", 1)[1]))
+    return ports
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+async def kill_server_sockets(server: tuple[str, int]) -> int:
+    """Reset the conductor processes' connections to ``server`` as if the server dropped them;
+    how many were reset.
+
+    ``ss -K`` makes the kernel destroy a socket (and send a reset to its peer). The server's side
+    is destroyed when the server runs on this machine, else the conductors' side.
+    """
+    import anyio
+
+    if shutil.which("ss") is None:
+        service_missing("the ss command (iproute2), to kill connections to Kafka")
+    ports = await anyio.to_thread.run_sync(_children_connections, server)
+    if not ports:
+        return 0
+    clients = " or ".join(f"{{side}} = :{port}" for port in ports)
+    killed = 0
+    for here, there in (("sport", "dport"), ("dport", "sport")):
+        expression = f"( {here} = :{server[1]} ) and ( {clients.format(side=there)} )"
+        done = await anyio.run_process(["ss", "-K", "-Htn", expression])
+        # ss prints the sockets it destroyed, and skips silently those it could not.
+        killed = len(done.stdout.decode().splitlines())
+        if killed:
+            break
+    return killed

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
+
+import anyio
 
 from tests.conftest import POSTGRES_URL, service_missing
 from tests.tls_helpers import Certificates, make_certificates
@@ -29,7 +31,7 @@ def unique_schema() -> str:
     return f"aioc_test_{uuid.uuid4().hex[:10]}"
 
 
-def url(schema: str, namespace: str = "default", **options: str) -> str:
+def url(schema: str, namespace: str = "default", **options: object) -> str:
     """The test server's URL for a board or store in ``schema`` and ``namespace``."""
     query = "&".join(f"{k}={v}" for k, v in {"schema": schema, **options}.items())
     return f"{POSTGRES_URL}?namespace={namespace}&{query}"
@@ -54,12 +56,17 @@ class PrivatePostgres:
     With ``ssl=True`` (see :func:`private_postgres`) it accepts TCP connections over TLS only,
     with a password: ``certificates`` are its CA's, ``password`` the ``postgres`` role's, and
     :meth:`connect_admin` reaches it over its Unix socket (trusted, no TLS) for checks.
+
+    It acknowledges a commit before writing it (``synchronous_commit=off``), so a crash may lose
+    the last ones, unless ``durable``: then what it acknowledged survives a crash of the server
+    (though not of the machine: ``fsync=off``).
     """
 
-    def __init__(self, folder: str, port: int, bin_dir: str) -> None:
+    def __init__(self, folder: str, port: int, bin_dir: str, *, durable: bool = False) -> None:
         self.folder = folder
         self.port = port
         self._bin = bin_dir
+        self._durable = durable
         self.certificates: Certificates | None = None
         self.password: str | None = None
 
@@ -90,7 +97,8 @@ class PrivatePostgres:
         """Start the server and wait until it accepts connections."""
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder}"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            " -c fsync=off -c full_page_writes=off"
+            f" -c synchronous_commit={'on' if self._durable else 'off'}"
         )
         self._as_postgres(
             "pg_ctl", "-D", f"{self.folder}/data", "-l", f"{self.folder}/log", "-w", "-o",
@@ -107,15 +115,18 @@ class PrivatePostgres:
         self.start()
 
 
-def private_postgres(*, ssl: bool = False) -> contextlib.AbstractContextManager[PrivatePostgres]:
+def private_postgres(
+    *, ssl: bool = False, durable: bool = False
+) -> contextlib.AbstractContextManager[PrivatePostgres]:
     """Make, start and finally remove a private server; skips (fails under CI) without the
     PostgreSQL server binaries.
 
     ``ssl=True``: the server gets a certificate signed by a test CA (``server.certificates``),
     ``ssl=on``, and a ``pg_hba.conf`` that takes TCP connections over TLS only (``hostssl``,
     with the ``postgres`` role's password, ``server.password``) and rejects every other one.
+    ``durable=True``: a crash of the server loses no commit it acknowledged.
     """
-    return _private_postgres(ssl)
+    return _private_postgres(ssl, durable)
 
 
 #: pg_hba.conf of a TLS-only server: Unix socket trusted (for the test's own checks), TCP over
@@ -146,7 +157,7 @@ def _enable_tls(server: PrivatePostgres, certificates: Certificates) -> None:
 
 
 @contextlib.contextmanager
-def _private_postgres(ssl: bool) -> Iterator[PrivatePostgres]:
+def _private_postgres(ssl: bool, durable: bool) -> Iterator[PrivatePostgres]:
     import glob
     import os
     import shutil
@@ -162,7 +173,7 @@ def _private_postgres(ssl: bool) -> Iterator[PrivatePostgres]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = PrivatePostgres(folder, port, bin_dir)
+    server = PrivatePostgres(folder, port, bin_dir, durable=durable)
     try:
         initdb = ["initdb", "-D", f"{folder}/data", "-A", "trust", "-U", "postgres"]
         if ssl:
@@ -181,12 +192,71 @@ def _private_postgres(ssl: bool) -> Iterator[PrivatePostgres]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def terminate_backends(admin: Any, application_name: str) -> int:
-    """End the server side of every connection tagged ``application_name``; how many."""
+async def terminate_backends(
+    admin: Any, application_name: str, *, listeners_only: bool = False
+) -> int:
+    """End the server side of every connection tagged ``application_name``, or of those that
+    listen for notifications only; how many."""
+    condition = " AND query LIKE 'LISTEN%'" if listeners_only else ""
     return int(
         await admin.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE application_name = $1",
+            f" WHERE application_name = $1{condition}",
             application_name,
         )
     )
+
+
+async def count_backends(admin: Any, application_name: str) -> int:
+    """How many connections tagged ``application_name`` the server holds."""
+    return int(
+        await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", application_name
+        )
+    )
+
+
+#: Sessions of one application_name idle inside a transaction, and locks they hold.
+_IDLE_OR_LOCKED = """SELECT
+    (SELECT count(*) FROM pg_stat_activity
+        WHERE application_name = $1 AND state LIKE 'idle in transaction%'),
+    (SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+        WHERE a.application_name = $1)"""
+
+
+async def idle_or_locked(admin: Any, application_name: str) -> tuple[int, int]:
+    """How many connections tagged ``application_name`` sit idle in a transaction, and how many
+    locks they hold."""
+    idle, locks = await admin.fetchrow(_IDLE_OR_LOCKED, application_name)
+    return int(idle), int(locks)
+
+
+class AsyncPrivatePostgres:
+    """A :class:`PrivatePostgres` driven from async code (``pg_ctl`` runs in a worker thread)."""
+
+    def __init__(self, server: PrivatePostgres) -> None:
+        self.server = server
+
+    @property
+    def url(self) -> str:
+        """The server's URL, no query options."""
+        return self.server.url
+
+    async def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        await anyio.to_thread.run_sync(self.server.start)
+
+    async def stop(self) -> None:
+        """Stop the server as an operator would (``fast``: every session ended at once)."""
+        await anyio.to_thread.run_sync(self.server.stop)
+
+    async def crash(self) -> None:
+        """Stop the server as a crash would (``immediate``: no checkpoint, recovery on start)."""
+        await anyio.to_thread.run_sync(self.server.stop, "immediate")
+
+
+@contextlib.asynccontextmanager
+async def async_private_postgres(*, durable: bool = False) -> AsyncIterator[AsyncPrivatePostgres]:
+    """:func:`private_postgres` for async code: made and started, finally removed."""
+    with private_postgres(durable=durable) as server:
+        yield AsyncPrivatePostgres(server)

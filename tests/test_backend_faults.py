@@ -1,10 +1,9 @@
-"""A conductor whose server connections keep being killed, or whose PostgreSQL server is
-restarted under it, loses no job and consumes none twice."""
+"""A conductor whose server connections keep being killed, or whose server is restarted under
+it, loses no job and consumes none twice (every backend of ``tests/backends.py`` that can)."""
 
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from aioconductor import Conductor, JobState, open_board, open_store
 
 from .apps import flows
+from .backends import BY_NAME, chosen
 from .test_conductor_processes import lines
 
 
@@ -31,64 +31,23 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def redis_server() -> AsyncIterator[Server]:
-    from tests.redis_helpers import (
-        delete_namespaces,
-        kill_clients,
-        redis_url,
-        require_redis,
-        unique,
-    )
-
-    client = require_redis()
-    namespace, name = unique("faults"), f"aioc-faults-{uuid.uuid4().hex[:8]}"
-
-    async def kill() -> int:
-        return kill_clients(client, name)
-
-    try:
-        yield Server(f"{redis_url()}?namespace={namespace}&client_name={name}", kill)
-    finally:
-        delete_namespaces(client, [namespace])
-        client.close()
+async def killed_connections(backend: str, tmp_path: Path) -> AsyncIterator[Server]:
+    """A space on the shared server; the kill ends the server side of its connections."""
+    async with BY_NAME[backend].open(tmp_path) as space:
+        yield Server(space.board_url("faults"), space.kill_connections)
 
 
 @contextlib.asynccontextmanager
-async def postgres_server() -> AsyncIterator[Server]:
-    import asyncpg  # type: ignore[import-untyped]
-
-    from tests.conftest import POSTGRES_URL
-    from tests.postgres_helpers import (
-        drop_schemas,
-        require_postgres,
-        terminate_backends,
-        unique_schema,
-        url,
-    )
-
-    require_postgres()
-    schema, name = unique_schema(), f"aioc-faults-{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(POSTGRES_URL)
-
-    async def kill() -> int:
-        return await terminate_backends(admin, name)
-
-    try:
-        yield Server(url(schema, "faults", application_name=name), kill)
-    finally:
-        await admin.close()
-        await drop_schemas(schema)
-
-
-@contextlib.asynccontextmanager
-async def restarted_postgres_server() -> AsyncIterator[Server]:
-    """A private PostgreSQL server, restarted (``pg_ctl restart -m fast``) as the kill."""
-    from tests.postgres_helpers import private_postgres
-
-    with private_postgres() as server:
+async def restarted_server(backend: str, tmp_path: Path) -> AsyncIterator[Server]:
+    """A private server, stopped as an operator would (every session ended) and started again,
+    as the kill."""
+    make_server = BY_NAME[backend].private_server
+    assert make_server is not None
+    async with make_server(tmp_path) as server:
 
         async def restart() -> int:
-            await anyio.to_thread.run_sync(server.restart)
+            await server.stop()
+            await server.start()
             return 1
 
         yield Server(
@@ -96,24 +55,24 @@ async def restarted_postgres_server() -> AsyncIterator[Server]:
         )
 
 
-SERVERS = {
-    "redis": redis_server,
-    "postgres": postgres_server,
-    "postgres-restart": restarted_postgres_server,
-}
-MARKS = {"redis": pytest.mark.redis, "postgres": pytest.mark.postgres}
+#: Connections killed on the shared server; a private server restarted under the conductor.
+FAULTS = {"kill": killed_connections, "restart": restarted_server}
+CASES = [
+    *(backend.param("kill") for backend in chosen(kills="tagged")),
+    *(
+        backend.param("restart", id=f"{backend.name}-restart")
+        for backend in chosen(private_server=True)
+    ),
+]
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize(
-    "backend",
-    [pytest.param(name, marks=MARKS[name.split("-")[0]]) for name in SERVERS],
-)
+@pytest.mark.parametrize(("backend", "fault"), CASES)
 async def test_killed_connections_lose_no_job_and_consume_none_twice(
-    backend: str, tmp_path: Path
+    backend: str, fault: str, tmp_path: Path
 ) -> None:
     record = tmp_path / "record.txt"
-    async with SERVERS[backend]() as server:
+    async with FAULTS[fault](backend, tmp_path) as server:
         jobs = server.jobs
         async with (
             open_board(server.url, poll_interval=0.1) as board,

@@ -1,14 +1,13 @@
-"""Conductors in real processes: killed mid-flow (SQLite, Kafka), killed by poison jobs (SQLite),
-and many sharing one board, each job run exactly once (Redis, PostgreSQL, Kafka)."""
+"""Conductors in real processes on every backend that outlives a process (``tests/backends.py``):
+killed mid-flow, restarted gracefully under a long job, and many sharing one board (on each
+server), each job run exactly once; killed by poison jobs (SQLite)."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from aioconductor import Conductor, JobState, open_board, open_store
 
 from .apps import flows
+from .backends import Space, params
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,23 +26,6 @@ def conductor_command(url: str, *extra: str, store: str | None = None) -> list[s
         sys.executable, "-m", "aioconductor", "run", "--board", url, "--store", store or url,
         "--app", "tests.apps:flows", *extra,
     ]  # fmt: skip
-
-
-def _sqlite_urls(tmp_path: Path) -> tuple[str, str]:
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    return url, url
-
-
-def _kafka_urls(tmp_path: Path) -> tuple[str, str]:
-    # Kafka keeps no flow progress: the store is a SQLite file.
-    from tests.kafka_helpers import kafka_url, require_kafka, unique_topic
-
-    require_kafka()
-    return kafka_url(unique_topic("resume"), "procs"), f"sqlite:///{tmp_path / 'store.db'}"
-
-
-#: (board URL, store URL) makers of the backends a killed conductor's heir is tested on.
-RESUME_BACKENDS = {"sqlite": _sqlite_urls, "kafka": _kafka_urls}
 
 
 def lines(path: Path) -> list[str]:
@@ -56,13 +39,11 @@ async def wait_for_line(path: Path, line: str, within: float = 20) -> None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize(
-    "backend", [pytest.param("sqlite"), pytest.param("kafka", marks=pytest.mark.kafka)]
-)
+@pytest.mark.parametrize("space", params(processes=True), indirect=True)
 async def test_a_killed_conductor_is_taken_over_and_its_flow_resumed(
-    tmp_path: Path, backend: str
+    tmp_path: Path, space: Space
 ) -> None:
-    url, store_url = RESUME_BACKENDS[backend](tmp_path)
+    url, store_url = space.board_url("procs"), space.store_url("procs")
     record, release = tmp_path / "record.txt", tmp_path / "release"
     async with open_board(url, poll_interval=0.05) as board, open_store(store_url) as store:
         job = await board.post(
@@ -142,42 +123,9 @@ async def test_a_poison_job_runs_max_attempts_times_then_is_trashed(tmp_path: Pa
     assert all(job.state is JobState.COMPLETE for job in done)
 
 
-def _redis_url() -> tuple[str, Callable[[], Awaitable[None]]]:
-    from tests.redis_helpers import delete_namespaces, redis_url, require_redis, unique
-
-    client = require_redis()
-    namespace = unique("procs")
-
-    async def cleanup() -> None:
-        delete_namespaces(client, [namespace])
-        client.close()
-
-    return f"{redis_url()}?namespace={namespace}", cleanup
-
-
-def _postgres_url() -> tuple[str, Callable[[], Awaitable[None]]]:
-    from tests.postgres_helpers import drop_schemas, require_postgres, unique_schema, url
-
-    require_postgres()
-    schema = unique_schema()
-    # Eight processes, each with a board pool, a store pool and a listener, must stay within
-    # the server's max_connections (100 by default).
-    return url(schema, "procs", pool_max="4"), lambda: drop_schemas(schema)
-
-
-def _kafka_url() -> tuple[str, Callable[[], Awaitable[None]]]:
-    from tests.kafka_helpers import kafka_url, require_kafka, unique_topic
-
-    require_kafka()
-
-    async def cleanup() -> None:
-        """Every test has topics of its own on a broker that keeps them in memory."""
-
-    return kafka_url(unique_topic("procs"), "procs"), cleanup
-
-
-#: Server backends whose board is shared by the processes, with a cleanup of their data.
-SERVER_BACKENDS = {"redis": _redis_url, "postgres": _postgres_url, "kafka": _kafka_url}
+#: Eight processes, each with a board pool, a store pool and a listener, must stay within the
+#: PostgreSQL server's max_connections (100 by default).
+_OPTIONS: dict[str, dict[str, object]] = {"postgres": {"pool_max": "4"}}
 #: Where a board keeps no flow progress, each process has a memory store (the flow needs none).
 _STORES = {"kafka": "memory://"}
 #: Every Kafka process folds the whole state log: four of them are enough on a small machine.
@@ -185,45 +133,40 @@ _PROCESSES = {"kafka": 4}
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(
-    "backend", [pytest.param(name, marks=getattr(pytest.mark, name)) for name in SERVER_BACKENDS]
-)
+@pytest.mark.parametrize("space", params(processes=True, server=True), indirect=True)
 async def test_conductor_processes_share_a_board_and_run_each_job_exactly_once(
-    backend: str, tmp_path: Path
+    space: Space, tmp_path: Path
 ) -> None:
-    board_url, cleanup = SERVER_BACKENDS[backend]()
-    store_url = _STORES.get(backend)
-    count = _PROCESSES.get(backend, 8)
+    board_url = space.board_url("procs", **_OPTIONS.get(space.backend, {}))
+    store_url = _STORES.get(space.backend)
+    count = _PROCESSES.get(space.backend, 8)
     record = tmp_path / "record.txt"
     jobs = 5000
-    try:
-        async with open_board(board_url) as board:
-            for first in range(0, jobs, 500):
-                keys = range(first, min(jobs, first + 500))
-                await board.post_many("tally", [{"key": k, "record": str(record)} for k in keys])
-            processes = [
-                await anyio.open_process(
-                    conductor_command(
-                        board_url, "--concurrency", "16", "--name", f"proc-{n}", store=store_url
-                    ),
-                    cwd=REPO,
-                    stderr=subprocess.DEVNULL,
-                )
-                for n in range(count)
-            ]
-            try:
-                with anyio.fail_after(240):
-                    while await board.job_count(state=JobState.COMPLETE) < jobs:
-                        await anyio.sleep(0.2)
-            finally:
-                for process in processes:
-                    process.terminate()
-                for process in processes:
-                    with anyio.fail_after(30):
-                        await process.wait()
-            finished = [job async for job in board.iterjobs()]
-    finally:
-        await cleanup()
+    async with open_board(board_url) as board:
+        for first in range(0, jobs, 500):
+            batch = range(first, min(jobs, first + 500))
+            await board.post_many("tally", [{"key": k, "record": str(record)} for k in batch])
+        processes = [
+            await anyio.open_process(
+                conductor_command(
+                    board_url, "--concurrency", "16", "--name", f"proc-{n}", store=store_url
+                ),
+                cwd=REPO,
+                stderr=subprocess.DEVNULL,
+            )
+            for n in range(count)
+        ]
+        try:
+            with anyio.fail_after(240):
+                while await board.job_count(state=JobState.COMPLETE) < jobs:
+                    await anyio.sleep(0.2)
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                with anyio.fail_after(30):
+                    await process.wait()
+        finished = [job async for job in board.iterjobs()]
     assert [p.returncode for p in processes] == [0] * count  # SIGTERM drains, then exits 0
     assert len(finished) == jobs
     assert all(job.state is JobState.COMPLETE and job.attempts == 1 for job in finished)
@@ -233,81 +176,44 @@ async def test_conductor_processes_share_a_board_and_run_each_job_exactly_once(
     assert len({line.split()[1] for line in executions}) >= 2  # the work was shared
 
 
-def _same_url(make: Callable[[], tuple[str, Callable[[], Awaitable[None]]]]) -> Any:
-    def urls(tmp_path: Path) -> tuple[str, str, Callable[[], Awaitable[None]]]:
-        url, cleanup = make()
-        return url, url, cleanup
-
-    return urls
-
-
-def _with_no_cleanup(make: Callable[[Path], tuple[str, str]]) -> Any:
-    def urls(tmp_path: Path) -> tuple[str, str, Callable[[], Awaitable[None]]]:
-        async def nothing() -> None:
-            """Files go with tmp_path; Kafka topics are the test's own."""
-
-        return (*make(tmp_path), nothing)
-
-    return urls
-
-
-#: (board URL, store URL, cleanup) makers of every backend that outlives a process.
-DURABLE_BACKENDS = {
-    "sqlite": _with_no_cleanup(_sqlite_urls),
-    "redis": _same_url(_redis_url),
-    "postgres": _same_url(_postgres_url),
-    "kafka": _with_no_cleanup(_kafka_urls),
-}
-
-
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize(
-    "backend",
-    [
-        pytest.param(name, marks=[getattr(pytest.mark, name)] if name != "sqlite" else [])
-        for name in DURABLE_BACKENDS
-    ],
-)
+@pytest.mark.parametrize("space", params(processes=True), indirect=True)
 async def test_graceful_restarts_under_a_long_job_spend_no_attempt(
-    tmp_path: Path, backend: str
+    tmp_path: Path, space: Space
 ) -> None:
     # A rolling deploy: SIGTERM, a drain that times out, the claim given back; ten times over.
-    url, store_url, cleanup = DURABLE_BACKENDS[backend](tmp_path)
+    options = _OPTIONS.get(space.backend, {})
+    url, store_url = space.board_url("procs", **options), space.store_url("procs", **options)
     record, release = tmp_path / "record.txt", tmp_path / "release"
     restarts = 10
-    try:
-        async with open_board(url, poll_interval=0.05) as board:
-            job = await board.post(
-                "deploy-proof",
-                "held",
-                {"key": 1, "record": str(record), "release": str(release)},
-                max_attempts=restarts,
-            )
-            command = conductor_command(
-                url, "--drain-timeout", "0.1", "--lease", "5", store=store_url
-            )
-            for restart in range(1, restarts + 2):
+    async with open_board(url, poll_interval=0.05) as board:
+        job = await board.post(
+            "deploy-proof",
+            "held",
+            {"key": 1, "record": str(record), "release": str(release)},
+            max_attempts=restarts,
+        )
+        command = conductor_command(url, "--drain-timeout", "0.1", "--lease", "5", store=store_url)
+        for restart in range(1, restarts + 2):
+            if restart > restarts:
+                release.touch()  # the last run may finish
+            process = await anyio.open_process(command, cwd=REPO, stderr=subprocess.DEVNULL)
+            try:
                 if restart > restarts:
-                    release.touch()  # the last run may finish
-                process = await anyio.open_process(command, cwd=REPO, stderr=subprocess.DEVNULL)
-                try:
-                    if restart > restarts:
-                        done = await board.wait_for(job.id, timeout=60)
-                    else:
-                        await wait_for_count(record, "hold-start 1", restart)
-                        seen = await board.get(job.id)
-                        assert seen.state is JobState.CLAIMED and seen.attempts == 1
-                finally:
-                    process.send_signal(signal.SIGTERM)
-                    with anyio.fail_after(30):
-                        await process.wait()
-                assert process.returncode == 0
-                if restart <= restarts:
-                    given_back = await board.get(job.id)
-                    assert given_back.state is JobState.UNCLAIMED
-                    assert (given_back.attempts, given_back.releases) == (0, restart)
-    finally:
-        await cleanup()
+                    done = await board.wait_for(job.id, timeout=60)
+                else:
+                    await wait_for_count(record, "hold-start 1", restart)
+                    seen = await board.get(job.id)
+                    assert seen.state is JobState.CLAIMED and seen.attempts == 1
+            finally:
+                process.send_signal(signal.SIGTERM)
+                with anyio.fail_after(30):
+                    await process.wait()
+            assert process.returncode == 0
+            if restart <= restarts:
+                given_back = await board.get(job.id)
+                assert given_back.state is JobState.UNCLAIMED
+                assert (given_back.attempts, given_back.releases) == (0, restart)
     assert done.state is JobState.COMPLETE and done.attempts == 1
     assert done.result == {"first": "first:1", "held": 1, "third": "third:1"}
     # "first" ran once: every later run resumed after it.

@@ -1,22 +1,20 @@
 """Security: no code from data, hostile namespaces refused, passwords never shown, tenants apart.
 
-Fast tests, run with the rest of the suite (not marked ``chaos``). Backends come from the board
-conformance suite's list (``tests/boards/conftest.py``), so a new backend is covered by joining
-it. What the conformance suite already proves (one tenant cannot list, claim or consume
-another's jobs; the password of an unreachable server stays out of its errors) is not repeated
-here: this file covers the other verbs, the stores, running conductors and the command line.
+Fast tests, run with the rest of the suite (not marked ``chaos``). Backends come from the
+registry (``tests/backends.py``), so a new backend is covered by joining it. What the conformance
+suite already proves (one tenant cannot list, claim or consume another's jobs) is not repeated
+here: this file covers the other verbs, the stores, passwords, running conductors and the command
+line.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import pytest
@@ -35,7 +33,7 @@ from aioconductor import (
 from aioconductor._urls import redact_url
 from aioconductor.persistence.models import LogBook
 
-from .boards.conftest import _MARKS, BACKENDS, BoardBackend
+from .backends import BY_NAME, Space, params, with_user
 
 PACKAGE = Path(aioconductor.__file__).resolve().parent
 
@@ -140,30 +138,21 @@ def _with_namespace(url: str, namespace: str) -> str:
     return f"{base}?{urlencode([('namespace', namespace), *options])}"
 
 
-@pytest.fixture(params=[pytest.param(name, marks=_MARKS.get(name, [])) for name in BACKENDS])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BoardBackend]:
-    """Every board backend in turn (the conformance suite's list)."""
-    instance = BACKENDS[request.param](tmp_path)
-    try:
-        yield instance
-    finally:
-        await instance.close_all()
-
-
 @pytest.mark.parametrize("namespace", HOSTILE_NAMESPACES, ids=range(len(HOSTILE_NAMESPACES)))
+@pytest.mark.parametrize("space", params(), indirect=True)
 async def test_hostile_namespaces_are_refused_and_create_nothing(
-    backend: BoardBackend, namespace: str, tmp_path: Path
+    space: Space, namespace: str, tmp_path: Path
 ) -> None:
-    url = backend._make_url("safe")
-    before = await _footprint(backend.name, tmp_path)
+    url = space.board_url("safe")
+    before = await _footprint(space.backend, tmp_path)
     with pytest.raises(ConfigurationError, match="namespace"):
         open_board(_with_namespace(url, namespace))
     with pytest.raises(ConfigurationError, match="namespace"):
         open_board(url, namespace=namespace)
-    if backend.name != "kafka":  # kafka has a board, no store
+    if BY_NAME[space.backend].store:  # kafka has a board, no store
         with pytest.raises(ConfigurationError, match="namespace"):
-            open_store(_with_namespace(url, namespace))
-    assert await _footprint(backend.name, tmp_path) == before
+            open_store(_with_namespace(space.store_url("safe"), namespace))
+    assert await _footprint(space.backend, tmp_path) == before
 
 
 async def _footprint(name: str, tmp_path: Path) -> Any:
@@ -204,48 +193,42 @@ async def _footprint(name: str, tmp_path: Path) -> Any:
 SECRET = "S3cr3t-chaos-pa55"
 
 
-@contextlib.asynccontextmanager
-async def _redis_user() -> AsyncIterator[str]:
-    """A Redis ACL user with SECRET as its password; the URL of the test database for it."""
-    from tests.redis_helpers import redis_url, require_redis
-
-    client = require_redis()
-    user = f"aioc_sec_{uuid.uuid4().hex[:8]}"
-    client.acl_setuser(
-        user, enabled=True, passwords=[f"+{SECRET}"], keys=["*"], channels=["*"],
-        commands=["+@all"],
-    )  # fmt: skip
-    try:
-        yield redis_url().replace("redis://", f"redis://{user}:{SECRET}@", 1)
-    finally:
-        client.acl_deluser(user)
-        client.close()
+def _unreachable(url: str) -> str:
+    """``url`` on port 1 of its host, where nothing listens."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + ":1"))
 
 
-@contextlib.asynccontextmanager
-async def _postgres_with_password() -> AsyncIterator[str]:
-    """The test server's URL with SECRET as a password (trust authentication ignores it)."""
-    from tests.conftest import POSTGRES_URL
-    from tests.postgres_helpers import drop_schemas, require_postgres, unique_schema
+@pytest.mark.parametrize("opener", [open_board, open_store], ids=["board", "store"])
+@pytest.mark.parametrize("space", params(passwords=True), indirect=True)
+async def test_the_password_never_shows(
+    space: Space, opener: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not in a repr, nor in the errors (and their causes) of a server that cannot be reached,
+    nor in those of one connected, nor in the logs."""
+    caplog.set_level(logging.DEBUG)
+    resource = opener(_unreachable(with_user(space.board_url("secret"), "alice", SECRET)))
+    assert SECRET not in repr(resource) and "***" in repr(resource)
+    with pytest.raises(BackendUnavailable) as caught:
+        await resource.connect()
+    for text in _chain(caught.value):
+        assert SECRET not in text
+    assert "127.0.0.1:1" in str(caught.value)
+    async with space.user(SECRET) as user:
+        async with opener(with_user(space.board_url("secret"), user, SECRET)) as connected:
+            assert SECRET not in repr(connected)
+            with pytest.raises((JobNotFound, LogBookNotFound)) as missing:
+                if opener is open_board:
+                    await connected.get("nope")
+                else:
+                    await connected.get_logbook("nope")
+            assert SECRET not in str(missing.value)
+    assert SECRET not in caplog.text
 
-    require_postgres()
-    schema = unique_schema()
-    base = POSTGRES_URL.replace("postgresql://postgres@", f"postgresql://postgres:{SECRET}@")
-    assert SECRET in base, "the test server's URL is not the expected one"
-    try:
-        yield f"{base}?schema={schema}&application_name={schema}"
-    finally:
-        await drop_schemas(schema)
 
-
-SERVERS = {"redis": _redis_user, "postgres": _postgres_with_password}
-
-
-@pytest.mark.parametrize(
-    "server", [pytest.param(name, marks=getattr(pytest.mark, name)) for name in SERVERS]
-)
+@pytest.mark.parametrize("space", params(passwords=True, kills="tagged"), indirect=True)
 async def test_passwords_stay_out_of_logs_reprs_and_errors_while_conductors_run(
-    server: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    space: Space, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A conductor whose server connections are killed mid-run logs errors that name the
     server; none of them, nor any repr or exception, shows the password."""
@@ -255,16 +238,17 @@ async def test_passwords_stay_out_of_logs_reprs_and_errors_while_conductors_run(
 
     caplog.set_level(logging.DEBUG)
     seen: list[str] = []
-    async with SERVERS[server]() as base:
-        namespace = f"sec_{uuid.uuid4().hex[:8]}"
-        url = f"{base}{'&' if '?' in base else '?'}namespace={namespace}"
+    async with space.user(SECRET) as user:
+        url = with_user(space.board_url(f"sec_{uuid.uuid4().hex[:8]}"), user, SECRET)
         async with open_board(url, poll_interval=0.05) as board, open_store(url) as store:
             conductor = Conductor("sec", board, store=store, flows=flows, lease=1)
             seen += [repr(board), repr(store), repr(conductor), str(board), str(store)]
             jobs = [await board.post(f"j{n}", "noop", {"key": n}) for n in range(20)]
             async with anyio.create_task_group() as tg:
                 await tg.start(conductor.run)
-                await _kill_connections(server, url)
+                # Every connection of this test's library objects (never another test's).
+                await anyio.sleep(0.2)
+                await space.kill_connections()
                 with anyio.fail_after(30):
                     for job in jobs:
                         await board.wait_for(job.id)
@@ -286,35 +270,6 @@ async def test_passwords_stay_out_of_logs_reprs_and_errors_while_conductors_run(
     assert SECRET not in caplog.text
     for text in seen:
         assert SECRET not in text
-
-
-async def _kill_connections(server: str, url: str) -> None:
-    # Every connection of this test's library objects: its Redis user's, or those tagged with
-    # its PostgreSQL application_name (never another test's).
-    await anyio.sleep(0.2)
-    parts = urlsplit(url)
-    if server == "redis":
-        from tests.redis_helpers import require_redis
-
-        client = require_redis()
-        try:
-            for info in client.client_list():
-                if info.get("user") == parts.username:
-                    with contextlib.suppress(Exception):
-                        client.client_kill_filter(_id=info["id"])
-        finally:
-            client.close()
-    else:
-        import asyncpg
-
-        from tests.conftest import POSTGRES_URL
-        from tests.postgres_helpers import terminate_backends
-
-        conn = await asyncpg.connect(POSTGRES_URL)
-        try:
-            await terminate_backends(conn, parse_qs(parts.query)["application_name"][0])
-        finally:
-            await conn.close()
 
 
 def _chain(error: BaseException | None) -> list[str]:
@@ -404,39 +359,18 @@ def test_a_query_password_stays_out_of_refusals(opener: Any, url: str) -> None:
         assert "hunter2" not in text
 
 
-@contextlib.asynccontextmanager
-async def _redis_query_password() -> AsyncIterator[str]:
-    """The test database's URL with an ACL user and SECRET given as ``?username=&password=``."""
-    from tests.redis_helpers import redis_url
-
-    async with _redis_user() as with_userinfo:
-        user = urlsplit(with_userinfo).username
-        yield f"{redis_url()}?username={user}&password={SECRET}"
-
-
-@contextlib.asynccontextmanager
-async def _postgres_query_password() -> AsyncIterator[str]:
-    """The test server's URL with SECRET as ``?password=`` and ``?sslpassword=`` (trust
-    authentication ignores them; there is no client key for the latter to unlock)."""
-    from tests.conftest import POSTGRES_URL
-    from tests.postgres_helpers import drop_schemas, require_postgres, unique_schema
-
-    require_postgres()
-    schema = unique_schema()
-    try:
-        yield f"{POSTGRES_URL}?password={SECRET}&sslpassword={SECRET}&schema={schema}"
-    finally:
-        await drop_schemas(schema)
+def _query_credentials(backend: str, user: str) -> dict[str, str]:
+    """``user`` and SECRET as the query options of ``backend``'s driver: Redis's ``?username=``
+    and ``?password=``; PostgreSQL's ``?password=`` and ``?sslpassword=`` (trust authentication
+    ignores them; there is no client key for the latter to unlock), the user in the URL."""
+    if backend == "redis":
+        return {"username": user, "password": SECRET}
+    return {"password": SECRET, "sslpassword": SECRET}
 
 
-QUERY_SERVERS = {"redis": _redis_query_password, "postgres": _postgres_query_password}
-
-
-@pytest.mark.parametrize(
-    "server", [pytest.param(name, marks=getattr(pytest.mark, name)) for name in QUERY_SERVERS]
-)
+@pytest.mark.parametrize("space", params(passwords=True), indirect=True)
 async def test_a_query_string_password_never_shows(
-    server: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    space: Space, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``?password=`` (both drivers take it) stays out of reprs, the dashboard's header, the
     errors of a failed connect, the logs (PostgreSQL's migration line shows the URL) and the
@@ -448,8 +382,9 @@ async def test_a_query_string_password_never_shows(
 
     caplog.set_level(logging.DEBUG)
     seen: list[str] = []
-    async with QUERY_SERVERS[server]() as base:
-        url = f"{base}&namespace=sec_{uuid.uuid4().hex[:8]}"
+    async with space.user(SECRET) as user:
+        credentials = _query_credentials(space.backend, user)
+        url = space.board_url(f"sec_{uuid.uuid4().hex[:8]}", **credentials)
         async with open_board(url) as board, open_store(url) as store:
             seen += [repr(board), repr(store), str(board), str(store)]
             await board.post("j", "noop", {"key": 1})
@@ -471,7 +406,7 @@ async def test_a_query_string_password_never_shows(
             captured = capsys.readouterr()
             seen += [captured.out, captured.err]
     assert "password=***" in captured.err  # the unreachable server's error, on one line
-    if server == "postgres":
+    if space.backend == "postgres":
         migrated = [r.getMessage() for r in caplog.records if r.name == "aioconductor.postgres"]
         assert any("password=***" in line for line in migrated), "no INFO line showed the URL"
     assert SECRET not in caplog.text
@@ -482,11 +417,12 @@ async def test_a_query_string_password_never_shows(
 # -- tenants ---------------------------------------------------------------------------------------
 
 
-async def test_one_tenant_cannot_touch_anothers_claimed_job(backend: BoardBackend) -> None:
+@pytest.mark.parametrize("space", params(), indirect=True)
+async def test_one_tenant_cannot_touch_anothers_claimed_job(space: Space) -> None:
     """Beyond list/claim/consume (the conformance suite): renew, abandon, trash (by claim and
     by id) and wait_for from another namespace fail, and change nothing."""
-    async with backend.open("tenant_a", poll_interval=0.05) as a:
-        async with backend.open("tenant_b", poll_interval=0.05) as b:
+    async with open_board(space.board_url("tenant_a"), poll_interval=0.05) as a:
+        async with open_board(space.board_url("tenant_b"), poll_interval=0.05) as b:
             job = await a.post("j", "f", {"secret": "a's"})
             claim = await a.claim(job.id, "owner-a")
             before = await a.get(job.id)
@@ -506,18 +442,13 @@ async def test_one_tenant_cannot_touch_anothers_claimed_job(backend: BoardBacken
             await a.consume(claim)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=_MARKS.get(n, [])) for n in BACKENDS if n != "kafka"],
-)
-async def test_one_tenants_logbooks_are_invisible_to_another(name: str, tmp_path: Path) -> None:
-    backend = BACKENDS[name](tmp_path)
-    try:
-        url = backend._make_url("tenant_a")
-        async with open_store(url) as a, open_store(_with_namespace(url, "tenant_b")) as b:
-            book = await a.save_logbook(LogBook(uuid=str(uuid.uuid4()), name="a's book"))
-            with pytest.raises(LogBookNotFound):
-                await b.get_logbook(book.uuid)
-            assert (await a.get_logbook(book.uuid)).name == "a's book"
-    finally:
-        await backend.close_all()
+@pytest.mark.parametrize("space", params(store=True), indirect=True)
+async def test_one_tenants_logbooks_are_invisible_to_another(space: Space) -> None:
+    async with (
+        open_store(space.store_url("tenant_a")) as a,
+        open_store(space.store_url("tenant_b")) as b,
+    ):
+        book = await a.save_logbook(LogBook(uuid=str(uuid.uuid4()), name="a's book"))
+        with pytest.raises(LogBookNotFound):
+            await b.get_logbook(book.uuid)
+        assert (await a.get_logbook(book.uuid)).name == "a's book"

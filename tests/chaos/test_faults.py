@@ -1,7 +1,8 @@
 """Backend and network faults under conductor processes: nothing lost, no human action needed.
 
-- A private ``redis-server`` (AOF, ``appendfsync always``) on a free loopback port, SIGKILLed
-  and restarted mid-run.
+- A private server on a free loopback port (``redis-server`` with its append-only file fsynced
+  on every write; PostgreSQL), killed (SIGKILL; ``pg_ctl stop -m immediate``) and restarted
+  mid-run.
 - The library's server connections killed mid-run (``pg_terminate_backend``, ``CLIENT KILL``;
   for Kafka, whose broker cannot drop a client, ``ss -K`` of the broker's sockets).
 - Network faults through :class:`tests.chaos.proxy.ChaosProxy`: latency, reset, half-close and a
@@ -13,9 +14,6 @@
 from __future__ import annotations
 
 import random
-import shutil
-import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import pytest
 
 from aioconductor import open_board
 
-from .backends import BY_NAME, Target, backend_params, scale
+from .backends import BY_NAME, Target, backend_params, open_target, params, scale
 from .cluster import (
     Cluster,
     board_final,
@@ -52,99 +50,46 @@ def first_consume_after(folder: Path, moment: float, owner: str | None = None) -
     return None
 
 
-# -- a private Redis, killed and restarted --------------------------------------------------------
+# -- a private server, killed and restarted -------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, with an append-only file fsynced on every write."""
-
-    def __init__(self, folder: Path) -> None:
-        from tests.conftest import service_missing
-
-        binary = shutil.which("redis-server")
-        if binary is None:
-            service_missing("the redis-server binary")
-        assert binary is not None
-        folder.mkdir()
-        self.folder = folder
-        self.port = free_port()
-        self.command = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(folder),
-            "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-            "--daemonize", "no", "--logfile", str(folder / "redis.log"),
-        ]  # fmt: skip
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def spawn(self) -> None:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
-
-    async def start(self) -> None:
-        import redis
-
-        self.spawn()
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        try:
-            with anyio.fail_after(20):
-                while True:
-                    try:
-                        if client.ping():
-                            return
-                    except redis.RedisError:
-                        # Up but still loading the AOF, or not listening yet.
-                        await anyio.sleep(0.05)
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-        if self.process is not None:
-            self.process.wait()
-
-
-@pytest.mark.redis
 @pytest.mark.timeout(scale(120, 600))
-async def test_a_redis_server_killed_and_restarted_loses_no_job(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", params(private_server=True))
+async def test_a_server_killed_and_restarted_loses_no_job(backend: str, tmp_path: Path) -> None:
     jobs, procs, restarts = scale(300, 3000), scale(2, 4), scale(1, 3)
     folder = history_folder(tmp_path)
-    server = PrivateRedis(tmp_path / "redis")
-    await server.start()
-    url = f"redis://127.0.0.1:{server.port}/0?namespace=chaos"
-    cluster = Cluster(Target("redis", url, url), folder, lease=LEASE, sweep=SWEEP)
+    make_server = BY_NAME[backend].private_server
+    assert make_server is not None
     recoveries = []
-    try:
-        async with open_board(url) as board:
-            # Every run the outage interrupts spends an attempt: allow for them.
-            await post_jobs(board, jobs, prefix="aof", args={"work": 0.02}, max_attempts=20)
-            for n in range(procs):
-                cluster.start(f"p{n}")
-            for n in range(restarts):
-                with anyio.fail_after(60):
-                    while await finished(board) < jobs * (n + 1) / (restarts + 2):
-                        await anyio.sleep(0.1)
-                cluster.harness.write("fault", what="redis-server SIGKILL")
-                server.kill()
-                await anyio.sleep(1.0)
-                await server.start()
-                healed = time.time()
-                cluster.harness.write("heal", what="redis-server restarted")
-                with anyio.fail_after(30):
-                    while (recovery := first_consume_after(folder, healed)) is None:
-                        await anyio.sleep(0.1)
-                recoveries.append(recovery)
-            await wait_finished(board, jobs, scale(60, 500), cluster)
-            cluster.stop_all()
-            final = await board_final(board)
-    finally:
-        cluster.kill_all()
-        server.kill()
-    result = report("redis-restart", "redis", folder, final, {"recovery_s": recoveries})
+    async with make_server(tmp_path) as server:
+        url = f"{server.url}?namespace=chaos"
+        cluster = Cluster(Target(backend, url, url), folder, lease=LEASE, sweep=SWEEP)
+        try:
+            async with open_board(url) as board:
+                # Every run the outage interrupts spends an attempt: allow for them.
+                await post_jobs(board, jobs, prefix="aof", args={"work": 0.02}, max_attempts=20)
+                for n in range(procs):
+                    cluster.start(f"p{n}")
+                for n in range(restarts):
+                    with anyio.fail_after(60):
+                        while await finished(board) < jobs * (n + 1) / (restarts + 2):
+                            await anyio.sleep(0.1)
+                    cluster.harness.write("fault", what=f"{backend} server killed")
+                    await server.crash()
+                    await anyio.sleep(1.0)
+                    await server.start()
+                    healed = time.time()
+                    cluster.harness.write("heal", what=f"{backend} server restarted")
+                    with anyio.fail_after(30):
+                        while (recovery := first_consume_after(folder, healed)) is None:
+                            await anyio.sleep(0.1)
+                    recoveries.append(recovery)
+                await wait_finished(board, jobs, scale(60, 500), cluster)
+                cluster.stop_all()
+                final = await board_final(board)
+        finally:
+            cluster.kill_all()
+    result = report(f"{backend}-restart", backend, folder, final, {"recovery_s": recoveries})
     assert not result.violations, result.violations
     assert result.figures["lost"] == 0 and result.figures["consumed"] == jobs
 
@@ -159,7 +104,7 @@ async def test_killed_server_connections_lose_no_job(backend: str, tmp_path: Pat
     folder = history_folder(tmp_path)
     rng = random.Random(7)
     killed = 0
-    async with BY_NAME[backend].open(tmp_path) as target:
+    async with open_target(backend, tmp_path) as target:
         assert target.kill_connections is not None
         async with open_board(target.board_url) as board:
             await post_jobs(board, jobs, prefix="conn", args={"work": 0.02}, max_attempts=20)
@@ -193,7 +138,7 @@ async def test_killed_server_connections_lose_no_job(backend: str, tmp_path: Pat
 async def test_the_kafka_proxy_keeps_a_client_behind_it(tmp_path: Path) -> None:
     """A Kafka client connects to the broker addresses it is told: the proxy must rewrite them,
     or its faults would miss every connection but the bootstrap one."""
-    async with BY_NAME["kafka"].open(tmp_path) as target:
+    async with open_target("kafka", tmp_path) as target:
         assert target.server is not None
         async with KafkaChaosProxy(target.server) as proxy:
             behind = target.through("127.0.0.1", proxy.port)
@@ -217,7 +162,7 @@ async def test_network_faults_lose_no_job_and_fence_the_partitioned(
 ) -> None:
     jobs, rounds = scale(300, 2000), scale(1, 3)
     folder = history_folder(tmp_path)
-    async with BY_NAME[backend].open(tmp_path) as target:
+    async with open_target(backend, tmp_path) as target:
         assert target.server is not None
         async with target.proxy(target.server) as proxy, open_board(target.board_url) as board:
             await post_jobs(board, jobs, prefix="net", args={"work": 0.05}, max_attempts=30)

@@ -22,7 +22,7 @@ from aioconductor import Conductor, FlowRegistry, JobState, PayloadError, linear
 from aioconductor.boards import JobBoard
 from aioconductor.persistence.memory import MemoryStore
 
-from .backends import BY_NAME, FULL, backend_params, scale
+from .backends import FULL, backend_params, open_target, scale
 
 pytestmark = [pytest.mark.chaos]
 
@@ -161,7 +161,7 @@ async def post_one(
 @pytest.mark.parametrize("backend", backend_params())
 async def test_hostile_payloads_are_refused_or_run_to_an_end(backend: str, tmp_path: Path) -> None:
     ledger = Ledger()
-    async with BY_NAME[backend].open(tmp_path) as target:
+    async with open_target(backend, tmp_path) as target:
         async with open_board(target.board_url, max_payload_bytes=MAX_BYTES) as board:
 
             @settings(

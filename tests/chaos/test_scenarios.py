@@ -16,7 +16,7 @@ import pytest
 
 from aioconductor import JobState, open_board
 
-from .backends import BY_NAME, backend_params, scale
+from .backends import BY_NAME, backend_params, open_target, scale
 from .cluster import (
     Cluster,
     board_final,
@@ -52,7 +52,7 @@ def effects_per_task(folder: Path) -> dict[tuple[str, str], int]:
 async def test_race_each_job_consumed_exactly_once(backend: str, tmp_path: Path) -> None:
     jobs, procs = scale(300, 5000), scale(3, 8)
     folder = history_folder(tmp_path)
-    async with BY_NAME[backend].open(tmp_path) as target:
+    async with open_target(backend, tmp_path) as target:
         async with open_board(target.board_url) as board:
             await post_jobs(board, jobs, prefix="race")
             # A long lease: no fault here, so every job must be claimed exactly once.
@@ -93,7 +93,7 @@ async def test_sigkilled_conductors_lose_nothing_and_rerun_no_finished_task(
     folder = history_folder(tmp_path)
     rng = random.Random(9)
     done_kills = 0
-    async with BY_NAME[backend].open(tmp_path) as target:
+    async with open_target(backend, tmp_path) as target:
         async with open_board(target.board_url) as board:
             # Every kill spends an attempt of each job its victim held: allow for many. A tenth
             # of the jobs fail their first run and are retried by their flow's policy.
@@ -149,7 +149,7 @@ async def test_sigkilled_conductors_lose_nothing_and_rerun_no_finished_task(
 async def test_a_zombie_conductor_is_fenced_out(backend: str, tmp_path: Path) -> None:
     jobs, procs = scale(120, 1000), scale(3, 6)
     folder = history_folder(tmp_path)
-    async with BY_NAME[backend].open(tmp_path) as target:
+    async with open_target(backend, tmp_path) as target:
         async with open_board(target.board_url) as board:
             await post_jobs(board, jobs, prefix="zombie", args={"work": 0.1}, max_attempts=10)
             cluster = Cluster(target, folder, concurrency=4, lease=LEASE, sweep=SWEEP)
@@ -197,7 +197,7 @@ async def test_a_task_past_its_timeout_is_reverted_and_counted(
 ) -> None:
     hung, good = scale(5, 50), scale(20, 200)
     folder = history_folder(tmp_path)
-    async with BY_NAME[backend].open(tmp_path) as target:
+    async with open_target(backend, tmp_path) as target:
         async with open_board(target.board_url) as board:
             hung_ids = await post_jobs(
                 board, hung, prefix="hung", flow="hung", args={"timeout": 0.2}
@@ -227,7 +227,7 @@ async def test_a_task_blocking_the_loop_past_its_lease_is_fenced_out(
 ) -> None:
     folder = history_folder(tmp_path)
     marker = tmp_path / "blocked-once"
-    async with BY_NAME[backend].open(tmp_path) as target:
+    async with open_target(backend, tmp_path) as target:
         async with open_board(target.board_url) as board:
             (blocker,) = await post_jobs(
                 board,
@@ -273,7 +273,7 @@ async def test_poison_jobs_run_max_attempts_times_and_are_trashed(
     poison, good, procs = scale(3, 10), scale(100, 1000), scale(2, 8)
     folder = history_folder(tmp_path)
     deaths = 0
-    async with BY_NAME[backend].open(tmp_path) as target:
+    async with open_target(backend, tmp_path) as target:
         async with open_board(target.board_url) as board:
             poison_ids: list[str] = []
             per = good // poison

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -17,6 +16,7 @@ from aioconductor.persistence import open_store
 from aioconductor.persistence.memory import MemoryStore
 from aioconductor.persistence.models import LogBook
 from aioconductor.persistence.sqlite import SqliteStore
+from tests.backends import Space, params
 
 
 def test_memory_url() -> None:
@@ -145,59 +145,25 @@ OPTION_VALUES = {
 }
 
 
-@contextlib.asynccontextmanager
-async def _server_url(scheme: str, tmp_path: Path) -> AsyncIterator[str]:
-    """A URL of ``scheme`` with a namespace (and schema) of this test's own, cleaned after."""
-    namespace = f"one_url_{uuid.uuid4().hex[:8]}"
-    if scheme == "memory":
-        yield f"memory://{namespace}?namespace={namespace}"
-    elif scheme == "sqlite":
-        yield f"sqlite:///{tmp_path}/one.db?namespace={namespace}"
-    elif scheme == "redis":
-        from tests.redis_helpers import delete_namespaces, redis_url, require_redis
-
-        client = require_redis()
-        try:
-            yield f"{redis_url()}?namespace={namespace}"
-        finally:
-            delete_namespaces(client, [namespace])
-            client.close()
-    else:
-        from tests.postgres_helpers import drop_schemas, require_postgres, unique_schema
-
-        schema = unique_schema()
-        yield f"{require_postgres()}?namespace={namespace}&schema={schema}"
-        await drop_schemas(schema)
-
-
-@pytest.mark.parametrize(
-    "scheme",
-    [
-        "memory",
-        "sqlite",
-        pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("postgresql", marks=pytest.mark.postgres),
-    ],
-)
-async def test_one_url_with_every_option_serves_the_board_and_the_store(
-    scheme: str, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("space", params(store=True), indirect=True)
+async def test_one_url_with_every_option_serves_the_board_and_the_store(space: Space) -> None:
     """``aioconductor migrate`` opens the store on the board's URL: every store takes the
     board's options and ignores them (Redis raised redis-py's TypeError, PostgreSQL sent
     ``lease`` to the server, SQLite refused ``poll_interval``), and every board takes the
     store's."""
+    base = space.board_url(f"one_url_{uuid.uuid4().hex[:8]}")
+    scheme = urlsplit(base).scheme
     board_cls = _class(board_open._BACKENDS, scheme)
     store_cls = _class(open_module._BACKENDS, scheme)
-    async with _server_url(scheme, tmp_path) as base:
-        names = (board_cls.url_options | store_cls.url_options) - {"schema"}
-        url = base + "".join(f"&{name}={OPTION_VALUES[name]}" for name in sorted(names))
-        async with open_board(url) as board, open_store(url) as store:
-            assert (board.lease, board.poll_interval, board.max_payload_bytes) == (7, 0.5, 4096)
-            job = await board.post("j", "f")
-            book = await store.save_logbook(LogBook(name=job.id))
-            assert (await store.get_logbook(book.uuid)).name == job.id
-            if scheme == "postgresql":
-                assert store.schema == board.schema and store._link.pool_max == 2
+    names = (board_cls.url_options | store_cls.url_options) - {"schema"}
+    url = base + "".join(f"&{name}={OPTION_VALUES[name]}" for name in sorted(names))
+    async with open_board(url) as board, open_store(url) as store:
+        assert (board.lease, board.poll_interval, board.max_payload_bytes) == (7, 0.5, 4096)
+        job = await board.post("j", "f")
+        book = await store.save_logbook(LogBook(name=job.id))
+        assert (await store.get_logbook(book.uuid)).name == job.id
+        if scheme == "postgresql":
+            assert store.schema == board.schema and store._link.pool_max == 2
 
 
 @pytest.mark.parametrize(
