@@ -10,7 +10,7 @@ import functools
 import inspect
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, overload
+from typing import Any, TypedDict, Unpack, overload
 
 import anyio
 import anyio.to_thread
@@ -19,7 +19,7 @@ from aioconductor._payload import non_str_key
 from aioconductor.errors import CompilationError, TaskTimeout
 from aioconductor.failure import Failure
 
-__all__ = ["Task", "task"]
+__all__ = ["Task", "TaskOptions", "task"]
 
 #: ``provides`` as users may give it: one name, several names, or nothing.
 Provides = str | Sequence[str] | None
@@ -262,6 +262,17 @@ class Task:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+class TaskOptions(TypedDict, total=False):
+    """The arguments of :class:`Task`, each optional, as ``@task`` passes them on."""
+
+    name: str | None
+    provides: Provides
+    requires: str | Iterable[str] | None
+    rebind: Mapping[str, str] | Sequence[str] | None
+    inject: Mapping[str, Any] | None
+    timeout: float | None
+
+
 class FunctionTask(Task):
     """A task made by ``@task`` from a plain function."""
 
@@ -270,20 +281,12 @@ class FunctionTask(Task):
         fn: Callable[..., Any],
         *,
         revert: Callable[..., Any] | None = None,
-        name: str | None = None,
-        provides: Provides = None,
-        requires: str | Iterable[str] | None = None,
-        rebind: Mapping[str, str] | Sequence[str] | None = None,
-        inject: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
+        **options: Unpack[TaskOptions],
     ) -> None:
         self.fn = fn
         self.revert_fn = revert
         self.__doc__ = fn.__doc__
-        super().__init__(
-            name, provides=provides, requires=requires, rebind=rebind, inject=inject,
-            timeout=timeout,
-        )  # fmt: skip
+        super().__init__(**options)
 
     def _default_name(self) -> str:
         return str(getattr(self.fn, "__name__", type(self.fn).__name__))
@@ -311,14 +314,7 @@ def task(fn: Callable[..., Any], /) -> Task: ...
 
 @overload
 def task(
-    *,
-    name: str | None = None,
-    provides: Provides = None,
-    requires: str | Iterable[str] | None = None,
-    rebind: Mapping[str, str] | Sequence[str] | None = None,
-    inject: Mapping[str, Any] | None = None,
-    timeout: float | None = None,
-    revert: Callable[..., Any] | None = None,
+    *, revert: Callable[..., Any] | None = None, **options: Unpack[TaskOptions]
 ) -> Callable[[Callable[..., Any]], Task]: ...
 
 
@@ -326,28 +322,24 @@ def task(
     fn: Callable[..., Any] | None = None,
     /,
     *,
-    name: str | None = None,
-    provides: Provides = None,
-    requires: str | Iterable[str] | None = None,
-    rebind: Mapping[str, str] | Sequence[str] | None = None,
-    inject: Mapping[str, Any] | None = None,
-    timeout: float | None = None,
     revert: Callable[..., Any] | None = None,
+    **options: Unpack[TaskOptions],
 ) -> Task | Callable[[Callable[..., Any]], Task]:
     """Turn a function into a :class:`Task`: ``@task`` or ``@task(provides=...)``.
 
-    An ``async def`` runs on the event loop; a plain ``def`` runs in a worker thread. The
-    arguments are those of :class:`Task`, plus ``revert``: a function called (like
-    ``Task.revert``) to undo the work.
+    An ``async def`` runs on the event loop; a plain ``def`` runs in a worker thread.
+
+    Args:
+        fn: the function (given when used as ``@task``, without parentheses).
+        revert: a function called (like ``Task.revert``) to undo the work.
+        **options: the arguments of :class:`Task` (``name``, ``provides``, ``requires``,
+            ``rebind``, ``inject``, ``timeout``), as keywords.
 
     Returns:
         The task, or a decorator that makes one.
     """
 
     def make(func: Callable[..., Any]) -> Task:
-        return FunctionTask(
-            func, revert=revert, name=name, provides=provides, requires=requires,
-            rebind=rebind, inject=inject, timeout=timeout,
-        )  # fmt: skip
+        return FunctionTask(func, revert=revert, **options)
 
     return make if fn is None else make(fn)
