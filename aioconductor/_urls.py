@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
-from collections.abc import Collection, Mapping
-from typing import Any
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from aioconductor._checks import check_lease
@@ -32,6 +32,9 @@ __all__ = [
     "url_secrets",
     "validate_namespace",
 ]
+
+#: A number a library option holds.
+_N = TypeVar("_N", int, float)
 
 _NAMESPACE = re.compile(r"[a-z0-9_]{1,48}")
 
@@ -222,39 +225,41 @@ def load_backend(scheme: str, table: Mapping[str, tuple[str, str, str | None]], 
 
 def int_option(options: Mapping[str, str], name: str, default: int) -> int:
     """Read a positive integer library option, with a clear error when it is not one."""
-    raw = options.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"option {name}={raw!r} is not an integer") from None
-    if value <= 0:
-        raise ConfigurationError(f"option {name}={raw!r} must be positive")
-    return value
+    return _option(options, name, default, int, "an integer", _positive)
 
 
 def lease_option(options: Mapping[str, str], name: str, default: float) -> float:
     """Read a lease (seconds in (0, 86,400]) library option, with a clear error naming it."""
-    raw = options.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"option {name}={raw!r} is not a number of seconds") from None
-    return check_lease(value, f"option {name}={raw!r}")
+    return _option(options, name, default, float, "a number of seconds", check_lease)
 
 
 def float_option(options: Mapping[str, str], name: str, default: float) -> float:
     """Read a positive float library option, with a clear error when it is not one."""
+    return _option(options, name, default, float, "a number", _positive)
+
+
+def _option(
+    options: Mapping[str, str],
+    name: str,
+    default: _N,
+    convert: Callable[[str], _N],
+    noun: str,
+    check: Callable[[_N, str], _N],
+) -> _N:
+    """Option ``name`` read with ``convert`` and passed through ``check`` (which is told where
+    the value came from), or ``default`` when the URL does not give it."""
     raw = options.get(name)
     if raw is None:
         return default
+    where = f"option {name}={raw!r}"
     try:
-        value = float(raw)
+        value = convert(raw)
     except ValueError:
-        raise ConfigurationError(f"option {name}={raw!r} is not a number") from None
+        raise ConfigurationError(f"{where} is not {noun}") from None
+    return check(value, where)
+
+
+def _positive(value: _N, where: str) -> _N:
     if not value > 0:
-        raise ConfigurationError(f"option {name}={raw!r} must be positive")
+        raise ConfigurationError(f"{where} must be positive")
     return value
