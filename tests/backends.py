@@ -457,3 +457,29 @@ def one_space_fixture(name: str) -> Any:
             yield opened
 
     return space
+
+
+def board_fixture(namespace: str, **options: Any) -> Any:
+    """A fixture ``board``: a connected board in the test's ``space`` and ``namespace``, opened
+    with ``options`` (``board = board_fixture("ns", lease=5.0)`` in the module)."""
+    from aioconductor.boards import JobBoard, open_board
+
+    @pytest.fixture
+    async def board(space: Space) -> AsyncIterator[JobBoard]:
+        async with open_board(space.board_url(namespace), **options) as opened:
+            yield opened
+
+    return board
+
+
+def store_fixture(namespace: str) -> Any:
+    """A fixture ``store``: a connected store in the test's ``space`` and ``namespace``
+    (``store = store_fixture("ns")`` in the module)."""
+    from aioconductor.persistence import Store, open_store
+
+    @pytest.fixture
+    async def store(space: Space) -> AsyncIterator[Store]:
+        async with open_store(space.store_url(namespace)) as opened:
+            yield opened
+
+    return store

@@ -1,6 +1,6 @@
 """The board conformance suite: every backend keeps these semantics, unchanged.
 
-A backend joins by adding one entry to ``BACKENDS`` in ``conftest.py``.
+A backend joins by adding one entry to ``BACKENDS`` in ``tests/backends.py``.
 """
 
 from __future__ import annotations
@@ -448,6 +448,19 @@ async def test_a_trash_reason_is_kept_safely_whatever_it_quotes(board: JobBoard)
     trashed = await board.trash(job.id, reason="bad byte \x00 and \ud800 in an error")
     assert trashed.trash_reason == "bad byte \\x00 and \\ud800 in an error"
     assert (await board.get(job.id)).trash_reason == trashed.trash_reason
+
+
+async def test_user_data_is_data_not_code(board: JobBoard) -> None:
+    # Quotes, comments, placeholders and brackets of every backend's languages: SQL, Lua,
+    # Redis hash tags, format strings.
+    sneaky = "x'); DROP TABLE jobs; redis.call('FLUSHDB') --{ns} -- $1 {s} %s \" \\ \n ]]"
+    job = await board.post(sneaky, sneaky, {sneaky: sneaky})
+    claim = await board.claim(job.id, sneaky)
+    got = await board.get(job.id)
+    assert got.name == sneaky and got.flow == sneaky and got.args == {sneaky: sneaky}
+    assert got.claim == claim and claim.owner == sneaky
+    await board.trash(claim, reason=sneaky)
+    assert (await board.get(job.id)).trash_reason == sneaky
 
 
 async def test_trash_by_id_by_an_operator(board: JobBoard) -> None:

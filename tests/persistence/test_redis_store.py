@@ -1,18 +1,19 @@
-"""The Redis store: the memory store's semantics, fenced and versioned on the server."""
+"""The Redis store: the memory store's semantics, fenced and versioned on the server (its scripts
+check both).
+
+The Redis store's killed connections, cancelled writes and passwords are tested with the other
+servers' (``tests/backends.py`` lists them)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
-import redis
 
 from aioconductor.errors import (
-    BackendUnavailable,
     ClaimLost,
     LogBookNotFound,
     StoreClosed,
@@ -29,38 +30,14 @@ from aioconductor.persistence.models import (
     FlowState,
     LogBook,
 )
-from tests.redis_helpers import delete_namespaces, redis_url, require_redis, unique
+from tests.backends import RedisSpace, one_space_fixture, store_fixture
+from tests.persistence.test_store_conformance import make_book
 
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture
-def sync_redis() -> Iterator[redis.Redis]:
-    client = require_redis()
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture
-async def store(sync_redis: redis.Redis) -> AsyncIterator[Store]:
-    namespace = unique("redis_store")
-    try:
-        async with open_store(f"{redis_url()}?namespace={namespace}") as opened:
-            yield opened
-    finally:
-        delete_namespaces(sync_redis, [namespace])
-
-
-def make_book(name: str = "job", flows: int = 1, atoms: int = 2) -> LogBook:
-    book = LogBook(name=name, meta={"k": [1, "two", None]})
-    for f in range(flows):
-        flow = FlowDetail(name=f"flow-{f}", meta={"f": f})
-        for a in range(atoms):
-            flow.atoms[f"atom-{a}"] = AtomDetail(name=f"atom-{a}", meta={"a": a})
-        book.flows[flow.uuid] = flow
-    return book
+space = one_space_fixture("redis")
+store = store_fixture("redis_store")
 
 
 Outcome = tuple[str, Any]
@@ -213,39 +190,9 @@ async def test_racing_owners_never_write_after_a_newer_token(store: Store) -> No
     assert set(saved.flows[flow_uuid].atoms) == written
 
 
-async def test_a_cancelled_write_either_happened_or_not(store: Store) -> None:
-    book = await store.save_logbook(make_book(atoms=0))
-    flow_uuid = next(iter(book.flows))
-    for i in range(100):
-        atom = AtomDetail(name=f"a{i}", result="x" * 50_000)
-        with anyio.move_on_after(0.0005 * (i % 7)):
-            await store.update_atom_detail(book.uuid, flow_uuid, atom, token=1)
-        # Whatever the cancelled call did, the next one gets its own reply.
-        got = await store.get_logbook(book.uuid)
-        assert got.uuid == book.uuid and got.token in (None, 1)
-    saved = await store.get_logbook(book.uuid)
-    assert all(atom.version == 1 for atom in saved.flows[flow_uuid].atoms.values())
-
-
-async def test_a_closed_store_refuses_calls(sync_redis: redis.Redis) -> None:
-    namespace = unique("redis_store")
-    store = open_store(f"{redis_url()}?namespace={namespace}")
+async def test_a_closed_store_refuses_calls(space: RedisSpace) -> None:
+    store = open_store(space.store_url("redis_store"))
     async with store:
         book = await store.save_logbook(make_book())
     with pytest.raises(StoreClosed):
         await store.get_logbook(book.uuid)
-    delete_namespaces(sync_redis, [namespace])
-
-
-async def test_the_stores_password_never_shows() -> None:
-    secret = "an0ther-s3cret"
-    store = open_store(f"redis://bob:{secret}@127.0.0.1:1/9?namespace=secret")
-    assert secret not in repr(store)
-    with pytest.raises(BackendUnavailable) as caught:
-        await store.connect()
-    error: BaseException | None = caught.value
-    while error is not None:
-        assert secret not in str(error) and secret not in repr(error)
-        error = error.__cause__ or error.__context__
-    with contextlib.suppress(Exception):
-        await store.aclose()

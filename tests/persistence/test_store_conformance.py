@@ -1,4 +1,4 @@
-"""The store contract, run against every backend in ``conftest.BACKENDS``.
+"""The store contract, run against every backend of ``tests/backends.py`` that has a store.
 
 What an engine relies on: what it saves is what it reads back; a stale version or fencing token
 changes nothing; namespaces never see each other; a closed store refuses every call.
