@@ -26,7 +26,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -333,29 +333,27 @@ class JobRun:
         await self._emit(Event.JOB_TRASHED, reason=reason)
 
     async def _release(self) -> None:
-        try:
-            await self.context.board.release(self.claim)
-        except ClaimLost as exc:
-            await self._report_lost_claim(exc)
-            return
-        except Exception as exc:
-            logger.warning("job %s: release failed (%r); its lease will expire", self.job.id, exc)
-            return
-        self.context.stats.released += 1
-        await self._emit(Event.JOB_RELEASED, reason="cancelled")
+        if await self._give_back("release", self.context.board.release):
+            self.context.stats.released += 1
+            await self._emit(Event.JOB_RELEASED, reason="cancelled")
 
     async def _abandon(self, reason: str) -> None:
+        if await self._give_back("abandon", self.context.board.abandon):
+            self.context.stats.abandoned += 1
+            await self._emit(Event.JOB_ABANDONED, reason=reason)
+
+    async def _give_back(self, verb: str, give_back: Callable[[Claim], Awaitable[Job]]) -> bool:
+        """Give the claim back with the board's ``release`` or ``abandon``; whether it did."""
         try:
-            await self.context.board.abandon(self.claim)
+            await give_back(self.claim)
         except ClaimLost as exc:
             await self._report_lost_claim(exc)
-            return
+            return False
         except Exception as exc:
             # The claim will expire on its own; say so rather than hide it.
-            logger.warning("job %s: abandon failed (%r); its lease will expire", self.job.id, exc)
-            return
-        self.context.stats.abandoned += 1
-        await self._emit(Event.JOB_ABANDONED, reason=reason)
+            logger.warning("job %s: %s failed (%r); its lease will expire", self.job.id, verb, exc)
+            return False
+        return True
 
     async def _report_lost_claim(self, exc: BaseException) -> None:
         """Count, log and announce (``lease_lost``) the lost claim, once per run."""
