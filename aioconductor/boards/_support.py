@@ -95,6 +95,8 @@ class Subscription:
         self._receive = receive
         #: Whether a notification was dropped since the last full re-read.
         self.lost = False
+        #: Whether :meth:`close` was called: the stream is over.
+        self.ended = False
 
     def push(self, note: JobNotification) -> None:
         """Deliver ``note`` without blocking (dropped, and ``lost`` set, if the buffer is full)."""
@@ -111,6 +113,7 @@ class Subscription:
 
     def close(self) -> None:
         """Stop accepting notifications; ``receive`` ends the stream once drained."""
+        self.ended = True
         self._send.close()
 
     def aclose_receiver(self) -> None:

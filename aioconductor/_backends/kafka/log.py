@@ -367,14 +367,8 @@ class LogSubscription(Subscription):
     def __init__(self, log: StateLog) -> None:
         super().__init__()
         self._log = log
-        self._ended = False
         # Kept across calls: the stream cancels each receive at its own deadline.
         self._backoff = Backoff(first=0.5, most=5.0)
-
-    def close(self) -> None:
-        """End the subscription: :meth:`receive` raises ``anyio.EndOfStream`` once drained."""
-        self._ended = True
-        super().close()
 
     async def receive(self) -> JobNotification:
         """The next notification, folding the state topic while there is none."""
@@ -383,7 +377,7 @@ class LogSubscription(Subscription):
                 return self._receive.receive_nowait()
             except anyio.WouldBlock:
                 pass
-            if self._ended or self._log.closed:
+            if self.ended or self._log.closed:
                 raise anyio.EndOfStream
             try:
                 await self._log.pull(0.25)

@@ -45,7 +45,6 @@ class ListenSubscription(Subscription):
         self._channel = channel
         self._poll_interval = poll_interval
         self._conn: Any = None
-        self._ended = False
         self._redial = Redial(logger, f"PostgreSQL at {link.url}")
         self._heard_at = 0.0
         self._loop_time: Callable[[], float] = time.monotonic
@@ -80,14 +79,9 @@ class ListenSubscription(Subscription):
             self.push(note)
 
     def _terminated(self, conn: Any) -> None:
-        if conn is self._conn and not self._ended:
+        if conn is self._conn and not self.ended:
             # Whatever was sent from now until LISTEN works again is lost.
             self.lost = True
-
-    def close(self) -> None:
-        """End the subscription: :meth:`receive` raises ``anyio.EndOfStream`` from now on."""
-        self._ended = True
-        super().close()
 
     async def aclose_transport(self) -> None:
         """Release the listening connection."""
@@ -98,7 +92,7 @@ class ListenSubscription(Subscription):
     async def receive(self) -> JobNotification:
         """The next notification (reconnecting first when the connection was lost)."""
         while True:
-            if self._ended:
+            if self.ended:
                 raise anyio.EndOfStream
             conn = self._conn
             if conn is None or conn.is_closed():

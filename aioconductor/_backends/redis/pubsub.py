@@ -50,7 +50,6 @@ class PubSubSubscription(Subscription):
         self._channel = channel
         self._poll_interval = poll_interval
         self._pubsub: PubSub | None = None
-        self._ended = False
         self._redial = Redial(logger, f"Redis at {link.url}")
         self._heard_at = 0.0
         self._pinged_at = 0.0
@@ -78,11 +77,6 @@ class PubSubSubscription(Subscription):
         self._pubsub = pubsub
         self._heard_at = self._pinged_at = anyio.current_time()
 
-    def close(self) -> None:
-        """End the subscription: :meth:`receive` raises ``anyio.EndOfStream`` from now on."""
-        self._ended = True
-        super().close()
-
     async def aclose_transport(self) -> None:
         """Release the pub/sub connection."""
         pubsub, self._pubsub = self._pubsub, None
@@ -92,7 +86,7 @@ class PubSubSubscription(Subscription):
     async def receive(self) -> JobNotification:
         """The next notification published on the channel (reconnecting when it dropped)."""
         while True:
-            if self._ended:
+            if self.ended:
                 raise anyio.EndOfStream
             pubsub = self._pubsub
             if pubsub is None:
@@ -109,7 +103,7 @@ class PubSubSubscription(Subscription):
                     return note
                 await self._keep_alive(pubsub)
             except (rexc.RedisError, OSError) as exc:
-                if self._ended:
+                if self.ended:
                     raise anyio.EndOfStream from None
                 logger.warning(
                     "Redis at %s: notifications lost (%s); reconnecting",
