@@ -1,12 +1,12 @@
-"""`Lifecycle`: connect, close and ``async with`` for every board and store."""
+"""`Lifecycle`: built from a URL, connect, close and ``async with``, for every board and store."""
 
 from __future__ import annotations
 
 import abc
 import warnings
-from types import TracebackType
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
+from aioconductor._urls import ParsedURL
 from aioconductor.errors import AioconductorError
 
 __all__ = ["Lifecycle"]
@@ -22,10 +22,25 @@ class Lifecycle(abc.ABC):
     closed_error: ClassVar[type[AioconductorError]]
     #: "board" or "store", for messages.
     kind: ClassVar[str]
+    #: The library's own URL options it reads, removed before the URL reaches a driver.
+    url_options: frozenset[str]
+    #: The URL options of its board or store on the same backend, which it does not read:
+    #: accepted and ignored (never passed to the driver), so one URL serves a board and a store.
+    ignored_url_options: frozenset[str]
 
     def __init__(self) -> None:
         self._connected = False
         self._closed = False
+
+    @classmethod
+    def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
+        """Build it for a parsed URL (``open_board`` and ``open_store`` call this); not yet
+        connected.
+
+        Keyword arguments are passed to the constructor and win over the URL's options.
+        """
+        kwargs.setdefault("namespace", parsed.namespace)
+        return cls(**kwargs)
 
     async def connect(self) -> None:
         """Open the connections (and create the schema where there is one); idempotent."""
@@ -68,12 +83,7 @@ class Lifecycle(abc.ABC):
         await self.connect()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     def _check_open(self) -> None:

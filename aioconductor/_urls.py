@@ -26,6 +26,7 @@ __all__ = [
     "ParsedURL",
     "is_secret_option",
     "load_backend",
+    "open_url",
     "parse_url",
     "redact_url",
     "refuse_options",
@@ -197,6 +198,26 @@ def refuse_options(driver_url: str, what: str, known: Collection[str]) -> None:
             f"{redact_url(driver_url)}: unknown option(s) {', '.join(names)}; "
             f"the {what} takes {takes}"
         )
+
+
+def open_url(
+    url: str, table: Mapping[str, tuple[str, str, str | None]], what: str, kwargs: dict[str, Any]
+) -> Any:
+    """The board or store (``what``) for ``url``, not yet connected: the class ``table`` names
+    for its scheme (see :func:`load_backend`), built by its ``from_url`` with ``kwargs`` from
+    the URL parsed for the class's own options.
+
+    Raises:
+        ConfigurationError: not a URL, no backend serves its scheme, or a bad option.
+        DependencyMissing: the backend's driver is not installed (names the extra to install).
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(f"not a board or store URL: {redact_url(str(url))!r}")
+    cls = load_backend(url.split("://", 1)[0].lower(), table, what)
+    parsed = parse_url(
+        url, library_options=cls.url_options, ignored_options=cls.ignored_url_options
+    )
+    return cls.from_url(parsed, **kwargs)
 
 
 def load_backend(scheme: str, table: Mapping[str, tuple[str, str, str | None]], what: str) -> Any:

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import anyio
 
@@ -21,6 +21,7 @@ __all__ = [
     "DueTimer",
     "ErrorTable",
     "Link",
+    "OverLink",
     "Pending",
     "Redial",
     "map_exceptions",
@@ -201,6 +202,38 @@ def sweep_delay(poll_interval: float, next_due: float | None, now: float) -> flo
     if next_due is None:
         return poll_interval
     return max(MIN_SWEEP_DELAY, min(poll_interval, next_due - now))
+
+
+class _Opens(Protocol):
+    """A link that :class:`OverLink` opens and closes."""
+
+    url: str
+
+    async def connect(self) -> None:
+        """Open the connection (or pool)."""
+
+    async def aclose(self) -> None:
+        """Close it."""
+
+
+_L = TypeVar("_L", bound=_Opens)
+
+
+class OverLink(Generic[_L]):
+    """A board or store that is one link to its server: it connects and closes with the link,
+    and shows the link's URL (its secrets masked) in its repr."""
+
+    _link: _L
+    namespace: str
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._link.url} namespace={self.namespace!r}>"
+
+    async def _connect(self) -> None:
+        await self._link.connect()
+
+    async def _aclose(self) -> None:
+        await self._link.aclose()
 
 
 class DueTimer:

@@ -108,10 +108,8 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, ConductorRegistry):
     closed_error = BoardClosed
     kind = "board"
 
-    #: The library's own URL options, removed before the URL reaches a driver.
     url_options: frozenset[str] = BOARD_OPTIONS
-    #: The store's URL options on this backend that the board does not read: accepted and
-    #: ignored, so one URL serves both (none so far: a store's options are its board's too).
+    #: None so far: a store's options are its board's too.
     ignored_url_options: frozenset[str] = frozenset()
 
     @classmethod

@@ -38,7 +38,7 @@ from typing import Any, Self
 
 from anyio.lowlevel import checkpoint
 
-from aioconductor._backends.base import sweep_delay
+from aioconductor._backends.base import OverLink, sweep_delay
 from aioconductor._backends.kafka import records
 from aioconductor._backends.kafka.link import KafkaLink
 from aioconductor._backends.kafka.log import (
@@ -70,7 +70,7 @@ __all__ = ["KafkaJobBoard"]
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 
-class KafkaJobBoard(JobBoard):
+class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
     """A job board on Kafka: a folded state log for claims, a consumer group for the work.
 
     Open it with ``open_board("kafka://broker:9092?topic=jobs&namespace=NAME")``. Each board
@@ -160,15 +160,6 @@ class KafkaJobBoard(JobBoard):
         kwargs.setdefault("fetch_wait_ms", int_option(options, "fetch_wait_ms", 500))
         kwargs.setdefault("session_timeout_ms", int_option(options, "session_timeout_ms", 10_000))
         return super().from_url(parsed, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<KafkaJobBoard {self.url} namespace={self.namespace!r}>"
-
-    async def _connect(self) -> None:
-        await self._link.connect()
-
-    async def _aclose(self) -> None:
-        await self._link.aclose()
 
     @property
     def _state(self) -> StateLog:

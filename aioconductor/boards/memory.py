@@ -15,15 +15,14 @@ import heapq
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Self
+from typing import Any
 
 from anyio.lowlevel import checkpoint
 
 from aioconductor._backends.base import sweep_delay
-from aioconductor._backends.memory.backend import open_backend, url_backend_name
+from aioconductor._backends.memory.backend import InMemory, open_backend
 from aioconductor._backends.memory.jobs import Record
 from aioconductor._models import build, evolve
-from aioconductor._urls import ParsedURL
 from aioconductor.boards.base import (
     EncodedObject,
     JobBoard,
@@ -48,7 +47,7 @@ from aioconductor.models import (
 __all__ = ["MemoryJobBoard"]
 
 
-class MemoryJobBoard(JobBoard):
+class MemoryJobBoard(InMemory, JobBoard):
     """A job board in this process's memory: no I/O, no durability, the reference semantics.
 
     Args:
@@ -68,19 +67,6 @@ class MemoryJobBoard(JobBoard):
         super().__init__(**kwargs)
         self._space = open_backend(backend_name).space(self.namespace)
         self._clock: Callable[[], float] = clock
-
-    @classmethod
-    def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
-        """``memory://`` is a private board; ``memory://NAME`` the shared backend NAME."""
-        options = cls.url_options | cls.ignored_url_options
-        kwargs.setdefault("backend_name", url_backend_name(parsed, "memory board", options))
-        return super().from_url(parsed, **kwargs)
-
-    async def _connect(self) -> None:
-        await checkpoint()
-
-    async def _aclose(self) -> None:
-        await checkpoint()
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aioconductor._urls import load_backend, parse_url, redact_url
+from aioconductor._urls import open_url
 from aioconductor.boards.base import JobBoard
-from aioconductor.errors import ConfigurationError
 
 __all__ = ["open_board"]
 
@@ -35,10 +34,5 @@ def open_board(url: str, **kwargs: Any) -> JobBoard:
         ConfigurationError: unknown scheme or bad option.
         DependencyMissing: the backend's driver is not installed (names the extra).
     """
-    if not isinstance(url, str) or "://" not in url:
-        raise ConfigurationError(f"not a board or store URL: {redact_url(str(url))!r}")
-    cls: type[JobBoard] = load_backend(url.split("://", 1)[0].lower(), _BACKENDS, "board")
-    parsed = parse_url(
-        url, library_options=cls.url_options, ignored_options=cls.ignored_url_options
-    )
-    return cls.from_url(parsed, **kwargs)
+    board: JobBoard = open_url(url, _BACKENDS, "board", kwargs)
+    return board

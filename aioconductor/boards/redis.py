@@ -31,7 +31,7 @@ from typing import Any, Self, cast
 
 from redis.commands.core import AsyncScript
 
-from aioconductor._backends.base import DueTimer
+from aioconductor._backends.base import DueTimer, OverLink
 from aioconductor._backends.redis import board_records as records
 from aioconductor._backends.redis import scripts
 from aioconductor._backends.redis.board_prelude import KEY_NAMES, PROMOTE_LIMIT, member_id
@@ -50,7 +50,7 @@ __all__ = ["RedisJobBoard"]
 _CHUNK = 500
 
 
-class RedisJobBoard(JobBoard):
+class RedisJobBoard(OverLink[RedisLink], JobBoard):
     """A job board on Redis: atomic Lua transitions, pub/sub notifications, server-side time.
 
     Open it with ``open_board("redis://host:6379/0?namespace=NAME")``; the URL's password is
@@ -79,16 +79,7 @@ class RedisJobBoard(JobBoard):
         kwargs.setdefault("driver_url", parsed.driver_url)
         return super().from_url(parsed, **kwargs)
 
-    def __repr__(self) -> str:
-        return f"<RedisJobBoard {self._link.url} namespace={self.namespace!r}>"
-
     # -- plumbing ------------------------------------------------------------------------------
-
-    async def _connect(self) -> None:
-        await self._link.connect()
-
-    async def _aclose(self) -> None:
-        await self._link.aclose()
 
     def _job_key(self, job_id: str) -> str:
         return self._job_prefix + job_id

@@ -13,7 +13,6 @@ import logging
 import math
 import time
 import uuid
-from types import TracebackType
 from typing import Self
 
 import anyio
@@ -142,12 +141,7 @@ class Conductor:
                 await resource.connect()
                 self._opened.append(resource)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Self
 
 from aioconductor._lifecycle import Lifecycle
-from aioconductor._urls import BOARD_OPTIONS, ParsedURL, validate_namespace
+from aioconductor._urls import BOARD_OPTIONS, validate_namespace
 from aioconductor.errors import ClaimLost, ConfigurationError, StoreClosed, VersionConflict
 from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 
@@ -33,24 +32,12 @@ class Store(Lifecycle):
     closed_error = StoreClosed
     kind = "store"
 
-    #: The library's own URL options the store reads, removed before the URL reaches a driver.
     url_options: frozenset[str] = frozenset()
-    #: The board's URL options on this backend, which the store does not read: accepted and
-    #: ignored (never passed to the driver), so one URL serves a board and a store.
     ignored_url_options: frozenset[str] = BOARD_OPTIONS
 
     def __init__(self, *, namespace: str = "default") -> None:
         super().__init__()
         self.namespace = validate_namespace(namespace)
-
-    @classmethod
-    def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
-        """Build the store for a parsed URL (``open_store`` calls this); not yet connected.
-
-        Keyword arguments are passed to the constructor and win over the URL's options.
-        """
-        kwargs.setdefault("namespace", parsed.namespace)
-        return cls(**kwargs)
 
     # -- public verbs ------------------------------------------------------------------------
 

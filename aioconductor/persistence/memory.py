@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Self
 
 from anyio.lowlevel import checkpoint
 
-from aioconductor._backends.memory.backend import open_backend, url_backend_name
+from aioconductor._backends.memory.backend import InMemory, open_backend
 from aioconductor._models import copy_json, evolve
-from aioconductor._urls import ParsedURL
 from aioconductor.errors import LogBookNotFound
 from aioconductor.persistence._copy import copy_atom, copy_book, copy_flow, created_book
 from aioconductor.persistence._json import check_atoms, check_meta
@@ -19,7 +17,7 @@ from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore(Store):
+class MemoryStore(InMemory, Store):
     """A store that keeps logbooks in a dict. Nothing survives the process.
 
     ``memory://`` is a private store; ``memory://NAME`` shares the process-wide backend NAME
@@ -36,19 +34,6 @@ class MemoryStore(Store):
     def __init__(self, *, namespace: str = "default", backend_name: str | None = None) -> None:
         super().__init__(namespace=namespace)
         self._books = open_backend(backend_name).logbooks(namespace)
-
-    @classmethod
-    def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
-        """``memory://`` is a private store; ``memory://NAME`` the shared backend NAME."""
-        options = cls.url_options | cls.ignored_url_options
-        kwargs.setdefault("backend_name", url_backend_name(parsed, "memory store", options))
-        return super().from_url(parsed, **kwargs)
-
-    async def _connect(self) -> None:
-        await checkpoint()
-
-    async def _aclose(self) -> None:
-        await checkpoint()
 
     def _book(self, book_uuid: str) -> LogBook:
         try:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aioconductor._urls import load_backend, parse_url, redact_url
-from aioconductor.errors import ConfigurationError
+from aioconductor._urls import open_url
 from aioconductor.persistence.base import Store
 
 __all__ = ["open_store"]
@@ -34,11 +33,5 @@ def open_store(url: str, **kwargs: Any) -> Store:
         ConfigurationError: unknown scheme or bad option.
         DependencyMissing: the backend's driver is not installed.
     """
-    if not isinstance(url, str) or "://" not in url:
-        raise ConfigurationError(f"not a board or store URL: {redact_url(str(url))!r}")
-    cls: type[Store] = load_backend(url.split("://", 1)[0].lower(), _BACKENDS, "store")
-    parsed = parse_url(
-        url, library_options=cls.url_options, ignored_options=cls.ignored_url_options
-    )
-    store: Store = cls.from_url(parsed, **kwargs)
+    store: Store = open_url(url, _BACKENDS, "store", kwargs)
     return store

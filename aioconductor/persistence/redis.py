@@ -15,6 +15,7 @@ from typing import Any, Self, cast
 
 from redis.commands.core import AsyncScript
 
+from aioconductor._backends.base import OverLink
 from aioconductor._backends.redis import scripts
 from aioconductor._backends.redis import store_records as records
 from aioconductor._backends.redis.link import RedisLink, fmt_time, hash_tag_prefix, pairs
@@ -31,7 +32,7 @@ __all__ = ["RedisStore"]
 _CHUNK = 200
 
 
-class RedisStore(Store):
+class RedisStore(OverLink[RedisLink], Store):
     """A store of logbooks on Redis: fenced, versioned writes, each one Lua script.
 
     Open it with ``open_store("redis://host:6379/0?namespace=NAME")``; the URL's password is
@@ -55,15 +56,6 @@ class RedisStore(Store):
         """Build the store for a parsed ``redis://`` or ``rediss://`` URL; not yet connected."""
         kwargs.setdefault("driver_url", parsed.driver_url)
         return super().from_url(parsed, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<RedisStore {self._link.url} namespace={self.namespace!r}>"
-
-    async def _connect(self) -> None:
-        await self._link.connect()
-
-    async def _aclose(self) -> None:
-        await self._link.aclose()
 
     # -- keys and calls ------------------------------------------------------------------------
 

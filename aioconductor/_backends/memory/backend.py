@@ -4,15 +4,18 @@ process-wide one that every board and store opened on ``memory://NAME`` shares."
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Self
+
+from anyio.lowlevel import checkpoint
 
 from aioconductor._backends.memory.jobs import Space
+from aioconductor._lifecycle import Lifecycle
 from aioconductor._urls import ParsedURL, refuse_options
 
 if TYPE_CHECKING:
     from aioconductor.persistence.models import LogBook
 
-__all__ = ["MemoryBackend", "open_backend", "url_backend_name"]
+__all__ = ["InMemory", "MemoryBackend", "open_backend", "url_backend_name"]
 
 
 class MemoryBackend:
@@ -65,3 +68,21 @@ def url_backend_name(parsed: ParsedURL, what: str, known: Collection[str]) -> st
     """
     refuse_options(parsed.driver_url, what, known)
     return parsed.driver_url.split("://", 1)[1].split("?", 1)[0].strip("/") or None
+
+
+class InMemory(Lifecycle):
+    """What the memory board and store share: ``memory://`` names a private backend and
+    ``memory://NAME`` the shared one called NAME; there is nothing to open or close."""
+
+    @classmethod
+    def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
+        """``memory://`` is a private one; ``memory://NAME`` the shared backend NAME."""
+        options = cls.url_options | cls.ignored_url_options
+        kwargs.setdefault("backend_name", url_backend_name(parsed, f"memory {cls.kind}", options))
+        return super().from_url(parsed, **kwargs)
+
+    async def _connect(self) -> None:
+        await checkpoint()
+
+    async def _aclose(self) -> None:
+        await checkpoint()
