@@ -7,7 +7,7 @@ for every backend (a failed run's ``failure``); ``Subscription`` carries pushed 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +34,14 @@ __all__ = [
     "Subscription",
     "conductor_from_row",
     "job_from_row",
+    "listed_jobs",
     "lost_message",
     "unclaimable_message",
     "visible",
 ]
+
+#: Jobs read per statement by a SQL board's ``iterjobs()``.
+PAGE = 500
 
 #: The columns a SQL backend selects to build a ``Job`` with :func:`job_from_row`, in order.
 JOB_COLUMNS = (
@@ -184,6 +188,26 @@ def job_from_row(row: Sequence[Any]) -> Job:
         retry=None if row[22] is None else RetryPolicy.model_validate_json(row[22]),
         failures=decode_json(row[23]),
     )
+
+
+async def listed_jobs(
+    read_page: Callable[[int, int], Awaitable[Sequence[Sequence[Any]]]], now: float
+) -> AsyncIterator[Job]:
+    """The jobs a SQL board's ``iterjobs`` lists, as readers see them at ``now``.
+
+    ``read_page(priority, seq)`` reads the next :data:`PAGE` rows of :data:`JOB_COLUMNS` in
+    claim order after that key. Paging by (priority, seq), which never change, makes each page
+    one short statement, so no connection is held while the caller handles a page, and no job
+    is listed twice.
+    """
+    priority, seq = 2**31, 0
+    while True:
+        rows = await read_page(priority, seq)
+        for row in rows:
+            yield visible(job_from_row(row), now)
+        if len(rows) < PAGE:
+            return
+        priority, seq = rows[-1][4], rows[-1][5]
 
 
 def visible(job: Job, now: float) -> Job:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any, Self, Unpack
 
 from aioconductor._backends.base import DueTimer
@@ -43,7 +43,13 @@ from aioconductor._models import build
 from aioconductor._payload import encode_json
 from aioconductor._urls import ParsedURL, validate_namespace
 from aioconductor.boards._posting import PostOptions, post_spec
-from aioconductor.boards._support import conductor_from_row, job_from_row, visible
+from aioconductor.boards._support import (
+    PAGE,
+    conductor_from_row,
+    job_from_row,
+    listed_jobs,
+    visible,
+)
 from aioconductor.boards.base import (
     EncodedObject,
     JobBoard,
@@ -71,9 +77,6 @@ from aioconductor.models import (
 )
 
 __all__ = ["PostgresJobBoard"]
-
-#: Jobs read per statement by ``iterjobs()``.
-_PAGE = 500
 
 
 class PostgresJobBoard(JobBoard):
@@ -359,16 +362,12 @@ class PostgresJobBoard(JobBoard):
         now = await self._now()
         statement = sql.page(state).replace("{s}", self._link.q)
         extra = self._state_param(state, now)
-        # Page by (priority, seq), which never change: each page is one short query, so no
-        # connection is held while the caller handles a page, and no job is listed twice.
-        priority, seq = 2**31, 0
-        while True:
-            rows = await self._read("iterjobs", statement, priority, seq, _PAGE, *extra)
-            for row in rows:
-                yield visible(job_from_row(row), now)
-            if len(rows) < _PAGE:
-                return
-            priority, seq = rows[-1][4], rows[-1][5]
+
+        def read_page(priority: int, seq: int) -> Awaitable[list[Any]]:
+            return self._read("iterjobs", statement, priority, seq, PAGE, *extra)
+
+        async for job in listed_jobs(read_page, now):
+            yield job
 
     async def _job_count(self, state: JobState | None) -> int:
         now = await self._now() if state in (JobState.UNCLAIMED, JobState.SCHEDULED) else 0.0

@@ -23,7 +23,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Self
 
 from aioconductor._backends.base import DueTimer
@@ -32,7 +32,13 @@ from aioconductor._backends.sqlite.link import SqliteLink, first_row, query, sql
 from aioconductor._models import build
 from aioconductor._payload import encode_json
 from aioconductor._urls import ParsedURL, refuse_options
-from aioconductor.boards._support import conductor_from_row, job_from_row, visible
+from aioconductor.boards._support import (
+    PAGE,
+    conductor_from_row,
+    job_from_row,
+    listed_jobs,
+    visible,
+)
 from aioconductor.boards.base import (
     EncodedObject,
     JobBoard,
@@ -54,7 +60,6 @@ from aioconductor.models import (
 
 __all__ = ["SqliteJobBoard"]
 
-_PAGE = 500
 #: How long a local push is remembered so that sweeps skip it; afterwards a stream that had not
 #: swept since may get the job twice, which is harmless.
 _PUSHED_TTL = 60.0
@@ -334,22 +339,17 @@ class SqliteJobBoard(JobBoard):
         job = await self._link.read("get", lambda conn: self._fetch(conn, job_id))
         return visible(job, time.time())
 
-    async def _iterjobs(self, state: JobState | None) -> AsyncIterator[Job]:
+    def _iterjobs(self, state: JobState | None) -> AsyncIterator[Job]:
         now = time.time()
         state = None if state is None else JobState(state)
         statement = sql.page(state)
         value = None if state is None else state.value
-        # Page by (priority, seq), which never change: each page is one short call, so the
-        # connection is free while the caller handles a page, and no job is listed twice.
-        priority, seq = 2**31, 0
-        while True:
-            params = self._params(now=now, state=value, p=priority, s=seq, limit=_PAGE)
-            rows = await self._link.read("iterjobs", query(statement, params))
-            for row in rows:
-                yield visible(job_from_row(row), now)
-            if len(rows) < _PAGE:
-                return
-            priority, seq = rows[-1][4], rows[-1][5]
+
+        def read_page(priority: int, seq: int) -> Awaitable[list[Any]]:
+            params = self._params(now=now, state=value, p=priority, s=seq, limit=PAGE)
+            return self._link.read("iterjobs", query(statement, params))
+
+        return listed_jobs(read_page, now)
 
     async def _job_count(self, state: JobState | None) -> int:
         state = None if state is None else JobState(state)
