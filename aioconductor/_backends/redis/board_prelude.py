@@ -98,38 +98,33 @@ local function take(job, member, priority, state, owner, lease, now)
   set_state(job, member, priority, state, 'CLAIMED')
 end
 
+-- Move the jobs of `timers` (delayed, or leases) whose time came into the ready set, each
+-- announced as `kind`: those still in `state`, whose `field` (not_before, or expires_at) is the
+-- time. A job whose time moved later goes back in at its new time.
+local function promote_from(timers, state, field, kind, now)
+  local members = redis.call('ZRANGEBYSCORE', timers, '-inf', num(now), 'LIMIT', 0, PROMOTE_LIMIT)
+  for _, member in ipairs(members) do
+    redis.call('ZREM', timers, member)
+    local job = prefix .. id_of(member)
+    local f = redis.call('HMGET', job, 'state', 'priority', field)
+    if f[1] == state then
+      -- claimable reads not_before for SCHEDULED and expires_at for CLAIMED: f[3] is that one.
+      if claimable(f[1], f[3], f[3], now) then
+        if state == 'SCHEDULED' then set_state(job, member, f[2], state, 'UNCLAIMED') end
+        redis.call('ZADD', ready, score(f[2]), member)
+        announce(kind, f[2], id_of(member))
+      else
+        redis.call('ZADD', timers, f[3], member)
+      end
+    end
+  end
+  return #members
+end
+
 -- Move due delayed jobs and expired leases into the ready set, announcing each one.
 local function promote(now)
-  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', num(now), 'LIMIT', 0, PROMOTE_LIMIT)
-  for _, member in ipairs(due) do
-    redis.call('ZREM', delayed, member)
-    local job = prefix .. id_of(member)
-    local f = redis.call('HMGET', job, 'state', 'priority', 'not_before')
-    if f[1] == 'SCHEDULED' then
-      if claimable(f[1], f[3], nil, now) then
-        set_state(job, member, f[2], 'SCHEDULED', 'UNCLAIMED')
-        redis.call('ZADD', ready, score(f[2]), member)
-        announce('due', f[2], id_of(member))
-      else
-        redis.call('ZADD', delayed, f[3], member)
-      end
-    end
-  end
-  local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', num(now), 'LIMIT', 0, PROMOTE_LIMIT)
-  for _, member in ipairs(expired) do
-    redis.call('ZREM', leases, member)
-    local job = prefix .. id_of(member)
-    local f = redis.call('HMGET', job, 'state', 'priority', 'expires_at')
-    if f[1] == 'CLAIMED' then
-      if claimable(f[1], nil, f[3], now) then
-        redis.call('ZADD', ready, score(f[2]), member)
-        announce('expired', f[2], id_of(member))
-      else
-        redis.call('ZADD', leases, f[3], member)
-      end
-    end
-  end
-  return #due + #expired
+  return promote_from(delayed, 'SCHEDULED', 'not_before', 'due', now)
+    + promote_from(leases, 'CLAIMED', 'expires_at', 'expired', now)
 end
 
 -- The job's hash fields for a verb with a claim, or nil and why not.
