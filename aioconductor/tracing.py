@@ -26,7 +26,7 @@ is then a child of the producer's span, in whatever process and machine it ran.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aioconductor.errors import DependencyMissing
 from aioconductor.events import Event, Notifier
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["ConductorTracer", "trace_headers"]
 
 _PREFIX = "aioconductor"
+#: The key of an open span: a job id, a logbook id, or an atom's (book, flow, atom, kind).
+_K = TypeVar("_K")
 #: Atom states that end a task span, and those that end a revert span.
 _TASK_ENDS = {AtomState.SUCCESS, AtomState.FAILURE, AtomState.IGNORE, AtomState.PENDING}
 _REVERT_ENDS = {AtomState.REVERTED, AtomState.FAILURE, AtomState.IGNORE, AtomState.PENDING}
@@ -147,20 +149,35 @@ class ConductorTracer:
         elif event == Event.ATOM_STATE:
             self._atom_changed(details)
 
+    def _start(
+        self, spans: dict[_K, Span], key: _K, name: str, context: Any, **options: Any
+    ) -> None:
+        """Start span ``name`` as ``spans[key]``, in ``context`` (a new trace when None).
+
+        A span still open under ``key`` is ended first: its claim, run or task started again
+        before this process heard how it ended.
+        """
+        stale = spans.pop(key, None)
+        if stale is not None:
+            stale.end()
+        spans[key] = self.tracer.start_span(name, context=context, **options)
+
+    def _within(self, parent: Span | None) -> Any:
+        """The context of a span started under ``parent`` (a new trace when None)."""
+        return None if parent is None else self._trace.set_span_in_context(parent)
+
     def _claimed(self, details: Mapping[str, Any]) -> None:
         job_id = str(details["job_id"])
-        stale = self._claims.pop(job_id, None)
-        if stale is not None:
-            # This process claimed the job again and never heard how the last claim ended.
-            stale.end()
         from opentelemetry import propagate
 
         # The producer's context when it posted with trace_headers(); a new trace otherwise.
         headers = details.get("headers") or {}
         context = propagate.extract(headers) if headers else None
-        self._claims[job_id] = self.tracer.start_span(
+        self._start(
+            self._claims,
+            job_id,
             f"claim {details['flow']}",
-            context=context,
+            context,
             kind=self._trace.SpanKind.CONSUMER,
             attributes={
                 f"{_PREFIX}.job.id": job_id,
@@ -192,14 +209,11 @@ class ConductorTracer:
 
     def _run_started(self, details: Mapping[str, Any]) -> None:
         book_id = str(details.get("book_id") or "")
-        parent = self._claims.get(book_id)
-        context = None if parent is None else self._trace.set_span_in_context(parent)
-        stale = self._runs.pop(book_id, None)
-        if stale is not None:
-            stale.end()
-        self._runs[book_id] = self.tracer.start_span(
+        self._start(
+            self._runs,
+            book_id,
             f"run {details['flow']}",
-            context=context,
+            self._within(self._claims.get(book_id)),
             attributes={f"{_PREFIX}.flow": str(details["flow"]), f"{_PREFIX}.book.id": book_id},
         )
 
@@ -223,15 +237,11 @@ class ConductorTracer:
         flow, atom, state = str(details["flow"]), str(details["atom"]), details["state"]
         if state in (AtomState.RUNNING, AtomState.REVERTING):
             kind = "task" if state == AtomState.RUNNING else "revert"
-            parent = self._runs.get(book_id)
-            context = None if parent is None else self._trace.set_span_in_context(parent)
-            key = (book_id, flow, atom, kind)
-            stale = self._atoms.pop(key, None)
-            if stale is not None:
-                stale.end()
-            self._atoms[key] = self.tracer.start_span(
+            self._start(
+                self._atoms,
+                (book_id, flow, atom, kind),
                 f"{kind} {atom}",
-                context=context,
+                self._within(self._runs.get(book_id)),
                 attributes={f"{_PREFIX}.atom": atom, f"{_PREFIX}.flow": flow},
             )
             return
