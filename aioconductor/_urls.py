@@ -16,10 +16,16 @@ import importlib
 import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl
+from urllib.parse import unquote
+from urllib.parse import unquote_plus
+from urllib.parse import urlencode
+from urllib.parse import urlsplit
+from urllib.parse import urlunsplit
 
 from aioconductor._checks import check_lease
-from aioconductor.errors import ConfigurationError, DependencyMissing
+from aioconductor.errors import ConfigurationError
+from aioconductor.errors import DependencyMissing
 
 __all__ = [
     "BOARD_OPTIONS",

@@ -20,8 +20,10 @@ import anyio
 
 from aioconductor.boards import open_board
 from aioconductor.conductor import Conductor
-from aioconductor.engine import Task, linear
-from aioconductor.models import JobState, Outcome
+from aioconductor.engine import Task
+from aioconductor.engine import linear
+from aioconductor.models import JobState
+from aioconductor.models import Outcome
 from aioconductor.persistence import open_store
 from aioconductor.registry import FlowRegistry
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import traceback as _traceback
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel
+from pydantic import ConfigDict
+from pydantic import PrivateAttr
 
 __all__ = ["Failure"]
 

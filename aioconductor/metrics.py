@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from aioconductor.errors import AioconductorError, DependencyMissing
+from aioconductor.errors import AioconductorError
+from aioconductor.errors import DependencyMissing
 from aioconductor.events import Event
-from aioconductor.models import JobState, NotificationKind
+from aioconductor.models import JobState
+from aioconductor.models import NotificationKind
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -11,7 +11,9 @@ import math
 import random
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
+from pydantic import ConfigDict
+from pydantic import Field
 
 __all__ = [
     "Claim",

@@ -7,7 +7,8 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, overload
 
-from aioconductor.errors import ConfigurationError, FlowNotFound
+from aioconductor.errors import ConfigurationError
+from aioconductor.errors import FlowNotFound
 from aioconductor.models import RetryPolicy
 
 __all__ = ["FlowFactory", "FlowRegistry"]

@@ -18,10 +18,13 @@ from typing import Any
 import anyio
 
 from aioconductor.boards.memory import MemoryJobBoard
-from aioconductor.conductor import Conductor, ConductorStats
-from aioconductor.models import Job, JobState
+from aioconductor.conductor import Conductor
+from aioconductor.conductor import ConductorStats
+from aioconductor.models import Job
+from aioconductor.models import JobState
 from aioconductor.persistence.memory import MemoryStore
-from aioconductor.persistence.models import AtomState, LogBook
+from aioconductor.persistence.models import AtomState
+from aioconductor.persistence.models import LogBook
 from aioconductor.registry import FlowRegistry
 
 __all__ = ["InMemoryJobBoard", "InMemoryStore", "drain"]

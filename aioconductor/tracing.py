@@ -29,11 +29,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aioconductor.errors import DependencyMissing
-from aioconductor.events import Event, Notifier
-from aioconductor.persistence.models import AtomState, FlowState
+from aioconductor.events import Event
+from aioconductor.events import Notifier
+from aioconductor.persistence.models import AtomState
+from aioconductor.persistence.models import FlowState
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span, TracerProvider
+    from opentelemetry.trace import Span
+    from opentelemetry.trace import TracerProvider
 
     from aioconductor.conductor import Conductor
 

@@ -13,8 +13,10 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 import anyio
 
 from aioconductor._models import build
-from aioconductor.errors import AioconductorError, BackendUnavailable
-from aioconductor.models import JobNotification, NotificationKind
+from aioconductor.errors import AioconductorError
+from aioconductor.errors import BackendUnavailable
+from aioconductor.models import JobNotification
+from aioconductor.models import NotificationKind
 
 __all__ = [
     "Backoff",

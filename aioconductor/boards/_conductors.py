@@ -7,7 +7,9 @@ import abc
 from collections.abc import Mapping
 from typing import Any
 
-from aioconductor._payload import encode_json, finite_seconds, validate_name
+from aioconductor._payload import encode_json
+from aioconductor._payload import finite_seconds
+from aioconductor._payload import validate_name
 from aioconductor.errors import PayloadError
 from aioconductor.models import ConductorInfo
 

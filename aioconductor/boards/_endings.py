@@ -8,10 +8,13 @@ import abc
 from collections.abc import Mapping
 from typing import Any
 
-from aioconductor._payload import encode_object, finite_seconds
+from aioconductor._payload import encode_object
+from aioconductor._payload import finite_seconds
 from aioconductor.boards._support import EncodedObject
 from aioconductor.errors import PayloadError
-from aioconductor.models import Claim, Job, Outcome
+from aioconductor.models import Claim
+from aioconductor.models import Job
+from aioconductor.models import Outcome
 
 __all__ = ["ClaimEndings"]
 

@@ -16,7 +16,8 @@ import anyio
 
 from aioconductor.boards._support import Subscription
 from aioconductor.errors import BoardClosed
-from aioconductor.models import Job, JobNotification
+from aioconductor.models import Job
+from aioconductor.models import JobNotification
 
 __all__ = ["Notifications"]
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
-from aioconductor._payload import encode_json, encode_object, finite_seconds, validate_name
+from aioconductor._payload import encode_json
+from aioconductor._payload import encode_object
+from aioconductor._payload import finite_seconds
+from aioconductor._payload import validate_name
 from aioconductor.boards._support import PostSpec
 from aioconductor.errors import PayloadError
 from aioconductor.models import RetryPolicy

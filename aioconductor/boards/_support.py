@@ -8,24 +8,25 @@ for every backend (a failed run's ``failure``); ``Subscription`` carries pushed 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
 
-from aioconductor._models import build, evolve
+from aioconductor._models import build
+from aioconductor._models import evolve
 from aioconductor._payload import decode_json
-from aioconductor.models import (
-    Claim,
-    ConductorInfo,
-    Job,
-    JobNotification,
-    JobState,
-    Outcome,
-    RetryPolicy,
-    claimable,
-)
+from aioconductor.models import Claim
+from aioconductor.models import ConductorInfo
+from aioconductor.models import Job
+from aioconductor.models import JobNotification
+from aioconductor.models import JobState
+from aioconductor.models import Outcome
+from aioconductor.models import RetryPolicy
+from aioconductor.models import claimable
 
 __all__ = [
     "JOB_COLUMNS",

@@ -33,27 +33,29 @@ from typing import Any, Self, Unpack
 from aioconductor._checks import check_lease
 from aioconductor._lifecycle import Lifecycle
 from aioconductor._payload import validate_name
-from aioconductor._urls import (
-    BOARD_OPTIONS,
-    ParsedURL,
-    float_option,
-    int_option,
-    lease_option,
-    validate_namespace,
-)
+from aioconductor._urls import BOARD_OPTIONS
+from aioconductor._urls import ParsedURL
+from aioconductor._urls import float_option
+from aioconductor._urls import int_option
+from aioconductor._urls import lease_option
+from aioconductor._urls import validate_namespace
 from aioconductor.boards._conductors import ConductorRegistry
 from aioconductor.boards._endings import ClaimEndings
 from aioconductor.boards._notifications import Notifications
-from aioconductor.boards._posting import PostOptions, post_spec
-from aioconductor.boards._support import (
-    EncodedObject,
-    PostSpec,
-    Subscription,
-    lost_message,
-    unclaimable_message,
-)
-from aioconductor.errors import BoardClosed, BoardError, ConfigurationError, PayloadError
-from aioconductor.models import Claim, Job, JobState
+from aioconductor.boards._posting import PostOptions
+from aioconductor.boards._posting import post_spec
+from aioconductor.boards._support import EncodedObject
+from aioconductor.boards._support import PostSpec
+from aioconductor.boards._support import Subscription
+from aioconductor.boards._support import lost_message
+from aioconductor.boards._support import unclaimable_message
+from aioconductor.errors import BoardClosed
+from aioconductor.errors import BoardError
+from aioconductor.errors import ConfigurationError
+from aioconductor.errors import PayloadError
+from aioconductor.models import Claim
+from aioconductor.models import Job
+from aioconductor.models import JobState
 
 __all__ = [
     "DEFAULT_LEASE",

@@ -38,32 +38,42 @@ from typing import Any, Self
 
 from anyio.lowlevel import checkpoint
 
-from aioconductor._backends.base import OverLink, sweep_delay
+from aioconductor._backends.base import OverLink
+from aioconductor._backends.base import sweep_delay
 from aioconductor._backends.kafka import records
 from aioconductor._backends.kafka.link import KafkaLink
-from aioconductor._backends.kafka.log import (
-    RETRIES,
-    LogSubscription,
-    Make,
-    StateLog,
-    Write,
-    clock_ms,
-    transition,
-)
+from aioconductor._backends.kafka.log import RETRIES
+from aioconductor._backends.kafka.log import LogSubscription
+from aioconductor._backends.kafka.log import Make
+from aioconductor._backends.kafka.log import StateLog
+from aioconductor._backends.kafka.log import Write
+from aioconductor._backends.kafka.log import clock_ms
+from aioconductor._backends.kafka.log import transition
 from aioconductor._backends.kafka.records import holds
-from aioconductor._backends.kafka.setup import bool_option, bootstrap_servers
-from aioconductor._backends.kafka.view import CONDUCTOR_PREFIX, JobView, claimable, to_job
+from aioconductor._backends.kafka.setup import bool_option
+from aioconductor._backends.kafka.setup import bootstrap_servers
+from aioconductor._backends.kafka.view import CONDUCTOR_PREFIX
+from aioconductor._backends.kafka.view import JobView
+from aioconductor._backends.kafka.view import claimable
+from aioconductor._backends.kafka.view import to_job
 from aioconductor._models import build
-from aioconductor._urls import ParsedURL, int_option, refuse_options
-from aioconductor.boards.base import (
-    EncodedObject,
-    JobBoard,
-    PostSpec,
-    Subscription,
-    unclaimable_message,
-)
-from aioconductor.errors import BoardClosed, ConfigurationError, UnclaimableJob
-from aioconductor.models import Claim, ConductorInfo, Job, JobNotification, JobState, Outcome
+from aioconductor._urls import ParsedURL
+from aioconductor._urls import int_option
+from aioconductor._urls import refuse_options
+from aioconductor.boards.base import EncodedObject
+from aioconductor.boards.base import JobBoard
+from aioconductor.boards.base import PostSpec
+from aioconductor.boards.base import Subscription
+from aioconductor.boards.base import unclaimable_message
+from aioconductor.errors import BoardClosed
+from aioconductor.errors import ConfigurationError
+from aioconductor.errors import UnclaimableJob
+from aioconductor.models import Claim
+from aioconductor.models import ConductorInfo
+from aioconductor.models import Job
+from aioconductor.models import JobNotification
+from aioconductor.models import JobState
+from aioconductor.models import Outcome
 
 __all__ = ["KafkaJobBoard"]
 

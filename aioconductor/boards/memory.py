@@ -20,29 +20,29 @@ from typing import Any
 from anyio.lowlevel import checkpoint
 
 from aioconductor._backends.base import sweep_delay
-from aioconductor._backends.memory.backend import InMemory, open_backend
+from aioconductor._backends.memory.backend import InMemory
+from aioconductor._backends.memory.backend import open_backend
 from aioconductor._backends.memory.jobs import Record
-from aioconductor._models import build, evolve
-from aioconductor.boards.base import (
-    EncodedObject,
-    JobBoard,
-    PostSpec,
-    Subscription,
-    lost_message,
-    unclaimable_message,
-)
-from aioconductor.errors import ClaimLost, JobNotFound, UnclaimableJob
-from aioconductor.models import (
-    MAX_KEPT_FAILURES,
-    Claim,
-    ConductorInfo,
-    Job,
-    JobNotification,
-    JobState,
-    NotificationKind,
-    Outcome,
-    claimable,
-)
+from aioconductor._models import build
+from aioconductor._models import evolve
+from aioconductor.boards.base import EncodedObject
+from aioconductor.boards.base import JobBoard
+from aioconductor.boards.base import PostSpec
+from aioconductor.boards.base import Subscription
+from aioconductor.boards.base import lost_message
+from aioconductor.boards.base import unclaimable_message
+from aioconductor.errors import ClaimLost
+from aioconductor.errors import JobNotFound
+from aioconductor.errors import UnclaimableJob
+from aioconductor.models import MAX_KEPT_FAILURES
+from aioconductor.models import Claim
+from aioconductor.models import ConductorInfo
+from aioconductor.models import Job
+from aioconductor.models import JobNotification
+from aioconductor.models import JobState
+from aioconductor.models import NotificationKind
+from aioconductor.models import Outcome
+from aioconductor.models import claimable
 
 __all__ = ["MemoryJobBoard"]
 

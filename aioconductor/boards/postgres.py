@@ -34,47 +34,44 @@ from typing import Any, Self, Unpack
 
 from aioconductor._backends.base import DueTimer
 from aioconductor._backends.postgres import board_sql as sql
-from aioconductor._backends.postgres.board_sql import channel_name, json_text, seconds
+from aioconductor._backends.postgres.board_sql import channel_name
+from aioconductor._backends.postgres.board_sql import json_text
+from aioconductor._backends.postgres.board_sql import seconds
 from aioconductor._backends.postgres.link import PostgresLink
 from aioconductor._backends.postgres.listen import ListenSubscription
-from aioconductor._backends.postgres.schema import refuse_nul, with_schema
+from aioconductor._backends.postgres.schema import refuse_nul
+from aioconductor._backends.postgres.schema import with_schema
 from aioconductor._backends.postgres.urls import URL_OPTIONS
 from aioconductor._models import build
 from aioconductor._payload import encode_json
-from aioconductor._urls import ParsedURL, validate_namespace
-from aioconductor.boards._posting import PostOptions, post_spec
-from aioconductor.boards._support import (
-    PAGE,
-    conductor_from_row,
-    job_from_row,
-    listed_jobs,
-    visible,
-)
-from aioconductor.boards.base import (
-    EncodedObject,
-    JobBoard,
-    PostSpec,
-    Subscription,
-    lost_message,
-    unclaimable_message,
-)
-from aioconductor.errors import (
-    BoardClosed,
-    BoardError,
-    ClaimLost,
-    JobNotFound,
-    PayloadError,
-    UnclaimableJob,
-)
-from aioconductor.models import (
-    Claim,
-    ConductorInfo,
-    Job,
-    JobNotification,
-    JobState,
-    NotificationKind,
-    Outcome,
-)
+from aioconductor._urls import ParsedURL
+from aioconductor._urls import validate_namespace
+from aioconductor.boards._posting import PostOptions
+from aioconductor.boards._posting import post_spec
+from aioconductor.boards._support import PAGE
+from aioconductor.boards._support import conductor_from_row
+from aioconductor.boards._support import job_from_row
+from aioconductor.boards._support import listed_jobs
+from aioconductor.boards._support import visible
+from aioconductor.boards.base import EncodedObject
+from aioconductor.boards.base import JobBoard
+from aioconductor.boards.base import PostSpec
+from aioconductor.boards.base import Subscription
+from aioconductor.boards.base import lost_message
+from aioconductor.boards.base import unclaimable_message
+from aioconductor.errors import BoardClosed
+from aioconductor.errors import BoardError
+from aioconductor.errors import ClaimLost
+from aioconductor.errors import JobNotFound
+from aioconductor.errors import PayloadError
+from aioconductor.errors import UnclaimableJob
+from aioconductor.models import Claim
+from aioconductor.models import ConductorInfo
+from aioconductor.models import Job
+from aioconductor.models import JobNotification
+from aioconductor.models import JobState
+from aioconductor.models import NotificationKind
+from aioconductor.models import Outcome
 
 __all__ = ["PostgresJobBoard"]
 

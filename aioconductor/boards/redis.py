@@ -31,19 +31,33 @@ from typing import Any, Self, cast
 
 from redis.commands.core import AsyncScript
 
-from aioconductor._backends.base import DueTimer, OverLink
+from aioconductor._backends.base import DueTimer
+from aioconductor._backends.base import OverLink
 from aioconductor._backends.redis import board_records as records
 from aioconductor._backends.redis import scripts
-from aioconductor._backends.redis.board_prelude import KEY_NAMES, PROMOTE_LIMIT, member_id
+from aioconductor._backends.redis.board_prelude import KEY_NAMES
+from aioconductor._backends.redis.board_prelude import PROMOTE_LIMIT
+from aioconductor._backends.redis.board_prelude import member_id
 from aioconductor._backends.redis.board_scripts import BoardScripts
-from aioconductor._backends.redis.link import RedisLink, fmt_time, hash_tag_prefix
+from aioconductor._backends.redis.link import RedisLink
+from aioconductor._backends.redis.link import fmt_time
+from aioconductor._backends.redis.link import hash_tag_prefix
 from aioconductor._backends.redis.pubsub import PubSubSubscription
 from aioconductor._payload import encode_json
 from aioconductor._urls import ParsedURL
 from aioconductor.boards._support import visible
-from aioconductor.boards.base import EncodedObject, JobBoard, PostSpec, Subscription
-from aioconductor.errors import BoardClosed, JobNotFound
-from aioconductor.models import Claim, ConductorInfo, Job, JobNotification, JobState, Outcome
+from aioconductor.boards.base import EncodedObject
+from aioconductor.boards.base import JobBoard
+from aioconductor.boards.base import PostSpec
+from aioconductor.boards.base import Subscription
+from aioconductor.errors import BoardClosed
+from aioconductor.errors import JobNotFound
+from aioconductor.models import Claim
+from aioconductor.models import ConductorInfo
+from aioconductor.models import Job
+from aioconductor.models import JobNotification
+from aioconductor.models import JobState
+from aioconductor.models import Outcome
 
 __all__ = ["RedisJobBoard"]
 

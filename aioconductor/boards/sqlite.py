@@ -28,35 +28,36 @@ from typing import Any, Self
 
 from aioconductor._backends.base import DueTimer
 from aioconductor._backends.sqlite import board_schema as sql
-from aioconductor._backends.sqlite.link import SqliteLink, first_row, query, sqlite_path
+from aioconductor._backends.sqlite.link import SqliteLink
+from aioconductor._backends.sqlite.link import first_row
+from aioconductor._backends.sqlite.link import query
+from aioconductor._backends.sqlite.link import sqlite_path
 from aioconductor._models import build
 from aioconductor._payload import encode_json
-from aioconductor._urls import ParsedURL, refuse_options
-from aioconductor.boards._support import (
-    PAGE,
-    conductor_from_row,
-    job_from_row,
-    listed_jobs,
-    visible,
-)
-from aioconductor.boards.base import (
-    EncodedObject,
-    JobBoard,
-    PostSpec,
-    Subscription,
-    lost_message,
-    unclaimable_message,
-)
-from aioconductor.errors import BoardClosed, ClaimLost, JobNotFound, UnclaimableJob
-from aioconductor.models import (
-    Claim,
-    ConductorInfo,
-    Job,
-    JobNotification,
-    JobState,
-    NotificationKind,
-    Outcome,
-)
+from aioconductor._urls import ParsedURL
+from aioconductor._urls import refuse_options
+from aioconductor.boards._support import PAGE
+from aioconductor.boards._support import conductor_from_row
+from aioconductor.boards._support import job_from_row
+from aioconductor.boards._support import listed_jobs
+from aioconductor.boards._support import visible
+from aioconductor.boards.base import EncodedObject
+from aioconductor.boards.base import JobBoard
+from aioconductor.boards.base import PostSpec
+from aioconductor.boards.base import Subscription
+from aioconductor.boards.base import lost_message
+from aioconductor.boards.base import unclaimable_message
+from aioconductor.errors import BoardClosed
+from aioconductor.errors import ClaimLost
+from aioconductor.errors import JobNotFound
+from aioconductor.errors import UnclaimableJob
+from aioconductor.models import Claim
+from aioconductor.models import ConductorInfo
+from aioconductor.models import Job
+from aioconductor.models import JobNotification
+from aioconductor.models import JobState
+from aioconductor.models import NotificationKind
+from aioconductor.models import Outcome
 
 __all__ = ["SqliteJobBoard"]
 

@@ -17,7 +17,8 @@ import anyio
 from aioconductor.cli.commands import run_command
 from aioconductor.cli.output import echo
 from aioconductor.cli.parser import build_parser
-from aioconductor.errors import AioconductorError, DependencyMissing
+from aioconductor.errors import AioconductorError
+from aioconductor.errors import DependencyMissing
 
 __all__ = ["main"]
 

@@ -6,17 +6,25 @@ import argparse
 import json
 import signal
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC
+from datetime import datetime
 
 import anyio
 import pydantic
 
-from aioconductor.boards import JobBoard, open_board
-from aioconductor.cli.output import echo, echo_json, run_display, table
+from aioconductor.boards import JobBoard
+from aioconductor.boards import open_board
+from aioconductor.cli.output import echo
+from aioconductor.cli.output import echo_json
+from aioconductor.cli.output import run_display
+from aioconductor.cli.output import table
 from aioconductor.cli.parser import BOARD_ENV
 from aioconductor.conductor import Conductor
-from aioconductor.errors import ConfigurationError, DependencyMissing
-from aioconductor.models import Job, JobState, RetryPolicy
+from aioconductor.errors import ConfigurationError
+from aioconductor.errors import DependencyMissing
+from aioconductor.models import Job
+from aioconductor.models import JobState
+from aioconductor.models import RetryPolicy
 from aioconductor.persistence import open_store
 from aioconductor.registry import FlowRegistry
 

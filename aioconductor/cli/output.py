@@ -161,7 +161,8 @@ def run_display(
     Yields the coroutine function that keeps the status line current (start it in a task).
     """
     from aioconductor.events import Event
-    from aioconductor.logs import FORMAT, JobContextFilter
+    from aioconductor.logs import FORMAT
+    from aioconductor.logs import JobContextFilter
 
     console = rich_console(sys.stderr)
     handler: logging.Handler

@@ -21,14 +21,21 @@ import anyio.abc
 from aioconductor._checks import check_lease
 from aioconductor.boards.base import JobBoard
 from aioconductor.conductor.dispatch import Dispatcher
-from aioconductor.conductor.jobrun import CLEANUP_TIMEOUT, JobRun, RunContext
-from aioconductor.conductor.options import check_count, check_drain_timeout, check_name
-from aioconductor.conductor.solo import SoloGate, last_attempt_after_unfinished
+from aioconductor.conductor.jobrun import CLEANUP_TIMEOUT
+from aioconductor.conductor.jobrun import JobRun
+from aioconductor.conductor.jobrun import RunContext
+from aioconductor.conductor.options import check_count
+from aioconductor.conductor.options import check_drain_timeout
+from aioconductor.conductor.options import check_name
+from aioconductor.conductor.solo import SoloGate
+from aioconductor.conductor.solo import last_attempt_after_unfinished
 from aioconductor.conductor.stats import ConductorStats
-from aioconductor.engine import Engine, Flow
+from aioconductor.engine import Engine
+from aioconductor.engine import Flow
 from aioconductor.errors import AioconductorError
 from aioconductor.events import Notifier
-from aioconductor.models import Claim, Job
+from aioconductor.models import Claim
+from aioconductor.models import Job
 from aioconductor.persistence.base import Store
 from aioconductor.persistence.memory import MemoryStore
 from aioconductor.registry import FlowRegistry

@@ -16,9 +16,11 @@ from collections.abc import Iterator
 import anyio
 import anyio.abc
 
-from aioconductor.conductor.jobrun import JobRun, RunContext
+from aioconductor.conductor.jobrun import JobRun
+from aioconductor.conductor.jobrun import RunContext
 from aioconductor.errors import AioconductorError
-from aioconductor.models import Claim, Job
+from aioconductor.models import Claim
+from aioconductor.models import Job
 
 __all__ = ["CLAIM_TIMEOUT", "Dispatcher"]
 

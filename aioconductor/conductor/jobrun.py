@@ -27,27 +27,34 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import anyio
 
 from aioconductor.boards.base import JobBoard
-from aioconductor.conductor.solo import SoloGate, last_attempt_after_unfinished
+from aioconductor.conductor.solo import SoloGate
+from aioconductor.conductor.solo import last_attempt_after_unfinished
 from aioconductor.conductor.stats import ConductorStats
-from aioconductor.engine import Engine, Flow, Task, linear
-from aioconductor.errors import (
-    AioconductorError,
-    BackendUnavailable,
-    ClaimLost,
-    CompilationError,
-    FlowNotFound,
-    LogBookNotFound,
-)
-from aioconductor.events import Event, Notifier
+from aioconductor.engine import Engine
+from aioconductor.engine import Flow
+from aioconductor.engine import Task
+from aioconductor.engine import linear
+from aioconductor.errors import AioconductorError
+from aioconductor.errors import BackendUnavailable
+from aioconductor.errors import ClaimLost
+from aioconductor.errors import CompilationError
+from aioconductor.errors import FlowNotFound
+from aioconductor.errors import LogBookNotFound
+from aioconductor.events import Event
+from aioconductor.events import Notifier
 from aioconductor.failure import Failure
 from aioconductor.logs import job_context
-from aioconductor.models import Claim, Job, Outcome, RetryPolicy
+from aioconductor.models import Claim
+from aioconductor.models import Job
+from aioconductor.models import Outcome
+from aioconductor.models import RetryPolicy
 from aioconductor.persistence.base import Store
 from aioconductor.persistence.models import FlowState
 from aioconductor.registry import FlowRegistry

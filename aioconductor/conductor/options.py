@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from aioconductor._payload import MAX_NAME_LENGTH, validate_name
-from aioconductor.errors import ConfigurationError, PayloadError
+from aioconductor._payload import MAX_NAME_LENGTH
+from aioconductor._payload import validate_name
+from aioconductor.errors import ConfigurationError
+from aioconductor.errors import PayloadError
 
 __all__ = ["MAX_CONDUCTOR_NAME", "check_count", "check_drain_timeout", "check_name"]
 

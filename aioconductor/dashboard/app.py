@@ -7,28 +7,32 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, datetime
+from datetime import UTC
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from aioconductor.errors import (
-    AioconductorError,
-    DependencyMissing,
-    JobNotFound,
-    LogBookNotFound,
-    UnclaimableJob,
-)
-from aioconductor.models import ConductorInfo, Job, JobState
+from aioconductor.errors import AioconductorError
+from aioconductor.errors import DependencyMissing
+from aioconductor.errors import JobNotFound
+from aioconductor.errors import LogBookNotFound
+from aioconductor.errors import UnclaimableJob
+from aioconductor.models import ConductorInfo
+from aioconductor.models import Job
+from aioconductor.models import JobState
 
 try:
     import jinja2
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse, Response
-    from starlette.routing import Mount, Route
+    from starlette.responses import HTMLResponse
+    from starlette.responses import JSONResponse
+    from starlette.responses import Response
+    from starlette.routing import Mount
+    from starlette.routing import Route
     from starlette.staticfiles import StaticFiles
 except ImportError as exc:  # pragma: no cover - exercised without the extra only
     raise DependencyMissing(
@@ -36,7 +40,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra onl
     ) from exc
 
 from aioconductor.boards.base import JobBoard
-from aioconductor.dashboard._hosts import AllowedHosts, HostGuard
+from aioconductor.dashboard._hosts import AllowedHosts
+from aioconductor.dashboard._hosts import HostGuard
 from aioconductor.persistence.base import Store
 
 __all__ = ["create_app"]

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-from aioconductor.engine.engine import Engine, EngineResult, run_flow
-from aioconductor.engine.patterns import (
-    Flow,
-    GraphFlow,
-    LinearFlow,
-    UnorderedFlow,
-    graph,
-    linear,
-    unordered,
-)
-from aioconductor.engine.retry import (
-    AlwaysRevert,
-    AlwaysRevertAll,
-    Attempt,
-    Decision,
-    ForEach,
-    ParameterizedForEach,
-    Retry,
-    Times,
-)
-from aioconductor.engine.task import Task, task
+from aioconductor.engine.engine import Engine
+from aioconductor.engine.engine import EngineResult
+from aioconductor.engine.engine import run_flow
+from aioconductor.engine.patterns import Flow
+from aioconductor.engine.patterns import GraphFlow
+from aioconductor.engine.patterns import LinearFlow
+from aioconductor.engine.patterns import UnorderedFlow
+from aioconductor.engine.patterns import graph
+from aioconductor.engine.patterns import linear
+from aioconductor.engine.patterns import unordered
+from aioconductor.engine.retry import AlwaysRevert
+from aioconductor.engine.retry import AlwaysRevertAll
+from aioconductor.engine.retry import Attempt
+from aioconductor.engine.retry import Decision
+from aioconductor.engine.retry import ForEach
+from aioconductor.engine.retry import ParameterizedForEach
+from aioconductor.engine.retry import Retry
+from aioconductor.engine.retry import Times
+from aioconductor.engine.task import Task
+from aioconductor.engine.task import task
 from aioconductor.errors import FlowFailed
 from aioconductor.failure import Failure
 

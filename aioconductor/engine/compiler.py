@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 
-from aioconductor.engine.patterns import Flow, GraphFlow, LinearFlow, UnorderedFlow
+from aioconductor.engine.patterns import Flow
+from aioconductor.engine.patterns import GraphFlow
+from aioconductor.engine.patterns import LinearFlow
+from aioconductor.engine.patterns import UnorderedFlow
 from aioconductor.engine.retry import Retry
 from aioconductor.engine.task import Task
 from aioconductor.errors import CompilationError

@@ -25,10 +25,14 @@ from typing import Any
 
 from aioconductor.engine.compiler import Node
 from aioconductor.engine.journal import Journal
-from aioconductor.engine.retry import Attempt, Decision, Retry
+from aioconductor.engine.retry import Attempt
+from aioconductor.engine.retry import Decision
+from aioconductor.engine.retry import Retry
 from aioconductor.engine.task import Task
 from aioconductor.failure import Failure
-from aioconductor.persistence.models import AtomState, FlowState, Intention
+from aioconductor.persistence.models import AtomState
+from aioconductor.persistence.models import FlowState
+from aioconductor.persistence.models import Intention
 
 __all__ = ["REVERT_ALL", "Completer", "Strategy"]
 

@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import anyio
 
-from aioconductor.engine.compiler import CompiledFlow, Node, compile_flow
-from aioconductor.engine.journal import FINAL, Journal
-from aioconductor.engine.patterns import Flow, linear
+from aioconductor.engine.compiler import CompiledFlow
+from aioconductor.engine.compiler import Node
+from aioconductor.engine.compiler import compile_flow
+from aioconductor.engine.journal import FINAL
+from aioconductor.engine.journal import Journal
+from aioconductor.engine.patterns import Flow
+from aioconductor.engine.patterns import linear
 from aioconductor.engine.runner import Runner
 from aioconductor.engine.task import Task
 from aioconductor.errors import FlowFailed
-from aioconductor.events import Event, Notifier
+from aioconductor.events import Event
+from aioconductor.events import Notifier
 from aioconductor.failure import Failure
 from aioconductor.persistence.base import Store
 from aioconductor.persistence.memory import MemoryStore

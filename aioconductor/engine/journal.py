@@ -27,17 +27,16 @@ from aioconductor._payload import non_str_key
 from aioconductor.engine.compiler import Node
 from aioconductor.engine.retry import Attempt
 from aioconductor.errors import LogBookNotFound
-from aioconductor.events import Event, Notifier
+from aioconductor.events import Event
+from aioconductor.events import Notifier
 from aioconductor.failure import Failure
 from aioconductor.persistence.base import Store
-from aioconductor.persistence.models import (
-    AtomDetail,
-    AtomState,
-    FlowDetail,
-    FlowState,
-    Intention,
-    LogBook,
-)
+from aioconductor.persistence.models import AtomDetail
+from aioconductor.persistence.models import AtomState
+from aioconductor.persistence.models import FlowDetail
+from aioconductor.persistence.models import FlowState
+from aioconductor.persistence.models import Intention
+from aioconductor.persistence.models import LogBook
 
 __all__ = ["FINAL", "Journal"]
 

@@ -23,7 +23,9 @@ from aioconductor.engine.completer import Completer
 from aioconductor.engine.journal import Journal
 from aioconductor.engine.task import Task
 from aioconductor.failure import Failure
-from aioconductor.persistence.models import AtomState, FlowState, Intention
+from aioconductor.persistence.models import AtomState
+from aioconductor.persistence.models import FlowState
+from aioconductor.persistence.models import Intention
 
 __all__ = ["Runner"]
 

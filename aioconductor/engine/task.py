@@ -16,7 +16,8 @@ import anyio
 import anyio.to_thread
 
 from aioconductor._payload import non_str_key
-from aioconductor.errors import CompilationError, TaskTimeout
+from aioconductor.errors import CompilationError
+from aioconductor.errors import TaskTimeout
 from aioconductor.failure import Failure
 
 __all__ = ["Task", "TaskOptions", "task"]

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from aioconductor.persistence.base import Store
-from aioconductor.persistence.models import AtomDetail, AtomState, FlowDetail, FlowState, LogBook
+from aioconductor.persistence.models import AtomDetail
+from aioconductor.persistence.models import AtomState
+from aioconductor.persistence.models import FlowDetail
+from aioconductor.persistence.models import FlowState
+from aioconductor.persistence.models import LogBook
 from aioconductor.persistence.open import open_store
 
 __all__ = [

@@ -7,8 +7,11 @@ Failures are frozen, so they are shared.
 
 from __future__ import annotations
 
-from aioconductor._models import copy_json, evolve
-from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
+from aioconductor._models import copy_json
+from aioconductor._models import evolve
+from aioconductor.persistence.models import AtomDetail
+from aioconductor.persistence.models import FlowDetail
+from aioconductor.persistence.models import LogBook
 
 __all__ = ["copy_atom", "copy_book", "copy_flow", "created_book"]
 

@@ -16,9 +16,15 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 
 from aioconductor._lifecycle import Lifecycle
-from aioconductor._urls import BOARD_OPTIONS, validate_namespace
-from aioconductor.errors import ClaimLost, ConfigurationError, StoreClosed, VersionConflict
-from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
+from aioconductor._urls import BOARD_OPTIONS
+from aioconductor._urls import validate_namespace
+from aioconductor.errors import ClaimLost
+from aioconductor.errors import ConfigurationError
+from aioconductor.errors import StoreClosed
+from aioconductor.errors import VersionConflict
+from aioconductor.persistence.models import AtomDetail
+from aioconductor.persistence.models import FlowDetail
+from aioconductor.persistence.models import LogBook
 
 __all__ = ["Store", "check_token", "check_version"]
 

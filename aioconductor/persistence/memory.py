@@ -6,13 +6,23 @@ from collections.abc import AsyncIterator
 
 from anyio.lowlevel import checkpoint
 
-from aioconductor._backends.memory.backend import InMemory, open_backend
-from aioconductor._models import copy_json, evolve
+from aioconductor._backends.memory.backend import InMemory
+from aioconductor._backends.memory.backend import open_backend
+from aioconductor._models import copy_json
+from aioconductor._models import evolve
 from aioconductor.errors import LogBookNotFound
-from aioconductor.persistence._copy import copy_atom, copy_book, copy_flow, created_book
-from aioconductor.persistence._json import check_atoms, check_meta
-from aioconductor.persistence.base import Store, check_token, check_version
-from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
+from aioconductor.persistence._copy import copy_atom
+from aioconductor.persistence._copy import copy_book
+from aioconductor.persistence._copy import copy_flow
+from aioconductor.persistence._copy import created_book
+from aioconductor.persistence._json import check_atoms
+from aioconductor.persistence._json import check_meta
+from aioconductor.persistence.base import Store
+from aioconductor.persistence.base import check_token
+from aioconductor.persistence.base import check_version
+from aioconductor.persistence.models import AtomDetail
+from aioconductor.persistence.models import FlowDetail
+from aioconductor.persistence.models import LogBook
 
 __all__ = ["MemoryStore"]
 

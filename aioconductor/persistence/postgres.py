@@ -30,14 +30,26 @@ from typing import Any, Self
 
 from aioconductor._backends.postgres import store_sql as sql
 from aioconductor._backends.postgres.link import PostgresLink
-from aioconductor._backends.postgres.schema import refuse_nul, with_schema
-from aioconductor._backends.postgres.urls import URL_OPTIONS, split_options
-from aioconductor._urls import BOARD_OPTIONS, ParsedURL
-from aioconductor.errors import LogBookNotFound, StoreClosed, StoreError, VersionConflict
-from aioconductor.persistence._copy import copy_atom, copy_flow
-from aioconductor.persistence._json import atom_json, dumps
-from aioconductor.persistence.base import Store, check_token, check_version
-from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
+from aioconductor._backends.postgres.schema import refuse_nul
+from aioconductor._backends.postgres.schema import with_schema
+from aioconductor._backends.postgres.urls import URL_OPTIONS
+from aioconductor._backends.postgres.urls import split_options
+from aioconductor._urls import BOARD_OPTIONS
+from aioconductor._urls import ParsedURL
+from aioconductor.errors import LogBookNotFound
+from aioconductor.errors import StoreClosed
+from aioconductor.errors import StoreError
+from aioconductor.errors import VersionConflict
+from aioconductor.persistence._copy import copy_atom
+from aioconductor.persistence._copy import copy_flow
+from aioconductor.persistence._json import atom_json
+from aioconductor.persistence._json import dumps
+from aioconductor.persistence.base import Store
+from aioconductor.persistence.base import check_token
+from aioconductor.persistence.base import check_version
+from aioconductor.persistence.models import AtomDetail
+from aioconductor.persistence.models import FlowDetail
+from aioconductor.persistence.models import LogBook
 
 __all__ = ["PostgresStore"]
 

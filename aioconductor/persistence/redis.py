@@ -18,14 +18,23 @@ from redis.commands.core import AsyncScript
 from aioconductor._backends.base import OverLink
 from aioconductor._backends.redis import scripts
 from aioconductor._backends.redis import store_records as records
-from aioconductor._backends.redis.link import RedisLink, fmt_time, hash_tag_prefix, pairs
+from aioconductor._backends.redis.link import RedisLink
+from aioconductor._backends.redis.link import fmt_time
+from aioconductor._backends.redis.link import hash_tag_prefix
+from aioconductor._backends.redis.link import pairs
 from aioconductor._backends.redis.store_scripts import StoreScripts
 from aioconductor._urls import ParsedURL
-from aioconductor.errors import LogBookNotFound, StoreClosed, StoreError
+from aioconductor.errors import LogBookNotFound
+from aioconductor.errors import StoreClosed
+from aioconductor.errors import StoreError
 from aioconductor.persistence._copy import created_book
 from aioconductor.persistence._json import check_meta
-from aioconductor.persistence.base import Store, check_token, check_version
-from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
+from aioconductor.persistence.base import Store
+from aioconductor.persistence.base import check_token
+from aioconductor.persistence.base import check_version
+from aioconductor.persistence.models import AtomDetail
+from aioconductor.persistence.models import FlowDetail
+from aioconductor.persistence.models import LogBook
 
 __all__ = ["RedisStore"]
 

@@ -25,13 +25,26 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Self, TypeVar
 
 from aioconductor._backends.sqlite import store_schema as sql
-from aioconductor._backends.sqlite.link import SqliteLink, sqlite_path
-from aioconductor._urls import ParsedURL, redact_url, refuse_options
-from aioconductor.errors import ConfigurationError, LogBookNotFound, StoreClosed, StoreError
-from aioconductor.persistence._copy import copy_atom, copy_flow, created_book
-from aioconductor.persistence._json import atom_json, dumps
-from aioconductor.persistence.base import Store, check_token, check_version
-from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
+from aioconductor._backends.sqlite.link import SqliteLink
+from aioconductor._backends.sqlite.link import sqlite_path
+from aioconductor._urls import ParsedURL
+from aioconductor._urls import redact_url
+from aioconductor._urls import refuse_options
+from aioconductor.errors import ConfigurationError
+from aioconductor.errors import LogBookNotFound
+from aioconductor.errors import StoreClosed
+from aioconductor.errors import StoreError
+from aioconductor.persistence._copy import copy_atom
+from aioconductor.persistence._copy import copy_flow
+from aioconductor.persistence._copy import created_book
+from aioconductor.persistence._json import atom_json
+from aioconductor.persistence._json import dumps
+from aioconductor.persistence.base import Store
+from aioconductor.persistence.base import check_token
+from aioconductor.persistence.base import check_version
+from aioconductor.persistence.models import AtomDetail
+from aioconductor.persistence.models import FlowDetail
+from aioconductor.persistence.models import LogBook
 
 __all__ = ["MEMORY", "SqliteStore"]
 

@@ -22,8 +22,10 @@ from typing import Any
 import anyio
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
-from aiokafka.errors import ConsumerStoppedError, KafkaError  # type: ignore[import-untyped]
-from aiokafka.structs import OffsetAndMetadata, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.errors import ConsumerStoppedError  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
+from aiokafka.structs import TopicPartition
 
 from aioconductor._backends.kafka.view import JobView
 

@@ -17,19 +17,21 @@ from typing import Any
 import anyio
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
-from aioconductor._backends.base import ErrorTable, map_exceptions
+from aioconductor._backends.base import ErrorTable
+from aioconductor._backends.base import map_exceptions
 from aioconductor._backends.kafka.group import GroupMember
-from aioconductor._backends.kafka.log import COMPACTION_LAG_MS, StateLog
-from aioconductor._backends.kafka.records import dead_letter_record, jobs_record
-from aioconductor._backends.kafka.setup import (
-    TopicSpec,
-    ensure_topics,
-    errors,
-    start_producer,
-    unavailable,
-)
+from aioconductor._backends.kafka.log import COMPACTION_LAG_MS
+from aioconductor._backends.kafka.log import StateLog
+from aioconductor._backends.kafka.records import dead_letter_record
+from aioconductor._backends.kafka.records import jobs_record
+from aioconductor._backends.kafka.setup import TopicSpec
+from aioconductor._backends.kafka.setup import ensure_topics
+from aioconductor._backends.kafka.setup import errors
+from aioconductor._backends.kafka.setup import start_producer
+from aioconductor._backends.kafka.setup import unavailable
 from aioconductor._backends.kafka.view import JobView
-from aioconductor.errors import BackendUnavailable, BoardClosed
+from aioconductor.errors import BackendUnavailable
+from aioconductor.errors import BoardClosed
 
 __all__ = ["KafkaLink"]
 

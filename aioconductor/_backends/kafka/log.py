@@ -25,17 +25,23 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import anyio
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ConsumerStoppedError  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from anyio.lowlevel import checkpoint
 
-from aioconductor._backends.base import Backoff, map_exceptions
+from aioconductor._backends.base import Backoff
+from aioconductor._backends.base import map_exceptions
 from aioconductor._backends.kafka.records import encode
 from aioconductor._backends.kafka.setup import errors
-from aioconductor._backends.kafka.view import SYNC_KEY, Applied, JobView
+from aioconductor._backends.kafka.view import SYNC_KEY
+from aioconductor._backends.kafka.view import Applied
+from aioconductor._backends.kafka.view import JobView
 from aioconductor.boards._support import Subscription
-from aioconductor.errors import BackendUnavailable, BoardClosed, BoardError
+from aioconductor.errors import BackendUnavailable
+from aioconductor.errors import BoardClosed
+from aioconductor.errors import BoardError
 from aioconductor.models import JobNotification
 
 __all__ = ["RETRIES", "LogSubscription", "Make", "StateLog", "Write", "clock_ms", "transition"]

@@ -16,7 +16,9 @@ import zlib
 from typing import Any
 
 from aioconductor.boards._support import PostSpec
-from aioconductor.models import MAX_KEPT_FAILURES, Claim, Outcome
+from aioconductor.models import MAX_KEPT_FAILURES
+from aioconductor.models import Claim
+from aioconductor.models import Outcome
 
 __all__ = [
     "conductor_info",

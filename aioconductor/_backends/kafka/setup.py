@@ -18,12 +18,15 @@ from dataclasses import dataclass
 
 import anyio
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
-from aioconductor._backends.base import ErrorTable, map_exceptions
+from aioconductor._backends.base import ErrorTable
+from aioconductor._backends.base import map_exceptions
 from aioconductor._urls import redact_url
-from aioconductor.errors import BackendUnavailable, ConfigurationError
+from aioconductor.errors import BackendUnavailable
+from aioconductor.errors import ConfigurationError
 
 __all__ = [
     "TopicSpec",

@@ -26,17 +26,16 @@ from typing import Any
 from aioconductor._backends.kafka.records import holds
 from aioconductor._models import build
 from aioconductor.boards._support import lost_message
-from aioconductor.errors import ClaimLost, JobNotFound
-from aioconductor.models import (
-    Claim,
-    ConductorInfo,
-    Job,
-    JobNotification,
-    JobState,
-    NotificationKind,
-    Outcome,
-    RetryPolicy,
-)
+from aioconductor.errors import ClaimLost
+from aioconductor.errors import JobNotFound
+from aioconductor.models import Claim
+from aioconductor.models import ConductorInfo
+from aioconductor.models import Job
+from aioconductor.models import JobNotification
+from aioconductor.models import JobState
+from aioconductor.models import NotificationKind
+from aioconductor.models import Outcome
+from aioconductor.models import RetryPolicy
 
 __all__ = [
     "CONDUCTOR_PREFIX",

@@ -10,7 +10,8 @@ from anyio.lowlevel import checkpoint
 
 from aioconductor._backends.memory.jobs import Space
 from aioconductor._lifecycle import Lifecycle
-from aioconductor._urls import ParsedURL, refuse_options
+from aioconductor._urls import ParsedURL
+from aioconductor._urls import refuse_options
 
 if TYPE_CHECKING:
     from aioconductor.persistence.models import LogBook

@@ -5,22 +5,21 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 from aioconductor._models import build
 from aioconductor.boards._support import Subscription
-from aioconductor.models import (
-    Claim,
-    ConductorInfo,
-    Job,
-    JobNotification,
-    JobState,
-    NotificationKind,
-    Outcome,
-    RetryPolicy,
-    claimable,
-)
+from aioconductor.models import Claim
+from aioconductor.models import ConductorInfo
+from aioconductor.models import Job
+from aioconductor.models import JobNotification
+from aioconductor.models import JobState
+from aioconductor.models import NotificationKind
+from aioconductor.models import Outcome
+from aioconductor.models import RetryPolicy
+from aioconductor.models import claimable
 
 __all__ = ["Record", "Space"]
 

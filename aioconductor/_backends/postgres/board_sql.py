@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioconductor._backends.postgres.schema import Migrations
-from aioconductor.boards._support import JOB_COLUMNS, PostSpec
-from aioconductor.models import MAX_KEPT_FAILURES, JobState, NotificationKind
+from aioconductor.boards._support import JOB_COLUMNS
+from aioconductor.boards._support import PostSpec
+from aioconductor.models import MAX_KEPT_FAILURES
+from aioconductor.models import JobState
+from aioconductor.models import NotificationKind
 
 #: The longest lease, delay or ttl the board stores (a century): the server's float8 time
 #: arithmetic refuses to overflow, where Python's would quietly give infinity.

@@ -29,17 +29,24 @@ import anyio
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 from asyncpg import exceptions as pgexc
 
-from aioconductor._backends.base import Backoff, ErrorTable, map_exceptions, scrub
-from aioconductor._backends.postgres.connect import CLEANUP_TIMEOUT, safe_connect
-from aioconductor._backends.postgres.schema import (
-    Migrations,
-    default_schema,
-    migrate,
-    quote_schema,
-)
-from aioconductor._backends.postgres.urls import check_ports, server_settings
-from aioconductor._urls import int_option, redact_url, url_secrets
-from aioconductor.errors import AioconductorError, BackendUnavailable, ConfigurationError
+from aioconductor._backends.base import Backoff
+from aioconductor._backends.base import ErrorTable
+from aioconductor._backends.base import map_exceptions
+from aioconductor._backends.base import scrub
+from aioconductor._backends.postgres.connect import CLEANUP_TIMEOUT
+from aioconductor._backends.postgres.connect import safe_connect
+from aioconductor._backends.postgres.schema import Migrations
+from aioconductor._backends.postgres.schema import default_schema
+from aioconductor._backends.postgres.schema import migrate
+from aioconductor._backends.postgres.schema import quote_schema
+from aioconductor._backends.postgres.urls import check_ports
+from aioconductor._backends.postgres.urls import server_settings
+from aioconductor._urls import int_option
+from aioconductor._urls import redact_url
+from aioconductor._urls import url_secrets
+from aioconductor.errors import AioconductorError
+from aioconductor.errors import BackendUnavailable
+from aioconductor.errors import ConfigurationError
 
 __all__ = ["READ_RETRY_SECONDS", "PostgresLink"]
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import anyio
 
-from aioconductor._backends.base import Redial, parse_note
+from aioconductor._backends.base import Redial
+from aioconductor._backends.base import parse_note
 from aioconductor._backends.postgres.connect import CLEANUP_TIMEOUT
 from aioconductor._backends.postgres.link import PostgresLink
 from aioconductor.boards.base import Subscription

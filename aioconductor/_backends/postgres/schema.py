@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from asyncpg import exceptions as pgexc  # type: ignore[import-untyped]
 
-from aioconductor.errors import AioconductorError, ConfigurationError
+from aioconductor.errors import AioconductorError
+from aioconductor.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioconductor._backends.postgres.schema import Migrations
-from aioconductor.persistence.models import AtomDetail, LogBook
+from aioconductor.persistence.models import AtomDetail
+from aioconductor.persistence.models import LogBook
 
 MIGRATIONS: Migrations = [
     [

@@ -9,7 +9,8 @@ transaction left open by a crashed client is ended by the server. The URL's own 
 from __future__ import annotations
 
 from collections.abc import Collection
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
+from urllib.parse import urlencode
 
 from aioconductor.errors import ConfigurationError
 

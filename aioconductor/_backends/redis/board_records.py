@@ -11,19 +11,22 @@ from aioconductor._backends.redis.board_prelude import member_id
 from aioconductor._backends.redis.link import pairs
 from aioconductor._models import build
 from aioconductor._payload import decode_json
-from aioconductor.boards._support import conductor_from_row, visible
-from aioconductor.boards.base import lost_message, unclaimable_message
-from aioconductor.errors import BoardError, ClaimLost, JobNotFound, UnclaimableJob
-from aioconductor.models import (
-    Claim,
-    ConductorInfo,
-    Job,
-    JobNotification,
-    JobState,
-    NotificationKind,
-    Outcome,
-    RetryPolicy,
-)
+from aioconductor.boards._support import conductor_from_row
+from aioconductor.boards._support import visible
+from aioconductor.boards.base import lost_message
+from aioconductor.boards.base import unclaimable_message
+from aioconductor.errors import BoardError
+from aioconductor.errors import ClaimLost
+from aioconductor.errors import JobNotFound
+from aioconductor.errors import UnclaimableJob
+from aioconductor.models import Claim
+from aioconductor.models import ConductorInfo
+from aioconductor.models import Job
+from aioconductor.models import JobNotification
+from aioconductor.models import JobState
+from aioconductor.models import NotificationKind
+from aioconductor.models import Outcome
+from aioconductor.models import RetryPolicy
 
 __all__ = [
     "checked_job",

@@ -16,11 +16,14 @@ outcome's fields.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 
 from redis.commands.core import AsyncScript
 
-from aioconductor._backends.redis.board_prelude import CLAIMED, GIVE_BACK, PRELUDE
+from aioconductor._backends.redis.board_prelude import CLAIMED
+from aioconductor._backends.redis.board_prelude import GIVE_BACK
+from aioconductor._backends.redis.board_prelude import PRELUDE
 from aioconductor._backends.redis.scripts import lua
 from aioconductor.models import MAX_KEPT_FAILURES
 

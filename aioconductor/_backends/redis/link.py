@@ -22,7 +22,9 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl
+from urllib.parse import unquote
+from urllib.parse import urlsplit
 
 import anyio
 from redis import exceptions as rexc
@@ -31,10 +33,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
-from aioconductor._backends.base import Backoff, ErrorTable, map_exceptions, scrub, translate
+from aioconductor._backends.base import Backoff
+from aioconductor._backends.base import ErrorTable
+from aioconductor._backends.base import map_exceptions
+from aioconductor._backends.base import scrub
+from aioconductor._backends.base import translate
 from aioconductor._backends.redis.batch import ScriptBatcher
-from aioconductor._urls import redact_url, url_secrets
-from aioconductor.errors import BackendUnavailable, ConfigurationError
+from aioconductor._urls import redact_url
+from aioconductor._urls import url_secrets
+from aioconductor.errors import BackendUnavailable
+from aioconductor.errors import ConfigurationError
 
 __all__ = ["RedisLink", "fmt_time", "hash_tag_prefix", "pairs"]
 

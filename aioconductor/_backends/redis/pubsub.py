@@ -10,7 +10,9 @@ import anyio
 from redis import exceptions as rexc
 from redis.asyncio.client import PubSub
 
-from aioconductor._backends.base import Redial, map_exceptions, parse_note
+from aioconductor._backends.base import Redial
+from aioconductor._backends.base import map_exceptions
+from aioconductor._backends.base import parse_note
 from aioconductor._backends.redis.link import RedisLink
 from aioconductor.boards.base import Subscription
 from aioconductor.errors import BackendUnavailable

@@ -11,9 +11,12 @@ from typing import Any
 from aioconductor._backends.redis.link import pairs
 from aioconductor.errors import LogBookNotFound
 from aioconductor.persistence._copy import copy_atom
-from aioconductor.persistence._json import check_atoms, check_meta
+from aioconductor.persistence._json import check_atoms
+from aioconductor.persistence._json import check_meta
 from aioconductor.persistence.base import check_version
-from aioconductor.persistence.models import AtomDetail, FlowDetail, LogBook
+from aioconductor.persistence.models import AtomDetail
+from aioconductor.persistence.models import FlowDetail
+from aioconductor.persistence.models import LogBook
 
 __all__ = [
     "atom_args",

@@ -19,7 +19,8 @@ Replies: ``{'ok', ...}``, ``{'notfound'}``, ``{'noflow'}``, ``{'lost', stored to
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 
 from redis.commands.core import AsyncScript
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from aioconductor._backends.sqlite.link import Migrations
 from aioconductor.boards._support import JOB_COLUMNS
-from aioconductor.models import MAX_KEPT_FAILURES, JobState, NotificationKind
+from aioconductor.models import MAX_KEPT_FAILURES
+from aioconductor.models import JobState
+from aioconductor.models import NotificationKind
 
 SCHEMA: Migrations = [
     [

@@ -41,9 +41,12 @@ from urllib.parse import unquote
 
 import anyio
 
-from aioconductor._backends.base import ErrorTable, Pending, map_exceptions
+from aioconductor._backends.base import ErrorTable
+from aioconductor._backends.base import Pending
+from aioconductor._backends.base import map_exceptions
 from aioconductor._urls import redact_url
-from aioconductor.errors import BackendUnavailable, ConfigurationError
+from aioconductor.errors import BackendUnavailable
+from aioconductor.errors import ConfigurationError
 
 __all__ = ["BUSY_TIMEOUT_MS", "Migrations", "SqliteLink", "first_row", "query", "sqlite_path"]
 
