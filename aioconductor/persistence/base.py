@@ -22,11 +22,12 @@ from aioconductor.errors import ClaimLost
 from aioconductor.errors import ConfigurationError
 from aioconductor.errors import StoreClosed
 from aioconductor.errors import VersionConflict
+from aioconductor.persistence._copy import copy_flow
 from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import FlowDetail
 from aioconductor.persistence.models import LogBook
 
-__all__ = ["Store", "check_token", "check_version"]
+__all__ = ["Store", "check_flow_write", "check_token", "check_version"]
 
 
 class Store(Lifecycle):
@@ -234,3 +235,23 @@ def check_version(what: str, stored: int, given: int) -> None:
     """Raise ``VersionConflict`` unless a write of version ``given`` may replace ``stored``."""
     if stored != given:
         raise VersionConflict(f"{what}: version {given} is stale, the store holds version {stored}")
+
+
+def check_flow_write(
+    book_uuid: str, flow: FlowDetail, token: int | None, stored: tuple[int | None, int | None]
+) -> tuple[int | None, FlowDetail]:
+    """Check a write of ``flow`` against the logbook's token and the flow's version as
+    ``stored`` (a version of None: a flow the logbook does not hold yet), for a store that read
+    them in the write's transaction.
+
+    Returns:
+        The token to store, and the flow as it will be saved (its version bumped).
+
+    Raises:
+        ClaimLost: ``token`` is stale.
+        VersionConflict: ``flow.version`` is not the stored one (0 for a new flow).
+    """
+    stored_token, stored_version = stored
+    new_token = check_token(book_uuid, stored_token, token)
+    check_version(f"flow {flow.name!r}", stored_version or 0, flow.version)
+    return new_token, copy_flow(flow, flow.version + 1)

@@ -41,10 +41,10 @@ from aioconductor.errors import StoreClosed
 from aioconductor.errors import StoreError
 from aioconductor.errors import VersionConflict
 from aioconductor.persistence._copy import copy_atom
-from aioconductor.persistence._copy import copy_flow
 from aioconductor.persistence._json import atom_json
 from aioconductor.persistence._json import dumps
 from aioconductor.persistence.base import Store
+from aioconductor.persistence.base import check_flow_write
 from aioconductor.persistence.base import check_token
 from aioconductor.persistence.base import check_version
 from aioconductor.persistence.models import AtomDetail
@@ -275,9 +275,7 @@ class PostgresStore(Store):
                 if row is None:
                     raise self._missing(book_uuid)
                 stored_token, stored_version = row
-                new_token = check_token(book_uuid, stored_token, token)
-                check_version(f"flow {flow.name!r}", stored_version or 0, flow.version)
-                saved = copy_flow(flow, flow.version + 1)
+                new_token, saved = check_flow_write(book_uuid, flow, token, row)
                 if stored_version is None:
                     await self._insert_flow(conn, book_uuid, flow, saved.version)
                 else:
