@@ -42,6 +42,7 @@ from aioconductor._backends.base import OverLink
 from aioconductor._backends.base import sweep_delay
 from aioconductor._backends.kafka import records
 from aioconductor._backends.kafka.link import KafkaLink
+from aioconductor._backends.kafka.link import KafkaSettings
 from aioconductor._backends.kafka.log import RETRIES
 from aioconductor._backends.kafka.log import LogSubscription
 from aioconductor._backends.kafka.log import Make
@@ -128,10 +129,7 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
         if partitions < 1 or (replication is not None and replication < 1):
             raise ConfigurationError("partitions and replication must be positive")
         self._view = JobView(self._notify_local)
-        self._link = link = KafkaLink(
-            self._view,
-            bootstrap_servers(driver_url),
-            f"{topic}.{self.namespace}",
+        settings = KafkaSettings(
             partitions=partitions,
             replication=replication,
             idempotence=idempotence,
@@ -140,6 +138,8 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
             # A record holds a job's args and result, each up to max_payload_bytes, and more.
             record_limit=2 * self.max_payload_bytes + 64 * 1024,
         )
+        prefix = f"{topic}.{self.namespace}"
+        self._link = link = KafkaLink(self._view, bootstrap_servers(driver_url), prefix, settings)
         self.bootstrap, self.url, self.group_id = link.bootstrap, link.url, link.group_id
         self.jobs_topic, self.state_topic = link.jobs_topic, link.state_topic
         self.dead_topic = link.dead_topic

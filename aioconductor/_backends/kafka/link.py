@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -33,11 +34,29 @@ from aioconductor._backends.kafka.view import JobView
 from aioconductor.errors import BackendUnavailable
 from aioconductor.errors import BoardClosed
 
-__all__ = ["KafkaLink"]
+__all__ = ["KafkaLink", "KafkaSettings"]
 
 logger = logging.getLogger("aioconductor.boards.kafka")
 
 _CLEANUP_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KafkaSettings:
+    """How a board instance uses its brokers: the knobs of ``KafkaJobBoard``, as given."""
+
+    #: The partition count of the jobs topic, if the link creates it.
+    partitions: int
+    #: The replication factor of the topics it creates (None: the number of brokers, at most 3).
+    replication: int | None
+    #: Whether the producer is the idempotent one.
+    idempotence: bool
+    #: The longest a fetch waits on the broker for new records.
+    fetch_wait_ms: int
+    #: How long the group waits for a silent member.
+    session_timeout_ms: int
+    #: The largest record the board writes, in bytes.
+    record_limit: int
 
 
 class KafkaLink:
@@ -47,28 +66,10 @@ class KafkaLink:
         view: the fold the state records go into.
         bootstrap: the brokers, ``host:port,...``.
         prefix: the start of the names of the topics and the group, ``TOPIC.NAMESPACE``.
-        partitions: the partition count of the jobs topic, if the link creates it.
-        replication: the replication factor of the topics it creates (None: the number of
-            brokers, at most 3).
-        idempotence: use the idempotent producer.
-        fetch_wait_ms: the longest a fetch waits on the broker for new records.
-        session_timeout_ms: how long the group waits for a silent member.
-        record_limit: the largest record the board writes, in bytes.
+        settings: the board's settings.
     """
 
-    def __init__(
-        self,
-        view: JobView,
-        bootstrap: str,
-        prefix: str,
-        *,
-        partitions: int,
-        replication: int | None,
-        idempotence: bool,
-        fetch_wait_ms: int,
-        session_timeout_ms: int,
-        record_limit: int,
-    ) -> None:
+    def __init__(self, view: JobView, bootstrap: str, prefix: str, settings: KafkaSettings) -> None:
         self.view = view
         self.bootstrap = bootstrap
         self.url = f"kafka://{bootstrap}"
@@ -76,13 +77,9 @@ class KafkaLink:
         self.state_topic = f"{prefix}.state"
         self.dead_topic = f"{prefix}.dead"
         self.group_id = f"{prefix}.conductors"
+        self.settings = settings
         #: The jobs topic's partition count: the one asked for, until :meth:`connect` reads it.
-        self.partitions = partitions
-        self._replication = replication
-        self._idempotence = idempotence
-        self._fetch_wait_ms = fetch_wait_ms
-        self._session_timeout_ms = session_timeout_ms
-        self._record_limit = record_limit
+        self.partitions = settings.partitions
         self.producer: AIOKafkaProducer | None = None
         self._log: StateLog | None = None
         #: This instance's consumer-group member, once :meth:`group` made it.
@@ -109,10 +106,10 @@ class KafkaLink:
         self.closed = False
         try:
             self.partitions = await ensure_topics(
-                self.bootstrap, self.url, self._topics(), self._replication
+                self.bootstrap, self.url, self._topics(), self.settings.replication
             )
             self.producer = await start_producer(
-                self.bootstrap, self.url, self._idempotence, self._record_limit
+                self.bootstrap, self.url, self.settings.idempotence, self.settings.record_limit
             )
             self._log = StateLog(
                 self.view,
@@ -123,8 +120,8 @@ class KafkaLink:
                     "bootstrap_servers": self.bootstrap,
                     "enable_auto_commit": False,
                     "auto_offset_reset": "earliest",
-                    "fetch_max_wait_ms": self._fetch_wait_ms,
-                    "max_partition_fetch_bytes": self._record_limit,
+                    "fetch_max_wait_ms": self.settings.fetch_wait_ms,
+                    "max_partition_fetch_bytes": self.settings.record_limit,
                 },
             )
             await self._log.start()
@@ -139,7 +136,7 @@ class KafkaLink:
         """The topics the board needs, the jobs topic first."""
         state_configs = {
             "cleanup.policy": "compact",
-            "max.message.bytes": str(self._record_limit),
+            "max.message.bytes": str(self.settings.record_limit),
             "min.compaction.lag.ms": str(COMPACTION_LAG_MS),
         }
         return [
@@ -190,9 +187,9 @@ class KafkaLink:
                     "group_id": self.group_id,
                     "enable_auto_commit": False,
                     "auto_offset_reset": "earliest",
-                    "fetch_max_wait_ms": self._fetch_wait_ms,
-                    "session_timeout_ms": self._session_timeout_ms,
-                    "heartbeat_interval_ms": max(100, self._session_timeout_ms // 4),
+                    "fetch_max_wait_ms": self.settings.fetch_wait_ms,
+                    "session_timeout_ms": self.settings.session_timeout_ms,
+                    "heartbeat_interval_ms": max(100, self.settings.session_timeout_ms // 4),
                 },
             )
             await member.start()
