@@ -24,10 +24,10 @@ from aioconductor.boards import JobBoard
 from aioconductor.models import Claim, JobState
 from aioconductor.persistence import Store
 from aioconductor.persistence.models import AtomDetail, FlowDetail
+from aioconductor.testing.conformance._store_data import make_book
 
 from .apps import flows
 from .backends import PostgresSpace, RedisSpace, Space, board_fixture, params, store_fixture
-from .persistence.test_store_conformance import make_book
 
 #: The backends these tests run on: servers, whose connections a cancelled call could spoil.
 SERVERS = params(kills="tagged")

@@ -20,8 +20,8 @@ from aioconductor.errors import (
 from aioconductor.persistence import Store, open_store
 from aioconductor.persistence.models import AtomDetail, LogBook
 from aioconductor.persistence.postgres import PostgresStore
+from aioconductor.testing.conformance._store_data import make_book
 from tests.backends import PostgresSpace, one_space_fixture, store_fixture
-from tests.persistence.test_store_conformance import make_book
 from tests.postgres_helpers import url
 
 pytestmark = pytest.mark.postgres

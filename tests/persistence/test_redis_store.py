@@ -30,8 +30,8 @@ from aioconductor.persistence.models import (
     FlowState,
     LogBook,
 )
+from aioconductor.testing.conformance._store_data import make_book
 from tests.backends import RedisSpace, one_space_fixture, store_fixture
-from tests.persistence.test_store_conformance import make_book
 
 pytestmark = pytest.mark.redis
 
