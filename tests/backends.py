@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Literal, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -32,13 +32,6 @@ def with_user(url: str, user: str, password: str) -> str:
     parts = urlsplit(url)
     host = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
-
-
-class _Closable(Protocol):
-    async def aclose(self) -> None: ...
-
-
-R = TypeVar("R", bound=_Closable)
 
 
 #: How a backend's connections can be killed: ``tagged`` ends every connection a space's URLs
@@ -282,31 +275,6 @@ class KafkaSpace(Space):
         assert not listeners_only, "Kafka has no listening connections apart"
         assert self.server is not None
         return await kill_server_sockets(self.server)
-
-
-class Opened(Generic[R]):
-    """Boards or stores opened in one space, all closed when the block (or :meth:`close_all`)
-    ends; the suites' ``backend`` and ``store_backend`` fixtures build on it."""
-
-    def __init__(self, space: Space) -> None:
-        self.space = space
-        self.name = space.backend
-        self._opened: list[R] = []
-
-    def _keep(self, resource: R) -> R:
-        self._opened.append(resource)
-        return resource
-
-    async def close_all(self) -> None:
-        """Close every board or store opened here."""
-        for resource in self._opened:
-            await resource.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close_all()
 
 
 class PrivateServer(Protocol):

@@ -4,24 +4,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from aioconductor.boards import JobBoard, open_board
-from tests.backends import BY_NAME, Opened, params
+from aioconductor.testing.conformance import OpenedBoards
+from tests.backends import BY_NAME, Space, params
 
 
-class BoardBackend(Opened[JobBoard]):
-    """Opens boards in one space of a backend (same server or file), in any namespace."""
+class BoardBackend(OpenedBoards):
+    """Opens boards in one space of a backend (same server or file), in any namespace; each
+    is closed at teardown."""
+
+    def __init__(self, space: Space) -> None:
+        super().__init__(lambda namespace, **kwargs: open_board(self.url(namespace), **kwargs))
+        self.space = space
+        self.name = space.backend
 
     def url(self, namespace: str = "conformance") -> str:
         """The URL of a board in ``namespace``."""
         return self.space.board_url(namespace)
-
-    def open(self, namespace: str = "conformance", **kwargs: Any) -> JobBoard:
-        """A board (not yet connected) on this backend in ``namespace``; closed at teardown."""
-        return self._keep(open_board(self.url(namespace), **kwargs))
 
 
 @pytest.fixture(params=params())

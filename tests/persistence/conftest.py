@@ -5,26 +5,24 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from aioconductor.persistence import Store, open_store
-from tests.backends import BY_NAME, Opened, params
+from aioconductor.testing.conformance import OpenedStores
+from tests.backends import BY_NAME, Space, params
 
 
-class StoreBackend(Opened[Store]):
-    """Opens stores in one space of a backend (one server or file), in any namespace."""
+class StoreBackend(OpenedStores):
+    """Opens stores in one space of a backend (one server or file), in any namespace; each is
+    closed at teardown."""
 
-    def store(self, namespace: str = "conformance", **kwargs: Any) -> Store:
-        """A store (not yet connected) on this backend in ``namespace``; closed at teardown."""
-        return self._keep(open_store(self.space.store_url(namespace), **kwargs))
-
-    async def open(self, namespace: str = "conformance", **kwargs: Any) -> Store:
-        """A connected store on this backend in ``namespace``; closed at teardown."""
-        store = self.store(namespace, **kwargs)
-        await store.connect()
-        return store
+    def __init__(self, space: Space) -> None:
+        super().__init__(
+            lambda namespace, **kwargs: open_store(space.store_url(namespace), **kwargs)
+        )
+        self.space = space
+        self.name = space.backend
 
 
 @pytest.fixture(params=params(store=True))
