@@ -7,6 +7,10 @@ from typing import Any
 import pytest
 
 from aioconductor.engine import Task
+from aioconductor.engine.compiler import compile_flow
+from aioconductor.engine.journal import Journal
+from aioconductor.events import Event, Notifier
+from aioconductor.persistence.base import Store
 
 
 class Log:
@@ -39,3 +43,38 @@ class Step(Task):
 @pytest.fixture
 def log() -> Log:
     return Log()
+
+
+def state_changes() -> tuple[Notifier, list[tuple[str, str, str]]]:
+    """A notifier, and the (atom or "flow", old state, state) of every change it is told of."""
+    notifier = Notifier()
+    seen: list[tuple[str, str, str]] = []
+    notifier.register(
+        Event.ATOM_STATE, lambda e, d: seen.append((d["atom"], d["old_state"], d["state"]))
+    )
+    notifier.register(
+        Event.FLOW_STATE, lambda e, d: seen.append(("flow", d["old_state"], d["state"]))
+    )
+    return notifier, seen
+
+
+async def open_journal(
+    store: Store, flow: Any, notifier: Notifier, *, first_saved: bool = True
+) -> tuple[Journal, Any]:
+    """A journal over a new run of ``flow`` (its first node saved RUNNING with the logbook
+    when ``first_saved``), loaded, and the compiled flow."""
+    compiled = compile_flow(flow)
+    compiled.validate(())
+    journal = await Journal.open(
+        store,
+        book_id="job",
+        book_name="job",
+        detail_name=flow.name,
+        token=None,
+        notifier=notifier,
+        flow_name=flow.name,
+        fresh=True,
+        first=compiled.nodes[0] if first_saved else None,
+    )
+    journal.load(compiled.nodes)
+    return journal, compiled

@@ -15,34 +15,19 @@ from aioconductor.engine import (
     Times,
     linear,
 )
-from aioconductor.engine.compiler import compile_flow
 from aioconductor.engine.completer import REVERT_ALL, Completer, Strategy
-from aioconductor.engine.journal import Journal
 from aioconductor.events import Notifier
 from aioconductor.failure import Failure
 from aioconductor.persistence.memory import MemoryStore
 
-from .conftest import Log, Step
+from .conftest import Log, Step, open_journal
 
 
 async def _completer(flow: Flow) -> tuple[Completer, dict[str, int]]:
     """A completer over a new run of ``flow``, and the flow's node indices by name."""
-    compiled = compile_flow(flow)
-    compiled.validate(())
     store = MemoryStore()
     await store.connect()
-    journal = await Journal.open(
-        store,
-        book_id="job",
-        book_name="job",
-        detail_name=flow.name,
-        token=None,
-        notifier=Notifier(),
-        flow_name=flow.name,
-        fresh=True,
-        first=None,
-    )
-    journal.load(compiled.nodes)
+    journal, compiled = await open_journal(store, flow, Notifier(), first_saved=False)
     completer = Completer(compiled.nodes, journal, {}, {})
     return completer, {node.name: node.index for node in compiled.nodes}
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from aioconductor.engine import Engine, Task, Times, linear
-from aioconductor.engine.compiler import compile_flow
 from aioconductor.engine.journal import Journal
-from aioconductor.events import Event, Notifier
+from aioconductor.events import Notifier
 from aioconductor.failure import Failure
 from aioconductor.persistence.memory import MemoryStore
 from aioconductor.persistence.models import AtomDetail, AtomState, FlowState, Intention
 
-from .conftest import Log, Step
+from .conftest import Log, Step, open_journal, state_changes
 
 
 class RecordingStore(MemoryStore):
@@ -51,20 +50,7 @@ class RecordingStore(MemoryStore):
 
 
 async def _open(store: MemoryStore, flow: Any, notifier: Notifier) -> Journal:
-    compiled = compile_flow(flow)
-    compiled.validate(())
-    journal = await Journal.open(
-        store,
-        book_id="job",
-        book_name="job",
-        detail_name=flow.name,
-        token=None,
-        notifier=notifier,
-        flow_name=flow.name,
-        fresh=True,
-        first=compiled.nodes[0],
-    )
-    journal.load(compiled.nodes)
+    journal, _ = await open_journal(store, flow, notifier)
     return journal
 
 
@@ -76,14 +62,7 @@ async def _saved(store: MemoryStore) -> dict[str, AtomDetail]:
 async def test_a_change_saved_ahead_is_reported_when_it_happens_not_saved_again(
     log: Log,
 ) -> None:
-    notifier = Notifier()
-    seen: list[tuple[str, str, str]] = []
-    notifier.register(
-        Event.ATOM_STATE, lambda e, d: seen.append((d["atom"], d["old_state"], d["state"]))
-    )
-    notifier.register(
-        Event.FLOW_STATE, lambda e, d: seen.append(("flow", d["old_state"], d["state"]))
-    )
+    notifier, seen = state_changes()
     store = RecordingStore()
     async with store:
         journal = await _open(store, linear("f", Step("a", log), Step("b", log)), notifier)

@@ -14,6 +14,7 @@ from aioconductor.errors import ClaimLost
 from aioconductor.events import Event, Notifier
 from aioconductor.persistence.memory import MemoryStore
 from aioconductor.persistence.models import AtomDetail, AtomState, FlowState, Intention
+from tests.engine.conftest import state_changes
 from tests.persistence.conftest import StoreBackend, store_backend
 
 __all__ = ["store_backend"]  # the fixture: every store backend in turn
@@ -151,14 +152,7 @@ class CountingStore(MemoryStore):
 
 async def test_a_fresh_run_of_a_chain_saves_each_step_with_the_next() -> None:
     counts: collections.Counter[str] = collections.Counter()
-    notifier = Notifier()
-    seen: list[tuple[str, str, str]] = []
-    notifier.register(
-        Event.ATOM_STATE, lambda e, d: seen.append((d["atom"], d["old_state"], d["state"]))
-    )
-    notifier.register(
-        Event.FLOW_STATE, lambda e, d: seen.append(("flow", d["old_state"], d["state"]))
-    )
+    notifier, seen = state_changes()
     store = CountingStore()
     async with store:
         engine = Engine(
