@@ -63,7 +63,9 @@ def _reset_runs() -> None:
 
 
 async def _until_final(board: JobBoard, job_id: str, conductor: Conductor) -> Job:
-    with anyio.fail_after(30):
+    # Generous: the test broker (Tansu) can stall its state topic for some 30 s under the load
+    # of a full run (docs/reliability.md); what is tested is what happens, not how fast.
+    with anyio.fail_after(90):
         async with anyio.create_task_group() as tg:
             tg.start_soon(conductor.run)
             done = await board.wait_for(job_id)
