@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-import time
 from collections.abc import AsyncIterator
 from typing import Any, Self
 
@@ -48,6 +47,7 @@ from aioconductor._backends.kafka.log import LogSubscription
 from aioconductor._backends.kafka.log import Make
 from aioconductor._backends.kafka.log import StateLog
 from aioconductor._backends.kafka.log import Write
+from aioconductor._backends.kafka.log import clock
 from aioconductor._backends.kafka.log import clock_ms
 from aioconductor._backends.kafka.log import transition
 from aioconductor._backends.kafka.records import holds
@@ -190,11 +190,11 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
 
     async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
         log = self._state
-        await log.fresh(job_id, lambda d: d is not None and claimable(d, time.time()))
+        await log.fresh(job_id, lambda d: d is not None and claimable(d, clock()))
 
         def prepare() -> dict[str, Any]:
             data = self._view.job(job_id)
-            now = time.time()
+            now = clock()
             if not claimable(data, now):
                 raise UnclaimableJob(unclaimable_message(to_job(data, now), now))
             return data
@@ -298,11 +298,11 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
 
     async def _get(self, job_id: str) -> Job:
         await self._state.sync()
-        return to_job(self._view.job(job_id), time.time())
+        return to_job(self._view.job(job_id), clock())
 
     async def _iterjobs(self, state: JobState | None) -> AsyncIterator[Job]:
         await self._state.sync()
-        now = time.time()
+        now = clock()
         for data in self._view.select(state, now):
             await checkpoint()
             yield to_job(data, now)
@@ -311,7 +311,7 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
         await self._state.sync()
         if state is None:
             return len(self._view.jobs)
-        return len(self._view.select(state, time.time()))
+        return len(self._view.select(state, clock()))
 
     # -- notifications -------------------------------------------------------------------------
 
@@ -331,7 +331,7 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
                 raise
             # Closed while sweeping: the stream ends at its next check, quietly.
             return [], cursor
-        now = time.time()
+        now = clock()
         # Jobs whose time came are announced to every stream of this board, this one included.
         self._view.promote(now)
         if cursor is not None:
@@ -341,7 +341,7 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
     def _sweep_delay(self) -> float:
         # The view knows its next deadline (on the epoch clock, as its records are stamped),
         # so a delayed job or an expired lease is announced when it falls due.
-        return sweep_delay(self.poll_interval, self._view.next_timer(), time.time())
+        return sweep_delay(self.poll_interval, self._view.next_timer(), clock())
 
     # -- conductors ----------------------------------------------------------------------------
 
@@ -361,4 +361,4 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
 
     async def _conductors(self) -> list[ConductorInfo]:
         await self._state.sync()
-        return self._view.alive_conductors(time.time())
+        return self._view.alive_conductors(clock())

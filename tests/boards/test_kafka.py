@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
+import types
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -195,6 +197,46 @@ async def test_a_retried_job_is_announced_once_when_due_even_past_its_old_lease(
                 if note.job_id == job.id:
                     seen.append(note.kind)  # noqa: PERF401
     # Due at 0.1 s; the lease's timer at 0.4 s belongs to the claim that is gone.
+    assert seen == [NotificationKind.DUE]
+
+
+async def test_a_job_announced_due_is_claimable_at_that_very_instant(
+    board: KafkaJobBoard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fold judges a claim by its record's timestamp, in whole milliseconds. A job due a
+    # fraction of a millisecond ago was once announced (the sweep read a finer clock) and then
+    # not claimable (the claim's clock was truncated): the claim dropped it from the ready
+    # heap, its timer was spent, and it sat due and unclaimed until a restart.
+    from aioconductor._backends.kafka import log as log_module
+    from aioconductor.boards import kafka as kafka_module
+
+    start = float(math.ceil(time.time()) + 1)  # on a whole millisecond, ahead of the real clock
+    now = [start + 0.0007]
+    fake = types.SimpleNamespace(time=lambda: now[0], monotonic=time.monotonic)
+    monkeypatch.setattr(log_module, "time", fake)
+    monkeypatch.setattr(kafka_module, "time", fake, raising=False)
+    monkeypatch.setattr(log_module, "_latest_ms", 0, raising=False)
+    job = await board.post("j", "f", not_before=start + 0.0005)
+    seen: list[NotificationKind] = []
+
+    async def watch() -> None:
+        async with contextlib.aclosing(board.stream()) as stream:
+            async for note in stream:
+                if note.job_id == job.id:
+                    seen.append(note.kind)  # noqa: PERF401 - cancelled: keeps what it saw
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        await anyio.sleep(0.5)
+        claimed = await board.claim_next("o", lease=5.0)
+        if seen:
+            assert claimed is not None and claimed[0].id == job.id
+        now[0] = start + 0.0012  # the next millisecond: due on every clock
+        await anyio.sleep(0.5)
+        if claimed is None:
+            claimed = await board.claim_next("o", lease=5.0)
+        tg.cancel_scope.cancel()
+    assert claimed is not None and claimed[0].id == job.id
     assert seen == [NotificationKind.DUE]
 
 

@@ -44,7 +44,16 @@ from aioconductor.errors import BoardClosed
 from aioconductor.errors import BoardError
 from aioconductor.models import JobNotification
 
-__all__ = ["RETRIES", "LogSubscription", "Make", "StateLog", "Write", "clock_ms", "transition"]
+__all__ = [
+    "RETRIES",
+    "LogSubscription",
+    "Make",
+    "StateLog",
+    "Write",
+    "clock",
+    "clock_ms",
+    "transition",
+]
 
 logger = logging.getLogger("aioconductor.boards.kafka")
 
@@ -64,9 +73,25 @@ RETRIES = 50
 Make = Callable[[dict[str, Any], float], dict[str, Any]]
 
 
+_latest_ms = 0
+
+
 def clock_ms() -> int:
-    """Now, in whole milliseconds since the epoch (the resolution of Kafka timestamps)."""
-    return int(time.time() * 1000)
+    """Now, in whole milliseconds since the epoch (the resolution of Kafka timestamps).
+
+    This is the board's only clock: the fold judges a record by its timestamp, so a job the
+    view calls claimable at ``clock()`` is claimable to the fold under a record stamped then (a
+    finer clock would see a job due a fraction of a millisecond before its claim record does).
+    It never goes back in one process, even if the system clock is stepped back.
+    """
+    global _latest_ms
+    _latest_ms = max(_latest_ms, int(time.time() * 1000))
+    return _latest_ms
+
+
+def clock() -> float:
+    """:func:`clock_ms` in epoch seconds."""
+    return clock_ms() / 1000
 
 
 class Write:
