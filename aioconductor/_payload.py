@@ -14,7 +14,14 @@ from typing import Any
 
 from aioconductor.errors import PayloadError
 
-__all__ = ["MAX_NAME_LENGTH", "encode_json", "encode_object", "non_str_key", "validate_name"]
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "encode_json",
+    "encode_object",
+    "non_str_key",
+    "validate_key",
+    "validate_name",
+]
 
 MAX_NAME_LENGTH = 255
 #: The longest delay, lease or ttl accepted: a century, so no backend's time arithmetic overflows.
@@ -38,6 +45,21 @@ def validate_name(what: str, value: object) -> str:
         # cannot hold NUL).
         raise PayloadError(f"the job's {what} contains a NUL character")
     return value
+
+
+def validate_key(value: object) -> str:
+    """Return ``value`` if it is a valid idempotency key, else refuse it (``PayloadError``).
+
+    A key is checked like a name (1 to 255 characters, not blank, no NUL) and, because keys
+    are typed on command lines and shown in logs, holds no control characters and no
+    leading or trailing whitespace.
+    """
+    key = validate_name("key", value)
+    if key != key.strip():
+        raise PayloadError(f"the job's key has leading or trailing whitespace: {key!r:.80}")
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in key):
+        raise PayloadError(f"the job's key contains a control character: {key!r:.80}")
+    return key
 
 
 def encode_json(what: str, value: Mapping[str, Any], max_bytes: int) -> bytes:

@@ -132,6 +132,9 @@ class Job(BaseModel):
     name: str
     flow: str
     args: dict[str, Any] = Field(default_factory=dict)
+    #: The job's idempotency key, if it was posted with one: no other job on the board holds it
+    #: until this one is purged.
+    key: str | None = None
     priority: int = 0
     #: Post order on this board: a per-board sequence, used to break priority ties.
     seq: int = 0

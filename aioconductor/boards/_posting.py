@@ -7,12 +7,14 @@ The options are written once, as :class:`PostOptions`: ``post``, ``post_many`` a
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
 from aioconductor._payload import encode_json
 from aioconductor._payload import encode_object
 from aioconductor._payload import finite_seconds
+from aioconductor._payload import validate_key
 from aioconductor._payload import validate_name
 from aioconductor.boards._support import PostSpec
 from aioconductor.errors import PayloadError
@@ -47,6 +49,7 @@ def post_spec(
     not_before: float | None = None,
     headers: Mapping[str, str] | None = None,
     retry: RetryPolicy | None = None,
+    key: str | None = None,
 ) -> PostSpec:
     """The validated post, its payloads encoded, for a backend's ``_post``; the options
     (:class:`PostOptions`) not given take their defaults here.
@@ -56,6 +59,7 @@ def post_spec(
     """
     validate_name("name", name)
     validate_name("flow name", flow)
+    checked_key = None if key is None else validate_key(key)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise PayloadError(f"priority must be an int, got {priority!r:.80}")
     if not -(2**31) <= priority < 2**31:
@@ -74,6 +78,7 @@ def post_spec(
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise PayloadError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
     return PostSpec(
+        id=str(uuid.uuid4()),
         name=name,
         flow=flow,
         args=decoded,
@@ -86,6 +91,7 @@ def post_spec(
         headers_json=headers_json,
         retry=retry,
         retry_json=None if retry is None else retry.model_dump_json().encode(),
+        key=checked_key,
     )
 
 

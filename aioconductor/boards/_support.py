@@ -48,7 +48,7 @@ PAGE = 500
 JOB_COLUMNS = (
     "id, name, flow, args, priority, seq, created_at, updated_at, not_before, attempts,"
     " max_attempts, token, state, owner, expires_at, outcome, result, trash_reason, headers,"
-    " releases, abandons, retries, retry, failures"
+    " releases, abandons, retries, retry, failures, job_key"
 )
 
 
@@ -56,6 +56,9 @@ JOB_COLUMNS = (
 class PostSpec:
     """A validated ``post``: what the backend writes, with the args already encoded."""
 
+    #: The new job's id (a uuid made by the board before any backend sees the post, so the
+    #: board can tell a created job from the holder of a taken key).
+    id: str
     name: str
     flow: str
     args: dict[str, Any]
@@ -73,6 +76,9 @@ class PostSpec:
     #: The job's retry policy, and as JSON text.
     retry: RetryPolicy | None = None
     retry_json: bytes | None = None
+    #: The idempotency key, checked: the backend writes nothing for this spec if a job on the
+    #: board (or an earlier spec of the same call) holds it, and hands back that job instead.
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +194,7 @@ def job_from_row(row: Sequence[Any]) -> Job:
         retries=row[21],
         retry=None if row[22] is None else RetryPolicy.model_validate_json(row[22]),
         failures=decode_json(row[23]),
+        key=row[24],
     )
 
 

@@ -20,6 +20,9 @@ Semantics every backend keeps (the conformance suite in ``tests/boards`` checks 
   never a timestamp).
 - A job is claimable when it is ``UNCLAIMED``, ``SCHEDULED`` with its ``not_before`` passed, or
   ``CLAIMED`` with its lease expired.
+- A key is held by one job of the namespace, whatever its state, until that job is purged; a
+  post whose key is held writes nothing and hands back the holder (check and insert are one
+  atomic step).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any, Self, Unpack
 
 from aioconductor._checks import check_lease
 from aioconductor._lifecycle import Lifecycle
+from aioconductor._payload import validate_key
 from aioconductor._payload import validate_name
 from aioconductor._urls import BOARD_OPTIONS
 from aioconductor._urls import ParsedURL
@@ -44,6 +48,7 @@ from aioconductor.boards._endings import ClaimEndings
 from aioconductor.boards._notifications import Notifications
 from aioconductor.boards._posting import PostOptions
 from aioconductor.boards._posting import post_spec
+from aioconductor.boards._purging import Purging
 from aioconductor.boards._support import EncodedObject
 from aioconductor.boards._support import PostSpec
 from aioconductor.boards._support import Subscription
@@ -79,7 +84,7 @@ MAX_BATCH = 256
 MAX_POST_BATCH = 10_000
 
 
-class JobBoard(Lifecycle, Notifications, ClaimEndings, ConductorRegistry):
+class JobBoard(Lifecycle, Notifications, ClaimEndings, Purging, ConductorRegistry):
     """An async job board. Open it with ``async with open_board(url) as board``.
 
     Args:
@@ -140,6 +145,8 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, ConductorRegistry):
         name: str,
         flow: str,
         args: Mapping[str, Any] | None = None,
+        *,
+        key: str | None = None,
         **options: Unpack[PostOptions],
     ) -> Job:
         """Post a job: the flow registered as ``flow``, to be built and run with ``args``.
@@ -148,6 +155,10 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, ConductorRegistry):
             name: a label for people (1 to 255 characters).
             flow: the name the conductors' flow registry knows the flow by.
             args: a JSON object; the flow factory and the flow's tasks receive it by name.
+            key: an idempotency key (1 to 255 characters, no control characters): if a job on
+                the board holds it, whatever its state, nothing is written and that job is
+                returned. A key is free again once its job is purged. :meth:`get_or_post`
+                says which happened.
             **options: the post's options (:class:`PostOptions`), below; all keywords.
 
         Keyword Args:
@@ -163,13 +174,40 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, ConductorRegistry):
                 with).
 
         Returns:
-            The job as stored (``UNCLAIMED``, or ``SCHEDULED`` when delayed).
+            The job as stored (``UNCLAIMED``, or ``SCHEDULED`` when delayed), or the job
+            holding ``key``.
 
         Raises:
-            PayloadError: bad name, flow, args or option; nothing was written.
+            PayloadError: bad name, flow, args, key or option; nothing was written.
         """
         self._check_open()
-        return await self._post(post_spec(name, flow, args, self.max_payload_bytes, **options))
+        limit = self.max_payload_bytes
+        return await self._post(post_spec(name, flow, args, limit, key=key, **options))
+
+    async def get_or_post(
+        self,
+        name: str,
+        flow: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        key: str,
+        **options: Unpack[PostOptions],
+    ) -> tuple[Job, bool]:
+        """Post a job with the idempotency ``key`` unless a job holds it already.
+
+        The arguments are those of :meth:`post`; ``key`` is required.
+
+        Returns:
+            ``(job, created)``: the new job and True, or the job holding ``key`` (in whatever
+            state it is) and False, in which case nothing was written.
+
+        Raises:
+            PayloadError: bad name, flow, args, key or option; nothing was written.
+        """
+        self._check_open()
+        spec = post_spec(name, flow, args, self.max_payload_bytes, key=key, **options)
+        job = await self._post(spec)
+        return job, job.id == spec.id
 
     async def post_many(
         self,
@@ -177,6 +215,7 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, ConductorRegistry):
         args: Iterable[Mapping[str, Any] | None],
         *,
         name: str | None = None,
+        keys: Iterable[str | None] | None = None,
         **options: Unpack[PostOptions],
     ) -> list[Job]:
         """Post one job of ``flow`` for each item of ``args``, in order (their ``seq`` follows
@@ -184,6 +223,9 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, ConductorRegistry):
 
         Every item is checked before anything is written: one bad item and nothing is posted.
         The options are those of :meth:`post`, for every job; ``name`` defaults to ``flow``.
+        ``keys``, when given, holds one idempotency key (or None) per item: an item whose key
+        is held (by a job on the board, or by an earlier item) is not posted, and its place in
+        the result holds the job that holds the key.
 
         Returns:
             The jobs as stored, in the order of ``args``.
@@ -198,8 +240,19 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, ConductorRegistry):
         items = list(itertools.islice(args, MAX_POST_BATCH + 1))
         if len(items) > MAX_POST_BATCH:
             raise PayloadError(f"post_many takes at most {MAX_POST_BATCH:,} jobs a call")
+        item_keys: list[str | None] = [None] * len(items)
+        if keys is not None:
+            item_keys = list(itertools.islice(keys, len(items) + 1))
+            if len(item_keys) != len(items):
+                many = "more" if len(item_keys) > len(items) else str(len(item_keys))
+                raise PayloadError(
+                    f"post_many got {len(items)} args and {many} keys: one key (or None) each"
+                )
         limit = self.max_payload_bytes
-        specs = [post_spec(label, flow, item, limit, **options) for item in items]
+        specs = [
+            post_spec(label, flow, item, limit, key=key, **options)
+            for item, key in zip(items, item_keys, strict=True)
+        ]
         return await self._post_many(specs) if specs else []
 
     # -- claiming ------------------------------------------------------------------------------
@@ -275,6 +328,16 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, ConductorRegistry):
         self._check_open()
         return await self._get(str(job_id))
 
+    async def get_by_key(self, key: str) -> Job:
+        """The job holding the idempotency ``key``.
+
+        Raises:
+            JobNotFound: no job holds it (never posted, or its job was purged).
+            PayloadError: ``key`` is not a valid key.
+        """
+        self._check_open()
+        return await self._get_by_key(validate_key(key))
+
     async def iterjobs(self, *, state: JobState | None = None) -> AsyncGenerator[Job, None]:
         """Every job (or every job in ``state``), higher priority first, then in post order.
 
@@ -327,6 +390,9 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, ConductorRegistry):
 
     @abc.abstractmethod
     async def _get(self, job_id: str) -> Job: ...
+
+    @abc.abstractmethod
+    async def _get_by_key(self, key: str) -> Job: ...
 
     @abc.abstractmethod
     def _iterjobs(self, state: JobState | None) -> AsyncIterator[Job]: ...

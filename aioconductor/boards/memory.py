@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -108,13 +107,15 @@ class MemoryJobBoard(InMemory, JobBoard):
     async def _post(self, spec: PostSpec) -> Job:
         await checkpoint()
         space = self._space
+        if spec.key is not None and spec.key in space.keys:
+            return self._visible(space.jobs[space.keys[spec.key]])
         now = self._clock()
         not_before = spec.not_before
         if spec.delay:
             not_before = now + spec.delay
         scheduled = not_before is not None and not_before > now
         record = Record(
-            id=str(uuid.uuid4()),
+            id=spec.id,
             name=spec.name,
             flow=spec.flow,
             args=spec.args,
@@ -127,8 +128,11 @@ class MemoryJobBoard(InMemory, JobBoard):
             state=JobState.SCHEDULED if scheduled else JobState.UNCLAIMED,
             headers=spec.headers,
             retry=spec.retry,
+            key=spec.key,
         )
         space.jobs[record.id] = record
+        if spec.key is not None:
+            space.keys[spec.key] = record.id
         if scheduled:
             assert not_before is not None
             heapq.heappush(space.timers, (not_before, record.id))
@@ -179,6 +183,7 @@ class MemoryJobBoard(InMemory, JobBoard):
         record.outcome = outcome
         record.result = result
         record.updated_at = self._clock()
+        self._space.end(record)
         return record.to_job()
 
     async def _abandon(self, claim: Claim) -> Job:
@@ -233,16 +238,45 @@ class MemoryJobBoard(InMemory, JobBoard):
         record.state = JobState.TRASHED
         record.trash_reason = reason
         record.updated_at = self._clock()
+        self._space.end(record)
         return record.to_job()
 
-    async def _get(self, job_id: str) -> Job:
-        await checkpoint()
-        record = self._record(job_id)
+    def _visible(self, record: Record) -> Job:
         job = record.to_job()
         now = self._clock()
         if record.visible_state(now) is not record.state:
             job = evolve(job, state=record.visible_state(now))
         return job
+
+    async def _get(self, job_id: str) -> Job:
+        await checkpoint()
+        return self._visible(self._record(job_id))
+
+    async def _get_by_key(self, key: str) -> Job:
+        await checkpoint()
+        job_id = self._space.keys.get(key)
+        if job_id is None:
+            raise JobNotFound(f"no job holds the key {key!r} on this board")
+        return self._visible(self._space.jobs[job_id])
+
+    async def _purgeable(
+        self, older_than: float, states: tuple[JobState, ...], limit: int
+    ) -> list[str]:
+        await checkpoint()
+        cutoff = self._clock() - older_than
+        found = [e for state in states for e in self._space.ended_before(cutoff, state, limit)]
+        return [job_id for _, job_id in sorted(found)[:limit]]
+
+    async def _purge(self, job_ids: list[str]) -> int:
+        await checkpoint()
+        space = self._space
+        deleted = 0
+        for job_id in job_ids:
+            record = space.jobs.get(job_id)
+            if record is not None and record.state.is_final:
+                space.delete(record)
+                deleted += 1
+        return deleted
 
     def _select(self, state: JobState | None) -> list[Record]:
         now = self._clock()

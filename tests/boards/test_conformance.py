@@ -5,4 +5,6 @@ from __future__ import annotations
 
 from aioconductor.testing.conformance.boards_claims import *  # noqa: F403
 from aioconductor.testing.conformance.boards_endings import *  # noqa: F403
+from aioconductor.testing.conformance.boards_keys import *  # noqa: F403
+from aioconductor.testing.conformance.boards_retention import *  # noqa: F403
 from aioconductor.testing.conformance.boards_streams import *  # noqa: F403

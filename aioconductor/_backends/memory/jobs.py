@@ -51,6 +51,7 @@ class Record:
     retries: int = 0
     retry: RetryPolicy | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
+    key: str | None = None
     #: Which entry of the ready heap is this record's live one (older entries are stale).
     ready_version: int = 0
 
@@ -80,6 +81,7 @@ class Record:
             retries=self.retries,
             retry=self.retry,
             failures=list(self.failures),
+            key=self.key,
         )
 
     def visible_state(self, now: float) -> JobState:
@@ -101,6 +103,33 @@ class Space:
     timers: list[tuple[float, str]] = field(default_factory=list)
     conductors: dict[str, ConductorInfo] = field(default_factory=dict)
     subscriptions: set[Subscription] = field(default_factory=set)
+    #: key -> id of the job holding it.
+    keys: dict[str, str] = field(default_factory=dict)
+    #: final state -> heap of (updated_at, id) of jobs that ended in it (purged ones go stale).
+    ended: dict[JobState, list[tuple[float, str]]] = field(default_factory=dict)
+
+    def end(self, record: Record) -> None:
+        """Note that ``record`` just ended (it is ``COMPLETE`` or ``TRASHED`` now)."""
+        heapq.heappush(self.ended.setdefault(record.state, []), (record.updated_at, record.id))
+
+    def ended_before(self, cutoff: float, state: JobState, limit: int) -> list[tuple[float, str]]:
+        """Up to ``limit`` (updated_at, id) of jobs that ended in ``state`` at or before
+        ``cutoff``, oldest first."""
+        heap = self.ended.get(state, [])
+        found: list[tuple[float, str]] = []
+        while heap and len(found) < limit and heap[0][0] <= cutoff:
+            entry = heapq.heappop(heap)
+            if entry[1] in self.jobs:
+                found.append(entry)
+        for entry in found:
+            heapq.heappush(heap, entry)
+        return found
+
+    def delete(self, record: Record) -> None:
+        """Forget ``record`` and free its key (its heap entries go stale)."""
+        del self.jobs[record.id]
+        if record.key is not None and self.keys.get(record.key) == record.id:
+            del self.keys[record.key]
 
     def make_ready(self, record: Record) -> None:
         """Put ``record`` on the ready heap (its older entries there go stale)."""

@@ -28,6 +28,8 @@ as fixtures named ``backend`` (and ``store_backend``), then collect the suites::
     # test_conformance.py
     from aioconductor.testing.conformance.boards_claims import *  # noqa: F403
     from aioconductor.testing.conformance.boards_endings import *  # noqa: F403
+    from aioconductor.testing.conformance.boards_keys import *  # noqa: F403
+    from aioconductor.testing.conformance.boards_retention import *  # noqa: F403
     from aioconductor.testing.conformance.boards_streams import *  # noqa: F403
     from aioconductor.testing.conformance.stores_fencing import *  # noqa: F403
     from aioconductor.testing.conformance.stores_saving import *  # noqa: F403
