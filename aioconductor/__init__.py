@@ -10,6 +10,7 @@ from aioconductor.boards import JobBoard
 from aioconductor.boards import open_board
 from aioconductor.conductor import Conductor
 from aioconductor.conductor import ConductorStats
+from aioconductor.conductor import Retention
 from aioconductor.engine import AlwaysRevert
 from aioconductor.engine import AlwaysRevertAll
 from aioconductor.engine import Attempt
@@ -107,6 +108,7 @@ __all__ = [
     "Outcome",
     "ParameterizedForEach",
     "PayloadError",
+    "Retention",
     "Retry",
     "RetryPolicy",
     "Store",

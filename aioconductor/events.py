@@ -29,6 +29,9 @@ class Event(enum.StrEnum):
     #: (details hold ``retry``, its number, and ``delay``).
     JOB_RETRIED = "job_retried"
     JOB_TRASHED = "job_trashed"
+    #: The conductor that purges for its fleet deleted finished jobs past their retention
+    #: (details hold ``conductor`` and a count per state: ``complete``, ``trashed``).
+    JOBS_PURGED = "jobs_purged"
     LEASE_LOST = "lease_lost"
     COMPILATION_START = "compilation_start"
     COMPILATION_END = "compilation_end"

@@ -9,6 +9,8 @@ A walk through the package, in the order a job meets it:
 - :mod:`~aioconductor.conductor.jobrun`: one claimed job's run, from building its flow to the
   one board verb that ends it, given what it needs by name, never the conductor;
 - :mod:`~aioconductor.conductor.solo`: the gate that lets a job on its last attempt run alone;
+- :mod:`~aioconductor.conductor.retention`: how long finished jobs are kept, and the service
+  that purges them, one conductor of the fleet at a time;
 - :mod:`~aioconductor.conductor.stats` and :mod:`~aioconductor.conductor.options`: the
   counters, and the checks of the options.
 """
@@ -16,6 +18,7 @@ A walk through the package, in the order a job meets it:
 from __future__ import annotations
 
 from aioconductor.conductor.core import Conductor
+from aioconductor.conductor.retention import Retention
 from aioconductor.conductor.stats import ConductorStats
 
-__all__ = ["Conductor", "ConductorStats"]
+__all__ = ["Conductor", "ConductorStats", "Retention"]

@@ -27,12 +27,15 @@ from aioconductor.conductor.jobrun import RunContext
 from aioconductor.conductor.options import check_count
 from aioconductor.conductor.options import check_drain_timeout
 from aioconductor.conductor.options import check_name
+from aioconductor.conductor.retention import Purger
+from aioconductor.conductor.retention import Retention
 from aioconductor.conductor.solo import SoloGate
 from aioconductor.conductor.solo import last_attempt_after_unfinished
 from aioconductor.conductor.stats import ConductorStats
 from aioconductor.engine import Engine
 from aioconductor.engine import Flow
 from aioconductor.errors import AioconductorError
+from aioconductor.errors import ConfigurationError
 from aioconductor.events import Notifier
 from aioconductor.models import Claim
 from aioconductor.models import Job
@@ -66,6 +69,9 @@ class Conductor:
         isolate_last_attempts: run a job alone when it is on its last attempt after earlier
             ones ended unfinished (see :meth:`runs_alone`): a neighbour that crashes the
             process cannot spend it, and if it is the one that crashes, it harms no other.
+        retention: how long finished jobs are kept before they (and their logbooks in
+            ``store``) are purged; one conductor of the fleet purges at a time. By default
+            COMPLETE jobs for 7 days and TRASHED ones for 30; None keeps everything.
 
     Raises:
         ConfigurationError: an option no claim could work with (a name that is empty, holds a
@@ -92,6 +98,7 @@ class Conductor:
         claim_batch_size: int = 16,
         notifier: Notifier | None = None,
         isolate_last_attempts: bool = True,
+        retention: Retention | None = Retention(),  # noqa: B008 - frozen, shared safely
     ) -> None:
         self.name = check_name(name)
         self.owner = f"{name}-{uuid.uuid4().hex}"
@@ -110,6 +117,9 @@ class Conductor:
         ceiling = min(self.lease, 5.0)
         self.sweep_interval = min(sweep_interval, ceiling) if sweep_interval else ceiling
         self.isolate_last_attempts = isolate_last_attempts
+        if retention is not None and not isinstance(retention, Retention):
+            raise ConfigurationError(f"retention must be a Retention or None, got {retention!r}")
+        self.retention = retention
         #: Jobs run under a shared hold of this gate, or alone (:meth:`runs_alone`).
         self.gate = SoloGate()
         #: Register listeners here (``conductor.notifier.register("job_consumed", fn)``).
@@ -231,6 +241,8 @@ class Conductor:
                     services.start_soon(dispatcher.listen)
                     services.start_soon(self._keep_leases)
                     services.start_soon(self._heartbeat)
+                    if self.retention is not None:
+                        services.start_soon(self._purger(self.retention).run)
                     task_status.started()
                     await dispatcher.run(jobs, max_dispatches)
                     services.cancel_scope.cancel()
@@ -241,6 +253,17 @@ class Conductor:
                 with contextlib.suppress(Exception):
                     await self.board.unregister_conductor(self.owner)
             self._stopped.set()
+
+    def _purger(self, retention: Retention) -> Purger:
+        return Purger(
+            retention,
+            board=self.board,
+            store=self.store,
+            owner=self.owner,
+            conductor=self.name,
+            notifier=self.notifier,
+            stats=self.stats,
+        )
 
     def _run_context(self) -> RunContext:
         """What this run's jobs share, read from the conductor's options as they are now."""

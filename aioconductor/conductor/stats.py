@@ -24,6 +24,8 @@ class ConductorStats:
     #: Failed runs scheduled to run again under their job's retry policy.
     retried: int = 0
     trashed: int = 0
+    #: Finished jobs this conductor purged under its retention (it purges for its fleet).
+    purged: int = 0
     lease_lost: int = 0
     #: Claims made because a job was announced that came back empty: another conductor was
     #: first (many mean more conductors wake per job than there are jobs).
