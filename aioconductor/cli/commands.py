@@ -14,12 +14,14 @@ import pydantic
 
 from aioconductor.boards import JobBoard
 from aioconductor.boards import open_board
+from aioconductor.boards.base import PostOptions
 from aioconductor.cli.output import echo
 from aioconductor.cli.output import echo_json
 from aioconductor.cli.output import run_display
 from aioconductor.cli.output import table
 from aioconductor.cli.parser import BOARD_ENV
 from aioconductor.conductor import Conductor
+from aioconductor.conductor import Retention
 from aioconductor.errors import ConfigurationError
 from aioconductor.errors import DependencyMissing
 from aioconductor.models import Job
@@ -73,6 +75,7 @@ async def _cmd_run(board: JobBoard, args: argparse.Namespace) -> int:
         max_concurrency=args.concurrency,
         lease=args.lease,
         drain_timeout=args.drain_timeout,
+        retention=_retention(args),
     )
     async with conductor, anyio.create_task_group() as tg:
         tg.start_soon(_stop_on_signals, conductor, tg.cancel_scope)
@@ -87,6 +90,12 @@ async def _cmd_run(board: JobBoard, args: argparse.Namespace) -> int:
         f"{stats.released} released, {stats.abandoned} abandoned, {stats.trashed} trashed"
     )
     return 0
+
+
+def _retention(args: argparse.Namespace) -> Retention | None:
+    if args.keep_complete is None and args.keep_trashed is None:
+        return None
+    return Retention(complete=args.keep_complete, trashed=args.keep_trashed)
 
 
 async def _stop_on_signals(conductor: Conductor, scope: anyio.CancelScope) -> None:
@@ -116,15 +125,22 @@ async def _cmd_post(board: JobBoard, args: argparse.Namespace) -> int:
         job_args = json.loads(args.args)
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"the args are not valid JSON: {exc}") from None
-    job = await board.post(
-        args.name,
-        args.flow,
-        job_args,
-        priority=args.priority,
-        max_attempts=args.max_attempts,
-        delay=args.delay,
-        retry=_retry_policy(args),
-    )
+    options: PostOptions = {
+        "priority": args.priority,
+        "max_attempts": args.max_attempts,
+        "delay": args.delay,
+        "retry": _retry_policy(args),
+    }
+    if args.key is None:
+        job = await board.post(args.name, args.flow, job_args, **options)
+    else:
+        job, created = await board.get_or_post(
+            args.name, args.flow, job_args, key=args.key, **options
+        )
+        if not created:
+            echo(
+                f"key {args.key!r} is held by job {job.id} ({job.state}): nothing posted", err=True
+            )
     echo(job.id)
     return 0
 
@@ -144,6 +160,7 @@ def _row(job: Job) -> list[str]:
         f"{job.attempts}/{job.max_attempts}",
         job.flow[:30],
         job.name[:40],
+        (job.key or "")[:40],
         str(outcome)[:60],
     ]
 
@@ -155,13 +172,13 @@ async def _cmd_jobs(board: JobBoard, args: argparse.Namespace) -> int:
             echo_json(job.model_dump_json())
         return 0
     rows = [_row(job) async for job in board.iterjobs(state=state)]
-    headers = ["id", "state", "prio", "try", "flow", "name", "outcome"]
+    headers = ["id", "state", "prio", "try", "flow", "name", "key", "outcome"]
     table(headers, rows, right={2, 3})
     return 0
 
 
 async def _cmd_show(board: JobBoard, args: argparse.Namespace) -> int:
-    job = await board.get(args.job_id)
+    job = await (board.get(args.job_id) if args.key is None else board.get_by_key(args.key))
     echo_json(json.dumps(job.model_dump(mode="json"), indent=2, sort_keys=True))
     return 0
 
@@ -169,6 +186,17 @@ async def _cmd_show(board: JobBoard, args: argparse.Namespace) -> int:
 async def _cmd_trash(board: JobBoard, args: argparse.Namespace) -> int:
     job = await board.trash(args.job_id, reason=args.reason)
     echo(f"{job.id} trashed: {job.trash_reason}")
+    return 0
+
+
+async def _cmd_purge(board: JobBoard, args: argparse.Namespace) -> int:
+    states = args.state or [JobState.COMPLETE.value, JobState.TRASHED.value]
+    if args.store:
+        async with open_store(args.store) as store:
+            count = await board.purge(older_than=args.older_than, states=states, store=store)
+    else:
+        count = await board.purge(older_than=args.older_than, states=states)
+    echo(f"purged {count} jobs ({', '.join(states)}) that ended {args.older_than:g} s ago or more")
     return 0
 
 
@@ -213,6 +241,7 @@ _BOARD_COMMANDS: dict[str, Callable[[JobBoard, argparse.Namespace], Awaitable[in
     "jobs": _cmd_jobs,
     "show": _cmd_show,
     "trash": _cmd_trash,
+    "purge": _cmd_purge,
     "conductors": _cmd_conductors,
     "dashboard": _cmd_dashboard,
 }

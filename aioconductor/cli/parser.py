@@ -8,12 +8,36 @@ from pathlib import Path
 
 from aioconductor.models import JobState
 
-__all__ = ["BOARD_ENV", "STORE_ENV", "build_parser"]
+__all__ = ["BOARD_ENV", "STORE_ENV", "build_parser", "duration", "retention_age"]
 
 #: The environment variable a board URL is read from when ``--board`` is not given.
 BOARD_ENV = "AIOCONDUCTOR_BOARD_URL"
 #: The environment variable a store URL is read from when ``--store`` is not given.
 STORE_ENV = "AIOCONDUCTOR_STORE_URL"
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
+
+
+def duration(text: str) -> float:
+    """Seconds from ``90``, ``1.5``, ``45s``, ``30m``, ``12h``, ``7d`` or ``2w`` (argparse type)."""
+    value = text.strip().lower()
+    scale = _UNITS.get(value[-1:], None)
+    number = value[:-1] if scale is not None else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (seconds, or a number with s, m, h, d or w)"
+        ) from None
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration >= 0")
+    return seconds
+
+
+def retention_age(text: str) -> float | None:
+    """A :func:`duration`, or None for ``forever`` (argparse type)."""
+    return None if text.strip().lower() == "forever" else duration(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="log lines at this level and above (one line per finished job at INFO)",
     )
     run.add_argument(
+        "--keep-complete",
+        type=retention_age,
+        default=7 * 86_400.0,
+        metavar="AGE",
+        help="purge COMPLETE jobs this long after they ended (7d, 12h, 'forever'; default 7d)",
+    )
+    run.add_argument(
+        "--keep-trashed",
+        type=retention_age,
+        default=30 * 86_400.0,
+        metavar="AGE",
+        help="purge TRASHED jobs this long after they were trashed (default 30d)",
+    )
+    run.add_argument(
         "--loop",
         choices=["asyncio", "uvloop"],
         default="asyncio",
@@ -61,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     post.add_argument("--max-attempts", type=int, default=3)
     post.add_argument("--delay", type=float, default=None, help="seconds before it may run")
     post.add_argument(
+        "--key",
+        default=None,
+        help="an idempotency key: if a job holds it, nothing is posted and that job's id printed",
+    )
+    post.add_argument(
         "--retries", type=int, default=None, help="run it again up to N times if its flow fails"
     )
     post.add_argument(
@@ -71,12 +114,35 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--state", choices=[s.value for s in JobState], type=str.upper)
     jobs.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    show = with_board(sub.add_parser("show", help="show one job"))
-    show.add_argument("job_id")
+    show = with_board(sub.add_parser("show", help="show one job, by id or by key"))
+    which = show.add_mutually_exclusive_group(required=True)
+    which.add_argument("job_id", nargs="?", help="the job's id")
+    which.add_argument("--key", help="the job's idempotency key")
 
     trash = with_board(sub.add_parser("trash", help="trash a job"))
     trash.add_argument("job_id")
     trash.add_argument("--reason", default="trashed by an operator")
+
+    purge = with_board(sub.add_parser("purge", help="delete finished jobs past an age"))
+    purge.add_argument(
+        "--older-than",
+        type=duration,
+        required=True,
+        metavar="AGE",
+        help="delete jobs that ended at least this long ago (90, 30m, 12h, 7d)",
+    )
+    purge.add_argument(
+        "--state",
+        action="append",
+        choices=[JobState.COMPLETE.value, JobState.TRASHED.value],
+        type=str.upper,
+        help="only jobs in this state (repeatable; default both)",
+    )
+    purge.add_argument(
+        "--store",
+        default=os.environ.get(STORE_ENV),
+        help=f"also delete the jobs' logbooks from this store (default: ${STORE_ENV})",
+    )
 
     with_board(sub.add_parser("conductors", help="list the conductors alive"))
 
