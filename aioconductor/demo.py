@@ -18,10 +18,12 @@ from typing import Any, TextIO
 
 import anyio
 
+from aioconductor.boards import JobBoard
 from aioconductor.boards import open_board
 from aioconductor.conductor import Conductor
 from aioconductor.engine import Task
 from aioconductor.engine import linear
+from aioconductor.models import Job
 from aioconductor.models import JobState
 from aioconductor.models import Outcome
 from aioconductor.persistence import open_store
@@ -125,16 +127,13 @@ async def run_demo(
         async with open_board(url) as board, open_store(url) as store:
             out.write(f"aioconductor demo: {jobs} orders on {url}\n")
             for n in range(jobs):
-                await board.post(
-                    f"order-{n:05d}",
-                    "order",
-                    {
-                        "order_id": f"{n:05d}",
-                        "items": ["book", "lamp"],
-                        "amount": 10.0 + n % 90,
-                        "decline_rate": decline_rate,
-                    },
-                )
+                await _post_order(board, n, decline_rate)
+            # A client that retries a post after a timeout: the key finds the order's job.
+            again = min(jobs, 10)
+            for n in range(again):
+                if (await _post_order(board, n, decline_rate))[1]:
+                    raise RuntimeError(f"order {n} was posted twice under one key")
+            out.write(f"posted {again} orders again under their keys: nothing duplicated\n")
             await board.post("order-mystery", "no-such-flow", {"order_id": "x"})
             total = jobs + 1
             started = time.monotonic()
@@ -166,6 +165,21 @@ async def run_demo(
     if example:
         out.write(f"a reverted order: {example}\n")
     return summary
+
+
+async def _post_order(board: JobBoard, n: int, decline_rate: float) -> tuple[Job, bool]:
+    """Post order ``n`` under its idempotency key; the job and whether it was created."""
+    return await board.get_or_post(
+        f"order-{n:05d}",
+        "order",
+        {
+            "order_id": f"{n:05d}",
+            "items": ["book", "lamp"],
+            "amount": 10.0 + n % 90,
+            "decline_rate": decline_rate,
+        },
+        key=f"order-{n:05d}",
+    )
 
 
 async def _show_progress(conductor: Conductor, total: int, started: float, out: TextIO) -> None:

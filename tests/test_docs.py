@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,22 @@ def test_the_page_example_runs(page: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "jobs.db").exists()
+
+
+def test_the_readme_example_run_twice_makes_one_job(tmp_path: Path) -> None:
+    [example] = [b for b in python_blocks(REPO / "README.md") if "anyio.run(main)" in b]
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, "-c", example],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "jobs.db") as db:
+        assert db.execute("SELECT count(*) FROM jobs").fetchone() == (1,)
 
 
 def test_every_docs_page_is_linked_from_the_index() -> None:
