@@ -15,6 +15,10 @@ Key layout (all under the namespace's hash tag ``aioc:{NAME}:``, one Redis Clust
   ``expires_at``; a script moves those that are due into ``ready`` and announces them.
 - ``all`` and ``state:<STATE>``: the same members, for ``iterjobs`` and ``job_count``.
 - ``seq``: the post-order counter; ``conductors`` and ``conductor:<owner>``: live conductors.
+- ``keys``: a hash of idempotency key -> id of the job holding it (checked and set by the post
+  script; the job's hash keeps its key as ``key``).
+- ``ended:COMPLETE`` / ``ended:TRASHED``: finished jobs scored by when they ended
+  (``updated_at``), for ``purge`` (see :mod:`aioconductor._backends.redis.board_retention`).
 - ``events``: the pub/sub channel every post, abandon, release and promotion publishes to (a
   retried job is announced by the promotion that makes it claimable).
 """
@@ -25,7 +29,6 @@ import contextlib
 import functools
 import json
 import math
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self, cast
 
@@ -38,6 +41,7 @@ from aioconductor._backends.redis import scripts
 from aioconductor._backends.redis.board_prelude import KEY_NAMES
 from aioconductor._backends.redis.board_prelude import PROMOTE_LIMIT
 from aioconductor._backends.redis.board_prelude import member_id
+from aioconductor._backends.redis.board_retention import Retention
 from aioconductor._backends.redis.board_scripts import BoardScripts
 from aioconductor._backends.redis.link import RedisLink
 from aioconductor._backends.redis.link import fmt_time
@@ -84,6 +88,7 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
         self._channel = f"{self._prefix}events"
         self._keys = [self._prefix + name for name in KEY_NAMES]
         self._scripts = scripts.load(BoardScripts, self._link.client)
+        self._retention = Retention(self._link, self._scripts, self._keys, self._prefix)
         #: When the earliest delayed job or lease falls due, as last seen.
         self._due = DueTimer()
 
@@ -113,10 +118,33 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
         return job
 
     async def _post_many(self, specs: list[PostSpec]) -> list[Job]:
+        jobs: list[Job | None] = [None] * len(specs)
+        todo = list(range(len(specs)))
+        while todo:
+            held: dict[int, str] = {}
+            replies = await self._post_specs([specs[at] for at in todo])
+            for at, reply in zip(todo, replies, strict=True):
+                if reply[0] == "held":
+                    held[at] = reply[2]
+                    continue
+                status, now, job = records.parse_reply(reply)
+                assert status == "ok" and job is not None
+                if job.state is JobState.SCHEDULED and job.not_before is not None:
+                    self._due.note(job.not_before, now)
+                jobs[at] = job
+            holders = await self._get_many(list(held.values())) if held else []
+            for at, holder in zip(held, holders, strict=True):
+                jobs[at] = holder
+            # A holder purged since is no holder: those specs are posted again.
+            todo = [at for at, holder in zip(held, holders, strict=True) if holder is None]
+        return [job for job in jobs if job is not None]
+
+    async def _post_specs(self, specs: list[PostSpec]) -> list[Any]:
+        """Run the post script for each of ``specs``, in order; the replies."""
         script = self._scripts.post
         calls = []
         for spec in specs:
-            job_id = str(uuid.uuid4())
+            job_id = spec.id
             not_before = "" if spec.not_before is None else fmt_time(spec.not_before)
             argv = [
                 self._job_prefix,
@@ -131,23 +159,15 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
                 not_before,
                 spec.headers_json.decode("utf-8"),
                 "" if spec.retry_json is None else spec.retry_json.decode("utf-8"),
+                spec.key or "",
             ]
             calls.append((script, [*self._keys, self._job_key(job_id)], argv))
         # The ids are chosen here and the script returns an existing job unchanged, so posts
         # whose replies were lost can be retried without posting twice. One post alone rides
         # in the pipeline of its event-loop turn; several go as one pipeline of their own.
         if len(calls) == 1:
-            replies = [await self._link.read("post", lambda: self._link.script(*calls[0]))]
-        else:
-            replies = await self._link.read("post", lambda: self._link.scripts(calls))
-        jobs = []
-        for reply in replies:
-            status, now, job = records.parse_reply(reply)
-            assert status == "ok" and job is not None
-            if job.state is JobState.SCHEDULED and job.not_before is not None:
-                self._due.note(job.not_before, now)
-            jobs.append(job)
-        return jobs
+            return [await self._link.read("post", lambda: self._link.script(*calls[0]))]
+        return await self._link.read("post", lambda: self._link.scripts(calls))
 
     async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
         reply = await self._run(self._scripts.claim, "claim", [owner, fmt_time(lease)], job_id)
@@ -215,16 +235,46 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
         return float(seconds) + micros / 1_000_000
 
     async def _get(self, job_id: str) -> Job:
+        (job,) = await self._get_many([job_id])
+        if job is None:
+            raise JobNotFound(f"no job {job_id!r} on this board")
+        return job
+
+    async def _get_many(self, job_ids: list[str]) -> list[Job | None]:
+        """The jobs as readers see them now (None for one not on the board), in one read."""
+
         async def fetch() -> list[Any]:
             async with self._link.client.pipeline(transaction=False) as pipe:
                 pipe.time()
-                pipe.hgetall(self._job_key(job_id))
+                for job_id in job_ids:
+                    pipe.hgetall(self._job_key(job_id))
                 return await pipe.execute()
 
-        (seconds, micros), fields = await self._link.read("get", fetch)
-        if not fields:
-            raise JobNotFound(f"no job {job_id!r} on this board")
-        return visible(records.job_from_hash(fields), float(seconds) + micros / 1_000_000)
+        (seconds, micros), *found = await self._link.read("get", fetch)
+        now = float(seconds) + micros / 1_000_000
+        return [visible(records.job_from_hash(fields), now) if fields else None for fields in found]
+
+    async def _get_by_key(self, key: str) -> Job:
+        keys = self._prefix + "keys"
+        # A holder purged between the two reads may have left its key to a new job: look again.
+        for _ in range(3):
+            job_id = await self._link.read("get_by_key", lambda: self._link.client.hget(keys, key))
+            if job_id is None:
+                break
+            (job,) = await self._get_many([str(job_id)])
+            if job is not None:
+                return job
+        raise JobNotFound(f"no job holds the key {key!r} on this board")
+
+    # -- retention -----------------------------------------------------------------------------
+
+    async def _purgeable(
+        self, older_than: float, states: tuple[JobState, ...], limit: int
+    ) -> list[str]:
+        return await self._retention.purgeable(older_than, states, limit)
+
+    async def _purge(self, job_ids: list[str]) -> int:
+        return await self._retention.purge(job_ids)
 
     async def _scored(self, key: str, start: int) -> list[tuple[str, float]]:
         """One chunk of (member, score) of sorted set ``key`` from rank ``start``."""

@@ -53,12 +53,14 @@ async def test_every_key_of_a_namespace_is_in_one_cluster_slot(
     board: JobBoard, namespace: str, sync_redis: redis.Redis
 ) -> None:
     job = await board.post("j", "f", delay=60)
-    other = await board.post("k", "f")
+    other = await board.post("k", "f", key="{key}")
     claim = await board.claim(other.id, "owner-1")
     await board.consume(claim)
     await board.register_conductor("a{b}c", "worker", ttl=30)
     keys = list(sync_redis.scan_iter(match=f"aioc:{{{namespace}}}:*"))
     assert any(job.id.encode() in key for key in keys)
+    prefix = f"aioc:{{{namespace}}}:".encode()
+    assert {prefix + b"keys", prefix + b"ended:COMPLETE"} <= set(keys)
     assert len({key_slot(key) for key in keys}) == 1
     assert {key_slot(key) for key in keys} == {key_slot(f"{{{namespace}}}".encode())}
 

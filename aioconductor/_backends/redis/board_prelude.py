@@ -12,7 +12,8 @@ from __future__ import annotations
 
 __all__ = ["CLAIMED", "GIVE_BACK", "KEY_NAMES", "PRELUDE", "PROMOTE_LIMIT", "member_id"]
 
-#: The names of the board's shared keys, in the order scripts receive them as KEYS[1..10].
+#: The names of the board's shared keys, in the order scripts receive them as KEYS[1..13]; a
+#: script about one job gets its hash as KEYS[JOB], after them.
 KEY_NAMES = (
     "ready",
     "delayed",
@@ -24,6 +25,9 @@ KEY_NAMES = (
     "state:COMPLETE",
     "state:TRASHED",
     "seq",
+    "keys",
+    "ended:COMPLETE",
+    "ended:TRASHED",
 )
 
 #: How many due jobs and how many expired leases one script promotes at most (bounds its run).
@@ -43,7 +47,10 @@ PRELUDE = """
 local ready, delayed, leases, all = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local by_state = {SCHEDULED = KEYS[5], UNCLAIMED = KEYS[6], CLAIMED = KEYS[7],
                   COMPLETE = KEYS[8], TRASHED = KEYS[9]}
-local seq_key = KEYS[10]
+local seq_key, keys_of = KEYS[10], KEYS[11]
+-- Finished jobs by when they ended (updated_at), a sorted set per final state, for purge.
+local ended = {COMPLETE = KEYS[12], TRASHED = KEYS[13]}
+local JOB = @JOB@
 local prefix, channel = ARGV[1], ARGV[2]
 local PROMOTE_LIMIT = @PROMOTE_LIMIT@
 
@@ -78,6 +85,13 @@ local function set_state(job, member, priority, old, new)
     redis.call('ZADD', by_state[new], score(priority), member)
   end
   redis.call('HSET', job, 'state', new)
+end
+
+-- End the job in final state `new` at `now` (its updated_at), indexed for purge by that time.
+local function finish(job, member, priority, old, new, now)
+  set_state(job, member, priority, old, new)
+  redis.call('HSET', job, 'updated_at', num(now))
+  redis.call('ZADD', ended[new], num(now), member)
 end
 
 local function claimable(state, not_before, expires_at, now)
@@ -134,12 +148,12 @@ local function current(job, owner, token)
   if f[1] ~= 'CLAIMED' or f[2] ~= owner or f[3] ~= token then return nil, 'lost' end
   return f
 end
-""".replace("@PROMOTE_LIMIT@", str(PROMOTE_LIMIT))
+""".replace("@PROMOTE_LIMIT@", str(PROMOTE_LIMIT)).replace("@JOB@", str(len(KEY_NAMES) + 1))
 
 #: The start of a verb with a claim (ARGV[3..4] = owner, token): `job`, `now`, and `f` the job's
 #: fields (see `current`), or the refusal answered.
 CLAIMED = """
-local job = KEYS[11]
+local job = KEYS[JOB]
 local now = clock()
 local f, why = current(job, ARGV[3], ARGV[4])
 if not f then return reply(why, now, why == 'lost' and job or nil) end"""

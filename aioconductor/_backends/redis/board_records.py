@@ -60,6 +60,7 @@ def job_from_hash(fields: dict[str, str]) -> Job:
         name=fields["name"],
         flow=fields["flow"],
         args=decode_json(fields["args"]),
+        key=fields.get("key"),
         priority=int(fields["priority"]),
         seq=int(fields["seq"]),
         created_at=float(fields["created_at"]),

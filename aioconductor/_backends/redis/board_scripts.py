@@ -3,10 +3,12 @@
 Each starts with the prelude of :mod:`aioconductor._backends.redis.board_prelude` (its KEYS and
 ARGV, the server's clock, the functions the transitions share).
 
-Every script answers ``{status, now, field, value, field, value, ...}`` (the job's hash) or
-``{status, now}``. Statuses: ``ok``, ``none``, ``notfound``, ``lost``, ``unclaimable``, ``final``.
+Every transition answers ``{status, now, field, value, field, value, ...}`` (the job's hash) or
+``{status, now}``. Statuses: ``ok``, ``none``, ``notfound``, ``lost``, ``unclaimable``, ``final``;
+and ``held`` (``{'held', now, id}``: a post whose key a job holds). The retention scripts
+(``PURGEABLE``, ``BACKFILL``, ``PURGE``) answer as their comments say.
 
-Fields written only once they are set (absent reads as 0, none or empty): ``releases``,
+Fields written only once they are set (absent reads as 0, none or empty): ``key``, ``releases``,
 ``abandons``, ``retries``, ``retry`` (the policy as JSON), ``failures`` (a JSON array, see
 ``RETRY``), ``not_before``, ``headers``, ``owner``/``expires_at`` (while claimed) and the
 outcome's fields.
@@ -29,6 +31,7 @@ from aioconductor.models import MAX_KEPT_FAILURES
 
 __all__ = [
     "ABANDON",
+    "BACKFILL",
     "CLAIM",
     "CLAIM_BATCH",
     "CLAIM_NEXT",
@@ -36,6 +39,8 @@ __all__ = [
     "COUNT",
     "POST",
     "PROMOTE",
+    "PURGE",
+    "PURGEABLE",
     "REGISTER",
     "RELEASE",
     "RENEW",
@@ -44,15 +49,20 @@ __all__ = [
     "BoardScripts",
 ]
 
-#: KEYS[11] = job; ARGV[3..] = id, name, flow, args, priority, max_attempts, delay, not_before,
-#: headers, retry policy ('' for none).
+#: KEYS[JOB] = job; ARGV[3..] = id, name, flow, args, priority, max_attempts, delay, not_before,
+#: headers, retry policy ('' for none), key ('' for none). A key held by a job (whatever its
+#: state) writes nothing and answers ``{'held', now, holder's id}``.
 POST = (
     PRELUDE
     + """
-local job = KEYS[11]
+local job = KEYS[JOB]
 if redis.call('EXISTS', job) == 1 then return reply('ok', clock(), job) end
 local now = clock()
-local id, priority = ARGV[3], ARGV[7]
+local id, priority, key = ARGV[3], ARGV[7], ARGV[13]
+if key ~= '' then
+  local holder = redis.call('HGET', keys_of, key)
+  if holder then return {'held', num(now), holder} end
+end
 local seq = string.format('%d', redis.call('INCR', seq_key))
 local member = string.format('%016x', tonumber(seq)) .. ':' .. id
 local not_before = nil
@@ -69,6 +79,10 @@ redis.call('HSET', job, 'id', id, 'name', ARGV[4], 'flow', ARGV[5], 'args', ARGV
 if not_before then redis.call('HSET', job, 'not_before', not_before) end
 if ARGV[11] ~= '{}' then redis.call('HSET', job, 'headers', ARGV[11]) end
 if ARGV[12] ~= '' then redis.call('HSET', job, 'retry', ARGV[12]) end
+if key ~= '' then
+  redis.call('HSET', job, 'key', key)
+  redis.call('HSET', keys_of, key, id)
+end
 redis.call('ZADD', all, score(priority), member)
 redis.call('ZADD', by_state[state], score(priority), member)
 if state == 'SCHEDULED' then
@@ -81,11 +95,11 @@ return reply('ok', now, job)
 """
 )
 
-#: KEYS[11] = job; ARGV[3..] = owner, lease.
+#: KEYS[JOB] = job; ARGV[3..] = owner, lease.
 CLAIM = (
     PRELUDE
     + """
-local job = KEYS[11]
+local job = KEYS[JOB]
 local now = clock()
 local f = redis.call('HMGET', job, 'state', 'not_before', 'expires_at', 'member', 'priority')
 if not f[1] then return reply('notfound', now, nil) end
@@ -143,7 +157,7 @@ return out
 """
 )
 
-#: KEYS[11] = job; ARGV[3..] = owner, token, lease.
+#: KEYS[JOB] = job; ARGV[3..] = owner, token, lease.
 RENEW = (
     PRELUDE
     + CLAIMED
@@ -156,20 +170,20 @@ return reply('ok', now, job)
 """
 )
 
-#: KEYS[11] = job; ARGV[3..] = owner, token, outcome, result.
+#: KEYS[JOB] = job; ARGV[3..] = owner, token, outcome, result.
 CONSUME = (
     PRELUDE
     + CLAIMED
     + """
-set_state(job, f[4], f[5], 'CLAIMED', 'COMPLETE')
-redis.call('HSET', job, 'outcome', ARGV[5], 'result', ARGV[6], 'updated_at', num(now))
+finish(job, f[4], f[5], 'CLAIMED', 'COMPLETE', now)
+redis.call('HSET', job, 'outcome', ARGV[5], 'result', ARGV[6])
 redis.call('ZREM', leases, f[4])
 redis.call('ZREM', ready, f[4])
 return reply('ok', now, job)
 """
 )
 
-#: KEYS[11] = job; ARGV[3..] = owner, token. The run spent its attempt.
+#: KEYS[JOB] = job; ARGV[3..] = owner, token. The run spent its attempt.
 ABANDON = (
     PRELUDE
     + GIVE_BACK
@@ -181,7 +195,7 @@ return reply('ok', now, job)
 """
 )
 
-#: KEYS[11] = job; ARGV[3..] = owner, token. The attempt is given back, at most max_attempts
+#: KEYS[JOB] = job; ARGV[3..] = owner, token. The attempt is given back, at most max_attempts
 #: times a job; later releases spend it as abandon does.
 RELEASE = (
     PRELUDE
@@ -200,7 +214,7 @@ return reply('ok', now, job)
 """
 )
 
-#: KEYS[11] = job; ARGV[3..] = owner, token, delay, the run's failure as JSON ('' for none).
+#: KEYS[JOB] = job; ARGV[3..] = owner, token, delay, the run's failure as JSON ('' for none).
 #:
 #: ``failures`` is a JSON array whose items are the failures exactly as the board encoded
 #: them, one a line: compact JSON never holds a raw newline (inside strings it is escaped), so
@@ -237,11 +251,11 @@ return reply('ok', now, job)
 """
 ).replace("@MAX_KEPT_FAILURES@", str(MAX_KEPT_FAILURES))
 
-#: KEYS[11] = job; ARGV[3..] = with_claim ('1' or '0'), owner, token, reason.
+#: KEYS[JOB] = job; ARGV[3..] = with_claim ('1' or '0'), owner, token, reason.
 TRASH = (
     PRELUDE
     + """
-local job = KEYS[11]
+local job = KEYS[JOB]
 local now = clock()
 local state, member, priority
 if ARGV[3] == '1' then
@@ -254,8 +268,8 @@ else
   if f[1] == 'COMPLETE' or f[1] == 'TRASHED' then return reply('final', now, job) end
   state, member, priority = f[1], f[2], f[3]
 end
-set_state(job, member, priority, state, 'TRASHED')
-redis.call('HSET', job, 'trash_reason', ARGV[6], 'updated_at', num(now))
+finish(job, member, priority, state, 'TRASHED', now)
+redis.call('HSET', job, 'trash_reason', ARGV[6])
 redis.call('ZREM', ready, member)
 redis.call('ZREM', delayed, member)
 redis.call('ZREM', leases, member)
@@ -290,6 +304,85 @@ local state = ARGV[3]
 local n = redis.call('ZCARD', by_state[state])
 if state == 'UNCLAIMED' then n = n + due elseif state == 'SCHEDULED' then n = n - due end
 return {num(now), n}
+"""
+)
+
+#: Read only. ARGV[3..] = older_than, limit, then the final states. Answers the states whose
+#: ``ended`` set lacks jobs of ``state:<STATE>`` (space-separated: jobs that ended before the
+#: set existed, or by a script that did not index them), then the members of up to ``limit``
+#: jobs that ended at or before now less older_than, oldest first (post order breaks ties).
+PURGEABLE = (
+    PRELUDE
+    + """
+local cutoff = num(clock() - tonumber(ARGV[3]))
+local limit = tonumber(ARGV[4])
+local stale, found = {}, {}
+for i = 5, #ARGV do
+  local state = ARGV[i]
+  if redis.call('ZCARD', by_state[state]) ~= redis.call('ZCARD', ended[state]) then
+    stale[#stale + 1] = state
+  end
+  local got = redis.call('ZRANGEBYSCORE', ended[state], '-inf', cutoff, 'WITHSCORES', 'LIMIT', 0,
+    limit)
+  for j = 1, #got, 2 do found[#found + 1] = {tonumber(got[j + 1]), got[j]} end
+end
+table.sort(found, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end)
+local out = {table.concat(stale, ' ')}
+for i = 1, math.min(limit, #found) do out[#out + 1] = found[i][2] end
+return out
+"""
+)
+
+#: KEYS[JOB..] = the jobs; ARGV[3] = a final state, ARGV[4..] = the jobs' members (read from
+#: ``state:<STATE>``). Indexes in ``ended:<STATE>`` those still in that state, by their
+#: ``updated_at``; drops the index entries of a job whose hash is gone. Answers how many it
+#: indexed.
+BACKFILL = (
+    PRELUDE
+    + """
+local state = ARGV[3]
+local indexed = 0
+for i = 4, #ARGV do
+  local member, job = ARGV[i], KEYS[JOB + i - 4]
+  if redis.call('ZSCORE', by_state[state], member) then
+    local f = redis.call('HMGET', job, 'state', 'updated_at')
+    if not f[1] then
+      -- Evicted or deleted by hand: its entries lead nowhere, and would keep the sets unequal.
+      redis.call('ZREM', by_state[state], member)
+      redis.call('ZREM', all, member)
+    elseif f[1] == state then
+      indexed = indexed + redis.call('ZADD', ended[state], 'NX', f[2], member)
+    end
+  end
+end
+return indexed
+"""
+)
+
+#: KEYS[JOB..] = the jobs; ARGV[3..] = their ids. Deletes those that are finished (with every
+#: index entry and their key); answers how many.
+PURGE = (
+    PRELUDE
+    + """
+local deleted = 0
+for i = 3, #ARGV do
+  local job = KEYS[JOB + i - 3]
+  local f = redis.call('HMGET', job, 'state', 'member', 'key', 'id')
+  if (f[1] == 'COMPLETE' or f[1] == 'TRASHED') and f[4] == ARGV[i] then
+    redis.call('DEL', job)
+    redis.call('ZREM', all, f[2])
+    redis.call('ZREM', by_state[f[1]], f[2])
+    redis.call('ZREM', ended[f[1]], f[2])
+    if f[3] and redis.call('HGET', keys_of, f[3]) == ARGV[i] then
+      redis.call('HDEL', keys_of, f[3])
+    end
+    deleted = deleted + 1
+  end
+end
+return deleted
 """
 )
 
@@ -329,3 +422,6 @@ class BoardScripts:
     promote: AsyncScript = field(metadata=lua(PROMOTE))
     count: AsyncScript = field(metadata=lua(COUNT))
     register: AsyncScript = field(metadata=lua(REGISTER))
+    purgeable: AsyncScript = field(metadata=lua(PURGEABLE))
+    backfill: AsyncScript = field(metadata=lua(BACKFILL))
+    purge: AsyncScript = field(metadata=lua(PURGE))
