@@ -19,6 +19,10 @@ is the post order; ``ready_at`` is when an unfinished job is claimable from, NUL
 and ``conductors``. ``args`` and ``result`` are ``json``, not ``jsonb``: ``json`` keeps the text
 as written, so a ``\\u0000`` in a string, key order and numbers come back exactly as posted.
 
+Keys and retention: ``job_key`` has a partial unique index per namespace, and a post is one
+``INSERT ... ON CONFLICT DO NOTHING`` (see ``_backends.postgres.posting``); ``purge`` reads the
+partial index of finished jobs by end time and deletes a batch by id in one short statement.
+
 Notifications: post, abandon and release (and a retry due at once) ``pg_notify`` the
 namespace's channel in the same statement, so a notification goes out exactly when the change
 commits; each ``stream()`` LISTENs on a connection of its own. Delays, retries and leases that
@@ -28,7 +32,6 @@ fall due are found by the stream's sweep.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any, Self, Unpack
 
@@ -39,6 +42,9 @@ from aioconductor._backends.postgres.board_sql import json_text
 from aioconductor._backends.postgres.board_sql import seconds
 from aioconductor._backends.postgres.link import PostgresLink
 from aioconductor._backends.postgres.listen import ListenSubscription
+from aioconductor._backends.postgres.posting import check_spec
+from aioconductor._backends.postgres.posting import post_many
+from aioconductor._backends.postgres.posting import post_one
 from aioconductor._backends.postgres.schema import refuse_nul
 from aioconductor._backends.postgres.schema import with_schema
 from aioconductor._backends.postgres.urls import URL_OPTIONS
@@ -174,52 +180,51 @@ class PostgresJobBoard(JobBoard):
         name: str,
         flow: str,
         args: Mapping[str, Any] | None = None,
+        *,
+        key: str | None = None,
         **options: Unpack[PostOptions],
     ) -> Job:
         """Post a job on the caller's own asyncpg ``connection``, inside its transaction.
 
         The job exists (and conductors hear of it) only if that transaction commits; a
         rollback leaves no trace: the transactional-outbox pattern, for jobs that must exist
-        exactly when the application's own rows do. The options are those of :meth:`post`.
+        exactly when the application's own rows do. ``key`` and the options are those of
+        :meth:`post`: if a job holds ``key`` (committed, or written earlier in this
+        transaction), nothing is written and that job is returned, as :meth:`get` would show
+        it to this transaction. If another transaction is posting the same key, this call
+        waits until it ends. Under ``REPEATABLE READ`` or ``SERIALIZABLE``, a key taken by a
+        transaction that committed after this one began raises ``BoardError`` (a
+        serialization failure: retry the transaction).
 
         Example::
 
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute("INSERT INTO orders ...")
-                await board.post_in_transaction(conn, "ship", "ship-order", {"order": 7})
+                await board.post_in_transaction(
+                    conn, "ship", "ship-order", {"order": 7}, key="ship-order-7"
+                )
 
         Raises:
-            PayloadError: bad name, flow, args or option; nothing was written.
+            PayloadError: bad name, flow, args, key or option; nothing was written.
             BoardError: the statement failed; the caller's transaction is then aborted, as
                 with any failed statement.
         """
         self._check_open()
-        spec = post_spec(name, flow, args, self.max_payload_bytes, **options)
-        query, params = self._post_statement(spec)
+        spec = post_spec(name, flow, args, self.max_payload_bytes, key=key, **options)
+        check_spec(spec)
         with self._link.translate("post"):
-            rows = await connection.fetch(query, self.namespace, *params)
-        job = job_from_row(rows[0])
+            job, now = await post_one(connection, self._sql, self.namespace, self.channel, spec)
         if job.state is JobState.SCHEDULED:
-            self._due.note(job.not_before, job.created_at)
+            self._due.note(job.not_before, now)
         return job
 
-    def _post_statement(self, spec: PostSpec) -> tuple[str, tuple[Any, ...]]:
-        """The POST statement and its parameters after the namespace (a new job id)."""
-        refuse_nul("the job's name", spec.name, PayloadError)
-        refuse_nul("the job's flow name", spec.flow, PayloadError)
-        return self._sql.post, sql.post_args(self.channel, str(uuid.uuid4()), spec)
-
     async def _post(self, spec: PostSpec) -> Job:
-        query, args = self._post_statement(spec)
-        job_id = args[1]
-        # The id is chosen here and a post of an existing id writes nothing, so a post whose
+        check_spec(spec)
+        # The id is the spec's and a post of an existing id writes nothing, so a post whose
         # reply was lost is retried like a read without posting twice.
-        rows = await self._link.read("post", lambda conn: conn.fetch(query, self.namespace, *args))
-        if rows:
-            job = job_from_row(rows[0])
-            now = job.created_at
-        else:
-            job, now = await self._current(job_id)
+        job, now = await self._link.read(
+            "post", lambda conn: post_one(conn, self._sql, self.namespace, self.channel, spec)
+        )
         if job.state is JobState.SCHEDULED:
             self._due.note(job.not_before, now)
         return job
@@ -228,23 +233,15 @@ class PostgresJobBoard(JobBoard):
         if len(specs) == 1:
             return [await self._post(specs[0])]
         for spec in specs:
-            refuse_nul("the job's name", spec.name, PayloadError)
-            refuse_nul("the job's flow name", spec.flow, PayloadError)
-        ids = [str(uuid.uuid4()) for _ in specs]
-        args = sql.post_many_args(self.namespace, self.channel, ids, specs)
-        query = self._sql.post_many
-        # Ids chosen here, and a post of an existing id writes nothing: retried like a read.
-        rows = await self._link.read("post", lambda conn: conn.fetch(query, *args))
-        by_id = {job.id: job for job in map(job_from_row, rows)}
-        if len(by_id) < len(ids):  # a retry after a lost reply: read what the first one wrote
-            for job_id in ids:
-                if job_id not in by_id:
-                    by_id[job_id] = (await self._current(job_id))[0]
-        jobs = [by_id[job_id] for job_id in ids]
-        for job in jobs:
+            check_spec(spec)
+        # Ids chosen before, and a post of an existing id writes nothing: retried like a read.
+        posted = await self._link.read(
+            "post", lambda conn: post_many(conn, self._sql, self.namespace, self.channel, specs)
+        )
+        for job, now in posted:
             if job.state is JobState.SCHEDULED:
-                self._due.note(job.not_before, job.created_at)
-        return jobs
+                self._due.note(job.not_before, now)
+        return [job for job, _ in posted]
 
     async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
         refuse_nul("the owner", owner, PayloadError)
@@ -341,6 +338,27 @@ class PostgresJobBoard(JobBoard):
     async def _get(self, job_id: str) -> Job:
         job, now = await self._current(job_id)
         return visible(job, now)
+
+    async def _get_by_key(self, key: str) -> Job:
+        rows = await self._read("get_by_key", self._sql.by_key, key)
+        if not rows:
+            raise JobNotFound(f"no job holds the key {key!r} on this board")
+        return visible(job_from_row(rows[0]), rows[0][-1])
+
+    async def _purgeable(
+        self, older_than: float, states: tuple[JobState, ...], limit: int
+    ) -> list[str]:
+        wanted = [state.value for state in states]
+        rows = await self._read("purge", self._sql.purgeable, wanted, older_than, limit)
+        return [row[0] for row in rows]
+
+    async def _purge(self, job_ids: list[str]) -> int:
+        ids = [job_id for job_id in job_ids if "\x00" not in job_id]
+        # Tried once, as a transition: a retry after a lost reply would count 0 for its work.
+        deleted: int = await self._link.call(
+            "purge", lambda conn: conn.fetchval(self._sql.purge, self.namespace, ids)
+        )
+        return deleted
 
     async def _now(self) -> float:
         now: float = await self._link.read(

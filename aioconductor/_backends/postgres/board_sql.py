@@ -84,6 +84,15 @@ MIGRATIONS: Migrations = [
             ADD COLUMN IF NOT EXISTS retry json,
             ADD COLUMN IF NOT EXISTS failures json NOT NULL DEFAULT '[]'"""
     ],
+    # 4: idempotency keys (NULL for none: old jobs hold no key) unique per namespace, and the
+    # finished jobs in the order they ended, for purge (old finished jobs are indexed too).
+    [
+        "ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS job_key text",
+        """CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON {s}.jobs (namespace, job_key)
+            WHERE job_key IS NOT NULL""",
+        """CREATE INDEX IF NOT EXISTS jobs_ended ON {s}.jobs (namespace, state, updated_at)
+            WHERE state IN ('COMPLETE', 'TRASHED')""",
+    ],
 ]
 
 NOW = "extract(epoch from clock_timestamp())::float8"
@@ -100,43 +109,52 @@ FETCH = f"SELECT {COLUMNS}, {NOW} FROM {{s}}.jobs WHERE namespace = $1 AND id = 
 NOW_QUERY = f"SELECT {NOW}"
 
 # $2 channel, $3 id, $4 name, $5 flow, $6 args, $7 priority, $8 max_attempts, $9 delay,
-# $10 not_before, $11 headers, $12 the retry policy (or NULL). A post retried after a lost
-# reply finds its job already there (the id is the client's) and writes nothing.
+# $10 not_before, $11 headers, $12 the retry policy (or NULL), $13 the key (or NULL). ON CONFLICT
+# with no target covers every unique index: a post retried after a lost reply finds its job
+# already there (the id is the client's), and a post whose key is held (or being inserted by a
+# transaction not yet ended: the insert waits for it) writes nothing. Either returns no row.
 POST = f"""{_CLOCK},
     v AS (SELECT c.now, CASE WHEN $9::float8 > 0 THEN c.now + $9::float8
             ELSE $10::float8 END AS nb FROM c),
     j AS (
         INSERT INTO {{s}}.jobs AS t (namespace, id, name, flow, args, priority, created_at,
-            updated_at, not_before, max_attempts, state, ready_at, headers, retry)
+            updated_at, not_before, max_attempts, state, ready_at, headers, retry, job_key)
         SELECT $1, $3, $4, $5, $6::json, $7, v.now, v.now, v.nb, $8,
             CASE WHEN v.nb > v.now THEN 'SCHEDULED' ELSE 'UNCLAIMED' END,
-            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END, $11::json, $12::json
+            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END, $11::json, $12::json, $13::text
         FROM v
-        ON CONFLICT (namespace, id) DO NOTHING
+        ON CONFLICT DO NOTHING
         RETURNING {COLUMNS}),
     n AS (SELECT {_NOTIFY.format(kind="'posted'")} FROM j WHERE j.state = 'UNCLAIMED')
     SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
 
-# The same for many jobs in one statement, in the order given (their seq follows it): $3..$10
-# are arrays of ids, names, flows, args, priorities, max_attempts, delays and not_befores;
-# $11 the headers and $12 the retry policy (or NULL) of every job.
+# The same for many jobs in one statement, in the order given (their seq follows it): $3..$11
+# are arrays of ids, names, flows, args, priorities, max_attempts, delays, not_befores and keys;
+# $12 the headers and $13 the retry policy (or NULL) of every job. Rows are inserted in that
+# order, so of two items with one key the first is written and the second conflicts with it.
 POST_MANY = f"""{_CLOCK},
     v AS (SELECT c.now, x.*, CASE WHEN x.delay > 0 THEN c.now + x.delay ELSE x.at END AS nb
         FROM c, unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::integer[],
-            $8::integer[], $9::float8[], $10::float8[])
-            WITH ORDINALITY AS x(id, name, flow, args, priority, max_attempts, delay, at, n)),
+            $8::integer[], $9::float8[], $10::float8[], $11::text[])
+            WITH ORDINALITY AS x(id, name, flow, args, priority, max_attempts, delay, at, k, n)),
     j AS (
         INSERT INTO {{s}}.jobs AS t (namespace, id, name, flow, args, priority, created_at,
-            updated_at, not_before, max_attempts, state, ready_at, headers, retry)
+            updated_at, not_before, max_attempts, state, ready_at, headers, retry, job_key)
         SELECT $1, v.id, v.name, v.flow, v.args::json, v.priority, v.now, v.now, v.nb,
             v.max_attempts,
             CASE WHEN v.nb > v.now THEN 'SCHEDULED' ELSE 'UNCLAIMED' END,
-            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END, $11::json, $12::json
+            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END, $12::json, $13::json, v.k
         FROM v ORDER BY v.n
-        ON CONFLICT (namespace, id) DO NOTHING
+        ON CONFLICT DO NOTHING
         RETURNING {COLUMNS}),
     n AS (SELECT {_NOTIFY.format(kind="'posted'")} FROM j WHERE j.state = 'UNCLAIMED')
     SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
+# What a post that wrote nothing finds, in a statement of its own (a snapshot taken after the
+# insert waited for the holder's transaction): the jobs with ids $2 or keys $3, and the time.
+HOLDERS = f"""SELECT {COLUMNS}, {NOW} FROM {{s}}.jobs
+    WHERE namespace = $1 AND (id = ANY($2::text[]) OR job_key = ANY($3::text[]))"""
+# $2 the key.
+BY_KEY = f"SELECT {COLUMNS}, {NOW} FROM {{s}}.jobs WHERE namespace = $1 AND job_key = $2"
 
 
 def _take(owner: str, lease: str) -> str:
@@ -264,6 +282,21 @@ def count(state: JobState | None) -> str:
         WHERE namespace = $1 AND {state_condition(state, "$2")}"""
 
 
+# Up to $4 finished jobs in states $2 that ended $3 seconds ago or earlier, oldest first: one
+# short range scan of jobs_ended per state (the IN repeats the index's predicate, so the
+# planner may use it).
+PURGEABLE = f"""{_CLOCK} SELECT e.id FROM c, unnest($2::text[]) AS s(state),
+    LATERAL (SELECT id, updated_at, seq FROM {{s}}.jobs
+        WHERE namespace = $1 AND state = s.state AND state IN ('COMPLETE', 'TRASHED')
+            AND updated_at <= c.now - $3::float8
+        ORDER BY updated_at LIMIT $4) AS e
+    ORDER BY e.updated_at, e.seq LIMIT $4"""
+# Those of the ids $2 that are finished: row locks on those rows only (claims never wait).
+PURGE = """WITH d AS (DELETE FROM {s}.jobs
+        WHERE namespace = $1 AND id = ANY($2::text[]) AND state IN ('COMPLETE', 'TRASHED')
+        RETURNING 1)
+    SELECT count(*) FROM d"""
+
 #: The board time, and when the next delay or lease ends after it.
 SWEEP_CLOCK = f"""{_CLOCK} SELECT c.now, (SELECT min(ready_at) FROM {{s}}.jobs
         WHERE namespace = $1 AND ready_at > c.now AND state <> 'UNCLAIMED') FROM c"""
@@ -297,6 +330,10 @@ class BoardStatements:
     now: str = NOW_QUERY
     post: str = POST
     post_many: str = POST_MANY
+    holders: str = HOLDERS
+    by_key: str = BY_KEY
+    purgeable: str = PURGEABLE
+    purge: str = PURGE
     claim: str = CLAIM
     claim_next: str = CLAIM_NEXT
     claim_batch: str = CLAIM_BATCH
@@ -335,11 +372,11 @@ def sweep_kind(state: str) -> NotificationKind:
     return NotificationKind.DUE if state == JobState.SCHEDULED else NotificationKind.EXPIRED
 
 
-def post_args(channel: str, job_id: str, spec: PostSpec) -> tuple[Any, ...]:
-    """The parameters of ``POST`` after the namespace ($2 to $12)."""
+def post_args(channel: str, spec: PostSpec) -> tuple[Any, ...]:
+    """The parameters of ``POST`` after the namespace ($2 to $13)."""
     return (
         channel,
-        job_id,
+        spec.id,
         spec.name,
         spec.flow,
         spec.args_json.decode("utf-8"),
@@ -349,18 +386,17 @@ def post_args(channel: str, job_id: str, spec: PostSpec) -> tuple[Any, ...]:
         spec.not_before,
         spec.headers_json.decode("utf-8"),
         json_text(spec.retry_json),
+        spec.key,
     )
 
 
-def post_many_args(
-    namespace: str, channel: str, ids: Sequence[str], specs: Sequence[PostSpec]
-) -> tuple[Any, ...]:
+def post_many_args(namespace: str, channel: str, specs: Sequence[PostSpec]) -> tuple[Any, ...]:
     """The parameters of ``POST_MANY``, the namespace first; the headers and retry policy are
     the first spec's (a batch shares them)."""
     return (
         namespace,
         channel,
-        ids,
+        [spec.id for spec in specs],
         [spec.name for spec in specs],
         [spec.flow for spec in specs],
         [spec.args_json.decode("utf-8") for spec in specs],
@@ -368,6 +404,7 @@ def post_many_args(
         [spec.max_attempts for spec in specs],
         [seconds(spec.delay) for spec in specs],
         [spec.not_before for spec in specs],
+        [spec.key for spec in specs],
         specs[0].headers_json.decode("utf-8"),
         json_text(specs[0].retry_json),
     )
