@@ -14,15 +14,22 @@ now that were written since ``rev`` (by anyone) or whose ``ready_at`` fell in ``
 (delays passed, leases expired). The counter and the jobs are read from one snapshot, and
 writers are serialised, so every write committed after the snapshot gets a higher ``rev``: a
 sweep never misses one.
+
+Keys and retention: a keyed post is an insert the unique index ``jobs_key`` lets through only
+if no job of the namespace holds the key, then a read of the holder, in the post's write
+transaction (see :mod:`aioconductor._backends.sqlite.posting`). ``purge`` walks the partial
+index ``jobs_ended`` (finished jobs by state and ``updated_at``) and deletes by id in one
+statement that re-checks that each job is finished. Deleted jobs were never claimable, so
+sweeps, whose rows are claimable jobs only, are not affected.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Self
 
@@ -32,6 +39,9 @@ from aioconductor._backends.sqlite.link import SqliteLink
 from aioconductor._backends.sqlite.link import first_row
 from aioconductor._backends.sqlite.link import query
 from aioconductor._backends.sqlite.link import sqlite_path
+from aioconductor._backends.sqlite.posting import Written
+from aioconductor._backends.sqlite.posting import posted_job
+from aioconductor._backends.sqlite.posting import write_posts
 from aioconductor._models import build
 from aioconductor._payload import encode_json
 from aioconductor._urls import ParsedURL
@@ -158,69 +168,22 @@ class SqliteJobBoard(JobBoard):
         return job
 
     async def _post_many(self, specs: list[PostSpec]) -> list[Job]:
-        ids = [str(uuid.uuid4()) for _ in specs]
-
-        def post(conn: sqlite3.Connection) -> list[tuple[int, int, float, float | None]]:
-            now = time.time()
-            written = []
-            for job_id, spec in zip(ids, specs, strict=True):
-                not_before = spec.not_before
-                if spec.delay:
-                    not_before = now + spec.delay
-                scheduled = not_before is not None and not_before > now
-                seq, rev = self._change(
-                    conn,
-                    sql.POST,
-                    id=job_id,
-                    name=spec.name,
-                    flow=spec.flow,
-                    args=spec.args_json.decode("utf-8"),
-                    priority=spec.priority,
-                    now=now,
-                    not_before=not_before,
-                    max_attempts=spec.max_attempts,
-                    state=(JobState.SCHEDULED if scheduled else JobState.UNCLAIMED).value,
-                    ready_at=not_before if scheduled else now,
-                    headers=spec.headers_json.decode("utf-8"),
-                    retry=None if spec.retry_json is None else spec.retry_json.decode("utf-8"),
-                )
-                written.append((seq, rev, now, not_before))
-            return written
+        def post(conn: sqlite3.Connection) -> list[Written | Job]:
+            return write_posts(conn, self.namespace, specs, time.time())
 
         jobs = []
-        rows = await self._link.write("post", post)
-        for job_id, spec, (seq, rev, now, not_before) in zip(ids, specs, rows, strict=True):
-            scheduled = not_before is not None and not_before > now
-            job = build(
-                Job,
-                id=job_id,
-                name=spec.name,
-                flow=spec.flow,
-                args=spec.args,
-                priority=spec.priority,
-                seq=seq,
-                created_at=now,
-                updated_at=now,
-                not_before=not_before,
-                attempts=0,
-                max_attempts=spec.max_attempts,
-                state=JobState.SCHEDULED if scheduled else JobState.UNCLAIMED,
-                claim=None,
-                outcome=None,
-                result=None,
-                trash_reason=None,
-                headers=spec.headers,
-                releases=0,
-                abandons=0,
-                retries=0,
-                retry=spec.retry,
-                failures=[],
-            )
-            if scheduled:
-                assert not_before is not None
-                self._due.note(not_before, time.time())
+        results = await self._link.write("post", post)
+        for spec, result in zip(specs, results, strict=True):
+            if isinstance(result, Job):
+                # The key's holder, as ``get`` shows it.
+                jobs.append(visible(result, time.time()))
+                continue
+            job = posted_job(spec, result)
+            if result.scheduled:
+                assert result.not_before is not None
+                self._due.note(result.not_before, time.time())
             else:
-                self._push(job, rev, NotificationKind.POSTED)
+                self._push(job, result.rev, NotificationKind.POSTED)
             jobs.append(job)
         return jobs
 
@@ -340,6 +303,12 @@ class SqliteJobBoard(JobBoard):
         job = await self._link.read("get", lambda conn: self._fetch(conn, job_id))
         return visible(job, time.time())
 
+    async def _get_by_key(self, key: str) -> Job:
+        rows = await self._link.read("get_by_key", query(sql.BY_KEY, self._params(key=key)))
+        if not rows:
+            raise JobNotFound(f"no job holds the key {key!r} on this board")
+        return visible(job_from_row(rows[0]), time.time())
+
     def _iterjobs(self, state: JobState | None) -> AsyncIterator[Job]:
         now = time.time()
         state = None if state is None else JobState(state)
@@ -357,6 +326,37 @@ class SqliteJobBoard(JobBoard):
         params = self._params(now=time.time(), state=None if state is None else state.value)
         rows = await self._link.read("job_count", query(sql.count(state), params))
         return int(rows[0][0])
+
+    # -- retention -----------------------------------------------------------------------------
+
+    async def _purgeable(
+        self, older_than: float, states: tuple[JobState, ...], limit: int
+    ) -> list[str]:
+        def purgeable(conn: sqlite3.Connection) -> list[str]:
+            params = self._params(cutoff=time.time() - older_than, limit=limit)
+            # One walk of the jobs_ended index per state, merged here: each is cut at ``limit``,
+            # where one query over both states would sort all of their old jobs.
+            rows = [
+                row
+                for state in states
+                for row in conn.execute(sql.PURGEABLE, {**params, "state": state.value})
+            ]
+            return [job_id for _, _, job_id in sorted(rows)[:limit]]
+
+        return await self._link.snapshot("purge", purgeable)
+
+    async def _purge(self, job_ids: list[str]) -> int:
+        ids = json.dumps(job_ids)
+
+        def purge(conn: sqlite3.Connection) -> int:
+            deleted = len(conn.execute(sql.PURGE, self._params(ids=ids)).fetchall())
+            if deleted:
+                # Nothing claimable changed, so no sweep reports anything; the counter still
+                # moves, as on every write to the jobs.
+                conn.execute(sql.BUMP, self._params())
+            return deleted
+
+        return await self._link.write("purge", purge)
 
     # -- notifications -------------------------------------------------------------------------
 

@@ -7,8 +7,10 @@ Schema (``aioc_schema`` records its version, component ``board``):
   when UNCLAIMED, ``not_before`` when SCHEDULED, the lease's ``expires_at`` when CLAIMED, NULL
   once final. A job is claimable when ``ready_at`` is set and it is UNCLAIMED or ``ready_at`` has
   passed. ``rev`` is the namespace's change counter at the job's last write. ``retry`` (the
-  policy) and ``failures`` (the latest retried runs') are JSON text.
-- ``board_revs``: the change counter of each namespace, bumped by every write to a job.
+  policy) and ``failures`` (the latest retried runs') are JSON text. ``job_key`` is the
+  idempotency key (``Job.key``), unique per namespace when set.
+- ``board_revs``: the change counter of each namespace, bumped by every write to a job (a
+  purge's deletes included).
 - ``conductors``: live conductors, by namespace and owner.
 
 Named parameters: ``:ns`` the namespace, ``:now`` the board time, ``:id`` a job id, ``:owner``
@@ -22,6 +24,9 @@ from aioconductor.boards._support import JOB_COLUMNS
 from aioconductor.models import MAX_KEPT_FAILURES
 from aioconductor.models import JobState
 from aioconductor.models import NotificationKind
+
+#: The finished states, as a condition on a row (the ``jobs_ended`` index holds these rows).
+FINAL = "state IN ('COMPLETE', 'TRASHED')"
 
 SCHEMA: Migrations = [
     [
@@ -87,6 +92,16 @@ SCHEMA: Migrations = [
         "ALTER TABLE jobs ADD COLUMN retry TEXT",
         "ALTER TABLE jobs ADD COLUMN failures TEXT NOT NULL DEFAULT '[]'",
     ],
+    # 4: the idempotency key (NULL for none), unique per namespace among the jobs on the board,
+    # and the finished jobs in the order they ended, for purge. Jobs finished before this step
+    # are in that index too: their ``updated_at`` is when they ended.
+    [
+        "ALTER TABLE jobs ADD COLUMN job_key TEXT",
+        """CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs (namespace, job_key)
+            WHERE job_key IS NOT NULL""",
+        f"""CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (namespace, state, updated_at)
+            WHERE {FINAL}""",
+    ],
 ]
 
 #: Every column a ``Job`` is built from, then ``rev``.
@@ -101,11 +116,15 @@ REV = "SELECT rev FROM board_revs WHERE namespace = :ns"
 ADD_NAMESPACE = "INSERT OR IGNORE INTO board_revs (namespace, rev) VALUES (:ns, 0)"
 
 FETCH = f"SELECT {COLUMNS} FROM jobs WHERE namespace = :ns AND id = :id"
+# A post whose ``:key`` a job of the namespace holds inserts nothing and returns no row (the
+# unique index decides, under the transaction's write lock); a NULL key never conflicts.
 POST = f"""INSERT INTO jobs (namespace, id, name, flow, args, priority, created_at, updated_at,
-        not_before, max_attempts, state, ready_at, rev, headers, retry)
+        not_before, max_attempts, state, ready_at, rev, headers, retry, job_key)
     VALUES (:ns, :id, :name, :flow, :args, :priority, :now, :now,
-        :not_before, :max_attempts, :state, :ready_at, {NEXT_REV}, :headers, :retry)
+        :not_before, :max_attempts, :state, :ready_at, {NEXT_REV}, :headers, :retry, :key)
+    ON CONFLICT (namespace, job_key) WHERE job_key IS NOT NULL DO NOTHING
     RETURNING seq, rev"""
+BY_KEY = f"SELECT {COLUMNS} FROM jobs WHERE namespace = :ns AND job_key = :key"
 _TAKE = f"""UPDATE jobs SET attempts = attempts + 1, token = token + 1, state = 'CLAIMED',
     owner = :owner, expires_at = :expires, ready_at = :expires, updated_at = :now,
     rev = {NEXT_REV}"""
@@ -165,6 +184,20 @@ TRASH = update_current(_TRASHED)
 TRASH_BY_ID = f"""UPDATE jobs SET {_TRASHED}, updated_at = :now, rev = {NEXT_REV}
     WHERE namespace = :ns AND id = :id AND state NOT IN ('COMPLETE', 'TRASHED')
     RETURNING {COLUMNS}"""
+
+# The finished jobs of one :state that ended at or before :cutoff, oldest first. FINAL is
+# spelled out so that the partial index applies (SQLite matches its terms, it does not infer
+# them from ``state = :state``); INDEXED BY, so the planner never sorts every finished job.
+PURGEABLE = f"""SELECT updated_at, seq, id FROM jobs INDEXED BY jobs_ended
+    WHERE namespace = :ns AND {FINAL} AND state = :state AND updated_at <= :cutoff
+    ORDER BY updated_at, seq LIMIT :limit"""
+# :ids is a JSON array (one parameter, however long the batch). Unfinished jobs stay. CROSS
+# JOIN makes SQLite look each id up by (namespace, id); asked for ``id IN (...)`` it would walk
+# every finished job of the namespace on jobs_ended. (json_each has an ``id`` column too.)
+PURGE = f"""DELETE FROM jobs WHERE seq IN (
+        SELECT jobs.seq FROM json_each(:ids) AS wanted CROSS JOIN jobs
+        WHERE jobs.namespace = :ns AND jobs.id = wanted.value AND {FINAL})
+    RETURNING seq"""
 
 #: Which rows ``iterjobs`` and ``job_count`` take for a state, as readers see states (a
 #: SCHEDULED job whose time came counts as UNCLAIMED), and the index that lists them in order
