@@ -16,6 +16,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import service_missing
 
@@ -153,3 +154,36 @@ async def kill_server_sockets(server: tuple[str, int]) -> int:
         if killed:
             break
     return killed
+
+
+async def read_all(topic: str, partition: int = 0) -> list[Any]:
+    """Every record of one partition, from the start."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=require_kafka(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        found: list[Any] = []
+        while batch := await consumer.getmany(tp, timeout_ms=1000):
+            found.extend(batch[tp])
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def committed(group: str, topic: str, partition: int = 0) -> int | None:
+    """The offset the consumer group ``group`` committed on one partition of ``topic``."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=require_kafka(), group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        offset: int | None = await consumer.committed(TopicPartition(topic, partition))
+        return offset
+    finally:
+        await consumer.stop()

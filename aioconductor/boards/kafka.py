@@ -12,12 +12,14 @@ Topics, created by the board when missing (``NAME`` defaults to ``aioconductor``
   computed from and the job's full resulting state. Every board instance folds the whole topic
   into a view (:mod:`~aioconductor._backends.kafka.view`); first writer wins in log order, so
   exactly one of two racing claims is accepted, everywhere. Reads append a small ``sync`` record
-  and wait until the view applied it, so ``get`` sees every write acknowledged before it.
+  and wait until the view applied it, so ``get`` sees every write acknowledged before it. Keys
+  are decided in the fold too (a post whose key is held is rejected, and hands back the holder),
+  and ``purge`` writes a tombstone per finished job, which every instance's fold forgets.
 - ``NAME.NS.jobs``: ``partitions`` partitions, one record per posted job (key = job id). The
   board's conductors form the consumer group ``NAME.NS.conductors``: a member takes jobs of the
   partitions assigned to it first, and commits an offset only once every job at or below it is
   finished (:mod:`~aioconductor._backends.kafka.group`); a job scheduled again by ``retry`` is
-  not.
+  not, a purged one is.
 - ``NAME.NS.dead``: the dead-letter topic; every trashed job is written there with its reason.
 
 Cross-partition priority is best effort: a conductor prefers the best job of its own
@@ -46,17 +48,17 @@ from aioconductor._backends.kafka.log import RETRIES
 from aioconductor._backends.kafka.log import LogSubscription
 from aioconductor._backends.kafka.log import Make
 from aioconductor._backends.kafka.log import StateLog
-from aioconductor._backends.kafka.log import Write
 from aioconductor._backends.kafka.log import clock
 from aioconductor._backends.kafka.log import clock_ms
-from aioconductor._backends.kafka.log import transition
+from aioconductor._backends.kafka.records import Write
+from aioconductor._backends.kafka.records import claimable
 from aioconductor._backends.kafka.records import holds
+from aioconductor._backends.kafka.records import to_job
+from aioconductor._backends.kafka.records import transition
 from aioconductor._backends.kafka.setup import bool_option
 from aioconductor._backends.kafka.setup import bootstrap_servers
 from aioconductor._backends.kafka.view import CONDUCTOR_PREFIX
 from aioconductor._backends.kafka.view import JobView
-from aioconductor._backends.kafka.view import claimable
-from aioconductor._backends.kafka.view import to_job
 from aioconductor._models import build
 from aioconductor._urls import ParsedURL
 from aioconductor._urls import int_option
@@ -183,10 +185,13 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
     async def _post_many(self, specs: list[PostSpec]) -> list[Job]:
         ts = clock_ms()
         jobs = [records.new_job(spec, ts / 1000, self.partitions) for spec in specs]
+        # The fold decides keys: a post whose key is held (by a job the view knows, or by an
+        # earlier record of this batch) is rejected on every instance and hands back the holder.
         posted = await self._state.post(jobs, ts)
         # The state records come first: a jobs record always names a job the view knows.
-        await self._link.send_jobs(posted, ts)
-        return [to_job(d) for d in posted]
+        await self._link.send_jobs([data for created, data in posted if created], ts)
+        now = clock()
+        return [to_job(data) if created else to_job(data, now) for created, data in posted]
 
     async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
         log = self._state
@@ -300,10 +305,14 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
         await self._state.sync()
         return to_job(self._view.job(job_id), clock())
 
+    async def _get_by_key(self, key: str) -> Job:
+        await self._state.sync()
+        return to_job(self._view.by_key(key), clock())
+
     async def _iterjobs(self, state: JobState | None) -> AsyncIterator[Job]:
         await self._state.sync()
         now = clock()
-        for data in self._view.select(state, now):
+        for data in records.in_claim_order(self._view.jobs.values(), state, now):
             await checkpoint()
             yield to_job(data, now)
 
@@ -311,7 +320,21 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
         await self._state.sync()
         if state is None:
             return len(self._view.jobs)
-        return len(self._view.select(state, clock()))
+        return len(records.in_claim_order(self._view.jobs.values(), state, clock()))
+
+    # -- retention -----------------------------------------------------------------------------
+
+    async def _purgeable(
+        self, older_than: float, states: tuple[JobState, ...], limit: int
+    ) -> list[str]:
+        await self._state.sync()
+        # updated_at is stamped by clock() too, so the cutoff is on the board's own clock.
+        return self._view.ended_before(clock() - older_than, states, limit)
+
+    async def _purge(self, job_ids: list[str]) -> int:
+        # A job final in the view is final for good, so its tombstone is always right; ids the
+        # view does not hold finished (gone, or not finished) get none.
+        return await self._state.purge(job_ids)
 
     # -- notifications -------------------------------------------------------------------------
 
@@ -336,7 +359,7 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
         self._view.promote(now)
         if cursor is not None:
             return [], now
-        return self._view.waiting(now), now
+        return records.waiting(self._view.jobs.values(), now), now
 
     def _sweep_delay(self) -> float:
         # The view knows its next deadline (on the epoch clock, as its records are stamped),
@@ -361,4 +384,4 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
 
     async def _conductors(self) -> list[ConductorInfo]:
         await self._state.sync()
-        return self._view.alive_conductors(clock())
+        return records.alive_conductors(self._view.conductors.values(), clock())

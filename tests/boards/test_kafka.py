@@ -16,7 +16,6 @@ from typing import Any
 
 import anyio
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
 from aioconductor._backends.kafka.log import StateLog, Write
@@ -25,7 +24,7 @@ from aioconductor.boards import open_board
 from aioconductor.boards.kafka import KafkaJobBoard
 from aioconductor.errors import BackendUnavailable, ConfigurationError
 from aioconductor.models import JobState, NotificationKind, RetryPolicy
-from tests.kafka_helpers import kafka_url, require_kafka, unique_topic
+from tests.kafka_helpers import committed, kafka_url, read_all, require_kafka, unique_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -40,34 +39,6 @@ def _board(url: str, **kwargs: Any) -> KafkaJobBoard:
     board = open_board(url, **kwargs)
     assert isinstance(board, KafkaJobBoard)
     return board
-
-
-async def _read_all(topic: str, partition: int = 0) -> list[Any]:
-    """Every record of one partition, from the start."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=require_kafka(), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        found: list[Any] = []
-        while batch := await consumer.getmany(tp, timeout_ms=1000):
-            found.extend(batch[tp])
-        return found
-    finally:
-        await consumer.stop()
-
-
-async def _committed(group: str, topic: str, partition: int = 0) -> int | None:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=require_kafka(), group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        committed: int | None = await consumer.committed(TopicPartition(topic, partition))
-        return committed
-    finally:
-        await consumer.stop()
 
 
 @pytest.fixture
@@ -160,7 +131,7 @@ async def test_a_new_instance_replays_releases_abandons_and_retries(
         assert again.retry == policy and again.failures == [{"n": 1}]
         assert again.state is JobState.SCHEDULED and again.not_before == retried.not_before
     # The jobs record carries the policy too, for whoever reads the jobs topic.
-    records = [r for p in range(board.partitions) for r in await _read_all(board.jobs_topic, p)]
+    records = [r for p in range(board.partitions) for r in await read_all(board.jobs_topic, p)]
     assert [json.loads(r.value)["retry"] for r in records] == [policy.model_dump()]
 
 
@@ -246,7 +217,7 @@ async def test_trash_writes_the_job_and_reason_to_the_dead_letter_topic(
     kept = await board.post("kept", "f")
     job = await board.post("bad", "f", {"x": 1})
     await board.trash(job.id, reason="operator: bad input")
-    letters = await _read_all(board.dead_topic)
+    letters = await read_all(board.dead_topic)
     assert [r.key.decode() for r in letters] == [job.id]
     letter = json.loads(letters[0].value)
     assert letter["reason"] == "operator: bad input" and letter["job"]["args"] == {"x": 1}
@@ -267,16 +238,16 @@ async def test_offsets_are_committed_only_past_finished_jobs(topic: str) -> None
         for claim in claims[1:]:
             await board.consume(claim)
         await member.commit(force=True)
-        assert await _committed(board.group_id, board.jobs_topic) in (None, 0)
+        assert await committed(board.group_id, board.jobs_topic) in (None, 0)
         await board.abandon(claims[0])
         await member.commit(force=True)
-        assert await _committed(board.group_id, board.jobs_topic) in (None, 0)
+        assert await committed(board.group_id, board.jobs_topic) in (None, 0)
         # Finished at last: the commit passes all three.
         job, claim = await board.claim_next("o")  # type: ignore[misc]
         assert job.id == posted[0].id
         await board.consume(claim)
         await member.commit(force=True)
-        assert await _committed(board.group_id, board.jobs_topic) == 3
+        assert await committed(board.group_id, board.jobs_topic) == 3
 
 
 async def test_a_retried_job_holds_the_committed_offset_until_it_is_finished(
@@ -294,14 +265,14 @@ async def test_a_retried_job_holds_the_committed_offset_until_it_is_finished(
                 await anyio.sleep(0.05)
         await board.retry(claimed[1], delay=0.2)
         await member.commit(force=True)
-        assert await _committed(board.group_id, board.jobs_topic) in (None, 0)
+        assert await committed(board.group_id, board.jobs_topic) in (None, 0)
         with anyio.fail_after(5):
             while (again := await board.claim_next("o")) is None:
                 await anyio.sleep(0.05)
         assert again[0].id == job.id
         await board.consume(again[1])
         await member.commit(force=True)
-        assert await _committed(board.group_id, board.jobs_topic) == 1
+        assert await committed(board.group_id, board.jobs_topic) == 1
 
 
 async def test_the_last_record_of_every_job_is_accepted_so_compaction_keeps_its_state(
@@ -325,7 +296,7 @@ async def test_the_last_record_of_every_job_is_accepted_so_compaction_keeps_its_
             await board.claim_next("other")
     await board.get(job.id)
     # Compaction keeps the last record of each key: fold only those, as a new instance would.
-    records = await _read_all(board.state_topic)
+    records = await read_all(board.state_topic)
     last = {r.key: r for r in records}
     compacted = JobView(lambda note: None)
     for r in sorted(last.values(), key=lambda r: r.offset):

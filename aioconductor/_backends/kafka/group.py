@@ -7,8 +7,11 @@ topic, so a rebalance never lets two owners run one job.
 
 The member reads the jobs records of its partitions and tracks them as in flight. An offset is
 committed only when every job at or below it is finished (``COMPLETE`` or ``TRASHED`` in the
-view), so the group's lag is the number of jobs not yet finished, and a member that takes over a
-partition starts at the oldest unfinished job. Commits happen at most every
+view, or purged), so the group's lag is the number of jobs not yet finished, and a member that
+takes over a partition starts at the oldest unfinished job. A job the view does not know is
+purged if the view read its post record (the jobs record carries its offset, ``seq``), else not
+folded yet; for a jobs record written before records carried it, a sync of the state log
+started after the record was read settles it. Commits happen at most every
 ``COMMIT_INTERVAL`` seconds, when the partitions are revoked, and when the member stops.
 """
 
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -34,6 +39,8 @@ __all__ = ["COMMIT_INTERVAL", "GroupMember"]
 logger = logging.getLogger("aioconductor.boards.kafka")
 
 COMMIT_INTERVAL = 1.0
+#: The longest a commit waits for the state log's sync (only for jobs records without ``seq``).
+_SYNC_TIMEOUT = 5.0
 #: How often a skipped offset of the jobs topic is fetched again before it is let go.
 _GAP_RETRIES = 200
 
@@ -61,18 +68,25 @@ class GroupMember:
         topic: the jobs topic.
         url: the broker URL, for messages.
         consumer_config: keyword arguments for ``AIOKafkaConsumer`` (with ``group_id``).
+        sync: brings the view up to every state record acknowledged before it was called.
     """
 
     def __init__(
-        self, view: JobView, topic: str, url: str, consumer_config: dict[str, Any]
+        self,
+        view: JobView,
+        topic: str,
+        url: str,
+        consumer_config: dict[str, Any],
+        sync: Callable[[], Awaitable[None]],
     ) -> None:
         self._view = view
+        self._sync = sync
         self._topic = topic
         self._url = url
         self._config = consumer_config
         self._consumer: AIOKafkaConsumer | None = None
-        #: partition -> (offset, job id) of jobs records read and not yet committed past.
-        self._in_flight: dict[int, collections.deque[tuple[int, str]]] = {}
+        #: partition -> (offset, job id, seq) of jobs records read and not yet committed past.
+        self._in_flight: dict[int, collections.deque[tuple[int, str, int | None]]] = {}
         #: partition -> the offset after the last record read.
         self._read_to: dict[int, int] = {}
         #: partition -> the offset last committed by this member.
@@ -157,7 +171,8 @@ class GroupMember:
                     consumer.seek(tp, expected)
                     break
                 if record.key is not None:
-                    queue.append((record.offset, record.key.decode("utf-8", "replace")))
+                    job_id = record.key.decode("utf-8", "replace")
+                    queue.append((record.offset, job_id, _seq(record.value)))
                 self._read_to[tp.partition] = record.offset + 1
         await self.commit()
 
@@ -168,12 +183,17 @@ class GroupMember:
         self._gaps = {(tp.partition, expected): retries + 1}
         return True
 
-    def _committable(self) -> dict[int, int]:
+    def _committable(self, synced: dict[int, int]) -> dict[int, int]:
+        """The offsets to commit; ``synced`` holds, per partition, the offset below which the
+        view has folded every state record acknowledged before the jobs record was read."""
         offsets: dict[int, int] = {}
         for partition, queue in self._in_flight.items():
             while queue:
-                final = self._view.is_final(queue[0][1])
-                if not final:
+                read_at, job_id, seq = queue[0]
+                finished = self._view.finished(job_id, seq)
+                if finished is None:
+                    finished = read_at < synced.get(partition, 0)
+                if not finished:
                     break
                 queue.popleft()
             offset = queue[0][0] if queue else self._read_to.get(partition)
@@ -189,8 +209,17 @@ class GroupMember:
             return
         self._commit_at = now + COMMIT_INTERVAL
         async with self._lock:
+            synced: dict[int, int] = {}
+            heads = [q[0] for q in self._in_flight.values() if q]
+            if any(self._view.finished(job_id, seq) is None for _, job_id, seq in heads):
+                # A job the view does not know, from a jobs record without its seq: purged, or
+                # not folded yet. A sync started after the record was read settles it.
+                read = dict(self._read_to)
+                with anyio.move_on_after(_SYNC_TIMEOUT), contextlib.suppress(Exception):
+                    await self._sync()
+                    synced = read
             held = self.assigned()
-            offsets = {p: o for p, o in self._committable().items() if p in held}
+            offsets = {p: o for p, o in self._committable(synced).items() if p in held}
             if not offsets:
                 return
             try:
@@ -205,3 +234,12 @@ class GroupMember:
                 logger.info("Kafka at %s: offset commit skipped: %r", self._url, exc)
                 return
             self._committed.update(offsets)
+
+
+def _seq(value: bytes | None) -> int | None:
+    """The ``seq`` of a jobs record's value (None in records written before it was there)."""
+    try:
+        seq = json.loads(value or b"").get("seq")
+    except (ValueError, AttributeError):
+        return None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None

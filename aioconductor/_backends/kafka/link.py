@@ -3,8 +3,8 @@ consumer-group member, opened and closed together, and its writes to the jobs an
 topics (the state topic's are the log's).
 
 Topics, created when missing (``PREFIX`` is ``TOPIC.NAMESPACE``): ``PREFIX.state`` (one
-partition, compacted), ``PREFIX.jobs`` (the board's ``partitions``) and ``PREFIX.dead``; the
-conductors form the consumer group ``PREFIX.conductors``.
+partition, compacted; tombstones kept a day), ``PREFIX.jobs`` (the board's ``partitions``) and
+``PREFIX.dead``; the conductors form the consumer group ``PREFIX.conductors``.
 """
 
 from __future__ import annotations
@@ -34,11 +34,18 @@ from aioconductor._backends.kafka.view import JobView
 from aioconductor.errors import BackendUnavailable
 from aioconductor.errors import BoardClosed
 
-__all__ = ["KafkaLink", "KafkaSettings"]
+__all__ = ["SEGMENT_MS", "TOMBSTONE_RETENTION_MS", "KafkaLink", "KafkaSettings"]
 
 logger = logging.getLogger("aioconductor.boards.kafka")
 
 _CLEANUP_TIMEOUT = 5.0
+#: The state topic's ``delete.retention.ms``: how long compaction keeps a tombstone after it
+#: cleaned the records before it. An instance must read a tombstone before it goes: the board
+#: replays the topic in seconds at connect, and a day leaves room for a reader far behind.
+TOMBSTONE_RETENTION_MS = 86_400_000
+#: The state topic's ``segment.ms``: compaction never cleans the active segment, so a quiet
+#: topic rolls one a day (not Kafka's week) and purged jobs leave the log within days.
+SEGMENT_MS = 86_400_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,9 +142,13 @@ class KafkaLink:
     def _topics(self) -> list[TopicSpec]:
         """The topics the board needs, the jobs topic first."""
         state_configs = {
+            # Compaction, not deletion: the last record of a job stays while the job does, and
+            # a tombstone (purge) takes the job's records with it, then goes too.
             "cleanup.policy": "compact",
             "max.message.bytes": str(self.settings.record_limit),
             "min.compaction.lag.ms": str(COMPACTION_LAG_MS),
+            "delete.retention.ms": str(TOMBSTONE_RETENTION_MS),
+            "segment.ms": str(SEGMENT_MS),
         }
         return [
             TopicSpec(self.jobs_topic, self.partitions, {}),
@@ -191,6 +202,7 @@ class KafkaLink:
                     "session_timeout_ms": self.settings.session_timeout_ms,
                     "heartbeat_interval_ms": max(100, self.settings.session_timeout_ms // 4),
                 },
+                self.log.sync,
             )
             await member.start()
         return member

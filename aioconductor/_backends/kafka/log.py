@@ -9,7 +9,8 @@ share one sync record.
 
 A transition is written by :meth:`StateLog.change`: the job's new state, computed from the
 version the view holds, with that version as the record's ``base``; a record that lost a race is
-computed again from the winner's state.
+computed again from the winner's state. A purge writes a tombstone per finished job and
+counts the jobs the view then forgot on account of its own tombstones.
 
 Tansu's ListOffsets answers the base offset of the newest batch plus one, not the end of the
 log, so end offsets are not used as a read barrier.
@@ -33,7 +34,10 @@ from anyio.lowlevel import checkpoint
 
 from aioconductor._backends.base import Backoff
 from aioconductor._backends.base import map_exceptions
+from aioconductor._backends.kafka.records import FINAL
+from aioconductor._backends.kafka.records import Write
 from aioconductor._backends.kafka.records import encode
+from aioconductor._backends.kafka.records import transition
 from aioconductor._backends.kafka.setup import errors
 from aioconductor._backends.kafka.view import SYNC_KEY
 from aioconductor._backends.kafka.view import Applied
@@ -52,7 +56,6 @@ __all__ = [
     "Write",
     "clock",
     "clock_ms",
-    "transition",
 ]
 
 logger = logging.getLogger("aioconductor.boards.kafka")
@@ -92,24 +95,6 @@ def clock_ms() -> int:
 def clock() -> float:
     """:func:`clock_ms` in epoch seconds."""
     return clock_ms() / 1000
-
-
-class Write:
-    """One record for :meth:`StateLog.write_many`: a key, its JSON value, its timestamp."""
-
-    __slots__ = ("key", "ts_ms", "value")
-
-    def __init__(self, key: str, value: dict[str, Any], ts_ms: int) -> None:
-        self.key = key
-        self.value = value
-        self.ts_ms = ts_ms
-
-
-def transition(op: str, data: dict[str, Any], new: dict[str, Any], ts_ms: int) -> Write:
-    """The record of the transition ``op`` of the job state ``data`` to ``new`` (whose version
-    it sets: one past ``data``'s, which is the record's base)."""
-    new["version"] = data["version"] + 1
-    return Write(data["id"], {"op": op, "base": data["version"], "job": new}, ts_ms)
 
 
 class _Ticket:
@@ -280,7 +265,7 @@ class StateLog:
             futures = [
                 await self._producer.send(
                     self.topic,
-                    value=encode(w.value),
+                    value=None if w.value is None else encode(w.value),
                     key=w.key.encode("utf-8"),
                     partition=0,
                     timestamp_ms=w.ts_ms,
@@ -297,6 +282,7 @@ class StateLog:
         rids = []
         for w in writes:
             rid = uuid.uuid4().hex
+            assert w.value is not None, "a tombstone is not a transition"
             w.value["rid"] = rid
             rids.append(rid)
             self.view.mine[rid] = None
@@ -308,31 +294,68 @@ class StateLog:
                 applied = self.view.mine.get(rid)
                 # A record the fold could not parse counts as rejected (never happens for ours).
                 results.append(applied if applied is not None else Applied(False, None))
-            return results
         finally:
             for rid in rids:
                 self.view.mine.pop(rid, None)
+        ghosts = [w.key for w in writes if w.key in self.view.ghosts]
+        if ghosts:
+            # Our rejected records of jobs nobody knows (a post whose key was held, a claim of a
+            # purged job): tombstones, so compaction never leaves them alone for a new instance.
+            with contextlib.suppress(BackendUnavailable):
+                await self._send([Write(job_id, None, clock_ms()) for job_id in ghosts])
+        return results
 
     async def write(self, write: Write) -> Applied:
         """Append one record; what the fold made of it."""
         return (await self.write_many([write]))[0]
 
-    async def post(self, jobs: Sequence[dict[str, Any]], ts_ms: int) -> list[dict[str, Any]]:
-        """Write the post records of the new jobs ``jobs``; their states as the fold made them.
+    async def post(
+        self, jobs: Sequence[dict[str, Any]], ts_ms: int
+    ) -> list[tuple[bool, dict[str, Any]]]:
+        """Write the post records of the new jobs ``jobs``; for each, whether the fold created
+        it, and the state it holds: the new job's, or the holder's when its key was held (by a
+        job the view knows, or by an earlier record of the same call).
 
         Raises:
-            BoardError: the fold refused a post (never happens: a job id is a new uuid).
+            BoardError: the fold refused a post whose key was free (never happens: a job id is
+                a new uuid).
         """
         # One producer, one partition: the records land, and get their seq, in this order.
         results = await self.write_many(
             [Write(d["id"], {"op": "post", "base": None, "job": d}, ts_ms) for d in jobs]
         )
-        posted: list[dict[str, Any]] = []
+        posted: list[tuple[bool, dict[str, Any]]] = []
         for d, applied in zip(jobs, results, strict=True):
-            if not applied.accepted or applied.data is None:
+            data = applied.data
+            if data is None or (not applied.accepted and data["id"] == d["id"]):
                 raise BoardError(f"the post of job {d['id']} was not applied")
-            posted.append(applied.data)
+            posted.append((applied.accepted, data))
         return posted
+
+    async def purge(self, job_ids: Sequence[str]) -> int:
+        """Write a tombstone for each of ``job_ids`` the view holds finished, and wait until the
+        view folded them; how many jobs these tombstones purged (a job another tombstone purged
+        first is not counted, so racing purges count each job once).
+
+        Never a tombstone for a job that is not finished: compaction would erase its records.
+        """
+        view = self.view
+        final = [
+            job_id
+            for job_id in dict.fromkeys(job_ids)
+            if view.jobs.get(job_id, {}).get("state") in FINAL
+        ]
+        if not final:
+            return 0
+        view.watch(final, on=True)
+        try:
+            ts = clock_ms()
+            offsets = await self._send([Write(job_id, None, ts) for job_id in final])
+            await self.catch_up(max(offsets))
+            purged = view.purged
+            return sum(purged.get(job_id) == o for job_id, o in zip(final, offsets, strict=True))
+        finally:
+            view.watch(final, on=False)
 
     async def fresh(self, job_id: str, check: Callable[[dict[str, Any] | None], bool]) -> None:
         """Read the log up to now unless the view's state of the job already passes ``check``.
@@ -366,24 +389,28 @@ class StateLog:
         raise BoardError(f"{op} of job {job_id} lost {RETRIES} races in a row")
 
     async def restate_dirty(self) -> None:
-        """Re-publish the state of jobs whose newest record was rejected (see the view)."""
+        """Re-publish the state of jobs whose newest record was rejected, and bury ghosts under
+        a tombstone (see the view)."""
         now = time.monotonic()
-        due = [
-            job_id
-            for job_id, (since, mine) in self.view.dirty.items()
-            if now - since >= (RESTATE_GRACE_MINE if mine else RESTATE_GRACE)
-        ]
-        if not due:
-            return
         ts = clock_ms()
-        writes = []
-        for job_id in due[:256]:
-            data = self.view.jobs[job_id]
-            # Restarted grace: a restate that loses a race marks it dirty again.
-            self.view.dirty[job_id] = (now, False)
-            value = {"op": "restate", "base": data["version"], "job": data}
-            writes.append(Write(job_id, value, ts))
-        await self._send(writes)
+        writes: list[Write] = []
+        for marks in (self.view.dirty, self.view.ghosts):
+            due = [
+                job_id
+                for job_id, (since, mine) in marks.items()
+                if now - since >= (RESTATE_GRACE_MINE if mine else RESTATE_GRACE)
+            ]
+            for job_id in due[:256]:
+                # Restarted grace: a restate that loses a race marks it dirty again.
+                marks[job_id] = (now, False)
+                data = self.view.jobs.get(job_id)
+                if data is None:
+                    writes.append(Write(job_id, None, ts))
+                elif marks is self.view.dirty:
+                    value = {"op": "restate", "base": data["version"], "job": data}
+                    writes.append(Write(job_id, value, ts))
+        if writes:
+            await self._send(writes)
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:

@@ -1,40 +1,61 @@
-"""What the Kafka board writes: a posted job's state, each transition of it, and the records of
-the jobs and dead-letter topics.
+"""What the Kafka board writes and how it reads it: a posted job's state, each transition of it
+(a :class:`Write` of the state topic), the records of the jobs and dead-letter topics, and a
+state's reading (claimable, as readers see it, as a ``Job``, in claim order).
 
 A job's state is a plain dict (the value the state topic carries, see
 :mod:`~aioconductor._backends.kafka.view`). Each transition here is a pure function of the job's
 current state and the time ``now`` (epoch seconds); the log bumps the version and writes it
 (:meth:`~aioconductor._backends.kafka.log.StateLog.change`). Counters default for state records
-written before the board kept them (``releases``, ``abandons``, ``retries``, ``failures``).
+written before the board kept them (``releases``, ``abandons``, ``retries``, ``failures``), and
+so does the idempotency ``key`` (None).
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
+from aioconductor._models import build
 from aioconductor.boards._support import PostSpec
 from aioconductor.models import MAX_KEPT_FAILURES
 from aioconductor.models import Claim
+from aioconductor.models import ConductorInfo
+from aioconductor.models import Job
+from aioconductor.models import JobNotification
+from aioconductor.models import JobState
+from aioconductor.models import NotificationKind
 from aioconductor.models import Outcome
+from aioconductor.models import RetryPolicy
 
 __all__ = [
+    "FINAL",
+    "Write",
+    "alive_conductors",
+    "claimable",
     "conductor_info",
     "consumed",
     "dead_letter_record",
     "encode",
     "given_back",
     "holds",
+    "in_claim_order",
     "jobs_record",
     "new_job",
     "released",
     "renewed",
     "retried",
     "taken",
+    "to_job",
+    "transition",
     "trashed",
+    "visible_state",
+    "waiting",
 ]
+
+#: The states a job never leaves.
+FINAL = ("COMPLETE", "TRASHED")
 
 #: The fields of a posted job that its jobs-topic record carries.
 _JOBS_FIELDS = (
@@ -47,6 +68,9 @@ _JOBS_FIELDS = (
     "retry",
     "not_before",
     "created_at",
+    # The post record's offset in the state topic plus one: a group member that meets a job its
+    # view no longer knows tells a purged job (seq folded) from one not yet folded.
+    "seq",
 )
 #: The longest heartbeat a conductor registration keeps (a float of years would not do).
 _MAX_TTL = 10 * 365 * 86400.0
@@ -57,6 +81,89 @@ def encode(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode("utf-8")
 
 
+def claimable(data: dict[str, Any], now: float) -> bool:
+    """Whether the job state ``data`` can be claimed at ``now`` (epoch seconds)."""
+    state = data["state"]
+    if state == "UNCLAIMED":
+        return True
+    if state == "SCHEDULED":
+        not_before = data["not_before"]
+        return not_before is None or not_before <= now
+    if state == "CLAIMED":
+        return bool(data["expires_at"] <= now)
+    return False
+
+
+def visible_state(data: dict[str, Any], now: float) -> str:
+    """The state readers see at ``now``: a scheduled job whose time came is UNCLAIMED."""
+    state: str = data["state"]
+    if state == "SCHEDULED" and claimable(data, now):
+        return "UNCLAIMED"
+    return state
+
+
+def to_job(data: dict[str, Any], now: float | None = None) -> Job:
+    """A ``Job`` from a state dict (its state as seen at ``now``, when given)."""
+    owner = data["owner"]
+    claim = None
+    if owner is not None:
+        claim = build(
+            Claim,
+            job_id=data["id"],
+            owner=owner,
+            token=data["token"],
+            expires_at=data["expires_at"],
+        )
+    outcome = data["outcome"]
+    retry = data.get("retry")
+    state = data["state"] if now is None else visible_state(data, now)
+    return build(
+        Job,
+        id=data["id"],
+        name=data["name"],
+        flow=data["flow"],
+        args=data["args"],
+        key=data.get("key"),
+        headers=data.get("headers") or {},
+        priority=data["priority"],
+        seq=data["seq"],
+        created_at=data["created_at"],
+        updated_at=data["updated_at"],
+        not_before=data["not_before"],
+        attempts=data["attempts"],
+        max_attempts=data["max_attempts"],
+        state=JobState(state),
+        claim=claim,
+        outcome=None if outcome is None else Outcome(outcome),
+        result=data["result"],
+        trash_reason=data["trash_reason"],
+        releases=data.get("releases", 0),
+        abandons=data.get("abandons", 0),
+        retries=data.get("retries", 0),
+        retry=None if retry is None else RetryPolicy.model_validate(retry),
+        failures=list(data.get("failures", ())),
+    )
+
+
+class Write:
+    """One record of the state topic: a key, its JSON value (None: a tombstone), its
+    timestamp."""
+
+    __slots__ = ("key", "ts_ms", "value")
+
+    def __init__(self, key: str, value: dict[str, Any] | None, ts_ms: int) -> None:
+        self.key = key
+        self.value = value
+        self.ts_ms = ts_ms
+
+
+def transition(op: str, data: dict[str, Any], new: dict[str, Any], ts_ms: int) -> Write:
+    """The record of the transition ``op`` of the job state ``data`` to ``new`` (whose version
+    it sets: one past ``data``'s, which is the record's base)."""
+    new["version"] = data["version"] + 1
+    return Write(data["id"], {"op": op, "base": data["version"], "job": new}, ts_ms)
+
+
 def new_job(spec: PostSpec, now: float, partitions: int) -> dict[str, Any]:
     """The state of the job ``spec`` posts at ``now``, on one of the jobs topic's
     ``partitions`` (by its id's hash)."""
@@ -64,9 +171,10 @@ def new_job(spec: PostSpec, now: float, partitions: int) -> dict[str, Any]:
     if spec.delay:
         not_before = now + spec.delay
     scheduled = not_before is not None and not_before > now
-    job_id = str(uuid.uuid4())
+    job_id = spec.id
     return {
         "id": job_id,
+        "key": spec.key,
         "name": spec.name,
         "flow": spec.flow,
         "args": spec.args,
@@ -223,3 +331,42 @@ def dead_letter_record(data: dict[str, Any], reason: str) -> dict[str, Any]:
         "key": data["id"].encode("utf-8"),
         "headers": [("reason", reason.encode("utf-8"))],
     }
+
+
+def in_claim_order(
+    jobs: Iterable[dict[str, Any]], state: JobState | None, now: float
+) -> list[dict[str, Any]]:
+    """The job states ``jobs`` (those in ``state`` as readers see it at ``now``) in claim
+    order."""
+    wanted = None if state is None else state.value
+    found = [data for data in jobs if wanted is None or visible_state(data, now) == wanted]
+    found.sort(key=lambda data: (-data["priority"], data["seq"]))
+    return found
+
+
+def waiting(jobs: Iterable[dict[str, Any]], now: float) -> list[JobNotification]:
+    """A ``WAITING`` notification of every job of ``jobs`` claimable at ``now``, in claim
+    order."""
+    found = [data for data in jobs if claimable(data, now)]
+    found.sort(key=lambda data: (-data["priority"], data["seq"]))
+    kind = NotificationKind.WAITING
+    return [
+        build(JobNotification, job_id=data["id"], kind=kind, priority=data["priority"])
+        for data in found
+    ]
+
+
+def alive_conductors(conductors: Iterable[dict[str, Any]], now: float) -> list[ConductorInfo]:
+    """The conductor registrations ``conductors`` whose heartbeat has not expired at ``now``."""
+    return [
+        ConductorInfo(
+            owner=info["owner"],
+            name=info["name"],
+            started_at=info["started_at"],
+            heartbeat_at=info["heartbeat_at"],
+            expires_at=info["expires_at"],
+            meta=dict(info["meta"]),
+        )
+        for info in conductors
+        if info["expires_at"] > now
+    ]

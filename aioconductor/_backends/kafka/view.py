@@ -4,15 +4,23 @@ The state topic is one partition, so every instance reads the same records in th
 Each record names a job (its key), the version of the job it was computed from (``base``) and
 the job's full resulting state. The fold accepts a record only when its base is the version the
 view holds (first writer wins in log order; a claim must also find the job claimable at the
-record's timestamp), so every instance accepts and rejects the same records and holds the same
-jobs. Nothing here does I/O: ``apply`` is a pure function of the records seen, plus the indexes
-(ready heaps per jobs-topic partition, timers) that make ``claim_next`` cheap.
+record's timestamp; a post must find its idempotency key free), so every instance accepts and
+rejects the same records and holds the same jobs. Nothing here does I/O: ``apply`` is a pure
+function of the records seen, plus the indexes (ready heaps, timers, keys, finished jobs by end
+time) that make ``claim_next``, keyed posts and ``purge`` cheap.
 
-Compaction keeps only the last record of a key. A record that carries the job's whole state is a
-correct starting point on its own, so the fold accepts any record for a job it has not seen (a
-compacted log starts there). That is only right if the last record of every key was *accepted*:
-the view marks a job ``dirty`` when its newest record was rejected, and the board re-publishes
-the current state of dirty jobs (a ``restate`` record, which changes nothing) until it is clean.
+A tombstone (a record without a value) purges a *finished* job: the fold forgets it completely
+(a finished job never changes, so that is always right). It changes nothing for another job.
+
+Compaction keeps only the last record of a key (and drops tombstones a day later). A record
+holding the job's whole state is a correct start on its own, so the fold accepts a record for a
+job it does not know if that job's post record (offset ``seq - 1``) lies in a gap this view
+skipped: compaction removed it. If the view read the post, the job was purged (or its post lost
+to a held key) and the record is rejected: a stale claim landing after a tombstone must not bring
+the job back. That is only right if the last record of every key was *accepted*: the view marks
+a job ``dirty`` when its newest record was rejected, and the board re-publishes its state (a
+``restate`` record, which changes nothing) until it is clean; a rejected record of a job the view
+does not know makes it a ``ghost``, and the board writes a tombstone, so compaction drops it.
 """
 
 from __future__ import annotations
@@ -23,104 +31,27 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
+from aioconductor._backends.kafka.records import FINAL
+from aioconductor._backends.kafka.records import claimable
 from aioconductor._backends.kafka.records import holds
+from aioconductor._backends.kafka.records import to_job
 from aioconductor._models import build
 from aioconductor.boards._support import lost_message
 from aioconductor.errors import ClaimLost
 from aioconductor.errors import JobNotFound
 from aioconductor.models import Claim
-from aioconductor.models import ConductorInfo
-from aioconductor.models import Job
 from aioconductor.models import JobNotification
 from aioconductor.models import JobState
 from aioconductor.models import NotificationKind
-from aioconductor.models import Outcome
-from aioconductor.models import RetryPolicy
 
-__all__ = [
-    "CONDUCTOR_PREFIX",
-    "SYNC_KEY",
-    "Applied",
-    "JobView",
-    "claimable",
-    "to_job",
-    "visible_state",
-]
+__all__ = ["CONDUCTOR_PREFIX", "SYNC_KEY", "Applied", "JobView"]
 
 #: The key of barrier records (``sync``): compacted to one, never a job.
 SYNC_KEY = "~sync"
 #: Keys of conductor registrations start with this (a job id is a uuid, never this).
 CONDUCTOR_PREFIX = "~conductor:"
 
-_FINAL = ("COMPLETE", "TRASHED")
 _TIMED = ("SCHEDULED", "CLAIMED")
-
-
-def claimable(data: dict[str, Any], now: float) -> bool:
-    """Whether the job state ``data`` can be claimed at ``now`` (epoch seconds)."""
-    state = data["state"]
-    if state == "UNCLAIMED":
-        return True
-    if state == "SCHEDULED":
-        not_before = data["not_before"]
-        return not_before is None or not_before <= now
-    if state == "CLAIMED":
-        return bool(data["expires_at"] <= now)
-    return False
-
-
-def visible_state(data: dict[str, Any], now: float) -> str:
-    """The state readers see at ``now``: a scheduled job whose time came is UNCLAIMED."""
-    state: str = data["state"]
-    if state == "SCHEDULED" and claimable(data, now):
-        return "UNCLAIMED"
-    return state
-
-
-def to_job(data: dict[str, Any], now: float | None = None) -> Job:
-    """A ``Job`` from a state dict (its state as seen at ``now``, when given).
-
-    The counters, retry policy and failures default to a fresh job's: state records written
-    before the board kept them have none.
-    """
-    owner = data["owner"]
-    claim = None
-    if owner is not None:
-        claim = build(
-            Claim,
-            job_id=data["id"],
-            owner=owner,
-            token=data["token"],
-            expires_at=data["expires_at"],
-        )
-    outcome = data["outcome"]
-    retry = data.get("retry")
-    state = data["state"] if now is None else visible_state(data, now)
-    return build(
-        Job,
-        id=data["id"],
-        name=data["name"],
-        flow=data["flow"],
-        args=data["args"],
-        headers=data.get("headers") or {},
-        priority=data["priority"],
-        seq=data["seq"],
-        created_at=data["created_at"],
-        updated_at=data["updated_at"],
-        not_before=data["not_before"],
-        attempts=data["attempts"],
-        max_attempts=data["max_attempts"],
-        state=JobState(state),
-        claim=claim,
-        outcome=None if outcome is None else Outcome(outcome),
-        result=data["result"],
-        trash_reason=data["trash_reason"],
-        releases=data.get("releases", 0),
-        abandons=data.get("abandons", 0),
-        retries=data.get("retries", 0),
-        retry=None if retry is None else RetryPolicy.model_validate(retry),
-        failures=list(data.get("failures", ())),
-    )
 
 
 class Applied:
@@ -130,8 +61,39 @@ class Applied:
 
     def __init__(self, accepted: bool, data: dict[str, Any] | None) -> None:
         self.accepted = accepted
-        #: The job's state after the record (the winner's state when it was rejected).
+        #: The job's state after the record (the winner's state when it was rejected; for a
+        #: post whose key was held, the holder's).
         self.data = data
+
+
+class _Ended:
+    """Finished jobs of one final state by end time: a map for membership, a heap for order
+    (its entries of purged jobs are dropped lazily, and all at once when they are most)."""
+
+    __slots__ = ("heap", "live")
+
+    def __init__(self) -> None:
+        self.live: dict[str, float] = {}
+        self.heap: list[tuple[float, str]] = []
+
+    def add(self, job_id: str, ended: float) -> None:
+        self.live[job_id] = ended
+        heapq.heappush(self.heap, (ended, job_id))
+
+    def remove(self, job_id: str) -> None:
+        if self.live.pop(job_id, None) is not None and len(self.heap) > 2 * len(self.live):
+            self.heap = [(ended, job_id) for job_id, ended in self.live.items()]
+            heapq.heapify(self.heap)
+
+    def before(self, cutoff: float, limit: int) -> list[tuple[float, str]]:
+        heap, found = self.heap, list[tuple[float, str]]()
+        while heap and len(found) < limit and heap[0][0] <= cutoff:
+            entry = heapq.heappop(heap)
+            if self.live.get(entry[1]) == entry[0]:
+                found.append(entry)
+        for entry in found:
+            heapq.heappush(heap, entry)
+        return found
 
 
 class JobView:
@@ -146,80 +108,182 @@ class JobView:
         #: job id -> state dict (with ``version`` and ``partition``).
         self.jobs: dict[str, dict[str, Any]] = {}
         self.conductors: dict[str, dict[str, Any]] = {}
+        #: idempotency key -> id of the job holding it.
+        self.keys: dict[str, str] = {}
         #: The offset the next record will have (everything before it is applied).
         self.next_offset = 0
         #: rids of records this instance produced and waits for -> what the fold made of them.
         self.mine: dict[str, Applied | None] = {}
         #: job id -> (monotonic time it turned dirty, whether our own record was rejected).
         self.dirty: dict[str, tuple[float, bool]] = {}
+        #: id of a job the view does not know whose newest record was rejected -> as ``dirty``.
+        self.ghosts: dict[str, tuple[float, bool]] = {}
+        #: job id -> offset of the tombstone that purged it, for ids a purge waits for.
+        self.purged: dict[str, int] = {}
+        self._watched: dict[str, int] = {}
+        #: Offsets below this one may have been skipped (compaction leaves gaps).
+        self._gapped_to = 0
         #: partition -> heap of (-priority, seq, ready version, id) of claimable jobs.
         self._ready: dict[int, list[tuple[int, int, int, str]]] = {}
         self._ready_version: dict[str, int] = {}
         #: (time, id): when a scheduled job falls due or a lease expires.
         self._timers: list[tuple[float, str]] = []
+        self._ended = {state: _Ended() for state in FINAL}
 
     # -- the fold ------------------------------------------------------------------------------
 
     def apply(self, offset: int, key: bytes | None, value: bytes | None, ts_ms: int) -> None:
         """Fold one record of the state topic (a malformed one is skipped, on every instance)."""
+        if offset > self.next_offset:
+            self._gapped_to = offset
         self.next_offset = offset + 1
-        if key is None or value is None:
+        if key is None:
             return
         try:
-            record = json.loads(value)
             job_key = key.decode("utf-8")
+            record = {"op": None} if value is None else json.loads(value)
             op = record["op"]
         except (ValueError, KeyError, TypeError):
-            return
-        if op == "sync":
             return
         if job_key.startswith(CONDUCTOR_PREFIX):
             self._apply_conductor(job_key[len(CONDUCTOR_PREFIX) :], op, record)
             return
+        if not isinstance(op, str) or op == "sync" or job_key == SYNC_KEY:
+            if value is None and job_key != SYNC_KEY:
+                self._apply_tombstone(job_key, offset)
+            return
         rid = record.get("rid")
-        accepted = self._apply_job(job_key, op, record, offset, ts_ms / 1000)
+        accepted, data = self._apply_job(job_key, op, record, offset, ts_ms / 1000)
         if accepted:
             self.dirty.pop(job_key, None)
-        elif job_key in self.jobs:
+        else:
             # The newest record of this key lost: after compaction it would be the only one
-            # left, so the job must be restated (see the module docstring).
-            previous = self.dirty.get(job_key)
+            # left, so the job must be restated, or the record tombstoned (see the docstring).
+            marks = self.dirty if job_key in self.jobs else self.ghosts
+            previous = marks.get(job_key)
             since = previous[0] if previous else time.monotonic()
-            self.dirty[job_key] = (since, rid in self.mine or bool(previous and previous[1]))
+            marks[job_key] = (since, rid in self.mine or bool(previous and previous[1]))
         if rid in self.mine and self.mine[rid] is None:
             # The first copy counts: a producer retry (without idempotence) can append a
             # record twice, and the copy is rejected because the first one was applied.
-            self.mine[rid] = Applied(accepted, self.jobs.get(job_key))
+            self.mine[rid] = Applied(accepted, data)
 
     def _apply_job(
         self, job_id: str, op: str, record: dict[str, Any], offset: int, now: float
-    ) -> bool:
-        new = record.get("job")
+    ) -> tuple[bool, dict[str, Any] | None]:
+        new, current = record.get("job"), self.jobs.get(job_id)
         if not isinstance(new, dict) or new.get("id") != job_id:
-            return False
-        current = self.jobs.get(job_id)
+            return False, current
+        if not isinstance(new.get("key") or "", str):
+            return False, current
         if op == "post":
             if current is not None:
-                return False
+                return False, current
+            holder = self.keys.get(new.get("key") or "")
+            if holder is not None:
+                return False, self.jobs[holder]
             # Post order is the post record's place in the one-partition log.
             new["seq"] = offset + 1
         elif current is not None:
             if record.get("base") != current["version"]:
-                return False
+                return False, current
             if op == "restate":
-                return True
+                return True, current
             if op == "claim" and not claimable(current, now):
-                return False
-        # else: a compacted log starts with this record, which holds the whole state.
-        self.jobs[job_id] = new
-        self._index(new, op)
-        return True
+                return False, current
+        else:
+            seq = new.get("seq")
+            if not isinstance(seq, int) or seq > self._gapped_to:
+                # This view read the job's post record (offset seq - 1): the job was purged.
+                return False, None
+            # A compacted log starts with this record, which holds the whole state.
+        self._store(new, op, current)
+        return True, new
 
-    def _apply_conductor(self, owner: str, op: str, record: dict[str, Any]) -> None:
+    def _apply_tombstone(self, job_id: str, offset: int) -> None:
+        self.ghosts.pop(job_id, None)
+        data = self.jobs.get(job_id)
+        if data is None:
+            return
+        if data["state"] not in FINAL:
+            # Never written for a live job; if one was, it must not be the job's last record.
+            self.dirty.setdefault(job_id, (time.monotonic(), False))
+            return
+        del self.jobs[job_id]
+        if data.get("key") is not None and self.keys.get(data["key"]) == job_id:
+            del self.keys[data["key"]]
+        self._ended[data["state"]].remove(job_id)
+        self._ready_version.pop(job_id, None)
+        self.dirty.pop(job_id, None)
+        if job_id in self._watched:
+            self.purged[job_id] = offset
+        self._trim()
+
+    def _store(self, new: dict[str, Any], op: str, current: dict[str, Any] | None) -> None:
+        job_id = new["id"]
+        self.jobs[job_id] = new
+        if current is None and new.get("key") is not None:
+            self.keys.setdefault(new["key"], job_id)
+        if current is not None and current["state"] in FINAL:
+            self._ended[current["state"]].remove(job_id)
+        if new["state"] in FINAL:
+            self._ended[new["state"]].add(job_id, new["updated_at"])
+        self._index(new, op)
+
+    def _apply_conductor(self, owner: str, op: object, record: dict[str, Any]) -> None:
         if op == "unregister":
             self.conductors.pop(owner, None)
         elif op == "register" and isinstance(record.get("info"), dict):
             self.conductors[owner] = record["info"]
+
+    # -- purges --------------------------------------------------------------------------------
+
+    def watch(self, job_ids: Collection[str], on: bool) -> None:
+        """Start (``on``) or stop noting the offset of the tombstone that purges each of
+        ``job_ids`` in :attr:`purged` (a purge counts the jobs its own tombstones purged)."""
+        for job_id in job_ids:
+            count = self._watched.get(job_id, 0) + (1 if on else -1)
+            if count > 0:
+                self._watched[job_id] = count
+            else:
+                self._watched.pop(job_id, None)
+                self.purged.pop(job_id, None)
+
+    def ended_before(self, cutoff: float, states: Collection[JobState], limit: int) -> list[str]:
+        """The ids of up to ``limit`` jobs in the final ``states`` that ended (``updated_at``)
+        at or before ``cutoff``, oldest first."""
+        found = [e for state in states for e in self._ended[state.value].before(cutoff, limit)]
+        return [job_id for _, job_id in sorted(found)[:limit]]
+
+    def _trim(self) -> None:
+        """Drop the entries of purged and finished jobs from the ready heaps and the timers
+        once they are most of them, so memory follows the jobs the view holds."""
+        bound = 2 * len(self.jobs) + 64
+        if sum(len(heap) for heap in self._ready.values()) > bound:
+            for partition, heap in list(self._ready.items()):
+                kept = [e for e in heap if self._ready_version.get(e[3]) == e[2]]
+                if kept:
+                    heapq.heapify(kept)
+                    self._ready[partition] = kept
+                else:
+                    del self._ready[partition]
+        if len(self._timers) > bound:
+            jobs = self.jobs
+            self._timers = [t for t in self._timers if jobs.get(t[1], {}).get("state") in _TIMED]
+            heapq.heapify(self._timers)
+
+    def sizes(self) -> dict[str, int]:
+        """How many entries each map and index of the view holds (for tests and metrics)."""
+        return {
+            "jobs": len(self.jobs),
+            "keys": len(self.keys),
+            "ready_version": len(self._ready_version),
+            "ready": sum(len(heap) for heap in self._ready.values()),
+            "timers": len(self._timers),
+            "ended": sum(len(e.live) + len(e.heap) for e in self._ended.values()),
+            "dirty": len(self.dirty),
+            "ghosts": len(self.ghosts),
+        }
 
     # -- indexes -------------------------------------------------------------------------------
 
@@ -337,27 +401,6 @@ class JobView:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def select(self, state: JobState | None, now: float) -> list[dict[str, Any]]:
-        """Jobs (in ``state`` as readers see it at ``now``) in claim order."""
-        wanted = None if state is None else state.value
-        found = [
-            data
-            for data in self.jobs.values()
-            if wanted is None or visible_state(data, now) == wanted
-        ]
-        found.sort(key=lambda data: (-data["priority"], data["seq"]))
-        return found
-
-    def waiting(self, now: float) -> list[JobNotification]:
-        """A ``WAITING`` notification of every job claimable at ``now``, in claim order."""
-        found = [data for data in self.jobs.values() if claimable(data, now)]
-        found.sort(key=lambda data: (-data["priority"], data["seq"]))
-        kind = NotificationKind.WAITING
-        return [
-            build(JobNotification, job_id=data["id"], kind=kind, priority=data["priority"])
-            for data in found
-        ]
-
     def job(self, job_id: str) -> dict[str, Any]:
         """The job's state.
 
@@ -382,22 +425,24 @@ class JobView:
             raise ClaimLost(lost_message(claim, verb, job.state, job.claim))
         return data
 
-    def is_final(self, job_id: str) -> bool | None:
-        """Whether the job is finished (None if this view does not know it)."""
-        data = self.jobs.get(job_id)
-        return None if data is None else data["state"] in _FINAL
+    def by_key(self, key: str) -> dict[str, Any]:
+        """The state of the job holding ``key``.
 
-    def alive_conductors(self, now: float) -> list[ConductorInfo]:
-        """Conductors whose heartbeat has not expired at ``now``."""
-        return [
-            ConductorInfo(
-                owner=info["owner"],
-                name=info["name"],
-                started_at=info["started_at"],
-                heartbeat_at=info["heartbeat_at"],
-                expires_at=info["expires_at"],
-                meta=dict(info["meta"]),
-            )
-            for info in self.conductors.values()
-            if info["expires_at"] > now
-        ]
+        Raises:
+            JobNotFound: no job the view knows holds it.
+        """
+        job_id = self.keys.get(key)
+        if job_id is None:
+            raise JobNotFound(f"no job holds the key {key!r} on this board")
+        return self.jobs[job_id]
+
+    def finished(self, job_id: str, seq: int | None) -> bool | None:
+        """Whether the job whose post record is at offset ``seq - 1`` is finished: final, or
+        purged (the view read its post and no longer knows it). None if the view does not
+        know the job and ``seq`` is not given."""
+        data = self.jobs.get(job_id)
+        if data is not None:
+            return data["state"] in FINAL
+        if seq is None:
+            return None
+        return seq <= self.next_offset
