@@ -11,15 +11,13 @@ time), never a logbook no job points to.
 from __future__ import annotations
 
 import abc
-import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from anyio.lowlevel import checkpoint
 
 from aioconductor.errors import ConfigurationError
-from aioconductor.errors import LogBookNotFound
 from aioconductor.models import JobState
 
 __all__ = ["DEFAULT_PURGE_STATES", "PURGE_BATCH", "LogBookDeleter", "Purging"]
@@ -31,10 +29,11 @@ DEFAULT_PURGE_STATES = (JobState.COMPLETE, JobState.TRASHED)
 
 
 class LogBookDeleter(Protocol):
-    """What ``purge`` needs of a flow store: deleting a job's logbook (its uuid is the job's id)."""
+    """What ``purge`` needs of a flow store: deleting jobs' logbooks (a logbook's uuid is its
+    job's id)."""
 
-    async def destroy_logbook(self, book_uuid: str) -> None:
-        """Delete the logbook; ``LogBookNotFound`` if there is none."""
+    async def destroy_logbooks(self, book_uuids: Sequence[str]) -> int:
+        """Delete the logbooks that exist among ``book_uuids``; how many were deleted."""
 
 
 class Purging(abc.ABC):
@@ -75,9 +74,7 @@ class Purging(abc.ABC):
             if not job_ids:
                 break
             if store is not None:
-                for job_id in job_ids:
-                    with contextlib.suppress(LogBookNotFound):
-                        await store.destroy_logbook(job_id)
+                await store.destroy_logbooks(job_ids)
             deleted = await self._purge(job_ids)
             total += deleted
             if len(job_ids) < batch or deleted == 0:

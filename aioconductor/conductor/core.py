@@ -258,7 +258,8 @@ class Conductor:
         return Purger(
             retention,
             board=self.board,
-            store=self.store,
+            # A private store drops each logbook when its job ends: nothing to purge there.
+            store=None if self._private_store else self.store,
             owner=self.owner,
             conductor=self.name,
             notifier=self.notifier,

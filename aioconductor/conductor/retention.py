@@ -144,9 +144,9 @@ class Purger:
             purged[state] = await self._board.purge(
                 older_than=age, states=(state,), store=self._store, batch=self.retention.batch
             )
+            self._stats.purged += purged[state]
         total = sum(purged.values())
         if total:
-            self._stats.purged += total
             logger.info(
                 "conductor %s: purged %d finished jobs (%s)",
                 self._conductor,

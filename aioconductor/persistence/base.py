@@ -20,6 +20,7 @@ from aioconductor._urls import BOARD_OPTIONS
 from aioconductor._urls import validate_namespace
 from aioconductor.errors import ClaimLost
 from aioconductor.errors import ConfigurationError
+from aioconductor.errors import LogBookNotFound
 from aioconductor.errors import StoreClosed
 from aioconductor.errors import VersionConflict
 from aioconductor.persistence._copy import copy_flow
@@ -165,6 +166,16 @@ class Store(Lifecycle):
         self._check_open()
         await self._destroy_logbook(book_uuid)
 
+    async def destroy_logbooks(self, book_uuids: Sequence[str]) -> int:
+        """Delete the logbooks with these uuids (those that do not exist are skipped), in one
+        round trip where the backend can; how many were deleted.
+
+        A board's ``purge`` deletes the logbooks of each batch of jobs this way.
+        """
+        self._check_open()
+        unique = list(dict.fromkeys(str(book_uuid) for book_uuid in book_uuids))
+        return await self._destroy_logbooks(unique) if unique else 0
+
     async def logbooks(self) -> AsyncIterator[LogBook]:
         """Every logbook in this store's namespace, oldest first."""
         self._check_open()
@@ -199,6 +210,18 @@ class Store(Lifecycle):
 
     @abc.abstractmethod
     async def _destroy_logbook(self, book_uuid: str) -> None: ...
+
+    async def _destroy_logbooks(self, book_uuids: list[str]) -> int:
+        """Delete each logbook that exists; one ``_destroy_logbook`` each unless a backend
+        does better."""
+        deleted = 0
+        for book_uuid in book_uuids:
+            try:
+                await self._destroy_logbook(book_uuid)
+            except LogBookNotFound:
+                continue
+            deleted += 1
+        return deleted
 
     @abc.abstractmethod
     def _logbooks(self) -> AsyncIterator[LogBook]: ...

@@ -124,6 +124,14 @@ class MemoryStore(InMemory, Store):
         self._book(book_uuid)
         del self._books[book_uuid]
 
+    async def _destroy_logbooks(self, book_uuids: list[str]) -> int:
+        await checkpoint()
+        books = self._books
+        found = [book_uuid for book_uuid in book_uuids if book_uuid in books]
+        for book_uuid in found:
+            del books[book_uuid]
+        return len(found)
+
     async def _logbooks(self) -> AsyncIterator[LogBook]:
         for book in sorted(self._books.values(), key=lambda b: b.created_at):
             await checkpoint()

@@ -409,6 +409,15 @@ class PostgresStore(Store):
         if deleted is None:
             raise self._missing(book_uuid)
 
+    async def _destroy_logbooks(self, book_uuids: list[str]) -> int:
+        # A uuid holding NUL names no logbook (PostgreSQL text cannot hold it).
+        uuids = [book_uuid for book_uuid in book_uuids if "\x00" not in book_uuid]
+        statement = self._sql.destroy_many
+        deleted = await self._link.call(
+            "destroy_logbooks", lambda conn: conn.fetchval(statement, self.namespace, uuids)
+        )
+        return int(deleted)
+
     async def _page(self, after: tuple[float, int], conn: Any) -> list[Any]:
         rows: list[Any] = await conn.fetch(self._sql.page_query, self.namespace, *after, _PAGE)
         return rows

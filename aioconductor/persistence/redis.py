@@ -161,6 +161,15 @@ class RedisStore(OverLink[RedisLink], Store):
         reply = await self._write(script, "destroy_logbook", keys, book_uuid, [book_uuid])
         self._refused(reply, book_uuid, None)
 
+    async def _destroy_logbooks(self, book_uuids: list[str]) -> int:
+        script = self._scripts.destroy
+        books = self._prefix + "books"
+        calls = [
+            (script, [books, self._book_key(u)], [self._flow_prefix(u), u]) for u in book_uuids
+        ]
+        replies = await self._link.call("destroy_logbooks", lambda: self._link.scripts(calls))
+        return sum(1 for reply in replies if reply[0] == "ok")
+
     async def _logbooks(self) -> AsyncIterator[LogBook]:
         start = 0
         while True:

@@ -324,6 +324,16 @@ class SqliteStore(Store):
 
         await self._write("destroy_logbook", destroy)
 
+    async def _destroy_logbooks(self, book_uuids: list[str]) -> int:
+        def destroy(conn: sqlite3.Connection) -> int:
+            keys = [(self.namespace, book_uuid) for book_uuid in book_uuids]
+            deleted = conn.executemany(sql.DELETE_BOOK, keys).rowcount
+            conn.executemany(sql.DELETE_FLOWS, keys)
+            conn.executemany(sql.DELETE_ATOMS, keys)
+            return deleted
+
+        return await self._write("destroy_logbooks", destroy)
+
     async def _logbooks(self) -> AsyncIterator[LogBook]:
         after: tuple[float, int] | None = None
         while True:

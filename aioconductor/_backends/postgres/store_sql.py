@@ -205,6 +205,9 @@ UPDATE_ATOMS = """WITH book AS (
         (SELECT stored FROM stale), (SELECT count(*) FROM atoms_written)"""
 UPDATE_ATOMS = _with_atoms(UPDATE_ATOMS, 5)
 DESTROY = "DELETE FROM {s}.logbooks WHERE namespace = $1 AND uuid = $2 RETURNING seq"
+DESTROY_MANY = """WITH gone AS (
+    DELETE FROM {s}.logbooks WHERE namespace = $1 AND uuid = ANY($2::text[]) RETURNING 1)
+    SELECT count(*) FROM gone"""
 # A logbook (or a page of them) with every flow and atom, in one statement, so one snapshot.
 # Rows: (kind, seq, key, parent, name, created_at, updated_at, data, token, state, version);
 # kind 0 a logbook (key: its uuid), 1 a flow (key: its uuid, parent: its logbook's), 2 an atom
@@ -251,6 +254,7 @@ class StoreStatements:
     update_flow_fast: str = UPDATE_FLOW_FAST
     update_atoms: str = UPDATE_ATOMS
     destroy: str = DESTROY
+    destroy_many: str = DESTROY_MANY
     get: str = GET
     page_query: str = PAGE_QUERY
 

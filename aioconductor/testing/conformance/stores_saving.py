@@ -386,3 +386,19 @@ async def test_destroy_logbook_removes_it_with_its_details(store: Store) -> None
     # The uuid is free again, with no flow, atom or token left over.
     fresh = await store.save_logbook(LogBook(uuid=book.uuid, name="fresh"), token=1)
     assert (fresh.flows, fresh.token) == ({}, 1)
+
+
+async def test_destroy_logbooks_removes_those_that_exist_in_one_call(store: Store) -> None:
+    gone = [await store.save_logbook(make_book(f"gone-{n}", flows=2)) for n in range(3)]
+    kept = await store.save_logbook(make_book("kept"))
+    uuids = [book.uuid for book in gone]
+    assert await store.destroy_logbooks([*uuids, "no-such-book", uuids[0], "a\x00b"]) == 3
+    for book in gone:
+        with pytest.raises(LogBookNotFound):
+            await store.get_logbook(book.uuid)
+    assert [b async for b in store.logbooks()] == [kept]
+    assert await store.destroy_logbooks([]) == 0
+    assert await store.destroy_logbooks(uuids) == 0
+    # The uuids are free again, with nothing left over.
+    fresh = await store.save_logbook(LogBook(uuid=uuids[0], name="fresh"), token=1)
+    assert (fresh.flows, fresh.token) == ({}, 1)
