@@ -68,6 +68,17 @@ def chaos(session: nox.Session) -> None:
             session.log(f"chaos figures ({report}):\n{report.read_text()}")
 
 
+@nox.session
+def retention(session: nox.Session) -> None:
+    """The bounded-size run of retention: 200,000 jobs through the SQLite, Redis, PostgreSQL
+    and Kafka boards with a 1-second retention, each board in a process of its own; fails if a
+    board ever held more finished jobs than one retention window's plus one purge batch
+    (``-- --jobs N`` for a shorter run)."""
+    session.install("-e", ".[dev]")
+    for backend in ("sqlite", "redis", "postgres", "kafka"):
+        session.run("python", "-m", "benchmarks.retention", "--backends", backend, *session.posargs)
+
+
 #: mkdocs-material prints a banner about its successor on every build; the build is what counts.
 _QUIET_MKDOCS = {"NO_MKDOCS_2_WARNING": "1"}
 

@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 #: looked into further); its conductor processes share 5,000 jobs in
 #: ``tests/test_conductor_processes.py``.
 BACKENDS = [backend.param() for backend in chosen(processes=True) if backend.name != "kafka"]
+#: Every board that outlives a process (memory's race is in the conformance suite, over boards
+#: of one process).
+SHARED = [backend.param() for backend in chosen(processes=True)]
 
 
 @pytest.mark.slow
@@ -43,3 +46,33 @@ async def test_eight_processes_consume_each_of_5000_jobs_once(space: Space, tmp_
         assert len(consumed) == total and set(consumed) == posted
         assert sum(1 for out in outs if out.read_text()) > 1  # the work was shared
         assert await board.job_count(state=JobState.COMPLETE) == total
+
+
+@pytest.mark.parametrize("space", SHARED, indirect=True)
+async def test_fifty_posts_of_one_key_from_three_processes_create_one_job(
+    space: Space, tmp_path: Path
+) -> None:
+    url = space.board_url("keys")
+    counts = {"p0": 17, "p1": 17, "p2": 16}
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            for name, count in counts.items():
+                command = [sys.executable, "-m", "tests.key_poster", url, "order-42", str(count)]
+                tg.start_soon(
+                    functools.partial(anyio.run_process, [*command, str(tmp_path), name], cwd=REPO)
+                )
+            # Every process connected and waits: then all post at once.
+            while not all((tmp_path / f"{name}.ready").exists() for name in counts):
+                await anyio.sleep(0.01)
+            (tmp_path / "go").write_text("")
+    lines = [
+        line.split()
+        for name in counts
+        for line in (tmp_path / f"{name}.out").read_text().splitlines()
+    ]
+    assert len(lines) == 50
+    assert len({job_id for job_id, _ in lines}) == 1
+    assert [created for _, created in lines].count("True") == 1
+    async with open_board(url) as board:
+        assert await board.job_count() == 1
+        assert (await board.get_by_key("order-42")).id == lines[0][0]
