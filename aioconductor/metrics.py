@@ -247,6 +247,9 @@ class ConductorMetrics:
             counter, "jobs_retried", "Failed runs scheduled to run again.", ["conductor"]
         )
         trashed = family(counter, "jobs_trashed", "Jobs trashed.", ["conductor"])
+        purged = family(
+            counter, "jobs_purged", "Finished jobs purged under the retention.", ["conductor"]
+        )
         lost = family(counter, "lease_losses", "Claims lost while running.", ["conductor"])
         conflicts = family(
             counter,
@@ -266,12 +269,14 @@ class ConductorMetrics:
             released.add_metric([name], stats.released)
             retried.add_metric([name], stats.retried)
             trashed.add_metric([name], stats.trashed)
+            purged.add_metric([name], stats.purged)
             lost.add_metric([name], stats.lease_lost)
             conflicts.add_metric([name], stats.claim_conflicts)
             running = len(conductor.running)
             in_flight.add_metric([name], running)
             free.add_metric([name], max(0, conductor.max_concurrency - running))
-        yield from (claimed, consumed, abandoned, released, retried, trashed, lost, conflicts)
+        yield from (claimed, consumed, abandoned, released, retried, trashed, purged)
+        yield from (lost, conflicts)
         yield from (in_flight, free)
         board_jobs = family(gauge, "board_jobs", "Jobs on the watched board, by state.", ["state"])
         for state, count in self._board_jobs.items():

@@ -65,6 +65,7 @@ async def test_a_scrape_counts_what_the_conductor_did() -> None:
     assert value("aioconductor_jobs_consumed_total", conductor="m1", outcome="FAILURE") == 0
     assert value("aioconductor_jobs_trashed_total", conductor="m1") == 1
     assert value("aioconductor_jobs_abandoned_total", conductor="m1") == 0
+    assert value("aioconductor_jobs_purged_total", conductor="m1") == 0
     assert value("aioconductor_lease_losses_total", conductor="m1") == 0
     assert value("aioconductor_claim_conflicts_total", conductor="m1") == 0
     assert value("aioconductor_jobs_in_flight", conductor="m1") == 0
