@@ -6,7 +6,8 @@
 - :mod:`~aioconductor._backends.kafka.setup`: the URL's options, the error table (aiokafka's
   errors become ``BackendUnavailable``), creating the topics, starting the producer.
 - :mod:`~aioconductor._backends.kafka.records`: a posted job's state and each transition of it,
-  as pure functions; the jobs and dead-letter records.
+  as pure functions; the jobs and dead-letter records; reading a state (as a ``Job``, claimable,
+  in claim order).
 - :mod:`~aioconductor._backends.kafka.view`: the fold of the state topic into every job's state
   (pure: no I/O).
 - :mod:`~aioconductor._backends.kafka.log`: reading and writing the state topic (a transition is
