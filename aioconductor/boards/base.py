@@ -54,6 +54,7 @@ from aioconductor.boards._support import PostSpec
 from aioconductor.boards._support import Subscription
 from aioconductor.boards._support import lost_message
 from aioconductor.boards._support import unclaimable_message
+from aioconductor.boards._ticking import Ticks
 from aioconductor.errors import BoardClosed
 from aioconductor.errors import BoardError
 from aioconductor.errors import ConfigurationError
@@ -84,7 +85,7 @@ MAX_BATCH = 256
 MAX_POST_BATCH = 10_000
 
 
-class JobBoard(Lifecycle, Notifications, ClaimEndings, Purging, ConductorRegistry):
+class JobBoard(Lifecycle, Notifications, ClaimEndings, Purging, Ticks, ConductorRegistry):
     """An async job board. Open it with ``async with open_board(url) as board``.
 
     Args:

@@ -106,6 +106,22 @@ class MemoryJobBoard(InMemory, JobBoard):
 
     async def _post(self, spec: PostSpec) -> Job:
         await checkpoint()
+        return self._insert(spec)
+
+    async def _post_tick(self, schedule: str, tick: float, spec: PostSpec) -> Job | None:
+        await checkpoint()
+        ticks = self._space.ticks
+        last = ticks.get(schedule)
+        if last is not None and last >= tick:
+            return None
+        ticks[schedule] = tick
+        return self._insert(spec)
+
+    async def _schedule_ticks(self) -> dict[str, float]:
+        await checkpoint()
+        return dict(self._space.ticks)
+
+    def _insert(self, spec: PostSpec) -> Job:
         space = self._space
         if spec.key is not None and spec.key in space.keys:
             return self._visible(space.jobs[space.keys[spec.key]])

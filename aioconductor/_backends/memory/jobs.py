@@ -105,6 +105,8 @@ class Space:
     subscriptions: set[Subscription] = field(default_factory=set)
     #: key -> id of the job holding it.
     keys: dict[str, str] = field(default_factory=dict)
+    #: schedule name -> its last posted tick.
+    ticks: dict[str, float] = field(default_factory=dict)
     #: final state -> heap of (updated_at, id) of jobs that ended in it (purged ones go stale).
     ended: dict[JobState, list[tuple[float, str]]] = field(default_factory=dict)
 

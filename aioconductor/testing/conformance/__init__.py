@@ -31,6 +31,7 @@ as fixtures named ``backend`` (and ``store_backend``), then collect the suites::
     from aioconductor.testing.conformance.boards_keys import *  # noqa: F403
     from aioconductor.testing.conformance.boards_retention import *  # noqa: F403
     from aioconductor.testing.conformance.boards_streams import *  # noqa: F403
+    from aioconductor.testing.conformance.boards_ticks import *  # noqa: F403
     from aioconductor.testing.conformance.stores_fencing import *  # noqa: F403
     from aioconductor.testing.conformance.stores_saving import *  # noqa: F403
 
