@@ -206,6 +206,8 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, Purging, Ticks, Conductor
             PayloadError: bad name, flow, args, key or option; nothing was written.
         """
         self._check_open()
+        if key is None:
+            raise PayloadError("get_or_post needs a key (post() posts without one)")
         spec = post_spec(name, flow, args, self.max_payload_bytes, key=key, **options)
         job = await self._post(spec)
         return job, job.id == spec.id
@@ -243,6 +245,8 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, Purging, Ticks, Conductor
             raise PayloadError(f"post_many takes at most {MAX_POST_BATCH:,} jobs a call")
         item_keys: list[str | None] = [None] * len(items)
         if keys is not None:
+            if isinstance(keys, (str, bytes)):
+                raise PayloadError("keys must be one key (or None) per item, not one string")
             item_keys = list(itertools.islice(keys, len(items) + 1))
             if len(item_keys) != len(items):
                 many = "more" if len(item_keys) > len(items) else str(len(item_keys))

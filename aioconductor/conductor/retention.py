@@ -25,12 +25,14 @@ from aioconductor.events import Event
 from aioconductor.events import Notifier
 from aioconductor.models import JobState
 
-__all__ = ["DAY", "Purger", "Retention"]
+__all__ = ["DAY", "LEAD_CHECK", "Purger", "Retention"]
 
 logger = logging.getLogger("aioconductor.conductor")
 
 #: Seconds in a day.
 DAY = 86_400.0
+#: How often (seconds) a conductor that does not purge asks the registry whether it should.
+LEAD_CHECK = 5.0
 #: The purger's pause between rounds is a tenth of the shortest retention, within these bounds.
 _MIN_INTERVAL = 0.1
 _MAX_INTERVAL = 300.0
@@ -118,17 +120,27 @@ class Purger:
         self._stats = stats
 
     async def run(self) -> None:
-        """Purge round after round, until cancelled; a failed round is logged and retried."""
+        """Purge round after round, until cancelled; a failed round is logged and retried
+        (a bug in a round too: retention is not worth stopping the conductor for)."""
         every = self.retention.every
         if every is None:
             return
+        leads, follows_until = False, -math.inf
         while True:
             await anyio.sleep(every)
             try:
-                if await self.leads():
+                # The purger asks the registry every round; the others once a LEAD_CHECK:
+                # short retentions purge often, and a read of the registry is a write on Kafka.
+                now = anyio.current_time()
+                if leads or now >= follows_until:
+                    leads = await self.leads()
+                    follows_until = now + LEAD_CHECK
+                if leads:
                     await self.purge_once()
             except AioconductorError as exc:
                 logger.warning("conductor %s: purge failed (%r)", self._conductor, exc)
+            except Exception:
+                logger.exception("conductor %s: purge failed", self._conductor)
 
     async def leads(self) -> bool:
         """Whether this conductor is the one that purges now: the smallest owner id among

@@ -109,12 +109,16 @@ async def test_post_many_takes_a_key_per_item(board: JobBoard) -> None:
     assert sorted(job.key or "" for job in await snapshot(board)) == ["", "a", "b"]
 
 
-async def test_post_many_with_a_key_count_that_does_not_match_writes_nothing(
-    board: JobBoard,
-) -> None:
-    for keys in (["a"], ["a", "b", "c"]):
+async def test_post_many_with_keys_that_do_not_match_writes_nothing(board: JobBoard) -> None:
+    for keys in (["a"], ["a", "b", "c"], "ab"):
         with pytest.raises(PayloadError):
             await board.post_many("f", [{}, {}], keys=keys)
+    assert await board.job_count() == 0
+
+
+async def test_get_or_post_without_a_key_is_refused(board: JobBoard) -> None:
+    with pytest.raises(PayloadError):
+        await board.get_or_post("j", "f", key=None)  # type: ignore[arg-type]
     assert await board.job_count() == 0
 
 
