@@ -64,6 +64,7 @@ from aioconductor.persistence import LogBook
 from aioconductor.persistence import Store
 from aioconductor.persistence import open_store
 from aioconductor.registry import FlowRegistry
+from aioconductor.schedules import Schedule
 
 __version__ = "0.1.0"
 
@@ -111,6 +112,7 @@ __all__ = [
     "Retention",
     "Retry",
     "RetryPolicy",
+    "Schedule",
     "Store",
     "StoreClosed",
     "StoreError",

@@ -32,6 +32,9 @@ class Event(enum.StrEnum):
     #: The conductor that purges for its fleet deleted finished jobs past their retention
     #: (details hold ``conductor`` and a count per state: ``complete``, ``trashed``).
     JOBS_PURGED = "jobs_purged"
+    #: A conductor posted a schedule's tick (details hold ``schedule``, ``tick`` and
+    #: ``job_id``); only the conductor that posted it emits this.
+    SCHEDULE_TICKED = "schedule_ticked"
     LEASE_LOST = "lease_lost"
     COMPILATION_START = "compilation_start"
     COMPILATION_END = "compilation_end"

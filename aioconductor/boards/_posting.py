@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
+from pydantic import BaseModel
+
 from aioconductor._payload import encode_json
 from aioconductor._payload import encode_object
 from aioconductor._payload import finite_seconds
@@ -40,7 +42,7 @@ class PostOptions(TypedDict, total=False):
 def post_spec(
     name: str,
     flow: str,
-    args: Mapping[str, Any] | None,
+    args: Mapping[str, Any] | BaseModel | None,
     max_payload_bytes: int,
     *,
     priority: int = 0,
@@ -72,6 +74,8 @@ def post_spec(
         raise PayloadError("give delay or not_before, not both")
     delay_s = 0.0 if delay is None else finite_seconds("delay", delay)
     at = None if not_before is None else finite_seconds("not_before", not_before)
+    if isinstance(args, BaseModel):
+        args = args.model_dump(mode="json")
     # Store what a reader will get back: decoding normalises tuples to lists and so on.
     data, decoded = encode_object("the job's args", {} if args is None else args, max_payload_bytes)
     checked, headers_json = _check_headers(headers)

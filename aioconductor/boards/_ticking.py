@@ -16,6 +16,8 @@ from datetime import UTC
 from datetime import datetime
 from typing import Any, Unpack
 
+from pydantic import BaseModel
+
 from aioconductor._payload import validate_key
 from aioconductor.boards._posting import PostOptions
 from aioconductor.boards._posting import post_spec
@@ -69,7 +71,7 @@ class Ticks(abc.ABC):
         tick: float,
         name: str,
         flow: str,
-        args: Mapping[str, Any] | None = None,
+        args: Mapping[str, Any] | BaseModel | None = None,
         **options: Unpack[PostOptions],
     ) -> Job | None:
         """Post the job of ``schedule``'s ``tick``, unless that tick (or a later one) was

@@ -33,6 +33,8 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from typing import Any, Self, Unpack
 
+from pydantic import BaseModel
+
 from aioconductor._checks import check_lease
 from aioconductor._lifecycle import Lifecycle
 from aioconductor._payload import validate_key
@@ -145,7 +147,7 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, Purging, Ticks, Conductor
         self,
         name: str,
         flow: str,
-        args: Mapping[str, Any] | None = None,
+        args: Mapping[str, Any] | BaseModel | None = None,
         *,
         key: str | None = None,
         **options: Unpack[PostOptions],
@@ -155,7 +157,8 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, Purging, Ticks, Conductor
         Args:
             name: a label for people (1 to 255 characters).
             flow: the name the conductors' flow registry knows the flow by.
-            args: a JSON object; the flow factory and the flow's tasks receive it by name.
+            args: a JSON object (or a pydantic model, dumped in JSON mode); the flow factory
+                and the flow's tasks receive it by name.
             key: an idempotency key (1 to 255 characters, no control characters): if a job on
                 the board holds it, whatever its state, nothing is written and that job is
                 returned. A key is free again once its job is purged. :meth:`get_or_post`
@@ -189,7 +192,7 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, Purging, Ticks, Conductor
         self,
         name: str,
         flow: str,
-        args: Mapping[str, Any] | None = None,
+        args: Mapping[str, Any] | BaseModel | None = None,
         *,
         key: str,
         **options: Unpack[PostOptions],
@@ -215,7 +218,7 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, Purging, Ticks, Conductor
     async def post_many(
         self,
         flow: str,
-        args: Iterable[Mapping[str, Any] | None],
+        args: Iterable[Mapping[str, Any] | BaseModel | None],
         *,
         name: str | None = None,
         keys: Iterable[str | None] | None = None,

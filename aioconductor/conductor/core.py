@@ -13,6 +13,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Self
 
 import anyio
@@ -27,8 +28,10 @@ from aioconductor.conductor.jobrun import RunContext
 from aioconductor.conductor.options import check_count
 from aioconductor.conductor.options import check_drain_timeout
 from aioconductor.conductor.options import check_name
+from aioconductor.conductor.options import check_schedules
 from aioconductor.conductor.retention import Purger
 from aioconductor.conductor.retention import Retention
+from aioconductor.conductor.scheduling import Scheduler
 from aioconductor.conductor.solo import SoloGate
 from aioconductor.conductor.solo import last_attempt_after_unfinished
 from aioconductor.conductor.stats import ConductorStats
@@ -42,6 +45,9 @@ from aioconductor.models import Job
 from aioconductor.persistence.base import Store
 from aioconductor.persistence.memory import MemoryStore
 from aioconductor.registry import FlowRegistry
+from aioconductor.schedules import Clock
+from aioconductor.schedules import Schedule
+from aioconductor.schedules import SystemClock
 
 __all__ = ["Conductor"]
 
@@ -72,6 +78,11 @@ class Conductor:
         retention: how long finished jobs are kept before they (and their logbooks in
             ``store``) are purged; one conductor of the fleet purges at a time. By default
             COMPLETE jobs for 7 days and TRASHED ones for 30; None keeps everything.
+        schedules: periodic jobs this conductor posts at each tick; every conductor of a
+            fleet may be handed the same ones (the board posts each tick once). Their flows
+            must be registered in ``flows``, and their args fit the flows' args models.
+        clock: the wall clock the schedules tick by; tests pass a fake one
+            (:class:`aioconductor.testing.FakeClock`).
 
     Raises:
         ConfigurationError: an option no claim could work with (a name that is empty, holds a
@@ -99,6 +110,8 @@ class Conductor:
         notifier: Notifier | None = None,
         isolate_last_attempts: bool = True,
         retention: Retention | None = Retention(),  # noqa: B008 - frozen, shared safely
+        schedules: Sequence[Schedule] = (),
+        clock: Clock | None = None,
     ) -> None:
         self.name = check_name(name)
         self.owner = f"{name}-{uuid.uuid4().hex}"
@@ -120,6 +133,9 @@ class Conductor:
         if retention is not None and not isinstance(retention, Retention):
             raise ConfigurationError(f"retention must be a Retention or None, got {retention!r}")
         self.retention = retention
+        self.schedules = check_schedules(schedules, flows)
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._scheduler: Scheduler | None = None
         #: Jobs run under a shared hold of this gate, or alone (:meth:`runs_alone`).
         self.gate = SoloGate()
         #: Register listeners here (``conductor.notifier.register("job_consumed", fn)``).
@@ -243,6 +259,9 @@ class Conductor:
                     services.start_soon(self._heartbeat)
                     if self.retention is not None:
                         services.start_soon(self._purger(self.retention).run)
+                    if self.schedules:
+                        self._scheduler = self._new_scheduler()
+                        services.start_soon(self._scheduler.run)
                     task_status.started()
                     await dispatcher.run(jobs, max_dispatches)
                     services.cancel_scope.cancel()
@@ -253,6 +272,16 @@ class Conductor:
                 with contextlib.suppress(Exception):
                     await self.board.unregister_conductor(self.owner)
             self._stopped.set()
+
+    def _new_scheduler(self) -> Scheduler:
+        return Scheduler(
+            self.schedules,
+            board=self.board,
+            clock=self.clock,
+            conductor=self.name,
+            notifier=self.notifier,
+            stats=self.stats,
+        )
 
     def _purger(self, retention: Retention) -> Purger:
         return Purger(
@@ -343,6 +372,10 @@ class Conductor:
                 for run in due:
                     renewals.start_soon(run.renew_lease)
 
+    def _published_schedules(self) -> dict[str, object]:
+        scheduler = self._scheduler
+        return {"schedules": scheduler.published()} if scheduler is not None else {}
+
     async def _heartbeat(self) -> None:
         """Keep this conductor listed in ``board.conductors()`` with its load."""
         interval = min(self.lease / 3, 5.0)
@@ -356,6 +389,7 @@ class Conductor:
                         "running": len(self.running),
                         "capacity": self.max_concurrency,
                         "jobs": sorted(self.running)[:100],
+                        **self._published_schedules(),
                     },
                 )
             except AioconductorError as exc:

@@ -13,7 +13,8 @@ the flow succeeded                                 ``consume`` (``SUCCESS``, pro
 a task failed and the flow was reverted            ``consume`` (``REVERTED``/``FAILURE``)
 ... and the job's retry policy has retries left    ``retry`` (scheduled after the backoff)
 claimed more than ``max_attempts`` times           ``trash`` without running
-unknown flow, factory raised, args do not fit      ``trash`` (it can never succeed)
+unknown flow, args do not fit (its args model, or  ``trash`` (it can never succeed)
+the factory's signature), the factory raised
 storage failure, internal error                    ``abandon`` (the attempt is spent)
 shutdown, cancellation                             ``release`` (the attempt is given back)
 the claim was lost (stolen, fenced out)            nothing: the new owner has it
@@ -33,6 +34,7 @@ from typing import Any
 
 import anyio
 
+from aioconductor._models import evolve
 from aioconductor.boards.base import JobBoard
 from aioconductor.conductor.solo import SoloGate
 from aioconductor.conductor.solo import last_attempt_after_unfinished
@@ -47,6 +49,7 @@ from aioconductor.errors import ClaimLost
 from aioconductor.errors import CompilationError
 from aioconductor.errors import FlowNotFound
 from aioconductor.errors import LogBookNotFound
+from aioconductor.errors import PayloadError
 from aioconductor.events import Event
 from aioconductor.events import Notifier
 from aioconductor.failure import Failure
@@ -166,6 +169,7 @@ class JobRun:
             await self._emit(Event.JOB_CLAIMED)
             if job.attempts > job.max_attempts:
                 raise _Unrunnable(exhausted_reason(job))
+            job = self.job = self._with_checked_args()
             flow = self._build_flow()
             engine = context.make_engine(job, self.claim, flow)
             running = context.running
@@ -211,6 +215,17 @@ class JobRun:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
                 await self._release()
             raise
+
+    def _with_checked_args(self) -> Job:
+        """The job with its args validated by its flow's args model, if the flow has one."""
+        job = self.job
+        if self.context.flows.args_model(job.flow) is None:
+            return job
+        try:
+            args = self.context.flows.check_args(job.flow, job.args)
+        except (FlowNotFound, PayloadError) as exc:
+            raise _Unrunnable(str(exc)) from None
+        return evolve(job, args=args)
 
     def _build_flow(self) -> Flow:
         name = self.job.flow

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from aioconductor._payload import MAX_NAME_LENGTH
 from aioconductor._payload import validate_name
 from aioconductor.errors import ConfigurationError
+from aioconductor.errors import FlowNotFound
 from aioconductor.errors import PayloadError
+from aioconductor.registry import FlowRegistry
+from aioconductor.schedules import Schedule
 
-__all__ = ["MAX_CONDUCTOR_NAME", "check_count", "check_drain_timeout", "check_name"]
+__all__ = [
+    "MAX_CONDUCTOR_NAME",
+    "check_count",
+    "check_drain_timeout",
+    "check_name",
+    "check_schedules",
+]
 
 #: The longest conductor name: the owner id on the board (name, "-", 32 hex digits) must fit
 #: the boards' limit of MAX_NAME_LENGTH characters.
@@ -49,3 +60,25 @@ def check_drain_timeout(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise ConfigurationError(f"drain_timeout must be a number of seconds >= 0, got {value!r}")
     return float(value)
+
+
+def check_schedules(schedules: Iterable[Schedule], flows: FlowRegistry) -> tuple[Schedule, ...]:
+    """``schedules`` if each is a ``Schedule`` with a name of its own, a registered flow and
+    args that fit the flow's args model.
+
+    Raises:
+        ConfigurationError: naming the schedule and what is wrong.
+    """
+    checked = tuple(schedules)
+    names: set[str] = set()
+    for schedule in checked:
+        if not isinstance(schedule, Schedule):
+            raise ConfigurationError(f"schedules must be Schedule objects, got {schedule!r:.80}")
+        if schedule.name in names:
+            raise ConfigurationError(f"two schedules are named {schedule.name!r}")
+        names.add(schedule.name)
+        try:
+            flows.check_args(schedule.flow, schedule.job_args)
+        except (FlowNotFound, PayloadError) as exc:
+            raise ConfigurationError(f"schedule {schedule.name!r}: {exc}") from None
+    return checked

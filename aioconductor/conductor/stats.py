@@ -26,6 +26,8 @@ class ConductorStats:
     trashed: int = 0
     #: Finished jobs this conductor purged under its retention (it purges for its fleet).
     purged: int = 0
+    #: Schedule ticks this conductor posted (another conductor may post the others).
+    scheduled: int = 0
     lease_lost: int = 0
     #: Claims made because a job was announced that came back empty: another conductor was
     #: first (many mean more conductors wake per job than there are jobs).

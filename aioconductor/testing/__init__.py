@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from aioconductor.boards.memory import MemoryJobBoard
 from aioconductor.conductor import Conductor
@@ -27,7 +28,50 @@ from aioconductor.persistence.models import AtomState
 from aioconductor.persistence.models import LogBook
 from aioconductor.registry import FlowRegistry
 
-__all__ = ["InMemoryJobBoard", "InMemoryStore", "drain"]
+__all__ = ["FakeClock", "InMemoryJobBoard", "InMemoryStore", "drain"]
+
+
+class FakeClock:
+    """A wall clock that moves only when told, for tests of schedules
+    (``Conductor(..., clock=FakeClock(start))``): no test waits for a real minute.
+
+    Example::
+
+        clock = FakeClock(1_767_225_600.0)  # 2026-01-01T00:00:00Z
+        conductor = Conductor("c", board, flows=flows, schedules=[...], clock=clock)
+        ...
+        clock.advance(60)  # the next minute's tick is due: sleepers wake
+    """
+
+    def __init__(self, start: float) -> None:
+        self._now = float(start)
+        self._sleepers: list[tuple[float, anyio.Event]] = []
+
+    def time(self) -> float:
+        """Now, on this clock (epoch seconds)."""
+        return self._now
+
+    def set(self, now: float) -> None:
+        """Move the clock to ``now`` (forward or back) and wake those whose sleep ended."""
+        self._now = float(now)
+        waking = [event for until, event in self._sleepers if until <= self._now]
+        self._sleepers = [(until, e) for until, e in self._sleepers if until > self._now]
+        for event in waking:
+            event.set()
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock ``seconds`` forward."""
+        self.set(self._now + seconds)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until this clock has moved ``seconds`` on."""
+        until = self._now + max(seconds, 0.0)
+        if until <= self._now:
+            await anyio.lowlevel.checkpoint()
+            return
+        event = anyio.Event()
+        self._sleepers.append((until, event))
+        await event.wait()
 
 
 class InMemoryJobBoard(MemoryJobBoard):

@@ -1,0 +1,114 @@
+"""A conductor's scheduler: posts each due tick of its schedules through ``board.post_tick``.
+
+Every conductor handed a schedule runs this; the board decides which of them posts a tick (its
+last tick advances in the same atomic step as the post), so the fleet posts each tick once.
+A conductor remembers the last tick it saw posted, by itself or another, and asks the board
+only when a tick is due: one call per conductor per tick.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from aioconductor.boards.base import JobBoard
+from aioconductor.conductor.stats import ConductorStats
+from aioconductor.errors import AioconductorError
+from aioconductor.events import Event
+from aioconductor.events import Notifier
+from aioconductor.schedules import Clock
+from aioconductor.schedules import Schedule
+
+__all__ = ["RETRY_AFTER", "Scheduler"]
+
+logger = logging.getLogger("aioconductor.conductor")
+
+#: Seconds before a round that failed (the board unreachable) is tried again.
+RETRY_AFTER = 1.0
+
+
+class Scheduler:
+    """Posts the due ticks of ``schedules`` until cancelled.
+
+    A schedule that never posted on this board starts with the first tick after the scheduler
+    was made (when its conductor's ``run`` began); one that did resumes after its last posted tick: the latest missed tick is posted
+    (every missed one, at most ``MAX_CATCH_UP``, with ``catch_up``).
+    """
+
+    def __init__(
+        self,
+        schedules: Sequence[Schedule],
+        *,
+        board: JobBoard,
+        clock: Clock,
+        conductor: str,
+        notifier: Notifier,
+        stats: ConductorStats,
+    ) -> None:
+        self.schedules = list(schedules)
+        self._board = board
+        self._clock = clock
+        self._conductor = conductor
+        self._notifier = notifier
+        self._stats = stats
+        #: schedule name -> the last tick this scheduler knows was posted.
+        self.done: dict[str, float] = {}
+        #: When the scheduler was made: a schedule new to the board starts after this.
+        self.started = clock.time()
+
+    async def run(self) -> None:
+        """Post due ticks, then sleep until the next one, until cancelled."""
+        if not self.schedules:
+            return
+        while True:
+            try:
+                if not self.done:
+                    last = await self._board.schedule_ticks()
+                    self.done = {s.name: last.get(s.name, self.started) for s in self.schedules}
+                await self.post_due()
+            except AioconductorError as exc:
+                logger.warning("conductor %s: schedules: %r", self._conductor, exc)
+                await self._clock.sleep(RETRY_AFTER)
+                continue
+            await self._clock.sleep(self.next_tick() - self._clock.time())
+
+    async def post_due(self) -> None:
+        """Post every schedule's due ticks (each tick once across the fleet)."""
+        now = self._clock.time()
+        for schedule in self.schedules:
+            for tick in schedule.due(self.done[schedule.name], now):
+                job = await self._board.post_tick(
+                    schedule.name,
+                    tick,
+                    schedule.name,
+                    schedule.flow,
+                    schedule.job_args,
+                    priority=schedule.priority,
+                    max_attempts=schedule.max_attempts,
+                )
+                self.done[schedule.name] = tick
+                if job is None:
+                    continue  # another conductor posted it
+                self._stats.scheduled += 1
+                logger.info(
+                    "conductor %s: schedule %s posted job %s for %s",
+                    self._conductor,
+                    schedule.name,
+                    job.id,
+                    job.key,
+                )
+                details = {"schedule": schedule.name, "tick": tick, "job_id": job.id}
+                await self._notifier.notify(Event.SCHEDULE_TICKED, details)
+
+    def next_tick(self) -> float:
+        """When the earliest next tick of the schedules falls (epoch seconds)."""
+        now = self._clock.time()
+        return min(s.next_after(max(now, self.done.get(s.name, now))) for s in self.schedules)
+
+    def published(self) -> list[dict[str, object]]:
+        """The schedules as a conductor publishes them with its heartbeat (with next ticks)."""
+        now = self._clock.time()
+        return [
+            {**schedule.describe(), "next_tick": schedule.next_after(now)}
+            for schedule in self.schedules
+        ]
