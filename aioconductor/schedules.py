@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 from zoneinfo import ZoneInfoNotFoundError
 
@@ -32,9 +32,21 @@ from aioconductor.boards._posting import post_spec
 from aioconductor.boards._ticking import tick_key
 from aioconductor.boards._ticking import validate_schedule_name
 from aioconductor.errors import ConfigurationError
+from aioconductor.errors import JobNotFound
 from aioconductor.errors import PayloadError
 
-__all__ = ["MAX_CATCH_UP", "Clock", "Schedule", "SystemClock"]
+if TYPE_CHECKING:
+    from aioconductor.boards.base import JobBoard
+
+__all__ = [
+    "MAX_CATCH_UP",
+    "Clock",
+    "Schedule",
+    "ScheduleStatus",
+    "SystemClock",
+    "load_schedules",
+    "schedule_status",
+]
 
 #: The most missed ticks a ``catch_up`` schedule posts after a gap: the latest ones, oldest
 #: first (a conductor fleet down for a week does not post 10,080 minutely jobs on its return).
@@ -210,3 +222,93 @@ class Schedule:
 
 def _whole(moment: datetime) -> float:
     return float(math.floor(moment.timestamp()))
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleStatus:
+    """A schedule as the fleet runs it: what its conductors publish, and what the board holds
+    (``aioconductor schedules`` and the dashboard list these)."""
+
+    name: str
+    #: What the conductors running it say (flow, cron or every, time zone); empty if none runs
+    #: it now (the board still holds its last tick).
+    published: dict[str, Any]
+    #: The owners of the live conductors running it.
+    conductors: list[str]
+    #: The earliest next tick the conductors announce (epoch seconds), if any runs it.
+    next_tick: float | None
+    #: The last tick posted on the board, if any.
+    last_tick: float | None
+    #: The id and state of the last tick's job; None if it was purged or there is none.
+    last_job_id: str | None
+    last_job_state: str | None
+
+
+async def schedule_status(board: JobBoard) -> list[ScheduleStatus]:
+    """Every schedule the live conductors of ``board`` run or the board has a tick of, by
+    name."""
+    published: dict[str, dict[str, Any]] = {}
+    runners: dict[str, list[str]] = {}
+    nexts: dict[str, float] = {}
+    for info in await board.conductors():
+        for entry in info.meta.get("schedules", ()):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                continue
+            name = entry["name"]
+            published.setdefault(name, {k: v for k, v in entry.items() if k != "next_tick"})
+            runners.setdefault(name, []).append(info.owner)
+            if isinstance(entry.get("next_tick"), (int, float)):
+                nexts[name] = min(nexts.get(name, math.inf), float(entry["next_tick"]))
+    ticks: dict[str, float] = await board.schedule_ticks()
+    found: list[ScheduleStatus] = []
+    for name in sorted(set(published) | set(ticks)):
+        last = ticks.get(name)
+        job_id = job_state = None
+        if last is not None:
+            try:
+                job = await board.get_by_key(tick_key(name, last))
+            except JobNotFound:
+                pass
+            else:
+                job_id, job_state = job.id, job.state.value
+        found.append(
+            ScheduleStatus(
+                name=name,
+                published=published.get(name, {}),
+                conductors=sorted(runners.get(name, [])),
+                next_tick=nexts.get(name),
+                last_tick=last,
+                last_job_id=job_id,
+                last_job_state=job_state,
+            )
+        )
+    return found
+
+
+def load_schedules(spec: str) -> list[Schedule]:
+    """Import schedules from ``"package.module:attribute"``: a ``Schedule`` or a sequence
+    of them.
+
+    Raises:
+        ConfigurationError: the spec is malformed, the module cannot be imported, or the
+            attribute holds something else.
+    """
+    import importlib
+
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigurationError(f"expected 'package.module:schedules', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+    try:
+        value = getattr(module, attribute)
+    except AttributeError:
+        raise ConfigurationError(f"module {module_name!r} has no {attribute!r}") from None
+    schedules = [value] if isinstance(value, Schedule) else value
+    if not isinstance(schedules, (list, tuple)) or not all(
+        isinstance(s, Schedule) for s in schedules
+    ):
+        raise ConfigurationError(f"{spec!r} is not a Schedule or a list of them")
+    return list(schedules)

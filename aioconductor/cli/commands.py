@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,8 @@ from aioconductor.models import JobState
 from aioconductor.models import RetryPolicy
 from aioconductor.persistence import open_store
 from aioconductor.registry import FlowRegistry
+from aioconductor.schedules import load_schedules
+from aioconductor.schedules import schedule_status
 
 __all__ = ["run_command"]
 
@@ -66,6 +69,7 @@ async def _cmd_migrate(args: argparse.Namespace) -> int:
 
 async def _cmd_run(board: JobBoard, args: argparse.Namespace) -> int:
     flows = FlowRegistry.load(args.app)
+    schedules = load_schedules(args.schedules) if args.schedules else []
     store = open_store(args.store) if args.store else None
     conductor = Conductor(
         args.name,
@@ -76,6 +80,7 @@ async def _cmd_run(board: JobBoard, args: argparse.Namespace) -> int:
         lease=args.lease,
         drain_timeout=args.drain_timeout,
         retention=_retention(args),
+        schedules=schedules,
     )
     async with conductor, anyio.create_task_group() as tg:
         tg.start_soon(_stop_on_signals, conductor, tg.cancel_scope)
@@ -210,6 +215,38 @@ async def _cmd_conductors(board: JobBoard, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cmd_schedules(board: JobBoard, args: argparse.Namespace) -> int:
+    found = await schedule_status(board)
+    if args.json:
+        for status in found:
+            echo_json(json.dumps(dataclasses.asdict(status), sort_keys=True))
+        return 0
+    rows = []
+    for status in found:
+        spec = status.published
+        when = f"cron {spec['cron']} {spec.get('timezone', 'UTC')}" if "cron" in spec else ""
+        if "every" in spec:
+            when = f"every {spec['every']} s"
+        last_job = "-"
+        if status.last_tick is not None:
+            last_job = status.last_job_id or "(purged)"
+        rows.append(
+            [
+                status.name,
+                str(spec.get("flow", "-")),
+                when or "(no conductor runs it)",
+                _when(status.next_tick),
+                _when(status.last_tick),
+                last_job,
+                status.last_job_state or "-",
+                str(len(status.conductors)),
+            ]
+        )
+    headers = ["name", "flow", "when", "next tick", "last tick", "last job", "state", "runners"]
+    table(headers, rows, right={7})
+    return 0
+
+
 async def _cmd_dashboard(board: JobBoard, args: argparse.Namespace) -> int:
     """Serve the dashboard until SIGINT/SIGTERM."""
     from aioconductor.dashboard import create_app
@@ -243,5 +280,6 @@ _BOARD_COMMANDS: dict[str, Callable[[JobBoard, argparse.Namespace], Awaitable[in
     "trash": _cmd_trash,
     "purge": _cmd_purge,
     "conductors": _cmd_conductors,
+    "schedules": _cmd_schedules,
     "dashboard": _cmd_dashboard,
 }

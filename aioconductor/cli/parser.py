@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = with_board(sub.add_parser("run", help="run a conductor until SIGINT/SIGTERM"))
     run.add_argument("--store", default=os.environ.get(STORE_ENV), help="the store URL")
     run.add_argument("--app", required=True, help="the flow registry, as module:attribute")
+    run.add_argument(
+        "--schedules",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="periodic jobs to post: a Schedule or a list of them, as module:attribute",
+    )
     run.add_argument("--concurrency", type=int, default=64, help="jobs run at once")
     run.add_argument("--name", default=f"conductor-{os.getpid()}", help="a label")
     run.add_argument("--lease", type=float, default=30.0, help="lease in seconds")
@@ -145,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     with_board(sub.add_parser("conductors", help="list the conductors alive"))
+
+    schedules = with_board(
+        sub.add_parser("schedules", help="list schedules: next tick, last tick, last job")
+    )
+    schedules.add_argument("--json", action="store_true", help="one JSON object per line")
 
     dashboard = with_board(sub.add_parser("dashboard", help="serve the web dashboard"))
     dashboard.add_argument("--store", default=os.environ.get(STORE_ENV), help="the store URL")

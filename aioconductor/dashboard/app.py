@@ -22,6 +22,8 @@ from aioconductor.errors import UnclaimableJob
 from aioconductor.models import ConductorInfo
 from aioconductor.models import Job
 from aioconductor.models import JobState
+from aioconductor.schedules import ScheduleStatus
+from aioconductor.schedules import schedule_status
 
 try:
     import jinja2
@@ -77,6 +79,26 @@ def _job_row(job: Job) -> dict[str, Any]:
         "trash_reason": job.trash_reason,
         "created_at": _when(job.created_at),
         "updated_at": _when(job.updated_at),
+    }
+
+
+def _schedule_row(status: ScheduleStatus) -> dict[str, Any]:
+    spec = status.published
+    if "cron" in spec:
+        when = f"cron {spec['cron']} ({spec.get('timezone', 'UTC')})"
+    elif "every" in spec:
+        when = f"every {spec['every']} s"
+    else:
+        when = "no conductor runs it"
+    return {
+        "name": status.name,
+        "flow": spec.get("flow"),
+        "when": when,
+        "next_tick": _when(status.next_tick),
+        "last_tick": _when(status.last_tick),
+        "last_job_id": status.last_job_id,
+        "last_job_state": status.last_job_state,
+        "runners": len(status.conductors),
     }
 
 
@@ -140,6 +162,7 @@ class _Dashboard:
         conductors = [
             _conductor_row(info, now, holding[info.owner]) for info in await self.board.conductors()
         ]
+        schedules = [_schedule_row(status) for status in await schedule_status(self.board)]
         jobs = []
         async with contextlib.aclosing(self.board.iterjobs(state=state)) as found:
             async for job in found:
@@ -150,6 +173,7 @@ class _Dashboard:
             "counts": counts,
             "total": sum(counts.values()),
             "conductors": conductors,
+            "schedules": schedules,
             "jobs": jobs,
             "state": None if state is None else state.value,
             "limit": LIST_LIMIT,

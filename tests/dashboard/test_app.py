@@ -299,3 +299,23 @@ async def test_every_action_is_refused_to_a_cross_site_post(
     assert refused.status_code == 403 and "x-aioconductor-action" in refused.json()["error"]
     assert (await board.get(job.id)).state is JobState.UNCLAIMED
     assert await board.job_count() == 1
+
+
+async def test_the_schedules_the_fleet_runs_are_listed_with_their_last_job(
+    board_and_store: tuple[JobBoard, Store],
+) -> None:
+    board, store = board_and_store
+    name = "<b>nightly</b>"
+    published = [{"name": name, "flow": "noop", "cron": "0 2 * * *", "timezone": "UTC",
+                  "catch_up": False, "next_tick": 1_767_232_800.0}]  # fmt: skip
+    await board.register_conductor("c-1", "c", ttl=60, meta={"schedules": published})
+    job = await board.post_tick(name, 1_767_225_600.0, "nightly", "noop", {"key": 1})
+    assert job is not None
+    async with client(create_app(board, store)) as http:
+        [row] = (await http.get("/api/summary")).json()["schedules"]
+        assert row["name"] == name and row["last_job_id"] == job.id
+        assert row["when"] == "cron 0 2 * * * (UTC)" and row["runners"] == 1
+        assert row["next_tick"] is not None and row["last_job_state"] == "UNCLAIMED"
+        page = (await http.get("/")).text
+        assert "&lt;b&gt;nightly&lt;/b&gt;" in page and "<b>nightly</b>" not in page
+        assert f'/jobs/{job.id}"' in page
