@@ -76,3 +76,33 @@ async def test_fifty_posts_of_one_key_from_three_processes_create_one_job(
     async with open_board(url) as board:
         assert await board.job_count() == 1
         assert (await board.get_by_key("order-42")).id == lines[0][0]
+
+
+@pytest.mark.parametrize("space", SHARED, indirect=True)
+async def test_three_conductors_in_two_processes_post_each_of_ten_ticks_once(
+    space: Space, tmp_path: Path
+) -> None:
+    t0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z, on the processes' shared fake clock
+    clock = tmp_path / "clock"
+    clock.write_text(str(t0 + 0.5))
+    url = space.board_url("ticks")
+    counts = {"a": 2, "b": 1}
+    async with open_board(url) as board:
+        with anyio.fail_after(150):
+            async with anyio.create_task_group() as tg:
+                for name, count in counts.items():
+                    command = [sys.executable, "-m", "tests.schedule_runner", url, str(tmp_path)]
+                    tg.start_soon(
+                        functools.partial(anyio.run_process, [*command, name, str(count)], cwd=REPO)
+                    )
+                while not all((tmp_path / f"{name}.ready").exists() for name in counts):
+                    await anyio.sleep(0.02)
+                for k in range(1, 11):
+                    clock.write_text(str(t0 + k))
+                    while await board.schedule_ticks() != {"beat": t0 + k}:
+                        await anyio.sleep(0.02)
+                (tmp_path / "stop").write_text("")
+        keys = sorted([job.key async for job in board.iterjobs() if job.key])  # type: ignore[misc]
+    stamps = [f"2026-01-01T00:00:{k:02d}Z" for k in range(1, 11)]
+    assert keys == [f"schedule:beat:{stamp}" for stamp in stamps]
+    assert sum(int((tmp_path / f"{name}.out").read_text()) for name in counts) == 10
