@@ -111,41 +111,40 @@ async def _running(conductor: Conductor) -> AsyncIterator[None]:
             conductor.stop()
 
 
-async def run_one(backend: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+async def run_one(backend: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
     """One board's run; its figures."""
     retention = Retention(complete=args.retention, trashed=args.retention, batch=args.batch)
     sampler = Sampler(args.retention)
-    with board_url(backend, work) as url:
-        async with open_board(url, poll_interval=0.2) as board:
-            conductor = Conductor(
-                "retention",
-                board,
-                flows=aioc_flows.flows,
-                max_concurrency=args.concurrency,
-                retention=retention,
-            )
-            conductor.notifier.register(Event.JOB_CONSUMED, sampler.ended)
-            started = time.monotonic()
-            posted = 0
-            async with _running(conductor):
-                next_sample = 0.0
-                while conductor.stats.consumed < args.jobs:
-                    unfinished = posted - conductor.stats.consumed
-                    if posted < args.jobs and unfinished < args.backlog:
-                        n = min(args.post_batch, args.jobs - posted)
-                        await board.post_many("noop", [{"key": i} for i in range(n)])
-                        posted += n
-                    else:
-                        await anyio.sleep(0.02)
-                    if time.monotonic() >= next_sample:
-                        await sampler.sample(board)
-                        next_sample = time.monotonic() + 0.5
-                seconds = time.monotonic() - started
-                # Everything finished: within a few rounds the board holds nothing.
-                with anyio.move_on_after(10 * args.retention + 10):
-                    while await board.job_count() > 0:  # noqa: ASYNC110 - polls the board
-                        await anyio.sleep(0.2)
-                left = await board.job_count()
+    async with open_board(url, poll_interval=0.2) as board:
+        conductor = Conductor(
+            "retention",
+            board,
+            flows=aioc_flows.flows,
+            max_concurrency=args.concurrency,
+            retention=retention,
+        )
+        conductor.notifier.register(Event.JOB_CONSUMED, sampler.ended)
+        started = time.monotonic()
+        posted = 0
+        async with _running(conductor):
+            next_sample = 0.0
+            while conductor.stats.consumed < args.jobs:
+                unfinished = posted - conductor.stats.consumed
+                if posted < args.jobs and unfinished < args.backlog:
+                    n = min(args.post_batch, args.jobs - posted)
+                    await board.post_many("noop", [{"key": i} for i in range(n)])
+                    posted += n
+                else:
+                    await anyio.sleep(0.02)
+                if time.monotonic() >= next_sample:
+                    await sampler.sample(board)
+                    next_sample = time.monotonic() + 0.5
+            seconds = time.monotonic() - started
+            # Everything finished: within a few rounds the board holds nothing.
+            with anyio.move_on_after(10 * args.retention + 10):
+                while await board.job_count() > 0:  # noqa: ASYNC110 - polls the board
+                    await anyio.sleep(0.2)
+            left = await board.job_count()
     excess = [s["finished_on_board"] - s["finished_in_window"] for s in sampler.samples]
     return {
         "backend": backend,
@@ -181,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     with tempfile.TemporaryDirectory(prefix="aioc-retention-") as folder:
         for backend in args.backends.split(","):
-            figures = anyio.run(run_one, backend, args, Path(folder))
+            # Outside the event loop: the services' set-up and clean-up run loops of their own.
+            with board_url(backend, Path(folder)) as url:
+                figures = anyio.run(run_one, backend, url, args)
             print(json.dumps(figures), flush=True)
             ok = ok and figures["within_bound"] and figures["left_at_end"] == 0
     return 0 if ok else 1
