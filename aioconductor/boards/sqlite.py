@@ -15,12 +15,13 @@ now that were written since ``rev`` (by anyone) or whose ``ready_at`` fell in ``
 writers are serialised, so every write committed after the snapshot gets a higher ``rev``: a
 sweep never misses one.
 
-Keys and retention: a keyed post is an insert the unique index ``jobs_key`` lets through only
-if no job of the namespace holds the key, then a read of the holder, in the post's write
-transaction (see :mod:`aioconductor._backends.sqlite.posting`). ``purge`` walks the partial
-index ``jobs_ended`` (finished jobs by state and ``updated_at``) and deletes by id in one
-statement that re-checks that each job is finished. Deleted jobs were never claimable, so
-sweeps, whose rows are claimable jobs only, are not affected.
+Keys, ticks and retention: a keyed post is an insert the unique index ``jobs_key`` lets through
+only if no job of the namespace holds the key, then a read of the holder, in the post's write
+transaction; a tick's post first moves the schedule's last tick (``schedule_ticks``) forward
+there (see :mod:`aioconductor._backends.sqlite.posting`). ``purge`` walks the partial index
+``jobs_ended`` (finished jobs by state and ``updated_at``) and deletes by id in one statement
+that re-checks that each job is finished. Deleted jobs were never claimable, so sweeps, whose
+rows are claimable jobs only, are not affected.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from aioconductor._backends.sqlite.link import sqlite_path
 from aioconductor._backends.sqlite.posting import Written
 from aioconductor._backends.sqlite.posting import posted_job
 from aioconductor._backends.sqlite.posting import write_posts
+from aioconductor._backends.sqlite.posting import write_tick
 from aioconductor._models import build
 from aioconductor._payload import encode_json
 from aioconductor._urls import ParsedURL
@@ -164,28 +166,37 @@ class SqliteJobBoard(JobBoard):
     # -- primitives ----------------------------------------------------------------------------
 
     async def _post(self, spec: PostSpec) -> Job:
-        (job,) = await self._post_many([spec])
-        return job
+        return (await self._post_many([spec]))[0]
 
     async def _post_many(self, specs: list[PostSpec]) -> list[Job]:
         def post(conn: sqlite3.Connection) -> list[Written | Job]:
             return write_posts(conn, self.namespace, specs, time.time())
 
-        jobs = []
         results = await self._link.write("post", post)
-        for spec, result in zip(specs, results, strict=True):
-            if isinstance(result, Job):
-                # The key's holder, as ``get`` shows it.
-                jobs.append(visible(result, time.time()))
-                continue
-            job = posted_job(spec, result)
-            if result.scheduled:
-                assert result.not_before is not None
-                self._due.note(result.not_before, time.time())
-            else:
-                self._push(job, result.rev, NotificationKind.POSTED)
-            jobs.append(job)
-        return jobs
+        return [self._posted(spec, result) for spec, result in zip(specs, results, strict=True)]
+
+    async def _post_tick(self, schedule: str, tick: float, spec: PostSpec) -> Job | None:
+        def post_tick(conn: sqlite3.Connection) -> list[Written | Job]:
+            return write_tick(conn, self.namespace, schedule, tick, spec, time.time())
+
+        posted = await self._link.write("post_tick", post_tick)
+        return self._posted(spec, posted[0]) if posted else None
+
+    async def _schedule_ticks(self) -> dict[str, float]:
+        return dict(await self._link.read("schedule_ticks", query(sql.TICKS, self._params())))
+
+    def _posted(self, spec: PostSpec, result: Written | Job) -> Job:
+        """The job ``spec``'s post made (pushed, or noted as due), or its key's holder."""
+        if isinstance(result, Job):
+            # The key's holder, as ``get`` shows it.
+            return visible(result, time.time())
+        job = posted_job(spec, result)
+        if result.scheduled:
+            assert result.not_before is not None
+            self._due.note(result.not_before, time.time())
+        else:
+            self._push(job, result.rev, NotificationKind.POSTED)
+        return job
 
     async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
         def claim(conn: sqlite3.Connection) -> Job:

@@ -12,6 +12,8 @@ Schema (``aioc_schema`` records its version, component ``board``):
 - ``board_revs``: the change counter of each namespace, bumped by every write to a job (a
   purge's deletes included).
 - ``conductors``: live conductors, by namespace and owner.
+- ``schedule_ticks``: each schedule's last posted tick, by namespace and schedule name. Apart
+  from the jobs, so a purge never takes it (a purged tick's job is never posted again).
 
 Named parameters: ``:ns`` the namespace, ``:now`` the board time, ``:id`` a job id, ``:owner``
 and ``:token`` a claim, ``:expires`` a new lease's end.
@@ -102,6 +104,15 @@ SCHEMA: Migrations = [
         f"""CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (namespace, state, updated_at)
             WHERE {FINAL}""",
     ],
+    # 5: each schedule's last posted tick (epoch seconds), per namespace.
+    [
+        """CREATE TABLE IF NOT EXISTS schedule_ticks (
+            namespace TEXT NOT NULL,
+            name TEXT NOT NULL,
+            last_tick REAL NOT NULL,
+            PRIMARY KEY (namespace, name)
+        ) WITHOUT ROWID""",
+    ],
 ]
 
 #: Every column a ``Job`` is built from, then ``rev``.
@@ -125,6 +136,14 @@ POST = f"""INSERT INTO jobs (namespace, id, name, flow, args, priority, created_
     ON CONFLICT (namespace, job_key) WHERE job_key IS NOT NULL DO NOTHING
     RETURNING seq, rev"""
 BY_KEY = f"SELECT {COLUMNS} FROM jobs WHERE namespace = :ns AND job_key = :key"
+# Moves :schedule's last tick forward to :tick; a row comes back only if it moved (a tick at or
+# before the last one updates nothing and returns nothing).
+ADVANCE_TICK = """INSERT INTO schedule_ticks (namespace, name, last_tick)
+    VALUES (:ns, :schedule, :tick)
+    ON CONFLICT (namespace, name) DO UPDATE SET last_tick = excluded.last_tick
+        WHERE last_tick < excluded.last_tick
+    RETURNING last_tick"""
+TICKS = "SELECT name, last_tick FROM schedule_ticks WHERE namespace = :ns"
 _TAKE = f"""UPDATE jobs SET attempts = attempts + 1, token = token + 1, state = 'CLAIMED',
     owner = :owner, expires_at = :expires, ready_at = :expires, updated_at = :now,
     rev = {NEXT_REV}"""

@@ -5,6 +5,10 @@ A keyed post is one ``INSERT ... ON CONFLICT DO NOTHING`` under the transaction'
 then, if nothing was inserted, a read of the job holding the key: no other writer comes in
 between, and the unique index ``jobs_key`` would refuse a second holder anyway. An earlier post
 of the same batch is in the same transaction, so it holds its key for the later ones.
+
+A schedule's tick is the same keyed post, preceded in its transaction by an upsert that moves
+the schedule's last tick forward; if it does not move (a tick at or before the last one), the
+post is not made. Both are undone together if the post fails.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from aioconductor.boards._support import job_from_row
 from aioconductor.models import Job
 from aioconductor.models import JobState
 
-__all__ = ["Written", "posted_job", "write_posts"]
+__all__ = ["Written", "posted_job", "write_posts", "write_tick"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,27 @@ def write_posts(
         assert holder is not None, f"post of {spec.id} inserted nothing and no job holds its key"
         results.append(job_from_row(holder))
     return results
+
+
+def write_tick(
+    conn: sqlite3.Connection,
+    namespace: str,
+    schedule: str,
+    tick: float,
+    spec: PostSpec,
+    now: float,
+) -> list[Written | Job]:
+    """In the open transaction: unless ``schedule``'s last tick is at or after ``tick``, make
+    ``tick`` its last tick and post ``spec`` as :func:`write_posts` does.
+
+    Returns:
+        What the post wrote (or the job holding its key), alone in a list; an empty list if
+        the tick was not after the last one and nothing was written.
+    """
+    params = {"ns": namespace, "schedule": schedule, "tick": tick}
+    if first_row(conn.execute(sql.ADVANCE_TICK, params)) is None:
+        return []
+    return write_posts(conn, namespace, [spec], now)
 
 
 def posted_job(spec: PostSpec, written: Written) -> Job:
