@@ -15,9 +15,11 @@ job runs.
 
 Schema (in ``aioconductor._backends.postgres.board_sql``; created and migrated at connect,
 recorded in ``schema_version``): ``jobs`` (a row per job, every namespace in one table; ``seq``
-is the post order; ``ready_at`` is when an unfinished job is claimable from, NULL once final)
-and ``conductors``. ``args`` and ``result`` are ``json``, not ``jsonb``: ``json`` keeps the text
-as written, so a ``\\u0000`` in a string, key order and numbers come back exactly as posted.
+is the post order; ``ready_at`` is when an unfinished job is claimable from, NULL once final),
+``conductors`` and ``schedule_ticks`` (each schedule's last posted tick; ``post_tick`` upserts
+it and posts the tick's job in one transaction, see ``_backends.postgres.posting``). ``args``
+and ``result`` are ``json``, not ``jsonb``: ``json`` keeps the text as written, so a
+``\\u0000`` in a string, key order and numbers come back exactly as posted.
 
 Keys and retention: ``job_key`` has a partial unique index per namespace, and a post is one
 ``INSERT ... ON CONFLICT DO NOTHING`` (see ``_backends.postgres.posting``); ``purge`` reads the
@@ -42,13 +44,15 @@ from aioconductor._backends.postgres.board_sql import json_text
 from aioconductor._backends.postgres.board_sql import seconds
 from aioconductor._backends.postgres.link import PostgresLink
 from aioconductor._backends.postgres.listen import ListenSubscription
+from aioconductor._backends.postgres.listen import swept
+from aioconductor._backends.postgres.posting import Posted
 from aioconductor._backends.postgres.posting import check_spec
 from aioconductor._backends.postgres.posting import post_many
 from aioconductor._backends.postgres.posting import post_one
+from aioconductor._backends.postgres.posting import post_tick
 from aioconductor._backends.postgres.schema import refuse_nul
 from aioconductor._backends.postgres.schema import with_schema
 from aioconductor._backends.postgres.urls import URL_OPTIONS
-from aioconductor._models import build
 from aioconductor._payload import encode_json
 from aioconductor._urls import ParsedURL
 from aioconductor._urls import validate_namespace
@@ -76,7 +80,6 @@ from aioconductor.models import ConductorInfo
 from aioconductor.models import Job
 from aioconductor.models import JobNotification
 from aioconductor.models import JobState
-from aioconductor.models import NotificationKind
 from aioconductor.models import Outcome
 
 __all__ = ["PostgresJobBoard"]
@@ -213,7 +216,12 @@ class PostgresJobBoard(JobBoard):
         spec = post_spec(name, flow, args, self.max_payload_bytes, key=key, **options)
         check_spec(spec)
         with self._link.translate("post"):
-            job, now = await post_one(connection, self._sql, self.namespace, self.channel, spec)
+            posted = await post_one(connection, self._sql, self.namespace, self.channel, spec)
+        return self._noted(posted)
+
+    def _noted(self, posted: Posted) -> Job:
+        """The job a post returned, its delay noted (the sweep wakes when it falls due)."""
+        job, now = posted
         if job.state is JobState.SCHEDULED:
             self._due.note(job.not_before, now)
         return job
@@ -222,12 +230,10 @@ class PostgresJobBoard(JobBoard):
         check_spec(spec)
         # The id is the spec's and a post of an existing id writes nothing, so a post whose
         # reply was lost is retried like a read without posting twice.
-        job, now = await self._link.read(
+        posted = await self._link.read(
             "post", lambda conn: post_one(conn, self._sql, self.namespace, self.channel, spec)
         )
-        if job.state is JobState.SCHEDULED:
-            self._due.note(job.not_before, now)
-        return job
+        return self._noted(posted)
 
     async def _post_many(self, specs: list[PostSpec]) -> list[Job]:
         if len(specs) == 1:
@@ -238,10 +244,18 @@ class PostgresJobBoard(JobBoard):
         posted = await self._link.read(
             "post", lambda conn: post_many(conn, self._sql, self.namespace, self.channel, specs)
         )
-        for job, now in posted:
-            if job.state is JobState.SCHEDULED:
-                self._due.note(job.not_before, now)
-        return [job for job, _ in posted]
+        return [self._noted(each) for each in posted]
+
+    async def _post_tick(self, schedule: str, tick: float, spec: PostSpec) -> Job | None:
+        check_spec(spec)
+        # A try whose reply was lost committed its job or nothing: retried like a read.
+        posted = await self._link.read(
+            "post_tick",
+            lambda conn: post_tick(
+                conn, self._sql, self.namespace, self.channel, schedule, tick, spec
+            ),
+        )
+        return None if posted is None else self._noted(posted)
 
     async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
         refuse_nul("the owner", owner, PayloadError)
@@ -345,6 +359,9 @@ class PostgresJobBoard(JobBoard):
             raise JobNotFound(f"no job holds the key {key!r} on this board")
         return visible(job_from_row(rows[0]), rows[0][-1])
 
+    async def _schedule_ticks(self) -> dict[str, float]:
+        return {row[0]: row[1] for row in await self._read("schedule_ticks", self._sql.ticks)}
+
     async def _purgeable(
         self, older_than: float, states: tuple[JobState, ...], limit: int
     ) -> list[str]:
@@ -366,17 +383,10 @@ class PostgresJobBoard(JobBoard):
         )
         return now
 
-    def _state_param(self, state: JobState | None, now: float) -> tuple[Any, ...]:
-        if state is None:
-            return ()
-        if state in (JobState.UNCLAIMED, JobState.SCHEDULED):
-            return (now,)
-        return (state.value,)
-
     async def _iterjobs(self, state: JobState | None) -> AsyncIterator[Job]:
         now = await self._now()
         statement = sql.page(state).replace("{s}", self._link.q)
-        extra = self._state_param(state, now)
+        extra = sql.state_params(state, now)
 
         def read_page(priority: int, seq: int) -> Awaitable[list[Any]]:
             return self._read("iterjobs", statement, priority, seq, PAGE, *extra)
@@ -387,7 +397,7 @@ class PostgresJobBoard(JobBoard):
     async def _job_count(self, state: JobState | None) -> int:
         now = await self._now() if state in (JobState.UNCLAIMED, JobState.SCHEDULED) else 0.0
         statement = sql.count(state).replace("{s}", self._link.q)
-        rows = await self._read("job_count", statement, *self._state_param(state, now))
+        rows = await self._read("job_count", statement, *sql.state_params(state, now))
         return int(rows[0][0])
 
     # -- notifications -------------------------------------------------------------------------
@@ -408,17 +418,7 @@ class PostgresJobBoard(JobBoard):
         now, due = await conn.fetchrow(self._sql.sweep_clock, self.namespace)
         self._due.clear()
         self._due.note(due, now)
-        if cursor is None:
-            rows = await conn.fetch(self._sql.sweep_all, self.namespace, now)
-            kinds = [NotificationKind.WAITING] * len(rows)
-        else:
-            rows = await conn.fetch(self._sql.sweep_since, self.namespace, now, cursor)
-            kinds = [sql.sweep_kind(row[2]) for row in rows]
-        notes = [
-            build(JobNotification, job_id=row[0], kind=kind, priority=row[1])
-            for row, kind in zip(rows, kinds, strict=True)
-        ]
-        return notes, now
+        return await swept(conn, self._sql, self.namespace, now, cursor), now
 
     def _sweep_delay(self) -> float:
         # Sweep when the earliest delayed job or lease falls due, not only every poll_interval.

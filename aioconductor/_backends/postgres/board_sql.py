@@ -93,6 +93,15 @@ MIGRATIONS: Migrations = [
         """CREATE INDEX IF NOT EXISTS jobs_ended ON {s}.jobs (namespace, state, updated_at)
             WHERE state IN ('COMPLETE', 'TRASHED')""",
     ],
+    # 5: each schedule's last posted tick, apart from the jobs (a purge never removes one).
+    [
+        """CREATE TABLE IF NOT EXISTS {s}.schedule_ticks (
+            namespace text NOT NULL,
+            name text NOT NULL,
+            last_tick float8 NOT NULL,
+            PRIMARY KEY (namespace, name)
+        )"""
+    ],
 ]
 
 NOW = "extract(epoch from clock_timestamp())::float8"
@@ -153,6 +162,18 @@ POST_MANY = f"""{_CLOCK},
 # insert waited for the holder's transaction): the jobs with ids $2 or keys $3, and the time.
 HOLDERS = f"""SELECT {COLUMNS}, {NOW} FROM {{s}}.jobs
     WHERE namespace = $1 AND (id = ANY($2::text[]) OR job_key = ANY($3::text[]))"""
+# $2 the schedule, $3 the tick, $4 the id of its job. Whether the schedule's last tick moved to
+# $3 (it was earlier, or there was none), and whether the job exists: an earlier try of this
+# same call, whose reply was lost, committed it. The upsert locks the schedule's row till the
+# transaction ends; a concurrent one waits, then re-checks its WHERE on the committed row.
+TICK = """WITH t AS (INSERT INTO {s}.schedule_ticks AS st (namespace, name, last_tick)
+        VALUES ($1, $2, $3::float8)
+        ON CONFLICT (namespace, name) DO UPDATE SET last_tick = excluded.last_tick
+        WHERE st.last_tick < excluded.last_tick
+        RETURNING 1)
+    SELECT EXISTS (SELECT FROM t),
+        EXISTS (SELECT FROM {s}.jobs WHERE namespace = $1 AND id = $4)"""
+TICKS = "SELECT name, last_tick FROM {s}.schedule_ticks WHERE namespace = $1"
 # $2 the key.
 BY_KEY = f"SELECT {COLUMNS}, {NOW} FROM {{s}}.jobs WHERE namespace = $1 AND job_key = $2"
 
@@ -268,6 +289,15 @@ def state_condition(state: JobState | None, param: str) -> str:
     return f"state = {param}"
 
 
+def state_params(state: JobState | None, now: float) -> tuple[Any, ...]:
+    """The parameter :func:`state_condition` takes for ``state`` at board time ``now``."""
+    if state is None:
+        return ()
+    if state in (JobState.UNCLAIMED, JobState.SCHEDULED):
+        return (now,)
+    return (state.value,)
+
+
 def page(state: JobState | None) -> str:
     """A page of ``iterjobs``: jobs in ``state`` (``$5``) after (``$2``, ``$3``), ``$4`` rows."""
     return f"""SELECT {COLUMNS} FROM {{s}}.jobs
@@ -332,6 +362,8 @@ class BoardStatements:
     post_many: str = POST_MANY
     holders: str = HOLDERS
     by_key: str = BY_KEY
+    tick: str = TICK
+    ticks: str = TICKS
     purgeable: str = PURGEABLE
     purge: str = PURGE
     claim: str = CLAIM

@@ -1,4 +1,5 @@
-"""Notifications of the PostgreSQL board: a subscription fed by LISTEN on its own connection."""
+"""Notifications of the PostgreSQL board: a subscription fed by LISTEN on its own connection,
+and the sweep that finds what no notification announces."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ import anyio
 
 from aioconductor._backends.base import Redial
 from aioconductor._backends.base import parse_note
+from aioconductor._backends.postgres.board_sql import BoardStatements
+from aioconductor._backends.postgres.board_sql import sweep_kind
 from aioconductor._backends.postgres.connect import CLEANUP_TIMEOUT
 from aioconductor._backends.postgres.link import PostgresLink
+from aioconductor._models import build
 from aioconductor.boards.base import Subscription
 from aioconductor.errors import BackendUnavailable
 from aioconductor.models import JobNotification
+from aioconductor.models import NotificationKind
 
-__all__ = ["ListenSubscription"]
+__all__ = ["ListenSubscription", "swept"]
 
 logger = logging.getLogger("aioconductor.boards.postgres")
 
@@ -135,3 +140,20 @@ class ListenSubscription(Subscription):
         # connect short for ever.
         with anyio.CancelScope(shield=True), anyio.fail_after(10):
             await self.open()
+
+
+async def swept(
+    conn: Any, sql: BoardStatements, namespace: str, now: float, cursor: float | None
+) -> list[JobNotification]:
+    """What a sweep at board time ``now`` finds on ``conn``: every claimable job (``cursor``
+    None), else the delays and leases that ended since the sweep at ``cursor``."""
+    if cursor is None:
+        rows = await conn.fetch(sql.sweep_all, namespace, now)
+        kinds = [NotificationKind.WAITING] * len(rows)
+    else:
+        rows = await conn.fetch(sql.sweep_since, namespace, now, cursor)
+        kinds = [sweep_kind(row[2]) for row in rows]
+    return [
+        build(JobNotification, job_id=row[0], kind=kind, priority=row[1])
+        for row, kind in zip(rows, kinds, strict=True)
+    ]

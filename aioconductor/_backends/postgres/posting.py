@@ -7,6 +7,10 @@ written: its id is there already (a retry after a lost reply) or its key is held
 then read in a statement of its own, whose snapshot (under READ COMMITTED) sees the transaction
 the insert waited for. A holder purged between the two statements freed its key: that spec is
 posted again.
+
+A schedule's tick (``post_tick``) is one transaction: the upsert of the schedule's last tick,
+which holds its row till the end (so the callers of one schedule take turns), then the post
+as above (a key held by another job returns that job; the last tick moved all the same).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from aioconductor.boards._support import visible
 from aioconductor.errors import PayloadError
 from aioconductor.models import Job
 
-__all__ = ["Posted", "check_spec", "post_many", "post_one"]
+__all__ = ["Posted", "check_spec", "post_many", "post_one", "post_tick"]
 
 #: A job a post returns and the board time it was read at (to note when a delay falls due).
 Posted = tuple[Job, float]
@@ -50,6 +54,26 @@ async def post_one(
         if found is not None:
             return found
         # The holder was purged after the insert saw it: the key is free, post again.
+
+
+async def post_tick(
+    conn: Any,
+    sql: BoardStatements,
+    namespace: str,
+    channel: str,
+    schedule: str,
+    tick: float,
+    spec: PostSpec,
+) -> Posted | None:
+    """Post ``spec`` as ``schedule``'s ``tick`` on ``conn``, unless the schedule's last tick is
+    at or after it: then None, or the job an earlier try of this call committed (found by the
+    spec's id: a call retried after a lost reply returns what it posted)."""
+    async with conn.transaction():
+        advanced, own = await conn.fetchrow(sql.tick, namespace, schedule, tick, spec.id)
+        if advanced:
+            return await post_one(conn, sql, namespace, channel, spec)
+    rows = await conn.fetch(sql.holders, namespace, [spec.id], []) if own else []
+    return (job_from_row(rows[0]), rows[0][-1]) if rows else None
 
 
 async def post_many(
