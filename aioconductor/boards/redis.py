@@ -88,7 +88,7 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
         self._channel = f"{self._prefix}events"
         self._keys = [self._prefix + name for name in KEY_NAMES]
         self._scripts = scripts.load(BoardScripts, self._link.client)
-        self._retention = Retention(self._link, self._scripts, self._keys, self._prefix)
+        self._retention = Retention(self._link, self._keys, self._prefix)
         #: When the earliest delayed job or lease falls due, as last seen.
         self._due = DueTimer()
 

@@ -7,6 +7,9 @@ its ``updated_at``, in the script that ends it; ``PURGE`` takes it out with the 
 When it is not (jobs that finished before this index existed, or under a conductor of an older
 version during a rolling upgrade), ``PURGEABLE`` says so and :class:`Retention` indexes the
 missing jobs first: a scan of ``state:<STATE>`` in bounded steps, each step one script.
+
+The scripts (``PURGEABLE``, ``BACKFILL``, ``PURGE``) start with the board's prelude, as the
+transitions of :mod:`aioconductor._backends.redis.board_scripts` do.
 """
 
 from __future__ import annotations
@@ -14,15 +17,28 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
+from redis.commands.core import AsyncScript
+
+from aioconductor._backends.redis import scripts
+from aioconductor._backends.redis.board_prelude import PRELUDE
 from aioconductor._backends.redis.board_prelude import member_id
-from aioconductor._backends.redis.board_scripts import BoardScripts
 from aioconductor._backends.redis.link import RedisLink
 from aioconductor._backends.redis.link import fmt_time
 from aioconductor.models import JobState
 
-__all__ = ["BACKFILL_PAUSE", "BACKFILL_STEP", "Retention"]
+__all__ = [
+    "BACKFILL",
+    "BACKFILL_PAUSE",
+    "BACKFILL_STEP",
+    "PURGE",
+    "PURGEABLE",
+    "Retention",
+    "RetentionScripts",
+]
 
 #: How many jobs one indexing step reads from ``state:<STATE>`` (bounds one script's run).
 BACKFILL_STEP = 500
@@ -30,22 +46,108 @@ BACKFILL_STEP = 500
 #: ending jobs unindexed, every purge would otherwise scan every finished job.
 BACKFILL_PAUSE = 300.0
 
+#: Read only. ARGV[3..] = older_than, limit, then the final states. Answers the states whose
+#: ``ended`` set lacks jobs of ``state:<STATE>`` (space-separated: jobs that ended before the
+#: set existed, or by a script that did not index them), then the members of up to ``limit``
+#: jobs that ended at or before now less older_than, oldest first (post order breaks ties).
+PURGEABLE = (
+    PRELUDE
+    + """
+local cutoff = num(clock() - tonumber(ARGV[3]))
+local limit = tonumber(ARGV[4])
+local stale, found = {}, {}
+for i = 5, #ARGV do
+  local state = ARGV[i]
+  if redis.call('ZCARD', by_state[state]) ~= redis.call('ZCARD', ended[state]) then
+    stale[#stale + 1] = state
+  end
+  local got = redis.call('ZRANGEBYSCORE', ended[state], '-inf', cutoff, 'WITHSCORES', 'LIMIT', 0,
+    limit)
+  for j = 1, #got, 2 do found[#found + 1] = {tonumber(got[j + 1]), got[j]} end
+end
+table.sort(found, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end)
+local out = {table.concat(stale, ' ')}
+for i = 1, math.min(limit, #found) do out[#out + 1] = found[i][2] end
+return out
+"""
+)
+
+#: KEYS[JOB..] = the jobs; ARGV[3] = a final state, ARGV[4..] = the jobs' members (read from
+#: ``state:<STATE>``). Indexes in ``ended:<STATE>`` those still in that state, by their
+#: ``updated_at``; drops the index entries of a job whose hash is gone. Answers how many it
+#: indexed.
+BACKFILL = (
+    PRELUDE
+    + """
+local state = ARGV[3]
+local indexed = 0
+for i = 4, #ARGV do
+  local member, job = ARGV[i], KEYS[JOB + i - 4]
+  if redis.call('ZSCORE', by_state[state], member) then
+    local f = redis.call('HMGET', job, 'state', 'updated_at')
+    if not f[1] then
+      -- Evicted or deleted by hand: its entries lead nowhere, and would keep the sets unequal.
+      redis.call('ZREM', by_state[state], member)
+      redis.call('ZREM', all, member)
+    elseif f[1] == state then
+      indexed = indexed + redis.call('ZADD', ended[state], 'NX', f[2], member)
+    end
+  end
+end
+return indexed
+"""
+)
+
+#: KEYS[JOB..] = the jobs; ARGV[3..] = their ids. Deletes those that are finished (with every
+#: index entry and their key); answers how many.
+PURGE = (
+    PRELUDE
+    + """
+local deleted = 0
+for i = 3, #ARGV do
+  local job = KEYS[JOB + i - 3]
+  local f = redis.call('HMGET', job, 'state', 'member', 'key', 'id')
+  if (f[1] == 'COMPLETE' or f[1] == 'TRASHED') and f[4] == ARGV[i] then
+    redis.call('DEL', job)
+    redis.call('ZREM', all, f[2])
+    redis.call('ZREM', by_state[f[1]], f[2])
+    redis.call('ZREM', ended[f[1]], f[2])
+    if f[3] and redis.call('HGET', keys_of, f[3]) == ARGV[i] then
+      redis.call('HDEL', keys_of, f[3])
+    end
+    deleted = deleted + 1
+  end
+end
+return deleted
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionScripts:
+    """The retention scripts, loaded on a client by
+    :func:`~aioconductor._backends.redis.scripts.load`."""
+
+    purgeable: AsyncScript = field(metadata=scripts.lua(PURGEABLE))
+    backfill: AsyncScript = field(metadata=scripts.lua(BACKFILL))
+    purge: AsyncScript = field(metadata=scripts.lua(PURGE))
+
 
 class Retention:
     """``_purgeable`` and ``_purge`` of one board's namespace.
 
     Args:
         link: the board's link to Redis.
-        scripts: the board's scripts.
         keys: the namespace's shared keys (``KEY_NAMES`` under its prefix), in order.
         prefix: the namespace's key prefix (hash tag included).
     """
 
-    def __init__(
-        self, link: RedisLink, scripts: BoardScripts, keys: Sequence[str], prefix: str
-    ) -> None:
+    def __init__(self, link: RedisLink, keys: Sequence[str], prefix: str) -> None:
         self._link = link
-        self._scripts = scripts
+        self._scripts = scripts.load(RetentionScripts, link.client)
         self._keys = list(keys)
         self._prefix = prefix
         self._job_prefix = f"{prefix}job:"

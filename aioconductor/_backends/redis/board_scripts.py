@@ -5,8 +5,8 @@ ARGV, the server's clock, the functions the transitions share).
 
 Every transition answers ``{status, now, field, value, field, value, ...}`` (the job's hash) or
 ``{status, now}``. Statuses: ``ok``, ``none``, ``notfound``, ``lost``, ``unclaimable``, ``final``;
-and ``held`` (``{'held', now, id}``: a post whose key a job holds). The retention scripts
-(``PURGEABLE``, ``BACKFILL``, ``PURGE``) answer as their comments say.
+and ``held`` (``{'held', now, id}``: a post whose key a job holds). The retention scripts are in
+:mod:`aioconductor._backends.redis.board_retention`.
 
 Fields written only once they are set (absent reads as 0, none or empty): ``key``, ``releases``,
 ``abandons``, ``retries``, ``retry`` (the policy as JSON), ``failures`` (a JSON array, see
@@ -31,7 +31,6 @@ from aioconductor.models import MAX_KEPT_FAILURES
 
 __all__ = [
     "ABANDON",
-    "BACKFILL",
     "CLAIM",
     "CLAIM_BATCH",
     "CLAIM_NEXT",
@@ -39,8 +38,6 @@ __all__ = [
     "COUNT",
     "POST",
     "PROMOTE",
-    "PURGE",
-    "PURGEABLE",
     "REGISTER",
     "RELEASE",
     "RENEW",
@@ -307,85 +304,6 @@ return {num(now), n}
 """
 )
 
-#: Read only. ARGV[3..] = older_than, limit, then the final states. Answers the states whose
-#: ``ended`` set lacks jobs of ``state:<STATE>`` (space-separated: jobs that ended before the
-#: set existed, or by a script that did not index them), then the members of up to ``limit``
-#: jobs that ended at or before now less older_than, oldest first (post order breaks ties).
-PURGEABLE = (
-    PRELUDE
-    + """
-local cutoff = num(clock() - tonumber(ARGV[3]))
-local limit = tonumber(ARGV[4])
-local stale, found = {}, {}
-for i = 5, #ARGV do
-  local state = ARGV[i]
-  if redis.call('ZCARD', by_state[state]) ~= redis.call('ZCARD', ended[state]) then
-    stale[#stale + 1] = state
-  end
-  local got = redis.call('ZRANGEBYSCORE', ended[state], '-inf', cutoff, 'WITHSCORES', 'LIMIT', 0,
-    limit)
-  for j = 1, #got, 2 do found[#found + 1] = {tonumber(got[j + 1]), got[j]} end
-end
-table.sort(found, function(a, b)
-  if a[1] ~= b[1] then return a[1] < b[1] end
-  return a[2] < b[2]
-end)
-local out = {table.concat(stale, ' ')}
-for i = 1, math.min(limit, #found) do out[#out + 1] = found[i][2] end
-return out
-"""
-)
-
-#: KEYS[JOB..] = the jobs; ARGV[3] = a final state, ARGV[4..] = the jobs' members (read from
-#: ``state:<STATE>``). Indexes in ``ended:<STATE>`` those still in that state, by their
-#: ``updated_at``; drops the index entries of a job whose hash is gone. Answers how many it
-#: indexed.
-BACKFILL = (
-    PRELUDE
-    + """
-local state = ARGV[3]
-local indexed = 0
-for i = 4, #ARGV do
-  local member, job = ARGV[i], KEYS[JOB + i - 4]
-  if redis.call('ZSCORE', by_state[state], member) then
-    local f = redis.call('HMGET', job, 'state', 'updated_at')
-    if not f[1] then
-      -- Evicted or deleted by hand: its entries lead nowhere, and would keep the sets unequal.
-      redis.call('ZREM', by_state[state], member)
-      redis.call('ZREM', all, member)
-    elseif f[1] == state then
-      indexed = indexed + redis.call('ZADD', ended[state], 'NX', f[2], member)
-    end
-  end
-end
-return indexed
-"""
-)
-
-#: KEYS[JOB..] = the jobs; ARGV[3..] = their ids. Deletes those that are finished (with every
-#: index entry and their key); answers how many.
-PURGE = (
-    PRELUDE
-    + """
-local deleted = 0
-for i = 3, #ARGV do
-  local job = KEYS[JOB + i - 3]
-  local f = redis.call('HMGET', job, 'state', 'member', 'key', 'id')
-  if (f[1] == 'COMPLETE' or f[1] == 'TRASHED') and f[4] == ARGV[i] then
-    redis.call('DEL', job)
-    redis.call('ZREM', all, f[2])
-    redis.call('ZREM', by_state[f[1]], f[2])
-    redis.call('ZREM', ended[f[1]], f[2])
-    if f[3] and redis.call('HGET', keys_of, f[3]) == ARGV[i] then
-      redis.call('HDEL', keys_of, f[3])
-    end
-    deleted = deleted + 1
-  end
-end
-return deleted
-"""
-)
-
 #: KEYS = conductors zset, conductor hash; ARGV = owner, name, ttl, meta.
 REGISTER = """
 local t = redis.call('TIME')
@@ -422,6 +340,3 @@ class BoardScripts:
     promote: AsyncScript = field(metadata=lua(PROMOTE))
     count: AsyncScript = field(metadata=lua(COUNT))
     register: AsyncScript = field(metadata=lua(REGISTER))
-    purgeable: AsyncScript = field(metadata=lua(PURGEABLE))
-    backfill: AsyncScript = field(metadata=lua(BACKFILL))
-    purge: AsyncScript = field(metadata=lua(PURGE))
