@@ -17,6 +17,8 @@ Key layout (all under the namespace's hash tag ``aioc:{NAME}:``, one Redis Clust
 - ``seq``: the post-order counter; ``conductors`` and ``conductor:<owner>``: live conductors.
 - ``keys``: a hash of idempotency key -> id of the job holding it (checked and set by the post
   script; the job's hash keeps its key as ``key``).
+- ``ticks``: a hash of schedule name -> its last posted tick (checked and advanced by the post
+  script that posts the tick's job; purge never touches it).
 - ``ended:COMPLETE`` / ``ended:TRASHED``: finished jobs scored by when they ended
   (``updated_at``), for ``purge`` (see :mod:`aioconductor._backends.redis.board_retention`).
 - ``events``: the pub/sub channel every post, abandon, release and promotion publishes to (a
@@ -86,6 +88,7 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
         self._prefix = hash_tag_prefix(self.namespace)
         self._job_prefix = f"{self._prefix}job:"
         self._channel = f"{self._prefix}events"
+        self._ticks = f"{self._prefix}ticks"
         self._keys = [self._prefix + name for name in KEY_NAMES]
         self._scripts = scripts.load(BoardScripts, self._link.client)
         self._retention = Retention(self._link, self._keys, self._prefix)
@@ -126,12 +129,8 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
             for at, reply in zip(todo, replies, strict=True):
                 if reply[0] == "held":
                     held[at] = reply[2]
-                    continue
-                status, now, job = records.parse_reply(reply)
-                assert status == "ok" and job is not None
-                if job.state is JobState.SCHEDULED and job.not_before is not None:
-                    self._due.note(job.not_before, now)
-                jobs[at] = job
+                else:
+                    jobs[at] = self._posted(reply)
             holders = await self._get_many(list(held.values())) if held else []
             for at, holder in zip(held, holders, strict=True):
                 jobs[at] = holder
@@ -139,29 +138,43 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
             todo = [at for at, holder in zip(held, holders, strict=True) if holder is None]
         return [job for job in jobs if job is not None]
 
-    async def _post_specs(self, specs: list[PostSpec]) -> list[Any]:
-        """Run the post script for each of ``specs``, in order; the replies."""
+    async def _post_tick(self, schedule: str, tick: float, spec: PostSpec) -> Job | None:
+        (reply,) = await self._post_specs([spec], (schedule, fmt_time(tick)))
+        if reply[0] == "passed":
+            return None
+        if reply[0] == "held":
+            # Unlike a post's, a holder purged since is not posted again: its tick has passed.
+            (holder,) = await self._get_many([reply[2]])
+            return holder
+        return self._posted(reply)
+
+    async def _schedule_ticks(self) -> dict[str, float]:
+        client, key = self._link.client, self._ticks
+        ticks = await self._link.read("schedule_ticks", lambda: client.hgetall(key))
+        return {str(schedule): float(tick) for schedule, tick in ticks.items()}
+
+    def _posted(self, reply: Any) -> Job:
+        """The job of the post script's ``ok`` reply, its due time noted for the sweep."""
+        status, now, job = records.parse_reply(reply)
+        assert status == "ok" and job is not None
+        if job.state is JobState.SCHEDULED and job.not_before is not None:
+            self._due.note(job.not_before, now)
+        return job
+
+    async def _post_specs(
+        self, specs: list[PostSpec], tick: tuple[str, str] | None = None
+    ) -> list[Any]:
+        """Run the post script for each of ``specs``, in order; the replies. With ``tick``
+        (schedule, tick), the one spec is that tick's job (see ``POST``)."""
         script = self._scripts.post
         calls = []
         for spec in specs:
-            job_id = spec.id
-            not_before = "" if spec.not_before is None else fmt_time(spec.not_before)
-            argv = [
-                self._job_prefix,
-                self._channel,
-                job_id,
-                spec.name,
-                spec.flow,
-                spec.args_json.decode("utf-8"),
-                str(spec.priority),
-                str(spec.max_attempts),
-                fmt_time(spec.delay),
-                not_before,
-                spec.headers_json.decode("utf-8"),
-                "" if spec.retry_json is None else spec.retry_json.decode("utf-8"),
-                spec.key or "",
-            ]
-            calls.append((script, [*self._keys, self._job_key(job_id)], argv))
+            keys = [*self._keys, self._job_key(spec.id)]
+            argv = [self._job_prefix, self._channel, *records.post_argv(spec)]
+            if tick is not None:
+                keys.append(self._ticks)
+                argv.extend(tick)
+            calls.append((script, keys, argv))
         # The ids are chosen here and the script returns an existing job unchanged, so posts
         # whose replies were lost can be retried without posting twice. One post alone rides
         # in the pipeline of its event-loop turn; several go as one pipeline of their own.

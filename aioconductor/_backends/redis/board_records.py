@@ -1,6 +1,7 @@
-"""The Redis board's records read back: a job or a conductor from its hash, a notification from
-a member of the ``ready`` set, the replies of the board's scripts (see
-:mod:`aioconductor._backends.redis.board_scripts`) and the errors their statuses stand for."""
+"""The Redis board's records: a job to post as the post script's arguments; read back, a job or
+a conductor from its hash, a notification from a member of the ``ready`` set, the replies of the
+board's scripts (see :mod:`aioconductor._backends.redis.board_scripts`) and the errors their
+statuses stand for."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import functools
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 
 from aioconductor._backends.redis.board_prelude import member_id
+from aioconductor._backends.redis.link import fmt_time
 from aioconductor._backends.redis.link import pairs
 from aioconductor._models import build
 from aioconductor._payload import decode_json
+from aioconductor.boards._support import PostSpec
 from aioconductor.boards._support import conductor_from_row
 from aioconductor.boards._support import visible
 from aioconductor.boards.base import lost_message
@@ -35,6 +38,7 @@ __all__ = [
     "job_from_hash",
     "merge",
     "parse_reply",
+    "post_argv",
     "waiting",
 ]
 
@@ -94,6 +98,23 @@ def conductor_from_hash(fields: dict[str, str]) -> ConductorInfo:
     """A ``ConductorInfo`` from its hash fields as the ``REGISTER`` script stores them."""
     times = (float(fields[name]) for name in ("started_at", "heartbeat_at", "expires_at"))
     return conductor_from_row((fields["owner"], fields["name"], *times, fields["meta"]))
+
+
+def post_argv(spec: PostSpec) -> list[str]:
+    """The post script's ARGV for ``spec``, from ``ARGV[3]`` (the job's id) to ``ARGV[13]``."""
+    return [
+        spec.id,
+        spec.name,
+        spec.flow,
+        spec.args_json.decode("utf-8"),
+        str(spec.priority),
+        str(spec.max_attempts),
+        fmt_time(spec.delay),
+        "" if spec.not_before is None else fmt_time(spec.not_before),
+        spec.headers_json.decode("utf-8"),
+        "" if spec.retry_json is None else spec.retry_json.decode("utf-8"),
+        spec.key or "",
+    ]
 
 
 def parse_reply(reply: Sequence[str]) -> tuple[str, float, Job | None]:

@@ -5,7 +5,8 @@ ARGV, the server's clock, the functions the transitions share).
 
 Every transition answers ``{status, now, field, value, field, value, ...}`` (the job's hash) or
 ``{status, now}``. Statuses: ``ok``, ``none``, ``notfound``, ``lost``, ``unclaimable``, ``final``;
-and ``held`` (``{'held', now, id}``: a post whose key a job holds). The retention scripts are in
+``held`` (``{'held', now, id}``: a post whose key a job holds) and ``passed`` (a schedule's tick
+at or before its last one). The retention scripts are in
 :mod:`aioconductor._backends.redis.board_retention`.
 
 Fields written only once they are set (absent reads as 0, none or empty): ``key``, ``releases``,
@@ -49,6 +50,10 @@ __all__ = [
 #: KEYS[JOB] = job; ARGV[3..] = id, name, flow, args, priority, max_attempts, delay, not_before,
 #: headers, retry policy ('' for none), key ('' for none). A key held by a job (whatever its
 #: state) writes nothing and answers ``{'held', now, holder's id}``.
+#:
+#: A schedule's tick also gives KEYS[JOB + 1] = the ``ticks`` hash, ARGV[14..15] = schedule,
+#: tick: at or before the schedule's last tick it writes nothing and answers ``{'passed',
+#: now}``; otherwise the tick becomes the last one, whether the job is posted or its key held.
 POST = (
     PRELUDE
     + """
@@ -56,6 +61,12 @@ local job = KEYS[JOB]
 if redis.call('EXISTS', job) == 1 then return reply('ok', clock(), job) end
 local now = clock()
 local id, priority, key = ARGV[3], ARGV[7], ARGV[13]
+if ARGV[14] then
+  local ticks, schedule, tick = KEYS[JOB + 1], ARGV[14], ARGV[15]
+  local last = redis.call('HGET', ticks, schedule)
+  if last and tonumber(last) >= tonumber(tick) then return {'passed', num(now)} end
+  redis.call('HSET', ticks, schedule, tick)
+end
 if key ~= '' then
   local holder = redis.call('HGET', keys_of, key)
   if holder then return {'held', num(now), holder} end
