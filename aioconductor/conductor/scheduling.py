@@ -31,8 +31,9 @@ class Scheduler:
     """Posts the due ticks of ``schedules`` until cancelled.
 
     A schedule that never posted on this board starts with the first tick after the scheduler
-    was made (when its conductor's ``run`` began); one that did resumes after its last posted tick: the latest missed tick is posted
-    (every missed one, at most ``MAX_CATCH_UP``, with ``catch_up``).
+    was made (when its conductor's ``run`` began); one that did resumes after its last posted
+    tick: the latest missed tick is posted (every missed one, at most ``MAX_CATCH_UP``, with
+    ``catch_up``).
     """
 
     def __init__(

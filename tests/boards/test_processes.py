@@ -98,7 +98,9 @@ async def test_three_conductors_in_two_processes_post_each_of_ten_ticks_once(
                 while not all((tmp_path / f"{name}.ready").exists() for name in counts):
                     await anyio.sleep(0.02)
                 for k in range(1, 11):
-                    clock.write_text(str(t0 + k))
+                    fresh = tmp_path / "clock.new"
+                    fresh.write_text(str(t0 + k))
+                    fresh.replace(clock)  # atomic: a runner never reads a half-written clock
                     while await board.schedule_ticks() != {"beat": t0 + k}:
                         await anyio.sleep(0.02)
                 (tmp_path / "stop").write_text("")
