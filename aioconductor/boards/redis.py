@@ -57,6 +57,7 @@ from aioconductor.boards.base import JobBoard
 from aioconductor.boards.base import PostSpec
 from aioconductor.boards.base import Subscription
 from aioconductor.errors import BoardClosed
+from aioconductor.errors import BoardError
 from aioconductor.errors import JobNotFound
 from aioconductor.models import Claim
 from aioconductor.models import ConductorInfo
@@ -68,6 +69,8 @@ from aioconductor.models import Outcome
 __all__ = ["RedisJobBoard"]
 
 _CHUNK = 500
+#: How often a post is sent again whose key's holder is gone when read (each time, a purge won).
+_POST_ROUNDS = 5
 
 
 class RedisJobBoard(OverLink[RedisLink], JobBoard):
@@ -123,7 +126,9 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
     async def _post_many(self, specs: list[PostSpec]) -> list[Job]:
         jobs: list[Job | None] = [None] * len(specs)
         todo = list(range(len(specs)))
-        while todo:
+        for _ in range(_POST_ROUNDS):
+            if not todo:
+                break
             held: dict[int, str] = {}
             replies = await self._post_specs([specs[at] for at in todo])
             for at, reply in zip(todo, replies, strict=True):
@@ -136,6 +141,8 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
                 jobs[at] = holder
             # A holder purged since is no holder: those specs are posted again.
             todo = [at for at, holder in zip(held, holders, strict=True) if holder is None]
+        if todo:
+            raise BoardError(f"the key {specs[todo[0]].key!r} names a job that keeps vanishing")
         return [job for job in jobs if job is not None]
 
     async def _post_tick(self, schedule: str, tick: float, spec: PostSpec) -> Job | None:

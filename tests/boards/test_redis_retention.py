@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 import pytest
 import redis
 from redis import exceptions as rexc
@@ -17,7 +18,7 @@ from aioconductor._backends.redis import board_retention
 from aioconductor.boards import JobBoard
 from aioconductor.boards._posting import post_spec
 from aioconductor.boards.redis import RedisJobBoard
-from aioconductor.errors import BackendUnavailable
+from aioconductor.errors import BackendUnavailable, BoardError
 from aioconductor.models import Job, JobState, Outcome
 from tests.backends import RedisSpace, board_fixture, one_space_fixture
 
@@ -121,6 +122,33 @@ async def test_a_holder_purged_while_a_post_reads_it_leaves_the_key_to_that_post
     assert (await board.get_by_key("k")).id == job.id
 
 
+async def test_a_key_whose_job_hash_is_gone_is_free_for_the_next_post(
+    board: JobBoard, prefix: str, sync_redis: redis.Redis
+) -> None:
+    lost = await board.post("j", "f", key="k1")
+    # Evicted, or deleted by hand: the key hash still names it.
+    sync_redis.delete(f"{prefix}job:{lost.id}")
+    with anyio.fail_after(5):
+        job = await board.post("j", "f", key="k1")
+    assert job.id != lost.id
+    assert (await board.get_by_key("k1")).id == job.id
+    assert sync_redis.hget(prefix + "keys", "k1") == job.id.encode()
+
+
+async def test_a_post_whose_holder_is_never_found_gives_up(
+    board: JobBoard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert isinstance(board, RedisJobBoard)
+    await board.post("j", "f", key="k")
+
+    async def gone(job_ids: list[str]) -> list[Job | None]:
+        return [None] * len(job_ids)
+
+    monkeypatch.setattr(board, "_get_many", gone)
+    with anyio.fail_after(5), pytest.raises(BoardError, match="'k'"):
+        await board.post("j", "f", key="k")
+
+
 # -- retention ------------------------------------------------------------------------------------
 
 
@@ -188,6 +216,69 @@ async def test_a_purge_whose_connection_fails_raises_and_deletes_nothing(
         await board.purge(older_than=0)
     monkeypatch.undo()
     assert (await board.get(done.id)).state is JobState.COMPLETE
+
+
+def ghost(client: redis.Redis, prefix: str, job: Job) -> str:
+    """Delete ``job``'s hash behind the board's back (an evicting Redis, a DEL by hand); its
+    index entries stay. Its member."""
+    client.delete(f"{prefix}job:{job.id}")
+    return f"{job.seq:016x}:{job.id}"
+
+
+INDEXES = ("all", "state:COMPLETE", "state:TRASHED", "ended:COMPLETE", "ended:TRASHED")
+
+
+async def test_entries_whose_job_hash_is_gone_neither_stall_a_purge_nor_stay(
+    board: JobBoard, prefix: str, sync_redis: redis.Redis
+) -> None:
+    # The oldest entries, a whole batch of them and more, lead nowhere.
+    ghosts = [ghost(sync_redis, prefix, await finished(board, how)) for how in ("consume", "trash")]
+    # One left in `ended` only, as the scan of an earlier version left them.
+    sync_redis.zrem(prefix + "state:COMPLETE", ghosts[0])
+    sync_redis.zrem(prefix + "all", ghosts[0])
+    kept = await board.post("kept", "f", key="kept")
+    await finished(board, "trash", key="bad")
+    with anyio.fail_after(10):
+        assert await board.purge(older_than=0, batch=1) == 1
+    assert [job.id async for job in board.iterjobs()] == [kept.id]
+    for key in INDEXES:
+        members = sync_redis.zrange(prefix + key, 0, -1)
+        assert not {m.decode() for m in members} & set(ghosts), key
+    assert sync_redis.hgetall(prefix + "keys") == {b"kept": kept.id.encode()}
+    for state in ("COMPLETE", "TRASHED"):
+        assert sync_redis.zcard(f"{prefix}state:{state}") == sync_redis.zcard(
+            f"{prefix}ended:{state}"
+        )
+
+
+async def test_more_lost_entries_than_one_script_drops_are_all_dropped_by_one_purge(
+    board: JobBoard, prefix: str, sync_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert isinstance(board, RedisJobBoard)
+    monkeypatch.setattr(board_retention, "GHOSTS_PER_STEP", 2)
+    for _ in range(5):
+        ghost(sync_redis, prefix, await finished(board))
+    done = await finished(board)
+    with anyio.fail_after(10):
+        assert await board.purge(older_than=0, batch=1) == 1
+    assert await board.job_count() == 0
+    assert sync_redis.zcard(prefix + "ended:COMPLETE") == 0
+    with pytest.raises(LookupError):
+        await board.get(done.id)
+
+
+async def test_the_index_scan_drops_a_lost_job_from_every_index(
+    board: JobBoard, prefix: str, sync_redis: redis.Redis
+) -> None:
+    assert isinstance(board, RedisJobBoard)
+    lost = ghost(sync_redis, prefix, await finished(board))
+    old = write_old_job(sync_redis, prefix, 1, JobState.COMPLETE)
+    assert await board._retention.backfill(JobState.COMPLETE) == 1
+    for key in INDEXES:
+        assert sync_redis.zscore(prefix + key, lost) is None, key
+    assert [m.decode() for m in sync_redis.zrange(prefix + "ended:COMPLETE", 0, -1)] == [
+        sync_redis.hget(f"{prefix}job:{old}", "member").decode()
+    ]
 
 
 # -- jobs written before keys and retention -------------------------------------------------------

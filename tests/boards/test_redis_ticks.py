@@ -116,3 +116,13 @@ async def test_a_namespace_written_before_ticks_reads_no_ticks_and_posts_them(
     got = await board.post_tick("s", T0 + 60, "j", "f")
     assert got is not None and got.id == old.id
     assert sync_redis.hgetall(prefix + "ticks") == {b"s": repr(T0 + 60).encode()}
+
+
+async def test_a_tick_whose_key_names_a_job_hash_that_is_gone_posts_its_job(
+    board: JobBoard, prefix: str, sync_redis: redis.Redis
+) -> None:
+    lost = await board.post("by-hand", "f", key=tick_key("s", T0))
+    sync_redis.delete(f"{prefix}job:{lost.id}")  # evicted, or deleted by hand
+    job = await board.post_tick("s", T0, "j", "f")
+    assert job is not None and job.id != lost.id
+    assert (await board.get_by_key(tick_key("s", T0))).id == job.id

@@ -3,10 +3,14 @@ and indexing the jobs that finished before the board kept an index of them.
 
 A job that ends (``CONSUME``, ``TRASH``) is added to ``ended:<STATE>``, a sorted set scored by
 its ``updated_at``, in the script that ends it; ``PURGE`` takes it out with the job. So
-``ended:<STATE>`` is always a subset of ``state:<STATE>``, and equal sizes mean it is complete.
+``ended:<STATE>`` is a subset of ``state:<STATE>``, and equal sizes mean it is complete.
 When it is not (jobs that finished before this index existed, or under a conductor of an older
 version during a rolling upgrade), ``PURGEABLE`` says so and :class:`Retention` indexes the
 missing jobs first: a scan of ``state:<STATE>`` in bounded steps, each step one script.
+
+A job hash gone behind the board's back (an evicting Redis, a ``DEL`` by hand) leaves entries
+that lead nowhere: ``PURGEABLE`` drops those it meets and ``BACKFILL`` those it scans, from every
+index, so they neither stall a purge nor keep the sizes unequal.
 
 The scripts (``PURGEABLE``, ``BACKFILL``, ``PURGE``) start with the board's prelude, as the
 transitions of :mod:`aioconductor._backends.redis.board_scripts` do.
@@ -34,6 +38,7 @@ __all__ = [
     "BACKFILL",
     "BACKFILL_PAUSE",
     "BACKFILL_STEP",
+    "GHOSTS_PER_STEP",
     "PURGE",
     "PURGEABLE",
     "Retention",
@@ -42,34 +47,59 @@ __all__ = [
 
 #: How many jobs one indexing step reads from ``state:<STATE>`` (bounds one script's run).
 BACKFILL_STEP = 500
+#: How many lost entries (whose job hash is gone) one ``PURGEABLE`` drops at most (bounds its
+#: run); the board runs it again until it stops short of that.
+GHOSTS_PER_STEP = 1000
 #: Seconds a board waits before indexing again: while conductors of an older version keep
 #: ending jobs unindexed, every purge would otherwise scan every finished job.
 BACKFILL_PAUSE = 300.0
 
-#: Read only. ARGV[3..] = older_than, limit, then the final states. Answers the states whose
-#: ``ended`` set lacks jobs of ``state:<STATE>`` (space-separated: jobs that ended before the
-#: set existed, or by a script that did not index them), then the members of up to ``limit``
-#: jobs that ended at or before now less older_than, oldest first (post order breaks ties).
+#: ARGV[3..] = older_than, limit, budget (how many lost entries to drop at most), then the final
+#: states. Answers the states whose ``ended`` set lacks jobs of ``state:<STATE>``
+#: (space-separated: jobs that ended before the set existed, or by a script that did not index
+#: them), ``'1'`` if it stopped at ``budget`` dropped (``'0'`` otherwise), then the members of up
+#: to ``limit`` jobs that ended at or before now less older_than, oldest first (post order breaks
+#: ties). Entries it meets whose job hash is gone are dropped from ``ended``, ``state`` and
+#: ``all``, never answered; so it writes only what leads nowhere, and running it twice is
+#: harmless.
 PURGEABLE = (
     PRELUDE
     + """
 local cutoff = num(clock() - tonumber(ARGV[3]))
-local limit = tonumber(ARGV[4])
-local stale, found = {}, {}
-for i = 5, #ARGV do
+local limit, budget = tonumber(ARGV[4]), tonumber(ARGV[5])
+local stale, found, dropped = {}, {}, 0
+for i = 6, #ARGV do
   local state = ARGV[i]
+  local live = 0
+  -- Lost entries (an evicting Redis, a DEL by hand) are the oldest: answered, they would fill
+  -- every batch, delete nothing and end every purge there. Dropped, the next page is read.
+  while live < limit and dropped < budget do
+    local got = redis.call('ZRANGEBYSCORE', ended[state], '-inf', cutoff, 'WITHSCORES',
+      'LIMIT', live, limit - live)
+    local before = dropped
+    for j = 1, #got, 2 do
+      local member = got[j]
+      if redis.call('HGET', prefix .. id_of(member), 'member') == member then
+        found[#found + 1] = {tonumber(got[j + 1]), member}
+        live = live + 1
+      else
+        redis.call('ZREM', ended[state], member)
+        redis.call('ZREM', by_state[state], member)
+        redis.call('ZREM', all, member)
+        dropped = dropped + 1
+      end
+    end
+    if dropped == before then break end
+  end
   if redis.call('ZCARD', by_state[state]) ~= redis.call('ZCARD', ended[state]) then
     stale[#stale + 1] = state
   end
-  local got = redis.call('ZRANGEBYSCORE', ended[state], '-inf', cutoff, 'WITHSCORES', 'LIMIT', 0,
-    limit)
-  for j = 1, #got, 2 do found[#found + 1] = {tonumber(got[j + 1]), got[j]} end
 end
 table.sort(found, function(a, b)
   if a[1] ~= b[1] then return a[1] < b[1] end
   return a[2] < b[2]
 end)
-local out = {table.concat(stale, ' ')}
+local out = {table.concat(stale, ' '), dropped >= budget and '1' or '0'}
 for i = 1, math.min(limit, #found) do out[#out + 1] = found[i][2] end
 return out
 """
@@ -77,8 +107,8 @@ return out
 
 #: KEYS[JOB..] = the jobs; ARGV[3] = a final state, ARGV[4..] = the jobs' members (read from
 #: ``state:<STATE>``). Indexes in ``ended:<STATE>`` those still in that state, by their
-#: ``updated_at``; drops the index entries of a job whose hash is gone. Answers how many it
-#: indexed.
+#: ``updated_at``; drops every index entry (``state``, ``ended``, ``all``) of a job whose hash is
+#: gone. Answers how many it indexed.
 BACKFILL = (
     PRELUDE
     + """
@@ -91,6 +121,7 @@ for i = 4, #ARGV do
     if not f[1] then
       -- Evicted or deleted by hand: its entries lead nowhere, and would keep the sets unequal.
       redis.call('ZREM', by_state[state], member)
+      redis.call('ZREM', ended[state], member)
       redis.call('ZREM', all, member)
     elseif f[1] == state then
       indexed = indexed + redis.call('ZADD', ended[state], 'NX', f[2], member)
@@ -102,7 +133,9 @@ return indexed
 )
 
 #: KEYS[JOB..] = the jobs; ARGV[3..] = their ids. Deletes those that are finished (with every
-#: index entry and their key); answers how many.
+#: index entry and their key); answers how many. An id whose hash is gone is skipped: its member
+#: and key are in that hash, so its entries are dropped by the next ``PURGEABLE`` (which reads the
+#: member) and its key is taken over by the next post with it (see ``POST``).
 PURGE = (
     PRELUDE
     + """
@@ -178,11 +211,16 @@ class Retention:
         self, older_than: float, states: tuple[JobState, ...], limit: int
     ) -> tuple[list[JobState], list[str]]:
         script = self._scripts.purgeable
-        argv = self._argv(fmt_time(older_than), limit, *(state.value for state in states))
-        reply: list[str] = await self._link.read(
-            "purge", lambda: script(keys=self._keys, args=argv)
-        )
-        return [JobState(name) for name in reply[0].split()], reply[1:]
+        names = (state.value for state in states)
+        argv = self._argv(fmt_time(older_than), limit, GHOSTS_PER_STEP, *names)
+        # Dropping lost entries twice changes nothing, so the script is retried like a read.
+        # Each run stopped short dropped GHOSTS_PER_STEP of them: this loop ends.
+        while True:
+            reply: list[str] = await self._link.read(
+                "purge", lambda: script(keys=self._keys, args=argv)
+            )
+            if reply[1] == "0":
+                return [JobState(name) for name in reply[0].split()], reply[2:]
 
     async def backfill(self, state: JobState) -> int:
         """Index in ``ended:<state>`` the jobs of ``state:<state>`` it lacks; how many.

@@ -49,7 +49,8 @@ __all__ = [
 
 #: KEYS[JOB] = job; ARGV[3..] = id, name, flow, args, priority, max_attempts, delay, not_before,
 #: headers, retry policy ('' for none), key ('' for none). A key held by a job (whatever its
-#: state) writes nothing and answers ``{'held', now, holder's id}``.
+#: state) writes nothing and answers ``{'held', now, holder's id}``; a key whose holder's hash is
+#: gone is taken over by this job.
 #:
 #: A schedule's tick also gives KEYS[JOB + 1] = the ``ticks`` hash, ARGV[14..15] = schedule,
 #: tick: at or before the schedule's last tick it writes nothing and answers ``{'passed',
@@ -69,7 +70,11 @@ if ARGV[14] then
 end
 if key ~= '' then
   local holder = redis.call('HGET', keys_of, key)
-  if holder then return {'held', num(now), holder} end
+  -- A holder whose hash is gone (evicted, deleted by hand) holds nothing: answering 'held'
+  -- would send the caller to read a job that is not there, again and again.
+  if holder and redis.call('EXISTS', prefix .. holder) == 1 then
+    return {'held', num(now), holder}
+  end
 end
 local seq = string.format('%d', redis.call('INCR', seq_key))
 local member = string.format('%016x', tonumber(seq)) .. ':' .. id
