@@ -63,8 +63,9 @@ class Clock(Protocol):
         """Now, in epoch seconds."""
         ...
 
-    async def sleep(self, seconds: float) -> None:
-        """Wait ``seconds`` of this clock's time (a fake clock wakes when it is moved on)."""
+    async def sleep_until(self, when: float) -> None:
+        """Wait until this clock reads ``when`` or later, or less: a caller looks at the clock
+        again after (a fake clock wakes when it is moved there)."""
         ...
 
 
@@ -75,10 +76,10 @@ class SystemClock:
         """Now, in epoch seconds."""
         return time.time()
 
-    async def sleep(self, seconds: float) -> None:
-        """Wait ``seconds`` (at most a minute at a time: the caller looks at the clock again,
-        so a clock set forward or back is noticed)."""
-        await anyio.sleep(min(max(seconds, 0.0), 60.0))
+    async def sleep_until(self, when: float) -> None:
+        """Wait until ``when``, a minute at most: the caller looks at the clock again, so a
+        clock set forward or back is noticed."""
+        await anyio.sleep(min(max(when - time.time(), 0.0), 60.0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,16 +12,15 @@ class FileClock:
         self._path = path
 
     def time(self) -> float:
-        """The time in the file."""
+        """The time in the file (the test replaces the file whole, never rewrites it)."""
         with open(self._path) as file:
             return float(file.read())
 
-    async def sleep(self, seconds: float) -> None:
-        """Wait until the file's time has moved ``seconds`` on."""
+    async def sleep_until(self, when: float) -> None:
+        """Wait until the file's time is ``when`` or later."""
         import anyio
 
-        until = self.time() + seconds
-        while self.time() < until:
+        while self.time() < when:
             await anyio.sleep(0.005)
 
 

@@ -69,9 +69,11 @@ class Scheduler:
                 await self.post_due()
             except AioconductorError as exc:
                 logger.warning("conductor %s: schedules: %r", self._conductor, exc)
-                await self._clock.sleep(RETRY_AFTER)
+                await self._clock.sleep_until(self._clock.time() + RETRY_AFTER)
                 continue
-            await self._clock.sleep(self.next_tick() - self._clock.time())
+            # An absolute deadline: a clock that moved since it was read cannot make this
+            # sleep past the tick.
+            await self._clock.sleep_until(self.next_tick())
 
     async def post_due(self) -> None:
         """Post every schedule's due ticks (each tick once across the fleet)."""
@@ -102,9 +104,10 @@ class Scheduler:
                 await self._notifier.notify(Event.SCHEDULE_TICKED, details)
 
     def next_tick(self) -> float:
-        """When the earliest next tick of the schedules falls (epoch seconds)."""
+        """When the earliest tick after the last one posted falls (epoch seconds): a tick
+        that came due since the clock was read is then in the past, and is posted at once."""
         now = self._clock.time()
-        return min(s.next_after(max(now, self.done.get(s.name, now))) for s in self.schedules)
+        return min(s.next_after(self.done.get(s.name, now)) for s in self.schedules)
 
     def published(self) -> list[dict[str, object]]:
         """The schedules as a conductor publishes them with its heartbeat (with next ticks)."""

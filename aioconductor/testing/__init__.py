@@ -63,14 +63,13 @@ class FakeClock:
         """Move the clock ``seconds`` forward."""
         self.set(self._now + seconds)
 
-    async def sleep(self, seconds: float) -> None:
-        """Wait until this clock has moved ``seconds`` on."""
-        until = self._now + max(seconds, 0.0)
-        if until <= self._now:
+    async def sleep_until(self, when: float) -> None:
+        """Wait until this clock is moved to ``when`` or later."""
+        if when <= self._now:
             await anyio.lowlevel.checkpoint()
             return
         event = anyio.Event()
-        self._sleepers.append((until, event))
+        self._sleepers.append((when, event))
         await event.wait()
 
 
