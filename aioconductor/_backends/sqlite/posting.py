@@ -22,6 +22,7 @@ from aioconductor._backends.sqlite.link import first_row
 from aioconductor._models import build
 from aioconductor.boards._support import PostSpec
 from aioconductor.boards._support import job_from_row
+from aioconductor.errors import BoardError
 from aioconductor.models import Job
 from aioconductor.models import JobState
 
@@ -81,8 +82,10 @@ def write_posts(
             results.append(Written(seq=row[0], rev=row[1], now=now, not_before=not_before))
             continue
         holder = conn.execute(sql.BY_KEY, {"ns": namespace, "key": spec.key}).fetchone()
-        # Only a held key stops an insert; the holder is in this very transaction's view.
-        assert holder is not None, f"post of {spec.id} inserted nothing and no job holds its key"
+        if holder is None:
+            # Only a held key stops an insert, and the holder is in this very transaction's
+            # view: this would be a bug (or a file changed by hand), not a race.
+            raise BoardError(f"post of job {spec.id} inserted nothing and no job holds its key")
         results.append(job_from_row(holder))
     return results
 
