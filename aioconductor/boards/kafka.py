@@ -14,7 +14,10 @@ Topics, created by the board when missing (``NAME`` defaults to ``aioconductor``
   exactly one of two racing claims is accepted, everywhere. Reads append a small ``sync`` record
   and wait until the view applied it, so ``get`` sees every write acknowledged before it. Keys
   are decided in the fold too (a post whose key is held is rejected, and hands back the holder),
-  and ``purge`` writes a tombstone per finished job, which every instance's fold forgets.
+  and ``purge`` writes a tombstone per finished job, which every instance's fold forgets. A
+  schedule's tick is a record under the schedule's key (``~schedule:NAME``) carrying the new
+  job: the fold accepts it only after the schedule's last tick, which it advances, and posts
+  the job as a keyed post; the last ticks live in the view, apart from the jobs.
 - ``NAME.NS.jobs``: ``partitions`` partitions, one record per posted job (key = job id). The
   board's conductors form the consumer group ``NAME.NS.conductors``: a member takes jobs of the
   partitions assigned to it first, and commits an offset only once every job at or below it is
@@ -44,14 +47,14 @@ from aioconductor._backends.base import sweep_delay
 from aioconductor._backends.kafka import records
 from aioconductor._backends.kafka.link import KafkaLink
 from aioconductor._backends.kafka.link import KafkaSettings
+from aioconductor._backends.kafka.link import LogSubscription
 from aioconductor._backends.kafka.log import RETRIES
-from aioconductor._backends.kafka.log import LogSubscription
 from aioconductor._backends.kafka.log import Make
 from aioconductor._backends.kafka.log import StateLog
-from aioconductor._backends.kafka.log import clock
-from aioconductor._backends.kafka.log import clock_ms
 from aioconductor._backends.kafka.records import Write
 from aioconductor._backends.kafka.records import claimable
+from aioconductor._backends.kafka.records import clock
+from aioconductor._backends.kafka.records import clock_ms
 from aioconductor._backends.kafka.records import holds
 from aioconductor._backends.kafka.records import to_job
 from aioconductor._backends.kafka.records import transition
@@ -69,6 +72,7 @@ from aioconductor.boards.base import PostSpec
 from aioconductor.boards.base import Subscription
 from aioconductor.boards.base import unclaimable_message
 from aioconductor.errors import BoardClosed
+from aioconductor.errors import BoardError
 from aioconductor.errors import ConfigurationError
 from aioconductor.errors import UnclaimableJob
 from aioconductor.models import Claim
@@ -192,6 +196,25 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
         await self._link.send_jobs([data for created, data in posted if created], ts)
         now = clock()
         return [to_job(data) if created else to_job(data, now) for created, data in posted]
+
+    async def _post_tick(self, schedule: str, tick: float, spec: PostSpec) -> Job | None:
+        ts = clock_ms()
+        data = records.new_job(spec, ts / 1000, self.partitions)
+        # One record decides the tick and the post (or finds the key's holder), in the fold.
+        applied = await self._state.tick(schedule, tick, data, ts)
+        held = applied.data
+        if not applied.accepted:
+            return None
+        if held is None:
+            raise BoardError(f"the tick {tick} of schedule {schedule!r} posted no job")
+        if held["id"] != data["id"]:
+            return to_job(held, clock())
+        await self._link.send_jobs([held], ts)
+        return to_job(held)
+
+    async def _schedule_ticks(self) -> dict[str, float]:
+        await self._state.sync()
+        return dict(self._view.ticks)
 
     async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
         log = self._state

@@ -178,15 +178,15 @@ async def test_a_job_announced_due_is_claimable_at_that_very_instant(
     # fraction of a millisecond ago was once announced (the sweep read a finer clock) and then
     # not claimable (the claim's clock was truncated): the claim dropped it from the ready
     # heap, its timer was spent, and it sat due and unclaimed until a restart.
-    from aioconductor._backends.kafka import log as log_module
+    from aioconductor._backends.kafka import records as records_module
     from aioconductor.boards import kafka as kafka_module
 
     start = float(math.ceil(time.time()) + 1)  # on a whole millisecond, ahead of the real clock
     now = [start + 0.0007]
     fake = types.SimpleNamespace(time=lambda: now[0], monotonic=time.monotonic)
-    monkeypatch.setattr(log_module, "time", fake)
+    monkeypatch.setattr(records_module, "time", fake)
     monkeypatch.setattr(kafka_module, "time", fake, raising=False)
-    monkeypatch.setattr(log_module, "_latest_ms", 0, raising=False)
+    monkeypatch.setattr(records_module, "_latest_ms", 0, raising=False)
     job = await board.post("j", "f", not_before=start + 0.0005)
     seen: list[NotificationKind] = []
 

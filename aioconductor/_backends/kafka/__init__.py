@@ -2,16 +2,17 @@
 
 - :mod:`~aioconductor._backends.kafka.link`: the board's connection: its topics, the producer,
   the state log and the group member, opened and closed together; the jobs and dead-letter
-  records.
+  records; a ``stream()``'s notifications.
 - :mod:`~aioconductor._backends.kafka.setup`: the URL's options, the error table (aiokafka's
   errors become ``BackendUnavailable``), creating the topics, starting the producer.
 - :mod:`~aioconductor._backends.kafka.records`: a posted job's state and each transition of it,
   as pure functions; the jobs and dead-letter records; reading a state (as a ``Job``, claimable,
   in claim order).
 - :mod:`~aioconductor._backends.kafka.view`: the fold of the state topic into every job's state
-  (pure: no I/O).
+  and every schedule's last tick (pure: no I/O); its indexes are in
+  :mod:`~aioconductor._backends.kafka.indexes`.
 - :mod:`~aioconductor._backends.kafka.log`: reading and writing the state topic (a transition is
-  written again after each lost race), and the notifications a ``stream()`` gets from it.
+  written again after each lost race).
 - :mod:`~aioconductor._backends.kafka.group`: the consumer-group member on the jobs topic and
   its offset commits.
 """

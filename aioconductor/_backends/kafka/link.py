@@ -1,6 +1,7 @@
 """The Kafka board's link to its brokers: its topics, the producer, the state log and the
-consumer-group member, opened and closed together, and its writes to the jobs and dead-letter
-topics (the state topic's are the log's).
+consumer-group member, opened and closed together, its writes to the jobs and dead-letter
+topics (the state topic's are the log's), and a ``stream()``'s notifications, folded from the
+state log.
 
 Topics, created when missing (``PREFIX`` is ``TOPIC.NAMESPACE``): ``PREFIX.state`` (one
 partition, compacted; tombstones kept a day), ``PREFIX.jobs`` (the board's ``partitions``) and
@@ -18,6 +19,7 @@ from typing import Any
 import anyio
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
+from aioconductor._backends.base import Backoff
 from aioconductor._backends.base import ErrorTable
 from aioconductor._backends.base import map_exceptions
 from aioconductor._backends.kafka.group import GroupMember
@@ -31,10 +33,18 @@ from aioconductor._backends.kafka.setup import errors
 from aioconductor._backends.kafka.setup import start_producer
 from aioconductor._backends.kafka.setup import unavailable
 from aioconductor._backends.kafka.view import JobView
+from aioconductor.boards._support import Subscription
 from aioconductor.errors import BackendUnavailable
 from aioconductor.errors import BoardClosed
+from aioconductor.models import JobNotification
 
-__all__ = ["SEGMENT_MS", "TOMBSTONE_RETENTION_MS", "KafkaLink", "KafkaSettings"]
+__all__ = [
+    "SEGMENT_MS",
+    "TOMBSTONE_RETENTION_MS",
+    "KafkaLink",
+    "KafkaSettings",
+    "LogSubscription",
+]
 
 logger = logging.getLogger("aioconductor.boards.kafka")
 
@@ -241,3 +251,34 @@ class KafkaLink:
         except BackendUnavailable as exc:
             # The job is trashed on the board; only its copy on the dead-letter topic is lost.
             logger.error("job %s trashed, but not dead-lettered: %s", data["id"], exc)
+
+
+class LogSubscription(Subscription):
+    """A ``stream()``'s notifications: waiting for one pulls the state topic."""
+
+    def __init__(self, log: StateLog) -> None:
+        super().__init__()
+        self._log = log
+        # Kept across calls: the stream cancels each receive at its own deadline.
+        self._backoff = Backoff(first=0.5, most=5.0)
+
+    async def receive(self) -> JobNotification:
+        """The next notification, folding the state topic while there is none."""
+        while True:
+            try:
+                return self._receive.receive_nowait()
+            except anyio.WouldBlock:
+                pass
+            if self.ended or self._log.closed:
+                raise anyio.EndOfStream
+            try:
+                await self._log.pull(0.25)
+            except BoardClosed:
+                raise anyio.EndOfStream from None
+            except BackendUnavailable as exc:
+                logger.warning("%s; retrying", exc)
+                self.lost = True
+                # Backoff: a broker that keeps failing is not asked again at once.
+                await self._backoff.sleep()
+            else:
+                self._backoff.reset()

@@ -10,7 +10,8 @@ share one sync record.
 A transition is written by :meth:`StateLog.change`: the job's new state, computed from the
 version the view holds, with that version as the record's ``base``; a record that lost a race is
 computed again from the winner's state. A purge writes a tombstone per finished job and
-counts the jobs the view then forgot on account of its own tombstones.
+counts the jobs the view then forgot on account of its own tombstones. A schedule's tick is one
+record (``tick``), and its poster restates what the fold then marked (see the view).
 
 Tansu's ListOffsets answers the base offset of the newest batch plus one, not the end of the
 log, so end offsets are not used as a read barrier.
@@ -32,31 +33,22 @@ from aiokafka.errors import ConsumerStoppedError  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from anyio.lowlevel import checkpoint
 
-from aioconductor._backends.base import Backoff
 from aioconductor._backends.base import map_exceptions
 from aioconductor._backends.kafka.records import FINAL
 from aioconductor._backends.kafka.records import Write
+from aioconductor._backends.kafka.records import clock_ms
 from aioconductor._backends.kafka.records import encode
 from aioconductor._backends.kafka.records import transition
 from aioconductor._backends.kafka.setup import errors
+from aioconductor._backends.kafka.view import SCHEDULE_PREFIX
 from aioconductor._backends.kafka.view import SYNC_KEY
 from aioconductor._backends.kafka.view import Applied
 from aioconductor._backends.kafka.view import JobView
-from aioconductor.boards._support import Subscription
 from aioconductor.errors import BackendUnavailable
 from aioconductor.errors import BoardClosed
 from aioconductor.errors import BoardError
-from aioconductor.models import JobNotification
 
-__all__ = [
-    "RETRIES",
-    "LogSubscription",
-    "Make",
-    "StateLog",
-    "Write",
-    "clock",
-    "clock_ms",
-]
+__all__ = ["RETRIES", "Make", "StateLog", "Write"]
 
 logger = logging.getLogger("aioconductor.boards.kafka")
 
@@ -74,27 +66,6 @@ RETRIES = 50
 
 #: A transition: the job's new state from its current one and the time (epoch seconds).
 Make = Callable[[dict[str, Any], float], dict[str, Any]]
-
-
-_latest_ms = 0
-
-
-def clock_ms() -> int:
-    """Now, in whole milliseconds since the epoch (the resolution of Kafka timestamps).
-
-    This is the board's only clock: the fold judges a record by its timestamp, so a job the
-    view calls claimable at ``clock()`` is claimable to the fold under a record stamped then (a
-    finer clock would see a job due a fraction of a millisecond before its claim record does).
-    It never goes back in one process, even if the system clock is stepped back.
-    """
-    global _latest_ms
-    _latest_ms = max(_latest_ms, int(time.time() * 1000))
-    return _latest_ms
-
-
-def clock() -> float:
-    """:func:`clock_ms` in epoch seconds."""
-    return clock_ms() / 1000
 
 
 class _Ticket:
@@ -388,27 +359,60 @@ class StateLog:
                 return applied.data
         raise BoardError(f"{op} of job {job_id} lost {RETRIES} races in a row")
 
+    async def tick(self, schedule: str, tick: float, data: dict[str, Any], ts_ms: int) -> Applied:
+        """Write ``schedule``'s record of ``tick`` posting the new job ``data``; what the fold
+        made of it: rejected if the schedule's last tick is at or after ``tick``, else accepted
+        with the new job's state, or the holder's when its key was held.
+
+        A job it created is restated under its own key at once, and the schedule by its last
+        tick alone (see the view): any instance would after a grace, the poster knows first.
+        """
+        last = self.view.ticks.get(schedule)
+        if last is not None and last >= tick:
+            # The view is a prefix of the log, and a schedule's last tick only moves forward.
+            return Applied(False, None)
+        value = {"op": "tick", "tick": tick, "job": data}
+        applied = await self.write(Write(SCHEDULE_PREFIX + schedule, value, ts_ms))
+        if applied.accepted:
+            with contextlib.suppress(BackendUnavailable):
+                await self._restate([data["id"]], (), [schedule])
+        return applied
+
     async def restate_dirty(self) -> None:
-        """Re-publish the state of jobs whose newest record was rejected, and bury ghosts under
-        a tombstone (see the view)."""
+        """Re-publish the state of jobs whose newest record was rejected, bury ghosts under a
+        tombstone, and restate the last tick of stale schedules (see the view)."""
         now = time.monotonic()
-        ts = clock_ms()
-        writes: list[Write] = []
-        for marks in (self.view.dirty, self.view.ghosts):
-            due = [
-                job_id
-                for job_id, (since, mine) in marks.items()
+        view = self.view
+        due = [
+            [
+                key
+                for key, (since, mine) in marks.items()
                 if now - since >= (RESTATE_GRACE_MINE if mine else RESTATE_GRACE)
-            ]
-            for job_id in due[:256]:
-                # Restarted grace: a restate that loses a race marks it dirty again.
-                marks[job_id] = (now, False)
-                data = self.view.jobs.get(job_id)
-                if data is None:
-                    writes.append(Write(job_id, None, ts))
-                elif marks is self.view.dirty:
+            ][:256]
+            for marks in (view.dirty, view.ghosts, view.stale_ticks)
+        ]
+        await self._restate(*due)
+
+    async def _restate(
+        self, dirty: Sequence[str], ghosts: Sequence[str], stale: Sequence[str]
+    ) -> None:
+        view, now, ts = self.view, time.monotonic(), clock_ms()
+        writes: list[Write] = []
+        for marks, keys in ((view.dirty, dirty), (view.ghosts, ghosts), (view.stale_ticks, stale)):
+            for key in keys:
+                if key not in marks:
+                    continue  # clean by now
+                # Restarted grace: a restate that loses a race marks it again.
+                marks[key] = (now, False)
+                data = view.jobs.get(key)
+                if marks is view.stale_ticks:
+                    value = {"op": "last", "tick": view.ticks[key]}
+                    writes.append(Write(SCHEDULE_PREFIX + key, value, ts))
+                elif data is None:
+                    writes.append(Write(key, None, ts))
+                elif marks is view.dirty:
                     value = {"op": "restate", "base": data["version"], "job": data}
-                    writes.append(Write(job_id, value, ts))
+                    writes.append(Write(key, value, ts))
         if writes:
             await self._send(writes)
 
@@ -417,34 +421,3 @@ class StateLog:
         """Hold the reader (nothing is folded meanwhile)."""
         async with self._lock:
             yield
-
-
-class LogSubscription(Subscription):
-    """A ``stream()``'s notifications: waiting for one pulls the state topic."""
-
-    def __init__(self, log: StateLog) -> None:
-        super().__init__()
-        self._log = log
-        # Kept across calls: the stream cancels each receive at its own deadline.
-        self._backoff = Backoff(first=0.5, most=5.0)
-
-    async def receive(self) -> JobNotification:
-        """The next notification, folding the state topic while there is none."""
-        while True:
-            try:
-                return self._receive.receive_nowait()
-            except anyio.WouldBlock:
-                pass
-            if self.ended or self._log.closed:
-                raise anyio.EndOfStream
-            try:
-                await self._log.pull(0.25)
-            except BoardClosed:
-                raise anyio.EndOfStream from None
-            except BackendUnavailable as exc:
-                logger.warning("%s; retrying", exc)
-                self.lost = True
-                # Backoff: a broker that keeps failing is not asked again at once.
-                await self._backoff.sleep()
-            else:
-                self._backoff.reset()

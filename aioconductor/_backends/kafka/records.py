@@ -1,6 +1,7 @@
 """What the Kafka board writes and how it reads it: a posted job's state, each transition of it
-(a :class:`Write` of the state topic), the records of the jobs and dead-letter topics, and a
-state's reading (claimable, as readers see it, as a ``Job``, in claim order).
+(a :class:`Write` of the state topic), the records of the jobs and dead-letter topics, a
+state's reading (claimable, as readers see it, as a ``Job``, in claim order), and the clock
+that stamps them all (:func:`clock_ms`).
 
 A job's state is a plain dict (the value the state topic carries, see
 :mod:`~aioconductor._backends.kafka.view`). Each transition here is a pure function of the job's
@@ -13,6 +14,7 @@ so does the idempotency ``key`` (None).
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from collections.abc import Iterable
 from typing import Any
@@ -34,6 +36,8 @@ __all__ = [
     "Write",
     "alive_conductors",
     "claimable",
+    "clock",
+    "clock_ms",
     "conductor_info",
     "consumed",
     "dead_letter_record",
@@ -74,6 +78,27 @@ _JOBS_FIELDS = (
 )
 #: The longest heartbeat a conductor registration keeps (a float of years would not do).
 _MAX_TTL = 10 * 365 * 86400.0
+
+
+_latest_ms = 0
+
+
+def clock_ms() -> int:
+    """Now, in whole milliseconds since the epoch (the resolution of Kafka timestamps).
+
+    This is the board's only clock: the fold judges a record by its timestamp, so a job the
+    view calls claimable at ``clock()`` is claimable to the fold under a record stamped then (a
+    finer clock would see a job due a fraction of a millisecond before its claim record does).
+    It never goes back in one process, even if the system clock is stepped back.
+    """
+    global _latest_ms
+    _latest_ms = max(_latest_ms, int(time.time() * 1000))
+    return _latest_ms
+
+
+def clock() -> float:
+    """:func:`clock_ms` in epoch seconds."""
+    return clock_ms() / 1000
 
 
 def encode(value: dict[str, Any]) -> bytes:

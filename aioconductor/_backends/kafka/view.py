@@ -21,6 +21,15 @@ the job back. That is only right if the last record of every key was *accepted*:
 a job ``dirty`` when its newest record was rejected, and the board re-publishes its state (a
 ``restate`` record, which changes nothing) until it is clean; a rejected record of a job the view
 does not know makes it a ``ghost``, and the board writes a tombstone, so compaction drops it.
+
+Schedule ticks are decided here too. A ``tick`` record, keyed by the schedule
+(``~schedule:<name>``), carries the tick and the new job's whole state: it is accepted only if
+the tick is after the schedule's last one, which it advances, and then posts the job as a keyed
+post would (or hands back the key's holder); the tick record is the job's post record (``seq``).
+Compaction must keep neither too little nor too much: the job is marked ``dirty`` (the board
+restates it under its own key, so it outlives the tick record), and the schedule ``stale`` until
+its newest record is an accepted ``last`` record (the tick alone), so a compacted log never
+holds a tick record that would post its job again after it was purged.
 """
 
 from __future__ import annotations
@@ -28,9 +37,12 @@ from __future__ import annotations
 import heapq
 import json
 import time
-from collections.abc import Callable, Collection, Iterator
-from typing import Any
+from collections.abc import Callable, Collection
+from typing import Any, TypeGuard
 
+from aioconductor._backends.kafka.indexes import Ended
+from aioconductor._backends.kafka.indexes import Ready
+from aioconductor._backends.kafka.indexes import best_ready
 from aioconductor._backends.kafka.records import FINAL
 from aioconductor._backends.kafka.records import claimable
 from aioconductor._backends.kafka.records import holds
@@ -44,12 +56,14 @@ from aioconductor.models import JobNotification
 from aioconductor.models import JobState
 from aioconductor.models import NotificationKind
 
-__all__ = ["CONDUCTOR_PREFIX", "SYNC_KEY", "Applied", "JobView"]
+__all__ = ["CONDUCTOR_PREFIX", "SCHEDULE_PREFIX", "SYNC_KEY", "Applied", "JobView"]
 
 #: The key of barrier records (``sync``): compacted to one, never a job.
 SYNC_KEY = "~sync"
 #: Keys of conductor registrations start with this (a job id is a uuid, never this).
 CONDUCTOR_PREFIX = "~conductor:"
+#: Keys of schedules' tick records start with this.
+SCHEDULE_PREFIX = "~schedule:"
 
 _TIMED = ("SCHEDULED", "CLAIMED")
 
@@ -62,38 +76,8 @@ class Applied:
     def __init__(self, accepted: bool, data: dict[str, Any] | None) -> None:
         self.accepted = accepted
         #: The job's state after the record (the winner's state when it was rejected; for a
-        #: post whose key was held, the holder's).
+        #: post whose key was held, the holder's; for a tick, its job's or the key holder's).
         self.data = data
-
-
-class _Ended:
-    """Finished jobs of one final state by end time: a map for membership, a heap for order
-    (its entries of purged jobs are dropped lazily, and all at once when they are most)."""
-
-    __slots__ = ("heap", "live")
-
-    def __init__(self) -> None:
-        self.live: dict[str, float] = {}
-        self.heap: list[tuple[float, str]] = []
-
-    def add(self, job_id: str, ended: float) -> None:
-        self.live[job_id] = ended
-        heapq.heappush(self.heap, (ended, job_id))
-
-    def remove(self, job_id: str) -> None:
-        if self.live.pop(job_id, None) is not None and len(self.heap) > 2 * len(self.live):
-            self.heap = [(ended, job_id) for job_id, ended in self.live.items()]
-            heapq.heapify(self.heap)
-
-    def before(self, cutoff: float, limit: int) -> list[tuple[float, str]]:
-        heap, found = self.heap, list[tuple[float, str]]()
-        while heap and len(found) < limit and heap[0][0] <= cutoff:
-            entry = heapq.heappop(heap)
-            if self.live.get(entry[1]) == entry[0]:
-                found.append(entry)
-        for entry in found:
-            heapq.heappush(heap, entry)
-        return found
 
 
 class JobView:
@@ -118,17 +102,21 @@ class JobView:
         self.dirty: dict[str, tuple[float, bool]] = {}
         #: id of a job the view does not know whose newest record was rejected -> as ``dirty``.
         self.ghosts: dict[str, tuple[float, bool]] = {}
+        #: schedule name -> its last posted tick.
+        self.ticks: dict[str, float] = {}
+        #: schedule -> as ``dirty``, while its newest record is not an accepted ``last``.
+        self.stale_ticks: dict[str, tuple[float, bool]] = {}
         #: job id -> offset of the tombstone that purged it, for ids a purge waits for.
         self.purged: dict[str, int] = {}
         self._watched: dict[str, int] = {}
         #: Offsets below this one may have been skipped (compaction leaves gaps).
         self._gapped_to = 0
         #: partition -> heap of (-priority, seq, ready version, id) of claimable jobs.
-        self._ready: dict[int, list[tuple[int, int, int, str]]] = {}
+        self._ready: dict[int, list[Ready]] = {}
         self._ready_version: dict[str, int] = {}
         #: (time, id): when a scheduled job falls due or a lease expires.
         self._timers: list[tuple[float, str]] = []
-        self._ended = {state: _Ended() for state in FINAL}
+        self._ended = {state: Ended() for state in FINAL}
 
     # -- the fold ------------------------------------------------------------------------------
 
@@ -148,33 +136,69 @@ class JobView:
         if job_key.startswith(CONDUCTOR_PREFIX):
             self._apply_conductor(job_key[len(CONDUCTOR_PREFIX) :], op, record)
             return
-        if not isinstance(op, str) or op == "sync" or job_key == SYNC_KEY:
+        rid = str(record.get("rid"))  # "None" is no rid of ours
+        mine = rid in self.mine
+        if job_key.startswith(SCHEDULE_PREFIX):
+            name = job_key[len(SCHEDULE_PREFIX) :]
+            accepted, data = self._apply_tick(name, op, record, offset, mine)
+            if accepted and op == "last":
+                self.stale_ticks.pop(name, None)
+            elif name in self.ticks:
+                # Its newest record holds a job (or lost): restate the last tick alone.
+                self._mark(self.stale_ticks, name, mine)
+        elif not isinstance(op, str) or op == "sync" or job_key == SYNC_KEY:
             if value is None and job_key != SYNC_KEY:
                 self._apply_tombstone(job_key, offset)
             return
-        rid = record.get("rid")
-        accepted, data = self._apply_job(job_key, op, record, offset, ts_ms / 1000)
-        if accepted:
-            self.dirty.pop(job_key, None)
         else:
-            # The newest record of this key lost: after compaction it would be the only one
-            # left, so the job must be restated, or the record tombstoned (see the docstring).
-            marks = self.dirty if job_key in self.jobs else self.ghosts
-            previous = marks.get(job_key)
-            since = previous[0] if previous else time.monotonic()
-            marks[job_key] = (since, rid in self.mine or bool(previous and previous[1]))
-        if rid in self.mine and self.mine[rid] is None:
+            accepted, data = self._apply_job(job_key, op, record, offset, ts_ms / 1000)
+            if accepted:
+                self.dirty.pop(job_key, None)
+            else:
+                # The newest record of this key lost: after compaction it would be the only one
+                # left, so the job must be restated, or the record tombstoned (see the docstring).
+                self._mark(self.dirty if job_key in self.jobs else self.ghosts, job_key, mine)
+        if mine and self.mine[rid] is None:
             # The first copy counts: a producer retry (without idempotence) can append a
             # record twice, and the copy is rejected because the first one was applied.
             self.mine[rid] = Applied(accepted, data)
+
+    @staticmethod
+    def _mark(marks: dict[str, tuple[float, bool]], key: str, mine: bool) -> None:
+        previous = marks.get(key)
+        since = previous[0] if previous else time.monotonic()
+        marks[key] = (since, mine or bool(previous and previous[1]))
+
+    def _apply_tick(
+        self, name: str, op: object, record: dict[str, Any], offset: int, mine: bool
+    ) -> tuple[bool, dict[str, Any] | None]:
+        tick, last, new = record.get("tick"), self.ticks.get(name), record.get("job")
+        if isinstance(tick, bool) or not isinstance(tick, (int, float)):
+            return False, None
+        if op == "last":
+            # A restate of the last tick: later than the view's only where compaction
+            # removed the tick record itself.
+            if last is not None and last > tick:
+                return False, None
+            self.ticks[name] = float(tick)
+            return True, None
+        if op != "tick" or (last is not None and last >= tick) or not _postable(new):
+            return False, None
+        self.ticks[name] = float(tick)
+        holder = self.jobs.get(new["id"]) or self.jobs.get(self.keys.get(new.get("key") or "", ""))
+        if holder is not None:
+            return True, holder
+        new["seq"] = offset + 1
+        self._store(new, "post", None)
+        # Its only record is the schedule's, which the next tick or restate replaces.
+        self._mark(self.dirty, new["id"], mine)
+        return True, new
 
     def _apply_job(
         self, job_id: str, op: str, record: dict[str, Any], offset: int, now: float
     ) -> tuple[bool, dict[str, Any] | None]:
         new, current = record.get("job"), self.jobs.get(job_id)
-        if not isinstance(new, dict) or new.get("id") != job_id:
-            return False, current
-        if not isinstance(new.get("key") or "", str):
+        if not _postable(new) or new["id"] != job_id:
             return False, current
         if op == "post":
             if current is not None:
@@ -185,12 +209,19 @@ class JobView:
             # Post order is the post record's place in the one-partition log.
             new["seq"] = offset + 1
         elif current is not None:
-            if record.get("base") != current["version"]:
+            base = record.get("base")
+            if base == current["version"]:
+                if op == "restate":
+                    return True, current
+                if op == "claim" and not claimable(current, now):
+                    return False, current
+            elif not (
+                isinstance(base, int) and base > current["version"] >= 1
+                and current["seq"] <= self._gapped_to
+            ):  # fmt: skip
                 return False, current
-            if op == "restate":
-                return True, current
-            if op == "claim" and not claimable(current, now):
-                return False, current
+            # Else the versions between lie in a gap compaction left (a job started from its
+            # tick record, whose own records were compacted to the last): this one holds all.
         else:
             seq = new.get("seq")
             if not isinstance(seq, int) or seq > self._gapped_to:
@@ -349,55 +380,14 @@ class JobView:
         picked: list[dict[str, Any]] = []
         taken: set[str] = set()
         for partitions in (prefer, None):
-            picked.extend(self._best(now, limit - len(picked), partitions, skip, taken))
+            heaps = [h for p, h in self._ready.items() if partitions is None or p in partitions]
+            ready = self._ready_version
+            picked.extend(
+                best_ready(heaps, self.jobs, ready, now, limit - len(picked), skip, taken)
+            )
             if len(picked) >= limit:
                 break
         return picked
-
-    def _best(
-        self,
-        now: float,
-        limit: int,
-        partitions: Collection[int] | None,
-        skip: Collection[str],
-        taken: set[str],
-    ) -> Iterator[dict[str, Any]]:
-        heaps = [
-            heap
-            for partition, heap in self._ready.items()
-            if partitions is None or partition in partitions
-        ]
-        # Entries set aside (skipped or taken) go back on their heap afterwards.
-        aside: list[tuple[list[tuple[int, int, int, str]], tuple[int, int, int, str]]] = []
-        try:
-            while limit > 0:
-                best: list[tuple[int, int, int, str]] | None = None
-                for heap in heaps:
-                    while heap:
-                        entry = heap[0]
-                        data = self.jobs.get(entry[3])
-                        if (
-                            data is None
-                            or self._ready_version.get(entry[3]) != entry[2]
-                            or not claimable(data, now)
-                        ):
-                            heapq.heappop(heap)
-                        elif entry[3] in skip or entry[3] in taken:
-                            aside.append((heap, heapq.heappop(heap)))
-                        else:
-                            break
-                    if heap and (best is None or heap[0] < best[0]):
-                        best = heap
-                if best is None:
-                    return
-                entry = heapq.heappop(best)
-                aside.append((best, entry))
-                taken.add(entry[3])
-                limit -= 1
-                yield self.jobs[entry[3]]
-        finally:
-            for heap, entry in aside:
-                heapq.heappush(heap, entry)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -446,3 +436,12 @@ class JobView:
         if seq is None:
             return None
         return seq <= self.next_offset
+
+
+def _postable(new: object) -> TypeGuard[dict[str, Any]]:
+    """Whether a record's ``job`` is a job's state (a dict with an id and a str or no key)."""
+    return (
+        isinstance(new, dict)
+        and isinstance(new.get("id"), str)
+        and isinstance(new.get("key") or "", str)
+    )
