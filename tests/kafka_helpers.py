@@ -187,3 +187,20 @@ async def committed(group: str, topic: str, partition: int = 0) -> int | None:
         return offset
     finally:
         await consumer.stop()
+
+
+def fold(records: list[Any], *, compacted: bool = False, tombstones_gone: bool = False) -> Any:
+    """A fresh ``JobView`` of the state-topic ``records``; ``compacted`` keeps only the last
+    record of each key (as compaction does), ``tombstones_gone`` then drops tombstones too (as
+    it does a day later)."""
+    from aioconductor._backends.kafka.view import JobView
+
+    if compacted:
+        last = {r.key: r for r in records}
+        records = sorted(last.values(), key=lambda r: r.offset)
+        if tombstones_gone:
+            records = [r for r in records if r.value is not None]
+    view = JobView(lambda note: None)
+    for r in records:
+        view.apply(r.offset, r.key, r.value, r.timestamp)
+    return view
