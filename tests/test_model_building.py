@@ -32,6 +32,7 @@ _JOB = {
     "retries": 2,
     "retry": RetryPolicy(retries=3),
     "failures": [{"message": "boom"}],
+    "key": "order-1",
 }
 
 

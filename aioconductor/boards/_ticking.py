@@ -113,13 +113,12 @@ class Ticks(abc.ABC):
     @abc.abstractmethod
     def _check_open(self) -> None: ...
 
-    # TEMPORARY while the backends are written (restored to abstract before this lands).
+    @abc.abstractmethod
     async def _post_tick(self, schedule: str, tick: float, spec: PostSpec) -> Job | None:
         """In one atomic step: None if ``schedule``'s last tick is at or after ``tick``;
         otherwise set it to ``tick`` and post ``spec`` (keyed: the holder of its key is
         returned instead of a new job, as ``_post`` does)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def _schedule_ticks(self) -> dict[str, float]:
         """Every schedule's last posted tick in this namespace."""
-        raise NotImplementedError
