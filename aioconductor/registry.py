@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, Unpack, overload
 
 import pydantic
 
+from aioconductor._loading import load_attribute
 from aioconductor.errors import ConfigurationError
 from aioconductor.errors import FlowNotFound
 from aioconductor.errors import PayloadError
@@ -205,17 +205,7 @@ class FlowRegistry:
             ConfigurationError: the spec is malformed, the module cannot be imported, or the
                 attribute is not a ``FlowRegistry``.
         """
-        module_name, sep, attribute = spec.partition(":")
-        if not sep or not module_name or not attribute:
-            raise ConfigurationError(f"expected 'package.module:registry', got {spec!r}")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
-        try:
-            registry = getattr(module, attribute)
-        except AttributeError:
-            raise ConfigurationError(f"module {module_name!r} has no {attribute!r}") from None
+        registry = load_attribute(spec, "registry")
         if not isinstance(registry, FlowRegistry):
             raise ConfigurationError(f"{spec!r} is a {type(registry).__name__}, not a FlowRegistry")
         return registry

@@ -28,6 +28,7 @@ from cronsim import CronSim
 from cronsim import CronSimError
 from pydantic import BaseModel
 
+from aioconductor._loading import load_attribute
 from aioconductor.boards._posting import post_spec
 from aioconductor.boards._ticking import tick_key
 from aioconductor.boards._ticking import validate_schedule_name
@@ -294,19 +295,7 @@ def load_schedules(spec: str) -> list[Schedule]:
         ConfigurationError: the spec is malformed, the module cannot be imported, or the
             attribute holds something else.
     """
-    import importlib
-
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigurationError(f"expected 'package.module:schedules', got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
-    try:
-        value = getattr(module, attribute)
-    except AttributeError:
-        raise ConfigurationError(f"module {module_name!r} has no {attribute!r}") from None
+    value = load_attribute(spec, "schedules")
     schedules = [value] if isinstance(value, Schedule) else value
     if not isinstance(schedules, (list, tuple)) or not all(
         isinstance(s, Schedule) for s in schedules

@@ -18,33 +18,29 @@ def python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.DOTALL)
 
 
-@pytest.mark.parametrize("page", RUNNABLE, ids=[p.name for p in RUNNABLE])
-def test_the_page_example_runs(page: Path, tmp_path: Path) -> None:
+def run_example(page: Path, folder: Path) -> None:
+    """Run the page's example (the block that ends in ``anyio.run(main)``) in ``folder``."""
     [example] = [block for block in python_blocks(page) if "anyio.run(main)" in block]
     result = subprocess.run(
         [sys.executable, "-c", example],
-        cwd=tmp_path,
+        cwd=folder,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("page", RUNNABLE, ids=[p.name for p in RUNNABLE])
+def test_the_page_example_runs(page: Path, tmp_path: Path) -> None:
+    run_example(page, tmp_path)
     assert (tmp_path / "jobs.db").exists()
 
 
 def test_the_readme_example_run_twice_makes_one_job(tmp_path: Path) -> None:
-    [example] = [b for b in python_blocks(REPO / "README.md") if "anyio.run(main)" in b]
     for _ in range(2):
-        result = subprocess.run(
-            [sys.executable, "-c", example],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
+        run_example(REPO / "README.md", tmp_path)
     with sqlite3.connect(tmp_path / "jobs.db") as db:
         assert db.execute("SELECT count(*) FROM jobs").fetchone() == (1,)
 
