@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -260,3 +260,27 @@ async def async_private_postgres(*, durable: bool = False) -> AsyncIterator[Asyn
     """:func:`private_postgres` for async code: made and started, finally removed."""
     with private_postgres(durable=durable) as server:
         yield AsyncPrivatePostgres(server)
+
+
+class PurgeOnConflict:
+    """An asyncpg connection that runs ``purge`` right after the first insert of a post or a
+    tick (which is to write nothing for a held key), before the post reads the holder: the
+    race of a purge between those two statements."""
+
+    def __init__(self, conn: Any, purge: Callable[[], Awaitable[Any]]) -> None:
+        self._conn = conn
+        self._purge = purge
+        self.fired = False
+
+    def transaction(self) -> Any:
+        return self._conn.transaction()
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        return await self._conn.fetchrow(query, *args)
+
+    async def fetch(self, query: str, *args: Any) -> Any:
+        rows = await self._conn.fetch(query, *args)
+        if "INSERT INTO" in query and not self.fired:
+            self.fired = True
+            await self._purge()
+        return rows

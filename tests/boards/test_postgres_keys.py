@@ -22,7 +22,7 @@ from aioconductor.errors import JobNotFound, PayloadError
 from aioconductor.models import JobState, Outcome
 from tests.backends import PostgresSpace, board_fixture, one_space_fixture
 from tests.conftest import POSTGRES_URL
-from tests.postgres_helpers import url
+from tests.postgres_helpers import PurgeOnConflict, url
 
 pytestmark = pytest.mark.postgres
 
@@ -169,30 +169,12 @@ async def test_post_in_transaction_takes_a_key(board: JobBoard, admin: Any) -> N
     assert await board.job_count() == 2
 
 
-class _PurgeOnConflict:
-    """An asyncpg connection that runs ``purge`` right after the first insert of a post (which
-    is to write nothing for a held key), before the post reads the holder: the race of a purge
-    between those two statements."""
-
-    def __init__(self, conn: Any, purge: Callable[[], Awaitable[Any]]) -> None:
-        self._conn = conn
-        self._purge = purge
-        self.fired = False
-
-    async def fetch(self, query: str, *args: Any) -> Any:
-        rows = await self._conn.fetch(query, *args)
-        if "INSERT INTO" in query and not self.fired:
-            self.fired = True
-            await self._purge()
-        return rows
-
-
 async def test_a_holder_purged_before_the_post_reads_it_frees_the_key(
     board: JobBoard, admin: Any
 ) -> None:
     assert isinstance(board, PostgresJobBoard)
     holder = await _finished(board, key="order-9")
-    racing = _PurgeOnConflict(admin, lambda: board.purge(older_than=0))
+    racing = PurgeOnConflict(admin, lambda: board.purge(older_than=0))
     job = await board.post_in_transaction(racing, "j", "f", {"n": 1}, key="order-9")
     assert racing.fired
     assert job.id != holder.id and job.state is JobState.UNCLAIMED and job.args == {"n": 1}
@@ -205,7 +187,7 @@ async def test_a_holder_purged_before_the_post_reads_it_frees_the_key(
         post_spec("j", "f", {"n": n}, board.max_payload_bytes, key=key)
         for n, key in enumerate(["order-10", None, "order-9", "order-10"])
     ]
-    racing = _PurgeOnConflict(admin, lambda: board.purge(older_than=0))
+    racing = PurgeOnConflict(admin, lambda: board.purge(older_than=0))
     pairs = await post_many(racing, board._sql, "pg_keys", board.channel, specs)
     posted = [job for job, _ in pairs]
     assert racing.fired

@@ -22,7 +22,7 @@ from aioconductor.boards.postgres import PostgresJobBoard
 from aioconductor.models import JobState, Outcome
 from tests.backends import PostgresSpace, board_fixture, one_space_fixture
 from tests.conftest import POSTGRES_URL
-from tests.postgres_helpers import url
+from tests.postgres_helpers import PurgeOnConflict, url
 
 pytestmark = pytest.mark.postgres
 
@@ -176,36 +176,13 @@ async def test_a_tick_retried_after_a_lost_reply_returns_the_job_it_posted(
     assert await board.job_count() == 1
 
 
-class _PurgeOnConflict:
-    """An asyncpg connection that runs ``purge`` right after the tick's first insert of its job
-    (which is to write nothing for a held key), before the post reads the holder."""
-
-    def __init__(self, conn: Any, purge: Callable[[], Awaitable[Any]]) -> None:
-        self._conn = conn
-        self._purge = purge
-        self.fired = False
-
-    def transaction(self) -> Any:
-        return self._conn.transaction()
-
-    async def fetchrow(self, query: str, *args: Any) -> Any:
-        return await self._conn.fetchrow(query, *args)
-
-    async def fetch(self, query: str, *args: Any) -> Any:
-        rows = await self._conn.fetch(query, *args)
-        if "INSERT INTO" in query and not self.fired:
-            self.fired = True
-            await self._purge()
-        return rows
-
-
 async def test_a_holder_purged_inside_the_tick_frees_the_key_for_the_tick(
     board: JobBoard, admin: Any
 ) -> None:
     assert isinstance(board, PostgresJobBoard)
     holder = await board.post("by-hand", "f", key=tick_key("s", T0))
     await board.consume(await board.claim(holder.id, "owner-1"), outcome=Outcome.SUCCESS)
-    racing = _PurgeOnConflict(admin, lambda: board.purge(older_than=0))
+    racing = PurgeOnConflict(admin, lambda: board.purge(older_than=0))
     spec = post_spec("j", "f", {}, board.max_payload_bytes, key=tick_key("s", T0), not_before=T0)
     posted = await post_tick(racing, board._sql, "pg_ticks", board.channel, "s", T0, spec)
     assert racing.fired and posted is not None
