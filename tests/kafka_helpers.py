@@ -189,17 +189,33 @@ async def committed(group: str, topic: str, partition: int = 0) -> int | None:
         await consumer.stop()
 
 
-def fold(records: list[Any], *, compacted: bool = False, tombstones_gone: bool = False) -> Any:
+def fold(
+    records: list[Any],
+    *,
+    compacted: bool = False,
+    tombstones_gone: bool = False,
+    cleaned_to: int | None = None,
+) -> Any:
     """A fresh ``JobView`` of the state-topic ``records``; ``compacted`` keeps only the last
     record of each key (as compaction does), ``tombstones_gone`` then drops tombstones too (as
-    it does a day later)."""
+    it does a day later). ``cleaned_to`` compacts only the records below that offset, as the
+    cleaner does when a segment boundary falls there: a record below it is dropped if its key
+    has a later record below it; the records from it on stay as written."""
     from aioconductor._backends.kafka.view import JobView
 
-    if compacted:
-        last = {r.key: r for r in records}
-        records = sorted(last.values(), key=lambda r: r.offset)
-        if tombstones_gone:
-            records = [r for r in records if r.value is not None]
+    if compacted or cleaned_to is not None:
+        end = (
+            cleaned_to
+            if cleaned_to is not None
+            else max((r.offset + 1 for r in records), default=0)
+        )
+        last = {r.key: r.offset for r in records if r.offset < end}
+        records = [
+            r
+            for r in records
+            if r.offset >= end
+            or (last[r.key] == r.offset and not (tombstones_gone and r.value is None))
+        ]
     view = JobView(lambda note: None)
     for r in records:
         view.apply(r.offset, r.key, r.value, r.timestamp)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -21,7 +22,7 @@ from aioconductor._backends.kafka.view import JobView
 from aioconductor.boards import open_board
 from aioconductor.boards.kafka import KafkaJobBoard
 from aioconductor.errors import JobNotFound
-from tests.kafka_helpers import committed, kafka_url, read_all, require_kafka, unique_topic
+from tests.kafka_helpers import committed, fold, kafka_url, read_all, require_kafka, unique_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -191,6 +192,30 @@ async def test_a_keyed_post_race_between_two_instances_creates_one_job(
         assert list(view.jobs) == [holder.id] and view.keys == {"once": holder.id}
 
 
+async def test_a_post_that_lost_its_key_is_no_job_after_any_partial_compaction(
+    board: KafkaJobBoard, topic: str
+) -> None:
+    holder = await board.post("j", "f", key="once")
+    # Another instance's post of the key loses; the holder is claimed before the loser's
+    # tombstone lands (its poster was slow, or died and another instance buried it).
+    loser = dict(holder.model_dump(mode="json"), id="loser", version=1, partition=0)
+    producer = board._link.producer
+    assert producer is not None
+    value = json.dumps({"op": "post", "base": None, "job": loser}).encode()
+    await producer.send_and_wait(board.state_topic, value=value, key=b"loser", partition=0)
+    claim = await board.claim(holder.id, "o")
+    await producer.send_and_wait(board.state_topic, value=None, key=b"loser", partition=0)
+    async with _board(kafka_url(topic, "tests")) as replayed:
+        assert [job.id async for job in replayed.iterjobs()] == [holder.id]
+    records = await read_all(board.state_topic)
+    # Wherever the cleaner's last segment ends, a new instance folds the same jobs.
+    for cut in range(len(records) + 1):
+        view = fold(records, cleaned_to=cut)
+        assert list(view.jobs) == [holder.id] and view.keys == {"once": holder.id}
+        assert view.jobs[holder.id]["token"] == claim.token
+        assert view.dirty == {} and view.ghosts == {}
+
+
 def _record(op: str, job: dict[str, Any], base: int | None = None) -> bytes:
     return json.dumps({"op": op, "base": base, "job": job}).encode()
 
@@ -243,6 +268,91 @@ def test_the_fold_rejects_a_post_whose_key_is_held_and_hands_back_the_holder() -
     assert applied is not None and not applied.accepted
     assert applied.data is not None and applied.data["id"] == "a"
     assert list(view.jobs) == ["a"] and "b" in view.ghosts
+
+
+@dataclass
+class _Record:
+    offset: int
+    key: bytes
+    value: bytes | None
+    timestamp: int = 1
+
+
+def _key_race() -> list[_Record]:
+    """a posts the key k; b's post of k loses (a ghost); a is claimed; b's post is tombstoned."""
+    a, b = _state("a"), _state("b", seq=2)
+    claimed = {**a, "state": "CLAIMED", "owner": "o", "token": 1, "version": 2}
+    claimed["expires_at"] = time.time() + 600
+    return [
+        _Record(0, b"a", _record("post", a)),
+        _Record(1, b"b", _record("post", b)),
+        _Record(2, b"a", _record("claim", claimed, base=1)),
+        _Record(3, b"b", None),
+    ]
+
+
+@pytest.mark.parametrize("cleaned_to", [None, 1, 2, 3, 4])
+def test_a_post_that_lost_its_key_never_becomes_a_job_whatever_compaction_kept(
+    cleaned_to: int | None,
+) -> None:
+    # cleaned_to=3: the cleaner dropped a's post (a has a later record) but kept b's, whose
+    # tombstone lies beyond the cleaned segment; the view reads b's post with the key free.
+    view = fold(_key_race(), cleaned_to=cleaned_to)
+    assert list(view.jobs) == ["a"] and view.jobs["a"]["state"] == "CLAIMED"
+    assert view.keys == {"k": "a"}
+    assert view.dirty == {} and view.ghosts == {}
+    assert view.candidates(time.time(), 10, (), ()) == []
+    # Before the tombstone is written, b is a ghost (to tombstone), never a job to restate.
+    early = fold(_key_race()[:3], cleaned_to=None if cleaned_to is None else min(cleaned_to, 3))
+    assert list(early.jobs) == ["a"] and early.keys == {"k": "a"}
+    assert early.ghosts.keys() == {"b"} and early.dirty == {}
+    # b's records never count again: a late one is rejected, not restated.
+    early.apply(3, b"b", _record("restate", _state("b", seq=2), base=1), 1)
+    assert list(early.jobs) == ["a"] and early.ghosts.keys() == {"b"}
+
+
+def _purged_then_late(late: bytes, *, compacted: bool) -> JobView:
+    """A view that folds j (posted, consumed), a gap, j's tombstone, then ``late``, a record of
+    j computed before the purge; ``compacted``: the view started from the consume (the post
+    lay in a gap)."""
+    done = _state("j", "COMPLETE", version=2)
+    view = JobView(lambda note: None)
+    if not compacted:
+        view.apply(0, b"j", _record("post", _state("j")), 1)
+    view.apply(1, b"j", _record("consume", done, base=1), 1)
+    x = {**_state("x", seq=6), "key": "x"}
+    view.apply(5, b"x", _record("post", x), 1)  # offsets 2 to 4 were compacted
+    view.apply(6, b"j", None, 1)
+    view.apply(7, b"j", late, 1)
+    return view
+
+
+@pytest.mark.parametrize("compacted", [False, True], ids=["post read", "post compacted"])
+@pytest.mark.parametrize("late", ["restate", "claim"])
+def test_a_late_record_of_a_purged_job_never_revives_it_past_a_gap(
+    late: str, compacted: bool
+) -> None:
+    if late == "restate":
+        record = _record("restate", _state("j", "COMPLETE", version=2), base=2)
+    else:
+        claimed = {**_state("j", version=2), "state": "CLAIMED", "owner": "late", "token": 1}
+        claimed["expires_at"] = time.time() + 600
+        record = _record("claim", claimed, base=1)
+    view = _purged_then_late(record, compacted=compacted)
+    assert list(view.jobs) == ["x"] and view.keys == {"x": "x"}
+    assert view.ghosts.keys() == {"j"} and view.dirty == {}
+
+
+def test_the_gaps_a_compacted_replay_leaves_cost_the_view_little_memory() -> None:
+    view = JobView(lambda note: None)
+    # 500 jobs whose surviving record is their consume, each after a gap; then their purge.
+    for n in range(500):
+        done = {**_state(f"j{n}", "COMPLETE", version=3, seq=3 * n + 1), "key": None}
+        view.apply(3 * n + 2, f"j{n}".encode(), _record("consume", done, base=2), 1)
+    assert len(view.jobs) == 500 and view.sizes()["gaps"] == 1
+    for n in range(500):
+        view.apply(1500 + n, f"j{n}".encode(), None, 1)
+    assert view.jobs == {} and view.sizes()["gaps"] == 1
 
 
 async def test_the_state_topic_is_configured_to_reclaim_purged_jobs(board: KafkaJobBoard) -> None:

@@ -157,6 +157,32 @@ def test_a_tick_record_compaction_kept_with_its_job_s_last_record_folds_to_that_
     assert live.jobs["a"]["version"] == 1 and "a" in live.dirty
 
 
+def _tick_race() -> list[_Record]:
+    """Tick T0 posts a; another instance's record of T0 (posting b) loses; a is restated, then
+    the schedule by its tick alone."""
+    key = tick_key("s", T0)
+    return [
+        _tick(0, T0, _state("a", key)),
+        _tick(1, T0, _state("b", key)),
+        _job(2, "restate", {**_state("a", key), "seq": 1}, base=1),
+        _tick(3, T0, None),
+    ]
+
+
+@pytest.mark.parametrize("cleaned_to", [None, 1, 2, 3, 4])
+def test_a_losing_tick_record_never_posts_its_job_whatever_compaction_kept(
+    cleaned_to: int | None,
+) -> None:
+    # cleaned_to=3: the cleaner kept the losing tick record (the schedule's last below 3) and
+    # a's restate, not a's tick record: the view posts b first, then learns a holds the key.
+    for records in (_tick_race(), _tick_race()[:3]):
+        view = fold(records, cleaned_to=cleaned_to)
+        assert view.ticks == {"s": T0}
+        assert list(view.jobs) == ["a"] and view.keys == {tick_key("s", T0): "a"}
+        assert view.dirty == {} and view.ghosts.keys() <= {"b"}
+        assert view.candidates(T0 + 1, 10, (), ()) == [view.jobs["a"]]
+
+
 # -- against the broker -------------------------------------------------------------------------
 
 

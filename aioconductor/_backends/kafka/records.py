@@ -17,7 +17,7 @@ import json
 import time
 import zlib
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 from aioconductor._models import build
 from aioconductor.boards._support import PostSpec
@@ -33,6 +33,7 @@ from aioconductor.models import RetryPolicy
 
 __all__ = [
     "FINAL",
+    "TIMED",
     "Write",
     "alive_conductors",
     "claimable",
@@ -47,6 +48,7 @@ __all__ = [
     "in_claim_order",
     "jobs_record",
     "new_job",
+    "postable",
     "released",
     "renewed",
     "retried",
@@ -60,6 +62,8 @@ __all__ = [
 
 #: The states a job never leaves.
 FINAL = ("COMPLETE", "TRASHED")
+#: The states with a deadline: a due delay, a lease's expiry.
+TIMED = ("SCHEDULED", "CLAIMED")
 
 #: The fields of a posted job that its jobs-topic record carries.
 _JOBS_FIELDS = (
@@ -226,6 +230,15 @@ def new_job(spec: PostSpec, now: float, partitions: int) -> dict[str, Any]:
         "version": 1,
         "partition": zlib.crc32(job_id.encode()) % partitions,
     }
+
+
+def postable(new: object) -> TypeGuard[dict[str, Any]]:
+    """Whether a record's ``job`` is a job's state (a dict with an id and a str or no key)."""
+    return (
+        isinstance(new, dict)
+        and isinstance(new.get("id"), str)
+        and isinstance(new.get("key") or "", str)
+    )
 
 
 def holds(data: dict[str, Any] | None, claim: Claim) -> bool:

@@ -15,12 +15,16 @@ A tombstone (a record without a value) purges a *finished* job: the fold forgets
 Compaction keeps only the last record of a key (and drops tombstones a day later). A record
 holding the job's whole state is a correct start on its own, so the fold accepts a record for a
 job it does not know if that job's post record (offset ``seq - 1``) lies in a gap this view
-skipped: compaction removed it. If the view read the post, the job was purged (or its post lost
-to a held key) and the record is rejected: a stale claim landing after a tombstone must not bring
-the job back. That is only right if the last record of every key was *accepted*: the view marks
-a job ``dirty`` when its newest record was rejected, and the board re-publishes its state (a
-``restate`` record, which changes nothing) until it is clean; a rejected record of a job the view
-does not know makes it a ``ghost``, and the board writes a tombstone, so compaction drops it.
+skipped (the exact ranges: see ``Gaps``): compaction removed it. If the view read the post, or
+held the job since, the job was purged (or its post lost to a held key) and the record is
+rejected: a stale claim landing after a tombstone must not bring the job back. That is only right
+if the last record of every key was *accepted*: the view marks a job ``dirty`` when its newest
+record was rejected, and the board re-publishes its state (a ``restate`` record, which changes
+nothing) until it is clean; a rejected record of a job the view does not know makes it a
+``ghost``, and the board writes a tombstone, so compaction drops it. The cleaner may keep a
+rejected post whose tombstone lies beyond the segments it cleaned, and drop the post of the job
+that held the key: so the lowest ``seq`` holds a key, and a job started from a compacted record
+forgets an unchanged holder of its key posted after it (a post that lost the key: a ghost).
 
 Schedule ticks are decided here too. A ``tick`` record, keyed by the schedule
 (``~schedule:<name>``), carries the tick and the new job's whole state: it is accepted only if
@@ -38,14 +42,18 @@ import heapq
 import json
 import time
 from collections.abc import Callable, Collection
-from typing import Any, TypeGuard
+from typing import Any
 
 from aioconductor._backends.kafka.indexes import Ended
+from aioconductor._backends.kafka.indexes import Gaps
 from aioconductor._backends.kafka.indexes import Ready
 from aioconductor._backends.kafka.indexes import best_ready
+from aioconductor._backends.kafka.indexes import trim
 from aioconductor._backends.kafka.records import FINAL
+from aioconductor._backends.kafka.records import TIMED
 from aioconductor._backends.kafka.records import claimable
 from aioconductor._backends.kafka.records import holds
+from aioconductor._backends.kafka.records import postable
 from aioconductor._backends.kafka.records import to_job
 from aioconductor._models import build
 from aioconductor.boards._support import lost_message
@@ -64,8 +72,6 @@ SYNC_KEY = "~sync"
 CONDUCTOR_PREFIX = "~conductor:"
 #: Keys of schedules' tick records start with this.
 SCHEDULE_PREFIX = "~schedule:"
-
-_TIMED = ("SCHEDULED", "CLAIMED")
 
 
 class Applied:
@@ -109,8 +115,8 @@ class JobView:
         #: job id -> offset of the tombstone that purged it, for ids a purge waits for.
         self.purged: dict[str, int] = {}
         self._watched: dict[str, int] = {}
-        #: Offsets below this one may have been skipped (compaction leaves gaps).
-        self._gapped_to = 0
+        #: The offsets this view skipped (compaction leaves gaps).
+        self._gaps = Gaps()
         #: partition -> heap of (-priority, seq, ready version, id) of claimable jobs.
         self._ready: dict[int, list[Ready]] = {}
         self._ready_version: dict[str, int] = {}
@@ -123,7 +129,7 @@ class JobView:
     def apply(self, offset: int, key: bytes | None, value: bytes | None, ts_ms: int) -> None:
         """Fold one record of the state topic (a malformed one is skipped, on every instance)."""
         if offset > self.next_offset:
-            self._gapped_to = offset
+            self._gaps.skip(self.next_offset, offset)
         self.next_offset = offset + 1
         if key is None:
             return
@@ -133,6 +139,8 @@ class JobView:
             op = record["op"]
         except (ValueError, KeyError, TypeError):
             return
+        if op in ("post", "tick"):
+            self._gaps.read_post()
         if job_key.startswith(CONDUCTOR_PREFIX):
             self._apply_conductor(job_key[len(CONDUCTOR_PREFIX) :], op, record)
             return
@@ -182,7 +190,7 @@ class JobView:
                 return False, None
             self.ticks[name] = float(tick)
             return True, None
-        if op != "tick" or (last is not None and last >= tick) or not _postable(new):
+        if op != "tick" or (last is not None and last >= tick) or not postable(new):
             return False, None
         self.ticks[name] = float(tick)
         holder = self.jobs.get(new["id"]) or self.jobs.get(self.keys.get(new.get("key") or "", ""))
@@ -198,7 +206,7 @@ class JobView:
         self, job_id: str, op: str, record: dict[str, Any], offset: int, now: float
     ) -> tuple[bool, dict[str, Any] | None]:
         new, current = record.get("job"), self.jobs.get(job_id)
-        if not _postable(new) or new["id"] != job_id:
+        if not postable(new) or new["id"] != job_id:
             return False, current
         if op == "post":
             if current is not None:
@@ -217,15 +225,16 @@ class JobView:
                     return False, current
             elif not (
                 isinstance(base, int) and base > current["version"] >= 1
-                and current["seq"] <= self._gapped_to
+                and current["seq"] <= self._gaps.end
             ):  # fmt: skip
                 return False, current
             # Else the versions between lie in a gap compaction left (a job started from its
             # tick record, whose own records were compacted to the last): this one holds all.
         else:
             seq = new.get("seq")
-            if not isinstance(seq, int) or seq > self._gapped_to:
-                # This view read the job's post record (offset seq - 1): the job was purged.
+            if not isinstance(seq, int) or not self._gaps.skipped(seq - 1):
+                # This view read the job's post record (offset seq - 1), or held the job since:
+                # it was purged, or its post lost to a held key.
                 return False, None
             # A compacted log starts with this record, which holds the whole state.
         self._store(new, op, current)
@@ -240,20 +249,33 @@ class JobView:
             # Never written for a live job; if one was, it must not be the job's last record.
             self.dirty.setdefault(job_id, (time.monotonic(), False))
             return
+        self._forget(data)
+        if job_id in self._watched:
+            self.purged[job_id] = offset
+
+    def _forget(self, data: dict[str, Any]) -> None:
+        job_id = data["id"]
         del self.jobs[job_id]
         if data.get("key") is not None and self.keys.get(data["key"]) == job_id:
             del self.keys[data["key"]]
-        self._ended[data["state"]].remove(job_id)
+        if data["state"] in FINAL:
+            self._ended[data["state"]].remove(job_id)
         self._ready_version.pop(job_id, None)
         self.dirty.pop(job_id, None)
-        if job_id in self._watched:
-            self.purged[job_id] = offset
-        self._trim()
+        self._gaps.forget(data["seq"] - 1)
+        self._timers = trim(self._ready, self._ready_version, self._timers, self.jobs)
 
     def _store(self, new: dict[str, Any], op: str, current: dict[str, Any] | None) -> None:
         job_id = new["id"]
         self.jobs[job_id] = new
         if current is None and new.get("key") is not None:
+            holder = self.jobs.get(self.keys.get(new["key"], ""))
+            if holder is not None and holder["seq"] > new["seq"] and holder["version"] == 1:
+                # A record that starts a job from a compacted log (its post lay in a gap) and
+                # an unchanged holder posted after it: that post lost the key to this job, and
+                # the cleaner kept it while its tombstone lay beyond (see the docstring).
+                self._forget(holder)
+                self._mark(self.ghosts, holder["id"], False)
             self.keys.setdefault(new["key"], job_id)
         if current is not None and current["state"] in FINAL:
             self._ended[current["state"]].remove(job_id)
@@ -286,23 +308,6 @@ class JobView:
         found = [e for state in states for e in self._ended[state.value].before(cutoff, limit)]
         return [job_id for _, job_id in sorted(found)[:limit]]
 
-    def _trim(self) -> None:
-        """Drop the entries of purged and finished jobs from the ready heaps and the timers
-        once they are most of them, so memory follows the jobs the view holds."""
-        bound = 2 * len(self.jobs) + 64
-        if sum(len(heap) for heap in self._ready.values()) > bound:
-            for partition, heap in list(self._ready.items()):
-                kept = [e for e in heap if self._ready_version.get(e[3]) == e[2]]
-                if kept:
-                    heapq.heapify(kept)
-                    self._ready[partition] = kept
-                else:
-                    del self._ready[partition]
-        if len(self._timers) > bound:
-            jobs = self.jobs
-            self._timers = [t for t in self._timers if jobs.get(t[1], {}).get("state") in _TIMED]
-            heapq.heapify(self._timers)
-
     def sizes(self) -> dict[str, int]:
         """How many entries each map and index of the view holds (for tests and metrics)."""
         return {
@@ -314,6 +319,8 @@ class JobView:
             "ended": sum(len(e.live) + len(e.heap) for e in self._ended.values()),
             "dirty": len(self.dirty),
             "ghosts": len(self.ghosts),
+            "gaps": self._gaps.sizes()[0],
+            "forgotten": self._gaps.sizes()[1],
         }
 
     # -- indexes -------------------------------------------------------------------------------
@@ -345,7 +352,7 @@ class JobView:
         while timers and timers[0][0] <= now:
             when, job_id = heapq.heappop(timers)
             data = self.jobs.get(job_id)
-            if data is None or data["state"] not in _TIMED or not claimable(data, now):
+            if data is None or data["state"] not in TIMED or not claimable(data, now):
                 continue
             deadline = data["expires_at"] if data["state"] == "CLAIMED" else data["not_before"]
             if when != deadline:
@@ -436,12 +443,3 @@ class JobView:
         if seq is None:
             return None
         return seq <= self.next_offset
-
-
-def _postable(new: object) -> TypeGuard[dict[str, Any]]:
-    """Whether a record's ``job`` is a job's state (a dict with an id and a str or no key)."""
-    return (
-        isinstance(new, dict)
-        and isinstance(new.get("id"), str)
-        and isinstance(new.get("key") or "", str)
-    )
