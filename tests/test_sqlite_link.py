@@ -159,3 +159,26 @@ async def test_a_base_exception_in_a_write_rolls_the_group_back(link: SqliteLink
     assert link._conn is not None and not link._conn.in_transaction
     assert await names(link) == set()
     assert await link.write("after", insert("after")) == "after"
+
+
+async def test_a_fresh_file_opened_while_another_process_writes_it_waits_for_wal(
+    tmp_path: Path,
+) -> None:
+    # Switching a file to WAL needs it to itself, and SQLite does not call the busy handler for
+    # that: a conductor starting while another wrote the fresh file failed at once with
+    # "database is locked" (seen when two conductor processes opened one store).
+    path = tmp_path / "fresh.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("CREATE TABLE t (x)")
+    other.execute("BEGIN IMMEDIATE")  # the other process, migrating the fresh file
+    other.execute("INSERT INTO t VALUES (1)")
+    link = SqliteLink(str(path), closed_error=BoardClosed)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(link.connect, "test", MIGRATIONS)
+            await anyio.sleep(0.3)
+            other.execute("COMMIT")
+        assert await names(link) == set()
+    finally:
+        other.close()
+        await link.aclose()

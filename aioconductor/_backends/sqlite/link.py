@@ -35,6 +35,7 @@ import contextlib
 import functools
 import sqlite3
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 from urllib.parse import unquote
@@ -188,7 +189,7 @@ class SqliteLink:
             )
             try:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                conn.execute("PRAGMA journal_mode = WAL")
+                _use_wal(conn)
                 conn.execute("PRAGMA synchronous = NORMAL")
 
                 def migrate(c: sqlite3.Connection) -> None:
@@ -430,3 +431,22 @@ def _migrate(
         )
     if setup is not None:
         setup(conn)
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (it stays so), waiting up to the busy timeout for it.
+
+    The switch needs the file to itself, and SQLite refuses it at once, without the busy
+    handler, while another connection writes in the old mode: two processes opening one fresh
+    file (two conductors starting on one store) would see "database is locked".
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
