@@ -15,8 +15,11 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import service_missing
 
@@ -220,3 +223,27 @@ def fold(
     for r in records:
         view.apply(r.offset, r.key, r.value, r.timestamp)
     return view
+
+
+def open_kafka_board(url: str, **kwargs: Any) -> Any:
+    """A Kafka board for ``url``, not yet connected."""
+    from aioconductor.boards import open_board
+    from aioconductor.boards.kafka import KafkaJobBoard
+
+    board = open_board(url, **kwargs)
+    assert isinstance(board, KafkaJobBoard)
+    return board
+
+
+@pytest.fixture
+def topic() -> str:
+    """A topic name of the test's own on the test broker."""
+    require_kafka()
+    return unique_topic("kafka")
+
+
+@pytest.fixture
+async def board(topic: str) -> AsyncIterator[Any]:
+    """A connected Kafka board on the test's own topic (import it to use it)."""
+    async with open_kafka_board(kafka_url(topic, "tests")) as connected:
+        yield connected

@@ -11,7 +11,6 @@ import math
 import os
 import time
 import types
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -24,31 +23,23 @@ from aioconductor.boards import open_board
 from aioconductor.boards.kafka import KafkaJobBoard
 from aioconductor.errors import BackendUnavailable, ConfigurationError
 from aioconductor.models import JobState, NotificationKind, RetryPolicy
-from tests.kafka_helpers import committed, kafka_url, read_all, require_kafka, unique_topic
+from tests.kafka_helpers import (
+    board,
+    committed,
+    kafka_url,
+    open_kafka_board,
+    read_all,
+    require_kafka,
+    topic,
+)
+
+__all__ = ["board", "topic"]  # the fixtures
 
 pytestmark = pytest.mark.kafka
 
 
-@pytest.fixture
-def topic() -> str:
-    require_kafka()
-    return unique_topic("kafka")
-
-
-def _board(url: str, **kwargs: Any) -> KafkaJobBoard:
-    board = open_board(url, **kwargs)
-    assert isinstance(board, KafkaJobBoard)
-    return board
-
-
-@pytest.fixture
-async def board(topic: str) -> AsyncIterator[KafkaJobBoard]:
-    async with _board(kafka_url(topic, "tests")) as connected:
-        yield connected
-
-
 def test_url_options_name_the_topics_and_stay_away_from_the_driver() -> None:
-    board = _board(
+    board = open_kafka_board(
         "kafka://broker-a,broker-b:9093?topic=orders&namespace=shop&partitions=6"
         "&replication=2&idempotence=false&fetch_wait_ms=5&lease=7"
     )
@@ -72,7 +63,7 @@ def test_bad_url_options_are_refused(query: str) -> None:
 
 
 async def test_topics_are_created_as_configured(topic: str) -> None:
-    async with _board(kafka_url(topic, "tests", partitions=3)) as board:
+    async with open_kafka_board(kafka_url(topic, "tests", partitions=3)) as board:
         assert board.partitions == 3
         names = (board.jobs_topic, board.state_topic, board.dead_topic)
     admin = AIOKafkaAdminClient(bootstrap_servers=require_kafka())
@@ -83,7 +74,7 @@ async def test_topics_are_created_as_configured(topic: str) -> None:
         await admin.close()
     assert [len(described[name]["partitions"]) for name in names] == [3, 1, 1]
     # A second board on the same topics reads the partition count from the broker.
-    async with _board(kafka_url(topic, "tests", partitions=9)) as again:
+    async with open_kafka_board(kafka_url(topic, "tests", partitions=9)) as again:
         assert again.partitions == 3
 
 
@@ -91,14 +82,14 @@ async def test_topics_are_created_as_configured(topic: str) -> None:
     bool(os.environ.get("AIOCONDUCTOR_KAFKA_URL")), reason="Tansu refuses idempotence"
 )
 async def test_a_broker_refusing_idempotent_producers_gets_a_clear_error(topic: str) -> None:
-    board = _board(kafka_url(topic, "tests", idempotence="true"))
+    board = open_kafka_board(kafka_url(topic, "tests", idempotence="true"))
     with pytest.raises(BackendUnavailable, match=r"idempotence=false"):
         await board.connect()
     await board.aclose()
 
 
 async def test_an_unreachable_broker_is_backend_unavailable() -> None:
-    board = _board("kafka://127.0.0.1:1?idempotence=false")
+    board = open_kafka_board("kafka://127.0.0.1:1?idempotence=false")
     with anyio.fail_after(60), pytest.raises(BackendUnavailable):
         await board.connect()
     await board.aclose()
@@ -111,7 +102,7 @@ async def test_a_new_instance_replays_the_same_jobs(board: KafkaJobBoard, topic:
     await board.trash(jobs[1].id, reason="no")
     renewed = await board.renew(await board.claim(jobs[2].id, "o", lease=60))
     before = [job async for job in board.iterjobs()]
-    async with _board(kafka_url(topic, "tests")) as replayed:
+    async with open_kafka_board(kafka_url(topic, "tests")) as replayed:
         assert [job async for job in replayed.iterjobs()] == before
         assert (await replayed.get(jobs[2].id)).claim == renewed
 
@@ -125,7 +116,7 @@ async def test_a_new_instance_replays_releases_abandons_and_retries(
     await board.abandon(await board.claim(job.id, "o"))
     retried = await board.retry(await board.claim(job.id, "o"), delay=30, failure={"n": 1})
     assert (retried.releases, retried.abandons, retried.retries, retried.attempts) == (1, 1, 1, 1)
-    async with _board(kafka_url(topic, "tests")) as replayed:
+    async with open_kafka_board(kafka_url(topic, "tests")) as replayed:
         again = await replayed.get(job.id)
         assert again == await board.get(job.id)
         assert again.retry == policy and again.failures == [{"n": 1}]
@@ -225,7 +216,7 @@ async def test_trash_writes_the_job_and_reason_to_the_dead_letter_topic(
 
 
 async def test_offsets_are_committed_only_past_finished_jobs(topic: str) -> None:
-    async with _board(kafka_url(topic, "tests", partitions=1)) as board:
+    async with open_kafka_board(kafka_url(topic, "tests", partitions=1)) as board:
         posted = [await board.post(f"j{n}", "f") for n in range(3)]
         claims = [(await board.claim_next("o"))[1] for _ in posted]  # type: ignore[index]
         member = board._link.member
@@ -253,7 +244,7 @@ async def test_offsets_are_committed_only_past_finished_jobs(topic: str) -> None
 async def test_a_retried_job_holds_the_committed_offset_until_it_is_finished(
     topic: str,
 ) -> None:
-    async with _board(kafka_url(topic, "tests", partitions=1)) as board:
+    async with open_kafka_board(kafka_url(topic, "tests", partitions=1)) as board:
         job = await board.post("j", "f")
         claimed = await board.claim_next("o")
         assert claimed is not None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,30 +18,22 @@ from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
 from aioconductor._backends.kafka.log import Write
 from aioconductor._backends.kafka.view import JobView
-from aioconductor.boards import open_board
 from aioconductor.boards.kafka import KafkaJobBoard
 from aioconductor.errors import JobNotFound
-from tests.kafka_helpers import committed, fold, kafka_url, read_all, require_kafka, unique_topic
+from tests.kafka_helpers import (
+    board,
+    committed,
+    fold,
+    kafka_url,
+    open_kafka_board,
+    read_all,
+    require_kafka,
+    topic,
+)
+
+__all__ = ["board", "topic"]  # the fixtures
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-def topic() -> str:
-    require_kafka()
-    return unique_topic("kafka")
-
-
-def _board(url: str, **kwargs: Any) -> KafkaJobBoard:
-    board = open_board(url, **kwargs)
-    assert isinstance(board, KafkaJobBoard)
-    return board
-
-
-@pytest.fixture
-async def board(topic: str) -> AsyncIterator[KafkaJobBoard]:
-    async with _board(kafka_url(topic, "tests")) as connected:
-        yield connected
 
 
 def _fold(records: list[Any], *, compacted: bool = False, tombstones_gone: bool = False) -> JobView:
@@ -79,7 +70,7 @@ async def test_a_new_instance_replays_a_log_with_purged_jobs_and_does_not_see_th
     assert not applied.accepted
     await board.get(kept.id)
     assert board._view.ghosts == {}
-    async with _board(kafka_url(topic, "tests")) as replayed:
+    async with open_kafka_board(kafka_url(topic, "tests")) as replayed:
         for job in purged:
             with pytest.raises(JobNotFound):
                 await replayed.get(job.id)
@@ -102,7 +93,7 @@ async def test_a_new_instance_replays_a_log_with_purged_jobs_and_does_not_see_th
 async def test_a_purge_drops_the_jobs_from_the_memory_of_every_instance(
     board: KafkaJobBoard, topic: str
 ) -> None:
-    async with _board(kafka_url(topic, "tests")) as other:
+    async with open_kafka_board(kafka_url(topic, "tests")) as other:
         jobs = await board.post_many(
             "f", [{"n": n} for n in range(80)], keys=[f"k{n}" for n in range(80)]
         )
@@ -127,7 +118,7 @@ async def test_a_purge_drops_the_jobs_from_the_memory_of_every_instance(
 
 
 async def test_offset_commits_pass_purged_jobs(topic: str) -> None:
-    async with _board(kafka_url(topic, "tests", partitions=1)) as board:
+    async with open_kafka_board(kafka_url(topic, "tests", partitions=1)) as board:
         done = await _finish(board)
         old = await _finish(board)
         assert await board.purge(older_than=0) == 2
@@ -160,7 +151,7 @@ async def test_offset_commits_pass_purged_jobs(topic: str) -> None:
 async def test_a_keyed_post_race_between_two_instances_creates_one_job(
     board: KafkaJobBoard, topic: str
 ) -> None:
-    async with _board(kafka_url(topic, "tests")) as other:
+    async with open_kafka_board(kafka_url(topic, "tests")) as other:
         got: list[tuple[Any, bool]] = []
 
         async def post(on: KafkaJobBoard, n: int) -> None:
@@ -205,7 +196,7 @@ async def test_a_post_that_lost_its_key_is_no_job_after_any_partial_compaction(
     await producer.send_and_wait(board.state_topic, value=value, key=b"loser", partition=0)
     claim = await board.claim(holder.id, "o")
     await producer.send_and_wait(board.state_topic, value=None, key=b"loser", partition=0)
-    async with _board(kafka_url(topic, "tests")) as replayed:
+    async with open_kafka_board(kafka_url(topic, "tests")) as replayed:
         assert [job.id async for job in replayed.iterjobs()] == [holder.id]
     records = await read_all(board.state_topic)
     # Wherever the cleaner's last segment ends, a new instance folds the same jobs.

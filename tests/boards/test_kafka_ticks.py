@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,33 +16,23 @@ import anyio
 import pytest
 
 from aioconductor._backends.kafka.view import Applied, JobView
-from aioconductor.boards import open_board
 from aioconductor.boards._ticking import tick_key
 from aioconductor.boards.kafka import KafkaJobBoard
-from tests.kafka_helpers import fold, kafka_url, read_all, require_kafka, unique_topic
+from tests.kafka_helpers import (
+    board,
+    fold,
+    kafka_url,
+    open_kafka_board,
+    read_all,
+    topic,
+)
+
+__all__ = ["board", "topic"]  # the fixtures
 
 pytestmark = pytest.mark.kafka
 
 #: 2026-01-01T00:00:00Z
 T0 = 1_767_225_600.0
-
-
-@pytest.fixture
-def topic() -> str:
-    require_kafka()
-    return unique_topic("kafka")
-
-
-def _board(url: str) -> KafkaJobBoard:
-    board = open_board(url)
-    assert isinstance(board, KafkaJobBoard)
-    return board
-
-
-@pytest.fixture
-async def board(topic: str) -> AsyncIterator[KafkaJobBoard]:
-    async with _board(kafka_url(topic, "tests")) as connected:
-        yield connected
 
 
 # -- the fold, by hand ----------------------------------------------------------------------------
@@ -200,7 +189,7 @@ async def test_a_new_instance_replays_the_ticks_with_and_without_compaction(
     got = await board.post_tick("t", T0, "j", "f")
     assert second is not None and got is not None and got.id == held.id
     live = {second.id, held.id}
-    async with _board(kafka_url(topic, "tests")) as replayed:
+    async with open_kafka_board(kafka_url(topic, "tests")) as replayed:
         assert await replayed.schedule_ticks() == {"p": T0, "s": T0 + 60, "t": T0}
         assert await replayed.post_tick("p", T0, "j", "f") is None
         assert await replayed.post_tick("s", T0 + 60, "j", "f") is None
@@ -220,7 +209,7 @@ async def test_a_tick_race_between_instances_posts_once_and_compacts_clean(
     board: KafkaJobBoard, topic: str
 ) -> None:
     url = kafka_url(topic, "tests")
-    async with _board(url) as other, _board(url) as third:
+    async with open_kafka_board(url) as other, open_kafka_board(url) as third:
         boards = (board, other, third)
         posted: list[Any] = []
 
