@@ -54,6 +54,7 @@ from aioconductor.models import ConductorInfo
 from aioconductor.models import Job
 from aioconductor.models import JobNotification
 from aioconductor.models import JobState
+from aioconductor.models import LimitInfo
 from aioconductor.models import Outcome
 from aioconductor.models import RetryPolicy
 from aioconductor.persistence import AtomDetail
@@ -103,6 +104,7 @@ __all__ = [
     "JobNotFound",
     "JobNotification",
     "JobState",
+    "LimitInfo",
     "LogBook",
     "LogBookNotFound",
     "Notifier",

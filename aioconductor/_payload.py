@@ -47,18 +47,19 @@ def validate_name(what: str, value: object) -> str:
     return value
 
 
-def validate_key(value: object) -> str:
-    """Return ``value`` if it is a valid idempotency key, else refuse it (``PayloadError``).
+def validate_key(value: object, what: str = "key") -> str:
+    """Return ``value`` if it is a valid idempotency key (or, with ``what="limit key"``, a
+    valid concurrency limit key), else refuse it (``PayloadError``).
 
     A key is checked like a name (1 to 255 characters, not blank, no NUL) and, because keys
     are typed on command lines and shown in logs, holds no control characters and no
     leading or trailing whitespace.
     """
-    key = validate_name("key", value)
+    key = validate_name(what, value)
     if key != key.strip():
-        raise PayloadError(f"the job's key has leading or trailing whitespace: {key!r:.80}")
+        raise PayloadError(f"the job's {what} has leading or trailing whitespace: {key!r:.80}")
     if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in key):
-        raise PayloadError(f"the job's key contains a control character: {key!r:.80}")
+        raise PayloadError(f"the job's {what} contains a control character: {key!r:.80}")
     return key
 
 

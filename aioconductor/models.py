@@ -21,6 +21,7 @@ __all__ = [
     "Job",
     "JobNotification",
     "JobState",
+    "LimitInfo",
     "NotificationKind",
     "Outcome",
     "RetryPolicy",
@@ -59,6 +60,8 @@ class Outcome(enum.StrEnum):
     REVERTED = "REVERTED"
     #: A task failed and reverting it failed too.
     FAILURE = "FAILURE"
+    #: Cancelled (``board.cancel``): ended before it ran, or stopped and its tasks reverted.
+    CANCELLED = "CANCELLED"
 
 
 class RetryPolicy(BaseModel):
@@ -118,6 +121,10 @@ class Claim(BaseModel):
     owner: str
     token: int
     expires_at: float
+    #: The job was cancelled while claimed (``board.cancel``): its holder is to stop the flow,
+    #: revert what it did and consume the job ``CANCELLED``. Set on the claims that ``claim``
+    #: and ``renew`` hand out once the job is flagged.
+    cancel_requested: bool = False
 
     def __repr__(self) -> str:
         return f"Claim(job_id={self.job_id!r}, owner={self.owner!r}, token={self.token})"
@@ -162,6 +169,11 @@ class Job(BaseModel):
     outcome: Outcome | None = None
     result: dict[str, Any] | None = None
     trash_reason: str | None = None
+    #: Why the job was cancelled, once ``board.cancel`` was called on it while it was not
+    #: final: it ended ``CANCELLED`` at once, or (claimed) its owner is asked to stop it.
+    cancel_reason: str | None = None
+    #: The fleet-wide concurrency limit the job counts against (``board.set_limit``).
+    limit_key: str | None = None
     #: Metadata carried with the job but not given to its flow: a trace context
     #: (``traceparent``), a correlation id, a tenant. Set at ``post``; strings only.
     headers: dict[str, str] = Field(default_factory=dict)
@@ -170,6 +182,12 @@ class Job(BaseModel):
     def owner(self) -> str | None:
         """The owner of the current claim, if any (expired or not)."""
         return self.claim.owner if self.claim is not None else None
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether the job was cancelled and has not ended yet: its owner is to stop it, and
+        whoever claims it next reverts it instead of running it."""
+        return self.cancel_reason is not None and not self.state.is_final
 
     def is_claimable(self, now: float) -> bool:
         """Whether ``claim`` could take this job at board time ``now``."""
@@ -202,7 +220,7 @@ def claimable(job: ClaimState, now: float) -> bool:
 
 
 class NotificationKind(enum.StrEnum):
-    """Why a job became claimable."""
+    """Why a job became claimable, or (``CANCEL``) why its owner must act."""
 
     POSTED = "posted"
     ABANDONED = "abandoned"
@@ -210,16 +228,40 @@ class NotificationKind(enum.StrEnum):
     DUE = "due"
     #: Already claimable when the stream started, or found by a sweep.
     WAITING = "waiting"
+    #: A job counted against a concurrency limit let go of its slot (or the limit was raised
+    #: or removed): jobs of that limit key that were skipped may be claimable now.
+    SLOT_FREED = "slot_freed"
+    #: The claimed job was cancelled: its owner is to stop it (no job became claimable).
+    CANCEL = "cancel"
+
+    @property
+    def is_claimable(self) -> bool:
+        """Whether a notification of this kind may announce a claimable job."""
+        return self is not NotificationKind.CANCEL
 
 
 class JobNotification(BaseModel):
-    """A board's word that a job became claimable."""
+    """A board's word that a job became claimable (or, kind ``CANCEL``, that its owner is
+    asked to stop it)."""
 
     model_config = ConfigDict(frozen=True)
 
     job_id: str
     kind: NotificationKind
     priority: int = 0
+
+
+class LimitInfo(BaseModel):
+    """A fleet-wide concurrency limit, as ``board.limits()`` reports it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: The limit key jobs are posted with (``post(..., limit_key=)``).
+    key: str
+    #: At most this many jobs with the key are ``CLAIMED`` at once (0 pauses them).
+    limit: int
+    #: How many jobs with the key hold a live claim now.
+    claimed: int
 
 
 class ConductorInfo(BaseModel):

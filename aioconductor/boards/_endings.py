@@ -10,6 +10,7 @@ from typing import Any
 
 from aioconductor._payload import encode_object
 from aioconductor._payload import finite_seconds
+from aioconductor.boards._cancelling import clean_reason
 from aioconductor.boards._support import EncodedObject
 from aioconductor.errors import PayloadError
 from aioconductor.models import Claim
@@ -81,7 +82,8 @@ class ClaimEndings(abc.ABC):
         The job is ``SCHEDULED`` (``not_before`` is the board's now plus ``delay``), with
         ``attempts`` as before the claim, ``retries`` one more, and ``failure`` (the run's, as
         JSON) added to ``failures``, of which the latest ``MAX_KEPT_FAILURES`` are kept. One
-        fenced step.
+        fenced step. A job cancelled meanwhile (``cancel_requested``) is not scheduled: it
+        ends ``COMPLETE`` with outcome ``CANCELLED`` (the failure kept all the same).
 
         Raises:
             ClaimLost: the claim is not the job's current one (nothing changed).
@@ -107,11 +109,7 @@ class ClaimEndings(abc.ABC):
             UnclaimableJob: the job (given by id) is already finished.
         """
         self._check_open()
-        if not isinstance(reason, str):
-            raise PayloadError("the trash reason must be a string")
-        # Reasons often quote an exception's text: keep them, made safe for every backend.
-        reason = reason[:4000].replace("\x00", "\\x00")
-        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
+        reason = clean_reason("trash", reason)
         if isinstance(claim_or_id, Claim):
             job = await self._trash(claim_or_id.job_id, claim_or_id, reason)
         else:

@@ -44,7 +44,9 @@ class Notifications(abc.ABC):
 
         The stream starts with every job already claimable, then pushes posts and abandons as
         they happen, and sweeps every ``poll_interval`` for expired leases and delays that
-        passed. Each call is an independent subscription; close it with ``aclose()`` (or iterate
+        passed. It also carries ``CANCEL`` notifications (a claimed job was cancelled: its
+        owner is to stop it), which announce no claimable job. Each call is an independent
+        subscription; close it with ``aclose()`` (or iterate
         it inside ``contextlib.aclosing``).
         """
         self._check_open()
@@ -108,8 +110,9 @@ class Notifications(abc.ABC):
         """
         with anyio.fail_after(timeout):
             async with contextlib.aclosing(self.stream()) as notes:
-                async for _ in notes:
-                    return
+                async for note in notes:
+                    if note.kind.is_claimable:
+                        return
             raise BoardClosed()
 
     async def wait_for(self, job_id: str, *, timeout: float | None = None) -> Job:  # noqa: ASYNC109

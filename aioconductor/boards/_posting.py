@@ -37,6 +37,7 @@ class PostOptions(TypedDict, total=False):
     not_before: float | None
     headers: Mapping[str, str] | None
     retry: RetryPolicy | None
+    limit_key: str | None
 
 
 def post_spec(
@@ -51,17 +52,19 @@ def post_spec(
     not_before: float | None = None,
     headers: Mapping[str, str] | None = None,
     retry: RetryPolicy | None = None,
+    limit_key: str | None = None,
     key: str | None = None,
 ) -> PostSpec:
     """The validated post, its payloads encoded, for a backend's ``_post``; the options
     (:class:`PostOptions`) not given take their defaults here.
 
     Raises:
-        PayloadError: a bad name, flow, option, args, headers or retry policy.
+        PayloadError: a bad name, flow, option, args, headers, retry policy or key.
     """
     validate_name("name", name)
     validate_name("flow name", flow)
     checked_key = None if key is None else validate_key(key)
+    checked_limit_key = None if limit_key is None else validate_key(limit_key, "limit key")
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise PayloadError(f"priority must be an int, got {priority!r:.80}")
     if not -(2**31) <= priority < 2**31:
@@ -96,6 +99,7 @@ def post_spec(
         retry=retry,
         retry_json=None if retry is None else retry.model_dump_json().encode(),
         key=checked_key,
+        limit_key=checked_limit_key,
     )
 
 

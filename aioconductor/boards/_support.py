@@ -48,7 +48,7 @@ PAGE = 500
 JOB_COLUMNS = (
     "id, name, flow, args, priority, seq, created_at, updated_at, not_before, attempts,"
     " max_attempts, token, state, owner, expires_at, outcome, result, trash_reason, headers,"
-    " releases, abandons, retries, retry, failures, job_key"
+    " releases, abandons, retries, retry, failures, job_key, cancel_reason, limit_key"
 )
 
 
@@ -79,6 +79,8 @@ class PostSpec:
     #: The idempotency key, checked: the backend writes nothing for this spec if a job on the
     #: board (or an earlier spec of the same call) holds it, and hands back that job instead.
     key: str | None = None
+    #: The concurrency limit key, checked: a claim skips the job while the key's limit is full.
+    limit_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,10 +167,17 @@ def unclaimable_message(job: Job, now: float) -> str:
 def job_from_row(row: Sequence[Any]) -> Job:
     """A ``Job`` from a row of :data:`JOB_COLUMNS` (args, result, headers, retry and failures
     as JSON text)."""
-    job_id, owner = row[0], row[13]
+    job_id, owner, state, cancel_reason = row[0], row[13], JobState(row[12]), row[25]
     claim = None
     if owner is not None:
-        claim = build(Claim, job_id=job_id, owner=owner, token=row[11], expires_at=row[14])
+        claim = build(
+            Claim,
+            job_id=job_id,
+            owner=owner,
+            token=row[11],
+            expires_at=row[14],
+            cancel_requested=cancel_reason is not None and not state.is_final,
+        )
     outcome, result = row[15], row[16]
     return build(
         Job,
@@ -183,7 +192,7 @@ def job_from_row(row: Sequence[Any]) -> Job:
         not_before=row[8],
         attempts=row[9],
         max_attempts=row[10],
-        state=JobState(row[12]),
+        state=state,
         claim=claim,
         outcome=None if outcome is None else Outcome(outcome),
         result=None if result is None else decode_json(result),
@@ -195,6 +204,8 @@ def job_from_row(row: Sequence[Any]) -> Job:
         retry=None if row[22] is None else RetryPolicy.model_validate_json(row[22]),
         failures=decode_json(row[23]),
         key=row[24],
+        cancel_reason=cancel_reason,
+        limit_key=row[26],
     )
 
 

@@ -23,6 +23,8 @@ Semantics every backend keeps (the conformance suite in ``tests/boards`` checks 
 - A key is held by one job of the namespace, whatever its state, until that job is purged; a
   post whose key is held writes nothing and hands back the holder (check and insert are one
   atomic step).
+- Cancels and concurrency limits: see :mod:`~aioconductor.boards._cancelling` and
+  :mod:`~aioconductor.boards._limiting`.
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ from aioconductor._urls import float_option
 from aioconductor._urls import int_option
 from aioconductor._urls import lease_option
 from aioconductor._urls import validate_namespace
+from aioconductor.boards._cancelling import Cancels
 from aioconductor.boards._conductors import ConductorRegistry
 from aioconductor.boards._endings import ClaimEndings
+from aioconductor.boards._limiting import Limits
 from aioconductor.boards._notifications import Notifications
 from aioconductor.boards._posting import PostOptions
 from aioconductor.boards._posting import post_spec
@@ -87,7 +91,9 @@ MAX_BATCH = 256
 MAX_POST_BATCH = 10_000
 
 
-class JobBoard(Lifecycle, Notifications, ClaimEndings, Purging, Ticks, ConductorRegistry):
+class JobBoard(
+    Lifecycle, Notifications, ClaimEndings, Cancels, Limits, Purging, Ticks, ConductorRegistry
+):
     """An async job board. Open it with ``async with open_board(url) as board``.
 
     Args:
@@ -176,6 +182,9 @@ class JobBoard(Lifecycle, Notifications, ClaimEndings, Purging, Ticks, Conductor
             retry (RetryPolicy | None): run the job again, later, when its flow ends
                 ``REVERTED`` or ``FAILURE`` (it wins over the policy its flow was registered
                 with).
+            limit_key (str | None): the fleet-wide concurrency limit the job counts against:
+                while as many jobs with this key are claimed as :meth:`set_limit` allows,
+                claims pass this job over (a key without a limit set limits nothing).
 
         Returns:
             The job as stored (``UNCLAIMED``, or ``SCHEDULED`` when delayed), or the job

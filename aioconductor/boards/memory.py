@@ -39,6 +39,7 @@ from aioconductor.models import ConductorInfo
 from aioconductor.models import Job
 from aioconductor.models import JobNotification
 from aioconductor.models import JobState
+from aioconductor.models import LimitInfo
 from aioconductor.models import NotificationKind
 from aioconductor.models import Outcome
 from aioconductor.models import claimable
@@ -91,12 +92,16 @@ class MemoryJobBoard(InMemory, JobBoard):
         record.attempts += 1
         record.token += 1
         record.state = JobState.CLAIMED
-        record.claim = build(
-            Claim, job_id=record.id, owner=owner, token=record.token, expires_at=now + lease
-        )
+        record.claim = record.new_claim(owner, record.token, now + lease)
         record.updated_at = now
         heapq.heappush(self._space.timers, (now + lease, record.id))
+        self._space.hold(record)
         return record.to_job()
+
+    def _let_go(self, record: Record) -> None:
+        """The claim of ``record`` ended: free its limit slot, and say so."""
+        if self._space.let_go(record):
+            self._publish(record, NotificationKind.SLOT_FREED)
 
     def _publish(self, record: Record, kind: NotificationKind) -> None:
         note = build(JobNotification, job_id=record.id, kind=kind, priority=record.priority)
@@ -145,6 +150,7 @@ class MemoryJobBoard(InMemory, JobBoard):
             headers=spec.headers,
             retry=spec.retry,
             key=spec.key,
+            limit_key=spec.limit_key,
         )
         space.jobs[record.id] = record
         if spec.key is not None:
@@ -163,6 +169,9 @@ class MemoryJobBoard(InMemory, JobBoard):
         now = self._clock()
         if not claimable(record, now):
             raise UnclaimableJob(unclaimable_message(record.to_job(), now))
+        if self._space.full(record, now):
+            key = record.limit_key
+            raise UnclaimableJob(f"job {job_id} waits for a slot: limit key {key!r} is full")
         return self._take(record, owner, lease, now)
 
     async def _claim_next(self, owner: str, lease: float) -> Job | None:
@@ -171,21 +180,35 @@ class MemoryJobBoard(InMemory, JobBoard):
         now = self._clock()
         space.promote(now)
         ready = space.ready
-        while ready:
-            _, _, version, job_id = heapq.heappop(ready)
-            record = space.jobs.get(job_id)
-            if record is None or record.ready_version != version or not claimable(record, now):
-                continue
-            return self._take(record, owner, lease, now)
-        return None
+        passed_over: list[tuple[int, int, int, str]] = []
+        try:
+            while ready:
+                entry = heapq.heappop(ready)
+                record = space.jobs.get(entry[3])
+                if record is None or record.ready_version != entry[2]:
+                    continue
+                if not claimable(record, now):
+                    continue
+                if space.full(record, now):
+                    passed_over.append(entry)  # claimable once a slot of its key is free
+                    continue
+                return self._take(record, owner, lease, now)
+            return None
+        finally:
+            for entry in passed_over:
+                heapq.heappush(ready, entry)
 
     async def _renew(self, claim: Claim, lease: float) -> Claim:
         await checkpoint()
         record = self._current(claim, "renew")
         now = self._clock()
-        record.claim = build(
-            Claim, job_id=record.id, owner=claim.owner, token=claim.token, expires_at=now + lease
-        )
+        assert record.claim is not None
+        if record.claim.expires_at <= now and self._space.full(record, now):
+            raise ClaimLost(
+                f"renew of job {record.id} by {claim.owner!r} refused: its lease ran out and "
+                f"its limit key {record.limit_key!r} is full"
+            )
+        record.claim = record.new_claim(claim.owner, claim.token, now + lease)
         record.updated_at = now
         heapq.heappush(self._space.timers, (now + lease, record.id))
         return record.claim
@@ -200,6 +223,7 @@ class MemoryJobBoard(InMemory, JobBoard):
         record.result = result
         record.updated_at = self._clock()
         self._space.end(record)
+        self._let_go(record)
         return record.to_job()
 
     async def _abandon(self, claim: Claim) -> Job:
@@ -222,6 +246,7 @@ class MemoryJobBoard(InMemory, JobBoard):
         record.state = JobState.UNCLAIMED
         record.claim = None
         record.updated_at = self._clock()
+        self._space.let_go(record)  # the ABANDONED notification announces the free slot
         self._space.make_ready(record)
         self._publish(record, NotificationKind.ABANDONED)
         return record.to_job()
@@ -230,10 +255,14 @@ class MemoryJobBoard(InMemory, JobBoard):
         await checkpoint()
         record = self._current(claim, "retry")
         now = self._clock()
-        record.attempts -= 1
-        record.retries += 1
         if failure is not None:
             record.failures = [*record.failures, failure.value][-MAX_KEPT_FAILURES:]
+        self._let_go(record)
+        record.updated_at = now
+        if record.cancel_reason is not None:
+            return self._end_cancelled(record)
+        record.attempts -= 1
+        record.retries += 1
         record.state = JobState.SCHEDULED
         record.claim = None
         record.not_before = now + delay
@@ -255,7 +284,46 @@ class MemoryJobBoard(InMemory, JobBoard):
         record.trash_reason = reason
         record.updated_at = self._clock()
         self._space.end(record)
+        self._let_go(record)
         return record.to_job()
+
+    async def _cancel(self, job_id: str, reason: str) -> Job:
+        await checkpoint()
+        record = self._record(job_id)
+        if record.state.is_final or record.cancel_reason is not None:
+            return self._visible(record)
+        record.cancel_reason = reason
+        record.updated_at = self._clock()
+        if record.state is JobState.CLAIMED:
+            assert record.claim is not None
+            record.claim = record.claim.model_copy(update={"cancel_requested": True})
+            self._publish(record, NotificationKind.CANCEL)
+            return record.to_job()
+        record.claim = None
+        return self._end_cancelled(record)
+
+    def _end_cancelled(self, record: Record) -> Job:
+        record.state = JobState.COMPLETE
+        record.outcome = Outcome.CANCELLED
+        record.result = {}
+        self._space.end(record)
+        return record.to_job()
+
+    async def _set_limit(self, key: str, limit: int | None) -> None:
+        await checkpoint()
+        if limit is None:
+            self._space.limits.pop(key, None)
+        else:
+            self._space.limits[key] = limit
+
+    async def _limits(self) -> list[LimitInfo]:
+        await checkpoint()
+        now = self._clock()
+        space = self._space
+        return [
+            LimitInfo(key=key, limit=limit, claimed=space.live_claims(key, now))
+            for key, limit in space.limits.items()
+        ]
 
     def _visible(self, record: Record) -> Job:
         job = record.to_job()

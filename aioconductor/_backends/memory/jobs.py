@@ -52,6 +52,8 @@ class Record:
     retry: RetryPolicy | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
     key: str | None = None
+    cancel_reason: str | None = None
+    limit_key: str | None = None
     #: Which entry of the ready heap is this record's live one (older entries are stale).
     ready_version: int = 0
 
@@ -82,6 +84,19 @@ class Record:
             retry=self.retry,
             failures=list(self.failures),
             key=self.key,
+            cancel_reason=self.cancel_reason,
+            limit_key=self.limit_key,
+        )
+
+    def new_claim(self, owner: str, token: int, expires_at: float) -> Claim:
+        """A claim of this job (flagged if the job was cancelled)."""
+        return build(
+            Claim,
+            job_id=self.id,
+            owner=owner,
+            token=token,
+            expires_at=expires_at,
+            cancel_requested=self.cancel_reason is not None,
         )
 
     def visible_state(self, now: float) -> JobState:
@@ -109,6 +124,44 @@ class Space:
     ticks: dict[str, float] = field(default_factory=dict)
     #: final state -> heap of (updated_at, id) of jobs that ended in it (purged ones go stale).
     ended: dict[JobState, list[tuple[float, str]]] = field(default_factory=dict)
+    #: limit key -> its concurrency limit.
+    limits: dict[str, int] = field(default_factory=dict)
+    #: limit key -> ids of its CLAIMED jobs (live or expired leases).
+    holders: dict[str, set[str]] = field(default_factory=dict)
+
+    def hold(self, record: Record) -> None:
+        """Note that ``record`` was just claimed (it takes a slot of its limit key, if any)."""
+        if record.limit_key is not None:
+            self.holders.setdefault(record.limit_key, set()).add(record.id)
+
+    def let_go(self, record: Record) -> bool:
+        """Note that ``record``'s claim ended; whether it held a slot of a limit key."""
+        key = record.limit_key
+        if key is None:
+            return False
+        held = self.holders.get(key)
+        if held is None or record.id not in held:
+            return False
+        held.discard(record.id)
+        if not held:
+            del self.holders[key]
+        return True
+
+    def live_claims(self, key: str, now: float, *, besides: str | None = None) -> int:
+        """How many jobs with limit key ``key`` (other than ``besides``) hold a live claim."""
+        count = 0
+        for job_id in self.holders.get(key, ()):
+            record = self.jobs.get(job_id)
+            if job_id != besides and record is not None and record.claim is not None:
+                count += record.claim.expires_at > now
+        return count
+
+    def full(self, record: Record, now: float) -> bool:
+        """Whether ``record``'s limit key has no slot left for it at ``now``."""
+        key = record.limit_key
+        if key is None or key not in self.limits:
+            return False
+        return self.live_claims(key, now, besides=record.id) >= self.limits[key]
 
     def end(self, record: Record) -> None:
         """Note that ``record`` just ended (it is ``COMPLETE`` or ``TRASHED`` now)."""

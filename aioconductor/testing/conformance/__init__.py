@@ -26,9 +26,11 @@ as fixtures named ``backend`` (and ``store_backend``), then collect the suites::
             yield s
 
     # test_conformance.py
+    from aioconductor.testing.conformance.boards_cancel import *  # noqa: F403
     from aioconductor.testing.conformance.boards_claims import *  # noqa: F403
     from aioconductor.testing.conformance.boards_endings import *  # noqa: F403
     from aioconductor.testing.conformance.boards_keys import *  # noqa: F403
+    from aioconductor.testing.conformance.boards_limits import *  # noqa: F403
     from aioconductor.testing.conformance.boards_retention import *  # noqa: F403
     from aioconductor.testing.conformance.boards_streams import *  # noqa: F403
     from aioconductor.testing.conformance.boards_ticks import *  # noqa: F403
