@@ -9,8 +9,9 @@ conductor on every machine. A slot is freed by whatever ends the claim: ``consum
 ``abandon``, ``release``, ``retry``, ``trash``, or the lease running out. Renewing a claim whose
 lease ran out re-takes its slot, so it fails (``ClaimLost``, nothing changed) if the key is
 full meanwhile: a holder past its lease is fenced out rather than let the limit be exceeded.
-Lowering a limit stops nothing running; raising or removing one announces the key's skipped
-jobs (``SLOT_FREED``), as every end of a limited claim does.
+Lowering a limit stops nothing running. Every end of a limited claim is announced
+(``SLOT_FREED``, pushed where the backend pushes, else found by the next sweep), so the jobs the
+full key held back are claimed at once; a raised or removed limit is found by the next claim.
 
 A backend gives ``_set_limit`` (store or delete the key's limit), ``_limits`` (every limit with
 the live claims of its key) and keeps the rule above in its claims, renewals and endings.
@@ -68,8 +69,7 @@ class Limits(abc.ABC):
     def _check_open(self) -> None: ...
 
     async def _set_limit(self, key: str, limit: int | None) -> None:
-        """Store (or, with None, delete) the key's limit; announce the key's skipped jobs if
-        the limit was raised or removed."""
+        """Store (or, with None, delete) the key's limit."""
         raise NotImplementedError(f"{type(self).__name__} has no concurrency limits yet")
 
     async def _limits(self) -> list[LimitInfo]:
