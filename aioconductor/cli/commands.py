@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC
 from datetime import datetime
@@ -27,6 +28,7 @@ from aioconductor.errors import ConfigurationError
 from aioconductor.errors import DependencyMissing
 from aioconductor.models import Job
 from aioconductor.models import JobState
+from aioconductor.models import Outcome
 from aioconductor.models import RetryPolicy
 from aioconductor.persistence import open_store
 from aioconductor.registry import FlowRegistry
@@ -135,6 +137,7 @@ async def _cmd_post(board: JobBoard, args: argparse.Namespace) -> int:
         "max_attempts": args.max_attempts,
         "delay": args.delay,
         "retry": _retry_policy(args),
+        "limit_key": args.limit_key,
     }
     if args.key is None:
         job = await board.post(args.name, args.flow, job_args, **options)
@@ -156,8 +159,17 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _outcome(job: Job) -> str:
+    """The outcome column: the outcome, the reason of a cancel or a trash, or a pending cancel."""
+    if job.outcome is Outcome.CANCELLED:
+        return f"CANCELLED: {job.cancel_reason}" if job.cancel_reason else "CANCELLED"
+    if job.cancel_requested:
+        return f"cancel requested: {job.cancel_reason}"
+    return job.outcome or job.trash_reason or ""
+
+
 def _row(job: Job) -> list[str]:
-    outcome = job.outcome or job.trash_reason or ""
+    outcome = _outcome(job)
     return [
         job.id,
         job.state.value,
@@ -184,13 +196,63 @@ async def _cmd_jobs(board: JobBoard, args: argparse.Namespace) -> int:
 
 async def _cmd_show(board: JobBoard, args: argparse.Namespace) -> int:
     job = await (board.get(args.job_id) if args.key is None else board.get_by_key(args.key))
-    echo_json(json.dumps(job.model_dump(mode="json"), indent=2, sort_keys=True))
+    shown = job.model_dump(mode="json")
+    # Not a stored field: whether a cancel waits for the job's owner (or next claimer).
+    shown["cancel_requested"] = job.cancel_requested
+    echo_json(json.dumps(shown, indent=2, sort_keys=True))
     return 0
 
 
 async def _cmd_trash(board: JobBoard, args: argparse.Namespace) -> int:
     job = await board.trash(args.job_id, reason=args.reason)
     echo(f"{job.id} trashed: {job.trash_reason}")
+    return 0
+
+
+async def _cmd_cancel(board: JobBoard, args: argparse.Namespace) -> int:
+    """Cancel a job and say what happened; 1 (like ``trash``) when it had ended already."""
+    before = await board.get(args.job_id)
+    job = await board.cancel(args.job_id, reason=args.reason)
+    if job.state.is_final:
+        if not before.state.is_final and job.outcome is Outcome.CANCELLED:
+            echo(f"{job.id} cancelled: ended COMPLETE (CANCELLED) at once: {job.cancel_reason}")
+            return 0
+        how = job.state.value if job.outcome is None else f"{job.state} ({job.outcome})"
+        echo(f"aioconductor cancel: job {job.id} already ended {how}: unchanged", err=True)
+        return 1
+    if job.claim is not None and job.state is JobState.CLAIMED:
+        what = f"its owner {job.owner} is stopping it and reverting what it did"
+        if job.claim.expires_at <= time.time():
+            what = f"the lease of its owner {job.owner} ran out, the next claim reverts it"
+    else:  # given back flagged
+        what = f"it is {job.state}, the next conductor to claim it reverts it"
+    flagged = "was already flagged" if before.cancel_requested else "flagged"
+    echo(f"{job.id} {flagged} for cancel: {what} (reason: {job.cancel_reason})")
+    return 0
+
+
+async def _cmd_limits(board: JobBoard, args: argparse.Namespace) -> int:
+    """List the limits, or (``set``, ``remove``) change one."""
+    if args.limits_action == "set":
+        await board.set_limit(args.key, args.limit)
+        claimed = next((i.claimed for i in await board.limits() if i.key == args.key), 0)
+        most = "0 (its jobs are paused)" if args.limit == 0 else str(args.limit)
+        echo(f"limit key {args.key!r}: at most {most} claimed at once, {claimed} claimed now")
+        return 0
+    if args.limits_action == "remove":
+        if not any(info.key == args.key for info in await board.limits()):
+            echo(f"limit key {args.key!r}: no limit set, nothing removed")
+            return 0
+        await board.set_limit(args.key, None)
+        echo(f"limit key {args.key!r}: limit removed, its jobs are claimed freely")
+        return 0
+    found = await board.limits()
+    if args.json:
+        for info in found:
+            echo_json(info.model_dump_json())
+        return 0
+    rows = [[info.key, str(info.limit), str(info.claimed)] for info in found]
+    table(["key", "limit", "claimed"], rows, right={1, 2})
     return 0
 
 
@@ -278,6 +340,8 @@ _BOARD_COMMANDS: dict[str, Callable[[JobBoard, argparse.Namespace], Awaitable[in
     "jobs": _cmd_jobs,
     "show": _cmd_show,
     "trash": _cmd_trash,
+    "cancel": _cmd_cancel,
+    "limits": _cmd_limits,
     "purge": _cmd_purge,
     "conductors": _cmd_conductors,
     "schedules": _cmd_schedules,

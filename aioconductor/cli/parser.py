@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aioconductor.models import JobState
 
@@ -115,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     post.add_argument(
         "--retry-base", type=float, default=1.0, help="the first retry's delay in seconds"
     )
+    post.add_argument(
+        "--limit-key",
+        default=None,
+        metavar="KEY",
+        help="the fleet-wide concurrency limit the job counts against (see 'limits set')",
+    )
 
     jobs = with_board(sub.add_parser("jobs", help="list jobs"))
     jobs.add_argument("--state", choices=[s.value for s in JobState], type=str.upper)
@@ -125,9 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("job_id", nargs="?", help="the job's id")
     which.add_argument("--key", help="the job's idempotency key")
 
-    trash = with_board(sub.add_parser("trash", help="trash a job"))
+    trash = with_board(
+        sub.add_parser("trash", help="drop a job now, without reverting what it did")
+    )
     trash.add_argument("job_id")
     trash.add_argument("--reason", default="trashed by an operator")
+
+    cancel = with_board(
+        sub.add_parser(
+            "cancel",
+            help="stop a job and revert what it did (ends it at once if nobody runs it)",
+        )
+    )
+    cancel.add_argument("job_id")
+    cancel.add_argument("--reason", default="cancelled by an operator")
+
+    _add_limits(sub, with_board)
 
     purge = with_board(sub.add_parser("purge", help="delete finished jobs past an age"))
     purge.add_argument(
@@ -162,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     dashboard.add_argument("--port", type=int, default=8000, help="the port to listen on")
     dashboard.add_argument(
-        "--allow-actions", action="store_true", help="allow trashing and re-posting jobs"
+        "--allow-actions",
+        action="store_true",
+        help="allow cancelling, trashing and re-posting jobs",
     )
     dashboard.add_argument(
         "--allow-host",
@@ -187,3 +210,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--concurrency", type=int, default=32)
     demo.add_argument("--folder", type=Path, default=None, help="keep the SQLite file here")
     return parser
+
+
+def _add_limits(sub: Any, with_board: Callable[[argparse.ArgumentParser], Any]) -> None:
+    """``limits [--json]``, ``limits set KEY N`` and ``limits remove KEY``."""
+    limits = with_board(
+        sub.add_parser("limits", help="list the fleet-wide concurrency limits, or set one")
+    )
+    limits.add_argument("--json", action="store_true", help="one JSON object per line")
+    verbs = limits.add_subparsers(dest="limits_action", metavar="ACTION")
+    set_limit = verbs.add_parser("set", help="allow at most N jobs of KEY to be claimed at once")
+    set_limit.add_argument("key", metavar="KEY", help="the limit key jobs are posted with")
+    set_limit.add_argument("limit", metavar="N", type=int, help="0 pauses the key's jobs")
+    remove = verbs.add_parser("remove", help="remove the limit of KEY (its jobs run freely)")
+    remove.add_argument("key", metavar="KEY")
+    for verb in (set_limit, remove):
+        # SUPPRESS: a --board given before the action is kept, not reset to the default.
+        verb.add_argument("--board", default=argparse.SUPPRESS, help="the board URL")
