@@ -29,6 +29,11 @@ class Event(enum.StrEnum):
     #: (details hold ``retry``, its number, and ``delay``).
     JOB_RETRIED = "job_retried"
     JOB_TRASHED = "job_trashed"
+    #: The job was cancelled (``board.cancel``) and its run stopped the flow to revert it
+    #: (details hold ``reason`` and ``seen``: ``running`` when the run learned of it while the
+    #: flow ran, ``claimed`` when the job was flagged when claimed); ``job_consumed`` with
+    #: outcome ``CANCELLED`` follows.
+    JOB_CANCELLING = "job_cancelling"
     #: The conductor that purges for its fleet deleted finished jobs past their retention
     #: (details hold ``conductor`` and a count per state: ``complete``, ``trashed``).
     JOBS_PURGED = "jobs_purged"

@@ -265,6 +265,7 @@ class ConductorMetrics:
             consumed.add_metric([name, "SUCCESS"], stats.succeeded)
             consumed.add_metric([name, "REVERTED"], stats.reverted)
             consumed.add_metric([name, "FAILURE"], stats.failed)
+            consumed.add_metric([name, "CANCELLED"], stats.cancelled)
             abandoned.add_metric([name], stats.abandoned)
             released.add_metric([name], stats.released)
             retried.add_metric([name], stats.retried)

@@ -21,6 +21,7 @@ from aioconductor.conductor.jobrun import RunContext
 from aioconductor.errors import AioconductorError
 from aioconductor.models import Claim
 from aioconductor.models import Job
+from aioconductor.models import NotificationKind
 
 __all__ = ["CLAIM_TIMEOUT", "Dispatcher"]
 
@@ -82,13 +83,19 @@ class Dispatcher:
             await self._none_active.wait()
 
     async def listen(self) -> None:
-        """Turn the board's notifications into wake-ups of the dispatcher, until cancelled."""
-        board = self._context.board
+        """Turn the board's notifications into wake-ups of the dispatcher, and its cancels
+        into cancels of the runs they name, until cancelled."""
+        board, running = self._context.board, self._context.running
         while True:
             try:
                 async with contextlib.aclosing(board.stream()) as notes:
-                    async for _ in notes:
-                        self._wakeup.set()
+                    async for note in notes:
+                        if note.kind is NotificationKind.CANCEL:
+                            run = running.get(note.job_id)
+                            if run is not None:
+                                run.request_cancel()
+                        else:
+                            self._wakeup.set()
                 return
             except AioconductorError as exc:
                 logger.warning(

@@ -18,13 +18,20 @@ the factory's signature), the factory raised
 storage failure, internal error                    ``abandon`` (the attempt is spent)
 shutdown, cancellation                             ``release`` (the attempt is given back)
 the claim was lost (stolen, fenced out)            nothing: the new owner has it
+the job was cancelled (``board.cancel``)           ``consume`` (``CANCELLED``) once the flow
+                                                   stopped and its tasks were reverted
 =================================================  =====================================
+
+A cancel reaches a run three ways: the job was flagged when it was claimed (its last owner died
+or gave it back), a ``CANCEL`` notification (:meth:`JobRun.request_cancel`), or a renewal that
+returns a flagged claim. The flow is stopped (suspended, its progress saved), then reverted from
+the store (:meth:`Engine.revert`); a flagged job is never retried and never trashed for its
+attempts.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -34,22 +41,22 @@ from typing import Any
 
 import anyio
 
-from aioconductor._models import evolve
 from aioconductor.boards.base import JobBoard
 from aioconductor.conductor.solo import SoloGate
 from aioconductor.conductor.solo import last_attempt_after_unfinished
 from aioconductor.conductor.stats import ConductorStats
+from aioconductor.conductor.unrunnable import Unrunnable
+from aioconductor.conductor.unrunnable import build_flow
+from aioconductor.conductor.unrunnable import checked_args
+from aioconductor.conductor.unrunnable import exhausted_reason
 from aioconductor.engine import Engine
+from aioconductor.engine import EngineResult
 from aioconductor.engine import Flow
-from aioconductor.engine import Task
-from aioconductor.engine import linear
 from aioconductor.errors import AioconductorError
 from aioconductor.errors import BackendUnavailable
 from aioconductor.errors import ClaimLost
 from aioconductor.errors import CompilationError
-from aioconductor.errors import FlowNotFound
 from aioconductor.errors import LogBookNotFound
-from aioconductor.errors import PayloadError
 from aioconductor.events import Event
 from aioconductor.events import Notifier
 from aioconductor.failure import Failure
@@ -62,7 +69,7 @@ from aioconductor.persistence.base import Store
 from aioconductor.persistence.models import FlowState
 from aioconductor.registry import FlowRegistry
 
-__all__ = ["CLEANUP_TIMEOUT", "EngineFactory", "JobRun", "RunContext", "exhausted_reason"]
+__all__ = ["CLEANUP_TIMEOUT", "EngineFactory", "JobRun", "RunContext"]
 
 logger = logging.getLogger("aioconductor.conductor")
 
@@ -109,10 +116,6 @@ class RunContext:
     private_store: Store | None
 
 
-class _Unrunnable(Exception):
-    """The job can never succeed: trash it with this reason."""
-
-
 @dataclass
 class JobRun:
     """One claimed job on its way through a conductor."""
@@ -128,6 +131,8 @@ class JobRun:
     ended: bool = False
     #: Whether the board took the job's end (consumed or trashed).
     final: bool = False
+    #: Why the job is being cancelled, once its run knows it was (see :meth:`request_cancel`).
+    cancelling: str | None = None
 
     @property
     def details(self) -> dict[str, Any]:
@@ -167,10 +172,12 @@ class JobRun:
         context, job = self.context, self.job
         try:
             await self._emit(Event.JOB_CLAIMED)
-            if job.attempts > job.max_attempts:
-                raise _Unrunnable(exhausted_reason(job))
-            job = self.job = self._with_checked_args()
-            flow = self._build_flow()
+            if self.claim.cancel_requested:
+                self.cancelling = job.cancel_reason or "cancelled"
+            elif job.attempts > job.max_attempts:
+                raise Unrunnable(exhausted_reason(job))
+            job = self.job = checked_args(context.flows, job)
+            flow = build_flow(context.flows, job)
             engine = context.make_engine(job, self.claim, flow)
             running = context.running
             earlier = running.get(job.id)
@@ -179,26 +186,33 @@ class JobRun:
                 # out) still winds down: that run is a zombie; stop it.
                 earlier.engine_scope.cancel()
             running[job.id] = self
-            alone = context.isolate_last_attempts and last_attempt_after_unfinished(job)
             try:
-                # Inside the engine's scope, and listed as running, while it waits for the
-                # gate: its lease is renewed meanwhile, and a lost claim stops the wait.
-                with self.engine_scope:
-                    async with context.gate.hold(alone):
-                        result = await engine.run()
+                result = await self._run_engine(engine)
             finally:
                 self.ended = True
                 if running.get(job.id) is self:
                     del running[job.id]
-            if self.engine_scope.cancelled_caught:
-                # Only the lease keeper cancels this scope: the claim is gone, the flow was
+            if result is None:
+                # The lease keeper cancelled the engine: the claim is gone, the flow was
                 # suspended with its progress saved, and the new owner finishes the job.
                 return
-            await self._consume_or_retry(result.state, result.provided, result.failure)
-        except _Unrunnable as exc:
-            await self._trash(str(exc))
+            if self.cancelling is not None and result.state is not FlowState.SUCCESS:
+                await self._consume(result.state, {}, None, cancelled=True)
+            else:
+                await self._consume_or_retry(result.state, result.provided, result.failure)
+        except Unrunnable as exc:
+            if self.cancelling is not None:
+                # Nothing of it can run or be reverted here: it ends as its cancel asked.
+                logger.warning("job %s (%s): cancelled, not reverted: %s", job.id, job.flow, exc)
+                await self._consume(None, {"not_reverted": str(exc)}, None, cancelled=True)
+            else:
+                await self._trash(str(exc))
         except CompilationError as exc:
-            await self._trash(f"the flow {job.flow!r} is not valid for this job: {exc}")
+            reason = f"the flow {job.flow!r} is not valid for this job: {exc}"
+            if self.cancelling is not None:
+                await self._consume(None, {"not_reverted": reason}, None, cancelled=True)
+            else:
+                await self._trash(reason)
         except ClaimLost as exc:
             await self._report_lost_claim(exc)
         except Exception as exc:
@@ -216,43 +230,34 @@ class JobRun:
                 await self._release()
             raise
 
-    def _with_checked_args(self) -> Job:
-        """The job with its args validated by its flow's args model, if the flow has one."""
-        job = self.job
-        if self.context.flows.args_model(job.flow) is None:
-            return job
-        try:
-            args = self.context.flows.check_args(job.flow, job.args)
-        except (FlowNotFound, PayloadError) as exc:
-            raise _Unrunnable(str(exc)) from None
-        return evolve(job, args=args)
+    async def _run_engine(self, engine: Engine) -> EngineResult | None:
+        """Run the flow; or, once the job is cancelled, stop it and revert it. None if the
+        claim was lost on the way."""
+        if self.cancelling is None:
+            alone = self.context.isolate_last_attempts and last_attempt_after_unfinished(self.job)
+            # Inside the engine's scope, and listed as running, while it waits for the gate:
+            # its lease is renewed meanwhile, and a lost claim (or a cancel) stops the wait.
+            with self.engine_scope:
+                async with self.context.gate.hold(alone):
+                    return await engine.run()
+            if self.cancelling is None:
+                return None  # only the lease keeper cancels the scope but for a cancel
+            await self._emit(Event.JOB_CANCELLING, reason=self.cancelling, seen="running")
+        else:
+            await self._emit(Event.JOB_CANCELLING, reason=self.cancelling, seen="claimed")
+        # A lost claim stops the revert too: the next owner reverts what is left.
+        self.engine_scope = anyio.CancelScope()
+        with self.engine_scope:
+            return await engine.revert()
+        return None
 
-    def _build_flow(self) -> Flow:
-        name = self.job.flow
-        try:
-            factory = self.context.flows.get(name)
-        except FlowNotFound as exc:
-            raise _Unrunnable(str(exc)) from None
-        try:
-            flow = factory(**self.job.args)
-        except TypeError as exc:
-            raise _Unrunnable(f"the args do not fit flow {name!r}: {exc}") from None
-        except Exception as exc:
-            raise _Unrunnable(f"the factory of flow {name!r} raised {exc!r}") from None
-        if isinstance(flow, Task):
-            return linear(name, flow)
-        if isinstance(flow, Flow):
-            return flow
-        if inspect.iscoroutine(flow):
-            flow.close()  # never awaited: close it, or Python warns about it when it is freed
-            raise _Unrunnable(
-                f"the factory of flow {name!r} is an async function; a factory must "
-                f"return its flow directly (a plain def)"
-            )
-        raise _Unrunnable(
-            f"the factory of flow {name!r} returned {type(flow).__name__} "
-            f"{flow!r:.80}, not a Flow or a Task"
-        )
+    def request_cancel(self, reason: str | None = None) -> None:
+        """The job was cancelled (``board.cancel``): stop its flow, then revert it and consume
+        the job ``CANCELLED``. Nothing happens once the run is over or already cancelling."""
+        if self.ended or self.cancelling is not None:
+            return
+        self.cancelling = reason or self.job.cancel_reason or "cancelled"
+        self.engine_scope.cancel()
 
     async def _forget_progress(self) -> None:
         """Drop the job's logbook from the private store, unless a newer run of it here
@@ -293,6 +298,8 @@ class JobRun:
                     await self._stop_for_lost_claim(exc)
             else:
                 self.claim = claim
+                if claim.cancel_requested:
+                    self.request_cancel()
 
     async def _stop_for_lost_claim(self, exc: BaseException) -> None:
         """Cancel the engine (it suspends, its progress saved), then report the lost claim."""
@@ -328,12 +335,24 @@ class JobRun:
         await self._emit(Event.JOB_RETRIED, retry=number, delay=delay, outcome=str(outcome))
 
     async def _consume(
-        self, state: FlowState, provided: dict[str, Any], failure: Failure | None
+        self,
+        state: FlowState | None,
+        provided: dict[str, Any],
+        failure: Failure | None,
+        *,
+        cancelled: bool = False,
     ) -> None:
-        outcome = _OUTCOMES.get(state, Outcome.FAILURE)
+        """Consume the job with the outcome of ``state``; with ``cancelled``, ``CANCELLED``
+        with the state its flow was left in (``REVERTED``, or ``FAILURE`` if a revert failed)."""
         result: dict[str, Any] = provided
-        if failure is not None and outcome is not Outcome.SUCCESS:
-            result = {"failure": failure.model_dump(mode="json")}
+        if cancelled:
+            outcome = Outcome.CANCELLED
+            result = {"flow_state": None if state is None else str(state), **provided}
+        else:
+            assert state is not None
+            outcome = _OUTCOMES.get(state, Outcome.FAILURE)
+            if failure is not None and outcome is not Outcome.SUCCESS:
+                result = {"failure": failure.model_dump(mode="json")}
         try:
             await self.context.board.consume(self.claim, outcome=outcome, result=result)
         except ClaimLost as exc:
@@ -398,29 +417,3 @@ def _kept_failure(failure: Failure) -> dict[str, Any]:
     data["message"] = data["message"][:_KEPT_MESSAGE]
     data["traceback"] = data["traceback"][-_KEPT_TRACEBACK:]
     return data
-
-
-def exhausted_reason(job: Job) -> str:
-    """Why ``job`` is trashed on a claim past ``max_attempts``: how its earlier runs ended."""
-    spent = job.attempts - 1
-    abandoned = min(job.abandons, spent)
-    silent = spent - abandoned
-    ends = []
-    if silent:
-        ends.append(
-            f"{silent} ended without a word (the process died, or its lease expired or was lost)"
-        )
-    if abandoned:
-        ends.append(
-            f"{abandoned} abandoned (a storage or internal failure, or a release past "
-            f"the cap of {job.max_attempts} give-backs)"
-        )
-    reason = (
-        f"claimed {job.attempts} times, more than max_attempts={job.max_attempts}; "
-        f"of the {spent} runs before: {', '.join(ends) or 'none spent an attempt'}"
-    )
-    if job.releases:
-        reason += f"; {job.releases} claims given back on shutdown were not counted"
-    if job.retries:
-        reason += f"; {job.retries} failed runs were retried"
-    return reason

@@ -18,6 +18,8 @@ class ConductorStats:
     succeeded: int = 0
     reverted: int = 0
     failed: int = 0
+    #: Jobs consumed ``CANCELLED`` (stopped and reverted after ``board.cancel``).
+    cancelled: int = 0
     abandoned: int = 0
     #: Claims given back on purpose (a graceful stop): their attempts were not spent.
     released: int = 0
@@ -42,5 +44,7 @@ class ConductorStats:
             self.succeeded += 1
         elif outcome is Outcome.REVERTED:
             self.reverted += 1
+        elif outcome is Outcome.CANCELLED:
+            self.cancelled += 1
         else:
             self.failed += 1

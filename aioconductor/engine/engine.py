@@ -10,7 +10,7 @@ failures.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -130,6 +130,9 @@ class Engine:
 
     async def prepare(self) -> None:
         """Load the logbook and the flow's detail from the store, or create them."""
+        await self._prepare(self._first_task)
+
+    async def _prepare(self, first: Callable[[], Node | None]) -> None:
         if self._compiled is None:
             await self.compile()
         await self._emit(Event.PREPARATION_START)
@@ -144,7 +147,7 @@ class Engine:
             notifier=self.notifier,
             flow_name=self.flow.name,
             fresh=self.fresh,
-            first=self._first_task(),
+            first=first(),
         )
         await self._emit(Event.PREPARATION_END)
 
@@ -206,6 +209,40 @@ class Engine:
             with anyio.move_on_after(SUSPEND_TIMEOUT, shield=True):
                 # Shielded so that the event is not lost if a cancel is also pending.
                 await self._emit(Event.RUNNING_END, state=None)
+            raise
+        await self._emit(Event.RUNNING_END, state=state)
+        return self._result(state, runner)
+
+    async def revert(self) -> EngineResult:
+        """Stop the flow for good without running any more of it: revert, newest first, every
+        task that ran (or was running when its run stopped), as the store says, and end the
+        flow ``REVERTED`` (``FAILURE`` if a revert failed). What a cancelled job's owner does.
+
+        The logbook is read afresh (the stopped run's last write may or may not have landed);
+        with no saved progress there is nothing to revert. A flow that already ended is left as
+        it is, and its saved outcome returned.
+
+        Raises:
+            CompilationError: the flow is not valid.
+            Exception: any error of the store, as raised.
+        """
+        self.fresh = False
+        self._journal = None
+        await self._prepare(lambda: None)
+        journal = self._journal
+        assert self._compiled is not None and journal is not None
+        self._compiled.validate(self.inputs)  # binds each atom's arguments, reverts' too
+        runner = Runner(self._compiled, journal, self.inputs)
+        if journal.flow.state in FINAL:
+            return self._result(journal.flow.state, runner)
+        await self._emit(Event.RUNNING_START)
+        try:
+            state = await runner.completer.revert_all()
+            await journal.end_flow(state)
+        except anyio.get_cancelled_exc_class():
+            with anyio.move_on_after(SUSPEND_TIMEOUT, shield=True):
+                await journal.suspend()
+                await self._emit(Event.RUNNING_END, state=FlowState.SUSPENDED)
             raise
         await self._emit(Event.RUNNING_END, state=state)
         return self._result(state, runner)
