@@ -79,6 +79,14 @@ def retention(session: nox.Session) -> None:
         session.run("python", "-m", "benchmarks.retention", "--backends", backend, *session.posargs)
 
 
+@nox.session
+def cancel(session: nox.Session) -> None:
+    """Cancel latency on every board: from ``board.cancel()`` to the flow stopped, and to the
+    job consumed CANCELLED (p50/p99), 50 jobs each (``-- --jobs N`` to change)."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "benchmarks.cancel", *session.posargs)
+
+
 #: mkdocs-material prints a banner about its successor on every build; the build is what counts.
 _QUIET_MKDOCS = {"NO_MKDOCS_2_WARNING": "1"}
 
