@@ -141,3 +141,25 @@ class _Tally(Task):
 
 
 _TALLY = _Tally("tally", provides="pid")
+
+
+@flows.register("gauged")
+def gauged_flow(**args: Any) -> Any:
+    """One task that holds a slot of the gauge file ``gauge`` for ``hold`` seconds (see
+    ``tests/gauge.py``): the peak of concurrent runs across processes."""
+    return linear("gauged", _GAUGED)
+
+
+class _Gauged(Task):
+    async def execute(self, key: str, gauge: str, hold: float) -> int:
+        from tests import gauge as shared
+
+        shared.enter(gauge, key)
+        try:
+            await anyio.sleep(hold)
+        finally:
+            shared.leave(gauge, key)
+        return os.getpid()
+
+
+_GAUGED = _Gauged("gauged", provides="pid")
