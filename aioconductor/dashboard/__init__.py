@@ -2,7 +2,8 @@
 
 Jobs by state with live counts, each job's page (args, attempts, claim, outcome, result, and
 the flow's task states and failure traceback when a store is given), the conductors alive with
-their load, and (only when enabled) actions to trash or re-post a job.
+their load, the fleet-wide concurrency limits, and (only when enabled) actions to cancel,
+trash or re-post a job.
 
 Serve it from the command line::
 

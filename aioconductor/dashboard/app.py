@@ -22,6 +22,8 @@ from aioconductor.errors import UnclaimableJob
 from aioconductor.models import ConductorInfo
 from aioconductor.models import Job
 from aioconductor.models import JobState
+from aioconductor.models import LimitInfo
+from aioconductor.models import Outcome
 from aioconductor.schedules import ScheduleStatus
 from aioconductor.schedules import schedule_status
 
@@ -56,7 +58,10 @@ CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'self'"
 #: Actions need this header: a cross-site form cannot send it without a CORS preflight.
 ACTION_HEADER = "x-aioconductor-action"
 #: The actions on a job (``POST /api/jobs/{id}/{action}``), each behind that header.
-ACTIONS = ("trash", "repost")
+ACTIONS = ("cancel", "trash", "repost")
+#: The reasons the dashboard's actions record on a job.
+CANCEL_REASON = "cancelled from the dashboard"
+TRASH_REASON = "trashed from the dashboard"
 
 
 def _when(ts: float | None) -> str | None:
@@ -77,6 +82,9 @@ def _job_row(job: Job) -> dict[str, Any]:
         "owner": job.owner,
         "outcome": None if job.outcome is None else job.outcome.value,
         "trash_reason": job.trash_reason,
+        "cancel_reason": job.cancel_reason,
+        "cancel_requested": job.cancel_requested,
+        "limit_key": job.limit_key,
         "created_at": _when(job.created_at),
         "updated_at": _when(job.updated_at),
     }
@@ -100,6 +108,10 @@ def _schedule_row(status: ScheduleStatus) -> dict[str, Any]:
         "last_job_state": status.last_job_state,
         "runners": len(status.conductors),
     }
+
+
+def _limit_row(info: LimitInfo) -> dict[str, Any]:
+    return {"key": info.key, "limit": info.limit, "claimed": info.claimed}
 
 
 def _conductor_row(info: ConductorInfo, now: float, holding: int | None) -> dict[str, Any]:
@@ -163,6 +175,7 @@ class _Dashboard:
             _conductor_row(info, now, holding[info.owner]) for info in await self.board.conductors()
         ]
         schedules = [_schedule_row(status) for status in await schedule_status(self.board)]
+        limits = [_limit_row(info) for info in await self.board.limits()]
         jobs = []
         async with contextlib.aclosing(self.board.iterjobs(state=state)) as found:
             async for job in found:
@@ -174,6 +187,7 @@ class _Dashboard:
             "total": sum(counts.values()),
             "conductors": conductors,
             "schedules": schedules,
+            "limits": limits,
             "jobs": jobs,
             "state": None if state is None else state.value,
             "limit": LIST_LIMIT,
@@ -277,8 +291,10 @@ class _Dashboard:
         if action not in ACTIONS:
             return JSONResponse({"error": f"no action {action!r}"}, status_code=404)
         try:
+            if action == "cancel":
+                return await self._cancel(job_id)
             if action == "trash":
-                job = await self.board.trash(job_id, reason="trashed from the dashboard")
+                job = await self.board.trash(job_id, reason=TRASH_REASON)
             else:  # repost
                 old = await self.board.get(job_id)
                 job = await self.board.post(
@@ -287,6 +303,7 @@ class _Dashboard:
                     old.args,
                     priority=old.priority,
                     max_attempts=old.max_attempts,
+                    limit_key=old.limit_key,
                 )
         except JobNotFound as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
@@ -295,6 +312,18 @@ class _Dashboard:
         except AioconductorError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"job": _job_row(job)})
+
+    async def _cancel(self, job_id: str) -> Response:
+        """Cancel: 200 with ``cancel`` ``"ended"`` or ``"flagged"``; 409 if the job had ended."""
+        before = await self.board.get(job_id)
+        job = await self.board.cancel(job_id, reason=CANCEL_REASON)
+        if not job.state.is_final:
+            return JSONResponse({"job": _job_row(job), "cancel": "flagged"})
+        if not before.state.is_final and job.outcome is Outcome.CANCELLED:
+            return JSONResponse({"job": _job_row(job), "cancel": "ended"})
+        ended = job.state.value if job.outcome is None else f"{job.state} ({job.outcome})"
+        error = f"job {job.id} already ended {ended}: it cannot be cancelled"
+        return JSONResponse({"error": error, "job": _job_row(job)}, status_code=409)
 
 
 def _state_param(request: Request) -> JobState | None:
@@ -323,7 +352,7 @@ def create_app(
         board: the job board to show.
         store: the store the conductors save progress in; without it a job's page shows no
             task states or tracebacks.
-        allow_actions: show and accept the trash and re-post actions (off by default: anyone
+        allow_actions: show and accept the cancel, trash and re-post actions (off by default: anyone
             who can reach the dashboard could use them).
         allowed_hosts: more names the dashboard answers to, such as the name a reverse proxy
             forwards: ``"ops.example.com"`` (any port) or ``"ops.example.com:8443"`` (that

@@ -10,7 +10,7 @@ import anyio
 import httpx
 import pytest
 
-from aioconductor import Conductor, JobBoard, JobState, Store, open_board, open_store
+from aioconductor import Conductor, JobBoard, JobState, Outcome, Store, open_board, open_store
 from aioconductor.dashboard import create_app
 from aioconductor.dashboard.app import ACTIONS
 
@@ -319,3 +319,160 @@ async def test_the_schedules_the_fleet_runs_are_listed_with_their_last_job(
         page = (await http.get("/")).text
         assert "&lt;b&gt;nightly&lt;/b&gt;" in page and "<b>nightly</b>" not in page
         assert f'/jobs/{job.id}"' in page
+
+
+# -- cancel and concurrency limits ---------------------------------------------------------------
+
+ACTION = {"X-Aioconductor-Action": "1"}
+
+
+def _cancel_button(page: str) -> str:
+    import re
+
+    found = re.search(r'<button type="button" data-action="cancel"[^>]*>', page)
+    assert found is not None
+    return found[0]
+
+
+async def test_cancel_ends_a_waiting_job_at_once_and_is_refused_once_it_ended(
+    board_and_store: tuple[JobBoard, Store],
+) -> None:
+    board, _ = board_and_store
+    job = await board.post("waiting", "noop", {"key": 1})
+    async with client(create_app(board)) as http:
+        refused = await http.post(f"/api/jobs/{job.id}/cancel", headers=ACTION)
+        assert refused.status_code == 403 and "--allow-actions" in refused.json()["error"]
+    assert (await board.get(job.id)).cancel_reason is None
+
+    async with client(create_app(board, allow_actions=True)) as http:
+        assert "disabled" not in _cancel_button((await http.get(f"/jobs/{job.id}")).text)
+        answer = await http.post(f"/api/jobs/{job.id}/cancel", headers=ACTION)
+        assert answer.status_code == 200 and answer.json()["cancel"] == "ended"
+        assert answer.json()["job"]["outcome"] == "CANCELLED"
+        stored = await board.get(job.id)
+        assert stored.state is JobState.COMPLETE and stored.outcome is Outcome.CANCELLED
+        assert stored.cancel_reason == "cancelled from the dashboard"
+
+        again = await http.post(f"/api/jobs/{job.id}/cancel", headers=ACTION)
+        assert again.status_code == 409
+        assert again.json()["error"] == (
+            f"job {job.id} already ended COMPLETE (CANCELLED): it cannot be cancelled"
+        )
+        assert (await board.get(job.id)).updated_at == stored.updated_at
+
+        page = (await http.get(f"/jobs/{job.id}")).text
+        assert 'id="job-outcome"><span class="pill outcome-CANCELLED">CANCELLED</span>' in page
+        assert '<td id="cancel-reason">cancelled from the dashboard</td>' in page
+        assert "disabled" in _cancel_button(page)
+        listed = (await http.get("/")).text
+        assert (
+            '<span class="pill outcome-CANCELLED">CANCELLED</span> '
+            '<span class="reason">cancelled from the dashboard</span>'
+        ) in listed
+        assert (await http.get("/api/summary")).json()["jobs"][0]["cancel_reason"] == (
+            "cancelled from the dashboard"
+        )
+        missing = await http.post("/api/jobs/nope/cancel", headers=ACTION)
+        assert missing.status_code == 404
+
+
+async def test_cancel_flags_a_claimed_job_and_the_pages_say_a_cancel_is_asked(
+    board_and_store: tuple[JobBoard, Store],
+) -> None:
+    board, _ = board_and_store
+    job = await board.post("running", "noop", {"key": 1})
+    claim = await board.claim(job.id, "conductor-1", lease=600)
+    async with client(create_app(board, allow_actions=True)) as http:
+        answer = await http.post(f"/api/jobs/{job.id}/cancel", headers=ACTION)
+        assert answer.status_code == 200 and answer.json()["cancel"] == "flagged"
+        assert answer.json()["job"]["cancel_requested"] is True
+        stored = await board.get(job.id)
+        assert stored.state is JobState.CLAIMED and stored.cancel_requested
+        assert (await board.renew(claim)).cancel_requested
+
+        page = (await http.get(f"/jobs/{job.id}")).text
+        assert '<span class="pill cancel-requested">cancel requested</span>' in page
+        assert "its owner is stopping it and reverting what it did" in page
+        assert 'data-cancel-requested="true"' in page and "disabled" in _cancel_button(page)
+        assert 'data-action="trash" title="drop it now, no revert" >' in page  # still offered
+        listed = (await http.get("/?state=CLAIMED")).text
+        assert '<span class="pill cancel-requested">cancel requested</span>' in listed
+        # Asked again: still flagged, the first reason kept.
+        again = await http.post(f"/api/jobs/{job.id}/cancel", headers=ACTION)
+        assert again.status_code == 200 and again.json()["cancel"] == "flagged"
+    assert (await board.get(job.id)).cancel_reason == "cancelled from the dashboard"
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "multipart/form-data", "text/plain"]
+)
+async def test_a_cross_site_post_cannot_cancel_a_running_job(
+    board_and_store: tuple[JobBoard, Store], content_type: str
+) -> None:
+    """A form on another site posting to the cancel URL: no action header, nothing flagged."""
+    board, _ = board_and_store
+    job = await board.post("running", "noop", {"key": 1})
+    await board.claim(job.id, "conductor-1", lease=600)
+    headers = {"Origin": "https://evil.example", "Content-Type": content_type}
+    async with client(create_app(board, allow_actions=True)) as http:
+        refused = await http.post(f"/api/jobs/{job.id}/cancel", headers=headers, content=b"a=1")
+    assert refused.status_code == 403 and "x-aioconductor-action" in refused.json()["error"]
+    after = await board.get(job.id)
+    assert after.state is JobState.CLAIMED and after.cancel_reason is None
+    assert not after.cancel_requested
+
+
+async def test_a_rebinding_page_cannot_cancel_even_with_the_action_header(
+    board_and_store: tuple[JobBoard, Store],
+) -> None:
+    board, _ = board_and_store
+    job = await board.post("running", "noop", {"key": 1})
+    await board.claim(job.id, "conductor-1", lease=600)
+    headers = {**ACTION, "Host": "evil.example:8000", "Origin": "http://evil.example:8000"}
+    async with served_on(create_app(board, allow_actions=True)) as http:
+        refused = await http.post(f"/api/jobs/{job.id}/cancel", headers=headers)
+        assert refused.status_code == 400
+        assert (await board.get(job.id)).cancel_reason is None
+        # The same request on the address the dashboard is served on is answered.
+        answered = await http.post(f"/api/jobs/{job.id}/cancel", headers=ACTION)
+        assert answered.status_code == 200
+    assert (await board.get(job.id)).cancel_requested
+
+
+async def test_the_limits_panel_lists_each_key_its_limit_and_its_claims(
+    board_and_store: tuple[JobBoard, Store],
+) -> None:
+    board, _ = board_and_store
+    async with client(create_app(board)) as http:
+        assert (await http.get("/api/summary")).json()["limits"] == []
+        assert '<td colspan="3">no limit is set</td>' in (await http.get("/")).text
+
+        key = "<b>payments</b>"
+        for n in range(3):
+            await board.post(f"pay-{n}", "noop", {"key": n}, limit_key=key)
+        await board.set_limit(key, 2)
+        await board.set_limit("reports", 0)
+        while await board.claim_next("conductor-1") is not None:
+            pass
+        summary = (await http.get("/api/summary")).json()
+        assert summary["limits"] == [
+            {"key": "<b>payments</b>", "limit": 2, "claimed": 2},
+            {"key": "reports", "limit": 0, "claimed": 0},
+        ]
+        page = (await http.get("/")).text
+        assert "<td>&lt;b&gt;payments&lt;/b&gt;</td>" in page and "<b>payments</b>" not in page
+        assert 'data-running="2" data-capacity="2"' in page and "<td>2 / 2</td>" in page
+        assert '<td>0 / 0 <span class="muted">(paused)</span></td>' in page
+        assert 'id="limit-count">2 set<' in page
+        job, *_ = [job async for job in board.iterjobs(state=JobState.CLAIMED)]
+        detail = (await http.get(f"/jobs/{job.id}")).text
+        assert '<td id="limit-key">&lt;b&gt;payments&lt;/b&gt;</td>' in detail
+
+
+async def test_repost_keeps_the_limit_key(board_and_store: tuple[JobBoard, Store]) -> None:
+    board, _ = board_and_store
+    job = await board.post("pay", "noop", {"key": 1}, limit_key="payments", priority=3)
+    async with client(create_app(board, allow_actions=True)) as http:
+        answer = await http.post(f"/api/jobs/{job.id}/repost", headers=ACTION)
+    new = await board.get(answer.json()["job"]["id"])
+    assert new.id != job.id and new.limit_key == "payments" and new.priority == 3

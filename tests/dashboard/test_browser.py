@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aioconductor import Conductor, JobState, open_board, open_store
+from aioconductor import Conductor, JobState, Outcome, open_board, open_store
 from aioconductor.dashboard import create_app
 
 from .. import apps
@@ -149,3 +149,53 @@ async def test_trash_and_repost_from_a_jobs_page(browser: Any) -> None:
         assert (await board.get(job.id)).state is JobState.TRASHED
         reposted = await board.get(new_id)
     assert reposted.name == "stuck" and reposted.args == {"key": 1}
+
+
+async def test_cancel_from_a_jobs_page_and_limits_drawn_live(browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    async with open_board(f"memory://{uuid.uuid4().hex}") as board:
+        waiting = await board.post("waiting", "noop", {"key": 1}, limit_key="payments")
+        running = await board.post("running", "noop", {"key": 2})
+        await board.claim(running.id, "conductor-1", lease=600)
+        async with serve(create_app(board, allow_actions=True)) as url:
+            await in_thread(browser.get, f"{url}/")
+            assert await in_thread(text_of, browser, "limit-count") == "0 set"
+            await board.set_limit("payments", 2)
+            # Without a reload: the panel polls like the counts.
+            await in_thread(wait_text, browser, "limit-count", "1 set")
+            await in_thread(wait_contains, browser, "limits", "payments")
+            await in_thread(wait_contains, browser, "limits", "0 / 2")
+
+            def click_cancel() -> None:
+                browser.find_element(By.CSS_SELECTOR, 'button[data-action="cancel"]').click()
+                WebDriverWait(browser, 5).until(lambda d: d.switch_to.alert).accept()
+
+            await in_thread(browser.get, f"{url}/jobs/{waiting.id}")
+            await in_thread(click_cancel)
+            await in_thread(wait_text, browser, "job-state", "COMPLETE")
+            assert await in_thread(text_of, browser, "job-outcome") == "CANCELLED"
+            reason = await in_thread(text_of, browser, "cancel-reason")
+            assert reason == "cancelled from the dashboard"
+
+            await in_thread(browser.get, f"{url}/jobs/{running.id}")
+            await in_thread(click_cancel)
+            await in_thread(wait_text, browser, "job-outcome", "cancel requested")
+            assert await in_thread(text_of, browser, "job-state") == "CLAIMED"
+            disabled = await in_thread(
+                lambda: browser.find_element(
+                    By.CSS_SELECTOR, 'button[data-action="cancel"]'
+                ).get_attribute("disabled")
+            )
+            assert disabled is not None
+
+            third = await board.post("third", "noop", {"key": 3})
+            await in_thread(browser.get, f"{url}/")
+            await in_thread(wait_contains, browser, "jobs", "cancel requested")
+            await board.cancel(third.id, reason="by the board")
+            # Drawn by the page's poll, not the server: the outcome cell as the template has it.
+            await in_thread(wait_contains, browser, "jobs", "CANCELLED by the board")
+            await in_thread(browser.save_screenshot, "/tmp/dashboard-cancel.png")
+        assert (await board.get(waiting.id)).outcome is Outcome.CANCELLED
+        assert (await board.get(running.id)).cancel_requested

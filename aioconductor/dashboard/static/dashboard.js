@@ -1,4 +1,4 @@
-// aioconductor dashboard: live counts, conductors and jobs (polls the JSON API).
+// aioconductor dashboard: live counts, conductors, limits and jobs (polls the JSON API).
 // Untrusted text (job names, args, owners) is only ever set through textContent.
 "use strict";
 
@@ -47,6 +47,40 @@
     return tr;
   }
 
+  function limitRow(l) {
+    const tr = el("tr");
+    tr.append(el("td", l.key));
+    const bar = el("span", null, "bar");
+    const fill = el("span", null, "fill");
+    fill.dataset.running = l.claimed;
+    fill.dataset.capacity = l.limit;
+    bar.append(fill);
+    const use = el("td");
+    use.append(bar);
+    tr.append(use);
+    const count = el("td", l.claimed + " / " + l.limit);
+    if (l.limit === 0) count.append(" ", el("span", "(paused)", "muted"));
+    tr.append(count);
+    return tr;
+  }
+
+  // The outcome cell, as templates/outcome.html draws it.
+  function outcomeCell(job) {
+    const td = el("td");
+    if (job.outcome === "CANCELLED" || job.cancel_requested) {
+      const cancelled = job.outcome === "CANCELLED";
+      td.append(
+        cancelled
+          ? el("span", "CANCELLED", "pill outcome-CANCELLED")
+          : el("span", "cancel requested", "pill cancel-requested")
+      );
+      if (job.cancel_reason) td.append(" ", el("span", job.cancel_reason, "reason"));
+    } else {
+      td.textContent = job.outcome || job.trash_reason || "";
+    }
+    return td;
+  }
+
   function jobRow(job) {
     const tr = el("tr");
     const stateCell = el("td");
@@ -60,7 +94,7 @@
     tr.append(el("td", job.flow));
     tr.append(el("td", job.attempts + " / " + job.max_attempts));
     tr.append(el("td", job.priority));
-    tr.append(el("td", job.outcome || job.trash_reason || ""));
+    tr.append(outcomeCell(job));
     tr.append(el("td", job.owner || "", "mono muted"));
     tr.append(el("td", job.updated_at, "muted"));
     return tr;
@@ -93,6 +127,15 @@
         ? summary.conductors.map(conductorRow)
         : [emptyRow(5, "no conductor is alive")])
     );
+    const limits = document.getElementById("limits");
+    if (limits) {
+      document.getElementById("limit-count").textContent = summary.limits.length + " set";
+      limits.replaceChildren(
+        ...(summary.limits.length
+          ? summary.limits.map(limitRow)
+          : [emptyRow(3, "no limit is set")])
+      );
+    }
     const jobs = document.getElementById("jobs");
     jobs.replaceChildren(
       ...(summary.jobs.length ? summary.jobs.map(jobRow) : [emptyRow(8, "no job")])
@@ -108,7 +151,12 @@
     if (!response.ok) throw new Error("HTTP " + response.status);
     const detail = await response.json();
     const attempts = String(detail.job.attempts);
-    if (detail.job.state !== section.dataset.state || attempts !== section.dataset.attempts) {
+    const flagged = String(detail.job.cancel_requested);
+    if (
+      detail.job.state !== section.dataset.state ||
+      attempts !== section.dataset.attempts ||
+      flagged !== section.dataset.cancelRequested
+    ) {
       // Redrawn by the server: the page shows the new state, claim and task states.
       window.location.reload();
     }
@@ -120,7 +168,11 @@
       button.addEventListener("click", async () => {
         const section = document.getElementById("job");
         const action = button.dataset.action;
-        if (action === "trash" && !window.confirm("Trash this job?")) return;
+        const ask = {
+          trash: "Trash this job now? Nothing it did is reverted.",
+          cancel: "Cancel this job? Its owner stops it and reverts what it did.",
+        }[action];
+        if (ask && !window.confirm(ask)) return;
         const url = base + "/api/jobs/" + encodeURIComponent(section.dataset.jobId) + "/" + action;
         const response = await fetch(url, {
           method: "POST",
