@@ -8,12 +8,14 @@ and the statements are in :mod:`aioconductor._backends.sqlite.board_schema`, the
 :mod:`aioconductor._backends.sqlite.link`.
 
 Notifications: this process cannot hear another's writes, so ``stream()`` pushes what this board
-object makes claimable at once (posts, abandons, releases, retries without a delay), and its
-sweep (``_sweep``) finds the rest. A sweep's cursor is ``(rev, time)``: it returns jobs claimable
-now that were written since ``rev`` (by anyone) or whose ``ready_at`` fell in ``(time, now]``
-(delays passed, leases expired). The counter and the jobs are read from one snapshot, and
-writers are serialised, so every write committed after the snapshot gets a higher ``rev``: a
-sweep never misses one.
+object makes claimable at once (posts, abandons, releases, retries without a delay), the
+``CANCEL`` of a job it flags and the ``SLOT_FREED`` of a limited claim it ends, and its sweep
+finds the rest (see :mod:`aioconductor._backends.sqlite.sweeping`).
+
+Cancel is one write transaction: a job nobody runs ends ``CANCELLED``, else a CLAIMED one is
+flagged (``cancel_rev`` records when, for the sweeps of its owner's process). Limits are in
+``job_limits``; every claim counts the live claims of the job's key in its own write
+transaction (see :mod:`aioconductor._backends.sqlite.limiting`).
 
 Keys, ticks and retention: a keyed post is an insert the unique index ``jobs_key`` lets through
 only if no job of the namespace holds the key, then a read of the holder, in the post's write
@@ -36,14 +38,23 @@ from typing import Any, Self
 
 from aioconductor._backends.base import DueTimer
 from aioconductor._backends.sqlite import board_schema as sql
+from aioconductor._backends.sqlite.claiming import fetch
+from aioconductor._backends.sqlite.claiming import renew_refused
+from aioconductor._backends.sqlite.claiming import take_batch
+from aioconductor._backends.sqlite.claiming import take_job
+from aioconductor._backends.sqlite.claiming import write_one
+from aioconductor._backends.sqlite.limiting import DELETE_LIMIT
+from aioconductor._backends.sqlite.limiting import LIMITS
+from aioconductor._backends.sqlite.limiting import SET_LIMIT
 from aioconductor._backends.sqlite.link import SqliteLink
-from aioconductor._backends.sqlite.link import first_row
 from aioconductor._backends.sqlite.link import query
 from aioconductor._backends.sqlite.link import sqlite_path
 from aioconductor._backends.sqlite.posting import Written
 from aioconductor._backends.sqlite.posting import posted_job
 from aioconductor._backends.sqlite.posting import write_posts
 from aioconductor._backends.sqlite.posting import write_tick
+from aioconductor._backends.sqlite.sweeping import PushedRevs
+from aioconductor._backends.sqlite.sweeping import read_sweep
 from aioconductor._models import build
 from aioconductor._payload import encode_json
 from aioconductor._urls import ParsedURL
@@ -58,7 +69,6 @@ from aioconductor.boards.base import JobBoard
 from aioconductor.boards.base import PostSpec
 from aioconductor.boards.base import Subscription
 from aioconductor.boards.base import lost_message
-from aioconductor.boards.base import unclaimable_message
 from aioconductor.errors import BoardClosed
 from aioconductor.errors import ClaimLost
 from aioconductor.errors import JobNotFound
@@ -68,14 +78,11 @@ from aioconductor.models import ConductorInfo
 from aioconductor.models import Job
 from aioconductor.models import JobNotification
 from aioconductor.models import JobState
+from aioconductor.models import LimitInfo
 from aioconductor.models import NotificationKind
 from aioconductor.models import Outcome
 
 __all__ = ["SqliteJobBoard"]
-
-#: How long a local push is remembered so that sweeps skip it; afterwards a stream that had not
-#: swept since may get the job twice, which is harmless.
-_PUSHED_TTL = 60.0
 
 
 class SqliteJobBoard(JobBoard):
@@ -84,8 +91,9 @@ class SqliteJobBoard(JobBoard):
     Open it with ``open_board("sqlite:///jobs.db")``. One connection per board object, used from
     a worker thread, one call at a time; WAL mode, so readers never wait for writers.
 
-    Another process's posts and abandons reach this board's ``stream()`` through its sweep, every
-    ``poll_interval`` seconds (sooner when a delay or lease it knows of falls due first).
+    Another process's posts, abandons, cancels and freed slots reach this board's ``stream()``
+    through its sweep, every ``poll_interval`` seconds (sooner when a delay or lease it knows
+    of falls due first).
 
     Args:
         path: the database file (created with its schema if missing).
@@ -98,9 +106,8 @@ class SqliteJobBoard(JobBoard):
         self._link = SqliteLink(self.path, closed_error=BoardClosed)
         #: The earliest ``ready_at`` of a scheduled or claimed job after the last sweep.
         self._due = DueTimer()
-        #: rev -> monotonic time of the writes this object pushed to its streams (posts,
-        #: abandons, releases, retries due at once).
-        self._pushed: dict[int, float] = {}
+        #: The writes this object pushed to its streams, which its sweeps skip.
+        self._pushed = PushedRevs()
 
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
@@ -126,17 +133,11 @@ class SqliteJobBoard(JobBoard):
         return {"ns": self.namespace, **params}
 
     def _fetch(self, conn: sqlite3.Connection, job_id: str) -> Job:
-        row = conn.execute(sql.FETCH, self._params(id=job_id)).fetchone()
-        if row is None:
-            raise JobNotFound(f"no job {job_id!r} on this board")
-        return job_from_row(row)
+        return fetch(conn, self.namespace, job_id)
 
     def _change(self, conn: sqlite3.Connection, statement: str, **params: Any) -> Any:
         """Run a statement that writes one job and returns it; bump the counter if it did."""
-        row = first_row(conn.execute(statement, self._params(**params)))
-        if row is not None:
-            conn.execute(sql.BUMP, self._params())
-        return row
+        return write_one(conn, statement, self._params(**params))
 
     def _with_claim(
         self, conn: sqlite3.Connection, statement: str, claim: Claim, verb: str, **params: Any
@@ -160,8 +161,16 @@ class SqliteJobBoard(JobBoard):
 
     def _push(self, job: Job, rev: int, kind: NotificationKind) -> None:
         if self._subscriptions:
-            self._pushed[rev] = time.monotonic()
+            self._pushed.add(rev, kind)
         self._notify_local(build(JobNotification, job_id=job.id, kind=kind, priority=job.priority))
+
+    def _ended(self, row: Any) -> Job:
+        """The job of ``row``, whose write ended its claim for good (consumed, trashed, or
+        retried): a limited claim's slot is announced free."""
+        job = job_from_row(row)
+        if job.limit_key is not None and job.claim is not None:
+            self._push(job, row[-1], NotificationKind.SLOT_FREED)
+        return job
 
     # -- primitives ----------------------------------------------------------------------------
 
@@ -201,12 +210,9 @@ class SqliteJobBoard(JobBoard):
     async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
         def claim(conn: sqlite3.Connection) -> Job:
             now = time.time()
-            row = self._change(
-                conn, sql.CLAIM, id=job_id, owner=owner, expires=now + lease, now=now
+            return take_job(
+                conn, self._params(id=job_id, owner=owner, expires=now + lease, now=now)
             )
-            if row is None:
-                raise UnclaimableJob(unclaimable_message(self._fetch(conn, job_id), now))
-            return job_from_row(row)
 
         job = await self._link.write("claim", claim)
         assert job.claim is not None
@@ -228,11 +234,7 @@ class SqliteJobBoard(JobBoard):
         def claim_batch(conn: sqlite3.Connection) -> list[Job]:
             now = time.time()
             params = self._params(owner=owner, expires=now + lease, now=now, limit=limit)
-            rows = conn.execute(sql.CLAIM_BATCH, params).fetchall()
-            if rows:
-                conn.execute(sql.BUMP, self._params())
-            # RETURNING gives rows in the order they were written, not the claim order.
-            return sorted(map(job_from_row, rows), key=lambda job: (-job.priority, job.seq))
+            return take_batch(conn, params)
 
         jobs = await self._link.write("claim_batch", claim_batch)
         if jobs:
@@ -242,8 +244,14 @@ class SqliteJobBoard(JobBoard):
 
     async def _renew(self, claim: Claim, lease: float) -> Claim:
         def renew(conn: sqlite3.Connection) -> Job:
-            expires = time.time() + lease
-            return job_from_row(self._with_claim(conn, sql.RENEW, claim, "renew", expires=expires))
+            now = time.time()
+            params = self._params(
+                id=claim.job_id, owner=claim.owner, token=claim.token, now=now, expires=now + lease
+            )
+            row = write_one(conn, sql.RENEW, params)
+            if row is None:
+                raise renew_refused(conn, self.namespace, claim)
+            return job_from_row(row)
 
         job = await self._link.write("renew", renew)
         assert job.claim is not None
@@ -255,13 +263,12 @@ class SqliteJobBoard(JobBoard):
     ) -> Job:
         text = result_json.decode("utf-8")
 
-        def consume(conn: sqlite3.Connection) -> Job:
-            row = self._with_claim(
+        def consume(conn: sqlite3.Connection) -> Any:
+            return self._with_claim(
                 conn, sql.CONSUME, claim, "consume", outcome=outcome.value, result=text
             )
-            return job_from_row(row)
 
-        return await self._link.write("consume", consume)
+        return self._ended(await self._link.write("consume", consume))
 
     async def _abandon(self, claim: Claim) -> Job:
         return await self._give_back(claim, sql.ABANDON, "abandon")
@@ -283,32 +290,64 @@ class SqliteJobBoard(JobBoard):
     async def _retry(self, claim: Claim, delay: float, failure: EncodedObject | None) -> Job:
         text = None if failure is None else failure.json.decode("utf-8")
 
-        def retry(conn: sqlite3.Connection) -> tuple[Job, int]:
-            row = self._with_claim(conn, sql.RETRY, claim, "retry", delay=delay, failure=text)
-            return job_from_row(row), row[-1]
+        def retry(conn: sqlite3.Connection) -> Any:
+            try:
+                return self._with_claim(conn, sql.RETRY, claim, "retry", delay=delay, failure=text)
+            except ClaimLost:
+                # Not scheduled: the job was flagged (it ends CANCELLED), or the claim is lost.
+                return self._with_claim(conn, sql.RETRY_CANCELLED, claim, "retry", failure=text)
 
-        job, rev = await self._link.write("retry", retry)
-        assert job.not_before is not None
-        if delay > 0:
+        row = await self._link.write("retry", retry)
+        job = self._ended(row)
+        if job.state.is_final:
+            self._finished(job.id)
+        elif delay > 0:
             # The sweep announces it then, as a delayed post.
+            assert job.not_before is not None
             self._due.note(job.not_before, time.time())
         else:
-            self._push(job, rev, NotificationKind.DUE)
+            self._push(job, row[-1], NotificationKind.DUE)
         return job
 
     async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job:
-        def trash(conn: sqlite3.Connection) -> Job:
+        def trash(conn: sqlite3.Connection) -> Any:
             if claim is not None:
-                return job_from_row(
-                    self._with_claim(conn, sql.TRASH, claim, "trash", reason=reason)
-                )
+                return self._with_claim(conn, sql.TRASH, claim, "trash", reason=reason)
             row = self._change(conn, sql.TRASH_BY_ID, id=job_id, reason=reason, now=time.time())
             if row is None:
                 state = self._fetch(conn, job_id).state
                 raise UnclaimableJob(f"job {job_id} is already {state}: it cannot be trashed")
-            return job_from_row(row)
+            return row
 
-        return await self._link.write("trash", trash)
+        return self._ended(await self._link.write("trash", trash))
+
+    async def _cancel(self, job_id: str, reason: str) -> Job:
+        def cancel(conn: sqlite3.Connection) -> tuple[Job, int | None]:
+            params = {"id": job_id, "reason": reason, "now": time.time()}
+            row = self._change(conn, sql.CANCEL_WAITING, **params)
+            if row is not None:
+                return job_from_row(row), None
+            row = self._change(conn, sql.FLAG, **params)
+            if row is not None:
+                return job_from_row(row), row[-1]
+            # Flagged already, or final: as it is.
+            return visible(self._fetch(conn, job_id), time.time()), None
+
+        job, flagged = await self._link.write("cancel", cancel)
+        if flagged is not None:
+            self._push(job, flagged, NotificationKind.CANCEL)
+        return job
+
+    # -- limits --------------------------------------------------------------------------------
+
+    async def _set_limit(self, key: str, limit: int | None) -> None:
+        params = self._params(key=key, limit=limit)
+        statement = DELETE_LIMIT if limit is None else SET_LIMIT
+        await self._link.write("set_limit", lambda conn: conn.execute(statement, params))
+
+    async def _limits(self) -> list[LimitInfo]:
+        rows = await self._link.read("limits", query(LIMITS, self._params(now=time.time())))
+        return [LimitInfo(key=key, limit=limit, claimed=claimed) for key, limit, claimed in rows]
 
     async def _get(self, job_id: str) -> Job:
         job = await self._link.read("get", lambda conn: self._fetch(conn, job_id))
@@ -375,48 +414,17 @@ class SqliteJobBoard(JobBoard):
         return self._local_subscription()
 
     async def _sweep(self, cursor: Any) -> tuple[list[JobNotification], Any]:
-        def sweep(conn: sqlite3.Connection) -> tuple[list[Any], int, float, float | None]:
-            now = time.time()
-            (rev,) = conn.execute(sql.REV, self._params()).fetchone()
-            if cursor is None:
-                rows = conn.execute(sql.SWEEP_ALL, self._params(now=now)).fetchall()
-            else:
-                since_rev, since = cursor
-                params = self._params(now=now, rev=since_rev, since=since)
-                rows = conn.execute(sql.SWEEP_SINCE, params).fetchall()
-            (next_due,) = conn.execute(sql.NEXT_DUE, self._params(now=now)).fetchone()
-            return rows, rev, now, next_due
-
         try:
-            rows, rev, now, next_due = await self._link.snapshot("sweep", sweep)
+            rows, rev, now, next_due = await self._link.snapshot(
+                "sweep", lambda conn: read_sweep(conn, self.namespace, cursor)
+            )
         except BoardClosed:
             # The board closed while this sweep waited for the connection: the stream ends.
             return [], cursor
         self._due.clear()
         self._due.note(next_due, now)
-        self._forget_pushes()
-        notes = []
-        for job_id, priority, state, token, job_rev, _ in rows:
-            if cursor is None:
-                kind = NotificationKind.WAITING
-            elif job_rev in self._pushed:
-                # This object pushed it to its streams already (a claim since would have
-                # given the row a new rev).
-                continue
-            else:
-                kind = sql.sweep_kind(state, token)
-            notes.append(build(JobNotification, job_id=job_id, kind=kind, priority=priority))
-        return notes, (rev, now)
-
-    def _forget_pushes(self) -> None:
-        horizon = time.monotonic() - max(_PUSHED_TTL, 10 * self.poll_interval)
-        pushed = self._pushed
-        # Entries are in push order, so the old ones are at the front.
-        while pushed:
-            rev = next(iter(pushed))
-            if pushed[rev] > horizon:
-                break
-            del pushed[rev]
+        self._pushed.forget(self.poll_interval)
+        return self._pushed.notes(rows, cursor), (rev, now)
 
     def _sweep_delay(self) -> float:
         # Sweep when the next delay or lease falls due rather than at the next poll.

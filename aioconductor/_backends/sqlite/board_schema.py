@@ -8,7 +8,10 @@ Schema (``aioc_schema`` records its version, component ``board``):
   once final. A job is claimable when ``ready_at`` is set and it is UNCLAIMED or ``ready_at`` has
   passed. ``rev`` is the namespace's change counter at the job's last write. ``retry`` (the
   policy) and ``failures`` (the latest retried runs') are JSON text. ``job_key`` is the
-  idempotency key (``Job.key``), unique per namespace when set.
+  idempotency key (``Job.key``), unique per namespace when set. ``cancel_reason`` is set once,
+  by ``cancel``; ``cancel_rev`` is the change counter when a CLAIMED job was flagged (what a
+  sweep tells its owner of). ``limit_key`` is the concurrency limit the job counts against.
+- ``job_limits``: each namespace's concurrency limits, by key (``max_claims``).
 - ``board_revs``: the change counter of each namespace, bumped by every write to a job (a
   purge's deletes included).
 - ``conductors``: live conductors, by namespace and owner.
@@ -16,7 +19,7 @@ Schema (``aioc_schema`` records its version, component ``board``):
   from the jobs, so a purge never takes it (a purged tick's job is never posted again).
 
 Named parameters: ``:ns`` the namespace, ``:now`` the board time, ``:id`` a job id, ``:owner``
-and ``:token`` a claim, ``:expires`` a new lease's end.
+and ``:token`` a claim, ``:expires`` a new lease's end, ``:reason`` a cancel's reason.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from aioconductor.models import NotificationKind
 
 #: The finished states, as a condition on a row (the ``jobs_ended`` index holds these rows).
 FINAL = "state IN ('COMPLETE', 'TRASHED')"
+#: A claimed job with a limit key, live lease or not (the ``jobs_limited`` index holds these).
+HOLDS_SLOT = "state = 'CLAIMED' AND limit_key IS NOT NULL"
 
 SCHEMA: Migrations = [
     [
@@ -113,6 +118,23 @@ SCHEMA: Migrations = [
             PRIMARY KEY (namespace, name)
         ) WITHOUT ROWID""",
     ],
+    # 6: cancel and concurrency limits. ``cancel_reason`` (set once, by ``cancel``) and
+    # ``cancel_rev`` (the change counter when a CLAIMED job was flagged, for sweeps), the job's
+    # ``limit_key``, the live claims of each key (``jobs_limited``: only claimed jobs with a
+    # key, so a board without limits keeps no entry there) and the limits themselves.
+    [
+        "ALTER TABLE jobs ADD COLUMN cancel_reason TEXT",
+        "ALTER TABLE jobs ADD COLUMN cancel_rev INTEGER",
+        "ALTER TABLE jobs ADD COLUMN limit_key TEXT",
+        f"""CREATE INDEX IF NOT EXISTS jobs_limited ON jobs (namespace, limit_key, expires_at)
+            WHERE {HOLDS_SLOT}""",
+        """CREATE TABLE IF NOT EXISTS job_limits (
+            namespace TEXT NOT NULL,
+            limit_key TEXT NOT NULL,
+            max_claims INTEGER NOT NULL,
+            PRIMARY KEY (namespace, limit_key)
+        ) WITHOUT ROWID""",
+    ],
 ]
 
 #: Every column a ``Job`` is built from, then ``rev``.
@@ -130,9 +152,9 @@ FETCH = f"SELECT {COLUMNS} FROM jobs WHERE namespace = :ns AND id = :id"
 # A post whose ``:key`` a job of the namespace holds inserts nothing and returns no row (the
 # unique index decides, under the transaction's write lock); a NULL key never conflicts.
 POST = f"""INSERT INTO jobs (namespace, id, name, flow, args, priority, created_at, updated_at,
-        not_before, max_attempts, state, ready_at, rev, headers, retry, job_key)
-    VALUES (:ns, :id, :name, :flow, :args, :priority, :now, :now,
-        :not_before, :max_attempts, :state, :ready_at, {NEXT_REV}, :headers, :retry, :key)
+        not_before, max_attempts, state, ready_at, rev, headers, retry, job_key, limit_key)
+    VALUES (:ns, :id, :name, :flow, :args, :priority, :now, :now, :not_before,
+        :max_attempts, :state, :ready_at, {NEXT_REV}, :headers, :retry, :key, :limit_key)
     ON CONFLICT (namespace, job_key) WHERE job_key IS NOT NULL DO NOTHING
     RETURNING seq, rev"""
 BY_KEY = f"SELECT {COLUMNS} FROM jobs WHERE namespace = :ns AND job_key = :key"
@@ -144,36 +166,61 @@ ADVANCE_TICK = """INSERT INTO schedule_ticks (namespace, name, last_tick)
         WHERE last_tick < excluded.last_tick
     RETURNING last_tick"""
 TICKS = "SELECT name, last_tick FROM schedule_ticks WHERE namespace = :ns"
-_TAKE = f"""UPDATE jobs SET attempts = attempts + 1, token = token + 1, state = 'CLAIMED',
+
+
+def live_claims(key: str) -> str:
+    """How many jobs of the namespace with limit key ``key`` (an SQL expression) hold a live
+    claim at ``:now``: a range of the ``jobs_limited`` index, as long as the key's limit."""
+    return f"""(SELECT COUNT(*) FROM jobs AS held INDEXED BY jobs_limited
+        WHERE held.namespace = :ns AND held.limit_key = {key}
+            AND held.state = 'CLAIMED' AND held.limit_key IS NOT NULL
+            AND held.expires_at > :now)"""
+
+
+#: The limit keys of the namespace with no slot left at ``:now``. Nothing in it refers to an
+#: outer row, so SQLite runs it once per statement (an empty read when no limit is set).
+FULL_KEYS = f"""SELECT lim.limit_key FROM job_limits AS lim
+    WHERE lim.namespace = :ns AND lim.max_claims <= {live_claims("lim.limit_key")}"""
+#: The row's limit key has a slot for it. A claim's own lapsed lease is not live, so a job is
+#: never counted against itself.
+HAS_SLOT = f"(limit_key IS NULL OR limit_key NOT IN ({FULL_KEYS}))"
+
+TAKE = f"""UPDATE jobs SET attempts = attempts + 1, token = token + 1, state = 'CLAIMED',
     owner = :owner, expires_at = :expires, ready_at = :expires, updated_at = :now,
     rev = {NEXT_REV}"""
-CLAIM = f"{_TAKE} WHERE namespace = :ns AND id = :id AND {CLAIMABLE} RETURNING {COLUMNS}"
+CLAIM = f"""{TAKE} WHERE namespace = :ns AND id = :id AND {CLAIMABLE} AND {HAS_SLOT}
+    RETURNING {COLUMNS}"""
 # One statement picks and takes the job, so nobody can take it in between. The partial index
 # holds only unfinished jobs; without INDEXED BY the planner may take jobs_order (same columns)
 # and wade through every finished job.
-CLAIM_NEXT = f"""{_TAKE} WHERE seq = (
+CLAIM_NEXT = f"""{TAKE} WHERE seq = (
         SELECT seq FROM jobs INDEXED BY jobs_ready
-        WHERE namespace = :ns AND {CLAIMABLE}
+        WHERE namespace = :ns AND {CLAIMABLE} AND {HAS_SLOT}
         ORDER BY priority DESC, seq LIMIT 1)
     RETURNING {COLUMNS}"""
 
-# The same for up to :limit jobs. SQLite runs the subquery before the UPDATE writes a row.
-CLAIM_BATCH = f"""{_TAKE} WHERE seq IN (
+# The same for up to :limit jobs, on a namespace without limits (see ``limiting``). SQLite runs
+# the subquery before the UPDATE writes a row.
+CLAIM_BATCH = f"""{TAKE} WHERE seq IN (
         SELECT seq FROM jobs INDEXED BY jobs_ready
         WHERE namespace = :ns AND {CLAIMABLE}
         ORDER BY priority DESC, seq LIMIT :limit)
     RETURNING {COLUMNS}"""
 
 
-def update_current(sets: str) -> str:
-    """An UPDATE applying ``sets`` to the job if the claim (``:owner``, ``:token``) is current."""
+def update_current(sets: str, where: str = "1") -> str:
+    """An UPDATE applying ``sets`` to the job if the claim (``:owner``, ``:token``) is current
+    (and ``where`` holds)."""
     return f"""UPDATE jobs SET {sets}, updated_at = :now, rev = {NEXT_REV}
         WHERE namespace = :ns AND id = :id AND state = 'CLAIMED'
-            AND owner = :owner AND token = :token
+            AND owner = :owner AND token = :token AND {where}
         RETURNING {COLUMNS}"""
 
 
-RENEW = update_current("expires_at = :expires, ready_at = :expires")
+# A lapsed lease re-takes its slot: refused while the key is full without it.
+RENEW = update_current(
+    "expires_at = :expires, ready_at = :expires", f"(expires_at > :now OR {HAS_SLOT})"
+)
 CONSUME = update_current(
     "state = 'COMPLETE', outcome = :outcome, result = :result, ready_at = NULL"
 )
@@ -189,19 +236,39 @@ RELEASE = update_current(
 )
 # ``:failure`` (JSON text, or NULL for none) joins the list, whose oldest entry makes room once
 # it holds MAX_KEPT_FAILURES: in the UPDATE itself, so the step stays one statement.
-RETRY = update_current(
-    f"""state = 'SCHEDULED', owner = NULL, expires_at = NULL,
-    not_before = :now + :delay, ready_at = :now + :delay,
-    attempts = attempts - 1, retries = retries + 1,
-    failures = CASE WHEN :failure IS NULL THEN failures ELSE json_insert(
+_FAILURES = f"""failures = CASE WHEN :failure IS NULL THEN failures ELSE json_insert(
         CASE WHEN json_array_length(failures) < {MAX_KEPT_FAILURES} THEN failures
             ELSE json_remove(failures, '$[0]') END,
         '$[#]', json(:failure)) END"""
+RETRY = update_current(
+    f"""state = 'SCHEDULED', owner = NULL, expires_at = NULL,
+    not_before = :now + :delay, ready_at = :now + :delay,
+    attempts = attempts - 1, retries = retries + 1, {_FAILURES}""",
+    "cancel_reason IS NULL",
+)
+#: ``retry`` of a flagged job: it ends CANCELLED (its claim kept, as ``consume`` keeps it).
+RETRY_CANCELLED = update_current(
+    f"state = 'COMPLETE', outcome = 'CANCELLED', result = '{{}}', ready_at = NULL, {_FAILURES}",
+    "cancel_reason IS NOT NULL",
 )
 _TRASHED = "state = 'TRASHED', trash_reason = :reason, ready_at = NULL"
 TRASH = update_current(_TRASHED)
 TRASH_BY_ID = f"""UPDATE jobs SET {_TRASHED}, updated_at = :now, rev = {NEXT_REV}
     WHERE namespace = :ns AND id = :id AND state NOT IN ('COMPLETE', 'TRASHED')
+    RETURNING {COLUMNS}"""
+
+# cancel: a job nobody runs ends at once; a CLAIMED one is flagged, with the change counter
+# of the flag kept in ``cancel_rev`` so that sweeps tell its owner once (a renew writes the row
+# again, the flag stays where it was). A flagged or final job matches neither.
+_NOT_FLAGGED = "namespace = :ns AND id = :id AND cancel_reason IS NULL"
+CANCEL_WAITING = f"""UPDATE jobs SET state = 'COMPLETE', outcome = 'CANCELLED', result = '{{}}',
+        cancel_reason = :reason, owner = NULL, expires_at = NULL, ready_at = NULL,
+        updated_at = :now, rev = {NEXT_REV}
+    WHERE {_NOT_FLAGGED} AND state IN ('UNCLAIMED', 'SCHEDULED')
+    RETURNING {COLUMNS}"""
+FLAG = f"""UPDATE jobs SET cancel_reason = :reason, cancel_rev = {NEXT_REV},
+        updated_at = :now, rev = {NEXT_REV}
+    WHERE {_NOT_FLAGGED} AND state = 'CLAIMED'
     RETURNING {COLUMNS}"""
 
 # The finished jobs of one :state that ended at or before :cutoff, oldest first. FINAL is
@@ -246,13 +313,22 @@ def count(state: JobState | None) -> str:
     return f"SELECT COUNT(*) FROM jobs WHERE namespace = :ns AND {where}"
 
 
-_NOTE = "SELECT id, priority, state, token, rev, seq FROM jobs"
+#: The write ended a limited claim: consumed, trashed or cancelled with its claim on the row,
+#: or retried (a job given back is claimable, so announced already).
+_FREED = f"""limit_key IS NOT NULL
+    AND ({FINAL} AND owner IS NOT NULL OR state = 'SCHEDULED' AND token > 0)"""
+#: What a sweep reads of a job: (id, priority, state, token, rev, seq, claimable now,
+#: cancel_rev, whether its last write freed a slot).
+_NOTE = f"SELECT id, priority, state, token, rev, seq, {CLAIMABLE}, cancel_rev, {_FREED} FROM jobs"
 #: Every job claimable now, in claim order.
 SWEEP_ALL = f"""{_NOTE} INDEXED BY jobs_ready WHERE namespace = :ns AND {CLAIMABLE}
     ORDER BY priority DESC, seq"""
+#: A write since ``:rev`` that a sweep tells of though it made no job claimable: a CLAIMED job
+#: flagged (``CANCEL``, to its owner), or the end of a limited claim (``SLOT_FREED``).
+_TOLD = f"(cancel_rev > :rev AND state = 'CLAIMED' OR {_FREED})"
 #: Jobs claimable now that were written since the cursor's ``:rev`` (posts and abandons), or
-#: whose delay or lease ended in its window (``:since``, ``:now``].
-SWEEP_SINCE = f"""{_NOTE} WHERE namespace = :ns AND rev > :rev AND {CLAIMABLE}
+#: told of (above), or whose delay or lease ended in its window (``:since``, ``:now``].
+SWEEP_SINCE = f"""{_NOTE} WHERE namespace = :ns AND rev > :rev AND ({CLAIMABLE} OR {_TOLD})
     UNION
     {_NOTE} WHERE namespace = :ns AND ready_at > :since AND ready_at <= :now
         AND state != 'UNCLAIMED'

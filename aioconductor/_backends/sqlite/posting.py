@@ -75,6 +75,7 @@ def write_posts(
             "headers": spec.headers_json.decode("utf-8"),
             "retry": None if spec.retry_json is None else spec.retry_json.decode("utf-8"),
             "key": spec.key,
+            "limit_key": spec.limit_key,
         }
         row = first_row(conn.execute(sql.POST, params))
         if row is not None:
@@ -139,4 +140,6 @@ def posted_job(spec: PostSpec, written: Written) -> Job:
         retries=0,
         retry=spec.retry,
         failures=[],
+        cancel_reason=None,
+        limit_key=spec.limit_key,
     )
