@@ -26,6 +26,19 @@ def greet_flow(**args: Any) -> Any:
     return linear("greet", greet)
 
 
+@flows.register("greet-twice")
+def greet_twice_flow(**args: Any) -> Any:
+    @task(provides="greeting")
+    async def greet(name: str) -> str:
+        return f"hello {name}"
+
+    @task
+    async def sign(greeting: str, signature: str) -> None:
+        return None
+
+    return linear("greet-twice", greet, sign)
+
+
 def context(board: MemoryJobBoard, store: MemoryStore, events: list[str]) -> RunContext:
     notifier = Notifier()
     for event in ("job_claimed", "job_consumed", "job_trashed"):
@@ -75,3 +88,16 @@ async def test_a_job_run_trashes_a_job_whose_flow_is_unknown() -> None:
     assert done.state is JobState.TRASHED and "no-such-flow" in (done.trash_reason or "")
     assert run.context.stats.trashed == 1
     assert events == ["job_claimed", "job_trashed"]
+
+
+async def test_a_job_trashed_before_it_ran_leaves_no_logbook() -> None:
+    events: list[str] = []
+    async with MemoryJobBoard() as board, MemoryStore() as store:
+        # "sign" needs a "signature" that nobody gives: the flow cannot run.
+        await board.post("j", "greet-twice", {"name": "world"})
+        [(job, claim)] = await board.claim_batch("owner", 1)
+        await JobRun(context(board, store, events), job, claim).run()
+        done = await board.get(job.id)
+        books = [book.uuid async for book in store.logbooks()]
+    assert done.state is JobState.TRASHED and "signature" in (done.trash_reason or "")
+    assert books == []

@@ -31,6 +31,17 @@ def chatty_flow(**args: Any) -> Any:
     return unordered("chatty", say, also)
 
 
+@flows.register("fails")
+def failing_flow(**args: Any) -> Any:
+    @task(provides="charged")
+    async def charge(amount: int) -> int:
+        if amount > 100:
+            raise ValueError(f"amount {amount} is over the limit")
+        return amount
+
+    return unordered("fails", charge)
+
+
 @flows.register("broken")
 def broken_flow(**args: Any) -> Any:
     raise ValueError("no such thing")
@@ -72,6 +83,25 @@ async def test_the_conductors_own_records_about_a_job_carry_it(
     _, [job] = await run_jobs([("broken", {})])
     [record] = [r for r in caplog.records if "trashed" in r.getMessage()]
     assert record.job_id == job.id and record.flow == "broken"  # type: ignore[attr-defined]
+
+
+async def test_a_failed_flow_logs_its_task_exception_and_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aioconductor")
+    _, [job] = await run_jobs([("fails", {"amount": 500})])
+    assert job.outcome == "REVERTED"
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage() == (
+        f"job {job.id} (fails): task charge failed: ValueError: amount 500 is over the limit "
+        "(the flow was reverted)"
+    )
+    assert warning.failed_task == "charge"  # type: ignore[attr-defined]
+    assert 'raise ValueError(f"amount {amount} is over the limit")' in warning.traceback  # type: ignore[attr-defined]
+    [debug] = [r for r in caplog.records if "traceback" in r.getMessage()]
+    assert (
+        debug.levelno == logging.DEBUG and "Traceback (most recent call last)" in debug.getMessage()
+    )
 
 
 def test_outside_a_job_the_attributes_are_missing_and_extra_wins() -> None:

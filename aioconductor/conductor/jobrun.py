@@ -199,6 +199,8 @@ class JobRun:
             if self.cancelling is not None and result.state is not FlowState.SUCCESS:
                 await self._consume(result.state, {}, None, cancelled=True)
             else:
+                if result.failure is not None:
+                    self._log_failure(result)
                 await self._consume_or_retry(result.state, result.provided, result.failure)
         except Unrunnable as exc:
             if self.cancelling is not None:
@@ -250,6 +252,25 @@ class JobRun:
         with self.engine_scope:
             return await engine.revert()
         return None
+
+    def _log_failure(self, result: EngineResult) -> None:
+        """One WARNING line for a flow that failed: which task, the exception's type and
+        message, and how the flow ended; the traceback as the record's ``traceback`` field,
+        and in full at DEBUG."""
+        failure, job = result.failure, self.job
+        assert failure is not None
+        ended = "reverted" if result.state is FlowState.REVERTED else "not reverted cleanly"
+        logger.warning(
+            "job %s (%s): task %s failed: %s: %s (the flow was %s)",
+            job.id,
+            job.flow,
+            result.failed_task or "?",
+            failure.exc_type.removeprefix("builtins."),
+            failure.message[:2000],
+            ended,
+            extra={"failed_task": result.failed_task, "traceback": failure.traceback},
+        )
+        logger.debug("job %s: the failure's traceback:\n%s", job.id, failure.traceback)
 
     def request_cancel(self, reason: str | None = None) -> None:
         """The job was cancelled (``board.cancel``): stop its flow, then revert it and consume

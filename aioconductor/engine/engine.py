@@ -50,12 +50,14 @@ class EngineResult:
         results: the inputs plus every value the flow's atoms provided.
         provided: only the values the flow's atoms provided.
         failure: what made the flow revert; None on success.
+        failed_task: the name of the task (or retry controller) that raised ``failure``.
     """
 
     state: FlowState
     results: dict[str, Any] = field(default_factory=dict)
     provided: dict[str, Any] = field(default_factory=dict)
     failure: Failure | None = None
+    failed_task: str | None = None
 
 
 class Engine:
@@ -165,8 +167,9 @@ class Engine:
         Raises:
             CompilationError: naming each atom and the names it misses.
         """
-        if self._journal is None:
-            await self.prepare()
+        # Before anything is saved: a flow that cannot run leaves no logbook behind.
+        if self._compiled is None:
+            await self.compile()
         assert self._compiled is not None
         await self._emit(Event.VALIDATION_START)
         self._compiled.validate(self.inputs)
@@ -189,6 +192,8 @@ class Engine:
         """
         if not self._validated:
             await self.validate()
+        if self._journal is None:
+            await self.prepare()
         journal = self._journal
         assert self._compiled is not None and journal is not None
         runner = Runner(self._compiled, journal, self.inputs)
@@ -256,7 +261,9 @@ class Engine:
             if name in results
         }
         failure = None if state is FlowState.SUCCESS else runner.failure
-        return EngineResult(state, dict(results), provided, failure)
+        failed = runner.completer.failures.items()
+        task = next((name for name, f in failed if f is failure), None) if failure else None
+        return EngineResult(state, dict(results), provided, failure, task)
 
 
 def _describe(value: object) -> str:
