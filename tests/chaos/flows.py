@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 
 from aioconductor import FlowRegistry, RetryPolicy, Task, linear
+from tests import gauge as shared_gauge
 
 from .history import HistoryWriter
 
@@ -26,10 +27,10 @@ RECORDER: list[HistoryWriter] = []
 CURRENT: dict[str, tuple[str, int]] = {}
 
 
-def record_effect(job: str, task: str) -> None:
+def record_effect(job: str, task: str, ev: str = "effect") -> None:
     if RECORDER:
         job_id, token = CURRENT.get(job, ("?", -1))
-        RECORDER[0].write("effect", job=job_id, task=task, token=token)
+        RECORDER[0].write(ev, job=job_id, task=task, token=token)
 
 
 class Effect(Task):
@@ -40,6 +41,60 @@ class Effect(Task):
         if work:
             await anyio.sleep(work)
         return f"{self.name}:{job}"
+
+
+class Undone(Effect):
+    """An :class:`Effect` whose revert records a ``revert`` event (what a cancel undoes)."""
+
+    async def revert(self, job: str) -> None:
+        record_effect(job, self.name, "revert")
+
+
+class Limited(Undone):
+    """An :class:`Undone` that, given a ``gauge`` file, holds a slot of it while it works: the
+    concurrent runs of the jobs of limit key ``limit`` across processes (see
+    :func:`gauge_enter`)."""
+
+    async def execute(self, job: str, work: float = 0.0, gauge: str = "", limit: str = "") -> str:
+        record_effect(job, self.name)
+        if gauge:
+            gauge_enter(gauge, limit, job)
+        try:
+            if work:
+                await anyio.sleep(work)
+        finally:
+            if gauge:
+                gauge_leave(gauge, limit, job)
+        return f"{self.name}:{job}"
+
+
+def gauge_enter(gauge: str, key: str, job: str) -> None:
+    """A run of ``job`` (limit key ``key``) starts in this process: count it in the gauge
+    (``tests/gauge.py``'s state, plus ``seq``) and record a ``gauge_enter`` event with the
+    gauge's ``seq``, both under the gauge's lock, so the checker replays the gauge exactly."""
+    with shared_gauge.locked(gauge) as state:
+        active: dict[str, int] = state["active"]
+        if job in active:
+            state["overlaps"].append(job)
+        active[job] = os.getpid()
+        state["peak"] = max(state["peak"], len(active))
+        state["runs"][job] = state["runs"].get(job, 0) + 1
+        _record_gauge(state, "gauge_enter", key, job)
+
+
+def gauge_leave(gauge: str, key: str, job: str) -> None:
+    """The run of ``job`` in this process ended (finished, failed or cancelled)."""
+    with shared_gauge.locked(gauge) as state:
+        if state["active"].get(job) == os.getpid():
+            del state["active"][job]
+        _record_gauge(state, "gauge_leave", key, job)
+
+
+def _record_gauge(state: dict[str, Any], ev: str, key: str, job: str) -> None:
+    state["seq"] = state.get("seq", 0) + 1
+    if RECORDER:
+        job_id, token = CURRENT.get(job, ("?", -1))
+        RECORDER[0].write(ev, job=job_id, key=key, token=token, seq=state["seq"])
 
 
 class Hang(Task):
@@ -96,6 +151,19 @@ def flaky3(**args: Any) -> Any:
     """A task, one that fails the job's first run (retried by the job's policy), a last task."""
     return linear(
         "flaky3", Effect("a", provides="a"), FailOnce("b", provides="b"), Effect("c", provides="c")
+    )
+
+
+@flows.register("undo3")
+def undo3(**args: Any) -> Any:
+    """Three tasks in order, each recording its effect and its revert: the first and last work
+    ``step`` seconds, the middle one ``work`` seconds, holding a slot of the gauge ``gauge``
+    meanwhile when the job's args name one (``limit``: the job's limit key)."""
+    return linear(
+        "undo3",
+        Undone("a", provides="a", rebind={"work": "step"}),
+        Limited("b", provides="b"),
+        Undone("c", provides="c", rebind={"work": "step"}),
     )
 
 

@@ -15,6 +15,9 @@ own. After a scenario, :func:`check` merges the files, reads the board's final s
 - **no re-run after resume**: a task whose ``SUCCESS`` was saved before the job was claimed
   again never ran again under a later token (until the job was retried: a retry runs the flow
   afresh).
+- **cancels and limits**: only a cancelled job ends ``CANCELLED``, a cancelled job's effects
+  are all reverted, and no limit key ever ran more jobs at once than its limit (the rules are
+  in :mod:`tests.chaos.history_cancels`).
 
 Events (``ev``), each with ``t`` (epoch seconds), ``proc``, ``pid`` and ``owner``:
 
@@ -38,8 +41,16 @@ Events (``ev``), each with ``t`` (epoch seconds), ``proc``, ``pid`` and ``owner`
 ``sigterm``,            the conductor's shutdown: SIGTERM received, ``run()`` returned, and
 ``stopped``,            how long each step took (``step``: unregister, store.aclose,
 ``shutdown_step``       board.aclose; ``seconds``)
+``revert``              ``job``, ``task``, ``token``: a task's side effect was undone
+``gauge_enter``,        ``job``, ``key`` (its limit key), ``token``, ``seq``: a run of a limited
+``gauge_leave``         job took or gave back a slot of its key's gauge (written under the
+                        gauge's lock, ``seq`` its counter)
 ``kill`` / ``stop`` /   written by the harness: ``target`` (the victim's proc name), ``victim``
 ``cont`` / ``fault``    (its owner), ``what``
+``cancel``              written by the harness: ``job``, ``sent``, ``result`` (``ended``,
+                        ``flagged`` or ``final``, with ``outcome``)
+``gauge_drop``          written by the harness under a gauge's lock when it SIGKILLs a process:
+                        ``key``, ``victim_pid``, ``seq`` (the victim's runs ended)
 ======================  =======================================================================
 """
 
@@ -54,6 +65,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .history_cancels import check_cancels, check_limits
 
 __all__ = ["HistoryWriter", "Report", "check", "load"]
 
@@ -131,6 +144,9 @@ def check(
     *,
     poison: Iterable[str] = (),
     allow_trashed: Iterable[str] = (),
+    cancelled: Iterable[str] = (),
+    limits: Mapping[str, int] | None = None,
+    limit_keys: Mapping[str, str | None] | None = None,
 ) -> Report:
     """Check the invariants over ``events`` and the board's ``final`` jobs (id -> ``Job``).
 
@@ -139,6 +155,11 @@ def check(
         final: every job on the board at the end, by id.
         poison: ids of jobs expected to be trashed after ``max_attempts`` runs.
         allow_trashed: ids of other jobs that may end trashed (for example by a bad payload).
+        cancelled: ids of jobs cancelled (with those of the ``cancel`` events): only these may
+            end ``CANCELLED``.
+        limits: limit key -> limit: the peak of each key's gauged runs must stay within it.
+        limit_keys: job id -> the limit key it was posted with (default: each final job's
+            ``limit_key``).
 
     Returns:
         The report; ``report.violations`` is empty when every invariant held.
@@ -307,5 +328,8 @@ def check(
     if poison_ids:
         report.figures["poison_attempts"] = sorted(poison_attempts.values())
         report.figures["poison_runs"] = sorted(poison_runs.values())
+    check_cancels(report, events, by_job, final, set(cancelled))
+    if limits or any(e["ev"] in ("gauge_enter", "gauge_drop") for e in events):
+        check_limits(report, events, final, limits or {}, limit_keys)
     report.figures["violations"] = report.figures.get("violations", 0)
     return report
