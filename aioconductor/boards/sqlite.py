@@ -22,8 +22,8 @@ only if no job of the namespace holds the key, then a read of the holder, in the
 transaction; a tick's post first moves the schedule's last tick (``schedule_ticks``) forward
 there (see :mod:`aioconductor._backends.sqlite.posting`). ``purge`` walks the partial index
 ``jobs_ended`` (finished jobs by state and ``updated_at``) and deletes by id in one statement
-that re-checks that each job is finished. Deleted jobs were never claimable, so sweeps, whose
-rows are claimable jobs only, are not affected.
+that re-checks that each job is finished. Deleted jobs had ended before the retention's age,
+so sweeps, which report what was written since their last read, are not affected.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from aioconductor._backends.sqlite.claiming import fetch
 from aioconductor._backends.sqlite.claiming import renew_refused
 from aioconductor._backends.sqlite.claiming import take_batch
 from aioconductor._backends.sqlite.claiming import take_job
+from aioconductor._backends.sqlite.claiming import write_current
 from aioconductor._backends.sqlite.claiming import write_one
 from aioconductor._backends.sqlite.limiting import DELETE_LIMIT
 from aioconductor._backends.sqlite.limiting import LIMITS
@@ -68,7 +69,6 @@ from aioconductor.boards.base import EncodedObject
 from aioconductor.boards.base import JobBoard
 from aioconductor.boards.base import PostSpec
 from aioconductor.boards.base import Subscription
-from aioconductor.boards.base import lost_message
 from aioconductor.errors import BoardClosed
 from aioconductor.errors import ClaimLost
 from aioconductor.errors import JobNotFound
@@ -143,19 +143,7 @@ class SqliteJobBoard(JobBoard):
         self, conn: sqlite3.Connection, statement: str, claim: Claim, verb: str, **params: Any
     ) -> Any:
         """Run an ``sql.update_current`` statement; ``ClaimLost`` if the claim is not current."""
-        row = self._change(
-            conn,
-            statement,
-            id=claim.job_id,
-            owner=claim.owner,
-            token=claim.token,
-            now=time.time(),
-            **params,
-        )
-        if row is None:
-            job = self._fetch(conn, claim.job_id)
-            raise ClaimLost(lost_message(claim, verb, job.state, job.claim))
-        return row
+        return write_current(conn, statement, claim, verb, self._params(**params))
 
     # -- local notifications -------------------------------------------------------------------
 
@@ -165,10 +153,11 @@ class SqliteJobBoard(JobBoard):
         self._notify_local(build(JobNotification, job_id=job.id, kind=kind, priority=job.priority))
 
     def _ended(self, row: Any) -> Job:
-        """The job of ``row``, whose write ended its claim for good (consumed, trashed, or
-        retried): a limited claim's slot is announced free."""
+        """The job of ``row``, whose write ended its claim (consumed, trashed, or retried): a
+        limited claim's slot is announced free (as ``sql._FREED`` tells sweeps)."""
         job = job_from_row(row)
-        if job.limit_key is not None and job.claim is not None:
+        held = job.claim is not None or job.state is JobState.SCHEDULED
+        if job.limit_key is not None and held:
             self._push(job, row[-1], NotificationKind.SLOT_FREED)
         return job
 

@@ -169,8 +169,9 @@ TICKS = "SELECT name, last_tick FROM schedule_ticks WHERE namespace = :ns"
 
 
 def live_claims(key: str) -> str:
-    """How many jobs of the namespace with limit key ``key`` (an SQL expression) hold a live
-    claim at ``:now``: a range of the ``jobs_limited`` index, as long as the key's limit."""
+    """How many jobs of the namespace with limit key ``key`` (an SQL expression, qualified by
+    its table: a bare ``limit_key`` would name the counted job's) hold a live claim at
+    ``:now``: a range of the ``jobs_limited`` index, as long as the key's limit."""
     return f"""(SELECT COUNT(*) FROM jobs AS held INDEXED BY jobs_limited
         WHERE held.namespace = :ns AND held.limit_key = {key}
             AND held.state = 'CLAIMED' AND held.limit_key IS NOT NULL

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from typing import Any
 
 from aioconductor._backends.sqlite import board_schema as sql
@@ -26,7 +27,7 @@ from aioconductor.models import Claim
 from aioconductor.models import Job
 from aioconductor.models import JobState
 
-__all__ = ["fetch", "renew_refused", "take_batch", "take_job", "write_one"]
+__all__ = ["fetch", "renew_refused", "take_batch", "take_job", "write_current", "write_one"]
 
 
 def fetch(conn: sqlite3.Connection, namespace: str, job_id: str) -> Job:
@@ -42,6 +43,19 @@ def write_one(conn: sqlite3.Connection, statement: str, params: dict[str, Any]) 
     row = first_row(conn.execute(statement, params))
     if row is not None:
         conn.execute(sql.BUMP, params)
+    return row
+
+
+def write_current(
+    conn: sqlite3.Connection, statement: str, claim: Claim, verb: str, params: dict[str, Any]
+) -> Any:
+    """Run an ``update_current`` statement for ``verb`` (``params`` with ``:ns``): the job's row,
+    or ``ClaimLost`` if the claim is not current."""
+    claimed = {"id": claim.job_id, "owner": claim.owner, "token": claim.token}
+    row = write_one(conn, statement, {"now": time.time(), **params, **claimed})
+    if row is None:
+        job = fetch(conn, params["ns"], claim.job_id)
+        raise ClaimLost(lost_message(claim, verb, job.state, job.claim))
     return row
 
 

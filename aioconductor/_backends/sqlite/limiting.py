@@ -28,11 +28,11 @@ SET_LIMIT = """INSERT INTO job_limits (namespace, limit_key, max_claims) VALUES 
     ON CONFLICT (namespace, limit_key) DO UPDATE SET max_claims = excluded.max_claims"""
 DELETE_LIMIT = "DELETE FROM job_limits WHERE namespace = :ns AND limit_key = :key"
 #: Every limit of the namespace: (key, limit, live claims of the key at ``:now``).
-LIMITS = f"""SELECT limit_key, max_claims, {live_claims("limit_key")} FROM job_limits
-    WHERE namespace = :ns"""
+LIMITS = f"""SELECT lim.limit_key, lim.max_claims, {live_claims("lim.limit_key")}
+    FROM job_limits AS lim WHERE lim.namespace = :ns"""
 #: The free slots of every limited key at ``:now`` (0 or less: full).
-_SLOTS = f"""SELECT limit_key, max_claims - {live_claims("limit_key")} FROM job_limits
-    WHERE namespace = :ns"""
+_SLOTS = f"""SELECT lim.limit_key, lim.max_claims - {live_claims("lim.limit_key")}
+    FROM job_limits AS lim WHERE lim.namespace = :ns"""
 #: Claimable jobs after (``:p``, ``:s``) in claim order, but those of the keys in ``:full`` (a
 #: JSON array).
 _CANDIDATES = f"""SELECT seq, priority, limit_key FROM jobs INDEXED BY jobs_ready
