@@ -21,8 +21,12 @@ Key layout (all under the namespace's hash tag ``aioc:{NAME}:``, one Redis Clust
   script that posts the tick's job; purge never touches it).
 - ``ended:COMPLETE`` / ``ended:TRASHED``: finished jobs scored by when they ended
   (``updated_at``), for ``purge`` (see :mod:`aioconductor._backends.redis.board_retention`).
+- ``limits``: a hash of limit key -> concurrency limit; ``holders:<key>`` and ``parked:<key>``:
+  per limit key, its claimed jobs by lease expiry and the claimable jobs claims passed over
+  while it was full (see :mod:`aioconductor._backends.redis.board_prelude`).
 - ``events``: the pub/sub channel every post, abandon, release and promotion publishes to (a
-  retried job is announced by the promotion that makes it claimable).
+  retried job is announced by the promotion that makes it claimable), and every cancel of a
+  claimed job (``cancel``) and end of a limited claim (``slot_freed``).
 """
 
 from __future__ import annotations
@@ -30,9 +34,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Self, cast
+from typing import Any, Self
 
 from redis.commands.core import AsyncScript
 
@@ -40,16 +43,17 @@ from aioconductor._backends.base import DueTimer
 from aioconductor._backends.base import OverLink
 from aioconductor._backends.redis import board_records as records
 from aioconductor._backends.redis import scripts
+from aioconductor._backends.redis.board_conductors import Conductors
+from aioconductor._backends.redis.board_listing import CHUNK
+from aioconductor._backends.redis.board_listing import Listing
 from aioconductor._backends.redis.board_prelude import KEY_NAMES
 from aioconductor._backends.redis.board_prelude import PROMOTE_LIMIT
-from aioconductor._backends.redis.board_prelude import member_id
 from aioconductor._backends.redis.board_retention import Retention
 from aioconductor._backends.redis.board_scripts import BoardScripts
 from aioconductor._backends.redis.link import RedisLink
 from aioconductor._backends.redis.link import fmt_time
 from aioconductor._backends.redis.link import hash_tag_prefix
 from aioconductor._backends.redis.pubsub import PubSubSubscription
-from aioconductor._payload import encode_json
 from aioconductor._urls import ParsedURL
 from aioconductor.boards._support import visible
 from aioconductor.boards.base import EncodedObject
@@ -64,11 +68,10 @@ from aioconductor.models import ConductorInfo
 from aioconductor.models import Job
 from aioconductor.models import JobNotification
 from aioconductor.models import JobState
+from aioconductor.models import LimitInfo
 from aioconductor.models import Outcome
 
 __all__ = ["RedisJobBoard"]
-
-_CHUNK = 500
 #: How often a post is sent again whose key's holder is gone when read (each time, a purge won).
 _POST_ROUNDS = 5
 
@@ -95,6 +98,8 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
         self._keys = [self._prefix + name for name in KEY_NAMES]
         self._scripts = scripts.load(BoardScripts, self._link.client)
         self._retention = Retention(self._link, self._keys, self._prefix)
+        self._listing = Listing(self._link, self._keys, self._prefix, self._scripts.count)
+        self._registry = Conductors(self._link, self._prefix, self._scripts.register)
         #: When the earliest delayed job or lease falls due, as last seen.
         self._due = DueTimer()
 
@@ -236,8 +241,9 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
         args = [claim.owner, str(claim.token), fmt_time(delay), failure_text]
         reply = await self._run(self._scripts.retry, "retry", args, claim.job_id)
         job = records.checked_job(reply, claim.job_id, "retry", claim)
-        # This board's sweep then announces the job when it is due (as for a delayed post).
-        self._due.note(job.not_before, float(reply[1]))
+        if job.state is JobState.SCHEDULED:
+            # This board's sweep then announces the job when it is due (as for a delayed post).
+            self._due.note(job.not_before, float(reply[1]))
         return job
 
     async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job:
@@ -247,6 +253,34 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
             args = ["1", claim.owner, str(claim.token), reason]
         reply = await self._run(self._scripts.trash, "trash", args, job_id)
         return records.checked_job(reply, job_id, "trash", claim)
+
+    async def _cancel(self, job_id: str, reason: str) -> Job:
+        # A cancel sent again after a lost reply finds the job ended or flagged by the first
+        # and answers it as it is: the same job, so it is retried like a read.
+        keys = [*self._keys, self._job_key(job_id)]
+        argv = [self._job_prefix, self._channel, reason]
+        script = self._scripts.cancel
+        reply = await self._link.read("cancel", lambda: self._link.script(script, keys, argv))
+        _, now, _ = records.parse_reply(reply)
+        return visible(records.checked_job(reply, job_id, "cancel", None), now)
+
+    # -- limits --------------------------------------------------------------------------------
+
+    async def _set_limit(self, key: str, limit: int | None) -> None:
+        script = self._scripts.set_limit
+        argv = [self._job_prefix, self._channel, key, "" if limit is None else str(limit)]
+        # Setting a limit twice changes nothing more, so a lost reply is retried like a read.
+        await self._link.read("set_limit", lambda: script(keys=self._keys, args=argv))
+
+    async def _limits(self) -> list[LimitInfo]:
+        script = self._scripts.limits
+        argv = [self._job_prefix, self._channel]
+        reply = await self._link.read("limits", lambda: script(keys=self._keys, args=argv))
+        rows = reply[1:]
+        return [
+            LimitInfo(key=str(rows[at]), limit=int(rows[at + 1]), claimed=int(rows[at + 2]))
+            for at in range(0, len(rows), 3)
+        ]
 
     # -- reads (idempotent: retried through a restart) -----------------------------------------
 
@@ -296,68 +330,13 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
     async def _purge(self, job_ids: list[str]) -> int:
         return await self._retention.purge(job_ids)
 
-    async def _scored(self, key: str, start: int) -> list[tuple[str, float]]:
-        """One chunk of (member, score) of sorted set ``key`` from rank ``start``."""
-        chunk = await self._link.client.zrange(key, start, start + _CHUNK - 1, withscores=True)
-        return cast(list[tuple[str, float]], chunk)
-
-    async def _members(self, key: str) -> AsyncIterator[tuple[float, str]]:
-        """(score, member) of sorted set ``key`` in order, read in chunks."""
-        start = 0
-        while True:
-            chunk = await self._link.read("iterjobs", functools.partial(self._scored, key, start))
-            for member, score in chunk:
-                yield score, member
-            if len(chunk) < _CHUNK:
-                return
-            start += _CHUNK
-
-    async def _jobs(self, members: list[str]) -> list[Job]:
-        async def fetch() -> list[Any]:
-            async with self._link.client.pipeline(transaction=False) as pipe:
-                for member in members:
-                    pipe.hgetall(self._job_key(member_id(member)))
-                return await pipe.execute()
-
-        found = await self._link.read("iterjobs", fetch)
-        return [records.job_from_hash(fields) for fields in found if fields]
-
     async def _iterjobs(self, state: JobState | None) -> AsyncIterator[Job]:
         now = await self._server_time()
-        if state is None:
-            members = self._members(self._prefix + "all")
-        elif state is JobState.UNCLAIMED:
-            # Unclaimed as readers see it: the unclaimed set plus scheduled jobs whose time
-            # came (filtered below), merged in claim order.
-            members = records.merge(
-                self._members(self._prefix + "state:UNCLAIMED"),
-                self._members(self._prefix + "state:SCHEDULED"),
-            )
-        else:
-            members = self._members(f"{self._prefix}state:{state.value}")
-        batch: list[str] = []
-        async for _, member in members:
-            batch.append(member)
-            if len(batch) < _CHUNK:
-                continue
-            for job in await self._jobs(batch):
-                if state is None or visible(job, now).state is state:
-                    yield visible(job, now)
-            batch = []
-        for job in await self._jobs(batch) if batch else []:
-            if state is None or visible(job, now).state is state:
-                yield visible(job, now)
+        async for job in self._listing.iterjobs(state, now):
+            yield job
 
     async def _job_count(self, state: JobState | None) -> int:
-        if state is None:
-            count: int = await self._link.read(
-                "job_count", lambda: self._link.client.zcard(self._prefix + "all")
-            )
-            return count
-        script = self._scripts.count
-        argv = [self._job_prefix, self._channel, state.value]
-        reply = await self._link.read("job_count", lambda: script(keys=self._keys, args=argv))
-        return int(reply[1])
+        return await self._listing.job_count(state)
 
     # -- notifications -------------------------------------------------------------------------
 
@@ -391,12 +370,12 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
         start = 0
         while True:
             chunk = await self._link.read(
-                "sweep", functools.partial(self._scored, self._prefix + "ready", start)
+                "sweep", functools.partial(self._listing.scored, self._prefix + "ready", start)
             )
             notes.extend(records.waiting(chunk))
-            if len(chunk) < _CHUNK:
+            if len(chunk) < CHUNK:
                 return notes, now
-            start += _CHUNK
+            start += CHUNK
 
     def _sweep_delay(self) -> float:
         # Sweep when the earliest delayed job or lease falls due, not only every poll_interval.
@@ -407,42 +386,10 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
     async def _register_conductor(
         self, owner: str, name: str, ttl: float, meta: dict[str, Any]
     ) -> None:
-        ttl = min(max(ttl, 0.0), 10 * 365 * 86400.0) if math.isfinite(ttl) else 0.0
-        keys = [self._prefix + "conductors", f"{self._prefix}conductor:{owner}"]
-        data = encode_json("the conductor's meta", meta, 64 * 1024).decode("utf-8")
-        script = self._scripts.register
-        args = [owner, name, fmt_time(ttl), data]
-        # Registering again is harmless, so a lost reply is retried like a read.
-        await self._link.read("register_conductor", lambda: script(keys=keys, args=args))
+        await self._registry.register(owner, name, ttl, meta)
 
     async def _unregister_conductor(self, owner: str) -> None:
-        async def forget() -> None:
-            async with self._link.client.pipeline(transaction=True) as pipe:
-                pipe.delete(f"{self._prefix}conductor:{owner}")
-                pipe.zrem(self._prefix + "conductors", owner)
-                await pipe.execute()
-
-        # Forgetting twice changes nothing, so a lost reply is retried like a read.
-        await self._link.read("unregister_conductor", forget)
+        await self._registry.unregister(owner)
 
     async def _conductors(self) -> list[ConductorInfo]:
-        now = await self._server_time()
-
-        async def alive() -> list[str]:
-            key = self._prefix + "conductors"
-            return cast(list[str], await self._link.client.zrangebyscore(key, f"({now}", "+inf"))
-
-        owners = await self._link.read("conductors", alive)
-
-        async def fetch() -> list[Any]:
-            async with self._link.client.pipeline(transaction=False) as pipe:
-                for owner in owners:
-                    pipe.hgetall(f"{self._prefix}conductor:{owner}")
-                return await pipe.execute()
-
-        found = await self._link.read("conductors", fetch) if owners else []
-        return [
-            records.conductor_from_hash(fields)
-            for fields in found
-            if fields and float(fields["expires_at"]) > now
-        ]
+        return await self._registry.alive(await self._server_time())

@@ -46,6 +46,7 @@ __all__ = [
 def job_from_hash(fields: dict[str, str]) -> Job:
     """A ``Job`` from its hash fields as the scripts store them."""
     state = JobState(fields["state"])
+    cancel_reason = fields.get("cancel_reason")
     claim = None
     if "owner" in fields:
         claim = build(
@@ -54,6 +55,7 @@ def job_from_hash(fields: dict[str, str]) -> Job:
             owner=fields["owner"],
             token=int(fields["token"]),
             expires_at=float(fields["expires_at"]),
+            cancel_requested=cancel_reason is not None and not state.is_final,
         )
     not_before = fields.get("not_before")
     result = fields.get("result")
@@ -84,6 +86,8 @@ def job_from_hash(fields: dict[str, str]) -> Job:
         retries=int(fields.get("retries", 0)),
         retry=_policy(retry) if (retry := fields.get("retry")) else None,
         failures=decode_json(failures) if (failures := fields.get("failures")) else [],
+        cancel_reason=cancel_reason,
+        limit_key=fields.get("limit_key"),
     )
 
 
@@ -101,7 +105,7 @@ def conductor_from_hash(fields: dict[str, str]) -> ConductorInfo:
 
 
 def post_argv(spec: PostSpec) -> list[str]:
-    """The post script's ARGV for ``spec``, from ``ARGV[3]`` (the job's id) to ``ARGV[13]``."""
+    """The post script's ARGV for ``spec``, from ``ARGV[3]`` (the job's id) to ``ARGV[14]``."""
     return [
         spec.id,
         spec.name,
@@ -114,6 +118,7 @@ def post_argv(spec: PostSpec) -> list[str]:
         spec.headers_json.decode("utf-8"),
         "" if spec.retry_json is None else spec.retry_json.decode("utf-8"),
         spec.key or "",
+        spec.limit_key or "",
     ]
 
 
@@ -129,8 +134,10 @@ def checked_job(reply: Sequence[str], job_id: str, verb: str, claim: Claim | Non
 
     Raises:
         JobNotFound: no such job.
-        ClaimLost: ``claim`` is no longer the job's.
-        UnclaimableJob: the job cannot be claimed, or is final and cannot be trashed.
+        ClaimLost: ``claim`` is no longer the job's, or its lease ran out and its limit key
+            is full without it (``renew``).
+        UnclaimableJob: the job cannot be claimed (its limit key is full, too), or is final
+            and cannot be trashed.
         BoardError: a status no verb answers.
     """
     status, now, job = parse_reply(reply)
@@ -143,6 +150,15 @@ def checked_job(reply: Sequence[str], job_id: str, verb: str, claim: Claim | Non
             raise ClaimLost(lost_message(claim, verb, job.state, job.claim))
         if status == "unclaimable":
             raise UnclaimableJob(unclaimable_message(visible(job, now), now))
+        if status == "full" and claim is not None:
+            raise ClaimLost(
+                f"{verb} of job {job_id} by {claim.owner!r} refused: its lease ran out and "
+                f"its limit key {job.limit_key!r} is full"
+            )
+        if status == "full":
+            raise UnclaimableJob(
+                f"job {job_id} waits for a slot: limit key {job.limit_key!r} is full"
+            )
         if status == "final":
             raise UnclaimableJob(f"job {job_id} is already {job.state}: it cannot be trashed")
     raise BoardError(f"unexpected reply {status!r} to {verb} of job {job_id}")

@@ -5,14 +5,15 @@ ARGV, the server's clock, the functions the transitions share).
 
 Every transition answers ``{status, now, field, value, field, value, ...}`` (the job's hash) or
 ``{status, now}``. Statuses: ``ok``, ``none``, ``notfound``, ``lost``, ``unclaimable``, ``final``;
-``held`` (``{'held', now, id}``: a post whose key a job holds) and ``passed`` (a schedule's tick
-at or before its last one). The retention scripts are in
-:mod:`aioconductor._backends.redis.board_retention`.
+``held`` (``{'held', now, id}``: a post whose key a job holds), ``passed`` (a schedule's tick
+at or before its last one) and ``full`` (a claim or renew refused: the job's limit key has no
+free slot). The retention scripts are in :mod:`aioconductor._backends.redis.board_retention`;
+cancel and the limit scripts in :mod:`aioconductor._backends.redis.board_controls`.
 
-Fields written only once they are set (absent reads as 0, none or empty): ``key``, ``releases``,
-``abandons``, ``retries``, ``retry`` (the policy as JSON), ``failures`` (a JSON array, see
-``RETRY``), ``not_before``, ``headers``, ``owner``/``expires_at`` (while claimed) and the
-outcome's fields.
+Fields written only once they are set (absent reads as 0, none or empty): ``key``,
+``limit_key``, ``cancel_reason``, ``releases``, ``abandons``, ``retries``, ``retry`` (the policy
+as JSON), ``failures`` (a JSON array, see ``RETRY``), ``not_before``, ``headers``,
+``owner``/``expires_at`` (while claimed) and the outcome's fields.
 
 :class:`BoardScripts` holds them loaded on a client, one attribute a script.
 """
@@ -24,6 +25,9 @@ from dataclasses import field
 
 from redis.commands.core import AsyncScript
 
+from aioconductor._backends.redis.board_controls import CANCEL
+from aioconductor._backends.redis.board_controls import LIMITS
+from aioconductor._backends.redis.board_controls import SET_LIMIT
 from aioconductor._backends.redis.board_prelude import CLAIMED
 from aioconductor._backends.redis.board_prelude import GIVE_BACK
 from aioconductor._backends.redis.board_prelude import PRELUDE
@@ -48,11 +52,12 @@ __all__ = [
 ]
 
 #: KEYS[JOB] = job; ARGV[3..] = id, name, flow, args, priority, max_attempts, delay, not_before,
-#: headers, retry policy ('' for none), key ('' for none). A key held by a job (whatever its
+#: headers, retry policy ('' for none), key ('' for none), limit key ('' for none). A key held
+#: by a job (whatever its
 #: state) writes nothing and answers ``{'held', now, holder's id}``; a key whose holder's hash is
 #: gone is taken over by this job.
 #:
-#: A schedule's tick also gives KEYS[JOB + 1] = the ``ticks`` hash, ARGV[14..15] = schedule,
+#: A schedule's tick also gives KEYS[JOB + 1] = the ``ticks`` hash, ARGV[15..16] = schedule,
 #: tick: at or before the schedule's last tick it writes nothing and answers ``{'passed',
 #: now}``; otherwise the tick becomes the last one, whether the job is posted or its key held.
 POST = (
@@ -62,8 +67,8 @@ local job = KEYS[JOB]
 if redis.call('EXISTS', job) == 1 then return reply('ok', clock(), job) end
 local now = clock()
 local id, priority, key = ARGV[3], ARGV[7], ARGV[13]
-if ARGV[14] then
-  local ticks, schedule, tick = KEYS[JOB + 1], ARGV[14], ARGV[15]
+if ARGV[15] then
+  local ticks, schedule, tick = KEYS[JOB + 1], ARGV[15], ARGV[16]
   local last = redis.call('HGET', ticks, schedule)
   if last and tonumber(last) >= tonumber(tick) then return {'passed', num(now)} end
   redis.call('HSET', ticks, schedule, tick)
@@ -96,6 +101,7 @@ if key ~= '' then
   redis.call('HSET', job, 'key', key)
   redis.call('HSET', keys_of, key, id)
 end
+if ARGV[14] ~= '' then redis.call('HSET', job, 'limit_key', ARGV[14]) end
 redis.call('ZADD', all, score(priority), member)
 redis.call('ZADD', by_state[state], score(priority), member)
 if state == 'SCHEDULED' then
@@ -108,42 +114,56 @@ return reply('ok', now, job)
 """
 )
 
-#: KEYS[JOB] = job; ARGV[3..] = owner, lease.
+#: KEYS[JOB] = job; ARGV[3..] = owner, lease. A job whose limit key is full answers ``full``.
 CLAIM = (
     PRELUDE
     + """
 local job = KEYS[JOB]
 local now = clock()
-local f = redis.call('HMGET', job, 'state', 'not_before', 'expires_at', 'member', 'priority')
+local f = redis.call('HMGET', job, 'state', 'not_before', 'expires_at', 'member', 'priority',
+  'limit_key')
 if not f[1] then return reply('notfound', now, nil) end
 if not claimable(f[1], f[2], f[3], now) then return reply('unclaimable', now, job) end
-take(job, f[4], f[5], f[1], ARGV[3], tonumber(ARGV[4]), now)
+local key = f[6]
+if key then
+  local free = slots({}, key, now)
+  if free and free <= 0 then return reply('full', now, job) end
+end
+take(job, f[4], f[5], f[1], ARGV[3], tonumber(ARGV[4]), now, key)
 return reply('ok', now, job)
 """
 )
 
-#: ARGV[3..] = owner, lease.
+#: ARGV[3..] = owner, lease. A job whose limit key is full is parked (see the prelude) and the
+#: next one taken.
 CLAIM_NEXT = (
     PRELUDE
     + """
 local now = clock()
 promote(now)
+local free = {}
 while true do
   local popped = redis.call('ZPOPMIN', ready)
   if #popped == 0 then return reply('none', now, nil) end
   local member = popped[1]
   local job = prefix .. id_of(member)
-  local f = redis.call('HMGET', job, 'state', 'not_before', 'expires_at', 'priority')
+  local f = redis.call('HMGET', job, 'state', 'not_before', 'expires_at', 'priority', 'limit_key')
   if f[1] and claimable(f[1], f[2], f[3], now) then
-    take(job, member, f[4], f[1], ARGV[3], tonumber(ARGV[4]), now)
-    return reply('ok', now, job)
+    local key = f[5]
+    local left = key and slots(free, key, now)
+    if left and left <= 0 then
+      redis.call('ZADD', parked_of(key), popped[2], member)
+    else
+      take(job, member, f[4], f[1], ARGV[3], tonumber(ARGV[4]), now, key)
+      return reply('ok', now, job)
+    end
   end
 end
 """
 )
 
 #: ARGV[3..] = owner, lease, limit. Replies status, time, then per job its field count and
-#: fields.
+#: fields. Takes no more jobs of a limit key than its free slots; parks the rest it meets.
 CLAIM_BATCH = (
     PRELUDE
     + """
@@ -152,33 +172,50 @@ promote(now)
 local out = {'ok', num(now)}
 local limit = tonumber(ARGV[5])
 local taken = 0
+local free = {}
 while taken < limit do
   local popped = redis.call('ZPOPMIN', ready)
   if #popped == 0 then break end
   local member = popped[1]
   local job = prefix .. id_of(member)
-  local f = redis.call('HMGET', job, 'state', 'not_before', 'expires_at', 'priority')
+  local f = redis.call('HMGET', job, 'state', 'not_before', 'expires_at', 'priority', 'limit_key')
   if f[1] and claimable(f[1], f[2], f[3], now) then
-    take(job, member, f[4], f[1], ARGV[3], tonumber(ARGV[4]), now)
-    taken = taken + 1
-    local fields = redis.call('HGETALL', job)
-    out[#out + 1] = #fields
-    for i = 1, #fields do out[#out + 1] = fields[i] end
+    local key = f[5]
+    local left = key and slots(free, key, now)
+    if left and left <= 0 then
+      redis.call('ZADD', parked_of(key), popped[2], member)
+    else
+      if left then free[key] = left - 1 end
+      take(job, member, f[4], f[1], ARGV[3], tonumber(ARGV[4]), now, key)
+      taken = taken + 1
+      local fields = redis.call('HGETALL', job)
+      out[#out + 1] = #fields
+      for i = 1, #fields do out[#out + 1] = fields[i] end
+    end
   end
 end
 return out
 """
 )
 
-#: KEYS[JOB] = job; ARGV[3..] = owner, token, lease.
+#: KEYS[JOB] = job; ARGV[3..] = owner, token, lease. A claim whose lease ran out takes its
+#: slot again: if its limit key is full without it, nothing changes and it answers ``full``.
 RENEW = (
     PRELUDE
     + CLAIMED
     + """
+local member, key = f[4], f[6]
 local expires = num(now + tonumber(ARGV[5]))
+if key then
+  if tonumber(redis.call('HGET', job, 'expires_at')) <= now then
+    local left = slots({}, key, now)
+    if left and left <= 0 then return reply('full', now, job) end
+  end
+  redis.call('ZADD', holders_of(key), expires, member)
+end
 redis.call('HSET', job, 'expires_at', expires, 'updated_at', num(now))
-redis.call('ZADD', leases, expires, f[4])
-redis.call('ZREM', ready, f[4])
+redis.call('ZADD', leases, expires, member)
+unready(member, key)
 return reply('ok', now, job)
 """
 )
@@ -191,7 +228,8 @@ CONSUME = (
 finish(job, f[4], f[5], 'CLAIMED', 'COMPLETE', now)
 redis.call('HSET', job, 'outcome', ARGV[5], 'result', ARGV[6])
 redis.call('ZREM', leases, f[4])
-redis.call('ZREM', ready, f[4])
+unready(f[4], f[6])
+let_go(f[4], f[5], f[6], now, true)
 return reply('ok', now, job)
 """
 )
@@ -203,7 +241,7 @@ ABANDON = (
     + CLAIMED
     + """
 redis.call('HINCRBY', job, 'abandons', 1)
-give_back(job, f[4], f[5], now)
+give_back(job, f[4], f[5], f[6], now)
 return reply('ok', now, job)
 """
 )
@@ -222,7 +260,7 @@ if tonumber(counts[1] or '0') < tonumber(counts[2]) then
 else
   redis.call('HINCRBY', job, 'abandons', 1)
 end
-give_back(job, f[4], f[5], now)
+give_back(job, f[4], f[5], f[6], now)
 return reply('ok', now, job)
 """
 )
@@ -233,14 +271,15 @@ return reply('ok', now, job)
 #: them, one a line: compact JSON never holds a raw newline (inside strings it is escaped), so
 #: the script keeps the latest ones by splitting lines, with no JSON decoding (cjson would
 #: round floats and turn empty arrays into objects).
+#:
+#: A job cancelled meanwhile (``cancel_reason`` set) is not scheduled: it ends ``COMPLETE``
+#: with outcome ``CANCELLED`` and result ``{}``, the failure kept, retries not counted.
 RETRY = (
     PRELUDE
     + CLAIMED
     + """
-local member, priority = f[4], f[5]
+local member, priority, key = f[4], f[5], f[6]
 local not_before = num(now + tonumber(ARGV[5]))
-redis.call('HINCRBY', job, 'attempts', -1)
-redis.call('HINCRBY', job, 'retries', 1)
 if ARGV[6] ~= '' then
   local kept = {}
   local old = redis.call('HGET', job, 'failures')
@@ -254,12 +293,20 @@ if ARGV[6] ~= '' then
   local first = math.max(1, #kept - @MAX_KEPT_FAILURES@ + 1)
   redis.call('HSET', job, 'failures', '[' .. table.concat(kept, ',\\n', first, #kept) .. ']')
 end
-set_state(job, member, priority, 'CLAIMED', 'SCHEDULED')
-redis.call('HDEL', job, 'owner', 'expires_at')
-redis.call('HSET', job, 'not_before', not_before, 'updated_at', num(now))
 redis.call('ZREM', leases, member)
-redis.call('ZREM', ready, member)
-redis.call('ZADD', delayed, not_before, member)
+unready(member, key)
+if f[7] then
+  finish(job, member, priority, 'CLAIMED', 'COMPLETE', now)
+  redis.call('HSET', job, 'outcome', 'CANCELLED', 'result', '{}')
+else
+  redis.call('HINCRBY', job, 'attempts', -1)
+  redis.call('HINCRBY', job, 'retries', 1)
+  set_state(job, member, priority, 'CLAIMED', 'SCHEDULED')
+  redis.call('HDEL', job, 'owner', 'expires_at')
+  redis.call('HSET', job, 'not_before', not_before, 'updated_at', num(now))
+  redis.call('ZADD', delayed, not_before, member)
+end
+let_go(member, priority, key, now, true)
 return reply('ok', now, job)
 """
 ).replace("@MAX_KEPT_FAILURES@", str(MAX_KEPT_FAILURES))
@@ -270,22 +317,24 @@ TRASH = (
     + """
 local job = KEYS[JOB]
 local now = clock()
-local state, member, priority
+local state, member, priority, key
 if ARGV[3] == '1' then
   local f, why = current(job, ARGV[4], ARGV[5])
   if not f then return reply(why, now, why == 'lost' and job or nil) end
-  state, member, priority = f[1], f[4], f[5]
+  state, member, priority, key = f[1], f[4], f[5], f[6]
 else
-  local f = redis.call('HMGET', job, 'state', 'member', 'priority')
+  local f = redis.call('HMGET', job, 'state', 'member', 'priority', 'limit_key')
   if not f[1] then return reply('notfound', now, nil) end
   if f[1] == 'COMPLETE' or f[1] == 'TRASHED' then return reply('final', now, job) end
-  state, member, priority = f[1], f[2], f[3]
+  state, member, priority, key = f[1], f[2], f[3], f[4]
 end
 finish(job, member, priority, state, 'TRASHED', now)
 redis.call('HSET', job, 'trash_reason', ARGV[6])
-redis.call('ZREM', ready, member)
+unready(member, key)
 redis.call('ZREM', delayed, member)
 redis.call('ZREM', leases, member)
+-- A job trashed unclaimed held no slot, but may have been handed one by a refill.
+let_go(member, priority, key, now, state == 'CLAIMED')
 return reply('ok', now, job)
 """
 )
@@ -353,6 +402,9 @@ class BoardScripts:
     release: AsyncScript = field(metadata=lua(RELEASE))
     retry: AsyncScript = field(metadata=lua(RETRY))
     trash: AsyncScript = field(metadata=lua(TRASH))
+    cancel: AsyncScript = field(metadata=lua(CANCEL))
+    set_limit: AsyncScript = field(metadata=lua(SET_LIMIT))
+    limits: AsyncScript = field(metadata=lua(LIMITS))
     promote: AsyncScript = field(metadata=lua(PROMOTE))
     count: AsyncScript = field(metadata=lua(COUNT))
     register: AsyncScript = field(metadata=lua(REGISTER))

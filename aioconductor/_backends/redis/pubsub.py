@@ -1,4 +1,13 @@
-"""Notifications of the Redis board: a subscription read from its pub/sub channel."""
+"""Notifications of the Redis board: a subscription read from its pub/sub channel.
+
+The board's scripts publish ``<kind> <priority> <job id>`` on the namespace's ``events``
+channel: ``posted``, ``abandoned``, ``due`` and ``expired`` (a job became claimable),
+``slot_freed`` (a limited claim ended: jobs its limit key held back may be claimable) and
+``cancel`` (a claimed job was cancelled: its owner is to stop it). Every subscriber in every
+process hears each one within a round trip. A message published while a subscriber is
+disconnected is lost to it: the stream then re-reads every claimable job, and an owner that
+missed a ``cancel`` learns of it from its next ``renew`` (``Claim.cancel_requested``).
+"""
 
 from __future__ import annotations
 
