@@ -93,9 +93,13 @@ class ClaimEndings(abc.ABC):
         self._check_open()
         seconds = finite_seconds("delay", delay)
         if failure is None:
-            return await self._retry(claim, seconds, None)
-        data, decoded = encode_object("the run's failure", failure, self.max_payload_bytes)
-        return await self._retry(claim, seconds, EncodedObject(decoded, data))
+            job = await self._retry(claim, seconds, None)
+        else:
+            data, decoded = encode_object("the run's failure", failure, self.max_payload_bytes)
+            job = await self._retry(claim, seconds, EncodedObject(decoded, data))
+        if job.state.is_final:  # a cancelled job's retry ended it
+            self._finished(job.id)
+        return job
 
     async def trash(self, claim_or_id: Claim | str, *, reason: str) -> Job:
         """Give the job up for good: ``TRASHED`` with ``reason``, never offered again.
