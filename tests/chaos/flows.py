@@ -7,8 +7,10 @@ claim's job id and token before the engine starts, so a task can say under which
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,28 +46,44 @@ class Effect(Task):
 
 
 class Undone(Effect):
-    """An :class:`Effect` whose revert records a ``revert`` event (what a cancel undoes)."""
+    """An :class:`Effect` whose revert records a ``revert`` event (what a cancel undoes), then
+    works half as long as ``execute`` (so a conductor may die while it reverts)."""
 
-    async def revert(self, job: str) -> None:
+    async def revert(self, job: str, work: float = 0.0) -> None:
         record_effect(job, self.name, "revert")
+        if work:
+            await anyio.sleep(work / 2)
 
 
 class Limited(Undone):
-    """An :class:`Undone` that, given a ``gauge`` file, holds a slot of it while it works: the
+    """An :class:`Undone` that, given a ``gauge`` file, holds a slot of it while it works and
+    while it reverts (a job being reverted still holds its claim, so its limit's slot): the
     concurrent runs of the jobs of limit key ``limit`` across processes (see
     :func:`gauge_enter`)."""
 
     async def execute(self, job: str, work: float = 0.0, gauge: str = "", limit: str = "") -> str:
         record_effect(job, self.name)
-        if gauge:
-            gauge_enter(gauge, limit, job)
-        try:
+        with _gauged(gauge, limit, job):
             if work:
                 await anyio.sleep(work)
-        finally:
-            if gauge:
-                gauge_leave(gauge, limit, job)
         return f"{self.name}:{job}"
+
+    async def revert(self, job: str, work: float = 0.0, gauge: str = "", limit: str = "") -> None:
+        with _gauged(gauge, limit, job):
+            await super().revert(job, work)
+
+
+@contextlib.contextmanager
+def _gauged(gauge: str, key: str, job: str) -> Iterator[None]:
+    """Hold a slot of ``gauge`` (if one is named) for ``job`` of limit key ``key``."""
+    if not gauge:
+        yield
+        return
+    gauge_enter(gauge, key, job)
+    try:
+        yield
+    finally:
+        gauge_leave(gauge, key, job)
 
 
 def gauge_enter(gauge: str, key: str, job: str) -> None:

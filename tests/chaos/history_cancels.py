@@ -27,6 +27,15 @@ order, they give each key's exact number of concurrent runs across processes. Th
 - **the limit held**: the peak number of concurrent runs of a key's jobs never exceeds its limit;
 - **one run at a time**: a job never runs in two processes at once;
 - **the key is the job's**: a run is gauged under the limit key its job was posted with.
+
+Figures: ``cancel_requests`` and ``cancel_results`` (by what ``cancel`` returned);
+``cancelled`` jobs, ``cancelled_at_once`` by the board, ``cancelled_by_owner`` (consumed
+``CANCELLED`` by a conductor; ``cancelled_by_heir`` of them by a later claim than the one the
+cancel flagged: its owner died); ``cancel_too_late`` (flagged, but the run ended first and
+stands); ``reverts`` recorded, ``reverted_tasks`` and ``unreverted_tasks`` of jobs consumed
+``CANCELLED``; ``cancel_to_consume_p50_s`` / ``_max_s`` (from the cancel sent to the consume);
+and ``limits``: per key its ``limit``, ``jobs``, ``runs`` (slots taken: runs and reverts of the
+gauged task) and ``peak``.
 """
 
 from __future__ import annotations
@@ -62,7 +71,7 @@ def check_cancels(
     sent_at: dict[str, float] = {}
     for request in requests:
         sent_at.setdefault(request["job"], request.get("sent", request["t"]))
-    ended_at_once = by_owner = lost_race = reverted_tasks = unreverted = 0
+    ended_at_once = by_owner = heirs = lost_race = reverted_tasks = unreverted = 0
     latencies: list[float] = []
     for job_id, job in final.items():
         history = by_job.get(job_id, ())
@@ -85,6 +94,10 @@ def check_cancels(
             _check_not_held(report, job_id, history, sent_at.get(job_id, math.inf))
             continue
         by_owner += 1
+        held = [
+            e["token"] for e in history if e["ev"] == "claimed" and e["t"] < sent_at.get(job_id, 0)
+        ]
+        heirs += bool(held) and job.claim.token > max(held)
         done, missing = _check_reverted(report, job_id, history, job.claim.token)
         reverted_tasks += done
         unreverted += missing
@@ -103,6 +116,7 @@ def check_cancels(
         cancelled=ended_at_once + by_owner,
         cancelled_at_once=ended_at_once,
         cancelled_by_owner=by_owner,
+        cancelled_by_heir=heirs,
         cancel_too_late=lost_race,
         reverts=sum(1 for e in events if e["ev"] == "revert"),
         reverted_tasks=reverted_tasks,

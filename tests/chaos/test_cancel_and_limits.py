@@ -5,9 +5,12 @@ some jobs count against a limit key (``pay``: 2, ``ship``: 3) and hold a slot of
 gauge (``tests/gauge.py``: a file under ``flock`` shared by the processes) while their middle
 task works. The harness cancels a random sample of jobs at random moments (some before any
 conductor starts, most while they run, some already finished), writing a ``cancel`` event for
-each, and SIGKILLs conductors (restarting each 0.3 s later), preferring one that holds a slot:
-under the gauges' locks, so the gauges drop the dead process's runs at once. SIGKILL only: no
-process survives past its lease, so the gauge's peak is exact.
+each, and SIGKILLs conductors (restarting each 0.3 s later): every other kill cancels a running
+job and kills its owner at once (a later owner must revert it from the store), the others
+prefer a conductor that holds a slot; each under the gauges' locks, so the gauges drop the dead
+process's runs at once. SIGKILL only: no process survives past its lease, so the gauge's peak
+is exact. Reverts take time too (and hold the slot: a job being reverted still holds its
+claim), so conductors also die while reverting.
 
 The checker (``tests/chaos/history.py``, rules in ``history_cancels.py``) proves nothing was lost,
 only cancelled jobs ended ``CANCELLED``, every effect of a job consumed ``CANCELLED`` was
@@ -81,7 +84,12 @@ async def test_cancels_are_reverted_and_limits_hold_while_conductors_die(
                             await _cancel_one(board, cluster, rng, cancelled)
                         if kill_at and time.monotonic() - started >= kill_at[0]:
                             kill_at.pop(0)
-                            victim = _kill_a_holder(cluster, names, gauges, rng)
+                            # Every other kill cancels a running job first, then kills its
+                            # owner: a later owner must revert it from the store.
+                            owner = None
+                            if done_kills % 2 == 0:
+                                owner = await _cancel_a_run(board, cluster, names, cancelled)
+                            victim = _kill(cluster, names, gauges, rng, owner)
                             done_kills += 1
                             await anyio.sleep(0.3)
                             cluster.start(victim)
@@ -109,6 +117,7 @@ async def test_cancels_are_reverted_and_limits_hold_while_conductors_die(
     assert set(figures["cancel_results"]) == {"ended", "flagged", "final"}, figures
     assert figures["cancelled_at_once"] >= early
     assert figures["cancelled_by_owner"] > 0 and figures["reverted_tasks"] > 0, figures
+    assert figures["cancelled_by_heir"] > 0, figures  # a dead owner's flagged job was reverted
     assert all(str(job.outcome) == "SUCCESS" for i, job in final.items() if i not in cancelled)
 
 
@@ -157,17 +166,38 @@ async def _cancel(board: JobBoard, cluster: Cluster, job_id: str, cancelled: set
     assert fields["result"] != "unchanged", job
 
 
-def _kill_a_holder(
-    cluster: Cluster, names: list[str], gauges: dict[str, str], rng: random.Random
+async def _cancel_a_run(
+    board: JobBoard, cluster: Cluster, names: list[str], cancelled: set[str]
+) -> str | None:
+    """Cancel a job a conductor of ``names`` runs; the conductor's name (None if none runs)."""
+    by_owner = {cluster.owner(name): name for name in names}
+    async for job in board.iterjobs(state=JobState.CLAIMED):
+        if job.claim is not None and job.claim.owner in by_owner and job.id not in cancelled:
+            await _cancel(board, cluster, job.id, cancelled)
+            return by_owner[job.claim.owner]
+    return None
+
+
+def _kill(
+    cluster: Cluster,
+    names: list[str],
+    gauges: dict[str, str],
+    rng: random.Random,
+    prefer: str | None = None,
 ) -> str:
-    """SIGKILL a conductor, one that holds a slot of a gauge if any does, under every gauge's
-    lock: its runs are dropped from the gauges (and a ``gauge_drop`` event written for each)
-    before any other process can enter one. The victim's name."""
+    """SIGKILL conductor ``prefer``, or else one that holds a slot of a gauge if any does, under
+    every gauge's lock: its runs are dropped from the gauges (and a ``gauge_drop`` event
+    written for each) before any other process can enter one. The victim's name."""
     with contextlib.ExitStack() as stack:
         states = {key: stack.enter_context(gauge.locked(gauges[key])) for key in sorted(gauges)}
         alive = {cluster.procs[n].pid: n for n in names if cluster.owner(n) is not None}
         holders = sorted({p for s in states.values() for p in s["active"].values()} & set(alive))
-        victim = alive[rng.choice(holders)] if holders else rng.choice(sorted(alive.values()))
+        if prefer in alive.values():
+            victim = prefer
+        elif holders:
+            victim = alive[rng.choice(holders)]
+        else:
+            victim = rng.choice(sorted(alive.values()))
         pid = cluster.procs[victim].pid
         cluster.signal(victim, signal.SIGKILL, "kill")
         for key, state in states.items():

@@ -146,6 +146,7 @@ def test_a_cancelled_job_reverted_by_its_heir_breaks_nothing() -> None:
     report = check(events, {"j1": cancelled_job()})
     assert report.violations == []
     assert report.figures["cancelled_by_owner"] == 1 and report.figures["reverted_tasks"] == 2
+    assert report.figures["cancelled_by_heir"] == 1  # the claim the cancel flagged died
     assert report.figures["cancel_results"] == {"flagged": 1}
     assert report.figures["cancel_to_consume_p50_s"] == 2.51
 
