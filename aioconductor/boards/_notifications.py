@@ -52,11 +52,16 @@ class Notifications(abc.ABC):
         self._check_open()
         async with self._subscribe() as subscription:
             notes, cursor = await self._sweep(None)
+            swept = anyio.current_time()
             for note in notes:
                 yield note
             while not self._closed:
                 pushed: JobNotification | None = None
-                with anyio.move_on_after(self._sweep_delay()):
+                # Sweep every poll_interval even while pushes keep coming (a busy board still
+                # learns what only a sweep finds), or sooner when the backend knows a deadline.
+                since = anyio.current_time() - swept
+                wait = min(self._sweep_delay(), max(0.0, self.poll_interval - since))
+                with anyio.move_on_after(wait):
                     try:
                         pushed = await subscription.receive()
                     except anyio.EndOfStream:
@@ -72,6 +77,7 @@ class Notifications(abc.ABC):
                     notes, cursor = await self._sweep(None)
                 else:
                     notes, cursor = await self._sweep(cursor)
+                swept = anyio.current_time()
                 for note in notes:
                     yield note
 

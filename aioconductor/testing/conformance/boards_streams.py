@@ -108,6 +108,34 @@ async def test_stream_from_another_board_object_sees_posts(backend: BoardOpener)
         assert note.job_id == job.id
 
 
+async def test_pushes_do_not_hold_off_the_sweep(backend: BoardOpener) -> None:
+    async with (
+        backend.open(poll_interval=0.2) as busy,
+        backend.open(poll_interval=0.2) as operator,
+    ):
+        held = await busy.post("held", "f")
+        await busy.claim(held.id, "owner-1")
+        marker = await busy.post("marker", "f")
+        async with contextlib.aclosing(busy.stream()) as stream, anyio.create_task_group() as tg:
+            iterator = aiter(stream)
+            with anyio.fail_after(5):
+                while (await anext(iterator)).job_id != marker.id:
+                    pass
+
+            async def keep_posting() -> None:
+                while True:  # a push every 50 ms: more often than poll_interval
+                    await busy.post("busy", "f")
+                    await anyio.sleep(0.05)
+
+            tg.start_soon(keep_posting)
+            # Told by a push where the backend pushes across objects, else by a sweep.
+            await operator.cancel(held.id)
+            with anyio.fail_after(5):
+                while (await anext(iterator)).kind is not NotificationKind.CANCEL:
+                    pass
+            tg.cancel_scope.cancel()
+
+
 async def test_wait_returns_once_a_job_is_claimable(board: JobBoard) -> None:
     with pytest.raises(TimeoutError):
         await board.wait(timeout=0.1)
