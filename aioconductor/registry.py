@@ -177,8 +177,10 @@ class FlowRegistry:
             flow: the registered flow.
             args: the job's args, a mapping or a pydantic model.
             name: the job's name (default: the flow's).
-            key, options: as :meth:`JobBoard.post <aioconductor.boards.base.JobBoard.post>`
-                takes them.
+            key: an idempotency key, as :meth:`JobBoard.post
+                <aioconductor.boards.base.JobBoard.post>` takes it.
+            **options: the post's options, as :meth:`JobBoard.post
+                <aioconductor.boards.base.JobBoard.post>` takes them.
 
         Raises:
             FlowNotFound: ``flow`` is not registered; nothing was written.

@@ -641,3 +641,20 @@ async def test_a_store_that_fails_to_open_leaves_no_board_open() -> None:
         async with Conductor("c", board, store=Down(), flows=flows):
             pytest.fail("entered")
     assert not board.connected
+
+
+async def test_a_stop_without_drain_during_a_drain_ends_it_at_once() -> None:
+    async with MemoryJobBoard(poll_interval=0.05) as board:
+        job = await board.post("j", "sleepy", {"key": 1, "seconds": 30})
+        conductor = Conductor("c", board, flows=flows, drain_timeout=20)
+        claimed = anyio.Event()
+        conductor.notifier.register("job_claimed", lambda e, d: claimed.set())
+        with anyio.fail_after(5):  # far less than the drain timeout
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conductor.run)
+                await claimed.wait()
+                conductor.stop()  # a graceful stop: the drain waits for the job...
+                await anyio.sleep(0.2)
+                conductor.stop(drain=False)  # ...until the second signal
+        released = await board.get(job.id)
+    assert released.state is JobState.UNCLAIMED and released.releases == 1

@@ -67,7 +67,7 @@ class Conductor:
         max_concurrency: how many jobs run at once.
         lease: seconds a claim lasts unrenewed; renewed every ``lease / 3`` while a job runs.
         drain_timeout: how long ``stop(drain=True)`` lets running jobs finish before it
-            suspends and abandons them.
+            suspends and releases them.
         sweep_interval: how often an idle conductor looks for claimable jobs that no
             notification announced; at most ``min(lease, 5)`` seconds.
         claim_batch_size: the most jobs one claim call takes when several slots are free.
@@ -150,6 +150,8 @@ class Conductor:
         self._stopped.set()
         #: The dispatcher of the latest run (None before the first).
         self._dispatcher: Dispatcher | None = None
+        #: The wait for running jobs to end, while :meth:`run` drains them.
+        self._drain_scope: anyio.CancelScope | None = None
 
     def __repr__(self) -> str:
         return f"<Conductor {self.name!r} owner={self.owner!r} running={len(self.running)}>"
@@ -200,12 +202,15 @@ class Conductor:
         """Ask the conductor to stop claiming and return from :meth:`run`.
 
         With ``drain`` the running jobs may finish within ``drain_timeout``; without it (or
-        past it) they are suspended, their progress saved, and their claims abandoned.
+        past it) they are suspended, their progress saved, and their claims released (their
+        attempts given back). A ``stop(drain=False)`` during a drain ends the drain at once.
         """
         self._drain = self._drain and drain
         self._stop_requested.set()
         if self._dispatcher is not None:
             self._dispatcher.interrupt()
+        if not drain and self._drain_scope is not None:
+            self._drain_scope.cancel()
 
     async def wait(self) -> None:
         """Wait until the conductor is not running."""
@@ -316,8 +321,12 @@ class Conductor:
         ``drain_timeout`` after ``stop()``; none after ``stop(drain=False)``."""
         stopping = self._stop_requested.is_set()
         if dispatcher.active and (self._drain or not stopping):
-            with anyio.move_on_after(self.drain_timeout if stopping else math.inf):
-                await dispatcher.all_ended()
+            with anyio.move_on_after(self.drain_timeout if stopping else math.inf) as waiting:
+                self._drain_scope = waiting
+                try:
+                    await dispatcher.all_ended()
+                finally:
+                    self._drain_scope = None
         if dispatcher.active:
             logger.info("conductor %s: suspending %d running jobs", self.name, dispatcher.active)
         jobs.cancel_scope.cancel()

@@ -10,7 +10,7 @@ Example::
 
 The lifespan connects each conductor's board and store (if they are not yet), starts the
 conductors with the app and, on shutdown, stops them with a drain: running jobs may finish within
-their ``drain_timeout``, then they are suspended and abandoned. It speaks the ASGI lifespan
+their ``drain_timeout``, then they are suspended and released. It speaks the ASGI lifespan
 protocol only, so it needs nothing from FastAPI itself.
 """
 
