@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -19,9 +20,12 @@ from aioconductor.models import Claim, Job
 T = TypeVar("T")
 
 
-@pytest.fixture
-def board_url() -> str:
-    # A process-wide memory board, shared by every command of one test and by on_board().
+@pytest.fixture(params=["memory", "sqlite"])
+def board_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A board every command of one test and on_board() share: a process-wide memory board,
+    or a SQLite file."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.db'}"
     return f"memory://cli_{uuid.uuid4().hex[:12]}"
 
 
