@@ -185,11 +185,16 @@ FULL_KEYS = f"""SELECT lim.limit_key FROM job_limits AS lim
 #: The row's limit key has a slot for it. A claim's own lapsed lease is not live, so a job is
 #: never counted against itself.
 HAS_SLOT = f"(limit_key IS NULL OR limit_key NOT IN ({FULL_KEYS}))"
+#: The same for a statement that writes one job by id: only its own key is counted (however
+#: many keys the namespace limits).
+OWN_SLOT = f"""(limit_key IS NULL OR NOT EXISTS (SELECT 1 FROM job_limits AS lim
+    WHERE lim.namespace = :ns AND lim.limit_key = jobs.limit_key
+        AND lim.max_claims <= {live_claims("lim.limit_key")}))"""
 
 TAKE = f"""UPDATE jobs SET attempts = attempts + 1, token = token + 1, state = 'CLAIMED',
     owner = :owner, expires_at = :expires, ready_at = :expires, updated_at = :now,
     rev = {NEXT_REV}"""
-CLAIM = f"""{TAKE} WHERE namespace = :ns AND id = :id AND {CLAIMABLE} AND {HAS_SLOT}
+CLAIM = f"""{TAKE} WHERE namespace = :ns AND id = :id AND {CLAIMABLE} AND {OWN_SLOT}
     RETURNING {COLUMNS}"""
 # One statement picks and takes the job, so nobody can take it in between. The partial index
 # holds only unfinished jobs; without INDEXED BY the planner may take jobs_order (same columns)
@@ -220,7 +225,7 @@ def update_current(sets: str, where: str = "1") -> str:
 
 # A lapsed lease re-takes its slot: refused while the key is full without it.
 RENEW = update_current(
-    "expires_at = :expires, ready_at = :expires", f"(expires_at > :now OR {HAS_SLOT})"
+    "expires_at = :expires, ready_at = :expires", f"(expires_at > :now OR {OWN_SLOT})"
 )
 CONSUME = update_current(
     "state = 'COMPLETE', outcome = :outcome, result = :result, ready_at = NULL"

@@ -4,11 +4,12 @@ takes no more of a key than its free slots.
 Every claim counts the live claims of a job's key in its own ``BEGIN IMMEDIATE`` transaction,
 which holds the file's write lock from its first read to its commit: no other process (nor
 another write of the same group commit) can take a slot between the count and the take, so a
-limit is exact across every process on the file. A claim by id and ``claim_next`` are one
-statement each (:data:`~aioconductor._backends.sqlite.board_schema.HAS_SLOT` excludes the
-full keys); a batch reads the free slots of every limited key, then walks the claimable jobs in
-claim order (:func:`pick_batch`), so it needs a few statements, all in the one transaction. A
-namespace with no limit set reads one empty range of ``job_limits`` and claims as before.
+limit is exact across every process on the file. A claim by id (and a renew) is one statement
+that counts the job's own key (``board_schema.OWN_SLOT``); ``claim_next`` is one statement that
+passes over the full keys (``HAS_SLOT``, whose list of full keys SQLite reads once); a batch
+reads the free slots of every limited key, then walks the claimable jobs in claim order
+(:func:`pick_batch`), so it needs a few statements, all in the one transaction. A namespace
+with no limit set reads one empty range of ``job_limits`` and claims as before.
 """
 
 from __future__ import annotations
