@@ -17,7 +17,10 @@ Topics, created by the board when missing (``NAME`` defaults to ``aioconductor``
   and ``purge`` writes a tombstone per finished job, which every instance's fold forgets. A
   schedule's tick is a record under the schedule's key (``~schedule:NAME``) carrying the new
   job: the fold accepts it only after the schedule's last tick, which it advances, and posts
-  the job as a keyed post; the last ticks live in the view, apart from the jobs.
+  the job as a keyed post; the last ticks live in the view, apart from the jobs. A cancel is a
+  transition record too (the fold pushes ``CANCEL`` to every instance's streams), and a limit
+  is a record under its key (``~limit:KEY``): the fold rejects a claim whose key is full at
+  that point of the log (:mod:`~aioconductor._backends.kafka.limits`).
 - ``NAME.NS.jobs``: ``partitions`` partitions, one record per posted job (key = job id). The
   board's conductors form the consumer group ``NAME.NS.conductors``: a member takes jobs of the
   partitions assigned to it first, and commits an offset only once every job at or below it is
@@ -45,6 +48,8 @@ from anyio.lowlevel import checkpoint
 from aioconductor._backends.base import OverLink
 from aioconductor._backends.base import sweep_delay
 from aioconductor._backends.kafka import records
+from aioconductor._backends.kafka.cancels import cancel
+from aioconductor._backends.kafka.limits import LIMIT_PREFIX
 from aioconductor._backends.kafka.link import KafkaLink
 from aioconductor._backends.kafka.link import KafkaSettings
 from aioconductor._backends.kafka.link import LogSubscription
@@ -62,7 +67,6 @@ from aioconductor._backends.kafka.setup import bool_option
 from aioconductor._backends.kafka.setup import bootstrap_servers
 from aioconductor._backends.kafka.view import CONDUCTOR_PREFIX
 from aioconductor._backends.kafka.view import JobView
-from aioconductor._models import build
 from aioconductor._urls import ParsedURL
 from aioconductor._urls import int_option
 from aioconductor._urls import refuse_options
@@ -70,7 +74,6 @@ from aioconductor.boards.base import EncodedObject
 from aioconductor.boards.base import JobBoard
 from aioconductor.boards.base import PostSpec
 from aioconductor.boards.base import Subscription
-from aioconductor.boards.base import unclaimable_message
 from aioconductor.errors import BoardClosed
 from aioconductor.errors import BoardError
 from aioconductor.errors import ConfigurationError
@@ -80,6 +83,7 @@ from aioconductor.models import ConductorInfo
 from aioconductor.models import Job
 from aioconductor.models import JobNotification
 from aioconductor.models import JobState
+from aioconductor.models import LimitInfo
 from aioconductor.models import Outcome
 
 __all__ = ["KafkaJobBoard"]
@@ -217,18 +221,18 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
         return dict(self._view.ticks)
 
     async def _claim(self, job_id: str, owner: str, lease: float) -> Job:
-        log = self._state
-        await log.fresh(job_id, lambda d: d is not None and claimable(d, clock()))
+        log, view = self._state, self._view
 
-        def prepare() -> dict[str, Any]:
-            data = self._view.job(job_id)
+        def ok(data: dict[str, Any] | None) -> bool:
             now = clock()
-            if not claimable(data, now):
-                raise UnclaimableJob(unclaimable_message(to_job(data, now), now))
-            return data
+            return data is not None and claimable(data, now) and not view.full(data, "claim", now)
 
+        await log.fresh(job_id, ok)
         take = functools.partial(records.taken, owner=owner, lease=lease)
-        return to_job(await log.change(job_id, "claim", prepare, take))
+        # The fold checks the limit key's slots again, at the claim record's place in the log.
+        return to_job(
+            await log.change(job_id, "claim", lambda: view.to_claim(job_id, clock()), take)
+        )
 
     async def _claim_next(self, owner: str, lease: float) -> Job | None:
         jobs = await self._claim_batch(owner, lease, 1)
@@ -267,20 +271,25 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
 
     async def _held(self, claim: Claim, verb: str, make: Make) -> dict[str, Any]:
         """Write the transition ``make(current, now)`` of the job ``claim`` holds; its new
-        state (``ClaimLost`` if the claim is not the job's current one)."""
-        log = self._state
-        await log.fresh(claim.job_id, lambda d: holds(d, claim))
-        return await log.change(claim.job_id, verb, lambda: self._view.held(claim, verb), make)
+        state (``ClaimLost`` if the claim is not the job's current one, or, for a renew, if its
+        lease ran out and its limit key is full without it)."""
+        log, view = self._state, self._view
+        renew = verb == "renew"
+
+        def ok(data: dict[str, Any] | None) -> bool:
+            return holds(data, claim) and not (renew and view.full(data, verb, clock()))
+
+        def prepare() -> dict[str, Any]:
+            return view.to_renew(claim, clock()) if renew else view.held(claim, verb)
+
+        await log.fresh(claim.job_id, ok)
+        return await log.change(claim.job_id, verb, prepare, make)
 
     async def _renew(self, claim: Claim, lease: float) -> Claim:
         new = await self._held(claim, "renew", functools.partial(records.renewed, lease=lease))
-        return build(
-            Claim,
-            job_id=claim.job_id,
-            owner=claim.owner,
-            token=claim.token,
-            expires_at=new["expires_at"],
-        )
+        job = to_job(new)
+        assert job.claim is not None
+        return job.claim
 
     async def _consume(
         self, claim: Claim, outcome: Outcome, result: dict[str, Any], result_json: bytes
@@ -321,6 +330,18 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
             new = await log.change(job_id, "trash", prepare, trash)
         await self._link.dead_letter(new, reason)
         return to_job(new)
+
+    async def _cancel(self, job_id: str, reason: str) -> Job:
+        return to_job(await cancel(self._state, job_id, reason), clock())
+
+    async def _set_limit(self, key: str, limit: int | None) -> None:
+        await self._state.write(
+            Write(LIMIT_PREFIX + key, {"op": "limit", "limit": limit}, clock_ms())
+        )
+
+    async def _limits(self) -> list[LimitInfo]:
+        await self._state.sync()
+        return self._view.limits(clock())
 
     # -- reads ---------------------------------------------------------------------------------
 

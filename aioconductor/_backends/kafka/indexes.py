@@ -9,6 +9,7 @@ from bisect import bisect_right
 from collections.abc import Collection, Iterator
 from typing import Any
 
+from aioconductor._backends.kafka.limits import Quota
 from aioconductor._backends.kafka.records import TIMED
 from aioconductor._backends.kafka.records import claimable
 
@@ -62,9 +63,11 @@ def best_ready(
     limit: int,
     skip: Collection[str],
     taken: set[str],
+    quota: Quota | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Up to ``limit`` states of ``jobs`` claimable at ``now`` from the ready ``heaps``, best
-    first, passing over ``skip`` and ``taken`` (each job picked is added to ``taken``).
+    first, passing over ``skip``, ``taken`` (each job picked is added to ``taken``) and, with a
+    ``quota``, the jobs whose limit key has no slot left (each job picked takes one).
 
     Stale entries (a job gone, not claimable, or ready again since: its ``ready_version``) are
     dropped on the way; the entries picked or passed over are back on their heaps once the
@@ -84,7 +87,11 @@ def best_ready(
                         or not claimable(data, now)
                     ):
                         heapq.heappop(heap)
-                    elif entry[3] in skip or entry[3] in taken:
+                    elif (
+                        entry[3] in skip
+                        or entry[3] in taken
+                        or (quota is not None and not quota.admits(data))
+                    ):
                         aside.append((heap, heapq.heappop(heap)))
                     else:
                         break
@@ -96,6 +103,8 @@ def best_ready(
             aside.append((best, entry))
             taken.add(entry[3])
             limit -= 1
+            if quota is not None:
+                quota.take(jobs[entry[3]])
             yield jobs[entry[3]]
     finally:
         for heap, entry in aside:

@@ -8,7 +8,12 @@ A job's state is a plain dict (the value the state topic carries, see
 current state and the time ``now`` (epoch seconds); the log bumps the version and writes it
 (:meth:`~aioconductor._backends.kafka.log.StateLog.change`). Counters default for state records
 written before the board kept them (``releases``, ``abandons``, ``retries``, ``failures``), and
-so does the idempotency ``key`` (None).
+so do the idempotency ``key``, the ``cancel_reason`` and the ``limit_key`` (None).
+
+A cancel is a transition too (:func:`cancelled`): it ends a job nobody runs, or flags a claimed
+one (``cancel_reason`` set, nothing else), and a flagged job's :func:`retried` ends it
+``CANCELLED`` instead of scheduling it. Every claim of a flagged job says so
+(``Claim.cancel_requested``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ __all__ = [
     "TIMED",
     "Write",
     "alive_conductors",
+    "cancelled",
     "claimable",
     "clock",
     "clock_ms",
@@ -134,6 +140,7 @@ def visible_state(data: dict[str, Any], now: float) -> str:
 def to_job(data: dict[str, Any], now: float | None = None) -> Job:
     """A ``Job`` from a state dict (its state as seen at ``now``, when given)."""
     owner = data["owner"]
+    cancel_reason = data.get("cancel_reason")
     claim = None
     if owner is not None:
         claim = build(
@@ -142,6 +149,7 @@ def to_job(data: dict[str, Any], now: float | None = None) -> Job:
             owner=owner,
             token=data["token"],
             expires_at=data["expires_at"],
+            cancel_requested=cancel_reason is not None and data["state"] not in FINAL,
         )
     outcome = data["outcome"]
     retry = data.get("retry")
@@ -171,6 +179,8 @@ def to_job(data: dict[str, Any], now: float | None = None) -> Job:
         retries=data.get("retries", 0),
         retry=None if retry is None else RetryPolicy.model_validate(retry),
         failures=list(data.get("failures", ())),
+        cancel_reason=cancel_reason,
+        limit_key=data.get("limit_key"),
     )
 
 
@@ -204,6 +214,7 @@ def new_job(spec: PostSpec, now: float, partitions: int) -> dict[str, Any]:
     return {
         "id": job_id,
         "key": spec.key,
+        "limit_key": spec.limit_key,
         "name": spec.name,
         "flow": spec.flow,
         "args": spec.args,
@@ -227,6 +238,7 @@ def new_job(spec: PostSpec, now: float, partitions: int) -> dict[str, Any]:
         "outcome": None,
         "result": None,
         "trash_reason": None,
+        "cancel_reason": None,
         "version": 1,
         "partition": zlib.crc32(job_id.encode()) % partitions,
     }
@@ -308,10 +320,13 @@ def retried(
     data: dict[str, Any], now: float, delay: float, failure: dict[str, Any] | None
 ) -> dict[str, Any]:
     """``data`` scheduled again at ``now`` + ``delay``: the attempt given back, one more retry,
-    ``failure`` kept (the last ``MAX_KEPT_FAILURES``)."""
+    ``failure`` kept (the last ``MAX_KEPT_FAILURES``). A flagged job (cancelled while claimed)
+    ends ``COMPLETE``/``CANCELLED`` instead, its failure kept, its retries as they were."""
     failures = data.get("failures", [])
     if failure is not None:
         failures = [*failures, failure][-MAX_KEPT_FAILURES:]
+    if data.get("cancel_reason") is not None:
+        return {**_ended_cancelled(data, now), "failures": failures}
     return {
         **data,
         "state": "SCHEDULED",
@@ -323,6 +338,21 @@ def retried(
         "failures": failures,
         "updated_at": now,
     }
+
+
+def cancelled(data: dict[str, Any], now: float, reason: str) -> dict[str, Any]:
+    """``data`` cancelled at ``now`` for ``reason``: flagged if ``CLAIMED`` (its owner is to
+    stop it), else ended ``COMPLETE``/``CANCELLED`` with its claim cleared. Only for a job that
+    is neither final nor flagged (the board checks; the fold accepts it only on that state)."""
+    if data["state"] == "CLAIMED":
+        return {**data, "cancel_reason": reason, "updated_at": now}
+    ended = _ended_cancelled({**data, "cancel_reason": reason}, now)
+    return {**ended, "owner": None, "expires_at": None}
+
+
+def _ended_cancelled(data: dict[str, Any], now: float) -> dict[str, Any]:
+    return {**data, "state": "COMPLETE", "outcome": "CANCELLED", "result": {},
+            "updated_at": now}  # fmt: skip
 
 
 def trashed(data: dict[str, Any], now: float, reason: str) -> dict[str, Any]:

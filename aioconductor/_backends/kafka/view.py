@@ -34,6 +34,12 @@ Compaction must keep neither too little nor too much: the job is marked ``dirty`
 restates it under its own key, so it outlives the tick record), and the schedule ``stale`` until
 its newest record is an accepted ``last`` record (the tick alone), so a compacted log never
 holds a tick record that would post its job again after it was purged.
+
+A ``cancel`` record is a transition like the others (computed from the version it names): it
+ends a job nobody runs, or flags a claimed one, and the fold then pushes ``CANCEL`` to the
+streams of every instance, the owner's among them. A claim record, or a renew of a lapsed claim,
+loses if the job's limit key has no slot at that point of the log, and every end of a limited
+claim is pushed as ``SLOT_FREED`` (:mod:`~aioconductor._backends.kafka.limits`).
 """
 
 from __future__ import annotations
@@ -49,17 +55,14 @@ from aioconductor._backends.kafka.indexes import Gaps
 from aioconductor._backends.kafka.indexes import Ready
 from aioconductor._backends.kafka.indexes import best_ready
 from aioconductor._backends.kafka.indexes import trim
+from aioconductor._backends.kafka.limits import LIMIT_PREFIX
+from aioconductor._backends.kafka.limits import Slots
+from aioconductor._backends.kafka.reads import ViewReads
 from aioconductor._backends.kafka.records import FINAL
 from aioconductor._backends.kafka.records import TIMED
 from aioconductor._backends.kafka.records import claimable
-from aioconductor._backends.kafka.records import holds
 from aioconductor._backends.kafka.records import postable
-from aioconductor._backends.kafka.records import to_job
 from aioconductor._models import build
-from aioconductor.boards._support import lost_message
-from aioconductor.errors import ClaimLost
-from aioconductor.errors import JobNotFound
-from aioconductor.models import Claim
 from aioconductor.models import JobNotification
 from aioconductor.models import JobState
 from aioconductor.models import NotificationKind
@@ -86,8 +89,8 @@ class Applied:
         self.data = data
 
 
-class JobView:
-    """The jobs and conductors of one namespace, folded from its state topic.
+class JobView(ViewReads):
+    """The jobs, conductors and limits of one namespace, folded from its state topic.
 
     Args:
         notify: called with a notification when a job becomes claimable.
@@ -123,6 +126,8 @@ class JobView:
         #: (time, id): when a scheduled job falls due or a lease expires.
         self._timers: list[tuple[float, str]] = []
         self._ended = {state: Ended() for state in FINAL}
+        #: The concurrency limits and the claimed jobs of each limit key.
+        self.slots = Slots()
 
     # -- the fold ------------------------------------------------------------------------------
 
@@ -146,7 +151,12 @@ class JobView:
             return
         rid = str(record.get("rid"))  # "None" is no rid of ours
         mine = rid in self.mine
-        if job_key.startswith(SCHEDULE_PREFIX):
+        if job_key.startswith(LIMIT_PREFIX):
+            data = None
+            accepted = self.slots.apply(
+                job_key[len(LIMIT_PREFIX) :], None if value is None else record
+            )
+        elif job_key.startswith(SCHEDULE_PREFIX):
             name = job_key[len(SCHEDULE_PREFIX) :]
             accepted, data = self._apply_tick(name, op, record, offset, mine)
             if accepted and op == "last":
@@ -223,6 +233,8 @@ class JobView:
                     return True, current
                 if op == "claim" and not claimable(current, now):
                     return False, current
+                if self.slots.refuses(op, current, self.jobs, now):
+                    return False, current  # its limit key has no slot for it here
             elif not (
                 isinstance(base, int) and base > current["version"] >= 1
                 and current["seq"] <= self._gaps.end
@@ -262,6 +274,7 @@ class JobView:
             self._ended[data["state"]].remove(job_id)
         self._ready_version.pop(job_id, None)
         self.dirty.pop(job_id, None)
+        self.slots.note(job_id, data, None)
         self._gaps.forget(data["seq"] - 1)
         self._timers = trim(self._ready, self._ready_version, self._timers, self.jobs)
 
@@ -281,7 +294,12 @@ class JobView:
             self._ended[current["state"]].remove(job_id)
         if new["state"] in FINAL:
             self._ended[new["state"]].add(job_id, new["updated_at"])
-        self._index(new, op)
+        freed = self.slots.note(job_id, current, new)
+        self._index(new, op, current)
+        if freed and new["state"] != "UNCLAIMED":  # a give-back is announced ABANDONED
+            self._announce(new, NotificationKind.SLOT_FREED)
+        elif op == "cancel" and new["state"] == "CLAIMED":
+            self._announce(new, NotificationKind.CANCEL)
 
     def _apply_conductor(self, owner: str, op: object, record: dict[str, Any]) -> None:
         if op == "unregister":
@@ -325,19 +343,27 @@ class JobView:
 
     # -- indexes -------------------------------------------------------------------------------
 
-    def _index(self, data: dict[str, Any], op: str) -> None:
+    def _index(self, data: dict[str, Any], op: str, current: dict[str, Any] | None) -> None:
         state = data["state"]
         if state == "UNCLAIMED":
             self._make_ready(data)
-            kind = NotificationKind.POSTED if op == "post" else NotificationKind.ABANDONED
             if op in ("post", "abandon", "release"):
-                self._notify(
-                    build(JobNotification, job_id=data["id"], kind=kind, priority=data["priority"])
+                posted = op == "post"
+                self._announce(
+                    data, NotificationKind.POSTED if posted else NotificationKind.ABANDONED
                 )
         elif state == "SCHEDULED" and data["not_before"] is not None:
             heapq.heappush(self._timers, (data["not_before"], data["id"]))
-        elif state == "CLAIMED":
+        elif state == "CLAIMED" and (
+            current is None or current["expires_at"] != data["expires_at"]
+        ):
+            # (A cancel flags a claim and keeps its lease: its timer is there already.)
             heapq.heappush(self._timers, (data["expires_at"], data["id"]))
+
+    def _announce(self, data: dict[str, Any], kind: NotificationKind) -> None:
+        self._notify(
+            build(JobNotification, job_id=data["id"], kind=kind, priority=data["priority"])
+        )
 
     def _make_ready(self, data: dict[str, Any]) -> None:
         job_id = data["id"]
@@ -361,14 +387,7 @@ class JobView:
                 continue
             self._make_ready(data)
             expired = data["state"] == "CLAIMED"
-            self._notify(
-                build(
-                    JobNotification,
-                    job_id=job_id,
-                    kind=NotificationKind.EXPIRED if expired else NotificationKind.DUE,
-                    priority=data["priority"],
-                )
-            )
+            self._announce(data, NotificationKind.EXPIRED if expired else NotificationKind.DUE)
 
     def next_timer(self) -> float | None:
         """When the earliest delay or lease falls due (epoch seconds), if any."""
@@ -382,64 +401,18 @@ class JobView:
         skip: Collection[str],
     ) -> list[dict[str, Any]]:
         """Up to ``limit`` claimable jobs in claim order, from the ``prefer`` partitions first
-        (the ones this instance's consumer-group member holds), then from any partition."""
+        (the ones this instance's consumer-group member holds), then from any partition,
+        passing over ``skip`` (jobs this instance is claiming now) and the jobs of limit keys
+        without a free slot (no more of a key than its free slots)."""
         self.promote(now)
         picked: list[dict[str, Any]] = []
         taken: set[str] = set()
+        # Jobs of a limit key without a free slot are passed over (a batch takes no more).
+        quota = self.slots.quota(self.jobs, now, skip)
         for partitions in (prefer, None):
             heaps = [h for p, h in self._ready.items() if partitions is None or p in partitions]
-            ready = self._ready_version
-            picked.extend(
-                best_ready(heaps, self.jobs, ready, now, limit - len(picked), skip, taken)
-            )
+            ready, left = self._ready_version, limit - len(picked)
+            picked.extend(best_ready(heaps, self.jobs, ready, now, left, skip, taken, quota))
             if len(picked) >= limit:
                 break
         return picked
-
-    # -- reads ---------------------------------------------------------------------------------
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        """The job's state.
-
-        Raises:
-            JobNotFound: the view does not know it.
-        """
-        data = self.jobs.get(job_id)
-        if data is None:
-            raise JobNotFound(f"no job {job_id!r} on this board")
-        return data
-
-    def held(self, claim: Claim, verb: str) -> dict[str, Any]:
-        """The state of the job ``claim`` holds, for ``verb`` to change.
-
-        Raises:
-            JobNotFound: the view does not know the job.
-            ClaimLost: ``claim`` is not the job's current claim.
-        """
-        data = self.job(claim.job_id)
-        if not holds(data, claim):
-            job = to_job(data)
-            raise ClaimLost(lost_message(claim, verb, job.state, job.claim))
-        return data
-
-    def by_key(self, key: str) -> dict[str, Any]:
-        """The state of the job holding ``key``.
-
-        Raises:
-            JobNotFound: no job the view knows holds it.
-        """
-        job_id = self.keys.get(key)
-        if job_id is None:
-            raise JobNotFound(f"no job holds the key {key!r} on this board")
-        return self.jobs[job_id]
-
-    def finished(self, job_id: str, seq: int | None) -> bool | None:
-        """Whether the job whose post record is at offset ``seq - 1`` is finished: final, or
-        purged (the view read its post and no longer knows it). None if the view does not
-        know the job and ``seq`` is not given."""
-        data = self.jobs.get(job_id)
-        if data is not None:
-            return data["state"] in FINAL
-        if seq is None:
-            return None
-        return seq <= self.next_offset
