@@ -13,38 +13,44 @@ job and a stale claim changes nothing; ``claim_next`` picks its job with ``FOR U
 LOCKED``, so concurrent claimers never wait for each other. No transaction stays open while a
 job runs.
 
-Schema (in ``aioconductor._backends.postgres.board_sql``; created and migrated at connect,
+Schema (in ``aioconductor._backends.postgres.migrations``; created and migrated at connect,
 recorded in ``schema_version``): ``jobs`` (a row per job, every namespace in one table; ``seq``
 is the post order; ``ready_at`` is when an unfinished job is claimable from, NULL once final),
-``conductors`` and ``schedule_ticks`` (each schedule's last posted tick; ``post_tick`` upserts
-it and posts the tick's job in one transaction, see ``_backends.postgres.posting``). ``args``
-and ``result`` are ``json``, not ``jsonb``: ``json`` keeps the text as written, so a
-``\\u0000`` in a string, key order and numbers come back exactly as posted.
+``conductors``, ``schedule_ticks`` (each schedule's last posted tick; ``post_tick`` upserts
+it and posts the tick's job in one transaction, see ``_backends.postgres.posting``) and
+``limits`` (a row a concurrency limit key). ``args`` and ``result`` are ``json``, not ``jsonb``:
+``json`` keeps the text as written, so a ``\\u0000`` in a string, key order and numbers come
+back exactly as posted.
 
 Keys and retention: ``job_key`` has a partial unique index per namespace, and a post is one
 ``INSERT ... ON CONFLICT DO NOTHING`` (see ``_backends.postgres.posting``); ``purge`` reads the
 partial index of finished jobs by end time and deletes a batch by id in one short statement.
 
-Notifications: post, abandon and release (and a retry due at once) ``pg_notify`` the
-namespace's channel in the same statement, so a notification goes out exactly when the change
-commits; each ``stream()`` LISTENs on a connection of its own. Delays, retries and leases that
-fall due are found by the stream's sweep.
+Cancels and limits: ``cancel`` is one statement (end an unclaimed job, or flag a claimed one
+and ``pg_notify`` its owner). A claim that would take a job with a limit key goes, inside the
+same statement, to the PL/pgSQL function ``claim_limited``: it locks the key's row, then
+counts the key's live claims in a statement of its own, so concurrent claims never overshoot
+a limit (see ``_backends.postgres.limits_sql``). Jobs without limit keys never call it.
+
+Notifications: post, abandon and release (and a retry due at once), a cancel of a claimed job
+and every end of a claim of a limit key ``pg_notify`` the namespace's channel in the same
+statement, so a notification goes out exactly when the change commits; each ``stream()``
+LISTENs on a connection of its own. Delays, retries and leases that fall due are found by the
+stream's sweep.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import Mapping
 from typing import Any, Self, Unpack
 
 from aioconductor._backends.base import DueTimer
 from aioconductor._backends.postgres import board_sql as sql
+from aioconductor._backends.postgres.board_reads import PostgresBoardBase
 from aioconductor._backends.postgres.board_sql import channel_name
 from aioconductor._backends.postgres.board_sql import json_text
 from aioconductor._backends.postgres.board_sql import seconds
 from aioconductor._backends.postgres.link import PostgresLink
-from aioconductor._backends.postgres.listen import ListenSubscription
-from aioconductor._backends.postgres.listen import swept
 from aioconductor._backends.postgres.posting import Posted
 from aioconductor._backends.postgres.posting import check_spec
 from aioconductor._backends.postgres.posting import post_many
@@ -53,21 +59,15 @@ from aioconductor._backends.postgres.posting import post_tick
 from aioconductor._backends.postgres.schema import refuse_nul
 from aioconductor._backends.postgres.schema import with_schema
 from aioconductor._backends.postgres.urls import URL_OPTIONS
-from aioconductor._payload import encode_json
 from aioconductor._urls import ParsedURL
 from aioconductor._urls import validate_namespace
 from aioconductor.boards._posting import PostOptions
 from aioconductor.boards._posting import post_spec
-from aioconductor.boards._support import PAGE
-from aioconductor.boards._support import conductor_from_row
 from aioconductor.boards._support import job_from_row
-from aioconductor.boards._support import listed_jobs
 from aioconductor.boards._support import visible
 from aioconductor.boards.base import EncodedObject
 from aioconductor.boards.base import JobBoard
 from aioconductor.boards.base import PostSpec
-from aioconductor.boards.base import Subscription
-from aioconductor.boards.base import lost_message
 from aioconductor.boards.base import unclaimable_message
 from aioconductor.errors import BoardClosed
 from aioconductor.errors import BoardError
@@ -76,16 +76,15 @@ from aioconductor.errors import JobNotFound
 from aioconductor.errors import PayloadError
 from aioconductor.errors import UnclaimableJob
 from aioconductor.models import Claim
-from aioconductor.models import ConductorInfo
 from aioconductor.models import Job
-from aioconductor.models import JobNotification
 from aioconductor.models import JobState
+from aioconductor.models import LimitInfo
 from aioconductor.models import Outcome
 
 __all__ = ["PostgresJobBoard"]
 
 
-class PostgresJobBoard(JobBoard):
+class PostgresJobBoard(PostgresBoardBase):
     """A job board on PostgreSQL: SKIP LOCKED claims, LISTEN/NOTIFY pushes, server time.
 
     Open it with ``open_board("postgresql://host/db?namespace=NAME")``; the URL's password is
@@ -123,10 +122,8 @@ class PostgresJobBoard(JobBoard):
             namespace=self.namespace,
         )
         self.schema = self._link.schema
-        #: The channel this board's posts and abandons are announced on.
         self.channel = channel_name(self.schema, self.namespace)
         self._sql = with_schema(sql.BoardStatements(), self._link.q)
-        #: When the earliest delayed job, retry or lease this board knows of falls due.
         self._due = DueTimer()
 
     @classmethod
@@ -141,39 +138,6 @@ class PostgresJobBoard(JobBoard):
             f"<PostgresJobBoard {self._link.url} schema={self.schema!r}"
             f" namespace={self.namespace!r}>"
         )
-
-    # -- plumbing ------------------------------------------------------------------------------
-
-    async def _connect(self) -> None:
-        await self._link.connect("board", sql.MIGRATIONS)
-
-    async def _aclose(self) -> None:
-        await self._link.aclose()
-
-    async def _fetch_row(self, what: str, query: str, *args: Any) -> Any:
-        """Run a one-row statement once (a transition: never retried)."""
-        return await self._link.call(what, lambda conn: conn.fetchrow(query, self.namespace, *args))
-
-    async def _read(self, what: str, query: str, *args: Any) -> list[Any]:
-        """Run an idempotent query, retried through connection errors."""
-        rows: list[Any] = await self._link.read(
-            what, lambda conn: conn.fetch(query, self.namespace, *args)
-        )
-        return rows
-
-    async def _current(self, job_id: str) -> tuple[Job, float]:
-        """The job as stored and the board time; ``JobNotFound`` if there is none."""
-        rows = [] if "\x00" in job_id else await self._read("get", self._sql.fetch, job_id)
-        if not rows:
-            raise JobNotFound(f"no job {job_id!r} on this board")
-        return job_from_row(rows[0]), rows[0][-1]
-
-    async def _checked(self, row: Any, claim: Claim, verb: str) -> Job:
-        """The job of a verb's updated row, or ``ClaimLost`` (``JobNotFound``) if none."""
-        if row is not None:
-            return job_from_row(row)
-        job, _ = await self._current(claim.job_id)
-        raise ClaimLost(lost_message(claim, verb, job.state, job.claim))
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -192,12 +156,12 @@ class PostgresJobBoard(JobBoard):
         The job exists (and conductors hear of it) only if that transaction commits; a
         rollback leaves no trace: the transactional-outbox pattern, for jobs that must exist
         exactly when the application's own rows do. ``key`` and the options are those of
-        :meth:`post`: if a job holds ``key`` (committed, or written earlier in this
-        transaction), nothing is written and that job is returned, as :meth:`get` would show
-        it to this transaction. If another transaction is posting the same key, this call
-        waits until it ends. Under ``REPEATABLE READ`` or ``SERIALIZABLE``, a key taken by a
-        transaction that committed after this one began raises ``BoardError`` (a
-        serialization failure: retry the transaction).
+        :meth:`post` (``limit_key`` too): if a job holds ``key`` (committed, or written
+        earlier in this transaction), nothing is written and that job is returned, as
+        :meth:`get` would show it to this transaction. If another transaction is posting the
+        same key, this call waits until it ends. Under ``REPEATABLE READ`` or
+        ``SERIALIZABLE``, a key taken by a transaction that committed after this one began
+        raises ``BoardError`` (a serialization failure: retry the transaction).
 
         Example::
 
@@ -264,7 +228,12 @@ class PostgresJobBoard(JobBoard):
         row = await self._fetch_row("claim", self._sql.claim, job_id, owner, seconds(lease))
         if row is None:
             job, now = await self._current(job_id)
-            raise UnclaimableJob(unclaimable_message(visible(job, now), now))
+            job = visible(job, now)
+            if job.limit_key is not None and job.is_claimable(now):
+                raise UnclaimableJob(
+                    f"job {job_id} waits for a slot: limit key {job.limit_key!r} is full"
+                )
+            raise UnclaimableJob(unclaimable_message(job, now))
         job = job_from_row(row)
         assert job.claim is not None
         self._due.note(job.claim.expires_at, job.updated_at)
@@ -291,25 +260,44 @@ class PostgresJobBoard(JobBoard):
             self._due.note(jobs[0].claim.expires_at, jobs[0].updated_at)
         return jobs
 
-    async def _claim_args(self, claim: Claim, verb: str) -> tuple[str, str, int]:
-        """The claim as bind parameters; refused first if PostgreSQL could not even look it up."""
-        if "\x00" in claim.job_id or "\x00" in claim.owner:
-            job, _ = await self._current(claim.job_id)
-            raise ClaimLost(lost_message(claim, verb, job.state, job.claim))
-        return claim.job_id, claim.owner, claim.token
-
     async def _renew(self, claim: Claim, lease: float) -> Claim:
         args = (*await self._claim_args(claim, "renew"), seconds(lease))
         row = await self._fetch_row("renew", self._sql.renew, *args)
+        if row is None:
+            row = await self._renew_lapsed(claim, args)
         job = await self._checked(row, claim, "renew")
         assert job.claim is not None
         self._due.note(job.claim.expires_at, job.updated_at)
         return job.claim
 
+    async def _renew_lapsed(self, claim: Claim, args: tuple[Any, ...]) -> Any:
+        """The renewal of a claim whose lease ran out, if it has a limit key: it re-takes a slot,
+        so it is made with the key's row locked (``renew_limited``), and refused (None) if the
+        key is full meanwhile. None (nothing sent) if the claim is not current."""
+        job, _ = await self._current(claim.job_id)
+        current = job.claim is not None and (job.claim.owner, job.claim.token) == (
+            claim.owner,
+            claim.token,
+        )
+        if job.state is not JobState.CLAIMED or not current or job.limit_key is None:
+            return None
+        row = await self._fetch_row("renew", self._sql.renew_limited, *args)
+        if row is None and (await self._current(claim.job_id))[0].claim == job.claim:
+            raise ClaimLost(
+                f"renew of job {job.id} by {claim.owner!r} refused: its lease ran out and its "
+                f"limit key {job.limit_key!r} is full"
+            )
+        return row
+
     async def _consume(
         self, claim: Claim, outcome: Outcome, result: dict[str, Any], result_json: bytes
     ) -> Job:
-        args = (*await self._claim_args(claim, "consume"), outcome.value, result_json.decode())
+        args = (
+            *await self._claim_args(claim, "consume"),
+            outcome.value,
+            result_json.decode(),
+            self.channel,
+        )
         row = await self._fetch_row("consume", self._sql.consume, *args)
         return await self._checked(row, claim, "consume")
 
@@ -330,118 +318,43 @@ class PostgresJobBoard(JobBoard):
             "retry", self._sql.retry, *args, seconds(delay), text, self.channel
         )
         job = await self._checked(row, claim, "retry")
-        self._due.note(job.not_before, job.updated_at)
+        if job.state is JobState.SCHEDULED:
+            self._due.note(job.not_before, job.updated_at)
         return job
 
     async def _trash(self, job_id: str, claim: Claim | None, reason: str) -> Job:
         refuse_nul("the trash reason", reason, PayloadError)
         if claim is not None:
-            args = (*await self._claim_args(claim, "trash"), reason)
+            args = (*await self._claim_args(claim, "trash"), reason, self.channel)
             row = await self._fetch_row("trash", self._sql.trash, *args)
             return await self._checked(row, claim, "trash")
         row = None
         if "\x00" not in job_id:
-            row = await self._fetch_row("trash", self._sql.trash_by_id, job_id, reason)
+            row = await self._fetch_row(
+                "trash", self._sql.trash_by_id, job_id, reason, self.channel
+            )
         if row is None:
             job, _ = await self._current(job_id)
             raise UnclaimableJob(f"job {job_id} is already {job.state}: it cannot be trashed")
         return job_from_row(row)
 
-    # -- reads ---------------------------------------------------------------------------------
+    # -- cancels and limits --------------------------------------------------------------------
 
-    async def _get(self, job_id: str) -> Job:
+    async def _cancel(self, job_id: str, reason: str) -> Job:
+        refuse_nul("the cancel reason", reason, PayloadError)
+        row = None
+        if "\x00" not in job_id:
+            row = await self._fetch_row("cancel", self._sql.cancel, job_id, reason, self.channel)
+        if row is not None:
+            return job_from_row(row)
+        # Flagged already, final, or no such job: as it is.
         job, now = await self._current(job_id)
         return visible(job, now)
 
-    async def _get_by_key(self, key: str) -> Job:
-        rows = await self._read("get_by_key", self._sql.by_key, key)
-        if not rows:
-            raise JobNotFound(f"no job holds the key {key!r} on this board")
-        return visible(job_from_row(rows[0]), rows[0][-1])
+    async def _set_limit(self, key: str, limit: int | None) -> None:
+        # Setting a limit twice is harmless, so a lost reply is retried like a read.
+        await self._read("set_limit", self._sql.set_limit, key, limit)
 
-    async def _schedule_ticks(self) -> dict[str, float]:
-        return {row[0]: row[1] for row in await self._read("schedule_ticks", self._sql.ticks)}
-
-    async def _purgeable(
-        self, older_than: float, states: tuple[JobState, ...], limit: int
-    ) -> list[str]:
-        wanted = [state.value for state in states]
-        rows = await self._read("purge", self._sql.purgeable, wanted, older_than, limit)
-        return [row[0] for row in rows]
-
-    async def _purge(self, job_ids: list[str]) -> int:
-        ids = [job_id for job_id in job_ids if "\x00" not in job_id]
-        # Tried once, as a transition: a retry after a lost reply would count 0 for its work.
-        deleted: int = await self._link.call(
-            "purge", lambda conn: conn.fetchval(self._sql.purge, self.namespace, ids)
-        )
-        return deleted
-
-    async def _now(self) -> float:
-        now: float = await self._link.read(
-            "read the clock", lambda conn: conn.fetchval(self._sql.now)
-        )
-        return now
-
-    async def _iterjobs(self, state: JobState | None) -> AsyncIterator[Job]:
-        now = await self._now()
-        statement = sql.page(state).replace("{s}", self._link.q)
-        extra = sql.state_params(state, now)
-
-        def read_page(priority: int, seq: int) -> Awaitable[list[Any]]:
-            return self._read("iterjobs", statement, priority, seq, PAGE, *extra)
-
-        async for job in listed_jobs(read_page, now):
-            yield job
-
-    async def _job_count(self, state: JobState | None) -> int:
-        now = await self._now() if state in (JobState.UNCLAIMED, JobState.SCHEDULED) else 0.0
-        statement = sql.count(state).replace("{s}", self._link.q)
-        rows = await self._read("job_count", statement, *sql.state_params(state, now))
-        return int(rows[0][0])
-
-    # -- notifications -------------------------------------------------------------------------
-
-    def _subscribe(self) -> contextlib.AbstractAsyncContextManager[Subscription]:
-        return self._registered(ListenSubscription(self._link, self.channel, self.poll_interval))
-
-    async def _sweep(self, cursor: Any) -> tuple[list[JobNotification], Any]:
-        try:
-            return await self._link.read("sweep", lambda conn: self._sweep_on(conn, cursor))
-        except BoardClosed:
-            if not self.closed:
-                raise
-            # Closed while sweeping: the stream ends at its next check, quietly.
-            return [], cursor
-
-    async def _sweep_on(self, conn: Any, cursor: float | None) -> tuple[list[JobNotification], Any]:
-        now, due = await conn.fetchrow(self._sql.sweep_clock, self.namespace)
-        self._due.clear()
-        self._due.note(due, now)
-        return await swept(conn, self._sql, self.namespace, now, cursor), now
-
-    def _sweep_delay(self) -> float:
-        # Sweep when the earliest delayed job or lease falls due, not only every poll_interval.
-        return self._due.delay(self.poll_interval)
-
-    # -- conductors ----------------------------------------------------------------------------
-
-    async def _register_conductor(
-        self, owner: str, name: str, ttl: float, meta: dict[str, Any]
-    ) -> None:
-        refuse_nul("the owner", owner, PayloadError)
-        refuse_nul("the conductor's name", name, PayloadError)
-        data = encode_json("the conductor's meta", meta, 64 * 1024).decode("utf-8")
-        query = self._sql.register
-        # Registering again is harmless, so a lost reply is retried like a read.
-        await self._link.read(
-            "register_conductor",
-            lambda conn: conn.execute(query, self.namespace, owner, name, seconds(ttl), data),
-        )
-
-    async def _unregister_conductor(self, owner: str) -> None:
-        await self._read("unregister_conductor", self._sql.unregister, owner)
-
-    async def _conductors(self) -> list[ConductorInfo]:
-        rows = await self._read("conductors", self._sql.alive)
-        return [conductor_from_row(row) for row in rows]
+    async def _limits(self) -> list[LimitInfo]:
+        rows = await self._read("limits", self._sql.limits)
+        return [LimitInfo(key=row[0], limit=row[1], claimed=row[2]) for row in rows]

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aioconductor._backends.postgres.schema import Migrations
+from aioconductor._backends.postgres import limits_sql
+from aioconductor._backends.postgres.migrations import MIGRATIONS as MIGRATIONS
 from aioconductor.boards._support import JOB_COLUMNS
 from aioconductor.boards._support import PostSpec
 from aioconductor.models import MAX_KEPT_FAILURES
@@ -25,84 +26,6 @@ from aioconductor.models import NotificationKind
 #: The longest lease, delay or ttl the board stores (a century): the server's float8 time
 #: arithmetic refuses to overflow, where Python's would quietly give infinity.
 LONGEST = 100 * 365.25 * 86400
-
-MIGRATIONS: Migrations = [
-    [
-        """CREATE TABLE IF NOT EXISTS {s}.jobs (
-            seq bigserial PRIMARY KEY,
-            namespace text NOT NULL,
-            id text NOT NULL,
-            name text NOT NULL,
-            flow text NOT NULL,
-            args json NOT NULL,
-            priority integer NOT NULL,
-            created_at float8 NOT NULL,
-            updated_at float8 NOT NULL,
-            not_before float8,
-            attempts integer NOT NULL DEFAULT 0,
-            max_attempts integer NOT NULL,
-            token bigint NOT NULL DEFAULT 0,
-            state text NOT NULL CHECK (state IN
-                ('SCHEDULED', 'UNCLAIMED', 'CLAIMED', 'COMPLETE', 'TRASHED')),
-            owner text,
-            expires_at float8,
-            outcome text,
-            result json,
-            trash_reason text,
-            ready_at float8,
-            UNIQUE (namespace, id)
-        )""",
-        # claim_next and full sweeps: the best claimable job without wading through finished
-        # ones (ready_at is NULL once a job is final).
-        """CREATE INDEX IF NOT EXISTS jobs_ready ON {s}.jobs (namespace, priority DESC, seq)
-            WHERE ready_at IS NOT NULL""",
-        # Sweeps: delays and leases that came due in a window.
-        """CREATE INDEX IF NOT EXISTS jobs_due ON {s}.jobs (namespace, ready_at)
-            WHERE ready_at IS NOT NULL AND state <> 'UNCLAIMED'""",
-        # iterjobs (page by page) and job_count by state.
-        "CREATE INDEX IF NOT EXISTS jobs_state ON {s}.jobs (namespace, state, priority DESC, seq)",
-        """CREATE TABLE IF NOT EXISTS {s}.conductors (
-            namespace text NOT NULL,
-            owner text NOT NULL,
-            name text NOT NULL,
-            started_at float8 NOT NULL,
-            heartbeat_at float8 NOT NULL,
-            expires_at float8 NOT NULL,
-            meta json NOT NULL,
-            PRIMARY KEY (namespace, owner)
-        )""",
-    ],
-    # 2: headers, metadata carried with a job (a trace context), not given to its flow.
-    ["ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS headers json NOT NULL DEFAULT '{}'"],
-    # 3: how runs ended (releases, abandons, retries), the retry policy (NULL for none) and the
-    # latest retried runs' failures. Constant defaults: no table rewrite, old rows read as new.
-    [
-        """ALTER TABLE {s}.jobs
-            ADD COLUMN IF NOT EXISTS releases integer NOT NULL DEFAULT 0,
-            ADD COLUMN IF NOT EXISTS abandons integer NOT NULL DEFAULT 0,
-            ADD COLUMN IF NOT EXISTS retries integer NOT NULL DEFAULT 0,
-            ADD COLUMN IF NOT EXISTS retry json,
-            ADD COLUMN IF NOT EXISTS failures json NOT NULL DEFAULT '[]'"""
-    ],
-    # 4: idempotency keys (NULL for none: old jobs hold no key) unique per namespace, and the
-    # finished jobs in the order they ended, for purge (old finished jobs are indexed too).
-    [
-        "ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS job_key text",
-        """CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON {s}.jobs (namespace, job_key)
-            WHERE job_key IS NOT NULL""",
-        """CREATE INDEX IF NOT EXISTS jobs_ended ON {s}.jobs (namespace, state, updated_at)
-            WHERE state IN ('COMPLETE', 'TRASHED')""",
-    ],
-    # 5: each schedule's last posted tick, apart from the jobs (a purge never removes one).
-    [
-        """CREATE TABLE IF NOT EXISTS {s}.schedule_ticks (
-            namespace text NOT NULL,
-            name text NOT NULL,
-            last_tick float8 NOT NULL,
-            PRIMARY KEY (namespace, name)
-        )"""
-    ],
-]
 
 NOW = "extract(epoch from clock_timestamp())::float8"
 #: Every column a ``Job`` is built from, in ``_job``'s order.
@@ -118,7 +41,8 @@ FETCH = f"SELECT {COLUMNS}, {NOW} FROM {{s}}.jobs WHERE namespace = $1 AND id = 
 NOW_QUERY = f"SELECT {NOW}"
 
 # $2 channel, $3 id, $4 name, $5 flow, $6 args, $7 priority, $8 max_attempts, $9 delay,
-# $10 not_before, $11 headers, $12 the retry policy (or NULL), $13 the key (or NULL). ON CONFLICT
+# $10 not_before, $11 headers, $12 the retry policy (or NULL), $13 the key (or NULL), $14 the
+# limit key (or NULL). ON CONFLICT
 # with no target covers every unique index: a post retried after a lost reply finds its job
 # already there (the id is the client's), and a post whose key is held (or being inserted by a
 # transaction not yet ended: the insert waits for it) writes nothing. Either returns no row.
@@ -127,10 +51,12 @@ POST = f"""{_CLOCK},
             ELSE $10::float8 END AS nb FROM c),
     j AS (
         INSERT INTO {{s}}.jobs AS t (namespace, id, name, flow, args, priority, created_at,
-            updated_at, not_before, max_attempts, state, ready_at, headers, retry, job_key)
+            updated_at, not_before, max_attempts, state, ready_at, headers, retry, job_key,
+            limit_key)
         SELECT $1, $3, $4, $5, $6::json, $7, v.now, v.now, v.nb, $8,
             CASE WHEN v.nb > v.now THEN 'SCHEDULED' ELSE 'UNCLAIMED' END,
-            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END, $11::json, $12::json, $13::text
+            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END, $11::json, $12::json, $13::text,
+            $14::text
         FROM v
         ON CONFLICT DO NOTHING
         RETURNING {COLUMNS}),
@@ -139,20 +65,23 @@ POST = f"""{_CLOCK},
 
 # The same for many jobs in one statement, in the order given (their seq follows it): $3..$11
 # are arrays of ids, names, flows, args, priorities, max_attempts, delays, not_befores and keys;
-# $12 the headers and $13 the retry policy (or NULL) of every job. Rows are inserted in that
-# order, so of two items with one key the first is written and the second conflicts with it.
+# $12 the headers and $13 the retry policy (or NULL) of every job; $14 the limit keys. Rows are
+# inserted in that order, so of two items with one key the first is written and the second
+# conflicts with it.
 POST_MANY = f"""{_CLOCK},
     v AS (SELECT c.now, x.*, CASE WHEN x.delay > 0 THEN c.now + x.delay ELSE x.at END AS nb
         FROM c, unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::integer[],
-            $8::integer[], $9::float8[], $10::float8[], $11::text[])
-            WITH ORDINALITY AS x(id, name, flow, args, priority, max_attempts, delay, at, k, n)),
+            $8::integer[], $9::float8[], $10::float8[], $11::text[], $14::text[])
+            WITH ORDINALITY AS x(id, name, flow, args, priority, max_attempts, delay, at, k, lk,
+                n)),
     j AS (
         INSERT INTO {{s}}.jobs AS t (namespace, id, name, flow, args, priority, created_at,
-            updated_at, not_before, max_attempts, state, ready_at, headers, retry, job_key)
+            updated_at, not_before, max_attempts, state, ready_at, headers, retry, job_key,
+            limit_key)
         SELECT $1, v.id, v.name, v.flow, v.args::json, v.priority, v.now, v.now, v.nb,
             v.max_attempts,
             CASE WHEN v.nb > v.now THEN 'SCHEDULED' ELSE 'UNCLAIMED' END,
-            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END, $12::json, $13::json, v.k
+            CASE WHEN v.nb > v.now THEN v.nb ELSE v.now END, $12::json, $13::json, v.k, v.lk
         FROM v ORDER BY v.n
         ON CONFLICT DO NOTHING
         RETURNING {COLUMNS}),
@@ -185,30 +114,47 @@ def _take(owner: str, lease: str) -> str:
         ready_at = c.now + {lease}::float8, updated_at = c.now"""
 
 
-# $2 id, $3 owner, $4 lease. Waits for a row lock another claim holds, then re-checks.
-CLAIM = f"""{_CLOCK} {_take("$3", "$4")} FROM c
-    WHERE namespace = $1 AND id = $2 AND {_CLAIMABLE}
-    RETURNING {COLUMNS}"""
+# $2 id, $3 owner, $4 lease. Waits for a row lock another claim holds, then re-checks. A job
+# with a limit key (it never changes: read from this statement's view) is claimed by
+# claim_limited instead, which counts its key's live claims under the key's lock (limits_sql).
+CLAIM = f"""{_CLOCK},
+    k AS (SELECT id AS one FROM {{s}}.jobs
+        WHERE namespace = $1 AND id = $2 AND limit_key IS NOT NULL),
+    t AS ({_take("$3", "$4")} FROM c
+        WHERE namespace = $1 AND id = $2 AND limit_key IS NULL AND {_CLAIMABLE}
+        RETURNING {COLUMNS})
+    SELECT * FROM t
+    UNION ALL
+    SELECT {COLUMNS} FROM k, LATERAL {{s}}.claim_limited($1, $3, $4::float8, 1, k.one) AS f"""
 
 
 def _claim_best(limit: str) -> str:
     """Claim the ``limit`` best claimable jobs for owner $2 with lease $3, in claim order.
 
     SKIP LOCKED: concurrent claimers each take different jobs at once. The picked rows are
-    locked by the MATERIALIZED CTE, so the UPDATE takes exactly those.
+    locked by the MATERIALIZED CTE, so the UPDATE takes exactly those. If a picked job has a
+    limit key, the UPDATE takes none and ``claim_limited`` (called only then: the LATERAL call
+    runs once per row of ``route`` that passes its WHERE) claims instead, passing full keys
+    over; jobs without limit keys cost one more aggregate over the picked rows, nothing else.
     """
     return f"""{_CLOCK},
     picked AS MATERIALIZED (
-        SELECT j.seq AS picked_seq FROM {{s}}.jobs AS j, c
+        SELECT j.seq AS picked_seq, j.limit_key AS picked_key FROM {{s}}.jobs AS j, c
         WHERE j.namespace = $1 AND j.ready_at IS NOT NULL
             AND (j.state = 'UNCLAIMED' OR j.ready_at <= c.now)
         ORDER BY j.priority DESC, j.seq
         LIMIT {limit}
         FOR UPDATE OF j SKIP LOCKED),
-    taken AS ({_take("$2", "$3")} FROM c, picked
-        WHERE jobs.seq = picked.picked_seq
+    route AS (SELECT count(picked_key) = 0 AS plain, {limit}::integer AS n FROM picked),
+    taken AS ({_take("$2", "$3")} FROM c, picked, route
+        WHERE route.plain AND jobs.seq = picked.picked_seq
         RETURNING {COLUMNS})
-    SELECT * FROM taken ORDER BY priority DESC, seq"""
+    SELECT * FROM taken
+    UNION ALL
+    SELECT {COLUMNS} FROM route,
+        LATERAL {{s}}.claim_limited($1, $2, $3::float8, route.n, NULL) AS f
+    WHERE NOT route.plain
+    {"ORDER BY priority DESC, seq" if limit != "1" else ""}"""
 
 
 CLAIM_NEXT = _claim_best("1")
@@ -219,18 +165,40 @@ CLAIM_BATCH = _claim_best("$4")
 _CURRENT = "namespace = $1 AND id = $2 AND state = 'CLAIMED' AND owner = $3 AND token = $4"
 
 
-def _with_claim(sets: str) -> str:
-    """An UPDATE applying ``sets`` if the claim ($2 id, $3 owner, $4 token) is current."""
+def _with_claim(sets: str, also: str = "TRUE") -> str:
+    """An UPDATE applying ``sets`` if the claim ($2 id, $3 owner, $4 token) is current (and
+    ``also`` holds)."""
     return f"""{_CLOCK} UPDATE {{s}}.jobs SET {sets}, updated_at = c.now FROM c
-        WHERE {_CURRENT} RETURNING {COLUMNS}"""
+        WHERE {_CURRENT} AND {also} RETURNING {COLUMNS}"""
 
 
-# $5 the new lease.
-RENEW = _with_claim("expires_at = c.now + $5::float8, ready_at = c.now + $5::float8")
-# $5 outcome, $6 result.
-CONSUME = _with_claim("state = 'COMPLETE', outcome = $5, result = $6::json, ready_at = NULL")
-# $5 reason.
-TRASH = _with_claim("state = 'TRASHED', trash_reason = $5, ready_at = NULL")
+def _freed(channel: str) -> str:
+    """A pg_notify on ``channel`` of SLOT_FREED for an updated row ``j`` that held a claim of a
+    limit key (other claimers may now take that key's jobs)."""
+    notify = _NOTIFY.replace("$2", channel).format(kind=f"'{NotificationKind.SLOT_FREED}'")
+    return f"SELECT {notify} FROM j WHERE j.limit_key IS NOT NULL"
+
+
+def _ending(sets: str, channel: str) -> str:
+    """End the claim ($2 id, $3 owner, $4 token) if current with ``sets`` (and ``ready_at``
+    NULL), announcing its freed slot on ``channel`` when the transaction commits."""
+    return f"""{_CLOCK},
+    j AS (UPDATE {{s}}.jobs SET {sets}, ready_at = NULL, updated_at = c.now FROM c
+        WHERE {_CURRENT} RETURNING {COLUMNS}),
+    n AS ({_freed(channel)})
+    SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
+
+
+# $5 the new lease. A claim whose lease ran out re-takes a slot of its limit key: not here but
+# with the key's row locked (limits_sql.RENEW_LIMITED), when this updates nothing.
+RENEW = _with_claim(
+    "expires_at = c.now + $5::float8, ready_at = c.now + $5::float8",
+    "(limit_key IS NULL OR expires_at > c.now)",
+)
+# $5 outcome, $6 result, $7 the channel.
+CONSUME = _ending("state = 'COMPLETE', outcome = $5, result = $6::json", "$7")
+# $5 reason, $6 the channel.
+TRASH = _ending("state = 'TRASHED', trash_reason = $5", "$6")
 
 
 def _give_back(sets: str) -> str:
@@ -254,24 +222,39 @@ RELEASE = _give_back(
 )
 # $5 the delay, $6 the run's failure (JSON, or NULL: none to add), $7 the channel. SCHEDULED,
 # the attempt given back; of the failures, the latest MAX_KEPT_FAILURES are kept. A retry due at
-# once is notified on commit: a sweep that read its clock before this commit would miss it.
+# once is notified on commit: a sweep that read its clock before this commit would miss it. A
+# job cancelled meanwhile (cancel_reason set: "go" is false) ends COMPLETE/CANCELLED instead,
+# its claim kept as consume keeps it, the failure kept all the same.
+_GO = "(cancel_reason IS NULL)"
 RETRY = f"""{_CLOCK},
-    j AS (UPDATE {{s}}.jobs SET state = 'SCHEDULED', owner = NULL, expires_at = NULL,
-            attempts = attempts - 1, retries = retries + 1, not_before = c.now + $5::float8,
-            ready_at = c.now + $5::float8, updated_at = c.now,
+    j AS (UPDATE {{s}}.jobs SET
+            state = CASE WHEN {_GO} THEN 'SCHEDULED' ELSE 'COMPLETE' END,
+            owner = CASE WHEN {_GO} THEN NULL ELSE owner END,
+            expires_at = CASE WHEN {_GO} THEN NULL ELSE expires_at END,
+            outcome = CASE WHEN {_GO} THEN outcome ELSE 'CANCELLED' END,
+            result = CASE WHEN {_GO} THEN result ELSE '{{}}'::json END,
+            attempts = attempts - {_GO}::integer, retries = retries + {_GO}::integer,
+            not_before = CASE WHEN {_GO} THEN c.now + $5::float8 ELSE not_before END,
+            ready_at = CASE WHEN {_GO} THEN c.now + $5::float8 END, updated_at = c.now,
             failures = CASE WHEN $6::json IS NULL THEN failures ELSE (
                 SELECT json_agg(k.e ORDER BY k.n) FROM (
                     SELECT a.e, a.n FROM json_array_elements(failures) WITH ORDINALITY AS a(e, n)
                     UNION ALL SELECT $6::json, json_array_length(failures) + 1
                     ORDER BY 2 DESC LIMIT {MAX_KEPT_FAILURES}) AS k) END
         FROM c WHERE {_CURRENT} RETURNING {COLUMNS}),
-    n AS (SELECT {_NOTIFY.replace("$2", "$7").format(kind="'due'")} FROM j WHERE $5::float8 = 0)
+    n AS (SELECT {_NOTIFY.replace("$2", "$7").format(kind="'due'")} FROM j
+            WHERE $5::float8 = 0 AND j.state = 'SCHEDULED'
+        UNION ALL {_freed("$7")})
     SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
-# $2 id, $3 reason: an operator's trash of any job not finished yet.
-TRASH_BY_ID = f"""{_CLOCK} UPDATE {{s}}.jobs
-    SET state = 'TRASHED', trash_reason = $3, ready_at = NULL, updated_at = c.now FROM c
-    WHERE namespace = $1 AND id = $2 AND state NOT IN ('COMPLETE', 'TRASHED')
-    RETURNING {COLUMNS}"""
+# $2 id, $3 reason, $4 the channel: an operator's trash of any job not finished yet. A job not
+# final holds an owner only while CLAIMED (give-backs and retries clear it): its slot is freed.
+TRASH_BY_ID = f"""{_CLOCK},
+    j AS (UPDATE {{s}}.jobs
+        SET state = 'TRASHED', trash_reason = $3, ready_at = NULL, updated_at = c.now FROM c
+        WHERE namespace = $1 AND id = $2 AND state NOT IN ('COMPLETE', 'TRASHED')
+        RETURNING {COLUMNS}),
+    n AS ({_freed("$4")} AND j.owner IS NOT NULL)
+    SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
 
 
 def state_condition(state: JobState | None, param: str) -> str:
@@ -382,6 +365,11 @@ class BoardStatements:
     register: str = REGISTER
     unregister: str = UNREGISTER
     alive: str = ALIVE
+    cancel: str = limits_sql.CANCEL
+    set_limit: str = limits_sql.SET_LIMIT
+    limits: str = limits_sql.LIMITS
+    claim_one: str = limits_sql.CLAIM_ONE
+    renew_limited: str = limits_sql.RENEW_LIMITED
 
 
 def channel_name(schema: str, namespace: str) -> str:
@@ -405,7 +393,7 @@ def sweep_kind(state: str) -> NotificationKind:
 
 
 def post_args(channel: str, spec: PostSpec) -> tuple[Any, ...]:
-    """The parameters of ``POST`` after the namespace ($2 to $13)."""
+    """The parameters of ``POST`` after the namespace ($2 to $14)."""
     return (
         channel,
         spec.id,
@@ -419,6 +407,7 @@ def post_args(channel: str, spec: PostSpec) -> tuple[Any, ...]:
         spec.headers_json.decode("utf-8"),
         json_text(spec.retry_json),
         spec.key,
+        spec.limit_key,
     )
 
 
@@ -439,4 +428,5 @@ def post_many_args(namespace: str, channel: str, specs: Sequence[PostSpec]) -> t
         [spec.key for spec in specs],
         specs[0].headers_json.decode("utf-8"),
         json_text(specs[0].retry_json),
+        [spec.limit_key for spec in specs],
     )

@@ -1,0 +1,205 @@
+"""The SQL of cancels and concurrency limits on the PostgreSQL board.
+
+A limit is a row of ``limits`` (namespace, key, ``max_claims``); its row is also the key's lock.
+A claim of a job posted with a limit key locks the rows of its jobs' keys (``FOR UPDATE``, in
+key order, so claims never wait for each other in a cycle) and only then, in a statement of its
+own, counts the key's live claims (``CLAIMED``, lease not expired) and takes no more of the key's
+jobs than its free slots. The count must come after the lock: under ``READ COMMITTED`` a
+statement sees the database as of its start, so a count taken in the statement that waited
+for the lock would miss the claim of the transaction it waited for (and ``SKIP LOCKED`` alone
+lets two claimers each count the other's claim as not there). The count, the lock and the
+claim are one transaction: the PL/pgSQL function ``claim_limited``, whose statements each see
+what committed before they started. A key's row is made by the first claim of its jobs (or by
+``set_limit``) and kept when the limit is removed (``max_claims`` NULL), so a limit set while a
+claim of its key is under way waits for that claim, and the next claim counts it.
+
+Who waits for whom: a claim locks job rows first (``SKIP LOCKED``, or the one job claimed by
+id), then key rows in key order; ``renew_limited`` one job row, then its key's row;
+``set_limit`` one key row. Nobody holding a key row waits for a job row, so no cycle forms.
+
+The board routes a claim here only when a job it would take has a limit key (``claim_next``
+and ``claim_batch`` decide inside their statement, see ``board_sql._claim_best``): a namespace
+whose jobs have no limit keys never calls these functions.
+
+``{s}`` stands for the quoted schema; ``$1`` is the namespace.
+"""
+
+from __future__ import annotations
+
+from aioconductor.boards._support import JOB_COLUMNS
+
+__all__ = ["CANCEL", "CLAIM_ONE", "FUNCTIONS", "LIMITS", "RENEW_LIMITED", "SET_LIMIT", "live"]
+
+_NOW = "extract(epoch from clock_timestamp())::float8"
+_CLAIMABLE = "j.ready_at IS NOT NULL AND (j.state = 'UNCLAIMED' OR j.ready_at <= v_now)"
+
+
+def live(namespace: str, key: str, now: str) -> str:
+    """How many jobs of limit key ``key`` hold a live claim at ``now`` (reads the partial index
+    ``jobs_limit_claims``)."""
+    return f"""(SELECT count(*) FROM {{s}}.jobs AS x WHERE x.namespace = {namespace}
+        AND x.limit_key = {key} AND x.state = 'CLAIMED' AND x.expires_at > {now})"""
+
+
+#: Lock the row of key ``p_key`` till the transaction ends, making it first if there is none.
+#: A row made by a transaction not yet ended makes the insert wait for it.
+LOCK_LIMIT = """CREATE OR REPLACE FUNCTION {s}.lock_limit(p_ns text, p_key text)
+RETURNS void LANGUAGE plpgsql VOLATILE AS $fn$
+BEGIN
+    PERFORM FROM {s}.limits AS l WHERE l.namespace = p_ns AND l.limit_key = p_key FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO {s}.limits (namespace, limit_key) VALUES (p_ns, p_key) ON CONFLICT DO NOTHING;
+        PERFORM FROM {s}.limits AS l WHERE l.namespace = p_ns AND l.limit_key = p_key FOR UPDATE;
+    END IF;
+END $fn$"""
+
+#: Claim up to ``p_n`` jobs for ``p_owner`` (lease ``p_lease``) in claim order, passing over the
+#: jobs of full keys; or (``p_one``, a job id) that one job, waiting for its row. Three steps:
+#: pick and lock the jobs (an estimate of each key's free slots, from this statement's view,
+#: lets the pick pass full keys over: the scan starts again past the last job seen, without
+#: the key, when a key fills); lock their keys' rows; count each key's live claims again and
+#: take the picked jobs that fit (the rest stay unclaimed: a concurrent claim took the slots).
+CLAIM_LIMITED = f"""CREATE OR REPLACE FUNCTION {{s}}.claim_limited(
+    p_ns text, p_owner text, p_lease float8, p_n integer, p_one text)
+RETURNS SETOF {{s}}.jobs LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    v_now float8 := {_NOW};
+    v_free jsonb;
+    v_full text[];
+    v_picked bigint[] := '{{}}';
+    v_row record;
+    v_priority integer;
+    v_seq bigint;
+    v_refill boolean;
+    v_key text;
+BEGIN
+    IF p_one IS NOT NULL THEN
+        SELECT j.seq INTO v_seq FROM {{s}}.jobs AS j
+            WHERE j.namespace = p_ns AND j.id = p_one AND {_CLAIMABLE} FOR UPDATE OF j;
+        IF FOUND THEN
+            v_picked := ARRAY[v_seq];
+        END IF;
+    ELSE
+        SELECT coalesce(jsonb_object_agg(l.limit_key,
+                l.max_claims - {live("p_ns", "l.limit_key", "v_now")}), '{{}}')
+            INTO v_free FROM {{s}}.limits AS l
+            WHERE l.namespace = p_ns AND l.max_claims IS NOT NULL;
+        SELECT coalesce(array_agg(e.key), '{{}}') INTO v_full
+            FROM jsonb_each_text(v_free) AS e WHERE e.value::integer <= 0;
+        <<pick>>
+        LOOP
+            v_refill := false;
+            FOR v_row IN SELECT j.seq, j.priority, j.limit_key FROM {{s}}.jobs AS j
+                WHERE j.namespace = p_ns AND {_CLAIMABLE}
+                    AND (j.limit_key IS NULL OR j.limit_key <> ALL (v_full))
+                    AND (v_priority IS NULL OR j.priority < v_priority
+                        OR (j.priority = v_priority AND j.seq > v_seq))
+                ORDER BY j.priority DESC, j.seq
+            LOOP
+                v_priority := v_row.priority;
+                v_seq := v_row.seq;
+                PERFORM FROM {{s}}.jobs AS j WHERE j.seq = v_row.seq AND {_CLAIMABLE}
+                    FOR UPDATE OF j SKIP LOCKED;
+                CONTINUE WHEN NOT FOUND;
+                v_picked := v_picked || v_row.seq;
+                IF v_row.limit_key IS NOT NULL AND v_free ? v_row.limit_key THEN
+                    v_free := jsonb_set(v_free, ARRAY[v_row.limit_key],
+                        to_jsonb((v_free ->> v_row.limit_key)::integer - 1));
+                    IF (v_free ->> v_row.limit_key)::integer <= 0 THEN
+                        v_full := v_full || v_row.limit_key;
+                        v_refill := true;
+                    END IF;
+                END IF;
+                EXIT WHEN cardinality(v_picked) >= p_n OR v_refill;
+            END LOOP;
+            EXIT pick WHEN NOT v_refill OR cardinality(v_picked) >= p_n;
+        END LOOP;
+    END IF;
+    FOR v_key IN SELECT DISTINCT j.limit_key FROM {{s}}.jobs AS j
+        WHERE j.seq = ANY (v_picked) AND j.limit_key IS NOT NULL ORDER BY 1
+    LOOP
+        PERFORM {{s}}.lock_limit(p_ns, v_key);
+    END LOOP;
+    RETURN QUERY WITH c AS (SELECT {_NOW} AS now),
+        ranked AS (SELECT j.seq, j.limit_key, row_number() OVER (
+                PARTITION BY j.limit_key ORDER BY j.priority DESC, j.seq) AS rank
+            FROM {{s}}.jobs AS j WHERE j.seq = ANY (v_picked)),
+        free AS (SELECT l.limit_key, l.max_claims - {live("p_ns", "l.limit_key", "c.now")} AS slots
+            FROM {{s}}.limits AS l, c WHERE l.namespace = p_ns AND l.max_claims IS NOT NULL
+                AND l.limit_key IN (SELECT r.limit_key FROM ranked AS r)),
+        fits AS (SELECT r.seq FROM ranked AS r LEFT JOIN free AS f ON f.limit_key = r.limit_key
+            WHERE f.limit_key IS NULL OR r.rank <= f.slots)
+    UPDATE {{s}}.jobs AS t SET attempts = t.attempts + 1, token = t.token + 1,
+        state = 'CLAIMED', owner = p_owner, expires_at = c.now + p_lease,
+        ready_at = c.now + p_lease, updated_at = c.now
+    FROM c, fits WHERE t.seq = fits.seq
+    RETURNING t.*;
+END $fn$"""
+
+#: Renew the claim (``p_id``, ``p_owner``, ``p_token``) for ``p_lease`` seconds; a claim whose
+#: lease ran out re-takes its key's slot, so it renews only if the key (its row locked first)
+#: has a slot besides it. Nothing if the claim is not current or the key is full.
+RENEW_LIMITED_FUNCTION = f"""CREATE OR REPLACE FUNCTION {{s}}.renew_limited(
+    p_ns text, p_id text, p_owner text, p_token bigint, p_lease float8)
+RETURNS SETOF {{s}}.jobs LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    v_key text;
+BEGIN
+    SELECT j.limit_key INTO v_key FROM {{s}}.jobs AS j
+        WHERE j.namespace = p_ns AND j.id = p_id AND j.state = 'CLAIMED'
+            AND j.owner = p_owner AND j.token = p_token
+        FOR UPDATE OF j;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF v_key IS NOT NULL THEN
+        PERFORM {{s}}.lock_limit(p_ns, v_key);
+    END IF;
+    RETURN QUERY WITH c AS (SELECT {_NOW} AS now)
+    UPDATE {{s}}.jobs AS t SET expires_at = c.now + p_lease, ready_at = c.now + p_lease,
+        updated_at = c.now
+    FROM c WHERE t.namespace = p_ns AND t.id = p_id
+        AND (t.limit_key IS NULL OR t.expires_at > c.now OR NOT EXISTS (
+            SELECT FROM {{s}}.limits AS l WHERE l.namespace = p_ns
+                AND l.limit_key = t.limit_key
+                AND l.max_claims <= {live("p_ns", "t.limit_key", "c.now")}))
+    RETURNING t.*;
+END $fn$"""
+
+#: The functions, made (or replaced) by the schema's migration to version 6.
+FUNCTIONS = [LOCK_LIMIT, CLAIM_LIMITED, RENEW_LIMITED_FUNCTION]
+
+#: A limited claim of one job: $2 its id, $3 the owner, $4 the lease.
+CLAIM_ONE = f"SELECT {JOB_COLUMNS} FROM {{s}}.claim_limited($1, $3, $4::float8, 1, $2)"
+#: A renewal of a claim whose lease ran out: $2 id, $3 owner, $4 token, $5 lease.
+RENEW_LIMITED = f"SELECT {JOB_COLUMNS} FROM {{s}}.renew_limited($1, $2, $3, $4, $5::float8)"
+
+#: $2 id, $3 reason, $4 the channel. An UNCLAIMED or SCHEDULED job ends COMPLETE/CANCELLED with
+#: its claim cleared; a CLAIMED one (live or expired lease) is flagged only, and its owner told
+#: on commit. A job flagged already, or final, is not touched (no row: the caller reads it).
+#: Every SET expression reads the row as it was, so ``state = 'CLAIMED'`` is the old state.
+CANCEL = f"""WITH c AS (SELECT {_NOW} AS now),
+    j AS (UPDATE {{s}}.jobs SET cancel_reason = $3, updated_at = c.now,
+            state = CASE WHEN state = 'CLAIMED' THEN state ELSE 'COMPLETE' END,
+            outcome = CASE WHEN state = 'CLAIMED' THEN outcome ELSE 'CANCELLED' END,
+            result = CASE WHEN state = 'CLAIMED' THEN result ELSE '{{}}'::json END,
+            owner = CASE WHEN state = 'CLAIMED' THEN owner END,
+            expires_at = CASE WHEN state = 'CLAIMED' THEN expires_at END,
+            ready_at = CASE WHEN state = 'CLAIMED' THEN ready_at END
+        FROM c WHERE namespace = $1 AND id = $2 AND cancel_reason IS NULL
+            AND state IN ('UNCLAIMED', 'SCHEDULED', 'CLAIMED')
+        RETURNING {JOB_COLUMNS}),
+    n AS (SELECT pg_notify($4, 'cancel ' || j.priority || ' ' || j.id) FROM j
+        WHERE j.state = 'CLAIMED')
+    SELECT {JOB_COLUMNS}, (SELECT count(*) FROM n) FROM j"""
+
+#: $2 key, $3 the limit (NULL removes it; the key's row stays, as its lock). The upsert waits
+#: for a claim holding the key's row, so the next claim counts that claim's jobs.
+SET_LIMIT = """INSERT INTO {s}.limits AS l (namespace, limit_key, max_claims)
+    VALUES ($1, $2, $3::integer)
+    ON CONFLICT (namespace, limit_key) DO UPDATE SET max_claims = excluded.max_claims"""
+
+#: Every limit of the namespace with its key's live claims.
+LIMITS = f"""WITH c AS (SELECT {_NOW} AS now)
+    SELECT l.limit_key, l.max_claims, {live("$1", "l.limit_key", "c.now")}
+    FROM {{s}}.limits AS l, c WHERE l.namespace = $1 AND l.max_claims IS NOT NULL"""
