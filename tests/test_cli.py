@@ -38,7 +38,7 @@ def test_post_jobs_show_trash(capsys: pytest.CaptureFixture[str], board_url: str
     status, out, _ = run_cli(capsys, "jobs", "--board", board_url, "--state", "complete")
     assert status == 0 and job_id not in out
 
-    status, out, _ = run_cli(capsys, "show", job_id, "--board", board_url)
+    status, out, _ = run_cli(capsys, "show", job_id, "--json", "--board", board_url)
     shown = json.loads(out)
     assert status == 0 and shown["id"] == job_id and shown["args"] == {"key": 5}
 
@@ -54,7 +54,7 @@ def test_post_with_retries_gives_the_job_a_retry_policy(
     argv = ["post", "j", "noop", "{}", "--retries", "4", "--retry-base", "0.5"]
     status, out, _ = run_cli(capsys, *argv, "--board", board_url)
     assert status == 0
-    status, out, _ = run_cli(capsys, "show", out.strip(), "--board", board_url)
+    status, out, _ = run_cli(capsys, "show", out.strip(), "--json", "--board", board_url)
     assert json.loads(out)["retry"] == {
         "retries": 4, "base": 0.5, "factor": 2.0, "max_delay": 600.0, "jitter": 0.1,
     }  # fmt: skip
@@ -170,7 +170,7 @@ def test_two_migrate_commands_at_once_on_a_fresh_postgres_schema(tmp_path: Path)
                 await conn.close()
             return [tuple(row) for row in rows]
 
-        assert anyio.run(versions) == [("board", 5), ("store", 1)]
+        assert anyio.run(versions) == [("board", 6), ("store", 1)]
     finally:
         anyio.run(drop_schemas, schema)
 
@@ -436,7 +436,7 @@ def test_piped_output_shows_control_characters_as_escapes(
     assert "name\\x1b]8;;https://evil.example\\x07click" in conductors
     assert "owner\\x1b[2J" in conductors
     # JSON stays JSON: a script reads back exactly what was posted.
-    for shown in (cli("jobs", "--json"), cli("show", job_id)):
+    for shown in (cli("jobs", "--json"), cli("show", job_id, "--json")):
         job = json.loads(shown)
         assert (job["name"], job["flow"], job["trash_reason"]) == (CLEAR, HYPERLINK, reason)
     cli("show", f"no-such-{CLEAR}")  # the error line

@@ -56,7 +56,7 @@ def post(capsys: pytest.CaptureFixture[str], url: str, *extra: str) -> str:
 
 
 def show(capsys: pytest.CaptureFixture[str], url: str, job_id: str) -> dict[str, Any]:
-    status, out, err = run_cli(capsys, "show", job_id, "--board", url)
+    status, out, err = run_cli(capsys, "show", job_id, "--json", "--board", url)
     assert status == 0, err
     shown: dict[str, Any] = json.loads(out)
     return shown

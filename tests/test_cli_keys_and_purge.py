@@ -40,7 +40,7 @@ def test_post_with_a_held_key_posts_nothing_and_prints_the_holder(
     assert f"key 'order-7' is held by job {first} (UNCLAIMED): nothing posted" in err
     status, out, _ = run_cli(capsys, "jobs", "--board", board_url)
     assert out.count(first) == 1 and "order-7" in out and " key " in out.splitlines()[0] + " "
-    status, out, _ = run_cli(capsys, "show", "--key", "order-7", "--board", board_url)
+    status, out, _ = run_cli(capsys, "show", "--key", "order-7", "--json", "--board", board_url)
     assert status == 0 and json.loads(out)["id"] == first and json.loads(out)["key"] == "order-7"
 
 

@@ -49,12 +49,13 @@ def test_schedules_lists_next_and_last_ticks_and_the_last_job(
 ) -> None:
     url = f"memory://cli_{uuid.uuid4().hex[:12]}"
     job_id = _fleet(url)
-    assert main(["schedules", "--board", url]) == 0
+    assert main(["schedules", "--utc", "--board", url]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines()[1:] if line.strip()}
-    assert "every 60 s" in lines["beat"] and "2026-01-01 00:01:00" in lines["beat"]
+    assert "every 60 s" in lines["beat"] and "2026-01-01T00:01:00+00:00" in lines["beat"]
     assert job_id in lines["beat"] and "UNCLAIMED" in lines["beat"]
-    assert "cron 0 2 * * * UTC" in lines["nightly"] and "2026-01-01 02:00:00" in lines["nightly"]
+    assert "cron 0 2 * * * UTC" in lines["nightly"]
+    assert "2026-01-01T02:00:00+00:00" in lines["nightly"]
     assert "(purged)" in lines["gone"] and "(no conductor runs it)" in lines["gone"]
     assert main(["schedules", "--json", "--board", url]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -2,7 +2,10 @@
 
 Errors are one clear line on stderr and a non-zero exit, never a traceback. The command's
 parts: :mod:`~aioconductor.cli.parser` (the subcommands and their options),
-:mod:`~aioconductor.cli.commands` (what each does) and :mod:`~aioconductor.cli.output` (every
+:mod:`~aioconductor.cli.commands` (what each does), :mod:`~aioconductor.cli.showing` (``jobs``
+and ``show``), :mod:`~aioconductor.cli.jobids` (ids and their prefixes),
+:mod:`~aioconductor.cli.stores` (which store ``run`` and ``migrate`` use),
+:mod:`~aioconductor.cli.times` (times and durations) and :mod:`~aioconductor.cli.output` (every
 line it prints, user data escaped).
 """
 
@@ -16,6 +19,7 @@ import anyio
 
 from aioconductor.cli.commands import run_command
 from aioconductor.cli.output import echo
+from aioconductor.cli.parser import DISTRIBUTION
 from aioconductor.cli.parser import build_parser
 from aioconductor.errors import AioconductorError
 from aioconductor.errors import DependencyMissing
@@ -43,6 +47,6 @@ def _loop_options(args: argparse.Namespace) -> dict[str, Any]:
         import uvloop  # noqa: F401  # anyio imports it; checked here for a clear error
     except ImportError:
         raise DependencyMissing(
-            "--loop uvloop needs uvloop: pip install 'aioconductor[uvloop]'"
+            f"--loop uvloop needs uvloop: pip install '{DISTRIBUTION}[uvloop]'"
         ) from None
     return {"use_uvloop": True}

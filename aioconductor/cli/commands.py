@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
+import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC
-from datetime import datetime
 
 import anyio
 import pydantic
@@ -17,16 +18,24 @@ import pydantic
 from aioconductor.boards import JobBoard
 from aioconductor.boards import open_board
 from aioconductor.boards.base import PostOptions
+from aioconductor.cli.jobids import resolve_job_id
 from aioconductor.cli.output import echo
 from aioconductor.cli.output import echo_json
 from aioconductor.cli.output import run_display
+from aioconductor.cli.output import run_logging
 from aioconductor.cli.output import table
 from aioconductor.cli.parser import BOARD_ENV
+from aioconductor.cli.parser import DISTRIBUTION
+from aioconductor.cli.showing import cmd_jobs
+from aioconductor.cli.showing import cmd_show
+from aioconductor.cli.stores import describe_stores
+from aioconductor.cli.stores import store_url_for
+from aioconductor.cli.times import human_duration
+from aioconductor.cli.times import when
 from aioconductor.conductor import Conductor
 from aioconductor.conductor import Retention
 from aioconductor.errors import ConfigurationError
 from aioconductor.errors import DependencyMissing
-from aioconductor.models import Job
 from aioconductor.models import JobState
 from aioconductor.models import Outcome
 from aioconductor.models import RetryPolicy
@@ -35,7 +44,7 @@ from aioconductor.registry import FlowRegistry
 from aioconductor.schedules import load_schedules
 from aioconductor.schedules import schedule_status
 
-__all__ = ["run_command"]
+__all__ = ["current_folder_on_path", "run_command"]
 
 
 async def run_command(args: argparse.Namespace) -> int:
@@ -60,19 +69,32 @@ async def _cmd_migrate(args: argparse.Namespace) -> int:
 
     Migrations are idempotent and take a lock, so running this while conductors start is safe.
     """
-    for what, opener, url in (
-        ("board", open_board, args.board),
-        ("store", open_store, args.store or args.board),
-    ):
-        async with opener(url) as resource:
-            echo(f"{what}: {resource!r} is up to date")
+    async with open_board(args.board) as board:
+        echo(f"board: {board!r} is up to date")
+    store_url = store_url_for(args.board, args.store)
+    if store_url is None:
+        scheme = args.board.split("://", 1)[0]
+        echo(f"store: none (a {scheme}:// board has no store of its own: give --store URL)")
+        return 0
+    async with open_store(store_url) as store:
+        echo(f"store: {store!r} is up to date")
     return 0
 
 
+def current_folder_on_path() -> None:
+    """Put the current folder first on ``sys.path`` (as uvicorn, celery and arq do), so that
+    ``--app myapp.flows:flows`` imports from the project a command is run in."""
+    folder = os.getcwd()
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+
+
 async def _cmd_run(board: JobBoard, args: argparse.Namespace) -> int:
+    current_folder_on_path()
     flows = FlowRegistry.load(args.app)
     schedules = load_schedules(args.schedules) if args.schedules else []
-    store = open_store(args.store) if args.store else None
+    store_url = store_url_for(args.board, args.store)
+    store = open_store(store_url) if store_url else None
     conductor = Conductor(
         args.name,
         board,
@@ -84,13 +106,17 @@ async def _cmd_run(board: JobBoard, args: argparse.Namespace) -> int:
         retention=_retention(args),
         schedules=schedules,
     )
-    async with conductor, anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signals, conductor, tg.cancel_scope)
-        echo(f"conductor {args.name} ({conductor.owner}) running on {board!r}")
-        with run_display(conductor, args.log_level) as display:
-            tg.start_soon(display)
-            await conductor.run(max_dispatches=args.max_dispatches)
-        tg.cancel_scope.cancel()
+    with run_logging(args.log_level) as console:
+        describe_stores(
+            logging.getLogger("aioconductor.cli"), args.board, store_url, bool(args.store)
+        )
+        async with conductor, anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signals, conductor, tg.cancel_scope)
+            echo(f"conductor {args.name} ({conductor.owner}) running on {board!r}")
+            with run_display(conductor, console) as display:
+                tg.start_soon(display)
+                await conductor.run(max_dispatches=args.max_dispatches)
+            tg.cancel_scope.cancel()
     stats = conductor.stats
     echo(
         f"conductor {args.name} stopped: {stats.consumed} consumed, {stats.retried} retried, "
@@ -153,66 +179,16 @@ async def _cmd_post(board: JobBoard, args: argparse.Namespace) -> int:
     return 0
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _outcome(job: Job) -> str:
-    """The outcome column: the outcome, the reason of a cancel or a trash, or a pending cancel."""
-    if job.outcome is Outcome.CANCELLED:
-        return f"CANCELLED: {job.cancel_reason}" if job.cancel_reason else "CANCELLED"
-    if job.cancel_requested:
-        return f"cancel requested: {job.cancel_reason}"
-    return job.outcome or job.trash_reason or ""
-
-
-def _row(job: Job) -> list[str]:
-    outcome = _outcome(job)
-    return [
-        job.id,
-        job.state.value,
-        str(job.priority),
-        f"{job.attempts}/{job.max_attempts}",
-        job.flow[:30],
-        job.name[:40],
-        (job.key or "")[:40],
-        str(outcome)[:60],
-    ]
-
-
-async def _cmd_jobs(board: JobBoard, args: argparse.Namespace) -> int:
-    state = JobState(args.state) if args.state else None
-    if args.json:
-        async for job in board.iterjobs(state=state):
-            echo_json(job.model_dump_json())
-        return 0
-    rows = [_row(job) async for job in board.iterjobs(state=state)]
-    headers = ["id", "state", "prio", "try", "flow", "name", "key", "outcome"]
-    table(headers, rows, right={2, 3})
-    return 0
-
-
-async def _cmd_show(board: JobBoard, args: argparse.Namespace) -> int:
-    job = await (board.get(args.job_id) if args.key is None else board.get_by_key(args.key))
-    shown = job.model_dump(mode="json")
-    # Not a stored field: whether a cancel waits for the job's owner (or next claimer).
-    shown["cancel_requested"] = job.cancel_requested
-    echo_json(json.dumps(shown, indent=2, sort_keys=True))
-    return 0
-
-
 async def _cmd_trash(board: JobBoard, args: argparse.Namespace) -> int:
-    job = await board.trash(args.job_id, reason=args.reason)
+    job = await board.trash(await resolve_job_id(board, args.job_id), reason=args.reason)
     echo(f"{job.id} trashed: {job.trash_reason}")
     return 0
 
 
 async def _cmd_cancel(board: JobBoard, args: argparse.Namespace) -> int:
     """Cancel a job and say what happened; 1 (like ``trash``) when it had ended already."""
-    before = await board.get(args.job_id)
-    job = await board.cancel(args.job_id, reason=args.reason)
+    before = await board.get(await resolve_job_id(board, args.job_id))
+    job = await board.cancel(before.id, reason=args.reason)
     if job.state.is_final:
         if not before.state.is_final and job.outcome is Outcome.CANCELLED:
             echo(f"{job.id} cancelled: ended COMPLETE (CANCELLED) at once: {job.cancel_reason}")
@@ -263,7 +239,8 @@ async def _cmd_purge(board: JobBoard, args: argparse.Namespace) -> int:
             count = await board.purge(older_than=args.older_than, states=states, store=store)
     else:
         count = await board.purge(older_than=args.older_than, states=states)
-    echo(f"purged {count} jobs ({', '.join(states)}) that ended {args.older_than:g} s ago or more")
+    age = human_duration(args.older_than)
+    echo(f"purged {count} jobs ({', '.join(states)}) that ended {age} ago or more")
     return 0
 
 
@@ -272,7 +249,8 @@ async def _cmd_conductors(board: JobBoard, args: argparse.Namespace) -> int:
     for info in await board.conductors():
         running = info.meta.get("running", "?")
         capacity = info.meta.get("capacity", "?")
-        rows.append([info.name, info.owner, f"{running}/{capacity}", _when(info.heartbeat_at)])
+        heartbeat = when(info.heartbeat_at, utc=args.utc)
+        rows.append([info.name, info.owner, f"{running}/{capacity}", heartbeat])
     table(["name", "owner", "running", "heartbeat"], rows, right={2})
     return 0
 
@@ -286,9 +264,9 @@ async def _cmd_schedules(board: JobBoard, args: argparse.Namespace) -> int:
     rows = []
     for status in found:
         spec = status.published
-        when = f"cron {spec['cron']} {spec.get('timezone', 'UTC')}" if "cron" in spec else ""
+        timing = f"cron {spec['cron']} {spec.get('timezone', 'UTC')}" if "cron" in spec else ""
         if "every" in spec:
-            when = f"every {spec['every']} s"
+            timing = f"every {spec['every']} s"
         last_job = "-"
         if status.last_tick is not None:
             last_job = status.last_job_id or "(purged)"
@@ -296,9 +274,9 @@ async def _cmd_schedules(board: JobBoard, args: argparse.Namespace) -> int:
             [
                 status.name,
                 str(spec.get("flow", "-")),
-                when or "(no conductor runs it)",
-                _when(status.next_tick),
-                _when(status.last_tick),
+                timing or "(no conductor runs it)",
+                when(status.next_tick, utc=args.utc),
+                when(status.last_tick, utc=args.utc),
                 last_job,
                 status.last_job_state or "-",
                 str(len(status.conductors)),
@@ -317,7 +295,7 @@ async def _cmd_dashboard(board: JobBoard, args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise DependencyMissing(
-            "the dashboard server needs uvicorn: pip install 'aioconductor[dashboard]'"
+            f"the dashboard server needs uvicorn: pip install '{DISTRIBUTION}[dashboard]'"
         ) from None
     store = open_store(args.store) if args.store else None
     # The --host given is a name the dashboard is served on, even when it is not an address.
@@ -337,8 +315,8 @@ async def _cmd_dashboard(board: JobBoard, args: argparse.Namespace) -> int:
 _BOARD_COMMANDS: dict[str, Callable[[JobBoard, argparse.Namespace], Awaitable[int]]] = {
     "run": _cmd_run,
     "post": _cmd_post,
-    "jobs": _cmd_jobs,
-    "show": _cmd_show,
+    "jobs": cmd_jobs,
+    "show": cmd_show,
     "trash": _cmd_trash,
     "cancel": _cmd_cancel,
     "limits": _cmd_limits,

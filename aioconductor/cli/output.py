@@ -29,6 +29,7 @@ __all__ = [
     "rich_console",
     "rich_text",
     "run_display",
+    "run_logging",
     "status_text",
     "table",
     "visible",
@@ -153,14 +154,14 @@ def status_text(conductor: Conductor) -> str:
 
 
 @contextlib.contextmanager
-def run_display(
-    conductor: Conductor, level: str
-) -> Iterator[Callable[[], Coroutine[Any, Any, None]]]:
-    """Log lines (one per finished job) to stderr and, on a terminal, a live status line.
+def run_logging(level: str) -> Iterator[Any]:
+    """Log lines to stderr from every logger (the root's handler) at ``level`` and above, each
+    with its job's context (:data:`aioconductor.logs.FORMAT`): the library's lines and the
+    tasks' own ``logging`` calls alike. On a terminal with rich, through rich.
 
-    Yields the coroutine function that keeps the status line current (start it in a task).
+    Yields the rich console on stderr (None when not a terminal or without rich), for
+    :func:`run_display`'s status line to share with the log lines.
     """
-    from aioconductor.events import Event
     from aioconductor.logs import FORMAT
     from aioconductor.logs import JobContextFilter
 
@@ -175,20 +176,39 @@ def run_display(
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(VisibleFormatter(FORMAT))
     handler.addFilter(JobContextFilter(missing="-"))
-    package = logging.getLogger("aioconductor")
-    old_level = package.level
-    package.addHandler(handler)
-    package.setLevel(level)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield console
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+@contextlib.contextmanager
+def run_display(
+    conductor: Conductor, console: Any
+) -> Iterator[Callable[[], Coroutine[Any, Any, None]]]:
+    """Log a line per finished job (at INFO, through :func:`run_logging`'s handler) and, on a
+    terminal (``console`` not None), keep a live status line.
+
+    Yields the coroutine function that keeps the status line current (start it in a task).
+    """
+    from aioconductor.cli.times import human_duration
+    from aioconductor.events import Event
+
     log = logging.getLogger("aioconductor.cli")
 
     def on_end(event: str, details: Mapping[str, Any]) -> None:
         how = f"{event.removeprefix('job_')} {details.get('outcome') or ''}".strip()
         log.info(
-            "job %s (%s): %s after %.3f s",
+            "job %s (%s): %s after %s",
             details["job_name"],
             details["flow"],
             how,
-            details.get("duration", 0.0),
+            human_duration(details.get("duration", 0.0)),
         )
 
     ends = (
@@ -219,5 +239,3 @@ def run_display(
     finally:
         for event in ends:
             conductor.notifier.deregister(event, on_end)
-        package.removeHandler(handler)
-        package.setLevel(old_level)

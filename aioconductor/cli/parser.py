@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aioconductor.models import JobState
 
-__all__ = ["BOARD_ENV", "STORE_ENV", "build_parser", "duration", "retention_age"]
+__all__ = [
+    "BOARD_ENV",
+    "DISTRIBUTION",
+    "STORE_ENV",
+    "build_parser",
+    "duration",
+    "retention_age",
+    "version_text",
+]
+
+#: The distribution's name on the package index (``pip install aioconductor-taskflow``); the
+#: import name is ``aioconductor``. (``aioconductor`` on PyPI is an unrelated project.)
+DISTRIBUTION = "aioconductor-taskflow"
 
 #: The environment variable a board URL is read from when ``--board`` is not given.
 BOARD_ENV = "AIOCONDUCTOR_BOARD_URL"
@@ -42,10 +55,44 @@ def retention_age(text: str) -> float | None:
     return None if text.strip().lower() == "forever" else duration(text)
 
 
+def version_text() -> str:
+    """What ``aioconductor --version`` prints: the distribution's name and version (from its
+    installed metadata), the import name and where it is imported from, and Python's version."""
+    from importlib import metadata
+
+    import aioconductor
+
+    try:
+        version = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        version = "(not installed: imported from a source tree)"
+    where = Path(aioconductor.__file__).parent
+    return (
+        f"{DISTRIBUTION} {version} (import name aioconductor, from {where}; "
+        f"Python {platform.python_version()})"
+    )
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print :func:`version_text` and exit (read only when asked for)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``aioconductor`` command's parser: one subcommand per verb, each with its options."""
     parser = argparse.ArgumentParser(
         prog="aioconductor", description="Run conductors and manage jobs on a job board."
+    )
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print the distribution, its version and the import name, and exit",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -57,9 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
+    def with_utc(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--utc", action="store_true", help="times in UTC (default: local time, ISO 8601)"
+        )
+        return p
+
+    job_id_help = "the job's id, or a unique prefix of it (8 characters are usually enough)"
+
     run = with_board(sub.add_parser("run", help="run a conductor until SIGINT/SIGTERM"))
-    run.add_argument("--store", default=os.environ.get(STORE_ENV), help="the store URL")
-    run.add_argument("--app", required=True, help="the flow registry, as module:attribute")
+    run.add_argument(
+        "--store",
+        default=os.environ.get(STORE_ENV),
+        help=f"the store URL (default: ${STORE_ENV}, else the board URL where its backend has "
+        "a store: SQLite, Redis, PostgreSQL; else in memory, with a warning)",
+    )
+    run.add_argument(
+        "--app",
+        required=True,
+        help="the flow registry, as module:attribute (imported with the current folder on "
+        "the path)",
+    )
     run.add_argument(
         "--schedules",
         default=None,
@@ -76,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="INFO",
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log lines at this level and above (one line per finished job at INFO)",
+        help="log lines of every logger (the root logger: the library's and your tasks') "
+        "at this level and above, on stderr with each job's context (one line per finished "
+        "job at INFO)",
     )
     run.add_argument(
         "--keep-complete",
@@ -96,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--loop",
         choices=["asyncio", "uvloop"],
         default="asyncio",
-        help="the event loop (uvloop: pip install 'aioconductor[uvloop]')",
+        help=f"the event loop (uvloop: pip install '{DISTRIBUTION}[uvloop]')",
     )
 
     post = with_board(sub.add_parser("post", help="post a job"))
@@ -124,19 +191,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="the fleet-wide concurrency limit the job counts against (see 'limits set')",
     )
 
-    jobs = with_board(sub.add_parser("jobs", help="list jobs"))
+    jobs = with_utc(with_board(sub.add_parser("jobs", help="list jobs")))
     jobs.add_argument("--state", choices=[s.value for s in JobState], type=str.upper)
-    jobs.add_argument("--json", action="store_true", help="one JSON object per line")
+    jobs.add_argument(
+        "--json", action="store_true", help="one JSON object per line (times as epoch seconds)"
+    )
 
-    show = with_board(sub.add_parser("show", help="show one job, by id or by key"))
+    show = with_utc(with_board(sub.add_parser("show", help="show one job, by id or by key")))
     which = show.add_mutually_exclusive_group(required=True)
-    which.add_argument("job_id", nargs="?", help="the job's id")
+    which.add_argument("job_id", nargs="?", help=job_id_help)
     which.add_argument("--key", help="the job's idempotency key")
+    show.add_argument(
+        "--json", action="store_true", help="the job as JSON (times as epoch seconds)"
+    )
 
     trash = with_board(
         sub.add_parser("trash", help="drop a job now, without reverting what it did")
     )
-    trash.add_argument("job_id")
+    trash.add_argument("job_id", help=job_id_help)
     trash.add_argument("--reason", default="trashed by an operator")
 
     cancel = with_board(
@@ -145,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="stop a job and revert what it did (ends it at once if nobody runs it)",
         )
     )
-    cancel.add_argument("job_id")
+    cancel.add_argument("job_id", help=job_id_help)
     cancel.add_argument("--reason", default="cancelled by an operator")
 
     _add_limits(sub, with_board)
@@ -171,10 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"also delete the jobs' logbooks from this store (default: ${STORE_ENV})",
     )
 
-    with_board(sub.add_parser("conductors", help="list the conductors alive"))
+    with_utc(with_board(sub.add_parser("conductors", help="list the conductors alive")))
 
-    schedules = with_board(
-        sub.add_parser("schedules", help="list schedules: next tick, last tick, last job")
+    schedules = with_utc(
+        with_board(
+            sub.add_parser("schedules", help="list schedules: next tick, last tick, last job")
+        )
     )
     schedules.add_argument("--json", action="store_true", help="one JSON object per line")
 
@@ -202,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--store",
         default=os.environ.get(STORE_ENV),
-        help=f"the store URL (default: ${STORE_ENV}, else the board URL)",
+        help=f"the store URL (default: ${STORE_ENV}, else the board URL where its backend has "
+        "a store: SQLite, Redis, PostgreSQL)",
     )
 
     demo = sub.add_parser("demo", help="the order-saga demo on a SQLite board (no server)")
