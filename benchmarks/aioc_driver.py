@@ -238,7 +238,7 @@ async def cmd_hold(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "version":
-        return _common.version_of("aioconductor", "anyio", "pydantic", "redis", "asyncpg")
+        return _common.version_of("aioconductor-taskflow", "anyio", "pydantic", "redis", "asyncpg")
     command = {
         "post": cmd_post,
         "drain": cmd_drain,
