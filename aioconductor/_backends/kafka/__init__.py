@@ -10,7 +10,11 @@
   in claim order).
 - :mod:`~aioconductor._backends.kafka.view`: the fold of the state topic into every job's state
   and every schedule's last tick (pure: no I/O); its indexes are in
-  :mod:`~aioconductor._backends.kafka.indexes`.
+  :mod:`~aioconductor._backends.kafka.indexes`, its reads in
+  :mod:`~aioconductor._backends.kafka.reads`.
+- :mod:`~aioconductor._backends.kafka.limits`: the limit records, the claimed jobs per limit
+  key, and how many of a key one pick may take.
+- :mod:`~aioconductor._backends.kafka.cancels`: the cancel verb's record and its retries.
 - :mod:`~aioconductor._backends.kafka.log`: reading and writing the state topic (a transition is
   written again after each lost race).
 - :mod:`~aioconductor._backends.kafka.group`: the consumer-group member on the jobs topic and

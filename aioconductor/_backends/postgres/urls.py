@@ -23,6 +23,9 @@ DEFAULT_SETTINGS = {
     "application_name": "aioconductor",
     "statement_timeout": "30000",
     "idle_in_transaction_session_timeout": "60000",
+    # The claim and limit statements count rows after taking a lock and must see the rows
+    # committed meanwhile: a server whose default is REPEATABLE READ would let limits overshoot.
+    "default_transaction_isolation": "read committed",
 }
 
 
