@@ -76,7 +76,7 @@ async def test_cancels_are_reverted_and_limits_hold_while_conductors_die(
                 for name in names:
                     await cluster.started(name)
                 started = time.monotonic()
-                kill_at = sorted(rng.uniform(1.0, 6.0) for _ in range(kills))
+                kill_at = sorted(rng.uniform(1.0, scale(6.0, 60.0)) for _ in range(kills))
                 with anyio.fail_after(scale(100, 800)):
                     while await finished(board) < total:
                         await anyio.sleep(rng.uniform(0.05, 0.15))
