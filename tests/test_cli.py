@@ -82,7 +82,7 @@ def test_run_processes_jobs_and_conductors_lists_nobody_after(
         (["post", "j", "f", "{not json", "--board", "BOARD"], "not valid JSON"),
         (["post", "j", "f", "[1]", "--board", "BOARD"], "must be a JSON object"),
         (["post", "", "f", "--board", "BOARD"], "non-empty"),
-        (["show", "00000000-0000-4000-8000-000000000000", "--board", "BOARD"], "no job"),
+        (["show", "00000000-0000-4000-8000-000000000000", "--board", "BOARD"], "no aioconductor"),
         (["trash", "nope", "--board", "BOARD"], "no job"),
         (["jobs"], "--board"),
         (["jobs", "--board", "ftp://x"], "no board backend for URL scheme 'ftp'"),

@@ -102,6 +102,10 @@ class JobBoard(
         lease: the default lease of a claim, in seconds.
         poll_interval: how often ``stream()`` sweeps for jobs that became claimable without a
             push (expired leases, delays passed, posts from processes it cannot hear).
+        migrate: create or upgrade what the backend needs (tables, topics) when connecting,
+            the default. False for read-only tools: nothing is created or written, and a
+            backend whose schema is missing or older refuses to connect with
+            ``ConfigurationError`` (run ``aioconductor migrate`` first).
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class JobBoard(
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         lease: float = DEFAULT_LEASE,
         poll_interval: float = 1.0,
+        migrate: bool = True,
     ) -> None:
         Lifecycle.__init__(self)
         Notifications.__init__(self)
@@ -120,6 +125,7 @@ class JobBoard(
         self.max_payload_bytes = max_payload_bytes
         self.lease = check_lease(lease)
         self.poll_interval = float(poll_interval)
+        self.migrate = bool(migrate)
 
     closed_error = BoardClosed
     kind = "board"

@@ -121,7 +121,10 @@ class SqliteJobBoard(JobBoard):
 
     async def _connect(self) -> None:
         await self._link.connect(
-            "board", sql.SCHEMA, lambda conn: conn.execute(sql.ADD_NAMESPACE, self._params())
+            "board",
+            sql.SCHEMA,
+            lambda conn: conn.execute(sql.ADD_NAMESPACE, self._params()),
+            migrate=self.migrate,
         )
 
     async def _aclose(self) -> None:

@@ -60,8 +60,27 @@ async def run_command(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"give the board URL with --board or ${BOARD_ENV}")
     if args.command == "migrate":
         return await _cmd_migrate(args)
-    async with open_board(args.board) as board:
+    if args.command == "dashboard":
+        try:
+            from aioconductor.dashboard._hosts import AllowedHosts
+        except ImportError:
+            pass  # the command says which extra is missing
+        else:  # a bad --allow-host is refused before any I/O
+            AllowedHosts([*filter(None, [args.host]), *args.allow_host])
+    # A command that only reads never creates or migrates a board's tables or topics.
+    async with open_board(args.board, migrate=not _reads_only(args)) as board:
         return await _BOARD_COMMANDS[args.command](board, args)
+
+
+#: The commands that only read the board (the dashboard writes only through its actions,
+#: which need the board's schema there already).
+_READ_ONLY = frozenset({"jobs", "show", "conductors", "schedules", "dashboard"})
+
+
+def _reads_only(args: argparse.Namespace) -> bool:
+    if args.command == "limits":
+        return getattr(args, "limits_action", None) in (None, "list")
+    return args.command in _READ_ONLY
 
 
 async def _cmd_migrate(args: argparse.Namespace) -> int:

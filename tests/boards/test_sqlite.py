@@ -20,6 +20,7 @@ import pytest
 
 from aioconductor._backends.sqlite import board_schema
 from aioconductor._backends.sqlite import link as sqlite_link
+from aioconductor._backends.sqlite.migrations import apply_migrations
 from aioconductor.boards import JobBoard, open_board
 from aioconductor.boards.sqlite import SqliteJobBoard
 from aioconductor.errors import BackendUnavailable, ConfigurationError
@@ -133,7 +134,7 @@ def old_file(path: Path, version: int) -> tuple[str, str]:
     (their ids), written with the columns that version had."""
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute("BEGIN IMMEDIATE")
-        sqlite_link._migrate(conn, "board", board_schema.SCHEMA[:version])
+        apply_migrations(conn, "board", board_schema.SCHEMA[:version])
         now = time.time()
         conn.execute("INSERT INTO board_revs (namespace, rev) VALUES ('default', 2)")
         insert = """INSERT INTO jobs (namespace, id, name, flow, args, priority, created_at,

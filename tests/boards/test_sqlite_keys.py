@@ -15,7 +15,7 @@ import pytest
 
 from aioconductor._backends.sqlite import board_schema
 from aioconductor._backends.sqlite import link as sqlite_link
-from aioconductor._backends.sqlite.link import _migrate
+from aioconductor._backends.sqlite.migrations import apply_migrations
 from aioconductor.boards import open_board
 from aioconductor.errors import BackendUnavailable, JobNotFound
 from aioconductor.models import JobNotification, JobState, NotificationKind, Outcome
@@ -144,7 +144,7 @@ def plan(statement: str, **params: object) -> str:
     conn = sqlite3.connect(":memory:", isolation_level=None)
     with contextlib.closing(conn):
         conn.execute("BEGIN")
-        _migrate(conn, "board", board_schema.SCHEMA)
+        apply_migrations(conn, "board", board_schema.SCHEMA)
         conn.execute("COMMIT")
         rows = conn.execute(f"EXPLAIN QUERY PLAN {statement}", params).fetchall()
     return "\n".join(row[-1] for row in rows)

@@ -55,7 +55,7 @@ class PostgresBoardBase(JobBoard):
     # -- plumbing ------------------------------------------------------------------------------
 
     async def _connect(self) -> None:
-        await self._link.connect("board", sql.MIGRATIONS)
+        await self._link.connect("board", sql.MIGRATIONS, migrate=self.migrate)
 
     async def _aclose(self) -> None:
         await self._link.aclose()

@@ -36,8 +36,9 @@ from aioconductor._backends.base import scrub
 from aioconductor._backends.postgres.connect import CLEANUP_TIMEOUT
 from aioconductor._backends.postgres.connect import safe_connect
 from aioconductor._backends.postgres.schema import Migrations
+from aioconductor._backends.postgres.schema import check_schema
 from aioconductor._backends.postgres.schema import default_schema
-from aioconductor._backends.postgres.schema import migrate
+from aioconductor._backends.postgres.schema import migrate as migrate_schema
 from aioconductor._backends.postgres.schema import quote_schema
 from aioconductor._backends.postgres.urls import check_ports
 from aioconductor._backends.postgres.urls import server_settings
@@ -203,12 +204,17 @@ class PostgresLink:
 
     # -- connections ---------------------------------------------------------------------------
 
-    async def connect(self, component: str, migrations: Migrations) -> None:
-        """Open the pool, then create or migrate the schema of ``component``.
+    async def connect(
+        self, component: str, migrations: Migrations, *, migrate: bool = True
+    ) -> None:
+        """Open the pool, then create or migrate the schema of ``component`` (with
+        ``migrate=False``, only check that it is there at the newest version: nothing is
+        created or written).
 
         Raises:
             BackendUnavailable: the server could not be reached or refused the connection.
-            ConfigurationError: the schema is newer than this library knows.
+            ConfigurationError: the schema is newer than this library knows; or, with
+                ``migrate=False``, missing or older.
         """
         with self.translate("connect"), self._url_refused():
             pool = await asyncpg.create_pool(
@@ -221,9 +227,10 @@ class PostgresLink:
             )
         self._pool = pool
         try:
+            bring = migrate_schema if migrate else check_schema
             await self.call(
-                "migrate",
-                lambda conn: migrate(
+                "migrate" if migrate else "check the schema",
+                lambda conn: bring(
                     conn,
                     schema=self.schema,
                     url=self.url,

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SCHEMA_PREFIX",
     "Migrations",
+    "check_schema",
     "default_schema",
     "migrate",
     "quote_schema",
@@ -78,6 +79,36 @@ def refuse_nul(what: str, value: str, error: type[AioconductorError]) -> None:
     """Refuse a string PostgreSQL's ``text`` cannot store (it holds a NUL character)."""
     if "\x00" in value:
         raise error(f"{what} contains a NUL character (\\x00), which PostgreSQL cannot store")
+
+
+async def check_schema(
+    conn: Any, *, schema: str, url: str, component: str, migrations: Migrations
+) -> None:
+    """Refuse (``ConfigurationError``) a ``schema`` whose ``component`` tables are missing,
+    older or newer than ``migrations`` make them; create and write nothing."""
+    latest = len(migrations)
+    try:
+        version = await conn.fetchval(
+            f"SELECT version FROM {quote_schema(schema)}.schema_version WHERE component = $1",
+            component,
+        )
+    except (pgexc.UndefinedTableError, pgexc.InvalidSchemaNameError):
+        version = None
+    if version is not None and version > latest:
+        raise ConfigurationError(
+            f"schema {schema!r} holds {component} version {version}, newer than "
+            f"this aioconductor knows ({latest}): upgrade aioconductor"
+        )
+    if version != latest:
+        found = (
+            f"no aioconductor {component} tables in schema {schema!r}"
+            if not version
+            else f"schema {schema!r} holds {component} version {version}, older than {latest}"
+        )
+        raise ConfigurationError(
+            f"PostgreSQL at {url}: {found}, and this command does not create or migrate "
+            "anything; run `aioconductor migrate` (or start a conductor) on it first"
+        )
 
 
 async def migrate(

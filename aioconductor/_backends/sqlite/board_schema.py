@@ -24,7 +24,7 @@ and ``:token`` a claim, ``:expires`` a new lease's end, ``:reason`` a cancel's r
 
 from __future__ import annotations
 
-from aioconductor._backends.sqlite.link import Migrations
+from aioconductor._backends.sqlite.migrations import Migrations
 from aioconductor.boards._support import JOB_COLUMNS
 from aioconductor.models import MAX_KEPT_FAILURES
 from aioconductor.models import JobState

@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sqlite3
 import threading
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 from urllib.parse import unquote
 
@@ -45,6 +45,11 @@ import anyio
 from aioconductor._backends.base import ErrorTable
 from aioconductor._backends.base import Pending
 from aioconductor._backends.base import map_exceptions
+from aioconductor._backends.sqlite.migrations import Migrations
+from aioconductor._backends.sqlite.migrations import apply_migrations
+from aioconductor._backends.sqlite.migrations import check_version
+from aioconductor._backends.sqlite.migrations import no_schema_message
+from aioconductor._backends.sqlite.migrations import use_wal
 from aioconductor._urls import redact_url
 from aioconductor.errors import BackendUnavailable
 from aioconductor.errors import ConfigurationError
@@ -59,9 +64,6 @@ BUSY_TIMEOUT_MS = 5000
 _CLOSE_TIMEOUT = 30.0
 #: The most writes one group commit takes (bounds how long it holds the file's write lock).
 MAX_GROUP = 128
-
-#: Schema steps of one component: ``migrations[n]`` takes the schema from version n to n + 1.
-Migrations = Sequence[Sequence[str]]
 
 
 def sqlite_path(driver_url: str) -> str:
@@ -158,19 +160,24 @@ class SqliteLink:
         component: str,
         migrations: Migrations,
         setup: Callable[[sqlite3.Connection], object] | None = None,
+        *,
+        migrate: bool = True,
     ) -> None:
         """Open the connection and bring ``component``'s schema to ``len(migrations)``.
 
-        ``setup``, if given, runs in the same transaction, after the migrations.
+        ``setup``, if given, runs in the same transaction, after the migrations. With
+        ``migrate=False`` nothing is written (nor the file created, nor ``setup`` run): the
+        file's schema must be there at the newest version already.
 
         Raises:
             BackendUnavailable: the file cannot be opened or is not a SQLite database.
-            ConfigurationError: a newer aioconductor wrote the file's schema.
+            ConfigurationError: a newer aioconductor wrote the file's schema; or, with
+                ``migrate=False``, the file or its schema is missing or older.
         """
         async with self._lock:
             if self._conn is None:
                 self._conn = await anyio.to_thread.run_sync(
-                    self._open, component, migrations, setup
+                    self._open, component, migrations, setup, migrate
                 )
 
     def _open(
@@ -178,7 +185,10 @@ class SqliteLink:
         component: str,
         migrations: Migrations,
         setup: Callable[[sqlite3.Connection], object] | None,
+        migrate: bool,
     ) -> sqlite3.Connection:
+        if not migrate and self.path != ":memory:" and not os.path.exists(self.path):
+            raise ConfigurationError(no_schema_message(self.path, component))
         with map_exceptions(self._errors("open")):
             conn = sqlite3.connect(
                 self.path,
@@ -189,13 +199,16 @@ class SqliteLink:
             )
             try:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                _use_wal(conn)
+                if not migrate:
+                    check_version(conn, self.path, component, migrations)
+                    return conn
+                use_wal(conn, BUSY_TIMEOUT_MS / 1000)
                 conn.execute("PRAGMA synchronous = NORMAL")
 
-                def migrate(c: sqlite3.Connection) -> None:
-                    _migrate(c, component, migrations, setup)
+                def run_migrations(c: sqlite3.Connection) -> None:
+                    apply_migrations(c, component, migrations, setup)
 
-                _transaction("BEGIN IMMEDIATE", migrate)(conn)
+                _transaction("BEGIN IMMEDIATE", run_migrations)(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -398,55 +411,3 @@ def _transaction(
         return result
 
     return run
-
-
-def _migrate(
-    conn: sqlite3.Connection,
-    component: str,
-    migrations: Migrations,
-    setup: Callable[[sqlite3.Connection], object] | None = None,
-) -> None:
-    """Apply the steps of ``migrations`` the file lacks, record the version, run ``setup``."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS aioc_schema ("
-        " component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-    )
-    row = conn.execute(
-        "SELECT version FROM aioc_schema WHERE component = ?", (component,)
-    ).fetchone()
-    version = 0 if row is None else int(row[0])
-    if version > len(migrations):
-        raise ConfigurationError(
-            f"the {component} schema of this file is version {version}, newer than this "
-            f"aioconductor knows ({len(migrations)}): upgrade aioconductor"
-        )
-    for step in migrations[version:]:
-        for statement in step:
-            conn.execute(statement)
-    if version < len(migrations):
-        conn.execute(
-            "INSERT INTO aioc_schema (component, version) VALUES (?, ?)"
-            " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-            (component, len(migrations)),
-        )
-    if setup is not None:
-        setup(conn)
-
-
-def _use_wal(conn: sqlite3.Connection) -> None:
-    """Put the file in WAL mode (it stays so), waiting up to the busy timeout for it.
-
-    The switch needs the file to itself, and SQLite refuses it at once, without the busy
-    handler, while another connection writes in the old mode: two processes opening one fresh
-    file (two conductors starting on one store) would see "database is locked".
-    """
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)

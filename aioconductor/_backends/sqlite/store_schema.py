@@ -12,7 +12,7 @@ Every statement takes positional parameters, the namespace first.
 
 from __future__ import annotations
 
-from aioconductor._backends.sqlite.link import Migrations
+from aioconductor._backends.sqlite.migrations import Migrations
 
 SCHEMA: Migrations = [
     [
