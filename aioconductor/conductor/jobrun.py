@@ -42,6 +42,8 @@ from typing import Any
 import anyio
 
 from aioconductor.boards.base import JobBoard
+from aioconductor.conductor.failures import kept_failure
+from aioconductor.conductor.failures import log_failure
 from aioconductor.conductor.solo import SoloGate
 from aioconductor.conductor.solo import last_attempt_after_unfinished
 from aioconductor.conductor.stats import ConductorStats
@@ -179,6 +181,8 @@ class JobRun:
             job = self.job = checked_args(context.flows, job)
             flow = build_flow(context.flows, job)
             engine = context.make_engine(job, self.claim, flow)
+            if not await self._enough_lease():
+                return  # lost before it started: the next owner runs it
             running = context.running
             earlier = running.get(job.id)
             if earlier is not None:
@@ -200,7 +204,7 @@ class JobRun:
                 await self._consume(result.state, {}, None, cancelled=True)
             else:
                 if result.failure is not None:
-                    self._log_failure(result)
+                    log_failure(self.job, result)
                 await self._consume_or_retry(result.state, result.provided, result.failure)
         except Unrunnable as exc:
             if self.cancelling is not None:
@@ -232,6 +236,27 @@ class JobRun:
                 await self._release()
             raise
 
+    async def _enough_lease(self) -> bool:
+        """Whether the claim still holds enough lease to start the flow, renewing it first
+        when it does not: a claim may reach its owner late (a slow claim call, a stalled
+        broker), and a run begun past its lease would overlap the next owner's."""
+        margin = min(self.context.lease / 6, 2.0)
+        if self.claim.expires_at - time.time() > margin:
+            return True
+        try:
+            with anyio.fail_after(self.context.lease / 3):
+                claim = await self.context.board.renew(self.claim, lease=self.context.lease)
+        except (ClaimLost, TimeoutError, BackendUnavailable, OSError) as exc:
+            await self._report_lost_claim(exc)
+            return False
+        self.claim = claim
+        if claim.expires_at - time.time() > margin:
+            if claim.cancel_requested and self.cancelling is None:
+                self.cancelling = self.job.cancel_reason or "cancelled"
+            return True
+        await self._report_lost_claim(TimeoutError("the claim's lease ran out before its run"))
+        return False
+
     async def _run_engine(self, engine: Engine) -> EngineResult | None:
         """Run the flow; or, once the job is cancelled, stop it and revert it. None if the
         claim was lost on the way."""
@@ -252,25 +277,6 @@ class JobRun:
         with self.engine_scope:
             return await engine.revert()
         return None
-
-    def _log_failure(self, result: EngineResult) -> None:
-        """One WARNING line for a flow that failed: which task, the exception's type and
-        message, and how the flow ended; the traceback as the record's ``traceback`` field,
-        and in full at DEBUG."""
-        failure, job = result.failure, self.job
-        assert failure is not None
-        ended = "reverted" if result.state is FlowState.REVERTED else "not reverted cleanly"
-        logger.warning(
-            "job %s (%s): task %s failed: %s: %s (the flow was %s)",
-            job.id,
-            job.flow,
-            result.failed_task or "?",
-            failure.exc_type.removeprefix("builtins."),
-            failure.message[:2000],
-            ended,
-            extra={"failed_task": result.failed_task, "traceback": failure.traceback},
-        )
-        logger.debug("job %s: the failure's traceback:\n%s", job.id, failure.traceback)
 
     def request_cancel(self, reason: str | None = None) -> None:
         """The job was cancelled (``board.cancel``): stop its flow, then revert it and consume
@@ -344,7 +350,7 @@ class JobRun:
     async def _retry(self, policy: RetryPolicy, state: FlowState, failure: Failure | None) -> None:
         number = self.job.retries + 1
         delay = policy.delay(number)
-        saved = None if failure is None else _kept_failure(failure)
+        saved = None if failure is None else kept_failure(failure)
         try:
             await self.context.board.retry(self.claim, delay=delay, failure=saved)
         except ClaimLost as exc:
@@ -425,16 +431,3 @@ class JobRun:
         self.context.stats.lease_lost += 1
         logger.warning("job %s: claim lost (%s)", self.job.id, exc)
         await self._emit(Event.LEASE_LOST, reason=str(exc))
-
-
-#: How much of a retried run's failure a job keeps: the message's start, the traceback's end.
-_KEPT_MESSAGE, _KEPT_TRACEBACK = 2_000, 8_000
-
-
-def _kept_failure(failure: Failure) -> dict[str, Any]:
-    """A run's failure as the job keeps it: JSON, its long texts cut to a bounded size (a
-    board refuses a payload over its limit, and a failure must never stop a retry)."""
-    data = failure.model_dump(mode="json")
-    data["message"] = data["message"][:_KEPT_MESSAGE]
-    data["traceback"] = data["traceback"][-_KEPT_TRACEBACK:]
-    return data

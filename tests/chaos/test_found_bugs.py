@@ -248,11 +248,6 @@ class LateClaimBoard(MemoryJobBoard):
         return jobs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a conductor starts a job whose claim's lease already ran out when the claim "
-    "reached it (found on Kafka by the full cancel-limits scenario)",
-)
 async def test_a_claim_whose_lease_ran_out_before_it_arrived_is_not_run() -> None:
     """Found by the full cancel-limits scenario on Kafka (a job of limit key ``pay``, limit 2,
     ran in two processes at once, and the key ran 3 jobs at once): under broker stalls a Kafka
