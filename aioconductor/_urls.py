@@ -243,7 +243,7 @@ def load_backend(scheme: str, table: Mapping[str, tuple[str, str, str | None]], 
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        hint = f" (pip install 'aioconductor[{extra}]')" if extra else ""
+        hint = f" (pip install 'aioconductor-taskflow[{extra}]')" if extra else ""
         raise DependencyMissing(
             f"the {scheme}:// {what} needs a driver that is not installed{hint}: {exc}"
         ) from exc

@@ -1,4 +1,4 @@
-"""Prometheus metrics for conductors and boards (``pip install 'aioconductor[metrics]'``).
+"""Prometheus metrics for conductors and boards (``pip install 'aioconductor-taskflow[metrics]'``).
 
 Attach the exporter to conductors; it listens to their events and reads their stats, and never
 slows a job down (a scrape reads counters the conductor keeps anyway)::
@@ -56,7 +56,7 @@ def _prometheus() -> Any:
         import prometheus_client.core
     except ImportError as exc:
         raise DependencyMissing(
-            "metrics need prometheus-client: pip install 'aioconductor[metrics]'"
+            "metrics need prometheus-client: pip install 'aioconductor-taskflow[metrics]'"
         ) from exc
     return prometheus_client
 

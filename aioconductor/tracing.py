@@ -1,4 +1,5 @@
-"""OpenTelemetry traces of claims, engine runs and tasks (``pip install 'aioconductor[otel]'``).
+"""OpenTelemetry traces of claims, engine runs and tasks
+(``pip install 'aioconductor-taskflow[otel]'``).
 
 The tracer listens to a conductor's events and turns them into spans; it needs only
 ``opentelemetry-api`` (your app installs and configures the SDK and an exporter)::
@@ -66,7 +67,7 @@ def _otel() -> Any:
         from opentelemetry import trace
     except ImportError as exc:
         raise DependencyMissing(
-            "traces need opentelemetry-api: pip install 'aioconductor[otel]'"
+            "traces need opentelemetry-api: pip install 'aioconductor-taskflow[otel]'"
         ) from exc
     return trace
 

@@ -145,5 +145,5 @@ def test_without_prometheus_client_the_error_names_the_extra(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
-    with pytest.raises(DependencyMissing, match=r"aioconductor\[metrics\]"):
+    with pytest.raises(DependencyMissing, match=r"aioconductor-taskflow\[metrics\]"):
         ConductorMetrics(registry=None)

@@ -114,7 +114,7 @@ async def test_run_flow_without_a_conductor_nests_under_the_current_span(
 
 def test_without_opentelemetry_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "opentelemetry", None)
-    with pytest.raises(DependencyMissing, match=r"aioconductor\[otel\]"):
+    with pytest.raises(DependencyMissing, match=r"aioconductor-taskflow\[otel\]"):
         ConductorTracer()
 
 

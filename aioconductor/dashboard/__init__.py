@@ -1,4 +1,4 @@
-"""A web dashboard for a job board (``pip install 'aioconductor[dashboard]'``).
+"""A web dashboard for a job board (``pip install 'aioconductor-taskflow[dashboard]'``).
 
 Jobs by state with live counts, each job's page (args, attempts, claim, outcome, result, and
 the flow's task states and failure traceback when a store is given), the conductors alive with

@@ -40,7 +40,7 @@ try:
     from starlette.staticfiles import StaticFiles
 except ImportError as exc:  # pragma: no cover - exercised without the extra only
     raise DependencyMissing(
-        "the dashboard needs starlette and jinja2: pip install 'aioconductor[dashboard]'"
+        "the dashboard needs starlette and jinja2: pip install 'aioconductor-taskflow[dashboard]'"
     ) from exc
 
 from aioconductor.boards.base import JobBoard

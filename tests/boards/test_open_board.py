@@ -43,7 +43,7 @@ def test_a_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(
         board_open._BACKENDS, "fakemq", ("aioconductor.boards.no_such_module", "X", "fakemq")
     )
-    with pytest.raises(DependencyMissing, match=r"pip install 'aioconductor\[fakemq\]'"):
+    with pytest.raises(DependencyMissing, match=r"pip install 'aioconductor-taskflow\[fakemq\]'"):
         open_board("fakemq://host")
 
 

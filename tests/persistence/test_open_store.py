@@ -110,7 +110,7 @@ def test_a_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> No
         ("aioconductor.persistence._no_such_module", "FakeStore", "fakedb"),
     )
 
-    with pytest.raises(DependencyMissing, match=r"pip install 'aioconductor\[fakedb\]'"):
+    with pytest.raises(DependencyMissing, match=r"pip install 'aioconductor-taskflow\[fakedb\]'"):
         open_store("fakedb://localhost/x")
 
 

@@ -2,7 +2,7 @@
 
 Every board and store of aioconductor passes these tests; a third-party backend runs them
 too, the way TaskFlow ships its jobboard test mixin. Importing this package needs pytest
-(``pip install 'aioconductor[testing]'``); nothing else in aioconductor does. The tests are
+(``pip install 'aioconductor-taskflow[testing]'``); nothing else in aioconductor does. The tests are
 ``async def`` functions: run them with pytest-asyncio in auto mode (``asyncio_mode = "auto"``).
 
 In your test folder, give the suites a way to open your board (and store) in a namespace,
