@@ -3,10 +3,11 @@
 ``python -m benchmarks.cancel [--jobs 50] [--backends memory,sqlite,redis,postgres,kafka]``
 (``nox -s cancel``). For each board, one conductor (lease 30 s, so no renewal tells it) runs a
 two-task flow whose second task waits; once it waits, a second board object (an operator's)
-cancels the job. Measured per job: ``stop`` (``cancel()`` called until the run emits
-``job_cancelling``, its flow stopped) and ``ended`` (until the job is consumed ``CANCELLED``,
-its tasks reverted). Boards keep their default ``poll_interval`` (1 s): SQLite hears of a cancel
-made by another board object at its next sweep. Prints one JSON line per board.
+cancels the job, at a random moment up to 1 s later. Measured per job: ``stop`` (``cancel()``
+called until the run emits ``job_cancelling``, its flow stopped) and ``ended`` (until the job
+is consumed ``CANCELLED``, its tasks reverted). Boards keep their default ``poll_interval``
+(1 s): SQLite hears of a cancel made by another board object at its next sweep. Prints one
+JSON line per board.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -91,6 +93,9 @@ async def run_one(backend: str, url: str, jobs: int) -> dict[str, Any]:
                 waiting = _WAITING.setdefault(str(n), anyio.Event())
                 with anyio.fail_after(60):
                     await waiting.wait()
+                # At a random moment: a cancel right after a sweep would always wait a whole
+                # poll_interval on a board that hears of it by sweeping (SQLite).
+                await anyio.sleep(random.uniform(0, 1))
                 started = time.perf_counter()
                 await operator.cancel(job.id, reason="benchmark")
                 with anyio.fail_after(60):
