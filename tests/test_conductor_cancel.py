@@ -25,6 +25,7 @@ from aioconductor import (
     task,
 )
 from aioconductor.boards.memory import MemoryJobBoard
+from aioconductor.conductor.jobrun import JobRun
 from aioconductor.events import Event
 from aioconductor.models import NotificationKind
 from aioconductor.persistence.memory import MemoryStore
@@ -209,3 +210,59 @@ async def test_a_job_cancelled_before_it_is_claimed_never_runs(backend: BoardBac
                 await board.wait_for(other.id)
     assert cancelled.outcome is Outcome.CANCELLED
     assert not DONE["book d"] and DONE["refund e"] == 1
+
+
+async def test_a_cancel_pushed_before_the_run_started_its_flow_is_heard_at_once() -> None:
+    async with MemoryJobBoard(poll_interval=0.05) as board:
+        job = await board.post("o", "order", {"key": "f"})
+        conductor = Conductor("c", board, flows=_flows(), lease=30.0)
+
+        async def on_claimed(event: Any, details: Any) -> None:
+            # The cancel lands just after the claim, while the run prepares its flow.
+            await board.cancel(job.id, reason="now")
+            await anyio.sleep(0.2)
+
+        conductor.notifier.register(Event.JOB_CLAIMED, on_claimed)
+        async with _running(conductor):
+            with anyio.fail_after(5):  # by push: the lease (30 s) plays no part
+                done = await board.wait_for(job.id)
+    assert done.outcome is Outcome.CANCELLED
+
+
+async def test_a_run_that_lost_its_claim_does_not_revert_on_a_late_cancel() -> None:
+    store = MemoryStore()
+    async with MemoryJobBoard() as board, store:
+        job = await board.post("o", "order", {"key": "g"})
+        conductor = Conductor("c", board, store=store, flows=_flows(), lease=1.0)
+        [(job, claim)] = await board.claim_batch(conductor.owner, 1, lease=1.0)
+        run = JobRun(conductor._run_context(), job, claim)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run.run)
+            await _until(lambda: DONE["charge g"] == 1, within=5)
+            await anyio.sleep(1.2)  # past the lease: another owner takes the job
+            await board.claim(job.id, "other", lease=30.0)
+            await run.renew_lease()  # the lease keeper: ClaimLost, the flow is stopped
+            assert run.lease_lost
+            flagged = await board.cancel(job.id, reason="the new owner's to stop")
+            assert flagged.cancel_requested and flagged.owner == "other"
+            run.request_cancel()  # the CANCEL push reaching the old owner's dispatcher
+        assert not DONE["refund g"] and not DONE["unbook g"]
+        assert (await board.get(job.id)).owner == "other"
+
+
+async def test_a_flagged_job_whose_reverts_keep_dying_is_not_cycled_for_ever() -> None:
+    async with MemoryJobBoard(poll_interval=0.05) as board:
+        job = await board.post("o", "order", {"key": "h"}, max_attempts=1)
+        await board.claim(job.id, "doomed-0", lease=0.05)
+        await board.cancel(job.id)
+        for n in range(1, 3):  # two more owners died while reverting it
+            await anyio.sleep(0.1)
+            await board.claim(job.id, f"doomed-{n}", lease=0.05)
+        await anyio.sleep(0.1)
+        conductor = Conductor("c", board, flows=_flows())
+        async with _running(conductor):
+            with anyio.fail_after(10):
+                done = await board.wait_for(job.id)
+    assert done.outcome is Outcome.CANCELLED and done.attempts == 4
+    assert done.result is not None and "gave up reverting" in done.result["not_reverted"]
+    assert not DONE

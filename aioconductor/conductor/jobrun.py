@@ -107,8 +107,8 @@ class RunContext:
     #: Jobs run under a shared hold of it, or alone.
     gate: SoloGate
     make_engine: EngineFactory
-    #: The runs under way, by job id: a run lists itself while its engine runs (the lease
-    #: keeper renews what is listed here).
+    #: The runs under way, by job id, from their claim to their end (the lease keeper renews
+    #: what is listed here; cancels find their run here).
     running: dict[str, JobRun]
     #: Whether a job on its last attempt after an unfinished one runs alone
     #: (:func:`~aioconductor.conductor.solo.last_attempt_after_unfinished`).
@@ -171,11 +171,29 @@ class JobRun:
                 await self._forget_progress()
 
     async def _run_to_an_end(self) -> None:
+        running, job = self.context.running, self.job
+        earlier = running.get(job.id)
+        if earlier is not None:
+            # This conductor claimed the job again while a run of its own (whose lease ran
+            # out) still winds down: that run is a zombie; stop it.
+            earlier.halt()
+        # Listed from the start, before any await: a cancel pushed meanwhile finds the run.
+        running[job.id] = self
+        try:
+            await self._run_listed()
+        finally:
+            if running.get(job.id) is self:
+                del running[job.id]
+
+    async def _run_listed(self) -> None:
         context, job = self.context, self.job
         try:
             await self._emit(Event.JOB_CLAIMED)
             if self.claim.cancel_requested:
                 self.cancelling = job.cancel_reason or "cancelled"
+                if job.attempts > 2 * job.max_attempts:
+                    # Its reverts keep failing without a word (a crash, a lost lease): stop.
+                    raise Unrunnable(f"gave up reverting it after {job.attempts} claims")
             elif job.attempts > job.max_attempts:
                 raise Unrunnable(exhausted_reason(job))
             job = self.job = checked_args(context.flows, job)
@@ -183,19 +201,10 @@ class JobRun:
             engine = context.make_engine(job, self.claim, flow)
             if not await self._enough_lease():
                 return  # lost before it started: the next owner runs it
-            running = context.running
-            earlier = running.get(job.id)
-            if earlier is not None:
-                # This conductor claimed the job again while a run of its own (whose lease ran
-                # out) still winds down: that run is a zombie; stop it.
-                earlier.engine_scope.cancel()
-            running[job.id] = self
             try:
                 result = await self._run_engine(engine)
             finally:
                 self.ended = True
-                if running.get(job.id) is self:
-                    del running[job.id]
             if result is None:
                 # The lease keeper cancelled the engine: the claim is gone, the flow was
                 # suspended with its progress saved, and the new owner finishes the job.
@@ -267,22 +276,30 @@ class JobRun:
             with self.engine_scope:
                 async with self.context.gate.hold(alone):
                     return await engine.run()
-            if self.cancelling is None:
-                return None  # only the lease keeper cancels the scope but for a cancel
+            if self.cancelling is None or self.lease_lost:
+                return None  # the claim was lost (a cancel heard since is the new owner's)
             await self._emit(Event.JOB_CANCELLING, reason=self.cancelling, seen="running")
         else:
             await self._emit(Event.JOB_CANCELLING, reason=self.cancelling, seen="claimed")
+        if self.lease_lost:
+            return None
         # A lost claim stops the revert too: the next owner reverts what is left.
         self.engine_scope = anyio.CancelScope()
         with self.engine_scope:
             return await engine.revert()
         return None
 
+    def halt(self) -> None:
+        """Stop this run for good: its claim was taken over (by a newer run of this same
+        conductor); it neither runs nor reverts any more of the flow."""
+        self.lease_lost = True
+        self.engine_scope.cancel()
+
     def request_cancel(self, reason: str | None = None) -> None:
         """The job was cancelled (``board.cancel``): stop its flow, then revert it and consume
         the job ``CANCELLED``. Nothing happens once the run is over or already cancelling."""
-        if self.ended or self.cancelling is not None:
-            return
+        if self.ended or self.cancelling is not None or self.lease_lost:
+            return  # over, cancelling already, or no longer ours to stop
         self.cancelling = reason or self.job.cancel_reason or "cancelled"
         self.engine_scope.cancel()
 
