@@ -97,3 +97,30 @@ async def test_open_board_without_migrate_refuses_a_missing_schema(tmp_path: Pat
         async with open_board(f"sqlite:///{tmp_path / 'none.db'}", migrate=False):
             pass
     assert not (tmp_path / "none.db").exists()
+
+
+@pytest.mark.kafka
+def test_a_reader_on_a_fresh_kafka_topic_creates_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
+
+    from tests.kafka_helpers import kafka_url, require_kafka, unique_topic
+
+    topic = unique_topic("readonly")
+    board = kafka_url(topic, "cli")
+
+    async def topics() -> set[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=require_kafka())
+        await admin.start()
+        try:
+            return {name for name in await admin.list_topics() if name.startswith(topic)}
+        finally:
+            await admin.close()
+
+    status, _, err = run_cli(capsys, "jobs", "--board", board)
+    assert status != 0 and "no aioconductor board here" in err
+    assert anyio.run(topics) == set()
+    assert run_cli(capsys, "migrate", "--board", board)[0] == 0
+    assert anyio.run(topics) == {f"{topic}.cli.jobs", f"{topic}.cli.state", f"{topic}.cli.dead"}
+    assert run_cli(capsys, "jobs", "--board", board)[0] == 0

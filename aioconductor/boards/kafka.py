@@ -150,6 +150,7 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
         )
         prefix = f"{topic}.{self.namespace}"
         self._link = link = KafkaLink(self._view, bootstrap_servers(driver_url), prefix, settings)
+        link.create_topics = self.migrate
         self.bootstrap, self.url, self.group_id = link.bootstrap, link.url, link.group_id
         self.jobs_topic, self.state_topic = link.jobs_topic, link.state_topic
         self.dead_topic = link.dead_topic

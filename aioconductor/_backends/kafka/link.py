@@ -102,6 +102,8 @@ class KafkaLink:
         #: This instance's consumer-group member, once :meth:`group` made it.
         self.member: GroupMember | None = None
         self.closed = False
+        #: Whether :meth:`connect` creates the topics that are missing (else it refuses).
+        self.create_topics = True
 
     def unavailable(self, what: str, exc: BaseException) -> BackendUnavailable:
         """The ``BackendUnavailable`` to raise for an aiokafka error during ``what``."""
@@ -119,11 +121,16 @@ class KafkaLink:
         Raises:
             BackendUnavailable: the brokers are unreachable, or refused a topic or the
                 producer.
+            ConfigurationError: a topic is missing and :attr:`create_topics` is False.
         """
         self.closed = False
         try:
             self.partitions = await ensure_topics(
-                self.bootstrap, self.url, self._topics(), self.settings.replication
+                self.bootstrap,
+                self.url,
+                self._topics(),
+                self.settings.replication,
+                create=self.create_topics,
             )
             self.producer = await start_producer(
                 self.bootstrap, self.url, self.settings.idempotence, self.settings.record_limit

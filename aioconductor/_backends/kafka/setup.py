@@ -99,12 +99,19 @@ class TopicSpec:
 
 
 async def ensure_topics(
-    bootstrap: str, url: str, topics: Sequence[TopicSpec], replication: int | None
+    bootstrap: str,
+    url: str,
+    topics: Sequence[TopicSpec],
+    replication: int | None,
+    *,
+    create: bool = True,
 ) -> int:
-    """Create the missing ``topics``; the partition count of the first one as it exists.
+    """Create the missing ``topics`` (with ``create=False``, refuse to go on without them);
+    the partition count of the first one as it exists.
 
     Raises:
         BackendUnavailable: the broker is unreachable or refused to create a topic.
+        ConfigurationError: with ``create=False``, a topic is missing.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     with map_exceptions(errors(url, "connecting")):
@@ -119,6 +126,13 @@ async def ensure_topics(
             for t in topics
             if t.name not in existing
         ]
+        if missing and not create:
+            names = ", ".join(topic.name for topic in missing)
+            raise ConfigurationError(
+                f"Kafka at {url}: no aioconductor board here (topics {names} are missing), "
+                "and this command does not create anything; run `aioconductor migrate` (or "
+                "start a conductor) on it first"
+            )
         if missing:
             with map_exceptions(errors(url, "creating the topics")):
                 response = await admin.create_topics(missing)
