@@ -18,9 +18,9 @@ recorded in ``schema_version``): ``jobs`` (a row per job, every namespace in one
 is the post order; ``ready_at`` is when an unfinished job is claimable from, NULL once final),
 ``conductors``, ``schedule_ticks`` (each schedule's last posted tick; ``post_tick`` upserts
 it and posts the tick's job in one transaction, see ``_backends.postgres.posting``) and
-``limits`` (a row a concurrency limit key). ``args`` and ``result`` are ``json``, not ``jsonb``:
-``json`` keeps the text as written, so a ``\\u0000`` in a string, key order and numbers come
-back exactly as posted.
+``limits`` (a row a limit key with a limit set). ``args`` and ``result`` are ``json``, not
+``jsonb``: ``json`` keeps the text as written, so a ``\\u0000`` in a string, key order and
+numbers come back exactly as posted.
 
 Keys and retention: ``job_key`` has a partial unique index per namespace, and a post is one
 ``INSERT ... ON CONFLICT DO NOTHING`` (see ``_backends.postgres.posting``); ``purge`` reads the
@@ -30,7 +30,9 @@ Cancels and limits: ``cancel`` is one statement (end an unclaimed job, or flag a
 and ``pg_notify`` its owner). A claim that would take a job with a limit key goes, inside the
 same statement, to the PL/pgSQL function ``claim_limited``: it locks the key's row, then
 counts the key's live claims in a statement of its own, so concurrent claims never overshoot
-a limit (see ``_backends.postgres.limits_sql``). Jobs without limit keys never call it.
+a limit (see ``_backends.postgres.limits_sql``). A renewal of a job with a limit key goes to
+``renew_limited`` the same way, which reads its clock only once it holds the key's lock. Jobs
+without limit keys never call either.
 
 Notifications: post, abandon and release (and a retry due at once), a cancel of a claimed job
 and every end of a claim of a limit key ``pg_notify`` the namespace's channel in the same
@@ -42,7 +44,7 @@ stream's sweep.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Self, Unpack
+from typing import Any, NoReturn, Self, Unpack
 
 from aioconductor._backends.base import DueTimer
 from aioconductor._backends.postgres import board_sql as sql
@@ -68,6 +70,7 @@ from aioconductor.boards._support import visible
 from aioconductor.boards.base import EncodedObject
 from aioconductor.boards.base import JobBoard
 from aioconductor.boards.base import PostSpec
+from aioconductor.boards.base import lost_message
 from aioconductor.boards.base import unclaimable_message
 from aioconductor.errors import BoardClosed
 from aioconductor.errors import BoardError
@@ -264,30 +267,26 @@ class PostgresJobBoard(PostgresBoardBase):
         args = (*await self._claim_args(claim, "renew"), seconds(lease))
         row = await self._fetch_row("renew", self._sql.renew, *args)
         if row is None:
-            row = await self._renew_lapsed(claim, args)
-        job = await self._checked(row, claim, "renew")
+            await self._renew_refused(claim)
+        job = job_from_row(row)
         assert job.claim is not None
         self._due.note(job.claim.expires_at, job.updated_at)
         return job.claim
 
-    async def _renew_lapsed(self, claim: Claim, args: tuple[Any, ...]) -> Any:
-        """The renewal of a claim whose lease ran out, if it has a limit key: it re-takes a slot,
-        so it is made with the key's row locked (``renew_limited``), and refused (None) if the
-        key is full meanwhile. None (nothing sent) if the claim is not current."""
+    async def _renew_refused(self, claim: Claim) -> NoReturn:
+        """Raise ``ClaimLost`` for a renewal that changed nothing: the claim is not current, or
+        (still current) its lease ran out and its limit key was full (``renew_limited``)."""
         job, _ = await self._current(claim.job_id)
-        current = job.claim is not None and (job.claim.owner, job.claim.token) == (
+        held = job.claim is not None and (job.claim.owner, job.claim.token) == (
             claim.owner,
             claim.token,
         )
-        if job.state is not JobState.CLAIMED or not current or job.limit_key is None:
-            return None
-        row = await self._fetch_row("renew", self._sql.renew_limited, *args)
-        if row is None and (await self._current(claim.job_id))[0].claim == job.claim:
+        if job.state is JobState.CLAIMED and held and job.limit_key is not None:
             raise ClaimLost(
                 f"renew of job {job.id} by {claim.owner!r} refused: its lease ran out and its "
                 f"limit key {job.limit_key!r} is full"
             )
-        return row
+        raise ClaimLost(lost_message(claim, "renew", job.state, job.claim))
 
     async def _consume(
         self, claim: Claim, outcome: Outcome, result: dict[str, Any], result_json: bytes

@@ -1,14 +1,13 @@
 """Cancels and concurrency limits on the PostgreSQL board, beyond the conformance suite: limits
 exact under concurrent claims from many boards (each its own pool), a limit set while a claim
-of its key is under way, a lapsed renewal racing a claim, the claim path of jobs without limit
-keys (no PL/pgSQL call), the indexes, post_in_transaction with a limit key, and the upgrade
-from schema version 5."""
+(or a renewal) of its key is under way, a lapsed renewal racing a claim (and one that waited
+for its row across its lease's end), no limits rows for keys without a limit, and
+post_in_transaction with a limit key. The statements' plans, the index and the upgrades are in
+test_postgres_limits_schema."""
 
 from __future__ import annotations
 
 import contextlib
-import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,14 +16,11 @@ import anyio.lowlevel
 import pytest
 
 from aioconductor._backends.postgres import board_sql as sql
-from aioconductor._backends.postgres.schema import migrate
 from aioconductor.boards import JobBoard, open_board
 from aioconductor.boards.postgres import PostgresJobBoard
 from aioconductor.errors import ClaimLost, UnclaimableJob
 from aioconductor.models import JobState, LimitInfo, NotificationKind, Outcome
 from tests.backends import PostgresSpace, board_fixture, one_space_fixture
-from tests.conftest import POSTGRES_URL
-from tests.postgres_helpers import url
 
 pytestmark = pytest.mark.postgres
 
@@ -161,8 +157,8 @@ async def test_churn_across_keys_keeps_every_limit_and_never_deadlocks(
 async def test_a_limit_set_during_a_claim_of_its_key_counts_that_claim(
     board: JobBoard, admin: Any, schema: str
 ) -> None:
-    """A claim of a key without a limit still locks the key's row (made by that claim), so a
-    limit set meanwhile waits for the claim to end, and the next claim counts it."""
+    """A claim of a key without a limit (no row) holds the namespace's limits gate, so a limit
+    set meanwhile waits for the claim to end, and the next claim counts it."""
     first = await board.post("p1", "f", limit_key="payments", priority=1)
     second = await board.post("p2", "f", limit_key="payments")
     setting: list[str] = []
@@ -248,73 +244,110 @@ async def test_a_lapsed_renewal_and_a_claim_of_its_key_never_both_win(
         assert [info.claimed for info in await board.limits() if info.key == key] == [1]
 
 
-# -- the common path stays plain ----------------------------------------------------------------
-
-
-def _function_loops(plan: Any) -> list[int]:
-    """How often each call of claim_limited ran in an ``EXPLAIN (ANALYZE, FORMAT JSON)`` plan."""
-    found: list[int] = []
-
-    def walk(node: dict[str, Any]) -> None:
-        if node.get("Function Name") == "claim_limited":
-            found.append(int(node["Actual Loops"]))
-        for child in node.get("Plans", []):
-            walk(child)
-
-    walk(json.loads(plan)[0]["Plan"])
-    return found
-
-
-class _Rollback(Exception):
-    """Raised to roll an ``EXPLAIN ANALYZE`` (which runs its statement) back."""
-
-
-async def _analyze(admin: Any, query: str, *args: Any) -> Any:
-    """The JSON plan of ``query`` as run with ``args``, rolled back."""
-    plan = None
-    with contextlib.suppress(_Rollback):
-        async with admin.transaction():
-            plan = await admin.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", *args)
-            raise _Rollback
-    return plan
-
-
-@pytest.mark.parametrize("statement", ["claim_next", "claim_batch", "claim"])
-async def test_jobs_without_limit_keys_are_claimed_without_the_function(
-    board: JobBoard, admin: Any, statement: str
+async def test_a_renewal_that_waited_on_the_row_past_its_lease_does_not_overshoot(
+    board: JobBoard, boards: list[JobBoard], admin: Any, schema: str
 ) -> None:
-    assert isinstance(board, PostgresJobBoard)
-    await board.set_limit("payments", 1)  # limits on the board; the first job has no key
-    plain = await board.post("plain", "f", priority=1)
-    limited = await board.post("limited", "f", limit_key="payments")
-    query = getattr(board._sql, statement)
+    """A renewal whose lease was live when it began but ran out while it waited for the job's
+    row (held here by a stand-in transaction) re-takes a slot: it must count under the key's
+    lock, after the claim that took the slot meanwhile, and be refused. (A clock read before
+    the wait called the lease live: renewed, the key held 2 claims with limit 1.)"""
+    await board.set_limit("pay", 1)
+    first = await board.post("p1", "f", limit_key="pay")
+    second = await board.post("p2", "f", limit_key="pay")
+    lapsing = await board.claim(first.id, "A", lease=1.0)
+    outcome: list[str] = []
 
-    def args(job_id: str) -> tuple[Any, ...]:
-        if statement == "claim":
-            return (board.namespace, job_id, "me", 30.0)
-        return (board.namespace, "me", 30.0, 1)[: 3 if statement == "claim_next" else 4]
+    async def renew() -> None:
+        try:
+            await board.renew(lapsing, lease=30.0)
+            outcome.append("renewed")
+        except ClaimLost:
+            outcome.append("lost")
 
-    assert _function_loops(await _analyze(admin, query, *args(plain.id))) == [0]
-    await board.claim(plain.id, "me")
-    # A job with a key: the function runs (and claims it).
-    assert _function_loops(await _analyze(admin, query, *args(limited.id))) == [1]
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg, admin.transaction():
+            await admin.execute(
+                f'SELECT 1 FROM "{schema}".jobs WHERE namespace = $1 AND id = $2 FOR UPDATE',
+                NAMESPACE,
+                first.id,
+            )
+            tg.start_soon(renew)  # the lease is live now; the renewal waits for the row
+            await anyio.sleep(1.3)  # the lease ran out
+            taken = await boards[0].claim(second.id, "B")  # 0 live claims: takes the slot
+            assert taken.owner == "B"
+            assert outcome == []
+            # The stand-in transaction ends here: the renewal goes on.
+    assert outcome == ["lost"]
+    assert [info.claimed for info in await board.limits() if info.key == "pay"] == [1]
+    assert await _live(admin, schema, "pay") == 1
 
 
-async def test_live_claims_of_a_key_are_counted_from_their_index(
+async def test_limits_rows_do_not_pile_up_for_keys_without_a_limit(
     board: JobBoard, admin: Any, schema: str
 ) -> None:
-    await admin.execute(f'SET enable_seqscan = off; ANALYZE "{schema}".jobs')
-    try:
-        plan = await admin.fetch(
-            f"""EXPLAIN SELECT count(*) FROM "{schema}".jobs WHERE namespace = 'x'
-                AND limit_key = 'k' AND state = 'CLAIMED' AND expires_at > 0"""
+    """Claims never write limits rows (the namespace's gate guards keys without a row), and a
+    removed limit deletes its row: per-tenant keys leave nothing behind once their jobs are
+    purged. (Claims used to make a row for every key they met, kept forever.)"""
+
+    async def rows() -> int:
+        return int(
+            await admin.fetchval(
+                f'SELECT count(*) FROM "{schema}".limits WHERE namespace = $1', NAMESPACE
+            )
         )
-    finally:
-        await admin.execute("RESET enable_seqscan")
-    assert "jobs_limit_claims" in "\n".join(row[0] for row in plan)
+
+    for i in range(200):
+        await board.post(f"j{i}", "f", limit_key=f"tenant-{i}")
+    while claimed := await board.claim_batch("o", 50):
+        for _, claim in claimed:
+            await board.renew(claim)
+            await board.consume(claim)
+    await board.purge(older_than=0)
+    assert await board.limits() == []
+    assert await rows() == 0, "rows left in limits for keys that never had a limit"
+    await board.set_limit("tenant-1", 2)
+    assert await rows() == 1
+    await board.set_limit("tenant-1", None)
+    assert await board.limits() == []
+    assert await rows() == 0, "a removed limit left its row"
 
 
-# -- posting, notifications, the upgrade ------------------------------------------------------
+async def test_a_limit_set_during_a_renewal_of_its_key_counts_that_renewal(
+    board: JobBoard, admin: Any, schema: str
+) -> None:
+    """A renewal of a lapsed claim of a key without a limit holds the gate too: a limit set
+    meanwhile waits for it, and the next claim counts the renewed claim."""
+    first = await board.post("p1", "f", limit_key="payments")
+    second = await board.post("p2", "f", limit_key="payments")
+    lapsed = await board.claim(first.id, "owner-1", lease=0.1)
+    await anyio.sleep(0.2)
+    setting: list[str] = []
+
+    async def set_limit() -> None:
+        await board.set_limit("payments", 1)
+        setting.append("set")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            async with admin.transaction():
+                rows = await admin.fetch(
+                    f'SELECT id FROM "{schema}".renew_limited($1, $2, $3, $4, 60)',
+                    NAMESPACE,
+                    first.id,
+                    "owner-1",
+                    lapsed.token,
+                )
+                assert [row[0] for row in rows] == [first.id]
+                tg.start_soon(set_limit)
+                await anyio.sleep(0.5)
+                assert setting == []  # waits for the renewal's transaction
+    assert setting == ["set"]
+    with pytest.raises(UnclaimableJob, match="waits for a slot"):
+        await board.claim(second.id, "owner-2")
+    assert await board.limits() == [LimitInfo(key="payments", limit=1, claimed=1)]
+
+
+# -- posting and notifications ---------------------------------------------------------------
 
 
 async def test_post_in_transaction_carries_the_limit_key(board: JobBoard, admin: Any) -> None:
@@ -357,36 +390,3 @@ async def test_cancel_and_freed_slot_notes_travel_on_the_channel(
         f"{NotificationKind.CANCEL} 3 {job.id}",
         f"{NotificationKind.SLOT_FREED} 3 {job.id}",
     ]
-
-
-async def test_a_version_5_schema_is_upgraded_and_its_jobs_cancelled_and_limited(
-    schema: str, admin: Any
-) -> None:
-    await migrate(
-        admin, schema=schema, url=POSTGRES_URL, component="board", migrations=sql.MIGRATIONS[:5]
-    )
-    now = await admin.fetchval(sql.NOW_QUERY)
-    insert = f"""INSERT INTO "{schema}".jobs (namespace, id, name, flow, args, priority,
-            created_at, updated_at, attempts, max_attempts, token, state, owner, expires_at,
-            ready_at)
-        VALUES ('default', $1, 'old', 'f', '{{}}', 0, $2, $2, $3::integer, 3, $3::integer, $4,
-            $5, $6, $6)"""
-    waiting, held = str(uuid.uuid4()), str(uuid.uuid4())
-    await admin.execute(insert, waiting, now, 0, "UNCLAIMED", None, now)
-    await admin.execute(insert, held, now, 1, "CLAIMED", "owner-1", now + 60)
-    async with open_board(url(schema)) as upgraded:
-        old = await upgraded.get(waiting)
-        assert old.cancel_reason is None and old.limit_key is None
-        cancelled = await upgraded.cancel(waiting, reason="gone")
-        assert cancelled.outcome is Outcome.CANCELLED
-        flagged = await upgraded.cancel(held, reason="stop")
-        assert flagged.claim is not None and flagged.claim.cancel_requested
-        await upgraded.set_limit("payments", 1)
-        new = await upgraded.post("new", "f", limit_key="payments")
-        claimed = await upgraded.claim_next("owner-2")
-        assert claimed is not None and claimed[0].id == new.id
-        assert await upgraded.limits() == [LimitInfo(key="payments", limit=1, claimed=1)]
-    version = await admin.fetchval(
-        f"SELECT version FROM \"{schema}\".schema_version WHERE component = 'board'"
-    )
-    assert version == len(sql.MIGRATIONS) == 6

@@ -165,13 +165,6 @@ CLAIM_BATCH = _claim_best("$4")
 _CURRENT = "namespace = $1 AND id = $2 AND state = 'CLAIMED' AND owner = $3 AND token = $4"
 
 
-def _with_claim(sets: str, also: str = "TRUE") -> str:
-    """An UPDATE applying ``sets`` if the claim ($2 id, $3 owner, $4 token) is current (and
-    ``also`` holds)."""
-    return f"""{_CLOCK} UPDATE {{s}}.jobs SET {sets}, updated_at = c.now FROM c
-        WHERE {_CURRENT} AND {also} RETURNING {COLUMNS}"""
-
-
 def _freed(channel: str) -> str:
     """A pg_notify on ``channel`` of SLOT_FREED for an updated row ``j`` that held a claim of a
     limit key (other claimers may now take that key's jobs)."""
@@ -189,12 +182,19 @@ def _ending(sets: str, channel: str) -> str:
     SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
 
 
-# $5 the new lease. A claim whose lease ran out re-takes a slot of its limit key: not here but
-# with the key's row locked (limits_sql.RENEW_LIMITED), when this updates nothing.
-RENEW = _with_claim(
-    "expires_at = c.now + $5::float8, ready_at = c.now + $5::float8",
-    "(limit_key IS NULL OR expires_at > c.now)",
-)
+# $5 the new lease. A job without a limit key is renewed by the plain UPDATE; one with a key (it
+# never changes: read from this statement's view) by renew_limited, which reads its clock only
+# once it holds the job's row and its key's lock (limits_sql): a clock read before a lock wait
+# could call a lease live that ran out meanwhile, and skip the count a lapsed claim needs.
+RENEW = f"""{_CLOCK},
+    k AS (SELECT id AS one FROM {{s}}.jobs
+        WHERE namespace = $1 AND id = $2 AND limit_key IS NOT NULL),
+    t AS (UPDATE {{s}}.jobs SET expires_at = c.now + $5::float8, ready_at = c.now + $5::float8,
+            updated_at = c.now FROM c
+        WHERE {_CURRENT} AND limit_key IS NULL RETURNING {COLUMNS})
+    SELECT * FROM t
+    UNION ALL
+    SELECT {COLUMNS} FROM k, LATERAL {{s}}.renew_limited($1, $2, $3, $4, $5::float8) AS f"""
 # $5 outcome, $6 result, $7 the channel.
 CONSUME = _ending("state = 'COMPLETE', outcome = $5, result = $6::json", "$7")
 # $5 reason, $6 the channel.
@@ -369,7 +369,6 @@ class BoardStatements:
     set_limit: str = limits_sql.SET_LIMIT
     limits: str = limits_sql.LIMITS
     claim_one: str = limits_sql.CLAIM_ONE
-    renew_limited: str = limits_sql.RENEW_LIMITED
 
 
 def channel_name(schema: str, namespace: str) -> str:

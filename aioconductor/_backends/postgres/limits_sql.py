@@ -9,17 +9,45 @@ statement sees the database as of its start, so a count taken in the statement t
 for the lock would miss the claim of the transaction it waited for (and ``SKIP LOCKED`` alone
 lets two claimers each count the other's claim as not there). The count, the lock and the
 claim are one transaction: the PL/pgSQL function ``claim_limited``, whose statements each see
-what committed before they started. A key's row is made by the first claim of its jobs (or by
-``set_limit``) and kept when the limit is removed (``max_claims`` NULL), so a limit set while a
-claim of its key is under way waits for that claim, and the next claim counts it.
+what committed before they started.
+
+Only keys with a limit have a row: ``set_limit`` makes it, removing the limit deletes it, and
+claims never write to ``limits`` (so keys that never had a limit, one per tenant or order,
+leave nothing behind). A key without a row has nothing to lock, yet a limit set while a claim
+of that key is under way must wait for the claim, or the next claim (counting under the new
+row's lock) would miss it and overshoot. That is the namespace's limits gate, a transaction
+advisory lock on (``GATE``, hash of schema and namespace): every limited claim and every
+renewal of a limited job takes it shared before any key row (``lock_limit``), and
+``set_limit`` (the function of that name) takes it exclusive before it writes. So a claim that
+found a key without a limit commits before the limit does, and is counted by every claim after
+it; claims share the gate, so they never wait for each other on it; a ``set_limit`` waits for
+the limited claims under way (milliseconds) and holds the next ones back meanwhile. One gate a
+namespace rather than one a key: a claim takes one advisory lock, not one per key of a batch
+of up to 256 jobs (each a slot of the server's shared lock table, sized at 64 locks a
+connection by default), at the price of ``set_limit`` pausing the claims of other keys for as
+long as it waits; limits are set rarely.
+
+Renewals: a plain UPDATE renews a job without a limit key; every renewal of a limited job goes
+through ``renew_limited``, which locks the job's row, then the gate and the key's row, and only
+then reads the clock: a lease still live then is renewed (every claim counting after this
+commit sees it, every claim that counted earlier counted it live), a lapsed one re-takes a
+slot only if the key has one free. (Deciding "still live" by a clock read before a lock wait,
+as a plain UPDATE does, would let a renewal that waited across the lease's end skip the count
+while another claim took the slot.)
 
 Who waits for whom: a claim locks job rows first (``SKIP LOCKED``, or the one job claimed by
-id), then key rows in key order; ``renew_limited`` one job row, then its key's row;
-``set_limit`` one key row. Nobody holding a key row waits for a job row, so no cycle forms.
+id), then the gate, then key rows in key order; ``renew_limited`` one job row, then the gate
+and its key's row; ``set_limit`` the gate, then one key row. Nobody holding the gate or a key
+row waits for a job row, and ``set_limit`` holds no lock while it waits for the gate, so no
+cycle forms.
 
 The board routes a claim here only when a job it would take has a limit key (``claim_next``
-and ``claim_batch`` decide inside their statement, see ``board_sql._claim_best``): a namespace
-whose jobs have no limit keys never calls these functions.
+and ``claim_batch`` decide inside their statement, see ``board_sql._claim_best``), and a
+renewal only when its job has one (``board_sql.RENEW``): a namespace whose jobs have no limit
+keys never calls these functions.
+
+Rows with ``max_claims`` NULL (left by schema version 6, and by a version-6 process's removal
+of a limit during a rolling upgrade) mean no limit: every read skips them.
 
 ``{s}`` stands for the quoted schema; ``$1`` is the namespace.
 """
@@ -28,7 +56,7 @@ from __future__ import annotations
 
 from aioconductor.boards._support import JOB_COLUMNS
 
-__all__ = ["CANCEL", "CLAIM_ONE", "FUNCTIONS", "LIMITS", "RENEW_LIMITED", "SET_LIMIT", "live"]
+__all__ = ["CANCEL", "CLAIM_ONE", "FUNCTIONS", "GATE", "LIMITS", "SET_LIMIT", "live"]
 
 _NOW = "extract(epoch from clock_timestamp())::float8"
 _CLAIMABLE = "j.ready_at IS NOT NULL AND (j.state = 'UNCLAIMED' OR j.ready_at <= v_now)"
@@ -41,15 +69,35 @@ def live(namespace: str, key: str, now: str) -> str:
         AND x.limit_key = {key} AND x.state = 'CLAIMED' AND x.expires_at > {now})"""
 
 
-#: Lock the row of key ``p_key`` till the transaction ends, making it first if there is none.
-#: A row made by a transaction not yet ended makes the insert wait for it.
-LOCK_LIMIT = """CREATE OR REPLACE FUNCTION {s}.lock_limit(p_ns text, p_key text)
+#: The first key of the limits gate's advisory lock ("AIOL"); the second is ``_GATE_OF``.
+GATE = 0x41494F4C
+#: The second key of the gate of namespace ``p_ns`` (the schema in, so schemas never share it).
+_GATE_OF = "hashtext('{s}.' || p_ns)"
+
+#: Take the namespace's limits gate (shared: once a transaction, then from the session's own
+#: lock table), then lock the row of key ``p_key`` till the transaction ends, if the key has
+#: one (a key without a row has no limit: the gate alone keeps ``set_limit`` from changing
+#: that until the transaction ends).
+LOCK_LIMIT = f"""CREATE OR REPLACE FUNCTION {{s}}.lock_limit(p_ns text, p_key text)
 RETURNS void LANGUAGE plpgsql VOLATILE AS $fn$
 BEGIN
-    PERFORM FROM {s}.limits AS l WHERE l.namespace = p_ns AND l.limit_key = p_key FOR UPDATE;
-    IF NOT FOUND THEN
-        INSERT INTO {s}.limits (namespace, limit_key) VALUES (p_ns, p_key) ON CONFLICT DO NOTHING;
-        PERFORM FROM {s}.limits AS l WHERE l.namespace = p_ns AND l.limit_key = p_key FOR UPDATE;
+    PERFORM pg_advisory_xact_lock_shared({GATE}, {_GATE_OF});
+    PERFORM FROM {{s}}.limits AS l WHERE l.namespace = p_ns AND l.limit_key = p_key FOR UPDATE;
+END $fn$"""
+
+#: Store the limit ``p_limit`` of key ``p_key`` (NULL deletes the key's row), the gate held
+#: exclusive: it waits for the limited claims and renewals under way, whatever their keys.
+SET_LIMIT_FUNCTION = f"""CREATE OR REPLACE FUNCTION {{s}}.set_limit(
+    p_ns text, p_key text, p_limit integer)
+RETURNS void LANGUAGE plpgsql VOLATILE AS $fn$
+BEGIN
+    PERFORM pg_advisory_xact_lock({GATE}, {_GATE_OF});
+    IF p_limit IS NULL THEN
+        DELETE FROM {{s}}.limits AS l WHERE l.namespace = p_ns AND l.limit_key = p_key;
+    ELSE
+        INSERT INTO {{s}}.limits AS l (namespace, limit_key, max_claims)
+            VALUES (p_ns, p_key, p_limit)
+            ON CONFLICT (namespace, limit_key) DO UPDATE SET max_claims = excluded.max_claims;
     END IF;
 END $fn$"""
 
@@ -136,9 +184,10 @@ BEGIN
     RETURNING t.*;
 END $fn$"""
 
-#: Renew the claim (``p_id``, ``p_owner``, ``p_token``) for ``p_lease`` seconds; a claim whose
-#: lease ran out re-takes its key's slot, so it renews only if the key (its row locked first)
-#: has a slot besides it. Nothing if the claim is not current or the key is full.
+#: Renew the claim (``p_id``, ``p_owner``, ``p_token``) for ``p_lease`` seconds. With the job's
+#: row, the gate and the key's row locked, and only then the clock read: a live lease is
+#: renewed; one that ran out re-takes its key's slot, so it renews only if the key has a slot
+#: besides it. Nothing if the claim is not current or the key is full.
 RENEW_LIMITED_FUNCTION = f"""CREATE OR REPLACE FUNCTION {{s}}.renew_limited(
     p_ns text, p_id text, p_owner text, p_token bigint, p_lease float8)
 RETURNS SETOF {{s}}.jobs LANGUAGE plpgsql VOLATILE AS $fn$
@@ -166,13 +215,11 @@ BEGIN
     RETURNING t.*;
 END $fn$"""
 
-#: The functions, made (or replaced) by the schema's migration to version 6.
-FUNCTIONS = [LOCK_LIMIT, CLAIM_LIMITED, RENEW_LIMITED_FUNCTION]
+#: The functions, made (or replaced) by the schema's migrations to versions 6 and 7.
+FUNCTIONS = [LOCK_LIMIT, CLAIM_LIMITED, RENEW_LIMITED_FUNCTION, SET_LIMIT_FUNCTION]
 
 #: A limited claim of one job: $2 its id, $3 the owner, $4 the lease.
 CLAIM_ONE = f"SELECT {JOB_COLUMNS} FROM {{s}}.claim_limited($1, $3, $4::float8, 1, $2)"
-#: A renewal of a claim whose lease ran out: $2 id, $3 owner, $4 token, $5 lease.
-RENEW_LIMITED = f"SELECT {JOB_COLUMNS} FROM {{s}}.renew_limited($1, $2, $3, $4, $5::float8)"
 
 #: $2 id, $3 reason, $4 the channel. An UNCLAIMED or SCHEDULED job ends COMPLETE/CANCELLED with
 #: its claim cleared; a CLAIMED one (live or expired lease) is flagged only, and its owner told
@@ -193,11 +240,9 @@ CANCEL = f"""WITH c AS (SELECT {_NOW} AS now),
         WHERE j.state = 'CLAIMED')
     SELECT {JOB_COLUMNS}, (SELECT count(*) FROM n) FROM j"""
 
-#: $2 key, $3 the limit (NULL removes it; the key's row stays, as its lock). The upsert waits
-#: for a claim holding the key's row, so the next claim counts that claim's jobs.
-SET_LIMIT = """INSERT INTO {s}.limits AS l (namespace, limit_key, max_claims)
-    VALUES ($1, $2, $3::integer)
-    ON CONFLICT (namespace, limit_key) DO UPDATE SET max_claims = excluded.max_claims"""
+#: $2 key, $3 the limit (NULL removes it, and the key's row). Waits for the limited claims
+#: under way (the gate), so the next claim counts their jobs.
+SET_LIMIT = "SELECT {s}.set_limit($1, $2, $3::integer)"
 
 #: Every limit of the namespace with its key's live claims.
 LIMITS = f"""WITH c AS (SELECT {_NOW} AS now)

@@ -89,10 +89,10 @@ MIGRATIONS: Migrations = [
         )"""
     ],
     # 6: cancels and concurrency limits. A job's cancel_reason (NULL: not cancelled) and limit
-    # key (NULL: none); the limits of each namespace, a row a key (max_claims NULL: no limit,
-    # the row kept as the key's lock, see limits_sql); the live claims of a key, counted by
-    # every limited claim (partial: jobs without a key never enter it); and the functions of
-    # the limited claims and renewals.
+    # key (NULL: none); the limits of each namespace, a row a key (max_claims NULL: no limit;
+    # version 6 kept such rows as keys' locks); the live claims of a key, counted by every
+    # limited claim (partial: jobs without a key never enter it); and the functions of the
+    # limited claims and renewals (made again by version 7).
     [
         """ALTER TABLE {s}.jobs
             ADD COLUMN IF NOT EXISTS cancel_reason text,
@@ -106,6 +106,15 @@ MIGRATIONS: Migrations = [
             max_claims integer,
             PRIMARY KEY (namespace, limit_key)
         )""",
+        *FUNCTIONS,
+    ],
+    # 7: limits rows only for keys with a limit (the namespace's limits gate, an advisory lock,
+    # guards keys without one, see limits_sql): the rows version 6's claims left for keys
+    # without a limit go, and the functions are replaced (claims and renewals take the gate;
+    # set_limit takes it exclusive and deletes a removed limit's row). The jobs table is not
+    # touched; NULL rows a version-6 process may still write read as no limit.
+    [
+        "DELETE FROM {s}.limits WHERE max_claims IS NULL",
         *FUNCTIONS,
     ],
 ]
