@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -10,7 +11,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import anyio
 import pydantic
@@ -60,6 +62,10 @@ async def run_command(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"give the board URL with --board or ${BOARD_ENV}")
     if args.command == "migrate":
         return await _cmd_migrate(args)
+    if args.command == "run" and args.processes > 1:
+        from aioconductor.cli.supervisor import supervise
+
+        return await supervise(args)
     if args.command == "dashboard":
         try:
             from aioconductor.dashboard._hosts import AllowedHosts
@@ -125,14 +131,22 @@ async def _cmd_run(board: JobBoard, args: argparse.Namespace) -> int:
         retention=_retention(args),
         schedules=schedules,
     )
-    with run_logging(args.log_level) as console:
+    supervised = args.supervised
+    with (
+        run_logging(args.log_level) as console,
+        _named_log_lines(args.name if supervised else None),
+    ):
         describe_stores(
             logging.getLogger("aioconductor.cli"), args.board, store_url, bool(args.store)
         )
         async with conductor, anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signals, conductor, tg.cancel_scope)
+            label = f"{args.name}: " if supervised else ""
+            tg.start_soon(_stop_on_signals, conductor, tg.cancel_scope, label)
+            if supervised:
+                tg.start_soon(_stop_when_orphaned, conductor, os.getppid())
             echo(f"conductor {args.name} ({conductor.owner}) running on {board!r}")
-            with run_display(conductor, console) as display:
+            # Under a supervisor, N children would draw N status lines on one terminal.
+            with run_display(conductor, None if supervised else console) as display:
                 tg.start_soon(display)
                 await conductor.run(max_dispatches=args.max_dispatches)
             tg.cancel_scope.cancel()
@@ -150,15 +164,48 @@ def _retention(args: argparse.Namespace) -> Retention | None:
     return Retention(complete=args.keep_complete, trashed=args.keep_trashed)
 
 
-async def _stop_on_signals(conductor: Conductor, scope: anyio.CancelScope) -> None:
+async def _stop_on_signals(conductor: Conductor, scope: anyio.CancelScope, label: str = "") -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             if conductor.stopping:
                 # A second signal: stop at once, abandoning what runs.
                 conductor.stop(drain=False)
             else:
-                echo(f"{signal.Signals(signum).name}: draining", err=True)
+                echo(f"{label}{signal.Signals(signum).name}: draining", err=True)
                 conductor.stop()
+
+
+async def _stop_when_orphaned(conductor: Conductor, parent: int) -> None:
+    """Drain when the supervisor that started this process is gone (killed with SIGKILL, its
+    children are left running: this one then belongs to another parent)."""
+    while os.getppid() == parent:  # noqa: ASYNC110  # no event tells a parent's death
+        await anyio.sleep(1.0)
+    if not conductor.stopping:
+        echo(f"{conductor.name}: the supervisor (pid {parent}) is gone: draining", err=True)
+        conductor.stop()
+
+
+@contextlib.contextmanager
+def _named_log_lines(name: str | None) -> Iterator[None]:
+    """Start every log line made in this process with ``[name]`` (None: leave them as they
+    are): a supervisor's children share one stderr."""
+    if name is None:
+        yield
+        return
+    make = logging.getLogRecordFactory()
+    prefix = f"[{name}] "
+
+    def named(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        # The message is a %-format when the record has args: a % in the name is escaped.
+        record.msg = (prefix.replace("%", "%%") if record.args else prefix) + str(record.msg)
+        return record
+
+    logging.setLogRecordFactory(named)
+    try:
+        yield
+    finally:
+        logging.setLogRecordFactory(make)
 
 
 def _retry_policy(args: argparse.Namespace) -> RetryPolicy | None:

@@ -17,6 +17,7 @@ __all__ = [
     "STORE_ENV",
     "build_parser",
     "duration",
+    "process_count",
     "retention_age",
     "version_text",
 ]
@@ -53,6 +54,19 @@ def duration(text: str) -> float:
 def retention_age(text: str) -> float | None:
     """A :func:`duration`, or None for ``forever`` (argparse type)."""
     return None if text.strip().lower() == "forever" else duration(text)
+
+
+def process_count(text: str) -> int:
+    """A number of processes >= 1, or ``auto`` for this machine's CPU count (argparse type)."""
+    if text.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes >= 1 or 'auto'")
+    return count
 
 
 def version_text() -> str:
@@ -137,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to drain")
     run.add_argument("--max-dispatches", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument(
+        "--processes",
+        type=process_count,
+        default=1,
+        metavar="N",
+        help="run N conductor processes under one supervisor (auto: one per CPU), named "
+        "NAME-1 ... NAME-N; it restarts one that dies and forwards SIGINT/SIGTERM to all "
+        "(default 1: this process is the conductor)",
+    )
+    # A child of the supervisor: its log lines say its name; it drains if the supervisor dies.
+    run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -202,7 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("job_id", nargs="?", help=job_id_help)
     which.add_argument("--key", help="the job's idempotency key")
     show.add_argument(
-        "--json", action="store_true", help="the job as JSON (times as epoch seconds)"
+        "--json",
+        action="store_true",
+        help='the job as JSON (times as epoch seconds), its progress under "progress"',
+    )
+    show.add_argument(
+        "--store",
+        default=os.environ.get(STORE_ENV),
+        help=f"the store to read the job's progress from, read-only (default: ${STORE_ENV}, "
+        "else the board URL where its backend has a store: SQLite, Redis, PostgreSQL)",
     )
 
     trash = with_board(
