@@ -14,6 +14,8 @@ from aioconductor.cli.jobids import resolve_job_id
 from aioconductor.cli.output import echo
 from aioconductor.cli.output import echo_json
 from aioconductor.cli.output import table
+from aioconductor.cli.progress import progress_lines
+from aioconductor.cli.progress import read_progress
 from aioconductor.cli.times import ago
 from aioconductor.cli.times import human_duration
 from aioconductor.cli.times import when
@@ -62,21 +64,28 @@ async def cmd_jobs(board: JobBoard, args: argparse.Namespace) -> int:
 
 
 async def cmd_show(board: JobBoard, args: argparse.Namespace) -> int:
-    """``show``: one job (by id, a unique prefix of one, or key), for a person or as JSON."""
+    """``show``: one job (by id, a unique prefix of one, or key), for a person or as JSON,
+    with its progress as its store saved it (``--store``, else the board's URL where that
+    backend has a store; opened read-only)."""
     if args.key is None:
         job = await board.get(await resolve_job_id(board, args.job_id))
     else:
         job = await board.get_by_key(args.key)
+    now = time.time()
+    progress = await read_progress(job, args.board, args.store, now=now)
     if args.json:
         shown = job.model_dump(mode="json")
         # Not a stored field: whether a cancel waits for the job's owner (or next claimer).
         shown["cancel_requested"] = job.cancel_requested
+        shown["progress"] = progress
         echo_json(json.dumps(shown, indent=2, sort_keys=True))
         return 0
-    lines = job_lines(job, now=time.time(), utc=args.utc)
+    lines = job_lines(job, now=now, utc=args.utc)
     width = max(len(label) for label, _ in lines) + 1
     for label, value in lines:
         echo(f"{label + ':':<{width}} {value}")
+    for line in progress_lines(progress):
+        echo(line)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aioconductor.persistence.base import Store
+from aioconductor.persistence.base import StoreSchemaMissing
 from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import AtomState
 from aioconductor.persistence.models import FlowDetail
@@ -17,5 +18,6 @@ __all__ = [
     "FlowState",
     "LogBook",
     "Store",
+    "StoreSchemaMissing",
     "open_store",
 ]

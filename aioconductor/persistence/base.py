@@ -28,11 +28,47 @@ from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import FlowDetail
 from aioconductor.persistence.models import LogBook
 
-__all__ = ["Store", "check_flow_write", "check_token", "check_version"]
+__all__ = [
+    "Store",
+    "StoreSchemaMissing",
+    "check_flow_write",
+    "check_token",
+    "check_version",
+    "schema_missing",
+]
+
+
+class StoreSchemaMissing(ConfigurationError):
+    """A store opened with ``migrate=False`` has no schema (tables) of the store there, or an
+    older one: nothing was created or written, and no progress can have been saved there by
+    this version (``aioconductor migrate`` creates it; a conductor does too)."""
+
+
+def schema_missing(error: ConfigurationError) -> StoreSchemaMissing | None:
+    """``error`` as a :class:`StoreSchemaMissing` if a backend raised it because the store's
+    schema is missing or older (a read-only open); None for any other configuration error
+    (a newer schema, a bad option).
+
+    The SQLite and PostgreSQL links raise these as ``ConfigurationError`` (shared with the
+    boards); their messages say which: ``no aioconductor store ...`` or ``... older than``.
+    """
+    message = str(error)
+    if "no aioconductor store" in message or "older than" in message:
+        return StoreSchemaMissing(message)
+    return None
 
 
 class Store(Lifecycle):
-    """An async store of logbooks. Use it inside ``async with`` or call ``connect``/``aclose``."""
+    """An async store of logbooks. Use it inside ``async with`` or call ``connect``/``aclose``.
+
+    Args:
+        namespace: isolates this application's logbooks from another's on a shared backend.
+        migrate: create or upgrade the store's schema when connecting (the default). False
+            for read-only tools (``open_store(url, migrate=False)``): nothing is created or
+            written (a SQLite file that does not exist stays so), and a store whose schema is
+            missing or older refuses to connect with :class:`StoreSchemaMissing`. The Redis and
+            memory stores create nothing on connect either way.
+    """
 
     #: The namespace that isolates this application's logbooks from another's.
     namespace: str
@@ -43,9 +79,13 @@ class Store(Lifecycle):
     url_options: frozenset[str] = frozenset()
     ignored_url_options: frozenset[str] = BOARD_OPTIONS
 
-    def __init__(self, *, namespace: str = "default") -> None:
+    def __init__(self, *, namespace: str = "default", migrate: bool = True) -> None:
         super().__init__()
         self.namespace = validate_namespace(namespace)
+        #: Whether connecting creates or upgrades the store's schema (the default); False for
+        #: read-only tools: nothing is created or written, and a store whose schema is
+        #: missing or older refuses to connect with :class:`StoreSchemaMissing`.
+        self.migrate = bool(migrate)
 
     # -- public verbs ------------------------------------------------------------------------
 

@@ -39,10 +39,14 @@ class MemoryStore(InMemory, Store):
     Args:
         namespace: isolates one application's logbooks from another's on a shared backend.
         backend_name: share the backend of that name; a private one when None.
+        migrate: accepted for ``open_store(url, migrate=False)``; a memory store has no
+            schema to create.
     """
 
-    def __init__(self, *, namespace: str = "default", backend_name: str | None = None) -> None:
-        super().__init__(namespace=namespace)
+    def __init__(
+        self, *, namespace: str = "default", backend_name: str | None = None, migrate: bool = True
+    ) -> None:
+        super().__init__(namespace=namespace, migrate=migrate)
         self._books = open_backend(backend_name).logbooks(namespace)
 
     def _book(self, book_uuid: str) -> LogBook:

@@ -36,6 +36,7 @@ from aioconductor._backends.postgres.urls import URL_OPTIONS
 from aioconductor._backends.postgres.urls import split_options
 from aioconductor._urls import BOARD_OPTIONS
 from aioconductor._urls import ParsedURL
+from aioconductor.errors import ConfigurationError
 from aioconductor.errors import LogBookNotFound
 from aioconductor.errors import StoreClosed
 from aioconductor.errors import StoreError
@@ -47,6 +48,7 @@ from aioconductor.persistence.base import Store
 from aioconductor.persistence.base import check_flow_write
 from aioconductor.persistence.base import check_token
 from aioconductor.persistence.base import check_version
+from aioconductor.persistence.base import schema_missing
 from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import FlowDetail
 from aioconductor.persistence.models import LogBook
@@ -83,6 +85,10 @@ class PostgresStore(Store):
         schema: the schema holding the tables; wins over the URL's ``schema=`` option.
         options: the store's options from the URL (``schema``, ``pool_min``, ``pool_max``), as
             ``open_store`` found them; they win over those left in ``driver_url``.
+        migrate: create or upgrade the schema and its tables when connecting (the default).
+            False (read-only tools): only check they are there at the newest version, else
+            connecting raises ``StoreSchemaMissing`` (a newer schema: ``ConfigurationError``);
+            nothing is created or written.
 
     Raises:
         ConfigurationError: a bad namespace, schema, port or pool option.
@@ -97,8 +103,9 @@ class PostgresStore(Store):
         namespace: str = "default",
         schema: str | None = None,
         options: dict[str, str] | None = None,
+        migrate: bool = True,
     ) -> None:
-        super().__init__(namespace=namespace)
+        super().__init__(namespace=namespace, migrate=migrate)
         # A URL given here directly (not through open_store) may still hold the library's
         # options: asyncpg would send each to the server as a setting, which it refuses.
         driver_url, found = split_options(driver_url, URL_OPTIONS | BOARD_OPTIONS)
@@ -127,7 +134,13 @@ class PostgresStore(Store):
         )
 
     async def _connect(self) -> None:
-        await self._link.connect("store", sql.MIGRATIONS)
+        try:
+            await self._link.connect("store", sql.MIGRATIONS, migrate=self.migrate)
+        except ConfigurationError as exc:
+            missing = None if self.migrate else schema_missing(exc)
+            if missing is None:
+                raise
+            raise missing from None
 
     async def _aclose(self) -> None:
         await self._link.aclose()

@@ -50,12 +50,18 @@ class RedisStore(OverLink[RedisLink], Store):
     Args:
         driver_url: the Redis URL without the library's options.
         namespace: isolates this application's logbooks from another's on the same Redis.
+        migrate: accepted for ``open_store(url, migrate=False)``; connecting writes nothing
+            either way (keys are made by the first write).
     """
 
     def __init__(
-        self, *, driver_url: str = "redis://127.0.0.1:6379/0", namespace: str = "default"
+        self,
+        *,
+        driver_url: str = "redis://127.0.0.1:6379/0",
+        namespace: str = "default",
+        migrate: bool = True,
     ) -> None:
-        super().__init__(namespace=namespace)
+        super().__init__(namespace=namespace, migrate=migrate)
         self._link = RedisLink(driver_url, StoreClosed)
         self._prefix = hash_tag_prefix(namespace)
         self._scripts = scripts.load(StoreScripts, self._link.client)

@@ -42,6 +42,7 @@ from aioconductor.persistence.base import Store
 from aioconductor.persistence.base import check_flow_write
 from aioconductor.persistence.base import check_token
 from aioconductor.persistence.base import check_version
+from aioconductor.persistence.base import schema_missing
 from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import FlowDetail
 from aioconductor.persistence.models import LogBook
@@ -87,10 +88,16 @@ class SqliteStore(Store):
     Args:
         path: the database file (created with its schema if missing), or ``":memory:"``.
         namespace: isolates this application's logbooks from another's in the same file.
+        migrate: create the file and its schema, or upgrade it, when connecting (the
+            default). False (read-only tools): the file must exist with the store's schema at
+            the newest version, else connecting raises ``StoreSchemaMissing`` (a newer schema:
+            ``ConfigurationError``); nothing is created or written.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, namespace: str = "default") -> None:
-        super().__init__(namespace=namespace)
+    def __init__(
+        self, path: str | os.PathLike[str], *, namespace: str = "default", migrate: bool = True
+    ) -> None:
+        super().__init__(namespace=namespace, migrate=migrate)
         self.path = os.fspath(path)
         self._link = SqliteLink(self.path, closed_error=StoreClosed)
 
@@ -114,7 +121,13 @@ class SqliteStore(Store):
         return f"<SqliteStore {self.path!r} namespace={self.namespace!r}>"
 
     async def _connect(self) -> None:
-        await self._link.connect("store", sql.SCHEMA)
+        try:
+            await self._link.connect("store", sql.SCHEMA, migrate=self.migrate)
+        except ConfigurationError as exc:
+            missing = None if self.migrate else schema_missing(exc)
+            if missing is None:
+                raise
+            raise missing from None
 
     async def _aclose(self) -> None:
         await self._link.aclose()
