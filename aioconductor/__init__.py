@@ -41,6 +41,7 @@ from aioconductor.errors import FlowNotFound
 from aioconductor.errors import JobNotFound
 from aioconductor.errors import LogBookNotFound
 from aioconductor.errors import PayloadError
+from aioconductor.errors import SchemaMissing
 from aioconductor.errors import StoreClosed
 from aioconductor.errors import StoreError
 from aioconductor.errors import TaskTimeout
@@ -115,6 +116,7 @@ __all__ = [
     "Retry",
     "RetryPolicy",
     "Schedule",
+    "SchemaMissing",
     "Store",
     "StoreClosed",
     "StoreError",

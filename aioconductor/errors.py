@@ -24,6 +24,7 @@ __all__ = [
     "JobNotFound",
     "LogBookNotFound",
     "PayloadError",
+    "SchemaMissing",
     "StoreClosed",
     "StoreError",
     "TaskTimeout",
@@ -46,6 +47,12 @@ class AioconductorError(Exception):
 
 class ConfigurationError(AioconductorError, ValueError):
     """The configuration (a URL, an option, an argument) is not valid."""
+
+
+class SchemaMissing(ConfigurationError):
+    """A board or store opened without migrating (``migrate=False``: the read-only commands)
+    found its schema (tables, topics) missing or older than this aioconductor's: run
+    ``aioconductor migrate`` first. Nothing was created or written."""
 
 
 class DependencyMissing(ConfigurationError, ImportError):

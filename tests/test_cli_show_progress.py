@@ -16,8 +16,8 @@ import pytest
 from aioconductor import Conductor, FlowRegistry, Task, linear, open_board, open_store
 from aioconductor.cli import main
 from aioconductor.cli.progress import read_progress
+from aioconductor.errors import SchemaMissing
 from aioconductor.models import Job, JobState
-from aioconductor.persistence import StoreSchemaMissing
 
 from . import apps
 from .apps import flows as app_flows
@@ -267,7 +267,7 @@ def test_a_newer_store_schema_is_refused_not_taken_for_a_missing_one(
     assert "newer than this aioconductor knows" in progress["note"] and progress["note"] in text
 
     async def refused() -> None:
-        with pytest.raises(StoreSchemaMissing):
+        with pytest.raises(SchemaMissing):
             async with open_store(f"sqlite:///{tmp_path / 'none.db'}", migrate=False):
                 pass
 

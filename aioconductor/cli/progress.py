@@ -26,11 +26,11 @@ from aioconductor.cli.stores import store_in_memory
 from aioconductor.cli.stores import store_url_for
 from aioconductor.errors import AioconductorError
 from aioconductor.errors import LogBookNotFound
+from aioconductor.errors import SchemaMissing
 from aioconductor.failure import Failure
 from aioconductor.models import Job
 from aioconductor.models import JobState
 from aioconductor.models import Outcome
-from aioconductor.persistence import StoreSchemaMissing
 from aioconductor.persistence import open_store
 from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import AtomState
@@ -84,7 +84,7 @@ async def read_progress(
     try:
         async with open_store(url, migrate=False) as store:
             book = await store.get_logbook(job.id)
-    except StoreSchemaMissing as exc:
+    except SchemaMissing as exc:
         progress["note"] = (
             f"no progress saved here that this aioconductor can read: {exc}"
             if "older than" in str(exc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aioconductor.persistence.base import Store
-from aioconductor.persistence.base import StoreSchemaMissing
 from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import AtomState
 from aioconductor.persistence.models import FlowDetail
@@ -18,6 +17,5 @@ __all__ = [
     "FlowState",
     "LogBook",
     "Store",
-    "StoreSchemaMissing",
     "open_store",
 ]

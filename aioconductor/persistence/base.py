@@ -30,32 +30,10 @@ from aioconductor.persistence.models import LogBook
 
 __all__ = [
     "Store",
-    "StoreSchemaMissing",
     "check_flow_write",
     "check_token",
     "check_version",
-    "schema_missing",
 ]
-
-
-class StoreSchemaMissing(ConfigurationError):
-    """A store opened with ``migrate=False`` has no schema (tables) of the store there, or an
-    older one: nothing was created or written, and no progress can have been saved there by
-    this version (``aioconductor migrate`` creates it; a conductor does too)."""
-
-
-def schema_missing(error: ConfigurationError) -> StoreSchemaMissing | None:
-    """``error`` as a :class:`StoreSchemaMissing` if a backend raised it because the store's
-    schema is missing or older (a read-only open); None for any other configuration error
-    (a newer schema, a bad option).
-
-    The SQLite and PostgreSQL links raise these as ``ConfigurationError`` (shared with the
-    boards); their messages say which: ``no aioconductor store ...`` or ``... older than``.
-    """
-    message = str(error)
-    if "no aioconductor store" in message or "older than" in message:
-        return StoreSchemaMissing(message)
-    return None
 
 
 class Store(Lifecycle):
@@ -66,8 +44,9 @@ class Store(Lifecycle):
         migrate: create or upgrade the store's schema when connecting (the default). False
             for read-only tools (``open_store(url, migrate=False)``): nothing is created or
             written (a SQLite file that does not exist stays so), and a store whose schema is
-            missing or older refuses to connect with :class:`StoreSchemaMissing`. The Redis and
-            memory stores create nothing on connect either way.
+            missing or older refuses to connect with
+            :class:`~aioconductor.errors.SchemaMissing`. The Redis and memory stores create
+            nothing on connect either way.
     """
 
     #: The namespace that isolates this application's logbooks from another's.
@@ -84,7 +63,7 @@ class Store(Lifecycle):
         self.namespace = validate_namespace(namespace)
         #: Whether connecting creates or upgrades the store's schema (the default); False for
         #: read-only tools: nothing is created or written, and a store whose schema is
-        #: missing or older refuses to connect with :class:`StoreSchemaMissing`.
+        #: missing or older refuses to connect with :class:`~aioconductor.errors.SchemaMissing`.
         self.migrate = bool(migrate)
 
     # -- public verbs ------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def open_store(url: str, **kwargs: Any) -> Store:
     Schemes: ``memory://``, ``sqlite:///path/to/file.db`` (``sqlite://`` in memory), ``redis://``,
     ``postgresql://``.
     ``migrate=False`` (read-only tools) creates and writes nothing: a SQLite or PostgreSQL
-    store whose schema is missing or older raises ``StoreSchemaMissing`` on connect instead
+    store whose schema is missing or older raises ``SchemaMissing`` on connect instead
     of creating it.
     Every URL takes ``?namespace=NAME``; the store's own options are removed before the URL
     reaches the driver, and so are the board's options on the same backend (``lease``,

@@ -36,7 +36,6 @@ from aioconductor._backends.postgres.urls import URL_OPTIONS
 from aioconductor._backends.postgres.urls import split_options
 from aioconductor._urls import BOARD_OPTIONS
 from aioconductor._urls import ParsedURL
-from aioconductor.errors import ConfigurationError
 from aioconductor.errors import LogBookNotFound
 from aioconductor.errors import StoreClosed
 from aioconductor.errors import StoreError
@@ -48,7 +47,6 @@ from aioconductor.persistence.base import Store
 from aioconductor.persistence.base import check_flow_write
 from aioconductor.persistence.base import check_token
 from aioconductor.persistence.base import check_version
-from aioconductor.persistence.base import schema_missing
 from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import FlowDetail
 from aioconductor.persistence.models import LogBook
@@ -87,7 +85,7 @@ class PostgresStore(Store):
             ``open_store`` found them; they win over those left in ``driver_url``.
         migrate: create or upgrade the schema and its tables when connecting (the default).
             False (read-only tools): only check they are there at the newest version, else
-            connecting raises ``StoreSchemaMissing`` (a newer schema: ``ConfigurationError``);
+            connecting raises ``SchemaMissing`` (a newer schema: ``ConfigurationError``);
             nothing is created or written.
 
     Raises:
@@ -134,13 +132,7 @@ class PostgresStore(Store):
         )
 
     async def _connect(self) -> None:
-        try:
-            await self._link.connect("store", sql.MIGRATIONS, migrate=self.migrate)
-        except ConfigurationError as exc:
-            missing = None if self.migrate else schema_missing(exc)
-            if missing is None:
-                raise
-            raise missing from None
+        await self._link.connect("store", sql.MIGRATIONS, migrate=self.migrate)
 
     async def _aclose(self) -> None:
         await self._link.aclose()

@@ -42,7 +42,6 @@ from aioconductor.persistence.base import Store
 from aioconductor.persistence.base import check_flow_write
 from aioconductor.persistence.base import check_token
 from aioconductor.persistence.base import check_version
-from aioconductor.persistence.base import schema_missing
 from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import FlowDetail
 from aioconductor.persistence.models import LogBook
@@ -90,7 +89,7 @@ class SqliteStore(Store):
         namespace: isolates this application's logbooks from another's in the same file.
         migrate: create the file and its schema, or upgrade it, when connecting (the
             default). False (read-only tools): the file must exist with the store's schema at
-            the newest version, else connecting raises ``StoreSchemaMissing`` (a newer schema:
+            the newest version, else connecting raises ``SchemaMissing`` (a newer schema:
             ``ConfigurationError``); nothing is created or written.
     """
 
@@ -121,13 +120,7 @@ class SqliteStore(Store):
         return f"<SqliteStore {self.path!r} namespace={self.namespace!r}>"
 
     async def _connect(self) -> None:
-        try:
-            await self._link.connect("store", sql.SCHEMA, migrate=self.migrate)
-        except ConfigurationError as exc:
-            missing = None if self.migrate else schema_missing(exc)
-            if missing is None:
-                raise
-            raise missing from None
+        await self._link.connect("store", sql.SCHEMA, migrate=self.migrate)
 
     async def _aclose(self) -> None:
         await self._link.aclose()

@@ -27,6 +27,7 @@ from aioconductor._backends.base import map_exceptions
 from aioconductor._urls import redact_url
 from aioconductor.errors import BackendUnavailable
 from aioconductor.errors import ConfigurationError
+from aioconductor.errors import SchemaMissing
 
 __all__ = [
     "TopicSpec",
@@ -111,7 +112,7 @@ async def ensure_topics(
 
     Raises:
         BackendUnavailable: the broker is unreachable or refused to create a topic.
-        ConfigurationError: with ``create=False``, a topic is missing.
+        SchemaMissing: with ``create=False``, a topic is missing.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     with map_exceptions(errors(url, "connecting")):
@@ -128,7 +129,7 @@ async def ensure_topics(
         ]
         if missing and not create:
             names = ", ".join(topic.name for topic in missing)
-            raise ConfigurationError(
+            raise SchemaMissing(
                 f"Kafka at {url}: no aioconductor board here (topics {names} are missing), "
                 "and this command does not create anything; run `aioconductor migrate` (or "
                 "start a conductor) on it first"

@@ -16,6 +16,7 @@ from asyncpg import exceptions as pgexc  # type: ignore[import-untyped]
 
 from aioconductor.errors import AioconductorError
 from aioconductor.errors import ConfigurationError
+from aioconductor.errors import SchemaMissing
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -84,8 +85,9 @@ def refuse_nul(what: str, value: str, error: type[AioconductorError]) -> None:
 async def check_schema(
     conn: Any, *, schema: str, url: str, component: str, migrations: Migrations
 ) -> None:
-    """Refuse (``ConfigurationError``) a ``schema`` whose ``component`` tables are missing,
-    older or newer than ``migrations`` make them; create and write nothing."""
+    """Refuse a ``schema`` whose ``component`` tables are missing or older (``SchemaMissing``)
+    or newer (``ConfigurationError``) than ``migrations`` make them; create and write
+    nothing."""
     latest = len(migrations)
     try:
         version = await conn.fetchval(
@@ -105,7 +107,7 @@ async def check_schema(
             if not version
             else f"schema {schema!r} holds {component} version {version}, older than {latest}"
         )
-        raise ConfigurationError(
+        raise SchemaMissing(
             f"PostgreSQL at {url}: {found}, and this command does not create or migrate "
             "anything; run `aioconductor migrate` (or start a conductor) on it first"
         )

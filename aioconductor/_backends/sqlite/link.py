@@ -53,6 +53,7 @@ from aioconductor._backends.sqlite.migrations import use_wal
 from aioconductor._urls import redact_url
 from aioconductor.errors import BackendUnavailable
 from aioconductor.errors import ConfigurationError
+from aioconductor.errors import SchemaMissing
 
 __all__ = ["BUSY_TIMEOUT_MS", "Migrations", "SqliteLink", "first_row", "query", "sqlite_path"]
 
@@ -188,7 +189,7 @@ class SqliteLink:
         migrate: bool,
     ) -> sqlite3.Connection:
         if not migrate and self.path != ":memory:" and not os.path.exists(self.path):
-            raise ConfigurationError(no_schema_message(self.path, component))
+            raise SchemaMissing(no_schema_message(self.path, component))
         with map_exceptions(self._errors("open")):
             conn = sqlite3.connect(
                 self.path,

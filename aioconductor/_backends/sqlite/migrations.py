@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from aioconductor.errors import ConfigurationError
+from aioconductor.errors import SchemaMissing
 
 __all__ = ["Migrations", "apply_migrations", "check_version", "no_schema_message", "use_wal"]
 
@@ -72,8 +73,8 @@ def apply_migrations(
 def check_version(
     conn: sqlite3.Connection, where: str, component: str, migrations: Migrations
 ) -> None:
-    """Refuse (``ConfigurationError``) a file whose ``component`` schema is missing, older or
-    newer than ``migrations`` make it; write nothing."""
+    """Refuse a file whose ``component`` schema is missing or older (``SchemaMissing``) or
+    newer (``ConfigurationError``) than ``migrations`` make it; write nothing."""
     try:
         version = _version(conn, component)
     except sqlite3.OperationalError as exc:
@@ -82,7 +83,7 @@ def check_version(
         version = 0
     _refuse_newer(version, migrations, component)
     if version < len(migrations):
-        raise ConfigurationError(no_schema_message(where, component, version, len(migrations)))
+        raise SchemaMissing(no_schema_message(where, component, version, len(migrations)))
 
 
 def use_wal(conn: sqlite3.Connection, timeout: float) -> None:
