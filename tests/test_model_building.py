@@ -33,6 +33,8 @@ _JOB = {
     "retry": RetryPolicy(retries=3),
     "failures": [{"message": "boom"}],
     "key": "order-1",
+    "cancel_reason": "withdrawn",
+    "limit_key": "payments",
 }
 
 

@@ -10,7 +10,10 @@ is still never posted again.
 from __future__ import annotations
 
 import abc
+import contextlib
+import dataclasses
 import math
+import uuid
 from collections.abc import Mapping
 from datetime import UTC
 from datetime import datetime
@@ -22,6 +25,7 @@ from aioconductor._payload import validate_key
 from aioconductor.boards._posting import PostOptions
 from aioconductor.boards._posting import post_spec
 from aioconductor.boards._support import PostSpec
+from aioconductor.errors import JobNotFound
 from aioconductor.errors import PayloadError
 from aioconductor.models import Job
 
@@ -64,6 +68,8 @@ class Ticks(abc.ABC):
     """The schedule verbs of :class:`~aioconductor.boards.base.JobBoard`."""
 
     max_payload_bytes: int
+    #: Random per board object: seeds the ids of the tick jobs it posts.
+    _tick_salt: uuid.UUID
 
     async def post_tick(
         self,
@@ -101,7 +107,21 @@ class Ticks(abc.ABC):
         timed: PostOptions = {**options, "not_before": at}
         key = tick_key(checked, at)
         spec = post_spec(name, flow, args, self.max_payload_bytes, key=key, **timed)
-        return await self._post_tick(checked, at, spec)
+        # The same id each time this board object posts this tick: a retry (its first reply
+        # lost) recognises the job its first attempt posted, instead of reporting "not mine".
+        spec = dataclasses.replace(spec, id=self._tick_job_id(key))
+        job = await self._post_tick(checked, at, spec)
+        if job is None:
+            with contextlib.suppress(JobNotFound):
+                holder = await self._get_by_key(key)
+                if holder.id == spec.id:
+                    return holder
+        return job
+
+    def _tick_job_id(self, key: str) -> str:
+        """The id of the job this board object posts for the tick keyed ``key`` (uuid4 text,
+        random per board object, the same for each attempt)."""
+        return str(uuid.UUID(bytes=uuid.uuid5(self._tick_salt, key).bytes, version=4))
 
     async def schedule_ticks(self) -> dict[str, float]:
         """The last posted tick of every schedule that posted on this board (epoch seconds)."""
@@ -118,6 +138,9 @@ class Ticks(abc.ABC):
         """In one atomic step: None if ``schedule``'s last tick is at or after ``tick``;
         otherwise set it to ``tick`` and post ``spec`` (keyed: the holder of its key is
         returned instead of a new job, as ``_post`` does)."""
+
+    @abc.abstractmethod
+    async def _get_by_key(self, key: str) -> Job: ...
 
     @abc.abstractmethod
     async def _schedule_ticks(self) -> dict[str, float]:

@@ -129,3 +129,17 @@ async def test_the_longest_schedule_name_makes_a_valid_key(board: JobBoard) -> N
     job = await board.post_tick(name, T0, "j", "f")
     assert job is not None and job.key is not None and len(job.key) == 255
     assert (await board.get_by_key(job.key)).id == job.id
+
+
+async def test_a_retried_post_tick_finds_the_job_its_first_attempt_posted(
+    backend: BoardOpener,
+) -> None:
+    async with backend.open() as poster, backend.open() as other:
+        first = await poster.post_tick("beat", 1_767_225_600, "beat", "f")
+        assert first is not None
+        # The same call again (its first reply lost on the way back): the job it posted.
+        again = await poster.post_tick("beat", 1_767_225_600, "beat", "f")
+        assert again == await poster.get(first.id)
+        # Another poster of the same tick did not post it.
+        assert await other.post_tick("beat", 1_767_225_600, "beat", "f") is None
+        assert await poster.job_count() == 1
