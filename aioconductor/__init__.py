@@ -52,8 +52,11 @@ from aioconductor.events import Notifier
 from aioconductor.failure import Failure
 from aioconductor.models import Claim
 from aioconductor.models import ConductorInfo
+from aioconductor.models import EndedCount
 from aioconductor.models import Job
+from aioconductor.models import JobFilter
 from aioconductor.models import JobNotification
+from aioconductor.models import JobPage
 from aioconductor.models import JobState
 from aioconductor.models import LimitInfo
 from aioconductor.models import Outcome
@@ -89,6 +92,7 @@ __all__ = [
     "ConfigurationError",
     "Decision",
     "DependencyMissing",
+    "EndedCount",
     "Engine",
     "EngineResult",
     "Event",
@@ -102,8 +106,10 @@ __all__ = [
     "ForEach",
     "Job",
     "JobBoard",
+    "JobFilter",
     "JobNotFound",
     "JobNotification",
+    "JobPage",
     "JobState",
     "LimitInfo",
     "LogBook",

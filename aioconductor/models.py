@@ -18,8 +18,11 @@ from pydantic import Field
 __all__ = [
     "Claim",
     "ConductorInfo",
+    "EndedCount",
     "Job",
+    "JobFilter",
     "JobNotification",
+    "JobPage",
     "JobState",
     "LimitInfo",
     "NotificationKind",
@@ -249,6 +252,63 @@ class JobNotification(BaseModel):
     job_id: str
     kind: NotificationKind
     priority: int = 0
+
+
+class JobFilter(BaseModel):
+    """Which jobs ``board.search`` finds: every field given must match (none: every job).
+
+    Attributes:
+        state: the job's state as readers see it (``UNCLAIMED`` includes a scheduled job
+            whose time came, as ``iterjobs`` lists it).
+        outcome: a ``COMPLETE`` job's outcome.
+        flow: the flow's name, exactly.
+        text: a piece of the job's name or key, case-insensitive (``%`` and ``_`` are plain
+            characters), 1 to 255 characters.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    state: JobState | None = None
+    outcome: Outcome | None = None
+    flow: str | None = None
+    text: str | None = Field(default=None, min_length=1, max_length=255)
+
+    def matches(self, job: Job) -> bool:
+        """Whether ``job`` (as readers see it) matches."""
+        if self.state is not None and job.state is not self.state:
+            return False
+        if self.outcome is not None and job.outcome is not self.outcome:
+            return False
+        if self.flow is not None and job.flow != self.flow:
+            return False
+        if self.text is not None:
+            needle = self.text.casefold()
+            return needle in job.name.casefold() or needle in (job.key or "").casefold()
+        return True
+
+
+class JobPage(BaseModel):
+    """One page of ``board.search``: jobs newest first (highest ``seq`` first)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    jobs: list[Job]
+    #: Give it as ``before=`` for the next page; None when this page is the last.
+    next_before: int | None = None
+
+
+class EndedCount(BaseModel):
+    """How many jobs ended in one time bucket with one ending, as ``board.ended_counts``
+    reports them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: The bucket's start, epoch seconds (a multiple of the bucket's width).
+    start: float
+    #: The outcome of a ``COMPLETE`` job (``SUCCESS``, ``REVERTED``, ``FAILURE``,
+    #: ``CANCELLED``), or ``TRASHED``.
+    ending: str
+    count: int
 
 
 class LimitInfo(BaseModel):

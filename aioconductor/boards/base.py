@@ -24,7 +24,7 @@ Semantics every backend keeps (the conformance suite in ``tests/boards`` checks 
   post whose key is held writes nothing and hands back the holder (check and insert are one
   atomic step).
 - Cancels and concurrency limits: see :mod:`~aioconductor.boards._cancelling` and
-  :mod:`~aioconductor.boards._limiting`.
+  :mod:`~aioconductor.boards._limiting`; search and paging: :mod:`~aioconductor.boards._searching`.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from aioconductor.boards._notifications import Notifications
 from aioconductor.boards._posting import PostOptions
 from aioconductor.boards._posting import post_spec
 from aioconductor.boards._purging import Purging
+from aioconductor.boards._searching import Searching
 from aioconductor.boards._support import EncodedObject
 from aioconductor.boards._support import PostSpec
 from aioconductor.boards._support import Subscription
@@ -93,7 +94,15 @@ MAX_POST_BATCH = 10_000
 
 
 class JobBoard(
-    Lifecycle, Notifications, ClaimEndings, Cancels, Limits, Purging, Ticks, ConductorRegistry
+    Lifecycle,
+    Notifications,
+    ClaimEndings,
+    Cancels,
+    Limits,
+    Purging,
+    Searching,
+    Ticks,
+    ConductorRegistry,
 ):
     """An async job board. Open it with ``async with open_board(url) as board``.
 

@@ -9,5 +9,6 @@ from aioconductor.testing.conformance.boards_endings import *  # noqa: F403
 from aioconductor.testing.conformance.boards_keys import *  # noqa: F403
 from aioconductor.testing.conformance.boards_limits import *  # noqa: F403
 from aioconductor.testing.conformance.boards_retention import *  # noqa: F403
+from aioconductor.testing.conformance.boards_search import *  # noqa: F403
 from aioconductor.testing.conformance.boards_streams import *  # noqa: F403
 from aioconductor.testing.conformance.boards_ticks import *  # noqa: F403

@@ -32,6 +32,7 @@ as fixtures named ``backend`` (and ``store_backend``), then collect the suites::
     from aioconductor.testing.conformance.boards_keys import *  # noqa: F403
     from aioconductor.testing.conformance.boards_limits import *  # noqa: F403
     from aioconductor.testing.conformance.boards_retention import *  # noqa: F403
+    from aioconductor.testing.conformance.boards_search import *  # noqa: F403
     from aioconductor.testing.conformance.boards_streams import *  # noqa: F403
     from aioconductor.testing.conformance.boards_ticks import *  # noqa: F403
     from aioconductor.testing.conformance.stores_fencing import *  # noqa: F403
