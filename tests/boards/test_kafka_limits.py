@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from aioconductor._backends.kafka.log import Write
-from aioconductor._backends.kafka.records import transition
+from aioconductor._backends.kafka.records import cancelled, renewed, transition
 from aioconductor._backends.kafka.view import JobView
 from aioconductor.boards.kafka import KafkaJobBoard
 from aioconductor.errors import ClaimLost
@@ -50,6 +50,8 @@ class _Log:
         self.notes: list[JobNotification] = []
         self.view = JobView(self.notes.append)
         self.records: list[_Record] = []
+        #: Offsets of the records the fold rejected.
+        self.lost: set[int] = set()
 
     def write(self, write: Write) -> None:
         record = _Record(len(self.records), write.key, write.value, write.ts_ms)
@@ -70,12 +72,15 @@ class _Log:
         return self.view.jobs[job_id]
 
     def change(self, op: str, job_id: str, ts_ms: int, **fields: Any) -> bool:
-        """Write the transition ``op`` of the job as the view holds it; whether it won."""
+        """Write the transition ``op`` of the job as the view holds it, stamped ``ts_ms`` (its
+        ``updated_at`` too, as the board's transitions are); whether it won."""
         data = self.view.jobs[job_id]
-        self.write(transition(op, data, {**data, **fields}, ts_ms))
+        new = {**data, "updated_at": ts_ms / 1000, **fields}
+        self.write(transition(op, data, new, ts_ms))
         current = self.view.jobs[job_id]
         if current["version"] == data["version"] + 1:
             return True
+        self.lost.add(len(self.records) - 1)
         # Lost: restate the job at once, as its loser does (so compaction keeps its state).
         self.write(
             Write(job_id, {"op": "restate", "base": current["version"], "job": current}, ts_ms)
@@ -127,6 +132,102 @@ def test_a_lease_that_ran_out_frees_its_slot_at_the_claim_record_time() -> None:
     log.limit("k", 0)
     assert log.change("renew", "a", 3_300, expires_at=80.0)
     assert log.view.limits(3.4) == [LimitInfo(key="k", limit=0, claimed=2)]
+
+
+def test_a_renew_stamped_before_its_lease_ran_out_landing_after_a_claim_needs_a_slot() -> None:
+    # Issue #21: two producers, so the log is not in timestamp order (no clock skew needed).
+    log = _Log()
+    log.limit("k", 1)
+    log.post("a", "k")
+    log.post("b", "k")
+    assert log.claim("a", 2_000, lease=1.0)  # a's lease ends at 3.000 s
+    assert log.claim("b", 3_001)  # conductor B: a's lease ran out, the slot is free
+    # Conductor A's renew of a, stamped 2.999 but appended after B's claim: judged at the
+    # key's clock (3.001, b's claim), a's lease is over, and b holds the only slot.
+    assert not log.change("renew", "a", 2_999, expires_at=2.999 + 30.0)
+    assert log.view.limits(3.002) == [LimitInfo(key="k", limit=1, claimed=1)]
+    # Once b lets its slot go, a's renew takes it (a lapsed lease renews into a free slot).
+    assert log.change("consume", "b", 3_100, state="COMPLETE", outcome="SUCCESS", result={})
+    assert log.change("renew", "a", 3_000, expires_at=33.0)
+    assert log.view.limits(3.2) == [LimitInfo(key="k", limit=1, claimed=1)]
+    _check_the_log_never_exceeds(log.records, "k", 1)
+
+
+def test_a_renew_landing_late_is_refused_only_while_a_claim_that_counted_it_out_holds() -> None:
+    log = _Log()
+    log.limit("k", 2)
+    for name in ("a", "b", "c"):
+        log.post(name, "k")
+    assert log.claim("a", 2_000, lease=1.0)  # until 3.000
+    assert log.claim("b", 2_500)  # counted a live: 2 of 2
+    assert not log.claim("c", 2_900)
+    assert log.claim("c", 3_001)  # a's lease ran out: b and c hold the slots
+    assert not log.change("renew", "a", 2_999, expires_at=40.0)
+    assert log.change("renew", "b", 2_950, expires_at=90.0)  # b's lease is live: it renews
+    assert log.change("consume", "c", 3_200, state="COMPLETE", outcome="SUCCESS", result={})
+    assert log.change("renew", "a", 3_000, expires_at=40.0)  # c's slot is free again
+    assert log.view.limits(3.3) == [LimitInfo(key="k", limit=2, claimed=2)]
+    _check_the_log_never_exceeds(log.records, "k", 2)
+
+
+def test_a_renew_of_a_plain_lease_landing_after_a_claim_of_its_job_is_stale() -> None:
+    # Without a limit, one job's records are ordered by their versions: the first one wins.
+    log = _Log()
+    log.post("a", None)
+    assert log.claim("a", 2_000, lease=1.0)
+    before = log.view.jobs["a"]
+    assert log.claim("a", 3_001)
+    log.write(transition("renew", before, {**before, "expires_at": 32.999}, 2_999))
+    assert log.view.jobs["a"]["version"] == 3 and log.view.jobs["a"]["token"] == 2
+    log = _Log()  # the same renew landing first wins, and the claim computed before it loses
+    log.post("a", None)
+    assert log.claim("a", 2_000, lease=1.0)
+    before = log.view.jobs["a"]
+    assert log.change("renew", "a", 2_999, expires_at=32.999)
+    taken = {**before, "token": 2, "owner": "p", "expires_at": 63.001, "updated_at": 3.001}
+    log.write(transition("claim", before, taken, 3_001))
+    assert log.view.jobs["a"]["token"] == 1 and log.view.jobs["a"]["expires_at"] == 32.999
+
+
+def test_a_claimed_jobs_updated_at_never_goes_back() -> None:
+    # The key's clock reads it: a renew or a flag stamped earlier (another host) keeps it.
+    data = {"state": "CLAIMED", "updated_at": 5.0, "expires_at": 9.0, "cancel_reason": None}
+    assert renewed(data, 4.0, lease=10.0) == {**data, "expires_at": 14.0}
+    assert cancelled(data, 4.0, "stop") == {**data, "cancel_reason": "stop"}
+
+
+def test_replays_judge_claims_and_renews_alike_wherever_the_cleaner_stopped() -> None:
+    log = _Log()
+    log.limit("k", 1)
+    for name in ("a", "b", "c"):
+        log.post(name, "k")
+    log.post("free", None)
+    assert log.claim("a", 2_000, lease=1.0)
+    # The greatest timestamp so far, on a record compaction removes (an operator's trash comes
+    # later): a clock of the whole log would judge b's claim at 3.050, and a replay at 2.999.
+    assert log.claim("free", 3_050)
+    assert log.change("trash", "free", 2_990, state="TRASHED", trash_reason="by another host")
+    assert not log.claim("b", 2_999)  # a claim counts the leases live at its own timestamp
+    assert log.claim("b", 3_001)
+    assert not log.change("renew", "a", 2_999, expires_at=40.0)
+    assert not log.claim("c", 2_998)  # a's lease counts at 2.998, b's too
+    assert log.change("consume", "b", 3_300, state="COMPLETE", outcome="SUCCESS", result={})
+    assert log.change("renew", "a", 3_000, expires_at=40.0)
+    live = log.view
+    # Every cut below which each key's last record was accepted: the fold's replays rest on
+    # that (a rejected record is restated at once, see the view), so cuts between a rejected
+    # record and its restate are left out.
+    last = [{r.key: r.offset for r in log.records[:cut]} for cut in range(len(log.records) + 1)]
+    cuts = [cut for cut, offsets in enumerate(last) if not log.lost & set(offsets.values())]
+    assert len(cuts) == len(log.records) + 1 - len(log.lost)
+    for view in (
+        fold(log.records),
+        fold(log.records, compacted=True),
+        fold(log.records, compacted=True, tombstones_gone=True),
+        *(fold(log.records, cleaned_to=cut) for cut in cuts),
+    ):
+        assert view.jobs == live.jobs
+        assert view.limits(3.4) == live.limits(3.4) == [LimitInfo(key="k", limit=1, claimed=1)]
 
 
 def test_limit_records_set_change_and_remove_and_a_bad_one_changes_nothing() -> None:
@@ -273,9 +374,11 @@ def _check_the_log_never_exceeds(records: list[Any], key: str, limit: int) -> No
     way (every job of the view), not with the fold's index."""
     view = JobView(lambda note: None)
     most = 0
+    now = 0.0
     for r in records:
         view.apply(r.offset, r.key, r.value, r.timestamp)
-        now = r.timestamp / 1000
+        # At the log's time: the greatest timestamp so far (the log is not in timestamp order).
+        now = max(now, r.timestamp / 1000)
         live = sum(
             1
             for data in view.jobs.values()

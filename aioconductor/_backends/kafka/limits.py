@@ -9,10 +9,40 @@ agree on the limit at each point of the log.
 
 The fold judges each claim record (and each renew of a claim whose lease ran out, which takes
 its slot again) against the job's key at that point of the log: if as many other jobs of the key
-hold a live claim at the record's timestamp (leases are judged by record time, as everywhere in
-the fold) as the limit allows, the record is rejected, on every instance alike. First writer
-wins, so racing claims never exceed the limit. The board only picks jobs that have a slot in its
-view (:class:`Quota`), so a record loses only a race.
+hold a live claim at the record's timestamp as the limit allows, the record is rejected, on every
+instance alike. First writer wins, so racing claims never exceed the limit. The board only picks
+jobs that have a slot in its view (:class:`Quota`), so a record loses only a race.
+
+The log is not in timestamp order (each producer stamps its own records), so each decision takes
+the time that errs towards refusing. A claim counts the other leases at its own timestamp (the
+earliest it can take effect: every lease live then counts). Whether a renew's lease is still live
+(a live claim keeps its slot, a lapsed one needs a free one) is judged later: at the key's clock,
+the greatest of the renew's timestamp and the ``updated_at`` of every ``CLAIMED`` job of the key
+(the times of their claims and renewals, :meth:`Slots.clock`). So a renew stamped before its
+lease ran out that lands after a claim which counted that lease as over (stamped after it) needs
+a slot, and the claim holds it: a lease the log let go is never taken back for free.
+
+Why that is enough: at every point of the log, for any set of the key's ``CLAIMED`` jobs and any
+time ``t`` from the greatest of their ``updated_at`` on, at most the limit of them hold a lease
+live at ``t``. A claim keeps this true: it counted the leases live at its timestamp (its
+``updated_at``), so at any later ``t`` too. A live renew keeps it: its lease was live at the key's
+clock, so it was counted there already. Ends and purges only remove jobs, and a claimed job's
+``updated_at`` never goes back (:func:`~aioconductor._backends.kafka.records.renewed`,
+:func:`~aioconductor._backends.kafka.records.cancelled`). So no lease a claim counted as over
+comes back while that claim holds its slot, and the leases live at the log's own time (its
+greatest timestamp so far, past every ``updated_at``) never exceed the limit.
+
+A global clock of the log (the greatest timestamp folded so far) would keep the live fold as
+safe, but a replay could not rebuild it: compaction removes records, the greatest timestamps
+among them, so a replay would judge some leases at an earlier time than the live fold did. The
+key's clock is read from the jobs' states, which compaction keeps: wherever a replay holds the
+states the live fold held (every record after the segments the cleaner compacted), it decides
+each record alike, whatever else compaction removed.
+
+Claims of lapsed jobs and of due jobs are judged at their record's timestamp, as everywhere in
+the fold: the versions order every record of one job (of a renew and a claim of the same job,
+the first in the log wins, the other's base is stale), and the writer checked the job claimable
+at that timestamp, so a later clock would only accept records the board never writes.
 
 A replay of a compacted log never rejects a claim the live fold accepted: at any offset, every
 other job is either in the state it had there, or not known yet (its surviving record lies
@@ -81,10 +111,19 @@ class Slots:
         found = (jobs.get(job_id) for job_id in self._holders.get(key, ()) if job_id != besides)
         return sum(1 for data in found if data is not None and data["expires_at"] > now)
 
+    def clock(self, key: str, jobs: dict[str, dict[str, Any]], now: float) -> float:
+        """The key's clock at a record stamped ``now``: the greatest of ``now`` and the
+        ``updated_at`` of the ``CLAIMED`` jobs of ``key`` (when their claims and renewals were
+        stamped). A renew's lease is judged live or lapsed at it (see the module docstring)."""
+        found = (jobs.get(job_id) for job_id in self._holders.get(key, ()))
+        stamps = [float(data["updated_at"]) for data in found if data is not None]
+        return max([now, *stamps])
+
     def refuses(self, op: str, data: dict[str, Any], jobs: dict[str, dict[str, Any]],
                 now: float) -> bool:  # fmt: skip
-        """Whether the transition ``op`` of the job ``data`` at ``now`` needs a slot its limit
-        key does not have: a claim, or a renew of a claim whose lease ran out."""
+        """Whether the transition ``op`` of the job ``data``, stamped ``now``, needs a slot its
+        limit key does not have: a claim, or a renew of a claim whose lease ran out by the key's
+        :meth:`clock`. The other leases are counted at ``now``."""
         if not self.limits:
             return False
         key = data.get("limit_key")
@@ -92,7 +131,7 @@ class Slots:
         if key is None or limit is None:
             return False
         if op == "renew":
-            if data["expires_at"] > now:
+            if data["expires_at"] > self.clock(key, jobs, now):
                 return False  # a live claim keeps its slot, even over a lowered limit
         elif op != "claim":
             return False

@@ -8,7 +8,10 @@ A job's state is a plain dict (the value the state topic carries, see
 current state and the time ``now`` (epoch seconds); the log bumps the version and writes it
 (:meth:`~aioconductor._backends.kafka.log.StateLog.change`). Counters default for state records
 written before the board kept them (``releases``, ``abandons``, ``retries``, ``failures``), and
-so do the idempotency ``key``, the ``cancel_reason`` and the ``limit_key`` (None).
+so do the idempotency ``key``, the ``cancel_reason`` and the ``limit_key`` (None). A claim and a
+renew stamp ``updated_at`` with their record's timestamp, and while a job stays claimed its
+``updated_at`` never goes back (a renew or a cancel's flag stamped earlier keeps it): the fold's
+limit decisions read it (:mod:`~aioconductor._backends.kafka.limits`).
 
 A cancel is a transition too (:func:`cancelled`): it ends a job nobody runs, or flags a claimed
 one (``cancel_reason`` set, nothing else), and a flagged job's :func:`retried` ends it
@@ -278,8 +281,9 @@ def taken(data: dict[str, Any], now: float, owner: str, lease: float) -> dict[st
 
 
 def renewed(data: dict[str, Any], now: float, lease: float) -> dict[str, Any]:
-    """``data`` with its claim's lease renewed at ``now``."""
-    return {**data, "expires_at": now + lease, "updated_at": now}
+    """``data`` with its claim's lease renewed at ``now`` (its ``updated_at`` never goes back:
+    the fold's limit decisions read it, see :mod:`~aioconductor._backends.kafka.limits`)."""
+    return {**data, "expires_at": now + lease, "updated_at": max(now, data["updated_at"])}
 
 
 def consumed(
@@ -345,7 +349,8 @@ def cancelled(data: dict[str, Any], now: float, reason: str) -> dict[str, Any]:
     stop it), else ended ``COMPLETE``/``CANCELLED`` with its claim cleared. Only for a job that
     is neither final nor flagged (the board checks; the fold accepts it only on that state)."""
     if data["state"] == "CLAIMED":
-        return {**data, "cancel_reason": reason, "updated_at": now}
+        # A flag keeps the claim: its updated_at never goes back (as a renew's).
+        return {**data, "cancel_reason": reason, "updated_at": max(now, data["updated_at"])}
     ended = _ended_cancelled({**data, "cancel_reason": reason}, now)
     return {**ended, "owner": None, "expires_at": None}
 

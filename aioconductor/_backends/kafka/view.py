@@ -40,6 +40,17 @@ ends a job nobody runs, or flags a claimed one, and the fold then pushes ``CANCE
 streams of every instance, the owner's among them. A claim record, or a renew of a lapsed claim,
 loses if the job's limit key has no slot at that point of the log, and every end of a limited
 claim is pushed as ``SLOT_FREED`` (:mod:`~aioconductor._backends.kafka.limits`).
+
+Time: each producer stamps its records, so the log is not in timestamp order, and the fold reads
+no clock of its own, only what the records carry. A claim is judged at its record's timestamp:
+whether the job is claimable (due, or its lease over) and how many other leases of its limit key
+are live. One job's records are ordered by their versions, so no later clock is needed there.
+Whether a renewed lease is still live, which decides whether a renew of a limited job needs a
+slot, is judged at its limit key's clock: the greatest of the record's timestamp and the
+``updated_at`` of the key's claimed jobs, so a renew landing after a claim that counted its lease
+as over needs a slot. Both come from the records and the jobs' states, never from the greatest
+timestamp folded so far (compaction may remove that record), so a replay of a compacted log
+judges each record as the live fold did.
 """
 
 from __future__ import annotations
