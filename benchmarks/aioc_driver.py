@@ -2,14 +2,16 @@
 
 Run by the harness as ``python -m benchmarks.aioc_driver COMMAND --board URL --store URL ...``.
 Besides the shared commands it has ``drain --post`` (post and drain in one process: the memory
-board cannot be shared across processes), ``latency --inproc`` (the conductor in this process)
-and ``inflight`` (memory per in-flight job, memory board only).
+board cannot be shared across processes), ``latency --inproc`` (the conductor in this process),
+``inflight`` (memory per in-flight job, memory board only) and ``processes`` (the
+``aioconductor run --processes N`` command, timed from outside).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import signal
 import sys
 import time
@@ -23,12 +25,15 @@ from aioconductor.boards.base import JobBoard
 from benchmarks import aioc_flows
 from benchmarks.peers import _common
 
+_COMMANDS = ["post", "drain", "serve", "latency", "inflight", "share", "hold", "processes"]
+_COMMANDS.append("version")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "command",
-        choices=["post", "drain", "serve", "latency", "inflight", "share", "hold", "version"],
+        choices=_COMMANDS,
     )
     parser.add_argument("--board", default="memory://")
     parser.add_argument("--store", default="memory://")
@@ -42,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--barrier", default=None, help="share: start once this file exists")
     parser.add_argument("--batch", type=int, default=0, help="post: jobs per post_many call")
     parser.add_argument("--lease", type=float, default=30.0, help="the conductor's lease (s)")
+    parser.add_argument("--processes", type=int, default=1, help="processes: run --processes N")
     return parser
 
 
@@ -236,6 +242,43 @@ async def cmd_hold(args: argparse.Namespace) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
+async def cmd_processes(args: argparse.Namespace) -> dict[str, Any]:
+    """``aioconductor run --processes N`` (the command, as an operator starts it): once its N
+    conductors are listed on the board, ``n`` jobs are posted (``post_many``, 500 a call) and
+    timed from the first post to the board holding ``n`` complete; then SIGTERM, exit 0."""
+    command = [
+        sys.executable, "-m", "aioconductor.cli", "run", "--app", "benchmarks.aioc_flows:flows",
+        "--board", args.board, "--store", args.store, "--processes", str(args.processes),
+        "--concurrency", str(args.concurrency), "--name", "bench", "--log-level", "WARNING",
+    ]  # fmt: skip
+    async with open_board(args.board) as board:
+        # Its lines go to stderr (logged by the harness), not among the result lines.
+        process = await anyio.open_process(
+            command, stdout=sys.stderr, stderr=sys.stderr, cwd=os.getcwd()
+        )
+        try:
+            with anyio.fail_after(120):
+                while len(await board.conductors()) < args.processes:  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            started = time.perf_counter()
+            await post_jobs(board, args.n, "noop", batch=500)
+            with anyio.fail_after(max(60.0, args.n / 25)):
+                while await board.job_count(state=JobState.COMPLETE) < args.n:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            seconds = time.perf_counter() - started
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+            with anyio.move_on_after(60):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    if process.returncode != 0:
+        raise RuntimeError(f"aioconductor run --processes exited {process.returncode}")
+    return {"n": args.n, "seconds": seconds, "rate": args.n / seconds, "processes": args.processes}
+
+
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "version":
         return _common.version_of("aioconductor-taskflow", "anyio", "pydantic", "redis", "asyncpg")
@@ -247,6 +290,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         "inflight": cmd_inflight,
         "share": cmd_share,
         "hold": cmd_hold,
+        "processes": cmd_processes,
     }[args.command]
     return await command(args)
 

@@ -29,6 +29,10 @@ from benchmarks.venvs import CACHE, InstallError, ensure_venv
 __all__ = ["main"]
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+#: The workloads ``--workloads`` can choose.
+WORKLOADS = (
+    "drain", "latency", "durable", "post_batch", "scaleout", "recovery", "inflight", "processes",
+)  # fmt: skip
 _MODULES = {
     "memory": ("memory", "memory"),
     "sqlite": ("sqlite", "sqlite"),
@@ -69,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=None, help="jobs per drain (override)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the results folder")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    parser.add_argument(
+        "--workloads",
+        default="all",
+        help=f"the workloads to run ({','.join(WORKLOADS)}; default all)",
+    )
     parser.add_argument(
         "--budget",
         type=float,
@@ -165,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.repeat < 1:
         raise SystemExit("--repeat must be at least 1")
     settings = Settings(repeat=args.repeat, quick=args.quick)
+    workloads = _names(args.workloads, WORKLOADS, "workloads")
+    if args.workloads.strip().lower() != "all":
+        settings.only = tuple(workloads)
     if args.quick:
         settings.jobs, settings.latency_jobs, settings.inflight_jobs = 2_000, 200, 2_000
         settings.scaleout_processes = (1, 4)

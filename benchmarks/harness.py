@@ -38,6 +38,11 @@ class Settings:
     #: Jobs a killed conductor holds in the recovery workload, and the lease it holds them by.
     recovery_jobs: int = 100
     recovery_lease: float = 5.0
+    #: ``aioconductor run --processes N`` counts of the processes workload (concurrency 64).
+    cli_processes: tuple[int, ...] = (1, 2)
+    #: The workloads to run (None: all): drain, latency, durable, post_batch, scaleout,
+    #: recovery, inflight, processes.
+    only: tuple[str, ...] | None = None
     quick: bool = False
 
     #: Seconds a drain may take before it is killed (None: scaled to ``jobs``).
@@ -102,6 +107,7 @@ UNITS: dict[str, tuple[str, str]] = {
     "inflight": ("KiB/job", "lower"),
     "scaleout": ("jobs/s", "higher"),
     "recovery": ("s", "lower"),
+    "procs": ("jobs/s", "higher"),
 }
 
 
@@ -250,6 +256,21 @@ def _scaleout(system: System, settings: Settings, processes: int, log: Path) -> 
     return {"rate": settings.jobs / (finished - started), "consumed": consumed}
 
 
+def _processes(system: System, settings: Settings, processes: int, log: Path) -> dict[str, Any]:
+    """``aioconductor run --processes N`` (the supervisor and its N conductor processes, as
+    an operator starts them); jobs/s from the first post to the last job complete, the jobs
+    posted once every conductor is listed."""
+    with system.provision() as (target, _work):
+        return run_driver(
+            system.argv(
+                "processes", target, "--n", settings.jobs, "--processes", processes,
+                "--concurrency", 64,
+            ),
+            timeout=120 + settings.drain_timeout(),
+            log=log,
+        )  # fmt: skip
+
+
 def _recovery(system: System, settings: Settings, log: Path) -> dict[str, Any]:
     """A conductor holding ``recovery_jobs`` running jobs is SIGKILLed; seconds until an idle
     conductor (same lease) has completed them all."""
@@ -312,8 +333,11 @@ def _attempt(
 def run_system_once(
     system: System, settings: Settings, results: Results, log: Path, say: Callable[[str], None]
 ) -> None:
-    """One repetition of every workload of ``system``."""
-    if "drain" in system.workloads:
+    """One repetition of every workload of ``system`` (those of ``settings.only``)."""
+    workloads = system.workloads
+    if settings.only is not None:
+        workloads = workloads & frozenset(settings.only)
+    if "drain" in workloads:
         for concurrency in settings.concurrencies:
             metrics = [f"drain_c{concurrency}", f"rss_c{concurrency}"]
 
@@ -336,7 +360,7 @@ def run_system_once(
                 results.add(system, f"rss_c{concurrency}", hwm / 1024 if hwm else None)
 
             _attempt(results, system, f"drain c={concurrency}", metrics, say, drain_body)
-    if "latency" in system.workloads:
+    if "latency" in workloads:
 
         def latency_body() -> None:
             latency = _latency(system, settings, log)
@@ -352,7 +376,7 @@ def run_system_once(
             say,
             latency_body,
         )
-    if "durable" in system.workloads:
+    if "durable" in workloads:
         concurrency = settings.durable_concurrency
 
         def durable_body() -> None:
@@ -361,7 +385,7 @@ def run_system_once(
             results.add(system, "durable", drain["rate"], drain)
 
         _attempt(results, system, "durable", ["durable"], say, durable_body)
-    if "post_batch" in system.workloads:
+    if "post_batch" in workloads:
 
         def post_batch_body() -> None:
             with system.provision() as (target, _work):
@@ -373,7 +397,7 @@ def run_system_once(
             results.add(system, "post_batch", result["rate"], result)
 
         _attempt(results, system, "post batched", ["post_batch"], say, post_batch_body)
-    if "scaleout" in system.workloads:
+    if "scaleout" in workloads:
         for processes in settings.scaleout_processes:
 
             def scaleout_body(processes: int = processes) -> None:
@@ -388,14 +412,29 @@ def run_system_once(
                 say,
                 scaleout_body,
             )
-    if "recovery" in system.workloads:
+    if "processes" in workloads:
+        for processes in settings.cli_processes:
+
+            def processes_body(processes: int = processes) -> None:
+                result = _processes(system, settings, processes, log)
+                results.add(system, f"procs_p{processes}", result["rate"], result)
+
+            _attempt(
+                results,
+                system,
+                f"run --processes {processes}",
+                [f"procs_p{processes}"],
+                say,
+                processes_body,
+            )
+    if "recovery" in workloads:
 
         def recovery_body() -> None:
             result = _recovery(system, settings, log)
             results.add(system, "recovery", result["seconds"], result)
 
         _attempt(results, system, "recovery", ["recovery"], say, recovery_body)
-    if "inflight" in system.workloads:
+    if "inflight" in workloads:
 
         def inflight_body() -> None:
             result = _inflight(system, settings, log)

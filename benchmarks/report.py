@@ -91,6 +91,8 @@ def markdown(
     head = ["system", "backend", *(title for _, title in COLUMNS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (system, backend), by_metric in rows.items():
+        if not any(metric in by_metric for metric, _ in COLUMNS):
+            continue  # only other workloads measured (--workloads)
         cells = [cell(by_metric.get(metric)) for metric, _ in COLUMNS]
         lines.append("| " + " | ".join([f"**{system}**", backend, *cells]) + " |")
     text = [
@@ -136,6 +138,9 @@ def _scaleout_table(
     """Scale-out (1, 2, 4 conductor processes on one board) and recovery after a kill -9."""
     processes = settings.get("scaleout_processes", ())
     columns = [(f"scaleout_p{p}", f"{p} process{'es' if p > 1 else ''} jobs/s") for p in processes]
+    columns += [
+        (f"procs_p{p}", f"run --processes {p} jobs/s") for p in settings.get("cli_processes", ())
+    ]
     columns.append(("recovery", "recovery s"))
     found = [(key, by) for key, by in rows.items() if any(m in by for m, _ in columns)]
     if not found:
@@ -147,7 +152,9 @@ def _scaleout_table(
         f"this machine has {os.cpu_count()} cores. Recovery: a conductor holding "
         f"{settings.get('recovery_jobs')} running jobs is killed with SIGKILL; seconds until "
         f"an idle conductor has completed them all (lease {settings.get('recovery_lease')} s, "
-        "so at most the lease plus one sweep is expected).",
+        "so at most the lease plus one sweep is expected). run --processes N: the command's "
+        "supervisor and N conductor processes (concurrency 64 each), the jobs posted once all "
+        "are listed, timed from the first post to the last job complete.",
         "",
         "| system | backend | " + " | ".join(title for _, title in columns) + " |",
         "|" + "---|" * (len(columns) + 2),

@@ -234,7 +234,8 @@ class Supervisor:
                 self.stop(signal.SIGTERM)
                 return
             self.say(
-                f"supervisor: {child.name} (pid {child.process.pid}) died with {how} after "
+                f"supervisor: {child.name} (pid {child.process.pid}) "
+                f"{'died' if (child.returncode or 0) < 0 else 'exited'} with {how} after "
                 f"{now - started:.1f} s; starting it again in {child.delay:g} s"
             )
             with anyio.move_on_after(child.delay):
