@@ -22,6 +22,7 @@ from typing import Any, Unpack
 from pydantic import BaseModel
 
 from aioconductor._payload import validate_key
+from aioconductor._payload import validate_name
 from aioconductor.boards._posting import PostOptions
 from aioconductor.boards._posting import post_spec
 from aioconductor.boards._support import PostSpec
@@ -56,6 +57,16 @@ def tick_key(schedule: str, tick: float) -> str:
     return f"{_PREFIX}{schedule}:{datetime.fromtimestamp(tick, UTC).strftime(_STAMP)}"
 
 
+#: Seeds the ids of tick jobs posted with a ``poster``.
+_TICK_IDS = uuid.UUID("6b3f0f8e-3c1a-4f55-9d8e-1f2a7c4e9b10")
+
+
+def tick_job_id(poster: str, key: str) -> str:
+    """The id of the job ``poster`` posts for the tick keyed ``key``: uuid4 text, the same on
+    every attempt, different for every poster."""
+    return str(uuid.UUID(bytes=uuid.uuid5(_TICK_IDS, f"{poster}\x00{key}").bytes, version=4))
+
+
 def _check_tick(tick: object) -> float:
     if isinstance(tick, bool) or not isinstance(tick, (int, float)):
         raise PayloadError(f"a tick is epoch seconds, got {tick!r:.80}")
@@ -68,8 +79,6 @@ class Ticks(abc.ABC):
     """The schedule verbs of :class:`~aioconductor.boards.base.JobBoard`."""
 
     max_payload_bytes: int
-    #: Random per board object: seeds the ids of the tick jobs it posts.
-    _tick_salt: uuid.UUID
 
     async def post_tick(
         self,
@@ -78,6 +87,8 @@ class Ticks(abc.ABC):
         name: str,
         flow: str,
         args: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        poster: str | None = None,
         **options: Unpack[PostOptions],
     ) -> Job | None:
         """Post the job of ``schedule``'s ``tick``, unless that tick (or a later one) was
@@ -95,6 +106,9 @@ class Ticks(abc.ABC):
             tick: the tick, whole epoch seconds.
             name, flow, args, options: the job, as :meth:`post` takes them (not
                 ``not_before`` or ``delay``: the tick is the job's ``not_before``).
+            poster: who posts (a conductor's owner id): a call repeated by the same poster
+                for the same tick (a retry after a lost reply) returns the job its earlier
+                call posted, not None. Two calls of one poster must not run at once.
 
         Raises:
             PayloadError: a bad schedule name, tick, job or option; nothing was written.
@@ -107,9 +121,11 @@ class Ticks(abc.ABC):
         timed: PostOptions = {**options, "not_before": at}
         key = tick_key(checked, at)
         spec = post_spec(name, flow, args, self.max_payload_bytes, key=key, **timed)
-        # The same id each time this board object posts this tick: a retry (its first reply
-        # lost) recognises the job its first attempt posted, instead of reporting "not mine".
-        spec = dataclasses.replace(spec, id=self._tick_job_id(key))
+        if poster is None:
+            return await self._post_tick(checked, at, spec)
+        # The same id on each attempt of this poster: a retry (its first reply lost)
+        # recognises the job its first attempt posted, instead of reporting "not mine".
+        spec = dataclasses.replace(spec, id=tick_job_id(validate_name("poster", poster), key))
         job = await self._post_tick(checked, at, spec)
         if job is None:
             with contextlib.suppress(JobNotFound):
@@ -117,11 +133,6 @@ class Ticks(abc.ABC):
                 if holder.id == spec.id:
                     return holder
         return job
-
-    def _tick_job_id(self, key: str) -> str:
-        """The id of the job this board object posts for the tick keyed ``key`` (uuid4 text,
-        random per board object, the same for each attempt)."""
-        return str(uuid.UUID(bytes=uuid.uuid5(self._tick_salt, key).bytes, version=4))
 
     async def schedule_ticks(self) -> dict[str, float]:
         """The last posted tick of every schedule that posted on this board (epoch seconds)."""

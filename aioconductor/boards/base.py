@@ -32,7 +32,6 @@ from __future__ import annotations
 import abc
 import itertools
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from typing import Any, Self, Unpack
 
@@ -136,7 +135,6 @@ class JobBoard(
         self.lease = check_lease(lease)
         self.poll_interval = float(poll_interval)
         self.migrate = bool(migrate)
-        self._tick_salt = uuid.uuid4()
 
     closed_error = BoardClosed
     kind = "board"

@@ -284,6 +284,7 @@ class Conductor:
             board=self.board,
             clock=self.clock,
             conductor=self.name,
+            owner=self.owner,
             notifier=self.notifier,
             stats=self.stats,
         )

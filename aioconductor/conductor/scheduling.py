@@ -43,6 +43,7 @@ class Scheduler:
         board: JobBoard,
         clock: Clock,
         conductor: str,
+        owner: str,
         notifier: Notifier,
         stats: ConductorStats,
     ) -> None:
@@ -50,6 +51,7 @@ class Scheduler:
         self._board = board
         self._clock = clock
         self._conductor = conductor
+        self._owner = owner
         self._notifier = notifier
         self._stats = stats
         #: schedule name -> the last tick this scheduler knows was posted.
@@ -88,6 +90,7 @@ class Scheduler:
                     schedule.job_args,
                     priority=schedule.priority,
                     max_attempts=schedule.max_attempts,
+                    poster=self._owner,
                 )
                 self.done[schedule.name] = tick
                 if job is None:

@@ -134,12 +134,14 @@ async def test_the_longest_schedule_name_makes_a_valid_key(board: JobBoard) -> N
 async def test_a_retried_post_tick_finds_the_job_its_first_attempt_posted(
     backend: BoardOpener,
 ) -> None:
-    async with backend.open() as poster, backend.open() as other:
-        first = await poster.post_tick("beat", 1_767_225_600, "beat", "f")
+    async with backend.open() as board, backend.open() as reopened:
+        first = await board.post_tick("beat", T0, "beat", "f", poster="conductor-a")
         assert first is not None
-        # The same call again (its first reply lost on the way back): the job it posted.
-        again = await poster.post_tick("beat", 1_767_225_600, "beat", "f")
-        assert again == await poster.get(first.id)
-        # Another poster of the same tick did not post it.
-        assert await other.post_tick("beat", 1_767_225_600, "beat", "f") is None
-        assert await poster.job_count() == 1
+        # The same call again (its first reply lost on the way back), from any board object
+        # of that poster: the job it posted.
+        again = await reopened.post_tick("beat", T0, "beat", "f", poster="conductor-a")
+        assert again == await board.get(first.id)
+        # Another poster of the same tick did not post it; nor does a call without a poster.
+        assert await board.post_tick("beat", T0, "beat", "f", poster="conductor-b") is None
+        assert await board.post_tick("beat", T0, "beat", "f") is None
+        assert await board.job_count() == 1
