@@ -1,9 +1,11 @@
 """A web dashboard for a job board (``pip install 'aioconductor-taskflow[dashboard]'``).
 
-Jobs by state with live counts, each job's page (args, attempts, claim, outcome, result, and
-the flow's task states and failure traceback when a store is given), the conductors alive with
-their load, the fleet-wide concurrency limits, and (only when enabled) actions to cancel,
-trash or re-post a job.
+Live counts by state, charts of the jobs finished per minute (by outcome) and of the jobs in
+each state, the conductors alive with their load, the concurrency limits and the schedules;
+the job list with a badge per outcome, filters (state, outcome, flow, name or key) kept in the
+URL and keyset paging newest first; each job's page (args, headers, attempts, claim, outcome,
+result, and the flow's task states in run order and failure tracebacks when a store is
+given); and (only when enabled) actions to cancel, trash or re-post a job, or many at once.
 
 Serve it from the command line::
 

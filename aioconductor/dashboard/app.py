@@ -7,8 +7,6 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterable
-from datetime import UTC
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +17,8 @@ from aioconductor.errors import DependencyMissing
 from aioconductor.errors import JobNotFound
 from aioconductor.errors import LogBookNotFound
 from aioconductor.errors import UnclaimableJob
-from aioconductor.models import ConductorInfo
-from aioconductor.models import Job
 from aioconductor.models import JobState
-from aioconductor.models import LimitInfo
 from aioconductor.models import Outcome
-from aioconductor.schedules import ScheduleStatus
 from aioconductor.schedules import schedule_status
 
 try:
@@ -44,88 +38,40 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra onl
     ) from exc
 
 from aioconductor.boards.base import JobBoard
+from aioconductor.dashboard._bulk import BULK_ACTIONS
+from aioconductor.dashboard._bulk import BULK_LIMIT
+from aioconductor.dashboard._bulk import CANCEL_REASON
+from aioconductor.dashboard._bulk import TRASH_REASON
+from aioconductor.dashboard._bulk import bulk
+from aioconductor.dashboard._bulk import repost
 from aioconductor.dashboard._hosts import AllowedHosts
 from aioconductor.dashboard._hosts import HostGuard
+from aioconductor.dashboard._views import CHART_BUCKET
+from aioconductor.dashboard._views import ENDINGS
+from aioconductor.dashboard._views import PAGE_SIZE
+from aioconductor.dashboard._views import ListQuery
+from aioconductor.dashboard._views import atom_rows
+from aioconductor.dashboard._views import chart_since
+from aioconductor.dashboard._views import conductor_row
+from aioconductor.dashboard._views import depth_chart
+from aioconductor.dashboard._views import job_row
+from aioconductor.dashboard._views import limit_row
+from aioconductor.dashboard._views import schedule_row
+from aioconductor.dashboard._views import throughput_chart
+from aioconductor.dashboard._views import when
 from aioconductor.persistence.base import Store
 
 __all__ = ["create_app"]
 
 HERE = Path(__file__).parent
-#: The most jobs a list shows (the counts are always complete).
-LIST_LIMIT = 200
 #: Scripts and styles from this app only: an injected tag would not run even if one got through.
 CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'self'"
 #: Actions need this header: a cross-site form cannot send it without a CORS preflight.
 ACTION_HEADER = "x-aioconductor-action"
 #: The actions on a job (``POST /api/jobs/{id}/{action}``), each behind that header.
 ACTIONS = ("cancel", "trash", "repost")
-#: The reasons the dashboard's actions record on a job.
-CANCEL_REASON = "cancelled from the dashboard"
-TRASH_REASON = "trashed from the dashboard"
-
-
-def _when(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _job_row(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "name": job.name,
-        "flow": job.flow,
-        "state": job.state.value,
-        "priority": job.priority,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "owner": job.owner,
-        "outcome": None if job.outcome is None else job.outcome.value,
-        "trash_reason": job.trash_reason,
-        "cancel_reason": job.cancel_reason,
-        "cancel_requested": job.cancel_requested,
-        "limit_key": job.limit_key,
-        "created_at": _when(job.created_at),
-        "updated_at": _when(job.updated_at),
-    }
-
-
-def _schedule_row(status: ScheduleStatus) -> dict[str, Any]:
-    spec = status.published
-    if "cron" in spec:
-        when = f"cron {spec['cron']} ({spec.get('timezone', 'UTC')})"
-    elif "every" in spec:
-        when = f"every {spec['every']} s"
-    else:
-        when = "no conductor runs it"
-    return {
-        "name": status.name,
-        "flow": spec.get("flow"),
-        "when": when,
-        "next_tick": _when(status.next_tick),
-        "last_tick": _when(status.last_tick),
-        "last_job_id": status.last_job_id,
-        "last_job_state": status.last_job_state,
-        "runners": len(status.conductors),
-    }
-
-
-def _limit_row(info: LimitInfo) -> dict[str, Any]:
-    return {"key": info.key, "limit": info.limit, "claimed": info.claimed}
-
-
-def _conductor_row(info: ConductorInfo, now: float, holding: int | None) -> dict[str, Any]:
-    # Live claims on the board, not the heartbeat's figure: that is up to a heartbeat old.
-    running = holding if holding is not None else info.meta.get("running")
-    capacity = info.meta.get("capacity")
-    return {
-        "name": info.name,
-        "owner": info.owner,
-        "running": running if isinstance(running, int) else None,
-        "capacity": capacity if isinstance(capacity, int) else None,
-        "started_at": _when(info.started_at),
-        "heartbeat_age": round(max(0.0, now - info.heartbeat_at), 1),
-    }
+#: The largest body a bulk request may send (10,000 ids and some).
+MAX_BULK_BODY = 1 << 20
 
 
 class _Dashboard:
@@ -162,43 +108,48 @@ class _Dashboard:
 
     # -- data ----------------------------------------------------------------------------------
 
-    async def summary(self, state: JobState | None) -> dict[str, Any]:
+    async def summary(self, query: ListQuery) -> dict[str, Any]:
+        """Everything the index page shows, for ``query``'s filter and page."""
         await self.ready()
-        counts = {s.value: await self.board.job_count(state=s) for s in JobState}
+        board = self.board
+        counts = {s.value: await board.job_count(state=s) for s in JobState}
         now = time.time()
         holding: collections.Counter[str] = collections.Counter()
-        async with contextlib.aclosing(self.board.iterjobs(state=JobState.CLAIMED)) as claimed:
+        async with contextlib.aclosing(board.iterjobs(state=JobState.CLAIMED)) as claimed:
             async for job in claimed:
                 if job.claim is not None and job.claim.expires_at > now:
                     holding[job.claim.owner] += 1
         conductors = [
-            _conductor_row(info, now, holding[info.owner]) for info in await self.board.conductors()
+            conductor_row(info, now, holding[info.owner]) for info in await board.conductors()
         ]
-        schedules = [_schedule_row(status) for status in await schedule_status(self.board)]
-        limits = [_limit_row(info) for info in await self.board.limits()]
-        jobs = []
-        async with contextlib.aclosing(self.board.iterjobs(state=state)) as found:
-            async for job in found:
-                jobs.append(_job_row(job))
-                if len(jobs) >= LIST_LIMIT:
-                    break
+        where = query.where
+        page = await board.search(where, before=query.before, limit=PAGE_SIZE)
+        ended = await board.ended_counts(chart_since(now), bucket=CHART_BUCKET)
         return {
             "counts": counts,
             "total": sum(counts.values()),
             "conductors": conductors,
-            "schedules": schedules,
-            "limits": limits,
-            "jobs": jobs,
-            "state": None if state is None else state.value,
-            "limit": LIST_LIMIT,
-            "now": _when(now),
+            "schedules": [schedule_row(status) for status in await schedule_status(board)],
+            "limits": [limit_row(info) for info in await board.limits()],
+            "jobs": [job_row(job) for job in page.jobs],
+            "matching": await board.search_count(where),
+            "state": None if query.state is None else query.state.value,
+            "filter": query.filters(),
+            "before": query.before,
+            "next_before": page.next_before,
+            "links": query.links(page.next_before),
+            "page_size": PAGE_SIZE,
+            "throughput": throughput_chart(ended, now),
+            "depth": depth_chart(counts),
+            "now": when(now),
         }
 
     async def job_detail(self, job_id: str) -> dict[str, Any]:
+        """Everything a job's page shows (its flow runs only with a store)."""
         await self.ready()
         job = await self.board.get(job_id)
         detail: dict[str, Any] = {
-            "job": _job_row(job),
+            "job": job_row(job),
             "args": job.args,
             "result": job.result,
             "claim": None
@@ -206,11 +157,12 @@ class _Dashboard:
             else {
                 "owner": job.claim.owner,
                 "token": job.claim.token,
-                "expires_at": _when(job.claim.expires_at),
+                "expires_at": when(job.claim.expires_at),
                 "live": job.state is JobState.CLAIMED and job.claim.expires_at > time.time(),
             },
-            "not_before": _when(job.not_before),
+            "not_before": when(job.not_before),
             "flows": None,
+            "progress_since": None,
         }
         if self.store is not None:
             try:
@@ -218,25 +170,11 @@ class _Dashboard:
             except LogBookNotFound:
                 detail["flows"] = []
             else:
+                # The store keeps no start or end time per task: the logbook's creation (its
+                # first run's start) is the only time it has; tasks come in run order.
+                detail["progress_since"] = when(book.created_at)
                 detail["flows"] = [
-                    {
-                        "name": flow.name,
-                        "state": flow.state.value,
-                        "atoms": [
-                            {
-                                "name": atom.name,
-                                "kind": atom.kind,
-                                "state": atom.state.value,
-                                "failure": None
-                                if atom.failure is None
-                                else atom.failure.model_dump(mode="json"),
-                                "revert_failure": None
-                                if atom.revert_failure is None
-                                else atom.revert_failure.model_dump(mode="json"),
-                            }
-                            for atom in flow.atoms.values()
-                        ],
-                    }
+                    {"name": flow.name, "state": flow.state.value, "atoms": atom_rows(flow)}
                     for flow in book.flows.values()
                 ]
         return detail
@@ -251,11 +189,22 @@ class _Dashboard:
         return HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": CSP})
 
     async def index(self, request: Request) -> Response:
-        state = _state_param(request)
-        summary = await self.summary(state)
-        return self._render(request, "index.html", summary=summary, states=list(JobState))
+        """The job list with its filters, charts and panels."""
+        query = ListQuery.parse(request.query_params)
+        summary = await self.summary(query)
+        return self._render(
+            request,
+            "index.html",
+            query=query,
+            summary=summary,
+            states=list(JobState),
+            outcomes=list(Outcome),
+            endings=ENDINGS,
+            bulk_limit=BULK_LIMIT,
+        )
 
     async def job_page(self, request: Request) -> Response:
+        """A job's page."""
         job_id = request.path_params["job_id"]
         try:
             detail = await self.job_detail(job_id)
@@ -270,15 +219,25 @@ class _Dashboard:
         )
 
     async def api_summary(self, request: Request) -> Response:
-        return JSONResponse(await self.summary(_state_param(request)))
+        """``GET /api/summary``: the index page's data, for the same query string."""
+        return JSONResponse(await self.summary(ListQuery.parse(request.query_params)))
+
+    async def api_count(self, request: Request) -> Response:
+        """``GET /api/count``: how many jobs match the query string's filter."""
+        await self.ready()
+        query = ListQuery.parse(request.query_params)
+        count = await self.board.search_count(query.where)
+        return JSONResponse({"count": count, "filter": query.filters(), "limit": BULK_LIMIT})
 
     async def api_job(self, request: Request) -> Response:
+        """``GET /api/jobs/{id}``: a job's page as JSON."""
         try:
             return JSONResponse(await self.job_detail(request.path_params["job_id"]))
         except JobNotFound as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
 
-    async def api_action(self, request: Request) -> Response:
+    def _refused(self, request: Request) -> Response | None:
+        """403 unless actions are on and the request carries the action header."""
         if not self.allow_actions:
             return JSONResponse(
                 {"error": "actions are off (start the dashboard with --allow-actions)"},
@@ -286,6 +245,12 @@ class _Dashboard:
             )
         if request.headers.get(ACTION_HEADER) != "1":
             return JSONResponse({"error": f"an action needs the {ACTION_HEADER} header"}, 403)
+        return None
+
+    async def api_action(self, request: Request) -> Response:
+        """``POST /api/jobs/{id}/{action}``: cancel, trash or re-post one job."""
+        if (refused := self._refused(request)) is not None:
+            return refused
         await self.ready()
         job_id, action = request.path_params["job_id"], request.path_params["action"]
         if action not in ACTIONS:
@@ -295,40 +260,76 @@ class _Dashboard:
                 return await self._cancel(job_id)
             if action == "trash":
                 job = await self.board.trash(job_id, reason=TRASH_REASON)
-            else:  # repost
-                old = await self.board.get(job_id)
-                job = await self.board.post(
-                    old.name,
-                    old.flow,
-                    old.args,
-                    priority=old.priority,
-                    max_attempts=old.max_attempts,
-                    limit_key=old.limit_key,
-                )
+            else:
+                job = await repost(self.board, await self.board.get(job_id))
         except JobNotFound as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
         except UnclaimableJob as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
         except AioconductorError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse({"job": _job_row(job)})
+        return JSONResponse({"job": job_row(job)})
 
     async def _cancel(self, job_id: str) -> Response:
         """Cancel: 200 with ``cancel`` ``"ended"`` or ``"flagged"``; 409 if the job had ended."""
         before = await self.board.get(job_id)
         job = await self.board.cancel(job_id, reason=CANCEL_REASON)
         if not job.state.is_final:
-            return JSONResponse({"job": _job_row(job), "cancel": "flagged"})
+            return JSONResponse({"job": job_row(job), "cancel": "flagged"})
         if not before.state.is_final and job.outcome is Outcome.CANCELLED:
-            return JSONResponse({"job": _job_row(job), "cancel": "ended"})
+            return JSONResponse({"job": job_row(job), "cancel": "ended"})
         ended = job.state.value if job.outcome is None else f"{job.state} ({job.outcome})"
         error = f"job {job.id} already ended {ended}: it cannot be cancelled"
-        return JSONResponse({"error": error, "job": _job_row(job)}, status_code=409)
+        return JSONResponse({"error": error, "job": job_row(job)}, status_code=409)
+
+    async def api_bulk(self, request: Request) -> Response:
+        """``POST /api/bulk/{action}`` with ``{"ids": [...]}`` or ``{"filter": {...}}``."""
+        if (refused := self._refused(request)) is not None:
+            return refused
+        action = request.path_params["action"]
+        if action not in BULK_ACTIONS:
+            return JSONResponse({"error": f"no action {action!r}"}, status_code=404)
+        body = await request.body()
+        try:
+            if len(body) > MAX_BULK_BODY:
+                raise ValueError(f"at most {MAX_BULK_BODY:,} bytes")
+            asked = json.loads(body)
+            ids, query = _bulk_target(asked)
+        except ValueError as exc:
+            return JSONResponse({"error": f"a bad bulk request: {exc}"}, status_code=400)
+        await self.ready()
+        try:
+            done = await bulk(
+                self.board, action, ids=ids, where=None if query is None else query.where
+            )
+        except AioconductorError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(done)
 
 
-def _state_param(request: Request) -> JobState | None:
-    value = request.query_params.get("state", "").upper()
-    return JobState(value) if value in JobState.__members__ else None
+def _bulk_target(asked: Any) -> tuple[list[str] | None, ListQuery | None]:
+    """The ids, or the filter, of a bulk request's JSON body; ValueError if it has neither."""
+    if not isinstance(asked, dict) or len(asked) != 1 or not {"ids", "filter"} & asked.keys():
+        raise ValueError('send {"ids": [...]} or {"filter": {...}}')
+    if "ids" in asked:
+        ids = asked["ids"]
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError("ids must be a list of job ids")
+        if not 1 <= len(ids) <= BULK_LIMIT:
+            raise ValueError(f"give 1 to {BULK_LIMIT:,} ids")
+        return ids, None
+    where = asked["filter"]
+    if not isinstance(where, dict) or not all(isinstance(v, str) for v in where.values()):
+        raise ValueError("filter must map state, outcome, flow or text to strings")
+    unknown = set(where) - {"state", "outcome", "flow", "text"}
+    if unknown:
+        raise ValueError(f"unknown filter fields {sorted(unknown)}")
+    query = ListQuery.parse(where)
+    # What does not parse is left out of a page's filter; here it would widen the action.
+    given = {name: value.strip() for name, value in where.items() if value.strip()}
+    if set(given) != set(query.filters()):
+        raise ValueError(f"not a filter: {where!r:.200}")
+    return None, query
 
 
 def create_app(
@@ -381,6 +382,7 @@ def create_app(
             Route("/", dashboard.index, name="index"),
             Route("/jobs/{job_id}", dashboard.job_page, name="job"),
             Route("/api/summary", dashboard.api_summary, name="api_summary"),
+            Route("/api/count", dashboard.api_count, name="api_count"),
             Route("/api/jobs/{job_id}", dashboard.api_job, name="api_job"),
             Route(
                 "/api/jobs/{job_id}/{action}",
@@ -388,6 +390,7 @@ def create_app(
                 methods=["POST"],
                 name="api_action",
             ),
+            Route("/api/bulk/{action}", dashboard.api_bulk, methods=["POST"], name="api_bulk"),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         middleware=[Middleware(HostGuard, hosts=hosts)],

@@ -361,12 +361,12 @@ async def test_cancel_ends_a_waiting_job_at_once_and_is_refused_once_it_ended(
         assert (await board.get(job.id)).updated_at == stored.updated_at
 
         page = (await http.get(f"/jobs/{job.id}")).text
-        assert 'id="job-outcome"><span class="pill outcome-CANCELLED">CANCELLED</span>' in page
+        assert 'id="job-outcome"><span class="pill badge-CANCELLED">CANCELLED</span>' in page
         assert '<td id="cancel-reason">cancelled from the dashboard</td>' in page
         assert "disabled" in _cancel_button(page)
         listed = (await http.get("/")).text
         assert (
-            '<span class="pill outcome-CANCELLED">CANCELLED</span> '
+            '<span class="pill badge-CANCELLED">CANCELLED</span> '
             '<span class="reason">cancelled from the dashboard</span>'
         ) in listed
         assert (await http.get("/api/summary")).json()["jobs"][0]["cancel_reason"] == (
@@ -476,3 +476,390 @@ async def test_repost_keeps_the_limit_key(board_and_store: tuple[JobBoard, Store
         answer = await http.post(f"/api/jobs/{job.id}/repost", headers=ACTION)
     new = await board.get(answer.json()["job"]["id"])
     assert new.id != job.id and new.limit_key == "payments" and new.priority == 3
+
+
+# -- issue #24: badges, filters, paging, charts, bulk actions ------------------------------------
+
+BADGE_COLOURS = {
+    "SUCCESS": "var(--success)",
+    "REVERTED": "var(--reverted)",
+    "FAILURE": "var(--failure)",
+    "TRASHED": "var(--trashed-end)",
+    "CANCELLED": "var(--cancelled)",
+}
+
+
+async def _ended(board: JobBoard, name: str, outcome: Outcome, flow: str = "noop") -> str:
+    """A job consumed with ``outcome`` (as a conductor would), by id."""
+    job = await board.post(name, flow, {"key": name})
+    claim = await board.claim(job.id, "conductor-1", lease=600)
+    await board.consume(claim, outcome=outcome)
+    return job.id
+
+
+async def _one_of_each(board: JobBoard) -> dict[str, str]:
+    """A job wearing each badge, by badge (and ``flagged``: claimed, cancel asked)."""
+    ids = {
+        o.value: await _ended(board, o.value.lower(), o) for o in Outcome if o.value != "CANCELLED"
+    }
+    cancelled = await board.post("cancelled", "noop", {"key": 0})
+    await board.cancel(cancelled.id, reason="not needed")
+    trashed = await board.post("trashed", "noop", {"key": 0})
+    await board.trash(trashed.id, reason="bad input")
+    flagged = await board.post("flagged", "noop", {"key": 0})
+    await board.claim(flagged.id, "conductor-1", lease=600)
+    await board.cancel(flagged.id, reason="stop it")
+    waiting = await board.post("waiting", "noop", {"key": 0})
+    return {**ids, "CANCELLED": cancelled.id, "TRASHED": trashed.id, "flagged": flagged.id,
+            "UNCLAIMED": waiting.id}  # fmt: skip
+
+
+async def test_each_outcome_wears_its_own_badge(board_and_store: tuple[JobBoard, Store]) -> None:
+    board, _ = board_and_store
+    ids = await _one_of_each(board)
+    async with client(create_app(board)) as http:
+        jobs = {job["id"]: job for job in (await http.get("/api/summary")).json()["jobs"]}
+        page = (await http.get("/")).text
+        css = (await http.get("/static/dashboard.css")).text
+    for badge in ("SUCCESS", "REVERTED", "FAILURE", "CANCELLED", "TRASHED", "UNCLAIMED"):
+        assert jobs[ids[badge]]["badge"] == badge
+        assert f'<span class="pill badge-{badge}">{badge}</span>' in page
+    assert jobs[ids["flagged"]]["badge"] == "CLAIMED"
+    assert (
+        '<span class="pill badge-CLAIMED">CLAIMED</span> '
+        '<span class="pill cancel-requested">cancel requested</span> '
+        '<span class="reason">stop it</span>'
+    ) in page
+    assert '<span class="pill badge-TRASHED">TRASHED</span> <span class="reason">bad input' in page
+    assert "badge-COMPLETE" not in page  # no finished job wears the state's green any more
+    for badge, colour in BADGE_COLOURS.items():
+        assert f".pill.badge-{badge} {{ background: {colour}; }}" in css
+    assert "--success: #15803d" in css and "--reverted: #d97706" in css
+    assert "--failure: #dc2626" in css and "--trashed-end: #991b1b" in css
+    assert "--cancelled: #6b7280" in css
+
+
+async def test_filters_combine_and_are_kept_in_the_url(
+    board_and_store: tuple[JobBoard, Store],
+) -> None:
+    board, _ = board_and_store
+    want = await _ended(board, "Order-17", Outcome.REVERTED, flow="steps")
+    await _ended(board, "order-18", Outcome.SUCCESS, flow="steps")  # another outcome
+    await _ended(board, "order-19", Outcome.REVERTED, flow="noop")  # another flow
+    await _ended(board, "invoice-1", Outcome.REVERTED, flow="steps")  # another name
+    await board.post("order-20", "steps", {"key": 1})  # not complete
+    keyed = await board.post("refund", "steps", {"key": 2}, key="ORDER-21-refund")
+    query = "state=COMPLETE&outcome=REVERTED&flow=steps&text=order"
+    async with client(create_app(board, allow_actions=True)) as http:
+        found = (await http.get(f"/api/summary?{query}")).json()
+        assert [job["id"] for job in found["jobs"]] == [want] and found["matching"] == 1
+        assert found["filter"] == {
+            "state": "COMPLETE", "outcome": "REVERTED", "flow": "steps", "text": "order",
+        }  # fmt: skip
+        by_key = (await http.get("/api/summary?text=21-REF")).json()
+        assert [job["id"] for job in by_key["jobs"]] == [keyed.id]
+        # Lower case and stray values: parsed or left out, never an error.
+        loose = (await http.get("/api/summary?state=complete&outcome=nope&before=x")).json()
+        assert loose["filter"] == {"state": "COMPLETE"} and loose["matching"] == 4
+        assert (await http.get("/api/count?flow=steps&text=order")).json()["count"] == 4
+
+        page = (await http.get(f"/?{query}")).text
+        assert '<option value="COMPLETE" selected>' in page
+        assert '<option value="REVERTED" selected>' in page
+        assert 'id="filter-flow" value="steps"' in page and 'id="filter-text" value="order"' in page
+        assert 'id="matching">1<' in page and f'data-job-id="{want}"' in page
+        # The page polls for the same filter, and the state cards keep the other filters.
+        assert (
+            'data-query="?state=COMPLETE&amp;outcome=REVERTED&amp;flow=steps&amp;text=order"'
+            in page
+        )
+        assert 'href="/?state=CLAIMED&amp;outcome=REVERTED&amp;flow=steps&amp;text=order"' in page
+        assert 'href="/?outcome=REVERTED&amp;flow=steps&amp;text=order"' in page  # ALL
+        assert 'data-filter="{&#34;flow&#34;: &#34;steps&#34;, &#34;outcome&#34;' in page
+
+
+async def _walk(http: httpx.AsyncClient, query: str, link: str) -> list[list[str]]:
+    """The pages met following ``link`` ("older" or "newer") from ``query``, ids each."""
+    pages = []
+    while query is not None:
+        summary = (await http.get(f"/api/summary{query}")).json()
+        pages.append([job["id"] for job in summary["jobs"]])
+        query = summary["links"][link]
+    return pages
+
+
+async def test_pages_go_older_and_back_newer_without_a_repeat_or_a_skip(
+    board_and_store: tuple[JobBoard, Store],
+) -> None:
+    board, _ = board_and_store
+    posted = await board.post_many("noop", [{"key": n} for n in range(123)], name="bulk")
+    await board.post_many("steps", [{"key": n} for n in range(7)], name="other")
+    newest_first = [job.id for job in sorted(posted, key=lambda j: j.seq, reverse=True)]
+    async with client(create_app(board)) as http:
+        pages = await _walk(http, "?flow=noop", "older")
+        assert [len(p) for p in pages] == [50, 50, 23]
+        assert [i for p in pages for i in p] == newest_first
+        # Jobs posted meanwhile land on the first page, not on the older ones.
+        first = (await http.get("/api/summary?flow=noop")).json()
+        await board.post_many("noop", [{"key": n} for n in range(5)], name="late")
+        second = (await http.get(f"/api/summary{first['links']['older']}")).json()
+        assert [job["id"] for job in second["jobs"]] == pages[1]
+
+        # From the last page back: each "newer" link is the page before it.
+        last = (await http.get(f"/api/summary{second['links']['older']}")).json()
+        assert last["links"]["older"] is None and last["links"]["newest"] == "?flow=noop"
+        back = await _walk(http, second["links"]["older"], "newer")
+        assert back[:2] == [pages[2], pages[1]] and len(back) == 3
+        assert back[2][5:] == pages[0][:45]  # the newest page, with the 5 late jobs on top
+        html = (await http.get(f"/{first['links']['older']}")).text
+        assert 'id="page-older" href="/?flow=noop&amp;before=' in html
+        assert 'id="page-newer" href="/?flow=noop"' in html
+
+
+async def test_the_list_reads_pages_not_the_whole_board(
+    board_and_store: tuple[JobBoard, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``iterjobs`` only for the claimed jobs (the conductors' load); the list is a search page."""
+    board, _ = board_and_store
+    await board.post_many("noop", [{"key": n} for n in range(60)])
+    read: list[JobState | None] = []
+    real = board.iterjobs
+
+    def iterjobs(state: JobState | None = None) -> Any:
+        read.append(state)
+        return real(state=state)
+
+    monkeypatch.setattr(board, "iterjobs", iterjobs)
+    async with client(create_app(board)) as http:
+        assert len((await http.get("/api/summary")).json()["jobs"]) == 50
+        assert (await http.get("/?text=noop")).status_code == 200
+    assert read and set(read) == {JobState.CLAIMED}
+
+
+async def test_the_charts_count_endings_per_minute_and_jobs_per_state(
+    board_and_store: tuple[JobBoard, Store],
+) -> None:
+    board, _ = board_and_store
+    for n in range(3):
+        await _ended(board, f"ok-{n}", Outcome.SUCCESS)
+    await _ended(board, "rev", Outcome.REVERTED)
+    await _ended(board, "fail", Outcome.FAILURE)
+    trashed = await board.post("bad", "noop", {"key": 0})
+    await board.trash(trashed.id, reason="bad")
+    await board.post("waiting", "noop", {"key": 0})
+    async with client(create_app(board)) as http:
+        summary = (await http.get("/api/summary")).json()
+        page = (await http.get("/")).text
+    chart = summary["throughput"]
+    assert chart["totals"] == {"SUCCESS": 3, "REVERTED": 1, "FAILURE": 1, "CANCELLED": 0,
+                               "TRASHED": 1}  # fmt: skip
+    assert chart["total"] == 6 and len(chart["buckets"]) == 60
+    assert sum(b["SUCCESS"] for b in chart["buckets"][-2:]) == 3  # this minute (or the last)
+    by_cls = {rect["cls"]: rect for rect in chart["rects"]}
+    assert set(by_cls) == {"ending-SUCCESS", "ending-REVERTED", "ending-FAILURE", "ending-TRASHED"}
+    assert all(0 <= r["y"] and r["y"] + r["h"] <= chart["height"] for r in chart["rects"])
+    depth = {rect["title"] for rect in summary["depth"]["rects"]}
+    assert depth == {"0 SCHEDULED", "1 UNCLAIMED", "0 CLAIMED", "5 COMPLETE", "1 TRASHED"}
+    # Drawn inline, no script or stylesheet from elsewhere.
+    assert '<svg class="chart" id="throughput"' in page and '<svg class="chart" id="depth"' in page
+    assert '<rect class="ending-SUCCESS"' in page and ": 3 SUCCESS</title>" in page
+    assert "<title>5 COMPLETE</title>" in page and 'id="total-SUCCESS">3<' in page
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+async def test_bulk_actions_count_what_they_did(board_and_store: tuple[JobBoard, Store]) -> None:
+    board, _ = board_and_store
+    waiting = [await board.post(f"w-{n}", "noop", {"key": n}) for n in range(5)]
+    running = [await board.post(f"r-{n}", "steps", {"key": n}) for n in range(2)]
+    for job in running:
+        await board.claim(job.id, "conductor-1", lease=600)
+    done = await _ended(board, "done", Outcome.SUCCESS)
+    async with client(create_app(board, allow_actions=True)) as http:
+        counted = await http.get("/api/count?state=UNCLAIMED")
+        assert counted.json() == {"count": 5, "filter": {"state": "UNCLAIMED"}, "limit": 10_000}
+        answer = await http.post(
+            "/api/bulk/cancel", headers=ACTION, json={"filter": {"state": "UNCLAIMED"}}
+        )
+        assert answer.status_code == 200
+        assert answer.json() == {
+            "action": "cancel", "scope": "matching", "examined": 5,
+            "counts": {"cancelled": 5}, "more": False, "limit": 10_000,
+        }  # fmt: skip
+        picked = [running[0].id, done, "nope", running[0].id]
+        answer = await http.post("/api/bulk/cancel", headers=ACTION, json={"ids": picked})
+        assert answer.json()["examined"] == 3
+        assert answer.json()["counts"] == {"flagged": 1, "already ended": 1, "missing": 1}
+        answer = await http.post(
+            "/api/bulk/trash", headers=ACTION, json={"ids": [running[1].id, done]}
+        )
+        assert answer.json()["counts"] == {"trashed": 1, "already ended": 1}
+    for job in waiting:
+        after = await board.get(job.id)
+        assert after.outcome is Outcome.CANCELLED
+        assert after.cancel_reason == "cancelled from the dashboard"
+    assert (await board.get(running[0].id)).cancel_requested
+    trashed = await board.get(running[1].id)
+    assert (
+        trashed.state is JobState.TRASHED and trashed.trash_reason == "trashed from the dashboard"
+    )
+
+
+async def test_a_bulk_repost_keeps_headers_and_options_but_not_the_key(
+    board_and_store: tuple[JobBoard, Store],
+) -> None:
+    from aioconductor import RetryPolicy
+
+    board, _ = board_and_store
+    retry = RetryPolicy(retries=2, base=5)
+    olds = [
+        await board.post(
+            f"pay-{n}", "noop", {"key": n}, key=f"pay-key-{n}", priority=4, max_attempts=7,
+            headers={"traceparent": f"00-{n:032x}-{n:016x}-01", "x-id": str(n)},
+            retry=retry, limit_key="payments",
+        )
+        for n in range(3)
+    ]  # fmt: skip
+    for old in olds:
+        await board.trash(old.id, reason="oops")
+    await board.post("other", "noop", {"key": 9})
+    async with client(create_app(board, allow_actions=True)) as http:
+        assert (await http.get("/api/count?state=TRASHED&text=pay")).json()["count"] == 3
+        where = {"state": "TRASHED", "text": "pay"}
+        answer = await http.post("/api/bulk/repost", headers=ACTION, json={"filter": where})
+        assert answer.json()["counts"] == {"reposted": 3} and not answer.json()["more"]
+        single = await http.post(f"/api/jobs/{olds[0].id}/repost", headers=ACTION)
+        assert single.json()["job"]["headers"] == olds[0].headers
+    news = (await board.search(limit=4)).jobs
+    assert await board.job_count() == 8
+    for new in news:
+        old = next(o for o in olds if o.name == new.name)
+        assert new.id != old.id and new.state is JobState.UNCLAIMED and new.key is None
+        assert new.headers == old.headers and new.args == old.args and new.flow == "noop"
+        assert (new.priority, new.max_attempts, new.limit_key) == (4, 7, "payments")
+        assert new.retry == retry
+
+
+async def test_a_bulk_action_is_bounded_and_says_more_remain(
+    board_and_store: tuple[JobBoard, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aioconductor.dashboard import _bulk, app
+
+    board, _ = board_and_store
+    monkeypatch.setattr(_bulk, "BULK_LIMIT", 3)
+    monkeypatch.setattr(app, "BULK_LIMIT", 3)
+    jobs = [await board.post(f"j-{n}", "noop", {"key": n}) for n in range(5)]
+    async with client(create_app(board, allow_actions=True)) as http:
+        first = (await http.post("/api/bulk/trash", headers=ACTION, json={"filter": {}})).json()
+        assert first["examined"] == 3 and first["more"] and first["counts"] == {"trashed": 3}
+        # Newest first: the two oldest are left.
+        left = [j.id for j in jobs if (await board.get(j.id)).state is JobState.UNCLAIMED]
+        assert left == [jobs[0].id, jobs[1].id]
+        where = {"filter": {"state": "UNCLAIMED"}}
+        second = (await http.post("/api/bulk/trash", headers=ACTION, json=where)).json()
+        assert second["examined"] == 2 and not second["more"]
+        too_many = await http.post("/api/bulk/trash", headers=ACTION, json={"ids": ["a"] * 4})
+        assert too_many.status_code == 400 and "1 to 3 ids" in too_many.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b'{"ids": ["a"], "filter": {}}',
+        b'{"ids": "a"}',
+        b'{"filter": {"state": "BOGUS"}}',
+        b'{"filter": {"owner": "x"}}',
+        b'{"filter": {"text": 5}}',
+        b"[]",
+    ],
+)
+async def test_a_bad_bulk_request_changes_nothing(
+    board_and_store: tuple[JobBoard, Store], body: bytes
+) -> None:
+    board, _ = board_and_store
+    job = await board.post("j", "noop", {"key": 1})
+    async with client(create_app(board, allow_actions=True)) as http:
+        answer = await http.post("/api/bulk/trash", headers=ACTION, content=body)
+    assert answer.status_code == 400 and "a bad bulk request" in answer.json()["error"]
+    assert (await board.get(job.id)).state is JobState.UNCLAIMED
+
+
+@pytest.mark.parametrize("action", ["cancel", "trash", "repost"])
+async def test_bulk_actions_are_off_unless_allowed(
+    board_and_store: tuple[JobBoard, Store], action: str
+) -> None:
+    board, _ = board_and_store
+    job = await board.post("j", "noop", {"key": 1})
+    async with client(create_app(board)) as http:
+        page = (await http.get("/")).text
+        assert 'id="bulk"' not in page and "data-bulk=" not in page and 'class="pick"' not in page
+        for body in ({"ids": [job.id]}, {"filter": {}}):
+            refused = await http.post(f"/api/bulk/{action}", headers=ACTION, json=body)
+            assert refused.status_code == 403 and "--allow-actions" in refused.json()["error"]
+    assert (await board.get(job.id)).state is JobState.UNCLAIMED
+    assert await board.job_count() == 1
+
+
+@pytest.mark.parametrize("action", ["cancel", "trash", "repost"])
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "multipart/form-data", "text/plain"]
+)
+async def test_every_bulk_action_is_refused_to_a_cross_site_post(
+    board_and_store: tuple[JobBoard, Store], action: str, content_type: str
+) -> None:
+    """What a form or a no-cors fetch on another site can send: no custom header."""
+    board, _ = board_and_store
+    job = await board.post("j", "noop", {"key": 1})
+    headers = {"Origin": "https://evil.example", "Content-Type": content_type}
+    async with client(create_app(board, allow_actions=True)) as http:
+        for body in (b'{"filter": {}}', f'{{"ids": ["{job.id}"]}}'.encode()):
+            refused = await http.post(f"/api/bulk/{action}", headers=headers, content=body)
+            assert refused.status_code == 403
+            assert "x-aioconductor-action" in refused.json()["error"]
+    assert (await board.get(job.id)).state is JobState.UNCLAIMED
+    assert await board.job_count() == 1
+
+
+@pytest.mark.parametrize("action", ["cancel", "trash", "repost"])
+async def test_a_rebinding_page_can_neither_count_nor_use_a_bulk_action(
+    board_and_store: tuple[JobBoard, Store], action: str
+) -> None:
+    board, _ = board_and_store
+    job = await board.post("j", "noop", {"key": 1})
+    foreign = {"Host": "evil.example:8000", "Origin": "http://evil.example:8000"}
+    async with served_on(create_app(board, allow_actions=True)) as http:
+        assert (await http.get("/api/count", headers=foreign)).status_code == 400
+        refused = await http.post(
+            f"/api/bulk/{action}", headers={**ACTION, **foreign}, json={"filter": {}}
+        )
+        assert refused.status_code == 400
+        assert (await http.get("/api/count")).json()["count"] == 1
+    assert (await board.get(job.id)).state is JobState.UNCLAIMED
+    assert await board.job_count() == 1
+
+
+async def test_the_job_page_lists_tasks_in_run_order_and_says_no_times_are_kept(
+    board_and_store: tuple[JobBoard, Store],
+) -> None:
+    board, store = board_and_store
+    job = await board.post("bad", "fails", {"key": "x"}, headers={"x-request-id": "<r-1>"})
+    await finish(board, store, [job.id])
+    async with client(create_app(board, store)) as http:
+        detail = (await http.get(f"/api/jobs/{job.id}")).json()
+        page = (await http.get(f"/jobs/{job.id}")).text
+    atoms = detail["flows"][0]["atoms"]
+    assert [a["name"] for a in atoms] == ["first", "boom"]
+    assert [a["order"] for a in atoms] == sorted(a["order"] for a in atoms)
+    assert detail["progress_since"] is not None
+    assert "The store keeps no start or end time per task" in page
+    assert '<td id="job-outcome"><span class="pill badge-REVERTED">REVERTED</span>' in page
+    assert '<td class="mono" id="job-headers">x-request-id: &lt;r-1&gt;</td>' in page
+
+
+async def test_the_schedules_panel_is_always_there_to_poll(
+    board_and_store: tuple[JobBoard, Store],
+) -> None:
+    board, _ = board_and_store
+    async with client(create_app(board)) as http:
+        page = (await http.get("/")).text
+    assert 'id="schedule-count">0<' in page and '<td colspan="7">no schedule</td>' in page

@@ -199,3 +199,93 @@ async def test_cancel_from_a_jobs_page_and_limits_drawn_live(browser: Any) -> No
             await in_thread(browser.save_screenshot, "/tmp/dashboard-cancel.png")
         assert (await board.get(waiting.id)).outcome is Outcome.CANCELLED
         assert (await board.get(running.id)).cancel_requested
+
+
+async def test_filter_page_and_bulk_cancel_with_its_confirmation(browser: Any) -> None:
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    async with open_board(f"memory://{uuid.uuid4().hex}") as board:
+        orders = await board.post_many("noop", [{"key": n} for n in range(60)], name="order")
+        others = await board.post_many("noop", [{"key": n} for n in range(5)], name="invoice")
+        done = await board.post("order-paid", "steps", {"key": "p"})
+        claim = await board.claim(done.id, "conductor-1", lease=600)
+        await board.consume(claim, outcome=Outcome.REVERTED)
+        async with serve(create_app(board, allow_actions=True)) as url:
+            await in_thread(browser.get, url + "/")
+            # The charts are drawn, and a finished job wears its outcome's colour.
+            assert await in_thread(text_of, browser, "throughput-total") == "1"
+            bars = await in_thread(
+                lambda: browser.find_elements(By.CSS_SELECTOR, "#throughput rect.ending-REVERTED")
+            )
+            assert len(bars) == 1
+            badge = await in_thread(
+                lambda: browser.find_element(
+                    By.CSS_SELECTOR, "#jobs .pill.badge-REVERTED"
+                ).value_of_css_property("background-color")
+            )
+            assert badge == "rgba(217, 119, 6, 1)"  # amber
+
+            def filter_by(state: str, text: str) -> None:
+                Select(browser.find_element(By.ID, "filter-state")).select_by_value(state)
+                browser.find_element(By.ID, "filter-text").send_keys(text)
+                browser.find_element(By.ID, "filter-apply").click()
+                WebDriverWait(browser, 5).until(lambda d: "text=order" in d.current_url)
+
+            await in_thread(filter_by, "UNCLAIMED", "order")
+            assert "state=UNCLAIMED" in await in_thread(lambda: browser.current_url)
+            await in_thread(wait_text, browser, "matching", "60")
+            rows = await in_thread(
+                lambda: browser.find_elements(By.CSS_SELECTOR, "#jobs tr[data-job-id]")
+            )
+            assert len(rows) == 50
+
+            def older() -> None:
+                browser.find_element(By.ID, "page-older").click()
+                WebDriverWait(browser, 5).until(lambda d: "before=" in d.current_url)
+
+            await in_thread(older)
+            ids = await in_thread(
+                lambda: [
+                    r.get_attribute("data-job-id")
+                    for r in browser.find_elements(By.CSS_SELECTOR, "#jobs tr[data-job-id]")
+                ]
+            )
+            oldest = sorted(orders, key=lambda j: j.seq)[:10]
+            assert ids == [j.id for j in reversed(oldest)]
+            assert (
+                await in_thread(lambda: browser.find_element(By.ID, "page-older").is_displayed())
+                is False
+            )
+
+            def bulk_cancel(scope: str) -> str:
+                Select(browser.find_element(By.ID, "bulk-scope")).select_by_value(scope)
+                browser.find_element(By.CSS_SELECTOR, 'button[data-bulk="cancel"]').click()
+                # "All matching" asks the board for the count first: the dialog comes later.
+                alert = WebDriverWait(
+                    browser, 5, ignored_exceptions=(NoAlertPresentException,)
+                ).until(lambda d: d.switch_to.alert)
+                question = str(alert.text)
+                alert.accept()
+                return question
+
+            # This page's ten, selected with the page's box: the confirmation counts them.
+            await in_thread(lambda: browser.find_element(By.ID, "select-page").click())
+            await in_thread(wait_text, browser, "bulk-selected", "the selected jobs (10)")
+            question = await in_thread(bulk_cancel, "selected")
+            assert question.startswith("Cancel the 10 selected jobs?")
+            await in_thread(wait_contains, browser, "bulk-result", "10 cancelled")
+            # Drawn by the poll: the page's jobs are gone from the filter (no longer waiting).
+            await in_thread(wait_text, browser, "matching", "50")
+
+            # Then all that match: the count comes from the board, asked before confirming.
+            question = await in_thread(bulk_cancel, "matching")
+            assert question.startswith("Cancel all 50 jobs matching the filter?")
+            await in_thread(wait_contains, browser, "bulk-result", "50 cancelled")
+            await in_thread(wait_text, browser, "matching", "0")
+            await in_thread(browser.save_screenshot, "/tmp/dashboard-bulk.png")
+        ended = [await board.get(job.id) for job in orders]
+        untouched = [await board.get(job.id) for job in others]
+    assert all(job.outcome is Outcome.CANCELLED for job in ended)
+    assert all(job.state is JobState.UNCLAIMED for job in untouched)

@@ -1,4 +1,5 @@
-// aioconductor dashboard: live counts, conductors, limits and jobs (polls the JSON API).
+// aioconductor dashboard: live counts, charts, panels and the job list (polls the JSON API),
+// and the actions (one job on its page, many from the list).
 // Untrusted text (job names, args, owners) is only ever set through textContent.
 "use strict";
 
@@ -64,39 +65,80 @@
     return tr;
   }
 
-  // The outcome cell, as templates/outcome.html draws it.
-  function outcomeCell(job) {
-    const td = el("td");
-    if (job.outcome === "CANCELLED" || job.cancel_requested) {
-      const cancelled = job.outcome === "CANCELLED";
-      td.append(
-        cancelled
-          ? el("span", "CANCELLED", "pill outcome-CANCELLED")
-          : el("span", "cancel requested", "pill cancel-requested")
-      );
-      if (job.cancel_reason) td.append(" ", el("span", job.cancel_reason, "reason"));
-    } else {
-      td.textContent = job.outcome || job.trash_reason || "";
+  // The badge cell, as templates/badge.html draws it.
+  function badgeCell(job) {
+    const td = el("td", null, "badge");
+    td.append(el("span", job.badge, "pill badge-" + job.badge));
+    if (job.cancel_requested && !FINAL.includes(job.state)) {
+      td.append(" ", el("span", "cancel requested", "pill cancel-requested"));
     }
+    let reason = null;
+    if (job.badge === "TRASHED") reason = job.trash_reason;
+    else if (job.badge === "CANCELLED" || job.cancel_requested) reason = job.cancel_reason;
+    if (reason) td.append(" ", el("span", reason, "reason"));
     return td;
+  }
+
+  // -- selection for the bulk actions ---------------------------------------------------------
+  const picked = new Set();
+
+  function showPicked() {
+    const option = document.getElementById("bulk-selected");
+    if (option) option.textContent = "the selected jobs (" + picked.size + ")";
+    const all = document.getElementById("select-page");
+    if (all) {
+      const boxes = [...document.querySelectorAll("#jobs input.pick")];
+      all.checked = boxes.length > 0 && boxes.every((box) => box.checked);
+    }
+  }
+
+  function pickBox(id) {
+    const box = el("input", null, "pick");
+    box.type = "checkbox";
+    box.value = id;
+    box.checked = picked.has(id);
+    return box;
   }
 
   function jobRow(job) {
     const tr = el("tr");
-    const stateCell = el("td");
-    stateCell.append(el("span", job.state, "pill state-" + job.state));
-    tr.append(stateCell);
+    tr.dataset.jobId = job.id;
+    if (document.getElementById("bulk")) {
+      const cell = el("td");
+      cell.append(pickBox(job.id));
+      tr.append(cell);
+    }
+    tr.append(badgeCell(job));
     const nameCell = el("td");
     const link = el("a", job.name);
     link.href = base + "/jobs/" + encodeURIComponent(job.id);
     nameCell.append(link);
+    if (job.key) nameCell.append(" ", el("span", job.key, "mono muted"));
     tr.append(nameCell);
     tr.append(el("td", job.flow));
     tr.append(el("td", job.attempts + " / " + job.max_attempts));
     tr.append(el("td", job.priority));
-    tr.append(outcomeCell(job));
     tr.append(el("td", job.owner || "", "mono muted"));
     tr.append(el("td", job.updated_at, "muted"));
+    return tr;
+  }
+
+  function scheduleRow(s) {
+    const tr = el("tr");
+    tr.append(el("td", s.name), el("td", s.flow || "-"), el("td", s.when));
+    tr.append(el("td", s.next_tick || "-"), el("td", s.last_tick || "-"));
+    const last = el("td");
+    if (s.last_job_id) {
+      const link = el("a");
+      link.href = base + "/jobs/" + encodeURIComponent(s.last_job_id);
+      link.append(el("span", s.last_job_state, "pill state-" + s.last_job_state));
+      last.append(link);
+    } else if (s.last_tick) {
+      last.append(el("span", "purged", "muted"));
+    } else {
+      last.textContent = "-";
+    }
+    tr.append(last, el("td", s.runners));
     return tr;
   }
 
@@ -108,9 +150,51 @@
     return tr;
   }
 
+  // A chart as _views.py lays it out (templates/svg.html draws the same).
+  const SVG = "http://www.w3.org/2000/svg";
+  function drawSvg(svg, chart) {
+    if (!svg) return;
+    svg.setAttribute("width", chart.width);
+    svg.setAttribute("height", chart.height);
+    svg.setAttribute("viewBox", "0 0 " + chart.width + " " + chart.height);
+    const nodes = [];
+    for (const r of chart.rects) {
+      const rect = document.createElementNS(SVG, "rect");
+      rect.setAttribute("class", r.cls);
+      for (const [attr, key] of [["x", "x"], ["y", "y"], ["width", "w"], ["height", "h"]]) {
+        rect.setAttribute(attr, r[key]);
+      }
+      const title = document.createElementNS(SVG, "title");
+      title.textContent = r.title;
+      rect.append(title);
+      nodes.push(rect);
+    }
+    for (const l of chart.labels) {
+      const text = document.createElementNS(SVG, "text");
+      text.setAttribute("x", l.x);
+      text.setAttribute("y", l.y);
+      text.setAttribute("text-anchor", l.anchor);
+      text.textContent = l.text;
+      nodes.push(text);
+    }
+    svg.replaceChildren(...nodes);
+  }
+
+  function setLink(id, query) {
+    const link = document.getElementById(id);
+    if (!link) return;
+    link.hidden = !query;
+    link.href = base + "/" + (query || "");
+  }
+
+  function fillTable(id, rows, columns, empty) {
+    const body = document.getElementById(id);
+    if (body) body.replaceChildren(...(rows.length ? rows : [emptyRow(columns, empty)]));
+  }
+
   async function refreshIndex() {
-    const state = document.getElementById("counts").dataset.state;
-    const url = base + "/api/summary" + (state ? "?state=" + encodeURIComponent(state) : "");
+    const query = document.getElementById("list").dataset.query || "";
+    const url = base + "/api/summary" + query;
     const response = await fetch(url, { headers: { Accept: "application/json" } });
     if (!response.ok) throw new Error("HTTP " + response.status);
     const summary = await response.json();
@@ -121,26 +205,104 @@
     }
     document.getElementById("conductor-count").textContent =
       summary.conductors.length + " alive";
-    const conductors = document.getElementById("conductors");
-    conductors.replaceChildren(
-      ...(summary.conductors.length
-        ? summary.conductors.map(conductorRow)
-        : [emptyRow(5, "no conductor is alive")])
-    );
-    const limits = document.getElementById("limits");
-    if (limits) {
-      document.getElementById("limit-count").textContent = summary.limits.length + " set";
-      limits.replaceChildren(
-        ...(summary.limits.length
-          ? summary.limits.map(limitRow)
-          : [emptyRow(3, "no limit is set")])
-      );
+    fillTable("conductors", summary.conductors.map(conductorRow), 5, "no conductor is alive");
+    document.getElementById("limit-count").textContent = summary.limits.length + " set";
+    fillTable("limits", summary.limits.map(limitRow), 3, "no limit is set");
+    document.getElementById("schedule-count").textContent = summary.schedules.length;
+    fillTable("schedules", summary.schedules.map(scheduleRow), 7, "no schedule");
+    drawSvg(document.getElementById("throughput"), summary.throughput);
+    drawSvg(document.getElementById("depth"), summary.depth);
+    document.getElementById("throughput-total").textContent = summary.throughput.total;
+    for (const [ending, n] of Object.entries(summary.throughput.totals)) {
+      const node = document.getElementById("total-" + ending);
+      if (node) node.textContent = n;
     }
-    const jobs = document.getElementById("jobs");
-    jobs.replaceChildren(
-      ...(summary.jobs.length ? summary.jobs.map(jobRow) : [emptyRow(8, "no job")])
-    );
+    document.getElementById("matching").textContent = summary.matching;
+    const columns = document.getElementById("bulk") ? 8 : 7;
+    fillTable("jobs", summary.jobs.map(jobRow), columns, "no job");
+    setLink("page-newest", summary.links.newest);
+    setLink("page-newer", summary.links.newer);
+    setLink("page-older", summary.links.older);
+    showPicked();
     drawBars();
+  }
+
+  function wireList() {
+    const jobs = document.getElementById("jobs");
+    if (!jobs || !document.getElementById("bulk")) return;
+    jobs.addEventListener("change", (event) => {
+      const box = event.target;
+      if (!box.classList.contains("pick")) return;
+      if (box.checked) picked.add(box.value);
+      else picked.delete(box.value);
+      showPicked();
+    });
+    document.getElementById("select-page").addEventListener("change", (event) => {
+      for (const box of document.querySelectorAll("#jobs input.pick")) {
+        box.checked = event.target.checked;
+        if (box.checked) picked.add(box.value);
+        else picked.delete(box.value);
+      }
+      showPicked();
+    });
+    const list = document.getElementById("list");
+    const out = document.getElementById("bulk-result");
+    const limit = Number(list.dataset.bulkLimit);
+    const verbs = { cancel: "Cancel", trash: "Trash", repost: "Re-post" };
+    const effects = {
+      cancel: "Jobs nobody runs end CANCELLED; running ones are stopped and reverted.",
+      trash: "Nothing they did is reverted.",
+      repost: "Each is posted again as a new job, its headers kept.",
+    };
+    for (const button of document.querySelectorAll("button[data-bulk]")) {
+      button.addEventListener("click", async () => {
+        const action = button.dataset.bulk;
+        const scope = document.getElementById("bulk-scope").value;
+        let body;
+        let question;
+        if (scope === "selected") {
+          if (!picked.size) {
+            out.textContent = "select jobs first";
+            return;
+          }
+          body = { ids: [...picked] };
+          question = verbs[action] + " the " + picked.size + " selected jobs?";
+        } else {
+          const filter = JSON.parse(list.dataset.filter || "{}");
+          const params = new URLSearchParams(filter).toString();
+          const counted = await fetch(base + "/api/count" + (params ? "?" + params : ""), {
+            headers: { Accept: "application/json" },
+          });
+          const count = (await counted.json()).count;
+          body = { filter: filter };
+          question = verbs[action] + " all " + count + " jobs matching the filter?";
+          if (count > limit) question += " (the newest " + limit + " in this request)";
+        }
+        if (!window.confirm(question + " " + effects[action])) return;
+        out.textContent = "working…";
+        const response = await fetch(base + "/api/bulk/" + action, {
+          method: "POST",
+          headers: {
+            "X-Aioconductor-Action": "1",
+            "Content-Type": "application/json",
+            Accept: "application/json",
+          },
+          body: JSON.stringify(body),
+        });
+        const answer = await response.json();
+        if (!response.ok) {
+          out.textContent = answer.error || "HTTP " + response.status;
+          return;
+        }
+        const parts = Object.entries(answer.counts).map(([what, n]) => n + " " + what);
+        out.textContent =
+          verbs[action] + ": " + (parts.join(", ") || "no job") +
+          (answer.more ? "; more match: run it again for the rest" : "");
+        picked.clear();
+        showPicked();
+        await refreshIndex();
+      });
+    }
   }
 
   async function refreshJob() {
@@ -207,7 +369,10 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     drawBars();
-    if (body.dataset.page === "index") poll(refreshIndex, 1000);
+    if (body.dataset.page === "index") {
+      wireList();
+      poll(refreshIndex, 1000);
+    }
     if (body.dataset.page === "job") {
       wireActions();
       poll(refreshJob, 1500);
