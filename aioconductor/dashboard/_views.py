@@ -137,8 +137,9 @@ def conductor_row(info: ConductorInfo, now: float, holding: int | None) -> dict[
 
 def atom_rows(flow: FlowDetail) -> list[dict[str, Any]]:
     """A flow run's tasks in run order: those that ended by ``meta["seq"]`` (the order they
-    ended in), then those that never ended, as stored. The store saves no start or end time
-    per task, so the row has its order, not times."""
+    ended in), then those that never ended, as stored; with each run's start and end times
+    and duration where the engine saved them (``meta["started"]``, ``meta["ended"]``: flows
+    saved by a version before these were kept have none)."""
     atoms = list(flow.atoms.values())
     ended = sorted((a for a in atoms if isinstance(a.meta.get("seq"), int)), key=_seq)
     rest = [a for a in atoms if not isinstance(a.meta.get("seq"), int)]
@@ -148,6 +149,9 @@ def atom_rows(flow: FlowDetail) -> list[dict[str, Any]]:
             "kind": atom.kind,
             "state": atom.state.value,
             "order": atom.meta.get("seq"),
+            "started": when(_stamp(atom, "started")),
+            "ended": when(_stamp(atom, "ended")),
+            "duration": _duration(atom),
             "failure": None if atom.failure is None else atom.failure.model_dump(mode="json"),
             "revert_failure": None
             if atom.revert_failure is None
@@ -159,6 +163,23 @@ def atom_rows(flow: FlowDetail) -> list[dict[str, Any]]:
 
 def _seq(atom: Any) -> int:
     return int(atom.meta["seq"])
+
+
+def _stamp(atom: Any, name: str) -> float | None:
+    value = atom.meta.get(name)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _duration(atom: Any) -> str | None:
+    """How long the atom's last run took, for people (``0.042 s``, ``3 m 04 s``)."""
+    started, ended = _stamp(atom, "started"), _stamp(atom, "ended")
+    if started is None or ended is None or ended < started:
+        return None
+    seconds = ended - started
+    if seconds < 60:
+        return f"{seconds:.3f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes} m {rest:02d} s"
 
 
 # -- the list's filter and paging ----------------------------------------------------------------

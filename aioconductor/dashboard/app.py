@@ -170,8 +170,6 @@ class _Dashboard:
             except LogBookNotFound:
                 detail["flows"] = []
             else:
-                # The store keeps no start or end time per task: the logbook's creation (its
-                # first run's start) is the only time it has; tasks come in run order.
                 detail["progress_since"] = when(book.created_at)
                 detail["flows"] = [
                     {"name": flow.name, "state": flow.state.value, "atoms": atom_rows(flow)}

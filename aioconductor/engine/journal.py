@@ -2,7 +2,8 @@
 
 Every change to the saved run goes through a :class:`Journal`: the flow's state, and each
 atom's state, result, failure and marks (``intention``; ``meta["seq"]``, which orders finished
-atoms so reverts run newest first after a resume; a retry controller's ``meta["history"]``, its
+atoms so reverts run newest first after a resume; ``meta["started"]`` and ``meta["ended"]``,
+epoch seconds of the atom's last run, for people; a retry controller's ``meta["history"]``, its
 failed attempts). It saves each change, tells listeners (``ATOM_STATE``, ``FLOW_STATE``), and
 keeps the store's copy of every atom detail: nobody else holds a detail across a write.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -195,6 +197,7 @@ class Journal:
         done.result = result
         self.seq += 1
         done.meta["seq"] = self.seq
+        _ended(done)
         if then is None:
             await self._save(index, _SUCCESS)
             return
@@ -217,6 +220,7 @@ class Journal:
         done.result = result
         self.seq += 1
         done.meta["seq"] = self.seq
+        _ended(done)
         self._set_state(done, _SUCCESS)
         self._final = index
 
@@ -226,6 +230,7 @@ class Journal:
         detail.failure = failure
         self.seq += 1
         detail.meta["seq"] = self.seq
+        _ended(detail)
         detail.intention = intention
         await self._save(index, AtomState.FAILURE)
 
@@ -385,7 +390,9 @@ async def _create(
     """
     detail = FlowDetail(name=detail_name, state=FlowState.RUNNING)
     if first is not None:
-        detail.atoms[first.name] = AtomDetail(name=first.name, state=_RUNNING)
+        detail.atoms[first.name] = AtomDetail(
+            name=first.name, state=_RUNNING, meta={"started": time.time()}
+        )
     book = LogBook(uuid=book_id, name=book_name, flows={detail.uuid: detail})
     book = await store.save_logbook(book, token=token)
     earlier = [f for f in book.flows.values() if f.name == detail_name and f.uuid != detail.uuid]
@@ -395,10 +402,18 @@ async def _create(
 
 
 def _clear(detail: AtomDetail) -> None:
-    """Clear what an earlier run of the atom left, before it runs (again)."""
+    """Clear what an earlier run of the atom left, before it runs (again), and stamp when
+    this run starts (``meta["started"]``, epoch seconds)."""
     detail.intention = Intention.EXECUTE
     detail.result = detail.failure = detail.revert_failure = detail.revert_result = None
     detail.meta.pop("seq", None)
+    detail.meta.pop("ended", None)
+    detail.meta["started"] = time.time()
+
+
+def _ended(detail: AtomDetail) -> None:
+    """Stamp when the atom's run ended (``meta["ended"]``, epoch seconds)."""
+    detail.meta["ended"] = time.time()
 
 
 def _is_json(value: Any) -> bool:

@@ -838,7 +838,7 @@ async def test_a_rebinding_page_can_neither_count_nor_use_a_bulk_action(
     assert await board.job_count() == 1
 
 
-async def test_the_job_page_lists_tasks_in_run_order_and_says_no_times_are_kept(
+async def test_the_job_page_lists_tasks_in_run_order_with_their_times(
     board_and_store: tuple[JobBoard, Store],
 ) -> None:
     board, store = board_and_store
@@ -851,7 +851,9 @@ async def test_the_job_page_lists_tasks_in_run_order_and_says_no_times_are_kept(
     assert [a["name"] for a in atoms] == ["first", "boom"]
     assert [a["order"] for a in atoms] == sorted(a["order"] for a in atoms)
     assert detail["progress_since"] is not None
-    assert "The store keeps no start or end time per task" in page
+    for atom in atoms:  # each task's last run: when it started and ended, and how long
+        assert atom["started"] and atom["ended"] and atom["duration"].endswith(" s")
+    assert "times are each task's last run" in page and "<th>took</th>" in page
     assert '<td id="job-outcome"><span class="pill badge-REVERTED">REVERTED</span>' in page
     assert '<td class="mono" id="job-headers">x-request-id: &lt;r-1&gt;</td>' in page
 

@@ -160,3 +160,23 @@ async def test_a_retried_pattern_saves_each_change_once_in_order(log: Log) -> No
         (None, [("flaky", "RUNNING", "EXECUTE")]),
         ("SUCCESS", [("flaky", "SUCCESS", "EXECUTE")]),
     ]
+
+
+async def test_each_task_run_is_stamped_with_its_start_and_end() -> None:
+    import time
+
+    from aioconductor.engine import Engine, Task, linear
+    from aioconductor.persistence.memory import MemoryStore
+
+    class Nap(Task):
+        async def execute(self) -> int:
+            return 1
+
+    before = time.time()
+    async with MemoryStore() as store:
+        engine = Engine(linear("f", Nap("a", provides="a"), Nap("b", provides="b")), store=store)
+        await engine.run()
+        (flow,) = (await store.get_logbook(engine.book_id)).flows.values()
+    for atom in flow.atoms.values():
+        assert before <= atom.meta["started"] <= atom.meta["ended"] <= time.time()
+    assert flow.atoms["a"].meta["ended"] <= flow.atoms["b"].meta["started"]
