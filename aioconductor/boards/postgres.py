@@ -39,6 +39,8 @@ and every end of a claim of a limit key ``pg_notify`` the namespace's channel in
 statement, so a notification goes out exactly when the change commits; each ``stream()``
 LISTENs on a connection of its own. Delays, retries and leases that fall due are found by the
 stream's sweep.
+
+Search: indexed statements (see ``_backends.postgres.searching``).
 """
 
 from __future__ import annotations

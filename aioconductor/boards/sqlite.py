@@ -24,6 +24,7 @@ there (see :mod:`aioconductor._backends.sqlite.posting`). ``purge`` walks the pa
 ``jobs_ended`` (finished jobs by state and ``updated_at``) and deletes by id in one statement
 that re-checks that each job is finished. Deleted jobs had ended before the retention's age,
 so sweeps, which report what was written since their last read, are not affected.
+Search: indexed statements (see :mod:`aioconductor._backends.sqlite.searching`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from aioconductor._backends.sqlite.posting import Written
 from aioconductor._backends.sqlite.posting import posted_job
 from aioconductor._backends.sqlite.posting import write_posts
 from aioconductor._backends.sqlite.posting import write_tick
+from aioconductor._backends.sqlite.searching import SqliteSearching
 from aioconductor._backends.sqlite.sweeping import PushedRevs
 from aioconductor._backends.sqlite.sweeping import read_sweep
 from aioconductor._models import build
@@ -85,7 +87,7 @@ from aioconductor.models import Outcome
 __all__ = ["SqliteJobBoard"]
 
 
-class SqliteJobBoard(JobBoard):
+class SqliteJobBoard(SqliteSearching, JobBoard):
     """A job board in a SQLite file, shared safely by the processes of one machine.
 
     Open it with ``open_board("sqlite:///jobs.db")``. One connection per board object, used from

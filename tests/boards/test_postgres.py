@@ -375,7 +375,7 @@ async def old_schema(admin: Any, schema: str, version: int) -> tuple[str, str]:
     return waiting, held
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7])
 async def test_an_older_schema_is_upgraded_in_place_and_keeps_its_jobs(
     schema: str, admin: Any, version: int
 ) -> None:
@@ -408,7 +408,7 @@ async def test_an_older_schema_is_upgraded_in_place_and_keeps_its_jobs(
     version = await admin.fetchval(
         f"SELECT version FROM \"{schema}\".schema_version WHERE component = 'board'"
     )
-    assert version == len(sql.MIGRATIONS) == 7
+    assert version == len(sql.MIGRATIONS) == 8
 
 
 async def test_aioconductor_migrate_upgrades_an_older_schema_in_place(

@@ -155,7 +155,7 @@ async def test_a_version_5_schema_is_upgraded_and_its_jobs_cancelled_and_limited
     version = await admin.fetchval(
         f"SELECT version FROM \"{schema}\".schema_version WHERE component = 'board'"
     )
-    assert version == len(sql.MIGRATIONS) == 7
+    assert version == len(sql.MIGRATIONS) == 8
 
 
 async def test_a_version_6_schema_is_upgraded_and_its_rows_of_keys_without_a_limit_go(
@@ -196,4 +196,4 @@ async def test_a_version_6_schema_is_upgraded_and_its_rows_of_keys_without_a_lim
     version = await admin.fetchval(
         f"SELECT version FROM \"{schema}\".schema_version WHERE component = 'board'"
     )
-    assert version == len(sql.MIGRATIONS) == 7
+    assert version == len(sql.MIGRATIONS) == 8

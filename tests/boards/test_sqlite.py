@@ -152,7 +152,7 @@ def old_file(path: Path, version: int) -> tuple[str, str]:
     return waiting, held
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
 async def test_an_older_file_is_upgraded_in_place_and_keeps_its_jobs(
     tmp_path: Path, version: int
 ) -> None:
@@ -183,7 +183,7 @@ async def test_an_older_file_is_upgraded_in_place_and_keeps_its_jobs(
         (now_version,) = conn.execute(
             "SELECT version FROM aioc_schema WHERE component = 'board'"
         ).fetchone()
-    assert now_version == len(board_schema.SCHEMA) == 6
+    assert now_version == len(board_schema.SCHEMA) == 7
 
 
 async def test_the_retry_policy_and_failures_are_json_text_in_the_file(tmp_path: Path) -> None:

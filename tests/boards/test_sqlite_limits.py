@@ -278,7 +278,7 @@ async def test_a_file_of_schema_5_upgrades_in_place(tmp_path: Path) -> None:
         assert [job.id for job, _ in claimed] == [new[0].id]
         assert await board.limits() == [LimitInfo(key="payments", limit=1, claimed=1)]
         assert await board.purge(older_than=0) == 2
-    assert schema_version(path) == len(board_schema.SCHEMA) == 6
+    assert schema_version(path) == len(board_schema.SCHEMA) == 7
     count = board_schema.live_claims("'payments'")
     with file(path) as conn:
         plan = conn.execute(
@@ -295,7 +295,7 @@ def test_the_migrate_command_upgrades_a_file_of_schema_5(
     assert schema_version(path) == 5
     assert main(["migrate", "--board", url(path)]) == 0
     assert "board: <SqliteJobBoard" in capsys.readouterr().out
-    assert schema_version(path) == 6
+    assert schema_version(path) == 7
     with file(path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM job_limits").fetchone() == (0,)
         assert conn.execute(
@@ -316,4 +316,4 @@ async def test_two_boards_opening_a_file_of_schema_5_at_once(tmp_path: Path) -> 
         await a.set_limit("k", 0)
         assert await b.limits() == [LimitInfo(key="k", limit=0, claimed=0)]
         assert (await b.get(waiting)).state is JobState.UNCLAIMED
-    assert schema_version(path) == 6
+    assert schema_version(path) == 7

@@ -71,7 +71,7 @@ async def test_a_file_of_schema_4_gets_ticks_and_its_jobs_read_run_and_purge(
         (version,) = conn.execute(
             "SELECT version FROM aioc_schema WHERE component = 'board'"
         ).fetchone()
-    assert version == len(board_schema.SCHEMA) == 6
+    assert version == len(board_schema.SCHEMA) == 7
 
 
 async def test_the_last_ticks_are_rows_of_their_own_that_purges_keep(tmp_path: Path) -> None:

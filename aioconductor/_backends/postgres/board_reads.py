@@ -16,6 +16,10 @@ from aioconductor._backends.postgres.link import PostgresLink
 from aioconductor._backends.postgres.listen import ListenSubscription
 from aioconductor._backends.postgres.listen import swept
 from aioconductor._backends.postgres.schema import refuse_nul
+from aioconductor._backends.postgres.searching import ENDED_COUNTS
+from aioconductor._backends.postgres.searching import matches_nothing
+from aioconductor._backends.postgres.searching import search_count_query
+from aioconductor._backends.postgres.searching import search_query
 from aioconductor._payload import encode_json
 from aioconductor.boards._support import PAGE
 from aioconductor.boards._support import conductor_from_row
@@ -31,7 +35,9 @@ from aioconductor.errors import JobNotFound
 from aioconductor.errors import PayloadError
 from aioconductor.models import Claim
 from aioconductor.models import ConductorInfo
+from aioconductor.models import EndedCount
 from aioconductor.models import Job
+from aioconductor.models import JobFilter
 from aioconductor.models import JobNotification
 from aioconductor.models import JobState
 
@@ -144,6 +150,27 @@ class PostgresBoardBase(JobBoard):
         statement = sql.count(state).replace("{s}", self._link.q)
         rows = await self._read("job_count", statement, *sql.state_params(state, now))
         return int(rows[0][0])
+
+    # -- search (see _backends.postgres.searching) ----------------------------------------------
+
+    async def _search(self, where: JobFilter, before: int | None, limit: int) -> list[Job]:
+        if matches_nothing(where):
+            return []
+        statement, args = search_query(where, before, limit)
+        rows = await self._read("search", statement.replace("{s}", self._link.q), *args)
+        return [visible(job_from_row(row), row[-1]) for row in rows]
+
+    async def _search_count(self, where: JobFilter) -> int:
+        if matches_nothing(where):
+            return 0
+        statement, args = search_count_query(where)
+        rows = await self._read("search_count", statement.replace("{s}", self._link.q), *args)
+        return int(rows[0][0])
+
+    async def _ended_counts(self, since: float, bucket: float) -> list[EndedCount]:
+        statement = ENDED_COUNTS.replace("{s}", self._link.q)
+        rows = await self._read("ended_counts", statement, since, bucket)
+        return [EndedCount(start=int(k) * bucket, ending=e, count=n) for k, e, n in rows]
 
     # -- notifications -------------------------------------------------------------------------
 

@@ -17,6 +17,9 @@ Schema (``aioc_schema`` records its version, component ``board``):
 - ``conductors``: live conductors, by namespace and owner.
 - ``schedule_ticks``: each schedule's last posted tick, by namespace and schedule name. Apart
   from the jobs, so a purge never takes it (a purged tick's job is never posted again).
+- Indexes of ``jobs``: besides those of claims, sweeps and limits, ``jobs_order`` and
+  ``jobs_state`` (iterjobs, claim order), ``jobs_ended`` (purge, ended_counts) and the search
+  indexes of version 7 (``jobs_seq``, ``jobs_flow``, ``jobs_state_seq``, ``jobs_outcome``).
 
 Named parameters: ``:ns`` the namespace, ``:now`` the board time, ``:id`` a job id, ``:owner``
 and ``:token`` a claim, ``:expires`` a new lease's end, ``:reason`` a cancel's reason.
@@ -134,6 +137,21 @@ SCHEMA: Migrations = [
             max_claims INTEGER NOT NULL,
             PRIMARY KEY (namespace, limit_key)
         ) WITHOUT ROWID""",
+    ],
+    # 7: search (see ``searching``): the jobs newest first (``seq`` is the rowid, so this is
+    # the namespace in post order), and by flow, by state (stored state; ``jobs_state`` is in
+    # claim order) and by outcome (finished jobs only), each in post order, so a page is one
+    # short walk down an index. ``jobs_ended`` takes the outcome too, so ``ended_counts`` reads
+    # the index alone (after ``seq``: ``purge`` walks it in (updated_at, seq) order as before).
+    [
+        "CREATE INDEX IF NOT EXISTS jobs_seq ON jobs (namespace, seq)",
+        "CREATE INDEX IF NOT EXISTS jobs_flow ON jobs (namespace, flow, seq)",
+        "CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (namespace, state, seq)",
+        """CREATE INDEX IF NOT EXISTS jobs_outcome ON jobs (namespace, outcome, seq)
+            WHERE outcome IS NOT NULL""",
+        "DROP INDEX IF EXISTS jobs_ended",
+        f"""CREATE INDEX jobs_ended ON jobs (namespace, state, updated_at, seq, outcome)
+            WHERE {FINAL}""",
     ],
 ]
 
@@ -305,6 +323,12 @@ _STATE_FILTERS: dict[JobState | None, tuple[str, str]] = {
 }
 
 
+def state_where(state: JobState | None) -> str:
+    """The condition on a row for jobs in ``state`` as readers see it (``:now``; ``:state``
+    the state's name for the states that need it)."""
+    return _STATE_FILTERS.get(state, ("", "state = :state"))[1]
+
+
 def page(state: JobState | None) -> str:
     """A page of ``iterjobs``: the jobs in ``state`` after (``:p``, ``:s``) in claim order."""
     index, where = _STATE_FILTERS.get(state, ("", "state = :state"))
@@ -315,8 +339,7 @@ def page(state: JobState | None) -> str:
 
 def count(state: JobState | None) -> str:
     """How many jobs are in ``state``, as ``iterjobs`` would list them."""
-    _, where = _STATE_FILTERS.get(state, ("", "state = :state"))
-    return f"SELECT COUNT(*) FROM jobs WHERE namespace = :ns AND {where}"
+    return f"SELECT COUNT(*) FROM jobs WHERE namespace = :ns AND {state_where(state)}"
 
 
 #: The write ended a limited claim: consumed, trashed or cancelled with its claim on the row,
