@@ -3,8 +3,10 @@
 Errors are one clear line on stderr and a non-zero exit, never a traceback. The command's
 parts: :mod:`~aioconductor.cli.parser` (the subcommands and their options),
 :mod:`~aioconductor.cli.commands` (what each does), :mod:`~aioconductor.cli.showing` (``jobs``
-and ``show``), :mod:`~aioconductor.cli.jobids` (ids and their prefixes),
+and ``show``), :mod:`~aioconductor.cli.progress` (a job's progress in ``show``, read from its
+store), :mod:`~aioconductor.cli.jobids` (ids and their prefixes),
 :mod:`~aioconductor.cli.stores` (which store ``run`` and ``migrate`` use),
+:mod:`~aioconductor.cli.supervisor` (``run --processes N``: one conductor per process),
 :mod:`~aioconductor.cli.times` (times and durations) and :mod:`~aioconductor.cli.output` (every
 line it prints, user data escaped).
 """
