@@ -367,3 +367,17 @@ async def test_stop_forwards_the_signal_and_a_second_one_again() -> None:
             assert all(child.alive for child in supervisor.children)  # draining
             supervisor.stop()
     assert [child.returncode for child in supervisor.children] == [0, 0]
+
+
+@pytest.mark.timeout(60)
+async def test_an_app_that_does_not_import_fails_once_before_any_child(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    argv = [
+        sys.executable, "-m", "aioconductor", "run", "--board", url,
+        "--app", "no.such.module:flows", "--processes", "3",
+    ]  # fmt: skip
+    result = await anyio.run_process(argv, cwd=REPO, check=False)
+    assert result.returncode == 1
+    err = result.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and "cannot import 'no.such.module'" in err[0]
+    assert not (tmp_path / "jobs.db").exists()  # no child started

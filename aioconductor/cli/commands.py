@@ -65,6 +65,13 @@ async def run_command(args: argparse.Namespace) -> int:
     if args.command == "run" and args.processes > 1:
         from aioconductor.cli.supervisor import supervise
 
+        # Fail once, here, rather than in a crash loop of every child: the app and the
+        # schedules must import.
+        current_folder_on_path()
+        FlowRegistry.load(args.app)
+        if args.schedules:
+            load_schedules(args.schedules)
+
         return await supervise(args)
     if args.command == "dashboard":
         try:
