@@ -121,7 +121,7 @@ MIGRATIONS: Migrations = [
     # (``jobs_state`` is in claim order) and by outcome (finished jobs only), each in post
     # order, so a page is one short walk down an index; ``jobs_ended`` takes the outcome along
     # (INCLUDE), so ``ended_counts`` may read the index alone. Built in the migration's
-    # transaction (writes wait for the build: about a second per million jobs an index).
+    # transaction (writes wait for the build: about 2 s per million jobs an index).
     [
         "CREATE INDEX IF NOT EXISTS jobs_seq ON {s}.jobs (namespace, seq)",
         "CREATE INDEX IF NOT EXISTS jobs_flow ON {s}.jobs (namespace, flow, seq)",
