@@ -37,6 +37,7 @@ from aioconductor.models import MAX_KEPT_FAILURES
 from aioconductor.models import Claim
 from aioconductor.models import ConductorInfo
 from aioconductor.models import Job
+from aioconductor.models import JobFilter
 from aioconductor.models import JobNotification
 from aioconductor.models import JobState
 from aioconductor.models import LimitInfo
@@ -311,19 +312,11 @@ class MemoryJobBoard(InMemory, JobBoard):
 
     async def _set_limit(self, key: str, limit: int | None) -> None:
         await checkpoint()
-        if limit is None:
-            self._space.limits.pop(key, None)
-        else:
-            self._space.limits[key] = limit
+        self._space.set_limit(key, limit)
 
     async def _limits(self) -> list[LimitInfo]:
         await checkpoint()
-        now = self._clock()
-        space = self._space
-        return [
-            LimitInfo(key=key, limit=limit, claimed=space.live_claims(key, now))
-            for key, limit in space.limits.items()
-        ]
+        return self._space.limit_infos(self._clock())
 
     def _visible(self, record: Record) -> Job:
         job = record.to_job()
@@ -361,6 +354,15 @@ class MemoryJobBoard(InMemory, JobBoard):
                 space.delete(record)
                 deleted += 1
         return deleted
+
+    async def _search(self, where: JobFilter, before: int | None, limit: int) -> list[Job]:
+        await checkpoint()
+        found = self._space.newest(where, before, limit, self._clock())
+        return [self._visible(record) for record in found]
+
+    async def _search_count(self, where: JobFilter) -> int:
+        await checkpoint()
+        return self._space.count(where, self._clock())
 
     def _select(self, state: JobState | None) -> list[Record]:
         now = self._clock()

@@ -14,8 +14,10 @@ from aioconductor.boards._support import Subscription
 from aioconductor.models import Claim
 from aioconductor.models import ConductorInfo
 from aioconductor.models import Job
+from aioconductor.models import JobFilter
 from aioconductor.models import JobNotification
 from aioconductor.models import JobState
+from aioconductor.models import LimitInfo
 from aioconductor.models import NotificationKind
 from aioconductor.models import Outcome
 from aioconductor.models import RetryPolicy
@@ -99,6 +101,19 @@ class Record:
             cancel_requested=self.cancel_reason is not None,
         )
 
+    def matches(self, where: JobFilter, now: float) -> bool:
+        """Whether the job, as readers see it at ``now``, matches ``where`` (no copy made)."""
+        if where.state is not None and self.visible_state(now) is not where.state:
+            return False
+        if where.outcome is not None and self.outcome is not where.outcome:
+            return False
+        if where.flow is not None and self.flow != where.flow:
+            return False
+        if where.text is not None:
+            needle = where.text.casefold()
+            return needle in self.name.casefold() or needle in (self.key or "").casefold()
+        return True
+
     def visible_state(self, now: float) -> JobState:
         """The state readers see at ``now``: a scheduled job whose time came is UNCLAIMED."""
         if self.state is JobState.SCHEDULED and claimable(self, now):
@@ -147,6 +162,20 @@ class Space:
             del self.holders[key]
         return True
 
+    def set_limit(self, key: str, limit: int | None) -> None:
+        """Store (or, with None, drop) the limit of ``key``."""
+        if limit is None:
+            self.limits.pop(key, None)
+        else:
+            self.limits[key] = limit
+
+    def limit_infos(self, now: float) -> list[LimitInfo]:
+        """Every limit with the live claims of its key at ``now``."""
+        return [
+            LimitInfo(key=key, limit=limit, claimed=self.live_claims(key, now))
+            for key, limit in self.limits.items()
+        ]
+
     def live_claims(self, key: str, now: float, *, besides: str | None = None) -> int:
         """How many jobs with limit key ``key`` (other than ``besides``) hold a live claim."""
         count = 0
@@ -179,6 +208,21 @@ class Space:
         for entry in found:
             heapq.heappush(heap, entry)
         return found
+
+    def newest(self, where: JobFilter, before: int | None, limit: int, now: float) -> list[Record]:
+        """Up to ``limit`` records matching ``where`` with ``seq`` below ``before``, newest
+        first (the jobs dict is in post order: read backwards, it is newest first)."""
+        found: list[Record] = []
+        for record in reversed(self.jobs.values()):
+            if (before is None or record.seq < before) and record.matches(where, now):
+                found.append(record)
+                if len(found) == limit:
+                    break
+        return found
+
+    def count(self, where: JobFilter, now: float) -> int:
+        """How many records match ``where`` at ``now``."""
+        return sum(1 for record in self.jobs.values() if record.matches(where, now))
 
     def delete(self, record: Record) -> None:
         """Forget ``record`` and free its key (its heap entries go stale)."""
