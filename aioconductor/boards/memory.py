@@ -36,6 +36,7 @@ from aioconductor.errors import UnclaimableJob
 from aioconductor.models import MAX_KEPT_FAILURES
 from aioconductor.models import Claim
 from aioconductor.models import ConductorInfo
+from aioconductor.models import EndedCount
 from aioconductor.models import Job
 from aioconductor.models import JobFilter
 from aioconductor.models import JobNotification
@@ -70,6 +71,9 @@ class MemoryJobBoard(InMemory, JobBoard):
         self._clock: Callable[[], float] = clock
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _visible_job(self, record: Record) -> Job:
+        return record.visible_job(self._clock())
 
     def _record(self, job_id: str) -> Record:
         try:
@@ -130,7 +134,7 @@ class MemoryJobBoard(InMemory, JobBoard):
     def _insert(self, spec: PostSpec) -> Job:
         space = self._space
         if spec.key is not None and spec.key in space.keys:
-            return self._visible(space.jobs[space.keys[spec.key]])
+            return self._visible_job(space.jobs[space.keys[spec.key]])
         now = self._clock()
         not_before = spec.not_before
         if spec.delay:
@@ -292,7 +296,7 @@ class MemoryJobBoard(InMemory, JobBoard):
         await checkpoint()
         record = self._record(job_id)
         if record.state.is_final or record.cancel_reason is not None:
-            return self._visible(record)
+            return self._visible_job(record)
         record.cancel_reason = reason
         record.updated_at = self._clock()
         if record.state is JobState.CLAIMED:
@@ -318,23 +322,16 @@ class MemoryJobBoard(InMemory, JobBoard):
         await checkpoint()
         return self._space.limit_infos(self._clock())
 
-    def _visible(self, record: Record) -> Job:
-        job = record.to_job()
-        now = self._clock()
-        if record.visible_state(now) is not record.state:
-            job = evolve(job, state=record.visible_state(now))
-        return job
-
     async def _get(self, job_id: str) -> Job:
         await checkpoint()
-        return self._visible(self._record(job_id))
+        return self._visible_job(self._record(job_id))
 
     async def _get_by_key(self, key: str) -> Job:
         await checkpoint()
         job_id = self._space.keys.get(key)
         if job_id is None:
             raise JobNotFound(f"no job holds the key {key!r} on this board")
-        return self._visible(self._space.jobs[job_id])
+        return self._visible_job(self._space.jobs[job_id])
 
     async def _purgeable(
         self, older_than: float, states: tuple[JobState, ...], limit: int
@@ -358,11 +355,15 @@ class MemoryJobBoard(InMemory, JobBoard):
     async def _search(self, where: JobFilter, before: int | None, limit: int) -> list[Job]:
         await checkpoint()
         found = self._space.newest(where, before, limit, self._clock())
-        return [self._visible(record) for record in found]
+        return [self._visible_job(record) for record in found]
 
     async def _search_count(self, where: JobFilter) -> int:
         await checkpoint()
         return self._space.count(where, self._clock())
+
+    async def _ended_counts(self, since: float, bucket: float) -> list[EndedCount]:
+        await checkpoint()
+        return self._space.ended_counts(since, bucket)
 
     def _select(self, state: JobState | None) -> list[Record]:
         now = self._clock()

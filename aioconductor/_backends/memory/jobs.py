@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
 from aioconductor._models import build
+from aioconductor._models import evolve
 from aioconductor.boards._support import Subscription
 from aioconductor.models import Claim
 from aioconductor.models import ConductorInfo
+from aioconductor.models import EndedCount
 from aioconductor.models import Job
 from aioconductor.models import JobFilter
 from aioconductor.models import JobNotification
@@ -113,6 +116,13 @@ class Record:
             needle = where.text.casefold()
             return needle in self.name.casefold() or needle in (self.key or "").casefold()
         return True
+
+    def visible_job(self, now: float) -> Job:
+        """The job as readers see it at ``now`` (a scheduled job whose time came is
+        UNCLAIMED), a frozen copy."""
+        job = self.to_job()
+        visible = self.visible_state(now)
+        return job if visible is self.state else evolve(job, state=visible)
 
     def visible_state(self, now: float) -> JobState:
         """The state readers see at ``now``: a scheduled job whose time came is UNCLAIMED."""
@@ -219,6 +229,16 @@ class Space:
                 if len(found) == limit:
                     break
         return found
+
+    def ended_counts(self, since: float, bucket: float) -> list[EndedCount]:
+        """Jobs that ended at or after ``since``, per bucket of ``bucket`` seconds and ending."""
+        counts: dict[tuple[float, str], int] = {}
+        for record in self.jobs.values():
+            if record.state.is_final and record.updated_at >= since:
+                ending = "TRASHED" if record.state is JobState.TRASHED else str(record.outcome)
+                start = math.floor(record.updated_at / bucket) * bucket
+                counts[start, ending] = counts.get((start, ending), 0) + 1
+        return [EndedCount(start=s, ending=e, count=n) for (s, e), n in counts.items()]
 
     def count(self, where: JobFilter, now: float) -> int:
         """How many records match ``where`` at ``now``."""
