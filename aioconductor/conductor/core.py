@@ -22,6 +22,7 @@ import anyio.abc
 from aioconductor._checks import check_lease
 from aioconductor.boards.base import JobBoard
 from aioconductor.conductor.dispatch import Dispatcher
+from aioconductor.conductor.ending import Endings
 from aioconductor.conductor.jobrun import CLEANUP_TIMEOUT
 from aioconductor.conductor.jobrun import JobRun
 from aioconductor.conductor.jobrun import RunContext
@@ -143,6 +144,8 @@ class Conductor:
         self.stats = ConductorStats()
         #: The jobs running now, by id.
         self.running: dict[str, JobRun] = {}
+        #: How jobs end: the flow's end and the consume in one call where board and store can.
+        self._endings = Endings.of(self.board, self.store, self.notifier)
         self._opened: list[JobBoard | Store] = []
         self._stop_requested = anyio.Event()
         self._drain = True
@@ -315,6 +318,7 @@ class Conductor:
             running=self.running,
             isolate_last_attempts=self.isolate_last_attempts,
             private_store=self.store if self._private_store else None,
+            endings=self._endings,
         )
 
     async def _finish_jobs(self, jobs: anyio.abc.TaskGroup, dispatcher: Dispatcher) -> None:
@@ -349,12 +353,12 @@ class Conductor:
         """
         return Engine(
             flow,
-            store=self.store,
+            store=self._endings.store_for(job.id),
             book_id=job.id,
             book_name=job.name,
             token=claim.token,
             inputs=job.args,
-            notifier=self.notifier,
+            notifier=self._endings.notifier_for(job.id, claim.token),
             # The first claim (token 1): no earlier run can have saved progress, as every
             # write carries a token. Counting attempts would not do: a release gives one back.
             fresh=claim.token == 1,

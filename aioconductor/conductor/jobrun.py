@@ -41,35 +41,30 @@ from typing import Any
 
 import anyio
 
-from aioconductor.boards.base import JobBoard
+from aioconductor.conductor.context import EngineFactory
+from aioconductor.conductor.context import RunContext
 from aioconductor.conductor.failures import kept_failure
 from aioconductor.conductor.failures import log_failure
-from aioconductor.conductor.solo import SoloGate
 from aioconductor.conductor.solo import last_attempt_after_unfinished
-from aioconductor.conductor.stats import ConductorStats
 from aioconductor.conductor.unrunnable import Unrunnable
 from aioconductor.conductor.unrunnable import build_flow
 from aioconductor.conductor.unrunnable import checked_args
 from aioconductor.conductor.unrunnable import exhausted_reason
 from aioconductor.engine import Engine
 from aioconductor.engine import EngineResult
-from aioconductor.engine import Flow
 from aioconductor.errors import AioconductorError
 from aioconductor.errors import BackendUnavailable
 from aioconductor.errors import ClaimLost
 from aioconductor.errors import CompilationError
 from aioconductor.errors import LogBookNotFound
 from aioconductor.events import Event
-from aioconductor.events import Notifier
 from aioconductor.failure import Failure
 from aioconductor.logs import job_context
 from aioconductor.models import Claim
 from aioconductor.models import Job
 from aioconductor.models import Outcome
 from aioconductor.models import RetryPolicy
-from aioconductor.persistence.base import Store
 from aioconductor.persistence.models import FlowState
-from aioconductor.registry import FlowRegistry
 
 __all__ = ["CLEANUP_TIMEOUT", "EngineFactory", "JobRun", "RunContext"]
 
@@ -78,44 +73,11 @@ logger = logging.getLogger("aioconductor.conductor")
 #: How long cleanup may take when a job is cancelled (abandon under a shield).
 CLEANUP_TIMEOUT = 5.0
 
-#: Makes the engine that runs a job's flow, saving progress under the claim's token.
-EngineFactory = Callable[[Job, Claim, Flow], Engine]
-
 _OUTCOMES = {
     FlowState.SUCCESS: Outcome.SUCCESS,
     FlowState.REVERTED: Outcome.REVERTED,
     FlowState.FAILURE: Outcome.FAILURE,
 }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunContext:
-    """What every run of one conductor's jobs shares, named one by one.
-
-    Made once per :meth:`Conductor.run`, so starting a job costs no more than making a
-    :class:`JobRun` of three fields.
-    """
-
-    #: The conductor's name, given in every event's details.
-    conductor: str
-    board: JobBoard
-    #: Seconds each renewal extends a claim by.
-    lease: float
-    flows: FlowRegistry
-    notifier: Notifier
-    stats: ConductorStats
-    #: Jobs run under a shared hold of it, or alone.
-    gate: SoloGate
-    make_engine: EngineFactory
-    #: The runs under way, by job id, from their claim to their end (the lease keeper renews
-    #: what is listed here; cancels find their run here).
-    running: dict[str, JobRun]
-    #: Whether a job on its last attempt after an unfinished one runs alone
-    #: (:func:`~aioconductor.conductor.solo.last_attempt_after_unfinished`).
-    isolate_last_attempts: bool
-    #: The store to drop an ended job's logbook from: the conductor's private store (nobody
-    #: else can read it, and it would grow for ever); None when the store is the user's.
-    private_store: Store | None
 
 
 @dataclass
@@ -182,6 +144,7 @@ class JobRun:
         try:
             await self._run_listed()
         finally:
+            self.context.endings.forget(job.id, self.claim.token)
             if running.get(job.id) is self:
                 del running[job.id]
 
@@ -369,7 +332,7 @@ class JobRun:
         delay = policy.delay(number)
         saved = None if failure is None else kept_failure(failure)
         try:
-            await self.context.board.retry(self.claim, delay=delay, failure=saved)
+            await self.context.endings.retry(self.claim, delay=delay, failure=saved)
         except ClaimLost as exc:
             await self._report_lost_claim(exc)
             return
@@ -398,7 +361,7 @@ class JobRun:
             if failure is not None and outcome is not Outcome.SUCCESS:
                 result = {"failure": failure.model_dump(mode="json")}
         try:
-            await self.context.board.consume(self.claim, outcome=outcome, result=result)
+            await self.context.endings.consume(self.claim, outcome, result)
         except ClaimLost as exc:
             await self._report_lost_claim(exc)
             return
@@ -418,12 +381,12 @@ class JobRun:
         await self._emit(Event.JOB_TRASHED, reason=reason)
 
     async def _release(self) -> None:
-        if await self._give_back("release", self.context.board.release):
+        if await self._give_back("release", self.context.endings.release):
             self.context.stats.released += 1
             await self._emit(Event.JOB_RELEASED, reason="cancelled")
 
     async def _abandon(self, reason: str) -> None:
-        if await self._give_back("abandon", self.context.board.abandon):
+        if await self._give_back("abandon", self.context.endings.abandon):
             self.context.stats.abandoned += 1
             await self._emit(Event.JOB_ABANDONED, reason=reason)
 

@@ -10,23 +10,29 @@ sends that one atom, never the whole logbook. Key layout: see
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Self, cast
 
 from redis.commands.core import AsyncScript
 
 from aioconductor._backends.base import OverLink
+from aioconductor._backends.redis import board_records
 from aioconductor._backends.redis import scripts
 from aioconductor._backends.redis import store_records as records
+from aioconductor._backends.redis.fused import END_AND_CONSUME
 from aioconductor._backends.redis.link import RedisLink
 from aioconductor._backends.redis.link import fmt_time
 from aioconductor._backends.redis.link import hash_tag_prefix
 from aioconductor._backends.redis.link import pairs
 from aioconductor._backends.redis.store_scripts import StoreScripts
+from aioconductor._payload import encode_object
 from aioconductor._urls import ParsedURL
 from aioconductor.errors import LogBookNotFound
 from aioconductor.errors import StoreClosed
 from aioconductor.errors import StoreError
+from aioconductor.models import Claim
+from aioconductor.models import Job
+from aioconductor.models import Outcome
 from aioconductor.persistence._copy import created_book
 from aioconductor.persistence._json import check_meta
 from aioconductor.persistence.base import Store
@@ -130,9 +136,10 @@ class RedisStore(OverLink[RedisLink], Store):
         reply = await self._link.read("get_logbook", lambda: self._link.script(script, keys, argv))
         return records.book_from_dump(reply[1]) if reply[0] == "ok" else None
 
-    async def _update_flow_detail(
+    def _flow_update(
         self, book_uuid: str, flow: FlowDetail, token: int | None, atoms: tuple[AtomDetail, ...]
-    ) -> FlowDetail:
+    ) -> tuple[list[str], list[str]]:
+        """The keys and arguments of ``UPDATE_FLOW`` (the flow key prefix first)."""
         args = [records.token_arg(token), flow.uuid, records.flow_detail_arg(flow)]
         args.append(str(flow.version))
         # The script saves a flow's own atoms only when it creates the flow, which a write
@@ -141,8 +148,27 @@ class RedisStore(OverLink[RedisLink], Store):
         args += [str(len(new_atoms)), *records.atom_args(new_atoms)]
         args += records.updates(atoms)[1]
         keys = [self._book_key(book_uuid), self._flow_prefix(book_uuid) + flow.uuid]
+        return keys, [self._flow_prefix(book_uuid), *args]
+
+    async def _update_flow_detail(
+        self, book_uuid: str, flow: FlowDetail, token: int | None, atoms: tuple[AtomDetail, ...]
+    ) -> FlowDetail:
+        keys, argv = self._flow_update(book_uuid, flow, token, atoms)
         script = self._scripts.update_flow
-        reply = await self._write(script, "update_flow_detail", keys, book_uuid, args)
+        reply = await self._link.call(
+            "update_flow_detail", lambda: self._link.script(script, keys, argv)
+        )
+        return self._flow_updated(reply, book_uuid, flow, token, atoms)
+
+    def _flow_updated(
+        self,
+        reply: list[Any],
+        book_uuid: str,
+        flow: FlowDetail,
+        token: int | None,
+        atoms: tuple[AtomDetail, ...],
+    ) -> FlowDetail:
+        """The saved flow of ``UPDATE_FLOW``'s reply, or the error its refusal stands for."""
         if reply[0] == "conflict":
             check_version(f"flow {flow.name!r}", int(reply[1]), flow.version)
         records.refused_atoms(reply, book_uuid, flow.uuid, atoms, stale="atomconflict")
@@ -160,6 +186,53 @@ class RedisStore(OverLink[RedisLink], Store):
         records.refused_atoms(reply, book_uuid, flow_uuid, atoms, stale="conflict")
         self._refused(reply, book_uuid, token)
         return saved
+
+    def fused_ending(self, board: object) -> Callable[..., Awaitable[Job]] | None:
+        """``consume(claim, outcome, result, book_uuid, flow, token, atoms)``: the flow's end
+        saved (as :meth:`update_flow_detail` saves it) and the job consumed (as
+        ``board.consume`` does) in one script, fenced by the claim's token (see
+        :mod:`aioconductor._backends.redis.fused`); None unless ``board`` is a Redis board on
+        this store's server (the same URL) and namespace."""
+        from aioconductor.boards.redis import RedisJobBoard
+
+        if not isinstance(board, RedisJobBoard):
+            return None
+        blink = board._link
+        if blink.url != self._link.url or board._prefix != self._prefix:
+            return None
+        script = blink.client.register_script(END_AND_CONSUME)
+
+        async def consume(
+            claim: Claim,
+            outcome: Outcome,
+            result: dict[str, Any],
+            book_uuid: str,
+            flow: FlowDetail,
+            token: int | None,
+            atoms: tuple[AtomDetail, ...],
+        ) -> Job:
+            board._check_open()
+            self._check_open()
+            data, _ = encode_object("the job's result", result, board.max_payload_bytes)
+            bkeys = [*board._keys, board._job_key(claim.job_id)]
+            bargs = [board._job_prefix, board._channel, claim.owner, str(claim.token)]
+            bargs += [outcome.value, data.decode("utf-8")]
+            skeys, sargs = self._flow_update(book_uuid, flow, token, atoms)
+            keys = [*bkeys, *skeys]
+            argv = [str(len(bkeys)), str(len(bargs)), *bargs, *sargs]
+            reply = await blink.call("consume", lambda: blink.script(script, keys, argv))
+            if reply[0] == "board":  # the board's refusal: raises what it stands for
+                board_records.checked_job(reply[1], claim.job_id, "consume", claim)
+            elif reply[0] == "store":  # the store's refusal: raises what it stands for
+                self._flow_updated(reply[1], book_uuid, flow, token, atoms)
+            if reply[0] != "ok":
+                raise StoreError(f"unexpected reply {reply[0]!r} from Redis for job {claim.job_id}")
+            self._flow_updated(reply[1], book_uuid, flow, token, atoms)
+            job = board_records.checked_job(reply[2], claim.job_id, "consume", claim)
+            board._finished(job.id)
+            return job
+
+        return consume
 
     async def _destroy_logbook(self, book_uuid: str) -> None:
         keys = [self._prefix + "books", self._book_key(book_uuid)]
