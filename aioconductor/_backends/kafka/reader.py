@@ -247,14 +247,8 @@ class StateReader:
         if consumer is None:
             raise BoardClosed()
         offset = max(self.view.next_offset, self._start)
-        try:
-            with map_exceptions(errors(self.url, "reading the state topic")):
-                return await self._fetch_at(consumer, offset, wait_ms, poll)
-        except BackendUnavailable:
-            if self.closed:
-                # The board closed while this fetch was in flight (its connection went).
-                raise BoardClosed() from None
-            raise
+        with map_exceptions(errors(self.url, "reading the state topic")):
+            return await self._fetch_at(consumer, offset, wait_ms, poll)
 
     async def _fetch_at(
         self, consumer: AIOKafkaConsumer, offset: int, wait_ms: int, poll: bool
