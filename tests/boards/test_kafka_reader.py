@@ -113,26 +113,6 @@ async def test_backoff_engages_for_a_lone_waiter(monkeypatch: pytest.MonkeyPatch
         await reader.catch_up(1)
 
 
-async def test_an_empty_answer_doubles_the_broker_wait_and_records_halve_it_again() -> None:
-    """Tansu takes longer to find records the more batches the partition holds and answers
-    empty when the wait ends first: the catch-up then waits longer on the broker."""
-    reader = _reader()
-    empty = {"left": 3}
-
-    def answer(offset: int, wait_ms: int) -> list[int]:
-        if empty["left"]:
-            empty["left"] -= 1
-            return []
-        return [offset]
-
-    script = Script(reader, answer)
-    await reader.catch_up(0)
-    assert [w for _, w in script.fetches] == [1, 2, 4, 8]
-    for offset in range(1, 9):
-        await reader.catch_up(offset)
-    assert [w for _, w in script.fetches[-2:]] == [8, 4]  # eight answers with records: halved
-
-
 async def test_backoff_is_shared_and_a_fold_wakes_the_waiters_early() -> None:
     reader = _reader()
     answers: dict[str, bool] = {"ready": False}
