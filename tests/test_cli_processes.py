@@ -119,8 +119,11 @@ async def test_a_child_killed_is_started_again_and_its_job_recovered_after_the_l
                 return again is not None and again != victim
 
             await wait_until(restarted)
-            names = {info.name for info in await board.conductors()}
-            assert {"sup-1", "sup-2"} <= names
+
+            async def both_registered() -> bool:  # the new child registers once it runs
+                return {"sup-1", "sup-2"} <= {info.name for info in await board.conductors()}
+
+            await wait_until(both_registered)
         finally:
             code = await stop(supervisor)
     assert code == 0, (tmp_path / "err").read_text()
