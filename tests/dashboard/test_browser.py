@@ -289,3 +289,61 @@ async def test_filter_page_and_bulk_cancel_with_its_confirmation(browser: Any) -
         untouched = [await board.get(job.id) for job in others]
     assert all(job.outcome is Outcome.CANCELLED for job in ended)
     assert all(job.state is JobState.UNCLAIMED for job in untouched)
+
+
+async def test_page_forward_and_back_then_bulk_repost_a_filtered_set(browser: Any) -> None:
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    async with open_board(f"memory://{uuid.uuid4().hex}") as board:
+        orders = await board.post_many(
+            "noop", [{"key": n} for n in range(55)], name="order", headers={"x-trace": "t-1"}
+        )
+        invoices = await board.post_many("noop", [{"key": n} for n in range(3)], name="invoice")
+        for job in [*orders, *invoices]:
+            await board.trash(job.id, reason="the payment provider was down")
+        async with serve(create_app(board, allow_actions=True)) as url:
+            await in_thread(browser.get, url + "/")
+
+            def filter_trashed_orders() -> None:
+                Select(browser.find_element(By.ID, "filter-state")).select_by_value("TRASHED")
+                browser.find_element(By.ID, "filter-text").send_keys("order")
+                browser.find_element(By.ID, "filter-apply").click()
+                WebDriverWait(browser, 5).until(lambda d: "text=order" in d.current_url)
+
+            def row_ids() -> list[str]:
+                rows = browser.find_elements(By.CSS_SELECTOR, "#jobs tr[data-job-id]")
+                return [str(row.get_attribute("data-job-id")) for row in rows]
+
+            def go(link: str, url_part: str, present: bool) -> None:
+                browser.find_element(By.ID, link).click()
+                WebDriverWait(browser, 5).until(lambda d: (url_part in d.current_url) is present)
+
+            await in_thread(filter_trashed_orders)
+            await in_thread(wait_text, browser, "matching", "55")
+            first = await in_thread(row_ids)
+            newest_first = [j.id for j in sorted(orders, key=lambda j: j.seq, reverse=True)]
+            assert first == newest_first[:50]
+            await in_thread(go, "page-older", "before=", True)  # forward...
+            assert await in_thread(row_ids) == newest_first[50:]
+            await in_thread(go, "page-newer", "before=", False)  # ...and back
+            assert await in_thread(row_ids) == first
+
+            def bulk_repost_all() -> str:
+                Select(browser.find_element(By.ID, "bulk-scope")).select_by_value("matching")
+                browser.find_element(By.CSS_SELECTOR, 'button[data-bulk="repost"]').click()
+                alert = WebDriverWait(
+                    browser, 5, ignored_exceptions=(NoAlertPresentException,)
+                ).until(lambda d: d.switch_to.alert)
+                question = str(alert.text)
+                alert.accept()
+                return question
+
+            question = await in_thread(bulk_repost_all)
+            assert question.startswith("Re-post all 55 jobs matching the filter?")
+            await in_thread(wait_contains, browser, "bulk-result", "55 reposted")
+        fresh = [job async for job in board.iterjobs(state=JobState.UNCLAIMED)]
+    assert len(fresh) == 55 and {job.name for job in fresh} == {"order"}
+    assert all(job.headers == {"x-trace": "t-1"} for job in fresh)
+    assert sorted(job.args["key"] for job in fresh) == list(range(55))
