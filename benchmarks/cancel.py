@@ -13,14 +13,12 @@ JSON line per board.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import random
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ import anyio
 
 from aioconductor import Conductor, FlowRegistry, Outcome, linear, open_board, task
 from aioconductor.events import Event
-from benchmarks.retention import board_url
+from benchmarks.retention import board_url, running
 
 BACKENDS = ("memory", "sqlite", "redis", "postgres", "kafka")
 
@@ -58,16 +56,6 @@ def _flows() -> FlowRegistry:
     return flows
 
 
-@contextlib.asynccontextmanager
-async def _running(conductor: Conductor) -> AsyncIterator[None]:
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(conductor.run)
-        try:
-            yield
-        finally:
-            conductor.stop()
-
-
 def _percentiles(values: list[float]) -> dict[str, float]:
     ms = sorted(v * 1000 for v in values)
     q = statistics.quantiles(ms, n=100, method="inclusive")
@@ -87,7 +75,7 @@ async def run_one(backend: str, url: str, jobs: int) -> dict[str, Any]:
         conductor.notifier.register(
             Event.JOB_CANCELLING, lambda e, d: stopped.setdefault(d["job_id"], time.perf_counter())
         )
-        async with _running(conductor):
+        async with running(conductor):
             for n in range(jobs):
                 job = await board.post(f"cancel {n}", "waits", {"job": str(n)})
                 waiting = _WAITING.setdefault(str(n), anyio.Event())

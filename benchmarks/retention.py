@@ -102,7 +102,8 @@ class Sampler:
 
 
 @contextlib.asynccontextmanager
-async def _running(conductor: Conductor) -> AsyncIterator[None]:
+async def running(conductor: Conductor) -> AsyncIterator[None]:
+    """``conductor`` running in the block's task group, stopped (with a drain) at its end."""
     async with anyio.create_task_group() as tg:
         tg.start_soon(conductor.run)
         try:
@@ -126,7 +127,7 @@ async def run_one(backend: str, url: str, args: argparse.Namespace) -> dict[str,
         conductor.notifier.register(Event.JOB_CONSUMED, sampler.ended)
         started = time.monotonic()
         posted = 0
-        async with _running(conductor):
+        async with running(conductor):
             next_sample = 0.0
             while conductor.stats.consumed < args.jobs:
                 unfinished = posted - conductor.stats.consumed
