@@ -6,13 +6,17 @@ import contextlib
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
+import pytest
 
 from tests.conftest import POSTGRES_URL, service_missing
 from tests.tls_helpers import Certificates, make_certificates
+
+if TYPE_CHECKING:
+    from tests.backends import PostgresSpace
 
 
 def require_postgres() -> str:
@@ -284,3 +288,19 @@ class PurgeOnConflict:
             self.fired = True
             await self._purge()
         return rows
+
+
+# The fixtures of a test module that opens one PostgreSQL space (``space =
+# one_space_fixture("postgres")``): import them by name beside it.
+
+
+@pytest.fixture
+def schema(space: PostgresSpace) -> str:
+    """The space's schema name."""
+    return space.schema
+
+
+@pytest.fixture
+async def admin(space: PostgresSpace) -> Any:
+    """The space's own asyncpg connection (not tagged), for checks and kills."""
+    return await space.admin()

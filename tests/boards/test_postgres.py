@@ -38,7 +38,9 @@ from aioconductor.models import (
 from aioconductor.persistence import Store, open_store
 from tests.backends import PostgresSpace, board_fixture, one_space_fixture
 from tests.conftest import POSTGRES_URL
-from tests.postgres_helpers import drop_schemas, url
+from tests.postgres_helpers import admin, drop_schemas, schema, url
+
+__all__ = ["admin", "schema"]  # the fixtures, imported by name
 
 pytestmark = pytest.mark.postgres
 
@@ -46,19 +48,9 @@ space = one_space_fixture("postgres")
 
 
 @pytest.fixture
-def schema(space: PostgresSpace) -> str:
-    return space.schema
-
-
-@pytest.fixture
 def app_name(space: PostgresSpace) -> str:
     """The application_name of the board's connections, so a test can find exactly those."""
     return space.tag
-
-
-@pytest.fixture
-async def admin(space: PostgresSpace) -> Any:
-    return await space.admin()
 
 
 board = board_fixture("pg_board", lease=5.0, poll_interval=0.05)

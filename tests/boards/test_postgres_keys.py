@@ -22,22 +22,14 @@ from aioconductor.errors import JobNotFound, PayloadError
 from aioconductor.models import JobState, Outcome
 from tests.backends import PostgresSpace, board_fixture, one_space_fixture
 from tests.conftest import POSTGRES_URL
-from tests.postgres_helpers import PurgeOnConflict, url
+from tests.postgres_helpers import PurgeOnConflict, admin, schema, url
+
+__all__ = ["admin", "schema"]  # the fixtures, imported by name
 
 pytestmark = pytest.mark.postgres
 
 space = one_space_fixture("postgres")
 board = board_fixture("pg_keys", lease=5.0, poll_interval=0.05)
-
-
-@pytest.fixture
-def schema(space: PostgresSpace) -> str:
-    return space.schema
-
-
-@pytest.fixture
-async def admin(space: PostgresSpace) -> Any:
-    return await space.admin()
 
 
 @contextlib.asynccontextmanager

@@ -21,6 +21,9 @@ from aioconductor.boards.postgres import PostgresJobBoard
 from aioconductor.errors import ClaimLost, UnclaimableJob
 from aioconductor.models import JobState, LimitInfo, NotificationKind, Outcome
 from tests.backends import PostgresSpace, board_fixture, one_space_fixture
+from tests.postgres_helpers import admin, schema
+
+__all__ = ["admin", "schema"]  # the fixtures, imported by name
 
 pytestmark = pytest.mark.postgres
 
@@ -28,16 +31,6 @@ NAMESPACE = "pg_limits"
 
 space = one_space_fixture("postgres")
 board = board_fixture(NAMESPACE, lease=30.0, poll_interval=0.05)
-
-
-@pytest.fixture
-def schema(space: PostgresSpace) -> str:
-    return space.schema
-
-
-@pytest.fixture
-async def admin(space: PostgresSpace) -> Any:
-    return await space.admin()
 
 
 @pytest.fixture

@@ -16,9 +16,11 @@ from aioconductor._backends.postgres.schema import migrate
 from aioconductor.boards import JobBoard, open_board
 from aioconductor.boards.postgres import PostgresJobBoard
 from aioconductor.models import Claim, LimitInfo, Outcome
-from tests.backends import PostgresSpace, board_fixture, one_space_fixture
+from tests.backends import board_fixture, one_space_fixture
 from tests.conftest import POSTGRES_URL
-from tests.postgres_helpers import url
+from tests.postgres_helpers import admin, schema, url
+
+__all__ = ["admin", "schema"]  # the fixtures, imported by name
 
 pytestmark = pytest.mark.postgres
 
@@ -26,16 +28,6 @@ NAMESPACE = "pg_limits"
 
 space = one_space_fixture("postgres")
 board = board_fixture(NAMESPACE, lease=30.0, poll_interval=0.05)
-
-
-@pytest.fixture
-def schema(space: PostgresSpace) -> str:
-    return space.schema
-
-
-@pytest.fixture
-async def admin(space: PostgresSpace) -> Any:
-    return await space.admin()
 
 
 # -- the common path stays plain ----------------------------------------------------------------

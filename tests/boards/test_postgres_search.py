@@ -19,9 +19,11 @@ from aioconductor.boards import JobBoard, open_board
 from aioconductor.boards._searching import Searching
 from aioconductor.cli import main
 from aioconductor.models import JobFilter, JobState, Outcome
-from tests.backends import PostgresSpace, board_fixture, one_space_fixture
+from tests.backends import board_fixture, one_space_fixture
 from tests.boards.test_postgres import old_schema
-from tests.postgres_helpers import url
+from tests.postgres_helpers import admin, schema, url
+
+__all__ = ["admin", "schema"]  # the fixtures, imported by name
 
 pytestmark = pytest.mark.postgres
 
@@ -31,16 +33,6 @@ board = board_fixture("pg_search", lease=30.0)
 NAMES = ["École 3", "ÉCOLE 4", "100%_done 6", "back\\slash 7", "plain 8", "Straße 1"]
 #: Pieces ILIKE and casefold agree on.
 TEXTS = ["école", "ÉCOLE", "%", "_", "%_", "\\", "e 3", "1", "zz", "ße", "STRA"]
-
-
-@pytest.fixture
-def schema(space: PostgresSpace) -> str:
-    return space.schema
-
-
-@pytest.fixture
-async def admin(space: PostgresSpace) -> Any:
-    return await space.admin()
 
 
 async def _fill(board: JobBoard) -> None:

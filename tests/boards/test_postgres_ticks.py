@@ -20,9 +20,11 @@ from aioconductor.boards._posting import post_spec
 from aioconductor.boards._ticking import tick_key
 from aioconductor.boards.postgres import PostgresJobBoard
 from aioconductor.models import JobState, Outcome
-from tests.backends import PostgresSpace, board_fixture, one_space_fixture
+from tests.backends import board_fixture, one_space_fixture
 from tests.conftest import POSTGRES_URL
-from tests.postgres_helpers import PurgeOnConflict, url
+from tests.postgres_helpers import PurgeOnConflict, admin, schema, url
+
+__all__ = ["admin", "schema"]  # the fixtures, imported by name
 
 pytestmark = pytest.mark.postgres
 
@@ -31,16 +33,6 @@ board = board_fixture("pg_ticks", lease=5.0, poll_interval=0.05)
 
 #: 2026-01-01T00:00:00Z
 T0 = 1_767_225_600.0
-
-
-@pytest.fixture
-def schema(space: PostgresSpace) -> str:
-    return space.schema
-
-
-@pytest.fixture
-async def admin(space: PostgresSpace) -> Any:
-    return await space.admin()
 
 
 @contextlib.asynccontextmanager
