@@ -10,7 +10,7 @@ failures.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -197,26 +197,12 @@ class Engine:
         journal = self._journal
         assert self._compiled is not None and journal is not None
         runner = Runner(self._compiled, journal, self.inputs)
-        if journal.flow.state in FINAL:
-            return self._result(journal.flow.state, runner)
-        await self._emit(Event.RUNNING_START)
-        try:
+
+        async def run() -> FlowState:
             await journal.start_flow()
-            state = await runner.run()
-            await journal.end_flow(state)
-        except anyio.get_cancelled_exc_class():
-            # Cancelled from outside: save the suspension even so, then let the cancel go on.
-            with anyio.move_on_after(SUSPEND_TIMEOUT, shield=True):
-                await journal.suspend()
-                await self._emit(Event.RUNNING_END, state=FlowState.SUSPENDED)
-            raise
-        except BaseException:
-            with anyio.move_on_after(SUSPEND_TIMEOUT, shield=True):
-                # Shielded so that the event is not lost if a cancel is also pending.
-                await self._emit(Event.RUNNING_END, state=None)
-            raise
-        await self._emit(Event.RUNNING_END, state=state)
-        return self._result(state, runner)
+            return await runner.run()
+
+        return await self._saved_run(journal, runner, run)
 
     async def revert(self) -> EngineResult:
         """Stop the flow for good without running any more of it: revert, newest first, every
@@ -238,16 +224,29 @@ class Engine:
         assert self._compiled is not None and journal is not None
         self._compiled.validate(self.inputs)  # binds each atom's arguments, reverts' too
         runner = Runner(self._compiled, journal, self.inputs)
+        return await self._saved_run(journal, runner, runner.completer.revert_all)
+
+    async def _saved_run(
+        self, journal: Journal, runner: Runner, body: Callable[[], Awaitable[FlowState]]
+    ) -> EngineResult:
+        """Run ``body`` (a run or a revert, to the flow's end state) between ``running_start``
+        and ``running_end``, and save the end; a flow that already ended is not run again."""
         if journal.flow.state in FINAL:
             return self._result(journal.flow.state, runner)
         await self._emit(Event.RUNNING_START)
         try:
-            state = await runner.completer.revert_all()
+            state = await body()
             await journal.end_flow(state)
         except anyio.get_cancelled_exc_class():
+            # Cancelled from outside: save the suspension even so, then let the cancel go on.
             with anyio.move_on_after(SUSPEND_TIMEOUT, shield=True):
                 await journal.suspend()
                 await self._emit(Event.RUNNING_END, state=FlowState.SUSPENDED)
+            raise
+        except BaseException:
+            with anyio.move_on_after(SUSPEND_TIMEOUT, shield=True):
+                # Shielded so that the event is not lost if a cancel is also pending.
+                await self._emit(Event.RUNNING_END, state=None)
             raise
         await self._emit(Event.RUNNING_END, state=state)
         return self._result(state, runner)
