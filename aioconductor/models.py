@@ -254,6 +254,25 @@ class JobNotification(BaseModel):
     priority: int = 0
 
 
+class Searched(Protocol):
+    """What a :class:`JobFilter` reads of a job: a ``Job``, or a board's own record of one."""
+
+    @property
+    def state(self) -> JobState: ...
+
+    @property
+    def outcome(self) -> Outcome | None: ...
+
+    @property
+    def flow(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def key(self) -> str | None: ...
+
+
 class JobFilter(BaseModel):
     """Which jobs ``board.search`` finds: every field given must match (none: every job).
 
@@ -273,9 +292,15 @@ class JobFilter(BaseModel):
     flow: str | None = None
     text: str | None = Field(default=None, min_length=1, max_length=255)
 
-    def matches(self, job: Job) -> bool:
-        """Whether ``job`` (as readers see it) matches."""
-        if self.state is not None and job.state is not self.state:
+    def matches(self, job: Searched, state: JobState | None = None) -> bool:
+        """Whether ``job`` matches.
+
+        Args:
+            job: a ``Job``, or a board's own record of one.
+            state: the job's state as readers see it, where that is not ``job.state`` (a
+                record's scheduled job whose time came); None: ``job.state``.
+        """
+        if self.state is not None and (state or job.state) is not self.state:
             return False
         if self.outcome is not None and job.outcome is not self.outcome:
             return False

@@ -106,16 +106,7 @@ class Record:
 
     def matches(self, where: JobFilter, now: float) -> bool:
         """Whether the job, as readers see it at ``now``, matches ``where`` (no copy made)."""
-        if where.state is not None and self.visible_state(now) is not where.state:
-            return False
-        if where.outcome is not None and self.outcome is not where.outcome:
-            return False
-        if where.flow is not None and self.flow != where.flow:
-            return False
-        if where.text is not None:
-            needle = where.text.casefold()
-            return needle in self.name.casefold() or needle in (self.key or "").casefold()
-        return True
+        return where.matches(self, self.visible_state(now))
 
     def visible_job(self, now: float) -> Job:
         """The job as readers see it at ``now`` (a scheduled job whose time came is
