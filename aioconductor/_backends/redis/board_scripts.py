@@ -134,31 +134,44 @@ return reply('ok', now, job)
 """
 )
 
+#: The claim of the best claimable job, for the claim_next and claim_batch scripts.
+_TAKE_NEXT = """
+-- Pop the ready set until a claimable job is taken for ARGV[3] (owner) and ARGV[4] (lease):
+-- answers its key, or nil once the set is empty. A job whose limit key has no slot left in
+-- `free` (see slots) is parked; a taken one uses up its slot.
+local function take_next(free, now)
+  while true do
+    local popped = redis.call('ZPOPMIN', ready)
+    if #popped == 0 then return nil end
+    local member = popped[1]
+    local job = prefix .. id_of(member)
+    local f = redis.call('HMGET', job, 'state', 'not_before', 'expires_at', 'priority', 'limit_key')
+    if f[1] and claimable(f[1], f[2], f[3], now) then
+      local key = f[5]
+      local left = key and slots(free, key, now)
+      if left and left <= 0 then
+        redis.call('ZADD', parked_of(key), popped[2], member)
+      else
+        if left then free[key] = left - 1 end
+        take(job, member, f[4], f[1], ARGV[3], tonumber(ARGV[4]), now, key)
+        return job
+      end
+    end
+  end
+end
+"""
+
 #: ARGV[3..] = owner, lease. A job whose limit key is full is parked (see the prelude) and the
 #: next one taken.
 CLAIM_NEXT = (
     PRELUDE
+    + _TAKE_NEXT
     + """
 local now = clock()
 promote(now)
-local free = {}
-while true do
-  local popped = redis.call('ZPOPMIN', ready)
-  if #popped == 0 then return reply('none', now, nil) end
-  local member = popped[1]
-  local job = prefix .. id_of(member)
-  local f = redis.call('HMGET', job, 'state', 'not_before', 'expires_at', 'priority', 'limit_key')
-  if f[1] and claimable(f[1], f[2], f[3], now) then
-    local key = f[5]
-    local left = key and slots(free, key, now)
-    if left and left <= 0 then
-      redis.call('ZADD', parked_of(key), popped[2], member)
-    else
-      take(job, member, f[4], f[1], ARGV[3], tonumber(ARGV[4]), now, key)
-      return reply('ok', now, job)
-    end
-  end
-end
+local job = take_next({}, now)
+if not job then return reply('none', now, nil) end
+return reply('ok', now, job)
 """
 )
 
@@ -166,33 +179,18 @@ end
 #: fields. Takes no more jobs of a limit key than its free slots; parks the rest it meets.
 CLAIM_BATCH = (
     PRELUDE
+    + _TAKE_NEXT
     + """
 local now = clock()
 promote(now)
 local out = {'ok', num(now)}
-local limit = tonumber(ARGV[5])
-local taken = 0
 local free = {}
-while taken < limit do
-  local popped = redis.call('ZPOPMIN', ready)
-  if #popped == 0 then break end
-  local member = popped[1]
-  local job = prefix .. id_of(member)
-  local f = redis.call('HMGET', job, 'state', 'not_before', 'expires_at', 'priority', 'limit_key')
-  if f[1] and claimable(f[1], f[2], f[3], now) then
-    local key = f[5]
-    local left = key and slots(free, key, now)
-    if left and left <= 0 then
-      redis.call('ZADD', parked_of(key), popped[2], member)
-    else
-      if left then free[key] = left - 1 end
-      take(job, member, f[4], f[1], ARGV[3], tonumber(ARGV[4]), now, key)
-      taken = taken + 1
-      local fields = redis.call('HGETALL', job)
-      out[#out + 1] = #fields
-      for i = 1, #fields do out[#out + 1] = fields[i] end
-    end
-  end
+for _ = 1, tonumber(ARGV[5]) do
+  local job = take_next(free, now)
+  if not job then break end
+  local fields = redis.call('HGETALL', job)
+  out[#out + 1] = #fields
+  for i = 1, #fields do out[#out + 1] = fields[i] end
 end
 return out
 """
