@@ -20,8 +20,7 @@ outcome its owner gives (a run that finished before its owner saw the flag stand
 
 from __future__ import annotations
 
-import abc
-
+from aioconductor.boards._part import BoardPart
 from aioconductor.errors import PayloadError
 from aioconductor.models import Job
 
@@ -42,7 +41,7 @@ def clean_reason(what: str, reason: object) -> str:
     return reason.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-class Cancels(abc.ABC):
+class Cancels(BoardPart):
     """The cancel verb of :class:`~aioconductor.boards.base.JobBoard`."""
 
     async def cancel(self, job_id: str, *, reason: str = DEFAULT_CANCEL_REASON) -> Job:
@@ -76,12 +75,6 @@ class Cancels(abc.ABC):
         return job
 
     # -- what the board gives ------------------------------------------------------------------
-
-    @abc.abstractmethod
-    def _check_open(self) -> None: ...
-
-    @abc.abstractmethod
-    def _finished(self, job_id: str) -> None: ...
 
     async def _cancel(self, job_id: str, reason: str) -> Job:
         """End or flag the job as the module says, in one atomic step; the job after it."""

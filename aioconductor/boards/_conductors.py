@@ -10,6 +10,7 @@ from typing import Any
 from aioconductor._payload import encode_json
 from aioconductor._payload import finite_seconds
 from aioconductor._payload import validate_name
+from aioconductor.boards._part import BoardPart
 from aioconductor.errors import PayloadError
 from aioconductor.models import ConductorInfo
 
@@ -19,7 +20,7 @@ __all__ = ["ConductorRegistry"]
 MAX_META_BYTES = 64 * 1024
 
 
-class ConductorRegistry(abc.ABC):
+class ConductorRegistry(BoardPart):
     """The conductor verbs of :class:`~aioconductor.boards.base.JobBoard`."""
 
     async def register_conductor(
@@ -52,9 +53,6 @@ class ConductorRegistry(abc.ABC):
         return sorted(infos, key=lambda info: (info.name, info.owner))
 
     # -- what the board gives ------------------------------------------------------------------
-
-    @abc.abstractmethod
-    def _check_open(self) -> None: ...
 
     @abc.abstractmethod
     async def _register_conductor(

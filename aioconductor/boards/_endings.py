@@ -11,6 +11,7 @@ from typing import Any
 from aioconductor._payload import encode_object
 from aioconductor._payload import finite_seconds
 from aioconductor.boards._cancelling import clean_reason
+from aioconductor.boards._part import BoardPart
 from aioconductor.boards._support import EncodedObject
 from aioconductor.errors import PayloadError
 from aioconductor.models import Claim
@@ -20,7 +21,7 @@ from aioconductor.models import Outcome
 __all__ = ["ClaimEndings"]
 
 
-class ClaimEndings(abc.ABC):
+class ClaimEndings(BoardPart):
     """The verbs of :class:`~aioconductor.boards.base.JobBoard` that end a claim."""
 
     max_payload_bytes: int
@@ -122,12 +123,6 @@ class ClaimEndings(abc.ABC):
         return job
 
     # -- what the board gives ------------------------------------------------------------------
-
-    @abc.abstractmethod
-    def _check_open(self) -> None: ...
-
-    @abc.abstractmethod
-    def _finished(self, job_id: str) -> None: ...
 
     @abc.abstractmethod
     async def _consume(

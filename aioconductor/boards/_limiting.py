@@ -19,9 +19,8 @@ the live claims of its key) and keeps the rule above in its claims, renewals and
 
 from __future__ import annotations
 
-import abc
-
 from aioconductor._payload import validate_key
+from aioconductor.boards._part import BoardPart
 from aioconductor.errors import PayloadError
 from aioconductor.models import LimitInfo
 
@@ -42,7 +41,7 @@ def check_limit(limit: object) -> int | None:
     return limit
 
 
-class Limits(abc.ABC):
+class Limits(BoardPart):
     """The concurrency limit verbs of :class:`~aioconductor.boards.base.JobBoard`."""
 
     async def set_limit(self, key: str, limit: int | None) -> None:
@@ -64,9 +63,6 @@ class Limits(abc.ABC):
         return sorted(found, key=lambda info: info.key)
 
     # -- what the board gives ------------------------------------------------------------------
-
-    @abc.abstractmethod
-    def _check_open(self) -> None: ...
 
     async def _set_limit(self, key: str, limit: int | None) -> None:
         """Store (or, with None, delete) the key's limit."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 
+from aioconductor.boards._part import BoardPart
 from aioconductor.boards._support import Subscription
 from aioconductor.errors import BoardClosed
 from aioconductor.models import Job
@@ -22,7 +23,7 @@ from aioconductor.models import JobNotification
 __all__ = ["Notifications"]
 
 
-class Notifications(abc.ABC):
+class Notifications(BoardPart):
     """The notification and wait verbs of :class:`~aioconductor.boards.base.JobBoard`."""
 
     poll_interval: float
@@ -152,9 +153,6 @@ class Notifications(abc.ABC):
             event.set()
 
     # -- what the board gives ------------------------------------------------------------------
-
-    @abc.abstractmethod
-    def _check_open(self) -> None: ...
 
     @abc.abstractmethod
     async def get(self, job_id: str) -> Job: ...

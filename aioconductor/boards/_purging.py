@@ -17,6 +17,7 @@ from typing import Protocol
 
 from anyio.lowlevel import checkpoint
 
+from aioconductor.boards._part import BoardPart
 from aioconductor.errors import ConfigurationError
 from aioconductor.models import JobState
 
@@ -36,7 +37,7 @@ class LogBookDeleter(Protocol):
         """Delete the logbooks that exist among ``book_uuids``; how many were deleted."""
 
 
-class Purging(abc.ABC):
+class Purging(BoardPart):
     """The retention verb of :class:`~aioconductor.boards.base.JobBoard`."""
 
     async def purge(
@@ -83,9 +84,6 @@ class Purging(abc.ABC):
         return total
 
     # -- what the board gives ------------------------------------------------------------------
-
-    @abc.abstractmethod
-    def _check_open(self) -> None: ...
 
     @abc.abstractmethod
     async def _purgeable(

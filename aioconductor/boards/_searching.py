@@ -16,6 +16,7 @@ import abc
 import math
 from collections.abc import AsyncIterator
 
+from aioconductor.boards._part import BoardPart
 from aioconductor.errors import PayloadError
 from aioconductor.models import EndedCount
 from aioconductor.models import Job
@@ -45,7 +46,7 @@ def ending_of(job: Job) -> str | None:
     return None
 
 
-class Searching(abc.ABC):
+class Searching(BoardPart):
     """The search verbs of :class:`~aioconductor.boards.base.JobBoard`."""
 
     async def search(
@@ -93,9 +94,6 @@ class Searching(abc.ABC):
         return sorted(found, key=lambda c: (c.start, c.ending))
 
     # -- what the board gives ------------------------------------------------------------------
-
-    @abc.abstractmethod
-    def _check_open(self) -> None: ...
 
     @abc.abstractmethod
     def _iterjobs(self, state: JobState | None) -> AsyncIterator[Job]: ...

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from aioconductor._payload import validate_key
 from aioconductor._payload import validate_name
+from aioconductor.boards._part import BoardPart
 from aioconductor.boards._posting import PostOptions
 from aioconductor.boards._posting import post_spec
 from aioconductor.boards._support import PostSpec
@@ -75,7 +76,7 @@ def _check_tick(tick: object) -> float:
     return float(tick)
 
 
-class Ticks(abc.ABC):
+class Ticks(BoardPart):
     """The schedule verbs of :class:`~aioconductor.boards.base.JobBoard`."""
 
     max_payload_bytes: int
@@ -140,9 +141,6 @@ class Ticks(abc.ABC):
         return await self._schedule_ticks()
 
     # -- what the board gives ------------------------------------------------------------------
-
-    @abc.abstractmethod
-    def _check_open(self) -> None: ...
 
     @abc.abstractmethod
     async def _post_tick(self, schedule: str, tick: float, spec: PostSpec) -> Job | None:
