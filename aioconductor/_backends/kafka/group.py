@@ -209,7 +209,8 @@ class GroupMember:
             return
         self._commit_at = now + COMMIT_INTERVAL
         async with self._lock:
-            synced: dict[int, int] = {}
+            # Drop the finished jobs first: a job the view cannot judge may sit behind them.
+            offsets = self._committable({})
             heads = [q[0] for q in self._in_flight.values() if q]
             if any(self._view.finished(job_id, seq) is None for _, job_id, seq in heads):
                 # A job the view does not know, from a jobs record without its seq: purged, or
@@ -217,9 +218,9 @@ class GroupMember:
                 read = dict(self._read_to)
                 with anyio.move_on_after(_SYNC_TIMEOUT), contextlib.suppress(Exception):
                     await self._sync()
-                    synced = read
+                    offsets = self._committable(read)
             held = self.assigned()
-            offsets = {p: o for p, o in self._committable(synced).items() if p in held}
+            offsets = {p: o for p, o in offsets.items() if p in held}
             if not offsets:
                 return
             try:
