@@ -212,3 +212,41 @@ async def test_the_trash_reason_says_how_the_earlier_runs_ended() -> None:
         "internal failure, or a release past the cap of 3 give-backs); 1 claims given back on "
         "shutdown were not counted"
     )
+
+
+class _SlowClaimBoard(MemoryJobBoard):
+    """A claim call that returns its jobs only after ``claiming`` is set and a while passed:
+    time for the conductor to be told to stop meanwhile."""
+
+    claiming: anyio.Event
+
+    async def _claim_batch(self, owner: str, lease: float, limit: int) -> Any:
+        jobs = await super()._claim_batch(owner, lease, limit)
+        if jobs:
+            self.claiming.set()
+            await anyio.sleep(0.2)
+        return jobs
+
+
+@pytest.mark.parametrize("drain", [False, True], ids=["stop-now", "drain-times-out"])
+async def test_jobs_claimed_while_the_conductor_stops_are_given_back(drain: bool) -> None:
+    async with _SlowClaimBoard(poll_interval=0.05) as board:
+        board.claiming = anyio.Event()
+        jobs = [await board.post(f"j{n}", "slow", {"key": f"w{n}"}) for n in range(3)]
+        conductor = Conductor("c", board, flows=_flows(), drain_timeout=0.1)
+        released: list[tuple[str, str]] = []
+        conductor.notifier.register(
+            Event.JOB_RELEASED, lambda e, d: released.append((d["reason"], d["job_name"]))
+        )
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conductor.run)
+                await board.claiming.wait()
+                conductor.stop(drain=drain)  # the claim call is still under way
+        ended = [await board.get(job.id) for job in jobs]
+    assert conductor.stats.claimed == 3 and conductor.stats.released == 3
+    assert {(j.state, j.attempts, j.releases, j.abandons) for j in ended} == {
+        (JobState.UNCLAIMED, 0, 1, 0)
+    }
+    assert not any(RUNS[f"w{n}"] for n in range(3))  # released before their flows began
+    assert released == [("stopping", f"j{n}") for n in range(3)]

@@ -214,7 +214,7 @@ class Dispatcher:
 
     async def _run_job(self, job: Job, claim: Claim) -> None:
         try:
-            await JobRun(self._context, job, claim).run()
+            await JobRun(self._context, job, claim, stopping=self._stop_requested).run()
         finally:
             self._slots.release()
             self.active -= 1

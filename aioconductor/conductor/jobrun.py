@@ -16,7 +16,8 @@ claimed more than ``max_attempts`` times           ``trash`` without running
 unknown flow, args do not fit (its args model, or  ``trash`` (it can never succeed)
 the factory's signature), the factory raised
 storage failure, internal error                    ``abandon`` (the attempt is spent)
-shutdown, cancellation                             ``release`` (the attempt is given back)
+shutdown, cancellation, claimed as the conductor   ``release`` (the attempt is given back)
+stops (its flow not begun)
 the claim was lost (stolen, fenced out)            nothing: the new owner has it
 the job was cancelled (``board.cancel``)           ``consume`` (``CANCELLED``) once the flow
                                                    stopped and its tasks were reverted
@@ -97,6 +98,9 @@ class JobRun:
     final: bool = False
     #: Why the job is being cancelled, once its run knows it was (see :meth:`request_cancel`).
     cancelling: str | None = None
+    #: Set when the conductor is asked to stop: a run whose flow has not begun by then gives
+    #: its claim back (its attempt unspent) instead of starting it.
+    stopping: anyio.Event | None = None
 
     @property
     def details(self) -> dict[str, Any]:
@@ -161,6 +165,12 @@ class JobRun:
                 raise Unrunnable(exhausted_reason(job))
             job = self.job = checked_args(context.flows, job)
             flow = build_flow(context.flows, job)
+            if self.stopping is not None and self.stopping.is_set():
+                # Claimed as the conductor stops (a claim call under way, a task not yet
+                # started): starting it now would only suspend it; another owner runs it.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
+                    await self._release("stopping")
+                return
             engine = context.make_engine(job, self.claim, flow)
             if not await self._enough_lease():
                 return  # lost before it started: the next owner runs it
@@ -205,7 +215,7 @@ class JobRun:
             # engine saved its progress; give the claim back, its attempt unspent, so another
             # owner starts at once.
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
-                await self._release()
+                await self._release("cancelled")
             raise
 
     async def _enough_lease(self) -> bool:
@@ -380,10 +390,10 @@ class JobRun:
         self.context.stats.trashed += 1
         await self._emit(Event.JOB_TRASHED, reason=reason)
 
-    async def _release(self) -> None:
+    async def _release(self, reason: str) -> None:
         if await self._give_back("release", self.context.endings.release):
             self.context.stats.released += 1
-            await self._emit(Event.JOB_RELEASED, reason="cancelled")
+            await self._emit(Event.JOB_RELEASED, reason=reason)
 
     async def _abandon(self, reason: str) -> None:
         if await self._give_back("abandon", self.context.endings.abandon):
