@@ -224,3 +224,44 @@ async def wait_for_count(path: Path, line: str, count: int, within: float = 30) 
     with anyio.fail_after(within):
         while lines(path).count(line) < count:
             await anyio.sleep(0.02)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("space", params(processes=True), indirect=True)
+async def test_a_job_that_always_outlasts_the_drain_is_trashed_after_the_give_back_cap(
+    tmp_path: Path, space: Space
+) -> None:
+    # Every SIGTERM finds the job still running past its drain: two give-backs (its cap,
+    # max_attempts=2), then two releases that spend an attempt, then a claim past the cap.
+    options = _OPTIONS.get(space.backend, {})
+    url, store_url = space.board_url("procs", **options), space.store_url("procs", **options)
+    record, never = tmp_path / "record.txt", tmp_path / "never"
+    async with open_board(url, poll_interval=0.05) as board:
+        job = await board.post(
+            "blocks-shutdown",
+            "held",
+            {"key": 1, "record": str(record), "release": str(never)},
+            max_attempts=2,
+        )
+        command = conductor_command(url, "--drain-timeout", "0.1", "--lease", "5", store=store_url)
+        for restart in range(1, 6):
+            process = await anyio.open_process(command, cwd=REPO, stderr=subprocess.DEVNULL)
+            try:
+                if restart == 5:
+                    done = await board.wait_for(job.id, timeout=60)
+                else:
+                    await wait_for_count(record, "hold-start 1", restart)
+            finally:
+                process.send_signal(signal.SIGTERM)
+                with anyio.fail_after(30):
+                    await process.wait()
+            assert process.returncode == 0
+            if restart < 5:
+                spent = max(0, restart - 2)
+                got = await board.get(job.id)
+                assert got.state is JobState.UNCLAIMED
+                assert (got.attempts, got.releases, got.abandons) == (spent, min(restart, 2), spent)
+    assert done.state is JobState.TRASHED and done.attempts == 3
+    assert "2 abandoned" in (done.trash_reason or "")
+    assert "2 claims given back on shutdown were not counted" in (done.trash_reason or "")
+    assert lines(record) == ["first 1", *["hold-start 1"] * 4]
