@@ -43,7 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--record", default=None)
     parser.add_argument("--post", action="store_true", help="drain: post the jobs first, here")
     parser.add_argument("--inproc", action="store_true", help="latency: conductor in-process")
-    parser.add_argument("--deadline", type=float, default=0.0, help="latency: stop after (s)")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=0.0,
+        help="latency, post (one at a time), drain: stop after (s)",
+    )
     parser.add_argument("--barrier", default=None, help="share: start once this file exists")
     parser.add_argument("--batch", type=int, default=0, help="post: jobs per post_many call")
     parser.add_argument("--lease", type=float, default=30.0, help="the conductor's lease (s)")
@@ -51,18 +56,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def post_jobs(board: JobBoard, n: int, flow: str, batch: int = 0) -> dict[str, Any]:
+async def post_jobs(
+    board: JobBoard, n: int, flow: str, batch: int = 0, deadline: float = 0.0
+) -> dict[str, Any]:
     """Post ``n`` jobs of ``flow`` one at a time, or ``batch`` a call with ``post_many``; the
-    post result line's fields."""
+    post result line's fields. One at a time, ``deadline`` (s, 0: none) stops the posts early:
+    the rate is then that of the posts made (a slow board is measured, not timed out)."""
     started = time.perf_counter()
+    done = n
     if batch:
         for first in range(0, n, batch):
             keys = range(first, min(n, first + batch))
             await board.post_many(flow, [{"key": i} for i in keys])
     else:
         for i in range(n):
+            if deadline and i and time.perf_counter() - started > deadline:
+                done = i
+                break
             await board.post(f"j{i}", flow, {"key": i})
-    return _common.post_result(n, time.perf_counter() - started)
+    return _common.post_result(done, time.perf_counter() - started, asked=n)
 
 
 def _conductor(board: JobBoard, store: Any, concurrency: int, lease: float = 30.0) -> Conductor:
@@ -79,7 +91,7 @@ def _conductor(board: JobBoard, store: Any, concurrency: int, lease: float = 30.
 async def cmd_post(args: argparse.Namespace) -> dict[str, Any]:
     """Post the jobs (server and file boards)."""
     async with open_board(args.board) as board:
-        return await post_jobs(board, args.n, args.flow, args.batch)
+        return await post_jobs(board, args.n, args.flow, args.batch, args.deadline)
 
 
 async def cmd_drain(args: argparse.Namespace) -> dict[str, Any]:
@@ -89,16 +101,25 @@ async def cmd_drain(args: argparse.Namespace) -> dict[str, Any]:
         conductor = _conductor(board, store, args.concurrency)
         async with conductor:
             started = time.perf_counter()
-            await conductor.run(max_dispatches=args.n)
+            # A deadline stops a slow drain (its rate is that of the jobs done by then).
+            with anyio.move_on_after(args.deadline or float("inf")) as scope:
+                await conductor.run(max_dispatches=args.n)
+            if scope.cancelled_caught:
+                conductor.stop()
             seconds = time.perf_counter() - started
         complete = await board.job_count(state=JobState.COMPLETE)
         stats = conductor.stats
-    if complete != args.n or stats.succeeded != args.n:
+    done = args.n
+    if scope.cancelled_caught:
+        done = stats.succeeded
+    elif complete != args.n or stats.succeeded != args.n:
         raise RuntimeError(f"{complete} of {args.n} jobs complete ({stats})")
     extra: dict[str, Any] = {"peak_running": stats.peak_running}
+    if scope.cancelled_caught:
+        extra["partial"] = f"{done} of {args.n} in the {args.deadline:.0f} s deadline"
     if posted is not None:
         extra["post_rate"] = posted["rate"]
-    return _common.drain_result(args.n, seconds, **extra)
+    return _common.drain_result(done, seconds, **extra)
 
 
 async def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:

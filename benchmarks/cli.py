@@ -31,7 +31,8 @@ __all__ = ["main"]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 #: The workloads ``--workloads`` can choose.
 WORKLOADS = (
-    "drain", "latency", "durable", "post_batch", "scaleout", "recovery", "inflight", "processes",
+    "drain", "post", "latency", "durable", "post_batch", "scaleout", "recovery", "inflight",
+    "processes",
 )  # fmt: skip
 _MODULES = {
     "memory": ("memory", "memory"),
@@ -77,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
         "--workloads",
         default="all",
         help=f"the workloads to run ({','.join(WORKLOADS)}; default all)",
+    )
+    parser.add_argument(
+        "--scaleout",
+        default=None,
+        help="conductor processes of the scale-out workload, e.g. 1,3 (default 1,2,4; quick 1,4)",
     )
     parser.add_argument(
         "--budget",
@@ -183,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bounded so that the whole quick run stays under 10 minutes: a slow drain is
         # killed at 30 s (and shown as a bound), latency probing stops after 10 s.
         settings.drain_limit, settings.latency_deadline = 30.0, 10.0
+        settings.single_post_seconds = 10.0
     else:
         # A drain of 20,000 jobs slower than 83 jobs/s (arq's and pgqueuer's polling workers
         # at concurrency 1) would hold the run for 14 minutes a repetition; it is shown as
@@ -191,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.drain_limit, settings.latency_deadline = 240.0, 60.0
     if args.jobs:
         settings.jobs = args.jobs
+    if args.scaleout:
+        settings.scaleout_processes = tuple(int(n) for n in args.scaleout.split(","))
     started = time.monotonic()
     now = datetime.now(UTC)
     stamp = now.strftime("%Y-%m-%d") + ("-quick" if args.quick else "")

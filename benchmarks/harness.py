@@ -40,7 +40,9 @@ class Settings:
     recovery_lease: float = 5.0
     #: ``aioconductor run --processes N`` counts of the processes workload (concurrency 64).
     cli_processes: tuple[int, ...] = (1, 2)
-    #: The workloads to run (None: all): drain, latency, durable, post_batch, scaleout,
+    #: Seconds of sequential single posts in the post workload (systems with a batch post).
+    single_post_seconds: float = 20.0
+    #: The workloads to run (None: all): drain, post, latency, durable, post_batch, scaleout,
     #: recovery, inflight, processes.
     only: tuple[str, ...] | None = None
     quick: bool = False
@@ -161,7 +163,7 @@ def _drain(
     ``batched``: post with the system's batch post (setup only: its rate is not the single
     post figure).
     """
-    flow_opts = ["--flow", flow] if flow else []
+    flow_opts: list[object] = ["--flow", flow] if flow else []
     if batched:
         flow_opts += ["--batch", POST_BATCH]
     with system.provision() as (target, _work):
@@ -181,7 +183,10 @@ def _drain(
             timeout=settings.post_timeout(),
             log=log,
         )
-        drain_opts = ["--flow", flow] if flow else []
+        drain_opts: list[object] = ["--flow", flow] if flow else []
+        if "post" in system.workloads:
+            # A deadline short of the limit: a slow drain reports the rate of the jobs it did.
+            drain_opts += ["--deadline", max(5.0, settings.drain_timeout() - 10)]
         drain = run_driver(
             system.argv(
                 "drain", target, "--n", settings.jobs, "--concurrency", concurrency, *drain_opts
@@ -342,9 +347,12 @@ def run_system_once(
             metrics = [f"drain_c{concurrency}", f"rss_c{concurrency}"]
 
             def drain_body(concurrency: int = concurrency) -> None:
-                # One single-post figure per concurrency is enough; where the system has a
-                # batch post, c > 1 drains are set up with it (the post is not what they time).
-                batched = concurrency > 1 and "post_batch" in system.workloads
+                # Where the system has a batch post, drains are set up with it (the post is not
+                # what they time); its single posts are the "post" workload. Else the c=1
+                # drain's single posts are the post figure.
+                batched = "post_batch" in system.workloads and (
+                    concurrency > 1 or "post" in system.workloads
+                )
                 try:
                     post, drain = _drain(system, settings, concurrency, None, log, batched=batched)
                 except DriverError as exc:
@@ -360,6 +368,22 @@ def run_system_once(
                 results.add(system, f"rss_c{concurrency}", hwm / 1024 if hwm else None)
 
             _attempt(results, system, f"drain c={concurrency}", metrics, say, drain_body)
+    if "post" in workloads:
+
+        def post_body() -> None:
+            # Sequential single posts, for at most single_post_seconds (the rate of those made).
+            with system.provision() as (target, _work):
+                result = run_driver(
+                    system.argv(
+                        "post", target, "--n", settings.jobs,
+                        "--deadline", settings.single_post_seconds,
+                    ),
+                    timeout=settings.single_post_seconds + 60,
+                    log=log,
+                )  # fmt: skip
+            results.add(system, "post", result["rate"], result)
+
+        _attempt(results, system, "single posts", ["post"], say, post_body)
     if "latency" in workloads:
 
         def latency_body() -> None:

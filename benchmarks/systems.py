@@ -88,7 +88,7 @@ def aioc_system(backend: str) -> System:
     """aioconductor on ``backend``, driven by ``benchmarks.aioc_driver`` in this interpreter."""
     workloads = {"drain", "latency", "durable"}
     if backend != "memory":  # one process only: the memory board is not shared
-        workloads |= {"scaleout", "recovery", "post_batch", "processes"}
+        workloads |= {"scaleout", "recovery", "post_batch", "post", "processes"}
     notes = []
     if backend == "memory":
         workloads.add("inflight")

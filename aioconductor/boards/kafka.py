@@ -104,9 +104,10 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
         replication: the replication factor of the topics it creates (None: the number of
             brokers, at most 3).
         idempotence: use the idempotent producer (brokers that refuse it need ``False``).
-        fetch_wait_ms: the longest a fetch waits on the broker for new records. Kafka answers
-            as soon as records arrive; Tansu only when the wait is over, so with Tansu it is
-            the latency of every verb (use 10).
+        fetch_wait_ms: the longest an idle stream's fetch waits on the broker for news (a
+            verb catching up to its own record fetches with a short wait of its own). Kafka
+            answers as soon as records arrive; Tansu only when the wait is over, so with Tansu
+            it is how late an idle stream hears of other processes' changes (use 10).
         session_timeout_ms: how long the group waits for a silent member before it hands its
             partitions to the others (Tansu also waits half of it for members to join).
         **kwargs: see :class:`~aioconductor.boards.base.JobBoard`.

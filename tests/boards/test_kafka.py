@@ -11,13 +11,12 @@ import math
 import os
 import time
 import types
-from typing import Any
 
 import anyio
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
-from aioconductor._backends.kafka.log import StateLog, Write
+from aioconductor._backends.kafka.log import Write
 from aioconductor._backends.kafka.view import JobView
 from aioconductor.boards import open_board
 from aioconductor.boards.kafka import KafkaJobBoard
@@ -310,40 +309,3 @@ async def test_a_cancelled_claim_either_happened_or_not_and_leaves_nothing_behin
     # The board goes on working.
     fresh = await board.post("fresh", "f")
     assert (await board.claim(fresh.id, "o")).owner == "o"
-
-
-class _Record:
-    def __init__(self, offset: int) -> None:
-        self.offset = offset
-        self.key = b"~sync"
-        self.value = b'{"op":"sync"}'
-        self.timestamp = int(time.time() * 1000)
-
-
-class _GappyConsumer:
-    """Answers the first fetch with offsets 0, 1, 3 (2 not yet visible, as Tansu does under
-    concurrent producers), and every fetch after a seek from the offset sought."""
-
-    def __init__(self) -> None:
-        self.position = 0
-        self.seeks: list[int] = []
-        self.fetches = 0
-
-    async def getmany(self, tp: Any, timeout_ms: int = 0) -> dict[Any, list[_Record]]:
-        self.fetches += 1
-        offsets = [0, 1, 3] if self.fetches == 1 else list(range(self.position, 5))
-        self.position = 5
-        return {tp: [_Record(o) for o in offsets]}
-
-    def seek(self, tp: Any, offset: int) -> None:
-        self.seeks.append(offset)
-        self.position = offset
-
-
-async def test_the_reader_fetches_a_skipped_offset_again_instead_of_losing_it() -> None:
-    view = JobView(lambda note: None)
-    log = StateLog(view, "t", "kafka://x", producer=None, consumer_config={})
-    consumer = _GappyConsumer()
-    log._consumer = consumer
-    await log.catch_up(4)
-    assert consumer.seeks == [2] and view.next_offset == 5

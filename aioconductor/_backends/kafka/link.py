@@ -23,8 +23,9 @@ from aioconductor._backends.base import Backoff
 from aioconductor._backends.base import ErrorTable
 from aioconductor._backends.base import map_exceptions
 from aioconductor._backends.kafka.group import GroupMember
-from aioconductor._backends.kafka.log import COMPACTION_LAG_MS
 from aioconductor._backends.kafka.log import StateLog
+from aioconductor._backends.kafka.reader import COMPACTION_LAG_MS
+from aioconductor._backends.kafka.reader import StateReader
 from aioconductor._backends.kafka.records import dead_letter_record
 from aioconductor._backends.kafka.records import jobs_record
 from aioconductor._backends.kafka.setup import TopicSpec
@@ -135,19 +136,16 @@ class KafkaLink:
             self.producer = await start_producer(
                 self.bootstrap, self.url, self.settings.idempotence, self.settings.record_limit
             )
-            self._log = StateLog(
+            # The reader's consumer only lends its client: its fetches are the reader's own.
+            reader = StateReader(
                 self.view,
                 self.state_topic,
                 self.url,
-                self.producer,
-                {
-                    "bootstrap_servers": self.bootstrap,
-                    "enable_auto_commit": False,
-                    "auto_offset_reset": "earliest",
-                    "fetch_max_wait_ms": self.settings.fetch_wait_ms,
-                    "max_partition_fetch_bytes": self.settings.record_limit,
-                },
+                {"bootstrap_servers": self.bootstrap, "enable_auto_commit": False},
+                self.settings.fetch_wait_ms,
+                self.settings.record_limit,
             )
+            self._log = StateLog(self.view, self.state_topic, self.url, self.producer, reader)
             await self._log.start()
             # Replay the state topic up to now before the first verb.
             await self._log.sync()
@@ -261,7 +259,7 @@ class KafkaLink:
 
 
 class LogSubscription(Subscription):
-    """A ``stream()``'s notifications: waiting for one pulls the state topic."""
+    """A ``stream()``'s notifications: waiting for one long-polls the state topic."""
 
     def __init__(self, log: StateLog) -> None:
         super().__init__()

@@ -1,11 +1,11 @@
 """The Kafka board's state log: write a transition, wait until the view folded it, read.
 
-One producer writes every record (``acks="all"``); one consumer, manually assigned the state
-topic's only partition, feeds the :class:`JobView`. There is no reader task: whoever needs the
-view to reach an offset pulls records under a lock (``catch_up``), and a ``stream()`` waiting for
-notifications pulls too. A linearizable read appends a ``sync`` record and waits until the view
-applied it (``sync``): it sees every record acknowledged before it started. Concurrent reads
-share one sync record.
+One producer writes every record (``acks="all"``); the :class:`StateReader` fetches the state
+topic's only partition into the :class:`JobView`. There is no reader task: whoever needs the
+view to reach an offset catches up with short fetches of its own (``catch_up``), and a
+``stream()`` waiting for notifications long-polls (see :mod:`.reader`). A linearizable read
+appends a ``sync`` record and waits until the view applied it (``sync``): it sees every record
+acknowledged before it started. Concurrent reads share one sync record.
 
 A transition is written by :meth:`StateLog.change`: the job's new state, computed from the
 version the view holds, with that version as the record's ``base``; a record that lost a race is
@@ -23,17 +23,15 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
-from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import ConsumerStoppedError  # type: ignore[import-untyped]
-from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from anyio.lowlevel import checkpoint
 
 from aioconductor._backends.base import map_exceptions
+from aioconductor._backends.kafka.reader import StateReader
 from aioconductor._backends.kafka.records import FINAL
 from aioconductor._backends.kafka.records import Write
 from aioconductor._backends.kafka.records import clock_ms
@@ -45,22 +43,15 @@ from aioconductor._backends.kafka.view import SYNC_KEY
 from aioconductor._backends.kafka.view import Applied
 from aioconductor._backends.kafka.view import JobView
 from aioconductor.errors import BackendUnavailable
-from aioconductor.errors import BoardClosed
 from aioconductor.errors import BoardError
 
 __all__ = ["RETRIES", "Make", "StateLog", "Write"]
 
 logger = logging.getLogger("aioconductor.boards.kafka")
 
-#: How long a write or read waits for the view to reach its record before giving up.
-CATCH_UP_TIMEOUT = 30.0
 #: How long a dirty job waits before anyone restates it (its loser restates it sooner).
 RESTATE_GRACE = 5.0
 RESTATE_GRACE_MINE = 0.2
-#: The state topic's ``min.compaction.lag.ms``: a gap among younger records is no compaction.
-COMPACTION_LAG_MS = 3_600_000
-GAP_AGE_MS = COMPACTION_LAG_MS // 2
-GAP_RETRIES = 200
 #: How often one verb re-reads and retries after its record lost a race.
 RETRIES = 50
 
@@ -85,7 +76,7 @@ class StateLog:
         topic: the state topic (one partition).
         url: the broker URL for messages.
         producer: a started producer (shared with the board's other topics).
-        consumer_config: keyword arguments for the reader's ``AIOKafkaConsumer``.
+        reader: the state topic's reader (started by :meth:`start`).
     """
 
     def __init__(
@@ -94,99 +85,34 @@ class StateLog:
         topic: str,
         url: str,
         producer: AIOKafkaProducer,
-        consumer_config: dict[str, Any],
+        reader: StateReader,
     ) -> None:
         self.view = view
         self.topic = topic
         self.url = url
         self._producer = producer
-        self._consumer_config = consumer_config
-        self._consumer: AIOKafkaConsumer | None = None
-        self._tp = TopicPartition(topic, 0)
-        self._lock = anyio.Lock()
+        self.reader = reader
         self._next_sync: _Ticket | None = None
-        #: expected offset -> how often a fetch skipped past it (see ``_gap``).
-        self._gap_retries: dict[int, int] = {}
-        self.closed = False
 
     async def start(self) -> None:
         """Start the reader at the beginning of the state topic (the view is rebuilt)."""
-        consumer = AIOKafkaConsumer(**self._consumer_config)
-        with map_exceptions(errors(self.url, "starting the state reader")):
-            await consumer.start()
-        try:
-            consumer.assign([self._tp])
-            with map_exceptions(errors(self.url, "reading the state topic")):
-                await consumer.seek_to_beginning(self._tp)
-        except BaseException:
-            with anyio.move_on_after(5, shield=True):
-                await consumer.stop()
-            raise
-        self._consumer = consumer
+        await self.reader.start()
 
     async def stop(self) -> None:
         """Stop the reader."""
-        self.closed = True
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            # Stopping only closes sockets; shielded so a cancelled close still frees them.
-            with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
-                await consumer.stop()
+        await self.reader.stop()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the reader is stopped."""
+        return self.reader.closed
 
     # -- reading the log -----------------------------------------------------------------------
 
-    async def pull(self, wait: float, *, until: int | None = None) -> bool:
-        """Fold what the reader fetched (waiting up to ``wait`` s for some); True if any.
-
-        With ``until``, return at once if the view got past that offset while this call
-        waited for the reader.
-        """
-        async with self._lock:
-            if until is not None and self.view.next_offset > until:
-                return False
-            consumer = self._consumer
-            if consumer is None:
-                raise BoardClosed()
-            try:
-                with map_exceptions(errors(self.url, "reading the state topic")):
-                    batch = await consumer.getmany(self._tp, timeout_ms=int(wait * 1000))
-            except ConsumerStoppedError:
-                # The board closed while this call waited for records.
-                raise BoardClosed() from None
-            records = batch.get(self._tp, ())
-            # No await between records: the fold of one fetch is atomic for this process.
-            for record in records:
-                expected = self.view.next_offset
-                if record.offset < expected:
-                    continue  # fetched again after a seek back
-                if record.offset > expected and self._gap(expected, record.timestamp):
-                    consumer.seek(self._tp, expected)
-                    break
-                self.view.apply(record.offset, record.key, record.value, record.timestamp)
-            return bool(records)
-
-    def _gap(self, expected: int, ts_ms: int) -> bool:
-        """Whether a fetch that skipped from ``expected`` to a record stamped ``ts_ms`` must be
-        read again.
-
-        Compaction leaves gaps, but never among records younger than the topic's
-        ``min.compaction.lag.ms`` (the board sets an hour). A gap there is a broker that
-        answered a fetch with a newer batch before an older one was visible (Tansu 0.6 does,
-        under concurrent producers): seek back and fetch again, a bounded number of times.
-        """
-        if clock_ms() - ts_ms > GAP_AGE_MS:
-            return False
-        retries = self._gap_retries.get(expected, 0)
-        if retries >= GAP_RETRIES:
-            logger.warning(
-                "Kafka at %s: offsets from %d of %s never arrived; going on without them",
-                self.url,
-                expected,
-                self.topic,
-            )
-            return False
-        self._gap_retries = {expected: retries + 1}
-        return True
+    async def pull(self, wait: float) -> bool:
+        """Fold what the log has, waiting up to ``wait`` s for news; whether the view moved
+        (see :meth:`StateReader.pull`)."""
+        return await self.reader.pull(wait)
 
     async def catch_up(self, offset: int) -> None:
         """Return once the view has applied the record at ``offset``.
@@ -194,16 +120,7 @@ class StateLog:
         Raises:
             BackendUnavailable: it did not get there within ``CATCH_UP_TIMEOUT``.
         """
-        if self.view.next_offset > offset:
-            return
-        with anyio.move_on_after(CATCH_UP_TIMEOUT):
-            while self.view.next_offset <= offset:
-                await self.pull(0.2, until=offset)
-            return
-        raise BackendUnavailable(
-            f"Kafka at {self.url}: the state topic did not deliver offset {offset} within "
-            f"{CATCH_UP_TIMEOUT:.0f} s"
-        )
+        await self.reader.catch_up(offset)
 
     async def sync(self) -> None:
         """Return once the view holds every record acknowledged before this call started."""
@@ -416,8 +333,6 @@ class StateLog:
         if writes:
             await self._send(writes)
 
-    @contextlib.asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
+    def exclusive(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Hold the reader (nothing is folded meanwhile)."""
-        async with self._lock:
-            yield
+        return self.reader.exclusive()

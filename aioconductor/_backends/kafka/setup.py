@@ -31,6 +31,7 @@ from aioconductor.errors import SchemaMissing
 
 __all__ = [
     "TopicSpec",
+    "batch_size",
     "bool_option",
     "bootstrap_servers",
     "ensure_topics",
@@ -171,6 +172,7 @@ async def start_producer(
         acks="all",
         enable_idempotence=idempotence,
         max_request_size=max_request_size,
+        max_batch_size=batch_size(max_request_size),
         linger_ms=0,
     )
     table = _refused_idempotence(url) if idempotence else errors(url, "starting the producer")
@@ -184,6 +186,21 @@ async def start_producer(
                 await producer.stop()
         raise
     return producer
+
+
+#: A record batch's overhead (header) on top of its records, in bytes (Kafka's v2 format: 61).
+BATCH_OVERHEAD = 64
+#: The producer's batches are at most this big (bigger ones help ``post_many`` little, and these
+#: fit the jobs topic's default ``max.message.bytes``, 1 MiB).
+BATCH_MOST = 512 * 1024
+
+
+def batch_size(record_limit: int) -> int:
+    """The producer's ``max_batch_size`` for topics whose ``max.message.bytes`` is
+    ``record_limit``: a whole batch (records and header) must fit the topic's limit, which
+    bounds a batch, not a record. (aiokafka puts a record bigger than the batch size alone in a
+    batch of its own: the board keeps each record under ``record_limit`` less the overhead.)"""
+    return max(16 * 1024, min(BATCH_MOST, record_limit - BATCH_OVERHEAD))
 
 
 def _refused_idempotence(url: str) -> ErrorTable:
