@@ -151,16 +151,19 @@ class Runner:
         assert isinstance(task, Task)
         self._active.add(index)
         journal = self.journal
-        await journal.start(index)
         storage = self.storage
         kwargs = {param: storage[key] for param, key in node.args}
         if node.scopes:
-            # A retry of an enclosing pattern may stop it (see _retry).
+            # A retry of an enclosing pattern may stop it (see _retry), even while its start is
+            # being saved: it then does not run at all (on a slow store, running it after the
+            # retry had looked for scopes to cancel made the retry wait for it to finish).
             scope = self._scopes[index] = anyio.CancelScope()
             outcome = None
             try:
-                with scope:
-                    outcome = await _execute(task, kwargs)
+                await journal.start(index)
+                if not scope.cancel_called:
+                    with scope:
+                        outcome = await _execute(task, kwargs)
             finally:
                 del self._scopes[index]
             if outcome is None:
@@ -169,6 +172,7 @@ class Runner:
                 return None
             result, published, failure = outcome
         else:
+            await journal.start(index)
             result, published, failure = await _execute(task, kwargs)
         if failure is not None:
             return await self._on_failure(index, failure)
