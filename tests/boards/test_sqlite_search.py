@@ -6,7 +6,6 @@ upgrades in place to 7. The shared semantics are in ``test_conformance.py``."""
 from __future__ import annotations
 
 import contextlib
-import itertools
 import sqlite3
 import time
 from pathlib import Path
@@ -20,10 +19,10 @@ from aioconductor._backends.sqlite.searching import (
     search_count_query,
     search_query,
 )
-from aioconductor.boards import JobBoard, open_board
-from aioconductor.boards._searching import Searching
+from aioconductor.boards import open_board
 from aioconductor.cli import main
 from aioconductor.models import JobFilter, JobState, Outcome
+from tests.boards.search_checks import check_against_the_default, fill
 from tests.boards.test_sqlite import old_file, url
 
 NAMES = [
@@ -41,45 +40,10 @@ TEXTS = ["strasse", "STRAßE", "ß", "école", "ÉCOLE", "k", "\u212a", "%", "_"
 TEXTS += ["FILE", "ﬁ", "1", "zz"]
 
 
-async def _fill(board: JobBoard) -> None:
-    for n, name in enumerate(NAMES * 3):
-        key = f"Kéy-{n}" if n % 2 else None
-        job = await board.post(name, ("a", "b")[n % 2], key=key, delay=3600 if n % 6 == 3 else 0)
-        if n % 3 == 1:
-            claim = await board.claim(job.id, "o")
-            if n % 4 == 1:
-                await board.consume(claim, outcome=(Outcome.SUCCESS, Outcome.FAILURE)[n % 8 == 1])
-        elif n % 5 == 2:
-            await board.trash(job.id, reason="r")
-    await board.post("due", "a", not_before=time.time() - 5)
-
-
-def _filters() -> list[JobFilter]:
-    wheres = [JobFilter(text=text) for text in TEXTS]
-    states: list[JobState | None] = [None, *JobState]
-    for state, outcome, flow in itertools.product(states, [None, *Outcome], [None, "a", "b"]):
-        wheres.append(JobFilter(state=state, outcome=outcome, flow=flow))
-    wheres += [JobFilter(state=state, text="e") for state in JobState]
-    return wheres
-
-
 async def test_the_statements_find_what_the_default_finds(tmp_path: Path) -> None:
     async with open_board(url(tmp_path / "jobs.db")) as board:
-        await _fill(board)
-        for where in _filters():
-            default = await Searching._search(board, where, None, 1000)
-            assert await board._search(where, None, 1000) == default, where
-            assert await board.search_count(where) == len(default), where
-            if len(default) > 2:
-                before = default[1].seq
-                expected = [job.id for job in default if job.seq < before][:2]
-                page = await board.search(where, before=before, limit=2)
-                assert [job.id for job in page.jobs] == expected, where
-        for bucket in (0.001, 1.0, 60.0, 7.5):
-            since = time.time() - 60
-            ours = await board.ended_counts(since, bucket=bucket)
-            default_counts = await Searching._ended_counts(board, since, bucket)
-            assert ours == sorted(default_counts, key=lambda c: (c.start, c.ending))
+        await fill(board, NAMES)
+        await check_against_the_default(board, TEXTS)
 
 
 async def test_text_folds_case_as_casefold_does(tmp_path: Path) -> None:
