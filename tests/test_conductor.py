@@ -31,6 +31,7 @@ from aioconductor.persistence.models import AtomDetail
 
 from . import apps
 from .apps import flows
+from .backends import Space, params
 
 
 @pytest.fixture(autouse=True)
@@ -595,12 +596,23 @@ def test_options_no_claim_could_work_with_are_refused_at_construction(
         Conductor(board=MemoryJobBoard(), flows=flows, **kwargs)
 
 
-async def test_the_longest_name_allowed_claims_jobs() -> None:
-    async with MemoryJobBoard() as board:
+@pytest.mark.parametrize("name", ["x" * 222, "123", "1e5"])
+@pytest.mark.parametrize("space", params(), indirect=True)
+async def test_the_longest_name_allowed_claims_jobs(space: Space, name: str) -> None:
+    """On every board, the longest name allowed, or one that looks like a number, claims jobs
+    and is listed by its heartbeats (#16 item 8: only names no board takes are refused)."""
+    url = space.board_url(f"names_{uuid.uuid4().hex[:8]}")
+    async with open_board(url, poll_interval=0.05) as board:
         job = await board.post("j", "noop", {"key": 1})
-        conductor = Conductor("x" * 222, board, flows=flows)
-        [done] = await run_until_finished([conductor], board, [job.id])
+        conductor = Conductor(name, board, flows=flows)
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                await tg.start(conductor.run)
+                done = await board.wait_for(job.id)
+                listed = [c.name for c in await board.conductors()]
+                conductor.stop()
     assert done.state is JobState.COMPLETE
+    assert listed == [name]
 
 
 async def test_without_a_store_a_finished_job_leaves_no_logbook(tmp_path: Path) -> None:
