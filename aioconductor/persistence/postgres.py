@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Self
 
 from aioconductor._backends.postgres import store_sql as sql
@@ -40,6 +40,7 @@ from aioconductor.errors import LogBookNotFound
 from aioconductor.errors import StoreClosed
 from aioconductor.errors import StoreError
 from aioconductor.errors import VersionConflict
+from aioconductor.models import Job
 from aioconductor.persistence._copy import copy_atom
 from aioconductor.persistence._json import atom_json
 from aioconductor.persistence._json import dumps
@@ -403,6 +404,14 @@ class PostgresStore(Store):
         if status == "atomconflict":
             given = next(atom.version for atom in atoms if atom.name == stale_name)
             check_version(f"atom {stale_name!r}", stale_version, given)
+
+    def fused_ending(self, board: object) -> Callable[..., Awaitable[Job]] | None:
+        """The flow's end saved and the job consumed in one statement (see
+        :mod:`aioconductor._backends.postgres.fused`); None unless ``board`` is a PostgreSQL
+        board with this store's URL (server, database, user, settings; password aside)."""
+        from aioconductor._backends.postgres.fused import fused_ending
+
+        return fused_ending(self, self._link, board)
 
     async def _destroy_logbook(self, book_uuid: str) -> None:
         if "\x00" in book_uuid:

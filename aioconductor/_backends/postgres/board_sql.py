@@ -162,10 +162,10 @@ CLAIM_NEXT = _claim_best("1")
 CLAIM_BATCH = _claim_best("$4")
 
 #: The claim's job is $2, its owner $3 and token $4.
-_CURRENT = "namespace = $1 AND id = $2 AND state = 'CLAIMED' AND owner = $3 AND token = $4"
+CURRENT = "namespace = $1 AND id = $2 AND state = 'CLAIMED' AND owner = $3 AND token = $4"
 
 
-def _freed(channel: str) -> str:
+def freed(channel: str) -> str:
     """A pg_notify on ``channel`` of SLOT_FREED for an updated row ``j`` that held a claim of a
     limit key (other claimers may now take that key's jobs)."""
     notify = _NOTIFY.replace("$2", channel).format(kind=f"'{NotificationKind.SLOT_FREED}'")
@@ -177,8 +177,8 @@ def _ending(sets: str, channel: str) -> str:
     NULL), announcing its freed slot on ``channel`` when the transaction commits."""
     return f"""{_CLOCK},
     j AS (UPDATE {{s}}.jobs SET {sets}, ready_at = NULL, updated_at = c.now FROM c
-        WHERE {_CURRENT} RETURNING {COLUMNS}),
-    n AS ({_freed(channel)})
+        WHERE {CURRENT} RETURNING {COLUMNS}),
+    n AS ({freed(channel)})
     SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
 
 
@@ -191,12 +191,14 @@ RENEW = f"""{_CLOCK},
         WHERE namespace = $1 AND id = $2 AND limit_key IS NOT NULL),
     t AS (UPDATE {{s}}.jobs SET expires_at = c.now + $5::float8, ready_at = c.now + $5::float8,
             updated_at = c.now FROM c
-        WHERE {_CURRENT} AND limit_key IS NULL RETURNING {COLUMNS})
+        WHERE {CURRENT} AND limit_key IS NULL RETURNING {COLUMNS})
     SELECT * FROM t
     UNION ALL
     SELECT {COLUMNS} FROM k, LATERAL {{s}}.renew_limited($1, $2, $3, $4, $5::float8) AS f"""
+#: What a consume sets: $5 outcome, $6 result (shared with the fused ending, ``fused.py``).
+CONSUME_SETS = "state = 'COMPLETE', outcome = $5, result = $6::json"
 # $5 outcome, $6 result, $7 the channel.
-CONSUME = _ending("state = 'COMPLETE', outcome = $5, result = $6::json", "$7")
+CONSUME = _ending(CONSUME_SETS, "$7")
 # $5 reason, $6 the channel.
 TRASH = _ending("state = 'TRASHED', trash_reason = $5", "$6")
 
@@ -207,7 +209,7 @@ def _give_back(sets: str) -> str:
     return f"""{_CLOCK},
     j AS (UPDATE {{s}}.jobs SET {sets}, state = 'UNCLAIMED', owner = NULL, expires_at = NULL,
             ready_at = c.now, updated_at = c.now FROM c
-        WHERE {_CURRENT} RETURNING {COLUMNS}),
+        WHERE {CURRENT} RETURNING {COLUMNS}),
     n AS (SELECT {_NOTIFY.replace("$2", "$5").format(kind="'abandoned'")} FROM j)
     SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
 
@@ -241,10 +243,10 @@ RETRY = f"""{_CLOCK},
                     SELECT a.e, a.n FROM json_array_elements(failures) WITH ORDINALITY AS a(e, n)
                     UNION ALL SELECT $6::json, json_array_length(failures) + 1
                     ORDER BY 2 DESC LIMIT {MAX_KEPT_FAILURES}) AS k) END
-        FROM c WHERE {_CURRENT} RETURNING {COLUMNS}),
+        FROM c WHERE {CURRENT} RETURNING {COLUMNS}),
     n AS (SELECT {_NOTIFY.replace("$2", "$7").format(kind="'due'")} FROM j
             WHERE $5::float8 = 0 AND j.state = 'SCHEDULED'
-        UNION ALL {_freed("$7")})
+        UNION ALL {freed("$7")})
     SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
 # $2 id, $3 reason, $4 the channel: an operator's trash of any job not finished yet. A job not
 # final holds an owner only while CLAIMED (give-backs and retries clear it): its slot is freed.
@@ -253,7 +255,7 @@ TRASH_BY_ID = f"""{_CLOCK},
         SET state = 'TRASHED', trash_reason = $3, ready_at = NULL, updated_at = c.now FROM c
         WHERE namespace = $1 AND id = $2 AND state NOT IN ('COMPLETE', 'TRASHED')
         RETURNING {COLUMNS}),
-    n AS ({_freed("$4")} AND j.owner IS NOT NULL)
+    n AS ({freed("$4")} AND j.owner IS NOT NULL)
     SELECT {COLUMNS}, (SELECT count(*) FROM n) FROM j"""
 
 

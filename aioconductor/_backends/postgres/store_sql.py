@@ -134,18 +134,30 @@ CREATE_BOOK = """WITH b AS (
         RETURNING 1
     )
     SELECT (SELECT seq FROM b), (SELECT count(*) FROM f)"""
+
+
+def _with_atoms(statement: str, first: int) -> str:
+    """``statement`` with the atom CTEs in, their arrays at parameters ``first`` and on."""
+    given = _GIVEN_ATOMS.replace("$NAMES", f"${first}").replace("$VERSIONS", f"${first + 1}")
+    given = given.replace("$DETAILS", f"${first + 2}")
+    return statement.replace("{given}", given).replace("{write}", _WRITE_ATOMS)
+
+
 # A flow's own fields in one statement, when the token and version allow it, then the flow's
 # atoms as arrays. A status other than 'ok', or no row written, sends the caller to the general
 # path, which raises the right error. $3 flow, $4 name, $5 state, $6 version read, $7 token, $8
 # meta; $9-$11 atoms to write in the same statement (empty arrays for none), all checked before
 # anything is written: a stale one is reported as 'atomconflict' with its name and version.
-UPDATE_FLOW_FAST = """WITH book AS (
-        SELECT token FROM {s}.logbooks WHERE namespace = $1 AND uuid = $2 FOR UPDATE
+# Its CTEs (FLOW_END) are shared with the fused ending (``fused.py``), which runs them behind
+# the board's fence: ``{gate}`` is a condition the logbook's lock is taken under, ``{refusal}``
+# a verdict before the store's own (both empty here).
+FLOW_END = """book AS (
+        SELECT token FROM {s}.logbooks WHERE namespace = $1 AND uuid = $2{gate} FOR UPDATE
     ), flow AS (
         SELECT version FROM {s}.flow_details
         WHERE namespace = $1 AND book_uuid = $2 AND uuid = $3
     ), {given}, verdict AS (
-        SELECT CASE
+        SELECT CASE{refusal}
             WHEN NOT EXISTS (SELECT FROM book) THEN 'notfound'
             WHEN $7::bigint < (SELECT token FROM book) THEN 'lost'
             WHEN NOT EXISTS (SELECT FROM flow) THEN 'noflow'
@@ -165,7 +177,9 @@ UPDATE_FLOW_FAST = """WITH book AS (
     ), atoms AS (
         SELECT name, version, detail::text AS detail, seq FROM {s}.atom_details
         WHERE namespace = $1 AND book_uuid = $2 AND flow_uuid = $3
-    )
+    )"""
+FLOW_END = _with_atoms(FLOW_END, 9)
+UPDATE_FLOW_FAST = f"""WITH {FLOW_END.replace("{gate}", "").replace("{refusal}", "")}
     SELECT EXISTS (SELECT FROM written),
         (SELECT array_agg(name ORDER BY seq) FROM atoms),
         (SELECT array_agg(version ORDER BY seq) FROM atoms),
@@ -173,16 +187,6 @@ UPDATE_FLOW_FAST = """WITH book AS (
         (SELECT status FROM verdict), (SELECT token FROM book), (SELECT version FROM flow),
         (SELECT name FROM stale), (SELECT stored FROM stale),
         (SELECT count(*) FROM atoms_written)"""
-
-
-def _with_atoms(statement: str, first: int) -> str:
-    """``statement`` with the atom CTEs in, their arrays at parameters ``first`` and on."""
-    given = _GIVEN_ATOMS.replace("$NAMES", f"${first}").replace("$VERSIONS", f"${first + 1}")
-    given = given.replace("$DETAILS", f"${first + 2}")
-    return statement.replace("{given}", given).replace("{write}", _WRITE_ATOMS)
-
-
-UPDATE_FLOW_FAST = _with_atoms(UPDATE_FLOW_FAST, 9)
 # Several atoms of one flow in one statement, every one checked before any is written. $3 flow,
 # $4 token, $5-$7 the atoms.
 UPDATE_ATOMS = """WITH book AS (
