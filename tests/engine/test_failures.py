@@ -12,8 +12,11 @@ from aioconductor.errors import TaskTimeout
 from aioconductor.events import Event, Notifier
 from aioconductor.persistence.memory import MemoryStore
 from aioconductor.persistence.models import AtomState, FlowState
+from tests.persistence.conftest import StoreBackend, store_backend
 
 from .conftest import Log, Step
+
+__all__ = ["store_backend"]  # the fixture: every store backend in turn
 
 
 async def test_failure_in_a_linear_flow_reverts_earlier_tasks_newest_first(log: Log) -> None:
@@ -169,16 +172,19 @@ async def test_events_report_every_phase_and_state_change(log: Log) -> None:
     assert flows == [("PENDING", "RUNNING"), ("RUNNING", "SUCCESS")]
 
 
-async def test_a_reverted_flow_reports_no_value_of_a_reverted_task(log: Log) -> None:
+async def test_a_reverted_flow_reports_no_value_of_a_reverted_task(
+    log: Log, store_backend: StoreBackend
+) -> None:
     # What a reverted task provided is undone with it: neither the run's result nor a later
-    # read of the ended flow reports it; inputs stay.
+    # read of the ended flow (by a store opened afresh) reports it; inputs stay. Every store.
     flow = linear("f", Step("a", log), Step("b", log), Step("c", log, fail=True))
-    async with MemoryStore() as store:
-        result = await Engine(flow, store=store, book_id="job", inputs={"x": 1}).run()
-        assert result.state is FlowState.REVERTED
-        assert result.provided == {}
-        assert result.results == {"x": 1}
-        again = await Engine(flow, store=store, book_id="job", inputs={"x": 1}).run()
+    store = await store_backend.open()
+    result = await Engine(flow, store=store, book_id="job", inputs={"x": 1}).run()
+    assert result.state is FlowState.REVERTED
+    assert result.provided == {}
+    assert result.results == {"x": 1}
+    reopened = await store_backend.open()
+    again = await Engine(flow, store=reopened, book_id="job", inputs={"x": 1}).run()
     assert (again.state, again.provided, again.results) == (FlowState.REVERTED, {}, {"x": 1})
 
 
