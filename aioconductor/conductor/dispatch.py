@@ -12,6 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from dataclasses import KW_ONLY
+from dataclasses import InitVar
+from dataclasses import dataclass
+from dataclasses import field
 
 import anyio
 import anyio.abc
@@ -34,6 +38,7 @@ CLAIM_TIMEOUT = 60.0
 _FIRST_BACKOFF = 0.05
 
 
+@dataclass(eq=False)
 class Dispatcher:
     """Claims jobs for one run of a conductor and starts a task for each.
 
@@ -46,30 +51,25 @@ class Dispatcher:
         stop_requested: set when the conductor is asked to stop: claiming ends.
     """
 
-    def __init__(
-        self,
-        context: RunContext,
-        *,
-        owner: str,
-        max_concurrency: int,
-        claim_batch_size: int,
-        sweep_interval: float,
-        stop_requested: anyio.Event,
-    ) -> None:
-        self._context = context
-        self._owner = owner
-        self._claim_batch_size = claim_batch_size
-        self._sweep_interval = sweep_interval
-        self._stop_requested = stop_requested
+    context: RunContext
+    _: KW_ONLY
+    owner: str
+    max_concurrency: InitVar[int]
+    claim_batch_size: int
+    sweep_interval: float
+    stop_requested: anyio.Event
+    _slots: anyio.Semaphore = field(init=False)
+    _wakeup: anyio.Event = field(init=False, default_factory=anyio.Event)
+    #: Whether the last wait for work ended with a notification (not the sweep interval).
+    _announced: bool = field(init=False, default=False)
+    _backoff: float = field(init=False, default=_FIRST_BACKOFF)
+    _wait_scope: anyio.CancelScope | None = field(init=False, default=None)
+    #: Job tasks alive (claimed and not yet finished).
+    active: int = field(init=False, default=0)
+    _none_active: anyio.Event = field(init=False, default_factory=anyio.Event)
+
+    def __post_init__(self, max_concurrency: int) -> None:
         self._slots = anyio.Semaphore(max_concurrency)
-        self._wakeup = anyio.Event()
-        #: Whether the last wait for work ended with a notification (not the sweep interval).
-        self._announced = False
-        self._backoff = _FIRST_BACKOFF
-        self._wait_scope: anyio.CancelScope | None = None
-        #: Job tasks alive (claimed and not yet finished).
-        self.active = 0
-        self._none_active = anyio.Event()
 
     def interrupt(self) -> None:
         """Cut short the wait under way, if any (for a slot, for work, after a failure), so
@@ -85,7 +85,7 @@ class Dispatcher:
     async def listen(self) -> None:
         """Turn the board's notifications into wake-ups of the dispatcher, and its cancels
         into cancels of the runs they name, until cancelled."""
-        board, running = self._context.board, self._context.running
+        board, running = self.context.board, self.context.running
         while True:
             try:
                 async with contextlib.aclosing(board.stream()) as notes:
@@ -99,16 +99,16 @@ class Dispatcher:
                 return
             except AioconductorError as exc:
                 logger.warning(
-                    "conductor %s: notifications failed (%r)", self._context.conductor, exc
+                    "conductor %s: notifications failed (%r)", self.context.conductor, exc
                 )
-                await anyio.sleep(self._sweep_interval)
+                await anyio.sleep(self.sweep_interval)
 
     async def run(self, jobs: anyio.abc.TaskGroup, max_dispatches: int | None) -> None:
         """Claim jobs and start each in ``jobs`` until a stop is requested, or
         ``max_dispatches`` jobs were claimed."""
         dispatched = 0
-        while not self._stop_requested.is_set():
-            wanted = self._claim_batch_size
+        while not self.stop_requested.is_set():
+            wanted = self.claim_batch_size
             if max_dispatches is not None:
                 if dispatched >= max_dispatches:
                     return
@@ -134,7 +134,7 @@ class Dispatcher:
         # Capacity before claim: a claimed job never waits for a slot.
         with self._stoppable() as wait:
             await self._slots.acquire()
-        if wait.cancelled_caught or self._stop_requested.is_set():
+        if wait.cancelled_caught or self.stop_requested.is_set():
             if not wait.cancelled_caught:
                 self._slots.release()
             return None
@@ -147,14 +147,14 @@ class Dispatcher:
     async def _claim(self, held: int) -> list[tuple[Job, Claim]] | None:
         """Claim up to ``held`` jobs in one call, and give back the slots left unused; None
         if the call failed (after a pause that grows while failures go on)."""
-        context = self._context
+        context = self.context
         self._wakeup = anyio.Event()
         try:
             # Shielded (and bounded): jobs claimed must reach a task, which abandons them if
             # the conductor is being cancelled, rather than sit claimed until their lease
             # runs out with an attempt spent.
             with anyio.CancelScope(shield=True), anyio.fail_after(CLAIM_TIMEOUT):
-                claimed = await context.board.claim_batch(self._owner, held, lease=context.lease)
+                claimed = await context.board.claim_batch(self.owner, held, lease=context.lease)
         except TimeoutError as exc:
             self._give_back(held)
             logger.warning("conductor %s: claim timed out (%r); retrying", context.conductor, exc)
@@ -164,7 +164,7 @@ class Dispatcher:
             logger.warning("conductor %s: claim failed (%r); retrying", context.conductor, exc)
             with self._stoppable():
                 await anyio.sleep(self._backoff)
-            self._backoff = min(self._backoff * 2, self._sweep_interval)
+            self._backoff = min(self._backoff * 2, self.sweep_interval)
             return None
         except BaseException:
             self._give_back(held)
@@ -176,8 +176,8 @@ class Dispatcher:
     async def _wait_for_work(self) -> None:
         """After a claim that came back empty: wait for a notification, or for the sweep."""
         if self._announced:
-            self._context.stats.claim_conflicts += 1
-        with self._stoppable(), anyio.move_on_after(self._sweep_interval):
+            self.context.stats.claim_conflicts += 1
+        with self._stoppable(), anyio.move_on_after(self.sweep_interval):
             await self._wakeup.wait()
         self._announced = self._wakeup.is_set()
 
@@ -190,7 +190,7 @@ class Dispatcher:
         """A scope for the dispatcher's waits, which :meth:`interrupt` cancels."""
         with anyio.CancelScope() as scope:
             self._wait_scope = scope
-            if self._stop_requested.is_set():
+            if self.stop_requested.is_set():
                 scope.cancel()
             try:
                 yield scope
@@ -201,7 +201,7 @@ class Dispatcher:
 
     def _start(self, jobs: anyio.abc.TaskGroup, claimed: list[tuple[Job, Claim]]) -> None:
         """Start a task in ``jobs`` for each claimed job (each holds one slot already)."""
-        stats = self._context.stats
+        stats = self.context.stats
         stats.claimed += len(claimed)
         # Counted here, not in the task: a job must be waited for from the moment it is
         # claimed, even if its task has not started yet.
@@ -214,7 +214,7 @@ class Dispatcher:
 
     async def _run_job(self, job: Job, claim: Claim) -> None:
         try:
-            await JobRun(self._context, job, claim, stopping=self._stop_requested).run()
+            await JobRun(self.context, job, claim, stopping=self.stop_requested).run()
         finally:
             self._slots.release()
             self.active -= 1

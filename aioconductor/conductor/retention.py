@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import KW_ONLY
 from dataclasses import dataclass
 
 import anyio
@@ -91,6 +92,7 @@ def _seconds(value: object, *, allow_zero: bool) -> bool:
     return math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
 
 
+@dataclass(eq=False)
 class Purger:
     """A conductor's purge service: every :attr:`Retention.every` seconds, if this conductor
     is the one that purges, delete what ``retention`` no longer keeps.
@@ -100,24 +102,14 @@ class Purger:
         store: where the purged jobs' logbooks are deleted.
     """
 
-    def __init__(
-        self,
-        retention: Retention,
-        *,
-        board: JobBoard,
-        store: LogBookDeleter | None,
-        owner: str,
-        conductor: str,
-        notifier: Notifier,
-        stats: ConductorStats,
-    ) -> None:
-        self.retention = retention
-        self._board = board
-        self._store = store
-        self._owner = owner
-        self._conductor = conductor
-        self._notifier = notifier
-        self._stats = stats
+    retention: Retention
+    _: KW_ONLY
+    board: JobBoard
+    store: LogBookDeleter | None
+    owner: str
+    conductor: str
+    notifier: Notifier
+    stats: ConductorStats
 
     async def run(self) -> None:
         """Purge round after round, until cancelled; a failed round is logged and retried
@@ -138,35 +130,33 @@ class Purger:
                 if leads:
                     await self.purge_once()
             except AioconductorError as exc:
-                logger.warning("conductor %s: purge failed (%r)", self._conductor, exc)
+                logger.warning("conductor %s: purge failed (%r)", self.conductor, exc)
             except Exception:
-                logger.exception("conductor %s: purge failed", self._conductor)
+                logger.exception("conductor %s: purge failed", self.conductor)
 
     async def leads(self) -> bool:
         """Whether this conductor is the one that purges now: the smallest owner id among
         the live conductors (itself included, registered or not yet)."""
-        owners = {info.owner for info in await self._board.conductors()}
-        owners.add(self._owner)
-        return min(owners) == self._owner
+        owners = {info.owner for info in await self.board.conductors()}
+        owners.add(self.owner)
+        return min(owners) == self.owner
 
     async def purge_once(self) -> dict[JobState, int]:
         """One round: purge each final state past its age; how many jobs of each went."""
         purged: dict[JobState, int] = {}
         for state, age in self.retention.ages.items():
-            purged[state] = await self._board.purge(
-                older_than=age, states=(state,), store=self._store, batch=self.retention.batch
+            purged[state] = await self.board.purge(
+                older_than=age, states=(state,), store=self.store, batch=self.retention.batch
             )
-            self._stats.purged += purged[state]
+            self.stats.purged += purged[state]
         total = sum(purged.values())
         if total:
             logger.info(
                 "conductor %s: purged %d finished jobs (%s)",
-                self._conductor,
+                self.conductor,
                 total,
                 ", ".join(f"{count} {state}" for state, count in purged.items()),
             )
             details = {state.value.lower(): count for state, count in purged.items()}
-            await self._notifier.notify(
-                Event.JOBS_PURGED, {"conductor": self._conductor, **details}
-            )
+            await self.notifier.notify(Event.JOBS_PURGED, {"conductor": self.conductor, **details})
         return purged

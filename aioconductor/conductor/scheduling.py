@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import KW_ONLY
+from dataclasses import dataclass
+from dataclasses import field
 
 from aioconductor.boards.base import JobBoard
 from aioconductor.conductor.stats import ConductorStats
@@ -27,6 +30,7 @@ logger = logging.getLogger("aioconductor.conductor")
 RETRY_AFTER = 1.0
 
 
+@dataclass(eq=False)
 class Scheduler:
     """Posts the due ticks of ``schedules`` until cancelled.
 
@@ -36,28 +40,22 @@ class Scheduler:
     ``catch_up``).
     """
 
-    def __init__(
-        self,
-        schedules: Sequence[Schedule],
-        *,
-        board: JobBoard,
-        clock: Clock,
-        conductor: str,
-        owner: str,
-        notifier: Notifier,
-        stats: ConductorStats,
-    ) -> None:
-        self.schedules = list(schedules)
-        self._board = board
-        self._clock = clock
-        self._conductor = conductor
-        self._owner = owner
-        self._notifier = notifier
-        self._stats = stats
-        #: schedule name -> the last tick this scheduler knows was posted.
-        self.done: dict[str, float] = {}
-        #: When the scheduler was made: a schedule new to the board starts after this.
-        self.started = clock.time()
+    schedules: Sequence[Schedule]
+    _: KW_ONLY
+    board: JobBoard
+    clock: Clock
+    conductor: str
+    owner: str
+    notifier: Notifier
+    stats: ConductorStats
+    #: schedule name -> the last tick this scheduler knows was posted.
+    done: dict[str, float] = field(init=False, default_factory=dict)
+    #: When the scheduler was made: a schedule new to the board starts after this.
+    started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.schedules = list(self.schedules)
+        self.started = self.clock.time()
 
     async def run(self) -> None:
         """Post due ticks, then sleep until the next one, until cancelled."""
@@ -66,23 +64,23 @@ class Scheduler:
         while True:
             try:
                 if not self.done:
-                    last = await self._board.schedule_ticks()
+                    last = await self.board.schedule_ticks()
                     self.done = {s.name: last.get(s.name, self.started) for s in self.schedules}
                 await self.post_due()
             except AioconductorError as exc:
-                logger.warning("conductor %s: schedules: %r", self._conductor, exc)
-                await self._clock.sleep_until(self._clock.time() + RETRY_AFTER)
+                logger.warning("conductor %s: schedules: %r", self.conductor, exc)
+                await self.clock.sleep_until(self.clock.time() + RETRY_AFTER)
                 continue
             # An absolute deadline: a clock that moved since it was read cannot make this
             # sleep past the tick.
-            await self._clock.sleep_until(self.next_tick())
+            await self.clock.sleep_until(self.next_tick())
 
     async def post_due(self) -> None:
         """Post every schedule's due ticks (each tick once across the fleet)."""
-        now = self._clock.time()
+        now = self.clock.time()
         for schedule in self.schedules:
             for tick in schedule.due(self.done[schedule.name], now):
-                job = await self._board.post_tick(
+                job = await self.board.post_tick(
                     schedule.name,
                     tick,
                     schedule.name,
@@ -90,31 +88,31 @@ class Scheduler:
                     schedule.job_args,
                     priority=schedule.priority,
                     max_attempts=schedule.max_attempts,
-                    poster=self._owner,
+                    poster=self.owner,
                 )
                 self.done[schedule.name] = tick
                 if job is None:
                     continue  # another conductor posted it
-                self._stats.scheduled += 1
+                self.stats.scheduled += 1
                 logger.info(
                     "conductor %s: schedule %s posted job %s for %s",
-                    self._conductor,
+                    self.conductor,
                     schedule.name,
                     job.id,
                     job.key,
                 )
                 details = {"schedule": schedule.name, "tick": tick, "job_id": job.id}
-                await self._notifier.notify(Event.SCHEDULE_TICKED, details)
+                await self.notifier.notify(Event.SCHEDULE_TICKED, details)
 
     def next_tick(self) -> float:
         """When the earliest tick after the last one posted falls (epoch seconds): a tick
         that came due since the clock was read is then in the past, and is posted at once."""
-        now = self._clock.time()
+        now = self.clock.time()
         return min(s.next_after(self.done.get(s.name, now)) for s in self.schedules)
 
     def published(self) -> list[dict[str, object]]:
         """The schedules as a conductor publishes them with its heartbeat (with next ticks)."""
-        now = self._clock.time()
+        now = self.clock.time()
         return [
             {**schedule.describe(), "next_tick": schedule.next_after(now)}
             for schedule in self.schedules

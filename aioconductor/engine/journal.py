@@ -23,6 +23,9 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import KW_ONLY
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 from aioconductor._payload import non_str_key
@@ -51,6 +54,7 @@ _SUCCESS = AtomState.SUCCESS
 _RUNNING = AtomState.RUNNING
 
 
+@dataclass(eq=False)
 class Journal:
     """What is saved of one flow run; open one with :meth:`open`.
 
@@ -63,37 +67,31 @@ class Journal:
         flow_name: the flow's name, as events give it.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        flow: FlowDetail,
-        *,
-        book_id: str,
-        token: int | None,
-        notifier: Notifier,
-        flow_name: str,
-    ) -> None:
-        self.store = store
-        #: The flow's detail as last saved or read (its atoms as of then).
-        self.flow = flow
-        self.book_id = book_id
-        self.token = token
-        self.notifier = notifier
-        self.flow_name = flow_name
-        self._flow_uuid = flow.uuid
-        #: One atom detail per node of the flow, as the store last gave it (see :meth:`load`).
-        self.details: list[AtomDetail] = []
-        #: The highest ``meta["seq"]`` given so far.
-        self.seq = 0
-        #: How many atoms are in ``SUCCESS``: the runner's end check costs O(1) per task.
-        self.succeeded = 0
-        #: Whether the flow was created RUNNING, and which atom with it.
-        self._created_running = False
-        self._created_atom: int | None = None
-        #: The atom saved RUNNING ahead of its start, and its state before.
-        self._ahead: tuple[int, AtomState] | None = None
-        #: The atom whose SUCCESS is to be saved with the flow's end.
-        self._final: int | None = None
+    store: Store
+    #: The flow's detail as last saved or read (its atoms as of then).
+    flow: FlowDetail
+    _: KW_ONLY
+    book_id: str
+    token: int | None
+    notifier: Notifier
+    flow_name: str
+    _flow_uuid: str = field(init=False)
+    #: One atom detail per node of the flow, as the store last gave it (see :meth:`load`).
+    details: list[AtomDetail] = field(init=False, default_factory=list)
+    #: The highest ``meta["seq"]`` given so far.
+    seq: int = field(init=False, default=0)
+    #: How many atoms are in ``SUCCESS``: the runner's end check costs O(1) per task.
+    succeeded: int = field(init=False, default=0)
+    #: Whether the flow was created RUNNING, and which atom with it.
+    _created_running: bool = field(init=False, default=False)
+    _created_atom: int | None = field(init=False, default=None)
+    #: The atom saved RUNNING ahead of its start, and its state before.
+    _ahead: tuple[int, AtomState] | None = field(init=False, default=None)
+    #: The atom whose SUCCESS is to be saved with the flow's end.
+    _final: int | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._flow_uuid = self.flow.uuid
 
     @classmethod
     async def open(
