@@ -359,6 +359,45 @@ def test_a_query_password_stays_out_of_refusals(opener: Any, url: str) -> None:
         assert "hunter2" not in text
 
 
+#: Where each backend's URL can fail once opened: nothing listens on port 1.
+UNREACHABLE_URLS = [
+    "redis://127.0.0.1:1/0",
+    "rediss://127.0.0.1:1/0",
+    "postgresql://postgres@127.0.0.1:1/test",
+]
+
+
+@pytest.mark.parametrize("name", SECRET_OPTIONS)
+async def test_no_credential_option_shows_in_refusals_or_failed_connects(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every credential option, not only ``password``: a URL refused when opened, or opened and
+    failing to connect, shows none of their values in its errors (and their causes), its repr
+    or the logs."""
+    caplog.set_level(logging.DEBUG)
+    seen: list[str] = []
+    for opener in (open_board, open_store):
+        for url in REFUSED_URLS:
+            if opener is open_store and url.startswith("kafka"):
+                continue  # no such store
+            with pytest.raises(ConfigurationError) as refused:
+                opener(url.replace("password=", f"{name}="))
+            seen += _chain(refused.value)
+        for url in UNREACHABLE_URLS:
+            try:  # an option the driver does not take is refused here; one it takes, later
+                resource = opener(f"{url}?{name}=hunter2")
+            except ConfigurationError as refused_early:
+                seen += _chain(refused_early)
+                continue
+            seen.append(repr(resource))
+            with pytest.raises((BackendUnavailable, ConfigurationError)) as failed:
+                await resource.connect()
+            seen += _chain(failed.value)
+    assert len(seen) > 20
+    assert not [text for text in seen if "hunter2" in text]
+    assert "hunter2" not in caplog.text
+
+
 def _query_credentials(backend: str, user: str) -> dict[str, str]:
     """``user`` and SECRET as the query options of ``backend``'s driver: Redis's ``?username=``
     and ``?password=``; PostgreSQL's ``?password=`` and ``?sslpassword=`` (trust authentication
