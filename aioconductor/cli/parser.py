@@ -170,20 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         "at this level and above, on stderr with each job's context (one line per finished "
         "job at INFO)",
     )
-    run.add_argument(
-        "--keep-complete",
-        type=retention_age,
-        default=7 * 86_400.0,
-        metavar="AGE",
-        help="purge COMPLETE jobs this long after they ended (7d, 12h, 'forever'; default 7d)",
-    )
-    run.add_argument(
-        "--keep-trashed",
-        type=retention_age,
-        default=30 * 86_400.0,
-        metavar="AGE",
-        help="purge TRASHED jobs this long after they were trashed (default 30d)",
-    )
+    _add_keep(run, "COMPLETE", 7, "ended (7d, 12h, 'forever'; default 7d)")
+    _add_keep(run, "TRASHED", 30, "were trashed (default 30d)")
     run.add_argument(
         "--loop",
         choices=["asyncio", "uvloop"],
@@ -318,6 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--concurrency", type=int, default=32)
     demo.add_argument("--folder", type=Path, default=None, help="keep the SQLite file here")
     return parser
+
+
+def _add_keep(run: argparse.ArgumentParser, state: str, days: int, after: str) -> None:
+    """``--keep-<state> AGE``: how long ``state`` jobs are kept (``days`` by default)."""
+    run.add_argument(
+        f"--keep-{state.lower()}",
+        type=retention_age,
+        default=days * 86_400.0,
+        metavar="AGE",
+        help=f"purge {state} jobs this long after they {after}",
+    )
 
 
 def _add_limits(sub: Any, with_board: Callable[[argparse.ArgumentParser], Any]) -> None:
