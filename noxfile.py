@@ -1,4 +1,4 @@
-"""Nox sessions: tests, lint, types, bench, chaos, docs."""
+"""Nox sessions: tests, lint, types, bench, chaos, retention, cancel, pages, docs."""
 
 from __future__ import annotations
 
@@ -85,6 +85,16 @@ def cancel(session: nox.Session) -> None:
     job consumed CANCELLED (p50/p99), 50 jobs each (``-- --jobs N`` to change)."""
     session.install("-e", ".[dev]")
     session.run("python", "-m", "benchmarks.cancel", *session.posargs)
+
+
+@nox.session
+def pages(session: nox.Session) -> None:
+    """The dashboard's pages over 100,000 jobs on SQLite and PostgreSQL: each page a user opens
+    (lists, filters, a deep page, a job, the API the pages poll) fetched over HTTP from the
+    served dashboard, p50/p99 per page, a p99 of 200 ms or more flagged (``-- --profile`` also
+    times each index page's board calls; ``-- --jobs N`` for a smaller board)."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "benchmarks.dashboard_pages", "--jobs", "100000", *session.posargs)
 
 
 #: mkdocs-material prints a banner about its successor on every build; the build is what counts.

@@ -101,6 +101,16 @@ async def fill(board: JobBoard, jobs: int) -> None:
         await _gather(calls)
 
 
+async def analyze(board: JobBoard) -> None:
+    """ANALYZE a PostgreSQL board's jobs table: what autovacuum does soon after such a fill (the
+    test server runs without it); without statistics the planner takes a text filter's scan for
+    a sort."""
+    await board._link.read(  # type: ignore[attr-defined]
+        "analyze",
+        lambda conn: conn.execute(f"ANALYZE {board._link.q}.jobs"),  # type: ignore[attr-defined]
+    )
+
+
 def _ms(values: list[float]) -> dict[str, float]:
     ms = sorted(v * 1000 for v in values)
     q = statistics.quantiles(ms, n=100, method="inclusive")
@@ -154,12 +164,7 @@ async def run_one(backend: str, url: str, jobs: int, runs: int) -> dict[str, Any
         await fill(board, jobs)
         filled = time.perf_counter() - started
         if backend == "postgres":
-            # What autovacuum does soon after such a fill (the test server runs without it):
-            # without statistics the planner takes a text filter's scan for a sort.
-            await board._link.read(  # type: ignore[attr-defined]
-                "analyze",
-                lambda conn: conn.execute(f"ANALYZE {board._link.q}.jobs"),  # type: ignore[attr-defined]
-            )
+            await analyze(board)
         total = await board.search_count()
         newest = (await board.search(limit=1)).jobs[0].seq
         figures: dict[str, Any] = {}
