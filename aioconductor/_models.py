@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-__all__ = ["build", "copy_json", "evolve"]
+__all__ = ["build", "build_from", "copy_json", "evolve"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -42,6 +42,12 @@ def build(cls: type[M], /, **values: Any) -> M:
     ``values`` must name every field of ``cls``: there is no default filling, so a field
     added to a model later is an error here, not a silent gap.
     """
+    return _build(cls, values)
+
+
+def build_from(cls: type[M], values: dict[str, Any], /) -> M:
+    """:func:`build` from a dict of ``values``, which the instance takes over (not copied: the
+    caller must not change it afterwards)."""
     return _build(cls, values)
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import operator
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
 from aioconductor._models import build
+from aioconductor._models import build_from
 from aioconductor._models import evolve
 from aioconductor.boards._support import Subscription
 from aioconductor.models import Claim
@@ -27,6 +29,10 @@ from aioconductor.models import RetryPolicy
 from aioconductor.models import claimable
 
 __all__ = ["Record", "Space"]
+
+#: A ``Job`` holds its record's fields of the same names (every field but the record's own).
+_JOB_FIELDS = tuple(Job.model_fields)
+_job_values = operator.attrgetter(*_JOB_FIELDS)
 
 
 @dataclass(slots=True)
@@ -64,34 +70,11 @@ class Record:
 
     def to_job(self) -> Job:
         """The job as it is now, a frozen copy."""
-        return build(
-            Job,
-            id=self.id,
-            name=self.name,
-            flow=self.flow,
-            args=self.args,
-            priority=self.priority,
-            seq=self.seq,
-            created_at=self.created_at,
-            updated_at=self.updated_at,
-            not_before=self.not_before,
-            attempts=self.attempts,
-            max_attempts=self.max_attempts,
-            state=self.state,
-            claim=self.claim,
-            outcome=self.outcome,
-            result=self.result,
-            trash_reason=self.trash_reason,
-            headers=dict(self.headers),
-            releases=self.releases,
-            abandons=self.abandons,
-            retries=self.retries,
-            retry=self.retry,
-            failures=list(self.failures),
-            key=self.key,
-            cancel_reason=self.cancel_reason,
-            limit_key=self.limit_key,
-        )
+        values = dict(zip(_JOB_FIELDS, _job_values(self), strict=True))
+        # The record's own containers change later: the job gets copies.
+        values["headers"] = dict(self.headers)
+        values["failures"] = list(self.failures)
+        return build_from(Job, values)
 
     def new_claim(self, owner: str, token: int, expires_at: float) -> Claim:
         """A claim of this job (flagged if the job was cancelled)."""
