@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 import anyio
@@ -22,6 +22,8 @@ __all__ = [
     "StoreOpener",
     "collect",
     "snapshot",
+    "subscribed",
+    "two_boards",
 ]
 
 #: A lease the suites wait out.
@@ -117,3 +119,28 @@ async def collect(board: JobBoard, count: int, within: float = 5.0) -> list[JobN
                 if len(notes) == count:
                     break
     return notes
+
+
+@contextlib.asynccontextmanager
+async def subscribed(
+    board: JobBoard, marker: Job, within: float = 5.0
+) -> AsyncIterator[AsyncIterator[JobNotification]]:
+    """``board``'s notification stream, once it is subscribed: it has announced ``marker``, a
+    claimable job posted before the stream was opened (a stream announces those at its start).
+    What came before the marker is skipped."""
+    async with contextlib.aclosing(board.stream()) as stream:
+        iterator = aiter(stream)
+        with anyio.fail_after(within):
+            while (await anext(iterator)).job_id != marker.id:
+                pass
+        yield iterator
+
+
+@contextlib.asynccontextmanager
+async def two_boards(
+    backend: BoardOpener, **kwargs: Any
+) -> AsyncIterator[tuple[JobBoard, JobBoard]]:
+    """Two board objects on one backend instance and namespace (as two processes would have),
+    connected, each opened with ``kwargs``."""
+    async with backend.open(**kwargs) as first, backend.open(**kwargs) as second:
+        yield first, second

@@ -5,7 +5,6 @@ is."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import anyio
@@ -21,6 +20,8 @@ from aioconductor.models import NotificationKind
 from aioconductor.models import Outcome
 from aioconductor.testing.conformance._common import SHORT_LEASE
 from aioconductor.testing.conformance._common import BoardOpener
+from aioconductor.testing.conformance._common import subscribed
+from aioconductor.testing.conformance._common import two_boards
 
 
 def _ended_cancelled(job: Job, reason: str) -> None:
@@ -144,17 +145,11 @@ async def test_a_flagged_job_past_its_lease_goes_to_a_new_owner_flagged(board: J
 
 
 async def test_the_owner_is_told_by_a_cancel_notification(backend: BoardOpener) -> None:
-    async with (
-        backend.open(poll_interval=0.05) as owner_board,
-        backend.open(poll_interval=0.05) as operator,
-    ):
+    async with two_boards(backend, poll_interval=0.05) as (owner_board, operator):
         job = await owner_board.post("j", "f")
         await owner_board.claim(job.id, "owner-1")
         marker = await owner_board.post("marker", "f")
-        async with contextlib.aclosing(owner_board.stream()) as stream:
-            iterator = aiter(stream)
-            with anyio.fail_after(5):  # the stream is subscribed once it announced this
-                assert (await anext(iterator)).job_id == marker.id
+        async with subscribed(owner_board, marker) as iterator:
             await operator.cancel(job.id, reason="by the operator")
             with anyio.fail_after(5):
                 while (note := await anext(iterator)).kind is not NotificationKind.CANCEL:

@@ -4,7 +4,6 @@ claimable job; every end of a claim frees its slot."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import anyio
@@ -20,6 +19,8 @@ from aioconductor.models import NotificationKind
 from aioconductor.models import Outcome
 from aioconductor.testing.conformance._common import SHORT_LEASE
 from aioconductor.testing.conformance._common import BoardOpener
+from aioconductor.testing.conformance._common import subscribed
+from aioconductor.testing.conformance._common import two_boards
 
 
 async def _ids(board: JobBoard, owner: str, count: int) -> list[str]:
@@ -191,20 +192,13 @@ async def test_limits_are_isolated_per_namespace(backend: BoardOpener) -> None:
 
 
 async def test_a_freed_slot_is_announced(backend: BoardOpener) -> None:
-    async with (
-        backend.open(poll_interval=0.05) as worker,
-        backend.open(poll_interval=0.05) as other,
-    ):
+    async with two_boards(backend, poll_interval=0.05) as (worker, other):
         await worker.set_limit("payments", 1)
         first = await worker.post("p1", "f", limit_key="payments")
         waiting = await worker.post("p2", "f", limit_key="payments")
         claim = await worker.claim(first.id, "owner-1")
         marker = await worker.post("marker", "f", priority=-1)
-        async with contextlib.aclosing(other.stream()) as stream:
-            iterator = aiter(stream)
-            with anyio.fail_after(5):  # what the stream announces at its start
-                while (await anext(iterator)).job_id != marker.id:
-                    pass
+        async with subscribed(other, marker) as iterator:
             await worker.consume(claim)
             with anyio.fail_after(5):
                 note = await anext(iterator)

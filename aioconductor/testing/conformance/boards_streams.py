@@ -24,6 +24,8 @@ from aioconductor.testing.conformance._common import SHORT_LEASE
 from aioconductor.testing.conformance._common import BoardOpener
 from aioconductor.testing.conformance._common import collect
 from aioconductor.testing.conformance._common import snapshot
+from aioconductor.testing.conformance._common import subscribed
+from aioconductor.testing.conformance._common import two_boards
 
 # -- delays -------------------------------------------------------------------------------------
 
@@ -96,10 +98,7 @@ async def test_each_stream_is_an_independent_subscription(board: JobBoard) -> No
 
 
 async def test_stream_from_another_board_object_sees_posts(backend: BoardOpener) -> None:
-    async with (
-        backend.open(poll_interval=0.05) as producer,
-        backend.open(poll_interval=0.05) as consumer,
-    ):
+    async with two_boards(backend, poll_interval=0.05) as (producer, consumer):
         async with contextlib.aclosing(consumer.stream()) as stream:
             iterator = aiter(stream)
             job = await producer.post("j", "f")
@@ -109,18 +108,11 @@ async def test_stream_from_another_board_object_sees_posts(backend: BoardOpener)
 
 
 async def test_pushes_do_not_hold_off_the_sweep(backend: BoardOpener) -> None:
-    async with (
-        backend.open(poll_interval=0.2) as busy,
-        backend.open(poll_interval=0.2) as operator,
-    ):
+    async with two_boards(backend, poll_interval=0.2) as (busy, operator):
         held = await busy.post("held", "f")
         await busy.claim(held.id, "owner-1")
         marker = await busy.post("marker", "f")
-        async with contextlib.aclosing(busy.stream()) as stream, anyio.create_task_group() as tg:
-            iterator = aiter(stream)
-            with anyio.fail_after(5):
-                while (await anext(iterator)).job_id != marker.id:
-                    pass
+        async with subscribed(busy, marker) as iterator, anyio.create_task_group() as tg:
 
             async def keep_posting() -> None:
                 while True:  # a push every 50 ms: more often than poll_interval
