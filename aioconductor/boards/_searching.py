@@ -1,5 +1,6 @@
 """Finding jobs for people, written once for every board: ``search`` (filters, newest first,
-keyset paging), ``search_count`` and ``ended_counts`` (jobs ended per time bucket, by ending).
+keyset paging), ``search_count``, ``ended_counts`` (jobs ended per time bucket, by ending) and
+``held_claims`` (live claims per owner).
 
 The defaults here read every job through ``_iterjobs``: right on every backend, and what the
 memory, Redis and Kafka boards use (their docs say what it costs). The SQL boards override the
@@ -13,7 +14,9 @@ skip a job while others are posted, whatever the filter.
 from __future__ import annotations
 
 import abc
+import collections
 import math
+import time
 from collections.abc import AsyncIterator
 
 from aioconductor.boards._part import BoardPart
@@ -93,6 +96,13 @@ class Searching(BoardPart):
         found = await self._ended_counts(float(since), float(bucket))
         return sorted(found, key=lambda c: (c.start, c.ending))
 
+    async def held_claims(self) -> dict[str, int]:
+        """How many live claims each owner holds: its ``CLAIMED`` jobs whose lease has not run
+        out, by owner (an owner holding none is absent). What the dashboard shows as each
+        conductor's running jobs, from the board rather than from its last heartbeat."""
+        self._check_open()
+        return await self._held_claims()
+
     # -- what the board gives ------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -123,3 +133,13 @@ class Searching(BoardPart):
                     start = math.floor(job.updated_at / bucket) * bucket
                     counts[start, ending] = counts.get((start, ending), 0) + 1
         return [EndedCount(start=s, ending=e, count=n) for (s, e), n in counts.items()]
+
+    async def _held_claims(self) -> dict[str, int]:
+        """Live claims by owner. The default reads every claimed job, the lease judged by this
+        process's clock."""
+        now = time.time()
+        held: collections.Counter[str] = collections.Counter()
+        async for job in self._iterjobs(JobState.CLAIMED):
+            if job.claim is not None and job.claim.expires_at > now:
+                held[job.claim.owner] += 1
+        return dict(held)

@@ -368,6 +368,15 @@ class KafkaJobBoard(OverLink[KafkaLink], JobBoard):
             return len(self._view.jobs)
         return len(records.in_claim_order(self._view.jobs.values(), state, clock()))
 
+    async def _held_claims(self) -> dict[str, int]:
+        await self._state.sync()
+        now = clock()
+        held: dict[str, int] = {}
+        for data in self._view.jobs.values():
+            if data["state"] == "CLAIMED" and data["expires_at"] > now:
+                held[data["owner"]] = held.get(data["owner"], 0) + 1
+        return held
+
     # -- retention -----------------------------------------------------------------------------
 
     async def _purgeable(

@@ -22,6 +22,7 @@ from aioconductor._backends.base import sweep_delay
 from aioconductor._backends.memory.backend import InMemory
 from aioconductor._backends.memory.backend import open_backend
 from aioconductor._backends.memory.jobs import Record
+from aioconductor._backends.memory.searching import MemorySearching
 from aioconductor._models import build
 from aioconductor._models import evolve
 from aioconductor.boards.base import EncodedObject
@@ -36,9 +37,7 @@ from aioconductor.errors import UnclaimableJob
 from aioconductor.models import MAX_KEPT_FAILURES
 from aioconductor.models import Claim
 from aioconductor.models import ConductorInfo
-from aioconductor.models import EndedCount
 from aioconductor.models import Job
-from aioconductor.models import JobFilter
 from aioconductor.models import JobNotification
 from aioconductor.models import JobState
 from aioconductor.models import LimitInfo
@@ -49,7 +48,7 @@ from aioconductor.models import claimable
 __all__ = ["MemoryJobBoard"]
 
 
-class MemoryJobBoard(InMemory, JobBoard):
+class MemoryJobBoard(InMemory, MemorySearching, JobBoard):
     """A job board in this process's memory: no I/O, no durability, the reference semantics.
 
     Args:
@@ -351,19 +350,6 @@ class MemoryJobBoard(InMemory, JobBoard):
                 space.delete(record)
                 deleted += 1
         return deleted
-
-    async def _search(self, where: JobFilter, before: int | None, limit: int) -> list[Job]:
-        await checkpoint()
-        found = self._space.newest(where, before, limit, self._clock())
-        return [self._visible_job(record) for record in found]
-
-    async def _search_count(self, where: JobFilter) -> int:
-        await checkpoint()
-        return self._space.count(where, self._clock())
-
-    async def _ended_counts(self, since: float, bucket: float) -> list[EndedCount]:
-        await checkpoint()
-        return self._space.ended_counts(since, bucket)
 
     def _select(self, state: JobState | None) -> list[Record]:
         now = self._clock()

@@ -214,6 +214,15 @@ class Space:
                 counts[start, ending] = counts.get((start, ending), 0) + 1
         return [EndedCount(start=s, ending=e, count=n) for (s, e), n in counts.items()]
 
+    def held_claims(self, now: float) -> dict[str, int]:
+        """Live claims (``CLAIMED``, lease not run out at ``now``) by owner."""
+        held: dict[str, int] = {}
+        for record in self.jobs.values():
+            claim = record.claim
+            if record.state is JobState.CLAIMED and claim is not None and claim.expires_at > now:
+                held[claim.owner] = held.get(claim.owner, 0) + 1
+        return held
+
     def count(self, where: JobFilter, now: float) -> int:
         """How many records match ``where`` at ``now``."""
         return sum(1 for record in self.jobs.values() if record.matches(where, now))

@@ -17,6 +17,7 @@ from aioconductor._backends.postgres.listen import ListenSubscription
 from aioconductor._backends.postgres.listen import swept
 from aioconductor._backends.postgres.schema import refuse_nul
 from aioconductor._backends.postgres.searching import ENDED_COUNTS
+from aioconductor._backends.postgres.searching import HELD_CLAIMS
 from aioconductor._backends.postgres.searching import matches_nothing
 from aioconductor._backends.postgres.searching import search_count_query
 from aioconductor._backends.postgres.searching import search_query
@@ -171,6 +172,10 @@ class PostgresBoardBase(JobBoard):
         statement = ENDED_COUNTS.replace("{s}", self._link.q)
         rows = await self._read("ended_counts", statement, since, bucket)
         return [EndedCount(start=int(k) * bucket, ending=e, count=n) for k, e, n in rows]
+
+    async def _held_claims(self) -> dict[str, int]:
+        statement = HELD_CLAIMS.replace("{s}", self._link.q)
+        return {owner: n for owner, n in await self._read("held_claims", statement)}
 
     # -- notifications -------------------------------------------------------------------------
 

@@ -34,7 +34,11 @@ from aioconductor.boards._support import JOB_COLUMNS
 from aioconductor.models import JobFilter
 from aioconductor.models import JobState
 
-__all__ = ["ENDED_COUNTS", "matches_nothing", "search_count_query", "search_query"]
+__all__ = ["ENDED_COUNTS", "HELD_CLAIMS", "matches_nothing", "search_count_query", "search_query"]
+
+#: Live claims by owner at the server's clock, through ``jobs_state_seq``: CLAIMED rows only.
+HELD_CLAIMS = f"""SELECT owner, count(*)::int FROM {{s}}.jobs
+    WHERE namespace = $1 AND state = 'CLAIMED' AND expires_at > {NOW} GROUP BY owner"""
 
 #: Above every ``seq``: ``before`` when none is given.
 TOP = 2**63 - 1

@@ -153,6 +153,11 @@ def ended_counts_query(since: float, bucket: float, namespace: str) -> tuple[str
     return ENDED_COUNTS, {"ns": namespace, "since": since, "bucket": bucket}
 
 
+#: Live claims by owner, through ``jobs_state`` (namespace, state): the CLAIMED rows only.
+HELD_CLAIMS = """SELECT owner, count(*) FROM jobs
+    WHERE namespace = :ns AND state = 'CLAIMED' AND expires_at > :now GROUP BY owner"""
+
+
 class SqliteSearching:
     """The search primitives of :class:`~aioconductor.boards.sqlite.SqliteJobBoard` (a base
     class of it, ahead of ``JobBoard``, whose defaults read every job)."""
@@ -188,3 +193,11 @@ class SqliteSearching:
 
         rows = await self._link.read("ended_counts", ended_counts)
         return [EndedCount(start=k * bucket, ending=e, count=n) for k, e, n in rows]
+
+    async def _held_claims(self) -> dict[str, int]:
+        params = {"ns": self.namespace, "now": time.time()}
+
+        def held_claims(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(HELD_CLAIMS, params).fetchall()
+
+        return {owner: n for owner, n in await self._link.read("held_claims", held_claims)}

@@ -1,12 +1,13 @@
 """The board conformance suite: search. Filters by state, outcome, flow and a piece of the name
 or key, combined; pages newest first by ``seq`` that neither repeat nor skip a job; counts; and
-the jobs ended per time bucket."""
+the jobs ended per time bucket; live claims by owner."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import anyio
 import pytest
 
 from aioconductor.boards import JobBoard
@@ -16,6 +17,7 @@ from aioconductor.models import Job
 from aioconductor.models import JobFilter
 from aioconductor.models import JobState
 from aioconductor.models import Outcome
+from aioconductor.testing.conformance._common import SHORT_LEASE
 from aioconductor.testing.conformance._common import BoardOpener
 
 
@@ -153,3 +155,24 @@ async def test_search_is_isolated_per_namespace(backend: BoardOpener) -> None:
         await b.post("same name", "f")
         assert await _ids(a, JobFilter(text="same")) == [mine.id]
         assert await a.search_count() == 1
+
+
+async def test_held_claims_count_live_claims_by_owner(board: JobBoard) -> None:
+    assert await board.held_claims() == {}
+    await _fill(board)  # owner-1: one live claim ("running"), two ended
+    others = [await board.post(f"x{n}", "f") for n in range(4)]
+    await board.claim(others[0].id, "owner-2")
+    await board.claim(others[1].id, "owner-2")
+    await board.claim(others[2].id, "owner-3", lease=SHORT_LEASE)
+    released = await board.claim(others[3].id, "owner-4")
+    await board.release(released)
+    assert await board.held_claims() == {"owner-1": 1, "owner-2": 2, "owner-3": 1}
+    await anyio.sleep(SHORT_LEASE + 0.2)
+    assert await board.held_claims() == {"owner-1": 1, "owner-2": 2}
+
+
+async def test_held_claims_are_isolated_per_namespace(backend: BoardOpener) -> None:
+    async with backend.open("held_a") as a, backend.open("held_b") as b:
+        await a.claim((await a.post("j", "f")).id, "owner")
+        assert await b.held_claims() == {}
+        assert await a.held_claims() == {"owner": 1}
