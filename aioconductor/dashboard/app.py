@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import time
@@ -46,12 +45,11 @@ from aioconductor.dashboard._bulk import bulk
 from aioconductor.dashboard._bulk import repost
 from aioconductor.dashboard._hosts import AllowedHosts
 from aioconductor.dashboard._hosts import HostGuard
-from aioconductor.dashboard._views import CHART_BUCKET
+from aioconductor.dashboard._throughput import ThroughputCounts
 from aioconductor.dashboard._views import ENDINGS
 from aioconductor.dashboard._views import PAGE_SIZE
 from aioconductor.dashboard._views import ListQuery
 from aioconductor.dashboard._views import atom_rows
-from aioconductor.dashboard._views import chart_since
 from aioconductor.dashboard._views import conductor_row
 from aioconductor.dashboard._views import depth_chart
 from aioconductor.dashboard._views import job_row
@@ -83,6 +81,7 @@ class _Dashboard:
         self.allow_actions = allow_actions
         self._opened: list[JobBoard | Store] = []
         self._lock = anyio.Lock()
+        self._throughput = ThroughputCounts()
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             # Job names, args, results and tracebacks are untrusted: escape all of it.
@@ -114,17 +113,16 @@ class _Dashboard:
         board = self.board
         counts = {s.value: await board.job_count(state=s) for s in JobState}
         now = time.time()
-        holding: collections.Counter[str] = collections.Counter()
-        async with contextlib.aclosing(board.iterjobs(state=JobState.CLAIMED)) as claimed:
-            async for job in claimed:
-                if job.claim is not None and job.claim.expires_at > now:
-                    holding[job.claim.owner] += 1
-        conductors = [
-            conductor_row(info, now, holding[info.owner]) for info in await board.conductors()
-        ]
+        infos = await board.conductors()
+        holding = await board.held_claims() if infos else {}
+        conductors = [conductor_row(info, now, holding.get(info.owner, 0)) for info in infos]
         where = query.where
         page = await board.search(where, before=query.before, limit=PAGE_SIZE)
-        ended = await board.ended_counts(chart_since(now), bucket=CHART_BUCKET)
+        if query.before is None and page.next_before is None:
+            matching = len(page.jobs)  # the whole match is on the first page
+        else:
+            matching = await board.search_count(where)
+        ended = await self._throughput.counts(board, now)
         return {
             "counts": counts,
             "total": sum(counts.values()),
@@ -132,7 +130,7 @@ class _Dashboard:
             "schedules": [schedule_row(status) for status in await schedule_status(board)],
             "limits": [limit_row(info) for info in await board.limits()],
             "jobs": [job_row(job) for job in page.jobs],
-            "matching": await board.search_count(where),
+            "matching": matching,
             "state": None if query.state is None else query.state.value,
             "filter": query.filters(),
             "before": query.before,

@@ -619,7 +619,7 @@ async def test_pages_go_older_and_back_newer_without_a_repeat_or_a_skip(
 async def test_the_list_reads_pages_not_the_whole_board(
     board_and_store: tuple[JobBoard, Store], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``iterjobs`` only for the claimed jobs (the conductors' load); the list is a search page."""
+    """No job is read one by one: the list is a search page, the conductors' load a count."""
     board, _ = board_and_store
     await board.post_many("noop", [{"key": n} for n in range(60)])
     read: list[JobState | None] = []
@@ -630,10 +630,35 @@ async def test_the_list_reads_pages_not_the_whole_board(
         return real(state=state)
 
     monkeypatch.setattr(board, "iterjobs", iterjobs)
+    await board.register_conductor("conductor-1", "c1", ttl=60)
+    await board.claim_next("conductor-1")
     async with client(create_app(board)) as http:
-        assert len((await http.get("/api/summary")).json()["jobs"]) == 50
+        summary = (await http.get("/api/summary")).json()
+        assert len(summary["jobs"]) == 50 and summary["matching"] == 60
+        assert [c["running"] for c in summary["conductors"]] == [1]
         assert (await http.get("/?text=noop")).status_code == 200
-    assert read and set(read) == {JobState.CLAIMED}
+    assert read == []
+
+
+async def test_a_filter_that_fits_one_page_is_counted_from_the_page(
+    board_and_store: tuple[JobBoard, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    board, _ = board_and_store
+    await board.post_many("noop", [{"key": n} for n in range(60)], name="common")
+    await board.post("rare-1", "noop", {"key": 0})
+    counted: list[Any] = []
+    real = board.search_count
+
+    async def search_count(where: Any = None) -> int:
+        counted.append(where)
+        return await real(where)
+
+    monkeypatch.setattr(board, "search_count", search_count)
+    async with client(create_app(board)) as http:
+        assert (await http.get("/api/summary?text=rare")).json()["matching"] == 1
+        assert counted == []
+        assert (await http.get("/api/summary?text=common")).json()["matching"] == 60
+        assert len(counted) == 1
 
 
 async def test_the_charts_count_endings_per_minute_and_jobs_per_state(
