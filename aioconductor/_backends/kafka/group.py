@@ -22,6 +22,8 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import anyio
@@ -60,6 +62,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped bas
             self._member.forget(tp.partition)
 
 
+@dataclass(eq=False)
 class GroupMember:
     """This board instance's member of the jobs topic's consumer group.
 
@@ -71,45 +74,39 @@ class GroupMember:
         sync: brings the view up to every state record acknowledged before it was called.
     """
 
-    def __init__(
-        self,
-        view: JobView,
-        topic: str,
-        url: str,
-        consumer_config: dict[str, Any],
-        sync: Callable[[], Awaitable[None]],
-    ) -> None:
-        self._view = view
-        self._sync = sync
-        self._topic = topic
-        self._url = url
-        self._config = consumer_config
-        self._consumer: AIOKafkaConsumer | None = None
-        #: partition -> (offset, job id, seq) of jobs records read and not yet committed past.
-        self._in_flight: dict[int, collections.deque[tuple[int, str, int | None]]] = {}
-        #: partition -> the offset after the last record read.
-        self._read_to: dict[int, int] = {}
-        #: partition -> the offset last committed by this member.
-        self._committed: dict[int, int] = {}
-        self._commit_at = 0.0
-        self._lock = anyio.Lock()
-        self._gaps: dict[tuple[int, int], int] = {}
-        self._stopped = False
+    view: JobView
+    topic: str
+    url: str
+    consumer_config: dict[str, Any]
+    sync: Callable[[], Awaitable[None]]
+    _consumer: AIOKafkaConsumer | None = field(init=False, default=None)
+    #: partition -> (offset, job id, seq) of jobs records read and not yet committed past.
+    _in_flight: dict[int, collections.deque[tuple[int, str, int | None]]] = field(
+        init=False, default_factory=dict
+    )
+    #: partition -> the offset after the last record read.
+    _read_to: dict[int, int] = field(init=False, default_factory=dict)
+    #: partition -> the offset last committed by this member.
+    _committed: dict[int, int] = field(init=False, default_factory=dict)
+    _commit_at: float = field(init=False, default=0.0)
+    _lock: anyio.Lock = field(init=False, default_factory=anyio.Lock)
+    _gaps: dict[tuple[int, int], int] = field(init=False, default_factory=dict)
+    _stopped: bool = field(init=False, default=False)
 
     async def start(self) -> None:
         """Join the group; the assignment arrives later, in the background (a join takes
         seconds: Tansu waits half the session timeout for more members)."""
-        consumer = AIOKafkaConsumer(**self._config)
+        consumer = AIOKafkaConsumer(**self.consumer_config)
         try:
             # Started before it subscribes, so start() does not wait for the first assignment.
             await consumer.start()
-            consumer.subscribe([self._topic], listener=_Listener(self))
+            consumer.subscribe([self.topic], listener=_Listener(self))
         except BaseException as exc:
             # Shielded and bounded: a failed or cancelled join must still close its connections.
             with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
                 await consumer.stop()
             if isinstance(exc, KafkaError):
-                logger.warning("Kafka at %s: joining the group failed: %r", self._url, exc)
+                logger.warning("Kafka at %s: joining the group failed: %r", self.url, exc)
                 return
             raise
         if self._stopped:
@@ -157,7 +154,7 @@ class GroupMember:
         except ConsumerStoppedError:
             return
         except KafkaError as exc:
-            logger.warning("Kafka at %s: reading the jobs topic failed: %r", self._url, exc)
+            logger.warning("Kafka at %s: reading the jobs topic failed: %r", self.url, exc)
             return
         for tp, records in batch.items():
             queue = self._in_flight.setdefault(tp.partition, collections.deque())
@@ -190,7 +187,7 @@ class GroupMember:
         for partition, queue in self._in_flight.items():
             while queue:
                 read_at, job_id, seq = queue[0]
-                finished = self._view.finished(job_id, seq)
+                finished = self.view.finished(job_id, seq)
                 if finished is None:
                     finished = read_at < synced.get(partition, 0)
                 if not finished:
@@ -212,12 +209,12 @@ class GroupMember:
             # Drop the finished jobs first: a job the view cannot judge may sit behind them.
             offsets = self._committable({})
             heads = [q[0] for q in self._in_flight.values() if q]
-            if any(self._view.finished(job_id, seq) is None for _, job_id, seq in heads):
+            if any(self.view.finished(job_id, seq) is None for _, job_id, seq in heads):
                 # A job the view does not know, from a jobs record without its seq: purged, or
                 # not folded yet. A sync started after the record was read settles it.
                 read = dict(self._read_to)
                 with anyio.move_on_after(_SYNC_TIMEOUT), contextlib.suppress(Exception):
-                    await self._sync()
+                    await self.sync()
                     offsets = self._committable(read)
             held = self.assigned()
             offsets = {p: o for p, o in offsets.items() if p in held}
@@ -226,13 +223,13 @@ class GroupMember:
             try:
                 await consumer.commit(
                     {
-                        TopicPartition(self._topic, p): OffsetAndMetadata(o, "")
+                        TopicPartition(self.topic, p): OffsetAndMetadata(o, "")
                         for p, o in offsets.items()
                     }
                 )
             except KafkaError as exc:
                 # A rebalance in progress: the next member commits from the view just the same.
-                logger.info("Kafka at %s: offset commit skipped: %r", self._url, exc)
+                logger.info("Kafka at %s: offset commit skipped: %r", self.url, exc)
                 return
             self._committed.update(offsets)
 

@@ -145,7 +145,7 @@ class KafkaLink:
                 self.settings.fetch_wait_ms,
                 self.settings.record_limit,
             )
-            self._log = StateLog(self.view, self.state_topic, self.url, self.producer, reader)
+            self._log = StateLog(self.producer, reader)
             await self._log.start()
             # Replay the state topic up to now before the first verb.
             await self._log.sync()

@@ -24,6 +24,8 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import anyio
@@ -68,31 +70,34 @@ class _Ticket:
         self.done = anyio.Event()
 
 
+@dataclass(eq=False)
 class StateLog:
     """The producer, the state-topic reader and the view of one board instance.
 
     Args:
-        view: the fold the records go into.
-        topic: the state topic (one partition).
-        url: the broker URL for messages.
         producer: a started producer (shared with the board's other topics).
-        reader: the state topic's reader (started by :meth:`start`).
+        reader: the state topic's reader (started by :meth:`start`); the log writes to its
+            topic and folds into its view.
     """
 
-    def __init__(
-        self,
-        view: JobView,
-        topic: str,
-        url: str,
-        producer: AIOKafkaProducer,
-        reader: StateReader,
-    ) -> None:
-        self.view = view
-        self.topic = topic
-        self.url = url
-        self._producer = producer
-        self.reader = reader
-        self._next_sync: _Ticket | None = None
+    producer: AIOKafkaProducer
+    reader: StateReader
+    _next_sync: _Ticket | None = field(init=False, default=None)
+
+    @property
+    def view(self) -> JobView:
+        """The fold the records go into (the reader's)."""
+        return self.reader.view
+
+    @property
+    def topic(self) -> str:
+        """The state topic (one partition)."""
+        return self.reader.topic
+
+    @property
+    def url(self) -> str:
+        """The broker URL for messages."""
+        return self.reader.url
 
     async def start(self) -> None:
         """Start the reader at the beginning of the state topic (the view is rebuilt)."""
@@ -151,7 +156,7 @@ class StateLog:
         """Produce ``writes`` to the state topic; their offsets, once all are acknowledged."""
         with map_exceptions(errors(self.url, "writing to the state topic")):
             futures = [
-                await self._producer.send(
+                await self.producer.send(
                     self.topic,
                     value=None if w.value is None else encode(w.value),
                     key=w.key.encode("utf-8"),

@@ -28,6 +28,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import anyio
@@ -71,6 +73,7 @@ _SHORT_PULL = 0.005
 Fetched = tuple[int, bytes | None, bytes | None, int]
 
 
+@dataclass(eq=False)
 class StateReader:
     """The state topic's reader and fold of one board instance.
 
@@ -83,42 +86,36 @@ class StateReader:
         max_bytes: the most a fetch brings (at least the largest record).
     """
 
-    def __init__(
-        self,
-        view: JobView,
-        topic: str,
-        url: str,
-        consumer_config: dict[str, Any],
-        fetch_wait_ms: int,
-        max_bytes: int,
-    ) -> None:
-        self.view = view
-        self.topic = topic
-        self.url = url
-        self._consumer_config = consumer_config
-        self._fetch_wait_ms = fetch_wait_ms
-        self._max_bytes = max_bytes
-        self._consumer: AIOKafkaConsumer | None = None
-        self._tp = TopicPartition(topic, 0)
-        self._lock = anyio.Lock()
-        #: Set (and replaced) when the view moves on or the fold fails.
-        self._changed = anyio.Event()
-        self._failed: BoardError | None = None
-        self._polling = False
-        #: The catch-up lane's broker wait (ms), answers with records since it last changed,
-        #: and the time (monotonic) before which it does not fetch (after an empty answer).
-        self._wait_ms = SHORT_WAIT_MS
-        self._good = 0
-        self._not_before = 0.0
-        #: The log's first offset (records below it are gone for good).
-        self._start = 0
-        #: expected offset -> when (monotonic) a fetch first skipped past it (see ``_gap``).
-        self._gap_since: dict[int, float] = {}
-        self.closed = False
+    view: JobView
+    topic: str
+    url: str
+    consumer_config: dict[str, Any]
+    fetch_wait_ms: int
+    max_bytes: int
+    _consumer: AIOKafkaConsumer | None = field(init=False, default=None)
+    _tp: TopicPartition = field(init=False)
+    _lock: anyio.Lock = field(init=False, default_factory=anyio.Lock)
+    #: Set (and replaced) when the view moves on or the fold fails.
+    _changed: anyio.Event = field(init=False, default_factory=anyio.Event)
+    _failed: BoardError | None = field(init=False, default=None)
+    _polling: bool = field(init=False, default=False)
+    #: The catch-up lane's broker wait (ms), answers with records since it last changed,
+    #: and the time (monotonic) before which it does not fetch (after an empty answer).
+    _wait_ms: int = field(init=False, default=SHORT_WAIT_MS)
+    _good: int = field(init=False, default=0)
+    _not_before: float = field(init=False, default=0.0)
+    #: The log's first offset (records below it are gone for good).
+    _start: int = field(init=False, default=0)
+    #: expected offset -> when (monotonic) a fetch first skipped past it (see ``_gap``).
+    _gap_since: dict[int, float] = field(init=False, default_factory=dict)
+    closed: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self._tp = TopicPartition(self.topic, 0)
 
     async def start(self) -> None:
         """Connect (the view is rebuilt from the start of the topic)."""
-        consumer = AIOKafkaConsumer(**self._consumer_config)
+        consumer = AIOKafkaConsumer(**self.consumer_config)
         with map_exceptions(errors(self.url, "starting the state reader")):
             await consumer.start()
         try:
@@ -213,7 +210,7 @@ class StateReader:
             return self.view.next_offset > before
         self._polling = True
         try:
-            records = await self._fetch(min(self._fetch_wait_ms, int(wait * 1000)), poll=True)
+            records = await self._fetch(min(self.fetch_wait_ms, int(wait * 1000)), poll=True)
         finally:
             self._polling = False
         async with self._lock:
@@ -266,8 +263,8 @@ class StateReader:
             node = client.cluster.leader_for_partition(self._tp)
             if node is None or node == -1:
                 raise kafka_errors.LeaderNotAvailableError(self.topic)
-        partition = (0, offset, self._max_bytes)
-        request = FetchRequest(wait_ms, 1, self._max_bytes, 0, [(self.topic, [partition])])
+        partition = (0, offset, self.max_bytes)
+        request = FetchRequest(wait_ms, 1, self.max_bytes, 0, [(self.topic, [partition])])
         group = ConnectionGroup.COORDINATION if poll else ConnectionGroup.DEFAULT
         response = await client.send(node, request, group=group)
         found: list[Fetched] = []
