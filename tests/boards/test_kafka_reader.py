@@ -180,7 +180,10 @@ async def test_an_error_of_the_long_poll_does_not_fail_the_catch_ups() -> None:
     assert reader.view.next_offset == 3 and len(failed) == 1
 
 
-async def test_an_error_of_a_catch_up_does_not_fail_the_stream_waiting_for_news() -> None:
+async def test_an_error_of_a_catch_up_does_not_fail_the_stream_waiting_for_news(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reader_module, "CATCH_UP_TIMEOUT", 0.5)
     reader = _reader(fetch_wait_ms=100)
     state = {"end": 0}
 
@@ -199,9 +202,93 @@ async def test_an_error_of_a_catch_up_does_not_fail_the_stream_waiting_for_news(
         tg.start_soon(poll)
         await anyio.sleep(0.01)
         state["end"] = 2  # news, while the poll is in flight
-        with pytest.raises(BackendUnavailable, match="catch-up fetch failed"):
+        with pytest.raises(BackendUnavailable, match="did not deliver offset 5") as raised:
             await reader.catch_up(5)
+    assert "catch-up fetch failed" in str(raised.value.__cause__)
     assert moved == [True] and reader.view.next_offset == 2
+
+
+async def test_a_failed_fetch_does_not_fail_an_acknowledged_write() -> None:
+    """The record a catch-up waits for is acknowledged (its write landed): a fetch that fails
+    (a connection reset) is tried again, not reported as the write's failure."""
+    reader = _reader()
+    failures = {"left": 3}
+
+    def answer(offset: int, wait_ms: int) -> list[int]:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise BackendUnavailable("Kafka at kafka://x: connection reset")
+        return list(range(offset, 3))
+
+    script = Script(reader, answer)
+    with anyio.fail_after(2):
+        await reader.catch_up(2)
+    assert len(script.fetches) == 4 and reader.view.next_offset == 3
+
+
+async def test_idle_sweeps_do_not_back_the_catch_ups_off() -> None:
+    """A sweep (``pull(0)``) that finds nothing new is an idle log, not a broker answering
+    empty for an acknowledged offset: the next catch-up still fetches at once, briefly."""
+    reader = _reader()
+    state = {"end": 3}
+    script = Script(reader, lambda o, w: list(range(o, state["end"])))
+    await reader.catch_up(2)
+    for _ in range(8):
+        assert await reader.pull(0) is False
+    state["end"] = 4
+    with anyio.fail_after(0.05):
+        await reader.catch_up(3)
+    assert script.fetches[-1] == (3, SHORT_WAIT_MS)
+
+
+async def test_the_long_poll_does_not_spin_on_a_gap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker that answers at once with records past a gap the fold waits out: each poll
+    sits out its wait instead of asking again at once."""
+    monkeypatch.setattr(reader_module, "GAP_BUDGET", 5.0)
+    reader = _reader(fetch_wait_ms=100)
+    fetches: list[int] = []
+
+    async def fetch(wait_ms: int, *, poll: bool = False) -> list[Fetched]:
+        fetches.append(reader.view.next_offset)
+        await anyio.lowlevel.checkpoint()
+        return [_sync(o) for o in range(reader.view.next_offset, 5) if o != 2]
+
+    monkeypatch.setattr(reader, "_fetch", fetch)
+    with anyio.move_on_after(0.5):
+        while True:  # as a stream's subscription polls
+            await reader.pull(0.25)
+    assert reader.view.next_offset == 2 and 3 <= len(fetches) <= 8
+
+
+async def test_a_log_that_lost_what_the_view_read_fails_the_reader() -> None:
+    """A fetch answered "out of range" above the log's start: the topic ends below what the
+    view folded (recreated, truncated). Every waiter gets a BoardError, not a hot loop."""
+    reader = _reader()
+    reader.view.next_offset = 7
+
+    class Cluster:
+        def leader_for_partition(self, tp: Any) -> int:
+            return 0
+
+    class Client:
+        cluster = Cluster()
+
+        async def send(self, node: int, request: Any, group: Any = None) -> Any:
+            response = type("Response", (), {})()
+            response.topics = [("t", [(0, 1, 3, b"")])]  # 1: OFFSET_OUT_OF_RANGE, end 3
+            return response
+
+    class Consumer:
+        _client = Client()
+
+        async def beginning_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+            return {tp: 0 for tp in partitions}
+
+    reader._consumer = Consumer()
+    with pytest.raises(BoardError, match="ends below offset 7"):
+        await reader.pull(0)
+    with pytest.raises(BoardError, match="no longer trusted"):
+        await reader.catch_up(9)
 
 
 async def test_a_failed_fold_wakes_every_waiter_with_an_error(
@@ -246,6 +333,8 @@ async def test_a_failed_fold_wakes_every_waiter_with_an_error(
     assert reader.view.next_offset == 2  # 0 and 1 were folded, nothing after the failure
     with pytest.raises(BoardError, match="no longer trusted"):
         await reader.catch_up(0 + 3)
+    with pytest.raises(BoardError, match="no longer trusted"):
+        await reader.catch_up(1)  # folded before the failure: the error all the same
 
 
 def test_producer_batches_fit_the_state_topics_max_message_bytes() -> None:

@@ -18,8 +18,13 @@ whoever holds the lock.
   it), and folds its answer under the lock; records the view got meanwhile are skipped.
 
 An error of one lane's fetch is raised to its caller only: the other lane's waiters go on. A
-failure of the fold itself (a bug: the view is no longer trusted) is kept, and every waiter,
-present and future, is woken with it (``BoardError``).
+catch-up does not give up on a failed fetch (a connection reset, a leader moving): its record is
+acknowledged, so the write it serves has landed and must not be reported failed while the
+broker can still deliver it; it fetches again (after a pause that grows from
+:data:`RETRY_PAUSE`, cut short by any fold) until ``CATCH_UP_TIMEOUT``. A failure of the fold
+itself (a bug: the view is no longer trusted), or a log that no longer holds what the view
+folded (the topic recreated), is kept, and every waiter, present and future, is woken with it
+(``BoardError``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from dataclasses import field
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
@@ -66,6 +71,9 @@ COMPACTION_LAG_MS = 3_600_000
 GAP_AGE_MS = COMPACTION_LAG_MS // 2
 #: How long (s) the reader fetches a gap among recent records again before it goes on.
 GAP_BUDGET = 10.0
+#: The first and longest pause (s) of a catch-up after a failed fetch.
+RETRY_PAUSE = 0.05
+LONGEST_RETRY_PAUSE = 1.0
 #: A pull this short (s) or shorter is a catch-up fetch, not a long poll.
 _SHORT_PULL = 0.005
 
@@ -143,12 +151,16 @@ class StateReader:
         """Return once the view has applied the record at ``offset`` (an acknowledged one).
 
         Raises:
-            BackendUnavailable: a fetch failed, or the view did not get there within
-                ``CATCH_UP_TIMEOUT``.
+            BackendUnavailable: the view did not get there within ``CATCH_UP_TIMEOUT`` (the last
+                failed fetch, if any, as its cause).
             BoardError: the fold failed.
+            BoardClosed: the reader is closed.
         """
+        self._check()
         if self.view.next_offset > offset:
             return
+        failed: BackendUnavailable | None = None
+        retry_pause = RETRY_PAUSE
         with anyio.move_on_after(CATCH_UP_TIMEOUT):
             while True:
                 self._check()
@@ -161,11 +173,19 @@ class StateReader:
                     with anyio.move_on_after(pause):
                         await changed.wait()
                     continue
-                await self._short(offset)
+                try:
+                    await self._short(offset)
+                except BackendUnavailable as exc:
+                    if failed is None:
+                        logger.info("%s; fetching again", exc)
+                    failed = exc
+                    with anyio.move_on_after(retry_pause):
+                        await changed.wait()
+                    retry_pause = min(LONGEST_RETRY_PAUSE, retry_pause * 2)
         raise BackendUnavailable(
             f"Kafka at {self.url}: the state topic did not deliver offset {offset} within "
             f"{CATCH_UP_TIMEOUT:.0f} s"
-        )
+        ) from failed
 
     async def _short(self, until: int | None) -> bool:
         """One catch-up fetch, folded; whether the view moved on."""
@@ -180,6 +200,10 @@ class StateReader:
             records = await self._fetch(wait)
             self._check()
             moved = self._fold(records)
+            if until is None:
+                # A sweep finding nothing new is the normal answer of an idle log, not a
+                # broker that answers empty for an acknowledged offset: no backoff.
+                return moved
             if moved:
                 self._good += 1
                 if self._good >= _DECAY_AFTER:
@@ -209,13 +233,25 @@ class StateReader:
             self._check()
             return self.view.next_offset > before
         self._polling = True
+        wait_ms = min(self.fetch_wait_ms, int(wait * 1000))
+        started = time.monotonic()
         try:
-            records = await self._fetch(min(self.fetch_wait_ms, int(wait * 1000)), poll=True)
+            records = await self._fetch(wait_ms, poll=True)
         finally:
             self._polling = False
         async with self._lock:
             self._check()
-            return self._fold(records)
+            changed = self._changed
+            if self._fold(records):
+                return True
+        # An answer that came early and moved nothing (a gap the fold waits out): sit out the
+        # rest of the wait, woken by any fold, so the caller's next poll is no hot loop.
+        rest = wait_ms / 1000 - (time.monotonic() - started)
+        if rest > 0:
+            with anyio.move_on_after(rest):
+                await changed.wait()
+            self._check()
+        return self.view.next_offset > before
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
@@ -274,6 +310,9 @@ class StateReader:
                 if error is kafka_errors.OffsetOutOfRangeError:
                     # Below the log's start: the records there are gone (deleted, not lost).
                     starts = await consumer.beginning_offsets([self._tp])
+                    if offset >= starts[self._tp]:
+                        # Above the log's end: the log lost what the view folded.
+                        self._fail(f"it ends below offset {offset}, which this view has read")
                     self._start = max(self._start, starts[self._tp])
                     continue
                 if error is not kafka_errors.NoError:
@@ -299,18 +338,22 @@ class StateReader:
             try:
                 view.apply(offset, key, value, ts_ms)
             except Exception as exc:
-                self._failed = BoardError(
-                    f"Kafka at {self.url}: folding offset {offset} of {self.topic} failed "
-                    f"({exc!r}); this board instance's view is no longer trusted: reopen it"
-                )
-                logger.error("%s", self._failed)
-                self._wake()
-                raise self._failed from exc
+                self._fail(f"folding offset {offset} failed ({exc!r})", exc)
         moved = view.next_offset > before
         if moved:
             self._not_before = 0.0
             self._wake()
         return moved
+
+    def _fail(self, why: str, cause: BaseException | None = None) -> NoReturn:
+        """Stop trusting the view: every waiter, present and future, gets the error."""
+        self._failed = BoardError(
+            f"Kafka at {self.url}: reading {self.topic}: {why}; this board instance's view is "
+            "no longer trusted: reopen it"
+        )
+        logger.error("%s", self._failed)
+        self._wake()
+        raise self._failed from cause
 
     def _gap(self, expected: int, ts_ms: int) -> bool:
         """Whether a fetch that skipped from ``expected`` to a record stamped ``ts_ms`` must be
