@@ -1,13 +1,13 @@
 """The conductor's own CPU per job: what #25's hot-path work is judged by, apart from the noise
 of a shared machine (jobs/s move with the load; this process's CPU per job much less).
 
-``python -m benchmarks.cpu_per_job [--backends memory,sqlite,redis,postgres] [--jobs 3000]
-[--concurrency 64] [--rounds 3] [--flow noop]``. Per backend and round: a fresh board (its
-store on the same URL where the backend has one, as ``aioconductor run`` does; memory: a memory
-store), ``--jobs`` jobs posted with ``post_many`` before the clock starts, then one conductor
-in this process drains them; measured from its start to the last ``job_consumed``: jobs/s and
-this process's CPU per job (µs; the server's CPU is not counted). Prints one JSON line per
-backend with every round and the medians.
+``python -m benchmarks.cpu_per_job [--backends memory,sqlite,redis,postgres,kafka]
+[--jobs 3000] [--concurrency 64] [--rounds 3] [--flow noop]``. Per backend and round: a fresh
+board (its store on the same URL where the backend has one, as ``aioconductor run`` does;
+memory and Kafka: a memory store), ``--jobs`` jobs posted with ``post_many`` before the clock
+starts, then one conductor in this process drains them; measured from its start to the last
+``job_consumed``: jobs/s and this process's CPU per job (µs; the server's CPU is not counted).
+Prints one JSON line per backend with every round and the medians.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ BACKENDS = ("memory", "sqlite", "redis", "postgres")
 
 async def one_round(url: str, jobs: int, concurrency: int, flow: str) -> tuple[float, float]:
     """Drain ``jobs`` jobs of ``flow`` from a fresh board at ``url``: (jobs/s, µs CPU a job)."""
-    store_url = "memory://" if url.startswith("memory:") else url
+    # Kafka has no store: a memory store there, as on the memory board.
+    store_url = "memory://" if url.startswith(("memory:", "kafka:")) else url
     async with open_board(url) as board, open_store(store_url) as store:
         for first in range(0, jobs, 500):
             await board.post_many(flow, [{"key": k} for k in range(first, min(jobs, first + 500))])
