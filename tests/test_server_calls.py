@@ -11,7 +11,9 @@ What a round trip is:
   ``send_packed_command``): one command, or one pipeline of scripts (the link's batcher).
 - PostgreSQL: every message exchange asyncpg waits for: a simple query (``BEGIN``, ``COMMIT``),
   a prepare (a statement not yet in the connection's cache), a bind-and-execute of a prepared
-  statement.
+  statement. The batcher's statements (``_backends/postgres/batch.py``: logbook creations and
+  fused endings, one statement for the calls of one event-loop turn) count once per statement,
+  under their verb marked ``(batched)``.
 
 Each is put under the board or store verb that made it (the ``what`` of ``link.call`` and
 ``link.read``); the test prints the breakdown (run it with ``-s``). The conductor runs one job
@@ -115,10 +117,22 @@ def _instrument_redis(monkeypatch: pytest.MonkeyPatch, counter: CallCounter) -> 
 def _instrument_postgres(monkeypatch: pytest.MonkeyPatch, counter: CallCounter) -> None:
     from asyncpg.connection import Connection  # type: ignore[import-untyped]
 
+    from aioconductor._backends.postgres.batch import Batcher
     from aioconductor._backends.postgres.link import PostgresLink
 
     monkeypatch.setattr(PostgresLink, "call", _with_verb(PostgresLink.call))
     monkeypatch.setattr(PostgresLink, "read", _with_verb(PostgresLink.read))
+    flush = Batcher._flush
+
+    @functools.wraps(flush)
+    async def flush_with_verb(self: Any, batch: list[Any]) -> None:
+        token = _VERB.set(f"{batch[0].kind.what} (batched)")
+        try:
+            await flush(self, batch)
+        finally:
+            _VERB.reset(token)
+
+    monkeypatch.setattr(Batcher, "_flush", flush_with_verb)
     execute = Connection.execute
 
     @functools.wraps(execute)
@@ -201,6 +215,46 @@ async def test_one_task_job_costs_at_most_the_recorded_server_calls(
         print(f"  {verb:<22} {kind:<10} {n}")
     print("  by verb: " + ", ".join(f"{verb} {n}" for verb, n in by_verb.items()))
     assert min(totals) <= BOUNDS[space.backend], best
+
+
+@pytest.mark.parametrize("space", [BY_NAME["postgres"].param()], indirect=True)
+async def test_concurrent_jobs_logbooks_and_endings_are_one_statement_each(
+    space: Any, counter: CallCounter
+) -> None:
+    """PostgreSQL's batcher (``_backends/postgres/batch.py``): the logbook creations of N jobs
+    made in one event-loop turn are one statement, and so are their fused endings. (Counted
+    on the second round: the first prepares the statements on the batcher's connection, and
+    asyncpg reads the server's type and settings information once per connection.)"""
+    from aioconductor.models import JobState, Outcome
+
+    jobs = 16
+    url = space.board_url("many")
+    async with open_board(url) as board, open_store(url) as store:
+        fused = store.fused_ending(board)
+        assert fused is not None
+        flows: dict[str, Any] = {}
+
+        async def create(claim: Any) -> None:
+            flows[claim.job_id] = await _saved_running(store, claim.job_id, claim)
+
+        async def end(claim: Any) -> None:
+            ended, atom = _ended(flows[claim.job_id])
+            job = await fused(claim, Outcome.SUCCESS, {}, claim.job_id, ended, claim.token, (atom,))
+            assert job.state is JobState.COMPLETE
+
+        for round_ in range(2):
+            for n in range(jobs):
+                await board.post(f"job-{round_}-{n}", "noop", {"key": n})
+            claims = [claim for _, claim in await board.claim_batch("owner", jobs)]
+            assert len(claims) == jobs
+            for step in (create, end):
+                with counter.window() as calls:
+                    async with anyio.create_task_group() as tg:
+                        for claim in claims:
+                            tg.start_soon(step, claim)
+                if round_:
+                    print(f"\n{step.__name__} of {jobs} jobs: {dict(calls)}")
+                    assert sum(calls.values()) == 1, calls
 
 
 # -- the fused ending ------------------------------------------------------------------------

@@ -8,9 +8,12 @@ tables sit beside the board's in the same schema and never overlap them.
 Every write checks the logbook's fencing token and the detail's version before it changes
 anything, under a lock on the logbook's row, so a writer holding a stale token or version
 changes nothing. An atom write (the engine's hot path) is one statement that upserts that one
-atom; ``save_logbook`` and ``update_flow_detail`` are one short transaction each. Details are
-``json`` (kept exactly as written, ``\\u0000`` included); names are ``text``, which cannot hold a
-NUL character: such a name is refused with ``StoreError``.
+atom; ``save_logbook`` and ``update_flow_detail`` are one short transaction each, a new
+logbook one statement: the new logbooks of concurrent jobs (asked for in one event-loop turn)
+are one statement together, each with its own outcome (the link's batcher,
+``_backends/postgres/batch.py``). Details are ``json`` (kept exactly as written, ``\\u0000``
+included); names are ``text``, which cannot hold a NUL character: such a name is refused with
+``StoreError``.
 
 Schema (in ``aioconductor._backends.postgres.store_sql``; ``schema_version`` records its
 version, component ``store``):
@@ -119,6 +122,7 @@ class PostgresStore(Store):
         )
         self.schema = self._link.schema
         self._sql = with_schema(sql.StoreStatements(), self._link.q)
+        self._creating = sql.book_creation(self._sql.create_book, self._sql.create_books)
 
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
@@ -229,8 +233,8 @@ class PostgresStore(Store):
             [atom.version for _, atom in atoms],
             details,
         )
-        statement = self._sql.create_book
-        row = await self._link.call("save_logbook", lambda conn: conn.fetchrow(statement, *args))
+        # Batched: the logbooks of concurrent jobs are created by one statement a turn.
+        row = await self._link.batched(self._creating, args)
         if row[0] is None:
             return None
         meta = book_row[5]
@@ -262,16 +266,10 @@ class PostgresStore(Store):
     async def _update_flow_detail(
         self, book_uuid: str, flow: FlowDetail, token: int | None, atoms: tuple[AtomDetail, ...]
     ) -> FlowDetail:
-        if "\x00" in book_uuid:
-            raise self._missing(book_uuid)
-        _names(None, flow)
-        meta = dumps(f"flow {flow.name!r} meta", flow.meta)
-        for atom in flow.atoms.values():
-            atom_json(atom)
-        for atom in atoms:
-            refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
+        args = sql.flow_end_args(self.namespace, book_uuid, flow, token, atoms)
+        meta = args[7]
         ns = self.namespace
-        fast = await self._update_flow_fast(book_uuid, flow, meta, token, atoms)
+        fast = await self._update_flow_fast(args, flow, atoms)
         if fast is not None:
             return fast
 
@@ -304,30 +302,13 @@ class PostgresStore(Store):
         return await self._link.call("update_flow_detail", update)
 
     async def _update_flow_fast(
-        self,
-        book_uuid: str,
-        flow: FlowDetail,
-        meta: str,
-        token: int | None,
-        atoms: tuple[AtomDetail, ...],
+        self, args: tuple[Any, ...], flow: FlowDetail, atoms: tuple[AtomDetail, ...]
     ) -> FlowDetail | None:
-        """Update an existing flow's own fields (and ``atoms``) in one statement; None when
-        the checks do not pass and no atoms were given (the general path then raises what
-        fits, or adds the flow). With atoms, a refusal is raised here."""
-        details = [atom_json(atom) for atom in atoms]
-        args = (
-            self.namespace,
-            book_uuid,
-            flow.uuid,
-            flow.name,
-            flow.state.value,
-            flow.version,
-            token,
-            meta,
-            [atom.name for atom in atoms],
-            [atom.version for atom in atoms],
-            details,
-        )
+        """Update an existing flow's own fields (and ``atoms``) in one statement (``args``:
+        :func:`~.store_sql.flow_end_args`); None when the checks do not pass and no atoms were
+        given (the general path then raises what fits, or adds the flow). With atoms, a
+        refusal is raised here."""
+        book_uuid, token, meta, details = args[1], args[6], args[7], args[10]
         statement = self._sql.update_flow_fast
         row = await self._link.call(
             "update_flow_detail", lambda conn: conn.fetchrow(statement, *args)

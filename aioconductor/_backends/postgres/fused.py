@@ -22,6 +22,12 @@ each part runs only if the one before it passed:
 
 The board's and the store's schemas and namespaces may differ: each table is named with its own
 schema and filtered by its own namespace, and the login is the same (the same rights on both).
+
+Batched: the endings that concurrent jobs ask for in one event-loop turn go to the board's
+server as one statement (the board link's batcher, :mod:`.batch`): ``_BATCH``, the same steps
+over arrays, each job checked and written on its own (a stale claim or a refused flow end of
+one job changes nothing of it, and nothing of the others' outcomes), every job's row locked
+before any logbook's, each kind in key order. A lone ending runs the statement above.
 """
 
 from __future__ import annotations
@@ -32,18 +38,14 @@ from typing import Any
 
 from aioconductor._backends.postgres import board_sql
 from aioconductor._backends.postgres import store_sql
+from aioconductor._backends.postgres.batch import Kind
 from aioconductor._backends.postgres.board_reads import PostgresBoardBase
 from aioconductor._backends.postgres.link import PostgresLink
-from aioconductor._backends.postgres.schema import refuse_nul
 from aioconductor._payload import encode_object
 from aioconductor.boards._support import job_from_row
-from aioconductor.errors import LogBookNotFound
-from aioconductor.errors import StoreError
 from aioconductor.models import Claim
 from aioconductor.models import Job
 from aioconductor.models import Outcome
-from aioconductor.persistence._json import atom_json
-from aioconductor.persistence._json import dumps
 from aioconductor.persistence.base import Store
 from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import FlowDetail
@@ -96,38 +98,130 @@ def statement(board_schema: str, store_schema: str) -> str:
     )
 
 
-def _flow_args(
-    store: Store,
-    book_uuid: str,
-    flow: FlowDetail,
-    token: int | None,
-    atoms: tuple[AtomDetail, ...],
-) -> tuple[Any, ...]:
-    """The store part's parameters ($1-$11), after the checks ``PostgresStore`` makes before
-    it writes a flow's end, in its order, raising what they raise."""
-    if "\x00" in book_uuid:
-        raise LogBookNotFound(f"no logbook {book_uuid!r} in this store")
-    refuse_nul(f"flow {flow.uuid!r}", flow.uuid + flow.name, StoreError)
-    for atom in flow.atoms.values():
-        refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
-    meta = dumps(f"flow {flow.name!r} meta", flow.meta)
-    for atom in flow.atoms.values():
-        atom_json(atom)
-    for atom in atoms:
-        refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
-    return (
-        store.namespace,
-        book_uuid,
-        flow.uuid,
-        flow.name,
-        flow.state.value,
-        flow.version,
-        token,
-        meta,
-        [atom.name for atom in atoms],
-        [atom.version for atom in atoms],
-        [atom_json(atom) for atom in atoms],
+# The fused statement for several jobs (the batcher's: ``batch.py``), the same steps and checks
+# per job, each job's outcome its own. $1 the board's namespace, $2 the store's, $3 the channel;
+# $4-$15 a job each (its claim, outcome and result, then its flow's end), $16-$19 their atoms
+# (the job's ordinal first). Rows are locked in one order: every job's row (by id), then every
+# logbook's (by uuid), so no lock cycle with another such statement nor with the unbatched ones.
+# A row per job, in their order, as END_AND_CONSUME's.
+_BATCH = """WITH i AS (
+        SELECT * FROM unnest($4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[],
+            $9::text[], $10::text[], $11::text[], $12::text[], $13::integer[], $14::bigint[],
+            $15::text[]) WITH ORDINALITY AS i(x_id, x_owner, x_claim, x_outcome, x_result,
+            x_book, x_flow, x_name, x_state, x_version, x_token, x_meta, x_n)
+    ), held AS MATERIALIZED (
+        SELECT id FROM {b}.jobs, i WHERE {current_i}
+        ORDER BY id FOR UPDATE OF jobs
+    ), book AS MATERIALIZED (
+        SELECT l.uuid, l.token FROM {s}.logbooks AS l
+        JOIN i ON l.namespace = $2 AND l.uuid = i.x_book JOIN held AS h ON h.id = i.x_id
+        ORDER BY l.uuid FOR UPDATE OF l
+    ), flow AS (
+        SELECT f.book_uuid, f.version FROM {s}.flow_details AS f
+        JOIN i ON f.namespace = $2 AND f.book_uuid = i.x_book AND f.uuid = i.x_flow
+    ), given AS (
+        SELECT * FROM unnest($16::bigint[], $17::text[], $18::integer[], $19::text[])
+            WITH ORDINALITY AS g(x_n, name, version, detail, k)
+    ), stale AS (
+        SELECT DISTINCT g.x_n FROM given AS g JOIN i USING (x_n)
+        LEFT JOIN {s}.atom_details AS a ON a.namespace = $2 AND a.book_uuid = i.x_book
+            AND a.flow_uuid = i.x_flow AND a.name = g.name
+        WHERE coalesce(a.version, 0) <> g.version
+    ), verdict AS (
+        SELECT i.x_n, CASE
+            WHEN NOT EXISTS (SELECT FROM held AS h WHERE h.id = i.x_id) THEN 'board'
+            WHEN bk.uuid IS NULL THEN 'notfound'
+            WHEN i.x_token < bk.token THEN 'lost'
+            WHEN fl.version IS NULL THEN 'noflow'
+            WHEN fl.version <> i.x_version THEN 'conflict'
+            WHEN EXISTS (SELECT FROM stale WHERE stale.x_n = i.x_n) THEN 'atomconflict'
+            ELSE 'ok' END AS status
+        FROM i LEFT JOIN book AS bk ON bk.uuid = i.x_book
+        LEFT JOIN flow AS fl ON fl.book_uuid = i.x_book
+    ), ok AS (
+        SELECT i.* FROM i JOIN verdict AS v USING (x_n) WHERE v.status = 'ok'
+    ), atoms_written AS (
+        INSERT INTO {s}.atom_details AS a (namespace, book_uuid, flow_uuid, name, version, detail)
+        SELECT $2, ok.x_book, ok.x_flow, g.name, g.version + 1, g.detail::json
+        FROM given AS g JOIN ok USING (x_n)
+        ORDER BY ok.x_book, g.k
+        ON CONFLICT (namespace, book_uuid, flow_uuid, name) DO UPDATE
+            SET version = excluded.version, detail = excluded.detail
+            WHERE a.version = excluded.version - 1
+        RETURNING a.book_uuid
+    ), written AS (
+        UPDATE {s}.flow_details AS f SET name = ok.x_name, state = ok.x_state,
+            version = ok.x_version + 1, meta = ok.x_meta::json
+        FROM ok WHERE f.namespace = $2 AND f.book_uuid = ok.x_book AND f.uuid = ok.x_flow
+            AND f.version = ok.x_version
+        RETURNING f.book_uuid, f.version
+    ), fenced AS (
+        UPDATE {s}.logbooks AS l SET token = ok.x_token
+        FROM ok JOIN written AS w ON w.book_uuid = ok.x_book
+        WHERE l.namespace = $2 AND l.uuid = ok.x_book AND (l.token IS NULL OR l.token < ok.x_token)
+    ), done AS (
+        SELECT ok.* FROM ok JOIN written AS w ON w.book_uuid = ok.x_book
+        WHERE (SELECT count(*) FROM atoms_written AS aw WHERE aw.book_uuid = ok.x_book)
+            = (SELECT count(*) FROM given AS g WHERE g.x_n = ok.x_n)
+    ), c AS (SELECT {now} AS now FROM (SELECT count(*) FROM held) AS h),
+    j AS (UPDATE {b}.jobs SET {sets}, ready_at = NULL, updated_at = c.now
+        FROM c, done WHERE {current_done} RETURNING {columns}),
+    n AS ({freed})
+    SELECT EXISTS (SELECT FROM held AS h WHERE h.id = i.x_id), v.status, w.version,
+        (SELECT count(*) FROM atoms_written AS aw WHERE aw.book_uuid = i.x_book),
+        (SELECT count(*) FROM n), j.*
+    FROM i JOIN verdict AS v USING (x_n) LEFT JOIN written AS w ON w.book_uuid = i.x_book
+    LEFT JOIN j ON j.id = i.x_id
+    ORDER BY i.x_n"""
+
+
+def _named(text: str, names: dict[int, str]) -> str:
+    """The board's ``text`` with its parameters ``names`` gives put by name."""
+    return re.sub(r"\$(\d+)", lambda m: names.get(int(m[1]), m[0]), text)
+
+
+def batch_statement(board_schema: str, store_schema: str) -> str:
+    """The fused statement for several jobs, for the board's and the store's quoted schemas.
+    (The jobs' columns are named ``x_...`` so that the board's SQL, shared, names its own.)"""
+    claim = {2: "{t}.x_id", 3: "{t}.x_owner", 4: "{t}.x_claim"}
+    return _BATCH.format(
+        b=board_schema,
+        s=store_schema,
+        now=board_sql.NOW,
+        current_i=_named(board_sql.CURRENT, claim).format(t="i"),
+        sets=_named(board_sql.CONSUME_SETS, {5: "done.x_outcome", 6: "done.x_result"}),
+        current_done=_named(board_sql.CURRENT, claim).format(t="done"),
+        columns=board_sql.COLUMNS,
+        freed=board_sql.freed("$3"),
     )
+
+
+#: Where each array of the batched statement ($4-$15) takes its value in a job's parameters
+#: (the unbatched statement's); then the atoms' ($17-$19).
+_JOB_ARRAYS = (12, 13, 14, 15, 16, 1, 2, 3, 4, 5, 6, 7)
+_ATOM_ARRAYS = (8, 9, 10)
+
+
+def _ending(board_schema: str, store_schema: str) -> Kind:
+    """The batcher's kind for the fused ending: a job's parameters (the unbatched statement's)
+    its item, its row the reply."""
+    alone_query = statement(board_schema, store_schema)
+    batch_query = batch_statement(board_schema, store_schema)
+
+    async def alone(conn: Any, args: tuple[Any, ...]) -> Any:
+        return await conn.fetchrow(alone_query, *args)
+
+    async def together(conn: Any, items: list[tuple[Any, ...]]) -> list[Any]:
+        jobs = [[args[at] for args in items] for at in _JOB_ARRAYS]
+        atoms: list[list[Any]] = [[] for _ in range(4)]
+        for n, args in enumerate(items, 1):
+            atoms[0].extend([n] * len(args[8]))
+            for column, at in zip(atoms[1:], _ATOM_ARRAYS, strict=True):
+                column.extend(args[at])
+        first = items[0]
+        return list(await conn.fetch(batch_query, first[11], first[0], first[17], *jobs, *atoms))
+
+    return Kind("consume", lambda args: (("job", args[12]), ("book", args[1])), alone, together)
 
 
 def fused_ending(
@@ -138,7 +232,8 @@ def fused_ending(
     aside)."""
     if not isinstance(board, PostgresBoardBase) or board._link.url != link.url:
         return None
-    query = statement(board._link.q, link.q)
+    # Batched: the endings of concurrent jobs are one statement a turn.
+    kind = _ending(board._link.q, link.q)
 
     async def consume(
         claim: Claim,
@@ -152,10 +247,10 @@ def fused_ending(
         board._check_open()
         store._check_open()
         data, _ = encode_object("the job's result", result, board.max_payload_bytes)
-        args = _flow_args(store, book_uuid, flow, token, atoms)
+        args = store_sql.flow_end_args(store.namespace, book_uuid, flow, token, atoms)
         fence = await board._claim_args(claim, "consume")
         args += (board.namespace, *fence, outcome.value, data.decode("utf-8"), board.channel)
-        row = await board._link.call("consume", lambda conn: conn.fetchrow(query, *args))
+        row = await board._link.batched(kind, args)
         if not row[0]:  # the claim is not current: nothing written; raises as consume does
             return await board._checked(None, claim, "consume")
         if row[_JOB] is None:

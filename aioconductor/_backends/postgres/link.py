@@ -33,6 +33,8 @@ from aioconductor._backends.base import Backoff
 from aioconductor._backends.base import ErrorTable
 from aioconductor._backends.base import map_exceptions
 from aioconductor._backends.base import scrub
+from aioconductor._backends.postgres.batch import Batcher
+from aioconductor._backends.postgres.batch import Kind
 from aioconductor._backends.postgres.connect import CLEANUP_TIMEOUT
 from aioconductor._backends.postgres.connect import safe_connect
 from aioconductor._backends.postgres.schema import Migrations
@@ -121,7 +123,8 @@ class PostgresLink:
         self._dsn = driver_url
         self._secrets = url_secrets(driver_url)
         self._settings = server_settings(parts.query)
-        self._closed_error = closed_error
+        #: What a call made after :meth:`aclose` raises (a new one each time).
+        self.closed_error = closed_error
         self._error = error
         self._tables: dict[str, ErrorTable] = {}
         self._pool: Any = None
@@ -129,6 +132,8 @@ class PostgresLink:
         #: Server pids of pooled connections whose last call failed or was cancelled.
         self._unsettled: set[int] = set()
         self.closed = False
+        #: Runs the calls of concurrent callers a statement per kind and turn (``batch.py``).
+        self.batcher = Batcher(self)
 
     # -- errors ------------------------------------------------------------------------------
 
@@ -157,7 +162,7 @@ class PostgresLink:
     def _dropped(self, what: str, exc: BaseException) -> Exception:
         """A connection error or refusal during ``what``: the closed error once the link is
         closed (closing drops its connections under running calls), else unavailable."""
-        return self._closed_error() if self.closed else self.unavailable(what, exc)
+        return self.closed_error() if self.closed else self.unavailable(what, exc)
 
     def _failed(self, what: str, exc: BaseException) -> Exception:
         """A server error that no retry or reconnect helps (a constraint, a bad statement)."""
@@ -184,7 +189,7 @@ class PostgresLink:
             Exception: the closed error (given at construction) once the link is closed.
         """
         if self.closed:
-            raise self._closed_error()
+            raise self.closed_error()
         # The table looked up here, not through errors(): this runs twice per call.
         return map_exceptions(self._tables.get(what) or self.errors(what))
 
@@ -250,7 +255,7 @@ class PostgresLink:
             conn = await safe_connect(self._dsn, server_settings=self._settings)
         if self.closed:
             conn.terminate()
-            raise self._closed_error()
+            raise self.closed_error()
         self._listeners.add(conn)
         return conn
 
@@ -327,6 +332,25 @@ class PostgresLink:
                 self.scrub(exc),
             )
 
+    async def take(self, what: str) -> tuple[Any, Any]:
+        """A pooled connection held beyond one call (the batcher's), with its pool; given
+        back by :meth:`give_back`."""
+        with self.translate(what):
+            pool = self._pool
+            return pool, await pool.acquire()
+
+    async def give_back(self, pool: Any, conn: Any, *, settled: bool) -> None:
+        """Give back a connection from :meth:`take`; reset by the pool unless ``settled``
+        (its last statement ended well)."""
+        if not settled:
+            self._unsettled.add(conn.get_server_pid())
+        await self._release(pool, conn, "batch")
+
+    async def batched(self, kind: Kind, item: Any) -> Any:
+        """Run ``item`` of ``kind`` in one statement with the others of this turn (see
+        :mod:`~aioconductor._backends.postgres.batch`): its reply, or its own error."""
+        return await self.batcher.run(kind, item)
+
     async def call(self, what: str, fn: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``fn`` on a pooled connection once (for calls that must not run twice)."""
         async with self.acquire(what) as conn:
@@ -354,6 +378,7 @@ class PostgresLink:
     async def aclose(self) -> None:
         """Close the pool and every connection of this link."""
         self.closed = True
+        await self.batcher.aclose()
         pool, self._pool = self._pool, None
         for conn in list(self._listeners):
             conn.terminate()

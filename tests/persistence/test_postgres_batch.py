@@ -1,0 +1,289 @@
+"""The PostgreSQL batcher (``aioconductor/_backends/postgres/batch.py``): concurrent logbook
+creations and fused endings made in one event-loop turn are one statement, yet each caller gets
+its own outcome; a connection killed under a batch fails every caller of it as the unbatched
+call fails, and the next calls reconnect; a cancelled caller does not cancel the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from aioconductor import open_board, open_store
+from aioconductor.errors import BackendUnavailable, ClaimLost, VersionConflict
+from aioconductor.models import JobState, Outcome
+from aioconductor.persistence.models import (
+    AtomDetail,
+    AtomState,
+    FlowDetail,
+    FlowState,
+    LogBook,
+)
+from tests.backends import BY_NAME
+
+pytestmark = pytest.mark.parametrize("space", [BY_NAME["postgres"].param()], indirect=True)
+
+
+def _book(job_id: str) -> LogBook:
+    """A job's logbook as the journal creates it: the flow RUNNING, its task RUNNING."""
+    flow = FlowDetail(name="noop", state=FlowState.RUNNING)
+    flow.atoms["echo"] = AtomDetail(name="echo", state=AtomState.RUNNING)
+    return LogBook(uuid=job_id, name="j", flows={flow.uuid: flow})
+
+
+def _ended(flow: FlowDetail) -> tuple[FlowDetail, AtomDetail]:
+    ended = flow.model_copy(deep=True)
+    ended.state = FlowState.SUCCESS
+    atom = ended.atoms["echo"]
+    atom.state, atom.result = AtomState.SUCCESS, {"echoed": 1}
+    return ended, atom
+
+
+class Statements:
+    """The batcher's statements: the calls each took (``sizes``), and the calls run again
+    alone after the server refused their batch (``again``: none, when each item's refusal is
+    the statement's own answer)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from aioconductor._backends.postgres import batch
+
+        self.sizes: list[int] = []
+        self.again = 0
+        flush, alone = batch.Batcher._flush, batch.Batcher._alone
+
+        async def counted(batcher: Any, calls: list[Any]) -> None:
+            self.sizes.append(len(calls))
+            await flush(batcher, calls)
+
+        async def counted_alone(batcher: Any, call: Any) -> None:
+            self.again += 1
+            await alone(batcher, call)
+
+        monkeypatch.setattr(batch.Batcher, "_flush", counted)
+        monkeypatch.setattr(batch.Batcher, "_alone", counted_alone)
+
+
+async def _together(*calls: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """Run ``calls`` concurrently (started in one turn): each one's result or exception."""
+    outcomes: list[Any] = [None] * len(calls)
+
+    async def one(n: int, call: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            outcomes[n] = await call()
+        except Exception as exc:
+            outcomes[n] = exc
+
+    async with anyio.create_task_group() as tg:
+        for n, call in enumerate(calls):
+            tg.start_soon(one, n, call)
+    return outcomes
+
+
+@contextlib.asynccontextmanager
+async def _claimed(space: Any, jobs: int) -> AsyncIterator[tuple[Any, Any, list[Any]]]:
+    """A board and a store on one URL, and ``jobs`` jobs claimed: (board, store, claims)."""
+    url = space.board_url("batch")
+    async with open_board(url) as board, open_store(url) as store:
+        for n in range(jobs):
+            await board.post(f"j{n}", "noop", {"key": n})
+        claimed = await board.claim_batch("owner", jobs)
+        claims = sorted((claim for _, claim in claimed), key=lambda claim: claim.job_id)
+        yield board, store, claims
+
+
+async def test_creations_in_one_turn_are_one_statement_each_with_its_own_outcome(
+    space: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _claimed(space, 5) as (_, store, claims):
+        # One logbook exists already, written by a newer claim: its creation is refused.
+        taken = claims[2]
+        await store.save_logbook(_book(taken.job_id), token=taken.token + 1)
+        statements = Statements(monkeypatch)
+        books = [_book(claim.job_id) for claim in claims]
+        outcomes = await _together(
+            *(
+                lambda book=book, claim=claim: store.save_logbook(book, token=claim.token)
+                for book, claim in zip(books, claims, strict=True)
+            )
+        )
+        assert statements.sizes[0] == 5 and statements.again == 0
+        assert isinstance(outcomes[2], ClaimLost), outcomes[2]
+        for n in (0, 1, 3, 4):
+            saved = outcomes[n]
+            assert saved == await store.get_logbook(claims[n].job_id)
+            assert saved.token == claims[n].token
+            [flow] = saved.flows.values()
+            assert flow.atoms["echo"].state is AtomState.RUNNING
+        assert (await store.get_logbook(taken.job_id)).token == taken.token + 1
+
+
+async def _running(store: Any, claims: list[Any]) -> list[FlowDetail]:
+    flows = []
+    for claim in claims:
+        book = await store.save_logbook(_book(claim.job_id), token=claim.token)
+        [flow] = book.flows.values()
+        flows.append(flow)
+    return flows
+
+
+async def test_endings_in_one_turn_are_one_statement_each_with_its_own_outcome(
+    space: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Good endings, a stale claim, a claim taken over, a version conflict and a logbook a
+    newer claim wrote, in one statement: the good ones are saved and consumed, each refused
+    one raises its own error and changes nothing."""
+    async with _claimed(space, 6) as (board, store, claims):
+        flows = await _running(store, claims)
+        fused = store.fused_ending(board)
+        assert fused is not None
+        ends = [_ended(flow) for flow in flows]
+        # 1: a token the board never gave; 2: taken over; 3: a stale version; 4: a newer
+        # claim's token on the logbook (the board's claim still current).
+        calls = [(claim, claim.token) for claim in claims]
+        calls[1] = (claims[1].model_copy(update={"token": claims[1].token + 1}), claims[1].token)
+        await board.release(claims[2])
+        await board.claim(claims[2].job_id, "thief")
+        ends[3][0].version += 1
+        await store.update_flow_detail(claims[4].job_id, flows[4], token=claims[4].token + 1)
+        flows[4] = (await store.get_logbook(claims[4].job_id)).flows[flows[4].uuid]
+        ends[4] = _ended(flows[4])
+        statements = Statements(monkeypatch)
+        outcomes = await _together(
+            *(
+                lambda c=c, t=t, e=e: fused(
+                    c, Outcome.SUCCESS, {"r": c.job_id}, c.job_id, e[0], t, (e[1],)
+                )
+                for (c, t), e in zip(calls, ends, strict=True)
+            )
+        )
+        assert statements.sizes[0] == 6 and statements.again == 0
+        for n in (1, 2, 4):
+            assert isinstance(outcomes[n], ClaimLost), (n, outcomes[n])
+        assert isinstance(outcomes[3], VersionConflict), outcomes[3]
+        for n in (0, 5):
+            job = outcomes[n]
+            assert job.state is JobState.COMPLETE and job.result == {"r": claims[n].job_id}
+            assert await board.get(claims[n].job_id) == job
+            saved = (await store.get_logbook(claims[n].job_id)).flows[flows[n].uuid]
+            assert saved.state is FlowState.SUCCESS and saved.version == flows[n].version + 1
+            assert saved.atoms["echo"].result == {"echoed": 1}
+        for n in (1, 2, 3, 4):
+            job = await board.get(claims[n].job_id)
+            assert job.state is JobState.CLAIMED, n
+            saved = (await store.get_logbook(claims[n].job_id)).flows[flows[n].uuid]
+            assert saved.state is FlowState.RUNNING and saved.version == flows[n].version, n
+
+
+async def _blocked(space: Any, job_id: str) -> Any:
+    """A transaction of the test's own holding job ``job_id``'s row (a statement that locks
+    it waits); roll it back to let the statement go on."""
+    admin = await space.admin()
+    transaction = admin.transaction()
+    await transaction.start()
+    await admin.execute(
+        f"UPDATE {space.schema}.jobs SET updated_at = updated_at WHERE id = $1", job_id
+    )
+    return transaction
+
+
+async def _waiting(space: Any) -> None:
+    """Until a connection of the space waits for a lock."""
+    admin = await space.admin()
+    with anyio.fail_after(10):
+        while not await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = $1 AND wait_event_type = 'Lock'",
+            space.tag,
+        ):
+            await anyio.sleep(0.02)
+
+
+async def test_a_connection_killed_under_a_batch_fails_every_caller_then_reconnects(
+    space: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _claimed(space, 4) as (board, store, claims):
+        flows = await _running(store, claims)
+        fused = store.fused_ending(board)
+        ends = [_ended(flow) for flow in flows]
+
+        def ending(n: int) -> Callable[[], Awaitable[Any]]:
+            claim, (end, atom) = claims[n], ends[n]
+            token = claim.token
+            return lambda: fused(claim, Outcome.SUCCESS, {}, claim.job_id, end, token, (atom,))
+
+        statements = Statements(monkeypatch)
+        transaction = await _blocked(space, claims[3].job_id)
+        outcomes: list[Any] = []
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def run() -> None:
+                    outcomes.extend(await _together(*(ending(n) for n in range(4))))
+
+                tg.start_soon(run)
+                await _waiting(space)
+                assert await space.kill_connections() >= 1
+        finally:
+            await transaction.rollback()
+        assert statements.sizes[0] == 4
+        for outcome in outcomes:
+            assert isinstance(outcome, BackendUnavailable), outcome
+        # The killed statement wrote nothing; the next calls reconnect and end the jobs.
+        for claim, flow in zip(claims, flows, strict=True):
+            assert (await board.get(claim.job_id)).state is JobState.CLAIMED
+            saved = (await store.get_logbook(claim.job_id)).flows[flow.uuid]
+            assert saved.state is FlowState.RUNNING
+        for job in await _together(*(ending(n) for n in range(4))):
+            assert not isinstance(job, Exception), job
+            assert job.state is JobState.COMPLETE
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_batch_for_the_others(
+    space: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancelled caller returns only once the statement has ended (its job may be ended
+    then, as by a cancelled unbatched call); the others get their own outcomes."""
+    async with _claimed(space, 3) as (board, store, claims):
+        flows = await _running(store, claims)
+        fused = store.fused_ending(board)
+        ends = [_ended(flow) for flow in flows]
+        statements = Statements(monkeypatch)
+        transaction = await _blocked(space, claims[2].job_id)
+        outcomes: list[Any] = [None] * 3
+        state_when_cancelled: list[JobState] = []
+        scope = anyio.CancelScope()
+
+        async def end(n: int) -> None:
+            claim, (flow, atom) = claims[n], ends[n]
+            outcomes[n] = await fused(
+                claim, Outcome.SUCCESS, {}, claim.job_id, flow, claim.token, (atom,)
+            )
+
+        async def cancelled() -> None:
+            with scope:
+                await end(0)
+            state_when_cancelled.append((await board.get(claims[0].job_id)).state)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancelled)
+                tg.start_soon(end, 1)
+                tg.start_soon(end, 2)
+                await _waiting(space)
+                scope.cancel()
+                await anyio.sleep(0.2)
+                assert not state_when_cancelled  # still waiting for the statement
+                await transaction.rollback()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await transaction.rollback()
+            raise
+        assert statements.sizes[0] == 3
+        assert scope.cancelled_caught and outcomes[0] is None
+        assert state_when_cancelled == [JobState.COMPLETE]
+        for n in (1, 2):
+            assert outcomes[n].state is JobState.COMPLETE
