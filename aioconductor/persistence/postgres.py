@@ -9,11 +9,11 @@ Every write checks the logbook's fencing token and the detail's version before i
 anything, under a lock on the logbook's row, so a writer holding a stale token or version
 changes nothing. An atom write (the engine's hot path) is one statement that upserts that one
 atom; ``save_logbook`` and ``update_flow_detail`` are one short transaction each, a new
-logbook one statement: the new logbooks of concurrent jobs (asked for in one event-loop turn)
-are one statement together, each with its own outcome (the link's batcher,
-``_backends/postgres/batch.py``). Details are ``json`` (kept exactly as written, ``\\u0000``
-included); names are ``text``, which cannot hold a NUL character: such a name is refused with
-``StoreError``.
+logbook one statement. The new logbooks, and the atom writes, of concurrent jobs (asked for in
+one event-loop turn) are one statement together, each with its own outcome (the link's
+batcher, ``_backends/postgres/batch.py``; ``store_batch.py``). Details are ``json`` (kept
+exactly as written, ``\\u0000`` included); names are ``text``, which cannot hold a NUL
+character: such a name is refused with ``StoreError``.
 
 Schema (in ``aioconductor._backends.postgres.store_sql``; ``schema_version`` records its
 version, component ``store``):
@@ -31,6 +31,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Self
 
+from aioconductor._backends.postgres import store_batch
 from aioconductor._backends.postgres import store_sql as sql
 from aioconductor._backends.postgres.link import PostgresLink
 from aioconductor._backends.postgres.schema import refuse_nul
@@ -122,7 +123,11 @@ class PostgresStore(Store):
         )
         self.schema = self._link.schema
         self._sql = with_schema(sql.StoreStatements(), self._link.q)
-        self._creating = sql.book_creation(self._sql.create_book, self._sql.create_books)
+        # The calls of concurrent jobs batched: one statement a turn (see store_batch).
+        self._creating = store_batch.book_creation(self._sql.create_book, self._sql.create_books)
+        self._writing = store_batch.atom_writing(
+            self._sql.update_atoms, self._sql.update_atoms_batch
+        )
 
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
@@ -233,7 +238,6 @@ class PostgresStore(Store):
             [atom.version for _, atom in atoms],
             details,
         )
-        # Batched: the logbooks of concurrent jobs are created by one statement a turn.
         row = await self._link.batched(self._creating, args)
         if row[0] is None:
             return None
@@ -354,10 +358,7 @@ class PostgresStore(Store):
             [atom.version for atom in atoms],
             [atom_json(atom) for atom in atoms],
         )
-        statement = self._sql.update_atoms
-        row = await self._link.call(
-            "update_atom_details", lambda conn: conn.fetchrow(statement, *args)
-        )
+        row = await self._link.batched(self._writing, args)
         self._refused(row[:4], book_uuid, flow_uuid, token, atoms)
         if row[4] != len(atoms):
             # Only two writers holding one token can race past the checks (the engine never

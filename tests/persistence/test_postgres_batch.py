@@ -287,3 +287,43 @@ async def test_a_cancelled_caller_does_not_cancel_the_batch_for_the_others(
         assert state_when_cancelled == [JobState.COMPLETE]
         for n in (1, 2):
             assert outcomes[n].state is JobState.COMPLETE
+
+
+async def test_atom_writes_in_one_turn_are_one_statement_each_with_its_own_outcome(
+    space: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Good writes of two atoms each, among a stale atom version, a stale token, a missing
+    logbook and a missing flow, in one statement: each refused one raises its own error and
+    writes nothing, the good ones are written."""
+    from aioconductor.errors import LogBookNotFound
+
+    async with _claimed(space, 6) as (_, store, claims):
+        flows = await _running(store, claims)
+        writes = []
+        for claim, flow in zip(claims, flows, strict=True):
+            done = flow.atoms["echo"].model_copy(update={"state": AtomState.SUCCESS})
+            done.result = {"n": claim.job_id}
+            new = AtomDetail(name="next", state=AtomState.RUNNING)
+            writes.append([claim.job_id, flow.uuid, [done, new], claim.token])
+        writes[1][2][0] = writes[1][2][0].model_copy(update={"version": 7})  # stale version
+        writes[2][3] = claims[2].token - 1  # an older claim's token
+        writes[3][0] = "no-such-logbook"
+        writes[4][1] = "no-such-flow"
+        statements = Statements(monkeypatch)
+        outcomes = await _together(
+            *(lambda w=w: store.update_atom_details(w[0], w[1], w[2], token=w[3]) for w in writes)
+        )
+        assert statements.sizes[0] == 6 and statements.again == 0
+        assert isinstance(outcomes[1], VersionConflict), outcomes[1]
+        assert isinstance(outcomes[2], ClaimLost), outcomes[2]
+        assert isinstance(outcomes[3], LogBookNotFound), outcomes[3]
+        assert isinstance(outcomes[4], LogBookNotFound), outcomes[4]
+        for n, (claim, flow) in enumerate(zip(claims, flows, strict=True)):
+            saved = (await store.get_logbook(claim.job_id)).flows[flow.uuid]
+            if n in (0, 5):
+                assert [a.version for a in outcomes[n]] == [flow.atoms["echo"].version + 1, 1]
+                assert saved.atoms["echo"].state is AtomState.SUCCESS
+                assert saved.atoms["echo"].result == {"n": claim.job_id}
+                assert saved.atoms["next"].state is AtomState.RUNNING
+            else:
+                assert saved.atoms == flow.atoms, n

@@ -13,9 +13,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aioconductor._backends.postgres.batch import Kind
 from aioconductor._backends.postgres.schema import Migrations
 from aioconductor._backends.postgres.schema import refuse_nul
+from aioconductor._backends.postgres.store_batch import CREATE_BOOKS
+from aioconductor._backends.postgres.store_batch import UPDATE_ATOMS_BATCH
 from aioconductor.errors import LogBookNotFound
 from aioconductor.errors import StoreError
 from aioconductor.persistence._json import atom_json
@@ -141,66 +142,6 @@ CREATE_BOOK = """WITH b AS (
         RETURNING 1
     )
     SELECT (SELECT seq FROM b), (SELECT count(*) FROM f)"""
-# CREATE_BOOK for several logbooks (the batcher's, ``batch.py``): $2-$7 the logbooks' columns
-# as arrays, $8-$13 their flows' (each with its logbook's uuid first), $14-$18 their atoms' (the
-# logbook's and the flow's uuids first). A row per logbook, in their order: its seq (NULL: it
-# existed, nothing of it written), its flows and its atoms written. Inserted in uuid order, so
-# two such statements wait for each other's new keys in one order.
-CREATE_BOOKS = """WITH x AS (
-        SELECT * FROM unnest($2::text[], $3::text[], $4::float8[], $5::float8[], $6::text[],
-            $7::bigint[]) WITH ORDINALITY AS x(uuid, name, created_at, updated_at, meta, token, n)
-    ), b AS (
-        INSERT INTO {s}.logbooks (namespace, uuid, name, created_at, updated_at, meta, token)
-        SELECT $1, x.uuid, x.name, x.created_at, x.updated_at, x.meta::json, x.token FROM x
-        ORDER BY x.uuid
-        ON CONFLICT (namespace, uuid) DO NOTHING
-        RETURNING uuid, seq
-    ), f AS (
-        INSERT INTO {s}.flow_details (namespace, book_uuid, uuid, name, state, version, meta)
-        SELECT $1, b.uuid, y.uuid, y.name, y.state, y.version, y.meta::json
-        FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::integer[],
-            $13::text[]) WITH ORDINALITY AS y(book, uuid, name, state, version, meta, k)
-        JOIN b ON b.uuid = y.book
-        ORDER BY y.k
-        RETURNING book_uuid
-    ), a AS (
-        INSERT INTO {s}.atom_details (namespace, book_uuid, flow_uuid, name, version, detail)
-        SELECT $1, b.uuid, z.flow_uuid, z.name, z.version, z.detail::json
-        FROM unnest($14::text[], $15::text[], $16::text[], $17::integer[], $18::text[])
-            WITH ORDINALITY AS z(book, flow_uuid, name, version, detail, k)
-        JOIN b ON b.uuid = z.book
-        ORDER BY z.k
-        RETURNING book_uuid
-    )
-    SELECT b.seq, (SELECT count(*) FROM f WHERE f.book_uuid = x.uuid),
-        (SELECT count(*) FROM a WHERE a.book_uuid = x.uuid)
-    FROM x LEFT JOIN b ON b.uuid = x.uuid
-    ORDER BY x.n"""
-
-
-def book_creation(create_book: str, create_books: str) -> Kind:
-    """The batcher's kind for ``CREATE_BOOK`` (its parameters the item; its row the reply),
-    several run as one ``CREATE_BOOKS`` (both with the schema put in)."""
-
-    async def alone(conn: Any, args: tuple[Any, ...]) -> Any:
-        return await conn.fetchrow(create_book, *args)
-
-    async def together(conn: Any, items: list[tuple[Any, ...]]) -> list[Any]:
-        # Each array of CREATE_BOOK's, the items' joined, the flows' and atoms' arrays each
-        # with a first one naming their logbook.
-        books: list[list[Any]] = [[] for _ in range(6)]
-        flows: list[list[Any]] = [[] for _ in range(6)]
-        atoms: list[list[Any]] = [[] for _ in range(5)]
-        for args in items:
-            for column, value in zip(books, args[1:7], strict=True):
-                column.append(value)
-            for arrays, given in ((flows, args[7:12]), (atoms, args[12:16])):
-                arrays[0].extend([args[1]] * len(given[0]))
-                for column, values in zip(arrays[1:], given, strict=True):
-                    column.extend(values)
-        return list(await conn.fetch(create_books, items[0][0], *books, *flows, *atoms))
-
-    return Kind("save_logbook", lambda args: (args[1],), alone, together)
 
 
 def _with_atoms(statement: str, first: int) -> str:
@@ -361,6 +302,7 @@ class StoreStatements:
     create_books: str = CREATE_BOOKS
     update_flow_fast: str = UPDATE_FLOW_FAST
     update_atoms: str = UPDATE_ATOMS
+    update_atoms_batch: str = UPDATE_ATOMS_BATCH
     destroy: str = DESTROY
     destroy_many: str = DESTROY_MANY
     get: str = GET

@@ -1,0 +1,156 @@
+"""The PostgreSQL store's batched statements: the calls of concurrent jobs made in one event-loop
+turn, one statement for all (the link's batcher, :mod:`.batch`), each job's outcome its own.
+
+Each statement is its unbatched one (``store_sql``) over arrays (``unnest ... WITH
+ORDINALITY``), a row per item in the items' order, shaped as the unbatched statement's row, so
+the store reads either alike. Logbooks are locked or inserted in uuid order, so two batched
+statements (or a batched and an unbatched one, which takes one logbook) wait in one order.
+``{s}`` stands for the quoted schema; ``$1`` is the namespace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aioconductor._backends.postgres.batch import Kind
+
+__all__ = ["CREATE_BOOKS", "UPDATE_ATOMS_BATCH", "atom_writing", "book_creation"]
+
+# CREATE_BOOK for several logbooks (the batcher's, the link's batcher): $2-$7 the logbooks' columns
+# as arrays, $8-$13 their flows' (each with its logbook's uuid first), $14-$18 their atoms' (the
+# logbook's and the flow's uuids first). A row per logbook, in their order: its seq (NULL: it
+# existed, nothing of it written), its flows and its atoms written. Inserted in uuid order, so
+# two such statements wait for each other's new keys in one order.
+CREATE_BOOKS = """WITH x AS (
+        SELECT * FROM unnest($2::text[], $3::text[], $4::float8[], $5::float8[], $6::text[],
+            $7::bigint[]) WITH ORDINALITY AS x(uuid, name, created_at, updated_at, meta, token, n)
+    ), b AS (
+        INSERT INTO {s}.logbooks (namespace, uuid, name, created_at, updated_at, meta, token)
+        SELECT $1, x.uuid, x.name, x.created_at, x.updated_at, x.meta::json, x.token FROM x
+        ORDER BY x.uuid
+        ON CONFLICT (namespace, uuid) DO NOTHING
+        RETURNING uuid, seq
+    ), f AS (
+        INSERT INTO {s}.flow_details (namespace, book_uuid, uuid, name, state, version, meta)
+        SELECT $1, b.uuid, y.uuid, y.name, y.state, y.version, y.meta::json
+        FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::integer[],
+            $13::text[]) WITH ORDINALITY AS y(book, uuid, name, state, version, meta, k)
+        JOIN b ON b.uuid = y.book
+        ORDER BY y.k
+        RETURNING book_uuid
+    ), a AS (
+        INSERT INTO {s}.atom_details (namespace, book_uuid, flow_uuid, name, version, detail)
+        SELECT $1, b.uuid, z.flow_uuid, z.name, z.version, z.detail::json
+        FROM unnest($14::text[], $15::text[], $16::text[], $17::integer[], $18::text[])
+            WITH ORDINALITY AS z(book, flow_uuid, name, version, detail, k)
+        JOIN b ON b.uuid = z.book
+        ORDER BY z.k
+        RETURNING book_uuid
+    )
+    SELECT b.seq, (SELECT count(*) FROM f WHERE f.book_uuid = x.uuid),
+        (SELECT count(*) FROM a WHERE a.book_uuid = x.uuid)
+    FROM x LEFT JOIN b ON b.uuid = x.uuid
+    ORDER BY x.n"""
+
+
+def book_creation(create_book: str, create_books: str) -> Kind:
+    """The batcher's kind for ``CREATE_BOOK`` (its parameters the item; its row the reply),
+    several run as one ``CREATE_BOOKS`` (both with the schema put in)."""
+
+    async def alone(conn: Any, args: tuple[Any, ...]) -> Any:
+        return await conn.fetchrow(create_book, *args)
+
+    async def together(conn: Any, items: list[tuple[Any, ...]]) -> list[Any]:
+        # Each array of CREATE_BOOK's, the items' joined, the flows' and atoms' arrays each
+        # with a first one naming their logbook.
+        books: list[list[Any]] = [[] for _ in range(6)]
+        flows: list[list[Any]] = [[] for _ in range(6)]
+        atoms: list[list[Any]] = [[] for _ in range(5)]
+        for args in items:
+            for column, value in zip(books, args[1:7], strict=True):
+                column.append(value)
+            for arrays, given in ((flows, args[7:12]), (atoms, args[12:16])):
+                arrays[0].extend([args[1]] * len(given[0]))
+                for column, values in zip(arrays[1:], given, strict=True):
+                    column.extend(values)
+        return list(await conn.fetch(create_books, items[0][0], *books, *flows, *atoms))
+
+    return Kind("save_logbook", lambda args: (args[1],), alone, together)
+
+
+# UPDATE_ATOMS for several logbooks' flows: $2-$4 a write each (logbook, flow, token), $5-$8 the
+# atoms (the write's ordinal first). The same checks per write, before it writes anything:
+# its logbook (locked, by uuid), its token, its flow, the versions of its atoms. A row per write,
+# as UPDATE_ATOMS's: verdict, stored token, first stale atom and its stored version, atoms
+# written.
+UPDATE_ATOMS_BATCH = """WITH i AS (
+        SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[])
+            WITH ORDINALITY AS i(x_book, x_flow, x_token, x_n)
+    ), book AS MATERIALIZED (
+        SELECT l.uuid, l.token FROM {s}.logbooks AS l
+        JOIN i ON l.namespace = $1 AND l.uuid = i.x_book
+        ORDER BY l.uuid FOR UPDATE OF l
+    ), flow AS (
+        SELECT f.book_uuid FROM {s}.flow_details AS f
+        JOIN i ON f.namespace = $1 AND f.book_uuid = i.x_book AND f.uuid = i.x_flow
+    ), given AS (
+        SELECT * FROM unnest($5::bigint[], $6::text[], $7::integer[], $8::text[])
+            WITH ORDINALITY AS g(x_n, name, version, detail, k)
+    ), stale AS (
+        SELECT DISTINCT ON (g.x_n) g.x_n, g.name, coalesce(a.version, 0) AS stored
+        FROM given AS g JOIN i USING (x_n)
+        LEFT JOIN {s}.atom_details AS a ON a.namespace = $1 AND a.book_uuid = i.x_book
+            AND a.flow_uuid = i.x_flow AND a.name = g.name
+        WHERE coalesce(a.version, 0) <> g.version
+        ORDER BY g.x_n, g.k
+    ), verdict AS (
+        SELECT i.x_n, CASE
+            WHEN bk.uuid IS NULL THEN 'notfound'
+            WHEN i.x_token < bk.token THEN 'lost'
+            WHEN fl.book_uuid IS NULL THEN 'noflow'
+            WHEN st.x_n IS NOT NULL THEN 'atomconflict'
+            ELSE 'ok' END AS status
+        FROM i LEFT JOIN book AS bk ON bk.uuid = i.x_book
+        LEFT JOIN flow AS fl ON fl.book_uuid = i.x_book
+        LEFT JOIN stale AS st ON st.x_n = i.x_n
+    ), ok AS (
+        SELECT i.* FROM i JOIN verdict AS v USING (x_n) WHERE v.status = 'ok'
+    ), atoms_written AS (
+        INSERT INTO {s}.atom_details AS a (namespace, book_uuid, flow_uuid, name, version, detail)
+        SELECT $1, ok.x_book, ok.x_flow, g.name, g.version + 1, g.detail::json
+        FROM given AS g JOIN ok USING (x_n)
+        ORDER BY ok.x_book, g.k
+        ON CONFLICT (namespace, book_uuid, flow_uuid, name) DO UPDATE
+            SET version = excluded.version, detail = excluded.detail
+            WHERE a.version = excluded.version - 1
+        RETURNING a.book_uuid
+    ), fenced AS (
+        UPDATE {s}.logbooks AS l SET token = ok.x_token FROM ok
+        WHERE l.namespace = $1 AND l.uuid = ok.x_book
+            AND EXISTS (SELECT FROM atoms_written AS aw WHERE aw.book_uuid = ok.x_book)
+            AND (l.token IS NULL OR l.token < ok.x_token)
+    )
+    SELECT v.status, bk.token, st.name, st.stored,
+        (SELECT count(*) FROM atoms_written AS aw WHERE aw.book_uuid = i.x_book)
+    FROM i JOIN verdict AS v USING (x_n) LEFT JOIN book AS bk ON bk.uuid = i.x_book
+    LEFT JOIN stale AS st ON st.x_n = i.x_n
+    ORDER BY i.x_n"""
+
+
+def atom_writing(update_atoms: str, update_atoms_batch: str) -> Kind:
+    """The batcher's kind for ``UPDATE_ATOMS`` (its parameters the item; its row the reply),
+    several run as one ``UPDATE_ATOMS_BATCH`` (both with the schema put in)."""
+
+    async def alone(conn: Any, args: tuple[Any, ...]) -> Any:
+        return await conn.fetchrow(update_atoms, *args)
+
+    async def together(conn: Any, items: list[tuple[Any, ...]]) -> list[Any]:
+        writes = [[args[at] for args in items] for at in (1, 2, 3)]
+        atoms: list[list[Any]] = [[] for _ in range(4)]
+        for n, args in enumerate(items, 1):
+            atoms[0].extend([n] * len(args[4]))
+            for column, values in zip(atoms[1:], args[4:7], strict=True):
+                column.extend(values)
+        return list(await conn.fetch(update_atoms_batch, items[0][0], *writes, *atoms))
+
+    return Kind("update_atom_details", lambda args: (args[1],), alone, together)
