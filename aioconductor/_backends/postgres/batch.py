@@ -40,22 +40,35 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 from asyncpg import exceptions as pgexc  # type: ignore[import-untyped]  # untyped driver
 
+from aioconductor._backends.base import ErrorTable
 from aioconductor._backends.base import Pending
 from aioconductor._backends.base import translate
 from aioconductor.errors import AioconductorError
 
-if TYPE_CHECKING:
-    from aioconductor._backends.postgres.link import PostgresLink
-
-__all__ = ["MAX_BATCH", "Batcher", "Kind"]
+__all__ = ["MAX_BATCH", "BatchLink", "Batcher", "Kind"]
 
 #: The most calls one statement takes (bounds its arrays, its locks and its time).
 MAX_BATCH = 256
+
+
+class BatchLink(Protocol):
+    """What the batcher uses of its link (a ``PostgresLink``, which holds the batcher)."""
+
+    closed: bool
+    pool_max: int
+
+    def closed_error(self) -> Exception: ...
+
+    def errors(self, what: str) -> ErrorTable: ...
+
+    async def take(self, what: str) -> tuple[Any, Any]: ...
+
+    async def give_back(self, pool: Any, conn: Any, *, settled: bool) -> None: ...
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -89,7 +102,7 @@ class Batcher:
     """Runs the calls of concurrent callers, a statement per kind and event-loop turn, on a
     connection of ``link``'s pool (see the module)."""
 
-    def __init__(self, link: PostgresLink) -> None:
+    def __init__(self, link: BatchLink) -> None:
         self._link = link
         self._queue: list[_Call] = []
         self._worker: asyncio.Task[None] | None = None
