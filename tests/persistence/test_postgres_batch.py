@@ -60,7 +60,7 @@ class Statements:
             await flush(batcher, calls)
 
         async def counted_alone(batcher: Any, call: Any) -> None:
-            self.again += 1
+            self.again += self.sizes[-1] > 1  # a lone call runs alone in any case
             await alone(batcher, call)
 
         monkeypatch.setattr(batch.Batcher, "_flush", counted)
@@ -327,3 +327,81 @@ async def test_atom_writes_in_one_turn_are_one_statement_each_with_its_own_outco
                 assert saved.atoms["next"].state is AtomState.RUNNING
             else:
                 assert saved.atoms == flow.atoms, n
+
+
+async def _ending_racing_a_commit(
+    space: Any, change: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[Any], list[Any], Any, Any]:
+    """Three jobs ended in one statement while a transaction of the test's own, having made
+    ``change`` (an UPDATE's SET) to the middle job's row, holds it; committed once the
+    statement waits for the row. (outcomes, claims, board, store) once all ended."""
+    outcomes: list[Any] = []
+    async with _claimed(space, 3) as (board, store, claims):
+        flows = await _running(store, claims)
+        fused = store.fused_ending(board)
+        ends = [_ended(flow) for flow in flows]
+        statements = Statements(monkeypatch)
+        admin = await space.admin()
+        transaction = admin.transaction()
+        await transaction.start()
+        try:
+            await admin.execute(
+                f"UPDATE {space.schema}.jobs SET {change} WHERE id = $1", claims[1].job_id
+            )
+            async with anyio.create_task_group() as tg:
+
+                async def run() -> None:
+                    outcomes.extend(
+                        await _together(
+                            *(
+                                lambda c=c, e=e: fused(
+                                    c, Outcome.SUCCESS, {}, c.job_id, e[0], c.token, (e[1],)
+                                )
+                                for c, e in zip(claims, ends, strict=True)
+                            )
+                        )
+                    )
+
+                tg.start_soon(run)
+                await _waiting(space)
+                await transaction.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await transaction.rollback()
+            raise
+        assert statements.sizes[0] == 3 and statements.again == 0
+        saved = [
+            (await store.get_logbook(c.job_id)).flows[f.uuid]
+            for c, f in zip(claims, flows, strict=True)
+        ]
+        jobs = [await board.get(c.job_id) for c in claims]
+        return outcomes, saved, jobs, claims
+
+
+async def test_a_batched_ending_waits_for_a_renewal_then_ends(
+    space: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal committed while the statement waits for the job's row is read again, as
+    committed (the claim still current): every job of the statement ends."""
+    outcomes, saved, jobs, _ = await _ending_racing_a_commit(
+        space, "expires_at = expires_at + 60, ready_at = ready_at + 60", monkeypatch
+    )
+    for outcome, flow, job in zip(outcomes, saved, jobs, strict=True):
+        assert not isinstance(outcome, Exception), outcome
+        assert job.state is JobState.COMPLETE and flow.state is FlowState.SUCCESS
+
+
+async def test_a_batched_ending_waits_for_a_take_over_then_changes_nothing_of_that_job(
+    space: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A take-over committed while the statement waits for the job's row is read again, as
+    committed: that job's claim is stale, so nothing of it is written; the others end."""
+    outcomes, saved, jobs, _ = await _ending_racing_a_commit(
+        space, "owner = 'thief', token = token + 1", monkeypatch
+    )
+    assert isinstance(outcomes[1], ClaimLost), outcomes[1]
+    assert jobs[1].state is JobState.CLAIMED and jobs[1].claim is not None
+    assert jobs[1].claim.owner == "thief"
+    assert saved[1].state is FlowState.RUNNING
+    for n in (0, 2):
+        assert jobs[n].state is JobState.COMPLETE and saved[n].state is FlowState.SUCCESS

@@ -172,14 +172,14 @@ class Batcher:
 
     async def _flush(self, batch: list[_Call]) -> None:
         """Run ``batch`` as one statement and settle every call of it."""
+        if len(batch) == 1:
+            await self._alone(batch[0])
+            return
         kind = batch[0].kind
         items = [call.item for call in batch]
         try:
             conn = await self._connection(kind.what)
-            if len(batch) == 1:
-                replies = [await kind.alone(conn, items[0])]
-            else:
-                replies = list(await kind.together(conn, items))
+            replies = list(await kind.together(conn, items))
         except Exception as exc:
             if _refused(exc):
                 # The server refused the statement (or the driver an argument of it), which
@@ -205,6 +205,9 @@ class Batcher:
             call.settle(error=self._translated(call.kind.what, exc))
             if not _refused(exc):
                 await self._give_back(settled=False)
+        except BaseException:
+            await self._give_back(settled=False)
+            raise
 
     def _fail(self, batch: list[_Call], exc: Exception) -> None:
         """Fail every call of ``batch`` with its own copy of ``exc``, translated."""
