@@ -254,3 +254,32 @@ async def test_jobs_claimed_while_the_conductor_stops_are_given_back(drain: bool
     }
     assert not any(RUNS[f"w{n}"] for n in range(3))  # released before their flows began
     assert released == [("stopping", f"j{n}") for n in range(3)]
+
+
+async def test_a_result_too_large_for_the_board_runs_the_last_task_once(
+    backend: BoardBackend,
+) -> None:
+    """A consume refused for its result's size is abandoned; the flow's end is saved all the
+    same (fused with the consume or not), so the next run resumes past the task, never runs
+    it again, and the job is trashed when its attempts run out."""
+    flows = FlowRegistry()
+
+    @task(provides="big")
+    async def big(key: str) -> str:
+        RUNS[key] += 1
+        return "x" * 4096
+
+    @flows.register("big")
+    def big_flow(**args: Any) -> Any:
+        return linear("big", big)
+
+    store_url = backend.space.store_url("conformance")
+    async with (
+        backend.open(lease=5.0, poll_interval=0.05, max_payload_bytes=2048) as board,
+        open_store(store_url) as store,
+    ):
+        job = await board.post("j", "big", {"key": "b"}, max_attempts=2)
+        conductor = Conductor("c", board, store=store, flows=flows, lease=5.0)
+        done = await _until_final(board, job.id, conductor)
+    assert done.state is JobState.TRASHED
+    assert RUNS["b"] == 1

@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from aioconductor.boards.base import JobBoard
 from aioconductor.engine.journal import FINAL
+from aioconductor.errors import PayloadError
 from aioconductor.events import Notifier
 from aioconductor.models import Claim
 from aioconductor.models import Job
@@ -106,9 +107,15 @@ class Endings:
         end = self.kept.pop((claim.job_id, claim.token), None)
         if end is None or self.fused is None:
             return await self.board.consume(claim, outcome=outcome, result=result)
-        job = await self.fused(
-            claim, outcome, result, end.book_uuid, end.flow, end.token, end.atoms
-        )
+        try:
+            job = await self.fused(
+                claim, outcome, result, end.book_uuid, end.flow, end.token, end.atoms
+            )
+        except PayloadError:
+            # Refused before anything was sent (the result is too large for the board): keep
+            # the flow's end, which the abandon that follows saves on its own.
+            self.kept[claim.job_id, claim.token] = end
+            raise
         await self._tell(end)
         return job
 
