@@ -405,3 +405,24 @@ async def test_a_batched_ending_waits_for_a_take_over_then_changes_nothing_of_th
     assert saved[1].state is FlowState.RUNNING
     for n in (0, 2):
         assert jobs[n].state is JobState.COMPLETE and saved[n].state is FlowState.SUCCESS
+
+
+async def test_a_conductor_with_a_pool_of_one_connection_runs_its_jobs(space: Any) -> None:
+    """With ``pool_max=1`` the batcher takes the pool's one connection only while it runs
+    statements, so the link's other calls (claims, reads, renewals) still get it."""
+    from aioconductor import Conductor
+    from tests.apps import flows
+
+    url = space.board_url("pool1", pool_max=1, pool_min=1)
+    async with open_board(url) as board, open_store(url) as store:
+        jobs = [await board.post(f"j{n}", "steps", {"key": n}) for n in range(20)]
+        conductor = Conductor("one", board, store=store, flows=flows, retention=None)
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conductor.run)
+                for job in jobs:
+                    assert (await board.wait_for(job.id)).state is JobState.COMPLETE
+                conductor.stop()
+        for job in jobs:
+            [flow] = (await store.get_logbook(job.id)).flows.values()
+            assert flow.state is FlowState.SUCCESS
