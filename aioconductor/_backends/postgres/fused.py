@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aioconductor._backends.postgres import board_sql
+from aioconductor._backends.postgres import store_batch
 from aioconductor._backends.postgres import store_sql
 from aioconductor._backends.postgres.batch import Kind
 from aioconductor._backends.postgres.board_reads import PostgresBoardBase
@@ -119,10 +120,7 @@ _BATCH = """WITH i AS (
     ), flow AS (
         SELECT f.book_uuid, f.version FROM {s}.flow_details AS f
         JOIN i ON f.namespace = $2 AND f.book_uuid = i.x_book AND f.uuid = i.x_flow
-    ), given AS (
-        SELECT * FROM unnest($16::bigint[], $17::text[], $18::integer[], $19::text[])
-            WITH ORDINALITY AS g(x_n, name, version, detail, k)
-    ), stale AS (
+    ), {given}, stale AS (
         SELECT DISTINCT g.x_n FROM given AS g JOIN i USING (x_n)
         LEFT JOIN {s}.atom_details AS a ON a.namespace = $2 AND a.book_uuid = i.x_book
             AND a.flow_uuid = i.x_flow AND a.name = g.name
@@ -138,18 +136,7 @@ _BATCH = """WITH i AS (
             ELSE 'ok' END AS status
         FROM i LEFT JOIN book AS bk ON bk.uuid = i.x_book
         LEFT JOIN flow AS fl ON fl.book_uuid = i.x_book
-    ), ok AS (
-        SELECT i.* FROM i JOIN verdict AS v USING (x_n) WHERE v.status = 'ok'
-    ), atoms_written AS (
-        INSERT INTO {s}.atom_details AS a (namespace, book_uuid, flow_uuid, name, version, detail)
-        SELECT $2, ok.x_book, ok.x_flow, g.name, g.version + 1, g.detail::json
-        FROM given AS g JOIN ok USING (x_n)
-        ORDER BY ok.x_book, g.k
-        ON CONFLICT (namespace, book_uuid, flow_uuid, name) DO UPDATE
-            SET version = excluded.version, detail = excluded.detail
-            WHERE a.version = excluded.version - 1
-        RETURNING a.book_uuid
-    ), written AS (
+    ), {write}, written AS (
         UPDATE {s}.flow_details AS f SET name = ok.x_name, state = ok.x_state,
             version = ok.x_version + 1, meta = ok.x_meta::json
         FROM ok WHERE f.namespace = $2 AND f.book_uuid = ok.x_book AND f.uuid = ok.x_flow
@@ -185,6 +172,8 @@ def batch_statement(board_schema: str, store_schema: str) -> str:
     (The jobs' columns are named ``x_...`` so that the board's SQL, shared, names its own.)"""
     claim = {2: "{t}.x_id", 3: "{t}.x_owner", 4: "{t}.x_claim"}
     return _BATCH.format(
+        given=store_batch.given(16),
+        write=store_batch.WRITE.replace("{ns}", "$2").replace("{s}", store_schema),
         b=board_schema,
         s=store_schema,
         now=board_sql.NOW,
@@ -197,9 +186,8 @@ def batch_statement(board_schema: str, store_schema: str) -> str:
 
 
 #: Where each array of the batched statement ($4-$15) takes its value in a job's parameters
-#: (the unbatched statement's); then the atoms' ($17-$19).
+#: (the unbatched statement's); its atoms' arrays ($16-$19) are the job's 8-10.
 _JOB_ARRAYS = (12, 13, 14, 15, 16, 1, 2, 3, 4, 5, 6, 7)
-_ATOM_ARRAYS = (8, 9, 10)
 
 
 def _ending(board_schema: str, store_schema: str) -> Kind:
@@ -213,11 +201,7 @@ def _ending(board_schema: str, store_schema: str) -> Kind:
 
     async def together(conn: Any, items: list[tuple[Any, ...]]) -> list[Any]:
         jobs = [[args[at] for args in items] for at in _JOB_ARRAYS]
-        atoms: list[list[Any]] = [[] for _ in range(4)]
-        for n, args in enumerate(items, 1):
-            atoms[0].extend([n] * len(args[8]))
-            for column, at in zip(atoms[1:], _ATOM_ARRAYS, strict=True):
-                column.extend(args[at])
+        atoms = store_batch.joined(items, lambda n, _: n, range(8, 11))
         first = items[0]
         return list(await conn.fetch(batch_query, first[11], first[0], first[17], *jobs, *atoms))
 

@@ -10,11 +10,62 @@ statements (or a batched and an unbatched one, which takes one logbook) wait in 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aioconductor._backends.postgres.batch import Kind
 
-__all__ = ["CREATE_BOOKS", "UPDATE_ATOMS_BATCH", "atom_writing", "book_creation"]
+__all__ = [
+    "CREATE_BOOKS",
+    "GIVEN",
+    "UPDATE_ATOMS_BATCH",
+    "WRITE",
+    "atom_writing",
+    "book_creation",
+    "given",
+    "joined",
+]
+
+
+def joined(
+    items: Sequence[tuple[Any, ...]], owner: Callable[[int, tuple[Any, ...]], Any], at: range
+) -> list[list[Any]]:
+    """The arrays at positions ``at`` of each item's parameters (its flows' or atoms'),
+    joined, after an array naming each row's item: ``owner(ordinal, parameters)``."""
+    arrays: list[list[Any]] = [[] for _ in range(len(at) + 1)]
+    for n, args in enumerate(items, 1):
+        arrays[0].extend([owner(n, args)] * len(args[at[0]]))
+        for array, index in zip(arrays[1:], at, strict=True):
+            array.extend(args[index])
+    return arrays
+
+
+# The atoms to write of several writes, as arrays at $A-$D (the write's ordinal first), then
+# their upsert where the write's verdict (CTE ``ok``: its ``x_n``, ``x_book``, ``x_flow``) is
+# 'ok', under the same version re-check as ``store_sql._WRITE_ATOMS``; {ns} is the namespace.
+GIVEN = """given AS (
+        SELECT * FROM unnest($A::bigint[], $B::text[], $C::integer[], $D::text[])
+            WITH ORDINALITY AS g(x_n, name, version, detail, k)
+    )"""
+WRITE = """ok AS (
+        SELECT i.* FROM i JOIN verdict AS v USING (x_n) WHERE v.status = 'ok'
+    ), atoms_written AS (
+        INSERT INTO {s}.atom_details AS a (namespace, book_uuid, flow_uuid, name, version, detail)
+        SELECT {ns}, ok.x_book, ok.x_flow, g.name, g.version + 1, g.detail::json
+        FROM given AS g JOIN ok USING (x_n)
+        ORDER BY ok.x_book, g.k
+        ON CONFLICT (namespace, book_uuid, flow_uuid, name) DO UPDATE
+            SET version = excluded.version, detail = excluded.detail
+            WHERE a.version = excluded.version - 1
+        RETURNING a.book_uuid
+    )"""
+
+
+def given(first: int) -> str:
+    """``GIVEN`` with its arrays at parameters ``first`` and on."""
+    return re.sub(r"\$([A-D])", lambda m: f"${first + 'ABCD'.index(m[1])}", GIVEN)
+
 
 # CREATE_BOOK for several logbooks (the batcher's, the link's batcher): $2-$7 the logbooks' columns
 # as arrays, $8-$13 their flows' (each with its logbook's uuid first), $14-$18 their atoms' (the
@@ -61,18 +112,9 @@ def book_creation(create_book: str, create_books: str) -> Kind:
         return await conn.fetchrow(create_book, *args)
 
     async def together(conn: Any, items: list[tuple[Any, ...]]) -> list[Any]:
-        # Each array of CREATE_BOOK's, the items' joined, the flows' and atoms' arrays each
-        # with a first one naming their logbook.
-        books: list[list[Any]] = [[] for _ in range(6)]
-        flows: list[list[Any]] = [[] for _ in range(6)]
-        atoms: list[list[Any]] = [[] for _ in range(5)]
-        for args in items:
-            for column, value in zip(books, args[1:7], strict=True):
-                column.append(value)
-            for arrays, given in ((flows, args[7:12]), (atoms, args[12:16])):
-                arrays[0].extend([args[1]] * len(given[0]))
-                for column, values in zip(arrays[1:], given, strict=True):
-                    column.extend(values)
+        books = [[args[at] for args in items] for at in range(1, 7)]
+        flows = joined(items, _book, range(7, 12))
+        atoms = joined(items, _book, range(12, 16))
         return list(await conn.fetch(create_books, items[0][0], *books, *flows, *atoms))
 
     return Kind("save_logbook", lambda args: (args[1],), alone, together)
@@ -93,10 +135,7 @@ UPDATE_ATOMS_BATCH = """WITH i AS (
     ), flow AS (
         SELECT f.book_uuid FROM {s}.flow_details AS f
         JOIN i ON f.namespace = $1 AND f.book_uuid = i.x_book AND f.uuid = i.x_flow
-    ), given AS (
-        SELECT * FROM unnest($5::bigint[], $6::text[], $7::integer[], $8::text[])
-            WITH ORDINALITY AS g(x_n, name, version, detail, k)
-    ), stale AS (
+    ), {given}, stale AS (
         SELECT DISTINCT ON (g.x_n) g.x_n, g.name, coalesce(a.version, 0) AS stored
         FROM given AS g JOIN i USING (x_n)
         LEFT JOIN {s}.atom_details AS a ON a.namespace = $1 AND a.book_uuid = i.x_book
@@ -113,18 +152,7 @@ UPDATE_ATOMS_BATCH = """WITH i AS (
         FROM i LEFT JOIN book AS bk ON bk.uuid = i.x_book
         LEFT JOIN flow AS fl ON fl.book_uuid = i.x_book
         LEFT JOIN stale AS st ON st.x_n = i.x_n
-    ), ok AS (
-        SELECT i.* FROM i JOIN verdict AS v USING (x_n) WHERE v.status = 'ok'
-    ), atoms_written AS (
-        INSERT INTO {s}.atom_details AS a (namespace, book_uuid, flow_uuid, name, version, detail)
-        SELECT $1, ok.x_book, ok.x_flow, g.name, g.version + 1, g.detail::json
-        FROM given AS g JOIN ok USING (x_n)
-        ORDER BY ok.x_book, g.k
-        ON CONFLICT (namespace, book_uuid, flow_uuid, name) DO UPDATE
-            SET version = excluded.version, detail = excluded.detail
-            WHERE a.version = excluded.version - 1
-        RETURNING a.book_uuid
-    ), fenced AS (
+    ), {write}, fenced AS (
         UPDATE {s}.logbooks AS l SET token = ok.x_token FROM ok
         WHERE l.namespace = $1 AND l.uuid = ok.x_book
             AND EXISTS (SELECT FROM atoms_written AS aw WHERE aw.book_uuid = ok.x_book)
@@ -135,6 +163,8 @@ UPDATE_ATOMS_BATCH = """WITH i AS (
     FROM i JOIN verdict AS v USING (x_n) LEFT JOIN book AS bk ON bk.uuid = i.x_book
     LEFT JOIN stale AS st ON st.x_n = i.x_n
     ORDER BY i.x_n"""
+UPDATE_ATOMS_BATCH = UPDATE_ATOMS_BATCH.replace("{given}", given(5))
+UPDATE_ATOMS_BATCH = UPDATE_ATOMS_BATCH.replace("{write}", WRITE.replace("{ns}", "$1"))
 
 
 def atom_writing(update_atoms: str, update_atoms_batch: str) -> Kind:
@@ -146,11 +176,17 @@ def atom_writing(update_atoms: str, update_atoms_batch: str) -> Kind:
 
     async def together(conn: Any, items: list[tuple[Any, ...]]) -> list[Any]:
         writes = [[args[at] for args in items] for at in (1, 2, 3)]
-        atoms: list[list[Any]] = [[] for _ in range(4)]
-        for n, args in enumerate(items, 1):
-            atoms[0].extend([n] * len(args[4]))
-            for column, values in zip(atoms[1:], args[4:7], strict=True):
-                column.extend(values)
+        atoms = joined(items, _ordinal, range(4, 7))
         return list(await conn.fetch(update_atoms_batch, items[0][0], *writes, *atoms))
 
     return Kind("update_atom_details", lambda args: (args[1],), alone, together)
+
+
+def _book(n: int, args: tuple[Any, ...]) -> Any:
+    """An item's logbook uuid (``CREATE_BOOK``'s $2)."""
+    return args[1]
+
+
+def _ordinal(n: int, args: tuple[Any, ...]) -> int:
+    """An item's ordinal in its statement."""
+    return n
