@@ -4,6 +4,8 @@ driver errors, the backoff of reconnects and read retries, the reconnect of a no
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -27,6 +29,7 @@ __all__ = [
     "Pending",
     "Redial",
     "map_exceptions",
+    "outlast",
     "parse_note",
     "scrub",
     "sweep_delay",
@@ -287,3 +290,30 @@ class Pending:
         if self.error is not None:
             raise self.error
         return self.reply
+
+    async def joined(self, queue: Callable[[], list[Any]]) -> Any:
+        """Wait for the batch that takes this call; the call's outcome. ``queue`` gives the
+        calls not taken yet (read when needed: a batcher may replace its list).
+
+        Cancelled while still queued, the call leaves the queue and is never sent; once
+        taken, it waits for its batch to end (its work may land), then the cancellation goes
+        on.
+        """
+        try:
+            await self.done.wait()
+        except BaseException:
+            waiting = queue()
+            if self in waiting:
+                waiting.remove(self)  # never sent
+            else:
+                await outlast(self.done)
+            raise
+        return self.outcome()
+
+
+async def outlast(event: anyio.Event) -> None:
+    """Wait until ``event`` is set: shielded from anyio's cancellation, and from a plain
+    asyncio cancel, which passes through shields, by waiting again (the caller re-raises)."""
+    while not event.is_set():
+        with contextlib.suppress(asyncio.CancelledError), anyio.CancelScope(shield=True):
+            await event.wait()

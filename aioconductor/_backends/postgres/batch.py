@@ -37,7 +37,6 @@ other calls are never starved.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -122,15 +121,7 @@ class Batcher:
         self._queue.append(call)
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._work())
-        try:
-            await call.done.wait()
-        except BaseException:
-            if call in self._queue:
-                self._queue.remove(call)  # never sent
-            else:
-                await _outlast(call)  # its statement has ended before the cancellation lands
-            raise
-        return call.outcome()
+        return await call.joined(lambda: self._queue)
 
     def _take(self) -> list[_Call]:
         """The next statement's calls: the oldest call's kind, keys all different."""
@@ -271,14 +262,6 @@ def _refused(exc: Exception) -> bool:
     if isinstance(exc, _CONNECTION_LOST):
         return False
     return isinstance(exc, (pgexc.PostgresError, pgexc.DataError))
-
-
-async def _outlast(call: _Call) -> None:
-    """Wait until ``call``'s statement has ended: shielded from anyio's cancellation, and from
-    a plain asyncio cancel, which passes through shields, by waiting again."""
-    while not call.done.is_set():
-        with contextlib.suppress(asyncio.CancelledError), anyio.CancelScope(shield=True):
-            await call.done.wait()
 
 
 def _own_copy(exc: AioconductorError) -> Exception:

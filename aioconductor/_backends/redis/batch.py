@@ -70,15 +70,7 @@ class ScriptBatcher:
                 await _uncancelled(self._send(batch))
             await anyio.lowlevel.checkpoint_if_cancelled()
             return call.outcome()
-        try:
-            await call.done.wait()
-        except BaseException:
-            if call in self._queue:
-                self._queue.remove(call)  # never sent
-            else:
-                await _uncancelled(call.done.wait())
-            raise
-        return call.outcome()
+        return await call.joined(lambda: self._queue)
 
     async def run_all(
         self, calls: Sequence[tuple[AsyncScript, Sequence[str], Sequence[Any]]]
