@@ -283,3 +283,37 @@ async def test_a_result_too_large_for_the_board_runs_the_last_task_once(
         done = await _until_final(board, job.id, conductor)
     assert done.state is JobState.TRASHED
     assert RUNS["b"] == 1
+
+
+class _SlowRenewBoard(MemoryJobBoard):
+    """A claim call that returns its jobs with little of their lease left, and a renewal that
+    sets ``renewing`` and takes a while: the conductor renews each claim before its run
+    starts, and is told to stop meanwhile."""
+
+    renewing: anyio.Event
+
+    async def _claim_batch(self, owner: str, lease: float, limit: int) -> Any:
+        jobs = await super()._claim_batch(owner, lease, limit)
+        if jobs:
+            await anyio.sleep(lease - 0.1)
+        return jobs
+
+    async def _renew(self, claim: Any, lease: float) -> Any:
+        self.renewing.set()
+        await anyio.sleep(0.2)
+        return await super()._renew(claim, lease)
+
+
+async def test_a_job_whose_claim_is_renewed_as_the_conductor_stops_is_given_back() -> None:
+    async with _SlowRenewBoard(poll_interval=0.05) as board:
+        board.renewing = anyio.Event()
+        job = await board.post("j", "slow", {"key": "r"})
+        conductor = Conductor("c", board, flows=_flows(), lease=1.2, drain_timeout=1.0)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conductor.run)
+                await board.renewing.wait()
+                conductor.stop()  # the renewal before the run is under way
+        ended = await board.get(job.id)
+    assert (ended.state, ended.attempts, ended.releases) == (JobState.UNCLAIMED, 0, 1)
+    assert not RUNS["r"]  # released before its flow began

@@ -165,15 +165,15 @@ class JobRun:
                 raise Unrunnable(exhausted_reason(job))
             job = self.job = checked_args(context.flows, job)
             flow = build_flow(context.flows, job)
-            if self.stopping is not None and self.stopping.is_set():
-                # Claimed as the conductor stops (a claim call under way, a task not yet
-                # started): starting it now would only suspend it; another owner runs it.
-                with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
-                    await self._release("stopping")
-                return
             engine = context.make_engine(job, self.claim, flow)
             if not await self._enough_lease():
                 return  # lost before it started: the next owner runs it
+            if self.stopping is not None and self.stopping.is_set():
+                # Claimed as the conductor stops (a claim call under way, a renewal before the
+                # start): starting it now would only suspend it; another owner runs it.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
+                    await self._release("stopping")
+                return
             try:
                 result = await self._run_engine(engine)
             finally:
