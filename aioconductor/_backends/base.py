@@ -291,13 +291,18 @@ class Pending:
             raise self.error
         return self.reply
 
-    async def joined(self, queue: Callable[[], list[Any]]) -> Any:
+    async def joined(
+        self,
+        queue: Callable[[], list[Any]],
+        abandoned: Callable[[Pending], None] | None = None,
+    ) -> Any:
         """Wait for the batch that takes this call; the call's outcome. ``queue`` gives the
         calls not taken yet (read when needed: a batcher may replace its list).
 
         Cancelled while still queued, the call leaves the queue and is never sent; once
-        taken, it waits for its batch to end (its work may land), then the cancellation goes
-        on.
+        taken, the batcher is told (``abandoned``: it may stop a batch nobody waits for any
+        more) and the call waits for its batch to end (its work may land), then the
+        cancellation goes on.
         """
         try:
             await self.done.wait()
@@ -306,6 +311,8 @@ class Pending:
             if self in waiting:
                 waiting.remove(self)  # never sent
             else:
+                if abandoned is not None:
+                    abandoned(self)
                 await outlast(self.done)
             raise
         return self.outcome()

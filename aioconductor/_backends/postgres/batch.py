@@ -10,10 +10,11 @@ items' order), so each caller gets its own outcome: its own row, or its own erro
 How a batch is made: the first call queued starts the batcher's worker task, which runs once
 the tasks ready in this turn have run (and queued their calls): no timer, so a lone call waits
 for nothing. The worker takes up to :data:`MAX_BATCH` calls of the oldest call's kind whose keys
-differ (a second call on the same job or logbook waits for the next statement: one statement
-never writes a row twice), runs them as one statement (one call: the unbatched statement), and
-goes on while calls are queued, yielding one turn between statements so that the callers it
-woke can queue their next calls.
+differ from those of every call before them, of any kind (a second call on the same job or
+logbook waits for a later statement: one statement never writes a row twice, and calls on one
+row keep their order), runs them as one statement (one call: the unbatched statement), and goes
+on while calls are queued, yielding one turn between statements so that the callers it woke can
+queue their next calls. A worker that ends with calls queued starts the next: none is stranded.
 
 Outcomes: a batched statement is atomic, so when the server refuses it (an error that is not a
 connection's: one item's bad value, say) nothing was written and each call is run again alone,
@@ -25,13 +26,18 @@ Cancellation: the statement runs in the worker's task, never the caller's, so a 
 caller does not cancel it for the others. A call cancelled while still queued is taken off the
 queue and never runs; one already taken into a statement is waited for (shielded), then the
 cancellation lands: its effect is known to have happened or not, as for an unbatched call,
-whose connection goes back to the pool only once its statement has ended.
+whose connection goes back to the pool only once its statement has ended. Once every caller of
+the statement under way has left, the statement is cancelled (asyncpg cancels it on the server;
+one statement, it writes all or nothing), so callers are not held up by a statement that waits
+on someone else's lock.
 
 The connection: one pooled connection, held between statements (no acquire per call or batch)
 and given back when the link closes, or when its statement failed or was cancelled (the pool
-resets it, or replaces it if the server dropped it; the next statement takes another). With a
-pool of one connection the batcher takes it for each run of statements only, so the link's
-other calls are never starved.
+resets it, or replaces it if the server dropped it; the next statement takes another). One the
+server dropped while it was idle (a restart, an idle timeout) is found closed before the next
+statement and replaced, the statement never sent on it. With a pool of one connection the
+batcher takes it for each statement only, so the link's other calls get their turn between
+statements.
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ class BatchLink(Protocol):
 
     async def take(self, what: str) -> tuple[Any, Any]: ...
 
-    async def give_back(self, pool: Any, conn: Any, *, settled: bool) -> None: ...
+    async def give_back(self, pool: Any, conn: Any, pid: int | None, *, settled: bool) -> None: ...
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -89,12 +95,14 @@ class Kind:
 
 
 class _Call(Pending):
-    __slots__ = ("item", "kind")
+    __slots__ = ("abandoned", "item", "kind")
 
     def __init__(self, kind: Kind, item: Any) -> None:
         super().__init__()
         self.kind = kind
         self.item = item
+        #: Its caller was cancelled after the call was taken into a statement.
+        self.abandoned = False
 
 
 class Batcher:
@@ -107,6 +115,11 @@ class Batcher:
         self._worker: asyncio.Task[None] | None = None
         self._conn: Any = None
         self._pool: Any = None
+        #: The held connection's server pid, read when it was taken (a connection the pool
+        #: took back when it closed answers no call any more).
+        self._pid: int | None = None
+        #: The calls of the statement under way.
+        self._running: list[_Call] = []
         self._closed = False
 
     async def run(self, kind: Kind, item: Any) -> Any:
@@ -119,9 +132,22 @@ class Batcher:
             raise self._link.closed_error()
         call = _Call(kind, item)
         self._queue.append(call)
-        if self._worker is None:
+        self._start()
+        return await call.joined(lambda: self._queue, self._abandoned)
+
+    def _start(self) -> None:
+        if self._worker is None and self._queue and not self._closed:
             self._worker = asyncio.get_running_loop().create_task(self._work())
-        return await call.joined(lambda: self._queue)
+
+    def _abandoned(self, call: Pending) -> None:
+        """A caller cancelled after its call was taken: once no caller of the statement under
+        way waits for it any more, stop it (the server cancels it; being one statement, it
+        writes all or nothing), so cancelled callers are not held up by a slow statement."""
+        assert isinstance(call, _Call)
+        call.abandoned = True
+        running, worker = self._running, self._worker
+        if call in running and all(c.abandoned for c in running) and worker is not None:
+            worker.cancel()
 
     def _take(self) -> list[_Call]:
         """The next statement's calls: the oldest call's kind, keys all different."""
@@ -130,36 +156,56 @@ class Batcher:
         left: list[_Call] = []
         seen: set[Hashable] = set()
         for call in self._queue:
-            keys = call.kind.keys(call.item) if call.kind is kind else ()
+            keys = call.kind.keys(call.item)
             if call.kind is not kind or len(taken) == MAX_BATCH or not seen.isdisjoint(keys):
                 left.append(call)
-                continue
+            else:
+                taken.append(call)
+            # A later call on these rows waits, whatever its kind: calls on one row keep
+            # their order.
             seen.update(keys)
-            taken.append(call)
         self._queue = left
         return taken
 
     async def _work(self) -> None:
+        stopped = False
         try:
             while self._queue and not self._closed:
-                batch = self._take()
+                batch = self._running = self._take()
                 try:
                     await self._flush(batch)
+                except asyncio.CancelledError:
+                    if not all(call.abandoned for call in batch) or self._closed:
+                        raise
+                    stopped = True  # its callers all left (see _abandoned): go on
+                except Exception as exc:
+                    # Not the server's answer (a bug, a driver's surprise): this batch's
+                    # calls get it, the queue goes on.
+                    self._fail([c for c in batch if not c.settled], exc)
+                    await self._give_back(settled=False)
                 finally:
+                    self._running = []
                     for call in batch:
-                        if not call.settled:  # a cancel of the worker stopped the statement
+                        if not call.settled:  # a cancel stopped the statement
                             call.settle(error=self._link.closed_error())
                         call.done.set()
+                if self._link.pool_max < 2:
+                    # The pool's only connection: the link's other calls get their turn.
+                    await self._give_back(settled=True)
                 # The callers just woken queue their next calls meanwhile.
+                if stopped:
+                    stopped = False
+                    await _uncancel()
                 await asyncio.sleep(0)
         finally:
             self._worker = None
             for call in self._queue if self._closed else ():
                 call.settle(error=self._link.closed_error())
                 call.done.set()
-            if self._closed or self._link.pool_max < 2:
-                # A call queued meanwhile starts a worker of its own, on another connection.
+            if self._closed:
                 await self._give_back(settled=True)
+            else:
+                self._start()  # a call queued as this worker ended: never stranded
 
     async def _flush(self, batch: list[_Call]) -> None:
         """Run ``batch`` as one statement and settle every call of it."""
@@ -184,6 +230,8 @@ class Batcher:
         except BaseException:
             await self._give_back(settled=False)
             raise
+        if len(replies) != len(batch):
+            raise RuntimeError(f"{kind.what}: {len(replies)} replies to {len(batch)} calls")
         for call, reply in zip(batch, replies, strict=True):
             call.settle(reply)
 
@@ -219,20 +267,24 @@ class Batcher:
         return mapped
 
     async def _connection(self, what: str) -> Any:
-        """The held connection; a pooled one taken first if none is held."""
-        if self._conn is not None and self._conn.is_closed():
-            await self._give_back(settled=False)
+        """The held connection; a pooled one taken first if none is held (or the held one
+        closed: the server dropped it while it was idle, say)."""
+        if self._conn is not None and _closed(self._conn):
+            # Closed, the pool has it back already (asyncpg detaches it): just forget it.
+            self._conn = self._pool = self._pid = None
         if self._conn is None:
             self._pool, self._conn = await self._link.take(what)
+            self._pid = self._conn.get_server_pid()
         return self._conn
 
     async def _give_back(self, *, settled: bool) -> None:
         """Give the held connection back to its pool: reset first unless ``settled`` (its
         last statement ended well), so that whatever it left running has ended."""
-        conn, pool, self._conn, self._pool = self._conn, self._pool, None, None
+        conn, pool, pid = self._conn, self._pool, self._pid
+        self._conn = self._pool = self._pid = None
         if conn is None:
             return
-        await self._link.give_back(pool, conn, settled=settled)
+        await self._link.give_back(pool, conn, pid, settled=settled)
 
     async def aclose(self) -> None:
         """Refuse new calls, fail the queued ones, and give the connection back once the
@@ -245,6 +297,10 @@ class Batcher:
                 await asyncio.shield(worker)
             if not worker.done():
                 return  # its statement still runs on the connection: never given back busy
+        for call in self._queue:  # queued after the worker ended: none will run them
+            call.settle(error=self._link.closed_error())
+            call.done.set()
+        self._queue = []
         await self._give_back(settled=True)
 
 
@@ -254,6 +310,24 @@ _CONNECTION_LOST: tuple[type[BaseException], ...] = (
     pgexc.OperatorInterventionError,
     pgexc.InsufficientResourcesError,
 )
+
+
+def _closed(conn: Any) -> bool:
+    """Whether ``conn`` is closed (a connection the pool took back on close raises instead of
+    answering: closed all the same)."""
+    try:
+        return bool(conn.is_closed())
+    except pgexc.InterfaceError:
+        return True
+
+
+async def _uncancel() -> None:
+    """Clear the cancel this task got to stop a statement its callers all left (a plain
+    asyncio cancel: the worker goes on with the queue)."""
+    task = asyncio.current_task()
+    if task is not None:
+        while task.cancelling():
+            task.uncancel()
 
 
 def _refused(exc: Exception) -> bool:

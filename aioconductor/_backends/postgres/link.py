@@ -339,11 +339,11 @@ class PostgresLink:
             pool = self._pool
             return pool, await pool.acquire()
 
-    async def give_back(self, pool: Any, conn: Any, *, settled: bool) -> None:
-        """Give back a connection from :meth:`take`; reset by the pool unless ``settled``
-        (its last statement ended well)."""
-        if not settled:
-            self._unsettled.add(conn.get_server_pid())
+    async def give_back(self, pool: Any, conn: Any, pid: int | None, *, settled: bool) -> None:
+        """Give back a connection from :meth:`take` (whose server pid was ``pid``); reset by
+        the pool unless ``settled`` (its last statement ended well)."""
+        if not settled and pid is not None:
+            self._unsettled.add(pid)
         await self._release(pool, conn, "batch")
 
     async def batched(self, kind: Kind, item: Any) -> Any:
