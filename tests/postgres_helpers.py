@@ -220,6 +220,17 @@ async def count_backends(admin: Any, application_name: str) -> int:
     )
 
 
+async def until_waiting_for_a_lock(admin: Any, application_name: str) -> None:
+    """Return once a connection tagged ``application_name`` waits for a lock (within 10 s)."""
+    with anyio.fail_after(10):
+        while not await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = $1 AND wait_event_type = 'Lock'",
+            application_name,
+        ):
+            await anyio.sleep(0.02)
+
+
 #: Sessions of one application_name idle inside a transaction, and locks they hold.
 _IDLE_OR_LOCKED = """SELECT
     (SELECT count(*) FROM pg_stat_activity

@@ -40,6 +40,7 @@ import pytest
 from aioconductor import Conductor, open_board, open_store
 from tests.apps import flows
 from tests.backends import BY_NAME
+from tests.postgres_helpers import until_waiting_for_a_lock
 
 #: The most server calls one one-task job may cost, by backend (today's figures: lower them as
 #: the count drops): post, claim, the logbook with the task RUNNING, and the task's end, the
@@ -470,13 +471,7 @@ async def _racing_a_commit(space: Any, change: str, claim: Any, end: Any) -> Any
         await admin.execute(f"UPDATE {space.schema}.jobs SET {change} WHERE id = $1", claim.job_id)
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)
-            with anyio.fail_after(10):
-                while not await admin.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE application_name = $1 AND wait_event_type = 'Lock'",
-                    space.tag,
-                ):
-                    await anyio.sleep(0.02)
+            await until_waiting_for_a_lock(admin, space.tag)
             await transaction.commit()
     except BaseException:
         await transaction.rollback()

@@ -24,6 +24,7 @@ from aioconductor.persistence.models import (
     LogBook,
 )
 from tests.backends import BY_NAME
+from tests.postgres_helpers import until_waiting_for_a_lock
 
 pytestmark = pytest.mark.parametrize("space", [BY_NAME["postgres"].param()], indirect=True)
 
@@ -192,14 +193,7 @@ async def _blocked(space: Any, job_id: str) -> Any:
 
 async def _waiting(space: Any) -> None:
     """Until a connection of the space waits for a lock."""
-    admin = await space.admin()
-    with anyio.fail_after(10):
-        while not await admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE application_name = $1 AND wait_event_type = 'Lock'",
-            space.tag,
-        ):
-            await anyio.sleep(0.02)
+    await until_waiting_for_a_lock(await space.admin(), space.tag)
 
 
 async def test_a_connection_killed_under_a_batch_fails_every_caller_then_reconnects(
