@@ -26,7 +26,8 @@ import anyio
 
 from aioconductor import Conductor, FlowRegistry, Outcome, linear, open_board, task
 from aioconductor.events import Event
-from benchmarks.retention import board_url, running
+from benchmarks import services
+from benchmarks.retention import running
 
 BACKENDS = ("memory", "sqlite", "redis", "postgres", "kafka")
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         for backend in args.backends.split(","):
             _WAITING.clear()
             # Outside the event loop: the services' set-up and clean-up run loops of their own.
-            with board_url(backend, Path(folder)) as url:
+            with services.board_url(backend, Path(folder), "cancel") as url:
                 figures = anyio.run(run_one, backend, url, args.jobs)
             print(json.dumps(figures), flush=True)
     return 0

@@ -24,8 +24,7 @@ from typing import Any
 import anyio
 
 from aioconductor import Conductor, open_board, open_store
-from benchmarks import aioc_flows
-from benchmarks.retention import board_url
+from benchmarks import aioc_flows, services
 
 BACKENDS = ("memory", "sqlite", "redis", "postgres")
 
@@ -69,7 +68,10 @@ def measure(backend: str, options: argparse.Namespace) -> dict[str, Any]:
     clean-up runs outside it)."""
     rounds = []
     for _ in range(options.rounds):
-        with tempfile.TemporaryDirectory() as work, board_url(backend, Path(work)) as url:
+        with (
+            tempfile.TemporaryDirectory() as work,
+            services.board_url(backend, Path(work), "cpu") as url,
+        ):
             args = (url, options.jobs, options.concurrency, options.flow)
             rate, cpu = anyio.run(one_round, *args)
         rounds.append({"rate": round(rate), "cpu_us": round(cpu)})

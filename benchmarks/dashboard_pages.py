@@ -51,7 +51,7 @@ from aioconductor.boards import JobBoard
 from aioconductor.dashboard._views import PAGE_SIZE, ListQuery
 from aioconductor.models import JobFilter, JobState
 from benchmarks import services
-from benchmarks.search import _ms, analyze, board_url, fill
+from benchmarks.search import _ms, analyze, fill
 
 BACKENDS = ("sqlite", "postgres")
 #: A page at or over this p99 is flagged (the issue's bound).
@@ -337,7 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aioc-pages-")))
         for backend in args.backends.split(","):
             # Outside the event loop: the services' set-up and clean-up run loops of their own.
-            place = kept_url(backend, args.keep) if args.keep else board_url(backend, folder)
+            place = (
+                kept_url(backend, args.keep)
+                if args.keep
+                else services.board_url(backend, folder, "pages")
+            )
             with place as url:
                 lines.append(run_one(backend, url, args))
             print(json.dumps(lines[-1]), flush=True)

@@ -20,7 +20,7 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +32,6 @@ from aioconductor.events import Event
 from benchmarks import aioc_flows, services
 
 BACKENDS = ("sqlite", "redis", "postgres", "kafka")
-
-
-@contextlib.contextmanager
-def board_url(backend: str, work: Path) -> Iterator[str]:
-    """A fresh board URL on ``backend``, cleaned up afterwards."""
-    if backend == "memory":
-        yield "memory://"
-    elif backend == "sqlite":
-        yield f"sqlite:///{work / 'retention.db'}"
-    elif backend == "redis":
-        with services.fresh_redis_namespace() as namespace:
-            yield f"{services.redis_url(services.AIOC_REDIS_DB)}?namespace={namespace}"
-    elif backend == "postgres":
-        with services.fresh_postgres_schema() as schema:
-            yield f"{services.POSTGRES_URL}?namespace=bench&schema={schema}"
-    elif backend == "kafka":
-        yield services.kafka_url(f"retention_{time.time_ns()}")
-    else:
-        raise SystemExit(f"unknown backend {backend!r}")
 
 
 async def held(board: JobBoard) -> int | None:
@@ -182,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="aioc-retention-") as folder:
         for backend in args.backends.split(","):
             # Outside the event loop: the services' set-up and clean-up run loops of their own.
-            with board_url(backend, Path(folder)) as url:
+            with services.board_url(backend, Path(folder), "retention") as url:
                 figures = anyio.run(run_one, backend, url, args)
             print(json.dumps(figures), flush=True)
             ok = ok and figures["within_bound"] and figures["left_at_end"] == 0

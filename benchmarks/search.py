@@ -18,13 +18,12 @@ test server runs without it). Prints one JSON line per board.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +39,6 @@ BACKENDS = ("sqlite", "postgres", "memory")
 ROUND = 1170
 #: (flow, share of a round).
 FLOWS = (("orders", 500), ("mails", 300), ("reports", 150), ("audits", 50))
-
-
-@contextlib.contextmanager
-def board_url(backend: str, work: Path) -> Iterator[str]:
-    """A fresh board URL on ``backend``, cleaned up afterwards."""
-    if backend == "memory":
-        yield "memory://"
-    elif backend == "sqlite":
-        yield f"sqlite:///{work / 'search.db'}"
-    elif backend == "postgres":
-        with services.fresh_postgres_schema() as schema:
-            yield f"{services.POSTGRES_URL}?namespace=bench&schema={schema}"
-    else:
-        raise SystemExit(f"unknown backend {backend!r} (this benchmark: {', '.join(BACKENDS)})")
 
 
 async def _gather(calls: list[Callable[[], Awaitable[Any]]], width: int = 32) -> None:
@@ -192,8 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="aioc-search-") as folder:
         for backend in args.backends.split(","):
+            if backend not in BACKENDS:
+                raise SystemExit(
+                    f"unknown backend {backend!r} (this benchmark: {', '.join(BACKENDS)})"
+                )
             # Outside the event loop: the services' set-up and clean-up run loops of their own.
-            with board_url(backend, Path(folder)) as url:
+            with services.board_url(backend, Path(folder), "search") as url:
                 figures = anyio.run(run_one, backend, url, args.jobs, args.runs)
             print(json.dumps(figures), flush=True)
     return 0

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
@@ -229,3 +231,23 @@ def kafka_url(topic: str) -> str:
         f"kafka://{kafka_broker()}?topic={topic}&namespace=bench&idempotence=false"
         "&fetch_wait_ms=10&session_timeout_ms=2000"
     )
+
+
+@contextlib.contextmanager
+def board_url(backend: str, work: Path, name: str = "board") -> Iterator[str]:
+    """A fresh board URL on ``backend`` (its SQLite file ``work/<name>.db``, its Kafka topics
+    ``<name>_<ns>``), cleaned up afterwards."""
+    if backend == "memory":
+        yield "memory://"
+    elif backend == "sqlite":
+        yield f"sqlite:///{work / f'{name}.db'}"
+    elif backend == "redis":
+        with fresh_redis_namespace() as namespace:
+            yield f"{redis_url(AIOC_REDIS_DB)}?namespace={namespace}"
+    elif backend == "postgres":
+        with fresh_postgres_schema() as schema:
+            yield f"{POSTGRES_URL}?namespace=bench&schema={schema}"
+    elif backend == "kafka":
+        yield kafka_url(f"{name}_{time.time_ns()}")
+    else:
+        raise SystemExit(f"unknown backend {backend!r}")
