@@ -55,6 +55,24 @@ def wait_contains(driver: Any, element_id: str, expected: str, timeout: float = 
     )
 
 
+def bulk(driver: Any, action: str, scope: str) -> str:
+    """Run the bulk ``action`` on ``scope`` (``selected`` or ``matching``) and accept its
+    confirmation; the confirmation's question."""
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    Select(driver.find_element(By.ID, "bulk-scope")).select_by_value(scope)
+    driver.find_element(By.CSS_SELECTOR, f'button[data-bulk="{action}"]').click()
+    # "All matching" asks the board for the count first: the dialog comes later.
+    alert = WebDriverWait(driver, 5, ignored_exceptions=(NoAlertPresentException,)).until(
+        lambda d: d.switch_to.alert
+    )
+    question = str(alert.text)
+    alert.accept()
+    return question
+
+
 def text_of(driver: Any, element_id: str) -> str:
     from selenium.webdriver.common.by import By
 
@@ -202,7 +220,6 @@ async def test_cancel_from_a_jobs_page_and_limits_drawn_live(browser: Any) -> No
 
 
 async def test_filter_page_and_bulk_cancel_with_its_confirmation(browser: Any) -> None:
-    from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -259,28 +276,17 @@ async def test_filter_page_and_bulk_cancel_with_its_confirmation(browser: Any) -
                 is False
             )
 
-            def bulk_cancel(scope: str) -> str:
-                Select(browser.find_element(By.ID, "bulk-scope")).select_by_value(scope)
-                browser.find_element(By.CSS_SELECTOR, 'button[data-bulk="cancel"]').click()
-                # "All matching" asks the board for the count first: the dialog comes later.
-                alert = WebDriverWait(
-                    browser, 5, ignored_exceptions=(NoAlertPresentException,)
-                ).until(lambda d: d.switch_to.alert)
-                question = str(alert.text)
-                alert.accept()
-                return question
-
             # This page's ten, selected with the page's box: the confirmation counts them.
             await in_thread(lambda: browser.find_element(By.ID, "select-page").click())
             await in_thread(wait_text, browser, "bulk-selected", "the selected jobs (10)")
-            question = await in_thread(bulk_cancel, "selected")
+            question = await in_thread(bulk, browser, "cancel", "selected")
             assert question.startswith("Cancel the 10 selected jobs?")
             await in_thread(wait_contains, browser, "bulk-result", "10 cancelled")
             # Drawn by the poll: the page's jobs are gone from the filter (no longer waiting).
             await in_thread(wait_text, browser, "matching", "50")
 
             # Then all that match: the count comes from the board, asked before confirming.
-            question = await in_thread(bulk_cancel, "matching")
+            question = await in_thread(bulk, browser, "cancel", "matching")
             assert question.startswith("Cancel all 50 jobs matching the filter?")
             await in_thread(wait_contains, browser, "bulk-result", "50 cancelled")
             await in_thread(wait_text, browser, "matching", "0")
@@ -292,7 +298,6 @@ async def test_filter_page_and_bulk_cancel_with_its_confirmation(browser: Any) -
 
 
 async def test_page_forward_and_back_then_bulk_repost_a_filtered_set(browser: Any) -> None:
-    from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -330,17 +335,7 @@ async def test_page_forward_and_back_then_bulk_repost_a_filtered_set(browser: An
             await in_thread(go, "page-newer", "before=", False)  # ...and back
             assert await in_thread(row_ids) == first
 
-            def bulk_repost_all() -> str:
-                Select(browser.find_element(By.ID, "bulk-scope")).select_by_value("matching")
-                browser.find_element(By.CSS_SELECTOR, 'button[data-bulk="repost"]').click()
-                alert = WebDriverWait(
-                    browser, 5, ignored_exceptions=(NoAlertPresentException,)
-                ).until(lambda d: d.switch_to.alert)
-                question = str(alert.text)
-                alert.accept()
-                return question
-
-            question = await in_thread(bulk_repost_all)
+            question = await in_thread(bulk, browser, "repost", "matching")
             assert question.startswith("Re-post all 55 jobs matching the filter?")
             await in_thread(wait_contains, browser, "bulk-result", "55 reposted")
         fresh = [job async for job in board.iterjobs(state=JobState.UNCLAIMED)]
