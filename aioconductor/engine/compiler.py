@@ -20,7 +20,17 @@ from aioconductor.engine.retry import Retry
 from aioconductor.engine.task import Task
 from aioconductor.errors import CompilationError
 
-__all__ = ["CompiledFlow", "Node", "compile_flow"]
+__all__ = [
+    "CompiledFlow",
+    "Node",
+    "compilation_key",
+    "compile_flow",
+    "keep_compilation",
+]
+
+#: How many compilations a flow keeps (per shape and set of input names): a flow whose
+#: factory reuses it compiles once, whatever the number of jobs.
+KEPT_COMPILATIONS = 8
 
 
 @dataclass(eq=False, slots=True)
@@ -57,10 +67,26 @@ class _Part:
 
 @dataclass(eq=False)
 class CompiledFlow:
-    """A flow as a graph of nodes, ready to validate and run."""
+    """A flow as a graph of nodes, ready to validate and run.
+
+    Once validated, nothing changes its nodes: engines running at once share one.
+    """
 
     name: str
     nodes: list[Node]
+    #: Whether the flow is a line of tasks (no retry controller): no two nodes ever run at
+    #: once, and a failure has nothing else to stop.
+    chain: bool = field(init=False)
+    #: The node a new run starts with, if it is the only one and a task.
+    first: Node | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        nodes = self.nodes
+        self.chain = all(
+            len(node.succs) <= 1 and len(node.preds) <= 1 and not node.is_retry for node in nodes
+        )
+        roots = [node for node in nodes if not node.preds]
+        self.first = roots[0] if len(roots) == 1 and not roots[0].is_retry else None
 
     def validate(self, inputs: Iterable[str]) -> None:
         """Check that every node's requirements are met, and bind its arguments.
@@ -127,6 +153,37 @@ def compile_flow(flow: Flow) -> CompiledFlow:
         for pred in node.preds:
             nodes[pred].succs.append(node.index)
     return CompiledFlow(flow.name, nodes)
+
+
+def compilation_key(flow: Flow, inputs: Iterable[str]) -> object:
+    """What a compilation of ``flow`` for ``inputs`` depends on, as a hashable value: the
+    flow's shape (its atoms by identity, its patterns' kinds, names, children and links) and
+    the input names. A flow changed since it was compiled (a child added, a link made) has
+    another key. Look a kept compilation up with ``flow.compilations.get(key)``."""
+    return (_shape(flow), frozenset(inputs))
+
+
+def keep_compilation(flow: Flow, key: object, compiled: CompiledFlow) -> None:
+    """Keep ``compiled`` (validated for the inputs of ``key``) on ``flow``: engines given the
+    same flow and input names share it instead of compiling again."""
+    kept = flow.compilations
+    if len(kept) >= KEPT_COMPILATIONS:
+        kept.clear()
+    kept[key] = compiled
+
+
+def _shape(item: Task | Flow) -> object:
+    # Atoms by identity: a task is not changed once built, and the kept compilation holds its
+    # atoms, so their ids are not reused while it is kept.
+    if isinstance(item, Task):
+        return id(item)
+    links: tuple[object, ...] = ()
+    if isinstance(item, GraphFlow):
+        links = tuple(
+            tuple(end if isinstance(end, str) else id(end) for end in link) for link in item.links
+        )
+    children = tuple(_shape(child) for child in item.children)
+    return (type(item), item.name, id(item.retry), children, links)
 
 
 def _new(nodes: list[Node], name: str, atom: Task | Retry, scopes: tuple[int, ...]) -> int:

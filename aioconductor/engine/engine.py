@@ -19,7 +19,9 @@ import anyio
 
 from aioconductor.engine.compiler import CompiledFlow
 from aioconductor.engine.compiler import Node
+from aioconductor.engine.compiler import compilation_key
 from aioconductor.engine.compiler import compile_flow
+from aioconductor.engine.compiler import keep_compilation
 from aioconductor.engine.journal import FINAL
 from aioconductor.engine.journal import Journal
 from aioconductor.engine.patterns import Flow
@@ -112,6 +114,9 @@ class Engine:
         #: What is saved of the run, once prepared: all the engine's reads and writes.
         self._journal: Journal | None = None
         self._validated = False
+        #: Whether ``_compiled`` is a kept compilation, shared with other engines: it is
+        #: never validated (bound) again for other inputs.
+        self._shared = False
         self.fresh = fresh
 
     async def _emit(self, event: Event, **details: Any) -> None:
@@ -127,7 +132,7 @@ class Engine:
             CompilationError: duplicate names or provides, a cycle, or a bad link.
         """
         await self._emit(Event.COMPILATION_START)
-        self._compiled = compile_flow(self.flow)
+        self._compiled, self._shared = compile_flow(self.flow), False
         await self._emit(Event.COMPILATION_END)
 
     async def prepare(self) -> None:
@@ -156,23 +161,34 @@ class Engine:
     def _first_task(self) -> Node | None:
         """The node a new run starts with, if it is the only one and a task."""
         assert self._compiled is not None
-        roots = [node for node in self._compiled.nodes if not node.preds]
-        if len(roots) != 1 or roots[0].is_retry:
-            return None
-        return roots[0]
+        return self._compiled.first
 
     async def validate(self) -> None:
         """Check that every atom's requirements are met by the inputs or earlier atoms.
+
+        A flow validated before with the same shape and input names (by any engine) is not
+        compiled or validated again: its compilation is shared.
 
         Raises:
             CompilationError: naming each atom and the names it misses.
         """
         # Before anything is saved: a flow that cannot run leaves no logbook behind.
-        if self._compiled is None:
-            await self.compile()
-        assert self._compiled is not None
+        if self._compiled is None or self._shared:
+            await self._emit(Event.COMPILATION_START)
+            key = compilation_key(self.flow, self.inputs)
+            kept = self.flow.compilations.get(key)
+            self._compiled = kept if kept is not None else compile_flow(self.flow)
+            self._shared = kept is not None
+            await self._emit(Event.COMPILATION_END)
+        else:
+            key = None
         await self._emit(Event.VALIDATION_START)
-        self._compiled.validate(self.inputs)
+        if not self._shared:
+            self._compiled.validate(self.inputs)
+            if key is not None:
+                # Compiled here for these inputs, validated: engines to come share it.
+                keep_compilation(self.flow, key, self._compiled)
+                self._shared = True
         self._validated = True
         await self._emit(Event.VALIDATION_END)
 
@@ -219,10 +235,10 @@ class Engine:
         """
         self.fresh = False
         self._journal = None
+        await self.validate()  # binds each atom's arguments, reverts' too
         await self._prepare(lambda: None)
         journal = self._journal
         assert self._compiled is not None and journal is not None
-        self._compiled.validate(self.inputs)  # binds each atom's arguments, reverts' too
         runner = Runner(self._compiled, journal, self.inputs)
         return await self._saved_run(journal, runner, runner.completer.revert_all)
 

@@ -22,12 +22,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import KW_ONLY
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
+from aioconductor._models import build
 from aioconductor._payload import non_str_key
 from aioconductor.engine.compiler import Node
 from aioconductor.engine.retry import Attempt
@@ -386,17 +388,45 @@ async def _create(
     detail and returns the whole book: the detail saved earlier for this flow wins, and the run
     resumes from it as if the book had been read first.
     """
-    detail = FlowDetail(name=detail_name, state=FlowState.RUNNING)
+    # Built without pydantic's validation: every value is the engine's own, of the right type.
+    now = time.time()
+    atoms = {}
     if first is not None:
-        detail.atoms[first.name] = AtomDetail(
-            name=first.name, state=_RUNNING, meta={"started": time.time()}
-        )
-    book = LogBook(uuid=book_id, name=book_name, flows={detail.uuid: detail})
+        meta = {"started": now}
+        atoms[first.name] = build(AtomDetail, **_NEW_ATOM, name=first.name, meta=meta)
+    flow_uuid = str(uuid.uuid4())
+    detail = build(FlowDetail, **_NEW_FLOW, uuid=flow_uuid, name=detail_name, meta={}, atoms=atoms)
+    book = build(
+        LogBook,
+        **_NEW_BOOK,
+        uuid=book_id,
+        name=book_name,
+        created_at=now,
+        updated_at=now,
+        meta={},
+        flows={flow_uuid: detail},
+    )
     book = await store.save_logbook(book, token=token)
     earlier = [f for f in book.flows.values() if f.name == detail_name and f.uuid != detail.uuid]
     if earlier:
         return earlier[0], False
     return book.flows[detail.uuid], True
+
+
+#: The fields of the details ``_create`` builds that are the same for every new run (no
+#: mutable value: each detail gets a ``meta`` of its own).
+_NEW_ATOM = {
+    "kind": "task",
+    "state": _RUNNING,
+    "intention": Intention.EXECUTE,
+    "result": None,
+    "failure": None,
+    "revert_result": None,
+    "revert_failure": None,
+    "version": 0,
+}
+_NEW_FLOW = {"state": FlowState.RUNNING, "version": 0}
+_NEW_BOOK = {"token": None}
 
 
 def _clear(detail: AtomDetail) -> None:

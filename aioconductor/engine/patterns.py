@@ -11,7 +11,7 @@ Patterns nest, and each may carry a retry controller (``retry=Times(3)``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Self
+from typing import Any, Self
 
 from aioconductor.engine.retry import Retry
 from aioconductor.engine.task import Task
@@ -32,6 +32,9 @@ class Flow:
         self.name = name
         self.retry = retry
         self.children: list[Task | Flow] = []
+        #: The engine's compilations of this flow, by shape and input names (see
+        #: :func:`~aioconductor.engine.compiler.compiled_for`).
+        self.compilations: dict[object, Any] = {}
         self.add(*children)
 
     def add(self, *children: Task | Flow) -> Self:

@@ -43,6 +43,7 @@ class Runner:
 
     def __init__(self, compiled: CompiledFlow, journal: Journal, inputs: dict[str, Any]) -> None:
         self.flow_name = compiled.name
+        self.compiled = compiled
         self.nodes = nodes = compiled.nodes
         self.journal = journal
         details = journal.load(nodes)
@@ -92,7 +93,7 @@ class Runner:
         ready = [
             i for i, d in enumerate(details) if d.state is not _SUCCESS and not self._waiting[i]
         ]
-        self._chain = self._is_chain()
+        self._chain = self.compiled.chain
         if len(ready) == 1 and self._chain:
             # One node at a time, ever: its worker needs no task group to share with others.
             await self._drive(ready[0])
@@ -116,14 +117,6 @@ class Runner:
         self._waiting = [
             sum(1 for p in node.preds if details[p].state is not _SUCCESS) for node in self.nodes
         ]
-
-    def _is_chain(self) -> bool:
-        """Whether the flow is a line of tasks (no retry controller): then no two nodes can
-        ever run at once, and a failure has nothing else to stop."""
-        return all(
-            len(node.succs) <= 1 and len(node.preds) <= 1 and not node.is_retry
-            for node in self.nodes
-        )
 
     async def _drive(self, index: int | None) -> None:
         try:
