@@ -54,6 +54,9 @@ FINAL = frozenset({FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE})
 
 _SUCCESS = AtomState.SUCCESS
 _RUNNING = AtomState.RUNNING
+_EXECUTE = Intention.EXECUTE
+#: The states of an atom that leave nothing to decide or finish on resume.
+_BLANK = frozenset({AtomState.PENDING, _RUNNING, _SUCCESS})
 
 
 @dataclass(eq=False)
@@ -91,6 +94,9 @@ class Journal:
     _ahead: tuple[int, AtomState] | None = field(init=False, default=None)
     #: The atom whose SUCCESS is to be saved with the flow's end.
     _final: int | None = field(init=False, default=None)
+    #: Whether the run started by :meth:`load` found nothing saved: no failure to decide
+    #: again, no revert or retry to finish.
+    blank: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self._flow_uuid = self.flow.uuid
@@ -155,6 +161,7 @@ class Journal:
         saved = self.flow.atoms
         details: list[AtomDetail] = []
         seq = succeeded = 0
+        blank = True
         for node in nodes:
             detail = saved.get(node.name)
             if detail is None:
@@ -162,8 +169,10 @@ class Journal:
             else:
                 seq = max(seq, detail.meta.get("seq", 0))
                 succeeded += detail.state is _SUCCESS
+                blank = blank and detail.state in _BLANK and detail.intention is _EXECUTE
             details.append(detail)
         self.details, self.seq, self.succeeded = details, seq, succeeded
+        self.blank = blank
         self._final = None
         # Only the first run of a new logbook starts with its first atom saved.
         created, self._created_atom = self._created_atom, None

@@ -85,9 +85,11 @@ class Runner:
             Exception: whatever the store raised; nothing is reverted then.
         """
         completer = self.completer
-        await completer.redecide()
-        if completer.must_revert_all() or not await completer.finish_retries():
-            return await completer.revert_all()
+        if not self.journal.blank:
+            # A run saved before: finish what it was deciding, reverting or retrying.
+            await completer.redecide()
+            if completer.must_revert_all() or not await completer.finish_retries():
+                return await completer.revert_all()
         self._recount()
         details = self.journal.details
         ready = [

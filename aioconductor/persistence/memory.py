@@ -63,8 +63,9 @@ class MemoryStore(InMemory, Store):
             check_atoms(flow.atoms.values())
         stored = self._books.get(book.uuid)
         if stored is None:
-            stored = created_book(book, check_token(book.uuid, None, token))
-            self._books[book.uuid] = stored
+            new_token = check_token(book.uuid, None, token)
+            self._books[book.uuid] = evolve(copy_book(book), token=new_token)
+            return created_book(book, new_token)
         else:
             stored.token = check_token(book.uuid, stored.token, token)
             stored.name = book.name
