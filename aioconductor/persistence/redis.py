@@ -143,10 +143,11 @@ class RedisStore(OverLink[RedisLink], Store):
         args = [records.token_arg(token), flow.uuid, records.flow_detail_arg(flow)]
         args.append(str(flow.version))
         # The script saves a flow's own atoms only when it creates the flow, which a write
-        # of version > 0 never does (it would be refused as stale): skip encoding them.
-        new_atoms = flow.atoms if flow.version == 0 else {}
+        # of version > 0 never does (it would be refused as stale), nor one that updates
+        # atoms (refused, the flow unknown, with 'noflow'): skip encoding them then.
+        new_atoms = flow.atoms if flow.version == 0 and not atoms else {}
         args += [str(len(new_atoms)), *records.atom_args(new_atoms)]
-        args += records.updates(atoms)[1]
+        args += records.update_args(atoms)
         keys = [self._book_key(book_uuid), self._flow_prefix(book_uuid) + flow.uuid]
         return keys, [self._flow_prefix(book_uuid), *args]
 
@@ -169,11 +170,23 @@ class RedisStore(OverLink[RedisLink], Store):
         atoms: tuple[AtomDetail, ...],
     ) -> FlowDetail:
         """The saved flow of ``UPDATE_FLOW``'s reply, or the error its refusal stands for."""
+        self._flow_refused(reply, book_uuid, flow, token, atoms)
+        return records.flow_from_hash(pairs(reply[1]))
+
+    def _flow_refused(
+        self,
+        reply: list[Any],
+        book_uuid: str,
+        flow: FlowDetail,
+        token: int | None,
+        atoms: tuple[AtomDetail, ...],
+    ) -> None:
+        """Raise the error a refusal of ``UPDATE_FLOW`` (or ``UPDATE_FLOW_UNREAD``) stands for;
+        nothing if it said ``ok``."""
         if reply[0] == "conflict":
             check_version(f"flow {flow.name!r}", int(reply[1]), flow.version)
         records.refused_atoms(reply, book_uuid, flow.uuid, atoms, stale="atomconflict")
         self._refused(reply, book_uuid, token)
-        return records.flow_from_hash(pairs(reply[1]))
 
     async def _update_atom_details(
         self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None
@@ -224,11 +237,10 @@ class RedisStore(OverLink[RedisLink], Store):
             if reply[0] == "board":  # the board's refusal: raises what it stands for
                 board_records.checked_job(reply[1], claim.job_id, "consume", claim)
             elif reply[0] == "store":  # the store's refusal: raises what it stands for
-                self._flow_updated(reply[1], book_uuid, flow, token, atoms)
+                self._flow_refused(reply[1], book_uuid, flow, token, atoms)
             if reply[0] != "ok":
                 raise StoreError(f"unexpected reply {reply[0]!r} from Redis for job {claim.job_id}")
-            self._flow_updated(reply[1], book_uuid, flow, token, atoms)
-            job = board_records.checked_job(reply[2], claim.job_id, "consume", claim)
+            job = board_records.checked_job(reply[1], claim.job_id, "consume", claim)
             board._finished(job.id)
             return job
 

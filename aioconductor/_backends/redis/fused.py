@@ -2,8 +2,9 @@
 consume, when the board and the store share a server and a namespace (so one hash tag: one
 Redis Cluster slot).
 
-The script is the two scripts as they are (``UPDATE_FLOW`` of the store, ``CONSUME`` of the
-board), each wrapped in a function of its own KEYS and ARGV, run in this order:
+The script is the two scripts as they are (``UPDATE_FLOW_UNREAD`` of the store, which is
+``UPDATE_FLOW`` but for the flow's hash it would send back, and ``CONSUME`` of the board), each
+wrapped in a function of its own KEYS and ARGV, run in this order:
 
 1. the board's fence, read only: the job is ``CLAIMED`` by this owner and token; if not, the
    board's script answers the refusal (it writes nothing then);
@@ -15,13 +16,13 @@ So a stale claim changes nothing, and a refused store write consumes nothing.
 
 KEYS = the board's keys, then the store's. ARGV = the number of the board's keys, the number of
 its arguments, its arguments, then the store's. Replies: ``{'board', refusal}``, ``{'store',
-refusal}`` or ``{'ok', store reply, board reply}``.
+refusal}`` or ``{'ok', board reply}``.
 """
 
 from __future__ import annotations
 
 from aioconductor._backends.redis.board_scripts import CONSUME
-from aioconductor._backends.redis.store_scripts import UPDATE_FLOW
+from aioconductor._backends.redis.store_scripts import UPDATE_FLOW_UNREAD
 
 __all__ = ["END_AND_CONSUME"]
 
@@ -31,7 +32,7 @@ local function board_part(KEYS, ARGV)
 end
 
 local function store_part(KEYS, ARGV)
-{UPDATE_FLOW}
+{UPDATE_FLOW_UNREAD}
 end
 
 local nkeys, nargs = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -48,5 +49,5 @@ if f[1] ~= 'CLAIMED' or f[2] ~= bargs[3] or f[3] ~= bargs[4] then
 end
 local saved = store_part(skeys, sargs)
 if saved[1] ~= 'ok' then return {{'store', saved}} end
-return {{'ok', saved, board_part(bkeys, bargs)}}
+return {{'ok', board_part(bkeys, bargs)}}
 """

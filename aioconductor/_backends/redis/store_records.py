@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aioconductor._backends.redis.link import pairs
+from aioconductor._models import evolve
 from aioconductor.errors import LogBookNotFound
 from aioconductor.persistence._copy import copy_atom
 from aioconductor.persistence._json import check_atoms
@@ -25,6 +26,7 @@ __all__ = [
     "flow_from_hash",
     "refused_atoms",
     "token_arg",
+    "update_args",
     "updates",
 ]
 
@@ -79,6 +81,17 @@ def updates(atoms: Sequence[AtomDetail]) -> tuple[list[AtomDetail], list[str]]:
     for atom, new in zip(atoms, saved, strict=True):
         args += [atom.name, new.model_dump_json(), str(atom.version)]
     return saved, args
+
+
+def update_args(atoms: Sequence[AtomDetail]) -> list[str]:
+    """The script arguments of :func:`updates`, for a caller that has no use for the atoms as
+    saved (so none is copied but to set its version for the JSON)."""
+    check_atoms(atoms)
+    args = [str(len(atoms))]
+    for atom in atoms:
+        new = evolve(atom, version=atom.version + 1)
+        args += [atom.name, new.model_dump_json(), str(atom.version)]
+    return args
 
 
 def refused_atoms(

@@ -26,7 +26,15 @@ from redis.commands.core import AsyncScript
 
 from aioconductor._backends.redis.scripts import lua
 
-__all__ = ["DESTROY", "GET", "SAVE_LOGBOOK", "UPDATE_ATOMS", "UPDATE_FLOW", "StoreScripts"]
+__all__ = [
+    "DESTROY",
+    "GET",
+    "SAVE_LOGBOOK",
+    "UPDATE_ATOMS",
+    "UPDATE_FLOW",
+    "UPDATE_FLOW_UNREAD",
+    "StoreScripts",
+]
 
 _PRELUDE = """
 local flow_prefix = ARGV[1]
@@ -144,11 +152,8 @@ return {'ok', dump(KEYS[1])}
 """
 )
 
-#: KEYS = book, flow. ARGV = flow prefix, token, flow uuid, detail, version, atom count, then
-#: per atom (for a flow the logbook does not hold yet): name, json, version; then the count of
-#: atoms to update in the same write (of a flow it holds), then per atom: name, json, version
-#: read. Replies as above, or ``{'atomconflict', name, stored version}``.
-UPDATE_FLOW = (
+# The checks and writes of UPDATE_FLOW, before its reply.
+_UPDATE_FLOW_WRITE = (
     _PRELUDE
     + _FENCED_FLOW
     + """
@@ -168,10 +173,20 @@ if not known then
   put_atoms(flow, 7, tonumber(ARGV[6]))
   add_flow(book, ARGV[3])
 end
-store_token(book, token)
-return {'ok', redis.call('HGETALL', flow)}
-"""
+store_token(book, token)"""
 )
+
+#: KEYS = book, flow. ARGV = flow prefix, token, flow uuid, detail, version, atom count, then
+#: per atom (for a flow the logbook does not hold yet): name, json, version; then the count of
+#: atoms to update in the same write (of a flow it holds), then per atom: name, json, version
+#: read. Replies as above (``{'ok', the flow's hash}``), or ``{'atomconflict', name, stored
+#: version}``.
+UPDATE_FLOW = _UPDATE_FLOW_WRITE + "\nreturn {'ok', redis.call('HGETALL', flow)}\n"
+
+#: ``UPDATE_FLOW`` for a caller that has no use for the flow as saved (the fused ending): the
+#: same checks, refusals and writes, but ``{'ok'}`` without the flow's hash, which would be
+#: read, sent and parsed for nothing.
+UPDATE_FLOW_UNREAD = _UPDATE_FLOW_WRITE + "\nreturn {'ok'}\n"
 
 #: KEYS = book, flow. ARGV = flow prefix, token, flow uuid, atom count, then per atom: name,
 #: json, version read. Every version is checked before any atom is written. Replies as above,

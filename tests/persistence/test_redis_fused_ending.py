@@ -1,0 +1,81 @@
+"""The Redis fused ending's own work per job (issue #25): what it sends and reads back.
+
+Its guarantees (a stale claim changes nothing, a refused flow end consumes nothing) are tested
+for every fusing backend in ``tests/test_server_calls.py``; these tests pin that it does no
+work it has no use for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from aioconductor import open_board, open_store
+from aioconductor._backends.redis import store_records
+from aioconductor.models import JobState, Outcome
+from aioconductor.persistence.models import AtomDetail, AtomState, FlowDetail, FlowState, LogBook
+from tests.backends import RedisSpace, one_space_fixture
+
+pytestmark = pytest.mark.redis
+
+space = one_space_fixture("redis")
+
+
+async def _claimed_and_running(board: Any, store: Any) -> tuple[Any, FlowDetail]:
+    """A job claimed, and its logbook saved as a conductor's first write saves it: the flow
+    RUNNING (version 0) with its task RUNNING."""
+    await board.post("j", "noop", {"key": 1})
+    [(_, claim)] = await board.claim_batch("owner", 1)
+    flow = FlowDetail(name="noop", state=FlowState.RUNNING)
+    flow.atoms["echo"] = AtomDetail(name="echo", state=AtomState.RUNNING)
+    book = await store.save_logbook(
+        LogBook(uuid=claim.job_id, name="j", flows={flow.uuid: flow}), token=claim.token
+    )
+    return claim, book.flows[flow.uuid]
+
+
+def _ended(flow: FlowDetail) -> tuple[FlowDetail, AtomDetail]:
+    ended = flow.model_copy(deep=True)
+    ended.state = FlowState.SUCCESS
+    atom = ended.atoms["echo"]
+    atom.state, atom.result = AtomState.SUCCESS, {"echoed": 1}
+    return ended, atom
+
+
+async def test_the_fused_ending_reads_no_flow_back(
+    space: RedisSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flow's end is saved and the job consumed without the flow being read back from
+    Redis and parsed (the conductor has no use for it: it was a tenth of the CPU per job)."""
+
+    def no_read(fields: Any) -> Any:
+        raise AssertionError("the fused ending parsed the saved flow")
+
+    url = space.board_url("fused")
+    async with open_board(url) as board, open_store(url) as store:
+        claim, flow = await _claimed_and_running(board, store)
+        fused = store.fused_ending(board)
+        assert fused is not None
+        ended, atom = _ended(flow)
+        monkeypatch.setattr(store_records, "flow_from_hash", no_read)
+        job = await fused(
+            claim, Outcome.SUCCESS, {"r": 1}, claim.job_id, ended, claim.token, (atom,)
+        )
+        monkeypatch.undo()
+        assert job.state is JobState.COMPLETE and job.result == {"r": 1}
+        saved = (await store.get_logbook(claim.job_id)).flows[flow.uuid]
+        assert saved.state is FlowState.SUCCESS and saved.version == 1
+        assert saved.atoms["echo"].result == {"echoed": 1} and saved.atoms["echo"].version == 1
+
+
+async def test_a_flow_end_with_its_atoms_sends_the_flows_atoms_once(space: RedisSpace) -> None:
+    """A flow's end at version 0 that writes its task (a one-task job's end) sends that atom
+    once, as the write: the flow's atoms as a new flow would be saved with them are not
+    encoded, since a write of atoms to a flow the logbook does not hold is refused anyway."""
+    async with open_store(space.store_url("fused")) as store:
+        flow = FlowDetail(name="noop", state=FlowState.SUCCESS)
+        flow.atoms["echo"] = atom = AtomDetail(name="echo", state=AtomState.SUCCESS)
+        _, argv = store._flow_update("book", flow, 1, (atom,))
+        # prefix, token, uuid, detail, version, new atoms' count (then the new atoms), writes
+        assert argv[5] == "0", argv
+        assert argv[6:8] == ["1", "echo"] and len(argv) == 10
