@@ -46,6 +46,7 @@ from aioconductor.errors import StoreError
 from aioconductor.errors import VersionConflict
 from aioconductor.models import Job
 from aioconductor.persistence._copy import copy_atom
+from aioconductor.persistence._copy import created_book
 from aioconductor.persistence._json import atom_json
 from aioconductor.persistence._json import dumps
 from aioconductor.persistence.base import Store
@@ -72,6 +73,16 @@ def _names(book: LogBook | None, flow: FlowDetail | None = None) -> None:
         refuse_nul(f"flow {flow.uuid!r}", flow.uuid + flow.name, StoreError)
         for atom in flow.atoms.values():
             refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
+
+
+#: A flow's meta and its atoms' details (in the flow's order) as JSON text.
+_EncodedFlow = tuple[str, list[str]]
+
+
+def _encoded(flow: FlowDetail) -> _EncodedFlow:
+    """``flow``'s meta and atoms as JSON text; ``StoreError`` if JSON cannot carry one."""
+    meta = dumps(f"flow {flow.name!r} meta", flow.meta)
+    return meta, [atom_json(atom) for atom in flow.atoms.values()]
 
 
 class PostgresStore(Store):
@@ -150,9 +161,17 @@ class PostgresStore(Store):
     def _missing(self, book_uuid: str) -> LogBookNotFound:
         return LogBookNotFound(f"no logbook {book_uuid!r} in this store")
 
-    async def _insert_flow(self, conn: Any, book_uuid: str, flow: FlowDetail, version: int) -> bool:
-        """Add a flow with its atoms (as given); False if the logbook holds it already."""
-        meta = dumps(f"flow {flow.name!r} meta", flow.meta)
+    async def _insert_flow(
+        self,
+        conn: Any,
+        book_uuid: str,
+        flow: FlowDetail,
+        version: int,
+        encoded: _EncodedFlow | None = None,
+    ) -> bool:
+        """Add a flow with its atoms (as given; ``encoded``: its JSON, when the caller has it);
+        False if the logbook holds it already."""
+        meta, details = encoded or _encoded(flow)
         inserted = await conn.fetchval(
             self._sql.insert_flow,
             self.namespace,
@@ -166,8 +185,8 @@ class PostgresStore(Store):
         if inserted is None:
             return False
         atoms = [
-            (self.namespace, book_uuid, flow.uuid, a.name, a.version, atom_json(a))
-            for a in flow.atoms.values()
+            (self.namespace, book_uuid, flow.uuid, a.name, a.version, detail)
+            for a, detail in zip(flow.atoms.values(), details, strict=True)
         ]
         if atoms:
             await conn.executemany(self._sql.insert_atom, atoms)
@@ -182,15 +201,13 @@ class PostgresStore(Store):
     async def _save_logbook(self, book: LogBook, token: int | None) -> LogBook:
         _names(book)
         meta = dumps(f"logbook {book.uuid} meta", book.meta)
-        for flow in book.flows.values():  # refuse what cannot be encoded before writing
-            dumps(f"flow {flow.name!r} meta", flow.meta)
-            for atom in flow.atoms.values():
-                atom_json(atom)
+        # Encoded once, before anything is written: what cannot be encoded is refused unwritten.
+        encoded = {flow.uuid: _encoded(flow) for flow in book.flows.values()}
         ns = self.namespace
         book_row = self._book_row(book, meta, token)
-        created = await self._create_book(book, book_row)
-        if created is not None:
-            return created
+        if await self._create_book(book, book_row, encoded):
+            # A new logbook holds exactly what was given: no need to read it back.
+            return created_book(book, book_row[6])
 
         async def save(conn: Any) -> LogBook:
             async with conn.transaction():
@@ -208,7 +225,7 @@ class PostgresStore(Store):
                         new_token,
                     )
                 for flow in book.flows.values():
-                    await self._insert_flow(conn, book.uuid, flow, flow.version)
+                    await self._insert_flow(conn, book.uuid, flow, flow.version, encoded[flow.uuid])
                 (saved,) = await self._load(conn, self._sql.get, book.uuid)
                 return saved
 
@@ -219,43 +236,27 @@ class PostgresStore(Store):
         token = check_token(book.uuid, None, token)
         return (self.namespace, book.uuid, book.name, book.created_at, book.updated_at, meta, token)
 
-    async def _create_book(self, book: LogBook, book_row: tuple[Any, ...]) -> LogBook | None:
-        """Create ``book`` (its row: :meth:`_book_row`) with its flows and atoms in one
-        statement; None if it exists."""
+    async def _create_book(
+        self, book: LogBook, book_row: tuple[Any, ...], encoded: dict[str, _EncodedFlow]
+    ) -> bool:
+        """Create ``book`` (its row: :meth:`_book_row`; its flows' JSON: ``encoded``) with its
+        flows and atoms in one statement; False if it exists."""
         flows = list(book.flows.values())
-        metas = [dumps(f"flow {f.name!r} meta", f.meta) for f in flows]
         atoms = [(f.uuid, atom) for f in flows for atom in f.atoms.values()]
-        details = [atom_json(atom) for _, atom in atoms]
         args = (
             *book_row,
             [f.uuid for f in flows],
             [f.name for f in flows],
             [f.state.value for f in flows],
             [f.version for f in flows],
-            metas,
+            [encoded[f.uuid][0] for f in flows],
             [flow_uuid for flow_uuid, _ in atoms],
             [atom.name for _, atom in atoms],
             [atom.version for _, atom in atoms],
-            details,
+            [detail for f in flows for detail in encoded[f.uuid][1]],
         )
         row = await self._link.batched(self._creating, args)
-        if row[0] is None:
-            return None
-        meta = book_row[5]
-        # What a read would return: the JSON as stored, read back.
-        stored: dict[str, dict[str, AtomDetail]] = {f.uuid: {} for f in flows}
-        for (flow_uuid, atom), detail in zip(atoms, details, strict=True):
-            stored[flow_uuid][atom.name] = sql.atom_read(atom.name, atom.version, detail)
-        return book.model_copy(
-            update={
-                "meta": json.loads(meta),
-                "token": args[6],
-                "flows": {
-                    f.uuid: f.model_copy(update={"meta": json.loads(m), "atoms": stored[f.uuid]})
-                    for f, m in zip(flows, metas, strict=True)
-                },
-            }
-        )
+        return row[0] is not None
 
     async def _get_logbook(self, book_uuid: str) -> LogBook:
         if "\x00" in book_uuid:

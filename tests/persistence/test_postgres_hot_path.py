@@ -1,0 +1,55 @@
+"""The PostgreSQL store's and fused ending's hot path: each detail encoded once, nothing read
+back that the caller already holds, and the checks made before anything is written kept."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from aioconductor.errors import StoreError
+from aioconductor.persistence import Store
+from aioconductor.persistence import postgres as postgres_store
+from aioconductor.persistence.models import AtomDetail
+from aioconductor.testing.conformance._store_data import make_book
+from tests.backends import one_space_fixture, store_fixture
+
+pytestmark = pytest.mark.postgres
+
+space = one_space_fixture("postgres")
+store = store_fixture("pg_store")
+
+
+@pytest.fixture
+def encoded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The names of the atoms the PostgreSQL store encodes, in order."""
+    names: list[str] = []
+    real = postgres_store.atom_json
+
+    def counting(atom: AtomDetail) -> str:
+        names.append(atom.name)
+        return real(atom)
+
+    monkeypatch.setattr(postgres_store, "atom_json", counting)
+    yield names
+
+
+async def test_a_new_logbook_is_encoded_once_and_returned_as_given(
+    store: Store, encoded: list[str]
+) -> None:
+    book = make_book(atoms=2)
+    saved = await store.save_logbook(book, token=4)
+    assert encoded == ["atom-0", "atom-1"]
+    # As the other stores do: a new logbook holds exactly what was given, not read back.
+    (flow,) = book.flows.values()
+    assert saved.token == 4 and saved.flows[flow.uuid].atoms["atom-1"] is flow.atoms["atom-1"]
+    assert await store.get_logbook(book.uuid) == saved
+
+
+async def test_a_logbook_that_cannot_be_encoded_is_refused_unwritten(store: Store) -> None:
+    book = make_book(flows=2, atoms=2)
+    last = list(book.flows.values())[-1]
+    last.atoms["atom-1"].result = {1: "a key JSON would change"}
+    with pytest.raises(StoreError, match="atom 'atom-1'"):
+        await store.save_logbook(book)
+    assert [b async for b in store.logbooks()] == []
