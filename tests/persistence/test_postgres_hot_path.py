@@ -10,7 +10,7 @@ import pytest
 from aioconductor.errors import StoreError
 from aioconductor.persistence import Store
 from aioconductor.persistence import postgres as postgres_store
-from aioconductor.persistence.models import AtomDetail
+from aioconductor.persistence.models import AtomDetail, FlowDetail, FlowState
 from aioconductor.testing.conformance._store_data import make_book
 from tests.backends import one_space_fixture, store_fixture
 
@@ -53,3 +53,49 @@ async def test_a_logbook_that_cannot_be_encoded_is_refused_unwritten(store: Stor
     with pytest.raises(StoreError, match="atom 'atom-1'"):
         await store.save_logbook(book)
     assert [b async for b in store.logbooks()] == []
+
+
+@pytest.fixture
+def flow_end_encoded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The names of the atoms a flow's end (``store_sql.flow_end_args``) encodes, in order."""
+    from aioconductor._backends.postgres import store_sql
+
+    names: list[str] = []
+    real = store_sql.atom_json
+
+    def counting(atom: AtomDetail) -> str:
+        names.append(atom.name)
+        return real(atom)
+
+    monkeypatch.setattr(store_sql, "atom_json", counting)
+    yield names
+
+
+async def test_a_flows_end_encodes_each_atom_once(
+    store: Store, flow_end_encoded: list[str]
+) -> None:
+    book = await store.save_logbook(make_book(atoms=2))
+    flow = next(iter(book.flows.values()))
+    last = flow.atoms["atom-1"]
+    last.result = {"done": True}
+    flow.state = FlowState.SUCCESS
+    saved = await store.update_flow_detail(book.uuid, flow, atoms=[last])
+    # atom-0 is checked (a flow at version 0 may be saved with its atoms), atom-1 encoded once.
+    assert sorted(flow_end_encoded) == ["atom-0", "atom-1"]
+    assert saved.version == 1 and saved.atoms["atom-1"].result == {"done": True}
+    flow_end_encoded.clear()
+    saved.state = FlowState.FAILURE
+    await store.update_flow_detail(book.uuid, saved)
+    # A later version saves none of the flow's own atoms: none is encoded.
+    assert flow_end_encoded == []
+    got = next(iter((await store.get_logbook(book.uuid)).flows.values()))
+    assert got.version == 2 and got.state is FlowState.FAILURE
+
+
+async def test_a_new_flow_whose_atom_cannot_be_encoded_is_refused_unwritten(store: Store) -> None:
+    book = await store.save_logbook(make_book(atoms=0))
+    flow = FlowDetail(name="second")
+    flow.atoms["bad"] = AtomDetail(name="bad", result={("a", "tuple"): 1})
+    with pytest.raises(StoreError, match="atom 'bad'"):
+        await store.update_flow_detail(book.uuid, flow)
+    assert len((await store.get_logbook(book.uuid)).flows) == 1

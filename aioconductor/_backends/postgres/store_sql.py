@@ -204,10 +204,17 @@ def flow_end_args(
     for atom in flow.atoms.values():
         refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
     meta = dumps(f"flow {flow.name!r} meta", flow.meta)
-    for atom in flow.atoms.values():
-        atom_json(atom)
     for atom in atoms:
         refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
+    details = [atom_json(atom) for atom in atoms]
+    if flow.version == 0:
+        # A flow at version 0 may not be saved yet: the general path then saves it with its
+        # own atoms, so refuse now what they cannot encode (a later version saves ``atoms``
+        # only). An atom given in ``atoms`` too is encoded once.
+        given = {id(atom) for atom in atoms}
+        for atom in flow.atoms.values():
+            if id(atom) not in given:
+                atom_json(atom)
     return (
         namespace,
         book_uuid,
@@ -219,7 +226,7 @@ def flow_end_args(
         meta,
         [atom.name for atom in atoms],
         [atom.version for atom in atoms],
-        [atom_json(atom) for atom in atoms],
+        details,
     )
 
 
