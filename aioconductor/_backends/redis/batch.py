@@ -21,6 +21,7 @@ are loaded and sent again.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
@@ -136,17 +137,27 @@ class ScriptBatcher:
 
     async def _send_packed(self, packed: bytes, count: int) -> list[Any]:
         """Write ``packed`` (``count`` commands) on a pooled connection and read every reply;
-        an error reply is returned in its place, as an exception."""
+        an error reply is returned in its place, as an exception.
+
+        The connection's socket timeout bounds the reading of all the replies, not each one:
+        redis-py's own timeout per reply (an ``asyncio.timeout`` and its timer each) was a
+        third of the cost of reading a reply.
+        """
         pool = self._client.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             await conn.send_packed_command(packed, check_health=False)
             replies: list[Any] = []
-            for _ in range(count):
-                try:
-                    replies.append(await conn.read_response())
-                except rexc.ResponseError as exc:
-                    replies.append(exc)
+            try:
+                async with asyncio.timeout(conn.socket_timeout):
+                    for _ in range(count):
+                        try:
+                            # math.inf: no timeout of redis-py's own (the one above bounds it).
+                            replies.append(await conn.read_response(timeout=math.inf))
+                        except rexc.ResponseError as exc:
+                            replies.append(exc)
+            except TimeoutError:
+                raise rexc.TimeoutError(f"Timeout reading from Redis: {_NO_REPLY}") from None
             return replies
         except BaseException:
             # Replies may be left unread on it: never hand it to anyone else.

@@ -1,0 +1,92 @@
+"""A pipeline whose replies stop coming is bounded by the connection's socket timeout: the
+batcher reads a pipeline's replies under one timeout, not redis-py's own one per reply.
+
+A fake server (it answers the connection's set-up, then a set number of commands, then nothing)
+stands in for a Redis that stopped answering, so no test pauses the shared Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+import hiredis
+from anyio.abc import SocketStream
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+
+from aioconductor._backends.redis.batch import ScriptBatcher
+
+RETURN_ONE = "return 1"
+
+
+class StallingServer:
+    """Answers ``+OK``/``:1`` to the first ``answered`` commands after the set-up, then none."""
+
+    def __init__(self, answered: int) -> None:
+        self.answered = answered
+        self.evals = 0
+
+    async def serve(self, stream: SocketStream) -> None:
+        reader = hiredis.Reader()
+        async with stream:
+            while True:
+                try:
+                    reader.feed(await stream.receive())
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    return
+                while (command := reader.gets()) is not False:
+                    if command[0].upper() != b"EVALSHA":
+                        await stream.send(b"+OK\r\n")
+                        continue
+                    self.evals += 1
+                    if self.evals <= self.answered:
+                        await stream.send(b":1\r\n")
+
+
+@contextlib.asynccontextmanager
+async def stalling(answered: int) -> AsyncIterator[tuple[StallingServer, int]]:
+    """A :class:`StallingServer` listening on a free port: (server, port)."""
+    server = StallingServer(answered)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, server.serve)
+        try:
+            yield server, port
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def test_replies_that_stop_coming_fail_every_call_after_the_socket_timeout() -> None:
+    async with stalling(answered=1) as (server, port):
+        client = Redis.from_url(f"redis://127.0.0.1:{port}/0?socket_timeout=0.3", protocol=2)
+        try:
+            batcher = ScriptBatcher(client)
+            script = client.register_script(RETURN_ONE)
+            outcomes: list[object] = []
+
+            async def call() -> None:
+                try:
+                    outcomes.append(await batcher.run(script, [], []))
+                except Exception as exc:
+                    outcomes.append(exc)
+
+            started = time.monotonic()
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(call)
+            elapsed = time.monotonic() - started
+            # One pipeline of three: the first reply came, then none. Like a lost connection,
+            # the timeout fails every call of the pipeline (each may or may not have run).
+            assert server.evals == 3
+            assert len(outcomes) == 3
+            assert all(isinstance(o, rexc.TimeoutError) for o in outcomes), outcomes
+            assert elapsed < 2.0  # the socket timeout, not the batcher's 10 s bound
+            # The connection that may still owe replies is never handed out again.
+            assert all(
+                c.is_connected is False for c in client.connection_pool._available_connections
+            )
+        finally:
+            await client.aclose()
