@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = [
@@ -45,7 +44,7 @@ FORMAT = (
 ATTRIBUTES = ("job_id", "job_name", "flow", "owner", "attempt")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JobContext:
     """The job a piece of code runs for."""
 
@@ -66,7 +65,6 @@ def current_job() -> JobContext | None:
     return _current.get()
 
 
-@contextlib.contextmanager
 def job_context(
     job_id: str,
     flow: str,
@@ -74,7 +72,7 @@ def job_context(
     *,
     job_name: str | None = None,
     attempt: int | None = None,
-) -> Iterator[JobContext]:
+) -> contextlib.AbstractContextManager[JobContext]:
     """Mark the code in the ``with`` block (and the tasks it starts) as running for a job.
 
     Args:
@@ -84,15 +82,29 @@ def job_context(
         job_name: the job's name, for people.
         attempt: which claim of the job this is (1 for the first).
 
-    Yields:
-        The context now current.
+    Returns:
+        A context manager whose ``with`` block runs for the job; it gives the context now
+        current.
     """
-    context = JobContext(job_id, flow, owner, job_name, attempt)
-    token = _current.set(context)
-    try:
-        yield context
-    finally:
-        _current.reset(token)
+    return _JobScope(JobContext(job_id, flow, owner, job_name, attempt))
+
+
+class _JobScope(contextlib.AbstractContextManager[JobContext]):
+    # A class, not a generator: every job run enters one, and a generator's frame and
+    # wrapper were two of the largest objects a job in flight held.
+    __slots__ = ("_context", "_token")
+
+    def __init__(self, context: JobContext) -> None:
+        self._context = context
+        self._token: contextvars.Token[JobContext | None] | None = None
+
+    def __enter__(self) -> JobContext:
+        self._token = _current.set(self._context)
+        return self._context
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._token is not None
+        _current.reset(self._token)
 
 
 class JobContextFilter(logging.Filter):

@@ -81,7 +81,7 @@ _OUTCOMES = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class JobRun:
     """One claimed job on its way through a conductor."""
 
@@ -128,29 +128,25 @@ class JobRun:
 
     async def run(self) -> None:
         """Run the job to one of its ends. Never raises but for cancellation."""
-        job, owner = self.job, self.claim.owner
+        job, owner, running = self.job, self.claim.owner, self.context.running
         # Every log record of this run (and of the tasks it starts) names the job.
         with job_context(job.id, job.flow, owner, job_name=job.name, attempt=job.attempts):
-            await self._run_to_an_end()
+            earlier = running.get(job.id)
+            if earlier is not None:
+                # This conductor claimed the job again while a run of its own (whose lease ran
+                # out) still winds down: that run is a zombie; stop it.
+                earlier.halt()
+            # Listed from the start, before any await: a cancel pushed meanwhile finds the run.
+            running[job.id] = self
+            try:
+                await self._run_listed()
+            finally:
+                self.context.endings.forget(job.id, self.claim.token)
+                if running.get(job.id) is self:
+                    del running[job.id]
             if self.final or self.lease_lost:
                 # Its progress is of use to nobody now (a lost job's new owner reads its own).
                 await self._forget_progress()
-
-    async def _run_to_an_end(self) -> None:
-        running, job = self.context.running, self.job
-        earlier = running.get(job.id)
-        if earlier is not None:
-            # This conductor claimed the job again while a run of its own (whose lease ran
-            # out) still winds down: that run is a zombie; stop it.
-            earlier.halt()
-        # Listed from the start, before any await: a cancel pushed meanwhile finds the run.
-        running[job.id] = self
-        try:
-            await self._run_listed()
-        finally:
-            self.context.endings.forget(job.id, self.claim.token)
-            if running.get(job.id) is self:
-                del running[job.id]
 
     async def _run_listed(self) -> None:
         context, job = self.context, self.job

@@ -10,7 +10,6 @@ off new ones meanwhile (so a steady stream of jobs cannot starve them).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 
 import anyio
 
@@ -42,26 +41,27 @@ class SoloGate:
         """How many jobs wait to run alone."""
         return self._solo_waiting
 
-    @contextlib.asynccontextmanager
-    async def hold(self, alone: bool) -> AsyncIterator[None]:
-        """Hold the gate for one job's run: shared, or ``alone``."""
+    def hold(self, alone: bool) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the gate for one job's run (``async with gate.hold(alone):``): shared, or
+        ``alone``."""
+        return _Hold(self, alone)
+
+    async def _enter(self, alone: bool) -> None:
         if alone:
             await self._enter_alone()
-            try:
-                yield
-            finally:
-                self._solo = False
-                self._notify()
-        else:
-            while self._solo or self._solo_waiting:
-                await self._wait()
-            self._shared += 1
-            try:
-                yield
-            finally:
-                self._shared -= 1
-                if self._solo_waiting and not self._shared:
-                    self._notify()
+            return
+        while self._solo or self._solo_waiting:
+            await self._wait()
+        self._shared += 1
+
+    def _leave(self, alone: bool) -> None:
+        if alone:
+            self._solo = False
+            self._notify()
+            return
+        self._shared -= 1
+        if self._solo_waiting and not self._shared:
+            self._notify()
 
     async def _enter_alone(self) -> None:
         self._solo_waiting += 1
@@ -81,3 +81,19 @@ class SoloGate:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+
+
+class _Hold(contextlib.AbstractAsyncContextManager[None]):
+    # A class, not an async generator: every job run holds one while it runs, and a
+    # generator's frame and wrapper were among the largest objects a job in flight held.
+    __slots__ = ("_alone", "_gate")
+
+    def __init__(self, gate: SoloGate, alone: bool) -> None:
+        self._gate = gate
+        self._alone = alone
+
+    async def __aenter__(self) -> None:
+        await self._gate._enter(self._alone)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._gate._leave(self._alone)

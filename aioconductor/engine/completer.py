@@ -69,6 +69,18 @@ class Completer:
         inputs: the flow's inputs.
     """
 
+    __slots__ = (
+        "_inputs",
+        "failure",
+        "failures",
+        "flow_name",
+        "histories",
+        "journal",
+        "nodes",
+        "revert_failed",
+        "storage",
+    )
+
     def __init__(
         self,
         nodes: list[Node],

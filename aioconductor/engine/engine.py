@@ -213,12 +213,7 @@ class Engine:
         journal = self._journal
         assert self._compiled is not None and journal is not None
         runner = Runner(self._compiled, journal, self.inputs)
-
-        async def run() -> FlowState:
-            await journal.start_flow()
-            return await runner.run()
-
-        return await self._saved_run(journal, runner, run)
+        return await self._saved_run(journal, runner, runner.run)
 
     async def revert(self) -> EngineResult:
         """Stop the flow for good without running any more of it: revert, newest first, every

@@ -59,7 +59,7 @@ _EXECUTE = Intention.EXECUTE
 _BLANK = frozenset({AtomState.PENDING, _RUNNING, _SUCCESS})
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Journal:
     """What is saved of one flow run; open one with :meth:`open`.
 

@@ -41,6 +41,25 @@ class Runner:
         inputs: the flow's inputs.
     """
 
+    __slots__ = (
+        "_active",
+        "_all_but_one",
+        "_blocked",
+        "_chain",
+        "_error",
+        "_reverting_all",
+        "_scopes",
+        "_tg",
+        "_waiters",
+        "_waiting",
+        "compiled",
+        "completer",
+        "flow_name",
+        "journal",
+        "nodes",
+        "storage",
+    )
+
     def __init__(self, compiled: CompiledFlow, journal: Journal, inputs: dict[str, Any]) -> None:
         self.flow_name = compiled.name
         self.compiled = compiled
@@ -76,7 +95,7 @@ class Runner:
         return self.completer.failure
 
     async def run(self) -> FlowState:
-        """Run (or resume) the flow to its end.
+        """Save the flow RUNNING, and run (or resume) it to its end.
 
         Returns:
             ``SUCCESS``, ``REVERTED``, or ``FAILURE`` (a revert failed).
@@ -84,6 +103,7 @@ class Runner:
         Raises:
             Exception: whatever the store raised; nothing is reverted then.
         """
+        await self.journal.start_flow()
         completer = self.completer
         if not self.journal.blank:
             # A run saved before: finish what it was deciding, reverting or retrying.

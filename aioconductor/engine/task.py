@@ -190,7 +190,10 @@ class Task:
         if self.inject:
             kwargs.update(self.inject)
         if self.timeout is None:
-            result = await self._call(self._execute_fn, self._execute_async, kwargs)
+            if self._execute_async:  # called here: one coroutine frame less per running task
+                result = await self._execute_fn(**kwargs)
+            else:
+                result = await self._call(self._execute_fn, False, kwargs)
         else:
             with anyio.move_on_after(self.timeout) as scope:
                 result = await self._call(self._execute_fn, self._execute_async, kwargs)
