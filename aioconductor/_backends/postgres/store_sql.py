@@ -206,15 +206,10 @@ def flow_end_args(
     meta = dumps(f"flow {flow.name!r} meta", flow.meta)
     for atom in atoms:
         refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
+    # The flow's own atoms are not encoded: this statement saves only ``atoms``. A flow not
+    # saved yet is added with its atoms by the store's general path, which encodes them (and
+    # refuses what JSON cannot carry) before it writes anything.
     details = [atom_json(atom) for atom in atoms]
-    if flow.version == 0:
-        # A flow at version 0 may not be saved yet: the general path then saves it with its
-        # own atoms, so refuse now what they cannot encode (a later version saves ``atoms``
-        # only). An atom given in ``atoms`` too is encoded once.
-        given = {id(atom) for atom in atoms}
-        for atom in flow.atoms.values():
-            if id(atom) not in given:
-                atom_json(atom)
     return (
         namespace,
         book_uuid,
