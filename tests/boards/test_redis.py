@@ -255,3 +255,17 @@ async def test_evicting_redis_is_warned_about(
     finally:
         sync_redis.config_set("maxmemory-policy", policy)
     assert "maxmemory-policy 'allkeys-lru'" in caplog.text
+
+
+async def test_jobs_without_headers_read_back_each_with_a_dict_of_its_own(board: JobBoard) -> None:
+    """A job posted without headers is stored without the field; read back (claimed, got) it
+    has empty headers of its own, which a caller may fill without reaching another job's."""
+    await board.post("plain-1", "noop", {"key": 1})
+    await board.post("plain-2", "noop", {"key": 2})
+    await board.post("with", "noop", {"key": 3}, headers={"trace": "t-1"})
+    claimed = {job.name: job for job, _ in await board.claim_batch("owner", 3)}
+    first, second = claimed["plain-1"], claimed["plain-2"]
+    assert first.headers == {} and second.headers == {}
+    first.headers["mine"] = "x"
+    assert second.headers == {} and (await board.get(second.id)).headers == {}
+    assert claimed["with"].headers == {"trace": "t-1"}

@@ -79,7 +79,8 @@ def job_from_hash(fields: dict[str, str]) -> Job:
         outcome=None if outcome is None else Outcome(outcome),
         result=None if result is None else decode_json(result),
         trash_reason=fields.get("trash_reason"),
-        headers=decode_json(fields.get("headers", "{}")),
+        # Absent on most jobs: a new dict for none, rather than decoding "{}" for each.
+        headers=decode_json(headers) if (headers := fields.get("headers")) else {},
         # Absent on jobs that never had them (and on jobs written before they existed).
         releases=int(fields.get("releases", 0)),
         abandons=int(fields.get("abandons", 0)),
