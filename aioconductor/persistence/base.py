@@ -8,6 +8,10 @@ highest token that wrote to each logbook and refuses an older one with ``ClaimLo
 that lost its claim can never overwrite the progress of the owner that holds it now. Versions:
 every flow and atom detail carries the ``version`` it was read at; a write of an older version
 raises ``VersionConflict``, and a successful write returns the detail with its version bumped.
+
+Isolation: a store keeps no reference to what it is given, and gives out nothing it keeps, so
+no caller can change saved progress but through a write. What a write returns may share
+values (a result, a meta) with what it was given: those are the caller's own.
 """
 
 from __future__ import annotations

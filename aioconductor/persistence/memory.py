@@ -102,7 +102,12 @@ class MemoryStore(InMemory, Store):
             saved.atoms = {name: copy_atom(a) for name, a in flow.atoms.items()}
         book.flows[flow.uuid] = saved
         book.token = new_token
-        return copy_flow(saved)
+        if not atoms:
+            return copy_flow(saved)
+        # What was written is returned as given (one version up); what was not, copied.
+        written = {atom.name: evolve(atom, version=atom.version + 1) for atom in atoms}
+        returned = {name: written.get(name) or copy_atom(a) for name, a in saved_atoms.items()}
+        return evolve(flow, version=saved.version, atoms=returned)
 
     async def _update_atom_details(
         self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None
@@ -117,12 +122,11 @@ class MemoryStore(InMemory, Store):
         for atom in atoms:
             _check_atom_version(flow, atom)
         check_atoms(atoms)
-        saved = []
         for atom in atoms:
-            flow.atoms[atom.name] = stored = copy_atom(atom, atom.version + 1)
-            saved.append(copy_atom(stored))
+            flow.atoms[atom.name] = copy_atom(atom, atom.version + 1)
         book.token = new_token
-        return saved
+        # As given, one version up: the caller's own values, none of the store's.
+        return [evolve(atom, version=atom.version + 1) for atom in atoms]
 
     async def _destroy_logbook(self, book_uuid: str) -> None:
         await checkpoint()
