@@ -38,6 +38,7 @@ from aioconductor._backends.postgres.schema import refuse_nul
 from aioconductor._backends.postgres.schema import with_schema
 from aioconductor._backends.postgres.urls import URL_OPTIONS
 from aioconductor._backends.postgres.urls import split_options
+from aioconductor._models import evolve
 from aioconductor._urls import BOARD_OPTIONS
 from aioconductor._urls import ParsedURL
 from aioconductor.errors import LogBookNotFound
@@ -313,7 +314,7 @@ class PostgresStore(Store):
         :func:`~.store_sql.flow_end_args`); None when the checks do not pass and no atoms were
         given (the general path then raises what fits, or adds the flow). With atoms, a
         refusal is raised here."""
-        book_uuid, token, meta, details = args[1], args[6], args[7], args[10]
+        book_uuid, token, meta = args[1], args[6], args[7]
         statement = self._sql.update_flow_fast
         row = await self._link.call(
             "update_flow_detail", lambda conn: conn.fetchrow(statement, *args)
@@ -330,16 +331,16 @@ class PostgresStore(Store):
             raise VersionConflict(f"flow {flow.name!r}: written concurrently")
         if not written:
             return None
+        # The statement's snapshot predates its own writes: the atoms it wrote are the given
+        # ones one version up (copies, as update_atom_details returns them), not parsed back.
+        given = {atom.name: copy_atom(atom, atom.version + 1) for atom in atoms}
+        stored = zip(names or (), versions or (), texts or (), strict=True)
         saved_atoms = {
-            name: sql.atom_read(name, version, text)
-            for name, version, text in zip(names or (), versions or (), texts or (), strict=True)
+            name: given[name] if name in given else sql.atom_read(name, version, text)
+            for name, version, text in stored
         }
-        # The statement's snapshot predates its own writes: the atoms it wrote, as written.
-        for atom, detail in zip(atoms, details, strict=True):
-            saved_atoms[atom.name] = sql.atom_read(atom.name, atom.version + 1, detail)
-        return flow.model_copy(
-            update={"version": flow.version + 1, "meta": json.loads(meta), "atoms": saved_atoms}
-        )
+        saved_atoms.update(given)  # an atom new to the flow comes after those stored
+        return evolve(flow, version=flow.version + 1, meta=json.loads(meta), atoms=saved_atoms)
 
     async def _update_atom_details(
         self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None

@@ -98,3 +98,30 @@ async def test_a_new_flow_whose_atom_cannot_be_encoded_is_refused_unwritten(stor
     with pytest.raises(StoreError, match="atom 'bad'"):
         await store.update_flow_detail(book.uuid, flow)
     assert len((await store.get_logbook(book.uuid)).flows) == 1
+
+
+async def test_a_flows_end_returns_the_atoms_it_wrote_without_parsing_them_back(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aioconductor._backends.postgres import store_sql
+
+    book = await store.save_logbook(make_book(atoms=2))
+    flow = next(iter(book.flows.values()))
+    last = flow.atoms["atom-1"]
+    last.result = {"done": [1, 2]}
+    flow.state = FlowState.SUCCESS
+    parsed: list[str] = []
+    real = store_sql.atom_read
+
+    def counting(name: str, version: int, detail: str) -> AtomDetail:
+        parsed.append(name)
+        return real(name, version, detail)
+
+    monkeypatch.setattr(store_sql, "atom_read", counting)
+    saved = await store.update_flow_detail(book.uuid, flow, atoms=[last])
+    assert parsed == ["atom-0"]  # the one atom it did not write, as stored
+    assert list(saved.atoms) == ["atom-0", "atom-1"]
+    assert saved.atoms["atom-1"] == last.model_copy(update={"version": 1})
+    assert saved.atoms["atom-1"].result is not last.result  # a copy: the caller's stays its own
+    monkeypatch.undo()
+    assert next(iter((await store.get_logbook(book.uuid)).flows.values())) == saved
