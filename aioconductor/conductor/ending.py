@@ -22,6 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
+from aioconductor._models import evolve
 from aioconductor.boards.base import JobBoard
 from aioconductor.engine.journal import FINAL
 from aioconductor.errors import PayloadError
@@ -163,11 +164,10 @@ class _HoldingNotifier(Notifier):
 
     def __init__(self, endings: Endings, key: tuple[str, int | None]) -> None:
         super().__init__()
+        # The conductor's listeners, shared: has_listeners answers for them, in one call.
+        self._listeners = endings.notifier._listeners
         self._endings = endings
         self._key = key
-
-    def has_listeners(self, event: str) -> bool:
-        return self._endings.notifier.has_listeners(event)
 
     async def notify(self, event: str, details: Mapping[str, Any]) -> None:
         end = self._endings.kept.get(self._key)
@@ -205,11 +205,7 @@ class _DeferringStore:
         # copies: a deep copy of each was a tenth of a Redis job's CPU at concurrency 64).
         # (Each written atom's meta a dict of its own: the journal stamps meta in place.)
         written = {
-            atom.name: atom.model_copy(
-                update={"version": atom.version + 1, "meta": dict(atom.meta)}
-            )
+            atom.name: evolve(atom, version=atom.version + 1, meta=dict(atom.meta))
             for atom in atoms
         }
-        return flow.model_copy(
-            update={"version": flow.version + 1, "atoms": {**flow.atoms, **written}}
-        )
+        return evolve(flow, version=flow.version + 1, atoms={**flow.atoms, **written})
