@@ -7,6 +7,7 @@ call fails, and the next calls reconnect; a cancelled caller does not cancel the
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -420,3 +421,57 @@ async def test_a_conductor_with_a_pool_of_one_connection_runs_its_jobs(space: An
         for job in jobs:
             [flow] = (await store.get_logbook(job.id)).flows.values()
             assert flow.state is FlowState.SUCCESS
+
+
+def _most_loops(plan: dict[str, Any]) -> int:
+    """The most times any step of an ``EXPLAIN (ANALYZE, FORMAT JSON)`` plan ran."""
+    steps = plan.get("Plans", [])
+    return max([plan.get("Actual Loops", 0), *(_most_loops(step) for step in steps)])
+
+
+async def test_a_batched_endings_server_work_grows_with_its_jobs_only(
+    space: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No step of the batched fused ending runs more often than there are claimed jobs (the
+    planner may scan those of the namespace): its consume once joined every claimed job with
+    every ending and ran the checks of each ending for each pair (768 times for 16 endings
+    among 48 claimed jobs)."""
+    from aioconductor._backends.postgres import fused as fused_module
+    from aioconductor._backends.postgres.batch import Kind
+
+    loops: list[int] = []
+    real = fused_module._ending
+
+    def explained(board_schema: str, store_schema: str) -> Kind:
+        kind = real(board_schema, store_schema)
+
+        async def together(conn: Any, items: list[Any]) -> Any:
+            class Explaining:
+                async def fetch(self, query: str, *args: Any) -> Any:
+                    explain = conn.transaction()  # rolled back: the statement runs below
+                    await explain.start()
+                    try:
+                        plan = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", *args)
+                    finally:
+                        await explain.rollback()
+                    loops.append(_most_loops(json.loads(plan)[0]["Plan"]))
+                    return await conn.fetch(query, *args)
+
+            return await kind.together(Explaining(), items)
+
+        return Kind(kind.what, kind.keys, kind.alone, together)
+
+    monkeypatch.setattr(fused_module, "_ending", explained)
+    async with _claimed(space, 48) as (board, store, claims):
+        ending = claims[:16]
+        ends = [_ended(flow) for flow in await _running(store, ending)]
+        fused = store.fused_ending(board)
+        assert fused is not None
+        jobs = await _together(
+            *(
+                lambda c=c, e=e: fused(c, Outcome.SUCCESS, {}, c.job_id, e[0], c.token, (e[1],))
+                for c, e in zip(ending, ends, strict=True)
+            )
+        )
+        assert all(job.state is JobState.COMPLETE for job in jobs), jobs
+    assert len(loops) == 1 and loops[0] <= 48, loops

@@ -104,7 +104,8 @@ def statement(board_schema: str, store_schema: str) -> str:
 # $4-$15 a job each (its claim, outcome and result, then its flow's end), $16-$19 their atoms
 # (the job's ordinal first). Rows are locked in one order: every job's row (by id), then every
 # logbook's (by uuid), so no lock cycle with another such statement nor with the unbatched ones.
-# A row per job, in their order, as END_AND_CONSUME's.
+# A row per job, in their order, as END_AND_CONSUME's. ``done`` is MATERIALIZED: inlined into
+# the consume's UPDATE, its checks ran once for every pair of a claimed job and an ending.
 _BATCH = """WITH i AS (
         SELECT * FROM unnest($4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[],
             $9::text[], $10::text[], $11::text[], $12::text[], $13::integer[], $14::bigint[],
@@ -146,7 +147,7 @@ _BATCH = """WITH i AS (
         UPDATE {s}.logbooks AS l SET token = ok.x_token
         FROM ok JOIN written AS w ON w.book_uuid = ok.x_book
         WHERE l.namespace = $2 AND l.uuid = ok.x_book AND (l.token IS NULL OR l.token < ok.x_token)
-    ), done AS (
+    ), done AS MATERIALIZED (
         SELECT ok.* FROM ok JOIN written AS w ON w.book_uuid = ok.x_book
         WHERE (SELECT count(*) FROM atoms_written AS aw WHERE aw.book_uuid = ok.x_book)
             = (SELECT count(*) FROM given AS g WHERE g.x_n = ok.x_n)
