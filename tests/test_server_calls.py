@@ -14,6 +14,8 @@ What a round trip is:
   statement. The batcher's statements (``_backends/postgres/batch.py``: logbook creations and
   fused endings, one statement for the calls of one event-loop turn) count once per statement,
   under their verb marked ``(batched)``.
+- SQLite (no server): every call on a link (``write``, ``snapshot``, ``read``), each one
+  transaction run in the link's worker thread (several writes may share a group commit).
 
 Each is put under the board or store verb that made it (the ``what`` of ``link.call`` and
 ``link.read``); the test prints the breakdown (run it with ``-s``). The conductor runs one job
@@ -46,10 +48,10 @@ from tests.postgres_helpers import until_waiting_for_a_lock
 #: the count drops): post, claim, the logbook with the task RUNNING, and the task's end, the
 #: flow's end and the consume in one call (Redis: one script, ``_backends/redis/fused.py``;
 #: PostgreSQL: one statement, ``_backends/postgres/fused.py``).
-BOUNDS = {"redis": 4, "postgres": 4}
+BOUNDS = {"redis": 4, "postgres": 4, "sqlite": 4}
 
 #: The backends whose store fuses its ending with the board's consume.
-FUSING = [BY_NAME["redis"].param(), BY_NAME["postgres"].param()]
+FUSING = [BY_NAME["redis"].param(), BY_NAME["postgres"].param(), BY_NAME["sqlite"].param()]
 
 #: Jobs run before counting (connections opened, statements prepared, scripts loaded).
 WARM_UP = 5
@@ -115,6 +117,14 @@ def _instrument_redis(monkeypatch: pytest.MonkeyPatch, counter: CallCounter) -> 
     monkeypatch.setattr(AbstractConnection, "send_packed_command", _counted(send, counter, "send"))
 
 
+def _instrument_sqlite(monkeypatch: pytest.MonkeyPatch, counter: CallCounter) -> None:
+    from aioconductor._backends.sqlite.link import SqliteLink
+
+    for name in ("write", "snapshot", "read"):
+        call = _with_verb(_counted(getattr(SqliteLink, name), counter, name))
+        monkeypatch.setattr(SqliteLink, name, call)
+
+
 def _instrument_postgres(monkeypatch: pytest.MonkeyPatch, counter: CallCounter) -> None:
     from asyncpg.connection import Connection  # type: ignore[import-untyped]
 
@@ -161,7 +171,11 @@ def _instrument_postgres(monkeypatch: pytest.MonkeyPatch, counter: CallCounter) 
 @pytest.fixture
 def counter(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> CallCounter:
     counter = CallCounter()
-    instrument = {"redis": _instrument_redis, "postgres": _instrument_postgres}
+    instrument = {
+        "redis": _instrument_redis,
+        "postgres": _instrument_postgres,
+        "sqlite": _instrument_sqlite,
+    }
     instrument[request.node.callspec.params["space"]](monkeypatch, counter)
     return counter
 

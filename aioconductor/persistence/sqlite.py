@@ -21,12 +21,14 @@ import functools
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Self, TypeVar
 
 from aioconductor._backends.sqlite import store_schema as sql
 from aioconductor._backends.sqlite.link import SqliteLink
 from aioconductor._backends.sqlite.link import sqlite_path
+from aioconductor._models import copy_json
+from aioconductor._models import evolve
 from aioconductor._urls import ParsedURL
 from aioconductor._urls import redact_url
 from aioconductor._urls import refuse_options
@@ -34,12 +36,13 @@ from aioconductor.errors import ConfigurationError
 from aioconductor.errors import LogBookNotFound
 from aioconductor.errors import StoreClosed
 from aioconductor.errors import StoreError
+from aioconductor.models import Job
 from aioconductor.persistence._copy import copy_atom
+from aioconductor.persistence._copy import copy_flow
 from aioconductor.persistence._copy import created_book
 from aioconductor.persistence._json import atom_json
 from aioconductor.persistence._json import dumps
 from aioconductor.persistence.base import Store
-from aioconductor.persistence.base import check_flow_write
 from aioconductor.persistence.base import check_token
 from aioconductor.persistence.base import check_version
 from aioconductor.persistence.models import AtomDetail
@@ -57,15 +60,16 @@ _PAGE = 100
 
 
 class _Flow:
-    """A flow detail encoded for its row, with its atoms encoded for theirs."""
+    """A flow detail encoded for its row, with its atoms encoded for theirs (unless
+    ``atoms`` is false: a write that saves only the atoms it is given)."""
 
-    def __init__(self, flow: FlowDetail) -> None:
+    def __init__(self, flow: FlowDetail, *, atoms: bool = True) -> None:
         self.uuid = flow.uuid
         self.name = flow.name
         self.state = flow.state.value
         self.version = flow.version
         self.meta = dumps(f"flow {flow.name!r} meta", flow.meta)
-        self.atoms = [_Atom(atom) for atom in flow.atoms.values()]
+        self.atoms = [_Atom(atom) for atom in flow.atoms.values()] if atoms else []
 
 
 class _Atom:
@@ -221,20 +225,51 @@ class SqliteStore(Store):
     async def _update_flow_detail(
         self, book_uuid: str, flow: FlowDetail, token: int | None, atoms: tuple[AtomDetail, ...]
     ) -> FlowDetail:
-        encoded = _Flow(flow)
+        write = self.flow_writer(book_uuid, flow, token, atoms, read_back=True)
+
+        def update(conn: sqlite3.Connection) -> FlowDetail:
+            saved = write(conn)
+            assert saved is not None
+            return saved
+
+        return await self._write("update_flow_detail", update)
+
+    def flow_writer(
+        self,
+        book_uuid: str,
+        flow: FlowDetail,
+        token: int | None,
+        atoms: tuple[AtomDetail, ...],
+        *,
+        read_back: bool,
+    ) -> Callable[[sqlite3.Connection], FlowDetail | None]:
+        """``update_flow_detail``'s write, encoded now, to run in a write transaction on a
+        connection to this store's file (this store's own, or a board's: a fused ending).
+
+        It checks the token, the flow's version and its atoms' before it writes anything but
+        atoms, and raises on a refusal: the caller rolls back what it wrote (the link runs
+        each write in a savepoint). With ``read_back`` it returns the flow as saved, version
+        bumped, with its atoms as stored; without, None (a fused ending has no use for it).
+        """
+        # A flow's own atoms are saved only if it is new: encoded then (a refusal raises in
+        # the write, rolled back), not for every flow end, which gives its atoms to write.
+        encoded = _Flow(flow, atoms=False)
         details = [_Atom(atom) for atom in atoms]
         ns = self.namespace
 
-        def update(conn: sqlite3.Connection) -> FlowDetail:
+        def write(conn: sqlite3.Connection) -> FlowDetail | None:
             row = conn.execute(sql.FLOW_CHECK, (flow.uuid, ns, book_uuid)).fetchone()
             if row is None:
                 raise self._missing(book_uuid)
             stored_token, stored_version = row
-            new_token, saved = check_flow_write(book_uuid, flow, token, row)
+            new_token = check_token(book_uuid, stored_token, token)
+            check_version(f"flow {flow.name!r}", stored_version or 0, flow.version)
+            version = flow.version + 1
             if stored_version is None:
                 if details:
                     raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow.uuid!r}")
-                encoded.version = saved.version
+                encoded.version = version
+                encoded.atoms = [_Atom(atom) for atom in flow.atoms.values()]
                 self._insert_flow(conn, book_uuid, encoded)
             else:
                 # In this transaction: a failed check below rolls back every atom written.
@@ -242,24 +277,30 @@ class SqliteStore(Store):
                     self._put_atom(conn, book_uuid, flow.uuid, detail)
                 conn.execute(
                     sql.UPDATE_FLOW,
-                    (
-                        flow.name,
-                        encoded.state,
-                        saved.version,
-                        encoded.meta,
-                        ns,
-                        book_uuid,
-                        flow.uuid,
-                    ),
+                    (flow.name, encoded.state, version, encoded.meta, ns, book_uuid, flow.uuid),
                 )
-                saved.atoms = {
-                    atom.name: atom
-                    for atom in map(_atom, self._atoms_of(conn, book_uuid, flow.uuid))
-                }
             self._set_token(conn, book_uuid, stored_token, new_token)
-            return saved
+            if not read_back:
+                return None
+            if stored_version is None:
+                return copy_flow(flow, version)
+            stored = map(_atom, self._atoms_of(conn, book_uuid, flow.uuid))
+            return evolve(
+                flow,
+                version=version,
+                meta=copy_json(flow.meta),
+                atoms={atom.name: atom for atom in stored},
+            )
 
-        return await self._write("update_flow_detail", update)
+        return write
+
+    def fused_ending(self, board: object) -> Callable[..., Awaitable[Job]] | None:
+        """The flow's end saved and the job consumed in one transaction (see
+        :mod:`aioconductor._backends.sqlite.fused`); None unless ``board`` is a SQLite board
+        on this store's file."""
+        from aioconductor._backends.sqlite.fused import fused_ending
+
+        return fused_ending(self, board)
 
     def _put_atom(
         self, conn: sqlite3.Connection, book_uuid: str, flow_uuid: str, atom: _Atom

@@ -1,0 +1,96 @@
+"""A job's ending in one SQLite transaction: the store's write of the flow's end and the board's
+consume, when the board and the store are on the same database file.
+
+Their tables do not overlap, so one connection can write both: the ending runs as one write on
+the board's link (its group commit: one savepoint of the board's transaction, see
+:mod:`.link`), in this order:
+
+1. the board's consume, fenced by the claim (state, owner and token): a stale claim raises
+   ``ClaimLost`` before the store's part runs;
+2. the store's write of the flow's end (:meth:`SqliteStore.flow_writer`), which checks the
+   logbook's token and the versions before it writes: a refusal raises, and the savepoint's
+   rollback undoes the consume with it.
+
+So a stale claim changes nothing, and a refused store write consumes nothing. Namespaces may
+differ: each part filters by its own. The file's write lock is taken by ``BEGIN IMMEDIATE``
+before the first read, so no other connection changes the job or the logbook in between.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aioconductor._backends.sqlite import board_schema as board_sql
+from aioconductor._backends.sqlite.claiming import write_current
+from aioconductor._payload import encode_object
+from aioconductor.boards.sqlite import SqliteJobBoard
+from aioconductor.errors import StoreError
+from aioconductor.models import Claim
+from aioconductor.models import Job
+from aioconductor.models import Outcome
+from aioconductor.persistence.models import AtomDetail
+from aioconductor.persistence.models import FlowDetail
+
+if TYPE_CHECKING:
+    from aioconductor.persistence.sqlite import SqliteStore
+
+__all__ = ["fused_ending", "same_file"]
+
+#: The path of a private in-memory database: a connection's own, never shared.
+_MEMORY = ":memory:"
+
+
+def same_file(one: str, other: str) -> bool:
+    """Whether the paths ``one`` and ``other`` name one database file (never an in-memory
+    database, which belongs to its connection alone)."""
+    if _MEMORY in (one, other) or not one or not other:
+        return False
+    try:
+        return os.path.samefile(one, other)
+    except OSError:  # not created yet, or gone: compare the names
+        return os.path.realpath(one) == os.path.realpath(other)
+
+
+def fused_ending(store: SqliteStore, board: object) -> Callable[..., Awaitable[Job]] | None:
+    """The fused ending of ``store`` and ``board`` (see the module), or None unless ``board``
+    is a SQLite board on the store's file."""
+    if not isinstance(board, SqliteJobBoard) or not same_file(board.path, store.path):
+        return None
+
+    async def consume(
+        claim: Claim,
+        outcome: Outcome,
+        result: dict[str, Any],
+        book_uuid: str,
+        flow: FlowDetail,
+        token: int | None,
+        atoms: tuple[AtomDetail, ...],
+    ) -> Job:
+        board._check_open()
+        store._check_open()
+        # Refused before anything is written: a result too large for the board, a flow end
+        # JSON cannot carry.
+        data, _ = encode_object("the job's result", result, board.max_payload_bytes)
+        write_flow_end = store.flow_writer(book_uuid, flow, token, atoms, read_back=False)
+        params = {"ns": board.namespace, "outcome": outcome.value, "result": data.decode("utf-8")}
+
+        def end(conn: sqlite3.Connection) -> Any:
+            row = write_current(conn, board_sql.CONSUME, claim, "consume", params)
+            write_flow_end(conn)
+            return row
+
+        try:
+            row = await board._link.write("consume", end)
+        except (UnicodeEncodeError, OverflowError) as exc:
+            # As the store's own writes: a value sqlite3 cannot bind; the write was rolled back.
+            raise StoreError(
+                f"update_flow_detail: a value cannot be stored in SQLite: {exc}"
+            ) from None
+        job = board._ended(row)
+        board._finished(job.id)
+        return job
+
+    return consume

@@ -1,0 +1,127 @@
+"""The SQLite fused ending's own rules and work per job (issue #25).
+
+Its guarantees (a stale claim changes nothing, a refused flow end consumes nothing, a limit
+key's slot is freed) are tested for every fusing backend in ``tests/test_server_calls.py``;
+these tests pin when it fuses, and that it does no work it has no use for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aioconductor import open_board, open_store
+from aioconductor.boards.sqlite import SqliteJobBoard
+from aioconductor.errors import StoreError
+from aioconductor.models import JobState, Outcome
+from aioconductor.persistence import sqlite as sqlite_store
+from aioconductor.persistence.models import AtomDetail, AtomState, FlowDetail, FlowState, LogBook
+
+
+async def _claimed_and_running(board: Any, store: Any) -> tuple[Any, FlowDetail]:
+    """A job claimed, and its logbook saved as a conductor's first write saves it: the flow
+    RUNNING (version 0) with its task RUNNING."""
+    await board.post("j", "noop", {"key": 1})
+    [(_, claim)] = await board.claim_batch("owner", 1)
+    flow = FlowDetail(name="noop", state=FlowState.RUNNING)
+    flow.atoms["echo"] = AtomDetail(name="echo", state=AtomState.RUNNING)
+    book = await store.save_logbook(
+        LogBook(uuid=claim.job_id, name="j", flows={flow.uuid: flow}), token=claim.token
+    )
+    return claim, book.flows[flow.uuid]
+
+
+def _ended(flow: FlowDetail) -> tuple[FlowDetail, AtomDetail]:
+    ended = flow.model_copy(deep=True)
+    ended.state = FlowState.SUCCESS
+    atom = ended.atoms["echo"]
+    atom.state, atom.result = AtomState.SUCCESS, {"echoed": 1}
+    return ended, atom
+
+
+async def test_the_fused_ending_encodes_its_atom_once_and_reads_nothing_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-task job's end encodes its task once (the flow's own atoms are not encoded as a
+    new flow's), and the flow is not read back and parsed: the conductor has no use for it."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    async with open_board(url) as board, open_store(url) as store:
+        claim, flow = await _claimed_and_running(board, store)
+        fused = store.fused_ending(board)
+        assert fused is not None
+        ended, atom = _ended(flow)
+        encoded: list[str] = []
+        atom_json = sqlite_store.atom_json
+
+        def counted(detail: AtomDetail) -> str:
+            encoded.append(detail.name)
+            return atom_json(detail)
+
+        def no_read(row: Any) -> Any:
+            raise AssertionError("the fused ending parsed the saved atoms")
+
+        monkeypatch.setattr(sqlite_store, "atom_json", counted)
+        monkeypatch.setattr(sqlite_store, "_atom", no_read)
+        job = await fused(
+            claim, Outcome.SUCCESS, {"r": 1}, claim.job_id, ended, claim.token, (atom,)
+        )
+        monkeypatch.undo()
+        assert encoded == ["echo"]
+        assert job.state is JobState.COMPLETE and job.result == {"r": 1}
+        saved = (await store.get_logbook(claim.job_id)).flows[flow.uuid]
+        assert saved.state is FlowState.SUCCESS and saved.version == 1
+        assert saved.atoms["echo"].result == {"echoed": 1} and saved.atoms["echo"].version == 1
+
+
+async def test_the_fused_ending_spans_namespaces_of_one_file(tmp_path: Path) -> None:
+    """The board's and the store's namespaces may differ: each part writes its own rows."""
+    path = tmp_path / "jobs.db"
+    async with (
+        open_board(f"sqlite:///{path}?namespace=jobs") as board,
+        open_store(f"sqlite:///{path}?namespace=progress") as store,
+    ):
+        claim, flow = await _claimed_and_running(board, store)
+        fused = store.fused_ending(board)
+        assert fused is not None
+        ended, atom = _ended(flow)
+        job = await fused(claim, Outcome.SUCCESS, {}, claim.job_id, ended, claim.token, (atom,))
+        assert job.state is JobState.COMPLETE
+        assert (await store.get_logbook(claim.job_id)).flows[flow.uuid].version == 1
+
+
+async def test_no_fused_ending_across_files_or_in_memory(tmp_path: Path) -> None:
+    async with (
+        open_board(f"sqlite:///{tmp_path / 'jobs.db'}") as board,
+        open_store(f"sqlite:///{tmp_path / 'progress.db'}") as other_file,
+        open_store("sqlite://") as in_memory,
+        open_store("memory://") as not_sqlite,
+    ):
+        assert other_file.fused_ending(board) is None
+        assert in_memory.fused_ending(board) is None
+        assert not hasattr(not_sqlite, "fused_ending")
+    async with SqliteJobBoard(":memory:") as memory_board, open_store("sqlite://") as store:
+        assert store.fused_ending(memory_board) is None  # two private databases
+
+
+async def test_the_same_file_by_another_name_fuses(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    async with (
+        open_board(f"sqlite:///{tmp_path / 'jobs.db'}") as board,
+        open_store(f"sqlite:///{tmp_path / 'sub' / '..' / 'jobs.db'}") as store,
+    ):
+        assert store.fused_ending(board) is not None
+
+
+async def test_a_new_flow_whose_atom_cannot_be_encoded_is_refused_unwritten(
+    tmp_path: Path,
+) -> None:
+    """A flow the logbook does not hold yet is added with its atoms by ``update_flow_detail``:
+    an atom JSON cannot carry is refused, and nothing is written."""
+    async with open_store(f"sqlite:///{tmp_path / 'progress.db'}") as store:
+        book = await store.save_logbook(LogBook(name="b"))
+        flow = FlowDetail(name="f", state=FlowState.RUNNING)
+        flow.atoms["a"] = AtomDetail(name="a", state=AtomState.SUCCESS, result={1: "x"})
+        with pytest.raises(StoreError, match="atom 'a'"):
+            await store.update_flow_detail(book.uuid, flow)
+        assert (await store.get_logbook(book.uuid)).flows == {}
