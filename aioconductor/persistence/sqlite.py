@@ -195,26 +195,22 @@ class SqliteStore(Store):
         ns = self.namespace
 
         def save(conn: sqlite3.Connection) -> LogBook:
-            row = conn.execute(sql.BOOK_TOKEN, (ns, book.uuid)).fetchone()
-            if row is None:
-                new_token = check_token(book.uuid, None, token)
-                conn.execute(
-                    sql.INSERT_BOOK,
-                    (ns, book.uuid, book.name, book.created_at, book.updated_at, meta, new_token),
-                )
-                known: set[str] = set()
-            else:
-                new_token = check_token(book.uuid, row[0], token)
-                conn.execute(
-                    sql.UPDATE_BOOK, (book.name, meta, book.updated_at, new_token, ns, book.uuid)
-                )
-                known = {uuid for (uuid,) in conn.execute(sql.FLOW_UUIDS, (ns, book.uuid))}
+            # A new logbook (the usual case) is one insert, holding the token given.
+            new = (ns, book.uuid, book.name, book.created_at, book.updated_at, meta, token)
+            if conn.execute(sql.CREATE_BOOK, new).rowcount:
+                for flow in flows:
+                    self._insert_flow(conn, book.uuid, flow)
+                return created_book(book, token)
+            (stored,) = conn.execute(sql.BOOK_TOKEN, (ns, book.uuid)).fetchone()
+            new_token = check_token(book.uuid, stored, token)
+            conn.execute(
+                sql.UPDATE_BOOK, (book.name, meta, book.updated_at, new_token, ns, book.uuid)
+            )
+            known = {uuid for (uuid,) in conn.execute(sql.FLOW_UUIDS, (ns, book.uuid))}
             for flow in flows:
                 if flow.uuid not in known:
                     self._insert_flow(conn, book.uuid, flow)
                     known.add(flow.uuid)
-            if row is None:
-                return created_book(book, new_token)
             return self._fetch(conn, book.uuid)
 
         return await self._write("save_logbook", save)
@@ -306,14 +302,15 @@ class SqliteStore(Store):
         self, conn: sqlite3.Connection, book_uuid: str, flow_uuid: str, atom: _Atom
     ) -> None:
         """Write an atom of a flow known to exist, if its version is the stored one."""
-        row = conn.execute(
-            sql.ATOM_VERSION, (self.namespace, book_uuid, flow_uuid, atom.name)
-        ).fetchone()
+        key = (self.namespace, book_uuid, flow_uuid, atom.name)
+        # Most writes are of a saved atom at its stored version: one statement.
+        if conn.execute(
+            sql.UPDATE_ATOM, (atom.version + 1, atom.detail, *key, atom.version)
+        ).rowcount:
+            return
+        row = conn.execute(sql.ATOM_VERSION, key).fetchone()
         check_version(f"atom {atom.name!r}", row[0] if row else 0, atom.version)
-        conn.execute(
-            sql.UPSERT_ATOM,
-            (self.namespace, book_uuid, flow_uuid, atom.name, atom.version + 1, atom.detail),
-        )
+        conn.execute(sql.UPSERT_ATOM, (*key, atom.version + 1, atom.detail))
 
     async def _update_atom_detail(
         self, book_uuid: str, flow_uuid: str, atom: AtomDetail, token: int | None

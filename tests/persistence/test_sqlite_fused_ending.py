@@ -125,3 +125,31 @@ async def test_a_new_flow_whose_atom_cannot_be_encoded_is_refused_unwritten(
         with pytest.raises(StoreError, match="atom 'a'"):
             await store.update_flow_detail(book.uuid, flow)
         assert (await store.get_logbook(book.uuid)).flows == {}
+
+
+def _traced(link: Any) -> list[str]:
+    """The statements ``link``'s connection runs from now on (first words, upper case)."""
+    statements: list[str] = []
+    link._conn.set_trace_callback(lambda text: statements.append(" ".join(text.split()[:3])))
+    return statements
+
+
+async def test_a_new_logbook_and_a_flows_end_run_no_needless_reads(tmp_path: Path) -> None:
+    """A new logbook is created without a read of its token first (the insert tells whether
+    one was there), and a saved atom at its stored version is written by one UPDATE, without
+    a read of its version first: a one-task job's two store writes, a statement less each."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    async with open_board(url) as board, open_store(url) as store:
+        statements = _traced(store._link)
+        claim, flow = await _claimed_and_running(board, store)
+        assert [s for s in statements if s.startswith(("SELECT", "INSERT"))] == [
+            "INSERT INTO logbooks",
+            "INSERT INTO flow_details",
+            "INSERT INTO atom_details",
+        ]
+        ended, atom = _ended(flow)
+        statements.clear()
+        saved = await store.update_flow_detail(claim.job_id, ended, token=claim.token, atoms=[atom])
+        assert saved.version == 1 and saved.atoms["echo"].version == 1
+        reads = [s for s in statements if s.startswith("SELECT")]
+        assert reads == ["SELECT b.token, f.version", "SELECT book_uuid, flow_uuid,"]

@@ -57,9 +57,10 @@ BOOK_COLUMNS = "uuid, name, created_at, updated_at, meta, token"
 FLOW_COLUMNS = "book_uuid, uuid, name, state, version, meta"
 ATOM_COLUMNS = "book_uuid, flow_uuid, name, version, detail"
 
-INSERT_BOOK = (
+#: A new logbook; nothing if the namespace holds one with its uuid (then ``rowcount`` is 0).
+CREATE_BOOK = (
     "INSERT INTO logbooks (namespace, uuid, name, created_at, updated_at, meta, token)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, uuid) DO NOTHING"
 )
 INSERT_FLOW = (
     "INSERT INTO flow_details (namespace, book_uuid, uuid, name, state, version, meta)"
@@ -106,6 +107,12 @@ ATOM_CHECK = (
     " ON a.namespace = b.namespace AND a.book_uuid = b.uuid"
     " AND a.flow_uuid = f.uuid AND a.name = ?"
     " WHERE b.namespace = ? AND b.uuid = ?"
+)
+#: An atom's write if it holds the version given: ``(version, detail, ns, book, flow, atom,
+#: given version)``.
+UPDATE_ATOM = (
+    "UPDATE atom_details SET version = ?, detail = ?"
+    " WHERE namespace = ? AND book_uuid = ? AND flow_uuid = ? AND name = ? AND version = ?"
 )
 ATOM_VERSION = (
     "SELECT version FROM atom_details"
