@@ -11,27 +11,32 @@ before it changes anything, so a stale token or version changes nothing. The con
 worker thread, WAL mode and busy timeout are
 :class:`aioconductor._backends.sqlite.link.SqliteLink`'s: it runs each call in a worker thread
 (``sqlite3`` blocks) under a lock, because one connection holds one transaction, which two
-interleaved calls would otherwise share. The schema and the statements are in
-:mod:`aioconductor._backends.sqlite.store_schema`.
+interleaved calls would otherwise share. A store whose ending is fused with a board on its
+file (:meth:`SqliteStore.fused_ending`) writes on that board's connection while it is open.
+The schema and the statements are in :mod:`aioconductor._backends.sqlite.store_schema`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Self, TypeVar
 
 from aioconductor._backends.sqlite import store_schema as sql
 from aioconductor._backends.sqlite.link import SqliteLink
 from aioconductor._backends.sqlite.link import sqlite_path
+from aioconductor._backends.sqlite.store_records import EncodedAtom
+from aioconductor._backends.sqlite.store_records import EncodedFlow
+from aioconductor._backends.sqlite.store_records import assemble
+from aioconductor._backends.sqlite.store_records import atom_from_row
 from aioconductor._models import copy_json
 from aioconductor._models import evolve
 from aioconductor._urls import ParsedURL
 from aioconductor._urls import redact_url
 from aioconductor._urls import refuse_options
+from aioconductor.errors import BoardClosed
 from aioconductor.errors import ConfigurationError
 from aioconductor.errors import LogBookNotFound
 from aioconductor.errors import StoreClosed
@@ -59,28 +64,6 @@ MEMORY = ":memory:"
 _PAGE = 100
 
 
-class _Flow:
-    """A flow detail encoded for its row, with its atoms encoded for theirs (unless
-    ``atoms`` is false: a write that saves only the atoms it is given)."""
-
-    def __init__(self, flow: FlowDetail, *, atoms: bool = True) -> None:
-        self.uuid = flow.uuid
-        self.name = flow.name
-        self.state = flow.state.value
-        self.version = flow.version
-        self.meta = dumps(f"flow {flow.name!r} meta", flow.meta)
-        self.atoms = [_Atom(atom) for atom in flow.atoms.values()] if atoms else []
-
-
-class _Atom:
-    """An atom detail encoded for its row."""
-
-    def __init__(self, atom: AtomDetail) -> None:
-        self.name = atom.name
-        self.version = atom.version
-        self.detail = atom_json(atom)
-
-
 class SqliteStore(Store):
     """A store of logbooks in a SQLite file, shared safely by the processes of one machine.
 
@@ -103,6 +86,9 @@ class SqliteStore(Store):
         super().__init__(namespace=namespace, migrate=migrate)
         self.path = os.fspath(path)
         self._link = SqliteLink(self.path, closed_error=StoreClosed)
+        #: The link of a board on this file that this store's ending is fused with: its
+        #: writes go there while that board is open (see :meth:`fused_ending`).
+        self._shared: SqliteLink | None = None
 
     @classmethod
     def from_url(cls, parsed: ParsedURL, **kwargs: Any) -> Self:
@@ -134,6 +120,12 @@ class SqliteStore(Store):
     async def _write(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction, committed unless it raises."""
         try:
+            shared = self._shared
+            if shared is not None and not shared.closed:
+                try:
+                    return await shared.write(what, fn)
+                except BoardClosed:
+                    pass  # the board closed before the write ran (never run): on our own
             return await self._link.write(what, fn)
         except (UnicodeEncodeError, OverflowError) as exc:
             # Raised by sqlite3 while binding a value it cannot store (a lone surrogate in a
@@ -158,7 +150,7 @@ class SqliteStore(Store):
         if new != stored:
             conn.execute(sql.SET_TOKEN, (new, self.namespace, book_uuid))
 
-    def _insert_flow(self, conn: sqlite3.Connection, book_uuid: str, flow: _Flow) -> None:
+    def _insert_flow(self, conn: sqlite3.Connection, book_uuid: str, flow: EncodedFlow) -> None:
         ns = self.namespace
         conn.execute(
             sql.INSERT_FLOW,
@@ -176,7 +168,7 @@ class SqliteStore(Store):
         params = (self.namespace, *(row[0] for row in books))
         flows = conn.execute(sql.flows_of(len(books)), params).fetchall()
         atoms = conn.execute(sql.atoms_of(len(books)), params).fetchall()
-        return _assemble(books, flows, atoms)
+        return assemble(books, flows, atoms)
 
     def _fetch(self, conn: sqlite3.Connection, book_uuid: str) -> LogBook:
         row = conn.execute(sql.BOOK, (self.namespace, book_uuid)).fetchone()
@@ -191,7 +183,7 @@ class SqliteStore(Store):
 
     async def _save_logbook(self, book: LogBook, token: int | None) -> LogBook:
         meta = dumps(f"logbook {book.uuid} meta", book.meta)
-        flows = [_Flow(flow) for flow in book.flows.values()]
+        flows = [EncodedFlow(flow) for flow in book.flows.values()]
         ns = self.namespace
 
         def save(conn: sqlite3.Connection) -> LogBook:
@@ -249,8 +241,8 @@ class SqliteStore(Store):
         """
         # A flow's own atoms are saved only if it is new: encoded then (a refusal raises in
         # the write, rolled back), not for every flow end, which gives its atoms to write.
-        encoded = _Flow(flow, atoms=False)
-        details = [_Atom(atom) for atom in atoms]
+        encoded = EncodedFlow(flow, atoms=False)
+        details = [EncodedAtom(atom) for atom in atoms]
         ns = self.namespace
 
         def write(conn: sqlite3.Connection) -> FlowDetail | None:
@@ -265,7 +257,7 @@ class SqliteStore(Store):
                 if details:
                     raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow.uuid!r}")
                 encoded.version = version
-                encoded.atoms = [_Atom(atom) for atom in flow.atoms.values()]
+                encoded.atoms = [EncodedAtom(atom) for atom in flow.atoms.values()]
                 self._insert_flow(conn, book_uuid, encoded)
             else:
                 # In this transaction: a failed check below rolls back every atom written.
@@ -280,7 +272,7 @@ class SqliteStore(Store):
                 return None
             if stored_version is None:
                 return copy_flow(flow, version)
-            stored = map(_atom, self._atoms_of(conn, book_uuid, flow.uuid))
+            stored = map(atom_from_row, self._atoms_of(conn, book_uuid, flow.uuid))
             return evolve(
                 flow,
                 version=version,
@@ -293,13 +285,22 @@ class SqliteStore(Store):
     def fused_ending(self, board: object) -> Callable[..., Awaitable[Job]] | None:
         """The flow's end saved and the job consumed in one transaction (see
         :mod:`aioconductor._backends.sqlite.fused`); None unless ``board`` is a SQLite board
-        on this store's file."""
+        on this store's file.
+
+        Once fused, and while ``board`` is open, this store's writes run on the board's
+        connection too: one connection writes the file, so the two never wait for each
+        other's write lock, and their writes share group commits. A write that finds the
+        board closed (it never ran then) runs on the store's own connection, as do reads.
+        """
         from aioconductor._backends.sqlite.fused import fused_ending
 
-        return fused_ending(self, board)
+        fused = fused_ending(self, board)
+        if fused is not None:
+            self._shared = board._link  # type: ignore[attr-defined]
+        return fused
 
     def _put_atom(
-        self, conn: sqlite3.Connection, book_uuid: str, flow_uuid: str, atom: _Atom
+        self, conn: sqlite3.Connection, book_uuid: str, flow_uuid: str, atom: EncodedAtom
     ) -> None:
         """Write an atom of a flow known to exist, if its version is the stored one."""
         key = (self.namespace, book_uuid, flow_uuid, atom.name)
@@ -339,7 +340,7 @@ class SqliteStore(Store):
     async def _update_atom_details(
         self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None
     ) -> list[AtomDetail]:
-        encoded = [_Atom(atom) for atom in atoms]
+        encoded = [EncodedAtom(atom) for atom in atoms]
         ns = self.namespace
 
         def update(conn: sqlite3.Connection) -> list[AtomDetail]:
@@ -410,44 +411,3 @@ def _url_path(driver_url: str) -> str:
             raise ConfigurationError(f"{redact_url(driver_url)!r}: SQLite takes no driver options")
         return MEMORY
     return sqlite_path(driver_url)
-
-
-def _atom(row: Sequence[Any]) -> AtomDetail:
-    """An atom detail from a row of ``ATOM_COLUMNS``."""
-    data = json.loads(row[4])
-    data.update(name=row[2], version=row[3])
-    return AtomDetail.model_validate(data)
-
-
-def _assemble(
-    books: Iterable[Sequence[Any]], flows: Iterable[Sequence[Any]], atoms: Iterable[Sequence[Any]]
-) -> list[LogBook]:
-    """Logbooks from rows of ``BOOK_COLUMNS``, ``FLOW_COLUMNS`` and ``ATOM_COLUMNS``."""
-    atoms_of: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in atoms:
-        atom = _atom(row)
-        atoms_of.setdefault((row[0], row[1]), {})[atom.name] = atom
-    flows_of: dict[str, dict[str, Any]] = {}
-    for book_uuid, uuid, name, state, version, meta in flows:
-        flows_of.setdefault(book_uuid, {})[uuid] = {
-            "uuid": uuid,
-            "name": name,
-            "state": state,
-            "version": version,
-            "meta": json.loads(meta),
-            "atoms": atoms_of.get((book_uuid, uuid), {}),
-        }
-    return [
-        LogBook.model_validate(
-            {
-                "uuid": uuid,
-                "name": name,
-                "created_at": created_at,
-                "updated_at": updated_at,
-                "meta": json.loads(meta),
-                "token": token,
-                "flows": flows_of.get(uuid, {}),
-            }
-        )
-        for uuid, name, created_at, updated_at, meta, token in books
-    ]

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from aioconductor import open_board, open_store
+from aioconductor._backends.sqlite import store_records
 from aioconductor.boards.sqlite import SqliteJobBoard
 from aioconductor.errors import StoreError
 from aioconductor.models import JobState, Outcome
@@ -52,7 +53,7 @@ async def test_the_fused_ending_encodes_its_atom_once_and_reads_nothing_back(
         assert fused is not None
         ended, atom = _ended(flow)
         encoded: list[str] = []
-        atom_json = sqlite_store.atom_json
+        atom_json = store_records.atom_json
 
         def counted(detail: AtomDetail) -> str:
             encoded.append(detail.name)
@@ -61,8 +62,8 @@ async def test_the_fused_ending_encodes_its_atom_once_and_reads_nothing_back(
         def no_read(row: Any) -> Any:
             raise AssertionError("the fused ending parsed the saved atoms")
 
-        monkeypatch.setattr(sqlite_store, "atom_json", counted)
-        monkeypatch.setattr(sqlite_store, "_atom", no_read)
+        monkeypatch.setattr(store_records, "atom_json", counted)
+        monkeypatch.setattr(sqlite_store, "atom_from_row", no_read)
         job = await fused(
             claim, Outcome.SUCCESS, {"r": 1}, claim.job_id, ended, claim.token, (atom,)
         )
@@ -153,3 +154,37 @@ async def test_a_new_logbook_and_a_flows_end_run_no_needless_reads(tmp_path: Pat
         assert saved.version == 1 and saved.atoms["echo"].version == 1
         reads = [s for s in statements if s.startswith("SELECT")]
         assert reads == ["SELECT b.token, f.version", "SELECT book_uuid, flow_uuid,"]
+
+
+async def test_once_fused_the_stores_writes_share_the_boards_connection(tmp_path: Path) -> None:
+    """The store's writes run on the board's connection while the board is open (one writer
+    of the file: no wait for each other's write lock, shared group commits), then on the
+    store's own; reads stay on the store's own."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    async with open_store(url) as store:
+        async with open_board(url) as board:
+            assert store.fused_ending(board) is not None
+            on_board, on_store = _traced(board._link), _traced(store._link)
+            book = await store.save_logbook(LogBook(name="b"))
+            assert "INSERT INTO logbooks" in on_board
+            assert not [s for s in on_store if s.startswith("INSERT")]
+            assert (await store.get_logbook(book.uuid)).name == "b"
+            assert on_store and not [s for s in on_board if s.startswith("SELECT uuid, name")]
+        on_store.clear()
+        other = await store.save_logbook(LogBook(name="after the board"))
+        assert "INSERT INTO logbooks" in on_store
+        assert (await store.get_logbook(other.uuid)).name == "after the board"
+
+
+async def test_a_write_the_closed_board_never_ran_is_made_on_the_stores_own(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    async with open_board(url) as board, open_store(url) as store:
+        assert store.fused_ending(board) is not None
+        conn, board._link._conn = board._link._conn, None  # closed, as a write would find it
+        try:
+            book = await store.save_logbook(LogBook(name="b"))
+        finally:
+            board._link._conn = conn
+        assert (await store.get_logbook(book.uuid)).name == "b"
