@@ -18,11 +18,12 @@ from aioconductor import (
     Outcome,
     RetryPolicy,
     linear,
+    open_board,
     open_store,
     task,
 )
 from aioconductor.boards.memory import MemoryJobBoard
-from aioconductor.events import Event
+from aioconductor.events import Event, Notifier
 from aioconductor.persistence.memory import MemoryStore
 from aioconductor.persistence.models import FlowState
 from tests.boards.conftest import BoardBackend, backend
@@ -317,3 +318,49 @@ async def test_a_job_whose_claim_is_renewed_as_the_conductor_stops_is_given_back
         ended = await board.get(job.id)
     assert (ended.state, ended.attempts, ended.releases) == (JobState.UNCLAIMED, 0, 1)
     assert not RUNS["r"]  # released before its flow began
+
+
+class _Forwarding(Notifier):
+    """A user's notifier that forwards every event (to a bus, say): it keeps no listeners."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def has_listeners(self, event: str) -> bool:
+        return True
+
+    async def notify(self, event: str, details: Any) -> None:
+        self.seen.append(str(event))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["two-files", "one-file-fused"])
+async def test_a_notifier_that_answers_has_listeners_itself_hears_the_engine(
+    tmp_path: Any, fused: bool
+) -> None:
+    # A fused ending gives each job's engine a notifier that holds events until the flow's end
+    # is saved: it must ask the conductor's notifier who listens, not read its listeners.
+    flows = FlowRegistry()
+
+    @task(provides="s")
+    async def add(x: int) -> int:
+        return x + 1
+
+    flows.register("f", lambda **args: linear("f", add))
+    board_file = tmp_path / "a.db"
+    store_file = board_file if fused else tmp_path / "b.db"
+    notifier = _Forwarding()
+    async with (
+        open_board(f"sqlite:///{board_file}") as board,
+        open_store(f"sqlite:///{store_file}") as store,
+    ):
+        assert (store.fused_ending(board) is not None) is fused  # type: ignore[attr-defined]
+        job = await board.post("j", flow="f", args={"x": 1})
+        async with Conductor("c", board, store=store, flows=flows, notifier=notifier) as c:
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(c.run)
+                    await board.wait_for(job.id)
+                    c.stop()
+    assert str(Event.ATOM_STATE) in notifier.seen, notifier.seen
+    assert str(Event.RUNNING_END) in notifier.seen, notifier.seen

@@ -164,10 +164,12 @@ class _HoldingNotifier(Notifier):
 
     def __init__(self, endings: Endings, key: tuple[str, int | None]) -> None:
         super().__init__()
-        # The conductor's listeners, shared: has_listeners answers for them, in one call.
-        self._listeners = endings.notifier._listeners
         self._endings = endings
         self._key = key
+
+    def has_listeners(self, event: str) -> bool:
+        # Asked of the conductor's notifier, which may be a subclass answering its own way.
+        return self._endings.notifier.has_listeners(event)
 
     async def notify(self, event: str, details: Mapping[str, Any]) -> None:
         end = self._endings.kept.get(self._key)

@@ -173,17 +173,19 @@ def keep_compilation(flow: Flow, key: object, compiled: CompiledFlow) -> None:
 
 
 def _shape(item: Task | Flow) -> object:
-    # Atoms by identity: a task is not changed once built, and the kept compilation holds its
-    # atoms, so their ids are not reused while it is kept.
+    # Atoms by identity (the kept compilation holds them, so their ids are not reused while it
+    # is kept), and by what compiling reads of them, should one be changed after a run.
     if isinstance(item, Task):
-        return id(item)
+        return (id(item), item.name, item.provides, item.params, item.requires, item.optional)
     links: tuple[object, ...] = ()
     if isinstance(item, GraphFlow):
         links = tuple(
             tuple(end if isinstance(end, str) else id(end) for end in link) for link in item.links
         )
     children = tuple(_shape(child) for child in item.children)
-    return (type(item), item.name, id(item.retry), children, links)
+    retry = item.retry
+    controller = None if retry is None else (id(retry), retry.name, retry.provides, retry.requires)
+    return (type(item), item.name, controller, children, links)
 
 
 def _new(nodes: list[Node], name: str, atom: Task | Retry, scopes: tuple[int, ...]) -> int:

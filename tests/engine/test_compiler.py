@@ -120,3 +120,20 @@ async def test_an_engine_validated_again_with_other_inputs_does_not_rebind_a_sha
     await second.validate()
     assert (await first.run()).results["s"] == 11
     assert (await second.run()).results["s"] == 2
+
+
+async def test_a_task_changed_after_a_run_is_compiled_again(
+    compiled: list[CompiledFlow],
+) -> None:
+    first, second = Add("a", provides="s"), Add("b", provides="t")
+    flow = linear("f", first, second)
+    await run_flow(flow, {"x": 1})
+    first.name = "renamed"
+    engine = Engine(flow, inputs={"x": 1})
+    await engine.run()
+    saved = await engine.store.get_logbook(engine.book_id)
+    assert set(next(iter(saved.flows.values())).atoms) == {"renamed", "b"}
+    assert len(compiled) == 2
+    second.provides = ("s",)  # two tasks providing one name: refused, as in a new flow
+    with pytest.raises(CompilationError, match="both provide 's'"):
+        await run_flow(flow, {"x": 1})
