@@ -20,11 +20,14 @@ from aioconductor.persistence.models import AtomDetail
 
 __all__ = ["atom_json", "check_atoms", "check_meta", "dumps"]
 
+#: One encoder for every call: ``json.dumps`` with options builds a new one each time.
+_ENCODE = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
 
 def dumps(what: str, value: Any) -> str:
     """``value`` as strict JSON text; ``StoreError`` if JSON cannot carry it as it is."""
     try:
-        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        text = _ENCODE(value)
         # After json.dumps, which refused cycles and nesting deeper than this walk can go.
         problem = non_str_key(value)
     except TypeError as exc:
