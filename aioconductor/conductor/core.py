@@ -26,6 +26,7 @@ from aioconductor.conductor.ending import Endings
 from aioconductor.conductor.jobrun import CLEANUP_TIMEOUT
 from aioconductor.conductor.jobrun import JobRun
 from aioconductor.conductor.jobrun import RunContext
+from aioconductor.conductor.jobtasks import JobTasks
 from aioconductor.conductor.options import check_count
 from aioconductor.conductor.options import check_drain_timeout
 from aioconductor.conductor.options import check_name
@@ -260,7 +261,7 @@ class Conductor:
         )
         try:
             await self._open_resources()
-            async with anyio.create_task_group() as jobs:
+            async with JobTasks() as jobs:
                 async with anyio.create_task_group() as services:
                     services.start_soon(dispatcher.listen)
                     services.start_soon(self._keep_leases)
@@ -321,7 +322,7 @@ class Conductor:
             endings=self._endings,
         )
 
-    async def _finish_jobs(self, jobs: anyio.abc.TaskGroup, dispatcher: Dispatcher) -> None:
+    async def _finish_jobs(self, jobs: JobTasks, dispatcher: Dispatcher) -> None:
         """Let running jobs end: all of them after ``max_dispatches``; within
         ``drain_timeout`` after ``stop()``; none after ``stop(drain=False)``."""
         stopping = self._stop_requested.is_set()
@@ -334,7 +335,7 @@ class Conductor:
                     self._drain_scope = None
         if dispatcher.active:
             logger.info("conductor %s: suspending %d running jobs", self.name, dispatcher.active)
-        jobs.cancel_scope.cancel()
+        jobs.cancel()
 
     def runs_alone(self, job: Job) -> bool:
         """Whether ``job`` runs with no other job of this conductor beside it: it is on its

@@ -22,6 +22,7 @@ import anyio.abc
 
 from aioconductor.conductor.jobrun import JobRun
 from aioconductor.conductor.jobrun import RunContext
+from aioconductor.conductor.jobtasks import JobTasks
 from aioconductor.errors import AioconductorError
 from aioconductor.models import Claim
 from aioconductor.models import Job
@@ -103,7 +104,7 @@ class Dispatcher:
                 )
                 await anyio.sleep(self.sweep_interval)
 
-    async def run(self, jobs: anyio.abc.TaskGroup, max_dispatches: int | None) -> None:
+    async def run(self, jobs: JobTasks, max_dispatches: int | None) -> None:
         """Claim jobs and start each in ``jobs`` until a stop is requested, or
         ``max_dispatches`` jobs were claimed."""
         dispatched = 0
@@ -199,7 +200,7 @@ class Dispatcher:
 
     # -- starting ------------------------------------------------------------------------------
 
-    def _start(self, jobs: anyio.abc.TaskGroup, claimed: list[tuple[Job, Claim]]) -> None:
+    def _start(self, jobs: JobTasks, claimed: list[tuple[Job, Claim]]) -> None:
         """Start a task in ``jobs`` for each claimed job (each holds one slot already)."""
         stats = self.context.stats
         stats.claimed += len(claimed)
@@ -210,7 +211,7 @@ class Dispatcher:
             self._none_active = anyio.Event()
         stats.peak_running = max(stats.peak_running, self.active)
         for job, claim in claimed:
-            jobs.start_soon(self._run_job, job, claim, name=f"job {job.id}")
+            jobs.start(self._run_job, job, claim, name=f"job {job.id}")
 
     async def _run_job(self, job: Job, claim: Claim) -> None:
         try:

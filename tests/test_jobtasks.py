@@ -1,0 +1,120 @@
+"""`JobTasks`: a conductor run's job tasks behave as a task group's would, shields included."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+
+import anyio
+import pytest
+
+from aioconductor.conductor.jobtasks import JobTasks
+
+
+async def test_leaving_waits_for_every_task() -> None:
+    ended: list[int] = []
+
+    async def job(n: int) -> None:
+        await anyio.sleep(0.01 * n)
+        ended.append(n)
+
+    async with JobTasks() as tasks:
+        for n in range(3):
+            tasks.start(job, n, name=f"job {n}")
+        assert len(tasks) == 3
+    assert sorted(ended) == [0, 1, 2]
+    assert len(tasks) == 0
+
+
+async def test_a_cancel_reaches_every_task_but_not_their_shielded_clean_up() -> None:
+    cleaned: list[int] = []
+
+    async def job(n: int) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.01)  # a plain task.cancel() would cut this short
+                cleaned.append(n)
+
+    async with JobTasks() as tasks:
+        for n in range(3):
+            tasks.start(job, n, name=f"job {n}")
+        await anyio.sleep(0.01)
+        tasks.cancel()
+    assert sorted(cleaned) == [0, 1, 2]
+
+
+async def test_a_task_started_after_the_cancel_starts_cancelled_and_still_runs() -> None:
+    # A claimed job must always reach its run, which gives the claim back.
+    reached: list[str] = []
+
+    async def job() -> None:
+        reached.append("started")
+        try:
+            await anyio.sleep_forever()
+        finally:
+            reached.append("cleaned up")
+
+    async with JobTasks() as tasks:
+        tasks.cancel()
+        tasks.start(job, name="late")
+    assert reached == ["started", "cleaned up"]
+
+
+async def test_cancelling_the_owner_cancels_the_tasks_and_outlives_them() -> None:
+    cleaned: list[str] = []
+
+    async def job() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.02)
+                cleaned.append("job")
+
+    with anyio.move_on_after(0.05) as outer:
+        async with JobTasks() as tasks:
+            tasks.start(job, name="job")
+            await anyio.sleep_forever()
+    assert outer.cancelled_caught
+    assert cleaned == ["job"]
+
+
+async def test_the_first_error_of_a_task_cancels_the_others_and_is_raised() -> None:
+    cancelled: list[str] = []
+
+    async def fails() -> None:
+        await anyio.sleep(0.01)
+        raise ValueError("boom")
+
+    async def waits() -> None:
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            cancelled.append("waits")
+            raise
+
+    with pytest.raises(ValueError, match="boom"):
+        async with JobTasks() as tasks:
+            tasks.start(waits, name="waits")
+            tasks.start(fails, name="fails")
+    assert cancelled == ["waits"]
+
+
+async def test_tasks_carry_their_names_and_the_starter_s_context() -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[tuple[str, str]] = []
+
+    async def job() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        seen.append((task.get_name(), var.get()))
+        var.set("changed by the job")  # stays in the job's own copy
+
+    var.set("starter")
+    async with JobTasks() as tasks:
+        tasks.start(job, name="job 1")
+        tasks.start(job, name="job 2")
+    assert sorted(seen) == [("job 1", "starter"), ("job 2", "starter")]
+    assert var.get() == "starter"
