@@ -164,6 +164,12 @@ def unclaimable_message(job: Job, now: float) -> str:
     return f"job {job.id} is {job.state}: it cannot be claimed"
 
 
+def _decode_or(text: str | bytes, empty: str, new: Callable[[], Any]) -> Any:
+    """Decode JSON ``text``; the column's empty value (most rows hold it) as a new ``new()``
+    without parsing it."""
+    return new() if text == empty else decode_json(text)
+
+
 def job_from_row(row: Sequence[Any]) -> Job:
     """A ``Job`` from a row of :data:`JOB_COLUMNS` (args, result, headers, retry and failures
     as JSON text)."""
@@ -197,12 +203,12 @@ def job_from_row(row: Sequence[Any]) -> Job:
         outcome=None if outcome is None else Outcome(outcome),
         result=None if result is None else decode_json(result),
         trash_reason=row[17],
-        headers=decode_json(row[18]),
+        headers=_decode_or(row[18], "{}", dict),
         releases=row[19],
         abandons=row[20],
         retries=row[21],
         retry=None if row[22] is None else RetryPolicy.model_validate_json(row[22]),
-        failures=decode_json(row[23]),
+        failures=_decode_or(row[23], "[]", list),
         key=row[24],
         cancel_reason=cancel_reason,
         limit_key=row[26],
