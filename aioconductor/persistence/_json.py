@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,14 +29,14 @@ def dumps(what: str, value: Any) -> str:
     """``value`` as strict JSON text; ``StoreError`` if JSON cannot carry it as it is."""
     try:
         text = _ENCODE(value)
-        # After json.dumps, which refused cycles and nesting deeper than this walk can go.
+        # After encoding, which refused cycles and nesting deeper than this walk can go.
         problem = non_str_key(value)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
+        # Refused by json (a set, NaN, a tuple key): say what it is and where.
         problem = str(exc)
-        # json refuses some keys itself (a tuple): say where the key is.
         with contextlib.suppress(RecursionError):  # a value holding itself: json's word
-            problem = non_str_key(value) or problem
-    except (ValueError, RecursionError) as exc:
+            problem = _problem(value) or problem
+    except RecursionError as exc:
         problem = str(exc) or type(exc).__name__
     if problem is not None:
         raise StoreError(f"{what} cannot be saved as JSON: {problem}")
@@ -56,9 +57,12 @@ def atom_json(atom: AtomDetail) -> str:
 
 
 def check_meta(what: str, value: Any) -> None:
-    """Refuse ``value`` (``StoreError``) if it holds a key that is not a str, at any depth."""
+    """Refuse ``value`` (``StoreError``) if it holds a key that is not a str, or a value strict
+    JSON cannot carry (NaN or an infinity, a set, any other object), at any depth: a store
+    that encodes would change it (NaN read back as None, a set as a list), and one that keeps
+    objects (memory) refuses it too, so that what runs on one store runs on every store."""
     try:
-        problem = non_str_key(value)
+        problem = _problem(value)
     except RecursionError:
         problem = "it is nested too deeply (or holds itself)"
     if problem is not None:
@@ -71,3 +75,40 @@ def check_atoms(atoms: Iterable[AtomDetail]) -> None:
     for atom in atoms:
         fields = {"result": atom.result, "revert_result": atom.revert_result, "meta": atom.meta}
         check_meta(f"atom {atom.name!r}", fields)
+
+
+def _problem(value: Any) -> str | None:
+    """What strict JSON cannot carry as it is in ``value``, and where; None if nothing."""
+    if _plain(value):
+        return None
+    return non_str_key(value) or _first_not_json(value, "")
+
+
+def _plain(value: Any) -> bool:
+    """Whether strict JSON carries ``value`` as it is (keys str, floats finite, JSON types)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _plain(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return all(_plain(item) for item in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str | int)  # a str or int subclass (an enum) is written as such
+
+
+def _first_not_json(value: Any, path: str) -> str:
+    """What the first value strict JSON cannot carry in ``value`` is, and where (``value``
+    holds one, and no key that is not a str)."""
+    if isinstance(value, dict | list | tuple):
+        pairs = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in pairs:
+            if not _plain(item):
+                return _first_not_json(item, f"{path}[{key!r}]")
+    where = f" in {path}" if path else ""
+    if isinstance(value, float):
+        return f"{value!r}{where} is not JSON (strict JSON has no NaN or infinity)"
+    return f"a {type(value).__name__}{where} is not JSON (use a list, a dict, a str or a number)"

@@ -3,6 +3,7 @@ write, one atomic write for several details), and nothing it was given or gave i
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -137,6 +138,29 @@ async def test_keys_that_are_not_strings_are_refused_and_change_nothing(store: S
 
     assert await store.get_logbook(book.uuid) == before
     assert [b.uuid async for b in store.logbooks()] == [book.uuid]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, {1, 2}], ids=["nan", "inf", "set"])
+async def test_values_json_cannot_carry_are_refused_and_change_nothing(
+    store: Store, value: Any
+) -> None:
+    """Strict JSON has no NaN, infinity or set: a store that encodes would change them quietly
+    (NaN read back as None, a set as a list), so every store refuses them, the memory store
+    too, naming the detail and where the value is."""
+    book = await store.save_logbook(make_book())
+    flow = first_flow(book)
+    before = await store.get_logbook(book.uuid)
+    refusal = "cannot be saved as JSON: .* is not JSON"
+    with pytest.raises(StoreError, match=f"atom 'a' {refusal}"):
+        await store.update_atom_detail(book.uuid, flow.uuid, AtomDetail(name="a", result=value))
+    with pytest.raises(StoreError, match=f"atom 'b' {refusal}"):
+        atom = AtomDetail(name="b", meta={"m": [value]})
+        await store.update_flow_detail(book.uuid, flow, atoms=[atom])
+    with pytest.raises(StoreError, match=refusal):
+        await store.update_flow_detail(book.uuid, flow.model_copy(update={"meta": {"m": value}}))
+    with pytest.raises(StoreError, match=refusal):
+        await store.save_logbook(book.model_copy(update={"meta": {"m": value}}))
+    assert await store.get_logbook(book.uuid) == before
 
 
 # -- save_logbook ---------------------------------------------------------------------------------
