@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 
 import anyio
 import pytest
@@ -118,3 +119,35 @@ async def test_tasks_carry_their_names_and_the_starter_s_context() -> None:
         tasks.start(job, name="job 2")
     assert sorted(seen) == [("job 1", "starter"), ("job 2", "starter")]
     assert var.get() == "starter"
+
+
+async def test_a_task_s_error_cancels_the_block_at_once() -> None:
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="boom"):
+        async with JobTasks() as tasks:
+            tasks.start(fails, name="fails")
+            await anyio.sleep(5)  # the dispatcher's loop: a task group cancels it at once
+    assert time.monotonic() - started < 2
+
+
+async def test_a_cancel_from_outside_reaches_the_tasks_while_the_block_is_shielded() -> None:
+    # The dispatcher may sit in a shielded claim call; the jobs (whose leases nobody renews
+    # once the conductor is cancelled) must stop at once all the same, as in a task group.
+    stopped: list[float] = []
+
+    async def job() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            stopped.append(time.monotonic())
+
+    started = time.monotonic()
+    with anyio.move_on_after(0.05):
+        async with JobTasks() as tasks:
+            tasks.start(job, name="job")
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(1)
+    assert stopped and stopped[0] - started < 0.5

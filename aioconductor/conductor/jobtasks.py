@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import TypeVarTuple
 
 import anyio
+import anyio.abc
 
 __all__ = ["JobTasks"]
 
@@ -35,14 +36,22 @@ class JobTasks:
         self._tasks: set[asyncio.Task[None]] = set()
         self._scopes: set[anyio.CancelScope] = set()
         self._cancelled = False
+        self._closing = False
         self._error: BaseException | None = None
         self._none_left = asyncio.Event()
         self._none_left.set()
+        self._group: anyio.abc.TaskGroup | None = None
 
     def __len__(self) -> int:
         return len(self._tasks)
 
     async def __aenter__(self) -> JobTasks:
+        # The block runs in a task group of its own, as it would in a task group of job
+        # tasks: a task's error cancels the block, and the watcher in it hears at once when
+        # the block is cancelled from outside (the block itself may be in a shielded call).
+        group = self._group = anyio.create_task_group()
+        await group.__aenter__()
+        group.start_soon(self._watch)
         return self
 
     async def __aexit__(
@@ -50,20 +59,23 @@ class JobTasks:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> bool | None:
+        group = self._group
+        assert group is not None, "JobTasks used outside async with"
         if exc is not None:
             self.cancel()
         try:
-            await self._none_left.wait()
-        except BaseException:
-            # Cancelled while waiting: stop the tasks, and still outlive them.
-            self.cancel()
-            with anyio.CancelScope(shield=True):
-                while self._tasks:
-                    await self._none_left.wait()
-            raise
-        if exc is None and self._error is not None:
+            await self._outlive_tasks()
+        except BaseException as cancelled:
+            exc_type, exc, tb = type(cancelled), cancelled, cancelled.__traceback__
+        self._closing = True
+        group.cancel_scope.cancel()
+        suppressed = await group.__aexit__(exc_type, exc, tb)
+        if self._error is not None:
             raise self._error
+        if exc is not None and not suppressed:
+            raise exc
+        return suppressed
 
     def start(self, fn: Callable[[*Args], Awaitable[None]], *args: *Args, name: str) -> None:
         """Run ``fn(*args)`` in a task of its own, named ``name``."""
@@ -77,6 +89,26 @@ class JobTasks:
         self._cancelled = True
         for scope in self._scopes:
             scope.cancel()
+
+    async def _outlive_tasks(self) -> None:
+        """Wait until no task is left; cancelled meanwhile, cancel them and still outlive
+        them (shielded), then let the cancellation go on."""
+        try:
+            while self._tasks:
+                await self._none_left.wait()
+        except BaseException:
+            self.cancel()
+            with anyio.CancelScope(shield=True):
+                while self._tasks:
+                    await self._none_left.wait()
+            raise
+
+    async def _watch(self) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            if not self._closing:
+                self.cancel()  # the block was cancelled: from outside, or by a task's error
 
     async def _run(self, fn: Callable[[*Args], Awaitable[None]], args: tuple[*Args]) -> None:
         with anyio.CancelScope() as scope:
@@ -95,5 +127,7 @@ class JobTasks:
             if error is not None and self._error is None:
                 self._error = error
                 self.cancel()
+                if self._group is not None and not self._closing:
+                    self._group.cancel_scope.cancel()
         if not self._tasks:
             self._none_left.set()
