@@ -188,15 +188,19 @@ class JobRun:
             if self.cancelling is not None:
                 # Nothing of it can run or be reverted here: it ends as its cancel asked.
                 logger.warning("job %s (%s): cancelled, not reverted: %s", job.id, job.flow, exc)
-                await self._consume(None, {"not_reverted": str(exc)}, None, cancelled=True)
+                await self._unheld(
+                    self._consume(None, {"not_reverted": str(exc)}, None, cancelled=True)
+                )
             else:
-                await self._trash(str(exc))
+                await self._unheld(self._trash(str(exc)))
         except CompilationError as exc:
             reason = f"the flow {job.flow!r} is not valid for this job: {exc}"
             if self.cancelling is not None:
-                await self._consume(None, {"not_reverted": reason}, None, cancelled=True)
+                await self._unheld(
+                    self._consume(None, {"not_reverted": reason}, None, cancelled=True)
+                )
             else:
-                await self._trash(reason)
+                await self._unheld(self._trash(reason))
         except ClaimLost as exc:
             await self._report_lost_claim(exc)
         except Exception as exc:
@@ -213,6 +217,20 @@ class JobRun:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
                 await self._release("cancelled")
             raise
+
+    async def _unheld(self, ending: Awaitable[None]) -> None:
+        """Await ``ending`` (a trash, or a cancelled job's consume) where no handler is left
+        to give the job back: a failure of the board (an outage) is logged, and the claim left
+        to expire, so that the next owner ends the job; it must not end the conductor."""
+        try:
+            await ending
+        except Exception as exc:
+            logger.warning(
+                "job %s (%s): ending it failed (%r); its lease will expire",
+                self.job.id,
+                self.job.flow,
+                exc,
+            )
 
     async def _enough_lease(self) -> bool:
         """Whether the claim still holds enough lease to start the flow, renewing it first
