@@ -22,16 +22,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import KW_ONLY
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
-from aioconductor._models import build
 from aioconductor._payload import non_str_key
 from aioconductor.engine.compiler import Node
+from aioconductor.engine.logbooks import create_run
 from aioconductor.engine.retry import Attempt
 from aioconductor.errors import LogBookNotFound
 from aioconductor.events import Event
@@ -43,7 +42,6 @@ from aioconductor.persistence.models import AtomState
 from aioconductor.persistence.models import FlowDetail
 from aioconductor.persistence.models import FlowState
 from aioconductor.persistence.models import Intention
-from aioconductor.persistence.models import LogBook
 
 __all__ = ["FINAL", "Journal"]
 
@@ -130,12 +128,14 @@ class Journal:
         """
         created = False
         if fresh:
-            flow, created = await _create(store, book_id, book_name, detail_name, token, first)
+            flow, created = await create_run(store, book_id, book_name, detail_name, token, first)
         else:
             try:
                 book = await store.get_logbook(book_id)
             except LogBookNotFound:
-                flow, created = await _create(store, book_id, book_name, detail_name, token, first)
+                flow, created = await create_run(
+                    store, book_id, book_name, detail_name, token, first
+                )
             else:
                 found = [f for f in book.flows.values() if f.name == detail_name]
                 if found:
@@ -380,62 +380,6 @@ class Journal:
                 Event.FLOW_STATE,
                 {"flow": self.flow_name, "book_id": self.book_id, "state": state, "old_state": old},
             )
-
-
-async def _create(
-    store: Store,
-    book_id: str,
-    book_name: str,
-    detail_name: str,
-    token: int | None,
-    first: Node | None,
-) -> tuple[FlowDetail, bool]:
-    """Save a new logbook holding the flow's detail, already RUNNING (one write for two),
-    with ``first`` RUNNING too; return the detail to run with, and whether it is the new one.
-
-    Should the logbook exist after all (``fresh`` was wrong), the store merges in the new
-    detail and returns the whole book: the detail saved earlier for this flow wins, and the run
-    resumes from it as if the book had been read first.
-    """
-    # Built without pydantic's validation: every value is the engine's own, of the right type.
-    now = time.time()
-    atoms = {}
-    if first is not None:
-        meta = {"started": now}
-        atoms[first.name] = build(AtomDetail, **_NEW_ATOM, name=first.name, meta=meta)
-    flow_uuid = str(uuid.uuid4())
-    detail = build(FlowDetail, **_NEW_FLOW, uuid=flow_uuid, name=detail_name, meta={}, atoms=atoms)
-    book = build(
-        LogBook,
-        **_NEW_BOOK,
-        uuid=book_id,
-        name=book_name,
-        created_at=now,
-        updated_at=now,
-        meta={},
-        flows={flow_uuid: detail},
-    )
-    book = await store.save_logbook(book, token=token)
-    earlier = [f for f in book.flows.values() if f.name == detail_name and f.uuid != detail.uuid]
-    if earlier:
-        return earlier[0], False
-    return book.flows[detail.uuid], True
-
-
-#: The fields of the details ``_create`` builds that are the same for every new run (no
-#: mutable value: each detail gets a ``meta`` of its own).
-_NEW_ATOM = {
-    "kind": "task",
-    "state": _RUNNING,
-    "intention": Intention.EXECUTE,
-    "result": None,
-    "failure": None,
-    "revert_result": None,
-    "revert_failure": None,
-    "version": 0,
-}
-_NEW_FLOW = {"state": FlowState.RUNNING, "version": 0}
-_NEW_BOOK = {"token": None}
 
 
 def _clear(detail: AtomDetail) -> None:
