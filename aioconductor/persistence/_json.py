@@ -84,17 +84,29 @@ def _problem(value: Any) -> str | None:
     return non_str_key(value) or _first_not_json(value, "")
 
 
+#: Types strict JSON carries as they are, with nothing inside to walk.
+_SIMPLE = frozenset({str, int, bool, type(None)})
+
+
 def _plain(value: Any) -> bool:
     """Whether strict JSON carries ``value`` as it is (keys str, floats finite, JSON types)."""
     kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
+    if kind in _SIMPLE:
         return True
     if kind is float:
         return math.isfinite(value)
     if isinstance(value, dict):
-        return all(isinstance(key, str) and _plain(item) for key, item in value.items())
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return False
+            if type(item) not in _SIMPLE and not _plain(item):
+                return False
+        return True
     if isinstance(value, list | tuple):
-        return all(_plain(item) for item in value)
+        for item in value:
+            if type(item) not in _SIMPLE and not _plain(item):
+                return False
+        return True
     if isinstance(value, float):
         return math.isfinite(value)
     return isinstance(value, str | int)  # a str or int subclass (an enum) is written as such
