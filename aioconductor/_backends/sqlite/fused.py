@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aioconductor._backends.sqlite import board_schema as board_sql
 from aioconductor._backends.sqlite.claiming import write_current
@@ -34,13 +34,29 @@ from aioconductor.models import Outcome
 from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import FlowDetail
 
-if TYPE_CHECKING:
-    from aioconductor.persistence.sqlite import SqliteStore
-
-__all__ = ["fused_ending", "same_file"]
+__all__ = ["FlowEndWriter", "fused_ending", "same_file"]
 
 #: The path of a private in-memory database: a connection's own, never shared.
 _MEMORY = ":memory:"
+
+
+class FlowEndWriter(Protocol):
+    """What the fused ending needs of the store (a SQLite store: named so, not imported, as
+    the store imports this module)."""
+
+    path: str
+
+    def _check_open(self) -> None: ...
+
+    def flow_writer(
+        self,
+        book_uuid: str,
+        flow: FlowDetail,
+        token: int | None,
+        atoms: tuple[AtomDetail, ...],
+        *,
+        read_back: bool,
+    ) -> Callable[[sqlite3.Connection], FlowDetail | None]: ...
 
 
 def same_file(one: str, other: str) -> bool:
@@ -54,7 +70,7 @@ def same_file(one: str, other: str) -> bool:
         return os.path.realpath(one) == os.path.realpath(other)
 
 
-def fused_ending(store: SqliteStore, board: object) -> Callable[..., Awaitable[Job]] | None:
+def fused_ending(store: FlowEndWriter, board: object) -> Callable[..., Awaitable[Job]] | None:
     """The fused ending of ``store`` and ``board`` (see the module), or None unless ``board``
     is a SQLite board on the store's file."""
     if not isinstance(board, SqliteJobBoard) or not same_file(board.path, store.path):
