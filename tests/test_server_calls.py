@@ -42,6 +42,7 @@ import pytest
 from aioconductor import Conductor, open_board, open_store
 from tests.apps import flows
 from tests.backends import BY_NAME
+from tests.flow_ends import flow_end, running_book
 from tests.postgres_helpers import until_waiting_for_a_lock
 
 #: The most server calls one one-task job may cost, by backend (today's figures: lower them as
@@ -253,7 +254,7 @@ async def test_concurrent_jobs_logbooks_and_endings_are_one_statement_each(
             flows[claim.job_id] = await _saved_running(store, claim.job_id, claim)
 
         async def end(claim: Any) -> None:
-            ended, atom = _ended(flows[claim.job_id])
+            ended, atom = flow_end(flows[claim.job_id])
             job = await fused(claim, Outcome.SUCCESS, {}, claim.job_id, ended, claim.token, (atom,))
             assert job.state is JobState.COMPLETE
 
@@ -278,19 +279,9 @@ async def test_concurrent_jobs_logbooks_and_endings_are_one_statement_each(
 async def _saved_running(store: Any, job_id: str, claim: Any) -> Any:
     """Save job ``job_id``'s logbook RUNNING with its task RUNNING, as the journal saves it
     (fenced by ``claim``); its flow detail as saved."""
-    from aioconductor.persistence.models import (
-        AtomDetail,
-        AtomState,
-        FlowDetail,
-        FlowState,
-        LogBook,
-    )
-
-    flow = FlowDetail(name="noop", state=FlowState.RUNNING)
-    flow.atoms["echo"] = AtomDetail(name="echo", state=AtomState.RUNNING)
-    book = LogBook(uuid=job_id, name="j", flows={flow.uuid: flow})
-    book = await store.save_logbook(book, token=claim.token)
-    return book.flows[flow.uuid]
+    book = await store.save_logbook(running_book(job_id), token=claim.token)
+    (flow,) = book.flows.values()
+    return flow
 
 
 @contextlib.asynccontextmanager
@@ -306,17 +297,6 @@ async def _claimed_with_logbook(
         yield board, store, claim, await _saved_running(store, job.id, claim)
 
 
-def _ended(flow: Any) -> tuple[Any, Any]:
-    """The flow's end as the journal writes it: the flow SUCCESS, its task SUCCESS."""
-    from aioconductor.persistence.models import AtomState, FlowState
-
-    ended = flow.model_copy(deep=True)
-    ended.state = FlowState.SUCCESS
-    atom = ended.atoms["echo"]
-    atom.state, atom.result = AtomState.SUCCESS, {"echoed": 1}
-    return ended, atom
-
-
 async def _check_saved_and_consumed(board: Any, store: Any, claim: Any, flow: Any) -> None:
     """The fused ending of ``claim``'s job saves its flow's end and consumes it."""
     from aioconductor.models import JobState, Outcome
@@ -324,7 +304,7 @@ async def _check_saved_and_consumed(board: Any, store: Any, claim: Any, flow: An
 
     fused = store.fused_ending(board)
     assert fused is not None
-    ended, atom = _ended(flow)
+    ended, atom = flow_end(flow)
     job = await fused(claim, Outcome.SUCCESS, {"r": 1}, claim.job_id, ended, claim.token, (atom,))
     assert job.state is JobState.COMPLETE and job.result == {"r": 1}
     assert job.outcome is Outcome.SUCCESS
@@ -351,7 +331,7 @@ async def test_a_stale_claim_changes_nothing_in_the_fused_ending(space: Any) -> 
     async with _claimed_with_logbook(space) as (board, store, claim, flow):
         fused = store.fused_ending(board)
         assert fused is not None
-        ended, atom = _ended(flow)
+        ended, atom = flow_end(flow)
         # A token the board never gave, then a claim another owner took over.
         future = claim.model_copy(update={"token": claim.token + 1})
         with pytest.raises(ClaimLost):
@@ -379,7 +359,7 @@ async def test_a_refused_flow_end_consumes_nothing(space: Any) -> None:
     async with _claimed_with_logbook(space) as (board, store, claim, flow):
         fused = store.fused_ending(board)
         assert fused is not None
-        ended, atom = _ended(flow)
+        ended, atom = flow_end(flow)
         ended.version += 1  # a version the store does not hold
         with pytest.raises(VersionConflict):
             await fused(claim, Outcome.SUCCESS, {}, claim.job_id, ended, claim.token, (atom,))
@@ -388,7 +368,7 @@ async def test_a_refused_flow_end_consumes_nothing(space: Any) -> None:
         assert saved.state is FlowState.RUNNING and saved.version == flow.version
         # A newer token wrote to the logbook (the board's claim still current): refused.
         flow = await store.update_flow_detail(claim.job_id, flow, token=claim.token + 1)
-        ended, atom = _ended(flow)
+        ended, atom = flow_end(flow)
         with pytest.raises(ClaimLost):
             await fused(claim, Outcome.SUCCESS, {}, claim.job_id, ended, claim.token, (atom,))
         assert (await board.get(claim.job_id)).state is JobState.CLAIMED
@@ -504,7 +484,7 @@ async def test_the_fused_ending_waits_for_a_renewal_then_ends(space: Any) -> Non
 
     async with _claimed_with_logbook(space) as (board, store, claim, flow):
         fused = store.fused_ending(board)
-        ended, atom = _ended(flow)
+        ended, atom = flow_end(flow)
         job = await _racing_a_commit(
             space,
             "expires_at = expires_at + 60, ready_at = ready_at + 60",
@@ -527,7 +507,7 @@ async def test_the_fused_ending_waits_for_a_take_over_then_changes_nothing(space
 
     async with _claimed_with_logbook(space) as (board, store, claim, flow):
         fused = store.fused_ending(board)
-        ended, atom = _ended(flow)
+        ended, atom = flow_end(flow)
         raised = await _racing_a_commit(
             space,
             "owner = 'thief', token = token + 1",

@@ -22,27 +22,12 @@ from aioconductor.persistence.models import (
     AtomState,
     FlowDetail,
     FlowState,
-    LogBook,
 )
 from tests.backends import BY_NAME
+from tests.flow_ends import flow_end, running_book
 from tests.postgres_helpers import until_waiting_for_a_lock
 
 pytestmark = pytest.mark.parametrize("space", [BY_NAME["postgres"].param()], indirect=True)
-
-
-def _book(job_id: str) -> LogBook:
-    """A job's logbook as the journal creates it: the flow RUNNING, its task RUNNING."""
-    flow = FlowDetail(name="noop", state=FlowState.RUNNING)
-    flow.atoms["echo"] = AtomDetail(name="echo", state=AtomState.RUNNING)
-    return LogBook(uuid=job_id, name="j", flows={flow.uuid: flow})
-
-
-def _ended(flow: FlowDetail) -> tuple[FlowDetail, AtomDetail]:
-    ended = flow.model_copy(deep=True)
-    ended.state = FlowState.SUCCESS
-    atom = ended.atoms["echo"]
-    atom.state, atom.result = AtomState.SUCCESS, {"echoed": 1}
-    return ended, atom
 
 
 class Statements:
@@ -103,9 +88,9 @@ async def test_creations_in_one_turn_are_one_statement_each_with_its_own_outcome
     async with _claimed(space, 5) as (_, store, claims):
         # One logbook exists already, written by a newer claim: its creation is refused.
         taken = claims[2]
-        await store.save_logbook(_book(taken.job_id), token=taken.token + 1)
+        await store.save_logbook(running_book(taken.job_id), token=taken.token + 1)
         statements = Statements(monkeypatch)
-        books = [_book(claim.job_id) for claim in claims]
+        books = [running_book(claim.job_id) for claim in claims]
         outcomes = await _together(
             *(
                 lambda book=book, claim=claim: store.save_logbook(book, token=claim.token)
@@ -126,7 +111,7 @@ async def test_creations_in_one_turn_are_one_statement_each_with_its_own_outcome
 async def _running(store: Any, claims: list[Any]) -> list[FlowDetail]:
     flows = []
     for claim in claims:
-        book = await store.save_logbook(_book(claim.job_id), token=claim.token)
+        book = await store.save_logbook(running_book(claim.job_id), token=claim.token)
         [flow] = book.flows.values()
         flows.append(flow)
     return flows
@@ -142,7 +127,7 @@ async def test_endings_in_one_turn_are_one_statement_each_with_its_own_outcome(
         flows = await _running(store, claims)
         fused = store.fused_ending(board)
         assert fused is not None
-        ends = [_ended(flow) for flow in flows]
+        ends = [flow_end(flow) for flow in flows]
         # 1: a token the board never gave; 2: taken over; 3: a stale version; 4: a newer
         # claim's token on the logbook (the board's claim still current).
         calls = [(claim, claim.token) for claim in claims]
@@ -152,7 +137,7 @@ async def test_endings_in_one_turn_are_one_statement_each_with_its_own_outcome(
         ends[3][0].version += 1
         await store.update_flow_detail(claims[4].job_id, flows[4], token=claims[4].token + 1)
         flows[4] = (await store.get_logbook(claims[4].job_id)).flows[flows[4].uuid]
-        ends[4] = _ended(flows[4])
+        ends[4] = flow_end(flows[4])
         statements = Statements(monkeypatch)
         outcomes = await _together(
             *(
@@ -203,7 +188,7 @@ async def test_a_connection_killed_under_a_batch_fails_every_caller_then_reconne
     async with _claimed(space, 4) as (board, store, claims):
         flows = await _running(store, claims)
         fused = store.fused_ending(board)
-        ends = [_ended(flow) for flow in flows]
+        ends = [flow_end(flow) for flow in flows]
 
         def ending(n: int) -> Callable[[], Awaitable[Any]]:
             claim, (end, atom) = claims[n], ends[n]
@@ -245,7 +230,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_batch_for_the_others(
     async with _claimed(space, 3) as (board, store, claims):
         flows = await _running(store, claims)
         fused = store.fused_ending(board)
-        ends = [_ended(flow) for flow in flows]
+        ends = [flow_end(flow) for flow in flows]
         statements = Statements(monkeypatch)
         transaction = await _blocked(space, claims[2].job_id)
         outcomes: list[Any] = [None] * 3
@@ -334,7 +319,7 @@ async def _ending_racing_a_commit(
     async with _claimed(space, 3) as (board, store, claims):
         flows = await _running(store, claims)
         fused = store.fused_ending(board)
-        ends = [_ended(flow) for flow in flows]
+        ends = [flow_end(flow) for flow in flows]
         statements = Statements(monkeypatch)
         admin = await space.admin()
         transaction = admin.transaction()
@@ -464,7 +449,7 @@ async def test_a_batched_endings_server_work_grows_with_its_jobs_only(
     monkeypatch.setattr(fused_module, "_ending", explained)
     async with _claimed(space, 48) as (board, store, claims):
         ending = claims[:16]
-        ends = [_ended(flow) for flow in await _running(store, ending)]
+        ends = [flow_end(flow) for flow in await _running(store, ending)]
         fused = store.fused_ending(board)
         assert fused is not None
         jobs = await _together(

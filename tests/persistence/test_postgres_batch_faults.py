@@ -18,11 +18,10 @@ from aioconductor._backends.postgres.batch import Batcher, Kind
 from aioconductor.models import JobState, Outcome
 from aioconductor.persistence.models import FlowState
 from tests.backends import BY_NAME
+from tests.flow_ends import flow_end, running_book
 from tests.persistence.test_postgres_batch import (
     _blocked,
-    _book,
     _claimed,
-    _ended,
     _running,
     _together,
     _waiting,
@@ -43,12 +42,12 @@ async def test_a_held_connection_dropped_while_idle_is_replaced_and_strands_noth
         await anyio.sleep(0.3)
         writes = [
             lambda c=c, f=f: store.update_atom_details(
-                c.job_id, f.uuid, [_ended(f)[1]], token=c.token
+                c.job_id, f.uuid, [flow_end(f)[1]], token=c.token
             )
             for c, f in zip(claims[:3], flows[:3], strict=True)
         ]
         # A creation queued in the same turn: a kind of its own, for the next statement.
-        creation = lambda: store.save_logbook(_book("new-book"))  # noqa: E731
+        creation = lambda: store.save_logbook(running_book("new-book"))  # noqa: E731
         with anyio.fail_after(5):
             outcomes = await _together(*writes, creation)
         for outcome in outcomes:
@@ -62,7 +61,7 @@ async def test_a_pool_of_one_connection_serves_other_calls_under_sustained_batch
     space: Any,
 ) -> None:
     async with open_store(space.store_url("batch", pool_max=1, pool_min=1)) as store:
-        books = [await store.save_logbook(_book(f"b{n}")) for n in range(16)]
+        books = [await store.save_logbook(running_book(f"b{n}")) for n in range(16)]
         stop = anyio.Event()
         writes = 0
 
@@ -89,7 +88,7 @@ async def test_callers_who_all_leave_a_blocked_statement_return_at_once(space: A
     async with _claimed(space, 3) as (board, store, claims):
         flows = await _running(store, claims)
         fused = store.fused_ending(board)
-        ends = [_ended(flow) for flow in flows]
+        ends = [flow_end(flow) for flow in flows]
 
         async def end(n: int) -> Any:
             claim, (flow, atom) = claims[n], ends[n]

@@ -13,33 +13,13 @@ import pytest
 from aioconductor import open_board, open_store
 from aioconductor._backends.redis import store_records
 from aioconductor.models import JobState, Outcome
-from aioconductor.persistence.models import AtomDetail, AtomState, FlowDetail, FlowState, LogBook
+from aioconductor.persistence.models import AtomDetail, AtomState, FlowDetail, FlowState
 from tests.backends import RedisSpace, one_space_fixture
+from tests.flow_ends import claimed_and_running, flow_end
 
 pytestmark = pytest.mark.redis
 
 space = one_space_fixture("redis")
-
-
-async def _claimed_and_running(board: Any, store: Any) -> tuple[Any, FlowDetail]:
-    """A job claimed, and its logbook saved as a conductor's first write saves it: the flow
-    RUNNING (version 0) with its task RUNNING."""
-    await board.post("j", "noop", {"key": 1})
-    [(_, claim)] = await board.claim_batch("owner", 1)
-    flow = FlowDetail(name="noop", state=FlowState.RUNNING)
-    flow.atoms["echo"] = AtomDetail(name="echo", state=AtomState.RUNNING)
-    book = await store.save_logbook(
-        LogBook(uuid=claim.job_id, name="j", flows={flow.uuid: flow}), token=claim.token
-    )
-    return claim, book.flows[flow.uuid]
-
-
-def _ended(flow: FlowDetail) -> tuple[FlowDetail, AtomDetail]:
-    ended = flow.model_copy(deep=True)
-    ended.state = FlowState.SUCCESS
-    atom = ended.atoms["echo"]
-    atom.state, atom.result = AtomState.SUCCESS, {"echoed": 1}
-    return ended, atom
 
 
 async def test_the_fused_ending_reads_no_flow_back(
@@ -53,10 +33,10 @@ async def test_the_fused_ending_reads_no_flow_back(
 
     url = space.board_url("fused")
     async with open_board(url) as board, open_store(url) as store:
-        claim, flow = await _claimed_and_running(board, store)
+        claim, flow = await claimed_and_running(board, store)
         fused = store.fused_ending(board)
         assert fused is not None
-        ended, atom = _ended(flow)
+        ended, atom = flow_end(flow)
         monkeypatch.setattr(store_records, "flow_from_hash", no_read)
         job = await fused(
             claim, Outcome.SUCCESS, {"r": 1}, claim.job_id, ended, claim.token, (atom,)

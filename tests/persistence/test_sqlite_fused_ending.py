@@ -18,27 +18,7 @@ from aioconductor.errors import StoreError
 from aioconductor.models import JobState, Outcome
 from aioconductor.persistence import sqlite as sqlite_store
 from aioconductor.persistence.models import AtomDetail, AtomState, FlowDetail, FlowState, LogBook
-
-
-async def _claimed_and_running(board: Any, store: Any) -> tuple[Any, FlowDetail]:
-    """A job claimed, and its logbook saved as a conductor's first write saves it: the flow
-    RUNNING (version 0) with its task RUNNING."""
-    await board.post("j", "noop", {"key": 1})
-    [(_, claim)] = await board.claim_batch("owner", 1)
-    flow = FlowDetail(name="noop", state=FlowState.RUNNING)
-    flow.atoms["echo"] = AtomDetail(name="echo", state=AtomState.RUNNING)
-    book = await store.save_logbook(
-        LogBook(uuid=claim.job_id, name="j", flows={flow.uuid: flow}), token=claim.token
-    )
-    return claim, book.flows[flow.uuid]
-
-
-def _ended(flow: FlowDetail) -> tuple[FlowDetail, AtomDetail]:
-    ended = flow.model_copy(deep=True)
-    ended.state = FlowState.SUCCESS
-    atom = ended.atoms["echo"]
-    atom.state, atom.result = AtomState.SUCCESS, {"echoed": 1}
-    return ended, atom
+from tests.flow_ends import claimed_and_running, flow_end
 
 
 async def test_the_fused_ending_encodes_its_atom_once_and_reads_nothing_back(
@@ -48,10 +28,10 @@ async def test_the_fused_ending_encodes_its_atom_once_and_reads_nothing_back(
     new flow's), and the flow is not read back and parsed: the conductor has no use for it."""
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     async with open_board(url) as board, open_store(url) as store:
-        claim, flow = await _claimed_and_running(board, store)
+        claim, flow = await claimed_and_running(board, store)
         fused = store.fused_ending(board)
         assert fused is not None
-        ended, atom = _ended(flow)
+        ended, atom = flow_end(flow)
         encoded: list[str] = []
         atom_json = store_records.atom_json
 
@@ -82,10 +62,10 @@ async def test_the_fused_ending_spans_namespaces_of_one_file(tmp_path: Path) -> 
         open_board(f"sqlite:///{path}?namespace=jobs") as board,
         open_store(f"sqlite:///{path}?namespace=progress") as store,
     ):
-        claim, flow = await _claimed_and_running(board, store)
+        claim, flow = await claimed_and_running(board, store)
         fused = store.fused_ending(board)
         assert fused is not None
-        ended, atom = _ended(flow)
+        ended, atom = flow_end(flow)
         job = await fused(claim, Outcome.SUCCESS, {}, claim.job_id, ended, claim.token, (atom,))
         assert job.state is JobState.COMPLETE
         assert (await store.get_logbook(claim.job_id)).flows[flow.uuid].version == 1
@@ -142,13 +122,13 @@ async def test_a_new_logbook_and_a_flows_end_run_no_needless_reads(tmp_path: Pat
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     async with open_board(url) as board, open_store(url) as store:
         statements = _traced(store._link)
-        claim, flow = await _claimed_and_running(board, store)
+        claim, flow = await claimed_and_running(board, store)
         assert [s for s in statements if s.startswith(("SELECT", "INSERT"))] == [
             "INSERT INTO logbooks",
             "INSERT INTO flow_details",
             "INSERT INTO atom_details",
         ]
-        ended, atom = _ended(flow)
+        ended, atom = flow_end(flow)
         statements.clear()
         saved = await store.update_flow_detail(claim.job_id, ended, token=claim.token, atoms=[atom])
         assert saved.version == 1 and saved.atoms["echo"].version == 1
