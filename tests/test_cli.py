@@ -170,7 +170,7 @@ def test_two_migrate_commands_at_once_on_a_fresh_postgres_schema(tmp_path: Path)
                 await conn.close()
             return [tuple(row) for row in rows]
 
-        assert anyio.run(versions) == [("board", 8), ("store", 1)]
+        assert anyio.run(versions) == [("board", 9), ("store", 1)]
     finally:
         anyio.run(drop_schemas, schema)
 

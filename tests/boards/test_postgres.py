@@ -446,7 +446,7 @@ async def test_an_older_schema_is_upgraded_in_place_and_keeps_its_jobs(
     version = await admin.fetchval(
         f"SELECT version FROM \"{schema}\".schema_version WHERE component = 'board'"
     )
-    assert version == len(sql.MIGRATIONS) == 8
+    assert version == len(sql.MIGRATIONS) == 9
 
 
 async def test_aioconductor_migrate_upgrades_an_older_schema_in_place(

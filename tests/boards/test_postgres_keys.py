@@ -109,7 +109,7 @@ async def test_a_version_3_schema_is_upgraded_and_its_jobs_read_run_and_purge(
     version = await admin.fetchval(
         f"SELECT version FROM \"{schema}\".schema_version WHERE component = 'board'"
     )
-    assert version == len(sql.MIGRATIONS) == 8
+    assert version == len(sql.MIGRATIONS) == 9
     indexes = await admin.fetch("SELECT indexname FROM pg_indexes WHERE schemaname = $1", schema)
     assert {"jobs_key", "jobs_ended"} <= {row[0] for row in indexes}
 

@@ -147,7 +147,7 @@ async def test_a_version_5_schema_is_upgraded_and_its_jobs_cancelled_and_limited
     version = await admin.fetchval(
         f"SELECT version FROM \"{schema}\".schema_version WHERE component = 'board'"
     )
-    assert version == len(sql.MIGRATIONS) == 8
+    assert version == len(sql.MIGRATIONS) == 9
 
 
 async def test_a_version_6_schema_is_upgraded_and_its_rows_of_keys_without_a_limit_go(
@@ -188,4 +188,4 @@ async def test_a_version_6_schema_is_upgraded_and_its_rows_of_keys_without_a_lim
     version = await admin.fetchval(
         f"SELECT version FROM \"{schema}\".schema_version WHERE component = 'board'"
     )
-    assert version == len(sql.MIGRATIONS) == 8
+    assert version == len(sql.MIGRATIONS) == 9

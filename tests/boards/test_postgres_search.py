@@ -92,7 +92,7 @@ async def test_a_version_7_schema_is_upgraded_in_place(schema: str, admin: Any) 
     version = await admin.fetchval(
         f"SELECT version FROM \"{schema}\".schema_version WHERE component = 'board'"
     )
-    assert version == len(sql.MIGRATIONS) == 8
+    assert version == len(sql.MIGRATIONS) == 9
     indexes = {
         row[0]: row[1]
         for row in await admin.fetch(
@@ -109,4 +109,4 @@ async def test_the_migrate_command_upgrades_a_version_7_schema(schema: str, admi
     version = await admin.fetchval(
         f"SELECT version FROM \"{schema}\".schema_version WHERE component = 'board'"
     )
-    assert version == 8
+    assert version == 9

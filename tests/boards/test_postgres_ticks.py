@@ -92,7 +92,7 @@ async def test_a_version_4_schema_is_upgraded_and_its_keyed_jobs_meet_ticks(
     version = await admin.fetchval(
         f"SELECT version FROM \"{schema}\".schema_version WHERE component = 'board'"
     )
-    assert version == len(sql.MIGRATIONS) == 8
+    assert version == len(sql.MIGRATIONS) == 9
     tables = await admin.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
     assert "schedule_ticks" in {row[0] for row in tables}
 

@@ -7,6 +7,7 @@ written by an older version reads as new.
 
 from __future__ import annotations
 
+from aioconductor._backends.postgres.limits_sql import CLAIM_LIMITED
 from aioconductor._backends.postgres.limits_sql import FUNCTIONS
 from aioconductor._backends.postgres.schema import Migrations
 
@@ -132,4 +133,9 @@ MIGRATIONS: Migrations = [
         """CREATE INDEX jobs_ended ON {s}.jobs (namespace, state, updated_at) INCLUDE (outcome)
             WHERE state IN ('COMPLETE', 'TRASHED')""",
     ],
+    # 9: claim_limited reads the ready jobs a pass of at most the claim's size at a time, in
+    # claim order, so its plan no longer rests on how many jobs the planner thinks are ready
+    # (see limits_sql). Same arguments, rows, locks and order: a version-8 process calls it as
+    # before. Nothing else changes.
+    [CLAIM_LIMITED],
 ]
