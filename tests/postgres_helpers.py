@@ -301,6 +301,13 @@ class PurgeOnConflict:
         return rows
 
 
+def most_rows(plan: dict[str, Any]) -> int:
+    """The most rows any step of an ``EXPLAIN (ANALYZE, FORMAT JSON)`` plan gave, all its
+    runs together."""
+    rows = plan.get("Actual Rows", 0) * plan.get("Actual Loops", 1)
+    return max([rows, *(most_rows(step) for step in plan.get("Plans", []))])
+
+
 # The fixtures of a test module that opens one PostgreSQL space (``space =
 # one_space_fixture("postgres")``): import them by name beside it.
 

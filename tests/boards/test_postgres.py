@@ -39,7 +39,7 @@ from aioconductor.models import (
 from aioconductor.persistence import Store, open_store
 from tests.backends import PostgresSpace, board_fixture, one_space_fixture
 from tests.conftest import POSTGRES_URL
-from tests.postgres_helpers import admin, drop_schemas, schema, url
+from tests.postgres_helpers import admin, drop_schemas, most_rows, schema, url
 
 __all__ = ["admin", "schema"]  # the fixtures, imported by name
 
@@ -168,13 +168,6 @@ async def test_claim_next_reads_the_partial_index(board: JobBoard, admin: Any, s
     assert "jobs_ready" in "\n".join(row[0] for row in plan)
 
 
-def _most_rows(plan: dict[str, Any]) -> int:
-    """The most rows any step of an ``EXPLAIN (ANALYZE, FORMAT JSON)`` plan gave, all its
-    runs together."""
-    rows = plan.get("Actual Rows", 0) * plan.get("Actual Loops", 1)
-    return max([rows, *(_most_rows(step) for step in plan.get("Plans", []))])
-
-
 @pytest.mark.parametrize("plans", ["custom", "generic"])
 @pytest.mark.parametrize("statistics", ["none", "analysed"])
 @pytest.mark.parametrize("statement", ["claim_batch", "claim_next"])
@@ -208,7 +201,7 @@ async def test_a_claim_reads_only_the_jobs_it_takes_whatever_the_statistics(
     finally:
         await explain.rollback()
         await admin.execute("DEALLOCATE probed")
-    assert _most_rows(json.loads(plan)[0]["Plan"]) == limit
+    assert most_rows(json.loads(plan)[0]["Plan"]) == limit
     claimed = await board.claim_batch("owner", 64)
     assert [job.args["n"] for job, _ in claimed] == list(range(64))
 

@@ -12,7 +12,7 @@ import pytest
 
 from aioconductor.boards import JobBoard
 from tests.backends import board_fixture, one_space_fixture
-from tests.postgres_helpers import admin, schema
+from tests.postgres_helpers import admin, most_rows, schema
 
 __all__ = ["admin", "schema"]  # the fixtures, imported by name
 
@@ -22,13 +22,6 @@ NAMESPACE = "pg_limits_pick"
 
 space = one_space_fixture("postgres")
 board = board_fixture(NAMESPACE, lease=30.0, poll_interval=0.05)
-
-
-def _most_rows(plan: dict[str, Any]) -> int:
-    """The most rows any step of an ``EXPLAIN (ANALYZE, FORMAT JSON)`` plan gave, all its
-    runs together."""
-    rows = plan.get("Actual Rows", 0) * plan.get("Actual Loops", 1)
-    return max([rows, *(_most_rows(step) for step in plan.get("Plans", []))])
 
 
 @pytest.mark.parametrize("plans", ["custom", "generic"])
@@ -86,7 +79,7 @@ async def test_a_limited_claim_reads_only_the_jobs_it_takes_whatever_the_statist
         admin.remove_log_listener(heard)
     inner = [p for p in plans_seen if "claim_limited(" not in p["Query Text"]]
     assert any("ORDER BY j.priority DESC, j.seq" in p["Query Text"] for p in inner)  # the pick
-    most = {p["Query Text"].split("FROM")[0].strip()[:60]: _most_rows(p["Plan"]) for p in inner}
+    most = {p["Query Text"].split("FROM")[0].strip()[:60]: most_rows(p["Plan"]) for p in inner}
     assert max(most.values()) <= 64, most
     taken = await board.claim_batch("owner", 64)
     assert [job.id for job, _ in taken] == [job.id for job in posted[:64]]
