@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from aioconductor._fastjson import decode
+from aioconductor._fastjson import encode_plain
 from aioconductor.errors import PayloadError
 
 __all__ = [
@@ -71,6 +73,10 @@ def encode_json(what: str, value: Mapping[str, Any], max_bytes: int) -> bytes:
     infinities); lone surrogates; integers too large to print; nesting too deep to encode; an
     encoding longer than ``max_bytes``.
     """
+    fast = encode_plain(value) if isinstance(value, dict) else None
+    if fast is not None:
+        _check_size(what, fast, max_bytes)
+        return fast
     data = _encode(what, value, max_bytes)
     _refuse_non_str_keys(what, value)
     return data
@@ -86,8 +92,13 @@ def encode_object(
     keys are checked by comparing it with ``value`` (one comparison, in C); they are walked
     only when the two differ, which only a tuple or a key that is not a str makes them do.
     """
+    fast = encode_plain(value) if isinstance(value, dict) else None
+    if fast is not None:
+        # Plain: every key a str, nothing to compare.
+        _check_size(what, fast, max_bytes)
+        return fast, decode(fast)
     data = _encode(what, value, max_bytes)
-    decoded: dict[str, Any] = json.loads(data)
+    decoded: dict[str, Any] = decode(data)
     if decoded != value:
         _refuse_non_str_keys(what, value)
     return data, decoded
@@ -114,11 +125,15 @@ def _encode(what: str, value: Mapping[str, Any], max_bytes: int) -> bytes:
         raise PayloadError(f"{what} is nested too deeply to encode") from None
     except ValueError as exc:
         raise PayloadError(f"{what} cannot be encoded as JSON: {exc}") from None
+    _check_size(what, data, max_bytes)
+    return data
+
+
+def _check_size(what: str, data: bytes, max_bytes: int) -> None:
     if len(data) > max_bytes:
         raise PayloadError(
             f"{what} is {len(data)} bytes of JSON; this board takes at most {max_bytes}"
         )
-    return data
 
 
 def _refuse_non_str_keys(what: str, value: Any) -> None:
@@ -188,7 +203,7 @@ def _first_non_str_key(value: Any, path: str) -> tuple[str, Any]:
 
 def decode_json(data: bytes | str) -> Any:
     """Decode JSON written by :func:`encode_json`."""
-    return json.loads(data)
+    return decode(data)
 
 
 def finite_seconds(what: str, value: float) -> float:

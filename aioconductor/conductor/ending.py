@@ -57,8 +57,9 @@ class FlowEnd:
 
 #: ``(claim, outcome, result, book_uuid, flow, token, atoms)``: saves the flow's end (as
 #: ``store.update_flow_detail(book_uuid, flow, token=token, atoms=atoms)`` would) and consumes
-#: the claim's job with ``outcome`` and ``result``, atomically.
-FusedEnding = Callable[..., Awaitable[Job]]
+#: the claim's job with ``outcome`` and ``result``, atomically. What it returns is not used
+#: (a backend need not read the consumed job back).
+FusedEnding = Callable[..., Awaitable[object]]
 
 
 class Endings:
@@ -103,22 +104,20 @@ class Endings:
         """Drop what a run kept (its run is over)."""
         self.kept.pop((job_id, token), None)
 
-    async def consume(self, claim: Claim, outcome: Outcome, result: dict[str, Any]) -> Job:
+    async def consume(self, claim: Claim, outcome: Outcome, result: dict[str, Any]) -> None:
         """Consume the job, with its flow's end when one was kept."""
         end = self.kept.pop((claim.job_id, claim.token), None)
         if end is None or self.fused is None:
-            return await self.board.consume(claim, outcome=outcome, result=result)
+            await self.board.consume(claim, outcome=outcome, result=result)
+            return
         try:
-            job = await self.fused(
-                claim, outcome, result, end.book_uuid, end.flow, end.token, end.atoms
-            )
+            await self.fused(claim, outcome, result, end.book_uuid, end.flow, end.token, end.atoms)
         except PayloadError:
             # Refused before anything was sent (the result is too large for the board): keep
             # the flow's end, which the abandon that follows saves on its own.
             self.kept[claim.job_id, claim.token] = end
             raise
         await self._tell(end)
-        return job
 
     async def retry(self, claim: Claim, *, delay: float, failure: dict[str, Any] | None) -> Job:
         """The board's ``retry``, the run's kept flow end saved first."""

@@ -15,6 +15,7 @@ from typing import Any, TypedDict, Unpack, overload
 import anyio
 import anyio.to_thread
 
+from aioconductor._fastjson import plain
 from aioconductor._payload import non_str_key
 from aioconductor.errors import CompilationError
 from aioconductor.errors import TaskTimeout
@@ -199,6 +200,8 @@ class Task:
                 result = await self._call(self._execute_fn, self._execute_async, kwargs)
             if scope.cancelled_caught:
                 raise TaskTimeout(f"task {self.name!r} ran past its timeout of {self.timeout} s")
+        if plain(result):
+            return result
         try:
             json.dumps(result, allow_nan=False)
             problem = non_str_key(result)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import Iterable
 from typing import Any
 
+from aioconductor._fastjson import encode_plain
+from aioconductor._fastjson import plain
 from aioconductor._payload import non_str_key
 from aioconductor.errors import StoreError
 from aioconductor.persistence.models import AtomDetail
@@ -27,6 +28,9 @@ _ENCODE = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 
 def dumps(what: str, value: Any) -> str:
     """``value`` as strict JSON text; ``StoreError`` if JSON cannot carry it as it is."""
+    fast = encode_plain(value)
+    if fast is not None:
+        return fast.decode("utf-8")
     try:
         text = _ENCODE(value)
         # After encoding, which refused cycles and nesting deeper than this walk can go.
@@ -46,6 +50,12 @@ def dumps(what: str, value: Any) -> str:
 def atom_json(atom: AtomDetail) -> str:
     """An atom's fields but its name and version as strict JSON text; ``StoreError`` if JSON
     cannot carry one as it is."""
+    fields = atom.__dict__
+    if fields["failure"] is None and fields["revert_failure"] is None:
+        # No model inside: the fields as they are (an enum is written as its value).
+        fast = encode_plain({k: v for k, v in fields.items() if k not in _NOT_IN_ATOM_JSON})
+        if fast is not None:
+            return fast.decode("utf-8")
     what = f"atom {atom.name!r}"
     try:
         # Python mode, not "json": that mode would quietly turn NaN into null, a set into a
@@ -54,6 +64,10 @@ def atom_json(atom: AtomDetail) -> str:
     except ValueError as exc:  # pydantic's PydanticSerializationError
         raise StoreError(f"{what} cannot be saved as JSON: {exc}") from None
     return dumps(what, data)
+
+
+#: The fields of an atom that :func:`atom_json` leaves out (its store keeps them apart).
+_NOT_IN_ATOM_JSON = frozenset({"name", "version"})
 
 
 def check_meta(what: str, value: Any) -> None:
@@ -79,37 +93,9 @@ def check_atoms(atoms: Iterable[AtomDetail]) -> None:
 
 def _problem(value: Any) -> str | None:
     """What strict JSON cannot carry as it is in ``value``, and where; None if nothing."""
-    if _plain(value):
+    if plain(value):
         return None
     return non_str_key(value) or _first_not_json(value, "")
-
-
-#: Types strict JSON carries as they are, with nothing inside to walk.
-_SIMPLE = frozenset({str, int, bool, type(None)})
-
-
-def _plain(value: Any) -> bool:
-    """Whether strict JSON carries ``value`` as it is (keys str, floats finite, JSON types)."""
-    kind = type(value)
-    if kind in _SIMPLE:
-        return True
-    if kind is float:
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return False
-            if type(item) not in _SIMPLE and not _plain(item):
-                return False
-        return True
-    if isinstance(value, list | tuple):
-        for item in value:
-            if type(item) not in _SIMPLE and not _plain(item):
-                return False
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    return isinstance(value, str | int)  # a str or int subclass (an enum) is written as such
 
 
 def _first_not_json(value: Any, path: str) -> str:
@@ -118,7 +104,7 @@ def _first_not_json(value: Any, path: str) -> str:
     if isinstance(value, dict | list | tuple):
         pairs = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in pairs:
-            if not _plain(item):
+            if not plain(item):
                 return _first_not_json(item, f"{path}[{key!r}]")
     where = f" in {path}" if path else ""
     if isinstance(value, float):
