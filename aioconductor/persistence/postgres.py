@@ -45,7 +45,6 @@ from aioconductor.errors import LogBookNotFound
 from aioconductor.errors import StoreClosed
 from aioconductor.errors import StoreError
 from aioconductor.errors import VersionConflict
-from aioconductor.models import Job
 from aioconductor.persistence._copy import copy_atom
 from aioconductor.persistence._copy import created_book
 from aioconductor.persistence._json import atom_json
@@ -389,7 +388,7 @@ class PostgresStore(Store):
             given = next(atom.version for atom in atoms if atom.name == stale_name)
             check_version(f"atom {stale_name!r}", stale_version, given)
 
-    def fused_ending(self, board: object) -> Callable[..., Awaitable[Job]] | None:
+    def fused_ending(self, board: object) -> Callable[..., Awaitable[None]] | None:
         """The flow's end saved and the job consumed in one statement (see
         :mod:`aioconductor._backends.postgres.fused`); None unless ``board`` is a PostgreSQL
         board with this store's URL (server, database, user, settings; password aside)."""

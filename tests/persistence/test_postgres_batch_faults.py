@@ -112,9 +112,10 @@ async def test_callers_who_all_leave_a_blocked_statement_return_at_once(space: A
             saved = (await store.get_logbook(claim.job_id)).flows[flow.uuid]
             assert saved.state is FlowState.RUNNING
         # And the batcher goes on.
-        for job in await _together(*(lambda n=n: end(n) for n in range(3))):
-            assert not isinstance(job, Exception), job
-            assert job.state is JobState.COMPLETE
+        for outcome in await _together(*(lambda n=n: end(n) for n in range(3))):
+            assert not isinstance(outcome, Exception), outcome
+        for claim in claims:
+            assert (await board.get(claim.job_id)).state is JobState.COMPLETE
 
 
 class _Link:

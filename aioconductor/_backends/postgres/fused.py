@@ -42,10 +42,8 @@ from aioconductor._backends.postgres import store_sql
 from aioconductor._backends.postgres.batch import Kind
 from aioconductor._backends.postgres.board_reads import PostgresBoardBase
 from aioconductor._backends.postgres.link import PostgresLink
-from aioconductor._payload import encode_object
-from aioconductor.boards._support import job_from_row
+from aioconductor._payload import encode_json
 from aioconductor.models import Claim
-from aioconductor.models import Job
 from aioconductor.models import Outcome
 from aioconductor.persistence.base import Store
 from aioconductor.persistence.models import AtomDetail
@@ -55,8 +53,9 @@ __all__ = ["fused_ending", "statement"]
 
 #: The store's parameters come first: the board's are shifted past them.
 _STORE_PARAMETERS = 11
-#: Where the consumed job's columns start in the statement's one row.
-_JOB = 5
+#: What the consume returns of the job's row: what its freed-slot notice (``n``) reads. The
+#: job itself is not read back: the conductor does not use it.
+_CONSUMED_COLUMNS = "id, priority, limit_key"
 
 # The board's part ($1 namespace, $2 id, $3 owner, $4 token, $5 outcome, $6 result, $7 channel,
 # before the shift), "{done}" standing for the store's part having written.
@@ -65,19 +64,17 @@ _HELD = f"""held AS MATERIALIZED (
     )"""
 _CONSUMED = f"""c AS (SELECT {board_sql.NOW} AS now FROM held),
     j AS (UPDATE {{s}}.jobs SET {board_sql.CONSUME_SETS}, ready_at = NULL, updated_at = c.now
-        FROM c WHERE {board_sql.CURRENT}{{done}} RETURNING {board_sql.COLUMNS}),
+        FROM c WHERE {board_sql.CURRENT}{{done}} RETURNING {_CONSUMED_COLUMNS}),
     n AS ({board_sql.freed("$7")})"""
 # Written: the flow's row, and every atom given ($9, the atoms' names).
 _DONE = """ AND EXISTS (SELECT FROM written)
             AND (SELECT count(*) FROM atoms_written) = cardinality($9::text[])"""
 #: The statement, "{board}" and "{store}" standing for the two schemas. Its one row: whether the
-#: claim was current, the store's verdict, the flow's saved version, the atoms written, the
-#: notices sent, then the consumed job's columns (NULL when it was not consumed).
+#: claim was current, the store's verdict, the notices sent (read so that ``n`` runs), and
+#: whether the job was consumed.
 END_AND_CONSUME = """WITH {held}, {flow_end}, {consumed}
-    SELECT EXISTS (SELECT FROM held), (SELECT status FROM verdict),
-        (SELECT version FROM written), (SELECT count(*) FROM atoms_written),
-        (SELECT count(*) FROM n), j.*
-    FROM (VALUES (0)) AS one LEFT JOIN j ON TRUE"""
+    SELECT EXISTS (SELECT FROM held), (SELECT status FROM verdict), (SELECT count(*) FROM n),
+        EXISTS (SELECT FROM j)"""
 
 
 def _shifted(text: str) -> str:
@@ -155,11 +152,9 @@ _BATCH = """WITH i AS (
     j AS (UPDATE {b}.jobs SET {sets}, ready_at = NULL, updated_at = c.now
         FROM c, done WHERE {current_done} RETURNING {columns}),
     n AS ({freed})
-    SELECT EXISTS (SELECT FROM held AS h WHERE h.id = i.x_id), v.status, w.version,
-        (SELECT count(*) FROM atoms_written AS aw WHERE aw.book_uuid = i.x_book),
-        (SELECT count(*) FROM n), j.*
-    FROM i JOIN verdict AS v USING (x_n) LEFT JOIN written AS w ON w.book_uuid = i.x_book
-    LEFT JOIN j ON j.id = i.x_id
+    SELECT EXISTS (SELECT FROM held AS h WHERE h.id = i.x_id), v.status, (SELECT count(*) FROM n),
+        j.id IS NOT NULL
+    FROM i JOIN verdict AS v USING (x_n) LEFT JOIN j ON j.id = i.x_id
     ORDER BY i.x_n"""
 
 
@@ -181,7 +176,7 @@ def batch_statement(board_schema: str, store_schema: str) -> str:
         current_i=_named(board_sql.CURRENT, claim).format(t="i"),
         sets=_named(board_sql.CONSUME_SETS, {5: "done.x_outcome", 6: "done.x_result"}),
         current_done=_named(board_sql.CURRENT, claim).format(t="done"),
-        columns=board_sql.COLUMNS,
+        columns=_CONSUMED_COLUMNS,
         freed=board_sql.freed("$3"),
     )
 
@@ -211,10 +206,10 @@ def _ending(board_schema: str, store_schema: str) -> Kind:
 
 def fused_ending(
     store: Store, link: PostgresLink, board: object
-) -> Callable[..., Awaitable[Job]] | None:
+) -> Callable[..., Awaitable[None]] | None:
     """The fused ending of a PostgreSQL ``store`` (on ``link``) and ``board`` (see the
     module), or None unless ``board`` is a PostgreSQL board with the store's URL (password
-    aside)."""
+    aside). The ending returns nothing: the consumed job is not read back."""
     if not isinstance(board, PostgresBoardBase) or board._link.url != link.url:
         return None
     # Batched: the endings of concurrent jobs are one statement a turn.
@@ -228,24 +223,24 @@ def fused_ending(
         flow: FlowDetail,
         token: int | None,
         atoms: tuple[AtomDetail, ...],
-    ) -> Job:
+    ) -> None:
         board._check_open()
         store._check_open()
-        data, _ = encode_object("the job's result", result, board.max_payload_bytes)
+        data = encode_json("the job's result", result, board.max_payload_bytes)
         args = store_sql.flow_end_args(store.namespace, book_uuid, flow, token, atoms)
         fence = await board._claim_args(claim, "consume")
         args += (board.namespace, *fence, outcome.value, data.decode("utf-8"), board.channel)
-        row = await board._link.batched(kind, args)
-        if not row[0]:  # the claim is not current: nothing written; raises as consume does
-            return await board._checked(None, claim, "consume")
-        if row[_JOB] is None:
-            # The store refused the flow's end (its verdict row[1]) and nothing was written.
-            # Its own path raises the exact error, writing nothing on a refusal; should it
-            # write after all (the flow was not saved yet), the job is consumed as unfused.
-            await store.update_flow_detail(book_uuid, flow, token=token, atoms=atoms)
-            return await board.consume(claim, outcome=outcome, result=result)
-        job = job_from_row(row[_JOB:])
-        board._finished(job.id)
-        return job
+        held, _, _, consumed = await board._link.batched(kind, args)
+        if consumed:
+            board._finished(claim.job_id)
+            return
+        if not held:  # the claim is not current: nothing written; raises as consume does
+            await board._checked(None, claim, "consume")
+            return
+        # The store refused the flow's end and nothing was written. Its own path raises the
+        # exact error, writing nothing on a refusal; should it write after all (the flow was
+        # not saved yet), the job is consumed as unfused.
+        await store.update_flow_detail(book_uuid, flow, token=token, atoms=atoms)
+        await board.consume(claim, outcome=outcome, result=result)
 
     return consume
