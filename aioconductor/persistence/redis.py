@@ -31,7 +31,6 @@ from aioconductor.errors import LogBookNotFound
 from aioconductor.errors import StoreClosed
 from aioconductor.errors import StoreError
 from aioconductor.models import Claim
-from aioconductor.models import Job
 from aioconductor.models import Outcome
 from aioconductor.persistence._copy import created_book
 from aioconductor.persistence._json import check_meta
@@ -200,11 +199,12 @@ class RedisStore(OverLink[RedisLink], Store):
         self._refused(reply, book_uuid, token)
         return saved
 
-    def fused_ending(self, board: object) -> Callable[..., Awaitable[Job]] | None:
+    def fused_ending(self, board: object) -> Callable[..., Awaitable[None]] | None:
         """``consume(claim, outcome, result, book_uuid, flow, token, atoms)``: the flow's end
         saved (as :meth:`update_flow_detail` saves it) and the job consumed (as
         ``board.consume`` does) in one script, fenced by the claim's token (see
-        :mod:`aioconductor._backends.redis.fused`); None unless ``board`` is a Redis board on
+        :mod:`aioconductor._backends.redis.fused`); the consumed job is not read back (read it
+        from the board). None unless ``board`` is a Redis board on
         this store's server (the same URL) and namespace."""
         from aioconductor.boards.redis import RedisJobBoard
 
@@ -223,7 +223,7 @@ class RedisStore(OverLink[RedisLink], Store):
             flow: FlowDetail,
             token: int | None,
             atoms: tuple[AtomDetail, ...],
-        ) -> Job:
+        ) -> None:
             board._check_open()
             self._check_open()
             data, _ = encode_object("the job's result", result, board.max_payload_bytes)
@@ -234,15 +234,15 @@ class RedisStore(OverLink[RedisLink], Store):
             keys = [*bkeys, *skeys]
             argv = [str(len(bkeys)), str(len(bargs)), *bargs, *sargs]
             reply = await blink.call("consume", lambda: blink.script(script, keys, argv))
-            if reply[0] == "board":  # the board's refusal: raises what it stands for
+            status = reply[0]
+            if status == "ok":  # the job as consumed is not sent back: nobody reads it
+                board._finished(claim.job_id)
+                return
+            if status == "board":  # the board's refusal: raises what it stands for
                 board_records.checked_job(reply[1], claim.job_id, "consume", claim)
-            elif reply[0] == "store":  # the store's refusal: raises what it stands for
+            elif status == "store":  # the store's refusal: raises what it stands for
                 self._flow_refused(reply[1], book_uuid, flow, token, atoms)
-            if reply[0] != "ok":
-                raise StoreError(f"unexpected reply {reply[0]!r} from Redis for job {claim.job_id}")
-            job = board_records.checked_job(reply[1], claim.job_id, "consume", claim)
-            board._finished(job.id)
-            return job
+            raise StoreError(f"unexpected reply {status!r} from Redis for job {claim.job_id}")
 
         return consume
 

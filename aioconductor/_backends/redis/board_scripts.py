@@ -40,6 +40,7 @@ __all__ = [
     "CLAIM_BATCH",
     "CLAIM_NEXT",
     "CONSUME",
+    "CONSUME_UNREAD",
     "COUNT",
     "POST",
     "PROMOTE",
@@ -218,8 +219,8 @@ return reply('ok', now, job)
 """
 )
 
-#: KEYS[JOB] = job; ARGV[3..] = owner, token, outcome, result.
-CONSUME = (
+# The checks and writes of CONSUME, before its reply.
+_CONSUME_WRITE = (
     PRELUDE
     + CLAIMED
     + """
@@ -227,10 +228,16 @@ finish(job, f[4], f[5], 'CLAIMED', 'COMPLETE', now)
 redis.call('HSET', job, 'outcome', ARGV[5], 'result', ARGV[6])
 redis.call('ZREM', leases, f[4])
 unready(f[4], f[6])
-let_go(f[4], f[5], f[6], now, true)
-return reply('ok', now, job)
-"""
+let_go(f[4], f[5], f[6], now, true)"""
 )
+
+#: KEYS[JOB] = job; ARGV[3..] = owner, token, outcome, result.
+CONSUME = _CONSUME_WRITE + "\nreturn reply('ok', now, job)\n"
+
+#: ``CONSUME`` for a caller that has no use for the consumed job (the fused ending): the same
+#: checks, refusals and writes, but ``{'ok'}`` without the job's hash, which would be read,
+#: sent and parsed for nothing.
+CONSUME_UNREAD = _CONSUME_WRITE + "\nreturn {'ok'}\n"
 
 #: KEYS[JOB] = job; ARGV[3..] = owner, token. The run spent its attempt.
 ABANDON = (
