@@ -33,7 +33,6 @@ from aioconductor.errors import StoreError
 from aioconductor.models import Claim
 from aioconductor.models import Outcome
 from aioconductor.persistence._copy import created_book
-from aioconductor.persistence._json import check_meta
 from aioconductor.persistence.base import Store
 from aioconductor.persistence.base import check_token
 from aioconductor.persistence.base import check_version
@@ -106,8 +105,7 @@ class RedisStore(OverLink[RedisLink], Store):
     # -- primitives ----------------------------------------------------------------------------
 
     async def _save_logbook(self, book: LogBook, token: int | None) -> LogBook:
-        check_meta(f"logbook {book.uuid} meta", book.meta)
-        detail = book.model_dump_json(exclude={"uuid", "name", "created_at", "flows", "token"})
+        detail = records.book_detail_arg(book)
         args = [records.token_arg(token), book.uuid, book.name, detail, fmt_time(book.created_at)]
         args.append(str(len(book.flows)))
         for flow in book.flows.values():

@@ -196,3 +196,40 @@ async def test_a_closed_store_refuses_calls(space: RedisSpace) -> None:
         book = await store.save_logbook(make_book())
     with pytest.raises(StoreClosed):
         await store.get_logbook(book.uuid)
+
+
+async def test_details_are_encoded_without_pydantic_and_read_back_as_saved(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A logbook, its flow and atoms of plain values are encoded by msgspec, not pydantic's
+    serializer (several times its cost on a job's path), as pydantic wrote them: each atom
+    whole (name and version too), read back by ``AtomDetail.model_validate_json``. An atom
+    with a failure (a model) still takes pydantic's path, and reads back the same."""
+    failed = AtomDetail(
+        name="failed",
+        state=AtomState.FAILURE,
+        failure=Failure(exc_type="builtins.ValueError", message="no", exc_types=("a", "b")),
+    )
+    flow = FlowDetail(name="f", state=FlowState.RUNNING, meta={"m": [1, 2.5, "é", None]})
+    flow.atoms["a"] = AtomDetail(name="a", state=AtomState.SUCCESS, result={"r": [1, {"x": 2}]})
+    flow.atoms["failed"] = failed
+    book = LogBook(name="b", meta={"k": True}, flows={flow.uuid: flow})
+    dumped: list[str] = []
+    real_dump = AtomDetail.model_dump_json
+
+    def dump(self: Any, *args: Any, **kwargs: Any) -> str:
+        dumped.append(getattr(self, "name", type(self).__name__))
+        return real_dump(self, *args, **kwargs)
+
+    for model in (AtomDetail, FlowDetail, LogBook):
+        monkeypatch.setattr(model, "model_dump_json", dump)
+    saved = await store.save_logbook(book, token=1)
+    atom = saved.flows[flow.uuid].atoms["a"].model_copy(update={"result": {"r": 2}})
+    await store.update_atom_detail(book.uuid, flow.uuid, atom, token=1)
+    assert dumped == ["failed"]
+    monkeypatch.undo()
+
+    again = await store.get_logbook(book.uuid)
+    expected = book.model_copy(deep=True, update={"token": 1})
+    expected.flows[flow.uuid].atoms["a"] = atom.model_copy(update={"version": 1})
+    assert again == expected
