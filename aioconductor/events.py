@@ -86,7 +86,7 @@ class Notifier:
         for listener in (*self._listeners.get(event, ()), *self._listeners.get(None, ())):
             try:
                 outcome = listener(event, details)
-                if inspect.isawaitable(outcome):
+                if outcome is not None and inspect.isawaitable(outcome):
                     await outcome
             except Exception:
                 logger.exception("listener %r failed on event %s", listener, event)

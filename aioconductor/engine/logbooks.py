@@ -3,8 +3,8 @@ one), in one write, built without pydantic's validation (every value is the engi
 
 from __future__ import annotations
 
+import random
 import time
-import uuid
 
 from aioconductor._models import build
 from aioconductor.engine.compiler import Node
@@ -40,7 +40,7 @@ async def create_run(
     if first is not None:
         meta = {"started": now}
         atoms[first.name] = build(AtomDetail, **_NEW_ATOM, name=first.name, meta=meta)
-    flow_uuid = str(uuid.uuid4())
+    flow_uuid = _uuid4()
     detail = build(FlowDetail, **_NEW_FLOW, uuid=flow_uuid, name=detail_name, meta={}, atoms=atoms)
     book = build(
         LogBook,
@@ -57,6 +57,20 @@ async def create_run(
     if earlier:
         return earlier[0], False
     return book.flows[detail.uuid], True
+
+
+def _uuid4() -> str:
+    """A random (version 4) UUID's text, as ``str(uuid.uuid4())`` gives it, at a quarter of
+    the cost: a flow's uuid need only be unique among its logbook's flows, so ``random``'s
+    generator (reseeded in every forked child) serves, not ``os.urandom``."""
+    bits = random.getrandbits(128) & _UUID_CLEAR | _UUID_SET
+    text = f"{bits:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+#: The version (4) and variant (RFC 4122) bits of a random UUID, as ``uuid.UUID`` sets them.
+_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 #: The fields of the details ``create_run`` builds that are the same for every new run (no
