@@ -16,6 +16,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
+from aioconductor._fastjson import decode
 from aioconductor._models import build
 from aioconductor._models import evolve
 from aioconductor._payload import decode_json
@@ -167,13 +168,20 @@ def unclaimable_message(job: Job, now: float) -> str:
 def _decode_or(text: str | bytes, empty: str, new: Callable[[], Any]) -> Any:
     """Decode JSON ``text``; the column's empty value (most rows hold it) as a new ``new()``
     without parsing it."""
-    return new() if text == empty else decode_json(text)
+    return new() if text == empty else decode(text)
+
+
+#: The states and outcomes by their values: a dict look-up costs a fraction of the enum's call
+#: (a value not in them still goes through the enum, which refuses it as before).
+_STATES = {state.value: state for state in JobState}
+_OUTCOMES = {outcome.value: outcome for outcome in Outcome}
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
     """A ``Job`` from a row of :data:`JOB_COLUMNS` (args, result, headers, retry and failures
     as JSON text)."""
-    job_id, owner, state, cancel_reason = row[0], row[13], JobState(row[12]), row[25]
+    job_id, owner, state, cancel_reason = row[0], row[13], row[12], row[25]
+    state = _STATES[state] if state in _STATES else JobState(state)
     claim = None
     if owner is not None:
         claim = build(
@@ -190,7 +198,7 @@ def job_from_row(row: Sequence[Any]) -> Job:
         id=job_id,
         name=row[1],
         flow=row[2],
-        args=decode_json(row[3]),
+        args=decode(row[3]),
         priority=row[4],
         seq=row[5],
         created_at=row[6],
@@ -200,8 +208,8 @@ def job_from_row(row: Sequence[Any]) -> Job:
         max_attempts=row[10],
         state=state,
         claim=claim,
-        outcome=None if outcome is None else Outcome(outcome),
-        result=None if result is None else decode_json(result),
+        outcome=None if outcome is None else _OUTCOMES.get(outcome) or Outcome(outcome),
+        result=None if result is None else decode(result),
         trash_reason=row[17],
         headers=_decode_or(row[18], "{}", dict),
         releases=row[19],

@@ -27,7 +27,6 @@ version, component ``store``):
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Self
 
@@ -38,6 +37,7 @@ from aioconductor._backends.postgres.schema import refuse_nul
 from aioconductor._backends.postgres.schema import with_schema
 from aioconductor._backends.postgres.urls import URL_OPTIONS
 from aioconductor._backends.postgres.urls import split_options
+from aioconductor._fastjson import decode
 from aioconductor._models import evolve
 from aioconductor._urls import BOARD_OPTIONS
 from aioconductor._urls import ParsedURL
@@ -64,15 +64,27 @@ _PAGE = 100
 
 
 def _names(book: LogBook | None, flow: FlowDetail | None = None) -> None:
-    """Refuse names PostgreSQL's ``text`` cannot hold (a NUL character)."""
+    """Refuse names PostgreSQL's ``text`` cannot hold (a NUL character). (Each message is
+    built only for a name that holds one.)"""
     if book is not None:
-        refuse_nul(f"logbook {book.uuid!r}", book.uuid + book.name, StoreError)
+        if "\x00" in book.uuid or "\x00" in book.name:
+            refuse_nul(f"logbook {book.uuid!r}", book.uuid + book.name, StoreError)
         for each in book.flows.values():
             _names(None, each)
     if flow is not None:
-        refuse_nul(f"flow {flow.uuid!r}", flow.uuid + flow.name, StoreError)
+        if "\x00" in flow.uuid or "\x00" in flow.name:
+            refuse_nul(f"flow {flow.uuid!r}", flow.uuid + flow.name, StoreError)
         for atom in flow.atoms.values():
-            refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
+            if "\x00" in atom.name:
+                refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
+
+
+def _meta_json(what: Callable[[], str], meta: Any) -> str:
+    """``meta`` as JSON text (:func:`dumps`; ``what`` names it in an error); most metas are
+    empty dicts, written without encoding."""
+    if type(meta) is dict and not meta:
+        return "{}"
+    return dumps(what(), meta)
 
 
 #: A flow's meta and its atoms' details (in the flow's order) as JSON text.
@@ -81,7 +93,7 @@ _EncodedFlow = tuple[str, list[str]]
 
 def _encoded(flow: FlowDetail) -> _EncodedFlow:
     """``flow``'s meta and atoms as JSON text; ``StoreError`` if JSON cannot carry one."""
-    meta = dumps(f"flow {flow.name!r} meta", flow.meta)
+    meta = _meta_json(lambda: f"flow {flow.name!r} meta", flow.meta)
     return meta, [atom_json(atom) for atom in flow.atoms.values()]
 
 
@@ -200,7 +212,7 @@ class PostgresStore(Store):
 
     async def _save_logbook(self, book: LogBook, token: int | None) -> LogBook:
         _names(book)
-        meta = dumps(f"logbook {book.uuid} meta", book.meta)
+        meta = _meta_json(lambda: f"logbook {book.uuid} meta", book.meta)
         # Encoded once, before anything is written: what cannot be encoded is refused unwritten.
         encoded = {flow.uuid: _encoded(flow) for flow in book.flows.values()}
         ns = self.namespace
@@ -241,21 +253,24 @@ class PostgresStore(Store):
     ) -> bool:
         """Create ``book`` (its row: :meth:`_book_row`; its flows' JSON: ``encoded``) with its
         flows and atoms in one statement; False if it exists."""
-        flows = list(book.flows.values())
-        atoms = [(f.uuid, atom) for f in flows for atom in f.atoms.values()]
-        args = (
-            *book_row,
-            [f.uuid for f in flows],
-            [f.name for f in flows],
-            [f.state.value for f in flows],
-            [f.version for f in flows],
-            [encoded[f.uuid][0] for f in flows],
-            [flow_uuid for flow_uuid, _ in atoms],
-            [atom.name for _, atom in atoms],
-            [atom.version for _, atom in atoms],
-            [detail for f in flows for detail in encoded[f.uuid][1]],
+        # The flows' and the atoms' columns as arrays, in one pass.
+        arrays: tuple[list[Any], ...] = tuple([] for _ in range(9))
+        uuids, names, states, versions, metas, atom_flows, atom_names, atom_versions, details = (
+            arrays
         )
-        row = await self._link.batched(self._creating, args)
+        for flow in book.flows.values():
+            meta, flow_details = encoded[flow.uuid]
+            uuids.append(flow.uuid)
+            names.append(flow.name)
+            states.append(flow.state.value)
+            versions.append(flow.version)
+            metas.append(meta)
+            for atom in flow.atoms.values():
+                atom_flows.append(flow.uuid)
+                atom_names.append(atom.name)
+                atom_versions.append(atom.version)
+            details += flow_details
+        row = await self._link.batched(self._creating, (*book_row, *arrays))
         return row[0] is not None
 
     async def _get_logbook(self, book_uuid: str) -> LogBook:
@@ -339,7 +354,7 @@ class PostgresStore(Store):
             for name, version, text in stored
         }
         saved_atoms.update(given)  # an atom new to the flow comes after those stored
-        return evolve(flow, version=flow.version + 1, meta=json.loads(meta), atoms=saved_atoms)
+        return evolve(flow, version=flow.version + 1, meta=decode(meta), atoms=saved_atoms)
 
     async def _update_atom_details(
         self, book_uuid: str, flow_uuid: str, atoms: tuple[AtomDetail, ...], token: int | None

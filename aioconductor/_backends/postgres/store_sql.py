@@ -8,7 +8,6 @@ attributes of :class:`StoreStatements`, with the schema put in once.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from aioconductor._backends.postgres.schema import Migrations
 from aioconductor._backends.postgres.schema import refuse_nul
 from aioconductor._backends.postgres.store_batch import CREATE_BOOKS
 from aioconductor._backends.postgres.store_batch import UPDATE_ATOMS_BATCH
+from aioconductor._fastjson import decode
 from aioconductor.errors import LogBookNotFound
 from aioconductor.errors import StoreError
 from aioconductor.persistence._json import atom_json
@@ -200,12 +200,13 @@ def flow_end_args(
     checks the store makes before it writes a flow, in its order, raising what they raise."""
     if "\x00" in book_uuid:
         raise LogBookNotFound(f"no logbook {book_uuid!r} in this store")
-    refuse_nul(f"flow {flow.uuid!r}", flow.uuid + flow.name, StoreError)
-    for atom in flow.atoms.values():
-        refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
-    meta = dumps(f"flow {flow.name!r} meta", flow.meta)
-    for atom in atoms:
-        refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
+    if "\x00" in flow.uuid or "\x00" in flow.name:
+        refuse_nul(f"flow {flow.uuid!r}", flow.uuid + flow.name, StoreError)
+    _atom_names(flow.atoms.values())
+    # Most metas are empty dicts: written without encoding.
+    empty = type(flow.meta) is dict and not flow.meta
+    meta = "{}" if empty else dumps(f"flow {flow.name!r} meta", flow.meta)
+    _atom_names(atoms)
     # The flow's own atoms are not encoded: this statement saves only ``atoms``. A flow not
     # saved yet is added with its atoms by the store's general path, which encodes them (and
     # refuses what JSON cannot carry) before it writes anything.
@@ -223,6 +224,13 @@ def flow_end_args(
         [atom.version for atom in atoms],
         details,
     )
+
+
+def _atom_names(atoms: Iterable[AtomDetail]) -> None:
+    """Refuse an atom name PostgreSQL's ``text`` cannot hold (the message built only then)."""
+    for atom in atoms:
+        if "\x00" in atom.name:
+            refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
 
 
 UPDATE_FLOW_FAST = f"""WITH {FLOW_END.replace("{gate}", "").replace("{refusal}", "")}
@@ -313,7 +321,7 @@ class StoreStatements:
 
 def atom_read(name: str, version: int, detail: str) -> AtomDetail:
     """An atom as a read returns it: its ``detail`` JSON (as stored), name and version."""
-    return AtomDetail.model_validate({**json.loads(detail), "name": name, "version": version})
+    return AtomDetail.model_validate({**decode(detail), "name": name, "version": version})
 
 
 def assemble(rows: Iterable[Sequence[Any]]) -> list[LogBook]:
@@ -327,17 +335,17 @@ def assemble(rows: Iterable[Sequence[Any]]) -> list[LogBook]:
                 "name": name,
                 "created_at": created_at,
                 "updated_at": updated_at,
-                "meta": json.loads(data),
+                "meta": decode(data),
                 "token": token,
                 "flows": {},
             }
         elif kind == 1:
             flow = {"uuid": key, "name": name, "state": state, "version": version}
-            flow.update(meta=json.loads(data), atoms={})
+            flow.update(meta=decode(data), atoms={})
             books[parent]["flows"][key] = flow
             flows[(parent, key)] = flow
         else:
-            atom = json.loads(data)
+            atom = decode(data)
             atom.update(name=name, version=version)
             flows[(parent, key)]["atoms"][name] = atom
     return [LogBook.model_validate(book) for book in books.values()]
