@@ -58,7 +58,7 @@ def _atom_json(atom: AtomDetail, version: int) -> str:
     if (
         fields["failure"] is None
         and fields["revert_failure"] is None
-        and plain((fields["result"], fields["revert_result"], fields["meta"]))
+        and _plain(fields["result"], fields["revert_result"], fields["meta"])
     ):
         fast = _encoded({**fields, "version": version})
         if fast is not None:
@@ -67,6 +67,15 @@ def _atom_json(atom: AtomDetail, version: int) -> str:
     if version != atom.version:
         atom = evolve(atom, version=version)
     return atom.model_dump_json()
+
+
+def _plain(*values: Any) -> bool:
+    """Whether each of ``values`` is :func:`plain` JSON: None and an empty dict (most results
+    and metas of a job's details) without the walk."""
+    for value in values:
+        if value is not None and not (type(value) is dict and not value) and not plain(value):
+            return False
+    return True
 
 
 def _encoded(fields: dict[str, Any]) -> str | None:
@@ -147,7 +156,7 @@ def refused_atoms(
 def flow_detail_arg(flow: FlowDetail) -> str:
     """A flow detail as a script stores it: its JSON, without atoms and version."""
     meta = flow.meta
-    if plain(meta):
+    if _plain(meta):
         fast = _encoded({"uuid": flow.uuid, "name": flow.name, "state": flow.state, "meta": meta})
         if fast is not None:
             return fast
@@ -158,7 +167,7 @@ def flow_detail_arg(flow: FlowDetail) -> str:
 def book_detail_arg(book: LogBook) -> str:
     """A logbook's detail as a script stores it: its JSON, without the fields its hash keeps
     apart (uuid, name, created_at, token) and its flows."""
-    if plain((book.updated_at, book.meta)):
+    if _plain(book.updated_at, book.meta):
         fast = _encoded({"updated_at": book.updated_at, "meta": book.meta})
         if fast is not None:
             return fast
