@@ -25,7 +25,7 @@ from aioconductor._backends.redis.link import fmt_time
 from aioconductor._backends.redis.link import hash_tag_prefix
 from aioconductor._backends.redis.link import pairs
 from aioconductor._backends.redis.store_scripts import StoreScripts
-from aioconductor._payload import encode_object
+from aioconductor._payload import encode_json
 from aioconductor._urls import ParsedURL
 from aioconductor.errors import LogBookNotFound
 from aioconductor.errors import StoreClosed
@@ -224,7 +224,8 @@ class RedisStore(OverLink[RedisLink], Store):
         ) -> None:
             board._check_open()
             self._check_open()
-            data, _ = encode_object("the job's result", result, board.max_payload_bytes)
+            # Not encode_object: nothing reads the result decoded back.
+            data = encode_json("the job's result", result, board.max_payload_bytes)
             bkeys = [*board._keys, board._job_key(claim.job_id)]
             bargs = [board._job_prefix, board._channel, claim.owner, str(claim.token)]
             bargs += [outcome.value, data.decode("utf-8")]
