@@ -363,8 +363,7 @@ class PostgresStore(Store):
             raise self._missing(book_uuid)
         if "\x00" in flow_uuid:
             raise LogBookNotFound(f"logbook {book_uuid!r} has no flow {flow_uuid!r}")
-        for atom in atoms:
-            refuse_nul(f"atom {atom.name!r}", atom.name, StoreError)
+        sql.check_atom_names(atoms)
         args = (
             self.namespace,
             book_uuid,
@@ -380,7 +379,9 @@ class PostgresStore(Store):
             # Only two writers holding one token can race past the checks (the engine never
             # does): say so rather than report what may not be stored.
             raise VersionConflict(f"atoms of flow {flow_uuid!r}: written concurrently")
-        return [copy_atom(atom, atom.version + 1) for atom in atoms]
+        # As given, one version up: the caller's own values (the store keeps none), as the
+        # memory store returns them.
+        return [evolve(atom, version=atom.version + 1) for atom in atoms]
 
     def _refused(
         self,

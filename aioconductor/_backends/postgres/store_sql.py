@@ -202,11 +202,11 @@ def flow_end_args(
         raise LogBookNotFound(f"no logbook {book_uuid!r} in this store")
     if "\x00" in flow.uuid or "\x00" in flow.name:
         refuse_nul(f"flow {flow.uuid!r}", flow.uuid + flow.name, StoreError)
-    _atom_names(flow.atoms.values())
+    check_atom_names(flow.atoms.values())
     # Most metas are empty dicts: written without encoding.
     empty = type(flow.meta) is dict and not flow.meta
     meta = "{}" if empty else dumps(f"flow {flow.name!r} meta", flow.meta)
-    _atom_names(atoms)
+    check_atom_names(atoms)
     # The flow's own atoms are not encoded: this statement saves only ``atoms``. A flow not
     # saved yet is added with its atoms by the store's general path, which encodes them (and
     # refuses what JSON cannot carry) before it writes anything.
@@ -226,7 +226,7 @@ def flow_end_args(
     )
 
 
-def _atom_names(atoms: Iterable[AtomDetail]) -> None:
+def check_atom_names(atoms: Iterable[AtomDetail]) -> None:
     """Refuse an atom name PostgreSQL's ``text`` cannot hold (the message built only then)."""
     for atom in atoms:
         if "\x00" in atom.name:
