@@ -49,11 +49,12 @@ class Node:
     members: tuple[int, ...] = ()
     #: (parameter, storage name) pairs bound when the node runs; set by ``validate``.
     args: tuple[tuple[str, str], ...] = ()
+    #: Whether this node is a retry controller (asked on every step: an isinstance of an
+    #: abstract class each time was a tenth of the engine's own time on a one-task flow).
+    is_retry: bool = field(init=False)
 
-    @property
-    def is_retry(self) -> bool:
-        """Whether this node is a retry controller."""
-        return isinstance(self.atom, Retry)
+    def __post_init__(self) -> None:
+        self.is_retry = isinstance(self.atom, Retry)
 
 
 @dataclass(slots=True)
