@@ -14,16 +14,22 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+import msgspec
+
 from aioconductor._fastjson import encode_plain
 from aioconductor._fastjson import plain
 from aioconductor._payload import non_str_key
 from aioconductor.errors import StoreError
 from aioconductor.persistence.models import AtomDetail
+from aioconductor.persistence.models import AtomState
+from aioconductor.persistence.models import Intention
 
 __all__ = ["atom_json", "check_atoms", "check_meta", "dumps"]
 
 #: One encoder for every call: ``json.dumps`` with options builds a new one each time.
 _ENCODE = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+#: msgspec's encoder, for values already found plain (see ``_fastjson``).
+_encode_known = msgspec.json.Encoder().encode
 
 
 def dumps(what: str, value: Any) -> str:
@@ -52,10 +58,13 @@ def atom_json(atom: AtomDetail) -> str:
     cannot carry one as it is."""
     fields = atom.__dict__
     if fields["failure"] is None and fields["revert_failure"] is None:
-        # No model inside: the fields as they are (an enum is written as its value).
-        fast = encode_plain({k: v for k, v in fields.items() if k not in _NOT_IN_ATOM_JSON})
+        fast = _known_atom_json(fields)
         if fast is not None:
-            return fast.decode("utf-8")
+            return fast
+        # No model inside: the fields as they are (an enum is written as its value).
+        fast_bytes = encode_plain({k: v for k, v in fields.items() if k not in _NOT_IN_ATOM_JSON})
+        if fast_bytes is not None:
+            return fast_bytes.decode("utf-8")
     what = f"atom {atom.name!r}"
     try:
         # Python mode, not "json": that mode would quietly turn NaN into null, a set into a
@@ -68,6 +77,38 @@ def atom_json(atom: AtomDetail) -> str:
 
 #: The fields of an atom that :func:`atom_json` leaves out (its store keeps them apart).
 _NOT_IN_ATOM_JSON = frozenset({"name", "version"})
+
+
+def _known_atom_json(fields: dict[str, Any]) -> str | None:
+    """:func:`atom_json`'s text for an atom without failures whose known fields have their
+    own types (a str kind, the enums), walking only its free-form values (result, revert
+    result, meta), which :func:`plain` checks; None for any other atom (the caller's path)."""
+    kind, state, intention = fields["kind"], fields["state"], fields["intention"]
+    if type(kind) is not str or type(state) is not AtomState or type(intention) is not Intention:
+        return None
+    result, revert_result, meta = fields["result"], fields["revert_result"], fields["meta"]
+    if not (
+        (result is None or plain(result))
+        and (revert_result is None or plain(revert_result))
+        and ((type(meta) is dict and not meta) or plain(meta))
+    ):
+        return None
+    # The atom's fields but its name and version, in the model's order, as the general
+    # path writes them.
+    value = {
+        "kind": kind,
+        "state": state,
+        "intention": intention,
+        "result": result,
+        "failure": None,
+        "revert_result": revert_result,
+        "revert_failure": None,
+        "meta": meta,
+    }
+    try:
+        return _encode_known(value).decode("utf-8")
+    except Exception:  # a lone surrogate: the general path refuses or explains
+        return None
 
 
 def check_meta(what: str, value: Any) -> None:
