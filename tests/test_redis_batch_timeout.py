@@ -12,13 +12,22 @@ from collections.abc import AsyncIterator
 
 import anyio
 import hiredis
+import pytest
 from anyio.abc import SocketStream
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
+from aioconductor._backends.redis import wire
 from aioconductor._backends.redis.batch import ScriptBatcher
 
 RETURN_ONE = "return 1"
+
+
+@pytest.fixture(params=[True, False], ids=["direct", "redis-py"])
+def direct(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Replies read straight from the hiredis reader, or by redis-py's ``read_response``."""
+    monkeypatch.setattr(wire, "_DIRECT", request.param)
+    return bool(request.param)
 
 
 class StallingServer:
@@ -59,7 +68,9 @@ async def stalling(answered: int) -> AsyncIterator[tuple[StallingServer, int]]:
             tg.cancel_scope.cancel()
 
 
-async def test_replies_that_stop_coming_fail_every_call_after_the_socket_timeout() -> None:
+async def test_replies_that_stop_coming_fail_every_call_after_the_socket_timeout(
+    direct: bool,
+) -> None:
     async with stalling(answered=1) as (server, port):
         client = Redis.from_url(f"redis://127.0.0.1:{port}/0?socket_timeout=0.3", protocol=2)
         try:

@@ -21,7 +21,6 @@ are loaded and sent again.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
@@ -32,13 +31,14 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from aioconductor._backends.base import Pending
+from aioconductor._backends.redis import wire
 
 __all__ = ["SEND_TIMEOUT", "ScriptBatcher"]
 
 #: Seconds a pipeline may take, reply included, before its calls fail with ``TimeoutError``
 #: (a Redis that stopped answering must not hold its callers, shielded, for ever).
 SEND_TIMEOUT = 10.0
-_NO_REPLY = "no reply: the script may or may not have run"
+_NO_REPLY = wire.NO_REPLY
 
 
 class _Call(Pending):
@@ -95,7 +95,7 @@ class ScriptBatcher:
             with anyio.move_on_after(SEND_TIMEOUT) as deadline:
                 await self._exchange(batch)
             if deadline.cancelled_caught:
-                # redis-py dropped the connection the pipeline was on (cancelled mid-read).
+                # wire.send dropped the connection the pipeline was on (cancelled mid-read).
                 for call in batch:
                     if not call.settled:
                         call.settle(error=rexc.TimeoutError(_NO_REPLY))
@@ -125,8 +125,8 @@ class ScriptBatcher:
             for call in batch:
                 await _run_alone(call)
             return
-        replies = await self._send_packed(packed, len(batch))
-        for call, reply in zip(batch, replies, strict=True):
+        answers = await wire.send(self._client.connection_pool, packed, len(batch))
+        for call, reply in zip(batch, answers, strict=True):
             if isinstance(reply, rexc.NoScriptError):
                 # Nothing ran. The script object loads the script and runs it again.
                 await _run_alone(call)
@@ -134,37 +134,6 @@ class ScriptBatcher:
                 call.settle(error=reply)
             else:
                 call.settle(reply)
-
-    async def _send_packed(self, packed: bytes, count: int) -> list[Any]:
-        """Write ``packed`` (``count`` commands) on a pooled connection and read every reply;
-        an error reply is returned in its place, as an exception.
-
-        The connection's socket timeout bounds the reading of all the replies, not each one:
-        redis-py's own timeout per reply (an ``asyncio.timeout`` and its timer each) was a
-        third of the cost of reading a reply.
-        """
-        pool = self._client.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.send_packed_command(packed, check_health=False)
-            replies: list[Any] = []
-            try:
-                async with asyncio.timeout(conn.socket_timeout):
-                    for _ in range(count):
-                        try:
-                            # math.inf: no timeout of redis-py's own (the one above bounds it).
-                            replies.append(await conn.read_response(timeout=math.inf))
-                        except rexc.ResponseError as exc:
-                            replies.append(exc)
-            except TimeoutError:
-                raise rexc.TimeoutError(f"Timeout reading from Redis: {_NO_REPLY}") from None
-            return replies
-        except BaseException:
-            # Replies may be left unread on it: never hand it to anyone else.
-            await conn.disconnect(nowait=True)
-            raise
-        finally:
-            await pool.release(conn)
 
 
 async def _uncancelled(work: Awaitable[None]) -> None:

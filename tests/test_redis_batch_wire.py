@@ -1,0 +1,130 @@
+"""A pipeline's trip (``wire.send``): its replies, read straight from the hiredis reader, are what
+redis-py's own ``read_response`` gives reply by reply. Each test runs both ways: the direct path
+and redis-py's public one (the fallback where its internals are missing).
+
+Redis's own replies come from the shared Redis; the rarer ones (a push frame between replies, a
+connection closed mid-pipeline, ``LOADING``) from a fake server."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import anyio
+import hiredis
+import pytest
+from anyio.abc import SocketStream
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+
+from aioconductor._backends.redis import wire
+from tests.redis_helpers import redis_url, require_redis
+
+BIG = "return string.rep('x', 5000) .. ARGV[1]"
+FAIL = "return redis.error_reply('refused ' .. ARGV[1])"
+
+
+@pytest.fixture(params=[True, False], ids=["direct", "redis-py"])
+def direct(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    monkeypatch.setattr(wire, "_DIRECT", request.param)
+    return bool(request.param)
+
+
+def evalsha(sha: str, *args: str) -> bytes:
+    return hiredis.pack_command(("EVALSHA", sha, 0, *args))
+
+
+@pytest.mark.redis
+async def test_replies_over_many_reads_each_in_its_place(direct: bool) -> None:
+    require_redis().close()
+    client = Redis.from_url(redis_url(), decode_responses=True)
+    try:
+        big, fail = client.register_script(BIG), client.register_script(FAIL)
+        await big(keys=[], args=["0"])
+        await client.script_load(FAIL)
+        # 200 KB of replies: the reader is fed from the socket many times over.
+        packed = [evalsha(big.sha, str(i)) for i in range(40)]
+        packed[5] = evalsha(fail.sha, "five")
+        packed[30] = evalsha("0" * 40)  # no such script: NOSCRIPT, which runs nothing
+        replies = await wire.send(client.connection_pool, b"".join(packed), len(packed))
+        assert len(replies) == 40
+        for i, reply in enumerate(replies):
+            if i == 5:
+                assert type(reply) is rexc.ResponseError and "refused five" in str(reply)
+            elif i == 30:
+                assert isinstance(reply, rexc.NoScriptError)
+            else:
+                assert reply == "x" * 5000 + str(i)
+        # Every reply was read: the pooled connection answers its next command, not an old one.
+        assert await client.ping() is True
+    finally:
+        await client.aclose()
+
+
+class FakeServer:
+    """Answers ``+OK`` to the connection's set-up, and the ``n``-th ``EVALSHA`` (from 1) with
+    ``answer(n)``: bytes to send, or None to close the connection."""
+
+    def __init__(self, answer: Callable[[int], bytes | None]) -> None:
+        self.answer = answer
+        self.evals = 0
+
+    async def serve(self, stream: SocketStream) -> None:
+        reader = hiredis.Reader()
+        async with stream:
+            while True:
+                try:
+                    reader.feed(await stream.receive())
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    return
+                while (command := reader.gets()) is not False:
+                    if command[0].upper() != b"EVALSHA":
+                        await stream.send(b"+OK\r\n")
+                        continue
+                    self.evals += 1
+                    answer = self.answer(self.evals)
+                    if answer is None:
+                        return
+                    await stream.send(answer)
+
+
+@contextlib.asynccontextmanager
+async def fake(answer: Callable[[int], bytes | None]) -> AsyncIterator[Redis]:
+    """A client of a :class:`FakeServer` answering with ``answer``."""
+    server = FakeServer(answer)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, server.serve)
+        client = Redis.from_url(f"redis://127.0.0.1:{port}/0?socket_timeout=5", protocol=2)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+            tg.cancel_scope.cancel()
+
+
+async def test_push_frames_between_replies_are_no_replies(direct: bool) -> None:
+    push = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"
+    async with fake(lambda n: push + b":%d\r\n" % n + push) as client:
+        packed = evalsha("a" * 40) * 3
+        assert await wire.send(client.connection_pool, packed, 3) == [1, 2, 3]
+
+
+async def test_a_connection_closed_mid_pipeline_fails_it_and_is_never_pooled(
+    direct: bool,
+) -> None:
+    async with fake(lambda n: b":1\r\n" if n == 1 else None) as client:
+        with pytest.raises(rexc.ConnectionError):
+            await wire.send(client.connection_pool, evalsha("a" * 40) * 3, 3)
+        pool = client.connection_pool
+        assert all(c.is_connected is False for c in pool._available_connections)
+
+
+async def test_a_loading_reply_fails_the_whole_pipeline(direct: bool) -> None:
+    # redis-py raises the errors that stand for an unusable connection (LOADING is one).
+    async with fake(lambda n: b"-LOADING Redis is loading\r\n" if n == 2 else b":1\r\n") as client:
+        with pytest.raises(rexc.BusyLoadingError):
+            await wire.send(client.connection_pool, evalsha("a" * 40) * 3, 3)
+        pool = client.connection_pool
+        assert all(c.is_connected is False for c in pool._available_connections)
