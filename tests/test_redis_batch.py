@@ -70,6 +70,29 @@ async def test_concurrent_calls_share_one_pipeline_and_keep_their_replies(
     assert counting.pipelines == 1
 
 
+async def test_callers_that_call_again_share_one_pipeline_a_turn(client: Redis, key: str) -> None:
+    counting = CountingClient(client)
+    batcher = ScriptBatcher(counting)  # type: ignore[arg-type]
+    incr = client.register_script(INCR)
+    await incr(keys=[key], args=[0])
+
+    async def caller() -> None:
+        for _ in range(5):
+            await batcher.run(incr, [key], [1])
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(caller)
+        assert await client.get(key) == "100"
+    finally:
+        await client.delete(key)
+    # Every caller of a pipeline wakes in the same turn, so their next calls share one too.
+    # (A first caller that sent the pipeline itself woke a turn after the others: each round
+    # of calls took two pipelines or more.)
+    assert counting.pipelines == 5
+
+
 async def test_scripts_redis_forgot_are_loaded_and_run(client: Redis, key: str) -> None:
     batcher = ScriptBatcher(client)
     incr = client.register_script(INCR)
@@ -86,12 +109,12 @@ async def test_a_call_cancelled_in_the_queue_is_never_sent(client: Redis, key: s
 
     batcher = ScriptBatcher(client)
     incr = client.register_script(INCR)
-    # A leader is about to send: its call heads the queue, so the next caller follows it.
-    leading = _Call(incr, [key], [1])
-    batcher._queue.append(leading)
+    # A batch is about to be taken: its first call heads the queue, so the next caller joins.
+    first = _Call(incr, [key], [1])
+    batcher._queue.append(first)
     with anyio.move_on_after(0.05):
         await batcher.run(incr, [key], [100])
-    assert batcher._queue == [leading]  # the cancelled call left the queue: never sent
+    assert batcher._queue == [first]  # the cancelled call left the queue: never sent
     batcher._queue.clear()
     assert await client.get(key) is None
 
@@ -109,7 +132,7 @@ async def test_a_connection_error_fails_every_call_with_its_own_error() -> None:
     assert len({id(o) for o in outcomes}) == 3
 
 
-async def test_a_leader_cancelled_by_asyncio_leaves_no_caller_without_a_leader(
+async def test_a_first_caller_cancelled_by_asyncio_leaves_no_caller_without_a_sender(
     client: Redis, key: str
 ) -> None:
     import asyncio
@@ -118,14 +141,14 @@ async def test_a_leader_cancelled_by_asyncio_leaves_no_caller_without_a_leader(
     incr = client.register_script(INCR)
     await incr(keys=[key], args=[0])
     try:
-        leader = asyncio.ensure_future(batcher.run(incr, [key], [1]))
-        await asyncio.sleep(0)  # the leader is at its checkpoint, letting others queue
-        leader.cancel()  # asyncio.wait_for, asyncio.timeout: shields do not stop these
+        first = asyncio.ensure_future(batcher.run(incr, [key], [1]))
+        await asyncio.sleep(0)  # its call is queued for the sending task, letting others queue
+        first.cancel()  # asyncio.wait_for, asyncio.timeout: shields do not stop these
         with pytest.raises(asyncio.CancelledError):
-            await leader
+            await first
         assert batcher._queue == []
         with anyio.fail_after(5):
-            assert await batcher.run(incr, [key], [1]) == 2  # the leader's call ran
+            assert await batcher.run(incr, [key], [1]) == 2  # the first call ran, then this one
     finally:
         await client.delete(key)
 

@@ -5,11 +5,12 @@ A conductor running 64 jobs makes several script calls per job (claim, store wri
 sent one by one, each pays redis-py's per-command costs (a connection from the pool, a socket
 write and read, a timeout) and a round trip. Batched, they pay once per turn.
 
-The first caller of a turn leads: it yields once so that the other ready tasks can queue their
-calls, takes the queue, and sends it, shielded from cancellation so that the calls of others
-riding on its pipeline are never dropped half sent. A follower waits for its own reply. A call
-cancelled while still queued is taken off the queue and never sent; one already sent is waited
-for before the cancellation lands (its effect on Redis is then known to have happened or not).
+The first call of a turn starts a task that, once the other ready tasks have queued theirs,
+takes the queue and sends it: a task of its own, so that no caller's cancellation (anyio's or a
+plain asyncio cancel, which passes through shields) stops a pipeline half sent. Every caller
+waits for its own call. A call cancelled while still queued is taken off the queue and never
+sent; one already sent is waited for before the cancellation lands (its effect on Redis is then
+known to have happened or not).
 
 Every call keeps its own outcome: an error reply (``ResponseError``) fails that call alone. A
 connection error fails every call of the pipeline, each with an exception object of its own; like
@@ -21,7 +22,8 @@ are loaded and sent again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -30,23 +32,71 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from aioconductor._backends.base import Pending
 from aioconductor._backends.redis import wire
 
 __all__ = ["SEND_TIMEOUT", "ScriptBatcher"]
 
 #: Seconds a pipeline may take, reply included, before its calls fail with ``TimeoutError``
-#: (a Redis that stopped answering must not hold its callers, shielded, for ever).
+#: (a Redis that stopped answering must not hold its callers for ever).
 SEND_TIMEOUT = 10.0
 _NO_REPLY = wire.NO_REPLY
 
 
-class _Call(Pending):
+class _Call:
+    """One caller's script call: the batch that takes it settles it, then ends it."""
+
+    __slots__ = ("args", "error", "keys", "over", "reply", "script", "settled", "waiter")
+
     def __init__(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> None:
-        super().__init__()
         self.script = script
         self.keys = keys
         self.args = args
+        self.reply: Any = None
+        self.error: BaseException | None = None
+        #: Whether the call has its outcome; whether the batch that took it is over.
+        self.settled = self.over = False
+        #: The future its caller awaits, if any. A future, not an asyncio.Event: one per call
+        #: of every batch, and an Event costs several times as much.
+        self.waiter: asyncio.Future[None] | None = None
+
+    def settle(self, reply: Any = None, *, error: BaseException | None = None) -> None:
+        """Give the call its reply, or its error."""
+        self.reply, self.error, self.settled = reply, error, True
+
+    def end(self) -> None:
+        """The batch that took the call is over: wake its caller."""
+        self.over = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def outcome(self) -> Any:
+        """The call's reply, or its error raised."""
+        if self.error is not None:
+            raise self.error
+        return self.reply
+
+    async def ended(self, queue: list[_Call] | None) -> None:
+        """Wait until the batch that took the call is over. ``queue``: where it waits to be
+        taken (None: taken already).
+
+        Cancelled while still queued, the call leaves the queue and is never sent; once taken,
+        it waits for its batch to end (its work may land), then the cancellation goes on.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            while not self.over:
+                self.waiter = loop.create_future()
+                await self.waiter
+        except BaseException:
+            if queue is not None and self in queue:
+                queue.remove(self)  # never sent
+                raise
+            while not self.over:
+                with contextlib.suppress(asyncio.CancelledError), anyio.CancelScope(shield=True):
+                    self.waiter = loop.create_future()
+                    await self.waiter
+            raise
 
 
 class ScriptBatcher:
@@ -55,23 +105,19 @@ class ScriptBatcher:
     def __init__(self, client: Redis) -> None:
         self._client = client
         self._queue: list[_Call] = []
+        #: The tasks sending a batch (the loop keeps only weak references to tasks).
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run ``script`` with ``keys`` and ``args``; its reply, or the error it got."""
         call = _Call(script, keys, args)
-        self._queue.append(call)
-        if len(self._queue) == 1:
-            try:
-                with anyio.CancelScope(shield=True):
-                    await anyio.lowlevel.checkpoint()  # the other ready callers queue meanwhile
-            finally:
-                # Even when a plain asyncio cancel got through the shield: the calls queued
-                # behind this one have no other leader.
-                batch, self._queue = self._queue, []
-                await _uncancelled(self._send(batch))
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            return call.outcome()
-        return await call.joined(lambda: self._queue)
+        queue = self._queue
+        queue.append(call)
+        if len(queue) == 1:
+            # Its first step runs after the tasks ready now, which queue their calls meanwhile.
+            self._start(self._send_queued())
+        await call.ended(queue)
+        return call.outcome()
 
     async def run_all(
         self, calls: Sequence[tuple[AsyncScript, Sequence[str], Sequence[Any]]]
@@ -85,29 +131,43 @@ class ScriptBatcher:
             Exception: the first call's error, if any failed (the others may have run).
         """
         batch = [_Call(script, keys, args) for script, keys, args in calls]
-        await _uncancelled(self._send(batch))
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        if batch:
+            self._start(self._send(batch))
+            await batch[-1].ended(None)  # the batch ends its calls all at once
         return [call.outcome() for call in batch]
 
+    def _start(self, sending: Any) -> None:
+        task = asyncio.get_running_loop().create_task(sending)
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send_queued(self) -> None:
+        # A copy: the queue stays the one list its callers leave when cancelled. It may be
+        # empty, left by callers cancelled before it was taken.
+        batch = self._queue.copy()
+        self._queue.clear()
+        if batch:
+            await self._send(batch)
+
     async def _send(self, batch: list[_Call]) -> None:
-        """Send ``batch`` and settle every call of it, whatever happens (bounded in time)."""
+        """Send ``batch`` and settle and end every call of it, whatever happens (bounded in
+        time)."""
+        deadline = asyncio.timeout(SEND_TIMEOUT)
         try:
-            with anyio.move_on_after(SEND_TIMEOUT) as deadline:
+            async with deadline:
                 await self._exchange(batch)
-            if deadline.cancelled_caught:
-                # wire.send dropped the connection the pipeline was on (cancelled mid-read).
-                for call in batch:
-                    if not call.settled:
-                        call.settle(error=rexc.TimeoutError(_NO_REPLY))
         except Exception as exc:
+            # Past the deadline: wire.send dropped the connection the pipeline
+            # was on (cancelled mid-read).
+            expired = deadline.expired()
             for call in batch:
                 if not call.settled:
-                    call.settle(error=_own_copy(exc))
+                    call.settle(error=rexc.TimeoutError(_NO_REPLY) if expired else _own_copy(exc))
         finally:
             for call in batch:
-                if not call.settled:  # a BaseException (a plain asyncio cancel) stopped it
+                if not call.settled:  # a BaseException (a cancel of this task) stopped it
                     call.settle(error=rexc.ConnectionError(_NO_REPLY))
-                call.done.set()
+                call.end()
 
     async def _exchange(self, batch: list[_Call]) -> None:
         try:
@@ -134,21 +194,6 @@ class ScriptBatcher:
                 call.settle(error=reply)
             else:
                 call.settle(reply)
-
-
-async def _uncancelled(work: Awaitable[None]) -> None:
-    """Await ``work`` to its end: shielded from anyio's cancellation, and from a plain asyncio
-    cancel, which passes through shields, by waiting again (the caller re-raises later)."""
-    task = asyncio.ensure_future(work)
-    while True:
-        try:
-            with anyio.CancelScope(shield=True):
-                await asyncio.shield(task)
-            return
-        except asyncio.CancelledError:
-            if task.done():
-                return
-            continue
 
 
 async def _run_alone(call: _Call) -> None:
