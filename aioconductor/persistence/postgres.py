@@ -147,7 +147,9 @@ class PostgresStore(Store):
         self.schema = self._link.schema
         self._sql = with_schema(sql.StoreStatements(), self._link.q)
         # The calls of concurrent jobs batched: one statement a turn (see store_batch).
-        self._creating = store_batch.book_creation(self._sql.create_book, self._sql.create_books)
+        self._creating = store_batch.book_creation(
+            self._sql.create_book, self._sql.create_books, self._sql.create_books_json
+        )
         self._writing = store_batch.atom_writing(
             self._sql.update_atoms, self._sql.update_atoms_batch
         )

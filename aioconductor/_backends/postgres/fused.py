@@ -25,13 +25,16 @@ schema and filtered by its own namespace, and the login is the same (the same ri
 
 Batched: the endings that concurrent jobs ask for in one event-loop turn go to the board's
 server as one statement (the board link's batcher, :mod:`.batch`): ``_BATCH``, the same steps
-over arrays, each job checked and written on its own (a stale claim or a refused flow end of
-one job changes nothing of it, and nothing of the others' outcomes), every job's row locked
-before any logbook's, each kind in key order. A lone ending runs the statement above.
+over the jobs' rows (JSON documents, or arrays for what JSON cannot carry:
+``store_batch.document``), each job checked and written on its own (a stale claim or a refused
+flow end of one job changes nothing of it, and nothing of the others' outcomes), every job's
+row locked before any logbook's, each kind in key order. A lone ending runs the statement
+above.
 """
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -104,9 +107,7 @@ def statement(board_schema: str, store_schema: str) -> str:
 # A row per job, in their order, as END_AND_CONSUME's. ``done`` is MATERIALIZED: inlined into
 # the consume's UPDATE, its checks ran once for every pair of a claimed job and an ending.
 _BATCH = """WITH i AS (
-        SELECT * FROM unnest($4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[],
-            $9::text[], $10::text[], $11::text[], $12::text[], $13::integer[], $14::bigint[],
-            $15::text[]) WITH ORDINALITY AS i(x_id, x_owner, x_claim, x_outcome, x_result,
+        SELECT * FROM {jobs} AS i(x_id, x_owner, x_claim, x_outcome, x_result,
             x_book, x_flow, x_name, x_state, x_version, x_token, x_meta, x_n)
     ), held AS MATERIALIZED (
         SELECT id FROM {b}.jobs, i WHERE {current_i}
@@ -163,12 +164,27 @@ def _named(text: str, names: dict[int, str]) -> str:
     return re.sub(r"\$(\d+)", lambda m: names.get(int(m[1]), m[0]), text)
 
 
-def batch_statement(board_schema: str, store_schema: str) -> str:
-    """The fused statement for several jobs, for the board's and the store's quoted schemas.
-    (The jobs' columns are named ``x_...`` so that the board's SQL, shared, names its own.)"""
+#: The jobs' arrays of the batched statement, $4-$15 (its atoms': ``store_batch.given(16)``).
+_JOBS = """unnest($4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[],
+            $9::text[], $10::text[], $11::text[], $12::text[], $13::integer[], $14::bigint[],
+            $15::text[]) WITH ORDINALITY"""
+#: The same as a JSON document at $4 (its atoms' at $5: ``store_batch.given_json(5)``).
+_JOBS_JSON = store_batch.json_rows(
+    4,
+    "id text, owner text, claim bigint, outcome text, result text, book text, flow text,"
+    " name text, state text, version integer, token bigint, meta text",
+)
+
+
+def batch_statement(board_schema: str, store_schema: str, *, json: bool = False) -> str:
+    """The fused statement for several jobs, for the board's and the store's quoted schemas;
+    ``json``: with the jobs and their atoms as JSON documents at $4 and $5 (``_JOB_ARRAYS``'s
+    values a row each, and the atoms' rows), else as arrays. (The jobs' columns are named
+    ``x_...`` so that the board's SQL, shared, names its own.)"""
     claim = {2: "{t}.x_id", 3: "{t}.x_owner", 4: "{t}.x_claim"}
     return _BATCH.format(
-        given=store_batch.given(16),
+        jobs=_JOBS_JSON if json else _JOBS,
+        given=store_batch.given_json(5) if json else store_batch.given(16),
         write=store_batch.WRITE.replace("{ns}", "$2").replace("{s}", store_schema),
         b=board_schema,
         s=store_schema,
@@ -191,14 +207,26 @@ def _ending(board_schema: str, store_schema: str) -> Kind:
     its item, its row the reply."""
     alone_query = statement(board_schema, store_schema)
     batch_query = batch_statement(board_schema, store_schema)
+    json_query = batch_statement(board_schema, store_schema, json=True)
+    job_row = operator.itemgetter(*_JOB_ARRAYS)
 
     async def alone(conn: Any, args: tuple[Any, ...]) -> Any:
         return await conn.fetchrow(alone_query, *args)
 
     async def together(conn: Any, items: list[tuple[Any, ...]]) -> list[Any]:
+        first = items[0]
+        documents = store_batch.document(
+            [job_row(args) for args in items],
+            [
+                (n, *atom)
+                for n, args in enumerate(items, 1)
+                for atom in zip(args[8], args[9], args[10], strict=True)
+            ],
+        )
+        if documents is not None:
+            return list(await conn.fetch(json_query, first[11], first[0], first[17], *documents))
         jobs = [[args[at] for args in items] for at in _JOB_ARRAYS]
         atoms = store_batch.joined(items, lambda n, _: n, range(8, 11))
-        first = items[0]
         return list(await conn.fetch(batch_query, first[11], first[0], first[17], *jobs, *atoms))
 
     return Kind("consume", lambda args: (("job", args[12]), ("book", args[1])), alone, together)

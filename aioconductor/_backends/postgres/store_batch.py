@@ -1,30 +1,45 @@
 """The PostgreSQL store's batched statements: the calls of concurrent jobs made in one event-loop
 turn, one statement for all (the link's batcher, :mod:`.batch`), each job's outcome its own.
 
-Each statement is its unbatched one (``store_sql``) over arrays (``unnest ... WITH
+Each statement is its unbatched one (``store_sql``) over rows (``unnest ... WITH
 ORDINALITY``), a row per item in the items' order, shaped as the unbatched statement's row, so
 the store reads either alike. Logbooks are locked or inserted in uuid order, so two batched
 statements (or a batched and an unbatched one, which takes one logbook) wait in one order.
 ``{s}`` stands for the quoted schema; ``$1`` is the namespace.
+
+The items' values go to the server as one JSON document per set of rows (:func:`rows_json`,
+read by :func:`json_rows`), not as arrays: asyncpg spends about a microsecond of the
+conductor's CPU on each element of an array argument (some 17 a job), msgspec a fraction of
+that on the whole document. What the document cannot carry exactly (:func:`document`: a
+string msgspec refuses, such as one with a lone surrogate; a float that is not finite and
+positive) goes as arrays, the same statement but for its sources of rows.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+import msgspec
 
 from aioconductor._backends.postgres.batch import Kind
 
 __all__ = [
     "CREATE_BOOKS",
+    "CREATE_BOOKS_JSON",
     "GIVEN",
     "UPDATE_ATOMS_BATCH",
     "WRITE",
     "atom_writing",
     "book_creation",
+    "document",
     "given",
+    "given_json",
     "joined",
+    "json_rows",
+    "rows_json",
 ]
 
 
@@ -67,14 +82,58 @@ def given(first: int) -> str:
     return re.sub(r"\$([A-D])", lambda m: f"${first + 'ABCD'.index(m[1])}", GIVEN)
 
 
+def given_json(param: int) -> str:
+    """``GIVEN`` with its rows read from the JSON document at parameter ``param``."""
+    rows = json_rows(param, "x_n bigint, name text, version integer, detail text")
+    return f"""given AS (
+        SELECT * FROM {rows} AS g(x_n, name, version, detail, k)
+    )"""
+
+
+def json_rows(param: int, columns: str) -> str:
+    """The rows of the JSON document at parameter ``param`` (:func:`rows_json`: an array of
+    rows, each an array of values in the order of ``columns``, ``"name type, ..."``), typed,
+    with their ordinal last: what ``unnest`` of the columns' arrays ``WITH ORDINALITY`` gives.
+    (``jsonb``: parsed once, each value then read in place; a value is read as its text,
+    exact for a string and for a number as written.)"""
+    kinds = [column.split()[1] for column in columns.split(",")]
+    picks = ", ".join(
+        f"e->>{n}" if kind == "text" else f"(e->>{n})::{kind}" for n, kind in enumerate(kinds)
+    )
+    return (
+        f"(SELECT {picks}, o FROM jsonb_array_elements(${param}::jsonb) WITH ORDINALITY AS r(e, o))"
+    )
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def rows_json(rows: Iterable[Sequence[Any]]) -> str:
+    """``rows`` as the JSON document :func:`json_rows` reads (msgspec's; it raises on a
+    string with a lone surrogate)."""
+    return _encode(list(rows)).decode("utf-8")
+
+
+def document(*sets: Iterable[Sequence[Any]], floats: Iterable[float] = ()) -> list[str] | None:
+    """Each set of rows as :func:`rows_json`'s document; None when one cannot carry them
+    exactly (a string msgspec refuses; one of ``floats`` not finite and positive: JSON has
+    no NaN nor infinity, and the server reads a number as ``numeric``, which has no -0.0), for
+    the caller to send arrays instead."""
+    if not all(0.0 < value < math.inf for value in floats):
+        return None
+    try:
+        return [rows_json(rows) for rows in sets]
+    except (msgspec.EncodeError, UnicodeEncodeError):
+        return None
+
+
 # CREATE_BOOK for several logbooks (the batcher's, the link's batcher): $2-$7 the logbooks' columns
 # as arrays, $8-$13 their flows' (each with its logbook's uuid first), $14-$18 their atoms' (the
 # logbook's and the flow's uuids first). A row per logbook, in their order: its seq (NULL: it
 # existed, nothing of it written), its flows and its atoms written. Inserted in uuid order, so
 # two such statements wait for each other's new keys in one order.
-CREATE_BOOKS = """WITH x AS (
-        SELECT * FROM unnest($2::text[], $3::text[], $4::float8[], $5::float8[], $6::text[],
-            $7::bigint[]) WITH ORDINALITY AS x(uuid, name, created_at, updated_at, meta, token, n)
+_CREATE_BOOKS = """WITH x AS (
+        SELECT * FROM {books} AS x(uuid, name, created_at, updated_at, meta, token, n)
     ), b AS (
         INSERT INTO {s}.logbooks (namespace, uuid, name, created_at, updated_at, meta, token)
         SELECT $1, x.uuid, x.name, x.created_at, x.updated_at, x.meta::json, x.token FROM x
@@ -84,16 +143,14 @@ CREATE_BOOKS = """WITH x AS (
     ), f AS (
         INSERT INTO {s}.flow_details (namespace, book_uuid, uuid, name, state, version, meta)
         SELECT $1, b.uuid, y.uuid, y.name, y.state, y.version, y.meta::json
-        FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::integer[],
-            $13::text[]) WITH ORDINALITY AS y(book, uuid, name, state, version, meta, k)
+        FROM {flows} AS y(book, uuid, name, state, version, meta, k)
         JOIN b ON b.uuid = y.book
         ORDER BY y.k
         RETURNING book_uuid
     ), a AS (
         INSERT INTO {s}.atom_details (namespace, book_uuid, flow_uuid, name, version, detail)
         SELECT $1, b.uuid, z.flow_uuid, z.name, z.version, z.detail::json
-        FROM unnest($14::text[], $15::text[], $16::text[], $17::integer[], $18::text[])
-            WITH ORDINALITY AS z(book, flow_uuid, name, version, detail, k)
+        FROM {atoms} AS z(book, flow_uuid, name, version, detail, k)
         JOIN b ON b.uuid = z.book
         ORDER BY z.k
         RETURNING book_uuid
@@ -102,16 +159,54 @@ CREATE_BOOKS = """WITH x AS (
         (SELECT count(*) FROM a WHERE a.book_uuid = x.uuid)
     FROM x LEFT JOIN b ON b.uuid = x.uuid
     ORDER BY x.n"""
+_BOOK_COLUMNS = (
+    "uuid text, name text, created_at float8, updated_at float8, meta text, token bigint"
+)
+_FLOW_COLUMNS = "book text, uuid text, name text, state text, version integer, meta text"
+_ATOM_COLUMNS = "book text, flow_uuid text, name text, version integer, detail text"
+CREATE_BOOKS = (
+    _CREATE_BOOKS.replace(
+        "{books}",
+        """unnest($2::text[], $3::text[], $4::float8[], $5::float8[], $6::text[],
+            $7::bigint[]) WITH ORDINALITY""",
+    )
+    .replace(
+        "{flows}",
+        """unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::integer[],
+            $13::text[]) WITH ORDINALITY""",
+    )
+    .replace(
+        "{atoms}",
+        """unnest($14::text[], $15::text[], $16::text[], $17::integer[], $18::text[])
+            WITH ORDINALITY""",
+    )
+)
+#: ``CREATE_BOOKS`` with its logbooks, flows and atoms as JSON documents at $2, $3 and $4
+#: (:func:`json_rows`), each row the values of that statement's arrays, in their order.
+CREATE_BOOKS_JSON = (
+    _CREATE_BOOKS.replace("{books}", json_rows(2, _BOOK_COLUMNS))
+    .replace("{flows}", json_rows(3, _FLOW_COLUMNS))
+    .replace("{atoms}", json_rows(4, _ATOM_COLUMNS))
+)
 
 
-def book_creation(create_book: str, create_books: str) -> Kind:
+def book_creation(create_book: str, create_books: str, create_books_json: str) -> Kind:
     """The batcher's kind for ``CREATE_BOOK`` (its parameters the item; its row the reply),
-    several run as one ``CREATE_BOOKS`` (both with the schema put in)."""
+    several run as one ``CREATE_BOOKS_JSON`` (``CREATE_BOOKS`` for what JSON cannot carry;
+    all with the schema put in)."""
 
     async def alone(conn: Any, args: tuple[Any, ...]) -> Any:
         return await conn.fetchrow(create_book, *args)
 
     async def together(conn: Any, items: list[tuple[Any, ...]]) -> list[Any]:
+        documents = document(
+            [args[1:7] for args in items],
+            [row for args in items for row in _rows(args, range(7, 12))],
+            [row for args in items for row in _rows(args, range(12, 16))],
+            floats=[value for args in items for value in args[3:5]],
+        )
+        if documents is not None:
+            return list(await conn.fetch(create_books_json, items[0][0], *documents))
         books = [[args[at] for args in items] for at in range(1, 7)]
         flows = joined(items, _book, range(7, 12))
         atoms = joined(items, _book, range(12, 16))
@@ -180,6 +275,12 @@ def atom_writing(update_atoms: str, update_atoms_batch: str) -> Kind:
         return list(await conn.fetch(update_atoms_batch, items[0][0], *writes, *atoms))
 
     return Kind("update_atom_details", lambda args: (args[1],), alone, together)
+
+
+def _rows(args: tuple[Any, ...], at: range) -> Iterable[tuple[Any, ...]]:
+    """An item's flows (or atoms) as rows: its logbook's uuid, then its arrays at ``at``."""
+    books = [args[1]] * len(args[at[0]])
+    return zip(books, *(args[index] for index in at), strict=True)
 
 
 def _book(n: int, args: tuple[Any, ...]) -> Any:

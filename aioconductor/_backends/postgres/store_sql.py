@@ -15,6 +15,7 @@ from typing import Any
 from aioconductor._backends.postgres.schema import Migrations
 from aioconductor._backends.postgres.schema import refuse_nul
 from aioconductor._backends.postgres.store_batch import CREATE_BOOKS
+from aioconductor._backends.postgres.store_batch import CREATE_BOOKS_JSON
 from aioconductor._backends.postgres.store_batch import UPDATE_ATOMS_BATCH
 from aioconductor._fastjson import decode
 from aioconductor.errors import LogBookNotFound
@@ -310,6 +311,7 @@ class StoreStatements:
     atoms_of: str = ATOMS_OF
     create_book: str = CREATE_BOOK
     create_books: str = CREATE_BOOKS
+    create_books_json: str = CREATE_BOOKS_JSON
     update_flow_fast: str = UPDATE_FLOW_FAST
     update_atoms: str = UPDATE_ATOMS
     update_atoms_batch: str = UPDATE_ATOMS_BATCH
