@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from itertools import islice
 
 from aioconductor._backends.redis.board_prelude import member_id
 from aioconductor._backends.redis.link import fmt_time
 from aioconductor._backends.redis.link import pairs
 from aioconductor._models import build
+from aioconductor._models import build_from
 from aioconductor._payload import decode_json
 from aioconductor.boards._support import PostSpec
 from aioconductor.boards._support import conductor_from_row
@@ -45,51 +47,62 @@ __all__ = [
 
 def job_from_hash(fields: dict[str, str]) -> Job:
     """A ``Job`` from its hash fields as the scripts store them."""
+    # Every claim reads its job back: the models are built from dicts (keyword arguments cost
+    # a dict of their own, about a microsecond for a Job's), and ``get`` is looked up once.
+    get = fields.get
     name = fields["state"]
     state = _STATES[name] if name in _STATES else JobState(name)  # unknown: the enum's error
-    cancel_reason = fields.get("cancel_reason")
+    cancel_reason = get("cancel_reason")
+    owner = get("owner")
     claim = None
-    if "owner" in fields:
-        claim = build(
+    if owner is not None:
+        claim = build_from(
             Claim,
-            job_id=fields["id"],
-            owner=fields["owner"],
-            token=int(fields["token"]),
-            expires_at=float(fields["expires_at"]),
-            cancel_requested=cancel_reason is not None and not state.is_final,
+            {
+                "job_id": fields["id"],
+                "owner": owner,
+                "token": int(fields["token"]),
+                "expires_at": float(fields["expires_at"]),
+                "cancel_requested": cancel_reason is not None and not state.is_final,
+            },
         )
-    not_before = fields.get("not_before")
-    result = fields.get("result")
-    outcome = fields.get("outcome")
-    return build(
+    not_before = get("not_before")
+    result = get("result")
+    outcome = get("outcome")
+    headers = get("headers")
+    retry = get("retry")
+    failures = get("failures")
+    return build_from(
         Job,
-        id=fields["id"],
-        name=fields["name"],
-        flow=fields["flow"],
-        args=decode_json(fields["args"]),
-        key=fields.get("key"),
-        priority=int(fields["priority"]),
-        seq=int(fields["seq"]),
-        created_at=float(fields["created_at"]),
-        updated_at=float(fields["updated_at"]),
-        not_before=None if not_before is None else float(not_before),
-        attempts=int(fields["attempts"]),
-        max_attempts=int(fields["max_attempts"]),
-        state=state,
-        claim=claim,
-        outcome=None if outcome is None else _outcome(outcome),
-        result=None if result is None else decode_json(result),
-        trash_reason=fields.get("trash_reason"),
-        # Absent on most jobs: a new dict for none, rather than decoding "{}" for each.
-        headers=decode_json(headers) if (headers := fields.get("headers")) else {},
-        # Absent on jobs that never had them (and on jobs written before they existed).
-        releases=int(fields.get("releases", 0)),
-        abandons=int(fields.get("abandons", 0)),
-        retries=int(fields.get("retries", 0)),
-        retry=_policy(retry) if (retry := fields.get("retry")) else None,
-        failures=decode_json(failures) if (failures := fields.get("failures")) else [],
-        cancel_reason=cancel_reason,
-        limit_key=fields.get("limit_key"),
+        {
+            "id": fields["id"],
+            "name": fields["name"],
+            "flow": fields["flow"],
+            "args": decode_json(fields["args"]),
+            "key": get("key"),
+            "priority": int(fields["priority"]),
+            "seq": int(fields["seq"]),
+            "created_at": float(fields["created_at"]),
+            "updated_at": float(fields["updated_at"]),
+            "not_before": None if not_before is None else float(not_before),
+            "attempts": int(fields["attempts"]),
+            "max_attempts": int(fields["max_attempts"]),
+            "state": state,
+            "claim": claim,
+            "outcome": None if outcome is None else _outcome(outcome),
+            "result": None if result is None else decode_json(result),
+            "trash_reason": get("trash_reason"),
+            # Absent on most jobs: a new dict for none, rather than decoding "{}" for each.
+            "headers": decode_json(headers) if headers else {},
+            # Absent on jobs that never had them (and on jobs written before they existed).
+            "releases": int(get("releases", 0)),
+            "abandons": int(get("abandons", 0)),
+            "retries": int(get("retries", 0)),
+            "retry": _policy(retry) if retry else None,
+            "failures": decode_json(failures) if failures else [],
+            "cancel_reason": cancel_reason,
+            "limit_key": get("limit_key"),
+        },
     )
 
 
@@ -181,11 +194,13 @@ def claimed_jobs(reply: Sequence[str]) -> list[Job]:
     """The jobs of a ``CLAIM_BATCH`` reply: after status and time, per job its field count
     and its fields."""
     jobs: list[Job] = []
-    at = 2
-    while at < len(reply):
-        count = int(reply[at])
-        jobs.append(job_from_hash(pairs(reply[at + 1 : at + 1 + count])))
-        at += 1 + count
+    rest = iter(reply)
+    next(rest), next(rest)
+    for count in rest:
+        # One iterator zipped with itself pairs its items, without slicing the reply thrice
+        # (strict: an odd count raises, as pairs does).
+        fields = islice(rest, int(count))
+        jobs.append(job_from_hash(dict(zip(fields, fields, strict=True))))
     return jobs
 
 
