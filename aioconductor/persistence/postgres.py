@@ -255,24 +255,18 @@ class PostgresStore(Store):
     ) -> bool:
         """Create ``book`` (its row: :meth:`_book_row`; its flows' JSON: ``encoded``) with its
         flows and atoms in one statement; False if it exists."""
-        # The flows' and the atoms' columns as arrays, in one pass.
-        arrays: tuple[list[Any], ...] = tuple([] for _ in range(9))
-        uuids, names, states, versions, metas, atom_flows, atom_names, atom_versions, details = (
-            arrays
-        )
+        # The flows' and the atoms' rows, as the batcher's kind takes them (store_batch).
+        flows: list[tuple[Any, ...]] = []
+        atoms: list[tuple[Any, ...]] = []
+        uuid = book.uuid
         for flow in book.flows.values():
-            meta, flow_details = encoded[flow.uuid]
-            uuids.append(flow.uuid)
-            names.append(flow.name)
-            states.append(flow.state.value)
-            versions.append(flow.version)
-            metas.append(meta)
-            for atom in flow.atoms.values():
-                atom_flows.append(flow.uuid)
-                atom_names.append(atom.name)
-                atom_versions.append(atom.version)
-            details += flow_details
-        row = await self._link.batched(self._creating, (*book_row, *arrays))
+            meta, details = encoded[flow.uuid]
+            flows.append((uuid, flow.uuid, flow.name, flow.state.value, flow.version, meta))
+            atoms += [
+                (uuid, flow.uuid, atom.name, atom.version, detail)
+                for atom, detail in zip(flow.atoms.values(), details, strict=True)
+            ]
+        row = await self._link.batched(self._creating, (*book_row, flows, atoms))
         return row[0] is not None
 
     async def _get_logbook(self, book_uuid: str) -> LogBook:

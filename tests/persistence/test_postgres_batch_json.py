@@ -75,7 +75,7 @@ async def test_batched_creations_keep_every_value_exactly(
             assert read.created_at.hex() == book.created_at.hex()
 
 
-@pytest.mark.parametrize("created_at", [-0.0, math.inf, -1.5])
+@pytest.mark.parametrize("created_at", [-0.0, math.inf, math.nan, -1.5])
 async def test_a_float_json_cannot_carry_sends_the_creations_as_arrays(
     space: Any, monkeypatch: pytest.MonkeyPatch, created_at: float
 ) -> None:

@@ -17,7 +17,6 @@ positive) goes as arrays, the same statement but for its sources of rows.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -114,13 +113,17 @@ def rows_json(rows: Iterable[Sequence[Any]]) -> str:
     return _encode(list(rows)).decode("utf-8")
 
 
-def document(*sets: Iterable[Sequence[Any]], floats: Iterable[float] = ()) -> list[str] | None:
+def document(*sets: Iterable[Sequence[Any]], floats: Sequence[float] = ()) -> list[str] | None:
     """Each set of rows as :func:`rows_json`'s document; None when one cannot carry them
     exactly (a string msgspec refuses; one of ``floats`` not finite and positive: JSON has
     no NaN nor infinity, and the server reads a number as ``numeric``, which has no -0.0), for
     the caller to send arrays instead."""
-    if not all(0.0 < value < math.inf for value in floats):
-        return None
+    if floats:
+        # Finite (a sum is, unless one is NaN or infinite, or the sum overflows: arrays then
+        # too, needlessly) and each above zero; two passes in C, no loop here.
+        total = sum(floats)
+        if total - total != 0.0 or not min(floats) > 0.0:
+            return None
     try:
         return [rows_json(rows) for rows in sets]
     except (msgspec.EncodeError, UnicodeEncodeError):
@@ -191,25 +194,27 @@ CREATE_BOOKS_JSON = (
 
 
 def book_creation(create_book: str, create_books: str, create_books_json: str) -> Kind:
-    """The batcher's kind for ``CREATE_BOOK`` (its parameters the item; its row the reply),
-    several run as one ``CREATE_BOOKS_JSON`` (``CREATE_BOOKS`` for what JSON cannot carry;
-    all with the schema put in)."""
+    """The batcher's kind for ``CREATE_BOOK`` (its row the reply), several run as one
+    ``CREATE_BOOKS_JSON`` (``CREATE_BOOKS`` for what JSON cannot carry; all with the schema
+    put in). An item is ``CREATE_BOOK``'s $1-$7, then the logbook's flows and its atoms as rows
+    of ``CREATE_BOOKS``'s columns (the logbook's uuid first), as the documents take them."""
 
     async def alone(conn: Any, args: tuple[Any, ...]) -> Any:
-        return await conn.fetchrow(create_book, *args)
+        flows, atoms = _columns(args[7], 6)[1:], _columns(args[8], 5)[1:]
+        return await conn.fetchrow(create_book, *args[:7], *flows, *atoms)
 
     async def together(conn: Any, items: list[tuple[Any, ...]]) -> list[Any]:
         documents = document(
             [args[1:7] for args in items],
-            [row for args in items for row in _rows(args, range(7, 12))],
-            [row for args in items for row in _rows(args, range(12, 16))],
+            [row for args in items for row in args[7]],
+            [row for args in items for row in args[8]],
             floats=[value for args in items for value in args[3:5]],
         )
         if documents is not None:
             return list(await conn.fetch(create_books_json, items[0][0], *documents))
         books = [[args[at] for args in items] for at in range(1, 7)]
-        flows = joined(items, _book, range(7, 12))
-        atoms = joined(items, _book, range(12, 16))
+        flows = _columns([row for args in items for row in args[7]], 6)
+        atoms = _columns([row for args in items for row in args[8]], 5)
         return list(await conn.fetch(create_books, items[0][0], *books, *flows, *atoms))
 
     return Kind("save_logbook", lambda args: (args[1],), alone, together)
@@ -277,15 +282,11 @@ def atom_writing(update_atoms: str, update_atoms_batch: str) -> Kind:
     return Kind("update_atom_details", lambda args: (args[1],), alone, together)
 
 
-def _rows(args: tuple[Any, ...], at: range) -> Iterable[tuple[Any, ...]]:
-    """An item's flows (or atoms) as rows: its logbook's uuid, then its arrays at ``at``."""
-    books = [args[1]] * len(args[at[0]])
-    return zip(books, *(args[index] for index in at), strict=True)
-
-
-def _book(n: int, args: tuple[Any, ...]) -> Any:
-    """An item's logbook uuid (``CREATE_BOOK``'s $2)."""
-    return args[1]
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """``rows`` of ``width`` values as ``width`` arrays, a column each."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def _ordinal(n: int, args: tuple[Any, ...]) -> int:
