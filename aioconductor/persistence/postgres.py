@@ -151,7 +151,7 @@ class PostgresStore(Store):
             self._sql.create_book, self._sql.create_books, self._sql.create_books_json
         )
         self._writing = store_batch.atom_writing(
-            self._sql.update_atoms, self._sql.update_atoms_batch
+            self._sql.update_atoms, self._sql.update_atoms_batch, self._sql.update_atoms_json
         )
 
     @classmethod

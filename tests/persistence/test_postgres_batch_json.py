@@ -186,3 +186,47 @@ async def test_a_lone_surrogate_sends_the_endings_as_arrays_with_todays_outcomes
             assert outcomes[n] is None
             assert (await board.get(claims[n].job_id)).state is JobState.COMPLETE
         assert (await board.get(claims[1].job_id)).state is JobState.CLAIMED
+
+
+async def test_batched_atom_writes_keep_every_value_exactly_or_go_as_arrays(
+    space: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aioconductor.persistence.models import AtomDetail
+
+    async with _claimed(space, 4) as (_, store, claims):
+        flows = await _running(store, claims)
+        writes = []
+        for n, (claim, flow) in enumerate(zip(claims, flows, strict=True)):
+            done = flow.atoms["echo"].model_copy(update={"state": AtomState.SUCCESS})
+            done.result = {"s": AWKWARD, "n": n, "f": 5e-324, "big": 10**30}
+            new = AtomDetail(name=AWKWARD[n], state=AtomState.RUNNING, meta={"m": AWKWARD[n]})
+            writes.append((claim, flow, [done, new]))
+        documents = Documents(monkeypatch)
+
+        async def write_all(batch: list[Any]) -> list[Any]:
+            return await _together(
+                *(
+                    lambda c=c, f=f, a=a: store.update_atom_details(
+                        c.job_id, f.uuid, a, token=c.token
+                    )
+                    for c, f, a in batch
+                )
+            )
+
+        await write_all(writes[:2])
+        assert documents.sent == [True]
+        for claim, flow, atoms in writes[:2]:
+            saved = (await store.get_logbook(claim.job_id)).flows[flow.uuid].atoms
+            for atom in atoms:
+                assert saved[atom.name].result == atom.result
+                assert saved[atom.name].meta == atom.meta
+        # A lone surrogate in a name: the lone write's error (its own statement, no document)
+        # and, batched, arrays with the same error, the other write of the batch written.
+        bad = (claims[3], flows[3], [AtomDetail(name="bad \ud800")])
+        [lone] = await write_all([bad])
+        assert isinstance(lone, Exception) and documents.sent == [True]
+        writes[2][2][1] = AtomDetail(name="bad \ud800")
+        outcomes = await write_all([writes[2], writes[3]])
+        assert documents.sent[-1] is False
+        assert type(outcomes[0]) is type(lone), outcomes[0]
+        assert [a.name for a in outcomes[1]] == ["echo", AWKWARD[3]]

@@ -30,6 +30,7 @@ __all__ = [
     "CREATE_BOOKS_JSON",
     "GIVEN",
     "UPDATE_ATOMS_BATCH",
+    "UPDATE_ATOMS_BATCH_JSON",
     "WRITE",
     "atom_writing",
     "book_creation",
@@ -225,9 +226,8 @@ def book_creation(create_book: str, create_books: str, create_books_json: str) -
 # its logbook (locked, by uuid), its token, its flow, the versions of its atoms. A row per write,
 # as UPDATE_ATOMS's: verdict, stored token, first stale atom and its stored version, atoms
 # written.
-UPDATE_ATOMS_BATCH = """WITH i AS (
-        SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[])
-            WITH ORDINALITY AS i(x_book, x_flow, x_token, x_n)
+_UPDATE_ATOMS_BATCH = """WITH i AS (
+        SELECT * FROM {writes} AS i(x_book, x_flow, x_token, x_n)
     ), book AS MATERIALIZED (
         SELECT l.uuid, l.token FROM {s}.logbooks AS l
         JOIN i ON l.namespace = $1 AND l.uuid = i.x_book
@@ -263,18 +263,35 @@ UPDATE_ATOMS_BATCH = """WITH i AS (
     FROM i JOIN verdict AS v USING (x_n) LEFT JOIN book AS bk ON bk.uuid = i.x_book
     LEFT JOIN stale AS st ON st.x_n = i.x_n
     ORDER BY i.x_n"""
-UPDATE_ATOMS_BATCH = UPDATE_ATOMS_BATCH.replace("{given}", given(5))
-UPDATE_ATOMS_BATCH = UPDATE_ATOMS_BATCH.replace("{write}", WRITE.replace("{ns}", "$1"))
+_UPDATE_ATOMS_BATCH = _UPDATE_ATOMS_BATCH.replace("{write}", WRITE.replace("{ns}", "$1"))
+UPDATE_ATOMS_BATCH = _UPDATE_ATOMS_BATCH.replace(
+    "{writes}", "unnest($2::text[], $3::text[], $4::bigint[]) WITH ORDINALITY"
+).replace("{given}", given(5))
+#: ``UPDATE_ATOMS_BATCH`` with its writes and their atoms as JSON documents at $2 and $3.
+UPDATE_ATOMS_BATCH_JSON = _UPDATE_ATOMS_BATCH.replace(
+    "{writes}", json_rows(2, "book text, flow text, token bigint")
+).replace("{given}", given_json(3))
 
 
-def atom_writing(update_atoms: str, update_atoms_batch: str) -> Kind:
+def atom_writing(update_atoms: str, update_atoms_batch: str, update_atoms_json: str) -> Kind:
     """The batcher's kind for ``UPDATE_ATOMS`` (its parameters the item; its row the reply),
-    several run as one ``UPDATE_ATOMS_BATCH`` (both with the schema put in)."""
+    several run as one ``UPDATE_ATOMS_BATCH_JSON`` (``UPDATE_ATOMS_BATCH`` for what JSON
+    cannot carry; all with the schema put in)."""
 
     async def alone(conn: Any, args: tuple[Any, ...]) -> Any:
         return await conn.fetchrow(update_atoms, *args)
 
     async def together(conn: Any, items: list[tuple[Any, ...]]) -> list[Any]:
+        documents = document(
+            [args[1:4] for args in items],
+            [
+                (n, *atom)
+                for n, args in enumerate(items, 1)
+                for atom in zip(args[4], args[5], args[6], strict=True)
+            ],
+        )
+        if documents is not None:
+            return list(await conn.fetch(update_atoms_json, items[0][0], *documents))
         writes = [[args[at] for args in items] for at in (1, 2, 3)]
         atoms = joined(items, _ordinal, range(4, 7))
         return list(await conn.fetch(update_atoms_batch, items[0][0], *writes, *atoms))

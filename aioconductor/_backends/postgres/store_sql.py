@@ -17,6 +17,7 @@ from aioconductor._backends.postgres.schema import refuse_nul
 from aioconductor._backends.postgres.store_batch import CREATE_BOOKS
 from aioconductor._backends.postgres.store_batch import CREATE_BOOKS_JSON
 from aioconductor._backends.postgres.store_batch import UPDATE_ATOMS_BATCH
+from aioconductor._backends.postgres.store_batch import UPDATE_ATOMS_BATCH_JSON
 from aioconductor._fastjson import decode
 from aioconductor.errors import LogBookNotFound
 from aioconductor.errors import StoreError
@@ -315,6 +316,7 @@ class StoreStatements:
     update_flow_fast: str = UPDATE_FLOW_FAST
     update_atoms: str = UPDATE_ATOMS
     update_atoms_batch: str = UPDATE_ATOMS_BATCH
+    update_atoms_json: str = UPDATE_ATOMS_BATCH_JSON
     destroy: str = DESTROY
     destroy_many: str = DESTROY_MANY
     get: str = GET
