@@ -112,10 +112,12 @@ def _instrument_redis(monkeypatch: pytest.MonkeyPatch, counter: CallCounter) -> 
     from aioconductor._backends.redis.link import RedisLink
 
     monkeypatch.setattr(RedisLink, "call", _with_verb(RedisLink.call))
+    monkeypatch.setattr(RedisLink, "run_script", _with_verb(RedisLink.run_script))
     monkeypatch.setattr(RedisLink, "read", _with_verb(RedisLink.read))
-    # Every command and every pipeline is one packed write, then its replies are read.
-    send = AbstractConnection.send_packed_command
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", _counted(send, counter, "send"))
+    # Every command and every pipeline is one packed write, then its replies are read. The
+    # private write: a pipeline's trip (_backends/redis/wire.py) calls it without the public one.
+    send = AbstractConnection._send_packed_command
+    monkeypatch.setattr(AbstractConnection, "_send_packed_command", _counted(send, counter, "send"))
 
 
 def _instrument_sqlite(monkeypatch: pytest.MonkeyPatch, counter: CallCounter) -> None:

@@ -120,7 +120,7 @@ class RedisJobBoard(OverLink[RedisLink], JobBoard):
         """Run transition ``script`` once (its reply may be lost, so never retried)."""
         keys = self._keys if job_id is None else [*self._keys, self._job_key(job_id)]
         argv = [self._job_prefix, self._channel, *args]
-        return await self._link.call(what, lambda: self._link.script(script, keys, argv))
+        return await self._link.run_script(what, script, keys, argv)
 
     # -- transitions ---------------------------------------------------------------------------
 

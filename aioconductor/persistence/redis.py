@@ -89,7 +89,7 @@ class RedisStore(OverLink[RedisLink], Store):
     ) -> list[Any]:
         """Run write ``script`` once: a lost reply is not retried (it may have written)."""
         argv = [self._flow_prefix(book_uuid), *args]
-        reply = await self._link.call(what, lambda: self._link.script(script, keys, argv))
+        reply = await self._link.run_script(what, script, keys, argv)
         return cast(list[Any], reply)
 
     def _refused(self, reply: Sequence[Any], book_uuid: str, token: int | None) -> None:
@@ -153,9 +153,7 @@ class RedisStore(OverLink[RedisLink], Store):
     ) -> FlowDetail:
         keys, argv = self._flow_update(book_uuid, flow, token, atoms)
         script = self._scripts.update_flow
-        reply = await self._link.call(
-            "update_flow_detail", lambda: self._link.script(script, keys, argv)
-        )
+        reply = await self._link.run_script("update_flow_detail", script, keys, argv)
         return self._flow_updated(reply, book_uuid, flow, token, atoms)
 
     def _flow_updated(
@@ -232,7 +230,7 @@ class RedisStore(OverLink[RedisLink], Store):
             skeys, sargs = self._flow_update(book_uuid, flow, token, atoms)
             keys = [*bkeys, *skeys]
             argv = [str(len(bkeys)), str(len(bargs)), *bargs, *sargs]
-            reply = await blink.call("consume", lambda: blink.script(script, keys, argv))
+            reply = await blink.run_script("consume", script, keys, argv)
             status = reply[0]
             if status == "ok":  # the job as consumed is not sent back: nobody reads it
                 board._finished(claim.job_id)

@@ -168,6 +168,19 @@ class RedisLink:
         with map_exceptions(self.errors(what)):
             return await fn()
 
+    async def run_script(
+        self, what: str, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """:meth:`call` of :meth:`script`: a transition or write script, run once, pipelined.
+
+        The same as ``call(what, lambda: script(script, keys, args))`` without the closure and
+        two of its coroutines: every script of a job's hot path goes through here.
+        """
+        if self.closed:
+            raise self._closed_error()
+        with map_exceptions(self.errors(what)):
+            return await self._batcher.run(script, keys, args)
+
     async def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a Lua script, pipelined with the scripts other tasks run in the same turn (see
         :mod:`aioconductor._backends.redis.batch`); use inside :meth:`call` or :meth:`read`."""
