@@ -128,3 +128,17 @@ async def test_a_loading_reply_fails_the_whole_pipeline(direct: bool) -> None:
             await wire.send(client.connection_pool, evalsha("a" * 40) * 3, 3)
         pool = client.connection_pool
         assert all(c.is_connected is False for c in pool._available_connections)
+
+
+async def test_a_parser_without_the_push_type_takes_redis_pys_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without it, a push frame could be taken for a reply: the direct path is not safe. (A
+    # parser here always has it; its value is made to read as the marker of its absence.)
+    async def unsafe(*args: object) -> None:
+        raise AssertionError("the direct path was taken")
+
+    monkeypatch.setattr(wire, "_read", unsafe)
+    monkeypatch.setattr(wire, "_ABSENT", getattr(hiredis, "PushNotification", None))
+    async with fake(lambda n: b":%d\r\n" % n) as client:
+        assert await wire.send(client.connection_pool, evalsha("a" * 40) * 2, 2) == [1, 2]

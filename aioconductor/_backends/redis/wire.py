@@ -33,6 +33,7 @@ __all__ = ["NO_REPLY", "send"]
 
 NO_REPLY = "no reply: the script may or may not have run"
 _CLOSED = "Connection closed by server."
+_ABSENT = object()
 
 
 def _has_internals() -> bool:
@@ -41,10 +42,10 @@ def _has_internals() -> bool:
         return False
     parser_names = ("read_from_socket", "handle_push_response")
     connection_names = ("_send_packed_command", "_host_error", "connect_check_health")
-    slots = getattr(_HiredisParser, "__slots__", ())
+    slots = {name for cls in _HiredisParser.__mro__ for name in getattr(cls, "__slots__", ())}
     return (
         all(hasattr(_HiredisParser, name) for name in parser_names)
-        and "_reader" in slots
+        and {"_reader", "_connected"} <= slots
         and all(hasattr(AbstractConnection, name) for name in connection_names)
     )
 
@@ -66,11 +67,13 @@ async def send(pool: Any, packed: bytes, count: int) -> list[Any]:
     conn = await pool.get_connection()
     try:
         parser = getattr(conn, "_parser", None)
+        # The type of push frames, so that none is taken for a reply: without it, no direct path.
+        push = getattr(parser, "_hiredis_PushNotificationType", _ABSENT)
         try:
-            if _DIRECT and type(parser) is _HiredisParser:
+            if _DIRECT and type(parser) is _HiredisParser and push is not _ABSENT:
                 async with asyncio.timeout(conn.socket_timeout):
                     await _write(conn, packed)
-                    replies = await _read(conn, parser, count)
+                    replies = await _read(conn, parser, push, count)
             else:
                 await conn.send_packed_command(packed, check_health=False)
                 async with asyncio.timeout(conn.socket_timeout):
@@ -100,11 +103,11 @@ async def _write(conn: Any, packed: bytes) -> None:
         raise rexc.ConnectionError(f"Error {errno} while writing to socket. {message}.") from exc
 
 
-async def _read(conn: Any, parser: Any, count: int) -> list[Any]:
+async def _read(conn: Any, parser: Any, push: Any, count: int) -> list[Any]:
     """``count`` replies drained from the hiredis reader of ``parser``, fed from the socket
-    as needed: what ``read_response`` would return for each, or raise."""
+    as needed: what ``read_response`` would return for each, or raise. ``push``: the type of
+    push frames (None: hiredis has none, as for redis-py itself)."""
     gets = parser._reader.gets
-    push = getattr(parser, "_hiredis_PushNotificationType", None)
     replies: list[Any] = []
     try:
         while len(replies) < count:
