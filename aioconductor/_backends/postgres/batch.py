@@ -43,6 +43,7 @@ statements.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -51,7 +52,6 @@ import anyio
 from asyncpg import exceptions as pgexc  # type: ignore[import-untyped]  # untyped driver
 
 from aioconductor._backends.base import ErrorTable
-from aioconductor._backends.base import Pending
 from aioconductor._backends.base import translate
 from aioconductor.errors import AioconductorError
 
@@ -94,15 +94,40 @@ class Kind:
     together: Callable[[Any, list[Any]], Awaitable[Sequence[Any]]]
 
 
-class _Call(Pending):
-    __slots__ = ("abandoned", "item", "kind")
+class _Call:
+    """One caller's call: the statement that takes it settles it, then ends it."""
+
+    __slots__ = ("abandoned", "error", "item", "kind", "over", "reply", "settled", "waiter")
 
     def __init__(self, kind: Kind, item: Any) -> None:
-        super().__init__()
         self.kind = kind
         self.item = item
+        self.reply: Any = None
+        self.error: BaseException | None = None
+        #: Whether the call has its outcome; whether the statement that took it is over.
+        self.settled = self.over = False
         #: Its caller was cancelled after the call was taken into a statement.
         self.abandoned = False
+        #: The future its caller awaits, if any. A future, not an asyncio.Event (as
+        #: ``Pending`` has): one per call, and an Event's first wait takes a global lock.
+        self.waiter: asyncio.Future[None] | None = None
+
+    def settle(self, reply: Any = None, *, error: BaseException | None = None) -> None:
+        """Give the call its reply, or its error."""
+        self.reply, self.error, self.settled = reply, error, True
+
+    def end(self) -> None:
+        """The statement that took the call is over: wake its caller."""
+        self.over = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def outcome(self) -> Any:
+        """The call's reply, or its error raised."""
+        if self.error is not None:
+            raise self.error
+        return self.reply
 
 
 class Batcher:
@@ -133,17 +158,34 @@ class Batcher:
         call = _Call(kind, item)
         self._queue.append(call)
         self._start()
-        return await call.joined(lambda: self._queue, self._abandoned)
+        loop = asyncio.get_running_loop()
+        try:
+            while not call.over:
+                call.waiter = loop.create_future()
+                await call.waiter
+        except BaseException:
+            # Cancelled while still queued: off the queue, never sent. Once taken: its
+            # statement may be stopped if nobody waits for it any more, and is waited for
+            # (shielded, also from a plain asyncio cancel), then the cancellation goes on.
+            if call in self._queue:
+                self._queue.remove(call)
+                raise
+            self._abandoned(call)
+            while not call.over:
+                with contextlib.suppress(asyncio.CancelledError), anyio.CancelScope(shield=True):
+                    call.waiter = loop.create_future()
+                    await call.waiter
+            raise
+        return call.outcome()
 
     def _start(self) -> None:
         if self._worker is None and self._queue and not self._closed:
             self._worker = asyncio.get_running_loop().create_task(self._work())
 
-    def _abandoned(self, call: Pending) -> None:
+    def _abandoned(self, call: _Call) -> None:
         """A caller cancelled after its call was taken: once no caller of the statement under
         way waits for it any more, stop it (the server cancels it; being one statement, it
         writes all or nothing), so cancelled callers are not held up by a slow statement."""
-        assert isinstance(call, _Call)
         call.abandoned = True
         running, worker = self._running, self._worker
         if call in running and all(c.abandoned for c in running) and worker is not None:
@@ -188,7 +230,7 @@ class Batcher:
                     for call in batch:
                         if not call.settled:  # a cancel stopped the statement
                             call.settle(error=self._link.closed_error())
-                        call.done.set()
+                        call.end()
                 if self._link.pool_max < 2:
                     # The pool's only connection: the link's other calls get their turn.
                     await self._give_back(settled=True)
@@ -201,7 +243,7 @@ class Batcher:
             self._worker = None
             for call in self._queue if self._closed else ():
                 call.settle(error=self._link.closed_error())
-                call.done.set()
+                call.end()
             if self._closed:
                 await self._give_back(settled=True)
             else:
@@ -299,7 +341,7 @@ class Batcher:
                 return  # its statement still runs on the connection: never given back busy
         for call in self._queue:  # queued after the worker ended: none will run them
             call.settle(error=self._link.closed_error())
-            call.done.set()
+            call.end()
         self._queue = []
         await self._give_back(settled=True)
 
