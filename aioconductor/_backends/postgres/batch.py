@@ -4,8 +4,9 @@ go to the server as ONE statement, on a connection the batcher holds.
 A conductor running 64 jobs creates 64 logbooks and ends 64 jobs in a few turns; one statement
 each costs a pool acquire and release, asyncpg's per-call work and a round trip per job. A
 :class:`Kind` says how one call runs alone (the unbatched statement) and how several run
-together (one statement over arrays, ``unnest ... WITH ORDINALITY``, a row per item in the
-items' order), so each caller gets its own outcome: its own row, or its own error.
+together (one statement over the items' rows, sent as JSON documents or arrays: see
+``store_batch``; a row per item in the items' order), so each caller gets its own outcome: its
+own row, or its own error.
 
 How a batch is made: the first call queued starts the batcher's worker task, which runs once
 the tasks ready in this turn have run (and queued their calls): no timer, so a lone call waits
