@@ -106,6 +106,10 @@ def statement(board_schema: str, store_schema: str) -> str:
 # logbook's (by uuid), so no lock cycle with another such statement nor with the unbatched ones.
 # A row per job, in their order, as END_AND_CONSUME's. ``done`` is MATERIALIZED: inlined into
 # the consume's UPDATE, its checks ran once for every pair of a claimed job and an ending.
+# ``book``, ``flow`` and ``stale`` look each row up by its key (LATERAL, LIMIT 1: never
+# flattened into a join; ``book`` locks its rows in the order of its sorted outer side, by
+# uuid): on a table whose statistics say it is small (new, not analysed yet), a join read every
+# logbook, flow and atom of the namespace, once per statement, as the tables grew.
 _BATCH = """WITH i AS (
         SELECT * FROM {jobs} AS i(x_id, x_owner, x_claim, x_outcome, x_result,
             x_book, x_flow, x_name, x_state, x_version, x_token, x_meta, x_n)
@@ -113,16 +117,23 @@ _BATCH = """WITH i AS (
         SELECT id FROM {b}.jobs, i WHERE {current_i}
         ORDER BY id FOR UPDATE OF jobs
     ), book AS MATERIALIZED (
-        SELECT l.uuid, l.token FROM {s}.logbooks AS l
-        JOIN i ON l.namespace = $2 AND l.uuid = i.x_book JOIN held AS h ON h.id = i.x_id
-        ORDER BY l.uuid FOR UPDATE OF l
+        SELECT l.uuid, l.token FROM (
+            SELECT i.x_book FROM i JOIN held AS h ON h.id = i.x_id ORDER BY i.x_book
+        ) AS b CROSS JOIN LATERAL (
+            SELECT l.uuid, l.token FROM {s}.logbooks AS l
+            WHERE l.namespace = $2 AND l.uuid = b.x_book LIMIT 1 FOR UPDATE
+        ) AS l
     ), flow AS (
-        SELECT f.book_uuid, f.version FROM {s}.flow_details AS f
-        JOIN i ON f.namespace = $2 AND f.book_uuid = i.x_book AND f.uuid = i.x_flow
+        SELECT i.x_book AS book_uuid, f.version FROM i CROSS JOIN LATERAL (
+            SELECT f.version FROM {s}.flow_details AS f
+            WHERE f.namespace = $2 AND f.book_uuid = i.x_book AND f.uuid = i.x_flow LIMIT 1
+        ) AS f
     ), {given}, stale AS (
         SELECT DISTINCT g.x_n FROM given AS g JOIN i USING (x_n)
-        LEFT JOIN {s}.atom_details AS a ON a.namespace = $2 AND a.book_uuid = i.x_book
-            AND a.flow_uuid = i.x_flow AND a.name = g.name
+        LEFT JOIN LATERAL (
+            SELECT a.version FROM {s}.atom_details AS a WHERE a.namespace = $2
+                AND a.book_uuid = i.x_book AND a.flow_uuid = i.x_flow AND a.name = g.name LIMIT 1
+        ) AS a ON TRUE
         WHERE coalesce(a.version, 0) <> g.version
     ), verdict AS (
         SELECT i.x_n, CASE

@@ -225,21 +225,29 @@ def book_creation(create_book: str, create_books: str, create_books_json: str) -
 # atoms (the write's ordinal first). The same checks per write, before it writes anything:
 # its logbook (locked, by uuid), its token, its flow, the versions of its atoms. A row per write,
 # as UPDATE_ATOMS's: verdict, stored token, first stale atom and its stored version, atoms
-# written.
+# written. ``book``, ``flow`` and ``stale`` look each row up by its key, as the fused ending's
+# do (see ``fused.py``): a join read every logbook, flow and atom of the namespace on tables not
+# analysed yet.
 _UPDATE_ATOMS_BATCH = """WITH i AS (
         SELECT * FROM {writes} AS i(x_book, x_flow, x_token, x_n)
     ), book AS MATERIALIZED (
-        SELECT l.uuid, l.token FROM {s}.logbooks AS l
-        JOIN i ON l.namespace = $1 AND l.uuid = i.x_book
-        ORDER BY l.uuid FOR UPDATE OF l
+        SELECT l.uuid, l.token FROM (SELECT i.x_book FROM i ORDER BY i.x_book) AS b
+        CROSS JOIN LATERAL (
+            SELECT l.uuid, l.token FROM {s}.logbooks AS l
+            WHERE l.namespace = $1 AND l.uuid = b.x_book LIMIT 1 FOR UPDATE
+        ) AS l
     ), flow AS (
-        SELECT f.book_uuid FROM {s}.flow_details AS f
-        JOIN i ON f.namespace = $1 AND f.book_uuid = i.x_book AND f.uuid = i.x_flow
+        SELECT i.x_book AS book_uuid FROM i CROSS JOIN LATERAL (
+            SELECT FROM {s}.flow_details AS f
+            WHERE f.namespace = $1 AND f.book_uuid = i.x_book AND f.uuid = i.x_flow LIMIT 1
+        ) AS f
     ), {given}, stale AS (
         SELECT DISTINCT ON (g.x_n) g.x_n, g.name, coalesce(a.version, 0) AS stored
         FROM given AS g JOIN i USING (x_n)
-        LEFT JOIN {s}.atom_details AS a ON a.namespace = $1 AND a.book_uuid = i.x_book
-            AND a.flow_uuid = i.x_flow AND a.name = g.name
+        LEFT JOIN LATERAL (
+            SELECT a.version FROM {s}.atom_details AS a WHERE a.namespace = $1
+                AND a.book_uuid = i.x_book AND a.flow_uuid = i.x_flow AND a.name = g.name LIMIT 1
+        ) AS a ON TRUE
         WHERE coalesce(a.version, 0) <> g.version
         ORDER BY g.x_n, g.k
     ), verdict AS (
