@@ -25,14 +25,19 @@ __all__ = ["decode", "encode_plain", "plain"]
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
-#: Types strict JSON carries as they are, with nothing inside to walk.
-_SIMPLE = frozenset({str, int, bool, type(None)})
+#: Types strict JSON carries as they are, with nothing inside to walk (an int too, below
+#: :data:`_INT_LIMIT`).
+_SIMPLE = frozenset({str, bool, type(None)})
+#: Python prints no int of this many digits or more (``sys.get_int_max_str_digits``, 4,300 by
+#: default), so the json module refuses it: such an int takes the strict path.
+_INT_LIMIT = 10**4299
 
 
 def plain(value: Any) -> bool:
     """Whether strict JSON carries ``value`` as it is: every key a str, every float finite,
-    every value a JSON type (dict, list, tuple, str, int, float, bool, None, or a subclass of
-    str or int such as an enum). False, not an error, for a value nested too deeply to walk.
+    every int printable (under 4,300 digits), every value a JSON type (dict, list, tuple, str,
+    int, float, bool, None, or a subclass of str or int such as an enum). False, not an error,
+    for a value nested too deeply to walk.
     """
     try:
         return _plain(value)
@@ -44,6 +49,8 @@ def _plain(value: Any) -> bool:
     kind = type(value)
     if kind in _SIMPLE:
         return True
+    if kind is int:
+        return bool(-_INT_LIMIT < value < _INT_LIMIT)
     if kind is float:
         return math.isfinite(value)
     if isinstance(value, dict):
@@ -60,7 +67,9 @@ def _plain(value: Any) -> bool:
         return True
     if isinstance(value, float):
         return math.isfinite(value)
-    return isinstance(value, str | int)  # a str or int subclass (an enum) is written as such
+    if isinstance(value, int):  # an int subclass (an enum) is written as its value
+        return bool(-_INT_LIMIT < value < _INT_LIMIT)
+    return isinstance(value, str)  # a str subclass (an enum) is written as such
 
 
 def encode_plain(value: Any) -> bytes | None:

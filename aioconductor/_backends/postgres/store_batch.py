@@ -127,7 +127,7 @@ def document(*sets: Iterable[Sequence[Any]], floats: Sequence[float] = ()) -> li
             return None
     try:
         return [rows_json(rows) for rows in sets]
-    except (msgspec.EncodeError, UnicodeEncodeError):
+    except (msgspec.EncodeError, UnicodeEncodeError, TypeError, ValueError, OverflowError):
         return None
 
 
