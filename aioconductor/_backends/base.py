@@ -22,6 +22,7 @@ from aioconductor.models import NotificationKind
 
 __all__ = [
     "Backoff",
+    "BatchedCall",
     "DueTimer",
     "ErrorTable",
     "Link",
@@ -267,6 +268,71 @@ class DueTimer:
     def delay(self, poll_interval: float) -> float:
         """Seconds until the stream should sweep (see :func:`sweep_delay`)."""
         return sweep_delay(poll_interval, self.next_due, time.monotonic())
+
+
+class BatchedCall:
+    """One caller's call in a batch (the Redis pipelining, the PostgreSQL batcher): whoever
+    runs the batch settles it, then ends it; its caller waits with :meth:`ended` on a future
+    of its own (not an asyncio.Event, as :class:`Pending` has: one per call of every batch,
+    and an Event's first wait takes a global lock)."""
+
+    __slots__ = ("error", "over", "reply", "settled", "waiter")
+
+    def __init__(self) -> None:
+        self.reply: Any = None
+        self.error: BaseException | None = None
+        #: Whether the call has its outcome; whether the batch that took it is over.
+        self.settled = self.over = False
+        #: The future its caller awaits, if any.
+        self.waiter: asyncio.Future[None] | None = None
+
+    def settle(self, reply: Any = None, *, error: BaseException | None = None) -> None:
+        """Give the call its reply, or its error."""
+        self.reply, self.error, self.settled = reply, error, True
+
+    def end(self) -> None:
+        """The batch that took the call is over: wake its caller."""
+        self.over = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def outcome(self) -> Any:
+        """The call's reply, or its error raised."""
+        if self.error is not None:
+            raise self.error
+        return self.reply
+
+    async def ended(
+        self,
+        queue: Callable[[], list[Any]] | None,
+        abandoned: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Wait until the batch that took the call is over. ``queue`` gives the calls not
+        taken yet (read when needed: a batcher may replace its list; None: taken already).
+
+        Cancelled while still queued, the call leaves the queue and is never sent; once taken,
+        the batcher is told (``abandoned``: it may stop a batch nobody waits for any more) and
+        the call waits for its batch to end (its work may land; shielded, also from a plain
+        asyncio cancel), then the cancellation goes on.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            while not self.over:
+                self.waiter = loop.create_future()
+                await self.waiter
+        except BaseException:
+            waiting = None if queue is None else queue()
+            if waiting is not None and self in waiting:
+                waiting.remove(self)  # never sent
+                raise
+            if abandoned is not None:
+                abandoned(self)
+            while not self.over:
+                with contextlib.suppress(asyncio.CancelledError), anyio.CancelScope(shield=True):
+                    self.waiter = loop.create_future()
+                    await self.waiter
+            raise
 
 
 class Pending:

@@ -44,7 +44,6 @@ statements.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -52,6 +51,7 @@ from typing import Any, Protocol
 import anyio
 from asyncpg import exceptions as pgexc  # type: ignore[import-untyped]  # untyped driver
 
+from aioconductor._backends.base import BatchedCall
 from aioconductor._backends.base import ErrorTable
 from aioconductor._backends.base import translate
 from aioconductor.errors import AioconductorError
@@ -95,40 +95,17 @@ class Kind:
     together: Callable[[Any, list[Any]], Awaitable[Sequence[Any]]]
 
 
-class _Call:
+class _Call(BatchedCall):
     """One caller's call: the statement that takes it settles it, then ends it."""
 
-    __slots__ = ("abandoned", "error", "item", "kind", "over", "reply", "settled", "waiter")
+    __slots__ = ("abandoned", "item", "kind")
 
     def __init__(self, kind: Kind, item: Any) -> None:
+        super().__init__()
         self.kind = kind
         self.item = item
-        self.reply: Any = None
-        self.error: BaseException | None = None
-        #: Whether the call has its outcome; whether the statement that took it is over.
-        self.settled = self.over = False
         #: Its caller was cancelled after the call was taken into a statement.
         self.abandoned = False
-        #: The future its caller awaits, if any. A future, not an asyncio.Event (as
-        #: ``Pending`` has): one per call, and an Event's first wait takes a global lock.
-        self.waiter: asyncio.Future[None] | None = None
-
-    def settle(self, reply: Any = None, *, error: BaseException | None = None) -> None:
-        """Give the call its reply, or its error."""
-        self.reply, self.error, self.settled = reply, error, True
-
-    def end(self) -> None:
-        """The statement that took the call is over: wake its caller."""
-        self.over = True
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def outcome(self) -> Any:
-        """The call's reply, or its error raised."""
-        if self.error is not None:
-            raise self.error
-        return self.reply
 
 
 class Batcher:
@@ -159,24 +136,9 @@ class Batcher:
         call = _Call(kind, item)
         self._queue.append(call)
         self._start()
-        loop = asyncio.get_running_loop()
-        try:
-            while not call.over:
-                call.waiter = loop.create_future()
-                await call.waiter
-        except BaseException:
-            # Cancelled while still queued: off the queue, never sent. Once taken: its
-            # statement may be stopped if nobody waits for it any more, and is waited for
-            # (shielded, also from a plain asyncio cancel), then the cancellation goes on.
-            if call in self._queue:
-                self._queue.remove(call)
-                raise
-            self._abandoned(call)
-            while not call.over:
-                with contextlib.suppress(asyncio.CancelledError), anyio.CancelScope(shield=True):
-                    call.waiter = loop.create_future()
-                    await call.waiter
-            raise
+        # Cancelled while still queued: off the queue, never sent. Once taken: its statement
+        # may be stopped if nobody waits for it any more (``_abandoned``), and is waited for.
+        await call.ended(lambda: self._queue, self._abandoned)
         return call.outcome()
 
     def _start(self) -> None:

@@ -22,16 +22,15 @@ are loaded and sent again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-import anyio
 import hiredis
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from aioconductor._backends.base import BatchedCall
 from aioconductor._backends.redis import wire
 
 __all__ = ["SEND_TIMEOUT", "ScriptBatcher"]
@@ -42,61 +41,16 @@ SEND_TIMEOUT = 10.0
 _NO_REPLY = wire.NO_REPLY
 
 
-class _Call:
+class _Call(BatchedCall):
     """One caller's script call: the batch that takes it settles it, then ends it."""
 
-    __slots__ = ("args", "error", "keys", "over", "reply", "script", "settled", "waiter")
+    __slots__ = ("args", "keys", "script")
 
     def __init__(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> None:
+        super().__init__()
         self.script = script
         self.keys = keys
         self.args = args
-        self.reply: Any = None
-        self.error: BaseException | None = None
-        #: Whether the call has its outcome; whether the batch that took it is over.
-        self.settled = self.over = False
-        #: The future its caller awaits, if any. A future, not an asyncio.Event: one per call
-        #: of every batch, and an Event costs several times as much.
-        self.waiter: asyncio.Future[None] | None = None
-
-    def settle(self, reply: Any = None, *, error: BaseException | None = None) -> None:
-        """Give the call its reply, or its error."""
-        self.reply, self.error, self.settled = reply, error, True
-
-    def end(self) -> None:
-        """The batch that took the call is over: wake its caller."""
-        self.over = True
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def outcome(self) -> Any:
-        """The call's reply, or its error raised."""
-        if self.error is not None:
-            raise self.error
-        return self.reply
-
-    async def ended(self, queue: list[_Call] | None) -> None:
-        """Wait until the batch that took the call is over. ``queue``: where it waits to be
-        taken (None: taken already).
-
-        Cancelled while still queued, the call leaves the queue and is never sent; once taken,
-        it waits for its batch to end (its work may land), then the cancellation goes on.
-        """
-        loop = asyncio.get_running_loop()
-        try:
-            while not self.over:
-                self.waiter = loop.create_future()
-                await self.waiter
-        except BaseException:
-            if queue is not None and self in queue:
-                queue.remove(self)  # never sent
-                raise
-            while not self.over:
-                with contextlib.suppress(asyncio.CancelledError), anyio.CancelScope(shield=True):
-                    self.waiter = loop.create_future()
-                    await self.waiter
-            raise
 
 
 class ScriptBatcher:
@@ -116,7 +70,7 @@ class ScriptBatcher:
         if len(queue) == 1:
             # Its first step runs after the tasks ready now, which queue their calls meanwhile.
             self._start(self._send_queued())
-        await call.ended(queue)
+        await call.ended(lambda: queue)
         return call.outcome()
 
     async def run_all(
