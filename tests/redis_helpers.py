@@ -9,12 +9,13 @@ import signal
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
+import hiredis
 import redis
 
 from tests.conftest import REDIS_URL, service_missing
@@ -143,3 +144,50 @@ async def private_redis(folder: Path) -> AsyncIterator[PrivateRedis]:
     finally:
         with anyio.CancelScope(shield=True):  # never leave a server running behind a test
             await server.crash()
+
+
+class ScriptedRedis:
+    """A fake Redis server: answers ``+OK`` to a connection's set-up, and the ``n``-th
+    ``EVALSHA`` (from 1) with ``answer(n)``: bytes to send, ``b""`` to send nothing (a reply
+    that never comes), or None to close the connection."""
+
+    def __init__(self, answer: Callable[[int], bytes | None]) -> None:
+        self.answer = answer
+        self.evals = 0
+
+    async def serve(self, stream: anyio.abc.SocketStream) -> None:
+        """Serve one connection until its client closes it, or ``answer`` says to."""
+        reader = hiredis.Reader()
+        async with stream:
+            while True:
+                try:
+                    reader.feed(await stream.receive())
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    return
+                while (command := reader.gets()) is not False:
+                    if command[0].upper() != b"EVALSHA":
+                        await stream.send(b"+OK\r\n")
+                        continue
+                    self.evals += 1
+                    answer = self.answer(self.evals)
+                    if answer is None:
+                        return
+                    if answer:
+                        await stream.send(answer)
+
+
+@contextlib.asynccontextmanager
+async def scripted_redis(
+    answer: Callable[[int], bytes | None],
+) -> AsyncIterator[tuple[ScriptedRedis, int]]:
+    """A :class:`ScriptedRedis` answering with ``answer``, listening on a free loopback port
+    until the block ends: (server, port)."""
+    server = ScriptedRedis(answer)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, server.serve)
+        try:
+            yield server, port
+        finally:
+            tg.cancel_scope.cancel()

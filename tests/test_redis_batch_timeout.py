@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
 
 import anyio
-import hiredis
 import pytest
-from anyio.abc import SocketStream
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
 from aioconductor._backends.redis import wire
 from aioconductor._backends.redis.batch import ScriptBatcher
+from tests.redis_helpers import ScriptedRedis, scripted_redis
 
 RETURN_ONE = "return 1"
 
@@ -30,42 +28,9 @@ def direct(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> b
     return bool(request.param)
 
 
-class StallingServer:
-    """Answers ``+OK``/``:1`` to the first ``answered`` commands after the set-up, then none."""
-
-    def __init__(self, answered: int) -> None:
-        self.answered = answered
-        self.evals = 0
-
-    async def serve(self, stream: SocketStream) -> None:
-        reader = hiredis.Reader()
-        async with stream:
-            while True:
-                try:
-                    reader.feed(await stream.receive())
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
-                    return
-                while (command := reader.gets()) is not False:
-                    if command[0].upper() != b"EVALSHA":
-                        await stream.send(b"+OK\r\n")
-                        continue
-                    self.evals += 1
-                    if self.evals <= self.answered:
-                        await stream.send(b":1\r\n")
-
-
-@contextlib.asynccontextmanager
-async def stalling(answered: int) -> AsyncIterator[tuple[StallingServer, int]]:
-    """A :class:`StallingServer` listening on a free port: (server, port)."""
-    server = StallingServer(answered)
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, server.serve)
-        try:
-            yield server, port
-        finally:
-            tg.cancel_scope.cancel()
+def stalling(answered: int) -> contextlib.AbstractAsyncContextManager[tuple[ScriptedRedis, int]]:
+    """A fake Redis answering ``:1`` to the first ``answered`` scripts, then nothing."""
+    return scripted_redis(lambda n: b":1\r\n" if n <= answered else b"")
 
 
 async def test_replies_that_stop_coming_fail_every_call_after_the_socket_timeout(

@@ -10,15 +10,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-import anyio
 import hiredis
 import pytest
-from anyio.abc import SocketStream
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
 from aioconductor._backends.redis import wire
-from tests.redis_helpers import redis_url, require_redis
+from tests.redis_helpers import redis_url, require_redis, scripted_redis
 
 BIG = "return string.rep('x', 5000) .. ARGV[1]"
 FAIL = "return redis.error_reply('refused ' .. ARGV[1])"
@@ -61,47 +59,15 @@ async def test_replies_over_many_reads_each_in_its_place(direct: bool) -> None:
         await client.aclose()
 
 
-class FakeServer:
-    """Answers ``+OK`` to the connection's set-up, and the ``n``-th ``EVALSHA`` (from 1) with
-    ``answer(n)``: bytes to send, or None to close the connection."""
-
-    def __init__(self, answer: Callable[[int], bytes | None]) -> None:
-        self.answer = answer
-        self.evals = 0
-
-    async def serve(self, stream: SocketStream) -> None:
-        reader = hiredis.Reader()
-        async with stream:
-            while True:
-                try:
-                    reader.feed(await stream.receive())
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
-                    return
-                while (command := reader.gets()) is not False:
-                    if command[0].upper() != b"EVALSHA":
-                        await stream.send(b"+OK\r\n")
-                        continue
-                    self.evals += 1
-                    answer = self.answer(self.evals)
-                    if answer is None:
-                        return
-                    await stream.send(answer)
-
-
 @contextlib.asynccontextmanager
 async def fake(answer: Callable[[int], bytes | None]) -> AsyncIterator[Redis]:
-    """A client of a :class:`FakeServer` answering with ``answer``."""
-    server = FakeServer(answer)
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, server.serve)
+    """A client of a :class:`ScriptedRedis` answering with ``answer``."""
+    async with scripted_redis(answer) as (_, port):
         client = Redis.from_url(f"redis://127.0.0.1:{port}/0?socket_timeout=5", protocol=2)
         try:
             yield client
         finally:
             await client.aclose()
-            tg.cancel_scope.cancel()
 
 
 async def test_push_frames_between_replies_are_no_replies(direct: bool) -> None:

@@ -117,6 +117,17 @@ async def _running(store: Any, claims: list[Any]) -> list[FlowDetail]:
     return flows
 
 
+async def _to_end(
+    board: Any, store: Any, claims: list[Any]
+) -> tuple[Callable[..., Awaitable[None]], list[FlowDetail], list[tuple[FlowDetail, AtomDetail]]]:
+    """The store's fused ending with ``board``; each claim's flow saved RUNNING; and each
+    such flow ended (its end and its atom's, as the ending takes them)."""
+    fused = store.fused_ending(board)
+    assert fused is not None
+    flows = await _running(store, claims)
+    return fused, flows, [flow_end(flow) for flow in flows]
+
+
 async def test_endings_in_one_turn_are_one_statement_each_with_its_own_outcome(
     space: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -124,10 +135,7 @@ async def test_endings_in_one_turn_are_one_statement_each_with_its_own_outcome(
     newer claim wrote, in one statement: the good ones are saved and consumed, each refused
     one raises its own error and changes nothing."""
     async with _claimed(space, 6) as (board, store, claims):
-        flows = await _running(store, claims)
-        fused = store.fused_ending(board)
-        assert fused is not None
-        ends = [flow_end(flow) for flow in flows]
+        fused, flows, ends = await _to_end(board, store, claims)
         # 1: a token the board never gave; 2: taken over; 3: a stale version; 4: a newer
         # claim's token on the logbook (the board's claim still current).
         calls = [(claim, claim.token) for claim in claims]
@@ -186,9 +194,7 @@ async def test_a_connection_killed_under_a_batch_fails_every_caller_then_reconne
     space: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _claimed(space, 4) as (board, store, claims):
-        flows = await _running(store, claims)
-        fused = store.fused_ending(board)
-        ends = [flow_end(flow) for flow in flows]
+        fused, flows, ends = await _to_end(board, store, claims)
 
         def ending(n: int) -> Callable[[], Awaitable[Any]]:
             claim, (end, atom) = claims[n], ends[n]
@@ -229,9 +235,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_batch_for_the_others(
     """The cancelled caller returns only once the statement has ended (its job may be ended
     then, as by a cancelled unbatched call); the others get their own outcomes."""
     async with _claimed(space, 3) as (board, store, claims):
-        flows = await _running(store, claims)
-        fused = store.fused_ending(board)
-        ends = [flow_end(flow) for flow in flows]
+        fused, _, ends = await _to_end(board, store, claims)
         statements = Statements(monkeypatch)
         transaction = await _blocked(space, claims[2].job_id)
         waiting = object()
@@ -320,9 +324,7 @@ async def _ending_racing_a_commit(
     statement waits for the row. (outcomes, claims, board, store) once all ended."""
     outcomes: list[Any] = []
     async with _claimed(space, 3) as (board, store, claims):
-        flows = await _running(store, claims)
-        fused = store.fused_ending(board)
-        ends = [flow_end(flow) for flow in flows]
+        fused, flows, ends = await _to_end(board, store, claims)
         statements = Statements(monkeypatch)
         admin = await space.admin()
         transaction = admin.transaction()

@@ -23,6 +23,7 @@ from tests.persistence.test_postgres_batch import (
     _blocked,
     _claimed,
     _running,
+    _to_end,
     _together,
     _waiting,
 )
@@ -86,9 +87,7 @@ async def test_a_pool_of_one_connection_serves_other_calls_under_sustained_batch
 @postgres
 async def test_callers_who_all_leave_a_blocked_statement_return_at_once(space: Any) -> None:
     async with _claimed(space, 3) as (board, store, claims):
-        flows = await _running(store, claims)
-        fused = store.fused_ending(board)
-        ends = [flow_end(flow) for flow in flows]
+        fused, flows, ends = await _to_end(board, store, claims)
 
         async def end(n: int) -> Any:
             claim, (flow, atom) = claims[n], ends[n]

@@ -16,8 +16,8 @@ from aioconductor._backends.postgres import store_batch
 from aioconductor.models import JobState, Outcome
 from aioconductor.persistence.models import AtomState, FlowState, LogBook
 from tests.backends import BY_NAME
-from tests.flow_ends import flow_end, running_book
-from tests.persistence.test_postgres_batch import Statements, _claimed, _running, _together
+from tests.flow_ends import running_book
+from tests.persistence.test_postgres_batch import Statements, _claimed, _running, _to_end, _together
 
 pytestmark = pytest.mark.parametrize("space", [BY_NAME["postgres"].param()], indirect=True)
 
@@ -125,10 +125,7 @@ async def test_batched_endings_keep_every_value_exactly(
     space: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _claimed(space, 5) as (board, store, claims):
-        flows = await _running(store, claims)
-        fused = store.fused_ending(board)
-        assert fused is not None
-        ends = [flow_end(flow) for flow in flows]
+        fused, _, ends = await _to_end(board, store, claims)
         for n, (flow, atom) in enumerate(ends):
             flow.meta = {"s": AWKWARD[n]}
             atom.result = {"s": AWKWARD, "n": n, "f": 5e-324, "big": -(10**30)}
@@ -156,10 +153,7 @@ async def test_a_lone_surrogate_sends_the_endings_as_arrays_with_todays_outcomes
     space: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _claimed(space, 4) as (board, store, claims):
-        flows = await _running(store, claims)
-        fused = store.fused_ending(board)
-        assert fused is not None
-        ends = [flow_end(flow) for flow in flows]
+        fused, _, ends = await _to_end(board, store, claims)
         # What a lone ending of such a flow raises.
         ends[3][0].name = "bad \ud800"
         with pytest.raises(Exception) as raised:
