@@ -1,6 +1,6 @@
 """What every backend's plumbing shares: the link interface, one table-driven translation of
 driver errors, the backoff of reconnects and read retries, the reconnect of a notification channel
-(``Redial``) and the parse of its messages, and batched calls (``Pending``)."""
+(``Redial``) and the parse of its messages, and batched calls (``BatchedCall``)."""
 
 from __future__ import annotations
 
@@ -27,10 +27,8 @@ __all__ = [
     "ErrorTable",
     "Link",
     "OverLink",
-    "Pending",
     "Redial",
     "map_exceptions",
-    "outlast",
     "parse_note",
     "scrub",
     "sweep_delay",
@@ -271,10 +269,10 @@ class DueTimer:
 
 
 class BatchedCall:
-    """One caller's call in a batch (the Redis pipelining, the PostgreSQL batcher): whoever
-    runs the batch settles it, then ends it; its caller waits with :meth:`ended` on a future
-    of its own (not an asyncio.Event, as :class:`Pending` has: one per call of every batch,
-    and an Event's first wait takes a global lock)."""
+    """One caller's call in a batch (the Redis pipelining, the PostgreSQL batcher, the SQLite
+    group commit): whoever runs the batch settles it, then ends it; its caller waits with
+    :meth:`ended` on a future of its own (not an asyncio.Event: one is made per call of every
+    batch, and an Event's first wait takes a global lock)."""
 
     __slots__ = ("error", "over", "reply", "settled", "waiter")
 
@@ -333,62 +331,3 @@ class BatchedCall:
                     self.waiter = loop.create_future()
                     await self.waiter
             raise
-
-
-class Pending:
-    """One caller's call in a batch (the SQLite group commit, the Redis pipelining): whoever
-    runs the batch settles it, and its caller awaits ``done``."""
-
-    def __init__(self) -> None:
-        #: Set once the batch that took this call is over (settled or not). asyncio's own
-        #: event: a tenth of anyio's cost, made for every call of every batch (the batchers
-        #: are asyncio-only already).
-        self.done = asyncio.Event()
-        self.reply: Any = None
-        self.error: BaseException | None = None
-        #: Whether the call has its outcome.
-        self.settled = False
-
-    def settle(self, reply: Any = None, *, error: BaseException | None = None) -> None:
-        """Give the call its reply, or its error."""
-        self.reply, self.error, self.settled = reply, error, True
-
-    def outcome(self) -> Any:
-        """The call's reply, or its error raised."""
-        if self.error is not None:
-            raise self.error
-        return self.reply
-
-    async def joined(
-        self,
-        queue: Callable[[], list[Any]],
-        abandoned: Callable[[Pending], None] | None = None,
-    ) -> Any:
-        """Wait for the batch that takes this call; the call's outcome. ``queue`` gives the
-        calls not taken yet (read when needed: a batcher may replace its list).
-
-        Cancelled while still queued, the call leaves the queue and is never sent; once
-        taken, the batcher is told (``abandoned``: it may stop a batch nobody waits for any
-        more) and the call waits for its batch to end (its work may land), then the
-        cancellation goes on.
-        """
-        try:
-            await self.done.wait()
-        except BaseException:
-            waiting = queue()
-            if self in waiting:
-                waiting.remove(self)  # never sent
-            else:
-                if abandoned is not None:
-                    abandoned(self)
-                await outlast(self.done)
-            raise
-        return self.outcome()
-
-
-async def outlast(event: anyio.Event | asyncio.Event) -> None:
-    """Wait until ``event`` is set: shielded from anyio's cancellation, and from a plain
-    asyncio cancel, which passes through shields, by waiting again (the caller re-raises)."""
-    while not event.is_set():
-        with contextlib.suppress(asyncio.CancelledError), anyio.CancelScope(shield=True):
-            await event.wait()

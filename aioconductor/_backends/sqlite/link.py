@@ -42,8 +42,8 @@ from urllib.parse import unquote
 
 import anyio
 
+from aioconductor._backends.base import BatchedCall
 from aioconductor._backends.base import ErrorTable
-from aioconductor._backends.base import Pending
 from aioconductor._backends.base import map_exceptions
 from aioconductor._backends.sqlite.migrations import Migrations
 from aioconductor._backends.sqlite.migrations import apply_migrations
@@ -235,13 +235,13 @@ class SqliteLink:
         self._queue.append(pending)
         try:
             async with self._lock:
-                while not pending.done.is_set():
+                while not pending.over:
                     await self._commit_group()
         except BaseException:
             if pending in self._queue:
                 self._queue.remove(pending)  # never taken: nothing was written
             else:
-                await _wait_uncancelled(pending.done.wait)  # taken: it commits first
+                await _wait_uncancelled(lambda: pending.ended(None))  # taken: it commits first
             raise
         return cast(T, pending.outcome())
 
@@ -260,7 +260,7 @@ class SqliteLink:
             for pending in group:
                 if not pending.settled:  # the thread raised before settling it
                     pending.settle(error=self.unavailable(pending.what, RuntimeError("not run")))
-                pending.done.set()
+                pending.end()
 
     async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
         """``fn(*args)`` in this link's worker thread, and not a moment less.
@@ -384,8 +384,10 @@ async def _thread_done(finished: threading.Event) -> None:
         await anyio.sleep(0.001)
 
 
-class _Write(Pending):
+class _Write(BatchedCall):
     """One caller's write, queued for a group commit."""
+
+    __slots__ = ("fn", "what")
 
     def __init__(self, what: str, fn: Callable[[sqlite3.Connection], object]) -> None:
         super().__init__()
