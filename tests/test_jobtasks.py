@@ -103,6 +103,25 @@ async def test_the_first_error_of_a_task_cancels_the_others_and_is_raised() -> N
     assert cancelled == ["waits"]
 
 
+async def test_a_task_s_error_raised_on_the_block_s_own_error_keeps_it_as_its_context() -> None:
+    # The block fails; a task, cancelled then, fails in its clean-up: the task's error is
+    # raised (the first a task raised), and the block's is not lost: it is its context, as
+    # for an error raised while another is being handled.
+    async def fails_when_cancelled() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            raise KeyError("clean-up")
+
+    with pytest.raises(KeyError) as raised:
+        async with JobTasks() as tasks:
+            tasks.start(fails_when_cancelled, name="task")
+            await anyio.sleep(0.01)
+            raise ValueError("block")
+    assert isinstance(raised.value.__context__, ValueError)
+    assert str(raised.value.__context__) == "block"
+
+
 async def test_tasks_carry_their_names_and_the_starter_s_context() -> None:
     var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
     seen: list[tuple[str, str]] = []
