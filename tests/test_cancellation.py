@@ -123,7 +123,8 @@ async def run_trapped(at: int | None, after: bool) -> tuple[Trap, TrappedBoard, 
             await conductor.run(max_dispatches=1)
     # Nothing leaked: no job task, no slot, no running engine.
     assert not conductor.is_running and not conductor.running
-    assert conductor._dispatcher is not None and conductor._dispatcher.active == 0
+    dispatcher = conductor._dispatcher
+    assert dispatcher is not None and dispatcher._slots.value == conductor.max_concurrency
     return trap, board, store, job
 
 

@@ -274,7 +274,7 @@ class Conductor:
                     task_status.started()
                     await dispatcher.run(jobs, max_dispatches)
                     services.cancel_scope.cancel()
-                await self._finish_jobs(jobs, dispatcher)
+                await self._finish_jobs(jobs)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
                 # Bounded: a dead board must not hold up shutdown.
@@ -322,19 +322,19 @@ class Conductor:
             endings=self._endings,
         )
 
-    async def _finish_jobs(self, jobs: JobTasks, dispatcher: Dispatcher) -> None:
+    async def _finish_jobs(self, jobs: JobTasks) -> None:
         """Let running jobs end: all of them after ``max_dispatches``; within
         ``drain_timeout`` after ``stop()``; none after ``stop(drain=False)``."""
         stopping = self._stop_requested.is_set()
-        if dispatcher.active and (self._drain or not stopping):
+        if len(jobs) and (self._drain or not stopping):
             with anyio.move_on_after(self.drain_timeout if stopping else math.inf) as waiting:
                 self._drain_scope = waiting
                 try:
-                    await dispatcher.all_ended()
+                    await jobs.all_ended()
                 finally:
                     self._drain_scope = None
-        if dispatcher.active:
-            logger.info("conductor %s: suspending %d running jobs", self.name, dispatcher.active)
+        if len(jobs):
+            logger.info("conductor %s: suspending %d running jobs", self.name, len(jobs))
         jobs.cancel()
 
     def runs_alone(self, job: Job) -> bool:

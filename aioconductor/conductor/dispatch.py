@@ -65,9 +65,6 @@ class Dispatcher:
     _announced: bool = field(init=False, default=False)
     _backoff: float = field(init=False, default=_FIRST_BACKOFF)
     _wait_scope: anyio.CancelScope | None = field(init=False, default=None)
-    #: Job tasks alive (claimed and not yet finished).
-    active: int = field(init=False, default=0)
-    _none_active: anyio.Event = field(init=False, default_factory=anyio.Event)
 
     def __post_init__(self, max_concurrency: int) -> None:
         self._slots = anyio.Semaphore(max_concurrency)
@@ -77,11 +74,6 @@ class Dispatcher:
         that a stop is seen at once; never a claim call."""
         if self._wait_scope is not None:
             self._wait_scope.cancel()
-
-    async def all_ended(self) -> None:
-        """Wait until no job task is alive."""
-        if self.active:
-            await self._none_active.wait()
 
     async def listen(self) -> None:
         """Turn the board's notifications into wake-ups of the dispatcher, and its cancels
@@ -204,20 +196,14 @@ class Dispatcher:
         """Start a task in ``jobs`` for each claimed job (each holds one slot already)."""
         stats = self.context.stats
         stats.claimed += len(claimed)
-        # Counted here, not in the task: a job must be waited for from the moment it is
-        # claimed, even if its task has not started yet.
-        self.active += len(claimed)
-        if self._none_active.is_set():
-            self._none_active = anyio.Event()
-        stats.peak_running = max(stats.peak_running, self.active)
         for job, claim in claimed:
             jobs.start(self._run_job, job, claim, name=f"job {job.id}")
+        # Counted once started (``jobs`` counts a task from its start, before it first runs):
+        # a claimed job is waited for from the moment it is claimed.
+        stats.peak_running = max(stats.peak_running, len(jobs))
 
     async def _run_job(self, job: Job, claim: Claim) -> None:
         try:
             await JobRun(self.context, job, claim, stopping=self.stop_requested).run()
         finally:
             self._slots.release()
-            self.active -= 1
-            if not self.active:
-                self._none_active.set()

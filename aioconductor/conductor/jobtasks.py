@@ -84,6 +84,11 @@ class JobTasks:
         self._none_left.clear()
         task.add_done_callback(self._ended)
 
+    async def all_ended(self) -> None:
+        """Wait until no task is left (the tasks started meanwhile included)."""
+        while self._tasks:
+            await self._none_left.wait()
+
     def cancel(self) -> None:
         """Cancel every task, and every task started from now on."""
         self._cancelled = True
