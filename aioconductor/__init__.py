@@ -70,6 +70,7 @@ from aioconductor.persistence import Store
 from aioconductor.persistence import open_store
 from aioconductor.registry import FlowRegistry
 from aioconductor.schedules import Schedule
+from aioconductor.tuning import tune_gc
 
 __version__ = "0.1.0"
 
@@ -137,5 +138,6 @@ __all__ = [
     "open_store",
     "run_flow",
     "task",
+    "tune_gc",
     "unordered",
 ]

@@ -22,6 +22,7 @@ import anyio
 
 from aioconductor import Conductor, JobState, open_board, open_store
 from aioconductor.boards.base import JobBoard
+from aioconductor.tuning import GC_YOUNG, tune_gc
 from benchmarks import aioc_flows
 from benchmarks.peers import _common
 
@@ -53,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=0, help="post: jobs per post_many call")
     parser.add_argument("--lease", type=float, default=30.0, help="the conductor's lease (s)")
     parser.add_argument("--processes", type=int, default=1, help="processes: run --processes N")
+    parser.add_argument(
+        "--gc-young",
+        type=int,
+        default=int(os.environ.get("AIOC_BENCH_GC_YOUNG", GC_YOUNG)),
+        help="the garbage collector's youngest threshold, as `aioconductor run --gc-young` sets "
+        "it (default: its default, or $AIOC_BENCH_GC_YOUNG); 0: the interpreter's own",
+    )
     return parser
 
 
@@ -319,6 +327,9 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run one driver command and print its result line."""
     args = _parser().parse_args(argv)
+    if args.gc_young:
+        # The conductor's process, set as the command sets its own (aioconductor.tuning).
+        tune_gc(args.gc_young)
     result = anyio.run(_main, args)
     _common.emit(result)
     return 0

@@ -3,8 +3,9 @@ fresh space on any backend."""
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,12 @@ async def space(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     removed after it: ``@pytest.mark.parametrize("space", params(...), indirect=True)``."""
     async with BY_NAME[request.param].open(tmp_path) as opened:
         yield opened
+
+
+@pytest.fixture(autouse=True)
+def _gc_thresholds_restored() -> Iterator[None]:
+    """``aioconductor run`` sets the garbage collector's thresholds of its process, which is
+    the test run's when a test calls the command in process: each test gets them back."""
+    thresholds = gc.get_threshold()
+    yield
+    gc.set_threshold(*thresholds)

@@ -229,6 +229,28 @@ def test_run_logs_a_line_per_finished_job_when_not_on_a_terminal(
         assert sum(f"[job={job_id} flow=noop owner=conductor-" in line for line in lines) == 1
 
 
+@pytest.mark.parametrize(("option", "young"), [([], 20_000), (["--gc-young", "0"], 700)])
+def test_run_sets_the_garbage_collector_of_its_process_unless_told_not_to(
+    capsys: pytest.CaptureFixture[str], board_url: str, option: list[str], young: int
+) -> None:
+    import gc
+
+    gc.set_threshold(700, 10, 10)  # CPython's own (the fixture gives the test run's back)
+    run_cli(capsys, "post", "j", "noop", '{"key": 1}', "--board", board_url)
+    status, out, _ = run_cli(
+        capsys, "run", "--board", board_url, "--app", "tests.apps:flows", "--max-dispatches", "1",
+        *option,
+    )  # fmt: skip
+    assert status == 0 and "1 consumed" in out
+    assert gc.get_threshold() == (young, 10, 10)
+
+
+def test_run_refuses_a_negative_gc_threshold(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--board", "memory://", "--app", "tests.apps:flows", "--gc-young", "-5"])
+    assert "not a whole number >= 0" in capsys.readouterr().err
+
+
 def test_run_shows_a_live_status_line_on_a_terminal(
     capsys: pytest.CaptureFixture[str], board_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -45,6 +45,7 @@ from aioconductor.persistence import open_store
 from aioconductor.registry import FlowRegistry
 from aioconductor.schedules import load_schedules
 from aioconductor.schedules import schedule_status
+from aioconductor.tuning import tune_gc
 
 __all__ = ["current_folder_on_path", "run_command"]
 
@@ -123,6 +124,9 @@ def current_folder_on_path() -> None:
 
 async def _cmd_run(board: JobBoard, args: argparse.Namespace) -> int:
     current_folder_on_path()
+    if args.gc_young:
+        # This process is the conductor's (see aioconductor.tuning).
+        tune_gc(args.gc_young)
     flows = FlowRegistry.load(args.app)
     schedules = load_schedules(args.schedules) if args.schedules else []
     store_url = store_url_for(args.board, args.store)
