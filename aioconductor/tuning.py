@@ -2,9 +2,9 @@
 
 A conductor makes and drops many small container objects for every job (the job's models, its
 task and coroutines, futures, the batches of its board and store calls). CPython's cyclic
-garbage collector runs its youngest generation every 700 such allocations (its default), which
-at a thousand jobs a second is a collection every few jobs, and a full one, over every object
-of the process, every few hundred jobs. Measured in a conductor process draining 6,000 jobs from
+garbage collector runs its youngest generation every 700 such allocations (its default): a
+conductor collects every dozen jobs or so, and fully, over every object of the process, every
+thousand or two. Measured in a conductor process draining 6,000 jobs from
 PostgreSQL (``benchmarks/README.md``, session 11): 150 to 175 ms of collections (about 25 us a
 job, a tenth of the conductor's CPU) with CPython's default, 16 to 19 ms at :data:`GC_YOUNG`;
 more in a process that holds a large heap.
