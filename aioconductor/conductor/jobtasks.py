@@ -99,13 +99,11 @@ class JobTasks:
         """Wait until no task is left; cancelled meanwhile, cancel them and still outlive
         them (shielded), then let the cancellation go on."""
         try:
-            while self._tasks:
-                await self._none_left.wait()
+            await self.all_ended()
         except BaseException:
             self.cancel()
             with anyio.CancelScope(shield=True):
-                while self._tasks:
-                    await self._none_left.wait()
+                await self.all_ended()
             raise
 
     async def _watch(self) -> None:
