@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any, Protocol, Unpack, overload
 import pydantic
 
 from aioconductor._loading import load_attribute
+from aioconductor.engine.patterns import Flow
+from aioconductor.engine.patterns import linear
+from aioconductor.engine.task import Task
 from aioconductor.errors import ConfigurationError
 from aioconductor.errors import FlowNotFound
 from aioconductor.errors import PayloadError
@@ -42,6 +45,7 @@ class FlowRegistry:
 
     def __init__(self) -> None:
         self._factories: dict[str, FlowFactory] = {}
+        self._static: dict[str, Flow] = {}
         self._retry: dict[str, RetryPolicy] = {}
         self._args: dict[str, type[pydantic.BaseModel]] = {}
 
@@ -58,7 +62,7 @@ class FlowRegistry:
     def register(
         self,
         name: str,
-        factory: FlowFactory,
+        factory: FlowFactory | Flow | Task,
         *,
         retry: RetryPolicy | None = None,
         args: type[pydantic.BaseModel] | None = None,
@@ -67,7 +71,7 @@ class FlowRegistry:
     def register(
         self,
         name: str,
-        factory: FlowFactory | None = None,
+        factory: FlowFactory | Flow | Task | None = None,
         *,
         retry: RetryPolicy | None = None,
         args: type[pydantic.BaseModel] | None = None,
@@ -76,7 +80,11 @@ class FlowRegistry:
 
         Args:
             name: the name jobs give as their ``flow``.
-            factory: builds the flow from a job's args.
+            factory: builds the flow from a job's args; or the flow itself (a ``Flow``, or a
+                ``Task`` run as a flow of that one task named ``name``), the same for every
+                job, its args only its inputs. A flow registered as it is lets a conductor
+                whose store shares the board's server create each new run's logbook with the
+                job's claim: one server call a job less (:meth:`static`).
             retry: run a job of this flow again, later, when its flow ends ``REVERTED`` or
                 ``FAILURE``; a policy given at ``post`` wins over this one.
             args: a pydantic model the job's args must fit. A conductor validates them before
@@ -116,6 +124,11 @@ class FlowRegistry:
                 self._args[name] = args
             return fn
 
+        if isinstance(factory, Task | Flow):
+            flow = factory if isinstance(factory, Flow) else linear(name, factory)
+            add(_StaticFactory(flow))
+            self._static[name] = flow
+            return self._factories[name]
         return add(factory) if factory is not None else add
 
     def get(self, name: str) -> FlowFactory:
@@ -129,6 +142,11 @@ class FlowRegistry:
         except KeyError:
             known = ", ".join(sorted(self._factories)) or "none"
             raise FlowNotFound(f"no flow is registered as {name!r} (known: {known})") from None
+
+    def static(self, name: str) -> Flow | None:
+        """The flow registered under ``name`` as it is (not by a factory), or None: every job
+        of it runs that flow, so its shape is known before a job is claimed."""
+        return self._static.get(name)
 
     def retry_policy(self, name: str) -> RetryPolicy | None:
         """The retry policy flow ``name`` was registered with, if any."""
@@ -211,6 +229,21 @@ class FlowRegistry:
         if not isinstance(registry, FlowRegistry):
             raise ConfigurationError(f"{spec!r} is a {type(registry).__name__}, not a FlowRegistry")
         return registry
+
+
+class _StaticFactory:
+    """The factory of a flow registered as it is: returns that flow, whatever the args."""
+
+    __slots__ = ("flow",)
+
+    def __init__(self, flow: Flow) -> None:
+        self.flow = flow
+
+    def __call__(self, **args: Any) -> Flow:
+        return self.flow
+
+    def __repr__(self) -> str:
+        return f"<the flow {self.flow.name!r}, registered as it is>"
 
 
 def args_errors(exc: pydantic.ValidationError) -> str:

@@ -21,6 +21,33 @@ def test_register_as_decorator_and_directly() -> None:
     assert list(flows) == ["a", "b"] and len(flows) == 2
 
 
+def test_a_flow_registered_as_it_is_is_every_jobs_flow() -> None:
+    from aioconductor import Task, linear
+
+    class Echo(Task):
+        async def execute(self, key: object) -> object:
+            return key
+
+    one = Echo("one")
+    chain = linear("chain", Echo("first"), Echo("second"))
+    flows = FlowRegistry()
+    flows.register("chain", chain)
+    flows.register("single", one, retry=None)
+    flows.register("factory", lambda **args: chain)
+    # A flow as it is; a task as a flow of that one task, named as registered.
+    assert flows.static("chain") is chain
+    single = flows.static("single")
+    assert single is not None and single.name == "single"
+    assert [child.name for child in single] == ["one"]
+    assert flows.static("factory") is None and flows.static("missing") is None
+    # Its factory gives that same flow, whatever the args (they are its inputs).
+    assert flows.get("chain")(key=1, other=2) is chain
+    assert flows.get("single")() is single
+    assert "chain" in flows and len(flows) == 3
+    with pytest.raises(ConfigurationError, match="already registered"):
+        flows.register("chain", chain)
+
+
 def test_unknown_flow_names_the_known_ones() -> None:
     flows = FlowRegistry()
     flows.register("known", lambda **args: None)
