@@ -32,7 +32,7 @@ from __future__ import annotations
 import abc
 import itertools
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Self, Unpack
 
 from pydantic import BaseModel
@@ -325,20 +325,29 @@ class JobBoard(
 
         A conductor with several free slots fills them with one call instead of one each.
         """
-        self._check_open()
-        validate_name("owner", owner)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigurationError(f"limit must be a positive integer, got {limit!r}")
-        seconds = self._lease(lease)
-        limit = min(limit, MAX_BATCH)
+        seconds, limit = self._claim_batch_args(owner, limit, lease)
         jobs = await self._claim_batch(owner, seconds, limit)
-        if len(jobs) > limit:  # a backend's bug: callers size their slots by the limit
-            raise BoardError(f"{type(self).__name__} claimed {len(jobs)} jobs, asked for {limit}")
+        self._check_claimed(jobs, limit)
         claimed: list[tuple[Job, Claim]] = []
         for job in jobs:
             assert job.claim is not None
             claimed.append((job, job.claim))
         return claimed
+
+    def _claim_batch_args(self, owner: str, limit: int, lease: float | None) -> tuple[float, int]:
+        """``claim_batch``'s checks (the board open, the owner, the limit): the lease's seconds
+        and the limit to claim, capped at :data:`MAX_BATCH`."""
+        self._check_open()
+        validate_name("owner", owner)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(f"limit must be a positive integer, got {limit!r}")
+        return self._lease(lease), min(limit, MAX_BATCH)
+
+    def _check_claimed(self, jobs: Sequence[object], limit: int) -> None:
+        """Refuse a backend's claim of more than ``limit`` jobs (a bug: callers size their
+        slots by the limit)."""
+        if len(jobs) > limit:
+            raise BoardError(f"{type(self).__name__} claimed {len(jobs)} jobs, asked for {limit}")
 
     async def renew(self, claim: Claim, *, lease: float | None = None) -> Claim:
         """Extend the claim's lease to ``lease`` seconds from now (same token).

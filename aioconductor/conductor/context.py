@@ -9,6 +9,7 @@ from typing import Any
 from aioconductor.boards.base import JobBoard
 from aioconductor.conductor.ending import Endings
 from aioconductor.conductor.solo import SoloGate
+from aioconductor.conductor.starting import Starts
 from aioconductor.conductor.stats import ConductorStats
 from aioconductor.engine import Engine
 from aioconductor.engine import Flow
@@ -56,7 +57,12 @@ class RunContext:
     #: How a job's end reaches the board (its flow's end with it, where the two are fused);
     #: by default, the board's verbs as they are.
     endings: Endings = None  # type: ignore[assignment]  # set by __post_init__
+    #: How jobs are claimed (their runs created with their claims, where the store can); by
+    #: default, the board's ``claim_batch`` as it is.
+    starts: Starts = None  # type: ignore[assignment]  # set by __post_init__
 
     def __post_init__(self) -> None:
         if self.endings is None:
             object.__setattr__(self, "endings", Endings(self.board, None, None))
+        if self.starts is None:
+            object.__setattr__(self, "starts", Starts(self.board))

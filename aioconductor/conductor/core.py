@@ -36,6 +36,7 @@ from aioconductor.conductor.retention import Retention
 from aioconductor.conductor.scheduling import Scheduler
 from aioconductor.conductor.solo import SoloGate
 from aioconductor.conductor.solo import last_attempt_after_unfinished
+from aioconductor.conductor.starting import Starts
 from aioconductor.conductor.stats import ConductorStats
 from aioconductor.engine import Engine
 from aioconductor.engine import Flow
@@ -147,6 +148,9 @@ class Conductor:
         self.running: dict[str, JobRun] = {}
         #: How jobs end: the flow's end and the consume in one call where board and store can.
         self._endings = Endings.of(self.board, self.store, self.notifier)
+        #: How jobs are claimed: with their runs created in the same call where board and store
+        #: can (made again by each run, for the flows registered by then).
+        self._starts = Starts(self.board)
         self._opened: list[JobBoard | Store] = []
         self._stop_requested = anyio.Event()
         self._drain = True
@@ -307,6 +311,7 @@ class Conductor:
 
     def _run_context(self) -> RunContext:
         """What this run's jobs share, read from the conductor's options as they are now."""
+        self._starts = Starts.of(self.board, self.store, self.flows)
         return RunContext(
             conductor=self.name,
             board=self.board,
@@ -320,6 +325,7 @@ class Conductor:
             isolate_last_attempts=self.isolate_last_attempts,
             private_store=self.store if self._private_store else None,
             endings=self._endings,
+            starts=self._starts,
         )
 
     async def _finish_jobs(self, jobs: JobTasks) -> None:
@@ -365,6 +371,8 @@ class Conductor:
             fresh=claim.token == 1,
             # Each retry is a fresh run of the flow, under a detail of its own.
             detail_name=None if job.retries == 0 else f"{flow.name} (retry {job.retries})",
+            # Created with the claim, where the store did (a flow registered as it is).
+            created_run=self._starts.take(job.id, claim.token),
         )
 
     # -- services ------------------------------------------------------------------------------

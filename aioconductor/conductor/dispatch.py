@@ -147,7 +147,7 @@ class Dispatcher:
             # the conductor is being cancelled, rather than sit claimed until their lease
             # runs out with an attempt spent.
             with anyio.CancelScope(shield=True), anyio.fail_after(CLAIM_TIMEOUT):
-                claimed = await context.board.claim_batch(self.owner, held, lease=context.lease)
+                claimed = await context.starts.claim_batch(self.owner, held, context.lease)
         except TimeoutError as exc:
             self._give_back(held)
             logger.warning("conductor %s: claim timed out (%r); retrying", context.conductor, exc)

@@ -101,6 +101,8 @@ class JobRun:
     #: Set when the conductor is asked to stop: a run whose flow has not begun by then gives
     #: its claim back (its attempt unspent) instead of starting it.
     stopping: anyio.Event | None = None
+    #: Whether the job's run (its logbook) was created with its claim (a fused claim).
+    created_run: bool = False
 
     @property
     def details(self) -> dict[str, Any]:
@@ -138,10 +140,13 @@ class JobRun:
                 earlier.halt()
             # Listed from the start, before any await: a cancel pushed meanwhile finds the run.
             running[job.id] = self
+            token = self.claim.token
+            self.created_run = self.context.starts.was_created(job.id, token)
             try:
                 await self._run_listed()
             finally:
-                self.context.endings.forget(job.id, self.claim.token)
+                self.context.endings.forget(job.id, token)
+                self.context.starts.forget(job.id, token)
                 if running.get(job.id) is self:
                     del running[job.id]
             if self.final or self.lease_lost:
@@ -391,6 +396,8 @@ class JobRun:
             return
         self.final = True
         self.context.stats.count_outcome(outcome)
+        if state is None and self.created_run:
+            await self._drop_created_run()  # its flow could not even be built
         await self._emit(Event.JOB_CONSUMED, outcome=str(outcome))
 
     async def _trash(self, reason: str) -> None:
@@ -402,7 +409,22 @@ class JobRun:
             return
         self.final = True
         self.context.stats.trashed += 1
+        if self.created_run:
+            await self._drop_created_run()
         await self._emit(Event.JOB_TRASHED, reason=reason)
+
+    async def _drop_created_run(self) -> None:
+        """Drop the logbook created with the claim of a job that never ran (it was trashed):
+        a job that cannot run leaves no logbook behind. A failure is only logged."""
+        store = self.context.endings.store
+        if store is None:
+            return
+        try:
+            await store.destroy_logbook(self.job.id)
+        except LogBookNotFound:
+            pass
+        except Exception as exc:
+            logger.warning("job %s: dropping its unused logbook failed (%r)", self.job.id, exc)
 
     async def _release(self, reason: str) -> None:
         if await self._give_back("release", self.context.endings.release):

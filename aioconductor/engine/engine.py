@@ -34,6 +34,7 @@ from aioconductor.events import Notifier
 from aioconductor.failure import Failure
 from aioconductor.persistence.base import Store
 from aioconductor.persistence.memory import MemoryStore
+from aioconductor.persistence.models import FlowDetail
 from aioconductor.persistence.models import FlowState
 
 __all__ = ["Engine", "EngineResult", "run_flow"]
@@ -78,6 +79,9 @@ class Engine:
         detail_name: the name of the flow's detail in the logbook, which a run resumes from:
             the flow's name when None. A job retried under its retry policy runs each retry
             under a name of its own, so each is a fresh run.
+        created_run: the run's flow detail, created in logbook ``book_id`` already (with the
+            job's claim, by a store that shares the board's server: see
+            :mod:`aioconductor.persistence.runs`); the run starts from it without a write.
 
     Raises:
         TypeError: ``flow`` is neither a ``Flow`` nor a ``Task`` (a retry controller alone is
@@ -96,6 +100,7 @@ class Engine:
         notifier: Notifier | None = None,
         fresh: bool = False,
         detail_name: str | None = None,
+        created_run: FlowDetail | None = None,
     ) -> None:
         if isinstance(flow, Task):
             flow = linear(flow.name, flow)
@@ -118,6 +123,7 @@ class Engine:
         #: never validated (bound) again for other inputs.
         self._shared = False
         self.fresh = fresh
+        self.created_run = created_run
 
     async def _emit(self, event: Event, **details: Any) -> None:
         if self.notifier.has_listeners(event):
@@ -155,6 +161,7 @@ class Engine:
             flow_name=self.flow.name,
             fresh=self.fresh,
             first=first(),
+            created_run=self.created_run,
         )
         await self._emit(Event.PREPARATION_END)
 
@@ -229,6 +236,7 @@ class Engine:
             Exception: any error of the store, as raised.
         """
         self.fresh = False
+        self.created_run = None
         self._journal = None
         await self.validate()  # binds each atom's arguments, reverts' too
         await self._prepare(lambda: None)

@@ -10,7 +10,8 @@ keeps the store's copy of every atom detail: nobody else holds a detail across a
 Some changes are saved together with the next one, where a crash between them could not
 matter (a RUNNING atom is run again on resume, as after a crash mid-task):
 
-- a new logbook is created with the flow RUNNING, and its only first task too;
+- a new logbook is created with the flow RUNNING, and its only first task too (or it was,
+  with the job's claim: ``created_run``);
 - in a chain, a task's end is saved with the next task's start;
 - the flow's last task's end is saved with the flow's end.
 
@@ -112,6 +113,7 @@ class Journal:
         flow_name: str,
         fresh: bool,
         first: Node | None,
+        created_run: FlowDetail | None = None,
     ) -> Journal:
         """Read the flow's detail named ``detail_name`` from logbook ``book_id``, or create it.
 
@@ -120,6 +122,10 @@ class Journal:
             fresh: the logbook cannot exist yet: create it without reading it first.
             first: the node a new run starts with, if it is the only one (a task): created
                 RUNNING with the flow.
+            created_run: the run's detail, created already (with the job's claim, see
+                :mod:`aioconductor.persistence.runs`): the run starts from it, as from a detail
+                created here, if it is the one this run would create (its name
+                ``detail_name``, holding ``first`` alone); else the logbook is read.
 
         The other arguments are as for the constructor.
 
@@ -127,7 +133,9 @@ class Journal:
             The journal of the run.
         """
         created = False
-        if fresh:
+        if created_run is not None and _is_new_run(created_run, detail_name, first):
+            flow, created = created_run, True
+        elif fresh and created_run is None:
             flow, created = await create_run(store, book_id, book_name, detail_name, token, first)
         else:
             try:
@@ -380,6 +388,18 @@ class Journal:
                 Event.FLOW_STATE,
                 {"flow": self.flow_name, "book_id": self.book_id, "state": state, "old_state": old},
             )
+
+
+def _is_new_run(flow: FlowDetail, name: str, first: Node | None) -> bool:
+    """Whether ``flow`` is what this run would create: named ``name``, RUNNING, holding
+    ``first`` RUNNING and nothing else (nothing if no ``first``)."""
+    if flow.name != name or flow.state is not FlowState.RUNNING:
+        return False
+    atoms = flow.atoms
+    if first is None:
+        return not atoms
+    atom = atoms.get(first.name)
+    return len(atoms) == 1 and atom is not None and atom.state is _RUNNING
 
 
 def _clear(detail: AtomDetail) -> None:

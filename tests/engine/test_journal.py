@@ -180,3 +180,60 @@ async def test_each_task_run_is_stamped_with_its_start_and_end() -> None:
     for atom in flow.atoms.values():
         assert before <= atom.meta["started"] <= atom.meta["ended"] <= time.time()
     assert flow.atoms["a"].meta["ended"] <= flow.atoms["b"].meta["started"]
+
+
+async def _created_run(store: MemoryStore, first: str | None) -> Any:
+    """A logbook ``job`` holding a new run of flow ``f`` as a fused claim creates it."""
+    from aioconductor.persistence.models import LogBook
+    from aioconductor.persistence.runs import new_run
+
+    created = new_run("flow-1", "f", first, 1.0)
+    await store.save_logbook(LogBook(uuid="job", name="job", flows={created.uuid: created}))
+    return created
+
+
+async def test_a_run_created_with_its_claim_starts_without_a_write(log: Log) -> None:
+    notifier, seen = state_changes()
+    store = RecordingStore()
+    async with store:
+        created = await _created_run(store, "a")
+        store.writes.clear()
+        engine = Engine(
+            linear("f", Step("a", log), Step("b", log)),
+            store=store,
+            book_id="job",
+            notifier=notifier,
+            fresh=True,
+            created_run=created,
+        )
+        result = await engine.run()
+        saved = await _saved(store)
+    assert result.state is FlowState.SUCCESS and log.executed == ["a", "b"]
+    # Nothing written before the first task's end: the flow and "a" were RUNNING already.
+    assert store.writes == [
+        (None, [("a", "SUCCESS", "EXECUTE"), ("b", "RUNNING", "EXECUTE")]),
+        ("SUCCESS", [("b", "SUCCESS", "EXECUTE")]),
+    ]
+    assert saved["a"].state is AtomState.SUCCESS and saved["a"].meta["started"] == 1.0
+    # Told as if written here.
+    assert seen[:2] == [("flow", "PENDING", "RUNNING"), ("a", "PENDING", "RUNNING")]
+
+
+async def test_a_created_run_of_another_shape_is_read_as_saved_progress(log: Log) -> None:
+    """A created run this run would not have created (its first task another): the logbook
+    is read, and the run resumes from it (its stray atom ignored), writing as a resume does."""
+    store = RecordingStore()
+    async with store:
+        created = await _created_run(store, "other")
+        engine = Engine(
+            linear("f", Step("a", log), Step("b", log)),
+            store=store,
+            book_id="job",
+            fresh=True,
+            created_run=created,
+        )
+        result = await engine.run()
+        book = await store.get_logbook("job")
+    assert result.state is FlowState.SUCCESS and log.executed == ["a", "b"]
+    assert list(book.flows) == [created.uuid]  # no second detail
+    assert book.flows[created.uuid].state is FlowState.SUCCESS
