@@ -56,6 +56,7 @@ from aioconductor.persistence.base import check_version
 from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import FlowDetail
 from aioconductor.persistence.models import LogBook
+from aioconductor.persistence.runs import FusedClaim
 
 __all__ = ["PostgresStore"]
 
@@ -407,6 +408,14 @@ class PostgresStore(Store):
         from aioconductor._backends.postgres.fused import fused_ending
 
         return fused_ending(self, self._link, board)
+
+    def fused_claim(self, board: object) -> FusedClaim | None:
+        """Jobs claimed and their runs created in one statement (see
+        :mod:`aioconductor._backends.postgres.fused_claim`); None unless ``board`` is a
+        PostgreSQL board with this store's URL (password aside)."""
+        from aioconductor._backends.postgres.fused_claim import fused_claim
+
+        return fused_claim(self, self._link, board)
 
     async def _destroy_logbook(self, book_uuid: str) -> None:
         if "\x00" in book_uuid:

@@ -10,7 +10,7 @@ sends that one atom, never the whole logbook. Key layout: see
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Self, cast
 
 from redis.commands.core import AsyncScript
@@ -20,6 +20,8 @@ from aioconductor._backends.redis import board_records
 from aioconductor._backends.redis import scripts
 from aioconductor._backends.redis import store_records as records
 from aioconductor._backends.redis.fused import END_AND_CONSUME
+from aioconductor._backends.redis.fused_claim import CLAIM_AND_CREATE
+from aioconductor._backends.redis.fused_claim import template_args
 from aioconductor._backends.redis.link import RedisLink
 from aioconductor._backends.redis.link import fmt_time
 from aioconductor._backends.redis.link import hash_tag_prefix
@@ -31,6 +33,7 @@ from aioconductor.errors import LogBookNotFound
 from aioconductor.errors import StoreClosed
 from aioconductor.errors import StoreError
 from aioconductor.models import Claim
+from aioconductor.models import Job
 from aioconductor.models import Outcome
 from aioconductor.persistence._copy import created_book
 from aioconductor.persistence.base import Store
@@ -39,6 +42,10 @@ from aioconductor.persistence.base import check_version
 from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import FlowDetail
 from aioconductor.persistence.models import LogBook
+from aioconductor.persistence.runs import FusedClaim
+from aioconductor.persistence.runs import RunTemplate
+from aioconductor.persistence.runs import new_flow_uuid
+from aioconductor.persistence.runs import new_run
 
 __all__ = ["RedisStore"]
 
@@ -242,6 +249,47 @@ class RedisStore(OverLink[RedisLink], Store):
             raise StoreError(f"unexpected reply {status!r} from Redis for job {claim.job_id}")
 
         return consume
+
+    def fused_claim(self, board: object) -> FusedClaim | None:
+        """Jobs claimed (as ``board.claim_batch`` claims them) and the runs of those that never
+        ran created (see :mod:`aioconductor.persistence.runs`) in one script (see
+        :mod:`aioconductor._backends.redis.fused_claim`). None unless ``board`` is a Redis
+        board on this store's server (the same URL) and namespace."""
+        from aioconductor.boards.redis import RedisJobBoard
+
+        if not isinstance(board, RedisJobBoard):
+            return None
+        blink = board._link
+        if blink.url != self._link.url or board._prefix != self._prefix:
+            return None
+        script = blink.client.register_script(CLAIM_AND_CREATE)
+        encoded: list[tuple[Mapping[str, RunTemplate], list[str]]] = []
+
+        async def claim(
+            owner: str, limit: int, lease: float, templates: Mapping[str, RunTemplate]
+        ) -> list[tuple[Job, Claim, FlowDetail | None]]:
+            seconds, limit = board._claim_batch_args(owner, limit, lease)
+            self._check_open()
+            if not encoded or encoded[0][0] is not templates:
+                encoded[:] = [(templates, template_args(templates))]
+            bargs = [board._job_prefix, board._channel, owner, fmt_time(seconds), str(limit)]
+            argv = [str(len(bargs)), *bargs, self._prefix, *encoded[0][1]]
+            argv += [new_flow_uuid() for _ in range(limit)]
+            reply = await blink.run_script("claim_batch", script, board._keys, argv)
+            jobs = board_records.claimed_jobs(reply[0])
+            board._check_claimed(jobs, limit)
+            now = float(reply[0][1])
+            claimed = []
+            for job, made in zip(jobs, reply[1], strict=True):
+                assert job.claim is not None
+                created = None
+                if made:
+                    template = templates[job.flow]
+                    created = new_run(made, template.detail, template.first, now)
+                claimed.append((job, job.claim, created))
+            return claimed
+
+        return claim
 
     async def _destroy_logbook(self, book_uuid: str) -> None:
         keys = [self._prefix + "books", self._book_key(book_uuid)]

@@ -53,6 +53,10 @@ from aioconductor.persistence.base import check_version
 from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import FlowDetail
 from aioconductor.persistence.models import LogBook
+from aioconductor.persistence.runs import FusedClaim
+from aioconductor.persistence.runs import RunTemplate
+from aioconductor.persistence.runs import new_flow_uuid
+from aioconductor.persistence.runs import new_run
 
 __all__ = ["MEMORY", "SqliteStore"]
 
@@ -281,6 +285,35 @@ class SqliteStore(Store):
             )
 
         return write
+
+    def run_creator(
+        self, template: RunTemplate
+    ) -> Callable[[sqlite3.Connection, str, str, int, float], FlowDetail | None]:
+        """A write (run in a write transaction on a connection to this store's file: a fused
+        claim's) that creates a new run's logbook from ``template`` (see
+        :mod:`aioconductor.persistence.runs`): ``create(conn, book_uuid, name, token, now)``
+        returns the run's flow detail, or None (and writes nothing) if the logbook exists."""
+        ns = self.namespace
+
+        def create(
+            conn: sqlite3.Connection, book_uuid: str, name: str, token: int, now: float
+        ) -> FlowDetail | None:
+            new = (ns, book_uuid, name, now, now, "{}", token)
+            if not conn.execute(sql.CREATE_BOOK, new).rowcount:
+                return None
+            flow = new_run(new_flow_uuid(), template.detail, template.first, now)
+            self._insert_flow(conn, book_uuid, EncodedFlow(flow))
+            return flow
+
+        return create
+
+    def fused_claim(self, board: object) -> FusedClaim | None:
+        """Jobs claimed and the runs of those that never ran created in one transaction (see
+        :mod:`aioconductor._backends.sqlite.fused`); None unless ``board`` is a SQLite board on
+        this store's file."""
+        from aioconductor._backends.sqlite.fused import fused_claim
+
+        return fused_claim(self, board)
 
     def fused_ending(self, board: object) -> Callable[..., Awaitable[Job]] | None:
         """The flow's end saved and the job consumed in one transaction (see

@@ -149,7 +149,17 @@ def _claim_best(limit: str) -> str:
     joined to the pick, it read the whole table (a hash join) when that estimate was large, as
     a generic plan's is (a tenth of the backlog).
     """
-    return f"""{_CLOCK},
+    ctes, rows = claim_best_parts(limit)
+    return f"""{ctes}
+    {rows}
+    {"ORDER BY priority DESC, seq" if limit != "1" else ""}"""
+
+
+def claim_best_parts(limit: str) -> tuple[str, str]:
+    """:func:`_claim_best`'s statement in two parts, for a statement that goes on with the
+    claimed rows (the fused claim, ``fused_claim.py``): its CTEs (``WITH`` ... ``taken``), and
+    the query of the claimed jobs' rows (:data:`COLUMNS`, in no order)."""
+    ctes = f"""{_CLOCK},
     picked AS MATERIALIZED (
         SELECT j.seq AS picked_seq, j.limit_key AS picked_key FROM {{s}}.jobs AS j, c
         WHERE j.namespace = $1 AND j.ready_at IS NOT NULL
@@ -161,13 +171,13 @@ def _claim_best(limit: str) -> str:
         array_agg(picked_seq) AS seqs FROM picked),
     taken AS ({_take("$2", "$3")} FROM c, route
         WHERE route.plain AND jobs.seq = ANY (route.seqs)
-        RETURNING {COLUMNS})
-    SELECT * FROM taken
+        RETURNING {COLUMNS})"""
+    rows = f"""SELECT * FROM taken
     UNION ALL
     SELECT {COLUMNS} FROM route,
         LATERAL {{s}}.claim_limited($1, $2, $3::float8, route.n, NULL) AS f
-    WHERE NOT route.plain
-    {"ORDER BY priority DESC, seq" if limit != "1" else ""}"""
+    WHERE NOT route.plain"""
+    return ctes, rows
 
 
 CLAIM_NEXT = _claim_best("1")

@@ -1,5 +1,6 @@
 """A job's ending in one SQLite transaction: the store's write of the flow's end and the board's
-consume, when the board and the store are on the same database file.
+consume, when the board and the store are on the same database file; and a batch of claims with
+the creation of their jobs' runs (:func:`fused_claim`, see :mod:`aioconductor.persistence.runs`).
 
 Their tables do not overlap, so one connection can write both: the ending runs as one write on
 the board's link (its group commit: one savepoint of the board's transaction, see
@@ -11,8 +12,11 @@ the board's link (its group commit: one savepoint of the board's transaction, se
    logbook's token and the versions before it writes: a refusal raises, and the savepoint's
    rollback undoes the consume with it.
 
-So a stale claim changes nothing, and a refused store write consumes nothing. Namespaces may
-differ: each part filters by its own. The file's write lock is taken by ``BEGIN IMMEDIATE``
+So a stale claim changes nothing, and a refused store write consumes nothing. The fused claim is
+the board's batch claim, then the store's creation of each claimed job's run whose flow the
+templates name and that never ran (its first claim, not cancelled, within its attempts; one
+whose logbook exists gets nothing written), in the same write. Namespaces may differ: each part
+filters by its own. The file's write lock is taken by ``BEGIN IMMEDIATE``
 before the first read, so no other connection changes the job or the logbook in between.
 """
 
@@ -20,10 +24,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from aioconductor._backends.sqlite import board_schema as board_sql
+from aioconductor._backends.sqlite.claiming import take_batch
 from aioconductor._backends.sqlite.claiming import write_current
 from aioconductor._payload import encode_object
 from aioconductor.boards.sqlite import SqliteJobBoard
@@ -33,8 +39,10 @@ from aioconductor.models import Job
 from aioconductor.models import Outcome
 from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import FlowDetail
+from aioconductor.persistence.runs import FusedClaim
+from aioconductor.persistence.runs import RunTemplate
 
-__all__ = ["FlowEndWriter", "fused_ending", "same_file"]
+__all__ = ["FlowEndWriter", "fused_claim", "fused_ending", "same_file"]
 
 #: The path of a private in-memory database: a connection's own, never shared.
 _MEMORY = ":memory:"
@@ -57,6 +65,10 @@ class FlowEndWriter(Protocol):
         *,
         read_back: bool,
     ) -> Callable[[sqlite3.Connection], FlowDetail | None]: ...
+
+    def run_creator(
+        self, template: RunTemplate
+    ) -> Callable[[sqlite3.Connection, str, str, int, float], FlowDetail | None]: ...
 
 
 def same_file(one: str, other: str) -> bool:
@@ -110,3 +122,52 @@ def fused_ending(store: FlowEndWriter, board: object) -> Callable[..., Awaitable
         return job
 
     return consume
+
+
+def fused_claim(store: FlowEndWriter, board: object) -> FusedClaim | None:
+    """The fused claim of ``store`` and ``board`` (see the module), or None unless ``board`` is
+    a SQLite board on the store's file."""
+    if not isinstance(board, SqliteJobBoard) or not same_file(board.path, store.path):
+        return None
+    creators: dict[str, Any] = {}
+    kept: list[Mapping[str, RunTemplate]] = []
+
+    async def claim(
+        owner: str, limit: int, lease: float, templates: Mapping[str, RunTemplate]
+    ) -> list[tuple[Job, Claim, FlowDetail | None]]:
+        seconds, limit = board._claim_batch_args(owner, limit, lease)
+        store._check_open()
+        if not kept or kept[0] is not templates:
+            kept[:] = [templates]
+            creators.clear()
+            creators.update({flow: store.run_creator(t) for flow, t in templates.items()})
+
+        def claim_and_create(conn: sqlite3.Connection) -> list[tuple[Job, Claim, Any]]:
+            now = time.time()
+            params = board._params(owner=owner, expires=now + seconds, now=now, limit=limit)
+            claimed = []
+            for job in take_batch(conn, params):
+                claim = job.claim
+                assert claim is not None
+                create = creators.get(job.flow)
+                created = None
+                if (
+                    create is not None
+                    and claim.token == 1
+                    and not claim.cancel_requested
+                    and job.attempts <= job.max_attempts
+                ):
+                    created = create(conn, job.id, job.name, claim.token, now)
+                claimed.append((job, claim, created))
+            return claimed
+
+        try:
+            claimed = await board._link.write("claim_batch", claim_and_create)
+        except (UnicodeEncodeError, OverflowError) as exc:
+            raise StoreError(f"claim_batch: a value cannot be stored in SQLite: {exc}") from None
+        board._check_claimed(claimed, limit)
+        if claimed:
+            board._due.note(claimed[0][1].expires_at, time.time())
+        return claimed
+
+    return claim
