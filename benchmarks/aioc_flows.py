@@ -68,37 +68,18 @@ class Hold(Task):
         return key
 
 
-# A task holds no per-run state, so one instance serves every running flow.
-_NOOP = linear("noop", Echo("echo", provides="echo"))
-_DURABLE = linear(
+# A task holds no per-run state, so one instance serves every running flow. Registered as they
+# are (not by factories): a conductor whose store shares the board's server creates each job's
+# run with its claim (one server call a job less), as a user's flow registered so gets.
+flows.register("noop", linear("noop", Echo("echo", provides="echo")))
+flows.register(
     "durable",
-    Step("one", provides="one"),
-    Step("two", provides="two"),
-    Step("three", provides="three"),
+    linear(
+        "durable",
+        Step("one", provides="one"),
+        Step("two", provides="two"),
+        Step("three", provides="three"),
+    ),
 )
-_RECORD = linear("record", Record("record", provides="started"))
-_HOLD = linear("hold", Hold("hold", provides="held"))
-
-
-@flows.register("noop")
-def noop_flow(**args: Any) -> Any:
-    """The 1-task no-op flow."""
-    return _NOOP
-
-
-@flows.register("durable")
-def durable_flow(**args: Any) -> Any:
-    """The 3-task linear flow."""
-    return _DURABLE
-
-
-@flows.register("record")
-def record_flow(**args: Any) -> Any:
-    """The latency probe."""
-    return _RECORD
-
-
-@flows.register("hold")
-def hold_flow(**args: Any) -> Any:
-    """A job that stays in flight until released."""
-    return _HOLD
+flows.register("record", linear("record", Record("record", provides="started")))
+flows.register("hold", linear("hold", Hold("hold", provides="held")))
