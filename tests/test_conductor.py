@@ -499,6 +499,27 @@ async def test_free_slots_are_filled_by_one_claim_call() -> None:
         assert board.batch_sizes[0] == 8 and len(board.batch_sizes) <= 20
 
 
+async def test_the_next_claim_leaves_before_the_jobs_just_claimed_run() -> None:
+    """With slots free, the dispatcher sends its next claim before the jobs it just started
+    run: their work overlaps the claim's round trip instead of delaying it."""
+    seen: list[str] = []
+
+    class Recording(MemoryJobBoard):
+        async def claim_batch(self, owner: str, limit: int, **kwargs: Any) -> Any:
+            seen.append("claim")
+            return await super().claim_batch(owner, limit, **kwargs)
+
+    async with Recording() as board:
+        for n in range(8):
+            await board.post(f"j{n}", "noop", {"key": n})
+        conductor = Conductor("c", board, flows=flows, max_concurrency=8, claim_batch_size=4)
+        # The first thing a job's run does.
+        conductor.notifier.register("job_claimed", lambda event, details: seen.append("run"))
+        await conductor.run(max_dispatches=8)
+    assert seen[:3] == ["claim", "claim", "run"], seen
+    assert seen.count("run") == 8
+
+
 async def test_batch_claims_never_exceed_max_dispatches_or_batch_size() -> None:
     async with CountingBoard() as board:
         for n in range(40):

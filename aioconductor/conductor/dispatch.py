@@ -125,12 +125,17 @@ class Dispatcher:
         """Wait for a free slot, then take every other one free now, up to ``most`` in all;
         None if a stop came first (no slot held)."""
         # Capacity before claim: a claimed job never waits for a slot.
-        with self._stoppable() as wait:
-            await self._slots.acquire()
-        if wait.cancelled_caught or self.stop_requested.is_set():
-            if not wait.cancelled_caught:
-                self._slots.release()
-            return None
+        if self._slots.value > 0 and not self.stop_requested.is_set():
+            # Free now: taken without a pause, so the claim is sent before the jobs started
+            # just now run (they run while it is on its way, not before it leaves).
+            self._slots.acquire_nowait()
+        else:
+            with self._stoppable() as wait:
+                await self._slots.acquire()
+            if wait.cancelled_caught or self.stop_requested.is_set():
+                if not wait.cancelled_caught:
+                    self._slots.release()
+                return None
         taken = 1
         while taken < most and self._slots.value > 0:
             self._slots.acquire_nowait()
