@@ -7,6 +7,7 @@ import collections
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from aioconductor import (
@@ -199,6 +200,40 @@ async def test_cancelling_the_conductor_releases_its_jobs() -> None:
         released = await board.get(job.id)
     assert released.state is JobState.UNCLAIMED
     assert (released.attempts, released.releases, released.abandons) == (0, 1, 0)
+
+
+async def test_a_conductor_cancelled_while_it_claims_with_free_slots_stops_claiming() -> None:
+    """Cancelled while a claim (shielded) is under way and slots are free: the claimed jobs
+    are given back and the dispatcher starts no other claim, although slots stay free and the
+    jobs given back are claimable again at once: none is claimed over and over until its
+    attempts run out and it is trashed."""
+    cancelled = anyio.Event()
+    late_claims = 0
+
+    class SlowClaims(MemoryJobBoard):
+        async def claim_batch(self, owner: str, limit: int, **kwargs: Any) -> Any:
+            nonlocal late_claims
+            late_claims += cancelled.is_set()
+            await anyio.sleep(0.005)
+            return await super().claim_batch(owner, min(limit, 2), **kwargs)
+
+    async with SlowClaims(poll_interval=0.05) as board:
+        jobs = [await board.post(f"j{n}", "slow", {"key": f"k{n}"}) for n in range(20)]
+        conductor = Conductor("c", board, flows=_flows(), max_concurrency=64)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conductor.run)
+                while sum(RUNS.values()) < 4:
+                    await anyio.lowlevel.checkpoint()
+                cancelled.set()
+                tg.cancel_scope.cancel()
+        after = [await board.get(job.id) for job in jobs]
+    assert late_claims == 0
+    # The claim under way's jobs, started once the conductor was cancelled, never ran.
+    assert sum(RUNS.values()) == 4
+    # Given back: the four running, and the claim under way's (two, maybe the same again).
+    assert {job.state for job in after} == {JobState.UNCLAIMED}
+    assert conductor.stats.released <= 6 and conductor.stats.trashed == 0
 
 
 async def test_the_trash_reason_says_how_the_earlier_runs_ended() -> None:

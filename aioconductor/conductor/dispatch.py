@@ -19,6 +19,7 @@ from dataclasses import field
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from aioconductor.conductor.jobrun import JobRun
 from aioconductor.conductor.jobrun import RunContext
@@ -127,7 +128,10 @@ class Dispatcher:
         # Capacity before claim: a claimed job never waits for a slot.
         if self._slots.value > 0 and not self.stop_requested.is_set():
             # Free now: taken without a pause, so the claim is sent before the jobs started
-            # just now run (they run while it is on its way, not before it leaves).
+            # just now run (they run while it is on its way, not before it leaves). But not
+            # once cancelled: the claim is shielded, and the jobs a cancelled conductor gives
+            # back free their slots at once, so without this check it would claim them again.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             self._slots.acquire_nowait()
         else:
             with self._stoppable() as wait:
