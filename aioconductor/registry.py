@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, Unpack, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Unpack, overload
 
 import pydantic
 
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from aioconductor.boards.base import PostOptions
 
 __all__ = ["FlowFactory", "FlowRegistry", "args_errors"]
+
+#: A flow registered as it is (a ``Flow``, or a ``Task``): ``register`` returns it.
+_StaticFlow = TypeVar("_StaticFlow", Flow, Task)
 
 
 class FlowFactory(Protocol):
@@ -62,11 +65,21 @@ class FlowRegistry:
     def register(
         self,
         name: str,
-        factory: FlowFactory | Flow | Task,
+        factory: FlowFactory,
         *,
         retry: RetryPolicy | None = None,
         args: type[pydantic.BaseModel] | None = None,
     ) -> FlowFactory: ...
+
+    @overload
+    def register(
+        self,
+        name: str,
+        factory: _StaticFlow,
+        *,
+        retry: RetryPolicy | None = None,
+        args: type[pydantic.BaseModel] | None = None,
+    ) -> _StaticFlow: ...
 
     def register(
         self,
@@ -75,8 +88,9 @@ class FlowRegistry:
         *,
         retry: RetryPolicy | None = None,
         args: type[pydantic.BaseModel] | None = None,
-    ) -> FlowFactory | Callable[[FlowFactory], FlowFactory]:
-        """Register ``factory`` under ``name``; without a factory, return a decorator.
+    ) -> FlowFactory | Flow | Task | Callable[[FlowFactory], FlowFactory]:
+        """Register ``factory`` under ``name`` and return it; without a factory, return a
+        decorator.
 
         Args:
             name: the name jobs give as their ``flow``.
@@ -128,7 +142,7 @@ class FlowRegistry:
             flow = factory if isinstance(factory, Flow) else linear(name, factory)
             add(_StaticFactory(flow))
             self._static[name] = flow
-            return self._factories[name]
+            return factory
         return add(factory) if factory is not None else add
 
     def get(self, name: str) -> FlowFactory:

@@ -227,6 +227,74 @@ async def test_a_job_cancelled_before_its_created_run_started_is_reverted(space:
 
 
 @pytest.mark.parametrize("space", FUSING, indirect=True)
+async def test_a_job_cancelled_before_its_run_began_reverts_nothing(space: Any) -> None:
+    """Cancelled as its owner starts it, before its run (created with its claim) began: its
+    first task never ran, so it is not reverted; the job is consumed CANCELLED."""
+    async with _opened(space, "early") as (board, store, _):
+        conductor = Conductor("c", board, store=store, flows=_steps(), retention=None)
+
+        def cancel_at_once(event: str, details: dict[str, Any]) -> None:
+            conductor.running[details["job_id"]].request_cancel("changed my mind")
+
+        conductor.notifier.register("job_claimed", cancel_at_once)
+        job = await board.post("s", "steps", {"key": 5})
+        done = await _run_until_final(conductor, board, job.id)
+        assert done.outcome is Outcome.CANCELLED
+        [flow] = (await store.get_logbook(job.id)).flows.values()
+        assert flow.state is FlowState.REVERTED and flow.atoms == {}
+        assert EXECUTIONS == {} and REVERTS == {}
+
+
+@pytest.mark.parametrize("space", FUSING, indirect=True)
+async def test_jobs_claimed_as_their_conductor_is_cancelled_are_given_back_unrun(
+    space: Any,
+) -> None:
+    """The conductor is cancelled while its claim (shielded) is under way: the jobs it brings
+    back are given back before any of their flow runs, though their runs were created with the
+    claim and nothing else would pause before their first task's execute."""
+    async with _opened(space, "cancelled") as (board, store, _):
+        jobs = [await board.post(f"s{n}", "steps", {"key": n}) for n in range(3)]
+        conductor = Conductor("c", board, store=store, flows=_steps(), retention=None)
+        claim_batch = Starts.claim_batch
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+
+                async def claim_then_cancel(self: Starts, *args: Any) -> Any:
+                    claimed = await claim_batch(self, *args)
+                    tg.cancel_scope.cancel()  # lands once the shielded claim is back
+                    return claimed
+
+                with pytest.MonkeyPatch.context() as patch:
+                    patch.setattr(Starts, "claim_batch", claim_then_cancel)
+                    tg.start_soon(conductor.run)
+                    await anyio.sleep_forever()
+        after = [await board.get(job.id) for job in jobs]
+        assert EXECUTIONS == {}
+        assert [(job.state, job.releases) for job in after] == [(JobState.UNCLAIMED, 1)] * 3
+        for job in jobs:  # resumed by the next owner, from its created run
+            [flow] = (await store.get_logbook(job.id)).flows.values()
+            assert flow.state is FlowState.RUNNING
+
+
+@pytest.mark.parametrize("space", FUSING, indirect=True)
+async def test_a_conductor_whose_engines_are_its_own_claims_unfused(space: Any) -> None:
+    """A subclass that makes its engines itself may not start them from a created run: its
+    claims create nothing, and each logbook holds its engine's run alone."""
+
+    class Custom(Conductor):
+        def make_engine(self, job: Any, claim: Any, flow: Any) -> Any:
+            return super().make_engine(job, claim, flow)
+
+    async with _opened(space, "custom") as (board, store, _):
+        conductor = Custom("c", board, store=store, flows=_steps(), retention=None)
+        job = await board.post("s", "steps", {"key": 6})
+        done = await _run_until_final(conductor, board, job.id)
+        assert done.outcome is Outcome.SUCCESS and conductor._starts.fused is None
+        [flow] = (await store.get_logbook(job.id)).flows.values()
+        assert flow.state is FlowState.SUCCESS
+
+
+@pytest.mark.parametrize("space", FUSING, indirect=True)
 async def test_a_job_whose_args_miss_an_input_is_trashed_and_its_created_run_dropped(
     space: Any,
 ) -> None:
@@ -290,6 +358,9 @@ def test_only_flows_registered_as_they_are_have_templates() -> None:
     flows.register("chain", linear("chained", one, two))
     flows.register("branches", unordered("branches", one, two))
     flows.register("factory", lambda **args: linear("factory", one))
+    # A name a store would refuse: left out (else every fused claim would fail on it).
+    flows.register("nul", linear("n\x00ul", one))
+    flows.register("surrogate", linear("ok", Step("\udc80")))
     assert run_templates(flows) == {
         "task": RunTemplate("task", "one"),
         "chain": RunTemplate("chained", "one"),

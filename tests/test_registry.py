@@ -31,8 +31,8 @@ def test_a_flow_registered_as_it_is_is_every_jobs_flow() -> None:
     one = Echo("one")
     chain = linear("chain", Echo("first"), Echo("second"))
     flows = FlowRegistry()
-    flows.register("chain", chain)
-    flows.register("single", one, retry=None)
+    assert flows.register("chain", chain) is chain
+    assert flows.register("single", one, retry=None) is one
     flows.register("factory", lambda **args: chain)
     # A flow as it is; a task as a flow of that one task, named as registered.
     assert flows.static("chain") is chain

@@ -311,7 +311,10 @@ class Conductor:
 
     def _run_context(self) -> RunContext:
         """What this run's jobs share, read from the conductor's options as they are now."""
-        self._starts = Starts.of(self.board, self.store, self.flows)
+        # Fused only with this class's engines: an engine made otherwise (a subclass's own
+        # make_engine) would not start from the run its claim created.
+        ours = type(self).make_engine is Conductor.make_engine
+        self._starts = Starts.of(self.board, self.store if ours else None, self.flows)
         return RunContext(
             conductor=self.name,
             board=self.board,

@@ -41,6 +41,7 @@ from dataclasses import field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from aioconductor.conductor.context import EngineFactory
 from aioconductor.conductor.context import RunContext
@@ -175,6 +176,10 @@ class JobRun:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
                     await self._release("stopping")
                 return
+            # Cancelled already (the conductor's jobs were, as this one was claimed): give it
+            # back before any of its flow runs (with a run created by its claim, nothing
+            # else would pause before its first task's execute).
+            await anyio.lowlevel.checkpoint_if_cancelled()
             try:
                 result = await self._run_engine(engine)
             finally:
@@ -261,12 +266,14 @@ class JobRun:
     async def _run_engine(self, engine: Engine) -> EngineResult | None:
         """Run the flow; or, once the job is cancelled, stop it and revert it. None if the
         claim was lost on the way."""
+        began = False
         if self.cancelling is None:
             alone = self.context.isolate_last_attempts and last_attempt_after_unfinished(self.job)
             # Inside the engine's scope, and listed as running, while it waits for the gate:
             # its lease is renewed meanwhile, and a lost claim (or a cancel) stops the wait.
             with self.engine_scope:
                 async with self.context.gate.hold(alone):
+                    began = True
                     return await engine.run()
             if self.cancelling is None or self.lease_lost:
                 return None  # the claim was lost (a cancel heard since is the new owner's)
@@ -275,6 +282,10 @@ class JobRun:
             await self._emit(Event.JOB_CANCELLING, reason=self.cancelling, seen="claimed")
         if self.lease_lost:
             return None
+        if self.created_run and not began:
+            # Its run, created with its claim, never began: its first task, saved RUNNING,
+            # never ran, so there is nothing to revert (dropped, the revert finds no progress).
+            await self._drop_created_run()
         # A lost claim stops the revert too: the next owner reverts what is left.
         self.engine_scope = anyio.CancelScope()
         with self.engine_scope:

@@ -103,5 +103,21 @@ def run_templates(flows: FlowRegistry) -> dict[str, RunTemplate]:
         except CompilationError as exc:
             logger.debug("flow %r does not compile (%s): its runs start unfused", name, exc)
             continue
-        templates[name] = RunTemplate(flow.name, None if first is None else first.name)
+        template = RunTemplate(flow.name, None if first is None else first.name)
+        if not all(_storable(text) for text in (name, template.detail, template.first or "")):
+            # A store would refuse it, and the refusal would fail every fused claim, not only
+            # this flow's jobs: they start unfused, and fail alone, as ever.
+            continue
+        templates[name] = template
     return templates
+
+
+def _storable(text: str) -> bool:
+    """Whether every store can hold ``text``: no NUL, no lone surrogate."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
