@@ -20,7 +20,7 @@ from tests.apps import EXECUTIONS, REVERTS, Step
 from tests.backends import BY_NAME
 
 #: The backends whose store claims with the board and creates the runs in the same call.
-FUSING = [BY_NAME[name].param() for name in ("sqlite", "redis", "postgres")]
+FUSING = [BY_NAME[name].param() for name in ("memory", "sqlite", "redis", "postgres")]
 
 TEMPLATES = {"noop": RunTemplate("noop", "echo")}
 

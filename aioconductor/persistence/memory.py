@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Mapping
 
 from anyio.lowlevel import checkpoint
 
 from aioconductor._backends.memory.backend import InMemory
 from aioconductor._backends.memory.backend import open_backend
+from aioconductor._models import build_from
 from aioconductor._models import copy_json
 from aioconductor._models import evolve
 from aioconductor.errors import LogBookNotFound
+from aioconductor.models import Claim
+from aioconductor.models import Job
 from aioconductor.persistence._copy import copy_atom
 from aioconductor.persistence._copy import copy_book
 from aioconductor.persistence._copy import copy_flow
@@ -23,6 +27,10 @@ from aioconductor.persistence.base import check_version
 from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import FlowDetail
 from aioconductor.persistence.models import LogBook
+from aioconductor.persistence.runs import FusedClaim
+from aioconductor.persistence.runs import RunTemplate
+from aioconductor.persistence.runs import new_flow_uuid
+from aioconductor.persistence.runs import new_run
 
 __all__ = ["MemoryStore"]
 
@@ -128,6 +136,41 @@ class MemoryStore(InMemory, Store):
         # As given, one version up: the caller's own values, none of the store's.
         return [evolve(atom, version=atom.version + 1) for atom in atoms]
 
+    def fused_claim(self, board: object) -> FusedClaim | None:
+        """Jobs claimed (as ``board.claim_batch`` claims them) and the runs of those that never
+        ran created (see :mod:`aioconductor.persistence.runs`), with nothing awaited between
+        the two: no other task of this process sees the one without the other. None unless
+        ``board`` is a memory board (in this process, as this store is)."""
+        from aioconductor.boards.memory import MemoryJobBoard
+
+        if not isinstance(board, MemoryJobBoard):
+            return None
+        books = self._books
+
+        async def claim(
+            owner: str, limit: int, lease: float, templates: Mapping[str, RunTemplate]
+        ) -> list[tuple[Job, Claim, FlowDetail | None]]:
+            self._check_open()
+            claimed = await board.claim_batch(owner, limit, lease=lease)
+            now = time.time()
+            out: list[tuple[Job, Claim, FlowDetail | None]] = []
+            for job, claim in claimed:
+                template = templates.get(job.flow)
+                created = None
+                if (
+                    template is not None
+                    and claim.token == 1
+                    and not claim.cancel_requested
+                    and job.attempts <= job.max_attempts
+                    and job.id not in books
+                ):
+                    created = new_run(new_flow_uuid(), template.detail, template.first, now)
+                    books[job.id] = _new_book(job.id, job.name, now, claim.token, created)
+                out.append((job, claim, created))
+            return out
+
+        return claim
+
     async def _destroy_logbook(self, book_uuid: str) -> None:
         await checkpoint()
         self._book(book_uuid)
@@ -145,6 +188,13 @@ class MemoryStore(InMemory, Store):
         for book in sorted(self._books.values(), key=lambda b: b.created_at):
             await checkpoint()
             yield copy_book(book)
+
+
+def _new_book(uuid: str, name: str, now: float, token: int, run: FlowDetail) -> LogBook:
+    """A new logbook holding (a copy of) ``run``, as this store keeps it."""
+    values = {"uuid": uuid, "name": name, "created_at": now, "updated_at": now, "meta": {}}
+    values.update(flows={run.uuid: copy_flow(run)}, token=token)
+    return build_from(LogBook, values)
 
 
 def _check_atom_version(flow: FlowDetail, atom: AtomDetail) -> None:
