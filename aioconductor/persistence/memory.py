@@ -29,6 +29,7 @@ from aioconductor.persistence.models import FlowDetail
 from aioconductor.persistence.models import LogBook
 from aioconductor.persistence.runs import FusedClaim
 from aioconductor.persistence.runs import RunTemplate
+from aioconductor.persistence.runs import is_first_run
 from aioconductor.persistence.runs import new_flow_uuid
 from aioconductor.persistence.runs import new_run
 
@@ -157,13 +158,7 @@ class MemoryStore(InMemory, Store):
             for job, claim in claimed:
                 template = templates.get(job.flow)
                 created = None
-                if (
-                    template is not None
-                    and claim.token == 1
-                    and not claim.cancel_requested
-                    and job.attempts <= job.max_attempts
-                    and job.id not in books
-                ):
+                if template is not None and is_first_run(job, claim) and job.id not in books:
                     created = new_run(new_flow_uuid(), template.detail, template.first, now)
                     books[job.id] = _new_book(job.id, job.name, now, claim.token, created)
                 out.append((job, claim, created))

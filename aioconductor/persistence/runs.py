@@ -26,7 +26,7 @@ from aioconductor.persistence.models import FlowDetail
 from aioconductor.persistence.models import FlowState
 from aioconductor.persistence.models import Intention
 
-__all__ = ["FusedClaim", "RunTemplate", "new_flow_uuid", "new_run"]
+__all__ = ["FusedClaim", "RunTemplate", "is_first_run", "new_flow_uuid", "new_run"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,13 @@ FusedClaim = Callable[
     [str, int, float, Mapping[str, RunTemplate]],
     Awaitable[list[tuple[Job, Claim, FlowDetail | None]]],
 ]
+
+
+def is_first_run(job: Job, claim: Claim) -> bool:
+    """Whether ``claim`` starts ``job``'s first run, the one a fused claim creates: its first
+    claim (token 1: no earlier run can have saved progress), not cancelled, within its attempts.
+    (The PostgreSQL statement and the Redis script say the same in their own terms.)"""
+    return claim.token == 1 and not claim.cancel_requested and job.attempts <= job.max_attempts
 
 
 def new_run(flow_uuid: str, name: str, first: str | None, now: float) -> FlowDetail:

@@ -192,21 +192,22 @@ async def _created_run(store: MemoryStore, first: str | None) -> Any:
     return created
 
 
+async def _run_from(store: MemoryStore, created: Any, log: Log, notifier: Notifier) -> Any:
+    """Run flow ``f`` (tasks ``a`` then ``b``) in logbook ``job`` from the run ``created``."""
+    flow = linear("f", Step("a", log), Step("b", log))
+    engine = Engine(
+        flow, store=store, book_id="job", notifier=notifier, fresh=True, created_run=created
+    )
+    return await engine.run()
+
+
 async def test_a_run_created_with_its_claim_starts_without_a_write(log: Log) -> None:
     notifier, seen = state_changes()
     store = RecordingStore()
     async with store:
         created = await _created_run(store, "a")
         store.writes.clear()
-        engine = Engine(
-            linear("f", Step("a", log), Step("b", log)),
-            store=store,
-            book_id="job",
-            notifier=notifier,
-            fresh=True,
-            created_run=created,
-        )
-        result = await engine.run()
+        result = await _run_from(store, created, log, notifier)
         saved = await _saved(store)
     assert result.state is FlowState.SUCCESS and log.executed == ["a", "b"]
     # Nothing written before the first task's end: the flow and "a" were RUNNING already.
@@ -225,14 +226,7 @@ async def test_a_created_run_of_another_shape_is_read_as_saved_progress(log: Log
     store = RecordingStore()
     async with store:
         created = await _created_run(store, "other")
-        engine = Engine(
-            linear("f", Step("a", log), Step("b", log)),
-            store=store,
-            book_id="job",
-            fresh=True,
-            created_run=created,
-        )
-        result = await engine.run()
+        result = await _run_from(store, created, log, Notifier())
         book = await store.get_logbook("job")
     assert result.state is FlowState.SUCCESS and log.executed == ["a", "b"]
     assert list(book.flows) == [created.uuid]  # no second detail

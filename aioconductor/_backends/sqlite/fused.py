@@ -41,6 +41,7 @@ from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import FlowDetail
 from aioconductor.persistence.runs import FusedClaim
 from aioconductor.persistence.runs import RunTemplate
+from aioconductor.persistence.runs import is_first_run
 
 __all__ = ["FlowEndWriter", "fused_claim", "fused_ending", "same_file"]
 
@@ -151,12 +152,7 @@ def fused_claim(store: FlowEndWriter, board: object) -> FusedClaim | None:
                 assert claim is not None
                 create = creators.get(job.flow)
                 created = None
-                if (
-                    create is not None
-                    and claim.token == 1
-                    and not claim.cancel_requested
-                    and job.attempts <= job.max_attempts
-                ):
+                if create is not None and is_first_run(job, claim):
                     created = create(conn, job.id, job.name, claim.token, now)
                 claimed.append((job, claim, created))
             return claimed
