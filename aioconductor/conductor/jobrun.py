@@ -425,8 +425,9 @@ class JobRun:
         await self._emit(Event.JOB_TRASHED, reason=reason)
 
     async def _drop_created_run(self) -> None:
-        """Drop the logbook created with the claim of a job that never ran (it was trashed):
-        a job that cannot run leaves no logbook behind. A failure is only logged."""
+        """Drop the logbook created with the claim of a job whose run never began (it was
+        trashed, or cancelled first): a job that cannot run leaves no logbook behind, and a
+        revert finds no progress of a run that did nothing. A failure is only logged."""
         store = self.context.endings.store
         if store is None:
             return
