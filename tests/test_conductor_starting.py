@@ -33,11 +33,16 @@ def _counters() -> None:
 
 @contextlib.asynccontextmanager
 async def _opened(space: Any, tag: str) -> AsyncIterator[tuple[Any, Any, Any]]:
-    """A board, a store on its URL, and their fused claim."""
+    """A board, a store on its URL, and their fused claim, as ``fused(owner, limit, lease,
+    templates)``: the store's claim for ``templates``, made and called."""
     url = space.board_url(tag)
     async with open_board(url) as board, open_store(url) as store:
-        fused = store.fused_claim(board)
-        assert fused is not None
+
+        async def fused(owner: str, limit: int, lease: float, templates: Any) -> Any:
+            claim = store.fused_claim(board, templates)
+            assert claim is not None
+            return await claim(owner, limit, lease)
+
         yield board, store, fused
 
 
@@ -374,6 +379,6 @@ async def test_no_fused_claim_across_postgres_databases(space: Any) -> None:
     other = url.replace("/test?", "/postgres?", 1)
     assert other != url
     async with open_store(url) as store:
-        assert store.fused_claim(open_board(url)) is not None
-        assert store.fused_claim(open_board(other)) is None
-        assert store.fused_claim(open_board("memory://x")) is None
+        assert store.fused_claim(open_board(url), TEMPLATES) is not None
+        assert store.fused_claim(open_board(other), TEMPLATES) is None
+        assert store.fused_claim(open_board("memory://x"), TEMPLATES) is None

@@ -18,7 +18,6 @@ next owner, which runs that task, as after a crash during it; one that turns out
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 
 from aioconductor.boards.base import JobBoard
 from aioconductor.engine.compiler import compile_flow
@@ -38,18 +37,12 @@ logger = logging.getLogger("aioconductor.conductor")
 
 class Starts:
     """How one conductor run claims its jobs: the board's ``claim_batch``, or the store's fused
-    claim, which creates the runs of the claimed jobs' flows that ``templates`` names."""
+    claim, which creates the runs of the claimed jobs whose flows are registered as they are."""
 
-    def __init__(
-        self,
-        board: JobBoard,
-        fused: FusedClaim | None = None,
-        templates: Mapping[str, RunTemplate] | None = None,
-    ) -> None:
+    def __init__(self, board: JobBoard, fused: FusedClaim | None = None) -> None:
         self.board = board
-        self.templates: Mapping[str, RunTemplate] = templates or {}
-        #: None when no flow can be created with its claim (nothing to fuse).
-        self.fused = fused if self.templates else None
+        #: None when the store cannot, or no flow can be created with its claim.
+        self.fused = fused
         #: The runs created with their claims, by job id and claim token, until their engine
         #: takes them (:meth:`take`) or their run ends (:meth:`forget`).
         self.created: dict[tuple[str, int], FlowDetail] = {}
@@ -59,15 +52,15 @@ class Starts:
         """The starts of ``board`` and ``store``: fused when the store says it can, for the
         flows of ``flows`` registered as they are."""
         fuse = getattr(store, "fused_claim", None)
-        fused = None if fuse is None else fuse(board)
-        return cls(board, fused, run_templates(flows) if fused is not None else None)
+        templates = None if fuse is None else run_templates(flows)
+        return cls(board, fuse(board, templates) if fuse is not None and templates else None)
 
     async def claim_batch(self, owner: str, limit: int, lease: float) -> list[tuple[Job, Claim]]:
         """Claim up to ``limit`` jobs (as the board's ``claim_batch``), creating the runs of
         those the fused claim can start."""
         if self.fused is None:
             return await self.board.claim_batch(owner, limit, lease=lease)
-        claimed = await self.fused(owner, limit, lease, self.templates)
+        claimed = await self.fused(owner, limit, lease)
         jobs: list[tuple[Job, Claim]] = []
         for job, claim, created in claimed:
             if created is not None:

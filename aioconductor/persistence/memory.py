@@ -137,9 +137,10 @@ class MemoryStore(InMemory, Store):
         # As given, one version up: the caller's own values, none of the store's.
         return [evolve(atom, version=atom.version + 1) for atom in atoms]
 
-    def fused_claim(self, board: object) -> FusedClaim | None:
-        """Jobs claimed (as ``board.claim_batch`` claims them) and the runs of those that never
-        ran created (see :mod:`aioconductor.persistence.runs`), with nothing awaited between
+    def fused_claim(self, board: object, templates: Mapping[str, RunTemplate]) -> FusedClaim | None:
+        """Jobs claimed (as ``board.claim_batch`` claims them) and the runs of those of
+        ``templates``' flows that never ran created (see :mod:`aioconductor.persistence.runs`),
+        with nothing awaited between
         the two: no other task of this process sees the one without the other. None unless
         ``board`` is a memory board (in this process, as this store is)."""
         from aioconductor.boards.memory import MemoryJobBoard
@@ -149,7 +150,7 @@ class MemoryStore(InMemory, Store):
         books = self._books
 
         async def claim(
-            owner: str, limit: int, lease: float, templates: Mapping[str, RunTemplate]
+            owner: str, limit: int, lease: float
         ) -> list[tuple[Job, Claim, FlowDetail | None]]:
             self._check_open()
             claimed = await board.claim_batch(owner, limit, lease=lease)

@@ -27,7 +27,7 @@ version, component ``store``):
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Self
 
 from aioconductor._backends.postgres import store_batch
@@ -57,6 +57,7 @@ from aioconductor.persistence.models import AtomDetail
 from aioconductor.persistence.models import FlowDetail
 from aioconductor.persistence.models import LogBook
 from aioconductor.persistence.runs import FusedClaim
+from aioconductor.persistence.runs import RunTemplate
 
 __all__ = ["PostgresStore"]
 
@@ -409,13 +410,17 @@ class PostgresStore(Store):
 
         return fused_ending(self, self._link, board)
 
-    def fused_claim(self, board: object) -> FusedClaim | None:
-        """Jobs claimed and their runs created in one statement (see
+    def fused_claim(self, board: object, templates: Mapping[str, RunTemplate]) -> FusedClaim | None:
+        """Jobs claimed and the runs of ``templates``' flows created in one statement (see
         :mod:`aioconductor._backends.postgres.fused_claim`); None unless ``board`` is a
-        PostgreSQL board with this store's URL (password aside)."""
+        PostgreSQL board with this store's URL (password aside).
+
+        Raises:
+            PayloadError: a name of ``templates`` holds a NUL character.
+        """
         from aioconductor._backends.postgres.fused_claim import fused_claim
 
-        return fused_claim(self, self._link, board)
+        return fused_claim(self, self._link, board, templates)
 
     async def _destroy_logbook(self, book_uuid: str) -> None:
         if "\x00" in book_uuid:

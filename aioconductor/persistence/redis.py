@@ -250,9 +250,10 @@ class RedisStore(OverLink[RedisLink], Store):
 
         return consume
 
-    def fused_claim(self, board: object) -> FusedClaim | None:
-        """Jobs claimed (as ``board.claim_batch`` claims them) and the runs of those that never
-        ran created (see :mod:`aioconductor.persistence.runs`) in one script (see
+    def fused_claim(self, board: object, templates: Mapping[str, RunTemplate]) -> FusedClaim | None:
+        """Jobs claimed (as ``board.claim_batch`` claims them) and the runs of those of
+        ``templates``' flows that never ran created (see :mod:`aioconductor.persistence.runs`)
+        in one script (see
         :mod:`aioconductor._backends.redis.fused_claim`). None unless ``board`` is a Redis
         board on this store's server (the same URL) and namespace."""
         from aioconductor.boards.redis import RedisJobBoard
@@ -263,17 +264,15 @@ class RedisStore(OverLink[RedisLink], Store):
         if blink.url != self._link.url or board._prefix != self._prefix:
             return None
         script = blink.client.register_script(CLAIM_AND_CREATE)
-        encoded: list[tuple[Mapping[str, RunTemplate], list[str]]] = []
+        encoded = template_args(templates)
 
         async def claim(
-            owner: str, limit: int, lease: float, templates: Mapping[str, RunTemplate]
+            owner: str, limit: int, lease: float
         ) -> list[tuple[Job, Claim, FlowDetail | None]]:
             seconds, limit = board._claim_batch_args(owner, limit, lease)
             self._check_open()
-            if not encoded or encoded[0][0] is not templates:
-                encoded[:] = [(templates, template_args(templates))]
             bargs = [board._job_prefix, board._channel, owner, fmt_time(seconds), str(limit)]
-            argv = [str(len(bargs)), *bargs, self._prefix, *encoded[0][1]]
+            argv = [str(len(bargs)), *bargs, self._prefix, *encoded]
             argv += [new_flow_uuid() for _ in range(limit)]
             reply = await blink.run_script("claim_batch", script, board._keys, argv)
             jobs = board_records.claimed_jobs(reply[0])

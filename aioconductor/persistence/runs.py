@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,16 +43,14 @@ class RunTemplate:
     first: str | None
 
 
-#: ``(owner, limit, lease, templates)``: claims up to ``limit`` jobs as the board's
-#: ``claim_batch`` does and, in the same atomic call, creates the logbook of each claimed job
-#: that has never run (its first claim, token 1, not cancelled) and whose flow ``templates``
-#: names, with the run :func:`new_run` builds (fenced by the claim's token; an existing logbook
-#: is left as it is). Returns ``(job, claim, created)`` per claimed job, in claim order:
-#: ``created`` is the flow detail saved for it (as :func:`new_run` built it), or None.
-FusedClaim = Callable[
-    [str, int, float, Mapping[str, RunTemplate]],
-    Awaitable[list[tuple[Job, Claim, FlowDetail | None]]],
-]
+#: ``(owner, limit, lease)``, made by ``store.fused_claim(board, templates)``: claims up to
+#: ``limit`` jobs as the board's ``claim_batch`` does and, in the same atomic call, creates the
+#: logbook of each claimed job that has never run (:func:`is_first_run`) and whose flow
+#: ``templates`` names, with the run :func:`new_run` builds (fenced by the claim's token; an
+#: existing logbook is left as it is). Returns ``(job, claim, created)`` per claimed job, in
+#: claim order: ``created`` is the flow detail saved for it (as :func:`new_run` built it), or
+#: None. The templates are the store's to prepare once, when the claim is made.
+FusedClaim = Callable[[str, int, float], Awaitable[list[tuple[Job, Claim, FlowDetail | None]]]]
 
 
 def is_first_run(job: Job, claim: Claim) -> bool:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Self, TypeVar
 
 from aioconductor._backends.sqlite import store_schema as sql
@@ -307,13 +307,13 @@ class SqliteStore(Store):
 
         return create
 
-    def fused_claim(self, board: object) -> FusedClaim | None:
-        """Jobs claimed and the runs of those that never ran created in one transaction (see
-        :mod:`aioconductor._backends.sqlite.fused`); None unless ``board`` is a SQLite board on
-        this store's file."""
+    def fused_claim(self, board: object, templates: Mapping[str, RunTemplate]) -> FusedClaim | None:
+        """Jobs claimed and the runs of those of ``templates``' flows that never ran created in
+        one transaction (see :mod:`aioconductor._backends.sqlite.fused`); None unless ``board``
+        is a SQLite board on this store's file."""
         from aioconductor._backends.sqlite.fused import fused_claim
 
-        return fused_claim(self, board)
+        return fused_claim(self, board, templates)
 
     def fused_ending(self, board: object) -> Callable[..., Awaitable[Job]] | None:
         """The flow's end saved and the job consumed in one transaction (see

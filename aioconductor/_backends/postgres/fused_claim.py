@@ -96,27 +96,29 @@ def templates_json(templates: Mapping[str, RunTemplate]) -> str:
     return encoded.decode("utf-8")
 
 
-def fused_claim(store: Store, link: PostgresLink, board: object) -> FusedClaim | None:
-    """The fused claim of a PostgreSQL ``store`` (on ``link``) and ``board`` (see the module),
-    or None unless ``board`` is a PostgreSQL board with the store's URL (password aside)."""
+def fused_claim(
+    store: Store, link: PostgresLink, board: object, templates: Mapping[str, RunTemplate]
+) -> FusedClaim | None:
+    """The fused claim of a PostgreSQL ``store`` (on ``link``) and ``board`` for the flows of
+    ``templates`` (see the module), or None unless ``board`` is a PostgreSQL board with the
+    store's URL (password aside).
+
+    Raises:
+        PayloadError: a name of ``templates`` holds a NUL character.
+    """
     if not isinstance(board, PostgresBoardBase) or board._link.url != link.url:
         return None
     query = statement(board._link.q, link.q)
-    # Encoded once per set of templates (a conductor run's), not once per claim.
-    encoded: dict[int, tuple[Mapping[str, RunTemplate], str]] = {}
+    encoded = templates_json(templates)
 
     async def claim(
-        owner: str, limit: int, lease: float, templates: Mapping[str, RunTemplate]
+        owner: str, limit: int, lease: float
     ) -> list[tuple[Job, Claim, FlowDetail | None]]:
         seconds, limit = board._claim_batch_args(owner, limit, lease)
         store._check_open()
         refuse_nul("the owner", owner, PayloadError)
-        kept = encoded.get(id(templates))
-        if kept is None or kept[0] is not templates:
-            encoded.clear()
-            kept = encoded[id(templates)] = (templates, templates_json(templates))
         lease_seconds = board_sql.seconds(seconds)
-        args = (board.namespace, owner, lease_seconds, limit, kept[1], store.namespace)
+        args = (board.namespace, owner, lease_seconds, limit, encoded, store.namespace)
         rows = await board._link.call("claim_batch", lambda conn: conn.fetch(query, *args))
         board._check_claimed(rows, limit)
         claimed = []

@@ -125,23 +125,20 @@ def fused_ending(store: FlowEndWriter, board: object) -> Callable[..., Awaitable
     return consume
 
 
-def fused_claim(store: FlowEndWriter, board: object) -> FusedClaim | None:
-    """The fused claim of ``store`` and ``board`` (see the module), or None unless ``board`` is
-    a SQLite board on the store's file."""
+def fused_claim(
+    store: FlowEndWriter, board: object, templates: Mapping[str, RunTemplate]
+) -> FusedClaim | None:
+    """The fused claim of ``store`` and ``board`` for the flows of ``templates`` (see the
+    module), or None unless ``board`` is a SQLite board on the store's file."""
     if not isinstance(board, SqliteJobBoard) or not same_file(board.path, store.path):
         return None
-    creators: dict[str, Any] = {}
-    kept: list[Mapping[str, RunTemplate]] = []
+    creators = {flow: store.run_creator(template) for flow, template in templates.items()}
 
     async def claim(
-        owner: str, limit: int, lease: float, templates: Mapping[str, RunTemplate]
+        owner: str, limit: int, lease: float
     ) -> list[tuple[Job, Claim, FlowDetail | None]]:
         seconds, limit = board._claim_batch_args(owner, limit, lease)
         store._check_open()
-        if not kept or kept[0] is not templates:
-            kept[:] = [templates]
-            creators.clear()
-            creators.update({flow: store.run_creator(t) for flow, t in templates.items()})
 
         def claim_and_create(conn: sqlite3.Connection) -> list[tuple[Job, Claim, Any]]:
             now = time.time()
